@@ -1,0 +1,51 @@
+"""ember: a Ray-compatible distributed runtime whose promise is fault tolerance through lineage.
+
+``import ember as ray`` runs ordinary Ray core programs: remote functions and
+actors, ``get``/``put``/``wait``, object refs passed between tasks.
+"""
+
+from ember import exceptions
+from ember.scheduler import ObjectRef
+from ember._actor import ActorClass, ActorHandle, method
+from ember._remote import remote
+from ember._runtime import (
+    RuntimeContext,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_actor,
+    get_runtime_context,
+    init,
+    is_initialized,
+    kill,
+    nodes,
+    put,
+    shutdown,
+    wait,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorClass",
+    "ActorHandle",
+    "ObjectRef",
+    "RuntimeContext",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_actor",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "kill",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

@@ -1,0 +1,97 @@
+"""Validation of the options given to ``remote``, ``.options`` and actor methods.
+
+Every option is checked by name and type when it is given, so a typo fails
+at decoration time with a message naming the option and the fix, not later
+inside a worker.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any
+
+from ember.exceptions import InvalidOptionError
+from ember.scheduler import resource_shape
+
+_TASK = {
+    "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
+    "name", "memory", "scheduling_strategy",
+}
+_ACTOR = {
+    "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
+    "lifetime", "memory", "max_concurrency", "get_if_exists", "scheduling_strategy",
+}
+_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions"}
+# Spellings from older Ray releases that the seed documents still use.
+_ALIASES = {"num_return_vals": "num_returns"}
+
+DEFAULT_TASK_RETRIES = 3
+
+
+def _number(name: str, value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or value < minimum:
+        raise InvalidOptionError(f"option {name} must be a number >= {minimum:g}, got {value!r} (type={type(value).__name__})")
+    return float(value)
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidOptionError(f"option {name} must be an integer >= {minimum}, got {value!r} (type={type(value).__name__})")
+    return value
+
+
+def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Check and normalize ``options`` for kind 'task', 'actor' or 'method'."""
+    allowed = {"task": _TASK, "actor": _ACTOR, "method": _METHOD}[kind]
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        key = _ALIASES.get(key, key)
+        if key not in allowed:
+            raise InvalidOptionError(
+                f"unknown option {key!r} for a remote {kind}; valid options are: {', '.join(sorted(allowed))}"
+            )
+        out[key] = value
+    if "num_returns" in out:
+        _integer("num_returns", out["num_returns"], 0)
+    for key in ("num_cpus", "num_gpus", "memory"):
+        if key in out and out[key] is not None:
+            _number(key, out[key])
+    if "resources" in out and out["resources"] is not None:
+        res = out["resources"]
+        if not isinstance(res, dict) or not all(isinstance(k, str) for k in res):
+            raise InvalidOptionError(f"option resources must be a dict of name to amount, got {res!r}")
+        for name, amount in res.items():
+            if name in ("CPU", "GPU"):
+                raise InvalidOptionError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+            _number(f"resources[{name!r}]", amount)
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        if key in out:
+            _integer(key, out[key], -1)
+    if "retry_exceptions" in out:
+        rule = out["retry_exceptions"]
+        if not isinstance(rule, bool):
+            if not isinstance(rule, (list, tuple)) or not all(isinstance(t, type) and issubclass(t, BaseException) for t in rule):
+                raise InvalidOptionError(f"option retry_exceptions must be a bool or a list of exception types, got {rule!r}")
+            out["retry_exceptions"] = tuple(rule)
+    if "name" in out and out["name"] is not None and not isinstance(out["name"], str):
+        raise InvalidOptionError(f"option name must be a string, got {out['name']!r}")
+    if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
+        raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
+    if "max_concurrency" in out:
+        _integer("max_concurrency", out["max_concurrency"], 1)
+    return out
+
+
+def shape_of(options: dict[str, Any], default_cpus: float) -> tuple:
+    num_cpus = options.get("num_cpus")
+    resources = dict(options.get("resources") or {})
+    resources["CPU"] = default_cpus if num_cpus is None else num_cpus
+    resources["GPU"] = options.get("num_gpus") or 0
+    if options.get("memory"):
+        resources["memory"] = options["memory"]
+    return resource_shape(resources)
+
+
+def retries(options: dict[str, Any], key: str, default: int) -> int:
+    value = options.get(key, default)
+    return 1 << 30 if value == -1 else value

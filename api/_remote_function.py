@@ -1,0 +1,76 @@
+"""``@ember.remote`` on a function: the RemoteFunction and its ``.remote``/``.options``."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import cloudpickle
+
+from ember.exceptions import EmberUserError, SerializationError
+from ember.scheduler import TaskKind, require_core
+from ember import _options
+
+
+class RemoteFunction:
+    """A function that runs as a task: call it with ``f.remote(*args)``."""
+
+    def __init__(self, function: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._function = function
+        self._options = _options.validate(options, "task")
+        self._shape = _options.shape_of(self._options, default_cpus=1.0)
+        self._num_returns = self._options.get("num_returns", 1)
+        self._max_retries = _options.retries(self._options, "max_retries", _options.DEFAULT_TASK_RETRIES)
+        self._retry_exceptions = self._options.get("retry_exceptions", False)
+        self._payload: bytes | None = None
+        self._function_id: bytes | None = None
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__doc__ = function.__doc__
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise EmberUserError(
+            f"remote function {self.__name__}() cannot be called directly; "
+            f"use {self.__name__}.remote(...) to run it as a task, then ember.get() the result"
+        )
+
+    def _ensure_payload(self) -> tuple[bytes, bytes]:
+        if self._payload is None:
+            try:
+                self._payload = cloudpickle.dumps(self._function)
+            except Exception as exc:
+                raise SerializationError(
+                    f"remote function {self.__name__} cannot be pickled to send to workers: {exc}; "
+                    "it probably captures an unpicklable object (a lock, a socket, an open file) — "
+                    "create that object inside the function instead"
+                ) from exc
+            self._function_id = hashlib.blake2b(self._payload, digest_size=16).digest()
+        return self._function_id, self._payload  # type: ignore[return-value]
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        core = require_core()
+        function_id, payload = self._ensure_payload()
+        core.register_function(function_id, payload, self.__qualname__)
+        core.check_feasible(self._shape, f"task {self.__name__}")
+        refs = core.submit(
+            TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
+            self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
+        )
+        if self._num_returns == 1:
+            return refs[0]
+        if self._num_returns == 0:
+            return None
+        return refs
+
+    def options(self, **options: Any) -> "RemoteFunction":
+        merged = {**self._options, **options}
+        variant = RemoteFunction(self._function, merged)
+        variant._payload, variant._function_id = self._payload, self._function_id
+        return variant
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteFunction, (self._function, self._options))
+
+    def __repr__(self) -> str:
+        return f"<ember remote function {self.__qualname__}>"

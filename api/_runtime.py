@@ -1,0 +1,309 @@
+"""The module-level API: init, shutdown, get, put, wait, kill, cancel and friends.
+
+``init()`` with no address starts a whole one-node cluster owned by this
+process (an object store, a scheduler, workers), and ``shutdown()``,
+interpreter exit or SIGTERM stop it again, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ember.exceptions import EmberUserError, InvalidOptionError
+from ember.scheduler import (
+    CoreClient,
+    Node,
+    ObjectRef,
+    Op,
+    Session,
+    create_session,
+    remove_stale_sessions,
+    require_core,
+    set_core,
+    start_node,
+)
+from ember.scheduler import _context
+
+_lock = threading.RLock()
+_node: Node | None = None
+_session: Session | None = None
+_atexit_registered = False
+
+# Options Ray accepts that change nothing here (no dashboard, logs already
+# reach the driver's terminal); accepted so existing programs run unchanged.
+_HARMLESS_INIT_OPTIONS = {
+    "include_dashboard", "log_to_driver", "logging_level", "configure_logging", "namespace",
+    "dashboard_host", "dashboard_port", "_temp_dir", "local_mode",
+}
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def _default_store_bytes() -> int:
+    shm_free = 0
+    try:
+        st = os.statvfs("/dev/shm")
+        shm_free = st.f_bavail * st.f_frsize
+    except OSError:
+        pass
+    budget = int(_memory_bytes() * 0.3)
+    return min(budget, int(shm_free * 0.8)) if shm_free else budget
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    num_workers: int | None = None,
+    ignore_reinit_error: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Start a local cluster (or, later, join one) and connect this process to it."""
+    global _node, _session, _atexit_registered
+    unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown init option(s) {sorted(unknown)}; ember.init accepts num_cpus, num_gpus, resources, "
+            "object_store_memory, num_workers, ignore_reinit_error"
+        )
+    with _lock:
+        if _context.CORE is not None:
+            if ignore_reinit_error or _node is None:
+                return _info()
+            raise RuntimeError(
+                "ember.init() was already called in this process; call ember.shutdown() first, "
+                "or pass ignore_reinit_error=True"
+            )
+        if address is not None:
+            raise EmberUserError(
+                f"ember.init(address={address!r}): joining a running cluster is not available yet in this "
+                "version; call ember.init() with no address to start a local cluster"
+            )
+        if num_workers is not None and num_cpus is None:
+            num_cpus = num_workers  # the original tutorial's spelling
+        cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
+        totals: dict[str, float] = {"CPU": cpus}
+        if num_gpus:
+            totals["GPU"] = float(num_gpus)
+        for name, amount in (resources or {}).items():
+            if name in ("CPU", "GPU"):
+                raise InvalidOptionError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+            totals[name] = float(amount)
+        store_bytes = int(object_store_memory or _default_store_bytes())
+        totals["memory"] = float(_memory_bytes())
+        totals["object_store_memory"] = float(store_bytes)
+        remove_stale_sessions()
+        session = create_session()
+        try:
+            node = start_node(session, totals, store_bytes)
+        except BaseException:
+            session.remove()
+            raise
+        try:
+            core = CoreClient(session, "driver", job_id=os.urandom(4), node_id=node.node_id)
+        except BaseException:
+            node.stop()
+            session.remove()
+            raise
+        _node, _session = node, session
+        set_core(core)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        _install_sigterm_handler()
+        return _info()
+
+
+def _info() -> dict[str, Any]:
+    core = require_core()
+    return {
+        "node_id": core.node_id,
+        "session_dir": str(core.session.dir),
+        "address": str(core.session.scheduler_socket),
+        "job_id": core.job_id.hex(),
+    }
+
+
+def _install_sigterm_handler() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return  # the program has its own handler; atexit still runs on its exit
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def shutdown() -> None:
+    """Disconnect, and stop the cluster if this process started it."""
+    global _node, _session
+    with _lock:
+        core = _context.CORE
+        set_core(None)
+        if core is not None:
+            try:
+                core.close()
+            except Exception:
+                pass
+        if _node is not None:
+            _node.stop()
+            _node = None
+        if _session is not None:
+            _session.remove()
+            _session = None
+
+
+def is_initialized() -> bool:
+    return _context.CORE is not None
+
+
+def _as_ref_list(refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    if isinstance(refs, (list, tuple)):
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(
+                    f"ember.{what}() expects ObjectRefs, but item {i} is a {type(ref).__name__}: {ref!r:.100}"
+                )
+        return list(refs), False
+    raise TypeError(
+        f"ember.{what}() expects an ObjectRef or a list of ObjectRefs, got a {type(refs).__name__}: {refs!r:.100}"
+    )
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """The value(s) of one ref or a list of refs, waiting until ready (or ``timeout`` seconds)."""
+    refs, single = _as_ref_list(object_refs, "get")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise InvalidOptionError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+    values = require_core().get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the object store and return a ref to it."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("ember.put() of an ObjectRef is not allowed; pass the ref itself where it is needed")
+    return require_core().put(value)
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split refs into (ready, not ready) once ``num_returns`` are ready or ``timeout`` passes."""
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"ember.wait() expects a list of ObjectRefs, got a {type(object_refs).__name__}")
+    refs, _ = _as_ref_list(object_refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("ember.wait() got the same ObjectRef more than once")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or not 1 <= num_returns <= max(len(refs), 1):
+        raise ValueError(f"num_returns must be between 1 and len(object_refs)={len(refs)}, got {num_returns!r}")
+    if not refs:
+        return [], []
+    return require_core().wait(refs, num_returns, timeout)
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Kill an actor's process at once; its pending calls fail with ActorDiedError."""
+    from ember._actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"ember.kill() expects an actor handle, got a {type(actor).__name__}")
+    core = require_core()
+    core.scheduler.send_now((Op.KILL_ACTOR, actor._actor_id, no_restart))
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that creates ``object_ref``; ``get`` then raises TaskCancelledError."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"ember.cancel() expects an ObjectRef, got a {type(object_ref).__name__}")
+    require_core().cancel(object_ref, force)
+
+
+def _lookup_named(name: str) -> Any:
+    from ember._actor import handle_from_meta
+
+    found = require_core().call_scheduler(Op.GET_NAMED_ACTOR, name)
+    if found is None:
+        return None
+    return handle_from_meta(*found)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the live actor created with ``.options(name=name)``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"ember.get_actor() expects a non-empty actor name, got {name!r}")
+    handle = _lookup_named(name)
+    if handle is None:
+        raise ValueError(f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")
+    return handle
+
+
+def cluster_resources() -> dict[str, float]:
+    total, _ = require_core().call_scheduler(Op.RESOURCES)
+    return total
+
+
+def available_resources() -> dict[str, float]:
+    _, available = require_core().call_scheduler(Op.RESOURCES)
+    return {k: v for k, v in available.items() if v > 0}
+
+
+def nodes() -> list[dict[str, Any]]:
+    core = require_core()
+    total, _ = core.call_scheduler(Op.RESOURCES)
+    return [{"NodeID": core.node_id, "Alive": True, "Resources": total}]
+
+
+class RuntimeContext:
+    """What the current process is doing: ``ember.get_runtime_context()``."""
+
+    def get_node_id(self) -> str:
+        return require_core().node_id
+
+    def get_job_id(self) -> str:
+        core = require_core()
+        task = core.current_task
+        return (task.job_id if task is not None else core.job_id).hex()
+
+    def get_task_id(self) -> str | None:
+        task = require_core().current_task
+        return task.task_id.hex() if task is not None else None
+
+    def get_worker_id(self) -> str:
+        return require_core().worker_id.hex()
+
+    def get_actor_id(self) -> str | None:
+        executor = require_core().executor
+        actor_id = getattr(executor, "_actor_id", None)
+        return actor_id.hex() if actor_id else None
+
+    @property
+    def node_id(self) -> str:
+        return self.get_node_id()
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext()

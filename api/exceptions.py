@@ -1,0 +1,215 @@
+"""Every error ember raises, under one root.
+
+Three families, so a caller can tell whose fault it is:
+
+- user errors (``EmberUserError``): the program asked for something impossible
+  or malformed; the message names the problem and the fix;
+- operating errors (``EmberOperationError``): something failed under the
+  program: a worker died, an object was lost, a wait timed out;
+- internal errors (``EmberInternalError``): a bug in ember itself.
+
+``EmberTaskError`` wraps an exception raised by user code in a task.
+
+Every exception here pickles (they cross process boundaries) and no
+constructor does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "EmberError",
+    "EmberUserError",
+    "EmberOperationError",
+    "EmberInternalError",
+    "EmberTaskError",
+    "RayTaskError",
+    "SerializationError",
+    "InfeasibleResourceError",
+    "InvalidOptionError",
+    "NotInitializedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "ActorDiedError",
+    "RayActorError",
+    "ActorUnavailableError",
+    "WorkerCrashedError",
+    "GetTimeoutError",
+    "TaskCancelledError",
+    "ClusterStartError",
+]
+
+
+class EmberError(Exception):
+    """Root of every error ember raises."""
+
+
+class EmberUserError(EmberError):
+    """The program used ember in a way that cannot work; the message says how to fix it."""
+
+
+class EmberOperationError(EmberError):
+    """Something failed under the program (a process died, a wait timed out)."""
+
+
+class EmberInternalError(EmberError):
+    """A bug in ember. Please report it with the message and traceback."""
+
+
+class SerializationError(EmberUserError, TypeError):
+    """A value could not be pickled or unpickled to cross a process boundary."""
+
+
+class InvalidOptionError(EmberUserError, ValueError):
+    """An option given to ``remote``/``options``/``init`` is unknown or ill-typed."""
+
+
+class InfeasibleResourceError(EmberUserError):
+    """A task or actor asks for resources that no node in the cluster has."""
+
+
+class NotInitializedError(EmberUserError, RuntimeError):
+    """An API that needs a running cluster was called before ``ember.init()``."""
+
+
+class ClusterStartError(EmberOperationError, RuntimeError):
+    """``ember.init()`` could not start or reach the cluster's processes."""
+
+
+class GetTimeoutError(EmberOperationError, TimeoutError):
+    """``ember.get(..., timeout=)`` ran out of time before the value was ready."""
+
+
+class TaskCancelledError(EmberOperationError):
+    """The task that would create this object was cancelled with ``ember.cancel``."""
+
+    def __init__(self, task_id_hex: str = "", reason: str = "cancelled by ember.cancel()") -> None:
+        self.task_id_hex = task_id_hex
+        self.reason = reason
+        super().__init__(f"task {task_id_hex} was cancelled: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_id_hex, self.reason))
+
+
+class WorkerCrashedError(EmberOperationError):
+    """The worker process running the task died, and no retries were left."""
+
+    def __init__(self, task_desc: str = "", attempts: int = 0, cause: str = "") -> None:
+        self.task_desc = task_desc
+        self.attempts = attempts
+        self.cause = cause
+        super().__init__(
+            f"the worker running {task_desc} died ({cause or 'unexpected exit'}) "
+            f"after {attempts} attempt(s); retries exhausted (raise max_retries to retry more)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_desc, self.attempts, self.cause))
+
+
+class ObjectLostError(EmberOperationError):
+    """Every copy of an object is gone and it cannot be rebuilt."""
+
+    def __init__(self, object_id_hex: str = "", reason: str = "") -> None:
+        self.object_id_hex = object_id_hex
+        self.reason = reason
+        super().__init__(f"object {object_id_hex} is lost: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.object_id_hex, self.reason))
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object died before the object was shared."""
+
+
+class ActorDiedError(EmberOperationError):
+    """The actor is dead and will not come back (killed, or out of restarts)."""
+
+    def __init__(self, actor_desc: str = "", reason: str = "") -> None:
+        self.actor_desc = actor_desc
+        self.reason = reason
+        super().__init__(f"actor {actor_desc} is dead: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.actor_desc, self.reason))
+
+
+class ActorUnavailableError(EmberOperationError):
+    """The actor is restarting and cannot take calls right now."""
+
+
+class EmberTaskError(EmberError):
+    """User code raised inside a task or actor method.
+
+    ``cause`` is the original exception (or ``None`` if it could not be
+    pickled), ``traceback_str`` the remote traceback. At ``get`` the error is
+    raised as an instance of both this class and the cause's type, so
+    ``except ValueError`` catches a remote ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        function_name: str = "",
+        traceback_str: str = "",
+        cause: BaseException | None = None,
+        cause_repr: str = "",
+    ) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.cause_repr = cause_repr or repr(cause)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return (
+            f"task {self.function_name} raised {self.cause_repr}\n\n"
+            f"remote traceback:\n{self.traceback_str.rstrip()}"
+        )
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EmberTaskError, (self.function_name, self.traceback_str, self.cause, self.cause_repr))
+
+    def as_instanceof_cause(self) -> "EmberTaskError":
+        """This error as an instance of a class deriving from both this one and the cause's."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or isinstance(self, cause_cls) or cause_cls is BaseException:
+            return self
+        try:
+            derived = _derived_class(cause_cls)
+            err = derived.__new__(derived)
+            EmberTaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.cause_repr)
+            err.args = self.cause.args  # type: ignore[union-attr]
+            return err
+        except TypeError:
+            # Some exception types (final C types, odd metaclasses) cannot be subclassed.
+            return self
+
+
+_DERIVED: dict[type, type] = {}
+
+
+def _derived_class(cause_cls: type) -> type:
+    derived = _DERIVED.get(cause_cls)
+    if derived is None:
+
+        def __reduce__(self: EmberTaskError) -> tuple[Any, ...]:
+            return (EmberTaskError, (self.function_name, self.traceback_str, self.cause, self.cause_repr))
+
+        derived = type(
+            f"EmberTaskError({cause_cls.__name__})",
+            (EmberTaskError, cause_cls),
+            {"__reduce__": __reduce__, "__str__": EmberTaskError.__str__, "__module__": __name__},
+        )
+        _DERIVED[cause_cls] = derived
+    return derived
+
+
+# Names Ray users already catch.
+RayTaskError = EmberTaskError
+RayActorError = ActorDiedError

@@ -1,0 +1,26 @@
+"""The process's core client, if this process is part of a running cluster."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ember.exceptions import NotInitializedError
+
+if TYPE_CHECKING:
+    from ember.scheduler._core import CoreClient
+
+CORE: "CoreClient | None" = None
+
+
+def require_core() -> "CoreClient":
+    core = CORE
+    if core is None:
+        raise NotInitializedError(
+            "ember is not initialized in this process: call ember.init() first"
+        )
+    return core
+
+
+def set_core(core: "CoreClient | None") -> None:
+    global CORE
+    CORE = core

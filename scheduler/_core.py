@@ -1,0 +1,672 @@
+"""The core client: the part of every driver and worker that owns objects and submits tasks.
+
+It keeps the table of objects this process owns (pending, inline bytes, or in
+the node's store), submits tasks to the node scheduler and actor calls straight
+to the actor's process, waits for results, retries what the rules allow, and
+publishes shared objects to the store so other processes can read them.
+
+It must never run user code (the executor does) and never block a reader
+thread: handlers only update tables and queue messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ember.exceptions import (
+    ActorDiedError,
+    EmberTaskError,
+    GetTimeoutError,
+    InfeasibleResourceError,
+    ObjectLostError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from ember.scheduler import _context
+from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._protocol import Connection, ConnectionClosed, Listener, Op, connect
+from ember.scheduler._session import Session
+from ember.scheduler._spec import (
+    IDS,
+    PLAIN_BYTES_MAX,
+    PLAIN_TYPES,
+    ArgKind,
+    TaskKind,
+    TaskSpec,
+    object_id,
+)
+from ember.store._segments import ObjectFiles
+from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
+
+log = logging.getLogger("ember.core")
+
+INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
+SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
+ACTOR_LOOKUP_TIMEOUT_S = 30.0
+
+PENDING, READY_INLINE, READY_STORE = 0, 1, 2
+
+
+class FailureCause:
+    WORKER_DIED = "worker_died"
+    CANCELLED = "cancelled"
+    ACTOR_DIED = "actor_died"
+
+
+class _Entry:
+    __slots__ = ("state", "data", "shared", "dropped")
+
+    def __init__(self) -> None:
+        self.state = PENDING
+        self.data: bytes | None = None
+        self.shared = False
+        self.dropped = False
+
+
+class _PendingTask:
+    __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra")
+
+    def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
+        self.spec = spec
+        self.raw_args = raw_args
+        self.raw_kwargs = raw_kwargs
+        self.missing = 0
+        self.retry_exceptions = retry_exceptions
+        self.cancelled = False
+        self.extra: tuple = ()  # actor creation: (detached, handle metadata)
+
+
+class _ActorState:
+    __slots__ = ("actor_id", "address", "conn", "queue", "inflight", "dead_reason", "seq", "subscribed", "desc")
+
+    def __init__(self, actor_id: bytes, desc: str) -> None:
+        self.actor_id = actor_id
+        self.address: str | None = None
+        self.conn: Connection | None = None
+        self.queue: deque[_PendingTask] = deque()
+        self.inflight: dict[bytes, _PendingTask] = {}
+        self.dead_reason: str | None = None
+        self.seq = 0
+        self.subscribed = False
+        self.desc = desc
+
+
+class CoreClient:
+    """One per process that takes part in a cluster (driver or worker)."""
+
+    def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
+        self.session = session
+        self.kind = kind
+        self.job_id = job_id
+        self.node_id = node_id
+        self.worker_id = os.urandom(16)
+        self.address = str(session.worker_socket(kind, self.worker_id))
+        self._token = session.token()
+        self.files = ObjectFiles(session.shm_dir, session.spill_dir)
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
+        self._objects: dict[bytes, _Entry] = {}
+        self._refcounts: dict[bytes, int] = {}
+        self._tasks: dict[bytes, _PendingTask] = {}
+        self._dep_waiters: dict[bytes, list[_PendingTask]] = {}
+        self._actors: dict[bytes, _ActorState] = {}
+        self._peers: dict[str, Connection] = {}
+        self._subscribed: set[bytes] = set()
+        self._store_ready: set[bytes] = set()
+        self._registered_functions: set[bytes] = set()
+        self._totals: dict[str, float] | None = None
+        self.current_task: TaskSpec | None = None
+        self.executor: Any = None
+        self._early: list[tuple[Connection, tuple]] = []
+        self.closed = False
+        hello = {"kind": kind, "pid": os.getpid(), "address": self.address, "worker_id": self.worker_id}
+        self._hello = hello
+        self._listener = Listener(
+            self.address, self._token, self._on_peer, self._handle, self._on_peer_closed, name=kind
+        ).start()
+        self.scheduler = connect(
+            session.scheduler_socket, self._token, hello, self._handle, self._on_scheduler_closed, "scheduler"
+        )
+        self.store = connect(session.store_socket, self._token, hello, self._handle, None, "store")
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        self.closed = True
+        self._listener.close()
+        for conn in [self.scheduler, self.store, *self._peers.values()]:
+            conn.flush()
+            conn.close()
+        with self._cv:
+            self._cv.notify_all()
+
+    def flush(self) -> None:
+        self.scheduler.flush()
+        self.store.flush()
+        for state in list(self._actors.values()):
+            if state.conn is not None:
+                state.conn.flush()
+
+    # -- reference counting --------------------------------------------------
+
+    def incref(self, oid: bytes) -> None:
+        with self._lock:
+            self._refcounts[oid] = self._refcounts.get(oid, 0) + 1
+
+    def decref(self, oid: bytes) -> None:
+        with self._lock:
+            count = self._refcounts.get(oid, 0) - 1
+            if count > 0:
+                self._refcounts[oid] = count
+                return
+            self._refcounts.pop(oid, None)
+            entry = self._objects.get(oid)
+            if entry is None or entry.shared:
+                return
+            if entry.state == PENDING:
+                entry.dropped = True
+                return
+            del self._objects[oid]
+            if entry.state == READY_STORE:
+                self.store.send((Op.FREE, [oid]))
+
+    def on_ref_shared(self, ref: ObjectRef) -> None:
+        """A ref is being pickled: it may be read by other processes from now on."""
+        if ref._owner != self.address:
+            return
+        with self._lock:
+            entry = self._objects.get(ref._id)
+            if entry is None or entry.shared:
+                return
+            entry.shared = True
+            if entry.state == READY_INLINE:
+                self._publish(ref._id, entry.data)
+
+    def _publish(self, oid: bytes, data: bytes | None) -> None:
+        """Write an inline object to the node store so borrowers can read it."""
+        assert data is not None
+        if not self.files.exists(oid):
+            self.files.write_bytes(oid, data)
+        self.store.send((Op.SEALED, oid, len(data), self.address))
+
+    # -- put -----------------------------------------------------------------
+
+    def put(self, value: Any) -> ObjectRef:
+        oid = object_id(IDS.task_id(), 0)
+        entry = _Entry()
+        obj = serialize(value)
+        if obj.total_size <= INLINE_BYTES_MAX:
+            entry.data = to_bytes(obj, oid)
+            entry.state = READY_INLINE
+        else:
+            self._write_to_store(oid, obj)
+            entry.state = READY_STORE
+        with self._lock:
+            self._objects[oid] = entry
+        return ObjectRef(oid, self.address)
+
+    def _write_to_store(self, oid: bytes, obj: Any) -> None:
+        segment = None
+        if obj.total_size >= SEGMENT_REQUEST_BYTES_MIN:
+            try:
+                path = self.store.call(Op.ALLOC_SEGMENT, obj.total_size, timeout_s=5.0)
+                segment = None if path is None else __import__("pathlib").Path(path)
+            except Exception:  # no segment: write a fresh file, slower but correct
+                segment = None
+        self.files.write(oid, obj, segment)
+        self.store.send((Op.SEALED, oid, obj.total_size, self.address))
+
+    # -- submission ----------------------------------------------------------
+
+    def register_function(self, function_id: bytes, payload: bytes, name: str) -> None:
+        if function_id in self._registered_functions:
+            return
+        self._registered_functions.add(function_id)
+        self.scheduler.send((Op.REGISTER_FUNCTION, function_id, payload, name))
+
+    def submit(
+        self,
+        kind: int,
+        function_id: bytes,
+        function_name: str,
+        args: tuple,
+        kwargs: dict,
+        num_returns: int,
+        resources: tuple,
+        max_retries: int,
+        retry_exceptions: Any = False,
+        actor_id: bytes | None = None,
+        method: str | None = None,
+        name: str | None = None,
+        extra: tuple = (),
+    ) -> list[ObjectRef]:
+        current = self.current_task
+        parent = current.task_id if current is not None else None
+        job_id = current.job_id if current is not None else self.job_id
+        spec = TaskSpec(
+            IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
+            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name,
+        )
+        pt = _PendingTask(spec, args, kwargs, retry_exceptions)
+        pt.extra = extra
+        refs = []
+        with self._lock:
+            for oid in spec.return_ids() if kind != TaskKind.ACTOR_CREATION else ():
+                self._objects[oid] = _Entry()
+                refs.append(ObjectRef(oid, self.address))
+            self._tasks[spec.task_id] = pt
+            self._count_missing(pt)
+            if kind == TaskKind.ACTOR_CALL:
+                state = self._actor_state(actor_id, function_name)  # type: ignore[arg-type]
+                if state.dead_reason is not None:
+                    self._fail_task(pt, ActorDiedError(state.desc, state.dead_reason))
+                    return refs
+                state.queue.append(pt)
+                self._pump_actor(state)
+                return refs
+            if pt.missing == 0:
+                try:
+                    self._dispatch(pt)
+                except BaseException:
+                    # e.g. an argument does not pickle: the caller gets the error now.
+                    self._tasks.pop(spec.task_id, None)
+                    for ref in refs:
+                        self._objects.pop(ref._id, None)
+                    raise
+        return refs
+
+    def _count_missing(self, pt: _PendingTask) -> None:
+        for value in (*pt.raw_args, *pt.raw_kwargs.values()):
+            if type(value) is ObjectRef and value._owner == self.address:
+                entry = self._objects.get(value._id)
+                if entry is not None and entry.state == PENDING:
+                    pt.missing += 1
+                    self._dep_waiters.setdefault(value._id, []).append(pt)
+
+    def _encode(self, value: Any) -> tuple:
+        t = type(value)
+        if t in PLAIN_TYPES and (t is not str and t is not bytes or len(value) <= PLAIN_BYTES_MAX):
+            return (ArgKind.VALUE, value)
+        if t is ObjectRef:
+            if value._owner == self.address:
+                entry = self._objects.get(value._id)
+                if entry is not None and entry.state == READY_INLINE:
+                    return (ArgKind.INLINE, entry.data)
+            return (ArgKind.REF, value._id, value._owner)
+        obj = serialize(value)
+        if obj.total_size > INLINE_BYTES_MAX:
+            ref = self.put_serialized(obj)
+            return (ArgKind.REF, ref, self.address)
+        return (ArgKind.INLINE, to_bytes(obj, b""))
+
+    def put_serialized(self, obj: Any) -> bytes:
+        oid = object_id(IDS.task_id(), 0)
+        self._write_to_store(oid, obj)
+        entry = _Entry()
+        entry.state = READY_STORE
+        entry.shared = True  # referenced from a spec: keep it while the job runs
+        self._objects[oid] = entry
+        return oid
+
+    def _encode_spec(self, pt: _PendingTask) -> None:
+        spec = pt.spec
+        spec.args = [self._encode(a) for a in pt.raw_args]
+        spec.kwargs = {k: self._encode(v) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+
+    def _dispatch(self, pt: _PendingTask) -> None:
+        self._encode_spec(pt)
+        spec = pt.spec
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            self._tasks.pop(spec.task_id, None)
+            self.scheduler.send((Op.CREATE_ACTOR, spec, *pt.extra))
+        else:
+            self.scheduler.send((Op.SUBMIT, spec))
+
+    # -- actors --------------------------------------------------------------
+
+    def _actor_state(self, actor_id: bytes, desc: str) -> _ActorState:
+        state = self._actors.get(actor_id)
+        if state is None:
+            state = _ActorState(actor_id, desc)
+            self._actors[actor_id] = state
+        if not state.subscribed:
+            state.subscribed = True
+            self.scheduler.send((Op.LOOKUP_ACTOR, 0, actor_id))
+        return state
+
+    def _pump_actor(self, state: _ActorState) -> None:
+        conn = state.conn
+        if conn is None or conn.closed:
+            return
+        while state.queue and state.queue[0].missing == 0:
+            pt = state.queue.popleft()
+            if pt.cancelled:
+                continue
+            state.seq += 1
+            pt.spec.seq = state.seq
+            try:
+                self._encode_spec(pt)
+            except BaseException as exc:
+                self._fail_task(pt, exc)
+                continue
+            state.inflight[pt.spec.task_id] = pt
+            conn.send((Op.ACTOR_CALL, pt.spec))
+
+    def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None) -> None:
+        with self._lock:
+            state = self._actors.get(actor_id)
+            if state is None:
+                return
+            if alive and address:
+                if state.address != address or state.conn is None or state.conn.closed:
+                    state.address = address
+                    try:
+                        state.conn = self._peer(address)
+                    except Exception as exc:
+                        reason = f"could not reach its process: {exc}"
+                        alive = False
+                if alive:
+                    self._pump_actor(state)
+                    return
+            state.dead_reason = reason or "its process died"
+            pending = list(state.inflight.values()) + list(state.queue)
+            state.inflight.clear()
+            state.queue.clear()
+            error = ActorDiedError(state.desc, state.dead_reason)
+            for pt in pending:
+                self._fail_task(pt, error)
+
+    # -- peers ---------------------------------------------------------------
+
+    def _peer(self, address: str) -> Connection:
+        conn = self._peers.get(address)
+        if conn is None or conn.closed:
+            conn = connect(address, self._token, self._hello, self._handle, self._on_peer_closed, f"peer:{address}")
+            conn.peer = {"address": address}
+            self._peers[address] = conn
+        return conn
+
+    def send_to(self, address: str, msg: tuple, flush: bool = True) -> None:
+        try:
+            conn = self._peer(address)
+        except Exception as exc:
+            log.warning("could not deliver to %s (owner gone?): %s", address, exc)
+            return
+        conn.send(msg)
+        if flush:
+            conn.flush()
+
+    def _on_peer(self, conn: Connection) -> None:
+        address = conn.peer.get("address")
+        if address:
+            with self._lock:
+                existing = self._peers.get(address)
+                if existing is None or existing.closed:
+                    self._peers[address] = conn
+
+    def _on_peer_closed(self, conn: Connection) -> None:
+        address = conn.peer.get("address")
+        with self._lock:
+            if address and self._peers.get(address) is conn:
+                del self._peers[address]
+            for state in self._actors.values():
+                if state.conn is conn:
+                    state.conn = None
+                    if state.dead_reason is None and not self.closed:
+                        self._ask_actor_fate(state)
+
+    def _ask_actor_fate(self, state: _ActorState) -> None:
+        # The actor's connection broke: the scheduler knows why.
+        if self.scheduler.closed:
+            self._on_actor_state(state.actor_id, False, None, "the cluster is shutting down")
+            return
+        self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))
+        self.scheduler.flush()
+
+    def _on_scheduler_closed(self, conn: Connection) -> None:
+        with self._cv:
+            self.closed = True
+            self._cv.notify_all()
+        if self.executor is not None:
+            self.executor.on_scheduler_lost()
+
+    # -- incoming messages -----------------------------------------------------
+
+    def _handle(self, conn: Connection, msg: tuple) -> None:
+        op = msg[0]
+        if op == Op.TASK_RESULT:
+            self._on_result(msg[1], msg[2], msg[3], msg[4])
+        elif op == Op.OBJECT_READY:
+            with self._cv:
+                self._store_ready.add(msg[1])
+                self._cv.notify_all()
+        elif op == Op.ACTOR_STATE:
+            self._on_actor_state(msg[1], msg[2], msg[3], msg[4])
+        elif op == Op.TASK_FAILED:
+            self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
+        else:
+            with self._lock:
+                executor = self.executor
+                if executor is None:
+                    # A worker's executor attaches right after connecting; keep what
+                    # arrives before then.
+                    self._early.append((conn, msg))
+                    return
+            executor.deliver(conn, msg)
+
+    def attach_executor(self, executor: Any) -> None:
+        with self._lock:
+            self.executor = executor
+            early, self._early = self._early, []
+        for conn, msg in early:
+            executor.deliver(conn, msg)
+
+    def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool) -> None:
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            if pt is None or pt.spec.attempt != attempt:
+                return  # a stale attempt: the object already has its value
+            if failed and not pt.cancelled and self._retry_on_exception(pt, results):
+                return
+            self._finish(pt, results)
+
+    def _retry_on_exception(self, pt: _PendingTask, results: list) -> bool:
+        rule = pt.retry_exceptions
+        spec = pt.spec
+        if not rule or spec.attempt >= spec.max_retries or spec.kind == TaskKind.ACTOR_CREATION:
+            return False
+        data = results[0][1]
+        if data is None:
+            return False
+        _, error = deserialize(data)
+        cause = error.cause if isinstance(error, EmberTaskError) else error
+        if rule is not True and not isinstance(cause, tuple(rule)):
+            return False
+        self._resubmit(pt)
+        return True
+
+    def _resubmit(self, pt: _PendingTask) -> None:
+        spec = pt.spec
+        spec.attempt += 1
+        if spec.kind == TaskKind.ACTOR_CALL:
+            state = self._actors[spec.actor_id]  # type: ignore[index]
+            state.inflight.pop(spec.task_id, None)
+            state.queue.appendleft(pt)
+            self._pump_actor(state)
+        else:
+            self._dispatch(pt)
+
+    def _finish(self, pt: _PendingTask, results: list) -> None:
+        spec = pt.spec
+        self._tasks.pop(spec.task_id, None)
+        if spec.kind == TaskKind.ACTOR_CALL:
+            state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
+            if state is not None:
+                state.inflight.pop(spec.task_id, None)
+        ready: list[_PendingTask] = []
+        for oid, data, _size in results:
+            entry = self._objects.get(oid)
+            if entry is None or entry.dropped:
+                self._objects.pop(oid, None)
+                if data is None:
+                    self.store.send((Op.FREE, [oid]))
+                continue
+            if data is None:
+                entry.state = READY_STORE
+            else:
+                entry.state = READY_INLINE
+                entry.data = data
+                if entry.shared:
+                    self._publish(oid, data)
+            for waiter in self._dep_waiters.pop(oid, ()):
+                waiter.missing -= 1
+                if waiter.missing == 0:
+                    ready.append(waiter)
+        pt.raw_args = ()
+        pt.raw_kwargs = {}
+        self._cv.notify_all()
+        for waiter in ready:
+            if waiter.cancelled:
+                continue
+            if waiter.spec.kind == TaskKind.ACTOR_CALL:
+                self._pump_actor(self._actors[waiter.spec.actor_id])  # type: ignore[index]
+            else:
+                try:
+                    self._dispatch(waiter)
+                except BaseException as exc:
+                    self._fail_task(waiter, exc)
+
+    def _fail_task(self, pt: _PendingTask, error: BaseException) -> None:
+        data = to_bytes(serialize_error(error), b"")
+        self._finish(pt, [(oid, data, len(data)) for oid in pt.spec.return_ids()])
+
+    def _on_task_failed(self, task_id: bytes, attempt: int, cause: str, detail: str) -> None:
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            if pt is None or pt.spec.attempt != attempt:
+                return
+            spec = pt.spec
+            if cause == FailureCause.WORKER_DIED and not pt.cancelled:
+                if spec.attempt < spec.max_retries:
+                    self._resubmit(pt)
+                    return
+                self._fail_task(pt, WorkerCrashedError(spec.describe(), spec.attempt + 1, detail))
+            elif cause == FailureCause.CANCELLED or pt.cancelled:
+                self._fail_task(pt, TaskCancelledError(task_id.hex()))
+            else:
+                self._fail_task(pt, ActorDiedError(spec.function_name, detail))
+
+    # -- cancel ------------------------------------------------------------------
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        task_id = ref.task_id().binary()
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            if pt is None:
+                return
+            pt.cancelled = True
+            if pt.missing > 0 or pt.spec.kind == TaskKind.ACTOR_CALL and pt in self._actors[pt.spec.actor_id].queue:  # type: ignore[index]
+                self._fail_task(pt, TaskCancelledError(task_id.hex()))
+                return
+        self.scheduler.send_now((Op.CANCEL, task_id, force))
+
+    # -- get / wait --------------------------------------------------------------
+
+    def _ready(self, ref: ObjectRef) -> bool:
+        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+        if entry is not None:
+            return entry.state != PENDING
+        if ref._id in self._store_ready:
+            return True
+        if self.files.exists(ref._id):
+            return True
+        if ref._id not in self._subscribed:
+            self._subscribed.add(ref._id)
+            self.store.send((Op.SUBSCRIBE, ref._id))
+        return False
+
+    def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
+        """Block until ``count`` of ``refs`` are ready or the deadline passes."""
+        blocked = False
+        try:
+            with self._cv:
+                while True:
+                    flags = [self._ready(r) for r in refs]
+                    if sum(flags) >= count or self.closed:
+                        return flags
+                    self.flush()
+                    if not blocked and self.executor is not None and self.current_task is not None:
+                        blocked = True
+                        self.executor.on_blocked()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return flags
+                    self._cv.wait(remaining if remaining is not None else 1.0)
+        finally:
+            if blocked:
+                self.executor.on_unblocked()
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.flush()
+        flags = self._wait_ready(refs, len(refs), deadline)
+        if not all(flags):
+            if self.closed:
+                raise ObjectLostError(refs[flags.index(False)].hex(), "the cluster shut down")
+            missing = sum(1 for f in flags if not f)
+            raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
+        return [self._value(r) for r in refs]
+
+    def _value(self, ref: ObjectRef) -> Any:
+        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+        if entry is not None and entry.state == READY_INLINE:
+            buf: Any = entry.data
+        else:
+            buf = self.files.open(ref._id)
+            if buf is None:
+                raise ObjectLostError(ref.hex(), "no copy is left in the object store")
+        kind, value = deserialize(buf)
+        if kind == ObjectKind.ERROR:
+            if isinstance(value, EmberTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def wait(
+        self, refs: list[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.flush()
+        flags = self._wait_ready(refs, num_returns, deadline)
+        ready, not_ready = [], []
+        for ref, flag in zip(refs, flags):
+            (ready if flag and len(ready) < num_returns else not_ready).append(ref)
+        return ready, not_ready
+
+    # -- introspection -------------------------------------------------------------
+
+    def check_feasible(self, shape: tuple, what: str) -> None:
+        """Raise at once for a request no node can ever satisfy, instead of queueing it forever."""
+        if self._totals is None:
+            self._totals, _ = self.call_scheduler(Op.RESOURCES)
+        missing = {n: a for n, a in shape if self._totals.get(n, 0.0) + 1e-9 < a}
+        if missing:
+            have = {n: self._totals.get(n, 0.0) for n in missing}
+            raise InfeasibleResourceError(
+                f"{what} asks for {missing} but the cluster has at most {have}; "
+                "lower the request, or start ember with more (e.g. ember.init(num_gpus=N) or "
+                "ember.init(resources={...}); resources like GPUs are scheduling labels here)"
+            )
+
+
+    def call_scheduler(self, op: int, *payload: Any, timeout_s: float = 30.0) -> Any:
+        try:
+            return self.scheduler.call(op, *payload, timeout_s=timeout_s)
+        except ConnectionClosed as exc:
+            raise ObjectLostError("", f"the scheduler is unreachable: {exc}") from exc
+

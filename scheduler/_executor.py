@@ -1,0 +1,268 @@
+"""The executor: the part of a worker process that runs user code.
+
+Tasks and actor calls arrive on reader threads and are queued; the main
+thread runs them one at a time and sends each result straight to the task's
+owner. When user code blocks in ``get``, the executor hands its queued tasks
+back to the scheduler and tells it the CPU is free, so nested tasks cannot
+deadlock the pool.
+
+It must never hold the core client's lock while running user code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import traceback
+from collections import deque
+from typing import Any
+
+import cloudpickle
+
+from ember.exceptions import EmberTaskError, SerializationError, TaskCancelledError
+from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
+from ember.scheduler._protocol import Connection, Op
+from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
+
+log = logging.getLogger("ember.executor")
+
+
+class _UpstreamError(Exception):
+    """An argument's object is an error: the task fails with that same error."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+class Executor:
+    def __init__(self, core: CoreClient) -> None:
+        self.core = core
+        self._inbox: deque[tuple[Connection, tuple]] = deque()
+        self._cv = threading.Condition()
+        self._functions: dict[bytes, Any] = {}
+        self._payloads: dict[bytes, bytes] = {}
+        self._instance: Any = None
+        self._actor_id: bytes | None = None
+        self._actor_name = ""
+        self._blocked = False
+        self._running: bytes | None = None
+        self._cancelled: set[bytes] = set()
+        self._stop = False
+        core.attach_executor(self)
+
+    # -- called from reader threads ------------------------------------------------
+
+    def deliver(self, conn: Connection, msg: tuple) -> None:
+        op = msg[0]
+        if op == Op.EXECUTE:
+            spec, payload = msg[1], msg[2]
+            if payload is not None:
+                self._payloads[spec.function_id] = payload
+            if self._blocked:
+                # Never let a task wait behind a blocked one: give it back.
+                self.core.scheduler.send((Op.RETURN_TASKS, [spec.task_id]))
+                return
+        elif op == Op.CANCEL_RUNNING:
+            self._cancel(msg[1])
+            return
+        with self._cv:
+            self._inbox.append((conn, msg))
+            self._cv.notify()
+
+    def _cancel(self, task_id: bytes) -> None:
+        with self._cv:
+            self._cancelled.add(task_id)
+            if self._running == task_id:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def on_blocked(self) -> None:
+        with self._cv:
+            self._blocked = True
+            returned = [m[1].task_id for _, m in self._inbox if m[0] == Op.EXECUTE]
+            self._inbox = deque(item for item in self._inbox if item[1][0] != Op.EXECUTE)
+        self.core.scheduler.send_now((Op.BLOCKED, returned))
+
+    def on_unblocked(self) -> None:
+        with self._cv:
+            self._blocked = False
+        self.core.scheduler.send((Op.UNBLOCKED,))
+
+    def on_scheduler_lost(self) -> None:
+        # Without its scheduler this worker can do nothing useful; a new one
+        # will start fresh workers.
+        os._exit(0)
+
+    # -- main thread -------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        while not self._stop:
+            with self._cv:
+                while not self._inbox:
+                    self._cv.wait()
+                conn, msg = self._inbox.popleft()
+            op = msg[0]
+            if op == Op.EXECUTE:
+                self._run_task(conn, msg[1])
+            elif op == Op.ACTOR_CALL:
+                self._run_task(conn, msg[1])
+            elif op == Op.BECOME_ACTOR:
+                self._become_actor(msg[1], msg[2])
+            else:
+                log.warning("executor ignored message %r", op)
+
+    def _function(self, spec: TaskSpec) -> Any:
+        fn = self._functions.get(spec.function_id)
+        if fn is None:
+            fn = cloudpickle.loads(self._payloads[spec.function_id])
+            self._functions[spec.function_id] = fn
+        return fn
+
+    def _arg(self, encoded: tuple) -> Any:
+        kind = encoded[0]
+        if kind == ArgKind.VALUE:
+            return encoded[1]
+        if kind == ArgKind.INLINE:
+            data = encoded[1]
+        else:
+            from ember.scheduler._object_ref import ObjectRef
+
+            ref = ObjectRef(encoded[1], encoded[2])
+            self.core._wait_ready([ref], 1, None)
+            data = self.core.files.open(ref._id)
+            if data is None:
+                from ember.exceptions import ObjectLostError
+
+                raise _UpstreamError(to_bytes(serialize_error(ObjectLostError(ref.hex(), "not in the store")), b""))
+        obj_kind, value = deserialize(data)
+        if obj_kind == ObjectKind.ERROR:
+            raise _UpstreamError(data)
+        return value
+
+    def _run_task(self, conn: Connection, spec: TaskSpec) -> None:
+        core = self.core
+        if spec.task_id in self._cancelled:
+            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()))
+            return
+        core.current_task = spec
+        self._running = spec.task_id
+        outcome: list | None = None
+        failed = False
+        try:
+            try:
+                if spec.kind == TaskKind.ACTOR_CALL:
+                    fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
+                else:
+                    fn = self._function(spec)
+                args = [self._arg(a) for a in spec.args]
+                kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+                value = fn(*args, **kwargs)
+            finally:
+                self._running = None
+            outcome = self._split(spec, value)
+        except _UpstreamError as up:
+            failed = True
+            outcome = [up.data] * spec.num_returns
+        except KeyboardInterrupt:
+            if spec.task_id not in self._cancelled:
+                raise
+            failed = True
+            outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * spec.num_returns
+        except BaseException as exc:
+            failed = True
+            outcome = [_error_bytes(_task_error(spec, exc))] * spec.num_returns
+        finally:
+            core.current_task = None
+        self._send_result(conn, spec, outcome, failed)
+
+    def _split(self, spec: TaskSpec, value: Any) -> list:
+        n = spec.num_returns
+        if n == 1:
+            return [value]
+        if n == 0:
+            return [None]
+        try:
+            values = list(value)
+        except TypeError:
+            raise ValueError(
+                f"{spec.describe()} declares num_returns={n} but returned a non-iterable {type(value).__name__}"
+            ) from None
+        if len(values) != n:
+            raise ValueError(f"{spec.describe()} declares num_returns={n} but returned {len(values)} values")
+        return values
+
+    def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool) -> None:
+        core = self.core
+        results = []
+        for oid, value in zip(spec.return_ids(), outcome):
+            if failed:
+                data = value
+                results.append((oid, data, len(data)))
+                continue
+            try:
+                obj = serialize(value)
+            except SerializationError as exc:
+                failed = True
+                data = _error_bytes(exc)
+                results.append((oid, data, len(data)))
+                continue
+            if obj.total_size <= INLINE_BYTES_MAX:
+                data = to_bytes(obj, oid)
+                results.append((oid, data, len(data)))
+            else:
+                core._write_to_store(oid, obj)
+                results.append((oid, None, obj.total_size))
+        msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed)
+        if spec.kind == TaskKind.ACTOR_CALL:
+            conn.send(msg)
+            conn.flush()
+        else:
+            core.send_to(spec.owner_addr, msg)
+            core.scheduler.send((Op.TASKS_DONE, spec.task_id))
+            core.scheduler.flush()
+        core.store.flush()
+
+    def _send_error(self, conn: Connection, spec: TaskSpec, error: BaseException) -> None:
+        data = _error_bytes(error)
+        self._send_result(conn, spec, [data] * spec.num_returns, True)
+
+    def _become_actor(self, spec: TaskSpec, payload: bytes) -> None:
+        core = self.core
+        core.current_task = spec
+        self._actor_id = spec.actor_id
+        self._actor_name = spec.function_name
+        try:
+            cls = cloudpickle.loads(payload)
+            args = [self._arg(a) for a in spec.args]
+            kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+            self._instance = cls(*args, **kwargs)
+        except _UpstreamError as up:
+            core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, up.data, "an argument of its constructor failed"))
+            return
+        except BaseException as exc:
+            error = _task_error(spec, exc)
+            reason = f"its constructor raised {exc!r}:\n{getattr(error, 'traceback_str', '')}"
+            core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, _error_bytes(error), reason))
+            return
+        finally:
+            core.current_task = None
+        core.scheduler.send_now((Op.ACTOR_READY, spec.actor_id, core.address))
+
+
+def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
+    if isinstance(exc, SerializationError):
+        return exc
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = spec.function_name if spec.kind != TaskKind.ACTOR_CALL else f"{spec.function_name}.{spec.method}"
+    cause: BaseException | None = exc
+    try:
+        cloudpickle.dumps(exc)
+    except Exception:
+        cause = None
+    return EmberTaskError(name, tb, cause, repr(exc))
+
+
+def _error_bytes(error: BaseException) -> bytes:
+    return to_bytes(serialize_error(error), b"")

@@ -1,0 +1,113 @@
+"""ObjectRef: a future for an immutable object somewhere in the cluster.
+
+A ref knows its object id and its owner's address. Creating and dropping refs
+is counted by the process's core client, so an owner can free objects nobody
+can name any more. Pickling a ref (inside a container argument, a result, a
+put) marks it as shared: the owner then keeps the object and publishes it to
+the node's store so any process can read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember.scheduler import _context
+from ember.scheduler._spec import TASK_ID_BYTES
+
+
+class TaskID:
+    """The id of the task that created an object (``ref.task_id().hex()``)."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, raw: bytes) -> None:
+        self._id = raw
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskID) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"TaskID({self._id.hex()})"
+
+
+class ObjectRef:
+    """A reference to an object that a task returns or ``ember.put`` stores."""
+
+    __slots__ = ("_id", "_owner", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner_addr: str) -> None:
+        self._id = object_id
+        self._owner = owner_addr
+        core = _context.CORE
+        if core is not None:
+            core.incref(object_id)
+
+    def __del__(self) -> None:
+        core = _context.CORE
+        if core is not None:
+            try:
+                core.decref(self._id)
+            except Exception:  # interpreter shutdown: nothing left to free
+                pass
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def task_id(self) -> TaskID:
+        return TaskID(self._id[:TASK_ID_BYTES])
+
+    @property
+    def owner_address(self) -> str:
+        return self._owner
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        core = _context.CORE
+        if core is not None:
+            core.on_ref_shared(self)
+        return (_rebuild, (self._id, self._owner))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def future(self) -> Any:
+        """A ``concurrent.futures.Future`` resolved with the object's value."""
+        from concurrent.futures import Future
+        import threading
+
+        fut: Future = Future()
+
+        def resolve() -> None:
+            try:
+                fut.set_result(_context.require_core().get([self], None)[0])
+            except BaseException as exc:  # delivered to the future's user
+                fut.set_exception(exc)
+
+        threading.Thread(target=resolve, daemon=True).start()
+        return fut
+
+    def __await__(self) -> Any:
+        import asyncio
+
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild(object_id: bytes, owner_addr: str) -> ObjectRef:
+    return ObjectRef(object_id, owner_addr)

@@ -1,0 +1,403 @@
+"""Framed, authenticated, batching message connections between ember processes.
+
+Every connection starts with a preamble carrying the cluster token; the
+listener compares it in constant time *before* unpickling a single byte, so a
+peer without the token never reaches pickle. After that each frame is an
+8-byte length followed by a pickle of a *list* of messages: senders append to
+a pending list and one write carries everything queued since the last one,
+which is how a task avoids paying a syscall (and a wake-up on the other side)
+of its own.
+
+Messages are tuples whose first element is an ``Op``. Requests carry a
+request id and are answered with ``Op.REPLY``.
+
+This module must never interpret message contents beyond replies: it is
+plumbing, the services decide what messages mean.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import itertools
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from ember.exceptions import ClusterStartError, EmberOperationError
+
+log = logging.getLogger("ember.protocol")
+
+PREAMBLE_MAGIC = b"EMBR\x01"
+TOKEN_BYTES = 32
+_HEADER = struct.Struct("<Q")
+FRAME_BYTES_MAX = 1 << 31  # anything larger is a broken or hostile peer
+_RECV_CHUNK_BYTES = 1 << 18
+CONNECT_TIMEOUT_S = 10.0
+PREAMBLE_TIMEOUT_S = 5.0
+
+
+class Op(enum.IntEnum):
+    """Message kinds. Sent as plain ints; compared against these members."""
+
+    HELLO = 1
+    REPLY = 2
+    # to the scheduler
+    SUBMIT = 10
+    REGISTER_FUNCTION = 11
+    CANCEL = 12
+    CREATE_ACTOR = 13
+    KILL_ACTOR = 14
+    LOOKUP_ACTOR = 15
+    GET_NAMED_ACTOR = 16
+    BLOCKED = 17
+    UNBLOCKED = 18
+    TASKS_DONE = 19
+    RETURN_TASKS = 20
+    ACTOR_READY = 21
+    ACTOR_FAILED = 22
+    RESOURCES = 23
+    PROCESSES = 24
+    SHUTDOWN = 25
+    CLAIM_NAME = 26
+    # from the scheduler
+    EXECUTE = 30
+    CANCEL_RUNNING = 31
+    BECOME_ACTOR = 32
+    TASK_FAILED = 33
+    ACTOR_STATE = 34
+    # between core clients (owner <-> executor)
+    TASK_RESULT = 40
+    ACTOR_CALL = 41
+    # to and from the object store
+    SEALED = 50
+    SUBSCRIBE = 51
+    OBJECT_READY = 52
+    FREE = 53
+    ALLOC_SEGMENT = 54
+    STORE_STATS = 55
+
+
+class ConnectionClosed(EmberOperationError):
+    """The peer went away (it exited, was killed, or closed the connection)."""
+
+
+class AuthenticationError(EmberOperationError):
+    """A peer presented the wrong cluster token."""
+
+
+def new_token() -> bytes:
+    return os.urandom(TOKEN_BYTES)
+
+
+class Connection:
+    """One authenticated, bidirectional message stream.
+
+    ``send`` queues a message; queued messages leave as one frame when
+    ``flush`` is called or, failing that, when the writer thread gets to them.
+    The handler runs on this connection's reader thread and must not block.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Callable[["Connection", tuple], None],
+        on_close: Callable[["Connection"], None] | None = None,
+        name: str = "conn",
+    ) -> None:
+        self._sock = sock
+        self._handler = handler
+        self._on_close = on_close
+        self.name = name
+        self.peer: dict[str, Any] = {}
+        self._pending: list[tuple] = []
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._requests: dict[int, Future] = {}
+        self._request_ids = itertools.count(1)
+        # Called after each received chunk of frames is handled: a service
+        # flushes the messages its handlers queued on *other* connections.
+        self.batch_end: Callable[[], None] | None = None
+        self._reader = threading.Thread(target=self._read_loop, name=f"ember-read-{name}", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name=f"ember-write-{name}", daemon=True)
+
+    def start(self) -> "Connection":
+        self._reader.start()
+        self._writer.start()
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, msg: tuple) -> None:
+        with self._pending_lock:
+            self._pending.append(msg)
+            first = len(self._pending) == 1
+        if first:
+            self._wake.set()
+
+    def send_now(self, msg: tuple) -> None:
+        self.send(msg)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._pending or self._closed:
+            return
+        with self._write_lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            data = pickle.dumps(batch, protocol=5)
+            try:
+                if len(data) < 65536:
+                    self._sock.sendall(_HEADER.pack(len(data)) + data)
+                else:  # no concatenation copy for big frames
+                    self._sock.sendall(_HEADER.pack(len(data)))
+                    self._sock.sendall(data)
+            except OSError as exc:
+                self._shutdown(exc)
+
+    def request(self, msg_op: int, *payload: Any) -> Future:
+        """Send a request; the returned future resolves with the peer's reply."""
+        fut: Future = Future()
+        req_id = next(self._request_ids)
+        self._requests[req_id] = fut
+        if self._closed:
+            self._requests.pop(req_id, None)
+            fut.set_exception(ConnectionClosed(f"connection to {self.name} is closed"))
+            return fut
+        self.send((msg_op, req_id, *payload))
+        self.flush()
+        return fut
+
+    def call(self, msg_op: int, *payload: Any, timeout_s: float = 30.0) -> Any:
+        return self.request(msg_op, *payload).result(timeout=timeout_s)
+
+    def reply(self, req_id: int, value: Any = None, error: BaseException | None = None) -> None:
+        self.send((Op.REPLY, req_id, error, value))
+
+    # -- threads -----------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            self.flush()
+
+    def _read_loop(self) -> None:
+        buf = bytearray()
+        sock = self._sock
+        error: BaseException | None = None
+        try:
+            while True:
+                chunk = sock.recv(_RECV_CHUNK_BYTES)
+                if not chunk:
+                    break
+                buf += chunk
+                start = 0
+                while len(buf) - start >= 8:
+                    (size,) = _HEADER.unpack_from(buf, start)
+                    if size > FRAME_BYTES_MAX:
+                        raise ConnectionClosed(f"frame of {size} bytes from {self.name} exceeds the limit")
+                    end = start + 8 + size
+                    if len(buf) < end:
+                        if size <= _RECV_CHUNK_BYTES:
+                            break
+                        buf += _recv_exactly(sock, end - len(buf))
+                    with memoryview(buf) as view:
+                        batch = pickle.loads(view[start + 8 : end])
+                    start = end
+                    self._dispatch(batch)
+                if start:
+                    del buf[:start]
+                if self.batch_end is not None:
+                    self.batch_end()
+                # Messages the handler queued in response leave in one frame.
+                self.flush()
+        except (OSError, ConnectionClosed) as exc:
+            error = exc
+        except Exception as exc:  # a handler bug: log it loudly, then drop the peer
+            log.exception("handler failed on connection %s", self.name)
+            error = exc
+        self._shutdown(error)
+
+    def _dispatch(self, batch: list) -> None:
+        handler = self._handler
+        for msg in batch:
+            if msg[0] == Op.REPLY:
+                fut = self._requests.pop(msg[1], None)
+                if fut is not None and not fut.done():
+                    if msg[2] is not None:
+                        fut.set_exception(msg[2])
+                    else:
+                        fut.set_result(msg[3])
+            else:
+                handler(self, msg)
+
+    def close(self) -> None:
+        self._shutdown(None)
+
+    def _shutdown(self, error: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        closed = ConnectionClosed(f"connection to {self.name} closed" + (f": {error}" if error else ""))
+        for fut in list(self._requests.values()):
+            if not fut.done():
+                fut.set_exception(closed)
+        self._requests.clear()
+        if self._on_close is not None:
+            self._on_close(self)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray(n)
+    view = memoryview(out)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionClosed("peer closed mid-frame")
+        got += k
+    return bytes(out)
+
+
+def connect(
+    path: str | Path,
+    token: bytes,
+    hello: dict[str, Any],
+    handler: Callable[[Connection, tuple], None],
+    on_close: Callable[[Connection], None] | None = None,
+    name: str = "peer",
+    timeout_s: float = CONNECT_TIMEOUT_S,
+) -> Connection:
+    """Open an authenticated connection to the listener at ``path``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last_error: OSError | None = None
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            break
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            if time.monotonic() >= deadline:
+                raise ClusterStartError(
+                    f"could not connect to {name} at {path} within {timeout_s:.0f}s: {last_error}"
+                ) from last_error
+            time.sleep(0.01)
+    sock.sendall(PREAMBLE_MAGIC + token)
+    conn = Connection(sock, handler, on_close, name=name)
+    conn.send((Op.HELLO, hello))
+    conn.start()
+    conn.flush()
+    return conn
+
+
+class Listener:
+    """Accepts connections on a Unix socket; rejects any without the token."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        token: bytes,
+        on_connection: Callable[[Connection], None],
+        handler: Callable[[Connection, tuple], None],
+        on_close: Callable[[Connection], None] | None = None,
+        name: str = "listener",
+        batch_end: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self._batch_end = batch_end
+        self._token = token
+        self._on_connection = on_connection
+        self._handler = handler
+        self._on_close = on_close
+        self._name = name
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        self._sock.listen(512)
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept_loop, name=f"ember-accept-{name}", daemon=True)
+
+    def start(self) -> "Listener":
+        self._thread.start()
+        return self
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                sock, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._admit, args=(sock,), daemon=True).start()
+
+    def _admit(self, sock: socket.socket) -> None:
+        try:
+            sock.settimeout(PREAMBLE_TIMEOUT_S)
+            preamble = _recv_exactly(sock, len(PREAMBLE_MAGIC) + TOKEN_BYTES)
+            sock.settimeout(None)
+        except (OSError, ConnectionClosed) as exc:
+            log.warning("%s: dropped a connection that sent no preamble: %s", self._name, exc)
+            sock.close()
+            return
+        magic, token = preamble[: len(PREAMBLE_MAGIC)], preamble[len(PREAMBLE_MAGIC) :]
+        if magic != PREAMBLE_MAGIC or not hmac.compare_digest(token, self._token):
+            log.warning("%s: rejected a connection with a wrong magic or token", self._name)
+            sock.close()
+            return
+        conn = Connection(sock, self._handle_first, self._on_close, name=f"{self._name}-in")
+        conn.batch_end = self._batch_end
+        conn.start()
+
+    def _handle_first(self, conn: Connection, msg: tuple) -> None:
+        # The first message must be HELLO; after it the service's handler takes over.
+        if msg[0] != Op.HELLO or not isinstance(msg[1], dict):
+            log.warning("%s: first message was not HELLO; dropping peer", self._name)
+            conn.close()
+            return
+        conn.peer = msg[1]
+        conn.name = f"{self._name}<-{msg[1].get('kind', '?')}:{msg[1].get('pid', '?')}"
+        conn._handler = self._handler
+        self._on_connection(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

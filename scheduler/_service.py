@@ -1,0 +1,540 @@
+"""The node scheduler process: task queue, worker pool, resources, actor placement.
+
+Submitters send task specs here; the scheduler places each on a worker when
+the resources it asks for are free (queues are per resource shape, FIFO), and
+pipelines a second task onto a busy worker when the node is full so workers
+never idle waiting for a round trip. Results do not pass through here: workers
+send them straight to the owner.
+
+It must never run user code and never unpickle user values: specs carry
+encoded arguments it passes along untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from ember.scheduler._core import FailureCause
+from ember.scheduler._protocol import Connection, Listener, Op
+from ember.scheduler._resources import ResourcePool, cpu_part
+from ember.scheduler._session import Session, open_session
+from ember.scheduler._spec import TaskSpec
+from ember.scheduler import _procutil
+
+log = logging.getLogger("ember.scheduler")
+
+PIPELINE_DEPTH = 2
+WORKER_START_TIMEOUT_S = 60.0
+WORKER_START_FAILURES_MAX = 5
+IDLE_WORKER_TTL_S = 10.0
+TICK_S = 0.5
+
+
+class _Worker:
+    __slots__ = (
+        "worker_id", "proc", "conn", "address", "assigned", "shape", "functions", "blocked",
+        "actor_id", "started_at", "idle_since", "kind",
+    )
+
+    def __init__(self, proc: subprocess.Popen, actor_id: bytes | None) -> None:
+        self.proc = proc
+        self.worker_id: bytes | None = None
+        self.conn: Connection | None = None
+        self.address: str | None = None
+        self.assigned: dict[bytes, TaskSpec] = {}
+        self.shape: tuple = ()
+        self.functions: set[bytes] = set()
+        self.blocked = False
+        self.actor_id = actor_id
+        self.started_at = time.monotonic()
+        self.idle_since = time.monotonic()
+
+
+class _Actor:
+    __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name")
+
+    def __init__(self) -> None:
+        self.spec: TaskSpec | None = None
+        self.state = "PENDING"  # PENDING -> ALIVE -> DEAD
+        self.address: str | None = None
+        self.worker: _Worker | None = None
+        self.reason: str | None = None
+        self.subscribers: set[Connection] = set()
+        self.detached = False
+        self.meta: Any = None
+        self.name: str | None = None
+
+
+class Scheduler:
+    def __init__(self, session: Session, resources: dict[str, float], node_id: str, store_pid: int) -> None:
+        self.session = session
+        self.node_id = node_id
+        self.store_pid = store_pid
+        self.pool = ResourcePool(resources)
+        self._lock = threading.RLock()
+        self._queues: dict[tuple, deque[TaskSpec]] = {}
+        self._functions: dict[bytes, bytes] = {}
+        self._workers: list[_Worker] = []
+        self._by_conn: dict[Connection, _Worker] = {}
+        self._clients: dict[str, Connection] = {}
+        self._actors: dict[bytes, _Actor] = {}
+        self._names: dict[str, bytes] = {}
+        self._pending_actors: deque[bytes] = deque()
+        self._dirty: set[Connection] = set()
+        self._start_failures = 0
+        self._stopping = False
+        self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
+        self.listener = Listener(
+            session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
+            name="scheduler", batch_end=self._flush_dirty,
+        )
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.listener.start()
+        with self._lock:
+            for _ in range(self.cpu_soft_limit):
+                self._spawn_worker(None)
+        threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
+
+    def _send(self, conn: Connection | None, msg: tuple) -> None:
+        if conn is None or conn.closed:
+            return
+        conn.send(msg)
+        self._dirty.add(conn)
+
+    def _flush_dirty(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush()
+
+    def _on_connect(self, conn: Connection) -> None:
+        with self._lock:
+            peer = conn.peer
+            if peer.get("kind") == "worker":
+                for w in self._workers:
+                    if w.proc.pid == peer.get("pid") and w.conn is None:
+                        w.conn = conn
+                        w.address = peer["address"]
+                        w.worker_id = peer["worker_id"]
+                        self._by_conn[conn] = w
+                        self._start_failures = 0
+                        if w.actor_id is not None:
+                            self._start_actor_on(w)
+                        break
+            if peer.get("address"):
+                self._clients[peer["address"]] = conn
+            self._dispatch()
+        self._flush_dirty()
+
+    def _on_close(self, conn: Connection) -> None:
+        with self._lock:
+            address = conn.peer.get("address")
+            if address and self._clients.get(address) is conn:
+                del self._clients[address]
+            for actor in self._actors.values():
+                actor.subscribers.discard(conn)
+            w = self._by_conn.pop(conn, None)
+            if w is not None:
+                self._worker_died(w, _procutil.exit_description(w.proc))
+            elif address and not self._stopping:
+                self._owner_gone(address)
+            self._dispatch()
+        self._flush_dirty()
+
+    # -- message handling --------------------------------------------------------------
+
+    def _handle(self, conn: Connection, msg: tuple) -> None:
+        op = msg[0]
+        with self._lock:
+            if op == Op.SUBMIT:
+                self._enqueue(msg[1])
+                self._dispatch()
+            elif op == Op.TASKS_DONE:
+                self._task_done(conn, msg[1])
+            elif op == Op.REGISTER_FUNCTION:
+                self._functions[msg[1]] = msg[2]
+            elif op == Op.BLOCKED:
+                self._blocked(conn, msg[1])
+            elif op == Op.UNBLOCKED:
+                w = self._by_conn.get(conn)
+                if w is not None and w.blocked:
+                    w.blocked = False
+                    self.pool.acquire(cpu_part(w.shape), force=True)
+            elif op == Op.RETURN_TASKS:
+                self._return_tasks(conn, msg[1])
+                self._dispatch()
+            elif op == Op.CREATE_ACTOR:
+                self._create_actor(msg[1], msg[2], msg[3])
+            elif op == Op.ACTOR_READY:
+                self._actor_ready(msg[1], msg[2])
+            elif op == Op.ACTOR_FAILED:
+                self._actor_dead(msg[1], msg[3])
+            elif op == Op.LOOKUP_ACTOR:
+                self._subscribe_actor(conn, msg[2])
+            elif op == Op.KILL_ACTOR:
+                self._kill_actor(msg[1], "killed by ember.kill()")
+            elif op == Op.CLAIM_NAME:
+                conn.reply(msg[1], self._claim_name(msg[2], msg[3], msg[4]))
+            elif op == Op.GET_NAMED_ACTOR:
+                conn.reply(msg[1], self._named_actor(msg[2]))
+            elif op == Op.CANCEL:
+                self._cancel(msg[1], msg[2])
+            elif op == Op.RESOURCES:
+                conn.reply(msg[1], self.pool.snapshot())
+            elif op == Op.PROCESSES:
+                conn.reply(msg[1], self.processes())
+            elif op == Op.SHUTDOWN:
+                self.stop()
+            else:
+                log.warning("scheduler: unknown message %r from %s", op, conn.name)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
+        if not self.pool.feasible(spec.resources):
+            owner = self._clients.get(spec.owner_addr)
+            self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, "infeasible",
+                               f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}"))
+            return
+        queue = self._queues.get(spec.resources)
+        if queue is None:
+            queue = self._queues[spec.resources] = deque()
+        if front:
+            queue.appendleft(spec)
+        else:
+            queue.append(spec)
+
+    def _dispatch(self) -> None:
+        for shape, queue in self._queues.items():
+            while queue:
+                worker = self._place(shape)
+                if worker is None:
+                    break
+                self._assign(worker, queue.popleft())
+        if self._pending_actors:
+            self._place_actors()
+
+    def _place(self, shape: tuple) -> _Worker | None:
+        if self.pool.can_acquire(shape):
+            idle = self._idle_worker()
+            if idle is not None:
+                self.pool.acquire(shape)
+                idle.shape = shape
+                return idle
+            self._maybe_spawn()
+            return None
+        # The node is full: queue one more behind a running task of the same shape.
+        best = None
+        for w in self._workers:
+            if (w.actor_id is None and w.conn is not None and not w.blocked and w.assigned
+                    and w.shape == shape and len(w.assigned) < PIPELINE_DEPTH):
+                if best is None or len(w.assigned) < len(best.assigned):
+                    best = w
+        return best
+
+    def _idle_worker(self) -> _Worker | None:
+        for w in self._workers:
+            if w.actor_id is None and w.conn is not None and not w.assigned and not w.conn.closed:
+                return w
+        return None
+
+    def _maybe_spawn(self) -> None:
+        starting = sum(1 for w in self._workers if w.conn is None and w.actor_id is None)
+        task_workers = sum(1 for w in self._workers if w.actor_id is None)
+        blocked = sum(1 for w in self._workers if w.blocked)
+        if starting == 0 and task_workers < max(self.cpu_soft_limit + blocked, 1) * 4:
+            self._spawn_worker(None)
+
+    def _assign(self, w: _Worker, spec: TaskSpec) -> None:
+        w.assigned[spec.task_id] = spec
+        payload = None
+        if spec.function_id not in w.functions:
+            payload = self._functions.get(spec.function_id)
+            w.functions.add(spec.function_id)
+        self._send(w.conn, (Op.EXECUTE, spec, payload))
+
+    def _task_done(self, conn: Connection, task_id: bytes) -> None:
+        w = self._by_conn.get(conn)
+        if w is None:
+            return
+        w.assigned.pop(task_id, None)
+        if not w.assigned:
+            self._release(w)
+        self._dispatch()
+
+    def _release(self, w: _Worker) -> None:
+        shape = w.shape
+        if w.blocked:
+            shape = tuple((n, a) for n, a in shape if n != "CPU")
+            w.blocked = False
+        self.pool.release(shape)
+        w.shape = ()
+        w.idle_since = time.monotonic()
+
+    def _blocked(self, conn: Connection, returned: list[bytes]) -> None:
+        w = self._by_conn.get(conn)
+        if w is None:
+            return
+        self._return_tasks(conn, returned)
+        if not w.blocked and w.assigned:
+            w.blocked = True
+            self.pool.release(cpu_part(w.shape))
+        self._dispatch()
+
+    def _return_tasks(self, conn: Connection, task_ids: list[bytes]) -> None:
+        w = self._by_conn.get(conn)
+        if w is None:
+            return
+        for task_id in reversed(task_ids):
+            spec = w.assigned.pop(task_id, None)
+            if spec is not None:
+                self._enqueue(spec, front=True)
+
+    def _cancel(self, task_id: bytes, force: bool) -> None:
+        for queue in self._queues.values():
+            for spec in queue:
+                if spec.task_id == task_id:
+                    queue.remove(spec)
+                    self._send(self._clients.get(spec.owner_addr),
+                               (Op.TASK_FAILED, task_id, spec.attempt, FailureCause.CANCELLED, ""))
+                    return
+        for w in self._workers:
+            if task_id in w.assigned:
+                if force:
+                    _procutil.kill(w.proc)
+                else:
+                    self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
+                return
+
+    # -- worker lifecycle ----------------------------------------------------------------
+
+    def _spawn_worker(self, actor_id: bytes | None) -> _Worker:
+        proc = _procutil.spawn_python(
+            "ember.scheduler._worker_main", [str(self.session.dir), self.node_id], self.session.log_dir
+        )
+        w = _Worker(proc, actor_id)
+        self._workers.append(w)
+        return w
+
+    def _worker_died(self, w: _Worker, detail: str) -> None:
+        if w in self._workers:
+            self._workers.remove(w)
+        _procutil.kill(w.proc)
+        for spec in w.assigned.values():
+            owner = self._clients.get(spec.owner_addr)
+            self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.WORKER_DIED, detail))
+        if w.assigned or w.actor_id is not None:
+            self._release(w)
+        w.assigned = {}
+        if w.actor_id is not None:
+            actor = self._actors.get(w.actor_id)
+            if actor is not None and actor.state != "DEAD":
+                self._actor_dead(w.actor_id, f"its worker process died ({detail})")
+
+    def _owner_gone(self, address: str) -> None:
+        for actor_id, actor in list(self._actors.items()):
+            if actor.spec is not None and actor.spec.owner_addr == address and not actor.detached:
+                self._kill_actor(actor_id, "its owner exited")
+
+    def _tick_loop(self) -> None:
+        while not self._stopping:
+            time.sleep(TICK_S)
+            with self._lock:
+                self._tick()
+            self._flush_dirty()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers):
+            code = w.proc.poll()
+            if w.conn is None and (code is not None or now - w.started_at > WORKER_START_TIMEOUT_S):
+                self._workers.remove(w)
+                _procutil.kill(w.proc)
+                self._start_failures += 1
+                log.error("a worker failed to start (%s); see %s", _procutil.exit_description(w.proc),
+                          self.session.log_dir)
+                if w.actor_id is not None:
+                    self._actor_dead(w.actor_id, "its worker process failed to start")
+        if self._start_failures >= WORKER_START_FAILURES_MAX:
+            self._fail_all_queued("workers keep failing to start; see the logs in " + str(self.session.log_dir))
+        idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.assigned]
+        task_workers = sum(1 for w in self._workers if w.actor_id is None)
+        for w in idle:
+            if task_workers <= self.cpu_soft_limit:
+                break
+            if now - w.idle_since > IDLE_WORKER_TTL_S:
+                self._workers.remove(w)
+                self._by_conn.pop(w.conn, None)  # type: ignore[arg-type]
+                _procutil.terminate(w.proc)
+                task_workers -= 1
+        self._dispatch()
+
+    def _fail_all_queued(self, detail: str) -> None:
+        for queue in self._queues.values():
+            while queue:
+                spec = queue.popleft()
+                self._send(self._clients.get(spec.owner_addr),
+                           (Op.TASK_FAILED, spec.task_id, spec.max_retries, FailureCause.WORKER_DIED, detail))
+        self._start_failures = 0
+
+    # -- actors ----------------------------------------------------------------------------
+
+    def _actor(self, actor_id: bytes) -> _Actor:
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            actor = self._actors[actor_id] = _Actor()
+        return actor
+
+    def _claim_name(self, name: str, actor_id: bytes, meta: Any) -> str | None:
+        existing = self._names.get(name)
+        if existing is not None and self._actors.get(existing) is not None and self._actors[existing].state != "DEAD":
+            return f"an actor named {name!r} already exists"
+        self._names[name] = actor_id
+        actor = self._actor(actor_id)
+        actor.name = name
+        actor.meta = meta
+        return None
+
+    def _named_actor(self, name: str) -> Any:
+        actor_id = self._names.get(name)
+        if actor_id is None:
+            return None
+        actor = self._actors.get(actor_id)
+        if actor is None or actor.state == "DEAD":
+            return None
+        return (actor_id, actor.meta)
+
+    def _create_actor(self, spec: TaskSpec, detached: bool, meta: Any) -> None:
+        actor = self._actor(spec.actor_id)  # type: ignore[arg-type]
+        actor.spec = spec
+        actor.detached = detached
+        actor.meta = meta
+        if actor.state == "DEAD":
+            return  # killed before it was placed
+        if not self.pool.feasible(spec.resources):
+            self._actor_dead(spec.actor_id, f"it needs {self.pool.missing(spec.resources)}, "
+                                            f"which no node has (node total: {self.pool.total})")
+            return
+        self._pending_actors.append(spec.actor_id)  # type: ignore[arg-type]
+        self._place_actors()
+
+    def _place_actors(self) -> None:
+        while self._pending_actors:
+            actor = self._actors.get(self._pending_actors[0])
+            if actor is None or actor.state == "DEAD" or actor.spec is None:
+                self._pending_actors.popleft()
+                continue
+            if not self.pool.can_acquire(actor.spec.resources):
+                return
+            self._pending_actors.popleft()
+            self.pool.acquire(actor.spec.resources)
+            w = self._spawn_worker(actor.spec.actor_id)
+            w.shape = actor.spec.resources
+            actor.worker = w
+
+    def _start_actor_on(self, w: _Worker) -> None:
+        actor = self._actors[w.actor_id]  # type: ignore[index]
+        spec = actor.spec
+        assert spec is not None
+        self._send(w.conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id)))
+
+    def _actor_ready(self, actor_id: bytes, address: str) -> None:
+        actor = self._actor(actor_id)
+        if actor.state == "DEAD":
+            return
+        actor.state = "ALIVE"
+        actor.address = address
+        self._publish_actor(actor_id)
+
+    def _actor_dead(self, actor_id: bytes, reason: str) -> None:
+        actor = self._actor(actor_id)
+        if actor.state == "DEAD":
+            return
+        actor.state = "DEAD"
+        actor.reason = reason
+        w = actor.worker
+        if w is not None and w in self._workers:
+            self._workers.remove(w)
+            if w.conn is not None:
+                self._by_conn.pop(w.conn, None)
+            _procutil.kill(w.proc)
+            self._release(w)
+        if actor.name is not None and self._names.get(actor.name) == actor_id:
+            del self._names[actor.name]
+        self._publish_actor(actor_id)
+
+    def _kill_actor(self, actor_id: bytes, reason: str) -> None:
+        self._actor_dead(actor_id, reason)
+
+    def _subscribe_actor(self, conn: Connection, actor_id: bytes) -> None:
+        actor = self._actor(actor_id)
+        actor.subscribers.add(conn)
+        if actor.state != "PENDING":
+            self._send(conn, self._actor_state_msg(actor_id, actor))
+
+    def _publish_actor(self, actor_id: bytes) -> None:
+        actor = self._actors[actor_id]
+        msg = self._actor_state_msg(actor_id, actor)
+        for conn in actor.subscribers:
+            self._send(conn, msg)
+
+    @staticmethod
+    def _actor_state_msg(actor_id: bytes, actor: _Actor) -> tuple:
+        return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason)
+
+    # -- introspection and shutdown ---------------------------------------------------
+
+    def processes(self) -> list[dict[str, Any]]:
+        procs = [
+            {"kind": "scheduler", "node_id": self.node_id, "pid": os.getpid()},
+            {"kind": "store", "node_id": self.node_id, "pid": self.store_pid},
+        ]
+        for w in self._workers:
+            procs.append({"kind": "worker", "node_id": self.node_id, "pid": w.proc.pid,
+                          "actor_id": w.actor_id.hex() if w.actor_id else None,
+                          "state": "starting" if w.conn is None else ("busy" if w.assigned else "idle")})
+        return procs
+
+    def stop(self) -> None:
+        self._stopping = True
+        for w in list(self._workers):
+            _procutil.kill(w.proc)
+        for w in list(self._workers):
+            _procutil.reap(w.proc, 2.0)
+        self.listener.close()
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-scheduler")
+    parser.add_argument("session")
+    parser.add_argument("--resources", required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--store-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    _procutil.die_with_parent()
+    _procutil.setup_logging(args.session, "scheduler")
+    session = open_session(args.session)
+    scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    scheduler.start()
+    (session.sockets / "scheduler.ready").touch()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

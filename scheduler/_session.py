@@ -1,0 +1,129 @@
+"""Where a running cluster's files live: sockets, token, shared memory, spill.
+
+A session directory is private to the user (0700). The token file is 0600.
+Nothing here starts processes; ``_node`` does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SHM_ROOT = Path("/dev/shm")
+
+
+def _runtime_root() -> Path:
+    root = Path(os.environ.get("EMBER_RUNTIME_DIR") or Path(tempfile.gettempdir()) / f"ember-{os.getuid()}")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+@dataclass(frozen=True)
+class Session:
+    """Paths of one cluster session on this machine."""
+
+    dir: Path
+    name: str
+
+    @property
+    def token_path(self) -> Path:
+        return self.dir / "token"
+
+    @property
+    def sockets(self) -> Path:
+        return self.dir / "s"
+
+    @property
+    def scheduler_socket(self) -> Path:
+        return self.sockets / "scheduler"
+
+    @property
+    def store_socket(self) -> Path:
+        return self.sockets / "store"
+
+    @property
+    def shm_dir(self) -> Path:
+        base = SHM_ROOT if SHM_ROOT.is_dir() else self.dir
+        return base / f"ember-{self.name}"
+
+    @property
+    def spill_dir(self) -> Path:
+        return self.dir / "spill"
+
+    @property
+    def free_dir(self) -> Path:
+        return self.shm_dir / ".free"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def info_path(self) -> Path:
+        return self.dir / "session.json"
+
+    def token(self) -> bytes:
+        return self.token_path.read_bytes()
+
+    def worker_socket(self, kind: str, worker_id: bytes) -> Path:
+        return self.sockets / f"{kind}-{worker_id.hex()[:16]}"
+
+    def write_info(self, info: dict) -> None:
+        tmp = self.info_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.rename(self.info_path)
+
+    def read_info(self) -> dict:
+        return json.loads(self.info_path.read_text())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.shm_dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def create_session() -> Session:
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+    session = Session(_runtime_root() / name, name)
+    session.dir.mkdir(mode=0o700)
+    for sub in (session.sockets, session.spill_dir, session.log_dir):
+        sub.mkdir(mode=0o700)
+    session.shm_dir.mkdir(mode=0o700)
+    session.free_dir.mkdir(mode=0o700)
+    fd = os.open(session.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    return session
+
+
+def open_session(path: str | Path) -> Session:
+    path = Path(path)
+    return Session(path, path.name)
+
+
+def remove_stale_sessions() -> None:
+    """Delete sessions whose creating driver is gone (a SIGKILLed driver leaves them)."""
+    root = _runtime_root()
+    for entry in root.iterdir():
+        parts = entry.name.split("-")
+        if len(parts) < 4 or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        Session(entry, entry.name).remove()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

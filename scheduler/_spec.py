@@ -1,0 +1,148 @@
+"""Identifiers and task specifications, the records that travel between processes.
+
+A ``TaskSpec`` is everything needed to run a task again: which function, the
+arguments (by value or by object id), the options, who asked for it and which
+attempt this is. The lineage log stores exactly these records, so keep them
+plain: bytes, ints, strings, tuples.
+
+Ids: a task id is 16 bytes (8 random per process, then a counter), an object
+id is its creating task's id followed by a 4-byte return index. Puts get a
+task id of their own, so every object has a creating "task" in the lineage.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import struct
+from typing import Any
+
+TASK_ID_BYTES = 16
+OBJECT_ID_BYTES = 20
+_INDEX = struct.Struct(">I")
+
+
+class IdSource:
+    """Cheap unique ids: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count(1)
+
+    def task_id(self) -> bytes:
+        return self._prefix + next(self._counter).to_bytes(8, "big")
+
+    def reset(self) -> None:
+        # After fork a child must not repeat the parent's ids.
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count(1)
+
+
+IDS = IdSource()
+
+
+def object_id(task_id: bytes, index: int) -> bytes:
+    return task_id + _INDEX.pack(index)
+
+
+def task_of(object_id_: bytes) -> bytes:
+    return object_id_[:TASK_ID_BYTES]
+
+
+class TaskKind(enum.IntEnum):
+    NORMAL = 1
+    ACTOR_CREATION = 2
+    ACTOR_CALL = 3
+    PUT = 4
+
+
+class ArgKind(enum.IntEnum):
+    VALUE = 0  # a plain value that rides in the message pickle
+    INLINE = 1  # serialized object bytes (store layout)
+    REF = 2  # (object id, owner address): the executor reads it from the store
+
+
+# Types whose values ride as-is in control messages: cheap to pickle, cannot
+# hold references, never need cloudpickle.
+PLAIN_TYPES = frozenset({int, float, bool, str, bytes, type(None)})
+PLAIN_BYTES_MAX = 4096
+
+
+class TaskSpec:
+    """One task, actor creation or actor call, as logged and as executed."""
+
+    __slots__ = (
+        "task_id",
+        "kind",
+        "job_id",
+        "owner_addr",
+        "function_id",
+        "function_name",
+        "args",
+        "kwargs",
+        "num_returns",
+        "resources",
+        "max_retries",
+        "attempt",
+        "parent_task_id",
+        "actor_id",
+        "method",
+        "seq",
+        "name",
+    )
+
+    def __init__(
+        self,
+        task_id: bytes,
+        kind: int,
+        job_id: bytes,
+        owner_addr: str,
+        function_id: bytes,
+        function_name: str,
+        args: list,
+        kwargs: dict | None,
+        num_returns: int,
+        resources: tuple,
+        max_retries: int,
+        attempt: int = 0,
+        parent_task_id: bytes | None = None,
+        actor_id: bytes | None = None,
+        method: str | None = None,
+        seq: int = 0,
+        name: str | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.kind = kind
+        self.job_id = job_id
+        self.owner_addr = owner_addr
+        self.function_id = function_id
+        self.function_name = function_name
+        self.args = args
+        self.kwargs = kwargs
+        self.num_returns = num_returns
+        self.resources = resources
+        self.max_retries = max_retries
+        self.attempt = attempt
+        self.parent_task_id = parent_task_id
+        self.actor_id = actor_id
+        self.method = method
+        self.seq = seq
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskSpec, tuple(getattr(self, f) for f in TaskSpec.__slots__))
+
+    def return_ids(self) -> list[bytes]:
+        return [object_id(self.task_id, i + 1) for i in range(max(self.num_returns, 1))]
+
+    def describe(self) -> str:
+        label = self.name or self.function_name
+        if self.kind == TaskKind.ACTOR_CALL:
+            label = f"{self.function_name}.{self.method}"
+        return f"{label} (task {self.task_id.hex()})"
+
+
+def resource_shape(resources: dict[str, float]) -> tuple:
+    """A hashable, canonical form of a resource request (zero amounts dropped)."""
+    return tuple(sorted((k, float(v)) for k, v in resources.items() if v))

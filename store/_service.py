@@ -1,0 +1,197 @@
+"""The node's object store process: directory, wake-ups, memory pressure.
+
+Objects live in files on shared memory that writers create and readers map
+directly; this process is not on the data path. It records what is sealed,
+wakes processes waiting for an object, frees what owners release (recycling
+the memory as pre-faulted segments when nobody maps it), and spills the
+oldest objects to disk when shared memory passes its budget.
+
+When it dies the node's objects are considered lost: a restarted store
+starts empty.
+
+It must never unpickle object contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from ember.scheduler._protocol import Connection, Listener, Op
+from ember.scheduler._session import Session, open_session
+from ember.scheduler import _procutil
+from ember.store._segments import ObjectFiles, prefault_segment
+
+log = logging.getLogger("ember.store")
+
+FREE_SEGMENTS_MAX = 8
+SEGMENT_POOL_BYTES_MAX = 2 << 30
+
+
+class Store:
+    def __init__(self, session: Session, capacity_bytes: int) -> None:
+        self.session = session
+        self.capacity_bytes = capacity_bytes
+        self.files = ObjectFiles(session.shm_dir, session.spill_dir)
+        self._lock = threading.Lock()
+        self._objects: OrderedDict[bytes, int] = OrderedDict()  # seal order, for spilling
+        self._in_shm_bytes = 0
+        self._spilled: set[bytes] = set()
+        self._waiters: dict[bytes, set[Connection]] = {}
+        self._free_segments: list[tuple[int, Path]] = []  # (size, path)
+        self._dirty: set[Connection] = set()
+        self._wanted_segment = 0
+        self._refill = threading.Event()
+        self.stats = {"sealed": 0, "freed": 0, "spilled": 0, "recycled": 0}
+        self.files.clear()
+        self.listener = Listener(
+            session.store_socket, session.token(), lambda conn: None, self._handle, self._on_close,
+            name="store", batch_end=self._flush_dirty,
+        )
+
+    def start(self) -> None:
+        self.listener.start()
+        threading.Thread(target=self._segment_filler, name="ember-store-prefault", daemon=True).start()
+
+    def _flush_dirty(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush()
+
+    def _on_close(self, conn: Connection) -> None:
+        with self._lock:
+            for waiters in self._waiters.values():
+                waiters.discard(conn)
+
+    def _handle(self, conn: Connection, msg: tuple) -> None:
+        op = msg[0]
+        with self._lock:
+            if op == Op.SEALED:
+                self._sealed(msg[1], msg[2])
+            elif op == Op.SUBSCRIBE:
+                self._subscribe(conn, msg[1])
+            elif op == Op.FREE:
+                for oid in msg[1]:
+                    self._free(oid)
+            elif op == Op.ALLOC_SEGMENT:
+                conn.reply(msg[1], self._alloc_segment(msg[2]))
+            elif op == Op.STORE_STATS:
+                conn.reply(msg[1], self.statistics())
+            else:
+                log.warning("store: unknown message %r from %s", op, conn.name)
+
+    def _sealed(self, oid: bytes, size: int) -> None:
+        if oid not in self._objects:
+            self._objects[oid] = size
+            self._in_shm_bytes += size
+            self.stats["sealed"] += 1
+        for conn in self._waiters.pop(oid, ()):
+            conn.send((Op.OBJECT_READY, oid))
+            self._dirty.add(conn)
+        if self._in_shm_bytes > self.capacity_bytes:
+            self._spill_until_under()
+
+    def _subscribe(self, conn: Connection, oid: bytes) -> None:
+        if oid in self._objects or self.files.exists(oid):
+            conn.send((Op.OBJECT_READY, oid))
+            return
+        self._waiters.setdefault(oid, set()).add(conn)
+
+    def _free(self, oid: bytes) -> None:
+        size = self._objects.pop(oid, None)
+        if size is None:
+            self.files.delete(oid)
+            return
+        self.stats["freed"] += 1
+        if oid in self._spilled:
+            self._spilled.discard(oid)
+            self.files.delete(oid)
+            return
+        self._in_shm_bytes -= size
+        pooled = sum(s for s, _ in self._free_segments)
+        if size >= (8 << 20) and len(self._free_segments) < FREE_SEGMENTS_MAX and pooled + size <= SEGMENT_POOL_BYTES_MAX:
+            path = self.files.try_reclaim(oid, self.session.free_dir)
+            if path is not None:
+                self._free_segments.append((size, path))
+                self.stats["recycled"] += 1
+                return
+        self.files.delete(oid)
+
+    def _alloc_segment(self, size: int) -> str | None:
+        best = None
+        for i, (seg_size, _) in enumerate(self._free_segments):
+            if seg_size >= size and seg_size <= size * 2 and (best is None or seg_size < self._free_segments[best][0]):
+                best = i
+        if best is None:
+            # Nothing fits: the next object of this size finds one ready.
+            self._wanted_segment = size
+            self._refill.set()
+            return None
+        _, path = self._free_segments.pop(best)
+        return str(path)
+
+    def _segment_filler(self) -> None:
+        while True:
+            self._refill.wait()
+            self._refill.clear()
+            with self._lock:
+                size = self._wanted_segment
+                pooled = sum(s for s, _ in self._free_segments)
+                if size <= 0 or pooled + size > SEGMENT_POOL_BYTES_MAX or self._in_shm_bytes + pooled + size > self.capacity_bytes:
+                    continue
+            path = self.session.free_dir / f"seg-{time.monotonic_ns()}"
+            try:
+                prefault_segment(path, size)
+            except OSError as exc:
+                log.warning("could not prefault a %d-byte segment: %s", size, exc)
+                continue
+            with self._lock:
+                self._free_segments.append((size, path))
+
+    def _spill_until_under(self) -> None:
+        for oid, size in list(self._objects.items()):
+            if self._in_shm_bytes <= self.capacity_bytes * 0.8:
+                return
+            if oid in self._spilled:
+                continue
+            if self.files.spill(oid) is not None:
+                self._spilled.add(oid)
+                self._in_shm_bytes -= size
+                self.stats["spilled"] += 1
+
+    def statistics(self) -> dict:
+        return {
+            **self.stats,
+            "objects": len(self._objects),
+            "shm_bytes": self._in_shm_bytes,
+            "spilled_objects": len(self._spilled),
+            "capacity_bytes": self.capacity_bytes,
+            "free_segments": len(self._free_segments),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-store")
+    parser.add_argument("session")
+    parser.add_argument("--capacity-bytes", type=int, required=True)
+    args = parser.parse_args(argv)
+    _procutil.die_with_parent()
+    _procutil.setup_logging(args.session, "store")
+    session = open_session(args.session)
+    store = Store(session, args.capacity_bytes)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    store.start()
+    (session.sockets / "store.ready").touch()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

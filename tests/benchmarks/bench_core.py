@@ -1,0 +1,309 @@
+"""Core micro-benchmark: ember vs. Ray, side by side.
+
+Measures, through the Ray core API only (init, remote, get, put, wait,
+shutdown, actors), for each runtime in a fresh child process:
+
+* ``init_s``                  time of ``init(num_cpus=2)`` (first thing measured)
+* ``tasks_async_per_s``       N no-op tasks submitted, then one ``get`` of the list
+* ``tasks_sync_per_s``        ``get(noop.remote())`` in a loop
+* ``chain_per_s``             ``x = inc.remote(x)`` N times, then ``get`` (checks N+1)
+* ``actor_calls_async_per_s`` N ``ping`` calls on one actor, then ``get`` of all
+* ``actor_calls_sync_per_s``  ``get(a.ping.remote())`` in a loop
+* ``small_puts_per_s``        N ``put(i)``;  ``small_gets_per_s``: ``get`` of each
+* ``put_400mb_s`` / ``get_400mb_s`` (+ ``_median_s``) best and median of 3 trials
+  of put/get of a dict of ten 5,000,000-float64 arrays (400 MB)
+
+Each metric is run once after a short warm-up. Timings are reported, never
+asserted: this script fails only if it cannot run at all.
+
+The parent uses only the standard library and never imports a runtime; each
+runtime is imported by name (``importlib``) in ``--child NAME`` subprocesses,
+which print one ``BENCH_RESULT {json}`` line on stdout.
+
+Usage::
+
+    python tests/benchmarks/bench_core.py [--runtimes ember,ray] [--quick]
+        [--json FILE] [--ray-python PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+PREFIX = "BENCH_RESULT "
+CHILD_TIMEOUT_S = 600.0
+
+# (key, unit, kind, target): kind "rate" = higher is better, "time" = lower is better.
+METRICS: list[tuple[str, str, str, str]] = [
+    ("init_s", "s", "time", "< 1.5 s"),
+    ("tasks_async_per_s", "/s", "rate", ">= 3x ray"),
+    ("tasks_sync_per_s", "/s", "rate", ">= 3x ray"),
+    ("chain_per_s", "/s", "rate", ">= 3x ray"),
+    ("actor_calls_async_per_s", "/s", "rate", ">= 3x ray"),
+    ("actor_calls_sync_per_s", "/s", "rate", ">= 3x ray"),
+    ("small_puts_per_s", "/s", "rate", ">= 3x ray"),
+    ("small_gets_per_s", "/s", "rate", ">= 3x ray"),
+    ("put_400mb_s", "s", "time", "< 0.15 s"),
+    ("put_400mb_median_s", "s", "time", "< 0.15 s"),
+    ("get_400mb_s", "s", "time", "< 0.001 s"),
+    ("get_400mb_median_s", "s", "time", "< 0.001 s"),
+]
+ABS_TARGETS: dict[str, float] = {
+    "init_s": 1.5, "put_400mb_s": 0.15, "put_400mb_median_s": 0.15,
+    "get_400mb_s": 0.001, "get_400mb_median_s": 0.001,
+}
+
+
+# --------------------------------------------------------------------------- child
+def run_child(name: str, quick: bool) -> dict[str, Any]:
+    """Import runtime ``name`` and measure every metric; never raises per metric."""
+    n_big, n_small = (2000, 500) if quick else (10000, 2000)
+    res: dict[str, Any] = {"runtime": name, "quick": quick, "n_async": n_big, "n_sync": n_small}
+    errors: dict[str, str] = {}
+
+    def measure(keys: list[str], fn: Callable[[], dict[str, float]]) -> None:
+        try:
+            res.update(fn())
+        except BaseException as e:  # noqa: BLE001 - one failure must not kill the run
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            for k in keys:
+                res[k] = None
+                errors[k] = f"{type(e).__name__}: {e}"[:500]
+
+    rt = importlib.import_module(name)
+    res["version"] = getattr(rt, "__version__", None)
+
+    def init() -> dict[str, float]:
+        kw: dict[str, Any] = {"num_cpus": 2}
+        if name == "ray":
+            kw.update(include_dashboard=False, log_to_driver=False)
+        t = time.perf_counter()
+        rt.init(**kw)
+        return {"init_s": time.perf_counter() - t}
+
+    measure(["init_s"], init)
+
+    def noop() -> None:
+        return None
+
+    def inc(x: int) -> int:
+        return x + 1
+
+    class Pinger:
+        def ping(self) -> None:
+            return None
+
+    r_noop = rt.remote(noop)
+    r_inc = rt.remote(inc)
+
+    def tasks_async() -> dict[str, float]:
+        rt.get([r_noop.remote() for _ in range(100)])
+        t = time.perf_counter()
+        out = rt.get([r_noop.remote() for _ in range(n_big)])
+        dt = time.perf_counter() - t
+        assert len(out) == n_big
+        return {"tasks_async_per_s": n_big / dt}
+
+    def tasks_sync() -> dict[str, float]:
+        for _ in range(20):
+            rt.get(r_noop.remote())
+        t = time.perf_counter()
+        for _ in range(n_small):
+            rt.get(r_noop.remote())
+        return {"tasks_sync_per_s": n_small / (time.perf_counter() - t)}
+
+    def chain() -> dict[str, float]:
+        rt.get(r_inc.remote(r_inc.remote(0)))
+        t = time.perf_counter()
+        x = r_inc.remote(0)
+        for _ in range(n_small):
+            x = r_inc.remote(x)
+        val = rt.get(x)
+        dt = time.perf_counter() - t
+        assert val == n_small + 1, f"chain gave {val}, expected {n_small + 1}"
+        return {"chain_per_s": (n_small + 1) / dt}
+
+    measure(["tasks_async_per_s"], tasks_async)
+    measure(["tasks_sync_per_s"], tasks_sync)
+    measure(["chain_per_s"], chain)
+
+    actor: list[Any] = []
+
+    def actor_async() -> dict[str, float]:
+        a = rt.remote(Pinger).remote()
+        actor.append(a)
+        rt.get([a.ping.remote() for _ in range(100)])
+        t = time.perf_counter()
+        out = rt.get([a.ping.remote() for _ in range(n_big)])
+        dt = time.perf_counter() - t
+        assert len(out) == n_big
+        return {"actor_calls_async_per_s": n_big / dt}
+
+    def actor_sync() -> dict[str, float]:
+        a = actor[0] if actor else rt.remote(Pinger).remote()
+        for _ in range(20):
+            rt.get(a.ping.remote())
+        t = time.perf_counter()
+        for _ in range(n_small):
+            rt.get(a.ping.remote())
+        return {"actor_calls_sync_per_s": n_small / (time.perf_counter() - t)}
+
+    measure(["actor_calls_async_per_s"], actor_async)
+    measure(["actor_calls_sync_per_s"], actor_sync)
+    actor.clear()
+
+    refs: list[Any] = []
+
+    def small_puts() -> dict[str, float]:
+        rt.get([rt.put(i) for i in range(50)])
+        t = time.perf_counter()
+        for i in range(n_big):
+            refs.append(rt.put(i))
+        return {"small_puts_per_s": n_big / (time.perf_counter() - t)}
+
+    def small_gets() -> dict[str, float]:
+        if len(refs) != n_big:
+            raise RuntimeError("small_puts failed; nothing to get")
+        t = time.perf_counter()
+        for r in refs:
+            rt.get(r)
+        dt = time.perf_counter() - t
+        assert rt.get(refs[-1]) == n_big - 1
+        return {"small_gets_per_s": n_big / dt}
+
+    measure(["small_puts_per_s"], small_puts)
+    measure(["small_gets_per_s"], small_gets)
+    refs.clear()
+
+    def big() -> dict[str, float]:
+        import numpy as np
+
+        weights = {f"Variable{i}": np.random.normal(size=5000000) for i in range(10)}
+        puts: list[float] = []
+        gets: list[float] = []
+        for trial in range(3):
+            t = time.perf_counter()
+            ref = rt.put(weights)
+            puts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            got = rt.get(ref)
+            gets.append(time.perf_counter() - t)
+            if trial == 0:
+                assert set(got) == set(weights), "keys differ"
+                for k, v in weights.items():
+                    assert np.array_equal(got[k], v), f"{k} differs"
+            del got, ref
+        return {"put_400mb_s": min(puts), "put_400mb_median_s": statistics.median(puts),
+                "get_400mb_s": min(gets), "get_400mb_median_s": statistics.median(gets),
+                "put_400mb_trials_s": puts, "get_400mb_trials_s": gets}
+
+    measure(["put_400mb_s", "put_400mb_median_s", "get_400mb_s", "get_400mb_median_s"], big)
+
+    try:
+        rt.shutdown()
+    except Exception as e:  # noqa: BLE001
+        errors["shutdown"] = f"{type(e).__name__}: {e}"[:500]
+    res["errors"] = errors
+    return res
+
+
+# -------------------------------------------------------------------------- parent
+def run_runtime(name: str, python: str, quick: bool) -> dict[str, Any]:
+    """Run one child; return {"status": ..., "results": {...}} without raising."""
+    probe = subprocess.run(
+        [python, "-c", f"import importlib.util,sys; sys.exit(importlib.util.find_spec({name!r}) is None)"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    if probe.returncode != 0:
+        return {"status": "not installed", "python": python}
+    cmd = [python, os.path.abspath(__file__), "--child", name] + (["--quick"] if quick else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # own group: a hung child is killed whole
+    try:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return {"status": "timeout", "python": python, "stderr_tail": err[-2000:]}
+    for line in out.splitlines():
+        if line.startswith(PREFIX):
+            return {"status": "ok", "python": python, "results": json.loads(line[len(PREFIX):])}
+    return {"status": f"error (exit {proc.returncode})", "python": python, "stderr_tail": err[-2000:]}
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "null"
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v < 0.1 else f"{v:.3f}"
+
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    names = list(runs)
+    head = ["metric"] + names + (["ember/ray"] if {"ember", "ray"} <= set(names) else []) + ["target"]
+    rows = [head]
+    res = {n: r.get("results", {}) for n, r in runs.items()}
+    for key, unit, kind, target in METRICS:
+        row = [f"{key} ({unit})"]
+        for n in names:
+            row.append(fmt(res[n].get(key)) if runs[n]["status"] == "ok" else runs[n]["status"])
+        e, r = res.get("ember", {}).get(key), res.get("ray", {}).get(key)
+        if "ember/ray" in head:
+            row.append(f"{e / r:.2f}x" if e is not None and r else "-")
+        verdict = ""
+        if e is not None:
+            if kind == "time":
+                verdict = " ok" if e < ABS_TARGETS[key] else " MISS"
+            elif r is not None:
+                verdict = " ok" if e >= 3 * r else " MISS"
+        row.append(target + verdict)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runtimes", default="ember,ray")
+    p.add_argument("--quick", action="store_true", help="smaller counts")
+    p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    p.add_argument("--ray-python", metavar="PATH", help="interpreter for the ray child")
+    p.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(PREFIX + json.dumps(run_child(a.child, a.quick)), flush=True)
+        return 0
+    runs: dict[str, dict[str, Any]] = {}
+    for name in [n.strip() for n in a.runtimes.split(",") if n.strip()]:
+        python = a.ray_python if name == "ray" and a.ray_python else sys.executable
+        print(f"running {name} with {python} ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        runs[name] = run_runtime(name, python, a.quick)
+        print(f"  {name}: {runs[name]['status']} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        for k, msg in runs[name].get("results", {}).get("errors", {}).items():
+            print(f"  {name} error in {k}: {msg}", file=sys.stderr)
+        if "stderr_tail" in runs[name]:
+            print(runs[name]["stderr_tail"], file=sys.stderr)
+    print(f"bench_core on {platform.node()} ({os.cpu_count()} cpus){' --quick' if a.quick else ''}")
+    print(table(runs))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"quick": a.quick, "cpus": os.cpu_count(), "runs": runs}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
