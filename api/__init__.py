@@ -4,7 +4,7 @@
 actors, ``get``/``put``/``wait``, object refs passed between tasks.
 """
 
-from ember import exceptions
+from ember import chaos, exceptions, lineage
 from ember.scheduler import ObjectRef
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
@@ -34,6 +34,7 @@ __all__ = [
     "RuntimeContext",
     "available_resources",
     "cancel",
+    "chaos",
     "cluster_resources",
     "exceptions",
     "get",
@@ -42,6 +43,7 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "lineage",
     "method",
     "nodes",
     "put",

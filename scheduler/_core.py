@@ -41,7 +41,14 @@ from ember.scheduler._spec import (
     object_id,
 )
 from ember.store._segments import ObjectFiles
-from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
+from ember.store._serialization import (
+    ObjectKind,
+    deserialize,
+    serialize,
+    serialize_error,
+    to_bytes,
+    with_object_id,
+)
 
 log = logging.getLogger("ember.core")
 
@@ -191,7 +198,7 @@ class CoreClient:
         """Write an inline object to the node store so borrowers can read it."""
         assert data is not None
         if not self.files.exists(oid):
-            self.files.write_bytes(oid, data)
+            _write_layout_bytes(self.files.shm_dir, oid, data)
         self.store.send((Op.SEALED, oid, len(data), self.address))
 
     # -- put -----------------------------------------------------------------
@@ -670,3 +677,12 @@ class CoreClient:
         except ConnectionClosed as exc:
             raise ObjectLostError("", f"the scheduler is unreachable: {exc}") from exc
 
+
+
+
+def _write_layout_bytes(directory: Any, oid: bytes, data: bytes) -> None:
+    """Publish an inline object (already in store layout) as a store file named ``oid``."""
+    tmp = directory / f".pub-{oid.hex()}-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        f.write(with_object_id(data, oid))
+    os.rename(tmp, directory / oid.hex())

@@ -73,7 +73,10 @@ class ObjectFiles:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, object_id: bytes, obj: SerializedObject, segment: Path | None = None) -> Path:
-        """Publish ``obj`` under ``object_id``, in ``segment`` if given (a pre-faulted free file), and return its path."""
+        """Publish ``obj`` under ``object_id`` and return its path.
+
+        ``segment``, if given, is a pre-faulted free file to fill instead of a new one.
+        """
         _check_id(object_id)
         if segment is not None:
             path = self._write_segment(object_id, obj, Path(segment))
@@ -355,7 +358,9 @@ def _check_id(object_id: bytes) -> None:
 
 
 def _is_object_name(name: str) -> bool:
-    return 0 < len(name) <= 2 * OBJECT_ID_BYTES_MAX and len(name) % 2 == 0 and all(c in "0123456789abcdef" for c in name)
+    if not 0 < len(name) <= 2 * OBJECT_ID_BYTES_MAX or len(name) % 2:
+        return False
+    return all(c in "0123456789abcdef" for c in name)
 
 
 def _unlink_quietly(path: Path) -> None:

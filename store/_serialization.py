@@ -118,7 +118,8 @@ class SerializedObject:
             self._set_layout([len(buffer) for buffer in self._buffers])
         else:  # the common small value: skip the layout loop
             self._buffers = buffers
-            self._lengths = self._offsets = []
+            self._lengths: list[int] = []
+            self._offsets: list[int] = []
             self.total_size = HEADER_BYTES + len(meta)
 
     @classmethod
@@ -131,7 +132,7 @@ class SerializedObject:
     def _set_layout(self, lengths: list[int]) -> None:
         self._lengths = lengths
         position = HEADER_BYTES + _BUFFER_ENTRY_BYTES * len(lengths) + len(self.meta)
-        offsets = []
+        offsets: list[int] = []
         for length in lengths:
             position = _align(position)
             offsets.append(position)
@@ -145,7 +146,10 @@ class SerializedObject:
             pa = _pyarrow()
             sink = pa.BufferOutputStream()
             _write_arrow(sink, self._arrow)
-            self._buffers = [memoryview(sink.getvalue())]
+            stream = memoryview(sink.getvalue())
+            if len(stream) != self._lengths[0]:
+                raise EmberInternalError(f"Arrow stream has {len(stream)} bytes, {self._lengths[0]} were measured")
+            self._buffers = [stream]
             self._arrow = None
         return self._buffers
 
@@ -282,7 +286,9 @@ def deserialize(buf: Any) -> tuple[ObjectKind, Any]:
             return kind, _unpickle(view[meta_start : meta_start + meta_bytes], buffers)
         case ObjectKind.ARROW_TABLE | ObjectKind.ARROW_BATCH:
             if count != 1 or meta_bytes:
-                raise EmberInternalError(f"Arrow object has {count} buffers and {meta_bytes} meta bytes, expected 1 and 0")
+                raise EmberInternalError(
+                    f"Arrow object has {count} buffers and {meta_bytes} meta bytes, expected 1 and 0"
+                )
             return kind, _read_arrow(kind, buffers[0])
         case _:
             assert_never(kind)
@@ -290,12 +296,16 @@ def deserialize(buf: Any) -> tuple[ObjectKind, Any]:
 
 def _read_fixed_header(view: memoryview) -> tuple[bytes, ObjectKind, int, int, int]:
     if len(view) < HEADER_BYTES:
-        raise EmberInternalError(f"object region is truncated: {len(view)} bytes, shorter than the {HEADER_BYTES}-byte header")
+        raise EmberInternalError(
+            f"object region is truncated: {len(view)} bytes, shorter than the {HEADER_BYTES}-byte header"
+        )
     magic, version, kind_code, id_bytes, id_field, crc, total_size, meta_bytes, count = _HEADER.unpack_from(view, 0)
     if magic != MAGIC:
         raise EmberInternalError(f"not an ember object: magic is {magic!r}, expected {MAGIC!r}")
     if version != FORMAT_VERSION:
-        raise EmberInternalError(f"object format version {version} is not supported (this ember writes {FORMAT_VERSION})")
+        raise EmberInternalError(
+            f"object format version {version} is not supported (this ember writes {FORMAT_VERSION})"
+        )
     if crc != zlib.crc32(_CRC_FIELDS.pack(magic, version, kind_code, id_bytes, total_size, meta_bytes, count)):
         raise EmberInternalError("object header is corrupt: its CRC-32 does not match")
     if id_bytes > OBJECT_ID_BYTES_MAX or count > _BUFFER_COUNT_MAX:
@@ -405,7 +415,9 @@ def _align(position: int) -> int:
 def _describe_failure(value: Any, exc: BaseException) -> str:
     type_name = _type_name(value)
     where = _find_unpicklable(value, "value", _FIND_DEPTH_MAX)
-    located = f" (the part that fails is {where[0]}, of type {_type_name(where[1])})" if where and where[0] != "value" else ""
+    located = ""
+    if where is not None and where[0] != "value":
+        located = f" (the part that fails is {where[0]}, of type {_type_name(where[1])})"
     return (
         f"could not serialize a value of type {type_name}: {_short_repr(value)}{located}; "
         f"pickling raised {type(exc).__name__}: {exc}. "
@@ -463,3 +475,15 @@ def _short_repr(value: Any) -> str:
     except Exception as exc:
         return f"<repr() raised {type(exc).__name__}>"
     return text if len(text) <= _REPR_CHARS_MAX else text[: _REPR_CHARS_MAX - 3] + "..."
+
+
+def with_object_id(data: bytes, object_id: bytes) -> bytes:
+    """The same layout with ``object_id`` in its header (inline objects travel without one)."""
+    view = _byte_view(data)
+    magic, version, kind_code, _, _, _, total_size, meta_bytes, count = _HEADER.unpack_from(view, 0)
+    id_bytes = len(object_id)
+    if id_bytes > OBJECT_ID_BYTES_MAX:
+        raise ValueError(f"object ids are at most {OBJECT_ID_BYTES_MAX} bytes, got {id_bytes}")
+    crc = zlib.crc32(_CRC_FIELDS.pack(magic, version, kind_code, id_bytes, total_size, meta_bytes, count))
+    header = _HEADER.pack(magic, version, kind_code, id_bytes, object_id, crc, total_size, meta_bytes, count)
+    return header + bytes(view[HEADER_BYTES:])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +225,20 @@ def test_reader_of_a_recycled_file_gets_none(files: ObjectFiles, free_dir: Path)
     os.rename(recycled, files.shm_dir / ID_A.hex())
     assert files.open(ID_A) is None
     assert files.size_of(ID_A) is None
+
+
+def test_reader_waits_out_a_short_exclusive_lock(files: ObjectFiles) -> None:
+    files.write(ID_A, serialize("locked"))
+    fd = os.open(files.shm_dir / ID_A.hex(), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as try_reclaim holds it while checking the file
+    results: list[Any] = []
+    reader = threading.Thread(target=lambda: results.append(read(files, ID_A)))
+    reader.start()
+    reader.join(timeout=0.2)
+    assert reader.is_alive(), "the reader waits for the exclusive lock"
+    os.close(fd)
+    reader.join(timeout=10)
+    assert results == ["locked"]
 
 
 def test_try_reclaim_of_missing_object(files: ObjectFiles, free_dir: Path) -> None:

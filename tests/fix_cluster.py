@@ -1,0 +1,36 @@
+"""Cluster fixtures: a real local cluster (real processes, real shared memory)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import ember
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """A 4-CPU local cluster shared by one test module, stopped afterwards."""
+    ember.init(num_cpus=4, num_gpus=2, resources={"accelerator": 1})
+    try:
+        yield
+    finally:
+        ember.shutdown()
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+
+
+def run_script(code: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    """Run a driver program in a fresh interpreter (for exit and signal tests)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout_s,
+    )

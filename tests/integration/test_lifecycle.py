@@ -1,0 +1,94 @@
+"""Starting and stopping clusters: nothing is left behind."""
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+import ember
+from tests.fix_cluster import run_script
+
+LIST_PIDS = """
+import ember, json
+ember.init(num_cpus=2)
+@ember.remote
+def f(): return 1
+ember.get(f.remote())
+print("PIDS", json.dumps([p.pid for p in ember.chaos.processes()]), flush=True)
+"""
+
+
+def _gone(pids, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _pids(stdout):
+    import json
+
+    line = next(l for l in stdout.splitlines() if l.startswith("PIDS"))
+    return json.loads(line.split(" ", 1)[1])
+
+
+def test_shutdown_and_reinit_leave_no_process_behind():
+    ember.init(num_cpus=2)
+    pids = [p.pid for p in ember.chaos.processes()]
+    assert ember.is_initialized()
+    with pytest.raises(RuntimeError, match="already"):
+        ember.init()
+    ember.shutdown()
+    assert not ember.is_initialized()
+    assert _gone(pids)
+    ember.init(num_cpus=1)
+    assert ember.get(ember.put("again")) == "again"
+    ember.shutdown()
+
+
+def test_interpreter_exit_leaves_no_process_behind():
+    result = run_script(LIST_PIDS)
+    assert result.returncode == 0, result.stderr
+    assert _gone(_pids(result.stdout))
+
+
+def test_sigterm_of_driver_leaves_no_process_behind():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", LIST_PIDS + "\nimport time\ntime.sleep(60)\n"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        pids = _pids(line)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert _gone(pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_sigkill_of_driver_leaves_no_process_behind():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", LIST_PIDS + "\nimport time\ntime.sleep(60)\n"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = _pids(proc.stdout.readline())
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _gone(pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

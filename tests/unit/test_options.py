@@ -1,0 +1,46 @@
+import pytest
+
+import ember
+from ember.exceptions import InvalidOptionError
+
+
+def test_unknown_option_names_the_valid_ones():
+    with pytest.raises(InvalidOptionError, match="num_cpus"):
+        ember.remote(num_cpu=1)(lambda: None)
+
+
+@pytest.mark.parametrize("options", [{"num_cpus": -1}, {"num_cpus": "2"}, {"num_returns": 1.5},
+                                     {"max_retries": -2}, {"resources": {"CPU": 1}},
+                                     {"retry_exceptions": [int]}, {"resources": ["GPU"]}])
+def test_ill_typed_options(options):
+    with pytest.raises(InvalidOptionError):
+        ember.remote(**options)(lambda: None)
+
+
+def test_old_num_return_vals_spelling_is_accepted():
+    f = ember.remote(num_return_vals=3)(lambda: (1, 2, 3))
+    assert f._num_returns == 3
+
+
+def test_remote_function_cannot_be_called_directly():
+    @ember.remote
+    def f():
+        return 1
+
+    with pytest.raises(ember.exceptions.EmberUserError, match=r"f\.remote"):
+        f()
+
+
+def test_actor_class_cannot_be_instantiated_directly():
+    @ember.remote
+    class A:
+        pass
+
+    with pytest.raises(ember.exceptions.EmberUserError, match=r"A\.remote"):
+        A()
+
+
+def test_api_needs_init():
+    assert not ember.is_initialized()
+    with pytest.raises(ember.exceptions.NotInitializedError, match="ember.init"):
+        ember.put(1)
