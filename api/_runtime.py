@@ -231,8 +231,7 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"ember.kill() expects an actor handle, got a {type(actor).__name__}")
-    core = require_core()
-    core.scheduler.send_now((Op.KILL_ACTOR, actor._actor_id, no_restart))
+    require_core().kill_actor(actor._actor_id, no_restart)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

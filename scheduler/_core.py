@@ -373,7 +373,11 @@ class CoreClient:
                 if state.address != address or state.conn is None or state.conn.closed:
                     state.address = address
                     try:
-                        state.conn = self._peer(address)
+                        # A connection of its own: nothing else may queue behind calls.
+                        state.conn = connect(
+                            address, self._token, {**self._hello, "purpose": "actor-call"},
+                            self._handle, self._on_peer_closed, f"actor:{address}",
+                        )
                     except Exception as exc:
                         reason = f"could not reach its process: {exc}"
                         alive = False
@@ -387,6 +391,13 @@ class CoreClient:
             error = ActorDiedError(state.desc, state.dead_reason)
             for pt in pending:
                 self._fail_task(pt, error)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        """Kill an actor; calls from this process fail from now on, whatever is in flight."""
+        self.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
+        with self._lock:
+            if actor_id in self._actors:
+                self._on_actor_state(actor_id, False, None, "killed by ember.kill()")
 
     # -- peers ---------------------------------------------------------------
 
@@ -404,11 +415,19 @@ class CoreClient:
         except Exception as exc:
             log.warning("could not deliver to %s (owner gone?): %s", address, exc)
             return
-        conn.send(msg)
         if flush:
-            conn.flush()
+            conn.send_now(msg)
+        else:
+            conn.send(msg)
 
     def _on_peer(self, conn: Connection) -> None:
+        if conn.peer.get("purpose") == "actor-call":
+            # Calls to this actor: the executor's main thread reads them itself.
+            with self._lock:
+                executor = self.executor
+            if executor is not None:
+                executor.adopt_call_connection(conn)
+            return
         address = conn.peer.get("address")
         if address:
             with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import threading
 import traceback
@@ -28,6 +29,8 @@ from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
 from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
+
+_ADOPT = -1  # inbox marker: start reading this call connection on the main thread
 
 
 class _UpstreamError(Exception):
@@ -51,6 +54,10 @@ class Executor:
         self._running: bytes | None = None
         self._cancelled: set[bytes] = set()
         self._stop = False
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         core.attach_executor(self)
 
     # -- called from reader threads ------------------------------------------------
@@ -71,6 +78,30 @@ class Executor:
         with self._cv:
             self._inbox.append((conn, msg))
             self._cv.notify()
+        if self._selector is not None:
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full: the main thread is awake anyway
+
+    def adopt_call_connection(self, conn: Connection) -> None:
+        """Take over reading a caller's connection (called on its reader thread)."""
+        conn._handler = self.deliver  # frames already read go through the inbox
+        conn.adopter = lambda c: self.deliver(c, (_ADOPT,))
+
+    def _adopt(self, conn: Connection) -> None:
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        conn._handler = self._call_inline
+        conn.adopter = None
+        self._selector.register(conn.fileno(), selectors.EVENT_READ, conn)
+
+    def _call_inline(self, conn: Connection, msg: tuple) -> None:
+        if msg[0] == Op.ACTOR_CALL:
+            self._run_task(conn, msg[1])
+        else:
+            log.warning("actor ignored message %r on a call connection", msg[0])
 
     def _cancel(self, task_id: bytes) -> None:
         with self._cv:
@@ -99,19 +130,52 @@ class Executor:
 
     def run_forever(self) -> None:
         while not self._stop:
+            if self._selector is not None:
+                self._poll_calls()
+                continue
             with self._cv:
                 while not self._inbox:
                     self._cv.wait()
                 conn, msg = self._inbox.popleft()
-            op = msg[0]
-            if op == Op.EXECUTE:
-                self._run_task(conn, msg[1])
-            elif op == Op.ACTOR_CALL:
-                self._run_task(conn, msg[1])
-            elif op == Op.BECOME_ACTOR:
-                self._become_actor(msg[1], msg[2])
-            else:
-                log.warning("executor ignored message %r", op)
+            self._process(conn, msg)
+
+    def _poll_calls(self) -> None:
+        # An actor's main thread reads its callers' connections itself: a call
+        # costs no hand-off between threads.
+        while True:
+            with self._cv:
+                if not self._inbox:
+                    break
+                conn, msg = self._inbox.popleft()
+            self._process(conn, msg)
+        assert self._selector is not None
+        for key, _ in self._selector.select():
+            conn = key.data
+            if conn is None:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            error: BaseException | None = None
+            try:
+                alive = conn.receive()
+            except Exception as exc:
+                alive, error = False, exc
+            if not alive:
+                self._selector.unregister(key.fd)
+                conn.fail(error)
+
+    def _process(self, conn: Connection, msg: tuple) -> None:
+        op = msg[0]
+        if op == _ADOPT:
+            self._adopt(conn)
+        elif op == Op.EXECUTE or op == Op.ACTOR_CALL:
+            self._run_task(conn, msg[1])
+        elif op == Op.BECOME_ACTOR:
+            self._become_actor(msg[1], msg[2])
+        else:
+            log.warning("executor ignored message %r", op)
 
     def _function(self, spec: TaskSpec) -> Any:
         fn = self._functions.get(spec.function_id)
@@ -195,6 +259,9 @@ class Executor:
 
     def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool) -> None:
         core = self.core
+        # What the task submitted leaves before its result does: whoever sees
+        # the task finish may rely on its calls having been sent.
+        core.flush()
         results = []
         for oid, value in zip(spec.return_ids(), outcome):
             if failed:
@@ -216,12 +283,10 @@ class Executor:
                 results.append((oid, None, obj.total_size))
         msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed)
         if spec.kind == TaskKind.ACTOR_CALL:
-            conn.send(msg)
-            conn.flush()
+            conn.send_now(msg)
         else:
             core.send_to(spec.owner_addr, msg)
-            core.scheduler.send((Op.TASKS_DONE, spec.task_id))
-            core.scheduler.flush()
+            core.scheduler.send_now((Op.TASKS_DONE, spec.task_id))
         core.store.flush()
 
     def _send_error(self, conn: Connection, spec: TaskSpec, error: BaseException) -> None:

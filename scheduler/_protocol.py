@@ -26,6 +26,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -41,6 +42,7 @@ _HEADER = struct.Struct("<Q")
 FRAME_BYTES_MAX = 1 << 31  # anything larger is a broken or hostile peer
 _RECV_CHUNK_BYTES = 1 << 18
 CONNECT_TIMEOUT_S = 10.0
+WRITER_DELAY_S = 0.0005
 PREAMBLE_TIMEOUT_S = 5.0
 
 
@@ -127,6 +129,9 @@ class Connection:
         # Called after each received chunk of frames is handled: a service
         # flushes the messages its handlers queued on *other* connections.
         self.batch_end: Callable[[], None] | None = None
+        # Set by a handler to take reading over from the reader thread.
+        self.adopter: Callable[["Connection"], None] | None = None
+        self._buf = bytearray()
         self._reader = threading.Thread(target=self._read_loop, name=f"ember-read-{name}", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"ember-write-{name}", daemon=True)
 
@@ -142,14 +147,24 @@ class Connection:
     # -- sending -----------------------------------------------------------
 
     def send(self, msg: tuple) -> None:
+        """Queue ``msg``; the writer thread sends it unless someone flushes first."""
         with self._pending_lock:
             self._pending.append(msg)
             first = len(self._pending) == 1
         if first:
             self._wake.set()
 
+    def queue(self, msg: tuple) -> None:
+        """Queue ``msg`` for a flush the caller promises to make (no writer wake-up).
+
+        Waking the writer thread costs a context switch on each side of a
+        round trip; on the synchronous path that is most of the latency.
+        """
+        with self._pending_lock:
+            self._pending.append(msg)
+
     def send_now(self, msg: tuple) -> None:
-        self.send(msg)
+        self.queue(msg)
         self.flush()
 
     def flush(self) -> None:
@@ -179,15 +194,15 @@ class Connection:
             self._requests.pop(req_id, None)
             fut.set_exception(ConnectionClosed(f"connection to {self.name} is closed"))
             return fut
-        self.send((msg_op, req_id, *payload))
-        self.flush()
+        self.send_now((msg_op, req_id, *payload))
         return fut
 
     def call(self, msg_op: int, *payload: Any, timeout_s: float = 30.0) -> Any:
         return self.request(msg_op, *payload).result(timeout=timeout_s)
 
     def reply(self, req_id: int, value: Any = None, error: BaseException | None = None) -> None:
-        self.send((Op.REPLY, req_id, error, value))
+        # Replies are sent from handlers; the reader flushes after its batch.
+        self.queue((Op.REPLY, req_id, error, value))
 
     # -- threads -----------------------------------------------------------
 
@@ -195,38 +210,20 @@ class Connection:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
+            # Give the sending thread a moment to flush itself (it usually
+            # does, right before it waits for an answer) and to queue more.
+            time.sleep(WRITER_DELAY_S)
             self.flush()
 
     def _read_loop(self) -> None:
-        buf = bytearray()
-        sock = self._sock
         error: BaseException | None = None
         try:
-            while True:
-                chunk = sock.recv(_RECV_CHUNK_BYTES)
-                if not chunk:
-                    break
-                buf += chunk
-                start = 0
-                while len(buf) - start >= 8:
-                    (size,) = _HEADER.unpack_from(buf, start)
-                    if size > FRAME_BYTES_MAX:
-                        raise ConnectionClosed(f"frame of {size} bytes from {self.name} exceeds the limit")
-                    end = start + 8 + size
-                    if len(buf) < end:
-                        if size <= _RECV_CHUNK_BYTES:
-                            break
-                        buf += _recv_exactly(sock, end - len(buf))
-                    with memoryview(buf) as view:
-                        batch = pickle.loads(view[start + 8 : end])
-                    start = end
-                    self._dispatch(batch)
-                if start:
-                    del buf[:start]
-                if self.batch_end is not None:
-                    self.batch_end()
-                # Messages the handler queued in response leave in one frame.
-                self.flush()
+            while self.receive():
+                adopter = self.adopter
+                if adopter is not None:
+                    # Another thread reads this connection from now on.
+                    adopter(self)
+                    return
         except (OSError, ConnectionClosed) as exc:
             error = exc
         except Exception as exc:  # a handler bug: log it loudly, then drop the peer
@@ -234,8 +231,47 @@ class Connection:
             error = exc
         self._shutdown(error)
 
+    def receive(self) -> bool:
+        """Read one chunk and handle every complete frame in it; False at end of stream.
+
+        The reader thread calls this in a loop; after adoption, the adopting
+        thread calls it when the socket is readable.
+        """
+        sock = self._sock
+        chunk = sock.recv(_RECV_CHUNK_BYTES)
+        if not chunk:
+            return False
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while len(buf) - start >= 8:
+            (size,) = _HEADER.unpack_from(buf, start)
+            if size > FRAME_BYTES_MAX:
+                raise ConnectionClosed(f"frame of {size} bytes from {self.name} exceeds the limit")
+            end = start + 8 + size
+            if len(buf) < end:
+                if size <= _RECV_CHUNK_BYTES:
+                    break
+                buf += _recv_exactly(sock, end - len(buf))
+            with memoryview(buf) as view:
+                batch = pickle.loads(view[start + 8 : end])
+            start = end
+            self._dispatch(batch)
+        if start:
+            del buf[:start]
+        if self.batch_end is not None:
+            self.batch_end()
+        # Messages the handler queued in response leave in one frame.
+        self.flush()
+        return True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def fail(self, error: BaseException | None) -> None:
+        self._shutdown(error)
+
     def _dispatch(self, batch: list) -> None:
-        handler = self._handler
         for msg in batch:
             if msg[0] == Op.REPLY:
                 fut = self._requests.pop(msg[1], None)
@@ -245,7 +281,8 @@ class Connection:
                     else:
                         fut.set_result(msg[3])
             else:
-                handler(self, msg)
+                # Looked up per message: HELLO may hand the connection to another handler.
+                self._handler(self, msg)
 
     def close(self) -> None:
         self._shutdown(None)
@@ -294,8 +331,6 @@ def connect(
     timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> Connection:
     """Open an authenticated connection to the listener at ``path``."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     last_error: OSError | None = None
     while True:
@@ -380,7 +415,7 @@ class Listener:
         conn.batch_end = self._batch_end
         conn.start()
 
-    def _handle_first(self, conn: Connection, msg: tuple) -> None:
+    def _handle_first(self, conn: Connection, msg: tuple) -> None:  # noqa: D401
         # The first message must be HELLO; after it the service's handler takes over.
         if msg[0] != Op.HELLO or not isinstance(msg[1], dict):
             log.warning("%s: first message was not HELLO; dropping peer", self._name)

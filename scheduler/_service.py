@@ -112,7 +112,7 @@ class Scheduler:
     def _send(self, conn: Connection | None, msg: tuple) -> None:
         if conn is None or conn.closed:
             return
-        conn.send(msg)
+        conn.queue(msg)
         self._dirty.add(conn)
 
     def _flush_dirty(self) -> None:

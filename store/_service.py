@@ -94,14 +94,14 @@ class Store:
             self._in_shm_bytes += size
             self.stats["sealed"] += 1
         for conn in self._waiters.pop(oid, ()):
-            conn.send((Op.OBJECT_READY, oid))
+            conn.queue((Op.OBJECT_READY, oid))
             self._dirty.add(conn)
         if self._in_shm_bytes > self.capacity_bytes:
             self._spill_until_under()
 
     def _subscribe(self, conn: Connection, oid: bytes) -> None:
         if oid in self._objects or self.files.exists(oid):
-            conn.send((Op.OBJECT_READY, oid))
+            conn.queue((Op.OBJECT_READY, oid))
             return
         self._waiters.setdefault(oid, set()).add(conn)
 
