@@ -452,7 +452,6 @@ class CoreClient:
             self._on_actor_state(state.actor_id, False, None, "the cluster is shutting down")
             return
         self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))
-        self.scheduler.flush()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
         with self._cv:
@@ -618,24 +617,35 @@ class CoreClient:
 
     def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
         """Block until ``count`` of ``refs`` are ready or the deadline passes."""
+        # Socket writes happen outside the lock: a reader thread needs the lock
+        # to take in results, and a writer blocked on a full socket while
+        # holding it would stop the very reads that unblock it.
         blocked = False
         try:
-            with self._cv:
-                while True:
+            while True:
+                with self._cv:
                     flags = [self._ready(r) for r in refs]
                     if sum(flags) >= count or self.closed:
                         return flags
-                    self.flush()
-                    if not blocked and self.executor is not None and self.current_task is not None:
-                        blocked = True
-                        self.executor.on_blocked()
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return flags
-                    self._cv.wait(remaining if remaining is not None else 1.0)
+                    must_flush = self._has_pending()
+                    if not must_flush and (blocked or self.executor is None or self.current_task is None):
+                        self._cv.wait(remaining if remaining is not None else 1.0)
+                        continue
+                self.flush()
+                if not blocked and self.executor is not None and self.current_task is not None:
+                    blocked = True
+                    self.executor.on_blocked()
         finally:
             if blocked:
                 self.executor.on_unblocked()
+
+    def _has_pending(self) -> bool:
+        if self.scheduler._pending or self.store._pending:
+            return True
+        return any(s.conn is not None and s.conn._pending for s in self._actors.values())
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout

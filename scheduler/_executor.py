@@ -30,6 +30,7 @@ from ember.store._serialization import ObjectKind, deserialize, serialize, seria
 
 log = logging.getLogger("ember.executor")
 
+DONE_BATCH_MAX = 16
 _ADOPT = -1  # inbox marker: start reading this call connection on the main thread
 
 
@@ -54,6 +55,7 @@ class Executor:
         self._running: bytes | None = None
         self._cancelled: set[bytes] = set()
         self._stop = False
+        self._done: list[bytes] = []
         self._selector: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -282,12 +284,23 @@ class Executor:
                 core._write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
         msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed)
+        # With more work queued behind this task, results and completions
+        # leave in batches (the writer thread flushes them within a moment);
+        # with none, at once, since someone is likely waiting.
+        more = self._more_queued()
         if spec.kind == TaskKind.ACTOR_CALL:
-            conn.send_now(msg)
+            conn.send(msg) if more else conn.send_now(msg)
         else:
-            core.send_to(spec.owner_addr, msg)
-            core.scheduler.send_now((Op.TASKS_DONE, spec.task_id))
+            core.send_to(spec.owner_addr, msg, flush=not more)
+            self._done.append(spec.task_id)
+            if not more or len(self._done) >= DONE_BATCH_MAX:
+                done, self._done = self._done, []
+                core.scheduler.send_now((Op.TASKS_DONE, done))
         core.store.flush()
+
+    def _more_queued(self) -> bool:
+        inbox = self._inbox
+        return bool(inbox) and inbox[0][1][0] != _ADOPT
 
     def _send_error(self, conn: Connection, spec: TaskSpec, error: BaseException) -> None:
         data = _error_bytes(error)

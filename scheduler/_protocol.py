@@ -120,6 +120,7 @@ class Connection:
         self.name = name
         self.peer: dict[str, Any] = {}
         self._pending: list[tuple] = []
+        self._unsent = b""  # the tail of a frame a non-blocking flush could not finish
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -167,23 +168,59 @@ class Connection:
         self.queue(msg)
         self.flush()
 
-    def flush(self) -> None:
-        if not self._pending or self._closed:
+    def flush(self, block: bool = True) -> None:
+        """Send everything queued as one frame.
+
+        Reader threads flush with ``block=False``: they write only what the
+        socket takes at once and leave the rest to the writer thread. A reader
+        that blocked on a full socket would stop reading, and two processes
+        writing to each other at once would deadlock.
+        """
+        if self._closed or not (self._pending or self._unsent):
             return
-        with self._write_lock:
+        if block:
+            with self._write_lock:
+                self._write_queued(block=True)
+            return
+        if not self._write_lock.acquire(blocking=False):
+            self._wake.set()  # the writer thread sends it after the current frame
+            return
+        try:
+            self._write_queued(block=False)
+        finally:
+            self._write_lock.release()
+
+    def _write_queued(self, block: bool) -> None:
+        # The caller holds the write lock, so frames leave in the order they were cut.
+        try:
+            if self._unsent:
+                if not block:
+                    self._wake.set()
+                    return
+                self._sock.sendall(self._unsent)
+                self._unsent = b""
             with self._pending_lock:
                 batch, self._pending = self._pending, []
             if not batch:
                 return
             data = pickle.dumps(batch, protocol=5)
-            try:
+            if block:
                 if len(data) < 65536:
                     self._sock.sendall(_HEADER.pack(len(data)) + data)
                 else:  # no concatenation copy for big frames
                     self._sock.sendall(_HEADER.pack(len(data)))
                     self._sock.sendall(data)
-            except OSError as exc:
-                self._shutdown(exc)
+                return
+            frame = _HEADER.pack(len(data)) + data
+            try:
+                sent = self._sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):
+                self._unsent = frame[sent:]
+                self._wake.set()
+        except OSError as exc:
+            self._shutdown(exc)
 
     def request(self, msg_op: int, *payload: Any) -> Future:
         """Send a request; the returned future resolves with the peer's reply."""
@@ -212,7 +249,8 @@ class Connection:
             self._wake.clear()
             # Give the sending thread a moment to flush itself (it usually
             # does, right before it waits for an answer) and to queue more.
-            time.sleep(WRITER_DELAY_S)
+            if not self._unsent:
+                time.sleep(WRITER_DELAY_S)
             self.flush()
 
     def _read_loop(self) -> None:
@@ -262,7 +300,7 @@ class Connection:
         if self.batch_end is not None:
             self.batch_end()
         # Messages the handler queued in response leave in one frame.
-        self.flush()
+        self.flush(block=False)
         return True
 
     def fileno(self) -> int:

@@ -35,6 +35,7 @@ from ember.scheduler import _procutil
 log = logging.getLogger("ember.scheduler")
 
 PIPELINE_DEPTH = 2
+PIPELINE_DEPTH_BACKLOG = 8
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_START_FAILURES_MAX = 5
 IDLE_WORKER_TTL_S = 10.0
@@ -119,7 +120,7 @@ class Scheduler:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         for conn in dirty:
-            conn.flush()
+            conn.flush(block=False)
 
     def _on_connect(self, conn: Connection) -> None:
         with self._lock:
@@ -237,11 +238,15 @@ class Scheduler:
                 return idle
             self._maybe_spawn()
             return None
-        # The node is full: queue one more behind a running task of the same shape.
+        # The node is full: queue more behind running tasks of the same shape,
+        # deeper when the backlog is long, so workers never wait for a round trip.
+        depth = PIPELINE_DEPTH
+        if len(self._queues[shape]) > 4 * len(self._workers):
+            depth = PIPELINE_DEPTH_BACKLOG
         best = None
         for w in self._workers:
             if (w.actor_id is None and w.conn is not None and not w.blocked and w.assigned
-                    and w.shape == shape and len(w.assigned) < PIPELINE_DEPTH):
+                    and w.shape == shape and len(w.assigned) < depth):
                 if best is None or len(w.assigned) < len(best.assigned):
                     best = w
         return best
@@ -267,11 +272,12 @@ class Scheduler:
             w.functions.add(spec.function_id)
         self._send(w.conn, (Op.EXECUTE, spec, payload))
 
-    def _task_done(self, conn: Connection, task_id: bytes) -> None:
+    def _task_done(self, conn: Connection, task_ids: list[bytes]) -> None:
         w = self._by_conn.get(conn)
         if w is None:
             return
-        w.assigned.pop(task_id, None)
+        for task_id in task_ids:
+            w.assigned.pop(task_id, None)
         if not w.assigned:
             self._release(w)
         self._dispatch()

@@ -32,6 +32,7 @@ from ember.store._segments import ObjectFiles, prefault_segment
 log = logging.getLogger("ember.store")
 
 FREE_SEGMENTS_MAX = 8
+SEGMENTS_READY = 2  # pre-faulted segments kept ready for the most recent large size
 SEGMENT_POOL_BYTES_MAX = 2 << 30
 
 
@@ -64,7 +65,7 @@ class Store:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         for conn in dirty:
-            conn.flush()
+            conn.flush(block=False)
 
     def _on_close(self, conn: Connection) -> None:
         with self._lock:
@@ -130,10 +131,11 @@ class Store:
         for i, (seg_size, _) in enumerate(self._free_segments):
             if seg_size >= size and seg_size <= size * 2 and (best is None or seg_size < self._free_segments[best][0]):
                 best = i
+        # Keep segments of the sizes asked for ready, so the next put of this
+        # size writes into pre-faulted memory.
+        self._wanted_segment = size
+        self._refill.set()
         if best is None:
-            # Nothing fits: the next object of this size finds one ready.
-            self._wanted_segment = size
-            self._refill.set()
             return None
         _, path = self._free_segments.pop(best)
         return str(path)
@@ -142,19 +144,22 @@ class Store:
         while True:
             self._refill.wait()
             self._refill.clear()
-            with self._lock:
-                size = self._wanted_segment
-                pooled = sum(s for s, _ in self._free_segments)
-                if size <= 0 or pooled + size > SEGMENT_POOL_BYTES_MAX or self._in_shm_bytes + pooled + size > self.capacity_bytes:
-                    continue
-            path = self.session.free_dir / f"seg-{time.monotonic_ns()}"
-            try:
-                prefault_segment(path, size)
-            except OSError as exc:
-                log.warning("could not prefault a %d-byte segment: %s", size, exc)
-                continue
-            with self._lock:
-                self._free_segments.append((size, path))
+            while True:
+                with self._lock:
+                    size = self._wanted_segment
+                    pooled = sum(s for s, _ in self._free_segments)
+                    ready = sum(1 for s, _ in self._free_segments if size <= s <= 2 * size)
+                    if (size <= 0 or ready >= SEGMENTS_READY or pooled + size > SEGMENT_POOL_BYTES_MAX
+                            or self._in_shm_bytes + pooled + size > self.capacity_bytes):
+                        break
+                path = self.session.free_dir / f"seg-{time.monotonic_ns()}"
+                try:
+                    prefault_segment(path, size)
+                except OSError as exc:
+                    log.warning("could not prefault a %d-byte segment: %s", size, exc)
+                    break
+                with self._lock:
+                    self._free_segments.append((size, path))
 
     def _spill_until_under(self) -> None:
         for oid, size in list(self._objects.items()):

@@ -340,3 +340,17 @@ def test_get_rejects_non_refs():
         ember.get(1)
     with pytest.raises(TypeError, match="item 1"):
         ember.get([ember.put(1), 2])
+
+
+def test_many_async_calls_in_flight_do_not_deadlock():
+    # 20,000 calls make frames of megabytes in both directions at once: a
+    # reader that blocked on a full socket would deadlock here.
+    @ember.remote
+    class Ping:
+        def ping(self, i):
+            return i
+
+    p = Ping.remote()
+    n = 20_000
+    assert ember.get([p.ping.remote(i) for i in range(n)], timeout=120) == list(range(n))
+    assert ember.get([echo.remote(i) for i in range(n)], timeout=120) == list(range(n))
