@@ -134,12 +134,15 @@ class CoreClient:
         hello = {"kind": kind, "pid": os.getpid(), "address": self.address, "worker_id": self.worker_id}
         self._hello = hello
         self._listener = Listener(
-            self.address, self._token, self._on_peer, self._handle, self._on_peer_closed, name=kind
+            self.address, self._token, self._on_peer, self._handle, self._on_peer_closed, name=kind,
+            batch_end=self._send_follow_ups,
         ).start()
         self.scheduler = connect(
             session.scheduler_socket, self._token, hello, self._handle, self._on_scheduler_closed, "scheduler"
         )
         self.store = connect(session.store_socket, self._token, hello, self._handle, None, "store")
+        self.scheduler.batch_end = self._send_follow_ups
+        self.store.batch_end = self._send_follow_ups
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -151,6 +154,15 @@ class CoreClient:
             conn.close()
         with self._cv:
             self._cv.notify_all()
+
+    def _send_follow_ups(self) -> None:
+        # A result that releases dependent tasks queues their submissions on a
+        # reader thread; send them now rather than after the writer's delay.
+        self.scheduler.flush(block=False)
+        for state in list(self._actors.values()):
+            conn = state.conn
+            if conn is not None and conn._pending:
+                conn.flush(block=False)
 
     def flush(self) -> None:
         self.scheduler.flush()
@@ -378,6 +390,7 @@ class CoreClient:
                             address, self._token, {**self._hello, "purpose": "actor-call"},
                             self._handle, self._on_peer_closed, f"actor:{address}",
                         )
+                        state.conn.batch_end = self._send_follow_ups
                     except Exception as exc:
                         reason = f"could not reach its process: {exc}"
                         alive = False

@@ -43,6 +43,7 @@ FRAME_BYTES_MAX = 1 << 31  # anything larger is a broken or hostile peer
 _RECV_CHUNK_BYTES = 1 << 18
 CONNECT_TIMEOUT_S = 10.0
 WRITER_DELAY_S = 0.0005
+QUIET_S = 0.0002  # a connection idle this long sends its next message at once
 PREAMBLE_TIMEOUT_S = 5.0
 
 
@@ -121,6 +122,7 @@ class Connection:
         self.peer: dict[str, Any] = {}
         self._pending: list[tuple] = []
         self._unsent = b""  # the tail of a frame a non-blocking flush could not finish
+        self._last_write = 0.0
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -148,12 +150,20 @@ class Connection:
     # -- sending -----------------------------------------------------------
 
     def send(self, msg: tuple) -> None:
-        """Queue ``msg``; the writer thread sends it unless someone flushes first."""
+        """Queue ``msg`` and see that it leaves soon.
+
+        On a quiet connection the first message goes out at once (a
+        non-blocking write, safe from any thread); during a burst, messages
+        gather for the writer thread, which sends them as one frame.
+        """
         with self._pending_lock:
             self._pending.append(msg)
             first = len(self._pending) == 1
         if first:
-            self._wake.set()
+            if time.monotonic() - self._last_write > QUIET_S:
+                self.flush(block=False)
+            else:
+                self._wake.set()
 
     def queue(self, msg: tuple) -> None:
         """Queue ``msg`` for a flush the caller promises to make (no writer wake-up).
@@ -203,6 +213,7 @@ class Connection:
                 batch, self._pending = self._pending, []
             if not batch:
                 return
+            self._last_write = time.monotonic()
             data = pickle.dumps(batch, protocol=5)
             if block:
                 if len(data) < 65536:

@@ -32,7 +32,7 @@ from ember.store._segments import ObjectFiles, prefault_segment
 log = logging.getLogger("ember.store")
 
 FREE_SEGMENTS_MAX = 8
-SEGMENTS_READY = 2  # pre-faulted segments kept ready for the most recent large size
+SEGMENTS_READY = 1  # pre-faulted segments kept ready for the most recent large size
 SEGMENT_POOL_BYTES_MAX = 2 << 30
 
 
@@ -131,11 +131,12 @@ class Store:
         for i, (seg_size, _) in enumerate(self._free_segments):
             if seg_size >= size and seg_size <= size * 2 and (best is None or seg_size < self._free_segments[best][0]):
                 best = i
-        # Keep segments of the sizes asked for ready, so the next put of this
-        # size writes into pre-faulted memory.
-        self._wanted_segment = size
-        self._refill.set()
         if best is None:
+            # Nothing fits: prepare one, so the next put of this size writes
+            # into pre-faulted memory. Only on a miss: freed objects come back
+            # as segments, and prefaulting while a put copies slows both.
+            self._wanted_segment = size
+            self._refill.set()
             return None
         _, path = self._free_segments.pop(best)
         return str(path)
