@@ -90,10 +90,14 @@ class ActorClass:
             error = core.call_scheduler(Op.CLAIM_NAME, name, actor_id, meta)
             if error is not None:
                 raise ValueError(f"cannot create actor: {error}; use ember.get_actor({name!r}) to reach it")
-        core.submit(
-            TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
-            0, actor_id=actor_id, name=name, extra=(opts.get("lifetime") == "detached", meta),
-        )
+        try:
+            core.submit(
+                TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
+                0, actor_id=actor_id, name=name, extra=(opts.get("lifetime") == "detached", meta),
+            )
+        except BaseException:
+            core.kill_actor(actor_id, True)  # frees the name it claimed
+            raise
         return handle
 
     def __reduce__(self) -> tuple[Any, ...]:

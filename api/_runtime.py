@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ember.exceptions import EmberUserError, InvalidOptionError
+from ember.exceptions import AlreadyInitializedError, ClusterStartError, EmberUserError, InvalidOptionError
 from ember.scheduler import (
     CoreClient,
     Node,
@@ -83,7 +83,7 @@ def init(
         if _context.CORE is not None:
             if ignore_reinit_error or _node is None:
                 return _info()
-            raise RuntimeError(
+            raise AlreadyInitializedError(
                 "ember.init() was already called in this process; call ember.shutdown() first, "
                 "or pass ignore_reinit_error=True"
             )
@@ -109,6 +109,9 @@ def init(
         session = create_session()
         try:
             node = start_node(session, totals, store_bytes)
+        except ClusterStartError:
+            session.remove_runtime_files()  # keep the logs the error message points at
+            raise
         except BaseException:
             session.remove()
             raise

@@ -38,6 +38,8 @@ __all__ = [
     "GetTimeoutError",
     "TaskCancelledError",
     "ClusterStartError",
+    "ClusterUnavailableError",
+    "AlreadyInitializedError",
 ]
 
 
@@ -75,6 +77,14 @@ class NotInitializedError(EmberUserError, RuntimeError):
 
 class ClusterStartError(EmberOperationError, RuntimeError):
     """``ember.init()`` could not start or reach the cluster's processes."""
+
+
+class ClusterUnavailableError(EmberOperationError, ConnectionError):
+    """The cluster's scheduler cannot be reached (it stopped, or this process was cut off)."""
+
+
+class AlreadyInitializedError(EmberUserError, RuntimeError):
+    """``ember.init()`` was called again in a process that is already connected."""
 
 
 class GetTimeoutError(EmberOperationError, TimeoutError):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ember.exceptions import (
     ActorDiedError,
+    ClusterUnavailableError,
     EmberTaskError,
     GetTimeoutError,
     InfeasibleResourceError,
@@ -54,7 +55,7 @@ log = logging.getLogger("ember.core")
 
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
-ACTOR_LOOKUP_TIMEOUT_S = 30.0
+PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
 
 PENDING, READY_INLINE, READY_STORE = 0, 1, 2
 
@@ -63,6 +64,7 @@ class FailureCause:
     WORKER_DIED = "worker_died"
     CANCELLED = "cancelled"
     ACTOR_DIED = "actor_died"
+    INFEASIBLE = "infeasible"
 
 
 class _Entry:
@@ -76,7 +78,7 @@ class _Entry:
 
 
 class _PendingTask:
-    __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra")
+    __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -86,6 +88,7 @@ class _PendingTask:
         self.retry_exceptions = retry_exceptions
         self.cancelled = False
         self.extra: tuple = ()  # actor creation: (detached, handle metadata)
+        self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
 
 
 class _ActorState:
@@ -307,7 +310,7 @@ class CoreClient:
                     pt.missing += 1
                     self._dep_waiters.setdefault(value._id, []).append(pt)
 
-    def _encode(self, value: Any) -> tuple:
+    def _encode(self, value: Any, pt: "_PendingTask | None" = None) -> tuple:
         t = type(value)
         if t in PLAIN_TYPES and (t is not str and t is not bytes or len(value) <= PLAIN_BYTES_MAX):
             return (ArgKind.VALUE, value)
@@ -319,8 +322,10 @@ class CoreClient:
             return (ArgKind.REF, value._id, value._owner)
         obj = serialize(value)
         if obj.total_size > INLINE_BYTES_MAX:
-            ref = self.put_serialized(obj)
-            return (ArgKind.REF, ref, self.address)
+            oid = self.put_serialized(obj)
+            if pt is not None:
+                pt.arg_objects.append(oid)
+            return (ArgKind.REF, oid, self.address)
         return (ArgKind.INLINE, to_bytes(obj, b""))
 
     def put_serialized(self, obj: Any) -> bytes:
@@ -334,8 +339,16 @@ class CoreClient:
 
     def _encode_spec(self, pt: _PendingTask) -> None:
         spec = pt.spec
-        spec.args = [self._encode(a) for a in pt.raw_args]
-        spec.kwargs = {k: self._encode(v) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+        self._free_arg_objects(pt)  # a retry encodes again
+        spec.args = [self._encode(a, pt) for a in pt.raw_args]
+        spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+
+    def _free_arg_objects(self, pt: _PendingTask) -> None:
+        if pt.arg_objects:
+            for oid in pt.arg_objects:
+                self._objects.pop(oid, None)
+            self.store.send((Op.FREE, pt.arg_objects))
+            pt.arg_objects = []
 
     def _dispatch(self, pt: _PendingTask) -> None:
         self._encode_spec(pt)
@@ -389,6 +402,7 @@ class CoreClient:
                         state.conn = connect(
                             address, self._token, {**self._hello, "purpose": "actor-call"},
                             self._handle, self._on_peer_closed, f"actor:{address}",
+                            timeout_s=PEER_CONNECT_TIMEOUT_S,
                         )
                         state.conn.batch_end = self._send_follow_ups
                     except Exception as exc:
@@ -417,7 +431,8 @@ class CoreClient:
     def _peer(self, address: str) -> Connection:
         conn = self._peers.get(address)
         if conn is None or conn.closed:
-            conn = connect(address, self._token, self._hello, self._handle, self._on_peer_closed, f"peer:{address}")
+            conn = connect(address, self._token, self._hello, self._handle, self._on_peer_closed,
+                           f"peer:{address}", timeout_s=PEER_CONNECT_TIMEOUT_S)
             conn.peer = {"address": address}
             self._peers[address] = conn
         return conn
@@ -565,6 +580,9 @@ class CoreClient:
                 waiter.missing -= 1
                 if waiter.missing == 0:
                     ready.append(waiter)
+        if spec.kind != TaskKind.ACTOR_CREATION:
+            # An actor's constructor arguments stay: a restart needs them.
+            self._free_arg_objects(pt)
         pt.raw_args = ()
         pt.raw_kwargs = {}
         self._cv.notify_all()
@@ -577,7 +595,13 @@ class CoreClient:
                 try:
                     self._dispatch(waiter)
                 except BaseException as exc:
-                    self._fail_task(waiter, exc)
+                    if waiter.spec.kind == TaskKind.ACTOR_CREATION:
+                        self._tasks.pop(waiter.spec.task_id, None)
+                        self.scheduler.send((Op.KILL_ACTOR, waiter.spec.actor_id, True))
+                        self._on_actor_state(waiter.spec.actor_id, False, None,  # type: ignore[arg-type]
+                                             f"its constructor arguments could not be sent: {exc}")
+                    else:
+                        self._fail_task(waiter, exc)
 
     def _fail_task(self, pt: _PendingTask, error: BaseException) -> None:
         data = to_bytes(serialize_error(error), b"")
@@ -596,6 +620,8 @@ class CoreClient:
                 self._fail_task(pt, WorkerCrashedError(spec.describe(), spec.attempt + 1, detail))
             elif cause == FailureCause.CANCELLED or pt.cancelled:
                 self._fail_task(pt, TaskCancelledError(task_id.hex()))
+            elif cause == FailureCause.INFEASIBLE:
+                self._fail_task(pt, InfeasibleResourceError(f"{spec.describe()}: {detail}"))
             else:
                 self._fail_task(pt, ActorDiedError(spec.function_name, detail))
 
@@ -717,7 +743,10 @@ class CoreClient:
         try:
             return self.scheduler.call(op, *payload, timeout_s=timeout_s)
         except ConnectionClosed as exc:
-            raise ObjectLostError("", f"the scheduler is unreachable: {exc}") from exc
+            raise ClusterUnavailableError(
+                f"the cluster's scheduler is unreachable ({exc}); was ember.shutdown() called, "
+                "or did the cluster stop?"
+            ) from exc
 
 
 

@@ -11,12 +11,57 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+
+
+SPAWN_TIMEOUT_S = 30.0
+
+
+class _Spawner:
+    """Starts every child from one thread that lives as long as the process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked a child exits, not
+    the process: a child started from a connection's reader thread would be
+    killed when that connection closed.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._requests = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._run, name="ember-spawner", daemon=True)
+                self._thread.start()
+        done: Future = Future()
+        self._requests.put((argv, env, done))
+        return done.result(timeout=SPAWN_TIMEOUT_S)
+
+    def _run(self) -> None:
+        while True:
+            argv, env, done = self._requests.get()
+            try:
+                done.set_result(subprocess.Popen(
+                    argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                ))
+            except BaseException as exc:  # delivered to the caller
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
 
 
 def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -24,13 +69,7 @@ def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str
     child_env["EMBER_PARENT_PID"] = str(os.getpid())
     if env:
         child_env.update(env)
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env=child_env,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
+    return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env)
 
 
 def die_with_parent() -> None:

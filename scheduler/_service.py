@@ -208,7 +208,7 @@ class Scheduler:
     def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
         if not self.pool.feasible(spec.resources):
             owner = self._clients.get(spec.owner_addr)
-            self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, "infeasible",
+            self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.INFEASIBLE,
                                f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}"))
             return
         queue = self._queues.get(spec.resources)
@@ -394,7 +394,7 @@ class Scheduler:
             while queue:
                 spec = queue.popleft()
                 self._send(self._clients.get(spec.owner_addr),
-                           (Op.TASK_FAILED, spec.task_id, spec.max_retries, FailureCause.WORKER_DIED, detail))
+                           (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.WORKER_DIED, detail))
         self._start_failures = 0
 
     # -- actors ----------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class Session:
     def read_info(self) -> dict:
         return json.loads(self.info_path.read_text())
 
+    def remove_runtime_files(self) -> None:
+        shutil.rmtree(self.shm_dir, ignore_errors=True)
+        shutil.rmtree(self.sockets, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
     def remove(self) -> None:
         shutil.rmtree(self.shm_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)

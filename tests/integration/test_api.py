@@ -354,3 +354,32 @@ def test_many_async_calls_in_flight_do_not_deadlock():
     n = 20_000
     assert ember.get([p.ping.remote(i) for i in range(n)], timeout=120) == list(range(n))
     assert ember.get([echo.remote(i) for i in range(n)], timeout=120) == list(range(n))
+
+
+def test_failed_named_actor_creation_releases_the_name():
+    @ember.remote
+    class Named:
+        def __init__(self, x):
+            self.x = x
+
+        def get(self):
+            return self.x
+
+    with pytest.raises(ex.SerializationError):
+        Named.options(name="reusable").remote(threading.Lock())
+    n = Named.options(name="reusable").remote(3)
+    assert ember.get(n.get.remote(), timeout=30) == 3
+    ember.kill(n)
+
+
+def test_large_by_value_arguments_are_freed_after_the_task():
+    from ember.scheduler import Op, require_core
+
+    before = require_core().store.call(Op.STORE_STATS)["objects"]
+    arr = np.ones(1_000_000)
+    assert ember.get([echo.remote(arr) for _ in range(5)], timeout=60)[0].sum() == 1_000_000
+    # the five results remain (held by the list above, now dropped); the five argument copies are gone
+    time.sleep(0.2)
+    stats = require_core().store.call(Op.STORE_STATS)
+    assert stats["freed"] >= 5
+    assert stats["objects"] - before <= 5

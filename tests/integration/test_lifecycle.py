@@ -92,3 +92,48 @@ def test_sigkill_of_driver_leaves_no_process_behind():
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_cluster_started_from_a_thread_outlives_the_thread():
+    # PR_SET_PDEATHSIG follows the thread that forked: children must not be
+    # forked from short-lived threads.
+    import threading
+
+    t = threading.Thread(target=lambda: ember.init(num_cpus=2))
+    t.start()
+    t.join()
+    try:
+        time.sleep(0.5)
+
+        @ember.remote
+        def f():
+            return 5
+
+        assert ember.get(f.remote(), timeout=30) == 5
+    finally:
+        ember.shutdown()
+
+
+def test_actor_outlives_the_connection_that_caused_its_spawn():
+    ember.init(num_cpus=1)
+    try:
+        @ember.remote
+        def make():
+            return 1
+
+        ember.get(make.remote())
+
+        @ember.remote
+        class A:
+            def ping(self):
+                return "pong"
+
+        a = A.remote()
+        assert ember.get(a.ping.remote(), timeout=30) == "pong"
+        workers = [p for p in ember.chaos.processes() if p.kind == "worker" and p.actor_id is None]
+        for p in workers:
+            os.kill(p.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        assert ember.get(a.ping.remote(), timeout=30) == "pong"
+    finally:
+        ember.shutdown()
