@@ -119,7 +119,11 @@ class CoreClient:
         self._token = session.token()
         self.files = ObjectFiles(session.shm_dir, session.spill_dir)
         self._lock = threading.RLock()
-        self._cv = threading.Condition(self._lock)
+        # Waiters in get/wait each park on an Event of their own, set after the
+        # lock is released: a Condition would wake them only to block again
+        # on the lock the notifying reader thread still holds.
+        self._waiters: set[threading.Event] = set()
+        self._changed = False
         self._objects: dict[bytes, _Entry] = {}
         self._refcounts: dict[bytes, int] = {}
         self._tasks: dict[bytes, _PendingTask] = {}
@@ -425,6 +429,7 @@ class CoreClient:
         with self._lock:
             if actor_id in self._actors:
                 self._on_actor_state(actor_id, False, None, "killed by ember.kill()")
+        self._wake_waiters()
 
     # -- peers ---------------------------------------------------------------
 
@@ -482,22 +487,37 @@ class CoreClient:
         self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
-        with self._cv:
+        with self._lock:
             self.closed = True
-            self._cv.notify_all()
+            self._changed = True
+        self._wake_waiters()
         if self.executor is not None:
             self.executor.on_scheduler_lost()
 
     # -- incoming messages -----------------------------------------------------
 
+    def _wake_waiters(self) -> None:
+        with self._lock:
+            if not self._changed:
+                return
+            self._changed = False
+            waiters = list(self._waiters)
+        for event in waiters:
+            event.set()
+
     def _handle(self, conn: Connection, msg: tuple) -> None:
+        self._dispatch_message(conn, msg)
+        if self._changed:
+            self._wake_waiters()
+
+    def _dispatch_message(self, conn: Connection, msg: tuple) -> None:
         op = msg[0]
         if op == Op.TASK_RESULT:
             self._on_result(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.OBJECT_READY:
-            with self._cv:
+            with self._lock:
                 self._store_ready.add(msg[1])
-                self._cv.notify_all()
+                self._changed = True
         elif op == Op.ACTOR_STATE:
             self._on_actor_state(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.TASK_FAILED:
@@ -585,7 +605,7 @@ class CoreClient:
             self._free_arg_objects(pt)
         pt.raw_args = ()
         pt.raw_kwargs = {}
-        self._cv.notify_all()
+        self._changed = True
         for waiter in ready:
             if waiter.cancelled:
                 continue
@@ -634,9 +654,14 @@ class CoreClient:
             if pt is None:
                 return
             pt.cancelled = True
-            if pt.missing > 0 or pt.spec.kind == TaskKind.ACTOR_CALL and pt in self._actors[pt.spec.actor_id].queue:  # type: ignore[index]
+            local = pt.missing > 0 or (
+                pt.spec.kind == TaskKind.ACTOR_CALL and pt in self._actors[pt.spec.actor_id].queue  # type: ignore[index]
+            )
+            if local:
                 self._fail_task(pt, TaskCancelledError(task_id.hex()))
-                return
+        if local:
+            self._wake_waiters()
+            return
         self.scheduler.send_now((Op.CANCEL, task_id, force))
 
     # -- get / wait --------------------------------------------------------------
@@ -661,18 +686,23 @@ class CoreClient:
         # holding it would stop the very reads that unblock it.
         blocked = False
         try:
+            event = threading.Event()
             while True:
-                with self._cv:
+                with self._lock:
+                    event.clear()
                     flags = [self._ready(r) for r in refs]
                     if sum(flags) >= count or self.closed:
+                        self._waiters.discard(event)
                         return flags
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
+                        self._waiters.discard(event)
                         return flags
                     must_flush = self._has_pending()
-                    if not must_flush and (blocked or self.executor is None or self.current_task is None):
-                        self._cv.wait(remaining if remaining is not None else 1.0)
-                        continue
+                    self._waiters.add(event)
+                if not must_flush and (blocked or self.executor is None or self.current_task is None):
+                    event.wait(remaining if remaining is not None else 1.0)
+                    continue
                 self.flush()
                 if not blocked and self.executor is not None and self.current_task is not None:
                     blocked = True
