@@ -55,7 +55,8 @@ log = logging.getLogger("ember.core")
 
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
-PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
+PEER_CONNECT_TIMEOUT_S = 2.0
+BLOCKED_POLL_S = 0.05  # peers listen before they announce themselves
 
 PENDING, READY_INLINE, READY_STORE = 0, 1, 2
 
@@ -150,6 +151,14 @@ class CoreClient:
         self.store = connect(session.store_socket, self._token, hello, self._handle, None, "store")
         self.scheduler.batch_end = self._send_follow_ups
         self.store.batch_end = self._send_follow_ups
+        # Workers take their tasks on a connection of their own that the
+        # executor's main thread reads itself: no hand-off between threads.
+        self.exec_conn: Connection | None = None
+        if kind == "worker":
+            self.exec_conn = connect(
+                session.scheduler_socket, self._token, {**hello, "purpose": "exec"}, self._handle,
+                None, "scheduler-exec", reader=False,
+            )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -701,7 +710,12 @@ class CoreClient:
                     must_flush = self._has_pending()
                     self._waiters.add(event)
                 if not must_flush and (blocked or self.executor is None or self.current_task is None):
-                    event.wait(remaining if remaining is not None else 1.0)
+                    if blocked:
+                        # Tasks may still arrive for this blocked worker: hand them back.
+                        event.wait(min(remaining, BLOCKED_POLL_S) if remaining is not None else BLOCKED_POLL_S)
+                        self.executor.drain_exec()
+                    else:
+                        event.wait(remaining if remaining is not None else 1.0)
                     continue
                 self.flush()
                 if not blocked and self.executor is not None and self.current_task is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import signal
 import threading
@@ -56,10 +57,16 @@ class Executor:
         self._cancelled: set[bytes] = set()
         self._stop = False
         self._done: list[bytes] = []
-        self._selector: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # The main thread waits here for tasks (on the exec connection), for
+        # calls (on adopted caller connections) and for the inbox (wake pipe).
+        self._selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._main = threading.get_ident()
+        if core.exec_conn is not None:
+            self._selector.register(core.exec_conn.fileno(), selectors.EVENT_READ, core.exec_conn)
         core.attach_executor(self)
 
     # -- called from reader threads ------------------------------------------------
@@ -79,8 +86,7 @@ class Executor:
             return
         with self._cv:
             self._inbox.append((conn, msg))
-            self._cv.notify()
-        if self._selector is not None:
+        if threading.get_ident() != self._main:
             try:
                 os.write(self._wake_w, b"x")
             except BlockingIOError:
@@ -92,9 +98,6 @@ class Executor:
         conn.adopter = lambda c: self.deliver(c, (_ADOPT,))
 
     def _adopt(self, conn: Connection) -> None:
-        if self._selector is None:
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         conn._handler = self._call_inline
         conn.adopter = None
         self._selector.register(conn.fileno(), selectors.EVENT_READ, conn)
@@ -112,11 +115,25 @@ class Executor:
                 os.kill(os.getpid(), signal.SIGINT)
 
     def on_blocked(self) -> None:
+        self.drain_exec()
         with self._cv:
             self._blocked = True
             returned = [m[1].task_id for _, m in self._inbox if m[0] == Op.EXECUTE]
             self._inbox = deque(item for item in self._inbox if item[1][0] != Op.EXECUTE)
         self.core.scheduler.send_now((Op.BLOCKED, returned))
+
+    def drain_exec(self) -> None:
+        """Read what already waits on the exec connection (called while blocked in get).
+
+        Tasks sent before the scheduler knew this worker was blocked must go
+        back to it, or they would wait behind the blocked one.
+        """
+        conn = self.core.exec_conn
+        if conn is None or threading.get_ident() != self._main:
+            return
+        while select.select([conn.fileno()], [], [], 0)[0]:
+            if not conn.receive():
+                return
 
     def on_unblocked(self) -> None:
         with self._cv:
@@ -132,26 +149,18 @@ class Executor:
 
     def run_forever(self) -> None:
         while not self._stop:
-            if self._selector is not None:
-                self._poll_calls()
-                continue
-            with self._cv:
-                while not self._inbox:
-                    self._cv.wait()
-                conn, msg = self._inbox.popleft()
-            self._process(conn, msg)
+            self._poll()
 
-    def _poll_calls(self) -> None:
-        # An actor's main thread reads its callers' connections itself: a call
-        # costs no hand-off between threads.
+    def _poll(self, timeout_s: float | None = None) -> None:
+        # The main thread reads the exec connection and its callers'
+        # connections itself: a task or a call costs no hand-off between threads.
         while True:
             with self._cv:
                 if not self._inbox:
                     break
                 conn, msg = self._inbox.popleft()
             self._process(conn, msg)
-        assert self._selector is not None
-        for key, _ in self._selector.select():
+        for key, _ in self._selector.select(timeout_s):
             conn = key.data
             if conn is None:
                 try:
@@ -167,6 +176,8 @@ class Executor:
             if not alive:
                 self._selector.unregister(key.fd)
                 conn.fail(error)
+                if conn is self.core.exec_conn:
+                    self.on_scheduler_lost()
 
     def _process(self, conn: Connection, msg: tuple) -> None:
         op = msg[0]

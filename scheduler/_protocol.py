@@ -138,8 +138,10 @@ class Connection:
         self._reader = threading.Thread(target=self._read_loop, name=f"ember-read-{name}", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"ember-write-{name}", daemon=True)
 
-    def start(self) -> "Connection":
-        self._reader.start()
+    def start(self, reader: bool = True) -> "Connection":
+        """Start the writer thread and, unless another thread will read, the reader."""
+        if reader:
+            self._reader.start()
         self._writer.start()
         return self
 
@@ -378,6 +380,7 @@ def connect(
     on_close: Callable[[Connection], None] | None = None,
     name: str = "peer",
     timeout_s: float = CONNECT_TIMEOUT_S,
+    reader: bool = True,
 ) -> Connection:
     """Open an authenticated connection to the listener at ``path``."""
     deadline = time.monotonic() + timeout_s
@@ -398,7 +401,7 @@ def connect(
     sock.sendall(PREAMBLE_MAGIC + token)
     conn = Connection(sock, handler, on_close, name=name)
     conn.send((Op.HELLO, hello))
-    conn.start()
+    conn.start(reader=reader)
     conn.flush()
     return conn
 

@@ -44,14 +44,15 @@ TICK_S = 0.5
 
 class _Worker:
     __slots__ = (
-        "worker_id", "proc", "conn", "address", "assigned", "shape", "functions", "blocked",
+        "worker_id", "proc", "conn", "exec_conn", "address", "assigned", "shape", "functions", "blocked",
         "actor_id", "started_at", "idle_since", "kind",
     )
 
     def __init__(self, proc: subprocess.Popen, actor_id: bytes | None) -> None:
         self.proc = proc
         self.worker_id: bytes | None = None
-        self.conn: Connection | None = None
+        self.conn: Connection | None = None  # control: completions, blocking, cancel
+        self.exec_conn: Connection | None = None  # tasks to run, read by the worker's main thread
         self.address: str | None = None
         self.assigned: dict[bytes, TaskSpec] = {}
         self.shape: tuple = ()
@@ -127,21 +128,30 @@ class Scheduler:
             peer = conn.peer
             if peer.get("kind") == "worker":
                 for w in self._workers:
-                    if w.proc.pid == peer.get("pid") and w.conn is None:
+                    if w.proc.pid != peer.get("pid"):
+                        continue
+                    if peer.get("purpose") == "exec":
+                        w.exec_conn = conn
+                    else:
                         w.conn = conn
                         w.address = peer["address"]
                         w.worker_id = peer["worker_id"]
                         self._by_conn[conn] = w
+                    if w.conn is not None and w.exec_conn is not None:
                         self._start_failures = 0
                         if w.actor_id is not None:
                             self._start_actor_on(w)
-                        break
+                    break
+                if peer.get("purpose") == "exec":
+                    return
             if peer.get("address"):
                 self._clients[peer["address"]] = conn
             self._dispatch()
         self._flush_dirty()
 
     def _on_close(self, conn: Connection) -> None:
+        if conn.peer.get("purpose") == "exec":
+            return  # its control connection closes too and reports the death
         with self._lock:
             address = conn.peer.get("address")
             if address and self._clients.get(address) is conn:
@@ -245,7 +255,7 @@ class Scheduler:
             depth = PIPELINE_DEPTH_BACKLOG
         best = None
         for w in self._workers:
-            if (w.actor_id is None and w.conn is not None and not w.blocked and w.assigned
+            if (w.actor_id is None and w.exec_conn is not None and not w.blocked and w.assigned
                     and w.shape == shape and len(w.assigned) < depth):
                 if best is None or len(w.assigned) < len(best.assigned):
                     best = w
@@ -253,7 +263,8 @@ class Scheduler:
 
     def _idle_worker(self) -> _Worker | None:
         for w in self._workers:
-            if w.actor_id is None and w.conn is not None and not w.assigned and not w.conn.closed:
+            if (w.actor_id is None and w.exec_conn is not None and w.conn is not None and not w.assigned
+                    and not w.conn.closed):
                 return w
         return None
 
@@ -270,7 +281,7 @@ class Scheduler:
         if spec.function_id not in w.functions:
             payload = self._functions.get(spec.function_id)
             w.functions.add(spec.function_id)
-        self._send(w.conn, (Op.EXECUTE, spec, payload))
+        self._send(w.exec_conn, (Op.EXECUTE, spec, payload))
 
     def _task_done(self, conn: Connection, task_ids: list[bytes]) -> None:
         w = self._by_conn.get(conn)
@@ -367,7 +378,8 @@ class Scheduler:
         now = time.monotonic()
         for w in list(self._workers):
             code = w.proc.poll()
-            if w.conn is None and (code is not None or now - w.started_at > WORKER_START_TIMEOUT_S):
+            if (w.conn is None or w.exec_conn is None) and (
+                    code is not None or now - w.started_at > WORKER_START_TIMEOUT_S):
                 self._workers.remove(w)
                 _procutil.kill(w.proc)
                 self._start_failures += 1
@@ -456,7 +468,7 @@ class Scheduler:
         actor = self._actors[w.actor_id]  # type: ignore[index]
         spec = actor.spec
         assert spec is not None
-        self._send(w.conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id)))
+        self._send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id)))
 
     def _actor_ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)
