@@ -14,22 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections import deque
 from typing import Any
 
 from ember.exceptions import (
     ActorDiedError,
     ClusterUnavailableError,
     EmberTaskError,
-    GetTimeoutError,
     InfeasibleResourceError,
-    ObjectLostError,
     TaskCancelledError,
     WorkerCrashedError,
 )
-from ember.scheduler import _context
+from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
 from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler._protocol import Connection, ConnectionClosed, Listener, Op, connect
 from ember.scheduler._session import Session
 from ember.scheduler._spec import (
@@ -43,7 +40,6 @@ from ember.scheduler._spec import (
 )
 from ember.store._segments import ObjectFiles
 from ember.store._serialization import (
-    ObjectKind,
     deserialize,
     serialize,
     serialize_error,
@@ -55,10 +51,7 @@ log = logging.getLogger("ember.core")
 
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
-PEER_CONNECT_TIMEOUT_S = 2.0
-BLOCKED_POLL_S = 0.05  # peers listen before they announce themselves
 
-PENDING, READY_INLINE, READY_STORE = 0, 1, 2
 
 
 class FailureCause:
@@ -92,22 +85,7 @@ class _PendingTask:
         self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
 
 
-class _ActorState:
-    __slots__ = ("actor_id", "address", "conn", "queue", "inflight", "dead_reason", "seq", "subscribed", "desc")
-
-    def __init__(self, actor_id: bytes, desc: str) -> None:
-        self.actor_id = actor_id
-        self.address: str | None = None
-        self.conn: Connection | None = None
-        self.queue: deque[_PendingTask] = deque()
-        self.inflight: dict[bytes, _PendingTask] = {}
-        self.dead_reason: str | None = None
-        self.seq = 0
-        self.subscribed = False
-        self.desc = desc
-
-
-class CoreClient:
+class CoreClient(ActorCallsMixin, WaitingMixin):
     """One per process that takes part in a cluster (driver or worker)."""
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
@@ -372,74 +350,6 @@ class CoreClient:
         else:
             self.scheduler.send((Op.SUBMIT, spec))
 
-    # -- actors --------------------------------------------------------------
-
-    def _actor_state(self, actor_id: bytes, desc: str) -> _ActorState:
-        state = self._actors.get(actor_id)
-        if state is None:
-            state = _ActorState(actor_id, desc)
-            self._actors[actor_id] = state
-        if not state.subscribed:
-            state.subscribed = True
-            self.scheduler.send((Op.LOOKUP_ACTOR, 0, actor_id))
-        return state
-
-    def _pump_actor(self, state: _ActorState) -> None:
-        conn = state.conn
-        if conn is None or conn.closed:
-            return
-        while state.queue and state.queue[0].missing == 0:
-            pt = state.queue.popleft()
-            if pt.cancelled:
-                continue
-            state.seq += 1
-            pt.spec.seq = state.seq
-            try:
-                self._encode_spec(pt)
-            except BaseException as exc:
-                self._fail_task(pt, exc)
-                continue
-            state.inflight[pt.spec.task_id] = pt
-            conn.send((Op.ACTOR_CALL, pt.spec))
-
-    def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None) -> None:
-        with self._lock:
-            state = self._actors.get(actor_id)
-            if state is None:
-                return
-            if alive and address:
-                if state.address != address or state.conn is None or state.conn.closed:
-                    state.address = address
-                    try:
-                        # A connection of its own: nothing else may queue behind calls.
-                        state.conn = connect(
-                            address, self._token, {**self._hello, "purpose": "actor-call"},
-                            self._handle, self._on_peer_closed, f"actor:{address}",
-                            timeout_s=PEER_CONNECT_TIMEOUT_S,
-                        )
-                        state.conn.batch_end = self._send_follow_ups
-                    except Exception as exc:
-                        reason = f"could not reach its process: {exc}"
-                        alive = False
-                if alive:
-                    self._pump_actor(state)
-                    return
-            state.dead_reason = reason or "its process died"
-            pending = list(state.inflight.values()) + list(state.queue)
-            state.inflight.clear()
-            state.queue.clear()
-            error = ActorDiedError(state.desc, state.dead_reason)
-            for pt in pending:
-                self._fail_task(pt, error)
-
-    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
-        """Kill an actor; calls from this process fail from now on, whatever is in flight."""
-        self.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
-        with self._lock:
-            if actor_id in self._actors:
-                self._on_actor_state(actor_id, False, None, "killed by ember.kill()")
-        self._wake_waiters()
-
     # -- peers ---------------------------------------------------------------
 
     def _peer(self, address: str) -> Connection:
@@ -487,13 +397,6 @@ class CoreClient:
                     state.conn = None
                     if state.dead_reason is None and not self.closed:
                         self._ask_actor_fate(state)
-
-    def _ask_actor_fate(self, state: _ActorState) -> None:
-        # The actor's connection broke: the scheduler knows why.
-        if self.scheduler.closed:
-            self._on_actor_state(state.actor_id, False, None, "the cluster is shutting down")
-            return
-        self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
         with self._lock:
@@ -672,100 +575,6 @@ class CoreClient:
             self._wake_waiters()
             return
         self.scheduler.send_now((Op.CANCEL, task_id, force))
-
-    # -- get / wait --------------------------------------------------------------
-
-    def _ready(self, ref: ObjectRef) -> bool:
-        entry = self._objects.get(ref._id) if ref._owner == self.address else None
-        if entry is not None:
-            return entry.state != PENDING
-        if ref._id in self._store_ready:
-            return True
-        if self.files.exists(ref._id):
-            return True
-        if ref._id not in self._subscribed:
-            self._subscribed.add(ref._id)
-            self.store.send((Op.SUBSCRIBE, ref._id))
-        return False
-
-    def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
-        """Block until ``count`` of ``refs`` are ready or the deadline passes."""
-        # Socket writes happen outside the lock: a reader thread needs the lock
-        # to take in results, and a writer blocked on a full socket while
-        # holding it would stop the very reads that unblock it.
-        blocked = False
-        try:
-            event = threading.Event()
-            while True:
-                with self._lock:
-                    event.clear()
-                    flags = [self._ready(r) for r in refs]
-                    if sum(flags) >= count or self.closed:
-                        self._waiters.discard(event)
-                        return flags
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        self._waiters.discard(event)
-                        return flags
-                    must_flush = self._has_pending()
-                    self._waiters.add(event)
-                if not must_flush and (blocked or self.executor is None or self.current_task is None):
-                    if blocked:
-                        # Tasks may still arrive for this blocked worker: hand them back.
-                        event.wait(min(remaining, BLOCKED_POLL_S) if remaining is not None else BLOCKED_POLL_S)
-                        self.executor.drain_exec()
-                    else:
-                        event.wait(remaining if remaining is not None else 1.0)
-                    continue
-                self.flush()
-                if not blocked and self.executor is not None and self.current_task is not None:
-                    blocked = True
-                    self.executor.on_blocked()
-        finally:
-            if blocked:
-                self.executor.on_unblocked()
-
-    def _has_pending(self) -> bool:
-        if self.scheduler._pending or self.store._pending:
-            return True
-        return any(s.conn is not None and s.conn._pending for s in self._actors.values())
-
-    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.flush()
-        flags = self._wait_ready(refs, len(refs), deadline)
-        if not all(flags):
-            if self.closed:
-                raise ObjectLostError(refs[flags.index(False)].hex(), "the cluster shut down")
-            missing = sum(1 for f in flags if not f)
-            raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
-        return [self._value(r) for r in refs]
-
-    def _value(self, ref: ObjectRef) -> Any:
-        entry = self._objects.get(ref._id) if ref._owner == self.address else None
-        if entry is not None and entry.state == READY_INLINE:
-            buf: Any = entry.data
-        else:
-            buf = self.files.open(ref._id)
-            if buf is None:
-                raise ObjectLostError(ref.hex(), "no copy is left in the object store")
-        kind, value = deserialize(buf)
-        if kind == ObjectKind.ERROR:
-            if isinstance(value, EmberTaskError):
-                raise value.as_instanceof_cause()
-            raise value
-        return value
-
-    def wait(
-        self, refs: list[ObjectRef], num_returns: int, timeout: float | None
-    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.flush()
-        flags = self._wait_ready(refs, num_returns, deadline)
-        ready, not_ready = [], []
-        for ref, flag in zip(refs, flags):
-            (ready if flag and len(ready) < num_returns else not_ready).append(ref)
-        return ready, not_ready
 
     # -- introspection -------------------------------------------------------------
 

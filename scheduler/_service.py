@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from ember.scheduler._core import FailureCause

@@ -1,0 +1,117 @@
+"""Actor calls from the caller's side: one queue per actor, a connection of its own.
+
+Calls leave in submission order; a call whose arguments are not ready holds
+back the ones after it. When the actor's connection breaks, the scheduler is
+asked what became of the actor, and pending calls fail with its reason.
+
+Part of ``CoreClient`` (a mixin over its tables and lock); it must never do
+blocking socket I/O while holding the core lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ember.exceptions import ActorDiedError
+from ember.scheduler._protocol import Connection, Op, connect
+
+if TYPE_CHECKING:
+    from ember.scheduler._core import _PendingTask
+
+PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
+
+
+class _ActorState:
+    __slots__ = ("actor_id", "address", "conn", "queue", "inflight", "dead_reason", "seq", "subscribed", "desc")
+
+    def __init__(self, actor_id: bytes, desc: str) -> None:
+        self.actor_id = actor_id
+        self.address: str | None = None
+        self.conn: Connection | None = None
+        self.queue: deque[_PendingTask] = deque()
+        self.inflight: dict[bytes, _PendingTask] = {}
+        self.dead_reason: str | None = None
+        self.seq = 0
+        self.subscribed = False
+        self.desc = desc
+
+
+class ActorCallsMixin:
+    _actors: dict
+    _lock: Any
+
+    # -- actors --------------------------------------------------------------
+
+    def _actor_state(self, actor_id: bytes, desc: str) -> _ActorState:
+        state = self._actors.get(actor_id)
+        if state is None:
+            state = _ActorState(actor_id, desc)
+            self._actors[actor_id] = state
+        if not state.subscribed:
+            state.subscribed = True
+            self.scheduler.send((Op.LOOKUP_ACTOR, 0, actor_id))
+        return state
+
+    def _pump_actor(self, state: _ActorState) -> None:
+        conn = state.conn
+        if conn is None or conn.closed:
+            return
+        while state.queue and state.queue[0].missing == 0:
+            pt = state.queue.popleft()
+            if pt.cancelled:
+                continue
+            state.seq += 1
+            pt.spec.seq = state.seq
+            try:
+                self._encode_spec(pt)
+            except BaseException as exc:
+                self._fail_task(pt, exc)
+                continue
+            state.inflight[pt.spec.task_id] = pt
+            conn.send((Op.ACTOR_CALL, pt.spec))
+
+    def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None) -> None:
+        with self._lock:
+            state = self._actors.get(actor_id)
+            if state is None:
+                return
+            if alive and address:
+                if state.address != address or state.conn is None or state.conn.closed:
+                    state.address = address
+                    try:
+                        # A connection of its own: nothing else may queue behind calls.
+                        state.conn = connect(
+                            address, self._token, {**self._hello, "purpose": "actor-call"},
+                            self._handle, self._on_peer_closed, f"actor:{address}",
+                            timeout_s=PEER_CONNECT_TIMEOUT_S,
+                        )
+                        state.conn.batch_end = self._send_follow_ups
+                    except Exception as exc:
+                        reason = f"could not reach its process: {exc}"
+                        alive = False
+                if alive:
+                    self._pump_actor(state)
+                    return
+            state.dead_reason = reason or "its process died"
+            pending = list(state.inflight.values()) + list(state.queue)
+            state.inflight.clear()
+            state.queue.clear()
+            error = ActorDiedError(state.desc, state.dead_reason)
+            for pt in pending:
+                self._fail_task(pt, error)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        """Kill an actor; calls from this process fail from now on, whatever is in flight."""
+        self.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
+        with self._lock:
+            if actor_id in self._actors:
+                self._on_actor_state(actor_id, False, None, "killed by ember.kill()")
+        self._wake_waiters()
+
+    def _ask_actor_fate(self, state: _ActorState) -> None:
+        # The actor's connection broke: the scheduler knows why.
+        if self.scheduler.closed:
+            self._on_actor_state(state.actor_id, False, None, "the cluster is shutting down")
+            return
+        self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))

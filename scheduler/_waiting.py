@@ -1,0 +1,124 @@
+"""Waiting for objects: ``get`` and ``wait`` on the core client.
+
+A ref is ready when its owner holds the value or the node's store has it.
+Waiters park on an Event of their own, set after the lock is released. A
+worker that must wait tells the scheduler it is blocked (its CPU is lent out
+meanwhile) and hands back the tasks queued behind it.
+
+Part of ``CoreClient`` (a mixin over its tables and lock); socket writes
+happen outside the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
+from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._protocol import Op
+from ember.store._serialization import ObjectKind, deserialize
+
+PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
+BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
+
+
+class WaitingMixin:
+    _lock: Any
+    _objects: dict
+    _actors: dict
+
+    # -- get / wait --------------------------------------------------------------
+
+    def _ready(self, ref: ObjectRef) -> bool:
+        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+        if entry is not None:
+            return entry.state != PENDING
+        if ref._id in self._store_ready:
+            return True
+        if self.files.exists(ref._id):
+            return True
+        if ref._id not in self._subscribed:
+            self._subscribed.add(ref._id)
+            self.store.send((Op.SUBSCRIBE, ref._id))
+        return False
+
+    def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
+        """Block until ``count`` of ``refs`` are ready or the deadline passes."""
+        # Socket writes happen outside the lock: a reader thread needs the lock
+        # to take in results, and a writer blocked on a full socket while
+        # holding it would stop the very reads that unblock it.
+        blocked = False
+        try:
+            event = threading.Event()
+            while True:
+                with self._lock:
+                    event.clear()
+                    flags = [self._ready(r) for r in refs]
+                    if sum(flags) >= count or self.closed:
+                        self._waiters.discard(event)
+                        return flags
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        self._waiters.discard(event)
+                        return flags
+                    must_flush = self._has_pending()
+                    self._waiters.add(event)
+                if not must_flush and (blocked or self.executor is None or self.current_task is None):
+                    if blocked:
+                        # Tasks may still arrive for this blocked worker: hand them back.
+                        event.wait(min(remaining, BLOCKED_POLL_S) if remaining is not None else BLOCKED_POLL_S)
+                        self.executor.drain_exec()
+                    else:
+                        event.wait(remaining if remaining is not None else 1.0)
+                    continue
+                self.flush()
+                if not blocked and self.executor is not None and self.current_task is not None:
+                    blocked = True
+                    self.executor.on_blocked()
+        finally:
+            if blocked:
+                self.executor.on_unblocked()
+
+    def _has_pending(self) -> bool:
+        if self.scheduler._pending or self.store._pending:
+            return True
+        return any(s.conn is not None and s.conn._pending for s in self._actors.values())
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.flush()
+        flags = self._wait_ready(refs, len(refs), deadline)
+        if not all(flags):
+            if self.closed:
+                raise ObjectLostError(refs[flags.index(False)].hex(), "the cluster shut down")
+            missing = sum(1 for f in flags if not f)
+            raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
+        return [self._value(r) for r in refs]
+
+    def _value(self, ref: ObjectRef) -> Any:
+        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+        if entry is not None and entry.state == READY_INLINE:
+            buf: Any = entry.data
+        else:
+            buf = self.files.open(ref._id)
+            if buf is None:
+                raise ObjectLostError(ref.hex(), "no copy is left in the object store")
+        kind, value = deserialize(buf)
+        if kind == ObjectKind.ERROR:
+            if isinstance(value, EmberTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def wait(
+        self, refs: list[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.flush()
+        flags = self._wait_ready(refs, num_returns, deadline)
+        ready, not_ready = [], []
+        for ref, flag in zip(refs, flags):
+            (ready if flag and len(ready) < num_returns else not_ready).append(ref)
+        return ready, not_ready
