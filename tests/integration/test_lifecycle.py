@@ -57,26 +57,8 @@ def test_interpreter_exit_leaves_no_process_behind():
     assert _gone(_pids(result.stdout))
 
 
-def test_sigterm_of_driver_leaves_no_process_behind():
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", LIST_PIDS + "\nimport time\ntime.sleep(60)\n"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        pids = _pids(line)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        assert _gone(pids)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-
-
-def test_sigkill_of_driver_leaves_no_process_behind():
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_signalled_driver_leaves_no_process_behind(sig):
     import subprocess
     import sys
 
@@ -84,7 +66,7 @@ def test_sigkill_of_driver_leaves_no_process_behind():
                             stdout=subprocess.PIPE, text=True)
     try:
         pids = _pids(proc.stdout.readline())
-        proc.kill()
+        proc.send_signal(sig)
         proc.wait(timeout=30)
         assert _gone(pids)
     finally:
