@@ -10,4 +10,4 @@ settings.register_profile(
 settings.register_profile("soak", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-pytest_plugins = ["tests.fix_cluster"]
+pytest_plugins = ["tests.fix_cluster", "tests.fix_postgres"]

@@ -291,29 +291,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller counts")
     p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     p.add_argument("--ray-python", metavar="PATH", help="interpreter for the ray child")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="rounds (runtimes alternate); the table shows medians")
     p.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(PREFIX + json.dumps(run_child(a.child, a.quick)), flush=True)
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `timeout` cleans up too
-    runs: dict[str, dict[str, Any]] = {}
-    for name in [n.strip() for n in a.runtimes.split(",") if n.strip()]:
-        python = a.ray_python if name == "ray" and a.ray_python else sys.executable
-        print(f"running {name} with {python} ...", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        runs[name] = run_runtime(name, python, a.quick)
-        print(f"  {name}: {runs[name]['status']} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        for k, msg in runs[name].get("results", {}).get("errors", {}).items():
-            print(f"  {name} error in {k}: {msg}", file=sys.stderr)
-        if "stderr_tail" in runs[name]:
-            print(runs[name]["stderr_tail"], file=sys.stderr)
-    print(f"bench_core on {platform.node()} ({os.cpu_count()} cpus){' --quick' if a.quick else ''}")
-    print(table(runs))
+    names = [n.strip() for n in a.runtimes.split(",") if n.strip()]
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for round_no in range(a.repeat):
+        # Rounds alternate the runtimes, so a drift in the machine's speed
+        # touches both alike; the table shows each metric's median over rounds.
+        runs: dict[str, dict[str, Any]] = {}
+        for name in names:
+            python = a.ray_python if name == "ray" and a.ray_python else sys.executable
+            print(f"round {round_no + 1}/{a.repeat}: running {name} with {python} ...", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            runs[name] = run_runtime(name, python, a.quick)
+            print(f"  {name}: {runs[name]['status']} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            for k, msg in runs[name].get("results", {}).get("errors", {}).items():
+                print(f"  {name} error in {k}: {msg}", file=sys.stderr)
+            if "stderr_tail" in runs[name]:
+                print(runs[name]["stderr_tail"], file=sys.stderr)
+        rounds.append(runs)
+    merged = median_runs(rounds)
+    label = f", median of {a.repeat} rounds" if a.repeat > 1 else ""
+    print(f"bench_core on {platform.node()} ({os.cpu_count()} cpus){' --quick' if a.quick else ''}{label}")
+    print(table(merged))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"quick": a.quick, "cpus": os.cpu_count(), "runs": runs}, f, indent=2)
+            json.dump({"quick": a.quick, "cpus": os.cpu_count(), "runs": merged, "rounds": rounds}, f, indent=2)
     return 0
+
+
+def median_runs(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per runtime, the median of each metric over the rounds in which it ran."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged: dict[str, dict[str, Any]] = {}
+    for name in rounds[0]:
+        ok = [r[name] for r in rounds if r[name]["status"] == "ok"]
+        if not ok:
+            merged[name] = rounds[-1][name]
+            continue
+        results: dict[str, Any] = {}
+        for key, _, _ in METRICS:
+            values = [r["results"][key] for r in ok if r["results"].get(key) is not None]
+            results[key] = statistics.median(values) if values else None
+        merged[name] = {"status": "ok", "python": ok[0]["python"], "results": results}
+    return merged
 
 
 if __name__ == "__main__":

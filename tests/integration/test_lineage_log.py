@@ -1,0 +1,118 @@
+"""The lineage log's foundations on a real embedded PostgreSQL: server, schema, group commit."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from ember.lineage import _schema
+from ember.lineage._log_writer import LogWriter
+
+TASK_COLUMNS = ("task_id", "job_id", "kind", "function_name", "args", "num_returns", "max_retries")
+
+
+@pytest.fixture(scope="module")
+def engine(postgres):
+    eng = sa.create_engine("postgresql+psycopg://", connect_args={
+        "host": str(postgres.socket_dir), "user": "postgres", "dbname": "ember"})
+    _schema.ensure_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+def _count(engine, table, job_id):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE job_id = :j"), {"j": job_id}).scalar()
+
+
+def test_server_listens_on_a_unix_socket_only(postgres):
+    with psycopg.connect(postgres.conninfo) as conn:
+        assert conn.execute("SHOW listen_addresses").fetchone()[0] == ""
+    assert oct(os.stat(postgres.socket_dir).st_mode & 0o777) == "0o700"
+
+
+def test_group_commit_writes_many_rows_in_few_transactions(postgres, engine):
+    writer = LogWriter(postgres.conninfo, {"tasks": TASK_COLUMNS})
+    job = os.urandom(4)
+    last = 0
+    for i in range(10_000):
+        last = writer.append("tasks", (os.urandom(16), job, 1, "f", b"\x80\x05]\x94.", 1, 3))
+    assert writer.wait_committed(last, timeout_s=60)
+    stats = writer.statistics()
+    writer.close()
+    assert _count(engine, "tasks", job) == 10_000
+    assert stats["batches_written"] < 1_000  # one transaction per batch, never one per row
+
+
+def test_wait_committed_means_durable(postgres, engine):
+    writer = LogWriter(postgres.conninfo, {"tasks": TASK_COLUMNS})
+    job = os.urandom(4)
+    seq = writer.append("tasks", (os.urandom(16), job, 1, "g", b"", 1, 0))
+    assert writer.wait_committed(seq, timeout_s=30)
+    assert _count(engine, "tasks", job) == 1  # visible to another connection: committed
+    writer.close()
+
+
+def test_a_row_logged_twice_does_not_lose_the_batch(postgres, engine):
+    writer = LogWriter(postgres.conninfo, {"tasks": TASK_COLUMNS})
+    job = os.urandom(4)
+    task_id = os.urandom(16)
+    writer.append("tasks", (task_id, job, 1, "h", b"", 1, 0))
+    writer.flush(30)
+    writer.append("tasks", (task_id, job, 1, "h", b"", 1, 0))
+    seq = writer.append("tasks", (os.urandom(16), job, 1, "h", b"", 1, 0))
+    assert writer.wait_committed(seq, timeout_s=30)
+    writer.close()
+    assert _count(engine, "tasks", job) == 2
+
+
+def test_a_newer_log_is_refused_with_a_clear_error(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE ember_meta SET value = '999' WHERE key = 'schema_version'"))
+    try:
+        with pytest.raises(_schema.SchemaVersionError, match="newer ember"):
+            _schema.ensure_schema(engine)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE ember_meta SET value = '{_schema.SCHEMA_VERSION}'"))
+    assert _schema.ensure_schema(engine) == _schema.SCHEMA_VERSION
+
+
+def test_two_processes_starting_at_once_share_one_server(ember_home, postgres):
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from ember.lineage._postgres import EmbeddedPostgres
+        pg = EmbeddedPostgres(Path({str(ember_home)!r}))
+        pg.start()
+        print(pg.server_pid(), flush=True)
+        pg.release()
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    pids = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert pids == {str(postgres.server_pid())}  # the fixture's server, reused, still running
+    with psycopg.connect(postgres.conninfo) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_history_outlives_a_server_restart(ember_home):
+    from ember.lineage._postgres import EmbeddedPostgres
+
+    home = ember_home / "restart"
+    home.mkdir(mode=0o755)
+    pg = EmbeddedPostgres(home)
+    pg.start()
+    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS kept (v int)")
+        conn.execute("INSERT INTO kept VALUES (42)")
+    pg.release()
+    assert pg.server_pid() is None  # the last user stopped it
+    pg.start()
+    with psycopg.connect(pg.conninfo) as conn:
+        assert conn.execute("SELECT v FROM kept").fetchone() == (42,)
+    pg.release()
