@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -28,11 +29,13 @@ from ember.scheduler import (
     start_node,
 )
 from ember.scheduler import _context
+from ember.lineage._store import LineageStore as _LineageStore
 
 _lock = threading.RLock()
 _node: Node | None = None
 _session: Session | None = None
 _atexit_registered = False
+_log_store: "_LineageStore | None" = None
 
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
@@ -69,6 +72,7 @@ def init(
     object_store_memory: int | None = None,
     num_workers: int | None = None,
     ignore_reinit_error: bool = False,
+    gcs_url: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Start a local cluster (or, later, join one) and connect this process to it."""
@@ -107,21 +111,38 @@ def init(
         totals["object_store_memory"] = float(store_bytes)
         remove_stale_sessions()
         session = create_session()
+        log_store = _LineageStore(gcs_url)
         try:
+            # Workers read where the log is when they start; PostgreSQL comes
+            # up while the node's processes do.
+            session.write_info({"gcs_conninfo": log_store.planned_conninfo()})
+            log_store.start()
             node = start_node(session, totals, store_bytes)
+            try:
+                log_store.ready()
+            except BaseException:
+                node.stop()
+                raise
         except ClusterStartError:
+            log_store.release()
             session.remove_runtime_files()  # keep the logs the error message points at
             raise
         except BaseException:
+            log_store.release()
             session.remove()
             raise
         try:
             core = CoreClient(session, "driver", job_id=os.urandom(4), node_id=node.node_id)
         except BaseException:
             node.stop()
+            log_store.release()
             session.remove()
             raise
+        if core.gcs is not None:
+            core.gcs.job(core.job_id, os.getpid(), " ".join(sys.argv)[:1000])
         _node, _session = node, session
+        global _log_store
+        _log_store = log_store
         set_core(core)
         if not _atexit_registered:
             atexit.register(shutdown)
@@ -168,6 +189,8 @@ def shutdown() -> None:
         if _node is not None:
             _node.stop()
             _node = None
+        if _log_store is not None:
+            _log_store.release()
         if _session is not None:
             _session.remove()
             _session = None

@@ -42,6 +42,8 @@ class LogWriter:
         conninfo: str,
         columns: dict[str, Sequence[str]],
         on_outage: Callable[[float, BaseException], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
+        idempotent_tables: frozenset[str] = frozenset(),
         flush_interval_s: float = FLUSH_INTERVAL_S,
         rows_max: int = ROWS_MAX,
         outage_alert_s: float = OUTAGE_ALERT_S,
@@ -50,6 +52,10 @@ class LogWriter:
         self._conninfo = conninfo
         self._columns = {table: tuple(cols) for table, cols in columns.items()}
         self._on_outage = on_outage
+        self._on_commit = on_commit
+        # Rows of these tables may be written again by design (a function
+        # registered by every process): they skip what exists, never COPY.
+        self._idempotent = idempotent_tables
         self._flush_interval_s = flush_interval_s
         self._rows_max = rows_max
         self._outage_alert_s = outage_alert_s
@@ -91,6 +97,10 @@ class LogWriter:
                 self._cv.wait(remaining if remaining is not None else 1.0)
             return True
 
+    @property
+    def appended_seq(self) -> int:
+        return self._appended_seq
+
     def flush(self, timeout_s: float | None = None) -> bool:
         with self._cv:
             seq = self._appended_seq
@@ -123,11 +133,13 @@ class LogWriter:
         alerted = False
         while True:
             with self._cv:
+                quiet = not self._pending
                 while not self._pending and not self._closing:
                     self._cv.wait()
                 if not self._pending and self._closing:
                     return
-            time.sleep(self._flush_interval_s)  # let a batch gather
+            if not quiet:
+                time.sleep(self._flush_interval_s)  # busy: let a batch gather
             with self._cv:
                 batch, self._pending = self._pending, []
                 batch_seq = self._appended_seq
@@ -157,6 +169,8 @@ class LogWriter:
                 self.rows_written += len(batch)
                 self.batches_written += 1
                 self._cv.notify_all()
+            if self._on_commit is not None:
+                self._on_commit(batch_seq)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -180,7 +194,10 @@ class LogWriter:
             with conn.transaction():
                 with conn.cursor() as cur:
                     for table, rows in by_table.items():
-                        self._copy(cur, table, rows)
+                        if table in self._idempotent:
+                            self._insert_new(cur, table, rows)
+                        else:
+                            self._copy(cur, table, rows)
         except psycopg.errors.UniqueViolation:
             # A row logged twice (a retried attempt racing its first log):
             # write the batch again, skipping what is already there.

@@ -38,6 +38,7 @@ from ember.scheduler._spec import (
     TaskSpec,
     object_id,
 )
+from ember.lineage._gcs_log import DURABLE_PUT_BYTES_MAX, GcsLog
 from ember.store._segments import ObjectFiles
 from ember.store._serialization import (
     deserialize,
@@ -49,6 +50,7 @@ from ember.store._serialization import (
 
 log = logging.getLogger("ember.core")
 
+LOG_COMMIT_WAIT_S = 60.0
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
 
@@ -62,9 +64,10 @@ class FailureCause:
 
 
 class _Entry:
-    __slots__ = ("state", "data", "shared", "dropped")
+    __slots__ = ("state", "data", "shared", "dropped", "log_seq")
 
     def __init__(self) -> None:
+        self.log_seq = 0  # the lineage row that must be durable before others see the value
         self.state = PENDING
         self.data: bytes | None = None
         self.shared = False
@@ -72,7 +75,8 @@ class _Entry:
 
 
 class _PendingTask:
-    __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects")
+    __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
+                 "log_seq")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -83,12 +87,14 @@ class _PendingTask:
         self.cancelled = False
         self.extra: tuple = ()  # actor creation: (detached, handle metadata)
         self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
+        self.log_seq = 0  # the spec's row in the lineage log; results wait for it to be durable
 
 
 class CoreClient(ActorCallsMixin, WaitingMixin):
     """One per process that takes part in a cluster (driver or worker)."""
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
+        self.closed = False
         self.session = session
         self.kind = kind
         self.job_id = job_id
@@ -114,6 +120,15 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         self._registered_functions: set[bytes] = set()
         self._totals: dict[str, float] | None = None
         self.current_task: TaskSpec | None = None
+        self._awaiting_commit: list[tuple] = []
+        self.gcs: GcsLog | None = None
+        conninfo = _log_conninfo(session)
+        if conninfo:
+            # The writer thread only signals; results it releases are handled on
+            # a thread of their own, so a commit never waits for the core lock.
+            self._commits = threading.Event()
+            self.gcs = GcsLog(conninfo, on_commit=lambda seq: self._commits.set())
+            threading.Thread(target=self._release_committed, name="ember-log-commits", daemon=True).start()
         self.executor: Any = None
         self._early: list[tuple[Connection, tuple]] = []
         self.closed = False
@@ -142,6 +157,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
 
     def close(self) -> None:
         self.closed = True
+        if self.gcs is not None:
+            self.gcs.close()
         self._listener.close()
         for conn in [self.scheduler, self.store, *self._peers.values()]:
             conn.flush()
@@ -192,6 +209,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         """A ref is being pickled: it may be read by other processes from now on."""
         if ref._owner != self.address:
             return
+        entry = self._objects.get(ref._id)
+        if entry is not None and self.gcs is not None and entry.log_seq > self.gcs.committed_seq:
+            # Nobody else may name an object before its lineage is durable.
+            self.gcs.wait_committed(entry.log_seq, LOG_COMMIT_WAIT_S)
         with self._lock:
             entry = self._objects.get(ref._id)
             if entry is None or entry.shared:
@@ -219,6 +240,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         else:
             self._write_to_store(oid, obj)
             entry.state = READY_STORE
+        if self.gcs is not None:
+            size = len(entry.data) if entry.data is not None else obj.total_size
+            durable = entry.data if entry.data is not None and size <= DURABLE_PUT_BYTES_MAX else None
+            current = self.current_task
+            job_id = current.job_id if current is not None else self.job_id
+            entry.log_seq = self.gcs.obj(oid, oid[:16], job_id, "put", size, durable)
         with self._lock:
             self._objects[oid] = entry
         return ObjectRef(oid, self.address)
@@ -241,6 +268,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
             return
         self._registered_functions.add(function_id)
         self.scheduler.send((Op.REGISTER_FUNCTION, function_id, payload, name))
+        if self.gcs is not None:
+            self.gcs.function(function_id, name, payload)
 
     def submit(
         self,
@@ -333,6 +362,22 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         self._free_arg_objects(pt)  # a retry encodes again
         spec.args = [self._encode(a, pt) for a in pt.raw_args]
         spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+        if self.gcs is not None and not pt.log_seq:
+            self._log_spec(pt)
+
+    def _log_spec(self, pt: _PendingTask) -> None:
+        spec = pt.spec
+        gcs = self.gcs
+        assert gcs is not None
+        dependencies = [v._id for v in (*pt.raw_args, *pt.raw_kwargs.values()) if type(v) is ObjectRef]
+        dependencies += pt.arg_objects
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            gcs.actor(spec.actor_id, spec.job_id, spec.task_id, spec.function_name, spec.name, 0)
+        pt.log_seq = gcs.task(spec, dependencies)
+        for oid in spec.return_ids():
+            entry = self._objects.get(oid)
+            if entry is not None:
+                entry.log_seq = pt.log_seq
 
     def _free_arg_objects(self, pt: _PendingTask) -> None:
         if pt.arg_objects:
@@ -456,9 +501,32 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
             pt = self._tasks.get(task_id)
             if pt is None or pt.spec.attempt != attempt:
                 return  # a stale attempt: the object already has its value
+            if self.gcs is not None and pt.log_seq > self.gcs.committed_seq:
+                # Durable before visible: the result waits for its spec's commit.
+                self._awaiting_commit.append((pt.log_seq, task_id, attempt, results, failed))
+                return
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
             self._finish(pt, results)
+
+    def _release_committed(self) -> None:
+        gcs = self.gcs
+        assert gcs is not None
+        while not self.closed:
+            self._commits.wait()
+            self._commits.clear()
+            self._on_log_commit(gcs.committed_seq)
+
+    def _on_log_commit(self, committed_seq: int) -> None:
+        with self._lock:
+            if not self._awaiting_commit:
+                return
+            ready = [item for item in self._awaiting_commit if item[0] <= committed_seq]
+            self._awaiting_commit = [item for item in self._awaiting_commit if item[0] > committed_seq]
+            for _, task_id, attempt, results, failed in ready:
+                self._on_result(task_id, attempt, results, failed)
+        self._wake_waiters()
+        self._send_follow_ups()
 
     def _retry_on_exception(self, pt: _PendingTask, results: list) -> bool:
         rule = pt.retry_exceptions
@@ -489,6 +557,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
     def _finish(self, pt: _PendingTask, results: list) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
+        if self.gcs is not None and pt.log_seq:
+            failed = any(data is not None and _is_error(data) for _, data, _ in results)
+            self.gcs.attempt(spec.task_id, spec.attempt, "FAILED" if failed else "FINISHED", None,
+                             self.node_id, None)
+            for oid, _data, size in results:
+                self.gcs.obj(oid, spec.task_id, spec.job_id, "return", size)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:
@@ -610,3 +684,16 @@ def _write_layout_bytes(directory: Any, oid: bytes, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(with_object_id(data, oid))
     os.rename(tmp, directory / oid.hex())
+
+
+def _is_error(data: bytes) -> bool:
+    from ember.store._serialization import ObjectKind, read_header
+
+    return read_header(data)[1] == ObjectKind.ERROR
+
+
+def _log_conninfo(session: Session) -> str | None:
+    try:
+        return session.read_info().get("gcs_conninfo")
+    except (OSError, ValueError):
+        return None

@@ -57,6 +57,8 @@ class Executor:
         self._cancelled: set[bytes] = set()
         self._stop = False
         self._done: list[bytes] = []
+        self._call_seq = 0
+        self._log_mark = 0  # rows logged before the running task started
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -231,8 +233,14 @@ class Executor:
             try:
                 if spec.kind == TaskKind.ACTOR_CALL:
                     fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
+                    self._call_seq += 1
+                    if core.gcs is not None:
+                        # The order calls ran in, for replay after a restart.
+                        core.gcs.actor_call(spec.actor_id, self._call_seq, spec.task_id)
                 else:
                     fn = self._function(spec)
+                if core.gcs is not None:
+                    self._log_mark = core.gcs.writer.appended_seq
                 args = [self._arg(a) for a in spec.args]
                 kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
@@ -273,8 +281,12 @@ class Executor:
     def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool) -> None:
         core = self.core
         # What the task submitted leaves before its result does: whoever sees
-        # the task finish may rely on its calls having been sent.
+        # the task finish may rely on its calls having been sent, and on the
+        # lineage it logged being durable.
         core.flush()
+        gcs = core.gcs
+        if gcs is not None and gcs.writer.appended_seq > self._log_mark:
+            gcs.wait_committed(gcs.writer.appended_seq, 60.0)
         results = []
         for oid, value in zip(spec.return_ids(), outcome):
             if failed:

@@ -1,0 +1,88 @@
+"""What the runtime writes to the lineage log, row by row.
+
+Each process that submits work (the driver, every worker) owns one of these:
+task specs, attempts, object creations, actor creations and actor calls go
+through its group-commit writer. ``seq`` values it returns tell the core
+client when a row is durable, so results are shown only after the lineage
+that made them is committed.
+
+It must never block a caller on the database except through
+``wait_committed``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from ember.lineage._log_writer import LogWriter
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "jobs": ("job_id", "driver_pid", "entrypoint"),
+    "functions": ("function_id", "name", "payload"),
+    "tasks": ("task_id", "job_id", "kind", "function_id", "function_name", "parent_task_id", "actor_id",
+              "method", "args", "num_returns", "resources", "max_retries"),
+    "task_args": ("task_id", "object_id"),
+    "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
+    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy"),
+    "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
+    "actor_calls": ("actor_id", "seq", "task_id"),
+}
+# Small puts keep their bytes in the log, so they can be rebuilt without lineage.
+DURABLE_PUT_BYTES_MAX = 64 * 1024
+
+
+class GcsLog:
+    def __init__(self, conninfo: str, on_commit: Callable[[int], None] | None = None) -> None:
+        self.writer = LogWriter(
+            conninfo, COLUMNS, on_commit=on_commit,
+            idempotent_tables=frozenset({"functions", "jobs", "task_attempts", "objects", "task_args"}),
+        )
+        self._functions: set[bytes] = set()
+
+    @property
+    def committed_seq(self) -> int:
+        return self.writer.committed_seq
+
+    def wait_committed(self, seq: int, timeout_s: float | None = None) -> bool:
+        return self.writer.wait_committed(seq, timeout_s)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def job(self, job_id: bytes, pid: int, entrypoint: str) -> int:
+        return self.writer.append("jobs", (job_id, pid, entrypoint))
+
+    def function(self, function_id: bytes, name: str, payload: bytes) -> None:
+        if function_id not in self._functions:
+            self._functions.add(function_id)
+            self.writer.append("functions", (function_id, name, payload))
+
+    def task(self, spec: Any, dependencies: list[bytes]) -> int:
+        args = pickle.dumps((spec.args, spec.kwargs), protocol=5)
+        seq = self.writer.append("tasks", (
+            spec.task_id, spec.job_id, int(spec.kind), spec.function_id or None, spec.function_name,
+            spec.parent_task_id, spec.actor_id, spec.method, args, spec.num_returns,
+            Jsonb(dict(spec.resources)), spec.max_retries,
+        ))
+        for oid in dependencies:
+            seq = self.writer.append("task_args", (spec.task_id, oid))
+        return seq
+
+    def attempt(self, task_id: bytes, attempt: int, state: str, error: str | None,
+                node_id: str | None = None, worker_id: bytes | None = None) -> int:
+        return self.writer.append("task_attempts", (task_id, attempt, node_id, worker_id, state, error))
+
+    def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
+            durable_copy: bytes | None = None) -> int:
+        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy))
+
+    def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,
+              name: str | None, max_restarts: int) -> int:
+        return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts))
+
+    def actor_call(self, actor_id: bytes, seq: int, task_id: bytes) -> int:
+        return self.writer.append("actor_calls", (actor_id, seq, task_id))

@@ -1,0 +1,99 @@
+"""Invariant 1, durable before visible, through the public API and a real PostgreSQL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psycopg
+import pytest
+
+from ember.lineage._postgres import EmbeddedPostgres
+
+DRIVER = textwrap.dedent("""
+    import json, os, signal, sys
+    import ember
+    ember.init(num_cpus=2)
+
+    @ember.remote
+    def inc(x):
+        return x + 1
+
+    @ember.remote
+    def total(xs):
+        return sum(ember.get(xs))
+
+    base = ember.put(10)
+    chain = inc.remote(base)
+    for _ in range(4):
+        chain = inc.remote(chain)
+    fan = total.remote([inc.remote(i) for i in range(3)])  # refs nested in an argument
+
+    @ember.remote
+    def spawn():
+        return sum(ember.get([inc.remote(i) for i in range(3)]))  # tasks submitted by a task
+
+    nested = spawn.remote()
+    value = ember.get([chain, fan, nested])
+    print(json.dumps({"value": value, "chain": chain.hex(), "fan": fan.hex(), "nested": nested.hex(),
+                      "chain_task": chain.task_id().hex(), "put": base.hex(),
+                      "job": ember.get_runtime_context().get_job_id()}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: only what was committed survives
+""")
+
+
+@pytest.fixture(scope="module")
+def log_server(ember_home):
+    server = EmbeddedPostgres(ember_home)
+    server.start()
+    yield server
+    server.release()
+
+
+def test_sigkilled_driver_leaves_the_whole_lineage_of_what_it_saw(ember_home, log_server):
+    env = {**os.environ, "EMBER_HOME": str(ember_home)}
+    proc = subprocess.run([sys.executable, "-c", DRIVER], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["value"] == [15, 6, 6]
+    with psycopg.connect(log_server.conninfo) as conn:
+        def one(sql, *args):
+            return conn.execute(sql, args).fetchone()
+
+        # walk the chain back through task_args: every link and the put it started from
+        task_id = bytes.fromhex(seen["chain_task"])
+        links = 0
+        while True:
+            row = one("SELECT function_name, job_id FROM tasks WHERE task_id = %s", task_id)
+            assert row is not None, f"task {task_id.hex()} of a value the driver saw is not in the log"
+            assert row[0].endswith("inc") and row[1].hex() == seen["job"]
+            links += 1
+            dep = one("SELECT object_id FROM task_args WHERE task_id = %s", task_id)
+            assert dep is not None
+            if dep[0].hex() == seen["put"]:
+                break
+            task_id = dep[0][:16]
+        assert links == 5
+        put = one("SELECT origin, durable_copy IS NOT NULL FROM objects WHERE object_id = %s",
+                  bytes.fromhex(seen["put"]))
+        assert put == ("put", True)
+        fan_task = bytes.fromhex(seen["fan"])[:16]
+        assert one("SELECT function_name FROM tasks WHERE task_id = %s", fan_task)[0].endswith("total")
+        children = conn.execute("SELECT count(*) FROM tasks WHERE parent_task_id = %s", (fan_task,)).fetchone()
+        assert children[0] == 0  # the three inc tasks were submitted by the driver, not by total
+        assert conn.execute("SELECT count(*) FROM functions WHERE name LIKE %s", ("%inc",)).fetchone()[0] >= 1
+        # the worker's own submissions were durable before its result reached the driver
+        nested_task = bytes.fromhex(seen["nested"])[:16]
+        assert conn.execute("SELECT count(*) FROM tasks WHERE parent_task_id = %s",
+                            (nested_task,)).fetchone()[0] == 3
+
+
+def test_unreachable_postgres_is_a_clear_error(monkeypatch):
+    import ember
+
+    monkeypatch.setenv("EMBER_GCS_URL", "host=/nonexistent-ember-socket-dir user=postgres dbname=ember")
+    with pytest.raises(ember.exceptions.ClusterStartError, match="nonexistent-ember-socket-dir"):
+        ember.init(num_cpus=1)
+    assert not ember.is_initialized()
