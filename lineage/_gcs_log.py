@@ -74,15 +74,18 @@ class GcsLog:
 
     def attempt(self, task_id: bytes, attempt: int, state: str, error: str | None,
                 node_id: str | None = None, worker_id: bytes | None = None) -> int:
-        return self.writer.append("task_attempts", (task_id, attempt, node_id, worker_id, state, error))
+        return self.writer.append("task_attempts", (task_id, attempt, node_id, worker_id, state, error),
+                                  urgent=False)
 
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
             durable_copy: bytes | None = None) -> int:
-        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy))
+        # A put is waited for only when its ref leaves the process: not urgent either.
+        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy),
+                                  urgent=False)
 
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,
               name: str | None, max_restarts: int) -> int:
         return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts))
 
     def actor_call(self, actor_id: bytes, seq: int, task_id: bytes) -> int:
-        return self.writer.append("actor_calls", (actor_id, seq, task_id))
+        return self.writer.append("actor_calls", (actor_id, seq, task_id), urgent=False)

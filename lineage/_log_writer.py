@@ -28,6 +28,8 @@ import psycopg
 log = logging.getLogger("ember.lineage")
 
 FLUSH_INTERVAL_S = 0.002
+LAZY_DELAY_S = 0.05
+COPY_ROWS_MIN = 32  # below this, pipelined INSERTs beat COPY's extra round trips
 ROWS_MAX = 200_000
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -63,6 +65,7 @@ class LogWriter:
         self._cv = threading.Condition()
         self._pending: list[tuple[str, tuple]] = []
         self._appended_seq = 0
+        self._urgent = False
         self.committed_seq = 0
         self.rows_written = 0
         self.batches_written = 0
@@ -73,8 +76,14 @@ class LogWriter:
 
     # -- callers ---------------------------------------------------------------------
 
-    def append(self, table: str, row: tuple) -> int:
-        """Queue one row; returns the sequence number that ``wait_committed`` takes."""
+    def append(self, table: str, row: tuple, urgent: bool = True) -> int:
+        """Queue one row; returns the sequence number that ``wait_committed`` takes.
+
+        Rows nobody waits for (``urgent=False``: attempts, object sizes) ride
+        along with the next urgent batch, or leave after ``LAZY_DELAY_S``, so
+        the writer is not in the middle of committing them when a spec that
+        somebody waits for arrives.
+        """
         if table not in self._columns:
             raise KeyError(f"unknown lineage table {table!r}")
         with self._cv:
@@ -82,7 +91,11 @@ class LogWriter:
                 self._cv.wait(1.0)  # PostgreSQL is behind or away: hold the producer back
             self._pending.append((table, row))
             self._appended_seq += 1
-            if len(self._pending) == 1:
+            if urgent:
+                if not self._urgent:
+                    self._urgent = True
+                    self._cv.notify_all()
+            elif len(self._pending) == 1:
                 self._cv.notify_all()
             return self._appended_seq
 
@@ -90,6 +103,9 @@ class LogWriter:
         """Block until row ``seq`` (and every row before it) is committed."""
         deadline = None if timeout_s is None else self._clock() + timeout_s
         with self._cv:
+            if self.committed_seq < seq and not self._urgent:
+                self._urgent = True  # somebody waits: lazy rows leave now
+                self._cv.notify_all()
             while self.committed_seq < seq:
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
@@ -104,6 +120,9 @@ class LogWriter:
     def flush(self, timeout_s: float | None = None) -> bool:
         with self._cv:
             seq = self._appended_seq
+            if self._pending and not self._urgent:
+                self._urgent = True
+                self._cv.notify_all()
         return self.wait_committed(seq, timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -136,12 +155,16 @@ class LogWriter:
                 quiet = not self._pending
                 while not self._pending and not self._closing:
                     self._cv.wait()
+                if not self._urgent and not self._closing:
+                    # Only lazy rows: wait a while for company, or for an urgent row.
+                    self._cv.wait(LAZY_DELAY_S)
                 if not self._pending and self._closing:
                     return
             if not quiet:
                 time.sleep(self._flush_interval_s)  # busy: let a batch gather
             with self._cv:
                 batch, self._pending = self._pending, []
+                self._urgent = False
                 batch_seq = self._appended_seq
             try:
                 self._write(batch)
@@ -196,6 +219,8 @@ class LogWriter:
                     for table, rows in by_table.items():
                         if table in self._idempotent:
                             self._insert_new(cur, table, rows)
+                        elif len(rows) < COPY_ROWS_MIN:
+                            self._insert(cur, table, rows)
                         else:
                             self._copy(cur, table, rows)
         except psycopg.errors.UniqueViolation:
@@ -211,6 +236,11 @@ class LogWriter:
         with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def _insert(self, cur: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
+        cols = self._columns[table]
+        marks = ", ".join(["%s"] * len(cols))
+        cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows)
 
     def _insert_new(self, cur: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
         cols = self._columns[table]
