@@ -36,6 +36,8 @@ DURABLE_PUT_BYTES_MAX = 64 * 1024
 
 
 class GcsLog:
+    DURABLE_PUT_BYTES_MAX = DURABLE_PUT_BYTES_MAX
+
     def __init__(self, conninfo: str, on_commit: Callable[[int], None] | None = None) -> None:
         self.writer = LogWriter(
             conninfo, COLUMNS, on_commit=on_commit,

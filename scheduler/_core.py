@@ -38,7 +38,6 @@ from ember.scheduler._spec import (
     TaskSpec,
     object_id,
 )
-from ember.lineage._gcs_log import DURABLE_PUT_BYTES_MAX, GcsLog
 from ember.store._segments import ObjectFiles
 from ember.store._serialization import (
     deserialize,
@@ -121,9 +120,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         self._totals: dict[str, float] | None = None
         self.current_task: TaskSpec | None = None
         self._awaiting_commit: list[tuple] = []
-        self.gcs: GcsLog | None = None
+        self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         conninfo = _log_conninfo(session)
         if conninfo:
+            from ember.lineage._gcs_log import GcsLog  # psycopg is imported only when logging
+
+
             # The writer thread only signals; results it releases are handled on
             # a thread of their own, so a commit never waits for the core lock.
             self._commits = threading.Event()
@@ -242,7 +244,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
             entry.state = READY_STORE
         if self.gcs is not None:
             size = len(entry.data) if entry.data is not None else obj.total_size
-            durable = entry.data if entry.data is not None and size <= DURABLE_PUT_BYTES_MAX else None
+            durable = entry.data if entry.data is not None and size <= self.gcs.DURABLE_PUT_BYTES_MAX else None
             current = self.current_task
             job_id = current.job_id if current is not None else self.job_id
             entry.log_seq = self.gcs.obj(oid, oid[:16], job_id, "put", size, durable)
