@@ -1,7 +1,17 @@
-"""ember.lineage: the durable lineage log (global control store) and reconstruction.
+"""ember.lineage: the durable lineage log on PostgreSQL, and reading it back.
 
-The PostgreSQL-backed log arrives with the durable-GCS work; this package is
-its home.
+The runtime writes every task spec, object creation and actor call here
+(``docs/lineage.md``); ``open_log()`` reads it with or without a running
+cluster.
 """
 
-__all__: list[str] = []
+from ember.lineage._reader import (
+    Lineage,
+    LineageLog,
+    ObjectRecord,
+    TaskRecord,
+    UnknownIdError,
+    open_log,
+)
+
+__all__ = ["Lineage", "LineageLog", "ObjectRecord", "TaskRecord", "UnknownIdError", "open_log"]

@@ -97,3 +97,43 @@ def test_unreachable_postgres_is_a_clear_error(monkeypatch):
     with pytest.raises(ember.exceptions.ClusterStartError, match="nonexistent-ember-socket-dir"):
         ember.init(num_cpus=1)
     assert not ember.is_initialized()
+
+
+def test_open_log_reads_lineage_after_the_cluster_is_gone(ember_home, log_server, monkeypatch):
+    import ember
+
+    monkeypatch.setenv("EMBER_HOME", str(ember_home))
+    ember.init(num_cpus=2)
+    try:
+        @ember.remote
+        def double(x):
+            return 2 * x
+
+        @ember.remote
+        def fail():
+            raise ValueError("logged failure")
+
+        seed = ember.put(21)
+        result = double.remote(double.remote(seed))
+        assert ember.get(result) == 84
+        failed = fail.remote()
+        with pytest.raises(ValueError):
+            ember.get(failed)
+        ids = (result.hex(), result.task_id().hex(), seed.hex(), failed.task_id().hex())
+    finally:
+        ember.shutdown()
+
+    with ember.lineage.open_log() as log:
+        task = log.task(ids[1])
+        assert task.function_name.endswith("double") and task.state == "FINISHED"
+        assert log.task(ids[3]).state == "FAILED"
+        obj = log.object(ids[0])
+        assert obj.origin == "return" and obj.task_id == ids[1]
+        assert log.object(ids[2]).origin == "put"
+        graph = log.lineage(ids[0])
+        assert len(graph.tasks) == 2 and ids[2] in graph.objects
+        assert (ids[2], next(t for t in graph.tasks if t != ids[1])) in graph.edges
+        with pytest.raises(ember.lineage.UnknownIdError):
+            log.task("00" * 16)
+        with pytest.raises(ember.lineage.UnknownIdError, match="hex"):
+            log.object("not-an-id")
