@@ -12,13 +12,14 @@ It must never block a caller on the database except through
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ember.lineage._log_writer import LogWriter
+from ember.lineage._log_writer import OUTAGE_ALERT_S, LogWriter
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "jobs": ("job_id", "driver_pid", "entrypoint"),
@@ -38,9 +39,15 @@ DURABLE_PUT_BYTES_MAX = 64 * 1024
 class GcsLog:
     DURABLE_PUT_BYTES_MAX = DURABLE_PUT_BYTES_MAX
 
-    def __init__(self, conninfo: str, on_commit: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        on_commit: Callable[[int], None] | None = None,
+        on_outage: Callable[[float, BaseException], None] | None = None,
+    ) -> None:
         self.writer = LogWriter(
-            conninfo, COLUMNS, on_commit=on_commit,
+            conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
+            outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
             idempotent_tables=frozenset({"functions", "jobs", "task_attempts", "objects", "task_args"}),
         )
         self._functions: set[bytes] = set()

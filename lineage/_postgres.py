@@ -10,9 +10,10 @@ Rules it keeps:
 - the server listens on a Unix socket only (no TCP port at all), in a
   directory only its owner can enter;
 - two drivers starting at once share one server: initdb and start happen
-  under an exclusive file lock, and each process using the server registers
-  its pid; the last one to leave stops it, and pids of dead processes are
-  pruned, so a SIGKILLed driver does not keep the server alive forever;
+  under an exclusive file lock, and each user of the server registers a file
+  named after its pid (a process may hold several); the last one to leave
+  stops it, and files of dead processes are pruned, so a SIGKILLed driver does
+  not keep the server alive forever;
 - PostgreSQL refuses to run as root, so under root it runs as a system user
   (``ember-pg``) from a copy of the binaries that user can read.
 
@@ -25,6 +26,7 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 from contextlib import contextmanager
@@ -73,6 +75,7 @@ class EmbeddedPostgres:
         self.log_path = self.home / "server.log"
         self._as_root = os.geteuid() == 0
         self._registered = False
+        self._user_file = self.users_dir / "unregistered"
 
     # -- public ----------------------------------------------------------------
 
@@ -93,11 +96,10 @@ class EmbeddedPostgres:
                 self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
                            "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--no-instructions"])
             if not self._running(bin_dir):
-                options = f"-k {self.socket_dir} -h '' -c max_connections=300 -c unix_socket_permissions=0700"
-                self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                           "-w", "-t", str(START_TIMEOUT_S), "-o", options, "start"])
+                self._pg_ctl(bin_dir, "start")
             self._ensure_database(bin_dir)
-            (self.users_dir / str(os.getpid())).touch()
+            self._user_file = self.users_dir / f"{os.getpid()}-{secrets.token_hex(4)}"
+            self._user_file.touch()
             self._registered = True
 
     def release(self) -> None:
@@ -106,13 +108,26 @@ class EmbeddedPostgres:
             return
         self._registered = False
         with self._locked():
-            (self.users_dir / str(os.getpid())).unlink(missing_ok=True)
+            self._user_file.unlink(missing_ok=True)
             if self._live_users():
                 return
             bin_dir = self._binaries()
             if self._running(bin_dir):
                 self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w",
                            "-t", str(STOP_TIMEOUT_S), "-m", "fast", "stop"])
+
+    def restart(self) -> None:
+        """Restart the server (``pg_ctl restart -m fast``): for failure injection and tests.
+
+        Clients lose their connections; committed rows survive.
+        """
+        with self._locked():
+            self._pg_ctl(self._binaries(), "restart", "-m", "fast")
+
+    def _pg_ctl(self, bin_dir: Path, action: str, *extra: str) -> None:
+        options = f"-k {self.socket_dir} -h '' -c max_connections=300 -c unix_socket_permissions=0700"
+        self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
+                   "-w", "-t", str(START_TIMEOUT_S), "-o", options, *extra, action])
 
     def server_pid(self) -> int | None:
         pid_file = self.data_dir / "postmaster.pid"
@@ -148,9 +163,11 @@ class EmbeddedPostgres:
     def _live_users(self) -> list[int]:
         live = []
         for entry in self.users_dir.iterdir():
-            if not entry.name.isdigit():
+            # One file per user: "<pid>-<random>", so one process may hold several.
+            pid_text = entry.name.split("-", 1)[0]
+            if not pid_text.isdigit():
                 continue
-            pid = int(entry.name)
+            pid = int(pid_text)
             try:
                 os.kill(pid, 0)
                 live.append(pid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
@@ -129,7 +130,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
             # The writer thread only signals; results it releases are handled on
             # a thread of their own, so a commit never waits for the core lock.
             self._commits = threading.Event()
-            self.gcs = GcsLog(conninfo, on_commit=lambda seq: self._commits.set())
+            self.gcs = GcsLog(conninfo, on_commit=lambda seq: self._commits.set(),
+                              on_outage=self._on_log_outage)
             threading.Thread(target=self._release_committed, name="ember-log-commits", daemon=True).start()
         self.executor: Any = None
         self._early: list[tuple[Connection, tuple]] = []
@@ -510,6 +512,18 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
             self._finish(pt, results)
+
+    def _on_log_outage(self, outage_s: float, error: BaseException) -> None:
+        # Told once per outage, on the writer's thread: results keep waiting
+        # for their lineage, and nothing already committed is at risk.
+        message = (
+            f"ember: the lineage log has been unreachable for {outage_s:.0f}s ({error}); tasks wait "
+            "for it and nothing already committed is lost; check the PostgreSQL server "
+            "(EMBER_GCS_URL, or the embedded one under $EMBER_HOME)"
+        )
+        log.error(message)
+        if self.kind == "driver":
+            print(message, file=sys.stderr, flush=True)
 
     def _release_committed(self) -> None:
         gcs = self.gcs

@@ -137,3 +137,26 @@ def test_open_log_reads_lineage_after_the_cluster_is_gone(ember_home, log_server
             log.task("00" * 16)
         with pytest.raises(ember.lineage.UnknownIdError, match="hex"):
             log.object("not-an-id")
+
+
+def test_postgres_restart_mid_workload_loses_nothing(ember_home, log_server, monkeypatch):
+    import ember
+
+    monkeypatch.setenv("EMBER_HOME", str(ember_home))
+    ember.init(num_cpus=2)
+    try:
+        @ember.remote
+        def square(x):
+            return x * x
+
+        first = [square.remote(i) for i in range(200)]
+        assert ember.get(first, timeout=60) == [i * i for i in range(200)]
+        log_server.restart()  # every connection drops; the writers reconnect and retry
+        second = [square.remote(i) for i in range(200, 400)]
+        assert ember.get(second, timeout=120) == [i * i for i in range(200, 400)]
+        ids = [r.task_id().binary() for r in first + second]
+    finally:
+        ember.shutdown()
+    with psycopg.connect(log_server.conninfo) as conn:
+        found = conn.execute("SELECT count(*) FROM tasks WHERE task_id = ANY(%s)", (ids,)).fetchone()[0]
+    assert found == 400
