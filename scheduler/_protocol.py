@@ -360,6 +360,31 @@ class Connection:
             self._on_close(self)
 
 
+class Outbox:
+    """Messages a service's handlers queue on other connections, sent at batch end.
+
+    Services call ``flush`` from reader threads, so it never blocks on a full
+    socket (see ``Connection.flush``).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirty: set[Connection] = set()
+
+    def send(self, conn: Connection | None, msg: tuple) -> None:
+        if conn is None or conn.closed:
+            return
+        conn.queue(msg)
+        with self._lock:
+            self._dirty.add(conn)
+
+    def flush(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush(block=False)
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     out = bytearray(n)
     view = memoryview(out)

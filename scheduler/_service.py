@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any
 
 from ember.scheduler._core import FailureCause
-from ember.scheduler._protocol import Connection, Listener, Op
+from ember.scheduler._protocol import Connection, Listener, Op, Outbox
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
 from ember.scheduler._spec import TaskSpec
@@ -92,7 +92,7 @@ class Scheduler:
         self._actors: dict[bytes, _Actor] = {}
         self._names: dict[str, bytes] = {}
         self._pending_actors: deque[bytes] = deque()
-        self._dirty: set[Connection] = set()
+        self._outbox = Outbox()
         self._start_failures = 0
         self._stopping = False
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
@@ -111,16 +111,10 @@ class Scheduler:
         threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
-        if conn is None or conn.closed:
-            return
-        conn.queue(msg)
-        self._dirty.add(conn)
+        self._outbox.send(conn, msg)
 
     def _flush_dirty(self) -> None:
-        with self._lock:
-            dirty, self._dirty = self._dirty, set()
-        for conn in dirty:
-            conn.flush(block=False)
+        self._outbox.flush()
 
     def _on_connect(self, conn: Connection) -> None:
         with self._lock:

@@ -211,15 +211,12 @@ class ObjectFiles:
             if obj.writes_in_place:
                 # Reserve every page now: a full filesystem must fail here, not SIGBUS in the copy.
                 os.posix_fallocate(fd, 0, obj.total_size)
-            _fill(fd, obj, object_id)
-            final = directory / object_id.hex()
-            os.rename(tmp, final)
+            return _fill_and_publish(fd, tmp, directory, object_id, obj)
         except BaseException:
             _unlink_quietly(tmp)
             raise
         finally:
             os.close(fd)
-        return final
 
     def _write_segment(self, object_id: bytes, obj: SerializedObject, segment: Path) -> Path | None:
         segment_bytes = segment.stat().st_size
@@ -235,15 +232,12 @@ class ObjectFiles:
             if not _lock(fd, fcntl.LOCK_EX, _SEGMENT_LOCK_WAIT_S):
                 _unlink_quietly(tmp)  # someone still maps it; let their mapping keep the pages
                 return None
-            _fill(fd, obj, object_id)
-            final = self.shm_dir / object_id.hex()
-            os.rename(tmp, final)
+            return _fill_and_publish(fd, tmp, self.shm_dir, object_id, obj)
         except BaseException:
             _unlink_quietly(tmp)
             raise
         finally:
             os.close(fd)
-        return final
 
     @staticmethod
     def _tmp_path(directory: Path, object_id: bytes) -> Path:
@@ -276,6 +270,14 @@ def _free_bytes(directory: Path) -> int:
     """Bytes an unprivileged writer may still put in ``directory``'s filesystem (tests replace this)."""
     stats = os.statvfs(directory)
     return stats.f_bavail * stats.f_frsize
+
+
+def _fill_and_publish(fd: int, tmp: Path, directory: Path, object_id: bytes, obj: SerializedObject) -> Path:
+    """Write the object into ``tmp`` and rename it to its final name: readers see all of it or nothing."""
+    _fill(fd, obj, object_id)
+    final = directory / object_id.hex()
+    os.rename(tmp, final)
+    return final
 
 
 def _fill(fd: int, obj: SerializedObject, object_id: bytes) -> None:

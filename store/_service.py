@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from ember.scheduler._protocol import Connection, Listener, Op
+from ember.scheduler._protocol import Connection, Listener, Op, Outbox
 from ember.scheduler._session import Session, open_session
 from ember.scheduler import _procutil
 from ember.store._segments import ObjectFiles, prefault_segment
@@ -47,7 +47,7 @@ class Store:
         self._spilled: set[bytes] = set()
         self._waiters: dict[bytes, set[Connection]] = {}
         self._free_segments: list[tuple[int, Path]] = []  # (size, path)
-        self._dirty: set[Connection] = set()
+        self._outbox = Outbox()
         self._wanted_segment = 0
         self._refill = threading.Event()
         self.stats = {"sealed": 0, "freed": 0, "spilled": 0, "recycled": 0}
@@ -62,10 +62,7 @@ class Store:
         threading.Thread(target=self._segment_filler, name="ember-store-prefault", daemon=True).start()
 
     def _flush_dirty(self) -> None:
-        with self._lock:
-            dirty, self._dirty = self._dirty, set()
-        for conn in dirty:
-            conn.flush(block=False)
+        self._outbox.flush()
 
     def _on_close(self, conn: Connection) -> None:
         with self._lock:
@@ -95,8 +92,7 @@ class Store:
             self._in_shm_bytes += size
             self.stats["sealed"] += 1
         for conn in self._waiters.pop(oid, ()):
-            conn.queue((Op.OBJECT_READY, oid))
-            self._dirty.add(conn)
+            self._outbox.send(conn, (Op.OBJECT_READY, oid))
         if self._in_shm_bytes > self.capacity_bytes:
             self._spill_until_under()
 

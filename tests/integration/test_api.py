@@ -265,7 +265,7 @@ def test_actor_method_misuse():
 def test_cancel_queued_and_running_tasks():
     @ember.remote
     def sleepy():
-        time.sleep(30)
+        time.sleep(5)  # far longer than the 0.5 s before the cancels
 
     refs = [sleepy.remote() for _ in range(8)]
     time.sleep(0.5)

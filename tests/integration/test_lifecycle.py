@@ -62,7 +62,7 @@ def test_signalled_driver_leaves_no_process_behind(sig):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", LIST_PIDS + "\nimport time\ntime.sleep(60)\n"],
+    proc = subprocess.Popen([sys.executable, "-c", LIST_PIDS + "\nimport signal\nsignal.pause()\n"],
                             stdout=subprocess.PIPE, text=True)
     try:
         pids = _pids(proc.stdout.readline())
