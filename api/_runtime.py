@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -296,10 +297,30 @@ def available_resources() -> dict[str, float]:
     return {k: v for k, v in available.items() if v > 0}
 
 
+NODES_TIMEOUT_S = 10.0
+
+
 def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes as the GCS service knows them (waits for it while it restarts)."""
+    from ember.exceptions import ClusterUnavailableError
+    from ember.lineage._rpc import GcsUnreachable, client_for
+
     core = require_core()
-    total, _ = core.call_scheduler(Op.RESOURCES)
-    return [{"NodeID": core.node_id, "Alive": True, "Resources": total}]
+    client = client_for(core.session.gcs_address, core.session.token())
+    deadline = time.monotonic() + NODES_TIMEOUT_S
+    while True:
+        try:
+            reply = client.call("Nodes", timeout_s=max(0.1, deadline - time.monotonic()))
+        except GcsUnreachable as exc:
+            raise ClusterUnavailableError(
+                f"{exc} within {NODES_TIMEOUT_S:.0f}s; the cluster's GCS service is down and was not restarted"
+            ) from exc
+        # Right after init this node may still be registering with the GCS.
+        if any(n["node_id"] == core.node_id for n in reply["nodes"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
+             "NodeManagerAddress": n["address"], "DeathCause": n["death_cause"]} for n in reply["nodes"]]
 
 
 class RuntimeContext:

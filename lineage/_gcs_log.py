@@ -28,7 +28,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
               "method", "args", "num_returns", "resources", "max_retries"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
-    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy"),
+    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "node_id"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
     "actor_calls": ("actor_id", "seq", "task_id"),
 }
@@ -44,7 +44,9 @@ class GcsLog:
         conninfo: str,
         on_commit: Callable[[int], None] | None = None,
         on_outage: Callable[[float, BaseException], None] | None = None,
+        node_id: str | None = None,
     ) -> None:
+        self.node_id = node_id
         self.writer = LogWriter(
             conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
             outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
@@ -89,7 +91,7 @@ class GcsLog:
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
             durable_copy: bytes | None = None) -> int:
         # A put is waited for only when its ref leaves the process: not urgent either.
-        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy),
+        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy, self.node_id),
                                   urgent=False)
 
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,

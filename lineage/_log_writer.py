@@ -201,11 +201,7 @@ class LogWriter:
         return self._conn
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
+        close_quietly(self._conn)
         self._conn = None
 
     def _write(self, batch: list[tuple[str, tuple]]) -> None:
@@ -248,3 +244,12 @@ class LogWriter:
         cur.executemany(
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows
         )
+
+
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    """Close a connection that may already be broken."""
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass

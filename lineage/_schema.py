@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -39,19 +39,25 @@ jobs = sa.Table(
 nodes = sa.Table(
     "nodes", metadata,
     sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("cluster_id", sa.Text, index=True),  # v2: the session that ran it
     sa.Column("address", sa.Text),
     sa.Column("resources", JSONB),
     sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("last_heartbeat_at", sa.DateTime(timezone=True)),  # v2, written every few seconds
     sa.Column("ended_at", sa.DateTime(timezone=True)),
     sa.Column("death_cause", sa.Text),
 )
 
+# Every ember process, not only workers: ``kind`` is 'worker', 'store',
+# 'scheduler' or 'gcs' (the GCS belongs to no node: node_id is NULL).
 workers = sa.Table(
     "workers", metadata,
     sa.Column("worker_id", BYTEA, primary_key=True),
-    sa.Column("node_id", sa.Text),
+    sa.Column("cluster_id", sa.Text),  # v2
+    sa.Column("node_id", sa.Text, index=True),
     sa.Column("pid", sa.Integer),
     sa.Column("kind", sa.Text),
+    sa.Column("actor_id", BYTEA),  # v2: the actor a worker was started for
     sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("ended_at", sa.DateTime(timezone=True)),
     sa.Column("death_cause", sa.Text),
@@ -106,6 +112,7 @@ objects = sa.Table(
     sa.Column("job_id", BYTEA, nullable=False),
     sa.Column("origin", sa.Text, nullable=False),  # 'return' or 'put'
     sa.Column("size", sa.BigInteger),
+    sa.Column("node_id", sa.Text),  # v2: where the first copy was made
     sa.Column("durable_copy", BYTEA),  # a small put's bytes: rebuilt without lineage
     sa.Column("durable_path", sa.Text),  # a large put's file under $EMBER_HOME
     sa.Column("state", sa.Text, nullable=False, server_default="CREATED"),
@@ -150,6 +157,20 @@ checkpoints = sa.Table(
 )
 
 
+# Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
+_MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS cluster_id TEXT",
+        "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS last_heartbeat_at TIMESTAMPTZ",
+        "CREATE INDEX IF NOT EXISTS ix_nodes_cluster_id ON nodes (cluster_id)",
+        "ALTER TABLE workers ADD COLUMN IF NOT EXISTS cluster_id TEXT",
+        "ALTER TABLE workers ADD COLUMN IF NOT EXISTS actor_id BYTEA",
+        "CREATE INDEX IF NOT EXISTS ix_workers_node_id ON workers (node_id)",
+        "ALTER TABLE objects ADD COLUMN IF NOT EXISTS node_id TEXT",
+    ],
+}
+
+
 class SchemaVersionError(EmberOperationError):
     """The log was written by a newer ember than this one."""
 
@@ -171,5 +192,8 @@ def ensure_schema(engine: sa.Engine) -> int:
                 f"understands up to version {SCHEMA_VERSION}: upgrade ember, or point EMBER_GCS_URL "
                 "at another database"
             )
-        # Older logs would be migrated forward here, one version at a time.
-        return found
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(sa.text(statement))
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version)))
+        return SCHEMA_VERSION

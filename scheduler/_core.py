@@ -131,7 +131,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
             # a thread of their own, so a commit never waits for the core lock.
             self._commits = threading.Event()
             self.gcs = GcsLog(conninfo, on_commit=lambda seq: self._commits.set(),
-                              on_outage=self._on_log_outage)
+                              on_outage=self._on_log_outage, node_id=node_id)
             threading.Thread(target=self._release_committed, name="ember-log-commits", daemon=True).start()
         self.executor: Any = None
         self._early: list[tuple[Connection, tuple]] = []

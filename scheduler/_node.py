@@ -1,7 +1,9 @@
-"""Starting and stopping one node's processes: the object store and the scheduler.
+"""Starting and stopping one node's processes: the GCS service, the object store and the scheduler.
 
-The scheduler starts the workers; this module starts the two long-lived
-processes, waits (bounded) until both listen, and stops them by pid.
+The scheduler starts the workers; this module starts the long-lived
+processes, waits (bounded) until they listen, keeps them under a supervisor
+that restarts the GCS service when it dies, and stops them by pid. The head
+node (the only node so far) is the one that runs the GCS service.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from ember.exceptions import ClusterStartError
 from ember.scheduler import _procutil
 from ember.scheduler._session import Session
+from ember.scheduler._supervisor import Supervisor
 
 NODE_START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 3.0
@@ -26,23 +29,64 @@ class Node:
     session: Session
     node_id: str
     resources: dict[str, float]
-    store: subprocess.Popen
-    scheduler: subprocess.Popen
+    supervisor: Supervisor
     stopped: bool = field(default=False)
+
+    @property
+    def gcs(self) -> subprocess.Popen:
+        return self.supervisor.proc("gcs")
+
+    @property
+    def store(self) -> subprocess.Popen:
+        return self.supervisor.proc("store")
+
+    @property
+    def scheduler(self) -> subprocess.Popen:
+        return self.supervisor.proc("scheduler")
 
     def stop(self) -> None:
         if self.stopped:
             return
         self.stopped = True
-        # The scheduler kills its workers on SIGTERM; then the store goes.
-        _procutil.terminate(self.scheduler)
-        _procutil.reap(self.scheduler, STOP_GRACE_S)
-        _procutil.terminate(self.store)
-        _procutil.reap(self.store, STOP_GRACE_S)
+        procs = {name: self._proc_or_none(name) for name in ("scheduler", "store", "gcs")}
+        self.supervisor.stop()
+        # The scheduler kills its workers on SIGTERM and says goodbye to the
+        # GCS; then the store goes, then the GCS.
+        for proc in procs.values():
+            if proc is not None:
+                _procutil.terminate(proc)
+                _procutil.reap(proc, STOP_GRACE_S)
+
+    def _proc_or_none(self, name: str) -> subprocess.Popen | None:
+        try:
+            return self.supervisor.proc(name)
+        except KeyError:
+            return None
+
+
+def _spawn_gcs(session: Session, node_id: str, previous: str | None = None) -> tuple[subprocess.Popen, str]:
+    process_id = os.urandom(16).hex()
+    args = [str(session.dir), "--process-id", process_id, "--node-id", node_id]
+    if previous:
+        args += ["--previous", previous]
+    return _procutil.spawn_python("ember.lineage._gcs_service", args, session.log_dir), process_id
+
+
+def _gcs_restarter(session: Session, node_id: str, process_id: str):  # type: ignore[no-untyped-def]
+    current = {"id": process_id}
+
+    def restart(cause: str) -> subprocess.Popen:
+        proc, current["id"] = _spawn_gcs(session, node_id, f"{current['id']}:{cause}")
+        return proc
+
+    return restart
 
 
 def start_node(session: Session, resources: dict[str, float], object_store_bytes: int) -> Node:
     node_id = uuid.uuid4().hex
+    supervisor = Supervisor()
+    gcs, gcs_process_id = _spawn_gcs(session, node_id)
+    supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id))
     store = _procutil.spawn_python(
         "ember.store._service",
         [str(session.dir), "--capacity-bytes", str(object_store_bytes)],
@@ -54,8 +98,14 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
          "--store-pid", str(store.pid)],
         session.log_dir,
     )
-    node = Node(session, node_id, resources, store, scheduler)
+    # Store and scheduler are not restarted yet: their deaths are noticed and
+    # logged (reconstruction after them is the next step).
+    supervisor.watch("store", store)
+    supervisor.watch("scheduler", scheduler)
+    node = Node(session, node_id, resources, supervisor)
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
+    # The GCS service is not waited for: the scheduler registers with it in
+    # the background and everyone who calls it retries while it comes up.
     for name, proc in (("store", store), ("scheduler", scheduler)):
         marker = session.sockets / f"{name}.ready"
         while not marker.exists():

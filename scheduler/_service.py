@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 from ember.scheduler._core import FailureCause
+from ember.scheduler._gcs_link import GcsLink
 from ember.scheduler._protocol import Connection, Listener, Op, Outbox
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
@@ -96,6 +97,7 @@ class Scheduler:
         self._start_failures = 0
         self._stopping = False
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
+        self.gcs = GcsLink(session.gcs_address, session.token(), node_id, str(session.scheduler_socket), resources)
         self.listener = Listener(
             session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
             name="scheduler", batch_end=self._flush_dirty,
@@ -104,6 +106,9 @@ class Scheduler:
     # -- plumbing --------------------------------------------------------------------
 
     def start(self) -> None:
+        self.gcs.started(os.urandom(16), "scheduler", os.getpid())
+        self.gcs.started(os.urandom(16), "store", self.store_pid)
+        self.gcs.start()
         self.listener.start()
         with self._lock:
             for _ in range(self.cpu_soft_limit):
@@ -130,6 +135,7 @@ class Scheduler:
                         w.address = peer["address"]
                         w.worker_id = peer["worker_id"]
                         self._by_conn[conn] = w
+                        self.gcs.started(w.worker_id, "worker", w.proc.pid, w.actor_id)
                     if w.conn is not None and w.exec_conn is not None:
                         self._start_failures = 0
                         if w.actor_id is not None:
@@ -344,6 +350,8 @@ class Scheduler:
         if w in self._workers:
             self._workers.remove(w)
         _procutil.kill(w.proc)
+        if w.worker_id is not None:
+            self.gcs.died(w.worker_id, detail)
         for spec in w.assigned.values():
             owner = self._clients.get(spec.owner_addr)
             self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.WORKER_DIED, detail))
@@ -391,6 +399,8 @@ class Scheduler:
                 self._workers.remove(w)
                 self._by_conn.pop(w.conn, None)  # type: ignore[arg-type]
                 _procutil.terminate(w.proc)
+                if w.worker_id is not None:
+                    self.gcs.died(w.worker_id, "stopped after idling")
                 task_workers -= 1
         self._dispatch()
 
@@ -526,6 +536,7 @@ class Scheduler:
             _procutil.kill(w.proc)
         for w in list(self._workers):
             _procutil.reap(w.proc, 2.0)
+        self.gcs.stop("shut down")
         self.listener.close()
         os._exit(0)
 

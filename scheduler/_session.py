@@ -48,6 +48,11 @@ class Session:
         return self.sockets / "store"
 
     @property
+    def gcs_address(self) -> str:
+        """The GCS service's gRPC address: a Unix socket, private to the user."""
+        return f"unix:{self.sockets / 'gcs'}"
+
+    @property
     def shm_dir(self) -> Path:
         base = SHM_ROOT if SHM_ROOT.is_dir() else self.dir
         return base / f"ember-{self.name}"

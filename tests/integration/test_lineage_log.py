@@ -116,3 +116,28 @@ def test_history_outlives_a_server_restart(ember_home):
     with psycopg.connect(pg.conninfo) as conn:
         assert conn.execute("SELECT v FROM kept").fetchone() == (42,)
     pg.release()
+
+
+def test_an_older_log_is_migrated_forward_keeping_its_rows(postgres):
+    name = f"ember_v1_{os.getpid()}"
+    admin = dict(host=str(postgres.socket_dir), user="postgres")
+    with psycopg.connect(**admin, dbname="ember", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    old = sa.create_engine("postgresql+psycopg://", connect_args={**admin, "dbname": name})
+    try:
+        _schema.ensure_schema(old)
+        with old.begin() as conn:  # make it the log version 1 wrote
+            for table, column in (("nodes", "cluster_id"), ("nodes", "last_heartbeat_at"),
+                                  ("workers", "cluster_id"), ("workers", "actor_id"), ("objects", "node_id")):
+                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            conn.execute(sa.text("UPDATE ember_meta SET value = '1' WHERE key = 'schema_version'"))
+            conn.execute(sa.text("INSERT INTO nodes (node_id, address) VALUES ('n1', 'old')"))
+        assert _schema.ensure_schema(old) == _schema.SCHEMA_VERSION
+        with old.connect() as conn:
+            assert conn.execute(sa.text("SELECT node_id, address, cluster_id FROM nodes")).all() == [("n1", "old", None)]
+            assert conn.execute(sa.text("SELECT value FROM ember_meta")).scalar() == str(_schema.SCHEMA_VERSION)
+            conn.execute(sa.text("SELECT node_id FROM objects LIMIT 0"))
+    finally:
+        old.dispose()
+        with psycopg.connect(**admin, dbname="ember", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")

@@ -1,0 +1,145 @@
+"""The GCS service's writes: nodes, processes and their deaths, in PostgreSQL.
+
+Every write commits before the GCS answers the call that asked for it, so a
+node that was told "recorded" can forget the event. While the database is
+unreachable, writes raise ``Unavailable`` and callers keep their events and
+retry; the GCS itself keeps running on what it holds in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from ember.lineage._rpc import Unavailable
+
+log = logging.getLogger("ember.gcs")
+
+# A cluster whose nodes have not heartbeated for this long stopped without
+# saying so (its driver was SIGKILLed); the next GCS to start closes its rows.
+ABANDONED_AFTER_S = 60.0
+
+
+class ClusterTable:
+    def __init__(self, conninfo: str | None, cluster_id: str) -> None:
+        self.conninfo = conninfo
+        self.cluster_id = cluster_id
+        self._lock = threading.Lock()
+        self._conn: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.conninfo is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _run(self, statements: list[tuple[str, tuple]]) -> list[list[tuple]]:
+        """Run statements in one transaction; returns each one's rows."""
+        if not self.enabled or not statements:
+            return [[] for _ in statements]
+        import psycopg
+
+        from ember.lineage._log_writer import close_quietly
+
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.conninfo, connect_timeout=3)
+                results = []
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    for sql, params in statements:
+                        cur.execute(sql, params)
+                        results.append(cur.fetchall() if cur.description else [])
+                return results
+            except psycopg.Error as exc:
+                close_quietly(self._conn)
+                self._conn = None
+                raise Unavailable(f"the lineage log's PostgreSQL is unavailable: {exc}".strip()) from exc
+
+    # -- reads --------------------------------------------------------------------------
+
+    def live_nodes(self) -> list[dict[str, Any]]:
+        (rows,) = self._run([(
+            "SELECT node_id, address, resources FROM nodes WHERE cluster_id = %s AND ended_at IS NULL",
+            (self.cluster_id,),
+        )])
+        return [{"node_id": r[0], "address": r[1], "resources": r[2] or {}} for r in rows]
+
+    # -- writes -------------------------------------------------------------------------
+
+    def node_started(self, node_id: str, address: str, resources: dict[str, float]) -> None:
+        self._run([(
+            "INSERT INTO nodes (node_id, cluster_id, address, resources, last_heartbeat_at) "
+            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (node_id) DO UPDATE SET "
+            "last_heartbeat_at = now(), ended_at = NULL, death_cause = CASE WHEN nodes.ended_at IS NULL "
+            "THEN nodes.death_cause ELSE 'presumed dead (' || nodes.death_cause || '), then it came back' END",
+            (node_id, self.cluster_id, address, json.dumps(resources)),
+        )])
+
+    def node_ended(self, node_id: str, cause: str) -> None:
+        self._run([
+            ("UPDATE nodes SET ended_at = now(), death_cause = %s WHERE node_id = %s AND ended_at IS NULL",
+             (cause, node_id)),
+            ("UPDATE workers SET ended_at = now(), death_cause = %s WHERE node_id = %s AND ended_at IS NULL",
+             (f"its node ended: {cause}", node_id)),
+        ])
+
+    def heartbeats(self, node_ids: list[str]) -> None:
+        self._run([("UPDATE nodes SET last_heartbeat_at = now() WHERE node_id = ANY(%s)", (node_ids,))])
+
+    def process_events(self, node_id: str | None, events: list[dict[str, Any]]) -> None:
+        statements = []
+        for ev in events:
+            process_id = bytes.fromhex(ev["process_id"])
+            if ev["type"] == "started":
+                actor = bytes.fromhex(ev["actor_id"]) if ev.get("actor_id") else None
+                statements.append((
+                    "INSERT INTO workers (worker_id, cluster_id, node_id, pid, kind, actor_id) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO NOTHING",
+                    (process_id, self.cluster_id, node_id, ev["pid"], ev["kind"], actor),
+                ))
+            elif ev["type"] == "died":
+                statements.append((
+                    "UPDATE workers SET ended_at = now(), death_cause = %s WHERE worker_id = %s "
+                    "AND ended_at IS NULL",
+                    (ev["cause"], process_id),
+                ))
+        self._run(statements)
+
+    def close_abandoned_clusters(self) -> int:
+        cause = f"no heartbeat for over {ABANDONED_AFTER_S:.0f}s: its cluster stopped without recording it"
+        results = self._run([
+            ("UPDATE nodes SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL AND cluster_id <> %s "
+             "AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s)) "
+             "RETURNING node_id", (cause, self.cluster_id, ABANDONED_AFTER_S)),
+        ])
+        ended = [r[0] for r in results[0]]
+        if ended:
+            self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL "
+                        "AND (node_id = ANY(%s) OR (node_id IS NULL AND cluster_id IN "
+                        "(SELECT cluster_id FROM nodes WHERE node_id = ANY(%s))))",
+                        (f"its node ended: {cause}", ended, ended))])
+        return len(ended)
+
+    def wait_available(self, stop: threading.Event, timeout_s: float | None = None) -> bool:
+        """Block until the database answers (True) or ``stop``/timeout (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = 0.05
+        while not stop.is_set():
+            try:
+                self._run([("SELECT 1", ())])
+                return True
+            except Unavailable as exc:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                log.info("waiting for PostgreSQL: %s", exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+        return False

@@ -1,0 +1,211 @@
+"""The GCS service process: node registration, heartbeats, the failure detector.
+
+One per cluster. Nodes register with it and heartbeat every
+``HEARTBEAT_S``; each heartbeat carries the node's process events (a worker
+started, a worker died, and why), which are committed to PostgreSQL before
+the call returns, so the node may forget them. A node silent for
+``NODE_DEAD_AFTER_S`` is declared dead, with the cause, in the log.
+
+It keeps nothing that matters only in memory: killed, it is restarted by the
+node that started it, reloads this cluster's live nodes from PostgreSQL and
+gives them a fresh heartbeat window, and nodes replay whatever events they
+had not had acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from ember.lineage._cluster_table import ClusterTable
+from ember.lineage._rpc import serve
+
+log = logging.getLogger("ember.gcs")
+
+HEARTBEAT_S = 0.2
+NODE_DEAD_AFTER_S = float(os.environ.get("EMBER_NODE_DEAD_AFTER_S", "1.0"))
+HEARTBEAT_WRITE_S = 2.0  # how often last_heartbeat_at is written; death is detected in memory
+
+
+class _Node:
+    __slots__ = ("node_id", "address", "resources", "last_seen", "alive", "death_cause")
+
+    def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.resources = resources
+        self.last_seen = time.monotonic()
+        self.alive = True
+        self.death_cause: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
+                "alive": self.alive, "death_cause": self.death_cause,
+                "last_heartbeat_age_s": round(time.monotonic() - self.last_seen, 3)}
+
+
+class GcsService:
+    def __init__(self, table: ClusterTable, process_id: str, previous: str | None, host_node: str) -> None:
+        self.table = table
+        self.host_node = host_node
+        self.process_id = process_id
+        self.previous = previous  # "process_id:cause" of the instance this one replaces
+        self.started_at = time.time()
+        self._lock = threading.Lock()
+        self._nodes: dict[str, _Node] = {}
+        self._stop = threading.Event()
+        self.loaded = threading.Event()
+
+    def handlers(self) -> dict[str, Any]:
+        return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
+                "Nodes": self.nodes, "Info": self.info}
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def register(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.table.node_started(req["node_id"], req["address"], req["resources"])
+        self.table.process_events(req["node_id"], req.get("events", []))
+        with self._lock:
+            node = self._nodes.get(req["node_id"])
+            if node is None:
+                node = self._nodes[req["node_id"]] = _Node(req["node_id"], req["address"], req["resources"])
+            node.address, node.resources = req["address"], req["resources"]
+            node.alive, node.death_cause, node.last_seen = True, None, time.monotonic()
+        return {"gcs_pid": os.getpid()}
+
+    def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            node = self._nodes.get(req["node_id"])
+            if node is None or not node.alive:
+                # A new instance that has not loaded this node yet, or one that
+                # declared it dead: the node registers (again) and resends.
+                return {"known": False}
+            node.last_seen = time.monotonic()
+        events = req.get("events") or []
+        if events:
+            self.table.process_events(req["node_id"], events)
+        return {"known": True}
+
+    def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.table.process_events(req["node_id"], req.get("events", []))
+        self.table.node_ended(req["node_id"], req.get("cause") or "shut down")
+        with self._lock:
+            node = self._nodes.get(req["node_id"])
+            if node is not None:
+                node.alive, node.death_cause = False, req.get("cause") or "shut down"
+        return {}
+
+    def nodes(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.loaded.wait(5.0)
+        with self._lock:
+            return {"nodes": [n.public() for n in self._nodes.values()], "gcs_pid": os.getpid()}
+
+    def info(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"gcs_pid": os.getpid(), "process_id": self.process_id, "started_at": self.started_at,
+                "cluster_id": self.table.cluster_id, "loaded": self.loaded.is_set(), "node_id": self.host_node}
+
+    # -- background ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Resume from PostgreSQL: who was alive, and record this instance's start."""
+        if not self.table.wait_available(self._stop):
+            return
+        events = [{"type": "started", "process_id": self.process_id, "pid": os.getpid(), "kind": "gcs"}]
+        if self.previous:
+            prev_id, _, cause = self.previous.partition(":")
+            events.insert(0, {"type": "died", "process_id": prev_id, "cause": cause})
+        self._retry(lambda: self.table.process_events(None, events))
+        for row in self._retry(self.table.live_nodes):
+            with self._lock:
+                self._nodes.setdefault(row["node_id"], _Node(row["node_id"], row["address"], row["resources"]))
+        self.loaded.set()
+        try:
+            closed = self.table.close_abandoned_clusters()
+            if closed:
+                log.warning("closed %d node(s) of clusters that stopped without recording it", closed)
+        except Exception:
+            log.exception("could not close abandoned clusters' nodes")
+
+    def _retry(self, fn):  # type: ignore[no-untyped-def]
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("retrying a GCS write: %s", exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+
+    def detect_failures(self) -> None:
+        last_write = time.monotonic()
+        while not self._stop.wait(HEARTBEAT_S / 2):
+            now = time.monotonic()
+            dead: list[tuple[str, str]] = []
+            with self._lock:
+                for node in self._nodes.values():
+                    silent = now - node.last_seen
+                    if node.alive and silent > NODE_DEAD_AFTER_S:
+                        node.alive = False
+                        node.death_cause = f"missed heartbeats for {silent:.1f}s"
+                        dead.append((node.node_id, node.death_cause))
+                alive = [n.node_id for n in self._nodes.values() if n.alive]
+            for node_id, cause in dead:
+                log.warning("node %s declared dead: %s", node_id, cause)
+                try:
+                    self.table.node_ended(node_id, cause)
+                except Exception as exc:
+                    log.warning("could not record node %s's death yet: %s", node_id, exc)
+            if alive and now - last_write > HEARTBEAT_WRITE_S:
+                last_write = now
+                try:
+                    self.table.heartbeats(alive)
+                except Exception as exc:
+                    log.info("heartbeat times not written: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ember.scheduler import _procutil
+    from ember.scheduler._session import open_session
+
+    parser = argparse.ArgumentParser(prog="ember-gcs")
+    parser.add_argument("session")
+    parser.add_argument("--process-id", required=True)
+    parser.add_argument("--node-id", required=True, help="the node this service runs on")
+    parser.add_argument("--previous", default=None, help="process_id:cause of the instance this replaces")
+    args = parser.parse_args(argv)
+    _procutil.die_with_parent()
+    _procutil.setup_logging(args.session, "gcs")
+    session = open_session(args.session)
+    table = ClusterTable(session.read_info().get("gcs_conninfo"), session.name)
+    service = GcsService(table, args.process_id, args.previous, args.node_id)
+    server = serve(session.gcs_address, session.token(), service.handlers())
+    threading.Thread(target=service.load, name="ember-gcs-load", daemon=True).start()
+    threading.Thread(target=service.detect_failures, name="ember-gcs-detector", daemon=True).start()
+    (session.sockets / "gcs.ready").touch()
+
+    stopped = threading.Event()
+
+    def on_term(*_: Any) -> None:
+        service.stop()
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    stopped.wait()
+    server.stop(grace=0.2)
+    table.close()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,103 @@
+"""A node's link to the GCS service: registration, heartbeats, process events.
+
+Runs on its own thread in the scheduler, so a slow or restarting GCS never
+stalls scheduling. Events (a process started, a process died and why) queue
+here until a heartbeat carrying them is acknowledged, which the GCS does only
+after committing them: a GCS killed mid-call loses nothing, the events are
+sent again to its replacement (the writes are idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+log = logging.getLogger("ember.scheduler")
+
+HEARTBEAT_S = 0.2
+EVENTS_PER_CALL = 500
+UNREGISTER_TIMEOUT_S = 1.0
+
+
+class GcsLink:
+    def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
+                 resources: dict[str, float]) -> None:
+        self.node_id = node_id
+        self._address = address
+        self._token = token
+        self._node_address = node_address
+        self._resources = resources
+        self._events: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._client: Any = None
+        self.registered = False
+        self.gcs_pid: int | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="ember-gcs-link", daemon=True).start()
+
+    def started(self, process_id: bytes, kind: str, pid: int, actor_id: bytes | None = None) -> None:
+        self._push({"type": "started", "process_id": process_id.hex(), "kind": kind, "pid": pid,
+                    "actor_id": actor_id.hex() if actor_id else None})
+
+    def died(self, process_id: bytes, cause: str) -> None:
+        self._push({"type": "died", "process_id": process_id.hex(), "cause": cause})
+
+    def _push(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append(event)
+        self._wake.set()
+
+    def _pending(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._events[i] for i in range(min(EVENTS_PER_CALL, len(self._events)))]
+
+    def _acknowledged(self, count: int) -> None:
+        with self._lock:
+            for _ in range(count):
+                self._events.popleft()
+
+    def _run(self) -> None:
+        from ember.lineage._rpc import GcsClient, GcsUnreachable
+
+        self._client = GcsClient(self._address, self._token)
+        while not self._stop.is_set():
+            events = self._pending()
+            try:
+                if not self.registered:
+                    reply = self._client.try_call("Register", {
+                        "node_id": self.node_id, "address": self._node_address,
+                        "resources": self._resources, "events": events,
+                    })
+                    self.registered, self.gcs_pid = True, reply.get("gcs_pid")
+                    self._acknowledged(len(events))
+                else:
+                    reply = self._client.try_call("Heartbeat", {"node_id": self.node_id, "events": events})
+                    if reply.get("known"):
+                        self._acknowledged(len(events))
+                    else:
+                        self.registered = False
+                        continue
+            except (GcsUnreachable, PermissionError) as exc:
+                log.info("GCS heartbeat failed: %s", exc)
+                self.registered = False
+            self._wake.wait(HEARTBEAT_S)
+            self._wake.clear()
+
+    def stop(self, cause: str) -> None:
+        """Say goodbye (bounded): the node's end and its last events get recorded."""
+        self._stop.set()
+        self._wake.set()
+        if self._client is None:
+            return
+        from ember.lineage._rpc import GcsUnreachable
+
+        try:
+            self._client.try_call("Unregister", {"node_id": self.node_id, "cause": cause,
+                                                 "events": self._pending()}, timeout_s=UNREGISTER_TIMEOUT_S)
+        except (GcsUnreachable, PermissionError) as exc:
+            log.warning("could not record the node's end with the GCS: %s", exc)
