@@ -140,7 +140,7 @@ def init(
             session.remove()
             raise
         if core.gcs is not None:
-            core.gcs.job(core.job_id, os.getpid(), " ".join(sys.argv)[:1000])
+            core.gcs.job(core.job_id, session.name, os.getpid(), " ".join(sys.argv)[:1000])
         _node, _session = node, session
         global _log_store
         _log_store = log_store
@@ -182,6 +182,8 @@ def shutdown() -> None:
     with _lock:
         core = _context.CORE
         set_core(None)
+        if core is not None and _node is not None:
+            _record_job_end(core)
         if core is not None:
             try:
                 core.close()
@@ -195,6 +197,23 @@ def shutdown() -> None:
         if _session is not None:
             _session.remove()
             _session = None
+
+
+JOB_END_TIMEOUT_S = 1.0
+
+
+def _record_job_end(core: CoreClient) -> None:
+    """Tell the GCS this job finished (bounded: shutdown must not hang on it)."""
+    from ember.lineage._rpc import GcsUnreachable, client_for
+
+    if core.gcs is None:
+        return
+    core.gcs.writer.flush(JOB_END_TIMEOUT_S)  # the job's row must exist to be ended
+    try:
+        client_for(core.session.gcs_address, core.session.token()).try_call(
+            "JobFinished", {"job_id": core.job_id.hex(), "state": "FINISHED"}, timeout_s=JOB_END_TIMEOUT_S)
+    except (GcsUnreachable, PermissionError):
+        pass  # the next GCS on this log closes the job as abandoned
 
 
 def is_initialized() -> bool:

@@ -2,9 +2,10 @@
 
 The runtime writes every task spec, object creation and actor call here
 (``docs/lineage.md``); ``open_log()`` reads it with or without a running
-cluster.
+cluster; ``prune()`` forgets finished jobs older than a cutoff.
 """
 
+from ember.lineage._prune import PruneReport, prune
 from ember.lineage._reader import (
     Lineage,
     LineageLog,
@@ -14,4 +15,4 @@ from ember.lineage._reader import (
     open_log,
 )
 
-__all__ = ["Lineage", "LineageLog", "ObjectRecord", "TaskRecord", "UnknownIdError", "open_log"]
+__all__ = ["Lineage", "LineageLog", "ObjectRecord", "PruneReport", "TaskRecord", "UnknownIdError", "open_log", "prune"]

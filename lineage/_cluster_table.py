@@ -91,6 +91,10 @@ class ClusterTable:
              (f"its node ended: {cause}", node_id)),
         ])
 
+    def job_ended(self, job_id: bytes, state: str) -> None:
+        self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",
+                    (state, job_id))])
+
     def heartbeats(self, node_ids: list[str]) -> None:
         self._run([("UPDATE nodes SET last_heartbeat_at = now() WHERE node_id = ANY(%s)", (node_ids,))])
 
@@ -121,6 +125,9 @@ class ClusterTable:
              "RETURNING node_id", (cause, self.cluster_id, ABANDONED_AFTER_S)),
         ])
         ended = [r[0] for r in results[0]]
+        self._run([("UPDATE jobs SET ended_at = now(), state = 'ABANDONED' WHERE ended_at IS NULL "
+                    "AND cluster_id <> %s AND cluster_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM nodes "
+                    "WHERE nodes.cluster_id = jobs.cluster_id AND nodes.ended_at IS NULL)", (self.cluster_id,))])
         if ended:
             self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL "
                         "AND (node_id = ANY(%s) OR (node_id IS NULL AND cluster_id IN "

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from ember.lineage._log_writer import OUTAGE_ALERT_S, LogWriter
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "jobs": ("job_id", "driver_pid", "entrypoint"),
+    "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint"),
     "functions": ("function_id", "name", "payload"),
     "tasks": ("task_id", "job_id", "kind", "function_id", "function_name", "parent_task_id", "actor_id",
               "method", "args", "num_returns", "resources", "max_retries"),
@@ -64,8 +64,8 @@ class GcsLog:
     def close(self) -> None:
         self.writer.close()
 
-    def job(self, job_id: bytes, pid: int, entrypoint: str) -> int:
-        return self.writer.append("jobs", (job_id, pid, entrypoint))
+    def job(self, job_id: bytes, cluster_id: str, pid: int, entrypoint: str) -> int:
+        return self.writer.append("jobs", (job_id, cluster_id, pid, entrypoint))
 
     def function(self, function_id: bytes, name: str, payload: bytes) -> None:
         if function_id not in self._functions:

@@ -64,7 +64,7 @@ class GcsService:
 
     def handlers(self) -> dict[str, Any]:
         return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
-                "Nodes": self.nodes, "Info": self.info}
+                "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished}
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -99,6 +99,10 @@ class GcsService:
             node = self._nodes.get(req["node_id"])
             if node is not None:
                 node.alive, node.death_cause = False, req.get("cause") or "shut down"
+        return {}
+
+    def job_finished(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.table.job_ended(bytes.fromhex(req["job_id"]), req.get("state") or "FINISHED")
         return {}
 
     def nodes(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -113,12 +113,19 @@ class LineageLog:
     def object(self, object_id_hex: str) -> ObjectRecord:
         object_id = _id_bytes(object_id_hex)
         row = self._conn.execute(
-            "SELECT object_id, task_id, job_id, origin, size, durable_copy IS NOT NULL, state "
+            "SELECT object_id, task_id, job_id, origin, size, durable_copy IS NOT NULL, state, node_id "
             "FROM objects WHERE object_id = %s", (object_id,)).fetchone()
         if row is None:
             raise UnknownIdError(f"no object {object_id_hex} in the lineage log")
-        locations = [r[0] for r in self._conn.execute(
-            "SELECT node_id FROM object_locations WHERE object_id = %s AND removed_at IS NULL", (object_id,))]
+        # The node that made the object holds the first copy (until it is
+        # lost); object_locations holds the copies made or lost since.
+        locations = [row[7]] if row[7] and row[6] != "LOST" else []
+        for node_id, removed in self._conn.execute(
+                "SELECT node_id, removed_at IS NOT NULL FROM object_locations WHERE object_id = %s", (object_id,)):
+            if removed and node_id in locations:
+                locations.remove(node_id)
+            elif not removed and node_id not in locations:
+                locations.append(node_id)
         return ObjectRecord(row[0].hex(), row[1].hex(), row[2].hex(), row[3], row[4], row[5], row[6], locations)
 
     def lineage(self, id_hex: str, depth: int = LINEAGE_DEPTH_MAX) -> Lineage:
@@ -169,16 +176,27 @@ class LineageLog:
 
 def open_log(gcs_url: str | None = None) -> LineageLog:
     """A read-only view of the lineage log; no cluster needs to be running."""
+    conninfo, release = locate_log(gcs_url)
+    try:
+        return LineageLog(conninfo, release=release)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+
+
+def locate_log(gcs_url: str | None = None) -> tuple[str, Any]:
+    """The log's conninfo and what to call when done with it (starts the embedded server if needed)."""
     import os
 
     from ember.lineage._postgres import EmbeddedPostgres
 
     url = gcs_url or os.environ.get("EMBER_GCS_URL")
     if url:
-        return LineageLog(url)
+        return url, None
     server = EmbeddedPostgres()
     server.start()
-    return LineageLog(server.conninfo, release=server.release)
+    return server.conninfo, server.release
 
 
 def _id_bytes(id_hex: str) -> bytes:

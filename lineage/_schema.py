@@ -29,6 +29,7 @@ meta = sa.Table(
 jobs = sa.Table(
     "jobs", metadata,
     sa.Column("job_id", BYTEA, primary_key=True),
+    sa.Column("cluster_id", sa.Text),  # v2
     sa.Column("driver_pid", sa.Integer),
     sa.Column("entrypoint", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
@@ -160,6 +161,7 @@ checkpoints = sa.Table(
 # Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
 _MIGRATIONS: dict[int, list[str]] = {
     2: [
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cluster_id TEXT",
         "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS cluster_id TEXT",
         "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS last_heartbeat_at TIMESTAMPTZ",
         "CREATE INDEX IF NOT EXISTS ix_nodes_cluster_id ON nodes (cluster_id)",

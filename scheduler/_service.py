@@ -40,6 +40,7 @@ WORKER_START_TIMEOUT_S = 60.0
 WORKER_START_FAILURES_MAX = 5
 IDLE_WORKER_TTL_S = 10.0
 TICK_S = 0.5
+WORKER_STOP_GRACE_S = 2.0
 
 
 class _Worker:
@@ -533,9 +534,9 @@ class Scheduler:
     def stop(self) -> None:
         self._stopping = True
         for w in list(self._workers):
-            _procutil.kill(w.proc)
+            _procutil.terminate(w.proc)  # workers flush their lineage rows, then exit
         for w in list(self._workers):
-            _procutil.reap(w.proc, 2.0)
+            _procutil.reap(w.proc, WORKER_STOP_GRACE_S)
         self.gcs.stop("shut down")
         self.listener.close()
         os._exit(0)

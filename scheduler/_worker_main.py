@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from ember.scheduler import _context, _procutil
 from ember.scheduler._core import CoreClient
 from ember.scheduler._executor import Executor
 from ember.scheduler._session import open_session
+
+
+LOG_FLUSH_ON_STOP_S = 1.5
 
 
 def main(argv: list[str]) -> None:
@@ -17,6 +22,14 @@ def main(argv: list[str]) -> None:
     session = open_session(session_dir)
     core = CoreClient(session, "worker", job_id=b"", node_id=node_id)
     _context.set_core(core)
+
+    def on_term(*_: object) -> None:
+        # A clean stop: lineage rows still queued (actor call order, attempts) reach the log first.
+        if core.gcs is not None:
+            core.gcs.writer.flush(LOG_FLUSH_ON_STOP_S)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     executor = Executor(core)
     executor.run_forever()
 

@@ -156,11 +156,14 @@ def test_shutdown_records_the_end_of_the_node_and_its_processes(gcs_cluster):
         import ember
         ember.init(num_cpus=1)
         assert ember.nodes()
-        print(ember.get_runtime_context().get_node_id())
+        context = ember.get_runtime_context()
+        print(context.get_node_id(), context.get_job_id())
         ember.shutdown()
     """)
     assert out.returncode == 0, out.stderr
-    node_id = out.stdout.split()[-1]
+    node_id, job_id = out.stdout.split()[-2:]
+    assert _rows(gcs_cluster, "SELECT state, ended_at IS NOT NULL FROM jobs WHERE job_id = %s",
+                 bytes.fromhex(job_id)) == [("FINISHED", True)]
     assert _rows(gcs_cluster, "SELECT death_cause FROM nodes WHERE node_id = %s AND ended_at IS NOT NULL",
                  node_id) == [("shut down",)]
     assert _rows(gcs_cluster, "SELECT kind, pid FROM workers WHERE node_id = %s AND ended_at IS NULL",

@@ -1,0 +1,88 @@
+"""Pruning the lineage log: finished jobs go with what they owned; running jobs and shared actors stay."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+
+import ember
+from ember.exceptions import EmberUserError
+from ember.lineage import open_log, prune
+from tests.fix_cluster import run_script
+
+FINISHED_JOB = """
+    import json
+    import ember
+    ember.init(num_cpus=1)
+
+    @ember.remote
+    def inc(x):
+        return x + 1
+
+    @ember.remote
+    class Box:
+        def __init__(self):
+            self.v = 0
+        def set(self, v):
+            self.v = v
+            return v
+
+    ref = inc.remote(inc.remote(ember.put(1)))
+    box = Box.remote()
+    assert ember.get([ref, box.set.remote(5)]) == [3, 5]
+    print(json.dumps({"job": ember.get_runtime_context().get_job_id(), "ref": ref.hex(),
+                      "task": ref.task_id().hex()}))
+    ember.shutdown()
+"""
+
+
+def _count(conninfo, sql, *params):
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def test_prune_removes_finished_jobs_and_keeps_the_running_one():
+    import json
+
+    out = run_script(FINISHED_JOB)
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout.strip().splitlines()[-1])
+    ember.init(num_cpus=1)
+    try:
+        conninfo = ember._runtime._session.read_info()["gcs_conninfo"]
+
+        @ember.remote
+        def still_here():
+            return 7
+
+        kept = still_here.remote()
+        assert ember.get(kept) == 7
+        running_job = bytes.fromhex(ember.get_runtime_context().get_job_id())
+        with open_log() as log:
+            assert log.task(done["task"]).state == "FINISHED"
+
+        assert prune(dt.timedelta(days=1)).jobs == 0  # nothing is that old
+        dry = prune(0, dry_run=True)
+        assert dry.jobs >= 1 and dry.deleted["tasks"] >= 3
+        with open_log() as log:
+            assert log.task(done["task"]).state == "FINISHED"  # a dry run deletes nothing
+
+        report = prune(0)
+        assert report.jobs == dry.jobs and report.deleted["actor_calls"] >= 1
+        job = bytes.fromhex(done["job"])
+        for table in ("jobs", "tasks", "objects", "actors"):
+            assert _count(conninfo, f"SELECT count(*) FROM {table} WHERE job_id = %s", job) == 0, table
+        with open_log() as log:
+            with pytest.raises(KeyError):
+                log.object(done["ref"])
+            assert log.task(kept.task_id().hex()).function_name.endswith("still_here")
+        assert _count(conninfo, "SELECT count(*) FROM jobs WHERE job_id = %s", running_job) == 1
+    finally:
+        ember.shutdown()
+
+
+def test_prune_refuses_a_negative_age():
+    with pytest.raises(EmberUserError, match="negative"):
+        prune(-1)
