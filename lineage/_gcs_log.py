@@ -50,9 +50,13 @@ class GcsLog:
         self.writer = LogWriter(
             conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
             outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
-            idempotent_tables=frozenset({"functions", "jobs", "task_attempts", "objects", "task_args"}),
+            # Every process registers the functions it uses, and a job may be
+            # logged again; other tables' rare repeats (a retried attempt) take
+            # the writer's slower skip-existing path only when they happen.
+            idempotent_tables=frozenset({"functions", "jobs"}),
         )
         self._functions: set[bytes] = set()
+        self._shapes: dict[tuple, Jsonb] = {}
 
     @property
     def committed_seq(self) -> int:
@@ -74,19 +78,27 @@ class GcsLog:
 
     def task(self, spec: Any, dependencies: list[bytes]) -> int:
         args = pickle.dumps((spec.args, spec.kwargs), protocol=5)
-        seq = self.writer.append("tasks", (
+        rows = [("tasks", (
             spec.task_id, spec.job_id, int(spec.kind), spec.function_id or None, spec.function_name,
             spec.parent_task_id, spec.actor_id, spec.method, args, spec.num_returns,
-            Jsonb(dict(spec.resources)), spec.max_retries,
-        ))
-        for oid in dependencies:
-            seq = self.writer.append("task_args", (spec.task_id, oid))
-        return seq
+            self._resources_json(spec.resources), spec.max_retries,
+        ))]
+        rows += [("task_args", (spec.task_id, oid)) for oid in dependencies]
+        return self.writer.append_rows(rows)
 
-    def attempt(self, task_id: bytes, attempt: int, state: str, error: str | None,
-                node_id: str | None = None, worker_id: bytes | None = None) -> int:
-        return self.writer.append("task_attempts", (task_id, attempt, node_id, worker_id, state, error),
-                                  urgent=False)
+    def _resources_json(self, shape: tuple) -> Jsonb:
+        # Tasks come in few resource shapes: adapt each once, not once per task.
+        found = self._shapes.get(shape)
+        if found is None:
+            found = self._shapes[shape] = Jsonb(dict(shape))
+        return found
+
+    def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
+                 objects: list[tuple[bytes, int]]) -> int:
+        """An attempt's end and the objects it made (id, size): one append, nobody waits for it."""
+        rows = [("task_attempts", (task_id, attempt, self.node_id, None, "FAILED" if failed else "FINISHED", None))]
+        rows += [("objects", (oid, task_id, job_id, "return", size, None, self.node_id)) for oid, size in objects]
+        return self.writer.append_rows(rows, urgent=False)
 
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
             durable_copy: bytes | None = None) -> int:

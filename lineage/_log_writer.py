@@ -29,6 +29,7 @@ log = logging.getLogger("ember.lineage")
 
 FLUSH_INTERVAL_S = 0.002
 LAZY_DELAY_S = 0.05
+BUSY_BATCH_ROWS = 64
 COPY_ROWS_MIN = 32  # below this, pipelined INSERTs beat COPY's extra round trips
 ROWS_MAX = 200_000
 BACKOFF_INITIAL_S = 0.05
@@ -84,18 +85,25 @@ class LogWriter:
         the writer is not in the middle of committing them when a spec that
         somebody waits for arrives.
         """
-        if table not in self._columns:
-            raise KeyError(f"unknown lineage table {table!r}")
+        return self.append_rows([(table, row)], urgent)
+
+    def append_rows(self, rows: list[tuple[str, tuple]], urgent: bool = True) -> int:
+        """Queue several rows at once (one lock round); returns the last one's sequence number."""
+        for table, _ in rows:
+            if table not in self._columns:
+                raise KeyError(f"unknown lineage table {table!r}")
         with self._cv:
             while len(self._pending) >= self._rows_max and not self._closing:
                 self._cv.wait(1.0)  # PostgreSQL is behind or away: hold the producer back
-            self._pending.append((table, row))
-            self._appended_seq += 1
-            if urgent:
-                if not self._urgent:
-                    self._urgent = True
-                    self._cv.notify_all()
-            elif len(self._pending) == 1:
+            was_empty = not self._pending
+            self._pending.extend(rows)
+            self._appended_seq += len(rows)
+            # The writer sleeps either for any row (queue empty) or, holding
+            # lazy rows, for an urgent one: wake it in both cases. ``_urgent``
+            # may already be set with nothing queued (a waiter for a batch in
+            # flight), so it alone does not say the writer is awake.
+            if (urgent and not self._urgent) or was_empty:
+                self._urgent = self._urgent or urgent
                 self._cv.notify_all()
             return self._appended_seq
 
@@ -150,9 +158,12 @@ class LogWriter:
         backoff_s = BACKOFF_INITIAL_S
         outage_since: float | None = None
         alerted = False
+        last_batch_rows = 0
         while True:
             with self._cv:
-                quiet = not self._pending
+                # Under a steady stream, a short pause gathers a bigger batch
+                # (fewer commits); a lone waiter (a synchronous get) never pays it.
+                busy = last_batch_rows >= BUSY_BATCH_ROWS
                 while not self._pending and not self._closing:
                     self._cv.wait()
                 if not self._urgent and not self._closing:
@@ -160,12 +171,13 @@ class LogWriter:
                     self._cv.wait(LAZY_DELAY_S)
                 if not self._pending and self._closing:
                     return
-            if not quiet:
-                time.sleep(self._flush_interval_s)  # busy: let a batch gather
+            if busy:
+                time.sleep(self._flush_interval_s)
             with self._cv:
                 batch, self._pending = self._pending, []
                 self._urgent = False
                 batch_seq = self._appended_seq
+            last_batch_rows = len(batch)
             try:
                 self._write(batch)
             except psycopg.Error as exc:
@@ -197,7 +209,10 @@ class LogWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._conninfo, connect_timeout=5)
+            # Autocommit with client-side binding: a small batch goes as one
+            # "BEGIN; INSERT ...; COMMIT" message, one round trip to the server.
+            self._conn = psycopg.connect(self._conninfo, connect_timeout=5, autocommit=True,
+                                         cursor_factory=psycopg.ClientCursor)
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -210,40 +225,54 @@ class LogWriter:
             by_table.setdefault(table, []).append(row)
         conn = self._connection()
         try:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    for table, rows in by_table.items():
-                        if table in self._idempotent:
-                            self._insert_new(cur, table, rows)
-                        elif len(rows) < COPY_ROWS_MIN:
-                            self._insert(cur, table, rows)
-                        else:
-                            self._copy(cur, table, rows)
+            self._write_tables(conn, by_table, skip_existing=False)
         except psycopg.errors.UniqueViolation:
             # A row logged twice (a retried attempt racing its first log):
             # write the batch again, skipping what is already there.
+            self._write_tables(conn, by_table, skip_existing=True)
+
+    def _write_tables(self, conn: psycopg.Connection, by_table: dict[str, list[tuple]], skip_existing: bool) -> None:
+        statements: list[str] = []
+        params: list[Any] = []
+        big = {}
+        for table, rows in by_table.items():
+            skip = skip_existing or table in self._idempotent
+            if len(rows) >= COPY_ROWS_MIN and not skip:
+                big[table] = rows
+                continue
+            cols = self._columns[table]
+            row_marks = "(" + ", ".join(["%s"] * len(cols)) + ")"
+            statements.append(
+                f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([row_marks] * len(rows))}"
+                + (" ON CONFLICT DO NOTHING" if skip else "")
+            )
+            for row in rows:
+                params.extend(row)
+        with conn.cursor() as cur:
+            if not big:
+                self._in_one_round_trip(conn, cur, statements, params)
+                return
             with conn.transaction():
-                with conn.cursor() as cur:
-                    for table, rows in by_table.items():
-                        self._insert_new(cur, table, rows)
+                for table, rows in big.items():
+                    self._copy(cur, table, rows)
+                if statements:
+                    cur.execute("; ".join(statements), params)
+
+    @staticmethod
+    def _in_one_round_trip(conn: psycopg.Connection, cur: psycopg.Cursor, statements: list[str],
+                           params: list[Any]) -> None:
+        try:
+            cur.execute("BEGIN; " + "; ".join(statements) + "; COMMIT", params)
+        except psycopg.Error:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")  # the failed block is still open on the server
+            raise
 
     def _copy(self, cur: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
         cols = ", ".join(self._columns[table])
         with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-
-    def _insert(self, cur: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
-        cols = self._columns[table]
-        marks = ", ".join(["%s"] * len(cols))
-        cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows)
-
-    def _insert_new(self, cur: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
-        cols = self._columns[table]
-        marks = ", ".join(["%s"] * len(cols))
-        cur.executemany(
-            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows
-        )
 
 
 def close_quietly(conn: psycopg.Connection | None) -> None:

@@ -78,7 +78,7 @@ tasks = sa.Table(
     sa.Column("kind", sa.SmallInteger, nullable=False),  # ember.scheduler TaskKind
     sa.Column("function_id", BYTEA),
     sa.Column("function_name", sa.Text, nullable=False),
-    sa.Column("parent_task_id", BYTEA, index=True),
+    sa.Column("parent_task_id", BYTEA),  # not indexed: lineage walks to parents, never to children
     sa.Column("actor_id", BYTEA),
     sa.Column("method", sa.Text),
     sa.Column("args", BYTEA, nullable=False),  # pickled encoded arguments (values, inline objects, refs)
@@ -109,7 +109,9 @@ task_attempts = sa.Table(
 objects = sa.Table(
     "objects", metadata,
     sa.Column("object_id", BYTEA, primary_key=True),
-    sa.Column("task_id", BYTEA, nullable=False, index=True),  # the creating task (or the put)
+    # The creating task (or the put). Not indexed: a task's return ids are its
+    # own id plus an index, so its objects are a primary-key range.
+    sa.Column("task_id", BYTEA, nullable=False),
     sa.Column("job_id", BYTEA, nullable=False),
     sa.Column("origin", sa.Text, nullable=False),  # 'return' or 'put'
     sa.Column("size", sa.BigInteger),
@@ -169,6 +171,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS actor_id BYTEA",
         "CREATE INDEX IF NOT EXISTS ix_workers_node_id ON workers (node_id)",
         "ALTER TABLE objects ADD COLUMN IF NOT EXISTS node_id TEXT",
+        "DROP INDEX IF EXISTS ix_objects_task_id",
+        "DROP INDEX IF EXISTS ix_tasks_parent_task_id",
     ],
 }
 

@@ -575,10 +575,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         self._tasks.pop(spec.task_id, None)
         if self.gcs is not None and pt.log_seq:
             failed = any(data is not None and _is_error(data) for _, data, _ in results)
-            self.gcs.attempt(spec.task_id, spec.attempt, "FAILED" if failed else "FINISHED", None,
-                             self.node_id, None)
-            for oid, _data, size in results:
-                self.gcs.obj(oid, spec.task_id, spec.job_id, "return", size)
+            self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
+                              [(oid, size) for oid, _data, size in results])
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:

@@ -96,6 +96,7 @@ class Scheduler:
         self._pending_actors: deque[bytes] = deque()
         self._outbox = Outbox()
         self._start_failures = 0
+        self._terminating: list[tuple[subprocess.Popen, float]] = []  # asked to stop, SIGKILLed after a grace
         self._stopping = False
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, str(session.scheduler_socket), resources)
@@ -378,6 +379,10 @@ class Scheduler:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        for proc, deadline in list(self._terminating):
+            if proc.poll() is not None or now > deadline:
+                _procutil.kill(proc)
+                self._terminating.remove((proc, deadline))
         for w in list(self._workers):
             code = w.proc.poll()
             if (w.conn is None or w.exec_conn is None) and (
@@ -493,7 +498,12 @@ class Scheduler:
             self._workers.remove(w)
             if w.conn is not None:
                 self._by_conn.pop(w.conn, None)
-            _procutil.kill(w.proc)
+            # SIGTERM first: the worker flushes its lineage rows (the actor's
+            # call order) and exits; the tick SIGKILLs it if it does not.
+            _procutil.terminate(w.proc)
+            self._terminating.append((w.proc, time.monotonic() + WORKER_STOP_GRACE_S))
+            if w.worker_id is not None:
+                self.gcs.died(w.worker_id, f"actor stopped: {reason}")
             self._release(w)
         if actor.name is not None and self._names.get(actor.name) == actor_id:
             del self._names[actor.name]
@@ -537,6 +547,8 @@ class Scheduler:
             _procutil.terminate(w.proc)  # workers flush their lineage rows, then exit
         for w in list(self._workers):
             _procutil.reap(w.proc, WORKER_STOP_GRACE_S)
+        for proc, _ in self._terminating:
+            _procutil.reap(proc, WORKER_STOP_GRACE_S)
         self.gcs.stop("shut down")
         self.listener.close()
         os._exit(0)

@@ -37,6 +37,11 @@ import time
 from typing import Any, Callable
 
 PREFIX = "BENCH_RESULT "
+NOLOG = "ember-nolog"  # ember with lineage logging switched off, to show what logging costs
+
+
+def _module(name: str) -> str:
+    return "ember" if name == NOLOG else name
 CHILD_TIMEOUT_S = 600.0
 
 # (key, unit, absolute target for ember or None = "at least 3x Ray's rate")
@@ -65,7 +70,9 @@ def run_child(name: str, quick: bool) -> dict[str, Any]:
                 res[k] = None
                 errors[k] = f"{type(e).__name__}: {e}"[:500]
 
-    rt = importlib.import_module(name)
+    if name == NOLOG:
+        os.environ["EMBER_LINEAGE"] = "off"  # the measurement-only switch: no lineage log at all
+    rt = importlib.import_module(_module(name))
     res["version"] = getattr(rt, "__version__", None)
 
     def init() -> dict[str, float]:
@@ -247,7 +254,7 @@ def kill_tree(pid: int) -> None:
 def run_runtime(name: str, python: str, quick: bool) -> dict[str, Any]:
     """Run one child; return {"status": ..., "results": {...}} without raising."""
     probe = subprocess.run(
-        [python, "-c", f"import importlib.util,sys; sys.exit(importlib.util.find_spec({name!r}) is None)"],
+        [python, "-c", f"import importlib.util,sys; sys.exit(importlib.util.find_spec({_module(name)!r}) is None)"],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
     if probe.returncode != 0:
         return {"status": "not installed", "python": python}
@@ -279,7 +286,9 @@ def fmt(v: float | None) -> str:
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
     names = list(runs)
-    head = ["metric"] + names + (["ember/ray"] if {"ember", "ray"} <= set(names) else []) + ["target"]
+    cost = {"ember", NOLOG} <= set(names)
+    head = (["metric"] + names + (["ember/ray"] if {"ember", "ray"} <= set(names) else [])
+            + (["log cost"] if cost else []) + ["target"])
     rows = [head]
     res = {n: r.get("results", {}) for n, r in runs.items()}
     for key, unit, limit in METRICS:
@@ -289,6 +298,11 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         e, r = res.get("ember", {}).get(key), res.get("ray", {}).get(key)
         if "ember/ray" in head:
             row.append(f"{e / r:.2f}x" if e is not None and r else "-")
+        if cost:
+            off = res.get(NOLOG, {}).get(key)
+            # rates: the share of throughput logging takes; times: how much longer
+            row.append("-" if e is None or not off or key == "lineage_rows_per_s" else
+                       f"{(1 - e / off) * 100:+.0f}%" if unit == "/s" else f"{(e / off - 1) * 100:+.0f}%")
         target, verdict = (f"< {limit:g} s", "") if limit is not None else (">= 3x ray", "")
         if key == "lineage_rows_per_s":  # ember's own figure, no peer to compare with
             rows.append(row + ["-"] * (len(head) - len(row) - 1) + ["(info)"])

@@ -141,3 +141,27 @@ def test_an_older_log_is_migrated_forward_keeping_its_rows(postgres):
         old.dispose()
         with psycopg.connect(**admin, dbname="ember", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name}")
+
+
+def test_an_urgent_row_wakes_the_writer_after_a_waiter_raced_a_batch_in_flight(postgres, engine):
+    # Regression: a waiter for a batch being written marked the queue urgent
+    # while it was empty; the next urgent row then never woke the writer.
+    class SlowFirstBatch(LogWriter):
+        slow = True
+
+        def _write(self, batch):
+            if self.slow:
+                self.slow = False
+                in_flight.set()
+                threading.Event().wait(0.3)
+            super()._write(batch)
+
+    in_flight = threading.Event()
+    writer = SlowFirstBatch(postgres.conninfo, {"tasks": TASK_COLUMNS})
+    job = os.urandom(4)
+    first = writer.append("tasks", (os.urandom(16), job, 1, "w", b"", 1, 0))
+    assert in_flight.wait(10)
+    assert writer.wait_committed(first, timeout_s=10)  # waits while its batch is in flight
+    second = writer.append("tasks", (os.urandom(16), job, 1, "w", b"", 1, 0))
+    assert writer.wait_committed(second, timeout_s=10)
+    writer.close()
