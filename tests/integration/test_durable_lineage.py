@@ -160,3 +160,28 @@ def test_postgres_restart_mid_workload_loses_nothing(ember_home, log_server, mon
     with psycopg.connect(log_server.conninfo) as conn:
         found = conn.execute("SELECT count(*) FROM tasks WHERE task_id = ANY(%s)", (ids,)).fetchone()[0]
     assert found == 400
+
+
+def test_gcs_url_points_ember_at_a_separately_started_server(log_server):
+    # log_server runs from its own home; ember's default embedded server lives
+    # under the suite's EMBER_HOME. Everything must land in the one named by URL.
+    import ember
+
+    ember.init(num_cpus=1, gcs_url=log_server.conninfo)
+    try:
+        @ember.remote
+        def triple(x):
+            return 3 * x
+
+        ref = triple.remote(ember.put(5))
+        assert ember.get(ref) == 15
+        assert ember.nodes()[0]["Alive"]
+        job = bytes.fromhex(ember.get_runtime_context().get_job_id())
+        node_id = ember.get_runtime_context().get_node_id()
+    finally:
+        ember.shutdown()
+    with psycopg.connect(log_server.conninfo) as conn:
+        assert conn.execute("SELECT function_name FROM tasks WHERE task_id = %s",
+                            (ref.task_id().binary(),)).fetchone()[0].endswith("triple")
+        assert conn.execute("SELECT state FROM jobs WHERE job_id = %s", (job,)).fetchone() == ("FINISHED",)
+        assert conn.execute("SELECT death_cause FROM nodes WHERE node_id = %s", (node_id,)).fetchone() == ("shut down",)
