@@ -64,7 +64,8 @@ class GcsService:
 
     def handlers(self) -> dict[str, Any]:
         return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
-                "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished}
+                "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished,
+                "ProcessEvents": self.process_events}
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -99,6 +100,10 @@ class GcsService:
             node = self._nodes.get(req["node_id"])
             if node is not None:
                 node.alive, node.death_cause = False, req.get("cause") or "shut down"
+        return {}
+
+    def process_events(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.table.process_events(req.get("node_id"), req.get("events") or [])
         return {}
 
     def job_finished(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ember.exceptions import (
 )
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
 from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler._protocol import Connection, ConnectionClosed, Listener, Op, connect
 from ember.scheduler._session import Session
@@ -76,7 +77,7 @@ class _Entry:
 
 class _PendingTask:
     __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
-                 "log_seq")
+                 "log_seq", "replay")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -88,9 +89,10 @@ class _PendingTask:
         self.extra: tuple = ()  # actor creation: (detached, handle metadata)
         self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
         self.log_seq = 0  # the spec's row in the lineage log; results wait for it to be durable
+        self.replay = False  # run again from its logged spec: arguments already encoded, spec already durable
 
 
-class CoreClient(ActorCallsMixin, WaitingMixin):
+class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
     """One per process that takes part in a cluster (driver or worker)."""
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
@@ -145,7 +147,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         self.scheduler = connect(
             session.scheduler_socket, self._token, hello, self._handle, self._on_scheduler_closed, "scheduler"
         )
-        self.store = connect(session.store_socket, self._token, hello, self._handle, None, "store")
+        self.store = connect(session.store_socket, self._token, hello, self._handle, self._on_store_closed, "store")
         self.scheduler.batch_end = self._send_follow_ups
         self.store.batch_end = self._send_follow_ups
         # Workers take their tasks on a connection of their own that the
@@ -362,6 +364,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
         return oid
 
     def _encode_spec(self, pt: _PendingTask) -> None:
+        if pt.replay:
+            return
         spec = pt.spec
         self._free_arg_objects(pt)  # a retry encodes again
         spec.args = [self._encode(a, pt) for a in pt.raw_args]
@@ -446,6 +450,30 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
                     state.conn = None
                     if state.dead_reason is None and not self.closed:
                         self._ask_actor_fate(state)
+
+    def _on_store_closed(self, conn: Connection) -> None:
+        # The node restarts a dead store, empty: reconnect, and ask again for
+        # what we were waiting on. Lost objects are rebuilt when read.
+        if self.closed or conn is not self.store:
+            return
+        threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
+
+    def _reconnect_store(self) -> None:
+        try:
+            conn = connect(self.session.store_socket, self._token, self._hello, self._handle, self._on_store_closed,
+                           "store", timeout_s=STORE_RECONNECT_TIMEOUT_S)
+        except Exception as exc:
+            log.error("the object store did not come back: %s", exc)
+            return
+        conn.batch_end = self._send_follow_ups
+        with self._lock:
+            if self.closed:
+                conn.close()
+                return
+            self.store = conn
+            self._subscribed.clear()
+            self._changed = True
+        self._wake_waiters()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
         with self._lock:
@@ -573,7 +601,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin):
     def _finish(self, pt: _PendingTask, results: list) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
-        if self.gcs is not None and pt.log_seq:
+        if self.gcs is not None and (pt.log_seq or pt.replay):
             failed = any(data is not None and _is_error(data) for _, data, _ in results)
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                               [(oid, size) for oid, _data, size in results])
@@ -704,6 +732,9 @@ def _is_error(data: bytes) -> bool:
     from ember.store._serialization import ObjectKind, read_header
 
     return read_header(data)[1] == ObjectKind.ERROR
+
+
+STORE_RECONNECT_TIMEOUT_S = 30.0
 
 
 def _log_conninfo(session: Session) -> str | None:

@@ -17,6 +17,13 @@ from typing import Any
 log = logging.getLogger("ember.scheduler")
 
 HEARTBEAT_S = 0.2
+
+
+def process_id(node_id: str, pid: int) -> bytes:
+    """The id of a node's long-lived process in the log, computable by anyone who knows its pid."""
+    import hashlib
+
+    return hashlib.blake2b(f"{node_id}:{pid}".encode(), digest_size=16).digest()
 EVENTS_PER_CALL = 500
 UNREGISTER_TIMEOUT_S = 1.0
 

@@ -9,18 +9,24 @@ node (the only node so far) is the one that runs the GCS service.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from ember.exceptions import ClusterStartError
 from ember.scheduler import _procutil
+from ember.scheduler._gcs_link import process_id
 from ember.scheduler._session import Session
 from ember.scheduler._supervisor import Supervisor
 
+log = logging.getLogger("ember.node")
+
 NODE_START_TIMEOUT_S = 30.0
+REPORT_TIMEOUT_S = 30.0
 STOP_GRACE_S = 3.0
 
 
@@ -82,25 +88,55 @@ def _gcs_restarter(session: Session, node_id: str, process_id: str):  # type: ig
     return restart
 
 
+def _spawn_store(session: Session, object_store_bytes: int, restart: bool = False) -> subprocess.Popen:
+    args = [str(session.dir), "--capacity-bytes", str(object_store_bytes)] + (["--restart"] if restart else [])
+    return _procutil.spawn_python("ember.store._service", args, session.log_dir)
+
+
+def _store_restarter(session: Session, node_id: str, object_store_bytes: int, first: subprocess.Popen):  # type: ignore[no-untyped-def]
+    current = {"pid": first.pid}
+
+    def restart(cause: str) -> subprocess.Popen:
+        proc = _spawn_store(session, object_store_bytes, restart=True)
+        old, current["pid"] = current["pid"], proc.pid
+        _report(session, node_id, [
+            {"type": "died", "process_id": process_id(node_id, old).hex(), "cause": cause},
+            {"type": "started", "process_id": process_id(node_id, proc.pid).hex(), "kind": "store", "pid": proc.pid},
+        ])
+        return proc
+
+    return restart
+
+
+def _report(session: Session, node_id: str, events: list[dict]) -> None:
+    """Record process events with the GCS, in the background (it may be restarting too)."""
+    def send() -> None:
+        from ember.lineage._rpc import GcsUnreachable, client_for
+
+        try:
+            client_for(session.gcs_address, session.token()).call(
+                "ProcessEvents", {"node_id": node_id, "events": events}, timeout_s=REPORT_TIMEOUT_S)
+        except (GcsUnreachable, PermissionError) as exc:
+            log.warning("could not record %s with the GCS: %s", events, exc)
+
+    threading.Thread(target=send, name="ember-node-report", daemon=True).start()
+
+
 def start_node(session: Session, resources: dict[str, float], object_store_bytes: int) -> Node:
     node_id = uuid.uuid4().hex
     supervisor = Supervisor()
     gcs, gcs_process_id = _spawn_gcs(session, node_id)
     supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id))
-    store = _procutil.spawn_python(
-        "ember.store._service",
-        [str(session.dir), "--capacity-bytes", str(object_store_bytes)],
-        session.log_dir,
-    )
+    store = _spawn_store(session, object_store_bytes)
     scheduler = _procutil.spawn_python(
         "ember.scheduler._service",
         [str(session.dir), "--resources", json.dumps(resources), "--node-id", node_id,
          "--store-pid", str(store.pid)],
         session.log_dir,
     )
-    # Store and scheduler are not restarted yet: their deaths are noticed and
-    # logged (reconstruction after them is the next step).
-    supervisor.watch("store", store)
+    # A dead store is replaced by an empty one: owners rebuild lost objects
+    # from lineage. The scheduler is not restarted yet.
+    supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store))
     supervisor.watch("scheduler", scheduler)
     node = Node(session, node_id, resources, supervisor)
     deadline = time.monotonic() + NODE_START_TIMEOUT_S

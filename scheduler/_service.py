@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any
 
 from ember.scheduler._core import FailureCause
-from ember.scheduler._gcs_link import GcsLink
+from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler._protocol import Connection, Listener, Op, Outbox
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
@@ -108,8 +108,8 @@ class Scheduler:
     # -- plumbing --------------------------------------------------------------------
 
     def start(self) -> None:
-        self.gcs.started(os.urandom(16), "scheduler", os.getpid())
-        self.gcs.started(os.urandom(16), "store", self.store_pid)
+        self.gcs.started(process_id(self.node_id, os.getpid()), "scheduler", os.getpid())
+        self.gcs.started(process_id(self.node_id, self.store_pid), "store", self.store_pid)
         self.gcs.start()
         self.listener.start()
         with self._lock:
@@ -533,13 +533,20 @@ class Scheduler:
     def processes(self) -> list[dict[str, Any]]:
         procs = [
             {"kind": "scheduler", "node_id": self.node_id, "pid": os.getpid()},
-            {"kind": "store", "node_id": self.node_id, "pid": self.store_pid},
+            {"kind": "store", "node_id": self.node_id, "pid": self._current_store_pid()},
         ]
         for w in self._workers:
             procs.append({"kind": "worker", "node_id": self.node_id, "pid": w.proc.pid,
                           "actor_id": w.actor_id.hex() if w.actor_id else None,
                           "state": "starting" if w.conn is None else ("busy" if w.assigned else "idle")})
         return procs
+
+    def _current_store_pid(self) -> int:
+        # A restarted store says its pid in its ready file.
+        try:
+            return int((self.session.sockets / "store.ready").read_text() or self.store_pid)
+        except (OSError, ValueError):
+            return self.store_pid
 
     def stop(self) -> None:
         self._stopping = True

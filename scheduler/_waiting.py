@@ -21,7 +21,8 @@ from ember.scheduler._protocol import Op
 from ember.store._serialization import ObjectKind, deserialize
 
 PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
-BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
+BLOCKED_POLL_S = 0.05
+RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most  # a blocked worker looks this often for tasks to hand back
 
 
 class WaitingMixin:
@@ -89,12 +90,17 @@ class WaitingMixin:
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
-        flags = self._wait_ready(refs, len(refs), deadline)
-        if not all(flags):
-            if self.closed:
-                raise ObjectLostError(refs[flags.index(False)].hex(), "the cluster shut down")
-            missing = sum(1 for f in flags if not f)
-            raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
+        for _ in range(RECONSTRUCTION_ROUNDS_MAX):
+            flags = self._wait_ready(refs, len(refs), deadline)
+            if not all(flags):
+                if self.closed:
+                    raise ObjectLostError(refs[flags.index(False)].hex(), "the cluster shut down")
+                missing = sum(1 for f in flags if not f)
+                raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
+            lost = self.lost_refs(refs)
+            if not lost:
+                break
+            self.reconstruct(lost)
         return [self._value(r) for r in refs]
 
     def _value(self, ref: ObjectRef) -> Any:

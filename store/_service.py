@@ -184,14 +184,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ember-store")
     parser.add_argument("session")
     parser.add_argument("--capacity-bytes", type=int, required=True)
+    parser.add_argument("--restart", action="store_true",
+                        help="replace a store that died: start empty, its objects are lost")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
     _procutil.setup_logging(args.session, "store")
     session = open_session(args.session)
     store = Store(session, args.capacity_bytes)
+    if args.restart:
+        # The objects died with the store that held them (as they would with
+        # its memory); owners rebuild what is needed from lineage.
+        store.files.clear()
+        for leftover in session.free_dir.glob("seg-*"):
+            leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     store.start()
-    (session.sockets / "store.ready").touch()
+    (session.sockets / "store.ready").write_text(str(os.getpid()))
     threading.Event().wait()
 
 

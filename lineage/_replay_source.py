@@ -1,0 +1,85 @@
+"""What reconstruction reads back from the log: a task's spec as it was submitted.
+
+Owners rebuild lost objects from here rather than from memory, so lineage has
+no size cap and survives the process that first ran it. Reads happen outside
+the runtime's locks, on a connection of their own.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoggedTask:
+    task_id: bytes
+    kind: int
+    job_id: bytes
+    function_id: bytes | None
+    function_name: str
+    args: list
+    kwargs: dict | None
+    num_returns: int
+    resources: dict[str, float]
+    max_retries: int
+    parent_task_id: bytes | None
+    actor_id: bytes | None
+    method: str | None
+    last_attempt: int  # the highest attempt the log knows of (0 if none ended)
+
+
+class ReplaySource:
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, params: tuple) -> list[tuple]:
+        import psycopg
+
+        from ember.lineage._log_writer import close_quietly
+
+        with self._lock:
+            for attempt in range(2):  # one reconnect: the server may have restarted since
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+                    return self._conn.execute(sql, params).fetchall()
+                except psycopg.OperationalError:
+                    close_quietly(self._conn)
+                    self._conn = None
+                    if attempt:
+                        raise
+        raise AssertionError("unreachable")
+
+    def task(self, task_id: bytes) -> LoggedTask | None:
+        rows = self._query(
+            "SELECT t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, "
+            "t.max_retries, t.parent_task_id, t.actor_id, t.method, "
+            "(SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id) "
+            "FROM tasks t WHERE t.task_id = %s", (task_id,))
+        if not rows:
+            return None
+        (kind, job_id, function_id, name, args, num_returns, resources, max_retries, parent, actor, method,
+         last_attempt) = rows[0]
+        decoded_args, kwargs = pickle.loads(args)
+        return LoggedTask(task_id, kind, job_id, function_id, name, decoded_args, kwargs, num_returns,
+                          resources or {}, max_retries, parent, actor, method, last_attempt or 0)
+
+    def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None]:
+        """(is it a logged put, its durable bytes if kept)."""
+        rows = self._query("SELECT origin, durable_copy FROM objects WHERE object_id = %s", (object_id,))
+        if not rows:
+            return False, None
+        origin, data = rows[0]
+        return origin == "put", bytes(data) if data is not None else None
+
+    def close(self) -> None:
+        from ember.lineage._log_writer import close_quietly
+
+        with self._lock:
+            close_quietly(self._conn)
+            self._conn = None

@@ -1,0 +1,141 @@
+"""Lineage replay in the owner: rebuilding objects whose every copy is gone.
+
+When an object this process owns has no copy left (its store died and came
+back empty), the task that made it runs again: same task id, next attempt,
+the spec read back from the lineage log. Its own inputs that are gone too
+are rebuilt first, recursively, as deep as the lineage goes; dependents wait
+for them through the ordinary dependency parking.
+
+Reads of the log happen outside the core lock; the plan is installed under it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ember.exceptions import ObjectLostError
+from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
+from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
+
+log = logging.getLogger("ember.core")
+
+
+
+class ReconstructionMixin:
+    _lock: Any
+    _objects: dict
+    _tasks: dict
+    address: str
+    files: Any
+
+    def _replay_source(self) -> Any:
+        source = getattr(self, "_replay", None)
+        if source is None:
+            from ember.lineage._replay_source import ReplaySource
+            from ember.scheduler._core import _log_conninfo
+
+            conninfo = _log_conninfo(self.session)  # type: ignore[attr-defined]
+            if conninfo is None:
+                return None
+            source = self._replay = ReplaySource(conninfo)
+        return source
+
+    def _lost(self, oid: bytes) -> bool:
+        """Owned, said to be in the store, and no copy is there (call under the lock)."""
+        entry = self._objects.get(oid)
+        if entry is None:
+            return not self.files.exists(oid)
+        return entry.state == READY_STORE and not self.files.exists(oid)
+
+    def lost_refs(self, refs: list[ObjectRef]) -> list[bytes]:
+        with self._lock:
+            return [r._id for r in refs if r._owner == self.address and r._id in self._objects and self._lost(r._id)]
+
+    def reconstruct(self, lost: list[bytes]) -> None:
+        """Run again the tasks that made ``lost`` (owned objects), after their own lost inputs."""
+        source = self._replay_source()
+        plan: dict[bytes, TaskSpec] = {}
+        order: list[bytes] = []
+        failures: dict[bytes, ObjectLostError] = {}
+        stack = list(lost)
+        while stack:
+            oid = stack.pop()
+            task_id = oid[:16]
+            if task_id in plan:
+                continue
+            with self._lock:
+                if task_id in self._tasks:
+                    continue  # already running again
+            logged = source.task(task_id) if source is not None else None
+            if logged is None:
+                failures[oid] = self._unrebuildable(source, oid)
+                continue
+            if logged.kind != TaskKind.NORMAL:
+                failures[oid] = ObjectLostError(
+                    oid.hex(), "it was made by an actor, and actor results are not rebuilt yet")
+                continue
+            spec = TaskSpec(
+                task_id, TaskKind.NORMAL, logged.job_id, self.address, logged.function_id or b"",
+                logged.function_name, logged.args, logged.kwargs, logged.num_returns,
+                resource_shape(logged.resources), logged.max_retries, logged.last_attempt + 1,
+                logged.parent_task_id,
+            )
+            plan[task_id] = spec
+            order.append(task_id)
+            with self._lock:
+                for dep in _owned_refs(spec, self.address):
+                    if self._lost(dep):
+                        stack.append(dep)
+        with self._lock:
+            for oid, error in failures.items():
+                self._fail_lost(oid, error)
+            # Deepest inputs first, so each dependent finds its inputs pending.
+            for task_id in reversed(order):
+                self._install_replay(plan[task_id])
+        self._changed = True
+        self._wake_waiters()  # type: ignore[attr-defined]
+        self._send_follow_ups()  # type: ignore[attr-defined]
+
+    def _unrebuildable(self, source: Any, oid: bytes) -> ObjectLostError:
+        if source is None:
+            return ObjectLostError(oid.hex(), "no copy is left and lineage logging is off")
+        is_put, copy = source.put_copy(oid)
+        if is_put:
+            # Small puts travel inline and never reach the store, so a put
+            # that was lost here was large; large durable copies come later.
+            return ObjectLostError(oid.hex(), "it was made by ember.put and no durable copy was kept")
+        return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
+
+    def _fail_lost(self, oid: bytes, error: ObjectLostError) -> None:
+        from ember.store._serialization import serialize_error, to_bytes
+
+        entry = self._objects.get(oid)
+        if entry is None:
+            return
+        entry.data = to_bytes(serialize_error(error), oid)
+        entry.state = READY_INLINE
+
+    def _install_replay(self, spec: TaskSpec) -> None:
+        from ember.scheduler._core import _Entry, _PendingTask
+
+        log.info("rebuilding %s from lineage (attempt %d)", spec.describe(), spec.attempt)
+        for oid in spec.return_ids():
+            entry = self._objects.get(oid)
+            if entry is None:
+                entry = self._objects[oid] = _Entry()
+                entry.shared = True  # an input of another replay: read by a worker
+            entry.state, entry.data = PENDING, None
+        deps = tuple(ObjectRef(dep, self.address) for dep in _owned_refs(spec, self.address))
+        pt = _PendingTask(spec, deps, {}, False)
+        pt.replay = True
+        self._tasks[spec.task_id] = pt
+        self._count_missing(pt)  # type: ignore[attr-defined]
+        if pt.missing == 0:
+            self._dispatch(pt)  # type: ignore[attr-defined]
+
+
+def _owned_refs(spec: TaskSpec, address: str) -> list[bytes]:
+    encoded = list(spec.args) + list((spec.kwargs or {}).values())
+    return [a[1] for a in encoded if a[0] == ArgKind.REF and a[2] == address]

@@ -1,0 +1,108 @@
+"""Lineage replay after a store dies: the node restarts it empty, owners rebuild what is read.
+
+Every kill is by pid, of the store this module's cluster started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+import ember
+from ember.chaos import processes
+
+BOUND_S = 60.0
+ARRAY = 50_000  # float64s: 400 KB, well past the inline limit, so it lives in the store
+
+
+@pytest.fixture(scope="module")
+def store_cluster():
+    ember.init(num_cpus=2)
+    try:
+        yield ember._runtime._session
+    finally:
+        ember.shutdown()
+
+
+def _store_pid():
+    found = [p.pid for p in processes() if p.kind == "store"]
+    return found[0] if found else None
+
+
+def _kill_store_and_wait_for_the_next():
+    old = _store_pid()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        new = _store_pid()
+        if new is not None and new != old:
+            return old, new
+        time.sleep(0.01)
+    raise AssertionError(f"no new store within {BOUND_S}s")
+
+
+@ember.remote
+def zeros():
+    return np.zeros(ARRAY)
+
+
+@ember.remote
+def inc(a):
+    return a + 1
+
+
+def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(store_cluster):
+    chain = [zeros.remote()]
+    for _ in range(10):
+        chain.append(inc.remote(chain[-1]))
+    assert ember.get(chain[-1], timeout=BOUND_S)[0] == 10
+    small = ember.put("inline objects live with their owner")
+
+    _kill_store_and_wait_for_the_next()
+
+    assert ember.get(chain[-1], timeout=BOUND_S)[0] == 10  # rebuilt through all ten links
+    assert [ember.get(r, timeout=BOUND_S)[0] for r in chain] == list(range(11))
+    assert ember.get(small) == "inline objects live with their owner"
+
+    # Same task ids, next attempt, in the log.
+    with ember.lineage.open_log() as log:
+        attempts = log.task(chain[-1].task_id().hex()).attempts
+    assert [a["attempt"] for a in attempts] == [0, 1]
+    assert {a["state"] for a in attempts} == {"FINISHED"}
+
+
+def test_the_store_death_is_recorded_and_new_work_runs(store_cluster):
+    old, new = _kill_store_and_wait_for_the_next()
+    conninfo = store_cluster.read_info()["gcs_conninfo"]
+
+    # The restarted store serves new objects: tasks, large puts, and a task
+    # waiting on another task's result through the store.
+    big = ember.put(np.arange(ARRAY, dtype=np.float64))
+    assert ember.get(ember.remote(lambda a: float(a.sum())).remote(big), timeout=BOUND_S) == float(
+        np.arange(ARRAY).sum())
+    assert ember.get(inc.remote(zeros.remote()), timeout=BOUND_S)[0] == 1
+
+    deadline = time.monotonic() + BOUND_S
+    rows: set = set()
+    while time.monotonic() < deadline:
+        with psycopg.connect(conninfo) as conn:
+            rows = set(conn.execute(
+                "SELECT pid, death_cause FROM workers WHERE cluster_id = %s AND kind = 'store'",
+                (store_cluster.name,)).fetchall())
+        if {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows:
+            break
+        time.sleep(0.05)
+    assert {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows
+
+
+def test_a_lost_large_put_is_a_typed_error_naming_the_reason(store_cluster):
+    big = ember.put(np.ones(ARRAY))
+    assert ember.get(big)[0] == 1.0
+    _kill_store_and_wait_for_the_next()
+    with pytest.raises(ember.exceptions.ObjectLostError, match="ember.put"):
+        ember.get(big, timeout=BOUND_S)
