@@ -472,6 +472,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 return
             self.store = conn
             self._subscribed.clear()
+            self._store_ready.clear()  # what the dead store had sealed may be gone
             self._changed = True
         self._wake_waiters()
 
@@ -511,6 +512,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._on_actor_state(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.TASK_FAILED:
             self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
+        elif op == Op.OBJECT_WANTED:
+            self._on_object_wanted(msg[1])
         else:
             with self._lock:
                 executor = self.executor

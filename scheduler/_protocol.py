@@ -86,6 +86,7 @@ class Op(enum.IntEnum):
     FREE = 53
     ALLOC_SEGMENT = 54
     STORE_STATS = 55
+    OBJECT_WANTED = 56  # borrower -> owner: still waiting for these; rebuild them if every copy is gone
 
 
 class ConnectionClosed(EmberOperationError):

@@ -120,6 +120,8 @@ class ReconstructionMixin:
     def _install_replay(self, spec: TaskSpec) -> None:
         from ember.scheduler._core import _Entry, _PendingTask
 
+        if spec.task_id in self._tasks:
+            return  # another thread's plan got here first
         log.info("rebuilding %s from lineage (attempt %d)", spec.describe(), spec.attempt)
         for oid in spec.return_ids():
             entry = self._objects.get(oid)

@@ -22,6 +22,7 @@ from ember.store._serialization import ObjectKind, deserialize
 
 PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
 BLOCKED_POLL_S = 0.05
+ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner to check for a lost copy
 RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most  # a blocked worker looks this often for tasks to hand back
 
 
@@ -51,6 +52,7 @@ class WaitingMixin:
         # to take in results, and a writer blocked on a full socket while
         # holding it would stop the very reads that unblock it.
         blocked = False
+        next_ask = time.monotonic() + ASK_OWNERS_AFTER_S
         try:
             event = threading.Event()
             while True:
@@ -66,6 +68,14 @@ class WaitingMixin:
                         return flags
                     must_flush = self._has_pending()
                     self._waiters.add(event)
+                now = time.monotonic()
+                if now >= next_ask:
+                    # A long wait on someone else's object: its copy may have
+                    # died with a store. Its owner checks, and rebuilds it.
+                    next_ask = now + ASK_OWNERS_AFTER_S
+                    self._ask_owners([r for r, ready in zip(refs, flags) if not ready])
+                if remaining is None or remaining > next_ask - now:
+                    remaining = max(0.0, next_ask - now)
                 if not must_flush and (blocked or self.executor is None or self.current_task is None):
                     if blocked:
                         # Tasks may still arrive for this blocked worker: hand them back.
@@ -81,6 +91,21 @@ class WaitingMixin:
         finally:
             if blocked:
                 self.executor.on_unblocked()
+
+    def _ask_owners(self, refs: list[ObjectRef]) -> None:
+        by_owner: dict[str, list[bytes]] = {}
+        for ref in refs:
+            if ref._owner != self.address:
+                by_owner.setdefault(ref._owner, []).append(ref._id)
+        for owner, oids in by_owner.items():
+            self.send_to(owner, (Op.OBJECT_WANTED, oids))
+
+    def _on_object_wanted(self, oids: list[bytes]) -> None:
+        with self._lock:
+            lost = [oid for oid in oids if oid in self._objects and self._lost(oid)]
+        if lost:
+            # Reading the log is not for a reader thread.
+            threading.Thread(target=self.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
 
     def _has_pending(self) -> bool:
         if self.scheduler._pending or self.store._pending:

@@ -106,3 +106,21 @@ def test_a_lost_large_put_is_a_typed_error_naming_the_reason(store_cluster):
     _kill_store_and_wait_for_the_next()
     with pytest.raises(ember.exceptions.ObjectLostError, match="ember.put"):
         ember.get(big, timeout=BOUND_S)
+
+
+def test_a_task_dispatched_after_the_store_died_gets_its_lost_input_rebuilt(store_cluster):
+    made = zeros.remote()
+    assert ember.get(made, timeout=BOUND_S)[0] == 0
+    _kill_store_and_wait_for_the_next()
+    # The driver still believes `made` is in the store, so the worker is sent a
+    # reference to it, finds no copy, and asks the driver, which rebuilds it.
+    assert ember.get(inc.remote(made), timeout=BOUND_S)[0] == 1
+
+
+def test_a_hundred_deep_chain_is_rebuilt(store_cluster):
+    chain = [zeros.remote()]
+    for _ in range(100):
+        chain.append(inc.remote(chain[-1]))
+    assert ember.get(chain[-1], timeout=BOUND_S)[0] == 100
+    _kill_store_and_wait_for_the_next()
+    assert ember.get(chain[-1], timeout=BOUND_S)[0] == 100
