@@ -28,7 +28,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
               "method", "args", "num_returns", "resources", "max_retries"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
-    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "node_id"),
+    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
     "actor_calls": ("actor_id", "seq", "task_id"),
 }
@@ -97,13 +97,14 @@ class GcsLog:
                  objects: list[tuple[bytes, int]]) -> int:
         """An attempt's end and the objects it made (id, size): one append, nobody waits for it."""
         rows = [("task_attempts", (task_id, attempt, self.node_id, None, "FAILED" if failed else "FINISHED", None))]
-        rows += [("objects", (oid, task_id, job_id, "return", size, None, self.node_id)) for oid, size in objects]
+        rows += [("objects", (oid, task_id, job_id, "return", size, None, None, self.node_id)) for oid, size in objects]
         return self.writer.append_rows(rows, urgent=False)
 
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
-            durable_copy: bytes | None = None) -> int:
+            durable_copy: bytes | None = None, durable_path: str | None = None) -> int:
         # A put is waited for only when its ref leaves the process: not urgent either.
-        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy, self.node_id),
+        return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy, durable_path,
+                                              self.node_id),
                                   urgent=False)
 
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,

@@ -113,7 +113,8 @@ class LineageLog:
     def object(self, object_id_hex: str) -> ObjectRecord:
         object_id = _id_bytes(object_id_hex)
         row = self._conn.execute(
-            "SELECT object_id, task_id, job_id, origin, size, durable_copy IS NOT NULL, state, node_id "
+            "SELECT object_id, task_id, job_id, origin, size, durable_copy IS NOT NULL OR durable_path IS NOT NULL, "
+            "state, node_id "
             "FROM objects WHERE object_id = %s", (object_id,)).fetchone()
         if row is None:
             raise UnknownIdError(f"no object {object_id_hex} in the lineage log")

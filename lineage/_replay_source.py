@@ -69,13 +69,14 @@ class ReplaySource:
         return LoggedTask(task_id, kind, job_id, function_id, name, decoded_args, kwargs, num_returns,
                           resources or {}, max_retries, parent, actor, method, last_attempt or 0)
 
-    def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None]:
-        """(is it a logged put, its durable bytes if kept)."""
-        rows = self._query("SELECT origin, durable_copy FROM objects WHERE object_id = %s", (object_id,))
+    def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None, str | None]:
+        """(is it a logged put, its bytes if the log keeps them, the file of its durable copy if any)."""
+        rows = self._query("SELECT origin, durable_copy, durable_path FROM objects WHERE object_id = %s",
+                           (object_id,))
         if not rows:
-            return False, None
-        origin, data = rows[0]
-        return origin == "put", bytes(data) if data is not None else None
+            return False, None, None
+        origin, data, path = rows[0]
+        return origin == "put", bytes(data) if data is not None else None, path
 
     def close(self) -> None:
         from ember.lineage._log_writer import close_quietly

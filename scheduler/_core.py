@@ -27,6 +27,7 @@ from ember.exceptions import (
 )
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
 from ember.scheduler._object_ref import ObjectRef
+from ember.store._put_copies import PutCopies, copies_enabled, copy_max_bytes
 from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler._protocol import Connection, ConnectionClosed, Listener, Op, connect
@@ -124,6 +125,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.current_task: TaskSpec | None = None
         self._awaiting_commit: list[tuple] = []
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
+        self._copies: Any = None  # durable copies of large puts, made on first need
         conninfo = _log_conninfo(session)
         if conninfo:
             from ember.lineage._gcs_log import GcsLog  # psycopg is imported only when logging
@@ -165,6 +167,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.closed = True
         if self.gcs is not None:
             self.gcs.close()
+            if self.kind == "driver":
+                # The job is over: no ref to its puts can be used again.
+                from ember.lineage._postgres import ember_home
+
+                PutCopies(ember_home(), self.files.open).remove_job(self.job_id)
         self._listener.close()
         for conn in [self.scheduler, self.store, *self._peers.values()]:
             conn.flush()
@@ -210,6 +217,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             del self._objects[oid]
             if entry.state == READY_STORE:
                 self.store.send((Op.FREE, [oid]))
+                if self._copies is not None:
+                    self._copies.discard(oid)
 
     def on_ref_shared(self, ref: ObjectRef) -> None:
         """A ref is being pickled: it may be read by other processes from now on."""
@@ -251,10 +260,20 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             durable = entry.data if entry.data is not None and size <= self.gcs.DURABLE_PUT_BYTES_MAX else None
             current = self.current_task
             job_id = current.job_id if current is not None else self.job_id
-            entry.log_seq = self.gcs.obj(oid, oid[:16], job_id, "put", size, durable)
+            copy_path = None
+            if entry.state == READY_STORE and copies_enabled() and size <= copy_max_bytes():
+                copy_path = str(self._put_copies().schedule(oid, job_id))
+            entry.log_seq = self.gcs.obj(oid, oid[:16], job_id, "put", size, durable, copy_path)
         with self._lock:
             self._objects[oid] = entry
         return ObjectRef(oid, self.address)
+
+    def _put_copies(self) -> Any:
+        if self._copies is None:
+            from ember.lineage._postgres import ember_home
+
+            self._copies = PutCopies(ember_home(), self.files.open)
+        return self._copies
 
     def _write_to_store(self, oid: bytes, obj: Any) -> None:
         segment = None

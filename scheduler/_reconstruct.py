@@ -70,7 +70,9 @@ class ReconstructionMixin:
                     continue  # already running again
             logged = source.task(task_id) if source is not None else None
             if logged is None:
-                failures[oid] = self._unrebuildable(source, oid)
+                error = self._restore_put(source, oid)
+                if error is not None:
+                    failures[oid] = error
                 continue
             if logged.kind != TaskKind.NORMAL:
                 failures[oid] = ObjectLostError(
@@ -98,15 +100,28 @@ class ReconstructionMixin:
         self._wake_waiters()  # type: ignore[attr-defined]
         self._send_follow_ups()  # type: ignore[attr-defined]
 
-    def _unrebuildable(self, source: Any, oid: bytes) -> ObjectLostError:
+    def _restore_put(self, source: Any, oid: bytes) -> ObjectLostError | None:
+        """Put a lost put back from its durable copy; the error if there is none."""
+        from ember.store._put_copies import read_copy
+
         if source is None:
             return ObjectLostError(oid.hex(), "no copy is left and lineage logging is off")
-        is_put, copy = source.put_copy(oid)
-        if is_put:
-            # Small puts travel inline and never reach the store, so a put
-            # that was lost here was large; large durable copies come later.
-            return ObjectLostError(oid.hex(), "it was made by ember.put and no durable copy was kept")
-        return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
+        is_put, _inline, path = source.put_copy(oid)
+        if not is_put:
+            return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
+        data = read_copy(path) if path else None
+        if data is None:
+            # Small puts travel inline and never reach the store, so this was
+            # a large one: copies off, too large, or lost before it was made.
+            return ObjectLostError(oid.hex(), "it was made by ember.put and no durable copy of it was kept "
+                                              "(EMBER_PUT_COPIES, EMBER_PUT_COPY_MAX_BYTES)")
+        from ember.scheduler._core import _write_layout_bytes
+        from ember.scheduler._protocol import Op
+
+        _write_layout_bytes(self.files.shm_dir, oid, data)
+        self.store.send((Op.SEALED, oid, len(data), self.address))  # type: ignore[attr-defined]
+        log.info("restored put %s from its durable copy", oid.hex())
+        return None
 
     def _fail_lost(self, oid: bytes, error: ObjectLostError) -> None:
         from ember.store._serialization import serialize_error, to_bytes

@@ -103,6 +103,13 @@ class WaitingMixin:
     def _on_object_wanted(self, oids: list[bytes]) -> None:
         with self._lock:
             lost = [oid for oid in oids if oid in self._objects and self._lost(oid)]
+            # An inline object published for borrowers lives on in this
+            # process: publish it to the (new) store again.
+            republish = [(oid, self._objects[oid].data) for oid in oids if oid in self._objects
+                         and self._objects[oid].state == READY_INLINE and self._objects[oid].shared
+                         and not self.files.exists(oid)]
+        for oid, data in republish:
+            self._publish(oid, data)
         if lost:
             # Reading the log is not for a reader thread.
             threading.Thread(target=self.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()

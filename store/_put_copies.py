@@ -1,0 +1,106 @@
+"""Durable copies of large ``ember.put`` objects, so a put can outlive its store.
+
+A task's result can be rebuilt by running the task again; a put cannot, so
+the owner keeps a copy of each large put in a file under
+``$EMBER_HOME/objects/<job>/``, written by a background thread after the put
+returns (a put stays as fast as a memory copy). Small puts need no file:
+they travel inline and their bytes are in the lineage log.
+
+A copy exists from the moment its file appears (written to a temporary name,
+then renamed). It is deleted when the object is freed or the job shuts down.
+``EMBER_PUT_COPIES=off`` turns copies off; ``EMBER_PUT_COPY_MAX_BYTES``
+(default 4 GiB) skips larger puts. Without a copy, a put lost with its store
+raises ObjectLostError saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("ember.store")
+
+COPY_MAX_BYTES_DEFAULT = 4 << 30
+
+
+def copies_enabled() -> bool:
+    return os.environ.get("EMBER_PUT_COPIES", "on").lower() not in ("off", "0", "false", "no")
+
+
+def copy_max_bytes() -> int:
+    return int(os.environ.get("EMBER_PUT_COPY_MAX_BYTES", COPY_MAX_BYTES_DEFAULT))
+
+
+class PutCopies:
+    def __init__(self, root: Path, open_object: Callable[[bytes], memoryview | None]) -> None:
+        self.root = root / "objects"
+        self._open_object = open_object
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._paths: dict[bytes, Path] = {}  # scheduled or written, not yet discarded
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def job_dir(self, job_id: bytes) -> Path:
+        return self.root / job_id.hex()
+
+    def schedule(self, oid: bytes, job_id: bytes) -> Path:
+        """Copy object ``oid`` (sealed in the local store) in the background; returns where it will be."""
+        path = self.job_dir(job_id) / oid.hex()
+        with self._lock:
+            self._paths[oid] = path
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ember-put-copies", daemon=True)
+                self._thread.start()
+        self._queue.put(oid)
+        return path
+
+    def discard(self, oid: bytes) -> None:
+        with self._lock:
+            path = self._paths.pop(oid, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def remove_job(self, job_id: bytes) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def _run(self) -> None:
+        while True:
+            oid = self._queue.get()
+            with self._lock:
+                path = self._paths.get(oid)
+            if path is None:
+                continue  # freed before its turn came
+            try:
+                self._copy(oid, path)
+            except OSError as exc:
+                log.warning("no durable copy of put %s: %s", oid.hex(), exc)
+
+    def _copy(self, oid: bytes, final: Path) -> None:
+        view = self._open_object(oid)
+        if view is None:
+            return  # freed (or lost) before its turn came
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".tmp-{final.name}")
+        with open(tmp, "wb") as f:
+            f.write(view)
+            f.flush()
+            os.fdatasync(f.fileno())
+        del view
+        with self._lock:
+            still_wanted = self._paths.get(oid) == final
+        if still_wanted:
+            os.rename(tmp, final)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def read_copy(path: str | Path) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
