@@ -98,6 +98,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
         self.closed = False
+        self.closed_reason = ""
         self.session = session
         self.kind = kind
         self.job_id = job_id
@@ -165,6 +166,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def close(self) -> None:
         self.closed = True
+        self.closed_reason = "the cluster shut down"
         if self.gcs is not None:
             self.gcs.close()
             if self.kind == "driver":
@@ -497,6 +499,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
         with self._lock:
+            if not self.closed:
+                self.closed_reason = ("the node's scheduler process is gone (it died; restarting a scheduler "
+                                      "is not supported yet)")
             self.closed = True
             self._changed = True
         self._wake_waiters()

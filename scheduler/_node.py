@@ -137,7 +137,8 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     # A dead store is replaced by an empty one: owners rebuild lost objects
     # from lineage. The scheduler is not restarted yet.
     supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store))
-    supervisor.watch("scheduler", scheduler)
+    supervisor.watch("scheduler", scheduler, on_death=lambda pid, cause: _report(
+        session, node_id, [{"type": "died", "process_id": process_id(node_id, pid).hex(), "cause": cause}]))
     node = Node(session, node_id, resources, supervisor)
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
     # The GCS service is not waited for: the scheduler registers with it in

@@ -34,6 +34,7 @@ class _Child:
     proc: subprocess.Popen
     restart: Restart | None
     pidfd: int = -1
+    on_death: Callable[[int, str], None] | None = None
     restarts: list[float] = field(default_factory=list)
 
 
@@ -47,8 +48,10 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="ember-supervisor", daemon=True)
         self._thread.start()
 
-    def watch(self, name: str, proc: subprocess.Popen, restart: Restart | None = None) -> None:
-        child = _Child(name, proc, restart)
+    def watch(self, name: str, proc: subprocess.Popen, restart: Restart | None = None,
+              on_death: Callable[[int, str], None] | None = None) -> None:
+        """Watch ``proc``; when it dies, ``restart(cause)`` (if given) replaces it, and ``on_death(pid, cause)`` is told."""
+        child = _Child(name, proc, restart, on_death=on_death)
         child.pidfd = self._pidfd(proc)
         with self._lock:
             self._children[name] = child
@@ -98,6 +101,8 @@ class Supervisor:
                 return
             self.deaths.append((child.name, child.proc.pid, cause))
             del self._children[child.name]
+        if child.on_death is not None:
+            child.on_death(child.proc.pid, cause)
         if child.restart is None:
             log.warning("%s (%s) is gone and is not restarted", child.name, cause)
             return
@@ -113,7 +118,7 @@ class Supervisor:
         except Exception:
             log.exception("could not restart %s", child.name)
             return
-        replacement = _Child(child.name, proc, child.restart, restarts=recent + [now])
+        replacement = _Child(child.name, proc, child.restart, restarts=recent + [now], on_death=child.on_death)
         replacement.pidfd = self._pidfd(proc)
         with self._lock:
             if self._stopping:

@@ -126,7 +126,7 @@ class WaitingMixin:
             flags = self._wait_ready(refs, len(refs), deadline)
             if not all(flags):
                 if self.closed:
-                    raise ObjectLostError(refs[flags.index(False)].hex(), "the cluster shut down")
+                    raise ObjectLostError(refs[flags.index(False)].hex(), self.closed_reason or "the cluster shut down")
                 missing = sum(1 for f in flags if not f)
                 raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
             lost = self.lost_refs(refs)
