@@ -95,6 +95,10 @@ class ClusterTable:
         self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",
                     (state, job_id))])
 
+    def workers_ended(self, node_id: str, cause: str) -> None:
+        self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE node_id = %s "
+                    "AND kind = 'worker' AND ended_at IS NULL", (cause, node_id))])
+
     def heartbeats(self, node_ids: list[str]) -> None:
         self._run([("UPDATE nodes SET last_heartbeat_at = now() WHERE node_id = ANY(%s)", (node_ids,))])
 

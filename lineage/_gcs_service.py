@@ -70,6 +70,8 @@ class GcsService:
     # -- calls -----------------------------------------------------------------------------
 
     def register(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("restarted"):
+            self.table.workers_ended(req["node_id"], "its node's scheduler died")
         self.table.node_started(req["node_id"], req["address"], req["resources"])
         self.table.process_events(req["node_id"], req.get("events", []))
         with self._lock:

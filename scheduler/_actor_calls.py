@@ -112,6 +112,8 @@ class ActorCallsMixin:
     def _ask_actor_fate(self, state: _ActorState) -> None:
         # The actor's connection broke: the scheduler knows why.
         if self.scheduler.closed:
-            self._on_actor_state(state.actor_id, False, None, "the cluster is shutting down")
+            reason = ("the cluster is shutting down" if self.closed
+                      else "its node's scheduler died, and the actor's process with it")
+            self._on_actor_state(state.actor_id, False, None, reason)
             return
         self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))

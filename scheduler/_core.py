@@ -121,7 +121,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._peers: dict[str, Connection] = {}
         self._subscribed: set[bytes] = set()
         self._store_ready: set[bytes] = set()
-        self._registered_functions: set[bytes] = set()
+        # Kept to register again with a restarted scheduler.
+        self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
         self._totals: dict[str, float] | None = None
         self.current_task: TaskSpec | None = None
         self._awaiting_commit: list[tuple] = []
@@ -293,7 +294,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
     def register_function(self, function_id: bytes, payload: bytes, name: str) -> None:
         if function_id in self._registered_functions:
             return
-        self._registered_functions.add(function_id)
+        self._registered_functions[function_id] = (payload, name)
         self.scheduler.send((Op.REGISTER_FUNCTION, function_id, payload, name))
         if self.gcs is not None:
             self.gcs.function(function_id, name, payload)
@@ -479,14 +480,20 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             return
         threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
 
-    def _reconnect_store(self) -> None:
+    def _reconnect(self, path: Any, on_close: Any, name: str) -> Connection | None:
         try:
-            conn = connect(self.session.store_socket, self._token, self._hello, self._handle, self._on_store_closed,
-                           "store", timeout_s=STORE_RECONNECT_TIMEOUT_S)
+            conn = connect(path, self._token, self._hello, self._handle, on_close, name,
+                           timeout_s=RECONNECT_TIMEOUT_S)
         except Exception as exc:
-            log.error("the object store did not come back: %s", exc)
-            return
+            log.error("the node's %s did not come back: %s", name, exc)
+            return None
         conn.batch_end = self._send_follow_ups
+        return conn
+
+    def _reconnect_store(self) -> None:
+        conn = self._reconnect(self.session.store_socket, self._on_store_closed, "store")
+        if conn is None:
+            return
         with self._lock:
             if self.closed:
                 conn.close()
@@ -498,15 +505,58 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._wake_waiters()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
+        if self.kind == "driver" and not self.closed and conn is self.scheduler:
+            # The node restarts a dead scheduler; its workers died with it.
+            threading.Thread(target=self._reconnect_scheduler, name="ember-scheduler-reconnect", daemon=True).start()
+            return
+        self._lose_scheduler("the node's scheduler process is gone")
+
+    def _lose_scheduler(self, reason: str) -> None:
         with self._lock:
             if not self.closed:
-                self.closed_reason = ("the node's scheduler process is gone (it died; restarting a scheduler "
-                                      "is not supported yet)")
+                self.closed_reason = reason
             self.closed = True
             self._changed = True
         self._wake_waiters()
         if self.executor is not None:
             self.executor.on_scheduler_lost()
+
+    def _reconnect_scheduler(self) -> None:
+        conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler")
+        if conn is None:
+            self._lose_scheduler("the node's scheduler process died and did not come back")
+            return
+        for function_id, (payload, name) in list(self._registered_functions.items()):
+            conn.send((Op.REGISTER_FUNCTION, function_id, payload, name))
+        with self._lock:
+            if self.closed:
+                conn.close()
+                return
+            self.scheduler = conn
+            self._totals = None
+            # Actors lived in workers of the dead scheduler.
+            for state in list(self._actors.values()):
+                if state.dead_reason is None:
+                    self._on_actor_state(state.actor_id, False, None,
+                                         "its node's scheduler died, and the actor's process with it")
+            # Every task it had (queued or running) is gone with it: run them again.
+            held = self._held_task_ids()
+            for pt in list(self._tasks.values()):
+                spec = pt.spec
+                if spec.kind != TaskKind.NORMAL or pt.missing or spec.task_id in held:
+                    continue
+                if spec.attempt < spec.max_retries or pt.replay:
+                    self._resubmit(pt)
+                else:
+                    self._fail_task(pt, WorkerCrashedError(
+                        spec.describe(), spec.attempt + 1, "its node's scheduler died while it was queued or running"))
+            self._changed = True
+        self._wake_waiters()
+        self._send_follow_ups()
+
+    def _held_task_ids(self) -> set[bytes]:
+        # Results already here, waiting only for their lineage to commit: nothing to rerun.
+        return {item[1] for item in self._awaiting_commit}
 
     # -- incoming messages -----------------------------------------------------
 
@@ -761,7 +811,7 @@ def _is_error(data: bytes) -> bool:
     return read_header(data)[1] == ObjectKind.ERROR
 
 
-STORE_RECONNECT_TIMEOUT_S = 30.0
+RECONNECT_TIMEOUT_S = 30.0  # how long a restarted store or scheduler has to come back
 
 
 def _log_conninfo(session: Session) -> str | None:

@@ -42,6 +42,7 @@ class GcsLink:
         self._stop = threading.Event()
         self._client: Any = None
         self.registered = False
+        self.restarted = False  # this node's scheduler replaces one that died: its workers died too
         self.gcs_pid: int | None = None
 
     def start(self) -> None:
@@ -78,7 +79,7 @@ class GcsLink:
                 if not self.registered:
                     reply = self._client.try_call("Register", {
                         "node_id": self.node_id, "address": self._node_address,
-                        "resources": self._resources, "events": events,
+                        "resources": self._resources, "events": events, "restarted": self.restarted,
                     })
                     self.registered, self.gcs_pid = True, reply.get("gcs_pid")
                     self._acknowledged(len(events))

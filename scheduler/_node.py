@@ -128,17 +128,23 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     gcs, gcs_process_id = _spawn_gcs(session, node_id)
     supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id))
     store = _spawn_store(session, object_store_bytes)
-    scheduler = _procutil.spawn_python(
-        "ember.scheduler._service",
-        [str(session.dir), "--resources", json.dumps(resources), "--node-id", node_id,
-         "--store-pid", str(store.pid)],
-        session.log_dir,
-    )
+    def spawn_scheduler(restart: bool = False) -> subprocess.Popen:
+        return _procutil.spawn_python(
+            "ember.scheduler._service",
+            [str(session.dir), "--resources", json.dumps(resources), "--node-id", node_id,
+             "--store-pid", str(store.pid)] + (["--restart"] if restart else []),
+            session.log_dir,
+        )
+
+    scheduler = spawn_scheduler()
     # A dead store is replaced by an empty one: owners rebuild lost objects
-    # from lineage. The scheduler is not restarted yet.
+    # from lineage.
     supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store))
-    supervisor.watch("scheduler", scheduler, on_death=lambda pid, cause: _report(
-        session, node_id, [{"type": "died", "process_id": process_id(node_id, pid).hex(), "cause": cause}]))
+    # A dead scheduler takes its workers with it; the new one starts fresh
+    # workers and owners resubmit what was queued or running.
+    supervisor.watch("scheduler", scheduler, lambda cause: spawn_scheduler(restart=True),
+                     on_death=lambda pid, cause: _report(session, node_id, [
+                         {"type": "died", "process_id": process_id(node_id, pid).hex(), "cause": cause}]))
     node = Node(session, node_id, resources, supervisor)
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
     # The GCS service is not waited for: the scheduler registers with it in

@@ -109,7 +109,8 @@ class Scheduler:
 
     def start(self) -> None:
         self.gcs.started(process_id(self.node_id, os.getpid()), "scheduler", os.getpid())
-        self.gcs.started(process_id(self.node_id, self.store_pid), "store", self.store_pid)
+        store_pid = self._current_store_pid()
+        self.gcs.started(process_id(self.node_id, store_pid), "store", store_pid)
         self.gcs.start()
         self.listener.start()
         with self._lock:
@@ -567,11 +568,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resources", required=True)
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--store-pid", type=int, required=True)
+    parser.add_argument("--restart", action="store_true", help="replace a scheduler that died (and its workers)")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
     _procutil.setup_logging(args.session, "scheduler")
     session = open_session(args.session)
     scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid)
+    scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start()
     (session.sockets / "scheduler.ready").touch()

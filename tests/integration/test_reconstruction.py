@@ -163,3 +163,67 @@ def test_a_small_object_shared_with_borrowers_is_published_again(store_cluster):
     assert ember.get(read.remote([small]), timeout=BOUND_S) == 42
     _kill_store_and_wait_for_the_next()
     assert ember.get(read.remote([small]), timeout=BOUND_S) == 42
+
+
+def _kill(kind):
+    old = [p.pid for p in processes() if p.kind == kind][0]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        try:
+            new = [p.pid for p in processes() if p.kind == kind]
+        except ember.exceptions.ClusterUnavailableError:
+            new = []  # asked while the driver reconnects
+        if new and new[0] != old:
+            return old, new[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no new {kind} within {BOUND_S}s")
+
+
+def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(store_cluster):
+    @ember.remote
+    def work(x):
+        time.sleep(0.01)
+        return 2 * x
+
+    @ember.remote
+    def add(a, b):
+        return a + b
+
+    @ember.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def add(self):
+            self.n += 1
+            return self.n
+
+    counter = Counter.remote()
+    assert ember.get(counter.add.remote(), timeout=BOUND_S) == 1
+    refs = [work.remote(i) for i in range(200)]
+    old, new = _kill("scheduler")
+    while len(refs) > 1:  # a tree reduce over results from before and after the kill
+        refs = [add.remote(refs[i], refs[i + 1]) if i + 1 < len(refs) else refs[i] for i in range(0, len(refs), 2)]
+    assert ember.get(refs[0], timeout=BOUND_S) == sum(2 * i for i in range(200))
+
+    # The actor's process died with the scheduler: a typed error naming why, not a hang.
+    with pytest.raises(ember.exceptions.ActorDiedError, match="scheduler died"):
+        ember.get(counter.add.remote(), timeout=BOUND_S)
+
+    conninfo = store_cluster.read_info()["gcs_conninfo"]
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        with psycopg.connect(conninfo) as conn:
+            rows = set(conn.execute(
+                "SELECT pid, death_cause FROM workers WHERE cluster_id = %s AND kind = 'scheduler'",
+                (store_cluster.name,)).fetchall())
+            open_workers = {r[0] for r in conn.execute(
+                "SELECT pid FROM workers WHERE cluster_id = %s AND kind = 'worker' AND ended_at IS NULL",
+                (store_cluster.name,)).fetchall()}
+        live = {p.pid for p in processes() if p.kind == "worker"}
+        if {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows and open_workers <= live:
+            break
+        time.sleep(0.05)
+    assert {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows
+    assert open_workers <= live  # the dead scheduler's workers are recorded as ended
