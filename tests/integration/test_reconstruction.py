@@ -227,3 +227,28 @@ def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(s
         time.sleep(0.05)
     assert {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows
     assert open_workers <= live  # the dead scheduler's workers are recorded as ended
+
+
+def test_workers_killed_mid_workload_leave_every_result_right(store_cluster):
+    @ember.remote
+    def work(x):
+        time.sleep(0.02)
+        return np.full(ARRAY // 10, x, dtype=np.float64)  # 40 KB: inline results
+
+    @ember.remote
+    def total(*parts):
+        return float(sum(p.sum() for p in parts))
+
+    refs = [work.remote(i) for i in range(60)]
+    expected = float(sum(i * (ARRAY // 10) for i in range(60)))
+    killed = 0
+    deadline = time.monotonic() + BOUND_S
+    while killed < 3 and time.monotonic() < deadline:  # kill whichever workers are running, by pid
+        busy = [p.pid for p in processes() if p.kind == "worker" and p.actor_id is None]
+        if busy:
+            os.kill(busy[0], signal.SIGKILL)
+            killed += 1
+        time.sleep(0.15)
+    assert killed == 3
+    groups = [total.remote(*refs[i:i + 10]) for i in range(0, 60, 10)]
+    assert sum(ember.get(groups, timeout=BOUND_S)) == expected
