@@ -93,7 +93,8 @@ class ActorClass:
         try:
             core.submit(
                 TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
-                0, actor_id=actor_id, name=name, extra=(opts.get("lifetime") == "detached", meta),
+                _options.retries(opts, "max_restarts", 0),  # a creation's retries are the actor's restarts
+                actor_id=actor_id, name=name, extra=(opts.get("lifetime") == "detached", meta),
             )
         except BaseException:
             core.kill_actor(actor_id, True)  # frees the name it claimed

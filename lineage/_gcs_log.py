@@ -30,7 +30,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
     "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
-    "actor_calls": ("actor_id", "seq", "task_id"),
+    "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns"),
 }
 # Small puts keep their bytes in the log, so they can be rebuilt without lineage.
 DURABLE_PUT_BYTES_MAX = 64 * 1024
@@ -111,5 +111,7 @@ class GcsLog:
               name: str | None, max_restarts: int) -> int:
         return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts))
 
-    def actor_call(self, actor_id: bytes, seq: int, task_id: bytes) -> int:
-        return self.writer.append("actor_calls", (actor_id, seq, task_id), urgent=False)
+    def actor_call(self, actor_id: bytes, seq: int, spec: Any) -> int:
+        """The call an actor is starting, in its order; its result is sent only once this is durable."""
+        args = pickle.dumps((spec.args, spec.kwargs), protocol=5)
+        return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns))

@@ -69,6 +69,17 @@ class ReplaySource:
         return LoggedTask(task_id, kind, job_id, function_id, name, decoded_args, kwargs, num_returns,
                           resources or {}, max_retries, parent, actor, method, last_attempt or 0)
 
+    def actor_calls(self, actor_id: bytes, after_seq: int = 0) -> list[tuple[int, bytes, str, list, dict | None, int]]:
+        """The calls an actor ran, in order: (seq, task id, method, encoded args, kwargs, num_returns)."""
+        rows = self._query(
+            "SELECT seq, task_id, method, args, num_returns FROM actor_calls WHERE actor_id = %s AND seq > %s "
+            "ORDER BY seq", (actor_id, after_seq))
+        calls = []
+        for seq, task_id, method, args, num_returns in rows:
+            decoded, kwargs = pickle.loads(args)
+            calls.append((seq, task_id, method, decoded, kwargs, num_returns))
+        return calls
+
     def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None, str | None]:
         """(is it a logged put, its bytes if the log keeps them, the file of its durable copy if any)."""
         rows = self._query("SELECT origin, durable_copy, durable_path FROM objects WHERE object_id = %s",

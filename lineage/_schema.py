@@ -149,6 +149,10 @@ actor_calls = sa.Table(
     sa.Column("actor_id", BYTEA, primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True),  # order of execution on the actor
     sa.Column("task_id", BYTEA, nullable=False, unique=True),
+    # v2: the call itself, so a restarted actor replays from this table alone
+    sa.Column("method", sa.Text),
+    sa.Column("args", BYTEA),  # pickled encoded (args, kwargs), as in tasks.args
+    sa.Column("num_returns", sa.Integer),
 )
 
 checkpoints = sa.Table(
@@ -172,6 +176,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS ix_workers_node_id ON workers (node_id)",
         "ALTER TABLE objects ADD COLUMN IF NOT EXISTS node_id TEXT",
         "DROP INDEX IF EXISTS ix_objects_task_id",
+        "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS method TEXT",
+        "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS args BYTEA",
+        "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS num_returns INTEGER",
         "DROP INDEX IF EXISTS ix_tasks_parent_task_id",
     ],
 }

@@ -71,10 +71,14 @@ class ActorCallsMixin:
             state.inflight[pt.spec.task_id] = pt
             conn.send((Op.ACTOR_CALL, pt.spec))
 
-    def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None) -> None:
+    def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
+                        restarting: bool = False) -> None:
         with self._lock:
             state = self._actors.get(actor_id)
             if state is None:
+                return
+            if restarting:
+                self._requeue_inflight(state)
                 return
             if alive and address:
                 if state.address != address or state.conn is None or state.conn.closed:
@@ -87,12 +91,13 @@ class ActorCallsMixin:
                             timeout_s=PEER_CONNECT_TIMEOUT_S,
                         )
                         state.conn.batch_end = self._send_follow_ups
-                    except Exception as exc:
-                        reason = f"could not reach its process: {exc}"
-                        alive = False
-                if alive:
-                    self._pump_actor(state)
-                    return
+                    except Exception:
+                        # Its process just died: the scheduler's next word on
+                        # it (restarting, or dead) is on its way.
+                        state.conn = None
+                        return
+                self._pump_actor(state)
+                return
             state.dead_reason = reason or "its process died"
             pending = list(state.inflight.values()) + list(state.queue)
             state.inflight.clear()
@@ -100,6 +105,20 @@ class ActorCallsMixin:
             error = ActorDiedError(state.desc, state.dead_reason)
             for pt in pending:
                 self._fail_task(pt, error)
+
+    def _requeue_inflight(self, state: _ActorState) -> None:
+        """The actor restarts: calls sent to its old process go again, first, in their order.
+
+        The new process answers those its replay already ran with their
+        replayed results; the others run (or fail, past ``max_task_retries``).
+        """
+        if state.conn is not None:
+            state.conn = None
+        inflight = sorted(state.inflight.values(), key=lambda pt: pt.spec.seq)
+        state.inflight.clear()
+        for pt in reversed(inflight):
+            pt.spec.attempt += 1
+            state.queue.appendleft(pt)
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         """Kill an actor; calls from this process fail from now on, whatever is in flight."""

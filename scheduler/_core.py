@@ -136,7 +136,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             # The writer thread only signals; results it releases are handled on
             # a thread of their own, so a commit never waits for the core lock.
             self._commits = threading.Event()
-            self.gcs = GcsLog(conninfo, on_commit=lambda seq: self._commits.set(),
+            self.gcs = GcsLog(conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=node_id)
             threading.Thread(target=self._release_committed, name="ember-log-commits", daemon=True).start()
         self.executor: Any = None
@@ -402,7 +402,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         dependencies = [v._id for v in (*pt.raw_args, *pt.raw_kwargs.values()) if type(v) is ObjectRef]
         dependencies += pt.arg_objects
         if spec.kind == TaskKind.ACTOR_CREATION:
-            gcs.actor(spec.actor_id, spec.job_id, spec.task_id, spec.function_name, spec.name, 0)
+            gcs.actor(spec.actor_id, spec.job_id, spec.task_id, spec.function_name, spec.name,
+                      min(spec.max_retries, 2**31 - 1))
         pt.log_seq = gcs.task(spec, dependencies)
         for oid in spec.return_ids():
             entry = self._objects.get(oid)
@@ -583,7 +584,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 self._store_ready.add(msg[1])
                 self._changed = True
         elif op == Op.ACTOR_STATE:
-            self._on_actor_state(msg[1], msg[2], msg[3], msg[4])
+            self._on_actor_state(msg[1], msg[2], msg[3], msg[4], msg[5])
         elif op == Op.TASK_FAILED:
             self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.OBJECT_WANTED:
@@ -637,6 +638,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._commits.wait()
             self._commits.clear()
             self._on_log_commit(gcs.committed_seq)
+
+    def _on_commit_signal(self, committed_seq: int) -> None:
+        # On the writer's thread: held actor results leave at once (they need
+        # no core lock); everything else is handed to the commits thread.
+        executor = self.executor
+        if executor is not None:
+            executor.release_held(committed_seq)
+        self._commits.set()
 
     def _on_log_commit(self, committed_seq: int) -> None:
         with self._lock:

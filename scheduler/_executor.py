@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from ember.exceptions import EmberTaskError, SerializationError, TaskCancelledError
+from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
@@ -33,6 +33,8 @@ log = logging.getLogger("ember.executor")
 
 DONE_BATCH_MAX = 16
 _ADOPT = -1  # inbox marker: start reading this call connection on the main thread
+
+LOG_COMMIT_WAIT_S = 60.0  # bounded: an outage longer than this lets a result go (logged in the worker's log)
 
 
 class _UpstreamError(Exception):
@@ -59,6 +61,13 @@ class Executor:
         self._done: list[bytes] = []
         self._call_seq = 0
         self._log_mark = 0  # rows logged before the running task started
+        # A restarted actor's replayed calls, by task id: a caller that sends
+        # one again gets this outcome instead of running it twice.
+        self._replayed: dict[bytes, tuple[list, bool]] = {}
+        # Actor results waiting, in order, for their call-order rows to be
+        # durable; the log's commit thread sends them, so the actor runs on.
+        self._held: deque[tuple[int, Connection, tuple]] = deque()
+        self._held_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -188,7 +197,7 @@ class Executor:
         elif op == Op.EXECUTE or op == Op.ACTOR_CALL:
             self._run_task(conn, msg[1])
         elif op == Op.BECOME_ACTOR:
-            self._become_actor(msg[1], msg[2])
+            self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0)
         else:
             log.warning("executor ignored message %r", op)
 
@@ -225,22 +234,33 @@ class Executor:
         if spec.task_id in self._cancelled:
             self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()))
             return
+        if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
+            replayed = self._replayed.pop(spec.task_id, None)
+            if replayed is not None:
+                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
+                return
+            if spec.attempt > spec.max_retries:
+                self._send_error(conn, spec, ActorDiedError(
+                    self._actor_name, f"it restarted while this call was in flight, and the call may not be "
+                                      f"retried (max_task_retries={spec.max_retries})"))
+                return
         core.current_task = spec
         self._running = spec.task_id
         outcome: list | None = None
         failed = False
         try:
             try:
+                if core.gcs is not None:
+                    self._log_mark = core.gcs.writer.appended_seq
                 if spec.kind == TaskKind.ACTOR_CALL:
                     fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
                     self._call_seq += 1
                     if core.gcs is not None:
-                        # The order calls ran in, for replay after a restart.
-                        core.gcs.actor_call(spec.actor_id, self._call_seq, spec.task_id)
+                        # The order calls ran in, for replay after a restart;
+                        # the result waits until this row is durable.
+                        core.gcs.actor_call(spec.actor_id, self._call_seq, spec)
                 else:
                     fn = self._function(spec)
-                if core.gcs is not None:
-                    self._log_mark = core.gcs.writer.appended_seq
                 args = [self._arg(a) for a in spec.args]
                 kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
@@ -285,8 +305,11 @@ class Executor:
         # lineage it logged being durable.
         core.flush()
         gcs = core.gcs
-        if gcs is not None and gcs.writer.appended_seq > self._log_mark:
-            gcs.wait_committed(gcs.writer.appended_seq, 60.0)
+        more = self._more_queued()
+        must_commit = gcs is not None and gcs.writer.appended_seq > self._log_mark
+        hold = spec.kind == TaskKind.ACTOR_CALL and (must_commit or bool(self._held))
+        if must_commit and not hold:
+            gcs.wait_committed(gcs.writer.appended_seq, LOG_COMMIT_WAIT_S)  # type: ignore[union-attr]
         results = []
         for oid, value in zip(spec.return_ids(), outcome):
             if failed:
@@ -310,9 +333,13 @@ class Executor:
         # With more work queued behind this task, results and completions
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.
-        more = self._more_queued()
         if spec.kind == TaskKind.ACTOR_CALL:
-            conn.send(msg) if more else conn.send_now(msg)
+            if hold:
+                with self._held_lock:
+                    self._held.append((gcs.writer.appended_seq if gcs is not None else 0, conn, msg))
+                self.release_held(gcs.committed_seq if gcs is not None else 0)  # it may be durable already
+            else:
+                conn.send(msg) if more else conn.send_now(msg)
         else:
             core.send_to(spec.owner_addr, msg, flush=not more)
             self._done.append(spec.task_id)
@@ -329,7 +356,47 @@ class Executor:
         data = _error_bytes(error)
         self._send_result(conn, spec, [data] * spec.num_returns, True)
 
-    def _become_actor(self, spec: TaskSpec, payload: bytes) -> None:
+    def release_held(self, committed_seq: int) -> None:
+        """Send, in order, the held results whose rows are now durable (any thread)."""
+        with self._held_lock:
+            ready = []
+            while self._held and self._held[0][0] <= committed_seq:
+                ready.append(self._held.popleft())
+            for _, conn, msg in ready:  # under the lock: results leave in the order they were made
+                conn.send(msg)
+
+    def _replay_calls(self, actor_id: bytes) -> None:
+        """Run again, in order, every call the actor's earlier lives logged; keep their outcomes."""
+        from ember.lineage._replay_source import ReplaySource
+        from ember.scheduler._core import _log_conninfo
+
+        conninfo = _log_conninfo(self.core.session)
+        if conninfo is None:
+            return
+        source = ReplaySource(conninfo)
+        try:
+            calls = source.actor_calls(actor_id)
+        finally:
+            source.close()
+        for seq, task_id, method, args, kwargs, num_returns in calls:
+            call = TaskSpec(task_id, TaskKind.ACTOR_CALL, b"", "", b"", self._actor_name, args, kwargs,
+                            num_returns, (), 0, 0, None, actor_id, method)
+            self._replayed[task_id] = self._call(call)
+            self._call_seq = seq
+        log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
+
+    def _call(self, spec: TaskSpec) -> tuple[list, bool]:
+        """Run one actor method as replay does: its outcome, nothing sent or logged."""
+        try:
+            args = [self._arg(a) for a in spec.args]
+            kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+            return self._split(spec, getattr(self._instance, spec.method)(*args, **kwargs)), False  # type: ignore[arg-type]
+        except _UpstreamError as up:
+            return [up.data] * spec.num_returns, True
+        except BaseException as exc:
+            return [_error_bytes(_task_error(spec, exc))] * spec.num_returns, True
+
+    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0) -> None:
         core = self.core
         core.current_task = spec
         self._actor_id = spec.actor_id
@@ -339,6 +406,8 @@ class Executor:
             args = [self._arg(a) for a in spec.args]
             kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
             self._instance = cls(*args, **kwargs)
+            if restarts and core.gcs is not None:
+                self._replay_calls(spec.actor_id)  # type: ignore[arg-type]
         except _UpstreamError as up:
             core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, up.data, "an argument of its constructor failed"))
             return

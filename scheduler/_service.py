@@ -65,11 +65,13 @@ class _Worker:
 
 
 class _Actor:
-    __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name")
+    __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name",
+                 "restarts")
 
     def __init__(self) -> None:
         self.spec: TaskSpec | None = None
-        self.state = "PENDING"  # PENDING -> ALIVE -> DEAD
+        self.state = "PENDING"  # PENDING -> ALIVE (-> RESTARTING -> ALIVE)* -> DEAD
+        self.restarts = 0
         self.address: str | None = None
         self.worker: _Worker | None = None
         self.reason: str | None = None
@@ -364,7 +366,25 @@ class Scheduler:
         if w.actor_id is not None:
             actor = self._actors.get(w.actor_id)
             if actor is not None and actor.state != "DEAD":
-                self._actor_dead(w.actor_id, f"its worker process died ({detail})")
+                self._actor_process_died(w.actor_id, actor, detail)
+
+    def _actor_process_died(self, actor_id: bytes, actor: _Actor, detail: str) -> None:
+        limit = actor.spec.max_retries if actor.spec is not None else 0
+        if actor.state != "ALIVE" or actor.restarts >= limit:
+            reason = f"its worker process died ({detail})"
+            if limit and actor.state == "ALIVE":
+                reason += f" and it is out of restarts (max_restarts={limit})"
+            self._actor_dead(actor_id, reason)
+            return
+        # It comes back: constructor, then its logged calls replayed.
+        actor.restarts += 1
+        actor.state = "RESTARTING"
+        actor.address = None
+        actor.worker = None
+        actor.reason = f"restarting after its worker process died ({detail})"
+        self._publish_actor(actor_id)
+        self._pending_actors.append(actor_id)
+        self._place_actors()
 
     def _owner_gone(self, address: str) -> None:
         for actor_id, actor in list(self._actors.items()):
@@ -478,7 +498,7 @@ class Scheduler:
         actor = self._actors[w.actor_id]  # type: ignore[index]
         spec = actor.spec
         assert spec is not None
-        self._send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id)))
+        self._send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id), actor.restarts))
 
     def _actor_ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)
@@ -527,7 +547,8 @@ class Scheduler:
 
     @staticmethod
     def _actor_state_msg(actor_id: bytes, actor: _Actor) -> tuple:
-        return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason)
+        return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason,
+                actor.state == "RESTARTING")
 
     # -- introspection and shutdown ---------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""Actors come back with their state: restart, constructor, replay of the logged calls.
+
+Every kill is by pid, of an actor process this module's cluster started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import ember
+
+BOUND_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def actor_cluster():
+    ember.init(num_cpus=2)
+    try:
+        yield
+    finally:
+        ember.shutdown()
+
+
+@ember.remote
+class Counter:
+    def __init__(self, start=0):
+        self.n = start
+        self.history = []
+
+    def add(self, k):
+        self.n += k
+        self.history.append(k)
+        return self.n
+
+    def state(self):
+        return self.n, len(self.history)
+
+    def pid(self):
+        return os.getpid()
+
+
+def _kill(actor):
+    pid = ember.get(actor.pid.remote(), timeout=BOUND_S)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_an_actor_with_a_thousand_logged_calls_comes_back_to_the_same_state(actor_cluster):
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote(5)
+    results = ember.get([counter.add.remote(i % 7) for i in range(1000)], timeout=BOUND_S)
+    before = ember.get(counter.state.remote(), timeout=BOUND_S)
+    old = _kill(counter)
+    assert ember.get(counter.state.remote(), timeout=BOUND_S) == before  # constructor, then 1,000 calls replayed
+    assert ember.get(counter.pid.remote(), timeout=BOUND_S) != old
+    assert ember.get(counter.add.remote(1), timeout=BOUND_S) == results[-1] + 1
+
+
+def test_calls_in_flight_across_a_restart_each_take_effect_exactly_once(actor_cluster):
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    pid = ember.get(counter.pid.remote(), timeout=BOUND_S)
+    refs = [counter.add.remote(1) for _ in range(300)]
+    ember.get(refs[50], timeout=BOUND_S)
+    os.kill(pid, signal.SIGKILL)  # some calls done, some running or queued, some not sent yet
+    refs += [counter.add.remote(1) for _ in range(100)]
+    # Replayed calls answer with their replayed results, the rest run once:
+    # the running total goes up by exactly one per call.
+    assert ember.get(refs, timeout=BOUND_S) == list(range(1, 401))
+
+
+def test_without_task_retries_calls_in_flight_fail_naming_why(actor_cluster):
+    counter = Counter.options(max_restarts=1).remote()
+    assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 1
+    _kill(counter)
+    time.sleep(0.2)  # the restart has begun; this call goes to the new process
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        try:
+            assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 2
+            break
+        except ember.exceptions.ActorDiedError as exc:
+            assert "max_task_retries=0" in str(exc)  # sent to the old process before it was seen dead
+
+
+def test_an_actor_out_of_restarts_raises_actor_died_with_the_reason(actor_cluster):
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    _kill(counter)
+    assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 1
+    _kill(counter)
+    with pytest.raises(ember.exceptions.ActorDiedError, match="out of restarts"):
+        ember.get(counter.add.remote(1), timeout=BOUND_S)
+
+
+def test_an_actor_without_restarts_dies_as_before(actor_cluster):
+    counter = Counter.remote()
+    _kill(counter)
+    with pytest.raises(ember.exceptions.ActorDiedError, match="died"):
+        ember.get(counter.add.remote(1), timeout=BOUND_S)
