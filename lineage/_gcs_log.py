@@ -31,6 +31,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns"),
+    "checkpoints": ("actor_id", "seq", "data"),
 }
 # Small puts keep their bytes in the log, so they can be rebuilt without lineage.
 DURABLE_PUT_BYTES_MAX = 64 * 1024
@@ -110,6 +111,10 @@ class GcsLog:
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,
               name: str | None, max_restarts: int) -> int:
         return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts))
+
+    def checkpoint(self, actor_id: bytes, seq: int, data: bytes) -> int:
+        """An actor's saved state after its call ``seq``; replay starts after the newest one."""
+        return self.writer.append("checkpoints", (actor_id, seq, data), urgent=False)
 
     def actor_call(self, actor_id: bytes, seq: int, spec: Any) -> int:
         """The call an actor is starting, in its order; its result is sent only once this is durable."""

@@ -80,6 +80,17 @@ class ReplaySource:
             calls.append((seq, task_id, method, decoded, kwargs, num_returns))
         return calls
 
+    def latest_checkpoint(self, actor_id: bytes) -> tuple[int, bytes] | None:
+        rows = self._query("SELECT seq, data FROM checkpoints WHERE actor_id = %s ORDER BY seq DESC LIMIT 1",
+                           (actor_id,))
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
+
+    def calls_through(self, actor_id: bytes, seq: int, limit: int) -> set[bytes]:
+        """Task ids of the last ``limit`` calls up to ``seq``: they ran, their results are not replayed."""
+        rows = self._query("SELECT task_id FROM actor_calls WHERE actor_id = %s AND seq <= %s "
+                           "ORDER BY seq DESC LIMIT %s", (actor_id, seq, limit))
+        return {bytes(r[0]) for r in rows}
+
     def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None, str | None]:
         """(is it a logged put, its bytes if the log keeps them, the file of its durable copy if any)."""
         rows = self._query("SELECT origin, durable_copy, durable_path FROM objects WHERE object_id = %s",

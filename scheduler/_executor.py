@@ -34,6 +34,8 @@ log = logging.getLogger("ember.executor")
 DONE_BATCH_MAX = 16
 _ADOPT = -1  # inbox marker: start reading this call connection on the main thread
 
+CHECKPOINT_INTERVAL = 100  # calls between checkpoints, unless the class sets checkpoint_interval
+COVERED_CALLS_MAX = 10_000  # calls before a checkpoint whose resending is recognised
 LOG_COMMIT_WAIT_S = 60.0  # bounded: an outage longer than this lets a result go (logged in the worker's log)
 
 
@@ -64,6 +66,10 @@ class Executor:
         # A restarted actor's replayed calls, by task id: a caller that sends
         # one again gets this outcome instead of running it twice.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
+        # Calls folded into the checkpoint a restart began from: they ran, and
+        # their results cannot be produced again.
+        self._covered: set[bytes] = set()
+        self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
         # Actor results waiting, in order, for their call-order rows to be
         # durable; the log's commit thread sends them, so the actor runs on.
         self._held: deque[tuple[int, Connection, tuple]] = deque()
@@ -239,6 +245,11 @@ class Executor:
             if replayed is not None:
                 self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
                 return
+            if spec.task_id in self._covered:
+                self._send_error(conn, spec, ActorDiedError(
+                    self._actor_name, "this call ran before the checkpoint the actor restarted from, and its "
+                                      "result was lost with the actor's process"))
+                return
             if spec.attempt > spec.max_retries:
                 self._send_error(conn, spec, ActorDiedError(
                     self._actor_name, f"it restarted while this call was in flight, and the call may not be "
@@ -267,6 +278,9 @@ class Executor:
             finally:
                 self._running = None
             outcome = self._split(spec, value)
+            if self._checkpoint_every and spec.kind == TaskKind.ACTOR_CALL \
+                    and self._call_seq % self._checkpoint_every == 0:
+                self._save_checkpoint()
         except _UpstreamError as up:
             failed = True
             outcome = [up.data] * spec.num_returns
@@ -365,8 +379,21 @@ class Executor:
             for _, conn, msg in ready:  # under the lock: results leave in the order they were made
                 conn.send(msg)
 
+    def _save_checkpoint(self) -> None:
+        # Saved after the call it follows: replay starts after it. A failure
+        # to save is not the call's failure; replay just starts further back.
+        if self.core.gcs is None:
+            return
+        try:
+            data = cloudpickle.dumps(self._instance.save_checkpoint())  # type: ignore[union-attr]
+        except Exception:
+            log.exception("actor %s: save_checkpoint() failed; replay will start from an older one",
+                          self._actor_name)
+            return
+        self.core.gcs.checkpoint(self._actor_id, self._call_seq, data)
+
     def _replay_calls(self, actor_id: bytes) -> None:
-        """Run again, in order, every call the actor's earlier lives logged; keep their outcomes."""
+        """Restore the newest checkpoint, then run again, in order, every call logged after it."""
         from ember.lineage._replay_source import ReplaySource
         from ember.scheduler._core import _log_conninfo
 
@@ -375,7 +402,14 @@ class Executor:
             return
         source = ReplaySource(conninfo)
         try:
-            calls = source.actor_calls(actor_id)
+            after = 0
+            checkpoint = source.latest_checkpoint(actor_id) if self._checkpoint_every else None
+            if checkpoint is not None:
+                after, data = checkpoint
+                self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
+                self._covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX)
+                self._call_seq = after
+            calls = source.actor_calls(actor_id, after)
         finally:
             source.close()
         for seq, task_id, method, args, kwargs, num_returns in calls:
@@ -406,6 +440,8 @@ class Executor:
             args = [self._arg(a) for a in spec.args]
             kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
             self._instance = cls(*args, **kwargs)
+            if callable(getattr(cls, "save_checkpoint", None)) and callable(getattr(cls, "load_checkpoint", None)):
+                self._checkpoint_every = max(1, int(getattr(cls, "checkpoint_interval", CHECKPOINT_INTERVAL)))
             if restarts and core.gcs is not None:
                 self._replay_calls(spec.actor_id)  # type: ignore[arg-type]
         except _UpstreamError as up:

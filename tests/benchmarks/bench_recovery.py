@@ -8,6 +8,11 @@ its end, SIGKILLs the node's object store, and times:
 * ``first_get_s``   the kill until ``get`` of the chain's end returns the right value
 * ``rebuild_s``     that ``get`` alone (the replay of every lost link)
 
+Then, for an actor that has run 1,000 calls, with and without a checkpoint
+(every 100 calls), it SIGKILLs the actor's process and times the kill until
+a call on the restarted actor returns the state it had (constructor,
+checkpoint, replay of the logged calls).
+
 Timings are printed, never asserted. Usage:
 
     python tests/benchmarks/bench_recovery.py [--depths 1,10,100] [--repeat 3]
@@ -63,8 +68,52 @@ def run(depths: list[int], repeat: int) -> list[dict]:
                 samples["first_get_s"].append(done - killed)
                 samples["rebuild_s"].append(done - back)
             rows.append({"depth": depth, **{k: statistics.median(v) for k, v in samples.items()}})
+        rows += run_actors(ember, repeat)
     finally:
         ember.shutdown()
+    return rows
+
+
+def run_actors(ember, repeat: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    class Plain:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, k):
+            self.total += k
+            return self.total
+
+        def state(self):
+            return self.total
+
+        def pid(self):
+            return os.getpid()
+
+    class Checkpointed(Plain):
+        checkpoint_interval = 100
+
+        def save_checkpoint(self):
+            return self.total
+
+        def load_checkpoint(self, state):
+            self.total = state
+
+    rows = []
+    for label, cls in (("actor, 1,000 calls, no checkpoint", Plain),
+                       ("actor, 1,000 calls, checkpoint every 100", Checkpointed)):
+        times = []
+        for _ in range(repeat):
+            actor = ember.remote(cls).options(max_restarts=1, max_task_retries=-1).remote()
+            ember.get([actor.add.remote(1) for _ in range(1000)], timeout=300)
+            expected = ember.get(actor.state.remote(), timeout=300)
+            time.sleep(0.2)  # checkpoints are written lazily
+            pid = ember.get(actor.pid.remote(), timeout=300)
+            killed = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            assert ember.get(actor.state.remote(), timeout=300) == expected
+            times.append(time.perf_counter() - killed)
+            ember.kill(actor)
+        rows.append({"label": label, "recovery_s": statistics.median(times)})
     return rows
 
 
@@ -77,7 +126,11 @@ def main() -> None:
     print(f"recovery after a store SIGKILL, median of {args.repeat} ({os.cpu_count()} cpus)")
     print(f"{'depth':>6}  {'store back (s)':>14}  {'first get (s)':>13}  {'rebuild (s)':>11}")
     for r in rows:
-        print(f"{r['depth']:>6}  {r['store_back_s']:>14.3f}  {r['first_get_s']:>13.3f}  {r['rebuild_s']:>11.3f}")
+        if "depth" in r:
+            print(f"{r['depth']:>6}  {r['store_back_s']:>14.3f}  {r['first_get_s']:>13.3f}  {r['rebuild_s']:>11.3f}")
+    for r in rows:
+        if "label" in r:
+            print(f"{r['label']}: kill -> state back in {r['recovery_s']:.3f} s")
 
 
 if __name__ == "__main__":

@@ -99,3 +99,44 @@ def test_an_actor_without_restarts_dies_as_before(actor_cluster):
     _kill(counter)
     with pytest.raises(ember.exceptions.ActorDiedError, match="died"):
         ember.get(counter.add.remote(1), timeout=BOUND_S)
+
+
+@ember.remote
+class Ledger:
+    """Keeps a checkpoint every 100 calls; counts the calls its current process ran."""
+
+    checkpoint_interval = 100
+
+    def __init__(self):
+        self.total = 0
+        self.entries = []
+        self.ran_here = 0
+
+    def add(self, k):
+        self.total += k
+        self.entries.append(k)
+        self.ran_here += 1
+        return self.total
+
+    def save_checkpoint(self):
+        return {"total": self.total, "entries": list(self.entries)}
+
+    def load_checkpoint(self, state):
+        self.total, self.entries = state["total"], state["entries"]
+
+    def state(self):
+        return self.total, len(self.entries), self.ran_here
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_an_actor_with_a_checkpoint_replays_only_the_calls_after_it(actor_cluster):
+    ledger = Ledger.options(max_restarts=1, max_task_retries=-1).remote()
+    ember.get([ledger.add.remote(i % 5) for i in range(1000)], timeout=BOUND_S)
+    total, entries, _ = ember.get(ledger.state.remote(), timeout=BOUND_S)
+    time.sleep(0.2)  # checkpoints are written lazily
+    _kill(ledger)
+    after = ember.get(ledger.state.remote(), timeout=BOUND_S)
+    assert after[:2] == (total, entries)  # the same state...
+    assert after[2] < 100  # ...from a checkpoint plus fewer than 100 replayed calls, not 1,000
