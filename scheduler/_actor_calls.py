@@ -23,7 +23,8 @@ PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
 
 
 class _ActorState:
-    __slots__ = ("actor_id", "address", "conn", "queue", "inflight", "dead_reason", "seq", "subscribed", "desc")
+    __slots__ = ("actor_id", "address", "conn", "queue", "inflight", "dead_reason", "seq", "subscribed", "desc",
+                 "restarts")
 
     def __init__(self, actor_id: bytes, desc: str) -> None:
         self.actor_id = actor_id
@@ -35,10 +36,12 @@ class _ActorState:
         self.seq = 0
         self.subscribed = False
         self.desc = desc
+        self.restarts = 0  # restarts so far, as the scheduler reports them (the creator's budget)
 
 
 class ActorCallsMixin:
     _actors: dict
+    _created_actors: dict  # actor id -> (creation spec, extra): what a new scheduler needs to start it again
     _lock: Any
 
     # -- actors --------------------------------------------------------------
@@ -72,11 +75,12 @@ class ActorCallsMixin:
             conn.send((Op.ACTOR_CALL, pt.spec))
 
     def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
-                        restarting: bool = False) -> None:
+                        restarting: bool = False, restarts: int = 0) -> None:
         with self._lock:
             state = self._actors.get(actor_id)
             if state is None:
                 return
+            state.restarts = max(state.restarts, restarts)
             if restarting:
                 self._requeue_inflight(state)
                 return
@@ -120,9 +124,37 @@ class ActorCallsMixin:
             pt.spec.attempt += 1
             state.queue.appendleft(pt)
 
+    def recreate_actors(self, conn: Connection) -> None:
+        """A new scheduler replaced one that died with every actor's process: bring back ours.
+
+        Actors this process created that have restarts left are created again
+        on ``conn`` (constructor, then their logged calls replayed); calls in
+        flight go again once they are up. The others fail, naming why.
+        """
+        reason = "its node's scheduler died, and the actor's process with it"
+        for actor_id, (spec, extra) in list(self._created_actors.items()):
+            state = self._actors.get(actor_id)
+            if state is None or state.dead_reason is not None:
+                continue
+            if state.restarts >= spec.max_retries:
+                self._on_actor_state(actor_id, False, None,
+                                     f"{reason}, and it is out of restarts (max_restarts={spec.max_retries})")
+                continue
+            state.restarts += 1
+            self._requeue_inflight(state)
+            state.subscribed = False
+            conn.send((Op.CREATE_ACTOR, spec, *extra, state.restarts))
+            conn.send((Op.LOOKUP_ACTOR, 0, actor_id))
+            state.subscribed = True
+        for state in list(self._actors.values()):
+            if state.dead_reason is None and state.actor_id not in self._created_actors:
+                # Created elsewhere: its creator (a worker of the dead scheduler) is gone too.
+                self._on_actor_state(state.actor_id, False, None, reason)
+
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         """Kill an actor; calls from this process fail from now on, whatever is in flight."""
         self.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
+        self._created_actors.pop(actor_id, None)
         with self._lock:
             if actor_id in self._actors:
                 self._on_actor_state(actor_id, False, None, "killed by ember.kill()")
@@ -131,6 +163,8 @@ class ActorCallsMixin:
     def _ask_actor_fate(self, state: _ActorState) -> None:
         # The actor's connection broke: the scheduler knows why.
         if self.scheduler.closed:
+            if not self.closed and self.kind == "driver" and state.actor_id in self._created_actors:
+                return  # the new scheduler starts it again (recreate_actors)
             reason = ("the cluster is shutting down" if self.closed
                       else "its node's scheduler died, and the actor's process with it")
             self._on_actor_state(state.actor_id, False, None, reason)

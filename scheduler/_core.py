@@ -118,8 +118,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._tasks: dict[bytes, _PendingTask] = {}
         self._dep_waiters: dict[bytes, list[_PendingTask]] = {}
         self._actors: dict[bytes, _ActorState] = {}
+        self._created_actors: dict[bytes, tuple[TaskSpec, tuple]] = {}
         self._peers: dict[str, Connection] = {}
         self._subscribed: set[bytes] = set()
+        self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
+        self._adopting: set[bytes] = set()
         self._store_ready: set[bytes] = set()
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
@@ -227,6 +230,13 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         """A ref is being pickled: it may be read by other processes from now on."""
         if ref._owner != self.address:
             return
+        if self.gcs is not None:
+            with self._lock:
+                entry = self._objects.get(ref._id)
+                if entry is not None and entry.state == PENDING and not entry.log_seq:
+                    pt = self._tasks.get(ref._id[:16])
+                    if pt is not None and not pt.log_seq and not pt.replay:
+                        self._log_before_dispatch(pt)
         entry = self._objects.get(ref._id)
         if entry is not None and self.gcs is not None and entry.log_seq > self.gcs.committed_seq:
             # Nobody else may name an object before its lineage is durable.
@@ -395,6 +405,31 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         if self.gcs is not None and not pt.log_seq:
             self._log_spec(pt)
 
+    def _log_before_dispatch(self, pt: _PendingTask) -> None:
+        """Log the spec of a task still waiting for its inputs: a ref to its result is leaving.
+
+        The inputs are logged by reference; dispatch encodes the arguments
+        again, when their values are known, and does not log a second row.
+        """
+        # Its pending inputs' own tasks are in the same state: their specs go
+        # first, so the whole lineage of what leaves is durable.
+        order, stack = [], [pt]
+        while stack:
+            task = stack.pop()
+            if task.log_seq or task.replay or task in order:
+                continue
+            order.append(task)
+            for value in (*task.raw_args, *task.raw_kwargs.values()):
+                if type(value) is ObjectRef and value._owner == self.address:
+                    upstream = self._tasks.get(value._id[:16])
+                    if upstream is not None:
+                        stack.append(upstream)
+        for task in reversed(order):
+            spec = task.spec
+            spec.args = [self._encode(a) for a in task.raw_args]
+            spec.kwargs = {k: self._encode(v) for k, v in task.raw_kwargs.items()} if task.raw_kwargs else None
+            self._log_spec(task)
+
     def _log_spec(self, pt: _PendingTask) -> None:
         spec = pt.spec
         gcs = self.gcs
@@ -423,6 +458,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         if spec.kind == TaskKind.ACTOR_CREATION:
             self._tasks.pop(spec.task_id, None)
             self.scheduler.send((Op.CREATE_ACTOR, spec, *pt.extra))
+            if spec.max_retries:
+                # Kept to start it again should the scheduler die; watched so
+                # restarts it has used are counted here.
+                self._created_actors[spec.actor_id] = (spec, pt.extra)
+                self._actor_state(spec.actor_id, spec.function_name)  # type: ignore[arg-type]
         else:
             self.scheduler.send((Op.SUBMIT, spec))
 
@@ -529,6 +569,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             return
         for function_id, (payload, name) in list(self._registered_functions.items()):
             conn.send((Op.REGISTER_FUNCTION, function_id, payload, name))
+        for spec, (_detached, meta) in list(self._created_actors.values()):
+            if spec.name:
+                try:
+                    conn.call(Op.CLAIM_NAME, spec.name, spec.actor_id, meta, timeout_s=RECONNECT_TIMEOUT_S)
+                except Exception as exc:
+                    log.warning("could not claim the name %r again: %s", spec.name, exc)
         with self._lock:
             if self.closed:
                 conn.close()
@@ -536,10 +582,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self.scheduler = conn
             self._totals = None
             # Actors lived in workers of the dead scheduler.
-            for state in list(self._actors.values()):
-                if state.dead_reason is None:
-                    self._on_actor_state(state.actor_id, False, None,
-                                         "its node's scheduler died, and the actor's process with it")
+            self.recreate_actors(conn)
             # Every task it had (queued or running) is gone with it: run them again.
             held = self._held_task_ids()
             for pt in list(self._tasks.values()):
@@ -584,7 +627,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 self._store_ready.add(msg[1])
                 self._changed = True
         elif op == Op.ACTOR_STATE:
-            self._on_actor_state(msg[1], msg[2], msg[3], msg[4], msg[5])
+            self._on_actor_state(*msg[1:7])
         elif op == Op.TASK_FAILED:
             self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.OBJECT_WANTED:

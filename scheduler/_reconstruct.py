@@ -6,12 +6,19 @@ the spec read back from the lineage log. Its own inputs that are gone too
 are rebuilt first, recursively, as deep as the lineage goes; dependents wait
 for them through the ordinary dependency parking.
 
+Objects outlive their owner: a process waiting on a borrowed object whose
+owner has died adopts it. It rebuilds the object the same way, as the new
+owner of the replay, and publishes the result to the node's store, where
+every other holder of the ref reads it. Inputs of the replayed task that were
+owned by a dead process and are gone are adopted too.
+
 Reads of the log happen outside the core lock; the plan is installed under it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from ember.exceptions import ObjectLostError
@@ -27,6 +34,8 @@ class ReconstructionMixin:
     _lock: Any
     _objects: dict
     _tasks: dict
+    _dead_owners: set[str]
+    _adopting: set[bytes]
     address: str
     files: Any
 
@@ -48,6 +57,36 @@ class ReconstructionMixin:
         if entry is None:
             return not self.files.exists(oid)
         return entry.state == READY_STORE and not self.files.exists(oid)
+
+    def owner_alive(self, address: str) -> bool:
+        """Whether the process at ``address`` still takes connections (a dead one never comes back)."""
+        if address == self.address:
+            return True
+        if address in self._dead_owners:
+            return False
+        try:
+            self._peer(address)  # type: ignore[attr-defined]
+        except Exception:
+            self._dead_owners.add(address)
+            return False
+        return True
+
+    def adopt(self, oids: list[bytes]) -> None:
+        """Rebuild objects whose owner is dead, as their new owner (on a thread of its own)."""
+        with self._lock:
+            fresh = [oid for oid in oids if oid not in self._adopting]
+            self._adopting.update(fresh)
+        if not fresh:
+            return
+
+        def run() -> None:
+            try:
+                self.reconstruct(fresh)
+            finally:
+                with self._lock:
+                    self._adopting.difference_update(fresh)
+
+        threading.Thread(target=run, name="ember-adopt", daemon=True).start()
 
     def lost_refs(self, refs: list[ObjectRef]) -> list[bytes]:
         with self._lock:
@@ -84,6 +123,7 @@ class ReconstructionMixin:
                 resource_shape(logged.resources), logged.max_retries, logged.last_attempt + 1,
                 logged.parent_task_id,
             )
+            self._adopt_orphaned_args(spec)
             plan[task_id] = spec
             order.append(task_id)
             with self._lock:
@@ -100,16 +140,29 @@ class ReconstructionMixin:
         self._wake_waiters()  # type: ignore[attr-defined]
         self._send_follow_ups()  # type: ignore[attr-defined]
 
+    def _adopt_orphaned_args(self, spec: TaskSpec) -> None:
+        """Inputs owned by a dead process and gone from the store: this process rebuilds them."""
+        def adopt(encoded: tuple) -> tuple:
+            if encoded[0] != ArgKind.REF or encoded[2] == self.address or self.files.exists(encoded[1]):
+                return encoded
+            if self.owner_alive(encoded[2]):
+                return encoded
+            return (ArgKind.REF, encoded[1], self.address)
+
+        spec.args = [adopt(a) for a in spec.args]
+        if spec.kwargs:
+            spec.kwargs = {k: adopt(v) for k, v in spec.kwargs.items()}
+
     def _restore_put(self, source: Any, oid: bytes) -> ObjectLostError | None:
         """Put a lost put back from its durable copy; the error if there is none."""
         from ember.store._put_copies import read_copy
 
         if source is None:
             return ObjectLostError(oid.hex(), "no copy is left and lineage logging is off")
-        is_put, _inline, path = source.put_copy(oid)
+        is_put, inline, path = source.put_copy(oid)
         if not is_put:
             return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
-        data = read_copy(path) if path else None
+        data = inline if inline is not None else read_copy(path) if path else None
         if data is None:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
@@ -128,12 +181,16 @@ class ReconstructionMixin:
 
         entry = self._objects.get(oid)
         if entry is None:
-            return
+            # Adopted, or an input of a replay: other processes read the
+            # reason where they would read the value.
+            entry = self._objects[oid] = _new_shared_entry()
         entry.data = to_bytes(serialize_error(error), oid)
         entry.state = READY_INLINE
+        if entry.shared:
+            self._publish(oid, entry.data)  # type: ignore[attr-defined]
 
     def _install_replay(self, spec: TaskSpec) -> None:
-        from ember.scheduler._core import _Entry, _PendingTask
+        from ember.scheduler._core import _PendingTask
 
         if spec.task_id in self._tasks:
             return  # another thread's plan got here first
@@ -141,8 +198,8 @@ class ReconstructionMixin:
         for oid in spec.return_ids():
             entry = self._objects.get(oid)
             if entry is None:
-                entry = self._objects[oid] = _Entry()
-                entry.shared = True  # an input of another replay: read by a worker
+                # An input of another replay, or adopted: read by other processes.
+                entry = self._objects[oid] = _new_shared_entry()
             entry.state, entry.data = PENDING, None
         deps = tuple(ObjectRef(dep, self.address) for dep in _owned_refs(spec, self.address))
         pt = _PendingTask(spec, deps, {}, False)
@@ -151,6 +208,14 @@ class ReconstructionMixin:
         self._count_missing(pt)  # type: ignore[attr-defined]
         if pt.missing == 0:
             self._dispatch(pt)  # type: ignore[attr-defined]
+
+
+def _new_shared_entry() -> Any:
+    from ember.scheduler._core import _Entry
+
+    entry = _Entry()
+    entry.shared = True
+    return entry
 
 
 def _owned_refs(spec: TaskSpec, address: str) -> list[bytes]:

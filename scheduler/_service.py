@@ -193,7 +193,7 @@ class Scheduler:
                 self._return_tasks(conn, msg[1])
                 self._dispatch()
             elif op == Op.CREATE_ACTOR:
-                self._create_actor(msg[1], msg[2], msg[3])
+                self._create_actor(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0)
             elif op == Op.ACTOR_READY:
                 self._actor_ready(msg[1], msg[2])
             elif op == Op.ACTOR_FAILED:
@@ -466,11 +466,16 @@ class Scheduler:
             return None
         return (actor_id, actor.meta)
 
-    def _create_actor(self, spec: TaskSpec, detached: bool, meta: Any) -> None:
+    def _create_actor(self, spec: TaskSpec, detached: bool, meta: Any, restarts: int = 0) -> None:
+        """Place a new actor; ``restarts`` > 0 brings back one that died with an earlier scheduler."""
         actor = self._actor(spec.actor_id)  # type: ignore[arg-type]
         actor.spec = spec
         actor.detached = detached
         actor.meta = meta
+        if restarts and actor.state == "PENDING":
+            actor.restarts = restarts
+            actor.state = "RESTARTING"  # its constructor runs, then its logged calls are replayed
+            actor.reason = "restarting after its node's scheduler died"
         if actor.state == "DEAD":
             return  # killed before it was placed
         if not self.pool.feasible(spec.resources):
@@ -548,7 +553,7 @@ class Scheduler:
     @staticmethod
     def _actor_state_msg(actor_id: bytes, actor: _Actor) -> tuple:
         return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason,
-                actor.state == "RESTARTING")
+                actor.state == "RESTARTING", actor.restarts)
 
     # -- introspection and shutdown ---------------------------------------------------
 

@@ -21,9 +21,9 @@ from ember.scheduler._protocol import Op
 from ember.store._serialization import ObjectKind, deserialize
 
 PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
-BLOCKED_POLL_S = 0.05
+BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
 ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner to check for a lost copy
-RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most  # a blocked worker looks this often for tasks to hand back
+RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most
 
 
 class WaitingMixin:
@@ -98,7 +98,12 @@ class WaitingMixin:
             if ref._owner != self.address:
                 by_owner.setdefault(ref._owner, []).append(ref._id)
         for owner, oids in by_owner.items():
-            self.send_to(owner, (Op.OBJECT_WANTED, oids))
+            if self.owner_alive(owner):
+                self.send_to(owner, (Op.OBJECT_WANTED, oids))
+            else:
+                # Its owner is gone, and with it whatever it held in memory:
+                # rebuild from the log here.
+                self.adopt(oids)
 
     def _on_object_wanted(self, oids: list[bytes]) -> None:
         with self._lock:

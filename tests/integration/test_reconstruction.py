@@ -15,6 +15,7 @@ import pytest
 
 import ember
 from ember.chaos import processes
+from tests.fix_kill import kill_and_wait_for_the_next
 
 BOUND_S = 60.0
 ARRAY = 50_000  # float64s: 400 KB, well past the inline limit, so it lives in the store
@@ -27,23 +28,6 @@ def store_cluster():
         yield ember._runtime._session
     finally:
         ember.shutdown()
-
-
-def _store_pid():
-    found = [p.pid for p in processes() if p.kind == "store"]
-    return found[0] if found else None
-
-
-def _kill_store_and_wait_for_the_next():
-    old = _store_pid()
-    os.kill(old, signal.SIGKILL)
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
-        new = _store_pid()
-        if new is not None and new != old:
-            return old, new
-        time.sleep(0.01)
-    raise AssertionError(f"no new store within {BOUND_S}s")
 
 
 @ember.remote
@@ -63,7 +47,7 @@ def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(store_cluster):
     assert ember.get(chain[-1], timeout=BOUND_S)[0] == 10
     small = ember.put("inline objects live with their owner")
 
-    _kill_store_and_wait_for_the_next()
+    kill_and_wait_for_the_next("store")
 
     assert ember.get(chain[-1], timeout=BOUND_S)[0] == 10  # rebuilt through all ten links
     assert [ember.get(r, timeout=BOUND_S)[0] for r in chain] == list(range(11))
@@ -82,7 +66,7 @@ def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(store_cluster):
 
 
 def test_the_store_death_is_recorded_and_new_work_runs(store_cluster):
-    old, new = _kill_store_and_wait_for_the_next()
+    old, new = kill_and_wait_for_the_next("store")
     conninfo = store_cluster.read_info()["gcs_conninfo"]
 
     # The restarted store serves new objects: tasks, large puts, and a task
@@ -117,7 +101,7 @@ def test_a_large_put_comes_back_from_its_durable_copy(store_cluster):
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert path.exists()
-    _kill_store_and_wait_for_the_next()
+    kill_and_wait_for_the_next("store")
     assert np.array_equal(ember.get(big, timeout=BOUND_S), values)
     del big
     deadline = time.monotonic() + BOUND_S
@@ -130,7 +114,7 @@ def test_a_lost_put_without_a_copy_is_a_typed_error_naming_the_reason(store_clus
     monkeypatch.setenv("EMBER_PUT_COPIES", "off")
     big = ember.put(np.ones(ARRAY))
     assert ember.get(big)[0] == 1.0
-    _kill_store_and_wait_for_the_next()
+    kill_and_wait_for_the_next("store")
     with pytest.raises(ember.exceptions.ObjectLostError, match="ember.put"):
         ember.get(big, timeout=BOUND_S)
 
@@ -138,7 +122,7 @@ def test_a_lost_put_without_a_copy_is_a_typed_error_naming_the_reason(store_clus
 def test_a_task_dispatched_after_the_store_died_gets_its_lost_input_rebuilt(store_cluster):
     made = zeros.remote()
     assert ember.get(made, timeout=BOUND_S)[0] == 0
-    _kill_store_and_wait_for_the_next()
+    kill_and_wait_for_the_next("store")
     # The driver still believes `made` is in the store, so the worker is sent a
     # reference to it, finds no copy, and asks the driver, which rebuilds it.
     assert ember.get(inc.remote(made), timeout=BOUND_S)[0] == 1
@@ -149,7 +133,7 @@ def test_a_hundred_deep_chain_is_rebuilt(store_cluster):
     for _ in range(100):
         chain.append(inc.remote(chain[-1]))
     assert ember.get(chain[-1], timeout=BOUND_S)[0] == 100
-    _kill_store_and_wait_for_the_next()
+    kill_and_wait_for_the_next("store")
     assert ember.get(chain[-1], timeout=BOUND_S)[0] == 100
 
 
@@ -161,23 +145,8 @@ def test_a_small_object_shared_with_borrowers_is_published_again(store_cluster):
         return ember.get(box[0])["answer"]
 
     assert ember.get(read.remote([small]), timeout=BOUND_S) == 42
-    _kill_store_and_wait_for_the_next()
+    kill_and_wait_for_the_next("store")
     assert ember.get(read.remote([small]), timeout=BOUND_S) == 42
-
-
-def _kill(kind):
-    old = [p.pid for p in processes() if p.kind == kind][0]
-    os.kill(old, signal.SIGKILL)
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
-        try:
-            new = [p.pid for p in processes() if p.kind == kind]
-        except ember.exceptions.ClusterUnavailableError:
-            new = []  # asked while the driver reconnects
-        if new and new[0] != old:
-            return old, new[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no new {kind} within {BOUND_S}s")
 
 
 def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(store_cluster):
@@ -202,7 +171,7 @@ def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(s
     counter = Counter.remote()
     assert ember.get(counter.add.remote(), timeout=BOUND_S) == 1
     refs = [work.remote(i) for i in range(200)]
-    old, new = _kill("scheduler")
+    old, new = kill_and_wait_for_the_next("scheduler")
     while len(refs) > 1:  # a tree reduce over results from before and after the kill
         refs = [add.remote(refs[i], refs[i + 1]) if i + 1 < len(refs) else refs[i] for i in range(0, len(refs), 2)]
     assert ember.get(refs[0], timeout=BOUND_S) == sum(2 * i for i in range(200))
