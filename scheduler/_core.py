@@ -41,7 +41,7 @@ from ember.scheduler._spec import (
     TaskSpec,
     object_id,
 )
-from ember.store._segments import ObjectFiles
+from ember.store._segments import ObjectFiles, publish_once
 from ember.store._serialization import (
     deserialize,
     serialize,
@@ -854,7 +854,7 @@ def _write_layout_bytes(directory: Any, oid: bytes, data: bytes) -> None:
     tmp = directory / f".pub-{oid.hex()}-{os.getpid()}-{threading.get_ident()}"
     with open(tmp, "wb") as f:
         f.write(with_object_id(data, oid))
-    os.rename(tmp, directory / oid.hex())
+    publish_once(tmp, directory / oid.hex())
 
 
 def _is_error(data: bytes) -> bool:

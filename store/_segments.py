@@ -273,11 +273,27 @@ def _free_bytes(directory: Path) -> int:
 
 
 def _fill_and_publish(fd: int, tmp: Path, directory: Path, object_id: bytes, obj: SerializedObject) -> Path:
-    """Write the object into ``tmp`` and rename it to its final name: readers see all of it or nothing."""
+    """Write the object into ``tmp`` and give it its final name: readers see all of it or nothing."""
     _fill(fd, obj, object_id)
     final = directory / object_id.hex()
-    os.rename(tmp, final)
+    publish_once(tmp, final)
     return final
+
+
+def publish_once(tmp: Path, final: Path) -> bool:
+    """Give the complete file ``tmp`` the name ``final`` unless a copy is already there.
+
+    The first copy of an object id wins and later ones are dropped: a late
+    attempt, or two processes rebuilding one lost object, can never show
+    two readers two values. Returns whether this copy was the one kept.
+    """
+    try:
+        os.link(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        _unlink_quietly(tmp)
 
 
 def _fill(fd: int, obj: SerializedObject, object_id: bytes) -> None:

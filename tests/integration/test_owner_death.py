@@ -97,3 +97,31 @@ def test_a_task_reading_an_orphaned_ref_gets_it_rebuilt(owner_cluster):
         return sum(ember.get(boxed[0], timeout=BOUND_S))
 
     assert ember.get(total.remote([refs]), timeout=BOUND_S) == 0 + 1 + 4
+
+
+@ember.remote
+def noisy():
+    return np.random.default_rng().random(ARRAY)  # not deterministic: each run differs
+
+
+@ember.remote
+def spawn_noisy():
+    return os.getpid(), [noisy.remote()]
+
+
+def test_two_adopters_of_one_object_read_one_value(owner_cluster):
+    pid, refs = ember.get(spawn_noisy.remote(), timeout=BOUND_S)
+    ember.get(refs, timeout=BOUND_S)
+    sigkill([pid])
+    kill_and_wait_for_the_next("store")
+
+    @ember.remote
+    def read_in_a_task(boxed):
+        return ember.get(boxed[0], timeout=BOUND_S)
+
+    # The driver and a task both find the owner dead and both rebuild; the
+    # first copy published is the one everybody reads.
+    in_task = read_in_a_task.remote(refs)
+    in_driver = ember.get(refs[0], timeout=BOUND_S)
+    np.testing.assert_array_equal(ember.get(in_task, timeout=BOUND_S), in_driver)
+    np.testing.assert_array_equal(ember.get(refs[0], timeout=BOUND_S), in_driver)

@@ -267,10 +267,11 @@ def test_spill_copies_only_the_object_from_a_larger_segment(files: ObjectFiles, 
     assert spilled is not None and spilled.stat().st_size == obj.total_size
 
 
-def test_rewrite_replaces_and_delete_removes(files: ObjectFiles) -> None:
+def test_the_first_copy_of_an_id_wins_and_delete_removes(files: ObjectFiles) -> None:
     files.write(ID_A, serialize("first"))
-    files.write(ID_A, serialize("second"))
-    assert read(files, ID_A) == "second"
+    files.write(ID_A, serialize("second"))  # a late attempt, or a second rebuilder
+    assert read(files, ID_A) == "first"
+    assert [p.name for p in files.shm_dir.iterdir() if p.is_file()] == [ID_A.hex()]  # nothing left behind
     files.delete(ID_A)
     assert files.open(ID_A) is None
 
