@@ -51,7 +51,7 @@ class ObjectRecord:
     object_id: str
     task_id: str
     job_id: str
-    origin: str  # 'return' or 'put'
+    origin: str  # 'return', 'put' or 'argument' (a large by-value task argument)
     size: int | None
     has_durable_copy: bool
     state: str

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
+KEPT_ORIGINS = ("put", "argument")  # objects no task can recompute: they come back from a durable copy
+
+
 @dataclass(frozen=True)
 class LoggedTask:
     task_id: bytes
@@ -92,13 +95,13 @@ class ReplaySource:
         return {bytes(r[0]) for r in rows}
 
     def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None, str | None]:
-        """(is it a logged put, its bytes if the log keeps them, the file of its durable copy if any)."""
+        """(is it a put or a large by-value argument, its bytes if the log keeps them, its durable copy's file if any)."""
         rows = self._query("SELECT origin, durable_copy, durable_path FROM objects WHERE object_id = %s",
                            (object_id,))
         if not rows:
             return False, None, None
         origin, data, path = rows[0]
-        return origin == "put", bytes(data) if data is not None else None, path
+        return origin in KEPT_ORIGINS, bytes(data) if data is not None else None, path
 
     def close(self) -> None:
         from ember.lineage._log_writer import close_quietly

@@ -113,7 +113,7 @@ objects = sa.Table(
     # own id plus an index, so its objects are a primary-key range.
     sa.Column("task_id", BYTEA, nullable=False),
     sa.Column("job_id", BYTEA, nullable=False),
-    sa.Column("origin", sa.Text, nullable=False),  # 'return' or 'put'
+    sa.Column("origin", sa.Text, nullable=False),  # 'return', 'put' or 'argument'
     sa.Column("size", sa.BigInteger),
     sa.Column("node_id", sa.Text),  # v2: where the first copy was made
     sa.Column("durable_copy", BYTEA),  # a small put's bytes: rebuilt without lineage

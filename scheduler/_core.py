@@ -270,16 +270,22 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             entry.state = READY_STORE
         if self.gcs is not None:
             size = len(entry.data) if entry.data is not None else obj.total_size
-            durable = entry.data if entry.data is not None and size <= self.gcs.DURABLE_PUT_BYTES_MAX else None
-            current = self.current_task
-            job_id = current.job_id if current is not None else self.job_id
-            copy_path = None
-            if entry.state == READY_STORE and copies_enabled() and size <= copy_max_bytes():
-                copy_path = str(self._put_copies().schedule(oid, job_id))
-            entry.log_seq = self.gcs.obj(oid, oid[:16], job_id, "put", size, durable, copy_path)
+            entry.log_seq = self._log_kept_object(oid, size, entry.data, "put")
         with self._lock:
             self._objects[oid] = entry
         return ObjectRef(oid, self.address)
+
+    def _log_kept_object(self, oid: bytes, size: int, inline: bytes | None, origin: str) -> int:
+        """Log an object nothing can recompute (a put, a large by-value argument), keeping a durable copy."""
+        gcs = self.gcs
+        assert gcs is not None
+        durable = inline if inline is not None and size <= gcs.DURABLE_PUT_BYTES_MAX else None
+        current = self.current_task
+        job_id = current.job_id if current is not None else self.job_id
+        copy_path = None
+        if inline is None and copies_enabled() and size <= copy_max_bytes():
+            copy_path = str(self._put_copies().schedule(oid, job_id))
+        return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path)
 
     def _put_copies(self) -> Any:
         if self._copies is None:
@@ -386,6 +392,13 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             return (ArgKind.REF, oid, self.address)
         return (ArgKind.INLINE, to_bytes(obj, b""))
 
+    def _inline_owned(self, encoded: tuple) -> tuple:
+        if encoded[0] == ArgKind.REF and encoded[2] == self.address:
+            entry = self._objects.get(encoded[1])
+            if entry is not None and entry.state == READY_INLINE:
+                return (ArgKind.INLINE, entry.data)
+        return encoded
+
     def put_serialized(self, obj: Any) -> bytes:
         oid = object_id(IDS.task_id(), 0)
         self._write_to_store(oid, obj)
@@ -393,10 +406,19 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         entry.state = READY_STORE
         entry.shared = True  # referenced from a spec: keep it while the job runs
         self._objects[oid] = entry
+        if self.gcs is not None:
+            # A replay of the task needs it after it is freed.
+            self._log_kept_object(oid, obj.total_size, None, "argument")
         return oid
 
     def _encode_spec(self, pt: _PendingTask) -> None:
         if pt.replay:
+            # Logged arguments name inputs by reference; those this process
+            # holds inline travel by value, as at first submission.
+            spec = pt.spec
+            spec.args = [self._inline_owned(a) for a in spec.args]
+            if spec.kwargs:
+                spec.kwargs = {k: self._inline_owned(v) for k, v in spec.kwargs.items()}
             return
         spec = pt.spec
         self._free_arg_objects(pt)  # a retry encodes again
@@ -447,10 +469,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def _free_arg_objects(self, pt: _PendingTask) -> None:
         if pt.arg_objects:
-            for oid in pt.arg_objects:
+            oids, pt.arg_objects = pt.arg_objects, []
+            for oid in oids:
                 self._objects.pop(oid, None)
-            self.store.send((Op.FREE, pt.arg_objects))
-            pt.arg_objects = []
+            if self._copies is not None:
+                # Freed from memory once their durable copies are written.
+                self._copies.after_copies(lambda: self.store.send((Op.FREE, oids)))
+            else:
+                self.store.send((Op.FREE, oids))
 
     def _dispatch(self, pt: _PendingTask) -> None:
         self._encode_spec(pt)

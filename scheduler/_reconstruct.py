@@ -166,8 +166,8 @@ class ReconstructionMixin:
         if data is None:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
-            return ObjectLostError(oid.hex(), "it was made by ember.put and no durable copy of it was kept "
-                                              "(EMBER_PUT_COPIES, EMBER_PUT_COPY_MAX_BYTES)")
+            return ObjectLostError(oid.hex(), "it was made by ember.put (or passed to a task by value) and no "
+                                              "durable copy of it was kept (EMBER_PUT_COPIES, EMBER_PUT_COPY_MAX_BYTES)")
         from ember.scheduler._core import _write_layout_bytes
         from ember.scheduler._protocol import Op
 

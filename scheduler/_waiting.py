@@ -108,11 +108,14 @@ class WaitingMixin:
     def _on_object_wanted(self, oids: list[bytes]) -> None:
         with self._lock:
             lost = [oid for oid in oids if oid in self._objects and self._lost(oid)]
-            # An inline object published for borrowers lives on in this
-            # process: publish it to the (new) store again.
-            republish = [(oid, self._objects[oid].data) for oid in oids if oid in self._objects
-                         and self._objects[oid].state == READY_INLINE and self._objects[oid].shared
-                         and not self.files.exists(oid)]
+            # An inline object lives on in this process: somebody wants it,
+            # so publish it to the store (again, if a store died with it).
+            republish = []
+            for oid in oids:
+                entry = self._objects.get(oid)
+                if entry is not None and entry.state == READY_INLINE and not self.files.exists(oid):
+                    entry.shared = True
+                    republish.append((oid, entry.data))
         for oid, data in republish:
             self._publish(oid, data)
         if lost:

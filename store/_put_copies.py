@@ -1,5 +1,8 @@
 """Durable copies of large ``ember.put`` objects, so a put can outlive its store.
 
+Large by-value task arguments get the same copy: like a put, they cannot be
+recomputed, and a replayed task needs them long after the task first ran.
+
 A task's result can be rebuilt by running the task again; a put cannot, so
 the owner keeps a copy of each large put in a file under
 ``$EMBER_HOME/objects/<job>/``, written by a background thread after the put
@@ -53,11 +56,20 @@ class PutCopies:
         path = self.job_dir(job_id) / oid.hex()
         with self._lock:
             self._paths[oid] = path
+        self._start()
+        self._queue.put(oid)
+        return path
+
+    def _start(self) -> None:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ember-put-copies", daemon=True)
                 self._thread.start()
-        self._queue.put(oid)
-        return path
+
+    def after_copies(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the copying thread once every copy scheduled so far is written."""
+        self._start()
+        self._queue.put(action)
 
     def discard(self, oid: bytes) -> None:
         with self._lock:
@@ -71,6 +83,12 @@ class PutCopies:
     def _run(self) -> None:
         while True:
             oid = self._queue.get()
+            if callable(oid):
+                try:
+                    oid()
+                except Exception:
+                    log.exception("an action after durable copies failed")
+                continue
             with self._lock:
                 path = self._paths.get(oid)
             if path is None:

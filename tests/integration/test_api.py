@@ -378,8 +378,12 @@ def test_large_by_value_arguments_are_freed_after_the_task():
     before = require_core().store.call(Op.STORE_STATS)["objects"]
     arr = np.ones(1_000_000)
     assert ember.get([echo.remote(arr) for _ in range(5)], timeout=60)[0].sum() == 1_000_000
-    # the five results remain (held by the list above, now dropped); the five argument copies are gone
-    time.sleep(0.2)
+    # the five results remain (held by the list above, now dropped); the five argument copies are
+    # gone, once their durable copies are on disk
+    deadline = time.monotonic() + 30
     stats = require_core().store.call(Op.STORE_STATS)
+    while stats["freed"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        stats = require_core().store.call(Op.STORE_STATS)
     assert stats["freed"] >= 5
     assert stats["objects"] - before <= 5

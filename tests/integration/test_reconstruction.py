@@ -221,3 +221,26 @@ def test_workers_killed_mid_workload_leave_every_result_right(store_cluster):
     assert killed == 3
     groups = [total.remote(*refs[i:i + 10]) for i in range(0, 60, 10)]
     assert sum(ember.get(groups, timeout=BOUND_S)) == expected
+
+
+@ember.remote
+def double(a):
+    return a * 2
+
+
+def test_a_task_whose_large_argument_was_passed_by_value_is_rebuilt(store_cluster):
+    ref = double.remote(np.arange(ARRAY, dtype=np.float64))  # the argument goes to the store, freed after the task
+    expected = ember.get(ref, timeout=BOUND_S).copy()
+    conninfo = store_cluster.read_info()["gcs_conninfo"]
+    deadline = time.monotonic() + BOUND_S
+    copied = False
+    while not copied and time.monotonic() < deadline:  # its durable copy is written in the background
+        with psycopg.connect(conninfo) as conn:
+            paths = [r[0] for r in conn.execute(
+                "SELECT o.durable_path FROM objects o JOIN task_args a ON a.object_id = o.object_id "
+                "WHERE a.task_id = %s AND o.origin = 'argument'", (ref.task_id().binary(),)).fetchall()]
+        copied = bool(paths) and all(p and os.path.exists(p) for p in paths)
+        time.sleep(0.02)
+    assert copied, "the argument's durable copy was never written"
+    kill_and_wait_for_the_next("store")
+    np.testing.assert_array_equal(ember.get(ref, timeout=BOUND_S), expected)
