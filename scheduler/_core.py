@@ -78,7 +78,7 @@ class _Entry:
 
 class _PendingTask:
     __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
-                 "log_seq", "replay")
+                 "log_seq", "replay", "encoded")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -91,6 +91,7 @@ class _PendingTask:
         self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
         self.log_seq = 0  # the spec's row in the lineage log; results wait for it to be durable
         self.replay = False  # run again from its logged spec: arguments already encoded, spec already durable
+        self.encoded = False  # arguments encoded (and logged) before its inputs were ready
 
 
 class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
@@ -355,15 +356,19 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 state.queue.append(pt)
                 self._pump_actor(state)
                 return refs
-            if pt.missing == 0:
-                try:
+            try:
+                if pt.missing == 0:
                     self._dispatch(pt)
-                except BaseException:
-                    # e.g. an argument does not pickle: the caller gets the error now.
-                    self._tasks.pop(spec.task_id, None)
-                    for ref in refs:
-                        self._objects.pop(ref._id, None)
-                    raise
+                elif self.gcs is not None and kind == TaskKind.NORMAL:
+                    # Logged now, not when its inputs are ready: a chain's
+                    # specs commit together instead of one commit per link.
+                    self._encode_early(pt)
+            except BaseException:
+                # e.g. an argument does not pickle: the caller gets the error now.
+                self._tasks.pop(spec.task_id, None)
+                for ref in refs:
+                    self._objects.pop(ref._id, None)
+                raise
         return refs
 
     def _count_missing(self, pt: _PendingTask) -> None:
@@ -412,9 +417,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         return oid
 
     def _encode_spec(self, pt: _PendingTask) -> None:
-        if pt.replay:
-            # Logged arguments name inputs by reference; those this process
-            # holds inline travel by value, as at first submission.
+        if pt.replay or pt.encoded:
+            # Arguments encoded before their inputs were ready name them by
+            # reference; those this process holds inline travel by value.
             spec = pt.spec
             spec.args = [self._inline_owned(a) for a in spec.args]
             if spec.kwargs:
@@ -447,10 +452,15 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                     if upstream is not None:
                         stack.append(upstream)
         for task in reversed(order):
-            spec = task.spec
-            spec.args = [self._encode(a) for a in task.raw_args]
-            spec.kwargs = {k: self._encode(v) for k, v in task.raw_kwargs.items()} if task.raw_kwargs else None
-            self._log_spec(task)
+            self._encode_early(task)
+
+    def _encode_early(self, pt: _PendingTask) -> None:
+        """Encode and log a task whose inputs are pending: they are named by reference."""
+        spec = pt.spec
+        spec.args = [self._encode(a, pt) for a in pt.raw_args]
+        spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+        pt.encoded = True
+        self._log_spec(pt)
 
     def _log_spec(self, pt: _PendingTask) -> None:
         spec = pt.spec
