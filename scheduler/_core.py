@@ -416,7 +416,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._log_kept_object(oid, obj.total_size, None, "argument")
         return oid
 
-    def _encode_spec(self, pt: _PendingTask) -> None:
+    def _encode_spec(self, pt: _PendingTask) -> bool:
+        """Encode the arguments for sending; returns whether the spec still has to be logged.
+
+        Callers send the task first and log it right after, still under the
+        core lock: its result, which waits for that row's commit, cannot be
+        taken in before then, and the writer thread the row wakes does not
+        hold up the send.
+        """
         if pt.replay or pt.encoded:
             # Arguments encoded before their inputs were ready name them by
             # reference; those this process holds inline travel by value.
@@ -424,13 +431,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             spec.args = [self._inline_owned(a) for a in spec.args]
             if spec.kwargs:
                 spec.kwargs = {k: self._inline_owned(v) for k, v in spec.kwargs.items()}
-            return
+            return False
         spec = pt.spec
         self._free_arg_objects(pt)  # a retry encodes again
         spec.args = [self._encode(a, pt) for a in pt.raw_args]
         spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
-        if self.gcs is not None and not pt.log_seq:
-            self._log_spec(pt)
+        return self.gcs is not None and not pt.log_seq
 
     def _log_before_dispatch(self, pt: _PendingTask) -> None:
         """Log the spec of a task still waiting for its inputs: a ref to its result is leaving.
@@ -489,9 +495,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 self.store.send((Op.FREE, oids))
 
     def _dispatch(self, pt: _PendingTask) -> None:
-        self._encode_spec(pt)
+        must_log = self._encode_spec(pt)
         spec = pt.spec
         if spec.kind == TaskKind.ACTOR_CREATION:
+            if must_log:
+                self._log_spec(pt)
             self._tasks.pop(spec.task_id, None)
             self.scheduler.send((Op.CREATE_ACTOR, spec, *pt.extra))
             if spec.max_retries:
@@ -501,6 +509,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 self._actor_state(spec.actor_id, spec.function_name)  # type: ignore[arg-type]
         else:
             self.scheduler.send((Op.SUBMIT, spec))
+            if must_log:
+                self._log_spec(pt)
 
     # -- peers ---------------------------------------------------------------
 
