@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     server = serve(session.gcs_address, session.token(), service.handlers())
     threading.Thread(target=service.load, name="ember-gcs-load", daemon=True).start()
     threading.Thread(target=service.detect_failures, name="ember-gcs-detector", daemon=True).start()
-    (session.sockets / "gcs.ready").touch()
+    (session.sockets / "gcs.ready").write_text(str(os.getpid()))  # the pid: the supervisor tells a kill from a crash loop
 
     stopped = threading.Event()
 

@@ -514,11 +514,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     # -- peers ---------------------------------------------------------------
 
-    def _peer(self, address: str) -> Connection:
+    def _peer(self, address: str, timeout_s: float = PEER_CONNECT_TIMEOUT_S) -> Connection:
         conn = self._peers.get(address)
         if conn is None or conn.closed:
             conn = connect(address, self._token, self._hello, self._handle, self._on_peer_closed,
-                           f"peer:{address}", timeout_s=PEER_CONNECT_TIMEOUT_S)
+                           f"peer:{address}", timeout_s=timeout_s)
             conn.peer = {"address": address}
             self._peers[address] = conn
         return conn

@@ -126,7 +126,8 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     node_id = uuid.uuid4().hex
     supervisor = Supervisor()
     gcs, gcs_process_id = _spawn_gcs(session, node_id)
-    supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id))
+    supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id),
+                     ready_marker=session.sockets / "gcs.ready")
     store = _spawn_store(session, object_store_bytes)
     def spawn_scheduler(restart: bool = False) -> subprocess.Popen:
         return _procutil.spawn_python(
@@ -139,12 +140,14 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     scheduler = spawn_scheduler()
     # A dead store is replaced by an empty one: owners rebuild lost objects
     # from lineage.
-    supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store))
+    supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store),
+                     ready_marker=session.sockets / "store.ready")
     # A dead scheduler takes its workers with it; the new one starts fresh
     # workers and owners resubmit what was queued or running.
     supervisor.watch("scheduler", scheduler, lambda cause: spawn_scheduler(restart=True),
                      on_death=lambda pid, cause: _report(session, node_id, [
-                         {"type": "died", "process_id": process_id(node_id, pid).hex(), "cause": cause}]))
+                         {"type": "died", "process_id": process_id(node_id, pid).hex(), "cause": cause}]),
+                     ready_marker=session.sockets / "scheduler.ready")
     node = Node(session, node_id, resources, supervisor)
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
     # The GCS service is not waited for: the scheduler registers with it in

@@ -65,7 +65,9 @@ class ReconstructionMixin:
         if address in self._dead_owners:
             return False
         try:
-            self._peer(address)  # type: ignore[attr-defined]
+            # One attempt: a live owner listens from before anyone can name
+            # its objects, and a dead one's socket refuses at once.
+            self._peer(address, timeout_s=0.0)  # type: ignore[attr-defined]
         except Exception:
             self._dead_owners.add(address)
             return False

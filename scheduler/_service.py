@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start()
-    (session.sockets / "scheduler.ready").touch()
+    (session.sockets / "scheduler.ready").write_text(str(os.getpid()))  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()
 
 

@@ -3,8 +3,9 @@
 The process that starts a child is the one told when it exits (a pidfd
 becomes readable at once, no polling), so a death is noticed in
 milliseconds and the child is started again with the cause of the death
-passed along for the record. A child that keeps dying is given up on rather
-than restarted in a tight loop.
+passed along for the record. A child that keeps dying soon after it starts
+is given up on rather than restarted in a tight loop; one killed after it
+became ready (chaos does this on purpose, often) is always restarted.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ember.scheduler import _procutil
 
 log = logging.getLogger("ember.node")
 
-RESTARTS_MAX = 10
-RESTART_WINDOW_S = 60.0
+EARLY_DEATHS_MAX = 10  # consecutive deaths before becoming ready, then a child is given up on
+EARLY_DEATH_S = 2.0  # for a child with no ready marker: a death this soon after start counts
 
 Restart = Callable[[str], subprocess.Popen]
 
@@ -35,7 +37,9 @@ class _Child:
     restart: Restart | None
     pidfd: int = -1
     on_death: Callable[[int, str], None] | None = None
-    restarts: list[float] = field(default_factory=list)
+    ready_marker: Path | None = None  # the child writes its pid here once it serves
+    started_at: float = field(default_factory=time.monotonic)
+    early_deaths: int = 0  # consecutive deaths before the child became ready
 
 
 class Supervisor:
@@ -49,9 +53,13 @@ class Supervisor:
         self._thread.start()
 
     def watch(self, name: str, proc: subprocess.Popen, restart: Restart | None = None,
-              on_death: Callable[[int, str], None] | None = None) -> None:
-        """Watch ``proc``; when it dies, ``restart(cause)`` (if given) replaces it, and ``on_death(pid, cause)`` is told."""
-        child = _Child(name, proc, restart, on_death=on_death)
+              on_death: Callable[[int, str], None] | None = None, ready_marker: Path | None = None) -> None:
+        """Watch ``proc``; when it dies, ``restart(cause)`` (if given) replaces it, and ``on_death(pid, cause)`` is told.
+
+        ``ready_marker`` is a file the child writes its pid into once it
+        serves: a child that dies before that counts toward a crash loop.
+        """
+        child = _Child(name, proc, restart, on_death=on_death, ready_marker=ready_marker)
         child.pidfd = self._pidfd(proc)
         with self._lock:
             self._children[name] = child
@@ -106,11 +114,10 @@ class Supervisor:
         if child.restart is None:
             log.warning("%s (%s) is gone and is not restarted", child.name, cause)
             return
-        now = time.monotonic()
-        recent = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
-        if len(recent) >= RESTARTS_MAX:
-            log.error("%s died %d times in %.0fs (last: %s); not restarting it again",
-                      child.name, len(recent), RESTART_WINDOW_S, cause)
+        early = 0 if _was_ready(child) else child.early_deaths + 1
+        if early >= EARLY_DEATHS_MAX:
+            log.error("%s died %d times in a row within %.0fs of starting (last: %s); not restarting it again",
+                      child.name, early, EARLY_DEATH_S, cause)
             return
         log.warning("%s died (%s); restarting it", child.name, cause)
         try:
@@ -118,7 +125,8 @@ class Supervisor:
         except Exception:
             log.exception("could not restart %s", child.name)
             return
-        replacement = _Child(child.name, proc, child.restart, restarts=recent + [now], on_death=child.on_death)
+        replacement = _Child(child.name, proc, child.restart, on_death=child.on_death,
+                             ready_marker=child.ready_marker, early_deaths=early)
         replacement.pidfd = self._pidfd(proc)
         with self._lock:
             if self._stopping:
@@ -139,3 +147,12 @@ class Supervisor:
                 if child.pidfd >= 0:
                     os.close(child.pidfd)
                     child.pidfd = -1
+
+
+def _was_ready(child: _Child) -> bool:
+    if child.ready_marker is None:
+        return time.monotonic() - child.started_at >= EARLY_DEATH_S
+    try:
+        return child.ready_marker.read_text().strip() == str(child.proc.pid)
+    except OSError:
+        return False

@@ -138,10 +138,28 @@ class WaitingMixin:
                 missing = sum(1 for f in flags if not f)
                 raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
             lost = self.lost_refs(refs)
-            if not lost:
+            gone = self._forget_gone_borrowed(refs)
+            if not lost and not gone:
                 break
-            self.reconstruct(lost)
+            if lost:
+                self.reconstruct(lost)
         return [self._value(r) for r in refs]
+
+    def _forget_gone_borrowed(self, refs: list[ObjectRef]) -> bool:
+        """Borrowed objects said to be ready whose file is gone (their store died): wait for them again.
+
+        Waiting again asks their owner, or adopts them if the owner is dead.
+        """
+        gone = False
+        with self._lock:
+            for ref in refs:
+                if ref._owner == self.address and ref._id in self._objects:
+                    continue  # owned: lost_refs and reconstruct handle it
+                if not self.files.exists(ref._id):
+                    self._store_ready.discard(ref._id)
+                    self._subscribed.discard(ref._id)
+                    gone = True
+        return gone
 
     def _value(self, ref: ObjectRef) -> Any:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None

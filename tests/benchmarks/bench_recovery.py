@@ -8,6 +8,10 @@ its end, SIGKILLs the node's object store, and times:
 * ``first_get_s``   the kill until ``get`` of the chain's end returns the right value
 * ``rebuild_s``     that ``get`` alone (the replay of every lost link)
 
+Then it times a 10-deep chain owned by a worker, after that worker and the
+store are both SIGKILLed, until the driver (a borrower) has adopted and
+rebuilt it: this includes the one second a borrower waits before it asks.
+
 Then, for an actor that has run 1,000 calls, with and without a checkpoint
 (every 100 calls), it SIGKILLs the actor's process and times the kill until
 a call on the restarted actor returns the state it had (constructor,
@@ -58,8 +62,7 @@ def run(depths: list[int], repeat: int) -> list[dict]:
                 old = store_pid()
                 killed = time.perf_counter()
                 os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
-                while store_pid() in (None, old):
-                    time.sleep(0.005)
+                wait_for_new_store(store_pid, old)
                 back = time.perf_counter()
                 value = ember.get(chain, timeout=300)
                 done = time.perf_counter()
@@ -68,10 +71,44 @@ def run(depths: list[int], repeat: int) -> list[dict]:
                 samples["first_get_s"].append(done - killed)
                 samples["rebuild_s"].append(done - back)
             rows.append({"depth": depth, **{k: statistics.median(v) for k, v in samples.items()}})
+        rows += run_owner_death(ember, zeros, inc, store_pid, repeat)
         rows += run_actors(ember, repeat)
     finally:
         ember.shutdown()
     return rows
+
+
+def wait_for_new_store(store_pid, old: int, bound_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.perf_counter() + bound_s
+    while store_pid() in (None, old):
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"no new store {bound_s:.0f}s after killing pid {old}")
+        time.sleep(0.005)
+
+
+def run_owner_death(ember, zeros, inc, store_pid, repeat: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    """A worker owns a 10-deep chain and dies, and so does the store: the driver adopts and rebuilds it."""
+    @ember.remote
+    def spawn_chain(depth):
+        x = zeros.remote()
+        for _ in range(depth):
+            x = inc.remote(x)
+        return os.getpid(), [x]
+
+    times = []
+    for _ in range(repeat):
+        pid, [end] = ember.get(spawn_chain.remote(10), timeout=300)
+        assert ember.get(end, timeout=300)[0] == 10
+        old = store_pid()
+        killed = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        os.kill(old, signal.SIGKILL)
+        wait_for_new_store(store_pid, old)
+        value = ember.get(end, timeout=300)
+        assert value[0] == 10
+        times.append(time.perf_counter() - killed)
+    return [{"label": "10-deep chain whose owner and store died (adopted by the driver)",
+             "recovery_s": statistics.median(times)}]
 
 
 def run_actors(ember, repeat: int) -> list[dict]:  # type: ignore[no-untyped-def]
