@@ -176,9 +176,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self.gcs.close()
             if self.kind == "driver":
                 # The job is over: no ref to its puts can be used again.
-                from ember.lineage._postgres import ember_home
-
-                PutCopies(ember_home(), self.files.open).remove_job(self.job_id)
+                self._put_copies().remove_job(self.job_id)
         self._listener.close()
         for conn in [self.scheduler, self.store, *self._peers.values()]:
             conn.flush()

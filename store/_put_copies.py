@@ -45,6 +45,7 @@ class PutCopies:
         self._open_object = open_object
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._paths: dict[bytes, Path] = {}  # scheduled or written, not yet discarded
+        self._removed_jobs: set[Path] = set()  # copies still being written there are dropped quietly
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -78,6 +79,8 @@ class PutCopies:
             path.unlink(missing_ok=True)
 
     def remove_job(self, job_id: bytes) -> None:
+        with self._lock:
+            self._removed_jobs.add(self.job_dir(job_id))
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def _run(self) -> None:
@@ -96,7 +99,10 @@ class PutCopies:
             try:
                 self._copy(oid, path)
             except OSError as exc:
-                log.warning("no durable copy of put %s: %s", oid.hex(), exc)
+                with self._lock:
+                    job_over = path.parent in self._removed_jobs
+                if not job_over:  # else the job ended mid-copy: nobody can need it
+                    log.warning("no durable copy of put %s: %s", oid.hex(), exc)
 
     def _copy(self, oid: bytes, final: Path) -> None:
         view = self._open_object(oid)
