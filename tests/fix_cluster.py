@@ -24,6 +24,16 @@ def cluster() -> Iterator[None]:
         ember.shutdown()
 
 
+@pytest.fixture(scope="module")
+def fault_cluster() -> Iterator[object]:
+    """A 2-CPU local cluster for one test module whose tests kill its processes; yields its session."""
+    ember.init(num_cpus=2)
+    try:
+        yield ember._runtime._session
+    finally:
+        ember.shutdown()
+
+
 def descendants() -> set[int]:
     return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
 

@@ -34,15 +34,6 @@ PS_ROUNDS = 6
 COUNTER_CALLS = 40
 
 
-@pytest.fixture(scope="module")
-def matrix_cluster():
-    ember.init(num_cpus=2)
-    try:
-        yield
-    finally:
-        ember.shutdown()
-
-
 @ember.remote
 def start(seed):
     return np.full(ARRAY, float(seed))
@@ -107,7 +98,7 @@ def _tree_sum(refs):
 
 
 @pytest.mark.parametrize("kind", ["worker", "store", "scheduler", "gcs"])
-def test_a_kill_mid_workload_leaves_every_result_right(matrix_cluster, kind):
+def test_a_kill_mid_workload_leaves_every_result_right(fault_cluster, kind):
     # Made and read before the kill, read again after it.
     before_chain = [start.remote(1)]
     for _ in range(CHAIN_DEPTH):

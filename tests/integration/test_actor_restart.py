@@ -16,15 +16,6 @@ import ember
 BOUND_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def actor_cluster():
-    ember.init(num_cpus=2)
-    try:
-        yield
-    finally:
-        ember.shutdown()
-
-
 @ember.remote
 class Counter:
     def __init__(self, start=0):
@@ -49,7 +40,7 @@ def _kill(actor):
     return pid
 
 
-def test_an_actor_with_a_thousand_logged_calls_comes_back_to_the_same_state(actor_cluster):
+def test_an_actor_with_a_thousand_logged_calls_comes_back_to_the_same_state(fault_cluster):
     counter = Counter.options(max_restarts=1, max_task_retries=-1).remote(5)
     results = ember.get([counter.add.remote(i % 7) for i in range(1000)], timeout=BOUND_S)
     before = ember.get(counter.state.remote(), timeout=BOUND_S)
@@ -59,7 +50,7 @@ def test_an_actor_with_a_thousand_logged_calls_comes_back_to_the_same_state(acto
     assert ember.get(counter.add.remote(1), timeout=BOUND_S) == results[-1] + 1
 
 
-def test_calls_in_flight_across_a_restart_each_take_effect_exactly_once(actor_cluster):
+def test_calls_in_flight_across_a_restart_each_take_effect_exactly_once(fault_cluster):
     counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
     pid = ember.get(counter.pid.remote(), timeout=BOUND_S)
     refs = [counter.add.remote(1) for _ in range(300)]
@@ -71,7 +62,7 @@ def test_calls_in_flight_across_a_restart_each_take_effect_exactly_once(actor_cl
     assert ember.get(refs, timeout=BOUND_S) == list(range(1, 401))
 
 
-def test_without_task_retries_calls_in_flight_fail_naming_why(actor_cluster):
+def test_without_task_retries_calls_in_flight_fail_naming_why(fault_cluster):
     counter = Counter.options(max_restarts=1).remote()
     assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 1
     _kill(counter)
@@ -85,7 +76,7 @@ def test_without_task_retries_calls_in_flight_fail_naming_why(actor_cluster):
             assert "max_task_retries=0" in str(exc)  # sent to the old process before it was seen dead
 
 
-def test_an_actor_out_of_restarts_raises_actor_died_with_the_reason(actor_cluster):
+def test_an_actor_out_of_restarts_raises_actor_died_with_the_reason(fault_cluster):
     counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
     _kill(counter)
     assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 1
@@ -94,7 +85,7 @@ def test_an_actor_out_of_restarts_raises_actor_died_with_the_reason(actor_cluste
         ember.get(counter.add.remote(1), timeout=BOUND_S)
 
 
-def test_an_actor_without_restarts_dies_as_before(actor_cluster):
+def test_an_actor_without_restarts_dies_as_before(fault_cluster):
     counter = Counter.remote()
     _kill(counter)
     with pytest.raises(ember.exceptions.ActorDiedError, match="died"):
@@ -131,7 +122,7 @@ class Ledger:
         return os.getpid()
 
 
-def test_an_actor_with_a_checkpoint_replays_only_the_calls_after_it(actor_cluster):
+def test_an_actor_with_a_checkpoint_replays_only_the_calls_after_it(fault_cluster):
     ledger = Ledger.options(max_restarts=1, max_task_retries=-1).remote()
     ember.get([ledger.add.remote(i % 5) for i in range(1000)], timeout=BOUND_S)
     total, entries, _ = ember.get(ledger.state.remote(), timeout=BOUND_S)

@@ -12,22 +12,12 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 import ember
 from tests.fix_kill import kill_and_wait_for_the_next, sigkill
 
 BOUND_S = 60.0
 ARRAY = 50_000  # float64s: 400 KB, so it lives in the store, not inline
-
-
-@pytest.fixture(scope="module")
-def owner_cluster():
-    ember.init(num_cpus=2)
-    try:
-        yield
-    finally:
-        ember.shutdown()
 
 
 @ember.remote
@@ -65,19 +55,19 @@ def spawn_big_and_puts():
     return os.getpid(), [big.remote(7), ember.put(np.arange(ARRAY)), ember.put({"small": 42})]
 
 
-def test_results_arriving_after_their_owner_died_are_rebuilt(owner_cluster):
+def test_results_arriving_after_their_owner_died_are_rebuilt(fault_cluster):
     pid, refs = ember.get(spawn_squares.remote(4, 0.5), timeout=BOUND_S)
     sigkill([pid])  # the squares finish after this: their results have nowhere to go
     assert ember.get(refs, timeout=BOUND_S) == [0, 1, 4, 9]
 
 
-def test_a_chain_whose_owner_died_is_rebuilt_through_its_inputs(owner_cluster):
+def test_a_chain_whose_owner_died_is_rebuilt_through_its_inputs(fault_cluster):
     pid, [c] = ember.get(spawn_chain.remote(0.5), timeout=BOUND_S)
     sigkill([pid])
     assert ember.get(c, timeout=BOUND_S) == 19  # (9 + 1) + 9
 
 
-def test_objects_and_puts_of_a_dead_owner_survive_the_store_too(owner_cluster):
+def test_objects_and_puts_of_a_dead_owner_survive_the_store_too(fault_cluster):
     pid, refs = ember.get(spawn_big_and_puts.remote(), timeout=BOUND_S)
     expected = ember.get(refs, timeout=BOUND_S)
     sigkill([pid])
@@ -88,7 +78,7 @@ def test_objects_and_puts_of_a_dead_owner_survive_the_store_too(owner_cluster):
     assert again[2] == {"small": 42}
 
 
-def test_a_task_reading_an_orphaned_ref_gets_it_rebuilt(owner_cluster):
+def test_a_task_reading_an_orphaned_ref_gets_it_rebuilt(fault_cluster):
     pid, refs = ember.get(spawn_squares.remote(3, 0.5), timeout=BOUND_S)
     sigkill([pid])
 
@@ -109,7 +99,7 @@ def spawn_noisy():
     return os.getpid(), [noisy.remote()]
 
 
-def test_two_adopters_of_one_object_read_one_value(owner_cluster):
+def test_two_adopters_of_one_object_read_one_value(fault_cluster):
     pid, refs = ember.get(spawn_noisy.remote(), timeout=BOUND_S)
     ember.get(refs, timeout=BOUND_S)
     sigkill([pid])

@@ -21,15 +21,6 @@ BOUND_S = 60.0
 ARRAY = 50_000  # float64s: 400 KB, well past the inline limit, so it lives in the store
 
 
-@pytest.fixture(scope="module")
-def store_cluster():
-    ember.init(num_cpus=2)
-    try:
-        yield ember._runtime._session
-    finally:
-        ember.shutdown()
-
-
 @ember.remote
 def zeros():
     return np.zeros(ARRAY)
@@ -40,7 +31,7 @@ def inc(a):
     return a + 1
 
 
-def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(store_cluster):
+def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(fault_cluster):
     chain = [zeros.remote()]
     for _ in range(10):
         chain.append(inc.remote(chain[-1]))
@@ -65,9 +56,9 @@ def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(store_cluster):
     assert {a["state"] for a in attempts} == {"FINISHED"}
 
 
-def test_the_store_death_is_recorded_and_new_work_runs(store_cluster):
+def test_the_store_death_is_recorded_and_new_work_runs(fault_cluster):
     old, new = kill_and_wait_for_the_next("store")
-    conninfo = store_cluster.read_info()["gcs_conninfo"]
+    conninfo = fault_cluster.read_info()["gcs_conninfo"]
 
     # The restarted store serves new objects: tasks, large puts, and a task
     # waiting on another task's result through the store.
@@ -82,14 +73,14 @@ def test_the_store_death_is_recorded_and_new_work_runs(store_cluster):
         with psycopg.connect(conninfo) as conn:
             rows = set(conn.execute(
                 "SELECT pid, death_cause FROM workers WHERE cluster_id = %s AND kind = 'store'",
-                (store_cluster.name,)).fetchall())
+                (fault_cluster.name,)).fetchall())
         if {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows:
             break
         time.sleep(0.05)
     assert {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows
 
 
-def test_a_large_put_comes_back_from_its_durable_copy(store_cluster):
+def test_a_large_put_comes_back_from_its_durable_copy(fault_cluster):
     values = np.random.default_rng(7).normal(size=ARRAY)
     big = ember.put(values)
     assert np.array_equal(ember.get(big), values)
@@ -110,7 +101,7 @@ def test_a_large_put_comes_back_from_its_durable_copy(store_cluster):
     assert not path.exists()  # freed with the object
 
 
-def test_a_lost_put_without_a_copy_is_a_typed_error_naming_the_reason(store_cluster, monkeypatch):
+def test_a_lost_put_without_a_copy_is_a_typed_error_naming_the_reason(fault_cluster, monkeypatch):
     monkeypatch.setenv("EMBER_PUT_COPIES", "off")
     big = ember.put(np.ones(ARRAY))
     assert ember.get(big)[0] == 1.0
@@ -119,7 +110,7 @@ def test_a_lost_put_without_a_copy_is_a_typed_error_naming_the_reason(store_clus
         ember.get(big, timeout=BOUND_S)
 
 
-def test_a_task_dispatched_after_the_store_died_gets_its_lost_input_rebuilt(store_cluster):
+def test_a_task_dispatched_after_the_store_died_gets_its_lost_input_rebuilt(fault_cluster):
     made = zeros.remote()
     assert ember.get(made, timeout=BOUND_S)[0] == 0
     kill_and_wait_for_the_next("store")
@@ -128,7 +119,7 @@ def test_a_task_dispatched_after_the_store_died_gets_its_lost_input_rebuilt(stor
     assert ember.get(inc.remote(made), timeout=BOUND_S)[0] == 1
 
 
-def test_a_hundred_deep_chain_is_rebuilt(store_cluster):
+def test_a_hundred_deep_chain_is_rebuilt(fault_cluster):
     chain = [zeros.remote()]
     for _ in range(100):
         chain.append(inc.remote(chain[-1]))
@@ -137,7 +128,7 @@ def test_a_hundred_deep_chain_is_rebuilt(store_cluster):
     assert ember.get(chain[-1], timeout=BOUND_S)[0] == 100
 
 
-def test_a_small_object_shared_with_borrowers_is_published_again(store_cluster):
+def test_a_small_object_shared_with_borrowers_is_published_again(fault_cluster):
     small = ember.put({"answer": 42})  # inline: it lives in the driver, published to the store for borrowers
 
     @ember.remote
@@ -149,7 +140,7 @@ def test_a_small_object_shared_with_borrowers_is_published_again(store_cluster):
     assert ember.get(read.remote([small]), timeout=BOUND_S) == 42
 
 
-def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(store_cluster):
+def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(fault_cluster):
     @ember.remote
     def work(x):
         time.sleep(0.01)
@@ -180,16 +171,16 @@ def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(s
     with pytest.raises(ember.exceptions.ActorDiedError, match="scheduler died"):
         ember.get(counter.add.remote(), timeout=BOUND_S)
 
-    conninfo = store_cluster.read_info()["gcs_conninfo"]
+    conninfo = fault_cluster.read_info()["gcs_conninfo"]
     deadline = time.monotonic() + BOUND_S
     while time.monotonic() < deadline:
         with psycopg.connect(conninfo) as conn:
             rows = set(conn.execute(
                 "SELECT pid, death_cause FROM workers WHERE cluster_id = %s AND kind = 'scheduler'",
-                (store_cluster.name,)).fetchall())
+                (fault_cluster.name,)).fetchall())
             open_workers = {r[0] for r in conn.execute(
                 "SELECT pid FROM workers WHERE cluster_id = %s AND kind = 'worker' AND ended_at IS NULL",
-                (store_cluster.name,)).fetchall()}
+                (fault_cluster.name,)).fetchall()}
         live = {p.pid for p in processes() if p.kind == "worker"}
         if {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows and open_workers <= live:
             break
@@ -198,7 +189,7 @@ def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(s
     assert open_workers <= live  # the dead scheduler's workers are recorded as ended
 
 
-def test_workers_killed_mid_workload_leave_every_result_right(store_cluster):
+def test_workers_killed_mid_workload_leave_every_result_right(fault_cluster):
     @ember.remote
     def work(x):
         time.sleep(0.02)
@@ -228,10 +219,10 @@ def double(a):
     return a * 2
 
 
-def test_a_task_whose_large_argument_was_passed_by_value_is_rebuilt(store_cluster):
+def test_a_task_whose_large_argument_was_passed_by_value_is_rebuilt(fault_cluster):
     ref = double.remote(np.arange(ARRAY, dtype=np.float64))  # the argument goes to the store, freed after the task
     expected = ember.get(ref, timeout=BOUND_S).copy()
-    conninfo = store_cluster.read_info()["gcs_conninfo"]
+    conninfo = fault_cluster.read_info()["gcs_conninfo"]
     deadline = time.monotonic() + BOUND_S
     copied = False
     while not copied and time.monotonic() < deadline:  # its durable copy is written in the background

@@ -50,7 +50,7 @@ def test_a_child_killed_after_it_ran_a_while_is_always_restarted(monkeypatch):
     started: list[subprocess.Popen] = []
 
     def restart(cause: str) -> subprocess.Popen:
-        started.append(_spawn("import time; time.sleep(60)"))
+        started.append(_spawn("import signal; signal.pause()"))
         return started[-1]
 
     try:
@@ -70,7 +70,7 @@ def test_a_child_that_became_ready_is_restarted_however_soon_it_is_killed(tmp_pa
     marker = tmp_path / "child.ready"
     supervisor = Supervisor()
     started: list[subprocess.Popen] = []
-    ready = f"import os, pathlib, time; pathlib.Path({str(marker)!r}).write_text(str(os.getpid())); time.sleep(60)"
+    ready = f"import os, pathlib, signal; pathlib.Path({str(marker)!r}).write_text(str(os.getpid())); signal.pause()"
 
     def restart(cause: str) -> subprocess.Popen:
         started.append(_spawn(ready))
