@@ -35,6 +35,7 @@ from typing import Iterator
 
 from ember.exceptions import ClusterStartError
 
+RUNUSER = "/usr/sbin/runuser"  # util-linux, essential on Debian
 SYSTEM_USER = "ember-pg"
 DATABASE = "ember"
 SUPERUSER = "postgres"
@@ -178,8 +179,8 @@ class EmbeddedPostgres:
         return live
 
     def _running(self, bin_dir: Path) -> bool:
-        result = subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "status"],
-                                capture_output=True, text=True, user=self._user(), timeout=STOP_TIMEOUT_S)
+        result = subprocess.run(self._as_server_user([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+                                capture_output=True, text=True, timeout=STOP_TIMEOUT_S)
         return result.returncode == 0
 
     def _ensure_database(self, bin_dir: Path) -> None:
@@ -191,7 +192,7 @@ class EmbeddedPostgres:
 
     def _run(self, argv: list[str]) -> str:
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, user=self._user(),
+            result = subprocess.run(self._as_server_user(argv), capture_output=True, text=True,
                                     timeout=START_TIMEOUT_S, cwd=str(self.home))
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ClusterStartError(f"the embedded PostgreSQL could not run {Path(argv[0]).name}: {exc}") from exc
@@ -207,6 +208,16 @@ class EmbeddedPostgres:
 
     def _user(self) -> str | None:
         return SYSTEM_USER if self._as_root else None
+
+    def _as_server_user(self, argv: list[str]) -> list[str]:
+        """``argv`` run as the server's user: under root, through util-linux's runuser.
+
+        Not subprocess's ``user=``: a uid change makes Python fork instead of
+        vfork, and a forked child of a process that has used gRPC runs
+        gRPC's fork handlers, which can crash it before it execs.
+        """
+        user = self._user()
+        return argv if user is None else [RUNUSER, "-u", user, "--", *argv]
 
     def _system_user(self) -> tuple[int, int]:
         try:
