@@ -3,8 +3,10 @@
 Each process that submits work (the driver, every worker) owns one of these:
 task specs, attempts, object creations, actor creations and actor calls go
 through its group-commit writer. ``seq`` values it returns tell the core
-client when a row is durable, so results are shown only after the lineage
-that made them is committed.
+client when a row is durable, so nothing leaves a process before the lineage
+that made it is committed. Rows nobody waits for yet go lazily, a batch
+every few milliseconds; a process that is about to let something out waits
+for them (``wait_committed``), which sends them at once.
 
 It must never block a caller on the database except through
 ``wait_committed``.
@@ -30,7 +32,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
     "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
-    "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns"),
+    "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
     "checkpoints": ("actor_id", "seq", "data"),
 }
 # Small puts keep their bytes in the log, so they can be rebuilt without lineage.
@@ -52,9 +54,11 @@ class GcsLog:
             conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
             outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
             # Every process registers the functions it uses, and a job may be
-            # logged again; other tables' rare repeats (a retried attempt) take
-            # the writer's slower skip-existing path only when they happen.
-            idempotent_tables=frozenset({"functions", "jobs"}),
+            # logged again; an actor call's place in its order is logged by
+            # the actor and by its caller alike. Other tables' rare repeats (a
+            # retried attempt) take the writer's slower skip-existing path
+            # only when they happen.
+            idempotent_tables=frozenset({"functions", "jobs", "actor_calls"}),
         )
         self._functions: set[bytes] = set()
         self._shapes: dict[tuple, Jsonb] = {}
@@ -85,7 +89,9 @@ class GcsLog:
             self._resources_json(spec.resources), spec.max_retries,
         ))]
         rows += [("task_args", (spec.task_id, oid)) for oid in dependencies]
-        return self.writer.append_rows(rows)
+        # Lazy: the owner may read the result before this commits; whatever
+        # lets the result or a ref to it out of the process waits for it.
+        return self.writer.append_rows(rows, urgent=False)
 
     def _resources_json(self, shape: tuple) -> Jsonb:
         # Tasks come in few resource shapes: adapt each once, not once per task.
@@ -117,6 +123,8 @@ class GcsLog:
         return self.writer.append("checkpoints", (actor_id, seq, data), urgent=False)
 
     def actor_call(self, actor_id: bytes, seq: int, spec: Any) -> int:
-        """The call an actor is starting, in its order; its result is sent only once this is durable."""
+        """A call's place in its actor's order: logged by the actor as it starts the call, and
+        by the caller as its result arrives, so whoever outlives the other keeps it."""
         args = pickle.dumps((spec.args, spec.kwargs), protocol=5)
-        return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns))
+        return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns,
+                                                  spec.owner_addr), urgent=False)

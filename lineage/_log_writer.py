@@ -18,6 +18,7 @@ a sequence number.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,11 @@ import psycopg
 log = logging.getLogger("ember.lineage")
 
 FLUSH_INTERVAL_S = 0.002
-LAZY_DELAY_S = 0.05
+# How long rows nobody waits for may sit before they are committed: the
+# window in which an owner may have read a result whose lineage a SIGKILL
+# would lose. EMBER_LOG_LAZY_S changes it (tests stretch it to make that
+# window certain).
+LAZY_DELAY_S = 0.01
 BUSY_BATCH_ROWS = 64
 COPY_ROWS_MIN = 32  # below this, pipelined INSERTs beat COPY's extra round trips
 ROWS_MAX = 200_000
@@ -60,6 +65,7 @@ class LogWriter:
         # registered by every process): they skip what exists, never COPY.
         self._idempotent = idempotent_tables
         self._flush_interval_s = flush_interval_s
+        self._lazy_delay_s = float(os.environ.get("EMBER_LOG_LAZY_S", LAZY_DELAY_S))
         self._rows_max = rows_max
         self._outage_alert_s = outage_alert_s
         self._clock = clock
@@ -121,6 +127,13 @@ class LogWriter:
                 self._cv.wait(remaining if remaining is not None else 1.0)
             return True
 
+    def expedite(self) -> None:
+        """Commit what is queued now rather than after ``LAZY_DELAY_S``, without waiting for it."""
+        with self._cv:
+            if self._pending and not self._urgent:
+                self._urgent = True
+                self._cv.notify_all()
+
     @property
     def appended_seq(self) -> int:
         return self._appended_seq
@@ -168,7 +181,7 @@ class LogWriter:
                     self._cv.wait()
                 if not self._urgent and not self._closing:
                     # Only lazy rows: wait a while for company, or for an urgent row.
-                    self._cv.wait(LAZY_DELAY_S)
+                    self._cv.wait(self._lazy_delay_s)
                 if not self._pending and self._closing:
                     return
             if busy:

@@ -83,6 +83,12 @@ class ReplaySource:
             calls.append((seq, task_id, method, decoded, kwargs, num_returns))
         return calls
 
+    def last_caller(self, actor_id: bytes) -> str | None:
+        """The address of the process that made the actor's last logged call."""
+        rows = self._query("SELECT caller FROM actor_calls WHERE actor_id = %s ORDER BY seq DESC LIMIT 1",
+                           (actor_id,))
+        return rows[0][0] if rows else None
+
     def latest_checkpoint(self, actor_id: bytes) -> tuple[int, bytes] | None:
         rows = self._query("SELECT seq, data FROM checkpoints WHERE actor_id = %s ORDER BY seq DESC LIMIT 1",
                            (actor_id,))

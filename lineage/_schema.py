@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -153,6 +153,9 @@ actor_calls = sa.Table(
     sa.Column("method", sa.Text),
     sa.Column("args", BYTEA),  # pickled encoded (args, kwargs), as in tasks.args
     sa.Column("num_returns", sa.Integer),
+    # v3: the address of the process that made the call; after a restart the
+    # actor asks the caller of its last logged call for rows still in flight.
+    sa.Column("caller", sa.Text),
 )
 
 checkpoints = sa.Table(
@@ -180,6 +183,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS args BYTEA",
         "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS num_returns INTEGER",
         "DROP INDEX IF EXISTS ix_tasks_parent_task_id",
+    ],
+    3: [
+        "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS caller TEXT",
     ],
 }
 

@@ -129,7 +129,6 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
         self._totals: dict[str, float] | None = None
         self.current_task: TaskSpec | None = None
-        self._awaiting_commit: list[tuple] = []
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         self._copies: Any = None  # durable copies of large puts, made on first need
         conninfo = _log_conninfo(session)
@@ -137,12 +136,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             from ember.lineage._gcs_log import GcsLog  # psycopg is imported only when logging
 
 
-            # The writer thread only signals; results it releases are handled on
-            # a thread of their own, so a commit never waits for the core lock.
-            self._commits = threading.Event()
             self.gcs = GcsLog(conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=node_id)
-            threading.Thread(target=self._release_committed, name="ember-log-commits", daemon=True).start()
         self.executor: Any = None
         self._early: list[tuple[Connection, tuple]] = []
         self.closed = False
@@ -418,9 +413,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         """Encode the arguments for sending; returns whether the spec still has to be logged.
 
         Callers send the task first and log it right after, still under the
-        core lock: its result, which waits for that row's commit, cannot be
-        taken in before then, and the writer thread the row wakes does not
-        hold up the send.
+        core lock: its result cannot be taken in (and a ref to it cannot be
+        shared) before the row is queued, and queueing it does not hold up
+        the send.
         """
         if pt.replay or pt.encoded:
             # Arguments encoded before their inputs were ready name them by
@@ -628,10 +623,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             # Actors lived in workers of the dead scheduler.
             self.recreate_actors(conn)
             # Every task it had (queued or running) is gone with it: run them again.
-            held = self._held_task_ids()
             for pt in list(self._tasks.values()):
                 spec = pt.spec
-                if spec.kind != TaskKind.NORMAL or pt.missing or spec.task_id in held:
+                if spec.kind != TaskKind.NORMAL or pt.missing:
                     continue
                 if spec.attempt < spec.max_retries or pt.replay:
                     self._resubmit(pt)
@@ -641,10 +635,6 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._changed = True
         self._wake_waiters()
         self._send_follow_ups()
-
-    def _held_task_ids(self) -> set[bytes]:
-        # Results already here, waiting only for their lineage to commit: nothing to rerun.
-        return {item[1] for item in self._awaiting_commit}
 
     # -- incoming messages -----------------------------------------------------
 
@@ -665,7 +655,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
     def _dispatch_message(self, conn: Connection, msg: tuple) -> None:
         op = msg[0]
         if op == Op.TASK_RESULT:
-            self._on_result(msg[1], msg[2], msg[3], msg[4])
+            self._on_result(*msg[1:])
         elif op == Op.OBJECT_READY:
             with self._lock:
                 self._store_ready.add(msg[1])
@@ -676,6 +666,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.OBJECT_WANTED:
             self._on_object_wanted(msg[1])
+        elif op == Op.FLUSH_LOG:
+            # A restarted actor asks for the calls this process saw it run:
+            # answered off the reader thread, since a commit may take a while.
+            threading.Thread(target=self._flush_log_for, args=(conn, msg[1]), name="ember-flush-log",
+                             daemon=True).start()
         else:
             with self._lock:
                 executor = self.executor
@@ -693,18 +688,28 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         for conn, msg in early:
             executor.deliver(conn, msg)
 
-    def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool) -> None:
+    def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0) -> None:
+        """A task's outcome; ``call_seq`` is an actor call's place in its actor's order (0 if none).
+
+        The owner takes the result at once, before its spec's row may be
+        committed: durable before visible holds for other processes, since a
+        ref leaving this one waits for its lineage (``on_ref_shared``).
+        """
         with self._lock:
             pt = self._tasks.get(task_id)
             if pt is None or pt.spec.attempt != attempt:
                 return  # a stale attempt: the object already has its value
-            if self.gcs is not None and pt.log_seq > self.gcs.committed_seq:
-                # Durable before visible: the result waits for its spec's commit.
-                self._awaiting_commit.append((pt.log_seq, task_id, attempt, results, failed))
-                return
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
-            self._finish(pt, results)
+            self._finish(pt, results, call_seq)
+
+    def _flush_log_for(self, conn: Connection, req_id: int) -> None:
+        committed = self.gcs.writer.flush(LOG_COMMIT_WAIT_S) if self.gcs is not None else True
+        try:
+            conn.reply(req_id, committed)
+            conn.flush()
+        except ConnectionClosed:
+            pass
 
     def _on_log_outage(self, outage_s: float, error: BaseException) -> None:
         # Told once per outage, on the writer's thread: results keep waiting
@@ -718,32 +723,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         if self.kind == "driver":
             print(message, file=sys.stderr, flush=True)
 
-    def _release_committed(self) -> None:
-        gcs = self.gcs
-        assert gcs is not None
-        while not self.closed:
-            self._commits.wait()
-            self._commits.clear()
-            self._on_log_commit(gcs.committed_seq)
-
     def _on_commit_signal(self, committed_seq: int) -> None:
-        # On the writer's thread: held actor results leave at once (they need
-        # no core lock); everything else is handed to the commits thread.
+        # On the writer's thread: held actor results leave at once (they need no core lock).
         executor = self.executor
         if executor is not None:
             executor.release_held(committed_seq)
-        self._commits.set()
-
-    def _on_log_commit(self, committed_seq: int) -> None:
-        with self._lock:
-            if not self._awaiting_commit:
-                return
-            ready = [item for item in self._awaiting_commit if item[0] <= committed_seq]
-            self._awaiting_commit = [item for item in self._awaiting_commit if item[0] > committed_seq]
-            for _, task_id, attempt, results, failed in ready:
-                self._on_result(task_id, attempt, results, failed)
-        self._wake_waiters()
-        self._send_follow_ups()
 
     def _retry_on_exception(self, pt: _PendingTask, results: list) -> bool:
         rule = pt.retry_exceptions
@@ -771,13 +755,19 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         else:
             self._dispatch(pt)
 
-    def _finish(self, pt: _PendingTask, results: list) -> None:
+    def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
+        order_seq = 0
         if self.gcs is not None and (pt.log_seq or pt.replay):
             failed = any(data is not None and _is_error(data) for _, data, _ in results)
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                               [(oid, size) for oid, _data, size in results])
+            if call_seq:
+                # The actor logs the call's place in its order too, lazily: if
+                # it dies before that commits, this row is what its restart
+                # replays to reach the state this result came from.
+                order_seq = self.gcs.actor_call(spec.actor_id, call_seq, spec)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:
@@ -790,6 +780,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 if data is None:
                     self.store.send((Op.FREE, [oid]))
                 continue
+            if order_seq:
+                entry.log_seq = order_seq  # a ref to it leaves only once the call's order is durable
             if data is None:
                 entry.state = READY_STORE
             else:

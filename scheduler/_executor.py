@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
+from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
@@ -36,6 +37,7 @@ _ADOPT = -1  # inbox marker: start reading this call connection on the main thre
 
 CHECKPOINT_INTERVAL = 100  # calls between checkpoints, unless the class sets checkpoint_interval
 COVERED_CALLS_MAX = 10_000  # calls before a checkpoint whose resending is recognised
+CALLER_FLUSH_WAIT_S = 10.0  # a restarting actor waits this long for its last caller's log (a stopped caller)
 LOG_COMMIT_WAIT_S = 60.0  # bounded: an outage longer than this lets a result go (logged in the worker's log)
 
 
@@ -62,7 +64,8 @@ class Executor:
         self._stop = False
         self._done: list[bytes] = []
         self._call_seq = 0
-        self._log_mark = 0  # rows logged before the running task started
+        self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
+        self._last_caller: str | None = None  # the process whose call the actor ran last
         # A restarted actor's replayed calls, by task id: a caller that sends
         # one again gets this outcome instead of running it twice.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
@@ -70,8 +73,8 @@ class Executor:
         # their results cannot be produced again.
         self._covered: set[bytes] = set()
         self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
-        # Actor results waiting, in order, for their call-order rows to be
-        # durable; the log's commit thread sends them, so the actor runs on.
+        # Actor results waiting, in order, for rows to be durable (see
+        # _send_result); the log's writer thread sends them, so the actor runs on.
         self._held: deque[tuple[int, Connection, tuple]] = deque()
         self._held_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -243,6 +246,8 @@ class Executor:
         if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
             replayed = self._replayed.pop(spec.task_id, None)
             if replayed is not None:
+                # Its row is durable already: the caller need not log it, and
+                # the order of calls the actor runs from now on is untouched.
                 self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
                 return
             if spec.task_id in self._covered:
@@ -259,18 +264,19 @@ class Executor:
         self._running = spec.task_id
         outcome: list | None = None
         failed = False
+        call_seq = 0
         try:
             try:
-                if core.gcs is not None:
-                    self._log_mark = core.gcs.writer.appended_seq
                 if spec.kind == TaskKind.ACTOR_CALL:
                     fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
                     self._call_seq += 1
+                    call_seq = self._call_seq
                     if core.gcs is not None:
-                        # The order calls ran in, for replay after a restart;
-                        # the result waits until this row is durable.
+                        # The order calls ran in, for replay after a restart.
                         core.gcs.actor_call(spec.actor_id, self._call_seq, spec)
-                else:
+                if core.gcs is not None:
+                    self._log_mark = core.gcs.writer.appended_seq
+                if spec.kind != TaskKind.ACTOR_CALL:
                     fn = self._function(spec)
                 args = [self._arg(a) for a in spec.args]
                 kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
@@ -294,7 +300,7 @@ class Executor:
             outcome = [_error_bytes(_task_error(spec, exc))] * spec.num_returns
         finally:
             core.current_task = None
-        self._send_result(conn, spec, outcome, failed)
+        self._send_result(conn, spec, outcome, failed, call_seq)
 
     def _split(self, spec: TaskSpec, value: Any) -> list:
         n = spec.num_returns
@@ -312,7 +318,17 @@ class Executor:
             raise ValueError(f"{spec.describe()} declares num_returns={n} but returned {len(values)} values")
         return values
 
-    def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool) -> None:
+    def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool,
+                     call_seq: int = 0) -> None:
+        """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order.
+
+        An actor call's result leaves before its order row is durable when the
+        call's caller also made the call before it: the caller logs the row
+        too, and a restarted actor asks the caller of its last logged call for
+        the rows still on their way (see ``_replay_calls``). When the caller
+        changes, the row must be durable first, so a call another caller saw
+        never rests on rows only a dead process had.
+        """
         core = self.core
         # What the task submitted leaves before its result does: whoever sees
         # the task finish may rely on its calls having been sent, and on the
@@ -321,7 +337,12 @@ class Executor:
         gcs = core.gcs
         more = self._more_queued()
         must_commit = gcs is not None and gcs.writer.appended_seq > self._log_mark
-        hold = spec.kind == TaskKind.ACTOR_CALL and (must_commit or bool(self._held))
+        hold = False
+        if spec.kind == TaskKind.ACTOR_CALL:
+            switched = call_seq and spec.owner_addr != self._last_caller
+            if call_seq:
+                self._last_caller = spec.owner_addr
+            hold = gcs is not None and bool(must_commit or switched or self._held)
         if must_commit and not hold:
             gcs.wait_committed(gcs.writer.appended_seq, LOG_COMMIT_WAIT_S)  # type: ignore[union-attr]
         results = []
@@ -343,15 +364,17 @@ class Executor:
             else:
                 core._write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
-        msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed)
+        msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq)
         # With more work queued behind this task, results and completions
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.
         if spec.kind == TaskKind.ACTOR_CALL:
             if hold:
+                writer = gcs.writer  # type: ignore[union-attr]  # only a logging actor holds results
                 with self._held_lock:
-                    self._held.append((gcs.writer.appended_seq if gcs is not None else 0, conn, msg))
-                self.release_held(gcs.committed_seq if gcs is not None else 0)  # it may be durable already
+                    self._held.append((writer.appended_seq, conn, msg))
+                writer.expedite()  # somebody waits for these rows now
+                self.release_held(writer.committed_seq)  # they may be durable already
             else:
                 conn.send(msg) if more else conn.send_now(msg)
         else:
@@ -410,6 +433,12 @@ class Executor:
                 self._covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX)
                 self._call_seq = after
             calls = source.actor_calls(actor_id, after)
+            # Calls whose results reached a caller may be logged only by that
+            # caller so far: all of them were made by the caller of the last
+            # logged call (see _send_result). Have it commit them, then read on.
+            if self._flush_last_caller(source.last_caller(actor_id)):
+                last = calls[-1][0] if calls else after
+                calls += source.actor_calls(actor_id, last)
         finally:
             source.close()
         for seq, task_id, method, args, kwargs, num_returns in calls:
@@ -418,6 +447,19 @@ class Executor:
             self._replayed[task_id] = self._call(call)
             self._call_seq = seq
         log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
+
+    def _flush_last_caller(self, caller: str | None) -> bool:
+        """Ask the process at ``caller`` to commit its log; False if it is gone or did not answer."""
+        if not caller:
+            return False
+        core = self.core
+        try:
+            conn = core._peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
+            return bool(conn.call(Op.FLUSH_LOG, timeout_s=CALLER_FLUSH_WAIT_S))
+        except Exception as exc:  # noqa: BLE001 - a dead or stuck caller: what it alone saw died with it
+            log.info("actor %s: its last caller %s did not commit its log (%s); replaying what is logged",
+                     (self._actor_id or b"").hex(), caller, exc)
+            return False
 
     def _call(self, spec: TaskSpec) -> tuple[list, bool]:
         """Run one actor method as replay does: its outcome, nothing sent or logged."""

@@ -79,6 +79,7 @@ class Op(enum.IntEnum):
     # between core clients (owner <-> executor)
     TASK_RESULT = 40
     ACTOR_CALL = 41
+    FLUSH_LOG = 42  # restarted actor -> its last caller: commit what you logged, then answer
     # to and from the object store
     SEALED = 50
     SUBSCRIBE = 51

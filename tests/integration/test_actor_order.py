@@ -1,0 +1,88 @@
+"""An actor's call order survives its process even when only the caller had logged it.
+
+Rows nobody waits for are stretched here to sit for a minute, so the calls a
+killed actor ran are, for certain, durable only in its callers' logs (or
+only where a change of caller forced a commit).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+import ember
+from tests.fix_kill import wait_gone
+
+BOUND_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def slow_log_cluster() -> Iterator[object]:
+    saved = os.environ.get("EMBER_LOG_LAZY_S")
+    os.environ["EMBER_LOG_LAZY_S"] = "60"
+    try:
+        ember.init(num_cpus=2)
+        try:
+            yield ember._runtime._session
+        finally:
+            ember.shutdown()
+    finally:
+        if saved is None:
+            os.environ.pop("EMBER_LOG_LAZY_S", None)
+        else:
+            os.environ["EMBER_LOG_LAZY_S"] = saved
+
+
+@ember.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+
+@ember.remote
+def add_from_a_task(counter, k):
+    return ember.get(counter.add.remote(k))
+
+
+def _committed_calls(actor_id: bytes) -> int:
+    from ember.scheduler._core import _log_conninfo
+
+    with psycopg.connect(_log_conninfo(ember._runtime._session)) as conn:
+        return conn.execute("SELECT count(*) FROM actor_calls WHERE actor_id = %s", (actor_id,)).fetchone()[0]
+
+
+def _kill(counter) -> None:
+    pid = ember.get(counter.pid.remote(), timeout=BOUND_S)
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+
+
+def test_calls_only_the_caller_logged_are_replayed_after_the_actor_dies(slow_log_cluster):
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    assert [ember.get(counter.add.remote(1), timeout=BOUND_S) for _ in range(5)] == [1, 2, 3, 4, 5]
+    # The premise: the actor's own rows for these calls are not durable yet.
+    assert _committed_calls(counter._actor_id) < 5
+    _kill(counter)
+    # The restart asks the driver, its last caller, to commit the rows it logged.
+    assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 6
+
+
+def test_calls_from_several_callers_keep_their_order_across_a_restart(slow_log_cluster):
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 1
+    assert ember.get(add_from_a_task.remote(counter, 10), timeout=BOUND_S) == 11  # another caller: a commit
+    assert [ember.get(counter.add.remote(100), timeout=BOUND_S) for _ in range(3)] == [111, 211, 311]
+    _kill(counter)
+    assert ember.get(add_from_a_task.remote(counter, 1000), timeout=BOUND_S) == 1311
+    assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 1312
