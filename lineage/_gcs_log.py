@@ -122,9 +122,13 @@ class GcsLog:
         """An actor's saved state after its call ``seq``; replay starts after the newest one."""
         return self.writer.append("checkpoints", (actor_id, seq, data), urgent=False)
 
-    def actor_call(self, actor_id: bytes, seq: int, spec: Any) -> int:
+    def actor_call(self, actor_id: bytes, seq: int, spec: Any, with_args: bool = True) -> int:
         """A call's place in its actor's order: logged by the actor as it starts the call, and
-        by the caller as its result arrives, so whoever outlives the other keeps it."""
-        args = pickle.dumps((spec.args, spec.kwargs), protocol=5)
+        by the caller as its result arrives, so whoever outlives the other keeps it.
+
+        The caller leaves the arguments out (``with_args=False``): its own
+        log has them in the call's spec row, which commits no later than this one.
+        """
+        args = pickle.dumps((spec.args, spec.kwargs), protocol=5) if with_args else None
         return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns,
                                                   spec.owner_addr), urgent=False)

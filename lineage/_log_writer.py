@@ -78,6 +78,7 @@ class LogWriter:
         self.batches_written = 0
         self._closing = False
         self._conn: psycopg.Connection | None = None
+        self._staged: set[str] = set()  # tables whose staging table the connection has
         self._thread = threading.Thread(target=self._run, name="ember-log-writer", daemon=True)
         self._thread.start()
 
@@ -222,6 +223,7 @@ class LogWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            self._staged = set()
             # Autocommit with client-side binding: a small batch goes as one
             # "BEGIN; INSERT ...; COMMIT" message, one round trip to the server.
             self._conn = psycopg.connect(self._conninfo, connect_timeout=5, autocommit=True,
@@ -250,8 +252,8 @@ class LogWriter:
         big = {}
         for table, rows in by_table.items():
             skip = skip_existing or table in self._idempotent
-            if len(rows) >= COPY_ROWS_MIN and not skip:
-                big[table] = rows
+            if len(rows) >= COPY_ROWS_MIN:
+                big[table] = (rows, skip)
                 continue
             cols = self._columns[table]
             row_marks = "(" + ", ".join(["%s"] * len(cols)) + ")"
@@ -266,8 +268,8 @@ class LogWriter:
                 self._in_one_round_trip(conn, cur, statements, params)
                 return
             with conn.transaction():
-                for table, rows in big.items():
-                    self._copy(cur, table, rows)
+                for table, (rows, skip) in big.items():
+                    self._copy(cur, table, rows, skip)
                 if statements:
                     cur.execute("; ".join(statements), params)
 
@@ -281,11 +283,20 @@ class LogWriter:
                 conn.execute("ROLLBACK")  # the failed block is still open on the server
             raise
 
-    def _copy(self, cur: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
+    def _copy(self, cur: psycopg.Cursor, table: str, rows: list[tuple], skip_existing: bool) -> None:
         cols = ", ".join(self._columns[table])
-        with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        # COPY cannot skip rows that exist: those go through a staging table
+        # of this connection's, emptied at each commit.
+        target = f"ember_stage_{table}" if skip_existing else table
+        if skip_existing and table not in self._staged:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {target} (LIKE {table} INCLUDING DEFAULTS) "
+                        "ON COMMIT DELETE ROWS")
+            self._staged.add(table)
+        with cur.copy(f"COPY {target} ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+        if skip_existing:
+            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {target} ON CONFLICT DO NOTHING")
 
 
 def close_quietly(conn: psycopg.Connection | None) -> None:

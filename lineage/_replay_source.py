@@ -74,9 +74,11 @@ class ReplaySource:
 
     def actor_calls(self, actor_id: bytes, after_seq: int = 0) -> list[tuple[int, bytes, str, list, dict | None, int]]:
         """The calls an actor ran, in order: (seq, task id, method, encoded args, kwargs, num_returns)."""
+        # A row its caller logged carries no arguments: they are in the call's spec.
         rows = self._query(
-            "SELECT seq, task_id, method, args, num_returns FROM actor_calls WHERE actor_id = %s AND seq > %s "
-            "ORDER BY seq", (actor_id, after_seq))
+            "SELECT c.seq, c.task_id, c.method, COALESCE(c.args, t.args), c.num_returns FROM actor_calls c "
+            "LEFT JOIN tasks t ON t.task_id = c.task_id WHERE c.actor_id = %s AND c.seq > %s "
+            "ORDER BY c.seq", (actor_id, after_seq))
         calls = []
         for seq, task_id, method, args, num_returns in rows:
             decoded, kwargs = pickle.loads(args)

@@ -24,7 +24,7 @@ PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
 
 class _ActorState:
     __slots__ = ("actor_id", "address", "conn", "queue", "inflight", "dead_reason", "seq", "subscribed", "desc",
-                 "restarts")
+                 "restarts", "unconfirmed")
 
     def __init__(self, actor_id: bytes, desc: str) -> None:
         self.actor_id = actor_id
@@ -37,6 +37,11 @@ class _ActorState:
         self.subscribed = False
         self.desc = desc
         self.restarts = 0  # restarts so far, as the scheduler reports them (the creator's budget)
+        # Calls whose results arrived before the actor's row of their place in
+        # its order was durable, as (place, spec): logged here if the actor
+        # restarts or a ref to their result leaves, dropped once the actor
+        # says its rows are durable.
+        self.unconfirmed: deque[tuple[int, Any]] = deque()
 
 
 class ActorCallsMixin:

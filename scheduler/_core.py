@@ -66,10 +66,11 @@ class FailureCause:
 
 
 class _Entry:
-    __slots__ = ("state", "data", "shared", "dropped", "log_seq")
+    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order")
 
     def __init__(self) -> None:
         self.log_seq = 0  # the lineage row that must be durable before others see the value
+        self.order: tuple[bytes, int] | None = None  # (actor, place) of an actor call whose order row may not be
         self.state = PENDING
         self.data: bytes | None = None
         self.shared = False
@@ -232,6 +233,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                     if pt is not None and not pt.log_seq and not pt.replay:
                         self._log_before_dispatch(pt)
         entry = self._objects.get(ref._id)
+        if entry is not None and entry.order is not None and self.gcs is not None:
+            with self._lock:
+                seq = self._log_unconfirmed(*entry.order)
+                entry.order = None
+                entry.log_seq = max(entry.log_seq, seq)
         if entry is not None and self.gcs is not None and entry.log_seq > self.gcs.committed_seq:
             # Nobody else may name an object before its lineage is durable.
             self.gcs.wait_committed(entry.log_seq, LOG_COMMIT_WAIT_S)
@@ -669,7 +675,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         elif op == Op.FLUSH_LOG:
             # A restarted actor asks for the calls this process saw it run:
             # answered off the reader thread, since a commit may take a while.
-            threading.Thread(target=self._flush_log_for, args=(conn, msg[1]), name="ember-flush-log",
+            threading.Thread(target=self._flush_log_for, args=(conn, msg[1], msg[2]), name="ember-flush-log",
                              daemon=True).start()
         else:
             with self._lock:
@@ -688,8 +694,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         for conn, msg in early:
             executor.deliver(conn, msg)
 
-    def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0) -> None:
-        """A task's outcome; ``call_seq`` is an actor call's place in its actor's order (0 if none).
+    def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
+                   durable_seq: int = 0) -> None:
+        """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
+        (0 if none) and ``durable_seq`` the last place whose row the actor has committed.
 
         The owner takes the result at once, before its spec's row may be
         committed: durable before visible holds for other processes, since a
@@ -701,9 +709,23 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 return  # a stale attempt: the object already has its value
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
-            self._finish(pt, results, call_seq)
+            self._finish(pt, results, call_seq, durable_seq)
 
-    def _flush_log_for(self, conn: Connection, req_id: int) -> None:
+    def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
+        """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
+        state = self._actors.get(actor_id)
+        gcs = self.gcs
+        if state is None or gcs is None:
+            return 0
+        last = 0
+        while state.unconfirmed and (through is None or state.unconfirmed[0][0] <= through):
+            place, spec = state.unconfirmed.popleft()
+            last = gcs.actor_call(actor_id, place, spec, with_args=False)
+        return last
+
+    def _flush_log_for(self, conn: Connection, req_id: int, actor_id: bytes) -> None:
+        with self._lock:
+            self._log_unconfirmed(actor_id)
         committed = self.gcs.writer.flush(LOG_COMMIT_WAIT_S) if self.gcs is not None else True
         try:
             conn.reply(req_id, committed)
@@ -755,19 +777,24 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         else:
             self._dispatch(pt)
 
-    def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0) -> None:
+    def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
-        order_seq = 0
+        order = None
         if self.gcs is not None and (pt.log_seq or pt.replay):
             failed = any(data is not None and _is_error(data) for _, data, _ in results)
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                               [(oid, size) for oid, _data, size in results])
-            if call_seq:
-                # The actor logs the call's place in its order too, lazily: if
-                # it dies before that commits, this row is what its restart
-                # replays to reach the state this result came from.
-                order_seq = self.gcs.actor_call(spec.actor_id, call_seq, spec)
+            state = self._actors.get(spec.actor_id) if call_seq else None
+            if state is not None:
+                unconfirmed = state.unconfirmed
+                while unconfirmed and unconfirmed[0][0] <= durable_seq:
+                    unconfirmed.popleft()
+                if call_seq > durable_seq:
+                    # The actor's row of this call's place may die with it: kept
+                    # here, to be logged if the actor restarts or the result leaves.
+                    unconfirmed.append((call_seq, spec))
+                    order = (spec.actor_id, call_seq)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:
@@ -780,8 +807,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 if data is None:
                     self.store.send((Op.FREE, [oid]))
                 continue
-            if order_seq:
-                entry.log_seq = order_seq  # a ref to it leaves only once the call's order is durable
+            entry.order = order  # a ref to it leaves only once the call's place in the order is durable
             if data is None:
                 entry.state = READY_STORE
             else:

@@ -66,6 +66,11 @@ class Executor:
         self._call_seq = 0
         self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
         self._last_caller: str | None = None  # the process whose call the actor ran last
+        # (log seq, place) of call-order rows not known durable yet, oldest
+        # first; ``_durable_call_seq`` is the last place known durable. Results
+        # tell callers the latter, so they can forget what they kept.
+        self._order_rows: deque[tuple[int, int]] = deque()
+        self._durable_call_seq = 0
         # A restarted actor's replayed calls, by task id: a caller that sends
         # one again gets this outcome instead of running it twice.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
@@ -273,7 +278,7 @@ class Executor:
                     call_seq = self._call_seq
                     if core.gcs is not None:
                         # The order calls ran in, for replay after a restart.
-                        core.gcs.actor_call(spec.actor_id, self._call_seq, spec)
+                        self._order_rows.append((core.gcs.actor_call(spec.actor_id, call_seq, spec), call_seq))
                 if core.gcs is not None:
                     self._log_mark = core.gcs.writer.appended_seq
                 if spec.kind != TaskKind.ACTOR_CALL:
@@ -364,7 +369,8 @@ class Executor:
             else:
                 core._write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
-        msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq)
+        msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq,
+               call_seq if hold else self._durable_through())
         # With more work queued behind this task, results and completions
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.
@@ -384,6 +390,16 @@ class Executor:
                 done, self._done = self._done, []
                 core.scheduler.send_now((Op.TASKS_DONE, done))
         core.store.flush()
+
+    def _durable_through(self) -> int:
+        """The last place in the actor's order whose row is known durable."""
+        gcs = self.core.gcs
+        rows = self._order_rows
+        if gcs is not None:
+            committed = gcs.writer.committed_seq
+            while rows and rows[0][0] <= committed:
+                self._durable_call_seq = rows.popleft()[1]
+        return self._durable_call_seq
 
     def _more_queued(self) -> bool:
         inbox = self._inbox
@@ -431,7 +447,7 @@ class Executor:
                 after, data = checkpoint
                 self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
                 self._covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX)
-                self._call_seq = after
+                self._call_seq = self._durable_call_seq = after
             calls = source.actor_calls(actor_id, after)
             # Calls whose results reached a caller may be logged only by that
             # caller so far: all of them were made by the caller of the last
@@ -445,7 +461,7 @@ class Executor:
             call = TaskSpec(task_id, TaskKind.ACTOR_CALL, b"", "", b"", self._actor_name, args, kwargs,
                             num_returns, (), 0, 0, None, actor_id, method)
             self._replayed[task_id] = self._call(call)
-            self._call_seq = seq
+            self._call_seq = self._durable_call_seq = seq
         log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
 
     def _flush_last_caller(self, caller: str | None) -> bool:
@@ -455,7 +471,7 @@ class Executor:
         core = self.core
         try:
             conn = core._peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
-            return bool(conn.call(Op.FLUSH_LOG, timeout_s=CALLER_FLUSH_WAIT_S))
+            return bool(conn.call(Op.FLUSH_LOG, self._actor_id, timeout_s=CALLER_FLUSH_WAIT_S))
         except Exception as exc:  # noqa: BLE001 - a dead or stuck caller: what it alone saw died with it
             log.info("actor %s: its last caller %s did not commit its log (%s); replaying what is logged",
                      (self._actor_id or b"").hex(), caller, exc)

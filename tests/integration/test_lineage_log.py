@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ember.lineage import _schema
-from ember.lineage._log_writer import LogWriter
+from ember.lineage._log_writer import COPY_ROWS_MIN, LogWriter
 
 TASK_COLUMNS = ("task_id", "job_id", "kind", "function_name", "args", "num_returns", "max_retries")
 
@@ -69,6 +69,25 @@ def test_a_row_logged_twice_does_not_lose_the_batch(postgres, engine):
     assert writer.wait_committed(seq, timeout_s=30)
     writer.close()
     assert _count(engine, "tasks", job) == 2
+
+
+def test_a_row_logged_twice_in_a_large_batch_keeps_the_rest_and_the_defaults(postgres, engine):
+    # Past COPY_ROWS_MIN rows the batch goes by COPY; its retry skips the
+    # repeat through a staging table, which must keep the columns' defaults.
+    columns = ("object_id", "task_id", "job_id", "origin", "size")
+    writer = LogWriter(postgres.conninfo, {"objects": columns})
+    job = os.urandom(4)
+    first = os.urandom(20)
+    writer.append("objects", (first, os.urandom(16), job, "return", 1))
+    writer.flush(30)
+    rows = [("objects", (first, os.urandom(16), job, "return", 1))]
+    rows += [("objects", (os.urandom(20), os.urandom(16), job, "return", 1)) for _ in range(COPY_ROWS_MIN + 8)]
+    assert writer.wait_committed(writer.append_rows(rows), timeout_s=30)
+    writer.close()
+    with engine.connect() as conn:
+        states = conn.execute(sa.text("SELECT state, count(*) FROM objects WHERE job_id = :j GROUP BY state"),
+                              {"j": job}).all()
+    assert states == [("CREATED", COPY_ROWS_MIN + 9)]
 
 
 def test_a_newer_log_is_refused_with_a_clear_error(engine):
