@@ -16,6 +16,7 @@ import pytest
 
 import ember
 from tests.fix_kill import wait_gone
+from tests.integration.test_actor_restart import Counter
 
 BOUND_S = 60.0
 
@@ -35,19 +36,6 @@ def slow_log_cluster() -> Iterator[object]:
             os.environ.pop("EMBER_LOG_LAZY_S", None)
         else:
             os.environ["EMBER_LOG_LAZY_S"] = saved
-
-
-@ember.remote
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    def add(self, k):
-        self.n += k
-        return self.n
-
-    def pid(self):
-        return os.getpid()
 
 
 @ember.remote
