@@ -328,11 +328,12 @@ class Executor:
         """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order.
 
         An actor call's result leaves before its order row is durable when the
-        call's caller also made the call before it: the caller logs the row
-        too, and a restarted actor asks the caller of its last logged call for
-        the rows still on their way (see ``_replay_calls``). When the caller
-        changes, the row must be durable first, so a call another caller saw
-        never rests on rows only a dead process had.
+        call's caller also made the call before it: the caller keeps the
+        calls the result says are not durable yet, and a restarted actor has
+        the caller of its last logged call log and commit them (see
+        ``_replay_calls``). When the caller changes, the row must be durable
+        first, so a call another caller saw never rests on rows only a dead
+        process had.
         """
         core = self.core
         # What the task submitted leaves before its result does: whoever sees
