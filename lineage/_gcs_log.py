@@ -54,8 +54,8 @@ class GcsLog:
             conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
             outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
             # Every process registers the functions it uses, and a job may be
-            # logged again; an actor call's place in its order is logged by
-            # the actor and by its caller alike. Other tables' rare repeats (a
+            # logged again; an actor call's place in its order may be logged
+            # by the actor and by its caller alike. Other tables' rare repeats (a
             # retried attempt) take the writer's slower skip-existing path
             # only when they happen.
             idempotent_tables=frozenset({"functions", "jobs", "actor_calls"}),
@@ -124,7 +124,8 @@ class GcsLog:
 
     def actor_call(self, actor_id: bytes, seq: int, spec: Any, with_args: bool = True) -> int:
         """A call's place in its actor's order: logged by the actor as it starts the call, and
-        by the caller as its result arrives, so whoever outlives the other keeps it.
+        by the caller when the actor restarts or the result leaves the caller
+        before the actor's row was durable.
 
         The caller leaves the arguments out (``with_args=False``): its own
         log has them in the call's spec row, which commits no later than this one.

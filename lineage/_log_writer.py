@@ -140,11 +140,8 @@ class LogWriter:
         return self._appended_seq
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        with self._cv:
-            seq = self._appended_seq
-            if self._pending and not self._urgent:
-                self._urgent = True
-                self._cv.notify_all()
+        seq = self._appended_seq
+        self.expedite()
         return self.wait_committed(seq, timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -232,12 +232,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                     pt = self._tasks.get(ref._id[:16])
                     if pt is not None and not pt.log_seq and not pt.replay:
                         self._log_before_dispatch(pt)
+                if entry is not None and entry.order is not None:
+                    # An actor call's result: its place in the actor's order goes first.
+                    entry.log_seq = max(entry.log_seq, self._log_unconfirmed(*entry.order))
+                    entry.order = None
         entry = self._objects.get(ref._id)
-        if entry is not None and entry.order is not None and self.gcs is not None:
-            with self._lock:
-                seq = self._log_unconfirmed(*entry.order)
-                entry.order = None
-                entry.log_seq = max(entry.log_seq, seq)
         if entry is not None and self.gcs is not None and entry.log_seq > self.gcs.committed_seq:
             # Nobody else may name an object before its lineage is durable.
             self.gcs.wait_committed(entry.log_seq, LOG_COMMIT_WAIT_S)
@@ -781,24 +780,24 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
         order = None
-        if self.gcs is not None and (pt.log_seq or pt.replay):
+        logged = self.gcs is not None and (pt.log_seq or pt.replay)
+        if logged:
             failed = any(data is not None and _is_error(data) for _, data, _ in results)
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                               [(oid, size) for oid, _data, size in results])
-            state = self._actors.get(spec.actor_id) if call_seq else None
-            if state is not None:
-                unconfirmed = state.unconfirmed
-                while unconfirmed and unconfirmed[0][0] <= durable_seq:
-                    unconfirmed.popleft()
-                if call_seq > durable_seq:
-                    # The actor's row of this call's place may die with it: kept
-                    # here, to be logged if the actor restarts or the result leaves.
-                    unconfirmed.append((call_seq, spec))
-                    order = (spec.actor_id, call_seq)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:
                 state.inflight.pop(spec.task_id, None)
+                if logged and call_seq:
+                    unconfirmed = state.unconfirmed
+                    while unconfirmed and unconfirmed[0][0] <= durable_seq:
+                        unconfirmed.popleft()
+                    if call_seq > durable_seq:
+                        # The actor's row of this call's place may die with it: kept
+                        # here, to be logged if the actor restarts or the result leaves.
+                        unconfirmed.append((call_seq, spec))
+                        order = (spec.actor_id, call_seq)
         ready: list[_PendingTask] = []
         for oid, data, _size in results:
             entry = self._objects.get(oid)
