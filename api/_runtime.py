@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ember.chaos import _agent as _chaos_agent
 from ember.exceptions import AlreadyInitializedError, ClusterStartError, EmberUserError, InvalidOptionError
 from ember.scheduler import (
     CoreClient,
@@ -149,6 +150,7 @@ def init(
             atexit.register(shutdown)
             _atexit_registered = True
         _install_sigterm_handler()
+        _chaos_agent.start("driver", node.node_id, job_id=core.job_id.hex(), pg_home=log_store.embedded_home)
         return _info()
 
 

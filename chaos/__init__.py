@@ -1,5 +1,34 @@
 """ember.chaos: failure injection against a running cluster's processes."""
 
+from ember.chaos._faults import (
+    PAUSE_MAX_S,
+    Fault,
+    FaultKind,
+    Injected,
+    InvalidFaultError,
+    Outcome,
+    PostgresNotRestartableError,
+    Target,
+    inject,
+    live_pids,
+    paused_pids,
+    resume_all,
+)
 from ember.chaos._processes import ProcessRecord, processes
 
-__all__ = ["ProcessRecord", "processes"]
+__all__ = [
+    "PAUSE_MAX_S",
+    "Fault",
+    "FaultKind",
+    "Injected",
+    "InvalidFaultError",
+    "Outcome",
+    "PostgresNotRestartableError",
+    "ProcessRecord",
+    "Target",
+    "inject",
+    "live_pids",
+    "paused_pids",
+    "processes",
+    "resume_all",
+]

@@ -186,6 +186,7 @@ class GcsService:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ember.chaos import _agent
     from ember.scheduler import _procutil
     from ember.scheduler._session import open_session
 
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     server = serve(session.gcs_address, session.token(), service.handlers())
     threading.Thread(target=service.load, name="ember-gcs-load", daemon=True).start()
     threading.Thread(target=service.detect_failures, name="ember-gcs-detector", daemon=True).start()
+    _agent.start("gcs", args.node_id)
     (session.sockets / "gcs.ready").write_text(str(os.getpid()))  # the pid: the supervisor tells a kill from a crash loop
 
     stopped = threading.Event()

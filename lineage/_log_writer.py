@@ -2,7 +2,7 @@
 
 Callers append rows (a task spec, an attempt, an object creation) and get a
 sequence number back at once; a writer thread copies everything appended
-since its last commit into PostgreSQL with COPY, inside one transaction, and
+since its last commit into PostgreSQL, inside one transaction, and
 then advances ``committed_seq``. A caller that must not let a value be seen
 before its lineage is durable waits for its sequence number
 (``wait_committed``): that is invariant 1, "durable before visible".
@@ -35,7 +35,9 @@ FLUSH_INTERVAL_S = 0.002
 # window certain).
 LAZY_DELAY_S = 0.01
 BUSY_BATCH_ROWS = 64
-COPY_ROWS_MIN = 32  # below this, pipelined INSERTs beat COPY's extra round trips
+# Below this, one pipelined INSERT per table, its columns as binary arrays,
+# costs less than COPY's extra round trips; above it COPY is cheaper per row.
+COPY_ROWS_MIN = 512
 ROWS_MAX = 200_000
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -78,7 +80,7 @@ class LogWriter:
         self.batches_written = 0
         self._closing = False
         self._conn: psycopg.Connection | None = None
-        self._staged: set[str] = set()  # tables whose staging table the connection has
+        self._inserts: dict[tuple[str, bool], str] = {}  # (table, skip existing) -> this connection's INSERT
         self._thread = threading.Thread(target=self._run, name="ember-log-writer", daemon=True)
         self._thread.start()
 
@@ -220,11 +222,8 @@ class LogWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._staged = set()
-            # Autocommit with client-side binding: a small batch goes as one
-            # "BEGIN; INSERT ...; COMMIT" message, one round trip to the server.
-            self._conn = psycopg.connect(self._conninfo, connect_timeout=5, autocommit=True,
-                                         cursor_factory=psycopg.ClientCursor)
+            self._conn = psycopg.connect(self._conninfo, connect_timeout=5, autocommit=True)
+            self._inserts = {}
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -244,56 +243,65 @@ class LogWriter:
             self._write_tables(conn, by_table, skip_existing=True)
 
     def _write_tables(self, conn: psycopg.Connection, by_table: dict[str, list[tuple]], skip_existing: bool) -> None:
-        statements: list[str] = []
-        params: list[Any] = []
-        big = {}
+        copies = {}
+        inserts = []
         for table, rows in by_table.items():
             skip = skip_existing or table in self._idempotent
-            if len(rows) >= COPY_ROWS_MIN:
-                big[table] = (rows, skip)
-                continue
-            cols = self._columns[table]
-            row_marks = "(" + ", ".join(["%s"] * len(cols)) + ")"
-            statements.append(
-                f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([row_marks] * len(rows))}"
-                + (" ON CONFLICT DO NOTHING" if skip else "")
-            )
-            for row in rows:
-                params.extend(row)
-        with conn.cursor() as cur:
-            if not big:
-                self._in_one_round_trip(conn, cur, statements, params)
-                return
-            with conn.transaction():
-                for table, (rows, skip) in big.items():
-                    self._copy(cur, table, rows, skip)
-                if statements:
-                    cur.execute("; ".join(statements), params)
-
-    @staticmethod
-    def _in_one_round_trip(conn: psycopg.Connection, cur: psycopg.Cursor, statements: list[str],
-                           params: list[Any]) -> None:
+            if len(rows) >= COPY_ROWS_MIN and not skip:
+                copies[table] = rows
+            else:
+                # One statement per table whatever the row count: its
+                # columns go as binary arrays, so psycopg quotes nothing in
+                # Python and the server plans it once per connection.
+                inserts.append((self._insert_sql(conn, table, skip), [list(column) for column in zip(*rows)]))
         try:
-            cur.execute("BEGIN; " + "; ".join(statements) + "; COMMIT", params)
+            if copies:
+                with conn.transaction(), conn.cursor() as cur:
+                    for table, rows in copies.items():
+                        with cur.copy(f"COPY {table} ({', '.join(self._columns[table])}) FROM STDIN") as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                    for sql, columns in inserts:
+                        cur.execute(sql, columns, prepare=True)
+                return
+            self._in_one_round_trip(conn, inserts)
         except psycopg.Error:
             if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")  # the failed block is still open on the server
             raise
 
-    def _copy(self, cur: psycopg.Cursor, table: str, rows: list[tuple], skip_existing: bool) -> None:
-        cols = ", ".join(self._columns[table])
-        # COPY cannot skip rows that exist: those go through a staging table
-        # of this connection's, emptied at each commit.
-        target = f"ember_stage_{table}" if skip_existing else table
-        if skip_existing and table not in self._staged:
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {target} (LIKE {table} INCLUDING DEFAULTS) "
-                        "ON COMMIT DELETE ROWS")
-            self._staged.add(table)
-        with cur.copy(f"COPY {target} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        if skip_existing:
-            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {target} ON CONFLICT DO NOTHING")
+    @staticmethod
+    def _in_one_round_trip(conn: psycopg.Connection, inserts: list[tuple[str, list]]) -> None:
+        """BEGIN, the inserts and COMMIT in one pipeline; raise the first error it met."""
+        failure: psycopg.Error | None = None
+        try:
+            with conn.pipeline():
+                try:
+                    conn.execute("BEGIN")
+                    for sql, columns in inserts:
+                        conn.execute(sql, columns, prepare=True)
+                    conn.execute("COMMIT")
+                except psycopg.Error as exc:
+                    # Kept for after the pipeline's end: raised inside it, the
+                    # error would make psycopg log a second one on the way out.
+                    failure = exc
+        except psycopg.Error as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def _insert_sql(self, conn: psycopg.Connection, table: str, skip_existing: bool) -> str:
+        key = (table, skip_existing)
+        sql = self._inserts.get(key)
+        if sql is None:
+            cols = self._columns[table]
+            types = dict(conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,)).fetchall())
+            arrays = ", ".join(f"%b::{types[c]}[]" for c in cols)
+            sql = self._inserts[key] = (f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM unnest({arrays})"
+                                        + (" ON CONFLICT DO NOTHING" if skip_existing else ""))
+        return sql
 
 
 def close_quietly(conn: psycopg.Connection | None) -> None:

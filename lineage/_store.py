@@ -55,6 +55,11 @@ class LineageStore:
             raise self._error
         return self._conninfo
 
+    @property
+    def embedded_home(self) -> str | None:
+        """``$EMBER_HOME`` of the embedded server this process started (None for a server by URL)."""
+        return str(self._embedded.home.parent) if self._embedded is not None else None
+
     def release(self) -> None:
         if self._thread is not None:
             self._thread.join()

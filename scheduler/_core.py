@@ -126,6 +126,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
         self._adopting: set[bytes] = set()
         self._store_ready: set[bytes] = set()
+        self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
         self._totals: dict[str, float] | None = None
@@ -584,10 +585,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 conn.close()
                 return
             self.store = conn
+            self.store_generation += 1
             self._subscribed.clear()
             self._store_ready.clear()  # what the dead store had sealed may be gone
             self._changed = True
         self._wake_waiters()
+        self.rebuild_inputs_of_pending()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
         if self.kind == "driver" and not self.closed and conn is self.scheduler:

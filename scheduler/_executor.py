@@ -23,6 +23,7 @@ from typing import Any
 
 import cloudpickle
 
+from ember.chaos import _agent
 from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
@@ -243,6 +244,19 @@ class Executor:
             raise _UpstreamError(data)
         return value
 
+    def _wait_for_args(self, spec: TaskSpec) -> None:
+        """Wait for every argument in the store at once.
+
+        One by one, each argument lost with a store would be asked for only
+        after the wait for the one before it: a rebuild per second, in turn.
+        """
+        encoded = [*spec.args, *spec.kwargs.values()] if spec.kwargs else spec.args
+        refs = [a for a in encoded if a[0] == ArgKind.REF]
+        if len(refs) > 1:
+            from ember.scheduler._object_ref import ObjectRef
+
+            self.core._wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
+
     def _run_task(self, conn: Connection, spec: TaskSpec) -> None:
         core = self.core
         if spec.task_id in self._cancelled:
@@ -267,6 +281,8 @@ class Executor:
                 return
         core.current_task = spec
         self._running = spec.task_id
+        if _agent.AGENT is not None:
+            _agent.AGENT.task_started(_label(spec), spec.task_id, spec.attempt)
         outcome: list | None = None
         failed = False
         call_seq = 0
@@ -283,6 +299,7 @@ class Executor:
                     self._log_mark = core.gcs.writer.appended_seq
                 if spec.kind != TaskKind.ACTOR_CALL:
                     fn = self._function(spec)
+                self._wait_for_args(spec)
                 args = [self._arg(a) for a in spec.args]
                 kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
@@ -306,6 +323,8 @@ class Executor:
         finally:
             core.current_task = None
         self._send_result(conn, spec, outcome, failed, call_seq)
+        if _agent.AGENT is not None:
+            _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
 
     def _split(self, spec: TaskSpec, value: Any) -> list:
         n = spec.num_returns
@@ -464,6 +483,8 @@ class Executor:
             self._replayed[task_id] = self._call(call)
             self._call_seq = self._durable_call_seq = seq
         log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
+        if _agent.AGENT is not None:
+            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(calls))
 
     def _flush_last_caller(self, caller: str | None) -> bool:
         """Ask the process at ``caller`` to commit its log; False if it is gone or did not answer."""
@@ -531,3 +552,8 @@ def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
 
 def _error_bytes(error: BaseException) -> bytes:
     return to_bytes(serialize_error(error), b"")
+
+
+def _label(spec: TaskSpec) -> str:
+    """The name ``chaos run --on-start`` matches: ``f``, ``Class.method``, or ``Class`` for a constructor."""
+    return f"{spec.function_name}.{spec.method}" if spec.kind == TaskKind.ACTOR_CALL else spec.function_name

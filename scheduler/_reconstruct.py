@@ -21,6 +21,7 @@ import logging
 import threading
 from typing import Any
 
+from ember.chaos import _agent
 from ember.exceptions import ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
@@ -94,12 +95,26 @@ class ReconstructionMixin:
         with self._lock:
             return [r._id for r in refs if r._owner == self.address and r._id in self._objects and self._lost(r._id)]
 
+    def rebuild_inputs_of_pending(self) -> None:
+        """After a store came back empty: rebuild now the lost inputs of tasks still to run.
+
+        Left to the readers, each task of a chain would find its input gone
+        only when it runs, and wait before asking: recovery one step at a time.
+        """
+        with self._lock:
+            lost = {value._id for pt in self._tasks.values()
+                    for value in (*pt.raw_args, *pt.raw_kwargs.values())
+                    if type(value) is ObjectRef and value._owner == self.address and self._lost(value._id)}
+        if lost:
+            self.reconstruct(sorted(lost))
+
     def reconstruct(self, lost: list[bytes]) -> None:
         """Run again the tasks that made ``lost`` (owned objects), after their own lost inputs."""
         source = self._replay_source()
         plan: dict[bytes, TaskSpec] = {}
         order: list[bytes] = []
         failures: dict[bytes, ObjectLostError] = {}
+        restored = 0
         stack = list(lost)
         while stack:
             oid = stack.pop()
@@ -114,6 +129,8 @@ class ReconstructionMixin:
                 error = self._restore_put(source, oid)
                 if error is not None:
                     failures[oid] = error
+                else:
+                    restored += 1
                 continue
             if logged.kind != TaskKind.NORMAL:
                 failures[oid] = ObjectLostError(
@@ -141,6 +158,8 @@ class ReconstructionMixin:
         self._changed = True
         self._wake_waiters()  # type: ignore[attr-defined]
         self._send_follow_ups()  # type: ignore[attr-defined]
+        if _agent.AGENT is not None:
+            _agent.AGENT.note("rebuild", tasks=len(order), puts=restored)
 
     def _adopt_orphaned_args(self, spec: TaskSpec) -> None:
         """Inputs owned by a dead process and gone from the store: this process rebuilds them."""
@@ -181,6 +200,8 @@ class ReconstructionMixin:
     def _fail_lost(self, oid: bytes, error: ObjectLostError) -> None:
         from ember.store._serialization import serialize_error, to_bytes
 
+        if _agent.AGENT is not None:
+            _agent.AGENT.note("lost", object=oid.hex(), reason=error.reason)
         entry = self._objects.get(oid)
         if entry is None:
             # Adopted, or an input of a replay: other processes read the

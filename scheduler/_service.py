@@ -24,6 +24,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ember.chaos import _agent
 from ember.scheduler._core import FailureCause
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler._protocol import Connection, Listener, Op, Outbox
@@ -603,6 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start()
+    _agent.start("scheduler", args.node_id)
     (session.sockets / "scheduler.ready").write_text(str(os.getpid()))  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()
 

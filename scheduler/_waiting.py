@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from ember.chaos import _agent
 from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Op
@@ -30,6 +31,7 @@ class WaitingMixin:
     _lock: Any
     _objects: dict
     _actors: dict
+    store_generation: int
 
     # -- get / wait --------------------------------------------------------------
 
@@ -53,6 +55,7 @@ class WaitingMixin:
         # holding it would stop the very reads that unblock it.
         blocked = False
         next_ask = time.monotonic() + ASK_OWNERS_AFTER_S
+        store_generation = self.store_generation
         try:
             event = threading.Event()
             while True:
@@ -69,9 +72,11 @@ class WaitingMixin:
                     must_flush = self._has_pending()
                     self._waiters.add(event)
                 now = time.monotonic()
-                if now >= next_ask:
-                    # A long wait on someone else's object: its copy may have
-                    # died with a store. Its owner checks, and rebuilds it.
+                if now >= next_ask or store_generation != self.store_generation:
+                    store_generation = self.store_generation
+                    # A long wait on someone else's object, or a store that
+                    # came back empty: its copy may have died with a store.
+                    # Its owner checks, and rebuilds it.
                     next_ask = now + ASK_OWNERS_AFTER_S
                     self._ask_owners([r for r, ready in zip(refs, flags) if not ready])
                 if remaining is None or remaining > next_ask - now:
@@ -168,6 +173,8 @@ class WaitingMixin:
         else:
             buf = self.files.open(ref._id)
             if buf is None:
+                if _agent.AGENT is not None:
+                    _agent.AGENT.note("lost", object=ref.hex(), reason="no copy is left in the object store")
                 raise ObjectLostError(ref.hex(), "no copy is left in the object store")
         kind, value = deserialize(buf)
         if kind == ObjectKind.ERROR:

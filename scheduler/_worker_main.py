@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+from ember.chaos import _agent
 from ember.scheduler import _context, _procutil
 from ember.scheduler._core import CoreClient
 from ember.scheduler._executor import Executor
@@ -22,6 +23,7 @@ def main(argv: list[str]) -> None:
     session = open_session(session_dir)
     core = CoreClient(session, "worker", job_id=b"", node_id=node_id)
     _context.set_core(core)
+    _agent.start("worker", node_id)
 
     def on_term(*_: object) -> None:
         # A clean stop: lineage rows still queued (actor call order, attempts) reach the log first.

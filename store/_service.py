@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from ember.chaos import _agent
 from ember.scheduler._protocol import Connection, Listener, Op, Outbox
 from ember.scheduler._session import Session, open_session
 from ember.scheduler import _procutil
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     store.start()
+    _agent.start("store")
     (session.sockets / "store.ready").write_text(str(os.getpid()))
     threading.Event().wait()
 

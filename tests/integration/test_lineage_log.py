@@ -72,8 +72,8 @@ def test_a_row_logged_twice_does_not_lose_the_batch(postgres, engine):
 
 
 def test_a_row_logged_twice_in_a_large_batch_keeps_the_rest_and_the_defaults(postgres, engine):
-    # Past COPY_ROWS_MIN rows the batch goes by COPY; its retry skips the
-    # repeat through a staging table, which must keep the columns' defaults.
+    # Past COPY_ROWS_MIN rows the batch goes by COPY; its retry inserts
+    # skipping the repeat, and must keep the columns' defaults.
     columns = ("object_id", "task_id", "job_id", "origin", "size")
     writer = LogWriter(postgres.conninfo, {"objects": columns})
     job = os.urandom(4)
