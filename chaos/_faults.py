@@ -261,6 +261,7 @@ def signal_pid(fault: Fault, pid: int) -> Outcome:
         return Outcome.GONE
     return Outcome.HIT
 
+
 # -- pauses --------------------------------------------------------------------------
 
 _pause_lock = threading.Lock()

@@ -101,10 +101,11 @@ class GcsLog:
         return found
 
     def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
-                 objects: list[tuple[bytes, int]]) -> int:
-        """An attempt's end and the objects it made (id, size): one append, nobody waits for it."""
+                 objects: list[tuple[bytes, int, str | None]]) -> int:
+        """An attempt's end and the objects it made (id, size, durable copy's file): one append, nobody waits for it."""
         rows = [("task_attempts", (task_id, attempt, self.node_id, None, "FAILED" if failed else "FINISHED", None))]
-        rows += [("objects", (oid, task_id, job_id, "return", size, None, None, self.node_id)) for oid, size in objects]
+        rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id))
+                 for oid, size, path in objects]
         return self.writer.append_rows(rows, urgent=False)
 
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from ember.exceptions import (
@@ -286,6 +287,21 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         if inline is None and copies_enabled() and size <= copy_max_bytes():
             copy_path = str(self._put_copies().schedule(oid, job_id))
         return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path)
+
+    def _copy_actor_result(self, spec: TaskSpec, oid: bytes, data: bytes | None, size: int,
+                           failed: bool) -> str | None:
+        """The durable copy of an actor call's result in the store, which the actor wrote; its file, or None.
+
+        Running the call again would not give the same value (the actor has
+        moved on), so a result lost with its store is put back from this
+        copy, as a put is. Small results travel inline and live on here.
+        This process deletes the copy when it frees the object.
+        """
+        if spec.kind != TaskKind.ACTOR_CALL or data is not None or failed:
+            return None
+        if not copies_enabled() or size > copy_max_bytes():
+            return None
+        return str(self._put_copies().adopt(oid, spec.job_id))
 
     def _put_copies(self) -> Any:
         if self._copies is None:
@@ -593,7 +609,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.rebuild_inputs_of_pending()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
-        if self.kind == "driver" and not self.closed and conn is self.scheduler:
+        if self.kind == "driver":
+            with self._lock:
+                if self.closed:
+                    return
+                if conn is not self.scheduler:
+                    # Replaced already, or a reconnection still setting it up:
+                    # that thread sees it closed and tries again.
+                    return
             # The node restarts a dead scheduler; its workers died with it.
             threading.Thread(target=self._reconnect_scheduler, name="ember-scheduler-reconnect", daemon=True).start()
             return
@@ -610,10 +633,19 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self.executor.on_scheduler_lost()
 
     def _reconnect_scheduler(self) -> None:
-        conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler")
-        if conn is None:
-            self._lose_scheduler("the node's scheduler process died and did not come back")
-            return
+        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
+        while True:
+            conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler")
+            if conn is None or time.monotonic() > deadline:
+                self._lose_scheduler("the node's scheduler process died and did not come back")
+                return
+            if self._adopt_scheduler(conn):
+                return
+            # The new scheduler died too while this process was setting up
+            # its connection (chaos does that): connect to its successor.
+
+    def _adopt_scheduler(self, conn: Connection) -> bool:
+        """Make ``conn`` this process's scheduler connection; False if it closed before it could be."""
         for function_id, (payload, name) in list(self._registered_functions.items()):
             conn.send((Op.REGISTER_FUNCTION, function_id, payload, name))
         for spec, (_detached, meta) in list(self._created_actors.values()):
@@ -625,7 +657,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         with self._lock:
             if self.closed:
                 conn.close()
-                return
+                return True
+            if conn.closed:
+                return False  # its close was ignored (not yet ours): try again
             self.scheduler = conn
             self._totals = None
             # Actors lived in workers of the dead scheduler.
@@ -643,6 +677,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._changed = True
         self._wake_waiters()
         self._send_follow_ups()
+        return True
 
     # -- incoming messages -----------------------------------------------------
 
@@ -787,7 +822,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         if logged:
             failed = any(data is not None and _is_error(data) for _, data, _ in results)
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
-                              [(oid, size) for oid, _data, size in results])
+                              [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
+                               for oid, data, size in results])
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:

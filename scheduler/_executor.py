@@ -25,10 +25,12 @@ import cloudpickle
 
 from ember.chaos import _agent
 from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
+from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.store._put_copies import copies_enabled, copy_max_bytes
 from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
@@ -59,6 +61,7 @@ class Executor:
         self._instance: Any = None
         self._actor_id: bytes | None = None
         self._actor_name = ""
+        self._arg_copies: ActorArgCopies | None = None  # a logging actor's copies of the store objects it read
         self._blocked = False
         self._running: bytes | None = None
         self._cancelled: set[bytes] = set()
@@ -223,7 +226,8 @@ class Executor:
             self._functions[spec.function_id] = fn
         return fn
 
-    def _arg(self, encoded: tuple) -> Any:
+    def _arg(self, encoded: tuple, copies: ActorArgCopies | None = None, replay: bool = False) -> Any:
+        """An argument's value; ``copies``: an actor's copies, kept (a call) or read first (a replay)."""
         kind = encoded[0]
         if kind == ArgKind.VALUE:
             return encoded[1]
@@ -233,15 +237,19 @@ class Executor:
             from ember.scheduler._object_ref import ObjectRef
 
             ref = ObjectRef(encoded[1], encoded[2])
-            self.core._wait_ready([ref], 1, None)
-            data = self.core.files.open(ref._id)
+            data = copies.read(ref._id) if replay and copies is not None else None
+            if data is None:
+                self.core._wait_ready([ref], 1, None)
+                data = self.core.files.open(ref._id)
             if data is None:
                 from ember.exceptions import ObjectLostError
 
                 raise _UpstreamError(to_bytes(serialize_error(ObjectLostError(ref.hex(), "not in the store")), b""))
+            if copies is not None and not replay:
+                copies.keep(ref._id, data)
         obj_kind, value = deserialize(data)
         if obj_kind == ObjectKind.ERROR:
-            raise _UpstreamError(data)
+            raise _UpstreamError(bytes(data))  # a view onto the store cannot travel in the result
         return value
 
     def _wait_for_args(self, spec: TaskSpec) -> None:
@@ -300,8 +308,9 @@ class Executor:
                 if spec.kind != TaskKind.ACTOR_CALL:
                     fn = self._function(spec)
                 self._wait_for_args(spec)
-                args = [self._arg(a) for a in spec.args]
-                kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+                copies = self._arg_copies if spec.kind == TaskKind.ACTOR_CALL else None
+                args = [self._arg(a, copies) for a in spec.args]
+                kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
             finally:
                 self._running = None
@@ -389,6 +398,11 @@ class Executor:
             else:
                 core._write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
+                if spec.kind == TaskKind.ACTOR_CALL and self._arg_copies is not None and copies_enabled() \
+                        and obj.total_size <= copy_max_bytes():
+                    view = core.files.open(oid)
+                    if view is not None:
+                        self._arg_copies.keep_result(oid, view)
         msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq,
                call_seq if hold else self._durable_through())
         # With more work queued behind this task, results and completions
@@ -502,8 +516,9 @@ class Executor:
     def _call(self, spec: TaskSpec) -> tuple[list, bool]:
         """Run one actor method as replay does: its outcome, nothing sent or logged."""
         try:
-            args = [self._arg(a) for a in spec.args]
-            kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+            copies = self._arg_copies
+            args = [self._arg(a, copies, replay=True) for a in spec.args]
+            kwargs = {k: self._arg(v, copies, replay=True) for k, v in spec.kwargs.items()} if spec.kwargs else {}
             return self._split(spec, getattr(self._instance, spec.method)(*args, **kwargs)), False  # type: ignore[arg-type]
         except _UpstreamError as up:
             return [up.data] * spec.num_returns, True
@@ -515,6 +530,10 @@ class Executor:
         core.current_task = spec
         self._actor_id = spec.actor_id
         self._actor_name = spec.function_name
+        if core.gcs is not None:
+            from ember.lineage._postgres import ember_home
+
+            self._arg_copies = ActorArgCopies(ember_home(), spec.job_id, spec.actor_id)  # type: ignore[arg-type]
         try:
             cls = cloudpickle.loads(payload)
             args = [self._arg(a) for a in spec.args]
@@ -542,9 +561,11 @@ def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
         return exc
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     name = spec.function_name if spec.kind != TaskKind.ACTOR_CALL else f"{spec.function_name}.{spec.method}"
-    cause: BaseException | None = exc
+    # A task error raised by a nested get keeps its original cause, so the
+    # caller's error is still an instance of what the innermost task raised.
+    cause: BaseException | None = exc.cause if isinstance(exc, EmberTaskError) and exc.cause is not None else exc
     try:
-        cloudpickle.dumps(exc)
+        cloudpickle.dumps(cause)
     except Exception:
         cause = None
     return EmberTaskError(name, tb, cause, repr(exc))

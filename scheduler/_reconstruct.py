@@ -125,16 +125,14 @@ class ReconstructionMixin:
                 if task_id in self._tasks:
                     continue  # already running again
             logged = source.task(task_id) if source is not None else None
-            if logged is None:
-                error = self._restore_put(source, oid)
+            if logged is None or logged.kind != TaskKind.NORMAL:
+                # A put, or an actor's result: running its task again would
+                # not give it back. Its durable copy does, if it has one.
+                error = self._restore_copy(source, oid, by_actor=logged is not None)
                 if error is not None:
                     failures[oid] = error
                 else:
                     restored += 1
-                continue
-            if logged.kind != TaskKind.NORMAL:
-                failures[oid] = ObjectLostError(
-                    oid.hex(), "it was made by an actor, and actor results are not rebuilt yet")
                 continue
             spec = TaskSpec(
                 task_id, TaskKind.NORMAL, logged.job_id, self.address, logged.function_id or b"",
@@ -174,16 +172,20 @@ class ReconstructionMixin:
         if spec.kwargs:
             spec.kwargs = {k: adopt(v) for k, v in spec.kwargs.items()}
 
-    def _restore_put(self, source: Any, oid: bytes) -> ObjectLostError | None:
-        """Put a lost put back from its durable copy; the error if there is none."""
+    def _restore_copy(self, source: Any, oid: bytes, by_actor: bool = False) -> ObjectLostError | None:
+        """Put a lost put or actor result back from its durable copy; the error if there is none."""
         from ember.store._put_copies import read_copy
 
         if source is None:
             return ObjectLostError(oid.hex(), "no copy is left and lineage logging is off")
         is_put, inline, path = source.put_copy(oid)
-        if not is_put:
+        if not is_put and not by_actor:
             return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
         data = inline if inline is not None else read_copy(path) if path else None
+        if data is None and by_actor:
+            return ObjectLostError(oid.hex(), "it was made by an actor call, and no durable copy of it was kept "
+                                              "(EMBER_PUT_COPIES, EMBER_PUT_COPY_MAX_BYTES), or its store died "
+                                              "before the copy was written; an actor call is not run again")
         if data is None:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
@@ -192,7 +194,13 @@ class ReconstructionMixin:
         from ember.scheduler._core import _write_layout_bytes
         from ember.scheduler._protocol import Op
 
-        _write_layout_bytes(self.files.shm_dir, oid, data)
+        try:
+            _write_layout_bytes(self.files.shm_dir, oid, data)
+        except OSError as exc:
+            # A store restarting under the write clears its folder: whoever
+            # waits asks again once it is back, and this runs again.
+            log.warning("could not put %s back into the store yet: %s", oid.hex(), exc)
+            return None
         self.store.send((Op.SEALED, oid, len(data), self.address))  # type: ignore[attr-defined]
         log.info("restored put %s from its durable copy", oid.hex())
         return None

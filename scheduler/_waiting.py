@@ -112,7 +112,10 @@ class WaitingMixin:
 
     def _on_object_wanted(self, oids: list[bytes]) -> None:
         with self._lock:
-            lost = [oid for oid in oids if oid in self._objects and self._lost(oid)]
+            # Not held here any more and gone from the store counts too: a
+            # by-value argument freed after its call, wanted again by the
+            # actor's replay, comes back from its durable copy.
+            lost = [oid for oid in oids if self._lost(oid)]
             # An inline object lives on in this process: somebody wants it,
             # so publish it to the store (again, if a store died with it).
             republish = []

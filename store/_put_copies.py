@@ -50,15 +50,20 @@ class PutCopies:
         self._thread: threading.Thread | None = None
 
     def job_dir(self, job_id: bytes) -> Path:
-        return self.root / job_id.hex()
+        return job_dir(self.root.parent, job_id)
 
     def schedule(self, oid: bytes, job_id: bytes) -> Path:
         """Copy object ``oid`` (sealed in the local store) in the background; returns where it will be."""
+        path = self.adopt(oid, job_id)
+        self._start()
+        self._queue.put(oid)
+        return path
+
+    def adopt(self, oid: bytes, job_id: bytes) -> Path:
+        """Take charge of the copy another process wrote for ``oid`` (an actor, of its result): delete it on free."""
         path = self.job_dir(job_id) / oid.hex()
         with self._lock:
             self._paths[oid] = path
-        self._start()
-        self._queue.put(oid)
         return path
 
     def _start(self) -> None:
@@ -121,6 +126,24 @@ class PutCopies:
             os.rename(tmp, final)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def job_dir(home: Path, job_id: bytes) -> Path:
+    """Where a job's durable copies live under ``$EMBER_HOME``."""
+    return home / "objects" / job_id.hex()
+
+
+def write_copy(path: Path, data: memoryview | bytes) -> None:
+    """Write a copy for another process to read after this one dies: page cache, no fsync.
+
+    It must outlive a process, not the machine: a machine lost is a node
+    lost, and its copies with it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)  # a reader never sees half a copy
 
 
 def read_copy(path: str | Path) -> bytes | None:

@@ -9,9 +9,11 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 import ember
+from tests.fix_kill import kill_and_wait_for_the_next
 
 BOUND_S = 60.0
 
@@ -131,3 +133,48 @@ def test_an_actor_with_a_checkpoint_replays_only_the_calls_after_it(fault_cluste
     after = ember.get(ledger.state.remote(), timeout=BOUND_S)
     assert after[:2] == (total, entries)  # the same state...
     assert after[2] < 100  # ...from a checkpoint plus fewer than 100 replayed calls, not 1,000
+
+
+@ember.remote
+def gradient(params):
+    return params * 0 + 1.0
+
+
+@ember.remote
+class Params:
+    """The seeds' parameter server, with parameters large enough to live in the store."""
+
+    def __init__(self, dim):
+        self.params = np.zeros(dim)
+        self.steps = 0
+
+    def get(self):
+        return self.params
+
+    def apply(self, grad):
+        self.params -= grad
+        self.steps += 1
+        return self.steps
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_replay_reads_store_arguments_freed_long_before(fault_cluster):
+    # Each gradient is freed once applied; the replay needs every one of them.
+    ps = Params.options(max_restarts=1, max_task_retries=-1).remote(50_000)
+    for step in range(5):
+        assert ember.get(ps.apply.remote(gradient.remote(ps.get.remote())), timeout=BOUND_S) == step + 1
+    _kill(ps)
+    assert ember.get(ps.apply.remote(gradient.remote(ps.get.remote())), timeout=BOUND_S) == 6
+    assert float(ember.get(ps.get.remote(), timeout=BOUND_S)[0]) == -6.0
+
+
+def test_an_actor_result_lost_with_its_store_comes_back_from_its_copy(fault_cluster):
+    ps = Params.options(max_restarts=1).remote(50_000)
+    ember.get(ps.apply.remote(np.ones(50_000)), timeout=BOUND_S)
+    params = ps.get.remote()
+    ember.wait([params], timeout=BOUND_S)
+    kill_and_wait_for_the_next("store")
+    assert float(ember.get(gradient.remote(params), timeout=BOUND_S)[0]) == 1.0  # the task read the copy
+    assert float(ember.get(params, timeout=BOUND_S)[0]) == -1.0

@@ -93,6 +93,17 @@ def test_error_propagates_through_dependent_tasks():
         ember.get(echo.remote(fail.remote("upstream")))
 
 
+@ember.remote
+def relay(refs):
+    # A borrower passes the ref on: the next task reads the error from the store.
+    return ember.get(echo.remote(refs[0]))
+
+
+def test_an_error_read_from_the_store_by_a_borrowers_task_propagates_too():
+    with pytest.raises(ValueError, match="shared"):
+        ember.get(relay.remote([fail.remote("shared")]), timeout=60)
+
+
 def test_unpicklable_argument_raises_clear_error():
     with pytest.raises(ex.SerializationError, match="lock"):
         echo.remote(threading.Lock())
