@@ -57,7 +57,7 @@ class Tally:
     tasks_failed: int = 0
     task_reruns: int = 0  # starts of attempt > 0: retries and rebuilds
     rebuilds: int = 0  # tasks the owners ran again to rebuild lost objects
-    puts_restored: int = 0
+    copies_restored: int = 0  # puts and actor results put back from their durable copies
     actors_restarted: int = 0
     calls_replayed: int = 0
     objects_lost: int = 0
@@ -189,7 +189,7 @@ class Controller:
                 due = self.nemesis.on_finish(self.elapsed_s())
             elif event == "rebuild":
                 tally.rebuilds += msg.get("tasks", 0)
-                tally.puts_restored += msg.get("puts", 0)
+                tally.copies_restored += msg.get("copies", 0)
             elif event == "actor_restarted":
                 tally.actors_restarted += 1
                 tally.calls_replayed += msg.get("replayed", 0)

@@ -105,8 +105,8 @@ def summary(result: RunResult, seed: int | None, report_path: Path | None, rerun
                  + (f"  ({missed} found nothing to hit)" if missed else ""))
     lines.append(f"  tasks             {tally.tasks_finished:,} finished · {tally.task_reruns:,} re-run "
                  f"(retries and rebuilds) · {tally.tasks_failed:,} raised")
-    lines.append(f"  rebuilt           {tally.rebuilds:,} tasks from lineage · {tally.puts_restored:,} puts "
-                 "from their durable copies")
+    lines.append(f"  rebuilt           {tally.rebuilds:,} tasks from lineage · {tally.copies_restored:,} objects "
+                 "from durable copies (puts, actor results)")
     lines.append(f"  actors            {tally.actors_restarted:,} restarted · {tally.calls_replayed:,} calls replayed")
     started = " · ".join(f"{kind} {n}" for kind, n in sorted(tally.processes_started.items())) or "none reported"
     lines.append(f"  processes         {started} (started, restarts included)")

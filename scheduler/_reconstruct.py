@@ -157,7 +157,7 @@ class ReconstructionMixin:
         self._wake_waiters()  # type: ignore[attr-defined]
         self._send_follow_ups()  # type: ignore[attr-defined]
         if _agent.AGENT is not None:
-            _agent.AGENT.note("rebuild", tasks=len(order), puts=restored)
+            _agent.AGENT.note("rebuild", tasks=len(order), copies=restored)
 
     def _adopt_orphaned_args(self, spec: TaskSpec) -> None:
         """Inputs owned by a dead process and gone from the store: this process rebuilds them."""
