@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=service.load, name="ember-gcs-load", daemon=True).start()
     threading.Thread(target=service.detect_failures, name="ember-gcs-detector", daemon=True).start()
     _agent.start("gcs", args.node_id)
-    (session.sockets / "gcs.ready").write_text(str(os.getpid()))  # the pid: the supervisor tells a kill from a crash loop
+    _procutil.announce_ready(session.sockets / "gcs.ready")  # the pid: the supervisor tells a kill from a crash loop
 
     stopped = threading.Event()
 

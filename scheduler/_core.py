@@ -661,7 +661,6 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             if conn.closed:
                 return False  # its close was ignored (not yet ours): try again
             self.scheduler = conn
-            self._totals = None
             # Actors lived in workers of the dead scheduler.
             self.recreate_actors(conn)
             # Every task it had (queued or running) is gone with it: run them again.
@@ -926,7 +925,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
     def check_feasible(self, shape: tuple, what: str) -> None:
         """Raise at once for a request no node can ever satisfy, instead of queueing it forever."""
         if self._totals is None:
-            self._totals, _ = self.call_scheduler(Op.RESOURCES)
+            self._totals = self._node_totals()
         missing = {n: a for n, a in shape if self._totals.get(n, 0.0) + 1e-9 < a}
         if missing:
             have = {n: self._totals.get(n, 0.0) for n in missing}
@@ -936,6 +935,17 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 "ember.init(resources={...}); resources like GPUs are scheduling labels here)"
             )
 
+
+    def _node_totals(self) -> dict:
+        """The node's resources; asked once, waiting out a scheduler restart (a driver reconnects)."""
+        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
+        while True:
+            try:
+                return self.call_scheduler(Op.RESOURCES)[0]
+            except ClusterUnavailableError:
+                if self.kind != "driver" or self.closed or time.monotonic() > deadline:
+                    raise
+                time.sleep(RECONNECT_POLL_S)
 
     def call_scheduler(self, op: int, *payload: Any, timeout_s: float = 30.0) -> Any:
         try:
@@ -964,6 +974,7 @@ def _is_error(data: bytes) -> bool:
 
 
 RECONNECT_TIMEOUT_S = 30.0  # how long a restarted store or scheduler has to come back
+RECONNECT_POLL_S = 0.05
 
 
 def _log_conninfo(session: Session) -> str | None:

@@ -72,6 +72,13 @@ def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str
     return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env)
 
 
+def announce_ready(marker: Path) -> None:
+    """Write this process's pid to its ready file, whole: the supervisor and the scheduler read it at any moment."""
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, marker)
+
+
 def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when the process that started it dies."""
     parent = int(os.environ.get("EMBER_PARENT_PID", "0"))

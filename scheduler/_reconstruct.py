@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from ember.chaos import _agent
@@ -28,6 +29,9 @@ from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
 
 log = logging.getLogger("ember.core")
+
+LOG_UNREACHABLE_WAIT_S = 30.0  # as long as a PostgreSQL restart or short outage may take
+LOG_RETRY_S = 0.2
 
 
 
@@ -109,7 +113,26 @@ class ReconstructionMixin:
             self.reconstruct(sorted(lost))
 
     def reconstruct(self, lost: list[bytes]) -> None:
-        """Run again the tasks that made ``lost`` (owned objects), after their own lost inputs."""
+        """Run again the tasks that made ``lost`` (owned objects), after their own lost inputs.
+
+        With the log unreachable (PostgreSQL restarting), it tries again for
+        up to ``LOG_UNREACHABLE_WAIT_S``; callers are never reader threads.
+        """
+        import psycopg
+
+        deadline = time.monotonic() + LOG_UNREACHABLE_WAIT_S
+        while True:
+            try:
+                self._reconstruct(lost)
+                return
+            except psycopg.Error as exc:
+                if time.monotonic() > deadline:
+                    log.error("cannot rebuild %d object(s): the lineage log is unreachable: %s", len(lost), exc)
+                    return
+                log.warning("the lineage log is unreachable, rebuilding again shortly: %s", exc)
+                time.sleep(LOG_RETRY_S)
+
+    def _reconstruct(self, lost: list[bytes]) -> None:
         source = self._replay_source()
         plan: dict[bytes, TaskSpec] = {}
         order: list[bytes] = []

@@ -112,7 +112,7 @@ class Scheduler:
 
     def start(self) -> None:
         self.gcs.started(process_id(self.node_id, os.getpid()), "scheduler", os.getpid())
-        store_pid = self._current_store_pid()
+        store_pid = self._current_store_pid() or self.store_pid
         self.gcs.started(process_id(self.node_id, store_pid), "store", store_pid)
         self.gcs.start()
         self.listener.start()
@@ -370,10 +370,11 @@ class Scheduler:
                 self._actor_process_died(w.actor_id, actor, detail)
 
     def _actor_process_died(self, actor_id: bytes, actor: _Actor, detail: str) -> None:
+        """Restart the actor if its budget allows, whether it was running, starting or replaying."""
         limit = actor.spec.max_retries if actor.spec is not None else 0
-        if actor.state != "ALIVE" or actor.restarts >= limit:
+        if actor.restarts >= limit:
             reason = f"its worker process died ({detail})"
-            if limit and actor.state == "ALIVE":
+            if limit:
                 reason += f" and it is out of restarts (max_restarts={limit})"
             self._actor_dead(actor_id, reason)
             return
@@ -414,8 +415,14 @@ class Scheduler:
                 self._start_failures += 1
                 log.error("a worker failed to start (%s); see %s", _procutil.exit_description(w.proc),
                           self.session.log_dir)
-                if w.actor_id is not None:
-                    self._actor_dead(w.actor_id, "its worker process failed to start")
+                actor = self._actors.get(w.actor_id) if w.actor_id is not None else None
+                if actor is not None and actor.state != "DEAD":
+                    # Killed while starting (chaos does that) or crashing at
+                    # start: either way a restart, while the budget lasts.
+                    self._release(w)
+                    actor.worker = None
+                    self._actor_process_died(
+                        w.actor_id, actor, f"it failed to start: {_procutil.exit_description(w.proc)}")
         if self._start_failures >= WORKER_START_FAILURES_MAX:
             self._fail_all_queued("workers keep failing to start; see the logs in " + str(self.session.log_dir))
         idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.assigned]
@@ -559,22 +566,26 @@ class Scheduler:
     # -- introspection and shutdown ---------------------------------------------------
 
     def processes(self) -> list[dict[str, Any]]:
-        procs = [
-            {"kind": "scheduler", "node_id": self.node_id, "pid": os.getpid()},
-            {"kind": "store", "node_id": self.node_id, "pid": self._current_store_pid()},
-        ]
+        procs = [{"kind": "scheduler", "node_id": self.node_id, "pid": os.getpid()}]
+        store_pid = self._current_store_pid()
+        if store_pid is not None:  # missing while a new store starts, as the GCS service is
+            procs.append({"kind": "store", "node_id": self.node_id, "pid": store_pid})
         for w in self._workers:
             procs.append({"kind": "worker", "node_id": self.node_id, "pid": w.proc.pid,
                           "actor_id": w.actor_id.hex() if w.actor_id else None,
                           "state": "starting" if w.conn is None else ("busy" if w.assigned else "idle")})
         return procs
 
-    def _current_store_pid(self) -> int:
-        # A restarted store says its pid in its ready file.
+    def _current_store_pid(self) -> int | None:
+        """The live store's pid, from the file it writes once ready; None while a new one starts.
+
+        Never the pid this scheduler was started with once that store has
+        died: a caller killing "the store" would signal a stale pid.
+        """
         try:
-            return int((self.session.sockets / "store.ready").read_text() or self.store_pid)
+            return int((self.session.sockets / "store.ready").read_text())
         except (OSError, ValueError):
-            return self.store_pid
+            return None
 
     def stop(self) -> None:
         self._stopping = True
@@ -605,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start()
     _agent.start("scheduler", args.node_id)
-    (session.sockets / "scheduler.ready").write_text(str(os.getpid()))  # the pid: the supervisor tells a kill from a crash loop
+    _procutil.announce_ready(session.sockets / "scheduler.ready")  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()
 
 

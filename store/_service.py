@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     store.start()
     _agent.start("store")
-    (session.sockets / "store.ready").write_text(str(os.getpid()))
+    _procutil.announce_ready(session.sockets / "store.ready")
     threading.Event().wait()
 
 

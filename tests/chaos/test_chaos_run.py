@@ -101,7 +101,8 @@ def test_a_run_fires_on_task_events_and_its_replay_fires_the_same(program: Path,
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["schedule"] == first["schedule"]
     # Task-count and task-start triggers replay exactly: the same faults at the same logical points.
-    assert _faults(second)[:len(fired)] == fired
+    # (Whether a store kill finds a store, or one still restarting, is up to timing.)
+    assert [f[:3] for f in _faults(second)][:len(fired)] == [f[:3] for f in fired]
     assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
 
 
