@@ -582,12 +582,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             return
         threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
 
-    def _reconnect(self, path: Any, on_close: Any, name: str) -> Connection | None:
+    def _reconnect(self, path: Any, on_close: Any, name: str, quiet: bool = False) -> Connection | None:
         try:
             conn = connect(path, self._token, self._hello, self._handle, on_close, name,
                            timeout_s=RECONNECT_TIMEOUT_S)
         except Exception as exc:
-            log.error("the node's %s did not come back: %s", name, exc)
+            (log.info if quiet else log.error)("the node's %s did not come back: %s", name, exc)
             return None
         conn.batch_end = self._send_follow_ups
         return conn
@@ -634,15 +634,18 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def _reconnect_scheduler(self) -> None:
         deadline = time.monotonic() + RECONNECT_TIMEOUT_S
-        while True:
-            conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler")
-            if conn is None or time.monotonic() > deadline:
+        while not self.closed:
+            conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler",
+                                   quiet=True)
+            if conn is not None and self._adopt_scheduler(conn):
+                return
+            # The new scheduler refused or dropped the connection while it
+            # started, or died too while this process was setting it up
+            # (chaos does that): try again, its successor included.
+            if time.monotonic() > deadline:
                 self._lose_scheduler("the node's scheduler process died and did not come back")
                 return
-            if self._adopt_scheduler(conn):
-                return
-            # The new scheduler died too while this process was setting up
-            # its connection (chaos does that): connect to its successor.
+            time.sleep(RECONNECT_POLL_S)
 
     def _adopt_scheduler(self, conn: Connection) -> bool:
         """Make ``conn`` this process's scheduler connection; False if it closed before it could be."""
