@@ -125,6 +125,16 @@ class EmbeddedPostgres:
         with self._locked():
             self._pg_ctl(self._binaries(), "restart", "-m", "fast")
 
+    def stop_for_outage(self) -> None:
+        """Stop the server now, whoever uses it, until ``end_outage``: for failure injection and tests."""
+        with self._locked():
+            self._run([str(self._binaries() / "pg_ctl"), "-D", str(self.data_dir), "-w",
+                       "-t", str(STOP_TIMEOUT_S), "-m", "fast", "stop"])
+
+    def end_outage(self) -> None:
+        with self._locked():
+            self._pg_ctl(self._binaries(), "start")
+
     def _pg_ctl(self, bin_dir: Path, action: str, *extra: str) -> None:
         options = f"-k {self.socket_dir} -h '' -c max_connections=300 -c unix_socket_permissions=0700"
         self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),

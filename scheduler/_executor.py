@@ -17,11 +17,13 @@ import select
 import selectors
 import signal
 import threading
+import time
 import traceback
 from collections import deque
 from typing import Any
 
 import cloudpickle
+import psycopg
 
 from ember.chaos import _agent
 from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
@@ -29,6 +31,7 @@ from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler._protocol import Connection, Op
+from ember.scheduler._reconstruct import LOG_RETRY_S, LOG_UNREACHABLE_WAIT_S
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
 from ember.store._put_copies import copies_enabled, copy_max_bytes
 from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
@@ -473,24 +476,27 @@ class Executor:
         conninfo = _log_conninfo(self.core.session)
         if conninfo is None:
             return
-        source = ReplaySource(conninfo)
-        try:
-            after = 0
-            checkpoint = source.latest_checkpoint(actor_id) if self._checkpoint_every else None
-            if checkpoint is not None:
-                after, data = checkpoint
-                self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
-                self._covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX)
-                self._call_seq = self._durable_call_seq = after
-            calls = source.actor_calls(actor_id, after)
-            # Calls whose results reached a caller may be logged only by that
-            # caller so far: all of them were made by the caller of the last
-            # logged call (see _send_result). Have it commit them, then read on.
-            if self._flush_last_caller(source.last_caller(actor_id)):
-                last = calls[-1][0] if calls else after
-                calls += source.actor_calls(actor_id, last)
-        finally:
-            source.close()
+        # The log may be restarting (PostgreSQL restarts are survivable):
+        # read it again until LOG_UNREACHABLE_WAIT_S, rather than fail the actor.
+        deadline = time.monotonic() + LOG_UNREACHABLE_WAIT_S
+        while True:
+            source = ReplaySource(conninfo)
+            try:
+                checkpoint, covered, calls = self._read_replay(source, actor_id)
+                break
+            except psycopg.Error as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("actor %s: the lineage log is unreachable, reading it again shortly: %s",
+                            actor_id.hex(), exc)
+                time.sleep(LOG_RETRY_S)
+            finally:
+                source.close()
+        if checkpoint is not None:
+            after, data = checkpoint
+            self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
+            self._covered = covered
+            self._call_seq = self._durable_call_seq = after
         for seq, task_id, method, args, kwargs, num_returns in calls:
             call = TaskSpec(task_id, TaskKind.ACTOR_CALL, b"", "", b"", self._actor_name, args, kwargs,
                             num_returns, (), 0, 0, None, actor_id, method)
@@ -499,6 +505,23 @@ class Executor:
         log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
         if _agent.AGENT is not None:
             _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(calls))
+
+    def _read_replay(self, source: Any, actor_id: bytes) -> tuple[tuple | None, Any, list]:
+        """From the log: the newest checkpoint (or None), the calls it covers, and the calls after it."""
+        after = 0
+        covered = None
+        checkpoint = source.latest_checkpoint(actor_id) if self._checkpoint_every else None
+        if checkpoint is not None:
+            after = checkpoint[0]
+            covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX)
+        calls = source.actor_calls(actor_id, after)
+        # Calls whose results reached a caller may be logged only by that
+        # caller so far: all of them were made by the caller of the last
+        # logged call (see _send_result). Have it commit them, then read on.
+        if self._flush_last_caller(source.last_caller(actor_id)):
+            last = calls[-1][0] if calls else after
+            calls += source.actor_calls(actor_id, last)
+        return checkpoint, covered, calls
 
     def _flush_last_caller(self, caller: str | None) -> bool:
         """Ask the process at ``caller`` to commit its log; False if it is gone or did not answer."""

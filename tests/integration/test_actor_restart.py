@@ -178,3 +178,21 @@ def test_an_actor_result_lost_with_its_store_comes_back_from_its_copy(fault_clus
     kill_and_wait_for_the_next("store")
     assert float(ember.get(gradient.remote(params), timeout=BOUND_S)[0]) == 1.0  # the task read the copy
     assert float(ember.get(params, timeout=BOUND_S)[0]) == -1.0
+
+
+def test_an_actor_restarting_while_postgres_is_down_comes_back_once_it_is_up(fault_cluster):
+    # Found by the soak: the replay's read of the log failed, and the actor
+    # was declared dead ("its constructor raised OperationalError").
+    from ember.chaos._faults import _embedded_log_server
+
+    counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    assert ember.get([counter.add.remote(1) for _ in range(20)], timeout=BOUND_S)[-1] == 20
+    server = _embedded_log_server()
+    pid = ember.get(counter.pid.remote(), timeout=BOUND_S)
+    server.stop_for_outage()
+    try:
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(2.0)  # the new process starts and finds the log down
+    finally:
+        server.end_outage()
+    assert ember.get(counter.state.remote(), timeout=BOUND_S) == (20, 20)
