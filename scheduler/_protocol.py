@@ -425,7 +425,11 @@ def connect(
                     f"could not connect to {name} at {path} within {timeout_s:.0f}s: {last_error}"
                 ) from last_error
             time.sleep(0.01)
-    sock.sendall(PREAMBLE_MAGIC + token)
+    try:
+        sock.sendall(PREAMBLE_MAGIC + token)
+    except OSError:
+        sock.close()  # the listener went away between accept and this write: the caller may try again
+        raise
     conn = Connection(sock, handler, on_close, name=name)
     conn.send((Op.HELLO, hello))
     conn.start(reader=reader)

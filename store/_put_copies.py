@@ -45,6 +45,7 @@ class PutCopies:
         self._open_object = open_object
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._paths: dict[bytes, Path] = {}  # scheduled or written, not yet discarded
+        self._views: dict[bytes, memoryview] = {}  # objects opened when scheduled, until copied
         self._removed_jobs: set[Path] = set()  # copies still being written there are dropped quietly
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -53,8 +54,17 @@ class PutCopies:
         return job_dir(self.root.parent, job_id)
 
     def schedule(self, oid: bytes, job_id: bytes) -> Path:
-        """Copy object ``oid`` (sealed in the local store) in the background; returns where it will be."""
+        """Copy object ``oid`` (sealed in the local store) in the background; returns where it will be.
+
+        The object is opened now, and the copy reads through that mapping:
+        a store that dies and comes back empty before the copy's turn removes
+        the file, not the pages this process still maps.
+        """
         path = self.adopt(oid, job_id)
+        view = self._open_object(oid)
+        with self._lock:
+            if view is not None:
+                self._views[oid] = view
         self._start()
         self._queue.put(oid)
         return path
@@ -80,6 +90,7 @@ class PutCopies:
     def discard(self, oid: bytes) -> None:
         with self._lock:
             path = self._paths.pop(oid, None)
+            self._views.pop(oid, None)
         if path is not None:
             path.unlink(missing_ok=True)
 
@@ -99,6 +110,8 @@ class PutCopies:
                 continue
             with self._lock:
                 path = self._paths.get(oid)
+                if path is None:
+                    self._views.pop(oid, None)
             if path is None:
                 continue  # freed before its turn came
             try:
@@ -110,7 +123,10 @@ class PutCopies:
                     log.warning("no durable copy of put %s: %s", oid.hex(), exc)
 
     def _copy(self, oid: bytes, final: Path) -> None:
-        view = self._open_object(oid)
+        with self._lock:
+            view = self._views.pop(oid, None)
+        if view is None:
+            view = self._open_object(oid)
         if view is None:
             return  # freed (or lost) before its turn came
         final.parent.mkdir(parents=True, exist_ok=True)
