@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from ember.exceptions import (
@@ -118,6 +119,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._changed = False
         self._objects: dict[bytes, _Entry] = {}
         self._refcounts: dict[bytes, int] = {}
+        self._deferred_decrefs: deque[bytes] = deque()  # drops the garbage collector could not take the lock for
         self._tasks: dict[bytes, _PendingTask] = {}
         self._dep_waiters: dict[bytes, list[_PendingTask]] = {}
         self._actors: dict[bytes, _ActorState] = {}
@@ -203,25 +205,43 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
     def incref(self, oid: bytes) -> None:
         with self._lock:
             self._refcounts[oid] = self._refcounts.get(oid, 0) + 1
+            self._drain_deferred_decrefs()
 
     def decref(self, oid: bytes) -> None:
-        with self._lock:
-            count = self._refcounts.get(oid, 0) - 1
-            if count > 0:
-                self._refcounts[oid] = count
-                return
-            self._refcounts.pop(oid, None)
-            entry = self._objects.get(oid)
-            if entry is None or entry.shared:
-                return
-            if entry.state == PENDING:
-                entry.dropped = True
-                return
-            del self._objects[oid]
-            if entry.state == READY_STORE:
-                self.store.send((Op.FREE, [oid]))
-                if self._copies is not None:
-                    self._copies.discard(oid)
+        """A ref was dropped. Never waits for the lock: the garbage collector calls this
+        from whichever thread it interrupts, the log's writer included, while
+        another thread may hold the lock waiting for that very writer."""
+        if not self._lock.acquire(blocking=False):
+            self._deferred_decrefs.append(oid)  # dropped at the next incref or decref
+            return
+        try:
+            self._decref_locked(oid)
+            self._drain_deferred_decrefs()
+        finally:
+            self._lock.release()
+
+    def _drain_deferred_decrefs(self) -> None:
+        deferred = self._deferred_decrefs
+        while deferred:
+            self._decref_locked(deferred.popleft())
+
+    def _decref_locked(self, oid: bytes) -> None:
+        count = self._refcounts.get(oid, 0) - 1
+        if count > 0:
+            self._refcounts[oid] = count
+            return
+        self._refcounts.pop(oid, None)
+        entry = self._objects.get(oid)
+        if entry is None or entry.shared:
+            return
+        if entry.state == PENDING:
+            entry.dropped = True
+            return
+        del self._objects[oid]
+        if entry.state == READY_STORE:
+            self.store.send((Op.FREE, [oid]))
+            if self._copies is not None:
+                self._copies.discard(oid)
 
     def on_ref_shared(self, ref: ObjectRef) -> None:
         """A ref is being pickled: it may be read by other processes from now on."""
