@@ -398,3 +398,21 @@ def test_large_by_value_arguments_are_freed_after_the_task():
         stats = require_core().store.call(Op.STORE_STATS)
     assert stats["freed"] >= 5
     assert stats["objects"] - before <= 5
+
+
+def test_dropping_a_ref_never_waits_for_the_core_lock():
+    # The garbage collector drops refs on whatever thread it interrupts; one
+    # of those (the log's writer) is what a lock holder may be waiting for.
+    from ember.scheduler import require_core
+
+    core = require_core()
+    ref = ember.put(np.zeros(200_000))  # in the store: freeing it sends a FREE
+    oid = ref._id
+    core.incref(oid)  # a second holder, dropped below from another thread
+    with core._lock:
+        dropper = threading.Thread(target=core.decref, args=(oid,))
+        dropper.start()
+        dropper.join(10)
+        assert not dropper.is_alive()
+    del ref  # the next drop applies the deferred one too
+    assert oid not in core._refcounts
