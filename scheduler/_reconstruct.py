@@ -43,6 +43,7 @@ class ReconstructionMixin:
     _adopting: set[bytes]
     address: str
     files: Any
+    gcs: Any
 
     def _replay_source(self) -> Any:
         source = getattr(self, "_replay", None)
@@ -120,6 +121,12 @@ class ReconstructionMixin:
         """
         import psycopg
 
+        gcs = self.gcs
+        if gcs is not None:
+            # The specs of tasks that finished a moment ago may still be
+            # queued here (rows go lazily): read back from the log, they
+            # would be missing. Commit them first.
+            gcs.writer.flush(LOG_UNREACHABLE_WAIT_S)
         deadline = time.monotonic() + LOG_UNREACHABLE_WAIT_S
         while True:
             try:
