@@ -266,9 +266,21 @@ class LogWriter:
                 return
             self._in_one_round_trip(conn, inserts)
         except psycopg.Error:
-            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("ROLLBACK")  # the failed block is still open on the server
+            self._end_failed_transaction(conn)
             raise
+
+    @staticmethod
+    def _end_failed_transaction(conn: psycopg.Connection) -> None:
+        """Roll back the failed block still open on the server; a connection broken mid-pipeline is closed."""
+        if conn.closed:
+            return
+        try:
+            if conn.info.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+                conn.close()  # it cannot take a ROLLBACK: the writer reconnects
+            elif conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()
 
     @staticmethod
     def _in_one_round_trip(conn: psycopg.Connection, inserts: list[tuple[str, list]]) -> None:

@@ -155,9 +155,16 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.scheduler = connect(
             session.scheduler_socket, self._token, hello, self._handle, self._on_scheduler_closed, "scheduler"
         )
-        self.store = connect(session.store_socket, self._token, hello, self._handle, self._on_store_closed, "store")
+        self.store: Connection | None = None  # type: ignore[assignment]  # for a close that comes first
+        store = connect(session.store_socket, self._token, hello, self._handle, self._on_store_closed, "store")
+        with self._lock:
+            self.store = store
         self.scheduler.batch_end = self._send_follow_ups
         self.store.batch_end = self._send_follow_ups
+        if store.closed:
+            # The store died while this process connected: its close was
+            # ignored (not yet ours). Reconnect to the one the node restarts.
+            self._on_store_closed(store)
         # Workers take their tasks on a connection of their own that the
         # executor's main thread reads itself: no hand-off between threads.
         self.exec_conn: Connection | None = None
@@ -598,8 +605,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
     def _on_store_closed(self, conn: Connection) -> None:
         # The node restarts a dead store, empty: reconnect, and ask again for
         # what we were waiting on. Lost objects are rebuilt when read.
-        if self.closed or conn is not self.store:
-            return
+        with self._lock:
+            if self.closed or conn is not self.store:
+                return
         threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
 
     def _reconnect(self, path: Any, on_close: Any, name: str, quiet: bool = False) -> Connection | None:
