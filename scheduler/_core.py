@@ -345,7 +345,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 segment = None if path is None else __import__("pathlib").Path(path)
             except Exception:  # no segment: write a fresh file, slower but correct
                 segment = None
-        self.files.write(oid, obj, segment)
+        try:
+            self.files.write(oid, obj, segment)
+        except FileNotFoundError:
+            # A store restarting empty cleared the folder under the write
+            # (the half-written file or the segment): write it again, afresh.
+            self.files.write(oid, obj, None)
         self.store.send((Op.SEALED, oid, obj.total_size, self.address))
 
     # -- submission ----------------------------------------------------------
