@@ -63,6 +63,10 @@ class Tally:
     objects_lost: int = 0
     processes_started: Counter = field(default_factory=Counter)
 
+    def faults_text(self, separator: str) -> str:
+        """Faults that hit, by kind: ``kill store 2<separator>kill worker 1``."""
+        return separator.join(f"{label} {n}" for label, n in sorted(self.faults.items()))
+
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         for key in ("faults", "missed", "processes_started"):

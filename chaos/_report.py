@@ -99,7 +99,7 @@ def summary(result: RunResult, seed: int | None, report_path: Path | None, rerun
     lines.append(f"  seed {seed if seed is not None else '-'} · {result.elapsed_s:.1f} s · {exit_text}"
                  + (f" · chaos exit {result.exit_code}" if result.exit_code != result.program_exit else ""))
     hit = sum(tally.faults.values())
-    kinds = " · ".join(f"{label} {n}" for label, n in sorted(tally.faults.items())) or "none"
+    kinds = tally.faults_text(" · ") or "none"
     missed = sum(tally.missed.values())
     lines.append(f"  faults injected   {hit}: {kinds}"
                  + (f"  ({missed} found nothing to hit)" if missed else ""))

@@ -150,7 +150,7 @@ class _Ticker:
 def status_line(controller: Controller) -> str:
     tally = controller.tally
     faults = sum(tally.faults.values())
-    kinds = ", ".join(f"{label} {n}" for label, n in sorted(tally.faults.items()))
+    kinds = tally.faults_text(", ")
     parts = [f"{controller.elapsed_s():7.1f}s", f"faults {faults}" + (f" ({kinds})" if kinds else ""),
              f"tasks {tally.tasks_finished:,} done, {tally.task_reruns:,} re-run"]
     if tally.actors_restarted:

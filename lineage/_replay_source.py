@@ -7,13 +7,21 @@ the runtime's locks, on a connection of their own.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 
 KEPT_ORIGINS = ("put", "argument")  # objects no task can recompute: they come back from a durable copy
+
+
+log = logging.getLogger("ember.lineage")
+
+UNREACHABLE_WAIT_S = 30.0  # as long as a PostgreSQL restart or short outage may take
+RETRY_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -41,22 +49,29 @@ class ReplaySource:
         self._lock = threading.Lock()
 
     def _query(self, sql: str, params: tuple) -> list[tuple]:
+        """Run a read, reconnecting while the server restarts, for up to ``UNREACHABLE_WAIT_S``.
+
+        Its callers are recovery (rebuilds, actor replays), which a
+        PostgreSQL restart at the same moment must delay, not fail.
+        """
         import psycopg
 
         from ember.lineage._log_writer import close_quietly
 
+        deadline = time.monotonic() + UNREACHABLE_WAIT_S
         with self._lock:
-            for attempt in range(2):  # one reconnect: the server may have restarted since
+            while True:
                 try:
                     if self._conn is None or self._conn.closed:
                         self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
                     return self._conn.execute(sql, params).fetchall()
-                except psycopg.OperationalError:
+                except psycopg.OperationalError as exc:
                     close_quietly(self._conn)
                     self._conn = None
-                    if attempt:
+                    if time.monotonic() > deadline:
                         raise
-        raise AssertionError("unreachable")
+                    log.warning("the lineage log is unreachable, reading it again shortly: %s", exc)
+                    time.sleep(RETRY_S)
 
     def task(self, task_id: bytes) -> LoggedTask | None:
         rows = self._query(

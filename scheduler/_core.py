@@ -29,7 +29,7 @@ from ember.exceptions import (
 )
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
 from ember.scheduler._object_ref import ObjectRef
-from ember.store._put_copies import PutCopies, copies_enabled, copy_max_bytes
+from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler._protocol import Connection, ConnectionClosed, Listener, Op, connect
@@ -311,7 +311,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         current = self.current_task
         job_id = current.job_id if current is not None else self.job_id
         copy_path = None
-        if inline is None and copies_enabled() and size <= copy_max_bytes():
+        if inline is None and copy_wanted(size):
             copy_path = str(self._put_copies().schedule(oid, job_id))
         return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path)
 
@@ -326,7 +326,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         """
         if spec.kind != TaskKind.ACTOR_CALL or data is not None or failed:
             return None
-        if not copies_enabled() or size > copy_max_bytes():
+        if not copy_wanted(size):
             return None
         return str(self._put_copies().adopt(oid, spec.job_id))
 

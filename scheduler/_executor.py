@@ -17,13 +17,11 @@ import select
 import selectors
 import signal
 import threading
-import time
 import traceback
 from collections import deque
 from typing import Any
 
 import cloudpickle
-import psycopg
 
 from ember.chaos import _agent
 from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
@@ -31,9 +29,8 @@ from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._reconstruct import LOG_RETRY_S, LOG_UNREACHABLE_WAIT_S
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
-from ember.store._put_copies import copies_enabled, copy_max_bytes
+from ember.store._put_copies import copy_wanted
 from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
@@ -401,8 +398,8 @@ class Executor:
             else:
                 core._write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
-                if spec.kind == TaskKind.ACTOR_CALL and self._arg_copies is not None and copies_enabled() \
-                        and obj.total_size <= copy_max_bytes():
+                if spec.kind == TaskKind.ACTOR_CALL and self._arg_copies is not None \
+                        and copy_wanted(obj.total_size):
                     view = core.files.open(oid)
                     if view is not None:
                         self._arg_copies.keep_result(oid, view)
@@ -476,22 +473,11 @@ class Executor:
         conninfo = _log_conninfo(self.core.session)
         if conninfo is None:
             return
-        # The log may be restarting (PostgreSQL restarts are survivable):
-        # read it again until LOG_UNREACHABLE_WAIT_S, rather than fail the actor.
-        deadline = time.monotonic() + LOG_UNREACHABLE_WAIT_S
-        while True:
-            source = ReplaySource(conninfo)
-            try:
-                checkpoint, covered, calls = self._read_replay(source, actor_id)
-                break
-            except psycopg.Error as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("actor %s: the lineage log is unreachable, reading it again shortly: %s",
-                            actor_id.hex(), exc)
-                time.sleep(LOG_RETRY_S)
-            finally:
-                source.close()
+        source = ReplaySource(conninfo)  # its reads wait out a PostgreSQL restart
+        try:
+            checkpoint, covered, calls = self._read_replay(source, actor_id)
+        finally:
+            source.close()
         if checkpoint is not None:
             after, data = checkpoint
             self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from ember.chaos import _agent
 from ember.exceptions import ObjectLostError
+from ember.lineage._replay_source import UNREACHABLE_WAIT_S
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
 
 log = logging.getLogger("ember.core")
-
-LOG_UNREACHABLE_WAIT_S = 30.0  # as long as a PostgreSQL restart or short outage may take
-LOG_RETRY_S = 0.2
 
 
 
@@ -116,8 +113,8 @@ class ReconstructionMixin:
     def reconstruct(self, lost: list[bytes]) -> None:
         """Run again the tasks that made ``lost`` (owned objects), after their own lost inputs.
 
-        With the log unreachable (PostgreSQL restarting), it tries again for
-        up to ``LOG_UNREACHABLE_WAIT_S``; callers are never reader threads.
+        Reading the log waits out a PostgreSQL restart (``ReplaySource``);
+        callers are never reader threads.
         """
         import psycopg
 
@@ -126,18 +123,11 @@ class ReconstructionMixin:
             # The specs of tasks that finished a moment ago may still be
             # queued here (rows go lazily): read back from the log, they
             # would be missing. Commit them first.
-            gcs.writer.flush(LOG_UNREACHABLE_WAIT_S)
-        deadline = time.monotonic() + LOG_UNREACHABLE_WAIT_S
-        while True:
-            try:
-                self._reconstruct(lost)
-                return
-            except psycopg.Error as exc:
-                if time.monotonic() > deadline:
-                    log.error("cannot rebuild %d object(s): the lineage log is unreachable: %s", len(lost), exc)
-                    return
-                log.warning("the lineage log is unreachable, rebuilding again shortly: %s", exc)
-                time.sleep(LOG_RETRY_S)
+            gcs.writer.flush(UNREACHABLE_WAIT_S)
+        try:
+            self._reconstruct(lost)
+        except psycopg.Error as exc:  # a longer outage: whoever waits asks again within a second
+            log.error("cannot rebuild %d object(s): the lineage log is unreachable: %s", len(lost), exc)
 
     def _reconstruct(self, lost: list[bytes]) -> None:
         source = self._replay_source()

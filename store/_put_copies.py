@@ -39,6 +39,11 @@ def copy_max_bytes() -> int:
     return int(os.environ.get("EMBER_PUT_COPY_MAX_BYTES", COPY_MAX_BYTES_DEFAULT))
 
 
+def copy_wanted(size: int) -> bool:
+    """Whether an object of ``size`` bytes nothing can recompute gets a durable copy (the one policy)."""
+    return copies_enabled() and size <= copy_max_bytes()
+
+
 class PutCopies:
     def __init__(self, root: Path, open_object: Callable[[bytes], memoryview | None]) -> None:
         self.root = root / "objects"

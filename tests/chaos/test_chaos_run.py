@@ -123,10 +123,10 @@ def test_the_exit_code_is_the_programs(tmp_path: Path):
 
 def test_a_program_past_its_timeout_is_killed_and_reported_as_a_hang(tmp_path: Path):
     (tmp_path / "hangs.py").write_text(textwrap.dedent("""
-        import time, ember
+        import threading, ember
         ember.init(num_cpus=1)
         print("up", flush=True)
-        time.sleep(600)
+        threading.Event().wait()  # hangs, as the test needs
     """))
     run = chaos("run", "--kill", "worker", "--every", "30", "--timeout", "8", "--quiet", "--",
                 sys.executable, "hangs.py", cwd=tmp_path)

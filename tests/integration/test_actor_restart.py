@@ -189,10 +189,15 @@ def test_an_actor_restarting_while_postgres_is_down_comes_back_once_it_is_up(fau
     assert ember.get([counter.add.remote(1) for _ in range(20)], timeout=BOUND_S)[-1] == 20
     server = _embedded_log_server()
     pid = ember.get(counter.pid.remote(), timeout=BOUND_S)
+    log_dir = fault_cluster.log_dir
     server.stop_for_outage()
     try:
         os.kill(pid, signal.SIGKILL)
-        time.sleep(2.0)  # the new process starts and finds the log down
+        # Until the restarted actor has met the outage (its log says so).
+        deadline = time.monotonic() + BOUND_S
+        while time.monotonic() < deadline and not any(
+                "lineage log is unreachable" in log.read_text(errors="replace") for log in log_dir.glob("worker-*.log")):
+            time.sleep(0.05)
     finally:
         server.end_outage()
     assert ember.get(counter.state.remote(), timeout=BOUND_S) == (20, 20)
