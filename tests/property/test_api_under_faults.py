@@ -588,16 +588,28 @@ def _wait_running(pid: int) -> None:
         time.sleep(0.01)
 
 
+def _wait_stopped(pid: int, within_s: float) -> None:
+    # SIGSTOP takes effect when the target next runs: on a loaded machine, a
+    # moment after the signal was sent.
+    deadline = time.monotonic() + within_s
+    while not _stopped(pid):
+        assert time.monotonic() < deadline, f"pid {pid} not stopped {within_s:g}s after SIGSTOP"
+        time.sleep(0.005)
+
+
 def test_a_pause_ends_by_its_timer_or_by_resume_all(fault_cluster):
-    short = inject(Fault.pause("store", 0.2))
-    assert short.outcome is Outcome.HIT and _stopped(short.pid)
+    short = inject(Fault.pause("store", 2.0))
+    assert short.outcome is Outcome.HIT
+    _wait_stopped(short.pid, 1.5)
     _wait_running(short.pid)
 
     long = inject(Fault.pause("gcs", 60.0))
-    assert long.outcome is Outcome.HIT and _stopped(long.pid)
+    assert long.outcome is Outcome.HIT
+    _wait_stopped(long.pid, RESUME_BOUND_S)
     assert paused_pids() == [long.pid]
     assert resume_all() == [long.pid]
-    assert not _stopped(long.pid) and paused_pids() == []
+    _wait_running(long.pid)
+    assert paused_pids() == []
 
 
 def test_chaos_restarts_no_postgres_it_was_given_by_url(fault_cluster):
