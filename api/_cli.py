@@ -50,5 +50,12 @@ def prune(older_than: str, gcs_url: str | None, dry_run: bool) -> None:
             click.echo(f"  {table:<17} {count:>10,} rows")
 
 
+from ember._cli_inspect import lineage_command, list_command  # noqa: E402  (after main exists)
+from ember._cli_replay import replay_command  # noqa: E402
+
+main.add_command(list_command)
+main.add_command(lineage_command)
+main.add_command(replay_command)
+
 if __name__ == "__main__":
     main()

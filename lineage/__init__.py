@@ -2,11 +2,20 @@
 
 The runtime writes every task spec, object creation and actor call here
 (``docs/lineage.md``); ``open_log()`` reads it with or without a running
-cluster; ``prune()`` forgets finished jobs older than a cutoff.
+cluster: one task or object, a job's listings (``tasks()``, ``objects()``,
+``actors()``, ``nodes()``, ``jobs()``) and what an id came from
+(``lineage()``, rendered by ``Lineage.to_tree/to_dot/to_json``;
+``docs/inspecting.md``); ``prune()`` forgets finished jobs older than a cutoff;
+``replay_task()`` and ``replay_job()`` run logged tasks again in this process and
+compare them with the log (``docs/debugging.md``).
 """
 
+from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow, TaskState
 from ember.lineage._prune import PruneReport, prune
+from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
+from ember.lineage._replay_plan import FunctionUnavailableError, NeedsClusterError, ReplayInputError
 from ember.lineage._reader import (
+    EmptyLogError,
     Lineage,
     LineageLog,
     ObjectRecord,
@@ -15,4 +24,28 @@ from ember.lineage._reader import (
     open_log,
 )
 
-__all__ = ["Lineage", "LineageLog", "ObjectRecord", "PruneReport", "TaskRecord", "UnknownIdError", "open_log", "prune"]
+__all__ = [
+    "ActorRow",
+    "EmptyLogError",
+    "FunctionUnavailableError",
+    "JobRow",
+    "JobReplay",
+    "Lineage",
+    "LineageLog",
+    "NeedsClusterError",
+    "NodeRow",
+    "ObjectRecord",
+    "ObjectRow",
+    "PruneReport",
+    "ReplayInputError",
+    "ReplayResult",
+    "TaskRecord",
+    "TaskRow",
+    "TaskState",
+    "UnknownIdError",
+    "Verdict",
+    "open_log",
+    "prune",
+    "replay_job",
+    "replay_task",
+]

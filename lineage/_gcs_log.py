@@ -30,7 +30,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
               "method", "args", "num_returns", "resources", "max_retries"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
-    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id"),
+    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
+                "content_hash"),
+    "content_hashes": ("object_id", "content_hash"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
     "checkpoints": ("actor_id", "seq", "data"),
@@ -58,7 +60,7 @@ class GcsLog:
             # by the actor and by its caller alike. Other tables' rare repeats (a
             # retried attempt) take the writer's slower skip-existing path
             # only when they happen.
-            idempotent_tables=frozenset({"functions", "jobs", "actor_calls"}),
+            idempotent_tables=frozenset({"functions", "jobs", "actor_calls", "content_hashes"}),
         )
         self._functions: set[bytes] = set()
         self._shapes: dict[tuple, Jsonb] = {}
@@ -101,19 +103,32 @@ class GcsLog:
         return found
 
     def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
-                 objects: list[tuple[bytes, int, str | None]]) -> int:
-        """An attempt's end and the objects it made (id, size, durable copy's file): one append, nobody waits for it."""
-        rows = [("task_attempts", (task_id, attempt, self.node_id, None, "FAILED" if failed else "FINISHED", None))]
-        rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id))
-                 for oid, size, path in objects]
+                 objects: list[tuple[bytes, int, str | None]], error: bytes | None = None,
+                 hashes: list[bytes | None] | None = None) -> int:
+        """An attempt's end and the objects it made (id, size, durable copy's file): one append, nobody waits for it.
+
+        ``error`` is the serialized error a failed attempt returned; its text
+        goes in the row (read only on failure: the common path pays nothing).
+        ``hashes``: the results' content hashes, as their worker sent them.
+        """
+        state, text = error_row(error) if failed else ("FINISHED", None)
+        rows = [("task_attempts", (task_id, attempt, self.node_id, None, state, text))]
+        if hashes is None or failed or len(hashes) != len(objects):
+            hashes = [None] * len(objects)  # no hash is honest; a wrong one would not be
+        rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id, digest))
+                 for (oid, size, path), digest in zip(objects, hashes)]
         return self.writer.append_rows(rows, urgent=False)
 
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
             durable_copy: bytes | None = None, durable_path: str | None = None) -> int:
         # A put is waited for only when its ref leaves the process: not urgent either.
         return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy, durable_path,
-                                              self.node_id),
+                                              self.node_id, None),
                                   urgent=False)
+
+    def content_hash(self, object_id: bytes, digest: bytes) -> int:
+        """A store result's content hash, computed after the result was sent (``store/_content_hash.py``)."""
+        return self.writer.append("content_hashes", (object_id, digest), urgent=False)
 
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,
               name: str | None, max_restarts: int) -> int:
@@ -134,3 +149,27 @@ class GcsLog:
         args = pickle.dumps((spec.args, spec.kwargs), protocol=5) if with_args else None
         return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns,
                                                   spec.owner_addr), urgent=False)
+
+
+# A failed attempt's error text is kept whole up to this; longer, its head
+# (what was raised) and its tail (the innermost frames) are kept.
+ERROR_TEXT_CHARS_MAX = 8_000
+
+
+def error_row(error: bytes | None) -> tuple[str, str | None]:
+    """The state and error text of a failed attempt's row, from the error object it returned."""
+    from ember.exceptions import TaskCancelledError
+    from ember.store import deserialize
+
+    if error is None:
+        return "FAILED", None
+    try:
+        _, value = deserialize(error)
+    except Exception as exc:  # an error whose cause cannot be unpickled here: say so, keep going
+        return "FAILED", f"(the error could not be read: {type(exc).__name__}: {exc})"
+    state = "CANCELLED" if isinstance(value, TaskCancelledError) else "FAILED"
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    if len(text) > ERROR_TEXT_CHARS_MAX:
+        head = ERROR_TEXT_CHARS_MAX // 4
+        text = text[:head] + "\n[...]\n" + text[len(text) - (ERROR_TEXT_CHARS_MAX - head):]
+    return state, text

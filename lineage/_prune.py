@@ -28,6 +28,9 @@ _STEPS: tuple[tuple[str, str], ...] = (
     ("actors", "DELETE FROM actors WHERE actor_id IN (SELECT actor_id FROM pruned_actors)"),
     ("object_locations", "DELETE FROM object_locations WHERE object_id IN "
                          "(SELECT object_id FROM objects WHERE job_id IN (SELECT job_id FROM pruned_jobs))"),
+    # A result's id starts with its creating task's: no join with objects needed.
+    ("content_hashes", "DELETE FROM content_hashes WHERE substring(object_id from 1 for 16) IN "
+                       "(SELECT task_id FROM pruned_tasks)"),
     ("objects", "DELETE FROM objects WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),
     ("tasks", "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM pruned_tasks)"),
     ("jobs", "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),

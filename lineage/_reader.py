@@ -2,28 +2,47 @@
 
 ``open_log()`` connects to the same PostgreSQL the runtime writes to (the
 embedded server under ``$EMBER_HOME``, started for the occasion if needed,
-or ``EMBER_GCS_URL``) and answers three questions: what is this task, what is
-this object, and what did it come from.
+or ``EMBER_GCS_URL``) and answers: what is this task, what is this object,
+what did it come from (``lineage``), and what did a job run (the listings of
+``ember.lineage._listing``, as methods here).
 
-It must never write to the log.
+The lineage walk reads one level of the graph at a time, a few batched
+queries per level (``= ANY(%s)`` on primary keys and indexed columns), so its
+cost follows the size of the answer and never the size of the log.
+
+It must never write to the log: its connection is read-only.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ember.exceptions import EmberUserError
+from ember.lineage import _listing
+from ember.lineage._ids import UnknownIdError, hex_or_none, id_bytes
+from ember.lineage._listing import (
+    CREATION_ERROR_SQL,
+    CREATION_STATE_SQL,
+    KIND_ACTOR_CALL,
+    KIND_ACTOR_CREATION,
+    display_name,
+)
 
+# How far back ``lineage`` walks unless told: task generations, and tasks in all.
+LINEAGE_DEPTH_DEFAULT = 20
+LINEAGE_TASKS_MAX_DEFAULT = 1_000
 LINEAGE_DEPTH_MAX = 10_000
+# Objects up to this size travel inline and live with their owner, not in a
+# store: a store's death loses none of them. Mirrors the runtime's
+# ember.scheduler._core.INLINE_BYTES_MAX (a unit test checks they agree).
+INLINE_BYTES_MAX = 100 * 1024
 
 
-class UnknownIdError(EmberUserError, KeyError):
-    """The id names no task or object in this lineage log."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown id"
+__all__ = ["EmptyLogError", "Lineage", "LineageLog", "ObjectRecord", "TaskRecord", "UnknownIdError", "locate_log", "open_log"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +58,46 @@ class TaskRecord:
     max_retries: int
     args: Any  # the encoded arguments: (ArgKind, value | bytes | object id, ...)
     dependencies: list[str]
+    # One dict per logged end of a run: attempt, state, node_id, error, finished_at.
     attempts: list[dict[str, Any]]
+    actor_class: str | None = None
+    actor_seq: int | None = None  # an actor call's place in its actor's order
+    submitted_at: dt.datetime | None = None
+    # A task with no logged end: the state derived for it (an actor's creation
+    # from the workers started for it), and that creation's error.
+    derived_state: str = "SUBMITTED"
+    derived_error: str | None = None
 
     @property
     def state(self) -> str:
-        return self.attempts[-1]["state"] if self.attempts else "SUBMITTED"
+        return self.attempts[-1]["state"] if self.attempts else self.derived_state
+
+    @property
+    def display_name(self) -> str:
+        """The function's name; ``Class.method`` for an actor call, ``Class.__init__`` for a creation."""
+        return display_name(self.kind, self.function_name, self.method, self.actor_class)
+
+    @property
+    def attempt_count(self) -> int:
+        """Attempts made, retries after a crash included (attempt numbers start at 0)."""
+        return self.attempts[-1]["attempt"] + 1 if self.attempts else 1
+
+    @property
+    def rebuilt(self) -> int:
+        """Times the task ran again after finishing, to rebuild lost results."""
+        return max(len(self.attempts) - 1, 0)
+
+    @property
+    def error(self) -> str | None:
+        return self.attempts[-1]["error"] if self.attempts else self.derived_error
+
+    @property
+    def duration_s(self) -> float | None:
+        """Submission to the first logged end (queueing included; group commit makes it ~10 ms coarse)."""
+        finished = self.attempts[0].get("finished_at") if self.attempts else None
+        if finished is None or self.submitted_at is None:
+            return None
+        return max((finished - self.submitted_at).total_seconds(), 0.0)
 
 
 @dataclass(frozen=True)
@@ -56,16 +110,56 @@ class ObjectRecord:
     has_durable_copy: bool
     state: str
     locations: list[str] = field(default_factory=list)
+    node_id: str | None = None  # where the first copy was made
+    created_at: dt.datetime | None = None
+    # Why the copy on node_id is gone, if it went abnormally (its store or node
+    # died after the object was made); None if it ended with a clean shutdown.
+    lost: str | None = None
+    node_ended: bool = False  # the node (and with it the copy) is gone, cleanly or not
+
+    @property
+    def inline(self) -> bool:
+        """Small enough to have lived with its owner, not in a store."""
+        return self.size is not None and self.size <= INLINE_BYTES_MAX
 
 
 @dataclass(frozen=True)
 class Lineage:
-    """Ancestors of one id: tasks and objects, with edges object -> task and task -> object."""
+    """Ancestors of one id: tasks and objects, with edges object -> task, task -> object
+    and, for actor calls, task -> task (the call or constructor before it on the same actor)."""
 
     root: str
     tasks: dict[str, TaskRecord]
     objects: dict[str, ObjectRecord]
-    edges: list[tuple[str, str]]  # (from, to): an object feeds a task, a task creates an object
+    edges: list[tuple[str, str]]  # (from, to)
+    depth: int = LINEAGE_DEPTH_DEFAULT
+    # Ids whose own inputs were not followed: the walk stopped at ``depth`` or
+    # at its task budget there. Empty when the graph is complete.
+    cut: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # objects tasks read that the log never recorded as created
+
+    @property
+    def complete(self) -> bool:
+        return not self.cut
+
+    def to_json(self) -> dict[str, Any]:
+        from ember.lineage._render import lineage_json
+
+        return lineage_json(self)
+
+    def to_dot(self) -> str:
+        from ember.lineage._render import lineage_dot
+
+        return lineage_dot(self)
+
+    def to_tree(self, color: bool = False) -> str:
+        from ember.lineage._render import lineage_tree
+
+        return lineage_tree(self, color=color)
+
+
+class EmptyLogError(UnknownIdError):
+    """The log has no tables yet: nothing has run with it."""
 
 
 class LineageLog:
@@ -77,6 +171,24 @@ class LineageLog:
         self._conn = psycopg.connect(conninfo, autocommit=True)
         self._conn.read_only = True
         self._release = release
+        try:
+            self._check_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """Refuse a log this ember cannot read; an older one reads fine (columns it lacks read as NULL)."""
+        from ember.lineage._schema import SCHEMA_VERSION, SchemaVersionError
+
+        if self._conn.execute("SELECT to_regclass('ember_meta')").fetchone()[0] is None:
+            raise EmptyLogError("the lineage log is empty: no program has run with it yet "
+                                "(or EMBER_GCS_URL / EMBER_HOME point somewhere else)")
+        row = self._conn.execute("SELECT value FROM ember_meta WHERE key = 'schema_version'").fetchone()
+        found = int(row[0]) if row else SCHEMA_VERSION
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(f"this lineage log uses schema version {found}, written by a newer ember; "
+                                     f"this ember reads up to version {SCHEMA_VERSION}: upgrade ember")
 
     def close(self) -> None:
         self._conn.close()
@@ -90,89 +202,268 @@ class LineageLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- one record -------------------------------------------------------------------
+
     def task(self, task_id_hex: str) -> TaskRecord:
-        task_id = _id_bytes(task_id_hex)
-        row = self._conn.execute(
-            "SELECT task_id, job_id, kind, function_name, parent_task_id, actor_id, method, num_returns, "
-            "max_retries, args FROM tasks WHERE task_id = %s", (task_id,)).fetchone()
-        if row is None:
+        found = self._tasks([id_bytes(task_id_hex)])
+        if not found:
             raise UnknownIdError(f"no task {task_id_hex} in the lineage log")
-        deps = [r[0].hex() for r in self._conn.execute(
-            "SELECT object_id FROM task_args WHERE task_id = %s ORDER BY object_id", (task_id,))]
-        attempts = [
-            {"attempt": a, "state": s, "node_id": n, "error": e}
-            for a, s, n, e in self._conn.execute(
-                "SELECT attempt, state, node_id, error FROM task_attempts WHERE task_id = %s ORDER BY attempt",
-                (task_id,))
-        ]
-        return TaskRecord(
-            row[0].hex(), row[1].hex(), row[2], row[3], _hex(row[4]), _hex(row[5]), row[6], row[7], row[8],
-            pickle.loads(row[9]) if row[9] else None, deps, attempts,
-        )
+        return next(iter(found.values()))
 
     def object(self, object_id_hex: str) -> ObjectRecord:
-        object_id = _id_bytes(object_id_hex)
-        row = self._conn.execute(
-            "SELECT object_id, task_id, job_id, origin, size, durable_copy IS NOT NULL OR durable_path IS NOT NULL, "
-            "state, node_id "
-            "FROM objects WHERE object_id = %s", (object_id,)).fetchone()
-        if row is None:
+        found = self._objects([id_bytes(object_id_hex)])
+        if not found:
             raise UnknownIdError(f"no object {object_id_hex} in the lineage log")
-        # The node that made the object holds the first copy (until it is
-        # lost); object_locations holds the copies made or lost since.
-        locations = [row[7]] if row[7] and row[6] != "LOST" else []
-        for node_id, removed in self._conn.execute(
-                "SELECT node_id, removed_at IS NOT NULL FROM object_locations WHERE object_id = %s", (object_id,)):
-            if removed and node_id in locations:
-                locations.remove(node_id)
-            elif not removed and node_id not in locations:
-                locations.append(node_id)
-        return ObjectRecord(row[0].hex(), row[1].hex(), row[2].hex(), row[3], row[4], row[5], row[6], locations)
+        return next(iter(found.values()))
 
-    def lineage(self, id_hex: str, depth: int = LINEAGE_DEPTH_MAX) -> Lineage:
-        """Everything ``id_hex`` (a task or an object) came from, breadth first, up to ``depth`` steps."""
-        tasks: dict[str, TaskRecord] = {}
-        objects: dict[str, ObjectRecord] = {}
-        edges: list[tuple[str, str]] = []
-        frontier: list[tuple[str, str]] = [("object" if len(id_hex) == 40 else "task", id_hex)]
-        if not self._exists(*frontier[0]):
-            raise UnknownIdError(f"no task or object {id_hex} in the lineage log")
-        for _ in range(depth):
-            if not frontier:
-                break
-            next_frontier: list[tuple[str, str]] = []
-            for kind, ident in frontier:
-                if kind == "object":
-                    if ident in objects:
-                        continue
-                    try:
-                        obj = self.object(ident)
-                    except UnknownIdError:
-                        # An object a task read but never logged as created here
-                        # (its creating task's results were lost with their owner).
-                        continue
-                    objects[ident] = obj
-                    edges.append((obj.task_id, ident))
-                    if obj.origin == "return":
-                        next_frontier.append(("task", obj.task_id))
-                else:
-                    if ident in tasks:
-                        continue
-                    try:
-                        task = self.task(ident)
-                    except UnknownIdError:
-                        continue
-                    tasks[ident] = task
-                    for dep in task.dependencies:
-                        edges.append((dep, ident))
-                        next_frontier.append(("object", dep))
-            frontier = next_frontier
-        return Lineage(id_hex, tasks, objects, edges)
+    # -- listings (ember list) -------------------------------------------------------------
 
-    def _exists(self, kind: str, ident: str) -> bool:
-        table, column = ("objects", "object_id") if kind == "object" else ("tasks", "task_id")
-        return self._conn.execute(
-            f"SELECT 1 FROM {table} WHERE {column} = %s", (_id_bytes(ident),)).fetchone() is not None
+    def job(self, job: str | None = None) -> _listing.JobRow:
+        """One job, by full id or unique prefix; with none, the latest."""
+        return _listing.job_row(self._conn, job)
+
+    def tasks(self, job: str | None = None, state: str | None = None,
+              limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.TaskRow]:
+        """A job's tasks, newest first (``job``: a job id or a unique prefix; default the latest job)."""
+        return _listing.list_tasks(self._conn, job, state, limit)
+
+    def objects(self, job: str | None = None, state: str | None = None,
+                limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ObjectRow]:
+        """A job's objects (results and puts), newest first."""
+        return _listing.list_objects(self._conn, job, state, limit)
+
+    def actors(self, job: str | None = None, state: str | None = None,
+               limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ActorRow]:
+        """A job's actors, newest first."""
+        return _listing.list_actors(self._conn, job, state, limit)
+
+    def nodes(self, job: str | None = None, state: str | None = None,
+              limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.NodeRow]:
+        """The nodes of the cluster that ran a job (default the latest job), newest first."""
+        return _listing.list_nodes(self._conn, job, state, limit)
+
+    def jobs(self, state: str | None = None, limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.JobRow]:
+        """Jobs, newest first."""
+        return _listing.list_jobs(self._conn, state, limit)
+
+    # -- lineage --------------------------------------------------------------------------
+
+    def lineage(self, id_hex: str, depth: int = LINEAGE_DEPTH_DEFAULT,
+                tasks_max: int = LINEAGE_TASKS_MAX_DEFAULT) -> Lineage:
+        """Everything ``id_hex`` (a task or an object) came from, a generation of tasks at a time.
+
+        ``depth`` counts task generations back from the root (the task that
+        made a root object is the first); ``tasks_max`` bounds the tasks read
+        in all. Where either stops the walk, ``Lineage.cut`` names the ids
+        whose inputs were not followed.
+        """
+        if not 1 <= depth <= LINEAGE_DEPTH_MAX:
+            raise EmberUserError(f"lineage(depth={depth!r}): expected an int from 1 to {LINEAGE_DEPTH_MAX}")
+        if tasks_max < 1:
+            raise EmberUserError(f"lineage(tasks_max={tasks_max!r}): expected a positive int")
+        root = id_bytes(id_hex)
+        walk = _Walk(self, depth, tasks_max)
+        # Every read of the walk is a handful of keys: an index lookup always
+        # wins, but a table bulk-filled moments ago has no statistics yet
+        # and the planner would scan it whole. Only this session is told so.
+        self._conn.execute("SET enable_seqscan = off")
+        try:
+            if len(root) == 20:
+                if not walk.read_objects([root]):
+                    raise UnknownIdError(f"no object {id_hex} in the lineage log")
+            elif not walk.read_tasks([root], generation=1):
+                raise UnknownIdError(f"no task {id_hex} in the lineage log")
+            walk.run()
+        finally:
+            self._conn.execute("RESET enable_seqscan")
+        known = walk.tasks.keys() | walk.objects.keys() | set(walk.missing)
+        edges = [(a, b) for a, b in dict.fromkeys(walk.edges) if a in known and b in known]
+        return Lineage(root.hex(), walk.tasks, walk.objects, edges, depth, tuple(walk.cut), tuple(walk.missing))
+
+    # -- batched reads, shared by the single-record reads and the walk ---------------
+
+    def _tasks(self, task_ids: list[bytes]) -> dict[str, TaskRecord]:
+        rows = self._conn.execute(
+            "SELECT t.task_id, t.job_id, t.kind, t.function_name, t.parent_task_id, t.actor_id, t.method, "
+            "t.num_returns, t.max_retries, t.args, t.submitted_at, a.class_name, c.seq, "
+            "CASE WHEN t.kind = %(creation)s THEN " + CREATION_STATE_SQL + " END, "
+            "CASE WHEN t.kind = %(creation)s THEN " + CREATION_ERROR_SQL + " END "
+            "FROM tasks t LEFT JOIN actors a ON a.actor_id = t.actor_id "
+            "LEFT JOIN actor_calls c ON c.task_id = t.task_id WHERE t.task_id = ANY(%(ids)s)",
+            {"ids": task_ids, "creation": KIND_ACTOR_CREATION}).fetchall()
+        if not rows:
+            return {}
+        found = [r[0] for r in rows]
+        deps: dict[bytes, list[str]] = {}
+        for task_id, object_id in self._conn.execute(
+                "SELECT task_id, object_id FROM task_args WHERE task_id = ANY(%s) ORDER BY task_id, object_id",
+                (found,)):
+            deps.setdefault(task_id, []).append(object_id.hex())
+        attempts: dict[bytes, list[dict[str, Any]]] = {}
+        for task_id, attempt, state, node_id, error, finished_at in self._conn.execute(
+                "SELECT task_id, attempt, state, node_id, error, finished_at FROM task_attempts "
+                "WHERE task_id = ANY(%s) ORDER BY task_id, attempt", (found,)):
+            attempts.setdefault(task_id, []).append(
+                {"attempt": attempt, "state": state, "node_id": node_id, "error": error, "finished_at": finished_at})
+        return {
+            row[0].hex(): TaskRecord(
+                row[0].hex(), row[1].hex(), row[2], row[3], hex_or_none(row[4]), hex_or_none(row[5]), row[6],
+                row[7], row[8], _decode_args(row[9]), deps.get(row[0], []), attempts.get(row[0], []),
+                actor_class=row[11], actor_seq=row[12], submitted_at=row[10],
+                derived_state=row[13] or "SUBMITTED", derived_error=row[14],
+            )
+            for row in rows
+        }
+
+    def _objects(self, object_ids: list[bytes]) -> dict[str, ObjectRecord]:
+        rows = self._conn.execute(
+            "SELECT object_id, task_id, job_id, origin, size, "
+            "durable_copy IS NOT NULL OR durable_path IS NOT NULL, state, node_id, created_at "
+            "FROM objects WHERE object_id = ANY(%s)", (object_ids,)).fetchall()
+        if not rows:
+            return {}
+        moves: dict[bytes, list[tuple[str, bool]]] = {}
+        for object_id, node_id, removed in self._conn.execute(
+                "SELECT object_id, node_id, removed_at IS NOT NULL FROM object_locations WHERE object_id = ANY(%s)",
+                ([r[0] for r in rows],)):
+            moves.setdefault(object_id, []).append((node_id, removed))
+        fates = self._node_fates({r[7] for r in rows if r[7]})
+        found = {}
+        for oid, task_id, job_id, origin, size, durable, state, node_id, created_at in rows:
+            # The node that made the object holds the first copy (until it is
+            # lost); object_locations holds the copies made or lost since.
+            locations = [node_id] if node_id and state != "LOST" else []
+            for moved_node, removed in moves.get(oid, ()):
+                if removed and moved_node in locations:
+                    locations.remove(moved_node)
+                elif not removed and moved_node not in locations:
+                    locations.append(moved_node)
+            ended, deaths = fates.get(node_id, (False, []))
+            in_store = size is None or size > INLINE_BYTES_MAX
+            lost = next((cause for when, cause in deaths
+                         if (in_store or cause.startswith("node")) and (created_at is None or when >= created_at)),
+                        None)
+            found[oid.hex()] = ObjectRecord(oid.hex(), task_id.hex(), job_id.hex(), origin, size, durable, state,
+                                            locations, node_id, created_at, lost, ended)
+        return found
+
+    def _node_fates(self, node_ids: Iterable[str]) -> dict[str, tuple[bool, list[tuple[dt.datetime, str]]]]:
+        """Per node: has it ended, and when and why its store or the node itself died abnormally."""
+        ids = sorted(node_ids)
+        if not ids:
+            return {}
+        fates: dict[str, tuple[bool, list[tuple[dt.datetime, str]]]] = {}
+        for node_id, ended_at, cause in self._conn.execute(
+                "SELECT node_id, ended_at, death_cause FROM nodes WHERE node_id = ANY(%s)", (ids,)):
+            deaths = [(ended_at, f"node died: {cause}")] if ended_at and not _clean_end(cause) else []
+            fates[node_id] = (ended_at is not None, deaths)
+        for node_id, ended_at, cause in self._conn.execute(
+                "SELECT node_id, ended_at, death_cause FROM workers WHERE node_id = ANY(%s) AND kind = 'store' "
+                "AND ended_at IS NOT NULL ORDER BY ended_at", (ids,)):
+            if not _clean_end(cause):
+                ended, deaths = fates.setdefault(node_id, (False, []))
+                deaths.append((ended_at, f"store died: {cause}"))
+        for _, deaths in fates.values():
+            deaths.sort()
+        return fates
+
+
+class _Walk:
+    """One lineage walk: alternately a level of objects and a generation of tasks."""
+
+    def __init__(self, log: LineageLog, depth: int, tasks_max: int) -> None:
+        self.log = log
+        self.depth = depth
+        self.tasks_max = tasks_max
+        self.tasks: dict[str, TaskRecord] = {}
+        self.objects: dict[str, ObjectRecord] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.cut: list[str] = []
+        self.missing: list[str] = []
+        # What the next rounds read: objects with the generation of the task
+        # that read them (0 for a root object), tasks with their generation
+        # and the id that led to them (named in ``cut`` if they are not read).
+        self._pending_objects: dict[bytes, int] = {}
+        self._pending_tasks: dict[bytes, tuple[int, str]] = {}
+
+    def read_objects(self, object_ids: list[bytes], generation: int = 0) -> bool:
+        wanted = {oid: generation for oid in object_ids}
+        return self._read_objects(wanted)
+
+    def _read_objects(self, wanted: dict[bytes, int]) -> bool:
+        found = self.log._objects(list(wanted))
+        for oid, generation in wanted.items():
+            record = found.get(oid.hex())
+            if record is None:
+                self.missing.append(oid.hex())  # read by a task, its creation never logged
+                continue
+            self.objects[record.object_id] = record
+            if record.origin == "return":
+                self.edges.append((record.task_id, record.object_id))
+                if record.task_id not in self.tasks:
+                    self._pending_tasks.setdefault(bytes.fromhex(record.task_id), (generation + 1, record.object_id))
+        return bool(found)
+
+    def read_tasks(self, task_ids: list[bytes], generation: int) -> bool:
+        found = self.log._tasks(task_ids)
+        for task_id, record in found.items():
+            self.tasks[task_id] = record
+            for dep in record.dependencies:
+                self.edges.append((dep, task_id))
+                if dep not in self.objects:
+                    self._pending_objects.setdefault(bytes.fromhex(dep), generation)
+        self._link_actor_predecessors([r for r in found.values() if r.kind == KIND_ACTOR_CALL], generation)
+        return bool(found)
+
+    def run(self) -> None:
+        for _ in range(2 * LINEAGE_DEPTH_MAX + 2):  # a round reads one generation; the depth bounds the rounds
+            if self._pending_objects:
+                objects, self._pending_objects = self._pending_objects, {}
+                self._read_objects({oid: g for oid, g in objects.items() if oid.hex() not in self.objects})
+            pending = {tid: gv for tid, gv in self._pending_tasks.items() if tid.hex() not in self.tasks}
+            self._pending_tasks = {}
+            if not pending:
+                if not self._pending_objects:
+                    return
+                continue
+            room = max(self.tasks_max - len(self.tasks), 0)
+            allowed = sorted(tid for tid, (g, _) in pending.items() if g <= self.depth)
+            taken = allowed[:room]
+            taken_set = set(taken)
+            self.cut += sorted(via for tid, (_, via) in pending.items() if tid not in taken_set)
+            by_generation: dict[int, list[bytes]] = {}
+            for tid in taken:
+                by_generation.setdefault(pending[tid][0], []).append(tid)
+            for generation, ids in sorted(by_generation.items()):
+                self.read_tasks(ids, generation)
+
+    def _link_actor_predecessors(self, calls: list[TaskRecord], generation: int) -> None:
+        """Each call's state came from the call before it on its actor, or from the constructor."""
+        if not calls:
+            return
+        rows = self.log._conn.execute(
+            "SELECT t.task_id, (SELECT p.task_id FROM actor_calls p WHERE p.actor_id = c.actor_id "
+            "AND p.seq < c.seq ORDER BY p.seq DESC LIMIT 1), a.creation_task_id "
+            "FROM tasks t LEFT JOIN actor_calls c ON c.task_id = t.task_id "
+            "LEFT JOIN actors a ON a.actor_id = t.actor_id WHERE t.task_id = ANY(%s)",
+            ([bytes.fromhex(c.task_id) for c in calls],)).fetchall()
+        for task_id, previous, creation in rows:
+            before = previous or creation
+            if before is None:
+                continue
+            self.edges.append((before.hex(), task_id.hex()))
+            if before.hex() not in self.tasks:
+                self._pending_tasks.setdefault(before, (generation + 1, task_id.hex()))
+
+
+def _clean_end(cause: str | None) -> bool:
+    return cause is None or cause.endswith("shut down")
+
+
+def _decode_args(blob: bytes | None) -> Any:
+    # The outer pickle holds plain values, object ids and serialized bytes
+    # only (the spec's encoding); what the bytes hold is decoded on display.
+    return pickle.loads(blob) if blob else None
 
 
 def open_log(gcs_url: str | None = None) -> LineageLog:
@@ -198,17 +489,3 @@ def locate_log(gcs_url: str | None = None) -> tuple[str, Any]:
     server = EmbeddedPostgres()
     server.start()
     return server.conninfo, server.release
-
-
-def _id_bytes(id_hex: str) -> bytes:
-    try:
-        raw = bytes.fromhex(id_hex)
-    except (TypeError, ValueError):
-        raise UnknownIdError(f"{id_hex!r} is not a task or object id (hex expected)") from None
-    if len(raw) not in (16, 20):
-        raise UnknownIdError(f"{id_hex!r} is not a task id (32 hex digits) or an object id (40)")
-    return raw
-
-
-def _hex(value: bytes | None) -> str | None:
-    return value.hex() if value is not None else None

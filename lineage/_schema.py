@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -103,7 +103,9 @@ task_attempts = sa.Table(
     sa.Column("state", sa.Text, nullable=False),  # SUBMITTED, RUNNING, FINISHED, FAILED, CANCELLED
     sa.Column("error", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True)),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # v4: when the attempt's row was committed, within the group commit's few
+    # ms of the attempt's end; filled by the server, so writers pay nothing.
+    sa.Column("finished_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
 objects = sa.Table(
@@ -118,6 +120,9 @@ objects = sa.Table(
     sa.Column("node_id", sa.Text),  # v2: where the first copy was made
     sa.Column("durable_copy", BYTEA),  # a small put's bytes: rebuilt without lineage
     sa.Column("durable_path", sa.Text),  # a large put's file under $EMBER_HOME
+    # v5: a task result's content hash (store/_content_hash.py), for results
+    # that travel inline; larger ones are hashed later, into content_hashes.
+    sa.Column("content_hash", BYTEA),
     sa.Column("state", sa.Text, nullable=False, server_default="CREATED"),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
@@ -158,6 +163,14 @@ actor_calls = sa.Table(
     sa.Column("caller", sa.Text),
 )
 
+# v5: hashes of results too large to hash before they are sent: the worker
+# that made one hashes it afterwards, off the task's path, and logs it here.
+content_hashes = sa.Table(
+    "content_hashes", metadata,
+    sa.Column("object_id", BYTEA, primary_key=True),
+    sa.Column("content_hash", BYTEA, nullable=False),
+)
+
 checkpoints = sa.Table(
     "checkpoints", metadata,
     sa.Column("actor_id", BYTEA, primary_key=True),
@@ -186,6 +199,13 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     3: [
         "ALTER TABLE actor_calls ADD COLUMN IF NOT EXISTS caller TEXT",
+    ],
+    4: [
+        "ALTER TABLE task_attempts ALTER COLUMN finished_at SET DEFAULT now()",
+    ],
+    5: [
+        "ALTER TABLE objects ADD COLUMN IF NOT EXISTS content_hash BYTEA",
+        # content_hashes is a new table: create_all makes it.
     ],
 }
 

@@ -767,7 +767,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             executor.deliver(conn, msg)
 
     def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
-                   durable_seq: int = 0) -> None:
+                   durable_seq: int = 0, hashes: list | None = None) -> None:
         """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
         (0 if none) and ``durable_seq`` the last place whose row the actor has committed.
 
@@ -781,7 +781,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 return  # a stale attempt: the object already has its value
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
-            self._finish(pt, results, call_seq, durable_seq)
+            self._finish(pt, results, call_seq, durable_seq, hashes)
 
     def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
         """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
@@ -849,16 +849,18 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         else:
             self._dispatch(pt)
 
-    def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0) -> None:
+    def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
+                hashes: list | None = None) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
         order = None
         logged = self.gcs is not None and (pt.log_seq or pt.replay)
         if logged:
-            failed = any(data is not None and _is_error(data) for _, data, _ in results)
+            error = next((data for _, data, _ in results if data is not None and _is_error(data)), None)
+            failed = error is not None
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                               [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
-                               for oid, data, size in results])
+                               for oid, data, size in results], error=error, hashes=hashes)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:

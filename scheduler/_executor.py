@@ -30,6 +30,7 @@ from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.store._content_hash import LateHashes, content_hash
 from ember.store._put_copies import copy_wanted
 from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
 
@@ -82,6 +83,7 @@ class Executor:
         # their results cannot be produced again.
         self._covered: set[bytes] = set()
         self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
+        self._hasher: LateHashes | None = None  # hashes store results after they are sent
         # Actor results waiting, in order, for rows to be durable (see
         # _send_result); the log's writer thread sends them, so the actor runs on.
         self._held: deque[tuple[int, Connection, tuple]] = deque()
@@ -304,7 +306,7 @@ class Executor:
                         # The order calls ran in, for replay after a restart.
                         self._order_rows.append((core.gcs.actor_call(spec.actor_id, call_seq, spec), call_seq))
                 if core.gcs is not None:
-                    self._log_mark = core.gcs.writer.appended_seq
+                    self._log_mark = core.gcs.writer.appended_seq - self._late_hash_rows()
                 if spec.kind != TaskKind.ACTOR_CALL:
                     fn = self._function(spec)
                 self._wait_for_args(spec)
@@ -370,7 +372,9 @@ class Executor:
         core.flush()
         gcs = core.gcs
         more = self._more_queued()
-        must_commit = gcs is not None and gcs.writer.appended_seq > self._log_mark
+        # Rows the task logged itself; a late hash of an earlier result (logged
+        # by the hashing thread meanwhile) is nobody's lineage and waits for no one.
+        must_commit = gcs is not None and gcs.writer.appended_seq - self._late_hash_rows() > self._log_mark
         hold = False
         if spec.kind == TaskKind.ACTOR_CALL:
             switched = call_seq and spec.owner_addr != self._last_caller
@@ -403,8 +407,12 @@ class Executor:
                     view = core.files.open(oid)
                     if view is not None:
                         self._arg_copies.keep_result(oid, view)
+        # What each result was, for replay to compare against: inline ones
+        # now (about a microsecond when small), store ones after the send.
+        hashes = [content_hash(data) if data is not None else None for _, data, _ in results] \
+            if gcs is not None and not failed else None
         msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq,
-               call_seq if hold else self._durable_through())
+               call_seq if hold else self._durable_through(), hashes)
         # With more work queued behind this task, results and completions
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.
@@ -424,6 +432,21 @@ class Executor:
                 done, self._done = self._done, []
                 core.scheduler.send_now((Op.TASKS_DONE, done))
         core.store.flush()
+        if hashes is not None:
+            for oid, data, size in results:
+                if data is None:
+                    self._late_hashes().schedule(oid, size)
+
+    def _late_hash_rows(self) -> int:
+        # Counted after each row is appended: a count that lags only makes a
+        # result wait for a commit it did not need, never skip one it did.
+        return self._hasher.rows_logged if self._hasher is not None else 0
+
+    def _late_hashes(self) -> LateHashes:
+        if self._hasher is None:
+            gcs = self.core.gcs
+            self._hasher = LateHashes(self.core.files.open, gcs.content_hash)
+        return self._hasher
 
     def _durable_through(self) -> int:
         """The last place in the actor's order whose row is known durable."""

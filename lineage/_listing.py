@@ -1,0 +1,285 @@
+"""Listings of the lineage log: a job's tasks, objects and actors, the nodes that ran it, the jobs.
+
+What ``ember list`` prints and ``LineageLog.tasks()`` and its siblings
+return: one immutable row per item, newest first, at most ``limit`` of them.
+Each query reads a page through an index (``tasks.job_id``; the laterals on
+``task_attempts`` by primary key), so a page of a 100,000-task job costs about
+what a page of a small one does; a ``state`` filter reads every task of the
+job once. States not written by the runtime are derived here, and said so:
+a task with no logged end is ``SUBMITTED``; an actor is ``ALIVE`` while a
+worker started for it is, ``DEAD`` once its last one ended.
+
+It must never write to the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from ember.exceptions import EmberUserError
+from ember.lineage._ids import resolve_job
+
+LIMIT_DEFAULT = 50
+LIMIT_MAX = 100_000
+KIND_ACTOR_CREATION = 2  # ember.scheduler TaskKind (not imported: reading needs no runtime)
+KIND_ACTOR_CALL = 3
+
+
+class TaskState(enum.StrEnum):
+    SUBMITTED = "SUBMITTED"  # no end logged: pending, running, or cut short with its owner
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class ObjectState(enum.StrEnum):
+    CREATED = "CREATED"
+    LOST = "LOST"
+
+
+class ActorState(enum.StrEnum):
+    PENDING = "PENDING"  # no worker was ever started for it
+    ALIVE = "ALIVE"
+    DEAD = "DEAD"
+
+
+class NodeState(enum.StrEnum):
+    ALIVE = "ALIVE"
+    DEAD = "DEAD"  # ended: shut down, or declared dead (see death_cause)
+
+
+class JobState(enum.StrEnum):
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    ABANDONED = "ABANDONED"
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    job_id: str
+    name: str  # the function, Class.method for an actor call, Class.__init__ for a creation
+    state: str
+    attempts: int  # attempts made, retries after a crash included
+    rebuilt: int  # times it ran again to rebuild lost results
+    node_id: str | None  # where its latest logged run ended
+    submitted_at: dt.datetime | None
+    duration_s: float | None  # submission to the first logged end
+    error: str | None  # the first line of the latest failure
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    object_id: str
+    task_id: str
+    job_id: str
+    origin: str
+    size: int | None
+    node_id: str | None
+    durable_copy: bool
+    state: str
+    created_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class ActorRow:
+    actor_id: str
+    job_id: str
+    class_name: str
+    name: str | None
+    state: str
+    restarts: int
+    calls: int
+    node_id: str | None
+    death_cause: str | None
+    created_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node_id: str
+    cluster_id: str | None
+    state: str
+    resources: dict[str, float]
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    death_cause: str | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    state: str
+    entrypoint: str | None
+    driver_pid: int | None
+    cluster_id: str | None
+    tasks: int
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+
+
+def row_json(row: Any) -> dict[str, Any]:
+    """A listing row as JSON-ready data: timestamps in ISO 8601."""
+    return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in dataclasses.asdict(row).items()}
+
+
+def check_state(state: str | None, states: type[enum.StrEnum], what: str) -> str | None:
+    """``state`` upper-cased if it is one of ``states``; an error listing them if not."""
+    if state is None:
+        return None
+    wanted = state.strip().upper()
+    valid = [s.value for s in states]
+    if wanted not in valid:
+        raise EmberUserError(f"{state!r} is not a state of {what}; expected one of {', '.join(valid)}")
+    return wanted
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
+        raise EmberUserError(f"limit={limit!r}: expected an int from 1 to {LIMIT_MAX:,}")
+    return limit
+
+
+def _scope(conn: Any, job: str | None, state: str | None, states: type[enum.StrEnum], what: str,
+           limit: int) -> tuple[bytes, str | None, int]:
+    """A job listing's arguments, checked: the job's id, the state wanted, the limit."""
+    return resolve_job(conn, job), check_state(state, states, what), check_limit(limit)
+
+
+def first_line(text: str | None) -> str | None:
+    """The line that says what went wrong: "task f raised ValueError('x')" becomes "ValueError('x')"."""
+    if not text:
+        return None
+    line = text.strip().splitlines()[0]
+    if line.startswith("task ") and " raised " in line:
+        line = line.split(" raised ", 1)[1]
+    return line
+
+
+_LAST_ATTEMPT = ("(SELECT a.state FROM task_attempts a WHERE a.task_id = t.task_id "
+                 "ORDER BY a.attempt DESC LIMIT 1)")
+# An actor's creation has no logged end: it is FINISHED once a worker ran its
+# constructor, FAILED if the constructor (or an argument of it) failed.
+_CONSTRUCTOR_FAILED = "w.death_cause LIKE '%%its constructor%%'"
+CREATION_STATE_SQL = (
+    "(SELECT CASE WHEN count(*) = 0 THEN 'SUBMITTED' WHEN bool_or(" + _CONSTRUCTOR_FAILED + ") THEN 'FAILED' "
+    "ELSE 'FINISHED' END FROM workers w WHERE w.actor_id = t.actor_id)")
+CREATION_ERROR_SQL = (
+    "(SELECT w.death_cause FROM workers w WHERE w.actor_id = t.actor_id AND " + _CONSTRUCTOR_FAILED +
+    " ORDER BY w.ended_at LIMIT 1)")
+# A task's state as listed: its latest logged end, else SUBMITTED (creations: above). ``t`` is tasks.
+TASK_STATE_SQL = ("COALESCE(" + _LAST_ATTEMPT + ", CASE WHEN t.kind = " + str(KIND_ACTOR_CREATION) +
+                  " THEN " + CREATION_STATE_SQL + " ELSE 'SUBMITTED' END)")
+
+
+def list_tasks(conn: Any, job: str | None, state: str | None, limit: int) -> list[TaskRow]:
+    job_id, wanted, limit = _scope(conn, job, state, TaskState, "tasks", limit)
+    where = f"AND {TASK_STATE_SQL} = %(state)s" if wanted else ""
+    # The page is chosen first (through tasks.job_id), then only its rows
+    # read their attempts: a page costs the same in a job of any size.
+    rows = conn.execute(
+        "WITH page AS (SELECT t.task_id FROM tasks t WHERE t.job_id = %(job)s " + where +
+        " ORDER BY t.submitted_at DESC, t.task_id DESC LIMIT %(limit)s) "
+        "SELECT t.task_id, t.job_id, t.kind, t.function_name, t.method, ac.class_name, t.submitted_at, "
+        "last.attempt, " + TASK_STATE_SQL + ", last.node_id, COALESCE(last.error, CASE WHEN t.kind = " +
+        str(KIND_ACTOR_CREATION) + " THEN " + CREATION_ERROR_SQL + " END), runs.n, runs.first_end "
+        "FROM page JOIN tasks t ON t.task_id = page.task_id "
+        "LEFT JOIN actors ac ON ac.actor_id = t.actor_id "
+        "LEFT JOIN LATERAL (SELECT a.attempt, a.state, a.node_id, a.error FROM task_attempts a "
+        "  WHERE a.task_id = t.task_id ORDER BY a.attempt DESC LIMIT 1) last ON true "
+        "LEFT JOIN LATERAL (SELECT count(*) AS n, min(a.finished_at) AS first_end FROM task_attempts a "
+        "  WHERE a.task_id = t.task_id) runs ON true "
+        "ORDER BY t.submitted_at DESC, t.task_id DESC",
+        {"job": job_id, "state": wanted, "limit": limit}).fetchall()
+    return [_task_row(row) for row in rows]
+
+
+def display_name(kind: int, function_name: str, method: str | None, class_name: str | None) -> str:
+    """The function's name; ``Class.method`` for an actor call, ``Class.__init__`` for a creation."""
+    if kind == KIND_ACTOR_CALL:
+        return f"{class_name or 'actor'}.{method}"
+    if kind == KIND_ACTOR_CREATION:
+        return f"{function_name}.__init__"
+    return function_name
+
+
+def _task_row(row: tuple) -> TaskRow:
+    (task_id, job_id, kind, function_name, method, class_name, submitted_at,
+     attempt, state, node_id, error, runs, first_end) = row
+    name = display_name(kind, function_name, method, class_name)
+    duration = (first_end - submitted_at).total_seconds() if first_end and submitted_at else None
+    return TaskRow(task_id.hex(), job_id.hex(), name, state or TaskState.SUBMITTED.value,
+                   (attempt or 0) + 1, max((runs or 0) - 1, 0), node_id, submitted_at,
+                   max(duration, 0.0) if duration is not None else None, first_line(error))
+
+
+def list_objects(conn: Any, job: str | None, state: str | None, limit: int) -> list[ObjectRow]:
+    job_id, wanted, limit = _scope(conn, job, state, ObjectState, "objects", limit)
+    rows = conn.execute(
+        "SELECT object_id, task_id, job_id, origin, size, node_id, "
+        "durable_copy IS NOT NULL OR durable_path IS NOT NULL, state, created_at FROM objects "
+        "WHERE job_id = %(job)s" + (" AND state = %(state)s" if wanted else "") +
+        " ORDER BY created_at DESC, object_id DESC LIMIT %(limit)s",
+        {"job": job_id, "state": wanted, "limit": limit}).fetchall()
+    return [ObjectRow(r[0].hex(), r[1].hex(), r[2].hex(), *r[3:]) for r in rows]
+
+
+def list_actors(conn: Any, job: str | None, state: str | None, limit: int) -> list[ActorRow]:
+    job_id, wanted, limit = _scope(conn, job, state, ActorState, "actors", limit)
+    # A job has few actors: all are read, their state derived, then filtered.
+    actors = conn.execute(
+        "SELECT a.actor_id, a.job_id, a.class_name, a.name, a.created_at, "
+        "(SELECT count(*) FROM actor_calls c WHERE c.actor_id = a.actor_id) "
+        "FROM actors a WHERE a.job_id = %s ORDER BY a.created_at DESC, a.actor_id DESC", (job_id,)).fetchall()
+    workers: dict[bytes, list[tuple]] = {}
+    if actors:
+        for actor_id, node_id, ended_at, cause in conn.execute(
+                "SELECT actor_id, node_id, ended_at, death_cause FROM workers WHERE actor_id = ANY(%s) "
+                "ORDER BY started_at", ([a[0] for a in actors],)):
+            workers.setdefault(actor_id, []).append((node_id, ended_at, cause))
+    rows = []
+    for actor_id, job, class_name, name, created_at, calls in actors:
+        started = workers.get(actor_id, [])
+        if not started:
+            actor_state, node_id, cause = ActorState.PENDING, None, None
+        else:
+            node_id, ended_at, cause = started[-1]
+            actor_state = ActorState.DEAD if ended_at is not None else ActorState.ALIVE
+        if wanted is None or actor_state == wanted:
+            rows.append(ActorRow(actor_id.hex(), job.hex(), class_name, name, actor_state.value,
+                                 max(len(started) - 1, 0), calls, node_id, cause, created_at))
+    return rows[:limit]
+
+
+def list_nodes(conn: Any, job: str | None, state: str | None, limit: int) -> list[NodeRow]:
+    job_id, wanted, limit = _scope(conn, job, state, NodeState, "nodes", limit)
+    alive = {None: "", NodeState.ALIVE: " AND n.ended_at IS NULL", NodeState.DEAD: " AND n.ended_at IS NOT NULL"}
+    rows = conn.execute(
+        "SELECT n.node_id, n.cluster_id, n.resources, n.started_at, n.ended_at, n.death_cause FROM nodes n "
+        "JOIN jobs j ON j.cluster_id = n.cluster_id WHERE j.job_id = %s" + alive[wanted] +
+        " ORDER BY n.started_at DESC, n.node_id DESC LIMIT %s", (job_id, limit)).fetchall()
+    return [NodeRow(node_id, cluster_id, (NodeState.DEAD if ended_at else NodeState.ALIVE).value,
+                    dict(resources or {}), started_at, ended_at, cause)
+            for node_id, cluster_id, resources, started_at, ended_at, cause in rows]
+
+
+_JOB_COLUMNS = ("SELECT j.job_id, j.state, j.entrypoint, j.driver_pid, j.cluster_id, "
+                "(SELECT count(*) FROM tasks t WHERE t.job_id = j.job_id), j.started_at, j.ended_at FROM jobs j")
+
+
+def list_jobs(conn: Any, state: str | None, limit: int) -> list[JobRow]:
+    wanted = check_state(state, JobState, "jobs")
+    limit = check_limit(limit)
+    rows = conn.execute(
+        _JOB_COLUMNS + (" WHERE j.state = %(state)s" if wanted else "") +
+        " ORDER BY j.started_at DESC, j.job_id DESC LIMIT %(limit)s", {"state": wanted, "limit": limit}).fetchall()
+    return [JobRow(r[0].hex(), *r[1:]) for r in rows]
+
+
+def job_row(conn: Any, job: str | None) -> JobRow:
+    row = conn.execute(_JOB_COLUMNS + " WHERE j.job_id = %s", (resolve_job(conn, job),)).fetchone()
+    return JobRow(row[0].hex(), *row[1:])

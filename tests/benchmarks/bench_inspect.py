@@ -1,0 +1,149 @@
+"""Inspection benchmark: ``ember list`` and ``ember lineage`` on a job of 100,000 tasks.
+
+It fills the log by running real tasks through ember (no rows forged): a
+fan-out of ``--leaves`` tasks, then a pairwise tree reduce over their
+results, so a job of 2 x leaves - 1 tasks whose root has a lineage as deep as
+the tree (17 generations for 50,000 leaves). Then, with the cluster shut
+down, it times, best and median of ``--repeat`` runs:
+
+* the Python API (``open_log()`` already open): ``tasks(limit=N)``,
+  ``tasks(state=FAILED)`` (reads every task of the job), ``objects(limit=N)``,
+  ``jobs()``, and ``lineage()`` of a leaf's result and of the root's, at the
+  default depth (20) and task budget (1,000);
+* the CLI as a user runs it, a fresh process each time (interpreter start,
+  embedded server attach included): ``ember list tasks --job J --limit N``
+  and ``ember lineage ROOT``.
+
+Timings are printed, never asserted. Usage:
+
+    python tests/benchmarks/bench_inspect.py [--leaves 50000] [--limit 50] [--repeat 5] [--home DIR]
+
+``--home`` keeps the log (an ``EMBER_HOME``) between runs: a second run with
+the same home and ``--reuse`` skips the fill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+FILL_TIMEOUT_S = 1800.0
+CLI_TIMEOUT_S = 120.0
+
+
+def fill(leaves: int) -> dict[str, str]:
+    """Run the job; returns its id and the ids of a leaf's result and of the root."""
+    import ember
+
+    ember.init(num_cpus=2)
+    try:
+        @ember.remote
+        def leaf(i: int) -> int:
+            return i
+
+        @ember.remote
+        def combine(a: int, b: int) -> int:
+            return a + b
+
+        started = time.perf_counter()
+        level = [leaf.remote(i) for i in range(leaves)]
+        first_leaf = level[0]
+        while len(level) > 1:
+            paired = [combine.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            level = paired + ([level[-1]] if len(level) % 2 else [])
+        total = ember.get(level[0], timeout=FILL_TIMEOUT_S)
+        assert total == leaves * (leaves - 1) // 2, total
+        print(f"filled: {2 * leaves - 1:,} tasks in {time.perf_counter() - started:.1f} s", flush=True)
+        return {"job": ember.get_runtime_context().get_job_id(), "leaf": first_leaf.hex(), "root": level[0].hex()}
+    finally:
+        ember.shutdown()
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    trials = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        trials.append(time.perf_counter() - started)
+    return min(trials), statistics.median(trials)
+
+
+def measure(ids: dict[str, str], limit: int, repeat: int) -> list[tuple[str, float, float, str]]:
+    from ember.lineage import open_log
+
+    results = []
+    with open_log() as log:
+        job = ids["job"]
+        cases: list[tuple[str, Callable[[], object], Callable[[object], str]]] = [
+            (f"tasks(job, limit={limit})", lambda: log.tasks(job=job, limit=limit), lambda r: f"{len(r)} rows"),
+            ("tasks(job, state=FAILED)", lambda: log.tasks(job=job, state="FAILED", limit=limit),
+             lambda r: f"{len(r)} rows"),
+            (f"tasks(job, state=FINISHED, limit={limit})",
+             lambda: log.tasks(job=job, state="FINISHED", limit=limit), lambda r: f"{len(r)} rows"),
+            (f"objects(job, limit={limit})", lambda: log.objects(job=job, limit=limit), lambda r: f"{len(r)} rows"),
+            ("jobs()", lambda: log.jobs(), lambda r: f"{len(r)} rows"),
+            ("lineage(leaf result)", lambda: log.lineage(ids["leaf"]),
+             lambda g: f"{len(g.tasks)} tasks, {len(g.objects)} objects"),  # type: ignore[attr-defined]
+            ("lineage(root)", lambda: log.lineage(ids["root"]),
+             lambda g: f"{len(g.tasks)} tasks, {len(g.objects)} objects, "  # type: ignore[attr-defined]
+                       f"complete={g.complete}"),  # type: ignore[attr-defined]
+            ("lineage(root).to_tree()", lambda: log.lineage(ids["root"]).to_tree(), lambda t: f"{len(t)} chars"),
+            ("lineage(root, depth=3)", lambda: log.lineage(ids["root"], depth=3),
+             lambda g: f"{len(g.tasks)} tasks"),  # type: ignore[attr-defined]
+        ]
+        for name, fn, describe in cases:
+            best, median = timed(fn, repeat)
+            results.append((name, best, median, describe(fn())))
+    ember = [sys.executable, "-m", "ember._cli"]
+    for name, argv in [(f"ember list tasks --job J --limit {limit}", ember + ["list", "tasks", "--job", ids["job"],
+                                                                               "--limit", str(limit)]),
+                       ("ember list tasks --job J --state FAILED", ember + ["list", "tasks", "--job", ids["job"],
+                                                                             "--state", "FAILED"]),
+                       ("ember lineage LEAF", ember + ["lineage", ids["leaf"]]),
+                       ("ember lineage ROOT", ember + ["lineage", ids["root"]]),
+                       ("ember --version (startup alone)", ember + ["--version"])]:
+        out: list[str] = []
+
+        def run_cli(argv: list[str] = argv, out: list[str] = out) -> None:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=True)
+            out[:] = [done.stdout]
+
+        best, median = timed(run_cli, repeat)
+        results.append((name, best, median, f"{len(out[0].splitlines())} lines"))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--leaves", type=int, default=50_000)
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--home", default=None, help="EMBER_HOME to use (default: a fresh temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="the home already holds a filled job: skip the fill")
+    args = parser.parse_args()
+    home = Path(args.home or tempfile.mkdtemp(prefix="ember-bench-inspect-", dir="/tmp"))
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o755)
+    os.environ["EMBER_HOME"] = str(home)
+    ids_file = home / "bench_inspect_ids.json"
+    if args.reuse:
+        ids = json.loads(ids_file.read_text())
+    else:
+        ids = fill(args.leaves)
+        ids_file.write_text(json.dumps(ids))
+    print(f"EMBER_HOME={home} job={ids['job']} root={ids['root']}")
+    print(f"{'what':<44} {'best':>9} {'median':>9}  answer")
+    for name, best, median, answer in measure(ids, args.limit, args.repeat):
+        print(f"{name:<44} {best * 1000:>7.1f}ms {median * 1000:>7.1f}ms  {answer}")
+
+
+if __name__ == "__main__":
+    main()
