@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember.exceptions import ActorDiedError
 from ember.scheduler._protocol import Connection, Op, connect
+from ember.scheduler._shared_read import SharedReadConnection
 
 if TYPE_CHECKING:
     from ember.scheduler._core import _PendingTask
@@ -99,7 +100,7 @@ class ActorCallsMixin:
                         state.conn = connect(
                             address, self._token, {**self._hello, "purpose": "actor-call"},
                             self._handle, self._on_peer_closed, f"actor:{address}",
-                            timeout_s=PEER_CONNECT_TIMEOUT_S,
+                            timeout_s=PEER_CONNECT_TIMEOUT_S, connection_class=SharedReadConnection,
                         )
                         state.conn.batch_end = self._send_follow_ups
                     except Exception:

@@ -115,7 +115,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         # Waiters in get/wait each park on an Event of their own, set after the
         # lock is released: a Condition would wake them only to block again
         # on the lock the notifying reader thread still holds.
-        self._waiters: set[threading.Event] = set()
+        self._waiters: set[Any] = set()  # threading.Event, or a PipeWaiter for a thread reading a connection itself
+        self._thread_state = threading.local()
         self._changed = False
         self._objects: dict[bytes, _Entry] = {}
         self._refcounts: dict[bytes, int] = {}

@@ -284,14 +284,21 @@ class Connection:
             error = exc
         self._shutdown(error)
 
-    def receive(self) -> bool:
+    def receive(self, nonblocking: bool = False) -> bool:
         """Read one chunk and handle every complete frame in it; False at end of stream.
 
         The reader thread calls this in a loop; after adoption, the adopting
-        thread calls it when the socket is readable.
+        thread calls it when the socket is readable. ``nonblocking``: a
+        chunk another reader took already is not waited for.
         """
         sock = self._sock
-        chunk = sock.recv(_RECV_CHUNK_BYTES)
+        if nonblocking:
+            try:
+                chunk = sock.recv(_RECV_CHUNK_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+        else:
+            chunk = sock.recv(_RECV_CHUNK_BYTES)
         if not chunk:
             return False
         buf = self._buf
@@ -408,6 +415,7 @@ def connect(
     name: str = "peer",
     timeout_s: float = CONNECT_TIMEOUT_S,
     reader: bool = True,
+    connection_class: type[Connection] | None = None,
 ) -> Connection:
     """Open an authenticated connection to the listener at ``path``."""
     deadline = time.monotonic() + timeout_s
@@ -430,7 +438,7 @@ def connect(
     except OSError:
         sock.close()  # the listener went away between accept and this write: the caller may try again
         raise
-    conn = Connection(sock, handler, on_close, name=name)
+    conn = (connection_class or Connection)(sock, handler, on_close, name=name)
     conn.send((Op.HELLO, hello))
     conn.start(reader=reader)
     conn.flush()

@@ -19,6 +19,8 @@ from ember.chaos import _agent
 from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Op
+from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, poll_readable
+from ember.scheduler._spec import TaskKind, task_of
 from ember.store._serialization import ObjectKind, deserialize
 
 PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
@@ -56,10 +58,18 @@ class WaitingMixin:
         blocked = False
         next_ask = time.monotonic() + ASK_OWNERS_AFTER_S
         store_generation = self.store_generation
+        event: Any = None
         try:
-            event = threading.Event()
             while True:
                 with self._lock:
+                    # Results of calls to one actor, awaited by a thread not
+                    # running a task: read them off the actor's connection
+                    # here, without a hand-off from its reader thread.
+                    direct = None if blocked or (self.executor is not None and self.current_task is not None) \
+                        else self._result_connection(refs)
+                    if event is not None:
+                        self._waiters.discard(event)
+                    event = self._pipe_waiter() if direct is not None else threading.Event()
                     event.clear()
                     flags = [self._ready(r) for r in refs]
                     if sum(flags) >= count or self.closed:
@@ -81,6 +91,9 @@ class WaitingMixin:
                     self._ask_owners([r for r, ready in zip(refs, flags) if not ready])
                 if remaining is None or remaining > next_ask - now:
                     remaining = max(0.0, next_ask - now)
+                if direct is not None and not must_flush:
+                    self._read_directly(direct, event, remaining)
+                    continue
                 if not must_flush and (blocked or self.executor is None or self.current_task is None):
                     if blocked:
                         # Tasks may still arrive for this blocked worker: hand them back.
@@ -94,8 +107,54 @@ class WaitingMixin:
                     blocked = True
                     self.executor.on_blocked()
         finally:
+            if event is not None:
+                with self._lock:
+                    self._waiters.discard(event)
             if blocked:
                 self.executor.on_unblocked()
+
+    def _result_connection(self, refs: list[ObjectRef]) -> SharedReadConnection | None:
+        """The one actor connection every pending ref among ``refs`` awaits its call's result on, if any."""
+        found = None
+        for ref in refs:
+            entry = self._objects.get(ref._id) if ref._owner == self.address else None
+            if entry is None:
+                return None
+            if entry.state != PENDING:
+                continue
+            pt = self._tasks.get(task_of(ref._id))
+            if pt is None or pt.spec.kind != TaskKind.ACTOR_CALL:
+                return None
+            state = self._actors.get(pt.spec.actor_id)
+            conn = state.conn if state is not None else None
+            if type(conn) is not SharedReadConnection or conn.closed or (found is not None and conn is not found):
+                return None
+            found = conn
+        return found
+
+    def _pipe_waiter(self) -> PipeWaiter:
+        waiter = getattr(self._thread_state, "waiter", None)
+        if waiter is None:
+            waiter = self._thread_state.waiter = PipeWaiter()
+        return waiter
+
+    def _read_directly(self, conn: SharedReadConnection, waiter: PipeWaiter, remaining: float | None) -> None:
+        """Wait for the actor's connection or a wake-up, reading the connection on this thread."""
+        if remaining is None or remaining > ASK_OWNERS_AFTER_S:
+            remaining = ASK_OWNERS_AFTER_S
+        if not conn.borrow():
+            # Another thread reads it now: wait for a wake-up instead.
+            if poll_readable(-1, waiter.r, remaining)[1]:
+                waiter.drain()
+            return
+        try:
+            conn_ready, woken = poll_readable(conn.fileno(), waiter.r, remaining)
+            if woken:
+                waiter.drain()
+            if conn_ready:
+                conn.read_available()
+        finally:
+            conn.give_back()
 
     def _ask_owners(self, refs: list[ObjectRef]) -> None:
         by_owner: dict[str, list[bytes]] = {}
