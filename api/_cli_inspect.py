@@ -33,7 +33,7 @@ _GCS_URL_HELP = "PostgreSQL URL of the log (default: EMBER_GCS_URL, else the emb
 def _opened_log(gcs_url: str | None) -> Iterator[Any]:
     """The log, with user mistakes turned into a one-line error and exit status 1."""
     from ember.lineage import open_log
-    from ember.lineage._schema import SchemaVersionError
+    from ember.lineage._schema_version import SchemaVersionError
 
     try:
         with open_log(gcs_url) as log:

@@ -179,7 +179,7 @@ class LineageLog:
 
     def _check_schema(self) -> None:
         """Refuse a log this ember cannot read; an older one reads fine (columns it lacks read as NULL)."""
-        from ember.lineage._schema import SCHEMA_VERSION, SchemaVersionError
+        from ember.lineage._schema_version import SCHEMA_VERSION, SchemaVersionError
 
         if self._conn.execute("SELECT to_regclass('ember_meta')").fetchone()[0] is None:
             raise EmptyLogError("the lineage log is empty: no program has run with it yet "

@@ -14,9 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
-from ember.exceptions import EmberOperationError
+from ember.lineage._schema_version import SCHEMA_VERSION, SchemaVersionError
 
-SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -208,10 +207,6 @@ _MIGRATIONS: dict[int, list[str]] = {
         # content_hashes is a new table: create_all makes it.
     ],
 }
-
-
-class SchemaVersionError(EmberOperationError):
-    """The log was written by a newer ember than this one."""
 
 
 def ensure_schema(engine: sa.Engine) -> int:
