@@ -14,7 +14,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ember.exceptions import ActorDiedError
-from ember.scheduler._protocol import Connection, Op, connect
+from ember.scheduler._listener import connect
+from ember.scheduler._protocol import Connection, Op
 
 if TYPE_CHECKING:
     from ember.scheduler._core import _PendingTask
