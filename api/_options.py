@@ -40,6 +40,15 @@ def _integer(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _resources(res: Any) -> None:
+    if not isinstance(res, dict) or not all(isinstance(k, str) for k in res):
+        raise InvalidOptionError(f"option resources must be a dict of name to amount, got {res!r:.100}")
+    for name, amount in res.items():
+        if name in ("CPU", "GPU"):
+            raise InvalidOptionError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+        _number(f"resources[{name!r}]", amount)
+
+
 def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     """Check and normalize ``options`` for kind 'task', 'actor' or 'method'."""
     allowed = {"task": _TASK, "actor": _ACTOR, "method": _METHOD}[kind]
@@ -57,13 +66,7 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
         if key in out and out[key] is not None:
             _number(key, out[key])
     if "resources" in out and out["resources"] is not None:
-        res = out["resources"]
-        if not isinstance(res, dict) or not all(isinstance(k, str) for k in res):
-            raise InvalidOptionError(f"option resources must be a dict of name to amount, got {res!r}")
-        for name, amount in res.items():
-            if name in ("CPU", "GPU"):
-                raise InvalidOptionError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
-            _number(f"resources[{name!r}]", amount)
+        _resources(out["resources"])
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         if key in out:
             _integer(key, out[key], -1)
@@ -80,6 +83,17 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     if "max_concurrency" in out:
         _integer("max_concurrency", out["max_concurrency"], 1)
     return out
+
+
+def validate_init(num_cpus: Any, num_gpus: Any, resources: Any, object_store_memory: Any) -> None:
+    """Check ``ember.init``'s resource options, naming the one that is wrong."""
+    for key, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None:
+            _number(key, value)
+    if resources is not None:
+        _resources(resources)
+    if object_store_memory is not None:
+        _integer("object_store_memory", object_store_memory, 1 << 20)
 
 
 def shape_of(options: dict[str, Any], default_cpus: float) -> tuple:

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ember.chaos import _agent as _chaos_agent
-from ember.exceptions import AlreadyInitializedError, ClusterStartError, EmberUserError, InvalidOptionError
+from ember import _options
+from ember.exceptions import (
+    AlreadyInitializedError,
+    ClusterStartError,
+    EmberUserError,
+    InvalidOptionError,
+    NotAnObjectRefError,
+)
 from ember.scheduler import (
     CoreClient,
     Node,
@@ -85,6 +92,8 @@ def init(
             f"unknown init option(s) {sorted(unknown)}; ember.init accepts num_cpus, num_gpus, resources, "
             "object_store_memory, num_workers, ignore_reinit_error"
         )
+    _options.validate_init(num_cpus if num_cpus is not None else num_workers, num_gpus, resources,
+                           object_store_memory)
     with _lock:
         if _context.CORE is not None:
             if ignore_reinit_error or _node is None:
@@ -105,8 +114,6 @@ def init(
         if num_gpus:
             totals["GPU"] = float(num_gpus)
         for name, amount in (resources or {}).items():
-            if name in ("CPU", "GPU"):
-                raise InvalidOptionError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
             totals[name] = float(amount)
         store_bytes = int(object_store_memory or _default_store_bytes())
         totals["memory"] = float(_memory_bytes())
@@ -222,19 +229,33 @@ def is_initialized() -> bool:
     return _context.CORE is not None
 
 
+_REF_FIX = "pass what f.remote(...) or ember.put(...) returned"
+
+
 def _as_ref_list(refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
     if isinstance(refs, ObjectRef):
         return [refs], True
     if isinstance(refs, (list, tuple)):
         for i, ref in enumerate(refs):
             if not isinstance(ref, ObjectRef):
-                raise TypeError(
-                    f"ember.{what}() expects ObjectRefs, but item {i} is a {type(ref).__name__}: {ref!r:.100}"
+                raise NotAnObjectRefError(
+                    f"ember.{what}() expects ObjectRefs, but item {i} is a {type(ref).__name__}: {ref!r:.100}; "
+                    f"{_REF_FIX}{_hint(ref)}"
                 )
         return list(refs), False
-    raise TypeError(
-        f"ember.{what}() expects an ObjectRef or a list of ObjectRefs, got a {type(refs).__name__}: {refs!r:.100}"
+    raise NotAnObjectRefError(
+        f"ember.{what}() expects an ObjectRef or a list of ObjectRefs, got a {type(refs).__name__}: "
+        f"{refs!r:.100}; {_REF_FIX}{_hint(refs)}"
     )
+
+
+def _hint(value: Any) -> str:
+    from ember._actor import ActorMethod
+    from ember._remote_function import RemoteFunction
+
+    if isinstance(value, (RemoteFunction, ActorMethod)):
+        return " (call .remote(...) on it first)"
+    return ""
 
 
 def get(object_refs: Any, *, timeout: float | None = None) -> Any:
@@ -262,7 +283,9 @@ def wait(
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Split refs into (ready, not ready) once ``num_returns`` are ready or ``timeout`` passes."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
-        raise TypeError(f"ember.wait() expects a list of ObjectRefs, got a {type(object_refs).__name__}")
+        raise NotAnObjectRefError(
+            f"ember.wait() expects a list of ObjectRefs, got a {type(object_refs).__name__}; "
+            "wrap a single ref in a list: ember.wait([ref])")
     refs, _ = _as_ref_list(object_refs, "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("ember.wait() got the same ObjectRef more than once")
@@ -285,8 +308,9 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that creates ``object_ref``; ``get`` then raises TaskCancelledError."""
     if not isinstance(object_ref, ObjectRef):
-        raise TypeError(f"ember.cancel() expects an ObjectRef, got a {type(object_ref).__name__}")
-    require_core().cancel(object_ref, force)
+        raise NotAnObjectRefError(
+            f"ember.cancel() expects an ObjectRef, got a {type(object_ref).__name__}; {_REF_FIX}")
+    require_core().cancel(object_ref, bool(force))
 
 
 def _lookup_named(name: str) -> Any:

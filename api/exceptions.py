@@ -28,6 +28,9 @@ __all__ = [
     "SerializationError",
     "InfeasibleResourceError",
     "InvalidOptionError",
+    "NotAnObjectRefError",
+    "ForeignObjectRefError",
+    "ObjectTooLargeError",
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
@@ -65,6 +68,18 @@ class SerializationError(EmberUserError, TypeError):
 
 class InvalidOptionError(EmberUserError, ValueError):
     """An option given to ``remote``/``options``/``init`` is unknown or ill-typed."""
+
+
+class NotAnObjectRefError(EmberUserError, TypeError):
+    """``get``/``wait``/``cancel`` was given something that is not an ObjectRef."""
+
+
+class ForeignObjectRefError(EmberUserError, ValueError):
+    """An ObjectRef made by another cluster session (one since shut down) was used in this one."""
+
+
+class ObjectTooLargeError(EmberUserError):
+    """An object is larger than the node's shared memory and spill disk can hold, free space counted."""
 
 
 class InfeasibleResourceError(EmberUserError):

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from ember.lineage._cluster_table import ClusterTable
-from ember.lineage._rpc import serve
+from ember.lineage._rpc import BadRequest, serve
 
 log = logging.getLogger("ember.gcs")
 
@@ -68,8 +68,12 @@ class GcsService:
                 "ProcessEvents": self.process_events}
 
     # -- calls -----------------------------------------------------------------------------
+    # Each call checks its request's shape before it writes anything: junk is
+    # refused (INVALID_ARGUMENT, logged), never half-written to PostgreSQL.
 
     def register(self, req: dict[str, Any]) -> dict[str, Any]:
+        _require(req, node_id=str, address=str, resources=dict, events=(list, None), restarted=(bool, None))
+        _check_events(req)
         if req.get("restarted"):
             self.table.workers_ended(req["node_id"], "its node's scheduler died")
         self.table.node_started(req["node_id"], req["address"], req["resources"])
@@ -83,6 +87,8 @@ class GcsService:
         return {"gcs_pid": os.getpid()}
 
     def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
+        _require(req, node_id=str, events=(list, None))
+        _check_events(req)
         with self._lock:
             node = self._nodes.get(req["node_id"])
             if node is None or not node.alive:
@@ -96,6 +102,8 @@ class GcsService:
         return {"known": True}
 
     def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
+        _require(req, node_id=str, events=(list, None), cause=(str, None))
+        _check_events(req)
         self.table.process_events(req["node_id"], req.get("events", []))
         self.table.node_ended(req["node_id"], req.get("cause") or "shut down")
         with self._lock:
@@ -105,11 +113,14 @@ class GcsService:
         return {}
 
     def process_events(self, req: dict[str, Any]) -> dict[str, Any]:
+        _require(req, node_id=(str, None), events=(list, None))
+        _check_events(req)
         self.table.process_events(req.get("node_id"), req.get("events") or [])
         return {}
 
     def job_finished(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.table.job_ended(bytes.fromhex(req["job_id"]), req.get("state") or "FINISHED")
+        _require(req, job_id=str, state=(str, None))
+        self.table.job_ended(_hex(req["job_id"], "job_id"), req.get("state") or "FINISHED")
         return {}
 
     def nodes(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +194,45 @@ class GcsService:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+_EVENT_FIELDS: dict[str, dict[str, Any]] = {
+    "started": {"process_id": str, "pid": int, "kind": str, "actor_id": (str, None)},
+    "died": {"process_id": str, "cause": str},
+}
+
+
+def _require(req: dict[str, Any], **fields: Any) -> None:
+    """Raise BadRequest unless each field has its type; ``(type, None)``: may be missing or null."""
+    for name, kind in fields.items():
+        value = req.get(name)
+        optional = isinstance(kind, tuple) and None in kind
+        types = tuple(t for t in (kind if isinstance(kind, tuple) else (kind,)) if t is not None)
+        if value is None and optional:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
+            raise BadRequest(f"field {name!r} is {value!r:.60} (type={type(value).__name__}), expected {expected}")
+
+
+def _hex(value: str, name: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise BadRequest(f"field {name!r} is {value!r:.60}, not hex") from exc
+
+
+def _check_events(req: dict[str, Any]) -> None:
+    for i, event in enumerate(req.get("events") or ()):
+        if not isinstance(event, dict) or event.get("type") not in _EVENT_FIELDS:
+            raise BadRequest(f"event {i} is {event!r:.80}, expected an object with type 'started' or 'died'")
+        try:
+            _require(event, **_EVENT_FIELDS[event["type"]])
+        except BadRequest as exc:
+            raise BadRequest(f"event {i}: {exc}") from None
+        _hex(event["process_id"], "process_id")
+        if event.get("actor_id"):
+            _hex(event["actor_id"], "actor_id")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,18 +8,29 @@ UNAUTHENTICATED.
 
 The address is a Unix socket in the session directory (``unix:PATH``) or a
 loopback ``host:port``; never a public interface by default.
+
+Junk is refused with a logged reason (the peer as gRPC names it, the method,
+what was wrong) and the server keeps serving: a wrong token is
+UNAUTHENTICATED, an unknown method UNIMPLEMENTED, a body that is not a JSON
+object or a request a handler finds malformed (``BadRequest``)
+INVALID_ARGUMENT. A handler that fails otherwise is a bug: INTERNAL, logged
+with its traceback.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
 import grpc
+
+log = logging.getLogger("ember.gcs")
 
 SERVICE = "ember.Gcs"
 TOKEN_KEY = "ember-token"
@@ -31,51 +42,93 @@ def _encode(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode()
 
 
-def _decode(data: bytes) -> dict[str, Any]:
-    return json.loads(data) if data else {}
+class BadRequest(ValueError):
+    """A request is not what its method takes; the caller gets INVALID_ARGUMENT with this message."""
+
+
+class _Undecodable:
+    """A request body that is not a JSON object (refused by the handler wrapper, not by gRPC)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decode(data: bytes) -> Any:
+    # Never raises: gRPC would log a decoding failure as an error with a
+    # traceback and answer INTERNAL, which blames the server for junk.
+    try:
+        msg = json.loads(data) if data else {}
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return _Undecodable(f"{len(data)} bytes that are not JSON ({exc})")
+    if not isinstance(msg, dict):
+        return _Undecodable(f"a JSON {type(msg).__name__}, not an object")
+    return msg
+
+
+def _refusal(code: grpc.StatusCode, reason: str, method: str) -> grpc.RpcMethodHandler:
+    def refuse(request: bytes, context: grpc.ServicerContext) -> None:
+        log.warning("GCS service refused %s from %s: %s", method, context.peer(), reason)
+        context.abort(code, reason)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 class _TokenCheck(grpc.ServerInterceptor):
-    def __init__(self, token: bytes) -> None:
+    def __init__(self, token: bytes, methods: set[str]) -> None:
         self._token = token.hex()
-
-        def refuse(request: bytes, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
-
-        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+        self._methods = {f"/{SERVICE}/{name}" for name in methods}
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method = handler_call_details.method
         sent = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_KEY, "")
         if isinstance(sent, bytes):
             sent = sent.decode(errors="replace")
-        if not hmac.compare_digest(sent, self._token):
-            return self._refusal
+        if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(errors="replace"), self._token.encode()):
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token", method)
+        if method not in self._methods:
+            return _refusal(grpc.StatusCode.UNIMPLEMENTED, "no such method", method)
         return continuation(handler_call_details)
 
 
 def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int = 4) -> grpc.Server:
     """Start a gRPC server answering ``handlers`` by method name; returns it running."""
 
-    def wrap(fn: Handler):  # type: ignore[no-untyped-def]
-        def call(request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-            try:
-                return fn(request)
-            except Unavailable as exc:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-                raise  # abort raises; this is for type checkers
+    def wrap(name: str, fn: Handler):  # type: ignore[no-untyped-def]
+        def call(request: Any, context: grpc.ServicerContext) -> dict[str, Any]:
+            code, reason = grpc.StatusCode.INVALID_ARGUMENT, ""
+            if isinstance(request, _Undecodable):
+                reason = f"the request is {request.reason}"
+            else:
+                try:
+                    return fn(request)
+                except Unavailable as exc:
+                    code, reason = grpc.StatusCode.UNAVAILABLE, str(exc)
+                except BadRequest as exc:
+                    reason = str(exc)
+                except Exception as exc:
+                    log.exception("GCS service: %s from %s failed", name, context.peer())
+                    code, reason = grpc.StatusCode.INTERNAL, f"{name} failed: {exc!r:.200}"
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("GCS service refused %s from %s: %s", name, context.peer(), reason)
+            context.abort(code, reason)
+            raise AssertionError("unreachable: abort raises")
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=_decode, response_serializer=_encode)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ember-gcs-rpc"),
-        interceptors=[_TokenCheck(token)],
+        interceptors=[_TokenCheck(token, set(handlers))],
     )
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(SERVICE, {name: wrap(fn) for name, fn in handlers.items()})]
+        [grpc.method_handlers_generic_handler(SERVICE, {name: wrap(name, fn) for name, fn in handlers.items()})]
     )
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot bind the GCS service to {address}")
     server.start()
+    if address.startswith("unix:"):
+        # gRPC creates the socket with the umask's mode; the session folder
+        # (0700) already keeps others out, and the socket says so itself too.
+        os.chmod(address[len("unix:"):], 0o600)
     return server
 
 

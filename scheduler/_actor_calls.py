@@ -14,7 +14,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ember.exceptions import ActorDiedError
-from ember.scheduler._protocol import Connection, Op, connect
+from ember.scheduler._listener import connect
+from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._shared_read import SharedReadConnection
 
 if TYPE_CHECKING:

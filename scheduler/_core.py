@@ -23,6 +23,7 @@ from ember.exceptions import (
     ActorDiedError,
     ClusterUnavailableError,
     EmberTaskError,
+    ForeignObjectRefError,
     InfeasibleResourceError,
     TaskCancelledError,
     WorkerCrashedError,
@@ -32,7 +33,9 @@ from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
-from ember.scheduler._protocol import Connection, ConnectionClosed, Listener, Op, connect
+from ember.scheduler import _messages
+from ember.scheduler._listener import Listener, connect
+from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._session import Session
 from ember.scheduler._spec import (
     IDS,
@@ -109,6 +112,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.node_id = node_id
         self.worker_id = os.urandom(16)
         self.address = str(session.worker_socket(kind, self.worker_id))
+        # Every owner on this node listens in this session's socket folder.
+        self._owners_prefix = str(session.sockets) + os.sep
         self._token = session.token()
         self.files = ObjectFiles(session.shm_dir, session.spill_dir)
         self._lock = threading.RLock()
@@ -186,6 +191,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 # The job is over: no ref to its puts can be used again.
                 self._put_copies().remove_job(self.job_id)
         self._listener.close()
+        replay = getattr(self, "_replay", None)  # made on the first rebuild (ReconstructionMixin)
+        if replay is not None:
+            replay.close()  # else its PostgreSQL connection outlives the cluster
         for conn in [self.scheduler, self.store, *self._peers.values()]:
             conn.flush()
             conn.close()
@@ -380,6 +388,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         name: str | None = None,
         extra: tuple = (),
     ) -> list[ObjectRef]:
+        self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
         current = self.current_task
         parent = current.task_id if current is not None else None
         job_id = current.job_id if current is not None else self.job_id
@@ -732,6 +741,13 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._wake_waiters()
 
     def _dispatch_message(self, conn: Connection, msg: tuple) -> None:
+        problem = _messages.problem(msg, _messages.CORE_OPS)
+        if problem is None and msg[0] in _messages.FROM_SCHEDULER_ONLY and (
+                self.kind != "worker" or (conn is not self.scheduler and conn is not self.exec_conn)):
+            problem = f"{Op(msg[0]).name} is taken only from this node's scheduler, by a worker"
+        if problem is not None:
+            _messages.refuse(conn, msg, problem, f"{self.kind} {os.getpid()}")
+            return
         op = msg[0]
         if op == Op.TASK_RESULT:
             self._on_result(*msg[1:])
@@ -960,6 +976,17 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.scheduler.send_now((Op.CANCEL, task_id, force))
 
     # -- introspection -------------------------------------------------------------
+
+    def check_refs(self, refs: list[ObjectRef]) -> None:
+        """Raise for a ref made by another cluster session: its owner can never answer here."""
+        for ref in refs:
+            owner = ref._owner
+            if owner != self.address and not owner.startswith(self._owners_prefix):
+                raise ForeignObjectRefError(
+                    f"ObjectRef {ref.hex()} belongs to another ember cluster session (its owner {owner} is "
+                    "not part of this one): refs do not outlive ember.shutdown(). Get its value before "
+                    "shutting down, or compute it again in this session"
+                )
 
     def check_feasible(self, shape: tuple, what: str) -> None:
         """Raise at once for a request no node can ever satisfy, instead of queueing it forever."""

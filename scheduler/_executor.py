@@ -28,7 +28,8 @@ from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError,
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
-from ember.scheduler._protocol import Connection, Op
+from ember.scheduler import _messages
+from ember.scheduler._protocol import Connection, ConnectionClosed, MalformedFrame, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
 from ember.store._content_hash import LateHashes, content_hash
 from ember.store._put_copies import copy_wanted
@@ -125,8 +126,15 @@ class Executor:
 
     def adopt_call_connection(self, conn: Connection) -> None:
         """Take over reading a caller's connection (called on its reader thread)."""
-        conn._handler = self.deliver  # frames already read go through the inbox
+        conn._handler = self._deliver_call  # frames already read go through the inbox
         conn.adopter = lambda c: self.deliver(c, (_ADOPT,))
+
+    def _deliver_call(self, conn: Connection, msg: tuple) -> None:
+        problem = _messages.problem(msg, _messages.CALL_OPS)
+        if problem is not None:
+            _messages.refuse(conn, msg, problem, f"actor worker {os.getpid()}")
+            return
+        self.deliver(conn, msg)
 
     def _adopt(self, conn: Connection) -> None:
         conn._handler = self._call_inline
@@ -134,10 +142,11 @@ class Executor:
         self._selector.register(conn.fileno(), selectors.EVENT_READ, conn)
 
     def _call_inline(self, conn: Connection, msg: tuple) -> None:
-        if msg[0] == Op.ACTOR_CALL:
-            self._run_task(conn, msg[1])
-        else:
-            log.warning("actor ignored message %r on a call connection", msg[0])
+        problem = _messages.problem(msg, _messages.CALL_OPS)
+        if problem is not None:
+            _messages.refuse(conn, msg, problem, f"actor worker {os.getpid()}")
+            return
+        self._run_task(conn, msg[1])
 
     def _cancel(self, task_id: bytes) -> None:
         with self._cv:
@@ -202,7 +211,13 @@ class Executor:
             error: BaseException | None = None
             try:
                 alive = conn.receive()
-            except Exception as exc:
+            except (OSError, ConnectionClosed) as exc:
+                if isinstance(exc, MalformedFrame):
+                    log.warning("dropping connection %s: %s", conn.name, exc)
+                alive, error = False, exc
+            except Exception as exc:  # a bug in a call's plumbing: the caller goes, the actor stays
+                log.warning("dropping connection %s: handling its message failed: %r", conn.name, exc,
+                            exc_info=True)
                 alive, error = False, exc
             if not alive:
                 self._selector.unregister(key.fd)

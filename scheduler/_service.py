@@ -27,7 +27,9 @@ from typing import Any
 from ember.chaos import _agent
 from ember.scheduler._core import FailureCause
 from ember.scheduler._gcs_link import GcsLink, process_id
-from ember.scheduler._protocol import Connection, Listener, Op, Outbox
+from ember.scheduler import _messages
+from ember.scheduler._listener import Listener
+from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
 from ember.scheduler._spec import TaskSpec
@@ -174,6 +176,12 @@ class Scheduler:
     # -- message handling --------------------------------------------------------------
 
     def _handle(self, conn: Connection, msg: tuple) -> None:
+        problem = _messages.problem(msg, _messages.SCHEDULER_OPS)
+        if problem is None and msg[0] in (Op.ACTOR_READY, Op.ACTOR_FAILED):
+            problem = self._not_host(conn, msg[1])
+        if problem is not None:
+            _messages.refuse(conn, msg, problem, "scheduler")
+            return
         op = msg[0]
         with self._lock:
             if op == Op.SUBMIT:
@@ -215,8 +223,14 @@ class Scheduler:
                 conn.reply(msg[1], self.processes())
             elif op == Op.SHUTDOWN:
                 self.stop()
-            else:
-                log.warning("scheduler: unknown message %r from %s", op, conn.name)
+
+    def _not_host(self, conn: Connection, actor_id: bytes) -> str | None:
+        """Why ``conn`` may not report on ``actor_id``'s start (None if it hosts it)."""
+        with self._lock:
+            w = self._by_conn.get(conn)
+        if w is None or w.actor_id != actor_id:
+            return f"a report on actor {actor_id.hex()}, which that peer's process does not host"
+        return None
 
     # -- tasks -------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import select
 import threading
 import time
 
-from ember.scheduler._protocol import ConnectionClosed, Connection
+from ember.scheduler._protocol import Connection
 
 LINGER_S = 0.005
 _INFINITE = float("inf")
@@ -75,8 +75,8 @@ class SharedReadConnection(Connection):
         """Handle what the socket holds now (the borrower, after a poll); False once the peer is gone."""
         try:
             alive = self.receive(nonblocking=True)
-        except (OSError, ConnectionClosed) as exc:
-            self.fail(exc)
+        except Exception as exc:
+            self.fail(self._reading_failed(exc))
             return False
         if not alive:
             self.fail(None)
@@ -101,10 +101,8 @@ class SharedReadConnection(Connection):
                 with self._read_mutex:
                     if self._closed or not self.receive(nonblocking=True):
                         break
-        except (OSError, ConnectionClosed, ValueError) as exc:
-            error = exc
-        except Exception as exc:  # a handler bug: drop the peer, as the plain reader does
-            error = exc
+        except Exception as exc:
+            error = self._reading_failed(exc)
         self._shutdown(error)
         for fd in (self._park_r, self._park_w):
             try:

@@ -34,6 +34,7 @@ class WaitingMixin:
     _objects: dict
     _actors: dict
     store_generation: int
+    check_refs: Any
 
     # -- get / wait --------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class WaitingMixin:
         return any(s.conn is not None and s.conn._pending for s in self._actors.values())
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
         for _ in range(RECONSTRUCTION_ROUNDS_MAX):
@@ -248,6 +250,7 @@ class WaitingMixin:
     def wait(
         self, refs: list[ObjectRef], num_returns: int, timeout: float | None
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
         flags = self._wait_ready(refs, num_returns, deadline)

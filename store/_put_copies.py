@@ -134,7 +134,7 @@ class PutCopies:
             view = self._open_object(oid)
         if view is None:
             return  # freed (or lost) before its turn came
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_private_parents(final)
         tmp = final.with_name(f".tmp-{final.name}")
         with open(tmp, "wb") as f:
             f.write(view)
@@ -154,13 +154,24 @@ def job_dir(home: Path, job_id: bytes) -> Path:
     return home / "objects" / job_id.hex()
 
 
+def make_private_parents(path: Path) -> None:
+    """Create the missing folders above a copy readable by this user only: copies are the user's data."""
+    missing = []
+    for directory in path.parents:
+        if directory.is_dir():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
 def write_copy(path: Path, data: memoryview | bytes) -> None:
     """Write a copy for another process to read after this one dies: page cache, no fsync.
 
     It must outlive a process, not the machine: a machine lost is a node
     lost, and its copies with it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_parents(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)

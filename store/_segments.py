@@ -32,7 +32,7 @@ import os
 import time
 from pathlib import Path
 
-from ember.exceptions import EmberInternalError
+from ember.exceptions import EmberInternalError, ObjectTooLargeError
 
 from ember.store._serialization import (
     HEADER_BYTES,
@@ -82,12 +82,24 @@ class ObjectFiles:
             path = self._write_segment(object_id, obj, Path(segment))
             if path is not None:
                 return path
-        if _free_bytes(self.shm_dir) >= obj.total_size:
+        size = obj.total_size
+        shm_free = _free_bytes(self.shm_dir)
+        if shm_free >= size:
             try:
                 return self._write_new(self.shm_dir, object_id, obj)
             except OSError as exc:
                 if exc.errno not in _NO_ROOM_ERRNOS:
                     raise
+        else:
+            spill_free = _free_bytes(self.spill_dir)
+            if spill_free < size:
+                # Refused before a byte is written: a half-written spill file
+                # would only fill the disk for everyone else.
+                raise ObjectTooLargeError(
+                    f"an object of {size:,} bytes fits neither in shared memory ({shm_free:,} bytes free in "
+                    f"{self.shm_dir}) nor on the spill disk ({spill_free:,} bytes free in {self.spill_dir}); "
+                    "an object is kept whole in one of them. Split it into smaller objects, or free space"
+                )
         return self._write_new(self.spill_dir, object_id, obj)
 
     def open(self, object_id: bytes) -> memoryview | None:

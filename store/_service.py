@@ -25,7 +25,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ember.chaos import _agent
-from ember.scheduler._protocol import Connection, Listener, Op, Outbox
+from ember.scheduler import _messages
+from ember.scheduler._listener import Listener
+from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._session import Session, open_session
 from ember.scheduler import _procutil
 from ember.store._segments import ObjectFiles, prefault_segment
@@ -71,6 +73,14 @@ class Store:
                 waiters.discard(conn)
 
     def _handle(self, conn: Connection, msg: tuple) -> None:
+        problem = _messages.problem(msg, _messages.STORE_OPS)
+        if problem is None and msg[0] == Op.SEALED:
+            problem = self._seal_problem(msg[1], msg[2])
+        elif problem is None and msg[0] == Op.ALLOC_SEGMENT and not 0 <= msg[2] <= self.capacity_bytes:
+            problem = f"a segment of {msg[2]} bytes, outside 0 to the store's {self.capacity_bytes}"
+        if problem is not None:
+            _messages.refuse(conn, msg, problem, "store")
+            return
         op = msg[0]
         with self._lock:
             if op == Op.SEALED:
@@ -84,8 +94,17 @@ class Store:
                 conn.reply(msg[1], self._alloc_segment(msg[2]))
             elif op == Op.STORE_STATS:
                 conn.reply(msg[1], self.statistics())
-            else:
-                log.warning("store: unknown message %r from %s", op, conn.name)
+
+    def _seal_problem(self, oid: bytes, size: int) -> str | None:
+        # The writer publishes the file before it says so: a seal with no file
+        # (or another size) is a bug or junk, and would corrupt the accounting
+        # that decides what to spill.
+        found = self.files.size_of(oid)
+        if found is None:
+            return f"a seal of object {oid.hex()}, which has no file in this store"
+        if found != size:
+            return f"a seal of object {oid.hex()} as {size} bytes; its file holds {found}"
+        return None
 
     def _sealed(self, oid: bytes, size: int) -> None:
         if oid not in self._objects:

@@ -9,6 +9,9 @@ INSTANCES = [
     ex.SerializationError("cannot pickle"),
     ex.InvalidOptionError("bad"),
     ex.InfeasibleResourceError("too many GPUs"),
+    ex.NotAnObjectRefError("not a ref"),
+    ex.ForeignObjectRefError("from another cluster"),
+    ex.ObjectTooLargeError("too large"),
     ex.GetTimeoutError("late"),
     ex.TaskCancelledError("ab12"),
     ex.WorkerCrashedError("f (task 01)", 4, "pid 1 killed by SIGKILL"),
@@ -39,5 +42,8 @@ def test_task_error_is_instance_of_cause():
 def test_families():
     assert issubclass(ex.GetTimeoutError, ex.EmberOperationError)
     assert issubclass(ex.InvalidOptionError, ex.EmberUserError)
+    for misuse in (ex.NotAnObjectRefError, ex.ForeignObjectRefError, ex.ObjectTooLargeError):
+        assert issubclass(misuse, ex.EmberUserError)
+    assert issubclass(ex.NotAnObjectRefError, TypeError)  # what Ray-era code catches
     assert issubclass(ex.WorkerCrashedError, ex.EmberError)
     assert ex.RayTaskError is ex.EmberTaskError

@@ -3,7 +3,8 @@ import threading
 
 import pytest
 
-from ember.scheduler._protocol import PREAMBLE_MAGIC, Listener, Op, connect, new_token
+from ember.scheduler._listener import Listener, connect
+from ember.scheduler._protocol import PREAMBLE_MAGIC, Op, new_token
 
 
 @pytest.fixture

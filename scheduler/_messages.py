@@ -1,0 +1,193 @@
+"""The shape of every message a service takes: op, arity, and the type of each field.
+
+A service checks a message against ``SHAPES`` before acting on it, so a
+message of the wrong arity or with a field of the wrong type is refused with
+a logged reason (naming the peer and what was wrong) instead of raising half
+way through a handler, with the service's tables half updated. A refused
+request is answered with an error, so its sender does not wait out a timeout.
+
+After the token every peer is a trusted member of the cluster: these checks
+are against bugs and junk, not attackers (see docs/security.md). They cost a
+few ``isinstance`` calls per message and never unpickle or copy anything.
+
+This module only describes and checks; it must never act on a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ember.exceptions import EmberInternalError
+from ember.scheduler._protocol import Connection, Op, describe
+from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, TaskSpec
+
+log = logging.getLogger("ember.protocol")
+
+_ANY = object()  # a field of any type (user data, carried unread)
+_NONE = type(None)
+
+
+class _Id:
+    """An id: bytes of exactly ``length``."""
+
+    __slots__ = ("length", "what")
+
+    def __init__(self, length: int, what: str) -> None:
+        self.length = length
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"{self.what} ({self.length} bytes)"
+
+
+class _ListOf:
+    """A list whose every item is a ``item`` field."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: "_Id") -> None:
+        self.item = item
+
+    def __repr__(self) -> str:
+        return f"list of {self.item!r}"
+
+
+Field = Any  # a type, a tuple of types, _Id, _ListOf, or _ANY
+
+OID = _Id(OBJECT_ID_BYTES, "an object id")
+TID = _Id(TASK_ID_BYTES, "a task id")
+AID = _Id(TASK_ID_BYTES, "an actor id")
+
+
+# Op -> (fields after the op, how many trailing fields may be left out).
+SHAPES: dict[Op, tuple[tuple[Field, ...], int]] = {
+    # to the scheduler
+    Op.SUBMIT: ((TaskSpec,), 0),
+    Op.REGISTER_FUNCTION: ((bytes, bytes, str), 0),
+    Op.CANCEL: ((TID, bool), 0),
+    Op.CREATE_ACTOR: ((TaskSpec, bool, _ANY, int), 1),
+    Op.KILL_ACTOR: ((AID, bool), 0),
+    Op.LOOKUP_ACTOR: ((int, AID), 0),
+    Op.GET_NAMED_ACTOR: ((int, str), 0),
+    Op.BLOCKED: ((_ListOf(TID),), 0),
+    Op.UNBLOCKED: ((), 0),
+    Op.TASKS_DONE: ((_ListOf(TID),), 0),
+    Op.RETURN_TASKS: ((_ListOf(TID),), 0),
+    Op.ACTOR_READY: ((AID, str), 0),
+    Op.ACTOR_FAILED: ((AID, (bytes, _NONE), str), 0),
+    Op.RESOURCES: ((int,), 0),
+    Op.PROCESSES: ((int,), 0),
+    Op.SHUTDOWN: ((), 0),
+    Op.CLAIM_NAME: ((int, str, AID, _ANY), 0),
+    # from the scheduler, to a worker's executor
+    Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
+    Op.CANCEL_RUNNING: ((TID,), 0),
+    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
+    Op.TASK_FAILED: ((TID, int, str, str), 0),
+    Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
+    # between core clients
+    Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE)), 3),  # ..., call_seq, durable_seq, hashes
+    Op.ACTOR_CALL: ((TaskSpec,), 0),
+    Op.FLUSH_LOG: ((int, AID), 0),
+    Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
+    # to and from the object store
+    Op.SEALED: ((OID, int, str), 0),
+    Op.SUBSCRIBE: ((OID,), 0),
+    Op.OBJECT_READY: ((OID,), 0),
+    Op.FREE: ((_ListOf(OID),), 0),
+    Op.ALLOC_SEGMENT: ((int, int), 0),
+    Op.STORE_STATS: ((int,), 0),
+}
+
+# Requests (answered with REPLY): a refused one is answered with an error.
+REQUESTS = frozenset({
+    Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
+    Op.STORE_STATS,
+})
+
+SCHEDULER_OPS = frozenset({
+    Op.SUBMIT, Op.REGISTER_FUNCTION, Op.CANCEL, Op.CREATE_ACTOR, Op.KILL_ACTOR, Op.LOOKUP_ACTOR,
+    Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
+    Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME,
+})
+STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS})
+CORE_OPS = frozenset({
+    Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
+    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR,
+})
+# What an actor takes on a caller's connection once it has adopted it.
+CALL_OPS = frozenset({Op.ACTOR_CALL})
+# Only the node's scheduler sends these: from anyone else they are refused.
+FROM_SCHEDULER_ONLY = frozenset({Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR})
+
+
+def _field_problem(value: Any, field: Field) -> str | None:
+    if field is _ANY:
+        return None
+    if isinstance(field, _Id):
+        if type(value) is not bytes or len(value) != field.length:
+            return f"{describe(value)}, expected {field!r}"
+        return None
+    if isinstance(field, _ListOf):
+        if type(value) is not list:
+            return f"a {type(value).__name__}, expected a {field!r}"
+        for item in value:
+            if type(item) is not bytes or len(item) != field.item.length:
+                return f"a list holding {describe(item)}, expected a {field!r}"
+        return None
+    if not isinstance(value, field) or (isinstance(value, bool) and field is int):
+        return f"{describe(value)}, expected {_names(field)}"
+    return None
+
+
+def _names(field: Field) -> str:
+    if isinstance(field, tuple):
+        return " or ".join(t.__name__ for t in field)
+    return field.__name__
+
+
+def problem(msg: tuple, accepted: frozenset) -> str | None:
+    """What is wrong with ``msg`` for a receiver that takes ``accepted`` ops; None if nothing.
+
+    ``msg`` is already known to be a non-empty tuple led by an int
+    (``Connection`` refuses anything else).
+    """
+    op = msg[0]
+    if op not in accepted:
+        label = Op(op).name if op in Op._value2member_map_ else f"{int(op)} (no such op)"
+        return f"op {label} is not a message this process takes"
+    fields, optional = SHAPES[op]
+    arity = len(msg) - 1
+    if not len(fields) - optional <= arity <= len(fields):
+        return f"{Op(op).name} has {arity} field(s), expected {len(fields) - optional} to {len(fields)}"
+    for i in range(arity):
+        wrong = _field_problem(msg[i + 1], fields[i])
+        if wrong is not None:
+            return f"{Op(op).name} field {i + 1} is {wrong}"
+    if isinstance(msg[1] if arity else None, TaskSpec):
+        return spec_problem(msg[1])
+    return None
+
+
+# The spec fields the scheduler and the core read before any user code runs.
+_SPEC_FIELDS: tuple[tuple[str, Field], ...] = (
+    ("task_id", TID), ("kind", int), ("job_id", bytes), ("owner_addr", str), ("function_id", bytes),
+    ("function_name", str), ("args", (list, tuple)), ("kwargs", (dict, _NONE)), ("num_returns", int),
+    ("resources", tuple), ("max_retries", int), ("attempt", int), ("actor_id", (bytes, _NONE)),
+)
+
+
+def spec_problem(spec: TaskSpec) -> str | None:
+    for name, field in _SPEC_FIELDS:
+        wrong = _field_problem(getattr(spec, name, None), field)
+        if wrong is not None:
+            return f"its task spec's {name} is {wrong}"
+    return None
+
+
+def refuse(conn: Connection, msg: tuple, reason: str, receiver: str) -> None:
+    """Log why ``msg`` was refused and, for a request, answer it with the reason."""
+    log.warning("%s refused a message from %s: %s", receiver, conn.name, reason)
+    if msg[0] in REQUESTS and len(msg) > 1 and type(msg[1]) is int:
+        conn.reply(msg[1], error=EmberInternalError(f"{receiver} refused the request: {reason}"))
