@@ -179,6 +179,19 @@ _SPEC_FIELDS: tuple[tuple[str, Field], ...] = (
 
 
 def spec_problem(spec: TaskSpec) -> str | None:
+    # Specs are the hottest messages: one expression for the common case,
+    # the field-by-field walk only to name what is wrong.
+    try:
+        if (type(spec.task_id) is bytes and len(spec.task_id) == TASK_ID_BYTES and isinstance(spec.kind, int)
+                and type(spec.job_id) is bytes and type(spec.owner_addr) is str
+                and type(spec.function_id) is bytes and type(spec.function_name) is str
+                and type(spec.args) in (list, tuple) and (spec.kwargs is None or type(spec.kwargs) is dict)
+                and type(spec.num_returns) is int and type(spec.resources) is tuple
+                and type(spec.max_retries) is int and type(spec.attempt) is int
+                and (spec.actor_id is None or type(spec.actor_id) is bytes)):
+            return None
+    except AttributeError:
+        pass
     for name, field in _SPEC_FIELDS:
         wrong = _field_problem(getattr(spec, name, None), field)
         if wrong is not None:
