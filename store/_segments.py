@@ -279,7 +279,7 @@ def prefault_segment(path: Path, size: int) -> None:
 
 
 def _free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still put in ``directory``'s filesystem (tests replace this)."""
+    """Bytes an unprivileged writer may still put in ``directory``'s filesystem."""
     stats = os.statvfs(directory)
     return stats.f_bavail * stats.f_frsize
 

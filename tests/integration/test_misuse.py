@@ -16,7 +16,7 @@ import pytest
 
 import ember
 from ember import exceptions as ex
-from ember.store import _segments
+from tests.fix_space import shrink_free_space
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,11 +100,11 @@ def test_resources_no_node_has() -> None:
 
 
 def test_object_larger_than_memory_and_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    # ember's own free-space probe reports 1 MiB free in shared memory and on
-    # the spill disk; the put is refused before a byte is written.
+    # The operating system reports 1 MiB free in shared memory and on the
+    # spill disk; the put is refused before a byte is written.
     session = ember._runtime._session
     shm_dir, spill_dir = session.shm_dir, session.spill_dir
-    monkeypatch.setattr(_segments, "_free_bytes", lambda directory: 1 << 20)
+    shrink_free_space(monkeypatch, {shm_dir: 1 << 20, spill_dir: 1 << 20})
     before = set(os.listdir(shm_dir)) | set(os.listdir(spill_dir))
     with pytest.raises(ex.ObjectTooLargeError, match=r"4,194,\d+ bytes fits neither in shared memory .* "
                        r"nor on the spill disk .* Split it into smaller objects"):

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 
 from ember.exceptions import ObjectTooLargeError
-from ember.store import _segments
 from ember.store._segments import ObjectFiles, prefault_segment
 from ember.store._serialization import ObjectKind, deserialize, read_header, serialize
+from tests.fix_space import shrink_free_space
 
 ID_A = b"a" * 20
 ID_B = b"b" * 20
@@ -128,8 +128,7 @@ def test_arrow_objects_map_zero_copy(files: ObjectFiles, value: Any) -> None:
 
 
 def test_write_falls_back_to_spill_dir_when_shm_is_short(files: ObjectFiles, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = _segments._free_bytes
-    monkeypatch.setattr(_segments, "_free_bytes", lambda directory: 100 if directory == files.shm_dir else real(directory))
+    shrink_free_space(monkeypatch, {files.shm_dir: 100})
     path = files.write(ID_A, serialize(np.arange(1000)))
     assert path == files.spill_dir / ID_A.hex()
     np.testing.assert_array_equal(read(files, ID_A), np.arange(1000))
@@ -138,7 +137,7 @@ def test_write_falls_back_to_spill_dir_when_shm_is_short(files: ObjectFiles, mon
 def test_write_refuses_an_object_too_large_for_memory_and_disk(
     files: ObjectFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_segments, "_free_bytes", lambda directory: 100)
+    shrink_free_space(monkeypatch, {files.shm_dir: 100, files.spill_dir: 100})
     with pytest.raises(ObjectTooLargeError, match="neither in shared memory .* nor on the spill disk"):
         files.write(ID_A, serialize(np.arange(1000)))
     assert not any(files.shm_dir.iterdir()) and not any(files.spill_dir.iterdir())  # nothing written
