@@ -30,8 +30,9 @@ from ember.scheduler._protocol import (
     Connection,
     ConnectionClosed,
     Op,
-    describe,
     _recv_exactly,
+    describe,
+    shut_and_close,
 )
 
 log = logging.getLogger("ember.protocol")
@@ -185,14 +186,7 @@ class Listener:
 
     def close(self) -> None:
         self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
-        except OSError:
-            pass
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        shut_and_close(self._sock)  # the shutdown wakes the accept loop
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -376,14 +376,7 @@ class Connection:
             return
         self._closed = True
         self._wake.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        shut_and_close(self._sock)
         closed = ConnectionClosed(f"connection to {self.name} closed" + (f": {error}" if error else ""))
         for fut in list(self._requests.values()):
             if not fut.done():
@@ -429,6 +422,18 @@ def _decode(buf: bytearray, start: int, end: int) -> Any:
             return pickle.loads(view[start:end])
     except Exception as exc:
         raise MalformedFrame(f"a frame of {end - start} bytes does not unpickle: {exc!r:.200}") from exc
+
+
+def shut_and_close(sock: socket.socket) -> None:
+    """Shut a socket down (waking a thread blocked on it) and close it, whatever state it is in."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 def describe(value: Any) -> str:
