@@ -113,7 +113,9 @@ objects = sa.Table(
     # The creating task (or the put). Not indexed: a task's return ids are its
     # own id plus an index, so its objects are a primary-key range.
     sa.Column("task_id", BYTEA, nullable=False),
-    sa.Column("job_id", BYTEA, nullable=False),
+    # v6: indexed, so listing a job's objects (and pruning a job) reads that
+    # job's rows, not the whole log's; equal keys in a row cost the B-tree little.
+    sa.Column("job_id", BYTEA, nullable=False, index=True),
     sa.Column("origin", sa.Text, nullable=False),  # 'return', 'put' or 'argument'
     sa.Column("size", sa.BigInteger),
     sa.Column("node_id", sa.Text),  # v2: where the first copy was made
@@ -205,6 +207,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     5: [
         "ALTER TABLE objects ADD COLUMN IF NOT EXISTS content_hash BYTEA",
         # content_hashes is a new table: create_all makes it.
+    ],
+    6: [
+        "CREATE INDEX IF NOT EXISTS ix_objects_job_id ON objects (job_id)",
     ],
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class SchemaVersionError(EmberOperationError):
