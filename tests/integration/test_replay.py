@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,52 @@ def test_unknown_and_unloadable_tasks_raise_clear_errors(job):
     finally:
         if release is not None:
             release()
+
+
+LIVE_DRIVER = """
+import sys
+import numpy as np
+import ember
+ember.init(num_cpus=1)
+
+@ember.remote
+def make(n):
+    return np.random.default_rng().random(n)  # random: replaying it could not give this value back
+
+@ember.remote
+def total(array):
+    return float(array.sum())
+
+array = make.remote(200_000)  # 1.6 MB: it lives in the store
+done = total.remote(array)
+print(ember.get(done), done.task_id().hex(), array.hex(), flush=True)
+sys.stdin.readline()  # keep the cluster up until the test is done
+ember.shutdown()
+"""
+LIVE_READY_TIMEOUT_S = 120
+
+
+def test_an_argument_still_in_a_live_clusters_store_is_read_from_it():
+    # `make` is random, so only the live object gives `total` its recorded value.
+    with subprocess.Popen([sys.executable, "-c", LIVE_DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}) as driver:
+        try:
+            line: list[str] = []
+            reader = threading.Thread(target=lambda: line.append(driver.stdout.readline()), daemon=True)
+            reader.start()
+            reader.join(LIVE_READY_TIMEOUT_S)
+            assert line and line[0], "the driver did not report its result in time"
+            value, task_hex, array_hex = line[0].split()
+            result = replay_task(task_hex)
+            assert result.verdict is Verdict.MATCHES
+            assert result.value == float(value)
+            assert result.rebuilt == (f"object {array_hex} from a live cluster's store",)
+        finally:
+            if driver.poll() is None:
+                driver.stdin.write("\n")
+                driver.stdin.flush()
+                try:
+                    driver.wait(60)
+                except subprocess.TimeoutExpired:
+                    driver.kill()
+                    driver.wait(10)
