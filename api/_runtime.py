@@ -302,7 +302,7 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"ember.kill() expects an actor handle, got a {type(actor).__name__}")
-    require_core().kill_actor(actor._actor_id, no_restart)
+    require_core().kill_actor(actor._actor_id, bool(no_restart))
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

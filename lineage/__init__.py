@@ -13,7 +13,12 @@ compare them with the log (``docs/debugging.md``).
 from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow, TaskState
 from ember.lineage._prune import PruneReport, prune
 from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
-from ember.lineage._replay_plan import FunctionUnavailableError, NeedsClusterError, ReplayInputError
+from ember.lineage._replay_plan import (
+    FunctionUnavailableError,
+    NeedsClusterError,
+    NotReplayableError,
+    ReplayInputError,
+)
 from ember.lineage._reader import (
     EmptyLogError,
     Lineage,
@@ -34,6 +39,7 @@ __all__ = [
     "LineageLog",
     "NeedsClusterError",
     "NodeRow",
+    "NotReplayableError",
     "ObjectRecord",
     "ObjectRow",
     "PruneReport",

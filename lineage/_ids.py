@@ -60,3 +60,7 @@ def resolve_job(conn: Any, job: str | None) -> bytes:
         shown = ", ".join(bytes(r[0]).hex() for r in rows[:5])
         raise UnknownIdError(f"job prefix {job!r} is ambiguous: it matches {shown}{', ...' if len(rows) > 5 else ''}")
     return bytes(rows[0][0])
+
+
+class EmptyLogError(UnknownIdError):
+    """The log has no tables yet: nothing has run with it."""

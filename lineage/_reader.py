@@ -23,7 +23,8 @@ from typing import Any
 
 from ember.exceptions import EmberUserError
 from ember.lineage import _listing
-from ember.lineage._ids import UnknownIdError, hex_or_none, id_bytes
+from ember.lineage._ids import EmptyLogError, UnknownIdError, hex_or_none, id_bytes
+from ember.lineage._schema_version import check_readable
 from ember.lineage._listing import (
     CREATION_ERROR_SQL,
     CREATION_STATE_SQL,
@@ -158,10 +159,6 @@ class Lineage:
         return lineage_tree(self, color=color)
 
 
-class EmptyLogError(UnknownIdError):
-    """The log has no tables yet: nothing has run with it."""
-
-
 class LineageLog:
     """A read-only view of the lineage log."""
 
@@ -169,26 +166,14 @@ class LineageLog:
         import psycopg
 
         self._conn = psycopg.connect(conninfo, autocommit=True)
-        self._conn.read_only = True
         self._release = release
         try:
-            self._check_schema()
+            # Enforced by the server: psycopg's read_only does nothing in autocommit mode.
+            self._conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            check_readable(lambda sql: self._conn.execute(sql).fetchall())
         except BaseException:
             self._conn.close()
             raise
-
-    def _check_schema(self) -> None:
-        """Refuse a log this ember cannot read; an older one reads fine (columns it lacks read as NULL)."""
-        from ember.lineage._schema_version import SCHEMA_VERSION, SchemaVersionError
-
-        if self._conn.execute("SELECT to_regclass('ember_meta')").fetchone()[0] is None:
-            raise EmptyLogError("the lineage log is empty: no program has run with it yet "
-                                "(or EMBER_GCS_URL / EMBER_HOME point somewhere else)")
-        row = self._conn.execute("SELECT value FROM ember_meta WHERE key = 'schema_version'").fetchone()
-        found = int(row[0]) if row else SCHEMA_VERSION
-        if found > SCHEMA_VERSION:
-            raise SchemaVersionError(f"this lineage log uses schema version {found}, written by a newer ember; "
-                                     f"this ember reads up to version {SCHEMA_VERSION}: upgrade ember")
 
     def close(self) -> None:
         self._conn.close()

@@ -38,6 +38,7 @@ from ember.lineage._replay_log import Recorded, ReplayReads
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
     NeedsClusterError,
+    NotReplayableError,
     ReplayInputError,
     Step,
     StepKind,
@@ -163,7 +164,9 @@ class Replayer:
     results: dict[bytes, ReplayResult] = field(default_factory=dict)
 
     def plan(self, task_id: bytes) -> list[Step]:
-        return plan_replay(self.reads, task_id, set(self.objects), self.actor_progress)
+        # Planned against a copy: an actor's progress moves only when its steps run (run_step), so a
+        # plan that fails half way leaves no actor marked as having run calls it never ran.
+        return plan_replay(self.reads, task_id, set(self.objects), dict(self.actor_progress))
 
     def replay(self, task_id: bytes, debugger: bool = False) -> ReplayResult:
         """Run ``task_id`` again, its missing inputs first; ``debugger``: under pdb."""
@@ -171,9 +174,17 @@ class Replayer:
         steps = self.plan(task_id)
         if not steps:  # run already in this session
             return self.results[task_id]
+        if steps[-1].kind is StepKind.START_ACTOR:
+            spec = self.reads.spec(task_id)
+            raise NotReplayableError(
+                f"task {task_id.hex()} created actor {spec.function_name}: a constructor has no result to "
+                f"compare; replay one of its calls ({spec.function_name}.METHOD in `ember list tasks`), "
+                "or the whole job with `ember replay --job`"
+            )
         rebuilt = [self.run_step(step, strict=True) for step in steps[:-1]]
         result = self.run_step(steps[-1], debugger=debugger)
-        assert result is not None and result.task_id == task_id.hex(), "the plan ends with the task replayed"
+        assert isinstance(result, ReplayResult) and result.task_id == task_id.hex(), \
+            "the plan ends with the task replayed"
         return _with_rebuilt(result, tuple(r for r in rebuilt if r))
 
     def run_step(self, step: Step, debugger: bool = False, strict: bool = False) -> Any:
@@ -191,10 +202,14 @@ class Replayer:
                 self.objects[step.object_id] = _Failure(value) if kind == ObjectKind.ERROR else value
                 return f"object {step.object_id.hex()} from {step.source.value}"
             case StepKind.START_ACTOR:
-                return self._start_actor(step)
+                started = self._start_actor(step)
+                self.actor_progress[step.actor_id] = step.seq  # type: ignore[index]
+                return started
             case StepKind.RUN | StepKind.CALL:
                 assert step.task_id is not None
                 result = self._run(step, debugger)
+                if step.kind is StepKind.CALL:
+                    self.actor_progress[step.actor_id] = step.seq  # type: ignore[index]
                 if strict and result.verdict is Verdict.NEEDS_CLUSTER:
                     raise NeedsClusterError(
                         f"rebuilding an argument runs {result.name} (task {result.task_id}), which calls ember "

@@ -20,6 +20,7 @@ from typing import Any
 from ember.lineage._ids import UnknownIdError, resolve_job
 from ember.lineage._replay_plan import FunctionUnavailableError, ObjectFacts, ReplayInputError, Source
 from ember.lineage._replay_source import KEPT_ORIGINS, LoggedTask, ReplaySource
+from ember.lineage._schema_version import check_readable
 
 _DYNAMIC_CODE = "<dynamic-code>"  # cloudpickle's file name for code it pickles by value
 _FIRST_INDEX = (0).to_bytes(4, "big")
@@ -40,6 +41,7 @@ class ReplayReads(ReplaySource):
 
     def __init__(self, conninfo: str) -> None:
         super().__init__(conninfo)
+        check_readable(lambda sql: self._query(sql, ()))
         self._specs: dict[bytes, LoggedTask] = {}
         self._functions: dict[bytes, Any] = {}
         self._clusters: dict[bytes, str | None] = {}

@@ -40,6 +40,10 @@ class NeedsClusterError(EmberUserError):
     """A task being rebuilt calls ember (``.remote``, ``get``, ``put``) and no cluster is running here."""
 
 
+class NotReplayableError(EmberUserError):
+    """The id names something that has no result to replay on its own (an actor's creation)."""
+
+
 class Source(enum.Enum):
     """Where an object's value comes from in a replay."""
 

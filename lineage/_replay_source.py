@@ -64,6 +64,8 @@ class ReplaySource:
                 try:
                     if self._conn is None or self._conn.closed:
                         self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+                        # It only reads: the server holds it to that (read_only is a no-op in autocommit).
+                        self._conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
                     return self._conn.execute(sql, params).fetchall()
                 except psycopg.OperationalError as exc:
                     close_quietly(self._conn)

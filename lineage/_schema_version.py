@@ -6,10 +6,33 @@ Readers check a log's version before they read it; importing the tables
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ember.exceptions import EmberOperationError
 
 SCHEMA_VERSION = 6
+# The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
+# v5 added the content hashes they compare. Older logs are upgraded by running ember once.
+READABLE_MIN_VERSION = 5
 
 
 class SchemaVersionError(EmberOperationError):
     """The log was written by a newer ember than this one."""
+
+
+def check_readable(query: Callable[[str], list]) -> None:
+    """Refuse, with what to do, a log the readers cannot read; ``query`` runs one SELECT and returns its rows."""
+    from ember.lineage._ids import EmptyLogError
+
+    if query("SELECT to_regclass('ember_meta')")[0][0] is None:
+        raise EmptyLogError("the lineage log is empty: no program has run with it yet "
+                            "(or EMBER_GCS_URL / EMBER_HOME point somewhere else)")
+    rows = query("SELECT value FROM ember_meta WHERE key = 'schema_version'")
+    found = int(rows[0][0]) if rows else 1
+    if found > SCHEMA_VERSION:
+        raise SchemaVersionError(f"this lineage log uses schema version {found}, written by a newer ember; "
+                                 f"this ember reads up to version {SCHEMA_VERSION}: upgrade ember")
+    if found < READABLE_MIN_VERSION:
+        raise SchemaVersionError(f"this lineage log uses schema version {found}, older than this ember reads "
+                                 f"({READABLE_MIN_VERSION} and up): run any ember program once with it "
+                                 "(ember.init() upgrades the log in place), then read it again")

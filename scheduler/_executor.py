@@ -321,7 +321,7 @@ class Executor:
                         # The order calls ran in, for replay after a restart.
                         self._order_rows.append((core.gcs.actor_call(spec.actor_id, call_seq, spec), call_seq))
                 if core.gcs is not None:
-                    self._log_mark = core.gcs.writer.appended_seq - self._late_hash_rows()
+                    self._log_mark = self._own_log_rows()
                 if spec.kind != TaskKind.ACTOR_CALL:
                     fn = self._function(spec)
                 self._wait_for_args(spec)
@@ -389,7 +389,7 @@ class Executor:
         more = self._more_queued()
         # Rows the task logged itself; a late hash of an earlier result (logged
         # by the hashing thread meanwhile) is nobody's lineage and waits for no one.
-        must_commit = gcs is not None and gcs.writer.appended_seq - self._late_hash_rows() > self._log_mark
+        must_commit = gcs is not None and self._own_log_rows() > self._log_mark
         hold = False
         if spec.kind == TaskKind.ACTOR_CALL:
             switched = call_seq and spec.owner_addr != self._last_caller
@@ -452,10 +452,18 @@ class Executor:
                 if data is None:
                     self._late_hashes().schedule(oid, size)
 
-    def _late_hash_rows(self) -> int:
-        # Counted after each row is appended: a count that lags only makes a
-        # result wait for a commit it did not need, never skip one it did.
-        return self._hasher.rows_logged if self._hasher is not None else 0
+    def _own_log_rows(self) -> int:
+        """Rows this process appended to its log, less the late hashes (nobody's lineage).
+
+        Read as one pair under the hasher's lock, which it holds across each
+        append and its count: a late row is in both numbers or in neither.
+        """
+        writer = self.core.gcs.writer
+        hasher = self._hasher
+        if hasher is None:
+            return writer.appended_seq
+        with hasher.rows_lock:
+            return writer.appended_seq - hasher.rows_logged
 
     def _late_hashes(self) -> LateHashes:
         if self._hasher is None:

@@ -328,8 +328,8 @@ class Connection:
                 raise MalformedFrame(f"a frame of {size} bytes exceeds the limit of {FRAME_BYTES_MAX}")
             end = start + 8 + size
             if len(buf) < end:
-                if size <= _RECV_CHUNK_BYTES:
-                    break
+                if size <= _RECV_CHUNK_BYTES or nonblocking:
+                    break  # the rest comes with later chunks; a non-blocking reader never waits for it
                 while len(buf) < end:
                     buf += _recv_exactly(sock, min(end - len(buf), _FRAME_BLOCK_BYTES))
             batch = _decode(buf, start + 8, end)

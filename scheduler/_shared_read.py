@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from ember.scheduler._protocol import Connection
 
@@ -48,25 +51,38 @@ class SharedReadConnection(Connection):
 
     # -- the borrowing thread --------------------------------------------------------
 
-    def borrow(self) -> bool:
-        """Park the reader thread and take over reading; False if another thread has it."""
-        me = threading.get_ident()
+    def try_borrow(self, timeout_s: float) -> bool:
+        """Park the reader thread and take over reading until ``give_back``; False if that cannot be had now.
+
+        False: another thread reads it, this thread reads it already (a
+        handler waiting inside a read), the connection is closed, or the
+        reader is mid-frame for longer than ``timeout_s``.
+        """
         with self._park_cv:
-            if self._closed or (self._borrower is not None and self._borrower != me):
+            if self._closed or self._borrower is not None:
                 return False
-            self._borrower = me
+            self._borrower = threading.get_ident()
             self._park_until = _INFINITE
-            in_poll = not self._parked
-        if in_poll:
-            try:
-                os.write(self._park_w, b"p")
-            except (BlockingIOError, OSError):
-                pass  # a wake-up is pending already, or the pipe is closed with the connection
-        self._read_mutex.acquire()  # the reader may be mid-frame: it finishes first
-        return True
+            if not self._parked and self._park_w >= 0:
+                try:
+                    os.write(self._park_w, b"p")  # under the lock: the reader closes the pipe under it too
+                except (BlockingIOError, OSError):
+                    pass  # a wake-up is pending already
+        try:
+            # The reader may be mid-frame: it finishes first, within the caller's time.
+            acquired = self._read_mutex.acquire(timeout=max(timeout_s, 0.0))
+        except BaseException:
+            self._end_borrow()
+            raise
+        if not acquired:
+            self._end_borrow()
+        return acquired
 
     def give_back(self) -> None:
         self._read_mutex.release()
+        self._end_borrow()
+
+    def _end_borrow(self) -> None:
         with self._park_cv:
             self._borrower = None
             self._park_until = time.monotonic() + LINGER_S
@@ -104,11 +120,15 @@ class SharedReadConnection(Connection):
         except Exception as exc:
             error = self._reading_failed(exc)
         self._shutdown(error)
-        for fd in (self._park_r, self._park_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._park_cv:
+            # Under the lock: a borrower writes to the pipe under it, and a
+            # closed fd's number may already belong to another file.
+            for fd in (self._park_r, self._park_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._park_r = self._park_w = -1
 
     def _wait_unparked(self) -> None:
         with self._park_cv:
@@ -126,6 +146,66 @@ class SharedReadConnection(Connection):
         if not was_closed:
             with self._park_cv:
                 self._park_cv.notify_all()
+
+
+class _MainThreadSigint:
+    """Installed once as the SIGINT handler: holds a Ctrl-C back while the main thread reads a connection.
+
+    A KeyboardInterrupt raised in the middle of handling a frame would leave
+    its messages half applied (a result taken off the pending table but
+    never published), and the next wait for it would hang. Held, it wakes
+    the read's poll at once and is raised when the read is done, where
+    nothing is half done. Outside such a read it calls the handler that was
+    there before. Installing once keeps the per-read cost to a flag.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.caught: tuple[int, Any] | None = None
+        self.wake_fd = -1
+        self.original: Any = None
+        self.handler = self._handle  # one bound method, so getsignal() can recognise it
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.depth:
+            self.original(signum, frame)
+            return
+        self.caught = (signum, frame)
+        try:
+            os.write(self.wake_fd, b"i")
+        except OSError:
+            pass
+
+
+_SIGINT = _MainThreadSigint()
+
+
+def hold_sigint(waiter: "PipeWaiter") -> bool:
+    """On the main thread, hold a Ctrl-C back until ``release_sigint`` (see ``_MainThreadSigint``).
+
+    Returns whether it holds: only then must the caller release.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    hold = _SIGINT
+    current = signal.getsignal(signal.SIGINT)
+    if current is not hold.handler:
+        if not callable(current):
+            return False  # ignored, or not set from Python: nothing raises in Python
+        hold.original = current  # the user's handler (or Python's), called for every Ctrl-C outside a read
+        signal.signal(signal.SIGINT, hold.handler)
+    hold.depth += 1
+    hold.wake_fd = waiter.w
+    return True
+
+
+def release_sigint() -> None:
+    """End a ``hold_sigint``; a Ctrl-C that came meanwhile is raised now."""
+    hold = _SIGINT
+    hold.depth -= 1
+    if not hold.depth and hold.caught is not None:
+        caught, hold.caught = hold.caught, None
+        hold.original(*caught)
 
 
 def _drain(fd: int) -> None:

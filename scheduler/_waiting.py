@@ -19,7 +19,7 @@ from ember.chaos import _agent
 from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Op
-from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, poll_readable
+from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, hold_sigint, poll_readable, release_sigint
 from ember.scheduler._spec import TaskKind, task_of
 from ember.store._serialization import ObjectKind, deserialize
 
@@ -143,19 +143,25 @@ class WaitingMixin:
         """Wait for the actor's connection or a wake-up, reading the connection on this thread."""
         if remaining is None or remaining > ASK_OWNERS_AFTER_S:
             remaining = ASK_OWNERS_AFTER_S
-        if not conn.borrow():
-            # Another thread reads it now: wait for a wake-up instead.
-            if poll_readable(-1, waiter.r, remaining)[1]:
-                waiter.drain()
-            return
+        deadline = time.monotonic() + remaining
+        held = hold_sigint(waiter)
         try:
-            conn_ready, woken = poll_readable(conn.fileno(), waiter.r, remaining)
-            if woken:
-                waiter.drain()
-            if conn_ready:
-                conn.read_available()
+            if not conn.try_borrow(remaining):
+                # Another thread reads it now: wait for a wake-up instead.
+                if poll_readable(-1, waiter.r, max(0.0, deadline - time.monotonic()))[1]:
+                    waiter.drain()
+                return
+            try:
+                conn_ready, woken = poll_readable(conn.fileno(), waiter.r, max(0.0, deadline - time.monotonic()))
+                if woken:
+                    waiter.drain()
+                if conn_ready:
+                    conn.read_available()
+            finally:
+                conn.give_back()
         finally:
-            conn.give_back()
+            if held:
+                release_sigint()
 
     def _ask_owners(self, refs: list[ObjectRef]) -> None:
         by_owner: dict[str, list[bytes]] = {}

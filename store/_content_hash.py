@@ -56,7 +56,14 @@ def value_hash(value: Any) -> bytes:
 
 
 def late_hash_max_bytes() -> int:
-    return int(os.environ.get("EMBER_RESULT_HASH_MAX_BYTES", LATE_HASH_MAX_BYTES_DEFAULT))
+    """EMBER_RESULT_HASH_MAX_BYTES, or the default when unset or not a whole number (read per result: never raises)."""
+    text = os.environ.get("EMBER_RESULT_HASH_MAX_BYTES")
+    try:
+        return int(text) if text is not None else LATE_HASH_MAX_BYTES_DEFAULT
+    except ValueError:
+        log.warning("EMBER_RESULT_HASH_MAX_BYTES=%r is not a whole number of bytes; using %d", text,
+                    LATE_HASH_MAX_BYTES_DEFAULT)
+        return LATE_HASH_MAX_BYTES_DEFAULT
 
 
 class LateHashes:
@@ -76,7 +83,10 @@ class LateHashes:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.skipped = 0  # results left unhashed (too large, or the backlog was full)
-        self.rows_logged = 0  # hashes handed to ``record``, counted after each returns
+        # Hashes handed to ``record``; the append and its count happen under
+        # ``rows_lock``, so a reader of both sees a late row in each or in neither.
+        self.rows_logged = 0
+        self.rows_lock = threading.Lock()
 
     def schedule(self, object_id: bytes, size: int) -> bool:
         """Queue one store object for hashing; False (and counted) if the policy leaves it unhashed."""
@@ -102,14 +112,21 @@ class LateHashes:
     def _run(self) -> None:
         while True:
             object_id, view, size = self._queue.get()
+            digest = None
             try:
                 digest = content_hash(view)
+            except Exception:  # noqa: BLE001 - one object that cannot be hashed must not stop the thread
+                log.exception("could not hash %s", object_id.hex())
+                self.skipped += 1
             finally:
                 del view  # unmaps the object once nothing else holds it
             with self._lock:
                 self._backlog_bytes -= size
+            if digest is None:
+                continue
             try:
-                self._record(object_id, digest)
-                self.rows_logged += 1
+                with self.rows_lock:
+                    self._record(object_id, digest)
+                    self.rows_logged += 1
             except Exception:  # noqa: BLE001 - a hash not logged is a hash missing, never a task's failure
                 log.exception("could not log the content hash of %s", object_id.hex())

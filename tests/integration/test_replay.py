@@ -22,6 +22,7 @@ import ember
 from ember.lineage._reader import locate_log
 from ember.lineage import (
     FunctionUnavailableError,
+    NotReplayableError,
     ReplayInputError,
     UnknownIdError,
     Verdict,
@@ -179,6 +180,21 @@ def test_an_actor_call_rebuilds_the_actor_from_its_logged_calls(job):
     result = replay_task(job["calls"][-1])
     assert result.value == 16 and result.verdict is Verdict.MATCHES
     assert len(result.rebuilt) == 3 and result.rebuilt[0].startswith("actor Counter")
+
+
+def test_an_actors_creation_is_refused_with_what_to_replay_instead(job):
+    conninfo, release = locate_log()
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            (creation,) = conn.execute("SELECT creation_task_id FROM actors WHERE job_id = %s",
+                                       (bytes.fromhex(job["job"]),)).fetchone()
+    finally:
+        if release is not None:
+            release()
+    with pytest.raises(NotReplayableError, match=r"created actor Counter: .*Counter\.METHOD.*--job"):
+        replay_task(creation.hex())
+    # Refusing it left the session able to replay the actor's calls.
+    assert replay_task(job["calls"][-1]).verdict is Verdict.MATCHES
 
 
 def test_a_store_result_is_hashed_after_it_is_sent_and_rebuilt_for_its_reader(job):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_reader_and_borrower_together_deliver_every_message_once_in_order(pair: 
     def borrower() -> None:
         waiter = PipeWaiter()
         while not stop.is_set():
-            if pair.shared.borrow():
+            if pair.shared.try_borrow(WAIT_S):
                 try:
                     ready, _ = poll_readable(pair.shared.fileno(), waiter.r, 0.002)
                     if ready:
@@ -80,7 +81,7 @@ def test_reader_and_borrower_together_deliver_every_message_once_in_order(pair: 
 
 
 def test_the_reader_resumes_after_the_borrower_leaves(pair: _Pair) -> None:
-    assert pair.shared.borrow()
+    assert pair.shared.try_borrow(WAIT_S)
     pair.shared.give_back()
     time.sleep(LINGER_S * 3)  # past the linger: the reader reads on its own again
     pair.peer.send((MESSAGE, 1))
@@ -90,10 +91,10 @@ def test_the_reader_resumes_after_the_borrower_leaves(pair: _Pair) -> None:
 
 
 def test_a_second_thread_cannot_borrow_while_one_reads(pair: _Pair) -> None:
-    assert pair.shared.borrow()
+    assert pair.shared.try_borrow(WAIT_S)
     try:
         result: list[bool] = []
-        other = threading.Thread(target=lambda: result.append(pair.shared.borrow()))
+        other = threading.Thread(target=lambda: result.append(pair.shared.try_borrow(WAIT_S)))
         other.start()
         other.join(WAIT_S)
         assert result == [False]
@@ -102,7 +103,7 @@ def test_a_second_thread_cannot_borrow_while_one_reads(pair: _Pair) -> None:
 
 
 def test_the_peer_closing_under_a_borrower_closes_the_connection(pair: _Pair) -> None:
-    assert pair.shared.borrow()
+    assert pair.shared.try_borrow(WAIT_S)
     try:
         pair.peer.close()
         waiter = PipeWaiter()
@@ -123,3 +124,73 @@ def test_a_pipe_waiter_wakes_its_owner_only_from_other_threads() -> None:
     assert poll_readable(-1, waiter.r, WAIT_S) == (False, True)
     waiter.drain()
     assert poll_readable(-1, waiter.r, 0) == (False, False)
+
+
+def test_a_borrower_gives_up_in_time_while_the_reader_is_mid_frame(pair: _Pair) -> None:
+    pair.shared._read_mutex.acquire()  # as the reader thread holds it while it reads a frame
+    try:
+        started = time.monotonic()
+        assert pair.shared.try_borrow(0.05) is False
+        assert time.monotonic() - started < WAIT_S
+    finally:
+        pair.shared._read_mutex.release()
+    assert pair.shared.try_borrow(WAIT_S)  # nothing was left half borrowed
+    assert pair.shared.try_borrow(WAIT_S) is False  # and the same thread cannot borrow twice
+    pair.shared.give_back()
+
+
+def test_a_non_blocking_read_never_waits_for_the_rest_of_a_large_frame(pair: _Pair) -> None:
+    import pickle
+    import struct
+
+    payload = pickle.dumps([(MESSAGE, b"x" * (1 << 20))], protocol=5)
+    frame = struct.pack("<Q", len(payload)) + payload
+    half_sent, go_on = threading.Event(), threading.Event()
+
+    def sender() -> None:  # a peer that stops in the middle of a frame (a paused process)
+        pair.peer._sock.sendall(frame[: len(frame) // 2])
+        half_sent.set()
+        go_on.wait(WAIT_S)
+        pair.peer._sock.sendall(frame[len(frame) // 2:])
+
+    thread = threading.Thread(target=sender)
+    waiter = PipeWaiter()
+
+    def read_until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not done() and time.monotonic() < deadline:
+            if poll_readable(pair.shared.fileno(), waiter.r, 0.05)[0]:
+                started = time.monotonic()
+                assert pair.shared.read_available()
+                assert time.monotonic() - started < 1.0  # never waits for the rest of the frame
+
+    assert pair.shared.try_borrow(WAIT_S)
+    try:
+        thread.start()
+        read_until(half_sent.is_set)
+        read_until(lambda: False if poll_readable(pair.shared.fileno(), waiter.r, 0.2)[0] else True)
+        assert pair.received == []  # half a frame: nothing delivered, nothing waited for
+        go_on.set()
+        read_until(lambda: bool(pair.received))
+        assert len(pair.received) == 1
+    finally:
+        go_on.set()
+        pair.shared.give_back()
+        thread.join(WAIT_S)
+
+
+def test_a_ctrl_c_during_a_read_is_raised_after_it() -> None:
+    import os
+    import signal
+
+    from ember.scheduler._shared_read import hold_sigint, release_sigint
+
+    waiter = PipeWaiter()
+    assert hold_sigint(waiter)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert poll_readable(-1, waiter.r, WAIT_S)[1]  # it woke the read's poll, and raised nothing yet
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C was raised inside the read")
+    with pytest.raises(KeyboardInterrupt):
+        release_sigint()
