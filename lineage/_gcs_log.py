@@ -14,12 +14,11 @@ It must never block a caller on the database except through
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Callable
 from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from ember.lineage._log_writer import OUTAGE_ALERT_S, LogWriter
 
@@ -63,7 +62,7 @@ class GcsLog:
             idempotent_tables=frozenset({"functions", "jobs", "actor_calls", "content_hashes"}),
         )
         self._functions: set[bytes] = set()
-        self._shapes: dict[tuple, Jsonb] = {}
+        self._shapes: dict[tuple, str] = {}
 
     @property
     def committed_seq(self) -> int:
@@ -95,11 +94,12 @@ class GcsLog:
         # lets the result or a ref to it out of the process waits for it.
         return self.writer.append_rows(rows, urgent=False)
 
-    def _resources_json(self, shape: tuple) -> Jsonb:
-        # Tasks come in few resource shapes: adapt each once, not once per task.
+    def _resources_json(self, shape: tuple) -> str:
+        # Tasks come in few resource shapes: each is turned into JSON text once,
+        # which the writer sends as jsonb as it is (see _binary_arrays).
         found = self._shapes.get(shape)
         if found is None:
-            found = self._shapes[shape] = Jsonb(dict(shape))
+            found = self._shapes[shape] = json.dumps(dict(shape))
         return found
 
     def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
