@@ -29,6 +29,47 @@ ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner
 RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most
 
 
+class _Readiness:
+    """Which of a wait's refs are ready, each pass re-checking only those that were not.
+
+    A wait for 10,000 results woken by each chunk of them would otherwise
+    check all 10,000 every time. A ref can turn pending again meanwhile (a
+    store died and it is being rebuilt), so before the wait ends every ref
+    is checked once more, together.
+    """
+
+    __slots__ = ("refs", "count", "flags", "pending")
+
+    def __init__(self, refs: list[ObjectRef], count: int) -> None:
+        self.refs = refs
+        self.count = count
+        self.flags: list[bool] = []
+        self.pending: list[int] = []
+
+    def update(self, ready: Any) -> bool:
+        """Check again (``ready(ref)``); True once ``count`` refs are ready at one moment."""
+        refs = self.refs
+        if self.flags:
+            need_all = self.count >= len(refs)
+            still: list[int] = []
+            pending = self.pending
+            for k, i in enumerate(pending):
+                if ready(refs[i]):
+                    self.flags[i] = True
+                else:
+                    still.append(i)
+                    if need_all:  # one missing is enough to keep waiting: look at the rest later
+                        still.extend(pending[k + 1:])
+                        break
+            self.pending = still
+            if len(refs) - len(still) < self.count:
+                return False
+        # The first pass, and the last: every ref at one moment (the first subscribes borrowed ones).
+        self.flags = [ready(r) for r in refs]
+        self.pending = [i for i, flag in enumerate(self.flags) if not flag]
+        return len(refs) - len(self.pending) >= self.count
+
+
 class WaitingMixin:
     _lock: Any
     _objects: dict
@@ -60,20 +101,29 @@ class WaitingMixin:
         next_ask = time.monotonic() + ASK_OWNERS_AFTER_S
         store_generation = self.store_generation
         event: Any = None
+        readiness = _Readiness(refs, count)
+        via: tuple[SharedReadConnection, Any] | None = None
         try:
             while True:
                 with self._lock:
                     # Results of calls to one actor, awaited by a thread not
                     # running a task: read them off the actor's connection
                     # here, without a hand-off from its reader thread.
-                    direct = None if blocked or (self.executor is not None and self.current_task is not None) \
-                        else self._result_connection(refs)
+                    if blocked or (self.executor is not None and self.current_task is not None):
+                        via = None
+                    elif via is None or via[0].closed or via[1].conn is not via[0]:
+                        # Found again only when the connection changed (the actor restarted):
+                        # the refs still pending are a subset of those it was found for.
+                        via = self._result_connection([refs[i] for i in readiness.pending] if readiness.flags
+                                                      else refs)
+                    direct = via[0] if via is not None else None
                     if event is not None:
                         self._waiters.discard(event)
                     event = self._pipe_waiter() if direct is not None else threading.Event()
                     event.clear()
-                    flags = [self._ready(r) for r in refs]
-                    if sum(flags) >= count or self.closed:
+                    done = readiness.update(self._ready)
+                    flags = readiness.flags
+                    if done or self.closed:
                         self._waiters.discard(event)
                         return flags
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -114,9 +164,11 @@ class WaitingMixin:
             if blocked:
                 self.executor.on_unblocked()
 
-    def _result_connection(self, refs: list[ObjectRef]) -> SharedReadConnection | None:
-        """The one actor connection every pending ref among ``refs`` awaits its call's result on, if any."""
+    def _result_connection(self, refs: list[ObjectRef]) -> tuple[SharedReadConnection, Any] | None:
+        """The one actor connection every pending ref among ``refs`` awaits its call's result on, with
+        that actor's state; None if there is none."""
         found = None
+        found_state = None
         for ref in refs:
             entry = self._objects.get(ref._id) if ref._owner == self.address else None
             if entry is None:
@@ -130,8 +182,8 @@ class WaitingMixin:
             conn = state.conn if state is not None else None
             if type(conn) is not SharedReadConnection or conn.closed or (found is not None and conn is not found):
                 return None
-            found = conn
-        return found
+            found, found_state = conn, state
+        return (found, found_state) if found is not None else None
 
     def _pipe_waiter(self) -> PipeWaiter:
         waiter = getattr(self._thread_state, "waiter", None)
