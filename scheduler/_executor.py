@@ -29,7 +29,7 @@ from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
 from ember.scheduler import _messages
-from ember.scheduler._protocol import Connection, ConnectionClosed, MalformedFrame, Op
+from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
 from ember.store._content_hash import LateHashes, content_hash
 from ember.store._put_copies import copy_wanted
@@ -211,14 +211,8 @@ class Executor:
             error: BaseException | None = None
             try:
                 alive = conn.receive()
-            except (OSError, ConnectionClosed) as exc:
-                if isinstance(exc, MalformedFrame):
-                    log.warning("dropping connection %s: %s", conn.name, exc)
-                alive, error = False, exc
-            except Exception as exc:  # a bug in a call's plumbing: the caller goes, the actor stays
-                log.warning("dropping connection %s: handling its message failed: %r", conn.name, exc,
-                            exc_info=True)
-                alive, error = False, exc
+            except Exception as exc:  # junk or a bug in a call's plumbing: the caller goes, the actor stays
+                alive, error = False, conn._reading_failed(exc)
             if not alive:
                 self._selector.unregister(key.fd)
                 conn.fail(error)

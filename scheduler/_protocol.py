@@ -292,7 +292,7 @@ class Connection:
             error = self._reading_failed(exc)
         self._shutdown(error)
 
-    def _reading_failed(self, exc: Exception) -> Exception:
+    def _reading_failed(self, exc: Exception) -> Exception:  # also for threads that adopted the connection
         """Log why reading stopped, if it is news; the connection is dropped with ``exc``."""
         if isinstance(exc, MalformedFrame):
             log.warning("dropping connection %s: %s", self.name, exc)
