@@ -140,6 +140,10 @@ class GcsUnreachable(Exception):
     """The GCS service did not answer within the caller's bound."""
 
 
+class GcsRefused(Exception):
+    """The GCS service answered, refusing the request as malformed: sending it again cannot help."""
+
+
 class GcsClient:
     """Calls the GCS service; ``call`` retries until ``timeout_s`` runs out."""
 
@@ -168,13 +172,16 @@ class GcsClient:
         return method
 
     def try_call(self, name: str, request: dict[str, Any] | None = None, timeout_s: float = 2.0) -> dict[str, Any]:
-        """One attempt; raises GcsUnreachable when it fails for a reason worth retrying."""
+        """One attempt; raises GcsUnreachable when it fails for a reason worth retrying, GcsRefused when not."""
         try:
             return self._method(name)(request or {}, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code == grpc.StatusCode.UNAUTHENTICATED:
                 raise PermissionError(f"the GCS service at {self.address} refused this cluster's token") from exc
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                detail = exc.details() if hasattr(exc, "details") else ""
+                raise GcsRefused(f"the GCS service at {self.address} refused {name}: {detail}") from exc
             raise GcsUnreachable(f"the GCS service at {self.address} did not answer {name}: {code}") from exc
 
     def call(self, name: str, request: dict[str, Any] | None = None, timeout_s: float = 10.0) -> dict[str, Any]:

@@ -70,7 +70,7 @@ class GcsLink:
                 self._events.popleft()
 
     def _run(self) -> None:
-        from ember.lineage._rpc import GcsClient, GcsUnreachable
+        from ember.lineage._rpc import GcsClient, GcsRefused, GcsUnreachable
 
         self._client = GcsClient(self._address, self._token)
         while not self._stop.is_set():
@@ -90,6 +90,12 @@ class GcsLink:
                     else:
                         self.registered = False
                         continue
+            except GcsRefused as exc:
+                # The service took the call apart and refused it: the events it
+                # carried would be refused forever, and with them every heartbeat.
+                log.error("the GCS service refused %d event(s) of this node, dropped: %s %r", len(events), exc,
+                          events[:3])
+                self._acknowledged(len(events))
             except (GcsUnreachable, PermissionError) as exc:
                 log.info("GCS heartbeat failed: %s", exc)
                 self.registered = False

@@ -168,3 +168,22 @@ def test_shutdown_records_the_end_of_the_node_and_its_processes(gcs_cluster):
                  node_id) == [("shut down",)]
     assert _rows(gcs_cluster, "SELECT kind, pid FROM workers WHERE node_id = %s AND ended_at IS NULL",
                  node_id) == []
+
+
+def test_an_event_the_gcs_refuses_is_dropped_and_its_node_stays_known(gcs_cluster):
+    from ember.scheduler._gcs_link import GcsLink
+
+    # A node whose queue holds an event the service refuses (its bug, or junk):
+    # retrying it would be refused forever, and the node never be known.
+    node_id = os.urandom(16).hex()
+    link = GcsLink(str(gcs_cluster.gcs_address), gcs_cluster.token(), node_id, "test-node", {"CPU": 1.0})
+    link._push({"type": "started", "process_id": "not hex", "kind": "worker", "pid": 1})
+    link.started(os.urandom(16), "worker", 4242)
+    link.start()
+    try:
+        client = GcsClient(str(gcs_cluster.gcs_address), gcs_cluster.token())
+        _wait_for(lambda: any(n["node_id"] == node_id and n["alive"] for n in client.call("Nodes")["nodes"]),
+                  "the node is registered despite the refused event")
+        _wait_for(lambda: not link._pending(), "the node's events are all answered")
+    finally:
+        link.stop("test over")
