@@ -76,8 +76,14 @@ class Store:
         problem = _messages.problem(msg, _messages.STORE_OPS)
         if problem is None and msg[0] == Op.SEALED:
             problem = self._seal_problem(msg[1], msg[2])
-        elif problem is None and msg[0] == Op.ALLOC_SEGMENT and not 0 <= msg[2] <= self.capacity_bytes:
-            problem = f"a segment of {msg[2]} bytes, outside 0 to the store's {self.capacity_bytes}"
+        elif problem is None and msg[0] == Op.ALLOC_SEGMENT:
+            if msg[2] < 0:
+                problem = f"a segment of {msg[2]} bytes"
+            elif msg[2] > self.capacity_bytes:
+                # An object larger than the store: it goes to the spill disk. No segment,
+                # and none prepared (the filler would prefault more than the store holds).
+                conn.reply(msg[1], None)
+                return
         if problem is not None:
             _messages.refuse(conn, msg, problem, "store")
             return
