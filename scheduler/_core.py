@@ -299,20 +299,22 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         oid = object_id(IDS.task_id(), 0)
         entry = _Entry()
         obj = serialize(value)
+        view = None
         if obj.total_size <= INLINE_BYTES_MAX:
             entry.data = to_bytes(obj, oid)
             entry.state = READY_INLINE
         else:
-            self._write_to_store(oid, obj)
+            view = self._write_kept(oid, obj)
             entry.state = READY_STORE
         if self.gcs is not None:
             size = len(entry.data) if entry.data is not None else obj.total_size
-            entry.log_seq = self._log_kept_object(oid, size, entry.data, "put")
+            entry.log_seq = self._log_kept_object(oid, size, entry.data, "put", view)
         with self._lock:
             self._objects[oid] = entry
         return ObjectRef(oid, self.address)
 
-    def _log_kept_object(self, oid: bytes, size: int, inline: bytes | None, origin: str) -> int:
+    def _log_kept_object(self, oid: bytes, size: int, inline: bytes | None, origin: str,
+                         view: memoryview | None = None) -> int:
         """Log an object nothing can recompute (a put, a large by-value argument), keeping a durable copy."""
         gcs = self.gcs
         assert gcs is not None
@@ -321,7 +323,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         job_id = current.job_id if current is not None else self.job_id
         copy_path = None
         if inline is None and copy_wanted(size):
-            copy_path = str(self._put_copies().schedule(oid, job_id))
+            copy_path = str(self._put_copies().schedule(oid, job_id, view))
         return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path)
 
     def _copy_actor_result(self, spec: TaskSpec, oid: bytes, data: bytes | None, size: int,
@@ -345,6 +347,21 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
             self._copies = PutCopies(ember_home(), self.files.open)
         return self._copies
+
+    def _write_kept(self, oid: bytes, obj: Any) -> memoryview | None:
+        """Write an object nothing can recompute, mapped at once if it gets a durable copy.
+
+        The copy reads that mapping: a store that restarts empty clears the
+        folder, not the pages this process maps.
+        """
+        self._write_to_store(oid, obj)
+        if self.gcs is None or not copy_wanted(obj.total_size):
+            return None
+        view = self.files.open(oid)
+        if view is None:  # cleared between the write and the open: write it again
+            self._write_to_store(oid, obj)
+            view = self.files.open(oid)
+        return view
 
     def _write_to_store(self, oid: bytes, obj: Any) -> None:
         segment = None
@@ -463,14 +480,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def put_serialized(self, obj: Any) -> bytes:
         oid = object_id(IDS.task_id(), 0)
-        self._write_to_store(oid, obj)
+        view = self._write_kept(oid, obj)
         entry = _Entry()
         entry.state = READY_STORE
         entry.shared = True  # referenced from a spec: keep it while the job runs
         self._objects[oid] = entry
         if self.gcs is not None:
             # A replay of the task needs it after it is freed.
-            self._log_kept_object(oid, obj.total_size, None, "argument")
+            self._log_kept_object(oid, obj.total_size, None, "argument", view)
         return oid
 
     def _encode_spec(self, pt: _PendingTask) -> bool:

@@ -30,6 +30,9 @@ from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
 
 log = logging.getLogger("ember.core")
 
+# A restore waits this long for this process's own copy of the object, still
+# queued behind others (a store that died right after a large put).
+COPY_WAIT_S = 60.0
 
 
 class ReconstructionMixin:
@@ -201,6 +204,9 @@ class ReconstructionMixin:
         is_put, inline, path = source.put_copy(oid)
         if not is_put and not by_actor:
             return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
+        copies = self._copies  # type: ignore[attr-defined]
+        if inline is None and path and copies is not None:
+            copies.wait_written(oid, COPY_WAIT_S)  # this process's copy may still be queued
         data = inline if inline is not None else read_copy(path) if path else None
         if data is None and by_actor:
             return ObjectLostError(oid.hex(), "it was made by an actor call, and no durable copy of it was kept "

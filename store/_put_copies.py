@@ -53,26 +53,41 @@ class PutCopies:
         self._views: dict[bytes, memoryview] = {}  # objects opened when scheduled, until copied
         self._removed_jobs: set[Path] = set()  # copies still being written there are dropped quietly
         self._lock = threading.Lock()
+        # Scheduled copies not yet written (or dropped): a restore waits for its copy's turn.
+        self._unwritten: set[bytes] = set()
+        self._written = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
 
     def job_dir(self, job_id: bytes) -> Path:
         return job_dir(self.root.parent, job_id)
 
-    def schedule(self, oid: bytes, job_id: bytes) -> Path:
+    def schedule(self, oid: bytes, job_id: bytes, view: memoryview | None = None) -> Path:
         """Copy object ``oid`` (sealed in the local store) in the background; returns where it will be.
 
-        The object is opened now, and the copy reads through that mapping:
+        The object is opened now (or ``view``, opened by the writer right
+        after writing it, is used), and the copy reads through that mapping:
         a store that dies and comes back empty before the copy's turn removes
         the file, not the pages this process still maps.
         """
         path = self.adopt(oid, job_id)
-        view = self._open_object(oid)
+        if view is None:
+            view = self._open_object(oid)
         with self._lock:
             if view is not None:
                 self._views[oid] = view
+            self._unwritten.add(oid)
         self._start()
         self._queue.put(oid)
         return path
+
+    def wait_written(self, oid: bytes, timeout_s: float) -> bool:
+        """Wait until ``oid``'s scheduled copy is written (or dropped); False if still pending after ``timeout_s``.
+
+        A store that dies right after a put leaves its copy queued behind
+        others: reading the file before its turn would find nothing.
+        """
+        with self._written:
+            return self._written.wait_for(lambda: oid not in self._unwritten, timeout_s)
 
     def adopt(self, oid: bytes, job_id: bytes) -> Path:
         """Take charge of the copy another process wrote for ``oid`` (an actor, of its result): delete it on free."""
@@ -117,15 +132,18 @@ class PutCopies:
                 path = self._paths.get(oid)
                 if path is None:
                     self._views.pop(oid, None)
-            if path is None:
-                continue  # freed before its turn came
             try:
-                self._copy(oid, path)
+                if path is not None:  # else freed before its turn came
+                    self._copy(oid, path)
             except OSError as exc:
                 with self._lock:
-                    job_over = path.parent in self._removed_jobs
+                    job_over = path.parent in self._removed_jobs  # type: ignore[union-attr]
                 if not job_over:  # else the job ended mid-copy: nobody can need it
                     log.warning("no durable copy of put %s: %s", oid.hex(), exc)
+            finally:
+                with self._written:
+                    self._unwritten.discard(oid)
+                    self._written.notify_all()
 
     def _copy(self, oid: bytes, final: Path) -> None:
         with self._lock:
