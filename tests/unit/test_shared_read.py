@@ -129,9 +129,7 @@ def test_a_pipe_waiter_wakes_its_owner_only_from_other_threads() -> None:
 def test_a_borrower_gives_up_in_time_while_the_reader_is_mid_frame(pair: _Pair) -> None:
     pair.shared._read_mutex.acquire()  # as the reader thread holds it while it reads a frame
     try:
-        started = time.monotonic()
-        assert pair.shared.try_borrow(0.05) is False
-        assert time.monotonic() - started < WAIT_S
+        assert pair.shared.try_borrow(0.05) is False  # gives up rather than waiting for the reader
     finally:
         pair.shared._read_mutex.release()
     assert pair.shared.try_borrow(WAIT_S)  # nothing was left half borrowed
@@ -160,9 +158,9 @@ def test_a_non_blocking_read_never_waits_for_the_rest_of_a_large_frame(pair: _Pa
         deadline = time.monotonic() + WAIT_S
         while not done() and time.monotonic() < deadline:
             if poll_readable(pair.shared.fileno(), waiter.r, 0.05)[0]:
-                started = time.monotonic()
+                # A read that waited for the rest of the frame would block until the
+                # sender gives up waiting for go_on and delivers it: the check below fails.
                 assert pair.shared.read_available()
-                assert time.monotonic() - started < 1.0  # never waits for the rest of the frame
 
     assert pair.shared.try_borrow(WAIT_S)
     try:
