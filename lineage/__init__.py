@@ -10,24 +10,59 @@ cluster: one task or object, a job's listings (``tasks()``, ``objects()``,
 compare them with the log (``docs/debugging.md``).
 """
 
-from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow, TaskState
-from ember.lineage._prune import PruneReport, prune
-from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
-from ember.lineage._replay_plan import (
-    FunctionUnavailableError,
-    NeedsClusterError,
-    NotReplayableError,
-    ReplayInputError,
-)
-from ember.lineage._reader import (
-    EmptyLogError,
-    Lineage,
-    LineageLog,
-    ObjectRecord,
-    TaskRecord,
-    UnknownIdError,
-    open_log,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. Loaded on first use: every ember process
+# imports this package (the runtime reads the log through _replay_source),
+# and only a reader needs the listings, rendering and replay (~45 ms of imports).
+_HOME = {
+    "ActorRow": "_listing", "JobRow": "_listing", "NodeRow": "_listing", "ObjectRow": "_listing",
+    "TaskRow": "_listing", "TaskState": "_listing",
+    "PruneReport": "_prune", "prune": "_prune",
+    "JobReplay": "_replay", "ReplayResult": "_replay", "Verdict": "_replay", "replay_job": "_replay",
+    "replay_task": "_replay",
+    "FunctionUnavailableError": "_replay_plan", "NeedsClusterError": "_replay_plan",
+    "NotReplayableError": "_replay_plan", "ReplayInputError": "_replay_plan",
+    "EmptyLogError": "_reader", "Lineage": "_reader", "LineageLog": "_reader", "ObjectRecord": "_reader",
+    "TaskRecord": "_reader", "UnknownIdError": "_reader", "open_log": "_reader",
+}
+
+if TYPE_CHECKING:
+    from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow, TaskState
+    from ember.lineage._prune import PruneReport, prune
+    from ember.lineage._reader import (
+        EmptyLogError,
+        Lineage,
+        LineageLog,
+        ObjectRecord,
+        TaskRecord,
+        UnknownIdError,
+        open_log,
+    )
+    from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
+    from ember.lineage._replay_plan import (
+        FunctionUnavailableError,
+        NeedsClusterError,
+        NotReplayableError,
+        ReplayInputError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ember.lineage' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ember.lineage.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "ActorRow",

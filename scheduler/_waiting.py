@@ -101,6 +101,7 @@ class WaitingMixin:
         next_ask = time.monotonic() + ASK_OWNERS_AFTER_S
         store_generation = self.store_generation
         event: Any = None
+        plain = threading.Event()  # the waiter when no connection is read here
         readiness = _Readiness(refs, count)
         via: tuple[SharedReadConnection, Any] | None = None
         try:
@@ -119,7 +120,7 @@ class WaitingMixin:
                     direct = via[0] if via is not None else None
                     if event is not None:
                         self._waiters.discard(event)
-                    event = self._pipe_waiter() if direct is not None else threading.Event()
+                    event = self._pipe_waiter() if direct is not None else plain
                     event.clear()
                     done = readiness.update(self._ready)
                     flags = readiness.flags
@@ -191,10 +192,8 @@ class WaitingMixin:
             waiter = self._thread_state.waiter = PipeWaiter()
         return waiter
 
-    def _read_directly(self, conn: SharedReadConnection, waiter: PipeWaiter, remaining: float | None) -> None:
-        """Wait for the actor's connection or a wake-up, reading the connection on this thread."""
-        if remaining is None or remaining > ASK_OWNERS_AFTER_S:
-            remaining = ASK_OWNERS_AFTER_S
+    def _read_directly(self, conn: SharedReadConnection, waiter: PipeWaiter, remaining: float) -> None:
+        """Wait (``remaining`` s at most) for the actor's connection or a wake-up, reading the connection here."""
         deadline = time.monotonic() + remaining
         held = hold_sigint(waiter)
         try:

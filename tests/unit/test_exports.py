@@ -19,3 +19,9 @@ def test_ray_core_api_surface():
                  "get_actor", "cluster_resources", "available_resources", "ObjectRef", "ActorHandle",
                  "exceptions", "get_runtime_context", "method"]:
         assert name in ember.__all__
+
+
+def test_the_lineage_packages_lazy_names_are_its_exports():
+    import ember.lineage as lineage
+
+    assert set(lineage._HOME) == set(lineage.__all__)
