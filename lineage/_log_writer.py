@@ -38,8 +38,8 @@ FLUSH_INTERVAL_S = 0.002
 # window certain).
 LAZY_DELAY_S = 0.01
 BUSY_BATCH_ROWS = 64
-# Below this, one pipelined INSERT per table, its columns as binary arrays,
-# costs less than COPY's extra round trips; above it COPY is cheaper per row.
+# Below this, a table's rows join the batch's one INSERT statement, as binary
+# arrays; from it, the table goes by COPY (measured alike from 200 rows up).
 COPY_ROWS_MIN = 512
 STATEMENTS_MAX = 64
 ROWS_MAX = 200_000
@@ -259,9 +259,9 @@ class LogWriter:
             if len(rows) >= COPY_ROWS_MIN and not skip:
                 copies[table] = rows
             else:
-                # One statement per table whatever the row count: its
-                # columns go as binary arrays, so psycopg quotes nothing in
-                # Python and the server plans it once per connection.
+                # The table's part of the batch's one statement: its columns go
+                # as binary arrays, so psycopg quotes nothing in Python and the
+                # server plans it once per connection.
                 self._insert_sql(conn, table, skip)
                 inserts.append(((table, skip), self._arrays(table, rows)))
         try:
