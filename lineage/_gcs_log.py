@@ -36,6 +36,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
     "checkpoints": ("actor_id", "seq", "data"),
 }
+_NO_ARGS = pickle.dumps(([], None), protocol=5)
 # Small puts keep their bytes in the log, so they can be rebuilt without lineage.
 DURABLE_PUT_BYTES_MAX = 64 * 1024
 
@@ -83,7 +84,7 @@ class GcsLog:
             self.writer.append("functions", (function_id, name, payload))
 
     def task(self, spec: Any, dependencies: list[bytes]) -> int:
-        args = pickle.dumps((spec.args, spec.kwargs), protocol=5)
+        args = pickle.dumps((spec.args, spec.kwargs), protocol=5) if spec.args or spec.kwargs else _NO_ARGS
         rows = [("tasks", (
             spec.task_id, spec.job_id, int(spec.kind), spec.function_id or None, spec.function_name,
             spec.parent_task_id, spec.actor_id, spec.method, args, spec.num_returns,
@@ -146,7 +147,9 @@ class GcsLog:
         The caller leaves the arguments out (``with_args=False``): its own
         log has them in the call's spec row, which commits no later than this one.
         """
-        args = pickle.dumps((spec.args, spec.kwargs), protocol=5) if with_args else None
+        args = None
+        if with_args:
+            args = pickle.dumps((spec.args, spec.kwargs), protocol=5) if spec.args or spec.kwargs else _NO_ARGS
         return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns,
                                                   spec.owner_addr), urgent=False)
 

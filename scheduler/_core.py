@@ -35,7 +35,7 @@ from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler import _messages
 from ember.scheduler._listener import Listener, connect
-from ember.scheduler._protocol import Connection, ConnectionClosed, Op
+from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
 from ember.scheduler._session import Session
 from ember.scheduler._spec import (
     IDS,
@@ -49,6 +49,7 @@ from ember.scheduler._spec import (
 from ember.store._segments import ObjectFiles, publish_once
 from ember.store._serialization import (
     deserialize,
+    is_error,
     serialize,
     serialize_error,
     to_bytes,
@@ -761,7 +762,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         problem = _messages.problem(msg, _messages.CORE_OPS)
         if problem is None and msg[0] in _messages.FROM_SCHEDULER_ONLY and (
                 self.kind != "worker" or (conn is not self.scheduler and conn is not self.exec_conn)):
-            problem = f"{Op(msg[0]).name} is taken only from this node's scheduler, by a worker"
+            problem = f"{op_name(msg[0])} is taken only from this node's scheduler, by a worker"
         if problem is not None:
             _messages.refuse(conn, msg, problem, f"{self.kind} {os.getpid()}")
             return
@@ -890,7 +891,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         order = None
         logged = self.gcs is not None and (pt.log_seq or pt.replay)
         if logged:
-            error = next((data for _, data, _ in results if data is not None and _is_error(data)), None)
+            error = next((data for _, data, _ in results if data is not None and is_error(data)), None)
             failed = error is not None
             self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                               [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
@@ -1048,12 +1049,6 @@ def _write_layout_bytes(directory: Any, oid: bytes, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(with_object_id(data, oid))
     publish_once(tmp, directory / oid.hex())
-
-
-def _is_error(data: bytes) -> bool:
-    from ember.store._serialization import ObjectKind, read_header
-
-    return read_header(data)[1] == ObjectKind.ERROR
 
 
 RECONNECT_TIMEOUT_S = 30.0  # how long a restarted store or scheduler has to come back

@@ -261,6 +261,19 @@ def read_header(buf: Any) -> tuple[bytes, ObjectKind, int]:
     return object_id, kind, total_size
 
 
+_KIND_OFFSET = 6  # magic (4 bytes), version (2), then the kind
+_ERROR_CODE = int(ObjectKind.ERROR)
+
+
+def is_error(buf: Any) -> bool:
+    """Whether an object's bytes hold an error, from its kind byte alone: no CRC, no unpacking.
+
+    For the hot path that only sorts results; whoever reads the value checks
+    the whole header then.
+    """
+    return len(buf) > _KIND_OFFSET and buf[_KIND_OFFSET] == _ERROR_CODE
+
+
 def deserialize(buf: Any) -> tuple[ObjectKind, Any]:
     """``(kind, value)`` from a region; out-of-band buffers become slices of ``buf``, not copies."""
     view = _byte_view(buf)

@@ -45,7 +45,7 @@ import ember.chaos
 from ember.lineage._rpc import SERVICE, TOKEN_KEY, client_for
 from ember.scheduler._listener import connect
 from ember.scheduler import _messages
-from ember.scheduler._protocol import FRAME_BYTES_MAX, PREAMBLE_MAGIC, Op
+from ember.scheduler._protocol import FRAME_BYTES_MAX, OP_NAMES, PREAMBLE_MAGIC, Op
 from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, TaskKind, TaskSpec
 from tests.endpoint_junk import SideEffect, frame, send_raw
 
@@ -134,7 +134,7 @@ fields = st.one_of(scalars, st.lists(scalars, max_size=3), st.lists(ids, max_siz
 # Every op but a well-formed SHUTDOWN, which a cluster member may send and which stops the scheduler.
 messages = st.builds(
     lambda op, rest: (int(op), *rest),
-    st.sampled_from([op for op in Op if op not in (Op.HELLO, Op.REPLY)] + [0, 9999]),
+    st.sampled_from([op for op in OP_NAMES if op not in (Op.HELLO, Op.REPLY)] + [0, 9999]),
     st.lists(fields, max_size=7),
 ).filter(lambda msg: msg != (int(Op.SHUTDOWN),))
 
