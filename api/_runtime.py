@@ -20,7 +20,6 @@ from ember.chaos import _agent as _chaos_agent
 from ember import _options
 from ember.exceptions import (
     AlreadyInitializedError,
-    ClusterStartError,
     EmberUserError,
     InvalidOptionError,
     NotAnObjectRefError,
@@ -31,11 +30,11 @@ from ember.scheduler import (
     ObjectRef,
     Op,
     Session,
-    create_session,
-    remove_stale_sessions,
+    bring_up,
+    local_nodes as _local_nodes,
+    node_resources,
     require_core,
     set_core,
-    start_node,
 )
 from ember.scheduler import _context
 from ember.lineage._store import LineageStore as _LineageStore
@@ -52,24 +51,6 @@ _HARMLESS_INIT_OPTIONS = {
     "include_dashboard", "log_to_driver", "logging_level", "configure_logging", "namespace",
     "dashboard_host", "dashboard_port", "_temp_dir", "local_mode",
 }
-
-
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 8 << 30
-
-
-def _default_store_bytes() -> int:
-    shm_free = 0
-    try:
-        st = os.statvfs("/dev/shm")
-        shm_free = st.f_bavail * st.f_frsize
-    except OSError:
-        pass
-    budget = int(_memory_bytes() * 0.3)
-    return min(budget, int(shm_free * 0.8)) if shm_free else budget
 
 
 def init(
@@ -103,62 +84,47 @@ def init(
                 "or pass ignore_reinit_error=True"
             )
         if address is not None:
-            raise EmberUserError(
-                f"ember.init(address={address!r}): joining a running cluster is not available yet in this "
-                "version; call ember.init() with no address to start a local cluster"
-            )
+            return _connect(address, num_cpus, num_gpus, resources, object_store_memory, num_workers, gcs_url)
         if num_workers is not None and num_cpus is None:
             num_cpus = num_workers  # the original tutorial's spelling
-        cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
-        totals: dict[str, float] = {"CPU": cpus}
-        if num_gpus:
-            totals["GPU"] = float(num_gpus)
-        for name, amount in (resources or {}).items():
-            totals[name] = float(amount)
-        store_bytes = int(object_store_memory or _default_store_bytes())
-        totals["memory"] = float(_memory_bytes())
-        totals["object_store_memory"] = float(store_bytes)
-        remove_stale_sessions()
-        session = create_session()
-        log_store = _LineageStore(gcs_url)
+        totals, store_bytes = node_resources(num_cpus, num_gpus, resources, object_store_memory)
+        session, node, log_store = bring_up(totals, store_bytes, gcs_url)
         try:
-            # Workers read where the log is when they start; PostgreSQL comes
-            # up while the node's processes do.
-            session.write_info({"gcs_conninfo": log_store.planned_conninfo()})
-            log_store.start()
-            node = start_node(session, totals, store_bytes)
-            try:
-                log_store.ready()
-            except BaseException:
-                node.stop()
-                raise
-        except ClusterStartError:
-            log_store.release()
-            session.remove_runtime_files()  # keep the logs the error message points at
-            raise
-        except BaseException:
-            log_store.release()
-            session.remove()
-            raise
-        try:
-            core = CoreClient(session, "driver", job_id=os.urandom(4), node_id=node.node_id)
+            _start_driver(session, node.node_id, session.name, log_store.embedded_home)
         except BaseException:
             node.stop()
             log_store.release()
             session.remove()
             raise
-        if core.gcs is not None:
-            core.gcs.job(core.job_id, session.name, os.getpid(), " ".join(sys.argv)[:1000])
         _node, _session = node, session
         global _log_store
         _log_store = log_store
-        set_core(core)
-        if not _atexit_registered:
-            atexit.register(shutdown)
-            _atexit_registered = True
-        _install_sigterm_handler()
-        _chaos_agent.start("driver", node.node_id, job_id=core.job_id.hex(), pg_home=log_store.embedded_home)
         return _info()
+
+
+def _connect(address: str, *sizes: Any) -> dict[str, Any]:
+    """Connect this driver to a running cluster through its node on this machine (``ember start``)."""
+    if any(size is not None for size in sizes):
+        raise EmberUserError(
+            "ember.init(address=...) connects to a running cluster, whose nodes have their resources already; "
+            "leave out num_cpus, num_gpus, resources, object_store_memory and gcs_url (set them in `ember start`)")
+    local = _local_nodes.find(address)
+    session = local.session
+    _start_driver(session, local.node_id, session.read_info().get("cluster_id") or session.name, None)
+    return _info()
+
+
+def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | None) -> None:
+    global _atexit_registered
+    core = CoreClient(session, "driver", job_id=os.urandom(4), node_id=node_id)
+    if core.gcs is not None:
+        core.gcs.job(core.job_id, cluster_id, os.getpid(), " ".join(sys.argv)[:1000])
+    set_core(core)
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
+    _install_sigterm_handler()
+    _chaos_agent.start("driver", node_id, job_id=core.job_id.hex(), pg_home=pg_home)
 
 
 def _info() -> dict[str, Any]:
@@ -334,12 +300,25 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
 
 def cluster_resources() -> dict[str, float]:
     total, _ = require_core().call_scheduler(Op.RESOURCES)
-    return total
+    return _with_other_nodes(total, "resources")
 
 
 def available_resources() -> dict[str, float]:
     _, available = require_core().call_scheduler(Op.RESOURCES)
-    return {k: v for k, v in available.items() if v > 0}
+    return {k: v for k, v in _with_other_nodes(available, "available").items() if v > 0}
+
+
+def _with_other_nodes(local: dict[str, float], field: str) -> dict[str, float]:
+    """``local`` (this node's, exact) plus the other live nodes' ``field`` as of their last heartbeat."""
+    core = require_core()
+    if "gcs_address" not in core.session.read_info():
+        return local  # a cluster of this program's own: one node
+    summed = dict(local)
+    for node in _gcs_nodes(core):
+        if node["alive"] and node["node_id"] != core.node_id:
+            for name, amount in node.get(field, {}).items():
+                summed[name] = summed.get(name, 0.0) + amount
+    return summed
 
 
 NODES_TIMEOUT_S = 10.0
@@ -347,10 +326,14 @@ NODES_TIMEOUT_S = 10.0
 
 def nodes() -> list[dict[str, Any]]:
     """The cluster's nodes as the GCS service knows them (waits for it while it restarts)."""
+    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
+             "NodeManagerAddress": n["address"], "DeathCause": n["death_cause"]} for n in _gcs_nodes(require_core())]
+
+
+def _gcs_nodes(core: CoreClient) -> list[dict[str, Any]]:
     from ember.exceptions import ClusterUnavailableError
     from ember.lineage._rpc import GcsUnreachable, client_for
 
-    core = require_core()
     client = client_for(core.session.gcs_address, core.session.token())
     deadline = time.monotonic() + NODES_TIMEOUT_S
     while True:
@@ -364,8 +347,7 @@ def nodes() -> list[dict[str, Any]]:
         if any(n["node_id"] == core.node_id for n in reply["nodes"]) or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
-             "NodeManagerAddress": n["address"], "DeathCause": n["death_cause"]} for n in reply["nodes"]]
+    return reply["nodes"]
 
 
 class RuntimeContext:

@@ -14,6 +14,7 @@ from ember.chaos._faults import (
     paused_pids,
     resume_all,
 )
+from ember.chaos._cluster import LocalCluster
 from ember.chaos._processes import ProcessRecord, processes
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "Injected",
+    "LocalCluster",
     "InvalidFaultError",
     "Outcome",
     "PostgresNotRestartableError",

@@ -34,25 +34,28 @@ HEARTBEAT_WRITE_S = 2.0  # how often last_heartbeat_at is written; death is dete
 
 
 class _Node:
-    __slots__ = ("node_id", "address", "resources", "last_seen", "alive", "death_cause")
+    __slots__ = ("node_id", "address", "resources", "available", "last_seen", "alive", "death_cause")
 
     def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self.node_id = node_id
         self.address = address
         self.resources = resources
+        self.available = dict(resources)  # as of the node's last heartbeat
         self.last_seen = time.monotonic()
         self.alive = True
         self.death_cause: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
-                "alive": self.alive, "death_cause": self.death_cause,
+                "available": self.available, "alive": self.alive, "death_cause": self.death_cause,
                 "last_heartbeat_age_s": round(time.monotonic() - self.last_seen, 3)}
 
 
 class GcsService:
-    def __init__(self, table: ClusterTable, process_id: str, previous: str | None, host_node: str) -> None:
+    def __init__(self, table: ClusterTable, process_id: str, previous: str | None, host_node: str,
+                 conninfo: str | None = None) -> None:
         self.table = table
+        self.conninfo = conninfo  # where the log is: nodes that join learn it here (token-checked)
         self.host_node = host_node
         self.process_id = process_id
         self.previous = previous  # "process_id:cause" of the instance this one replaces
@@ -87,8 +90,11 @@ class GcsService:
         return {"gcs_pid": os.getpid()}
 
     def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
-        _require(req, node_id=str, events=(list, None))
+        _require(req, node_id=str, events=(list, None), available=(dict, None))
         _check_events(req)
+        available = req.get("available")
+        if available is not None and not all(type(k) is str and type(v) in (int, float) for k, v in available.items()):
+            raise BadRequest("available must map resource names to numbers")
         with self._lock:
             node = self._nodes.get(req["node_id"])
             if node is None or not node.alive:
@@ -96,6 +102,8 @@ class GcsService:
                 # declared it dead: the node registers (again) and resends.
                 return {"known": False}
             node.last_seen = time.monotonic()
+            if available is not None:
+                node.available = available
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
@@ -130,7 +138,8 @@ class GcsService:
 
     def info(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"gcs_pid": os.getpid(), "process_id": self.process_id, "started_at": self.started_at,
-                "cluster_id": self.table.cluster_id, "loaded": self.loaded.is_set(), "node_id": self.host_node}
+                "cluster_id": self.table.cluster_id, "loaded": self.loaded.is_set(), "node_id": self.host_node,
+                "gcs_conninfo": self.conninfo}
 
     # -- background ------------------------------------------------------------------------
 
@@ -249,8 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     _procutil.die_with_parent()
     _procutil.setup_logging(args.session, "gcs")
     session = open_session(args.session)
-    table = ClusterTable(session.read_info().get("gcs_conninfo"), session.name)
-    service = GcsService(table, args.process_id, args.previous, args.node_id)
+    conninfo = session.read_info().get("gcs_conninfo")
+    table = ClusterTable(conninfo, session.name)
+    service = GcsService(table, args.process_id, args.previous, args.node_id, conninfo)
     server = serve(session.gcs_address, session.token(), service.handlers())
     threading.Thread(target=service.load, name="ember-gcs-load", daemon=True).start()
     threading.Thread(target=service.detect_failures, name="ember-gcs-detector", daemon=True).start()

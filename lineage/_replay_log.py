@@ -203,7 +203,7 @@ class ReplayReads(ReplaySource):
 
     def _live_path(self, job_id: bytes, object_id: bytes) -> Path | None:
         """The file holding ``object_id`` in the store of the job's cluster, if it still runs on this machine."""
-        from ember.scheduler._session import _runtime_root, open_session
+        from ember.scheduler._session import runtime_root, open_session
 
         if job_id not in self._clusters:
             rows = self._query("SELECT cluster_id FROM jobs WHERE job_id = %s", (job_id,))
@@ -211,7 +211,7 @@ class ReplayReads(ReplaySource):
         cluster = self._clusters[job_id]
         if not cluster:
             return None
-        session = open_session(_runtime_root() / cluster)
+        session = open_session(runtime_root() / cluster)
         if not session.info_path.exists():
             return None  # the cluster is gone (a live one keeps its session file)
         for directory in (session.shm_dir, session.spill_dir):

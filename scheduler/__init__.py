@@ -6,25 +6,27 @@ underscore modules is internal.
 
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._core import CoreClient
-from ember.scheduler._node import Node, start_node
+from ember.scheduler import _local_nodes as local_nodes
+from ember.scheduler._node import JoinTarget, Node, bring_up, node_resources
 from ember.scheduler._object_ref import ObjectRef, TaskID
 from ember.scheduler._protocol import Op
-from ember.scheduler._session import Session, create_session, remove_stale_sessions
+from ember.scheduler._session import Session
 from ember.scheduler._spec import IDS, TaskKind, resource_shape
 
 __all__ = [
     "CoreClient",
     "IDS",
+    "JoinTarget",
     "Node",
     "ObjectRef",
     "Op",
     "Session",
     "TaskID",
     "TaskKind",
-    "create_session",
-    "remove_stale_sessions",
+    "bring_up",
+    "local_nodes",
+    "node_resources",
     "require_core",
     "resource_shape",
     "set_core",
-    "start_node",
 ]

@@ -30,8 +30,9 @@ UNREGISTER_TIMEOUT_S = 1.0
 
 class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
-                 resources: dict[str, float]) -> None:
+                 resources: dict[str, float], available: Any = None) -> None:
         self.node_id = node_id
+        self._available = available  # () -> the node's free resources now, sent with each heartbeat
         self._address = address
         self._token = token
         self._node_address = node_address
@@ -84,7 +85,10 @@ class GcsLink:
                     self.registered, self.gcs_pid = True, reply.get("gcs_pid")
                     self._acknowledged(len(events))
                 else:
-                    reply = self._client.try_call("Heartbeat", {"node_id": self.node_id, "events": events})
+                    beat: dict[str, Any] = {"node_id": self.node_id, "events": events}
+                    if self._available is not None:
+                        beat["available"] = self._available()
+                    reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))
                     else:

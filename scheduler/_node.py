@@ -3,7 +3,8 @@
 The scheduler starts the workers; this module starts the long-lived
 processes, waits (bounded) until they listen, keeps them under a supervisor
 that restarts the GCS service when it dies, and stops them by pid. The head
-node (the only node so far) is the one that runs the GCS service.
+node is the one that runs the GCS service; a node that joins a cluster
+(``ember start --address``) uses the head's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from ember.exceptions import ClusterStartError
 from ember.scheduler import _procutil
@@ -122,12 +124,15 @@ def _report(session: Session, node_id: str, events: list[dict]) -> None:
     threading.Thread(target=send, name="ember-node-report", daemon=True).start()
 
 
-def start_node(session: Session, resources: dict[str, float], object_store_bytes: int) -> Node:
+def start_node(session: Session, resources: dict[str, float], object_store_bytes: int,
+               run_gcs: bool = True) -> Node:
+    """Start a node's processes; ``run_gcs``: this is the head (a node that joins a cluster uses its GCS)."""
     node_id = uuid.uuid4().hex
     supervisor = Supervisor()
-    gcs, gcs_process_id = _spawn_gcs(session, node_id)
-    supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id),
-                     ready_marker=session.sockets / "gcs.ready")
+    if run_gcs:
+        gcs, gcs_process_id = _spawn_gcs(session, node_id)
+        supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id),
+                         ready_marker=session.sockets / "gcs.ready")
     store = _spawn_store(session, object_store_bytes)
     def spawn_scheduler(restart: bool = False) -> subprocess.Popen:
         return _procutil.spawn_python(
@@ -165,3 +170,93 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
                 )
             time.sleep(0.005)
     return node
+
+
+def memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def default_store_bytes() -> int:
+    shm_free = 0
+    try:
+        st = os.statvfs("/dev/shm")
+        shm_free = st.f_bavail * st.f_frsize
+    except OSError:
+        pass
+    budget = int(memory_bytes() * 0.3)
+    return min(budget, int(shm_free * 0.8)) if shm_free else budget
+
+
+def node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None,
+                   object_store_memory: int | None) -> tuple[dict[str, float], int]:
+    """A node's resource totals and its store's budget in bytes, from what the user asked for."""
+    totals: dict[str, float] = {"CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))}
+    if num_gpus:
+        totals["GPU"] = float(num_gpus)
+    for name, amount in (resources or {}).items():
+        totals[name] = float(amount)
+    store_bytes = int(object_store_memory or default_store_bytes())
+    totals["memory"] = float(memory_bytes())
+    totals["object_store_memory"] = float(store_bytes)
+    return totals, store_bytes
+
+
+@dataclass(frozen=True)
+class JoinTarget:
+    """The cluster a node joins: its GCS address, its token, and what its GCS said of itself."""
+
+    gcs_address: str
+    token: bytes
+    conninfo: str | None
+    cluster_id: str
+
+
+def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = None,
+             gcs_address: str | None = None, join: JoinTarget | None = None) -> tuple[Session, Node, Any]:
+    """Create a session and start a node in it: ``(session, node, lineage store or None)``.
+
+    Without ``join`` the node is a head: it starts the GCS service (on
+    ``gcs_address``, ``host:port``, if given, else a Unix socket in the
+    session) and brings the lineage log up. With ``join`` it uses that
+    cluster's GCS and log. On failure nothing is left running; a start
+    failure keeps the logs its error points at.
+    """
+    from ember.lineage._store import LineageStore
+    from ember.scheduler._session import create_session, remove_stale_sessions
+
+    remove_stale_sessions()
+    session = create_session(join.token if join is not None else None)
+    log_store = LineageStore(gcs_url) if join is None else None
+    try:
+        # Workers read where the log is when they start; PostgreSQL comes
+        # up while the node's processes do.
+        if join is None:
+            info = {"gcs_conninfo": log_store.planned_conninfo(), "cluster_id": session.name}
+            if gcs_address:
+                info["gcs_address"] = gcs_address
+        else:
+            info = {"gcs_conninfo": join.conninfo, "cluster_id": join.cluster_id, "gcs_address": join.gcs_address}
+        session.write_info(info)
+        if log_store is not None:
+            log_store.start()
+        node = start_node(session, totals, store_bytes, run_gcs=join is None)
+        if log_store is not None:
+            try:
+                log_store.ready()
+            except BaseException:
+                node.stop()
+                raise
+    except ClusterStartError:
+        if log_store is not None:
+            log_store.release()
+        session.remove_runtime_files()  # keep the logs the error message points at
+        raise
+    except BaseException:
+        if log_store is not None:
+            log_store.release()
+        session.remove()
+        raise
+    return session, node, log_store

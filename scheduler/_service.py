@@ -104,7 +104,8 @@ class Scheduler:
         self._terminating: list[tuple[subprocess.Popen, float]] = []  # asked to stop, SIGKILLed after a grace
         self._stopping = False
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
-        self.gcs = GcsLink(session.gcs_address, session.token(), node_id, str(session.scheduler_socket), resources)
+        self.gcs = GcsLink(session.gcs_address, session.token(), node_id, str(session.scheduler_socket), resources,
+                           available=lambda: self.pool.snapshot()[1])
         self.listener = Listener(
             session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
             name="scheduler", batch_end=self._flush_dirty,

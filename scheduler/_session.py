@@ -18,7 +18,7 @@ from pathlib import Path
 SHM_ROOT = Path("/dev/shm")
 
 
-def _runtime_root() -> Path:
+def runtime_root() -> Path:
     root = Path(os.environ.get("EMBER_RUNTIME_DIR") or Path(tempfile.gettempdir()) / f"ember-{os.getuid()}")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return root
@@ -49,8 +49,13 @@ class Session:
 
     @property
     def gcs_address(self) -> str:
-        """The GCS service's gRPC address: a Unix socket, private to the user."""
-        return f"unix:{self.sockets / 'gcs'}"
+        """The GCS service's gRPC address: the cluster's (``host:port``) for a node started by
+        ``ember start``, else a Unix socket in this session, private to the user."""
+        try:
+            address = self.read_info().get("gcs_address")
+        except (OSError, ValueError):
+            address = None
+        return address or f"unix:{self.sockets / 'gcs'}"
 
     @property
     def shm_dir(self) -> Path:
@@ -97,9 +102,10 @@ class Session:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def create_session() -> Session:
+def create_session(token: bytes | None = None) -> Session:
+    """A new session directory; ``token``: the cluster's, for a node that joins one (else a new one)."""
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
-    session = Session(_runtime_root() / name, name)
+    session = Session(runtime_root() / name, name)
     session.dir.mkdir(mode=0o700)
     for sub in (session.sockets, session.spill_dir, session.log_dir):
         sub.mkdir(mode=0o700)
@@ -107,7 +113,7 @@ def create_session() -> Session:
     session.free_dir.mkdir(mode=0o700)
     fd = os.open(session.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
+        f.write(token if token is not None else secrets.token_bytes(32))
     return session
 
 
@@ -118,7 +124,7 @@ def open_session(path: str | Path) -> Session:
 
 def remove_stale_sessions() -> None:
     """Delete sessions whose creating driver is gone (a SIGKILLed driver leaves them)."""
-    root = _runtime_root()
+    root = runtime_root()
     for entry in root.iterdir():
         parts = entry.name.split("-")
         if len(parts) < 4 or not parts[2].isdigit():

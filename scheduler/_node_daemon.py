@@ -1,0 +1,180 @@
+"""A node that outlives the command that started it: what ``ember start`` runs.
+
+``ember start --head`` runs one of these as the cluster's head (the GCS
+service on ``host:port``, the lineage log, a store and a scheduler);
+``ember start --address HOST:PORT`` runs one that joins that cluster (a store
+and a scheduler that register with its GCS). The daemon is the parent of its
+node's processes: they die with it (parent-death signal), and its
+supervisor restarts the ones that die alone, as a driver's does.
+
+It records itself for ``ember stop``, ``ember status`` and
+``ember.init(address=...)`` (``_local_nodes``) once the node serves, and on
+SIGTERM stops the node, deletes its session and its record, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from ember.exceptions import ClusterStartError, EmberUserError
+from ember.scheduler import _local_nodes
+from ember.scheduler._node import JoinTarget, bring_up, node_resources
+from ember.scheduler._session import open_session
+
+log = logging.getLogger("ember.node")
+
+GCS_READY_TIMEOUT_S = 30.0
+GCS_POLL_S = 0.05
+CLUSTER_TOKEN_ENV = "EMBER_CLUSTER_TOKEN"  # hex; for a node on another machine than the head
+
+
+def cluster_token(address: str) -> bytes:
+    """The token of the cluster at ``address``: from ``EMBER_CLUSTER_TOKEN``, or from its head on this machine."""
+    text = os.environ.get(CLUSTER_TOKEN_ENV)
+    if text:
+        try:
+            return bytes.fromhex(text.strip())
+        except ValueError:
+            raise EmberUserError(f"{CLUSTER_TOKEN_ENV} is not hex; copy it as `ember start --head` printed it") \
+                from None
+    for node in _local_nodes.local_nodes():
+        if node.head and node.gcs_address == address:
+            return node.session.token()
+    raise EmberUserError(
+        f"no token for the cluster at {address}: its head does not run on this machine; set {CLUSTER_TOKEN_ENV} "
+        "to the token `ember start --head` printed (it is in the head's session folder, file `token`)")
+
+
+def wait_for_gcs(address: str, token: bytes, timeout_s: float = GCS_READY_TIMEOUT_S) -> dict[str, Any]:
+    """The GCS's ``Info`` once it answers and has loaded the cluster's state (bounded)."""
+    from ember.lineage._rpc import GcsUnreachable, client_for
+
+    deadline = time.monotonic() + timeout_s
+    client = client_for(address, token)
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            info = client.call("Info", {}, timeout_s=max(0.1, min(2.0, deadline - time.monotonic())))
+            if info.get("loaded"):
+                return info
+        except PermissionError as exc:
+            raise ClusterStartError(f"the GCS at {address} refused this node's token: {exc}") from exc
+        except GcsUnreachable as exc:
+            last = exc
+        time.sleep(GCS_POLL_S)
+    raise ClusterStartError(f"the GCS at {address} did not answer within {timeout_s:.0f}s"
+                            + (f": {last}" if last else ""))
+
+
+def _wait_registered(address: str, token: bytes, node_id: str, timeout_s: float = GCS_READY_TIMEOUT_S) -> None:
+    """Wait (bounded) until the cluster's GCS knows this node: from then on the node is part of the cluster."""
+    from ember.lineage._rpc import GcsUnreachable, client_for
+
+    wait_for_gcs(address, token, timeout_s)
+    client = client_for(address, token)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            nodes = client.call("Nodes", {}, timeout_s=max(0.1, min(2.0, deadline - time.monotonic())))["nodes"]
+            if any(n["node_id"] == node_id and n["alive"] for n in nodes):
+                return
+        except GcsUnreachable:
+            pass
+        time.sleep(GCS_POLL_S)
+    raise ClusterStartError(f"node {node_id} did not register with the GCS at {address} within {timeout_s:.0f}s")
+
+
+def _join_target(address: str) -> JoinTarget:
+    token = cluster_token(address)
+    info = wait_for_gcs(address, token)
+    conninfo = info.get("gcs_conninfo")
+    socket_dir = _unix_socket_dir(conninfo)
+    if socket_dir is not None and not os.path.isdir(socket_dir):
+        raise ClusterStartError(
+            f"the cluster at {address} keeps its lineage log in an embedded PostgreSQL that only its own machine "
+            "reaches; start the head and every node with EMBER_GCS_URL=postgresql://... naming a server all "
+            "nodes reach")
+    return JoinTarget(address, token, conninfo, info.get("cluster_id") or "")
+
+
+def _unix_socket_dir(conninfo: str | None) -> str | None:
+    for part in (conninfo or "").split():
+        key, _, value = part.partition("=")
+        if key == "host" and value.startswith("/"):
+            return value
+    return None
+
+
+def _detach(log_file: str) -> None:
+    """Fork the daemon off and print its pid: the starter waits only for this, and the daemon's
+    parent becomes init, which reaps it whenever it ends (a killed one never lingers as a zombie)."""
+    pid = os.fork()  # before any thread starts
+    if pid:
+        print(pid, flush=True)
+        os._exit(0)
+    os.setsid()
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-node")
+    parser.add_argument("--head", action="store_true")
+    parser.add_argument("--address", default=None, help="the cluster to join (host:port)")
+    parser.add_argument("--bind", default="127.0.0.1", help="the head's GCS listens here")
+    parser.add_argument("--port", type=int, default=_local_nodes.DEFAULT_PORT)
+    parser.add_argument("--resources-json", required=True, help="num_cpus, num_gpus, resources, object_store_memory")
+    parser.add_argument("--log-file", required=True)
+    args = parser.parse_args(argv)
+    _detach(args.log_file)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sizes = json.loads(args.resources_json)
+    totals, store_bytes = node_resources(sizes.get("num_cpus"), sizes.get("num_gpus"), sizes.get("resources"),
+                                         sizes.get("object_store_memory"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        if args.head:
+            gcs_address = f"{args.bind}:{args.port}"
+            session, node, log_store = bring_up(totals, store_bytes, gcs_address=gcs_address)
+        else:
+            gcs_address = _local_nodes.normalize_address(args.address)
+            session, node, log_store = bring_up(totals, store_bytes, join=_join_target(gcs_address))
+        try:
+            _wait_registered(gcs_address, session.token(), node.node_id)
+        except BaseException:
+            node.stop()
+            if log_store is not None:
+                log_store.release()
+            session.remove()
+            raise
+    except (ClusterStartError, EmberUserError) as exc:
+        print(f"ember node: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    _local_nodes.record(_local_nodes.LocalNode(
+        node.node_id, os.getpid(), _local_nodes.process_start_ticks(os.getpid()) or 0, str(session.dir),
+        gcs_address, bool(args.head), totals))
+    log.info("node %s of the cluster at %s serves (session %s)", node.node_id, gcs_address, session.dir)
+    while not stop.wait(1.0):
+        pass
+    log.info("node %s stopping", node.node_id)
+    _local_nodes.forget(node.node_id)
+    node.stop()
+    if log_store is not None:
+        log_store.release()
+    open_session(session.dir).remove()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
