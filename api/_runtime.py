@@ -132,7 +132,7 @@ def _info() -> dict[str, Any]:
     return {
         "node_id": core.node_id,
         "session_dir": str(core.session.dir),
-        "address": str(core.session.scheduler_socket),
+        "address": core.session.read_info().get("gcs_address") or str(core.session.scheduler_socket),
         "job_id": core.job_id.hex(),
     }
 

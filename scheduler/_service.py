@@ -503,7 +503,7 @@ class Scheduler:
             return  # killed before it was placed
         if not self.pool.feasible(spec.resources):
             self._actor_dead(spec.actor_id, f"it needs {self.pool.missing(spec.resources)}, "
-                                            f"which no node has (node total: {self.pool.total})")
+                                            f"which its node does not have (node total: {self.pool.total})")
             return
         self._pending_actors.append(spec.actor_id)  # type: ignore[arg-type]
         self._place_actors()
