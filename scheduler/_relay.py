@@ -133,7 +133,8 @@ class _Relay:
         finally:
             timer.cancel()
         if requested is None:
-            _refuse(context, Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the stream named no target"))
+            _refuse(context, Refusal(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"the stream named no target (it has {TARGET_WAIT_S:.0f}s to)"))
         target = check_target(self._sockets_dir, requested)
         if isinstance(target, Refusal):
             _refuse(context, target)

@@ -11,13 +11,25 @@ Both die with the process that started them; the tests kill them by pid.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from ember.scheduler import _procutil
 from ember.scheduler._listener import Listener
 from ember.scheduler._protocol import Connection
 from ember.scheduler._session import open_session
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    """Start ``python -m tests.relay_node ARGS``, its stdout piped to the caller; it dies with this process."""
+    return subprocess.Popen([sys.executable, "-m", "tests.relay_node", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "EMBER_PARENT_PID": str(os.getpid())})
 
 
 def _say(line: str) -> None:

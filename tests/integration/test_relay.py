@@ -14,8 +14,6 @@ import queue
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,10 +30,10 @@ from ember.scheduler._protocol import AuthenticationError, Connection, Connectio
 from ember.scheduler._relay import METHOD_PATH, hosted_relay
 from ember.scheduler._relay_client import channel_count
 from ember.scheduler._session import Session
+from tests import relay_node
 
 WAIT_S = 30.0  # every wait for a message, a close or a process is bounded by this
 MESSAGE = 12345  # any op but REPLY reaches the handler
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _session(root: Path, name: str, token: bytes | None = None) -> Session:
@@ -49,10 +47,7 @@ class _Node:
     """A helper process of ``tests/relay_node.py``; its stdout lines are read into a queue."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.relay_node", *args], cwd=REPO, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "EMBER_PARENT_PID": str(os.getpid())},
-        )
+        self.proc = relay_node.spawn(*args)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -232,6 +227,24 @@ def test_a_target_outside_the_sockets_directory_is_refused(cluster: _Cluster) ->
         assert not _was_connected(outside)
     finally:
         outside.close()
+
+
+def test_a_stream_that_names_no_target_is_ended(cluster: _Cluster) -> None:
+    never = threading.Event()
+
+    def silent() -> Iterator[bytes]:
+        never.wait(WAIT_S)
+        yield from ()
+
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.port}") as channel:
+        call = channel.stream_stream(METHOD_PATH)(silent(), metadata=token_metadata(cluster.b.token()),
+                                                  timeout=WAIT_S)
+        try:
+            with pytest.raises(grpc.RpcError) as caught:
+                list(call)
+        finally:
+            never.set()
+    assert caught.value.code() == grpc.StatusCode.CANCELLED  # by the relay (TARGET_WAIT_S), not our deadline
 
 
 def test_nothing_listening_at_the_target_is_a_bounded_wait(cluster: _Cluster) -> None:
