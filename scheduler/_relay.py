@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import grpc
 
@@ -147,10 +147,11 @@ class _Relay:
         return sock
 
 
-def _refuse(context: grpc.ServicerContext, refusal: Refusal) -> None:
+def _refuse(context: grpc.ServicerContext, refusal: Refusal) -> NoReturn:
     if refusal.code != grpc.StatusCode.UNAVAILABLE:  # not yet listening is routine at start-up
         log.warning("relay refused a stream from %s: %s", context.peer(), refusal.reason)
     context.abort(refusal.code, refusal.reason)
+    raise AssertionError("unreachable: abort raises")
 
 
 def _upstream(requests: Iterator[bytes], sock: socket.socket) -> None:
