@@ -43,6 +43,7 @@ __all__ = [
     "ClusterStartError",
     "ClusterUnavailableError",
     "AlreadyInitializedError",
+    "InvalidAddressError",
 ]
 
 
@@ -100,6 +101,10 @@ class ClusterUnavailableError(EmberOperationError, ConnectionError):
 
 class AlreadyInitializedError(EmberUserError, RuntimeError):
     """``ember.init()`` was called again in a process that is already connected."""
+
+
+class InvalidAddressError(EmberUserError, ValueError):
+    """An address is malformed, or names something a node will not let a peer reach (its message says which)."""
 
 
 class GetTimeoutError(EmberOperationError, TimeoutError):

@@ -19,7 +19,6 @@ with its traceback.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -30,10 +29,12 @@ from typing import Any
 
 import grpc
 
+from ember.scheduler._grpc_shared import RECONNECT_OPTIONS, TokenCheck, token_metadata
+from ember.scheduler._grpc_shared import TOKEN_KEY as TOKEN_KEY  # callers that craft calls import it from here
+
 log = logging.getLogger("ember.gcs")
 
 SERVICE = "ember.Gcs"
-TOKEN_KEY = "ember-token"
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -65,31 +66,6 @@ def _decode(data: bytes) -> Any:
     return msg
 
 
-def _refusal(code: grpc.StatusCode, reason: str, method: str) -> grpc.RpcMethodHandler:
-    def refuse(request: bytes, context: grpc.ServicerContext) -> None:
-        log.warning("GCS service refused %s from %s: %s", method, context.peer(), reason)
-        context.abort(code, reason)
-
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-class _TokenCheck(grpc.ServerInterceptor):
-    def __init__(self, token: bytes, methods: set[str]) -> None:
-        self._token = token.hex()
-        self._methods = {f"/{SERVICE}/{name}" for name in methods}
-
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        method = handler_call_details.method
-        sent = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_KEY, "")
-        if isinstance(sent, bytes):
-            sent = sent.decode(errors="replace")
-        if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(errors="replace"), self._token.encode()):
-            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token", method)
-        if method not in self._methods:
-            return _refusal(grpc.StatusCode.UNIMPLEMENTED, "no such method", method)
-        return continuation(handler_call_details)
-
-
 def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int = 4) -> grpc.Server:
     """Start a gRPC server answering ``handlers`` by method name; returns it running."""
 
@@ -117,7 +93,7 @@ def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ember-gcs-rpc"),
-        interceptors=[_TokenCheck(token, set(handlers))],
+        interceptors=[TokenCheck(token, SERVICE, handlers, log, "GCS service")],
     )
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler(SERVICE, {name: wrap(name, fn) for name, fn in handlers.items()})]
@@ -149,14 +125,8 @@ class GcsClient:
 
     def __init__(self, address: str, token: bytes) -> None:
         self.address = address
-        self._metadata = ((TOKEN_KEY, token.hex()),)
-        # gRPC backs off up to minutes between reconnects by default; a GCS
-        # restart takes well under a second, so reconnect soon after it.
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.initial_reconnect_backoff_ms", 20),
-            ("grpc.min_reconnect_backoff_ms", 20),
-            ("grpc.max_reconnect_backoff_ms", 250),
-        ])
+        self._metadata = token_metadata(token)
+        self._channel = grpc.insecure_channel(address, options=RECONNECT_OPTIONS)
         self._methods: dict[str, Any] = {}
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.exceptions import ClusterStartError
+from ember.scheduler._address import is_relayed, parse_relay_address
 from ember.scheduler._protocol import (
     PREAMBLE_MAGIC,
     TOKEN_BYTES,
@@ -38,6 +39,7 @@ from ember.scheduler._protocol import (
 log = logging.getLogger("ember.protocol")
 
 CONNECT_TIMEOUT_S = 10.0
+CONNECT_RETRY_S = 0.01  # between attempts while nothing listens at the address yet
 PREAMBLE_TIMEOUT_S = 5.0
 # Connections waiting to present their token, at most; more wait in the
 # kernel's backlog, so a flood of silent connections delays others by at most
@@ -65,22 +67,19 @@ def connect(
     reader: bool = True,
     connection_class: type[Connection] | None = None,
 ) -> Connection:
-    """Open an authenticated connection to the listener at ``path``."""
-    deadline = time.monotonic() + timeout_s
-    last_error: OSError | None = None
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-            break
-        except OSError as exc:
-            sock.close()
-            last_error = exc
-            if time.monotonic() >= deadline:
-                raise ClusterStartError(
-                    f"could not connect to {name} at {path} within {timeout_s:.0f}s: {last_error}"
-                ) from last_error
-            time.sleep(0.01)
+    """Open an authenticated connection to the listener at ``path``.
+
+    ``path`` is a Unix socket on this node, or ``grpc://HOST:PORT/abs/path``
+    for one on another node, reached through that node's relay (``_relay``).
+    """
+    if is_relayed(path):
+        relayed = parse_relay_address(str(path))
+        # Imported here: only processes that talk to other nodes pay for loading gRPC.
+        from ember.scheduler._relay_client import open_relayed
+
+        sock = _retrying(lambda remaining_s: open_relayed(relayed, token, remaining_s), name, path, timeout_s)
+    else:
+        sock = _retrying(lambda remaining_s: _open_unix(path), name, path, timeout_s)
     try:
         sock.sendall(PREAMBLE_MAGIC + token)
     except OSError:
@@ -91,6 +90,30 @@ def connect(
     conn.start(reader=reader)
     conn.flush()
     return conn
+
+
+def _open_unix(path: str | Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _retrying(
+    open_once: Callable[[float], socket.socket], name: str, path: str | Path, timeout_s: float,
+) -> socket.socket:
+    """``open_once(remaining_s)`` again while it raises OSError (nothing listens yet), up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return open_once(max(deadline - time.monotonic(), CONNECT_RETRY_S))
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ClusterStartError(f"could not connect to {name} at {path} within {timeout_s:.0f}s: {exc}") from exc
+        time.sleep(CONNECT_RETRY_S)
 
 
 class Listener:

@@ -622,6 +622,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--store-pid", type=int, required=True)
     parser.add_argument("--restart", action="store_true", help="replace a scheduler that died (and its workers)")
+    parser.add_argument("--relay-bind", metavar="HOST:PORT", default=None,
+                        help="host the node relay (peers on other nodes reach this node's sockets through it) "
+                             "on HOST:PORT (port 0: any free one); its address goes into the session info")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
     _procutil.setup_logging(args.session, "scheduler")
@@ -630,6 +633,11 @@ def main(argv: list[str] | None = None) -> None:
     scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start()
+    if args.relay_bind is not None:
+        from ember.scheduler._relay import host_relay  # only a relay host loads gRPC's server
+
+        # Held by this frame, which never returns: a collected gRPC server stops.
+        relay, _ = host_relay(session, args.relay_bind)
     _agent.start("scheduler", args.node_id)
     _procutil.announce_ready(session.sockets / "scheduler.ready")  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()

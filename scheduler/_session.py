@@ -92,6 +92,14 @@ class Session:
     def read_info(self) -> dict:
         return json.loads(self.info_path.read_text())
 
+    def update_info(self, fields: dict) -> None:
+        """Add ``fields`` to the info file (made if missing); readers see the old file or the new, whole."""
+        try:
+            info = self.read_info()
+        except FileNotFoundError:
+            info = {}
+        self.write_info({**info, **fields})
+
     def remove_runtime_files(self) -> None:
         shutil.rmtree(self.shm_dir, ignore_errors=True)
         shutil.rmtree(self.sockets, ignore_errors=True)

@@ -19,6 +19,7 @@ INSTANCES = [
     ex.OwnerDiedError("cd34", "owner died"),
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
     ex.EmberTaskError("f", "Traceback...", ValueError("boom"), "ValueError('boom')"),
+    ex.InvalidAddressError("grpc://h:0/s: port 0"),
 ]
 
 
