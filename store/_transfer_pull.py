@@ -197,6 +197,41 @@ class _StallWatch:
                 return
 
 
+class _IncomingFile:
+    """The temporary file one pull writes into: created at the first header, kept across attempts."""
+
+    def __init__(self, files: ObjectFiles, object_id: bytes) -> None:
+        self._files = files
+        self._object_id = object_id
+        self._fd = -1
+        self._path: Path | None = None
+
+    def write(self, data: bytes, offset: int, total_bytes: int) -> None:
+        if self._path is None:
+            self._fd, self._path = self._files.create_incoming(self._object_id, total_bytes)
+        _pwritev_all(self._fd, [data], offset)
+
+    def publish(self) -> Path:
+        assert self._path is not None, "a complete object was written somewhere"
+        self._close()
+        path, self._path = self._path, None
+        try:
+            return self._files.publish_incoming(path, self._object_id)
+        finally:
+            path.unlink(missing_ok=True)  # gone already when published; a copy that failed its check is dropped
+
+    def discard(self) -> None:
+        self._close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._path = None
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class ObjectPuller:
     """Pulls objects into ``files`` from other stores that hold ``token``; keeps one channel per source."""
 
@@ -230,7 +265,7 @@ class ObjectPuller:
         receipt = Receipt(object_id)
         plan = SourcePlan(sources, self._attempts_per_source_max)
         attempts: list[PullAttempt] = []
-        incoming: tuple[int, Path] | None = None
+        incoming = _IncomingFile(self._files, object_id)
         try:
             while not receipt.complete:
                 step = plan.next_source()
@@ -244,25 +279,19 @@ class ObjectPuller:
                     raise ObjectTransferError(object_id.hex(), _summary(attempts, f"out of time ({timeout_s} s)"))
                 start = receipt.offset
                 try:
-                    incoming = self._stream(source, receipt, incoming, remaining_s, progress)
+                    self._stream(source, receipt, incoming, remaining_s, progress)
                     outcome = "complete"
                 except SourceError as exc:
                     plan.failed(source, exc.retryable)
                     outcome = str(exc)
                 attempts.append(PullAttempt(source, start, receipt.offset, outcome))
-            assert incoming is not None, "a complete receipt has a file"
-            os.close(incoming[0])
-            path = self._files.publish_incoming(incoming[1], object_id)
-            incoming = None
-            return PullResult(path, receipt.total_bytes, tuple(attempts))
+            return PullResult(incoming.publish(), receipt.total_bytes, tuple(attempts))
         finally:
-            if incoming is not None:
-                os.close(incoming[0])
-                incoming[1].unlink(missing_ok=True)
+            incoming.discard()
 
-    def _stream(self, source: str, receipt: Receipt, incoming: tuple[int, Path] | None, remaining_s: float,
-                progress: Callable[[int, int], None] | None) -> tuple[int, Path]:
-        """One attempt: receive from ``receipt.offset`` to the end, or raise SourceError. Returns the file."""
+    def _stream(self, source: str, receipt: Receipt, incoming: _IncomingFile, remaining_s: float,
+                progress: Callable[[int, int], None] | None) -> None:
+        """One attempt: receive from ``receipt.offset`` to the end into ``incoming``, or raise SourceError."""
         request = {"object_id": receipt.object_id.hex(), "offset": receipt.offset}
         call = self._method(source)(request, timeout=remaining_s, metadata=self._metadata)
         watch = _StallWatch(call, self._stall_timeout_s, self._clock)
@@ -271,11 +300,9 @@ class ObjectPuller:
             if header is None and call.code() != grpc.StatusCode.OK:
                 raise _source_error(call, watch)  # refused before any data (no token, no such object)
             receipt.begin(header)
-            if incoming is None:
-                incoming = self._files.create_incoming(receipt.object_id, receipt.total_bytes)
             for chunk in call:
                 watch.fed()
-                _pwritev_all(incoming[0], [chunk], receipt.place(chunk))
+                incoming.write(chunk, receipt.place(chunk), receipt.total_bytes)
                 if progress is not None:
                     progress(receipt.offset, receipt.total_bytes)
         except grpc.RpcError as exc:
@@ -285,7 +312,6 @@ class ObjectPuller:
             call.cancel()  # a no-op after the stream ended; frees the stream after a failure
         if not receipt.complete:
             raise SourceError(f"ended the stream at {receipt.offset} of {receipt.total_bytes} bytes", True)
-        return incoming
 
     def _method(self, source: str) -> grpc.UnaryStreamMultiCallable:
         with self._lock:
