@@ -43,7 +43,7 @@ from ember.store._segments import ObjectFiles, _pwritev_all
 from ember.store._serialization import HEADER_BYTES, read_header
 from ember.store._transfer import CHUNK_BYTES, HEADER_KEY, PULL_METHOD, SERVICE
 
-__all__ = ["ObjectPuller", "PullAttempt", "PullResult", "Receipt", "SourcePlan"]
+__all__ = ["ObjectPuller", "PullAttempt", "PullResult", "Receipt", "SourceError", "SourcePlan"]
 
 PULL_TIMEOUT_S = 300.0
 STALL_TIMEOUT_S = 10.0  # no chunk (or no header) for this long: the source is hung

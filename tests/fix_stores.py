@@ -40,7 +40,8 @@ class StoreProcess:
         return ObjectFiles(self.session.shm_dir, self.session.spill_dir)
 
 
-def _start(token: bytes, transfer_bind: str | None) -> StoreProcess:
+def launch(token: bytes, transfer_bind: str | None) -> StoreProcess:
+    """Start a store process in a new session holding ``token``; ``wait_ready`` before using it."""
     session = create_session()
     session.token_path.write_bytes(token)
     argv = [sys.executable, "-m", "ember.store._service", str(session.dir), "--capacity-bytes", str(CAPACITY_BYTES)]
@@ -54,7 +55,8 @@ def _start(token: bytes, transfer_bind: str | None) -> StoreProcess:
     return StoreProcess(session, proc, None)
 
 
-def _wait_ready(store: StoreProcess, transfer_bind: str | None) -> StoreProcess:
+def wait_ready(store: StoreProcess, transfer_bind: str | None) -> StoreProcess:
+    """``store`` once it is ready, with the address it serves transfers on."""
     marker = store.session.sockets / "store.ready"
     deadline = time.monotonic() + STORE_READY_WAIT_S
     while not marker.exists():
@@ -83,9 +85,9 @@ def start_store() -> Iterator[Callable[..., StoreProcess]]:
     started: list[StoreProcess] = []
 
     def start(token: bytes, transfer_bind: str | None = "127.0.0.1:0") -> StoreProcess:
-        store = _start(token, transfer_bind)
+        store = launch(token, transfer_bind)
         started.append(store)
-        return _wait_ready(store, transfer_bind)
+        return wait_ready(store, transfer_bind)
 
     try:
         yield start
