@@ -28,6 +28,7 @@ check, and never wait without a bound.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -42,6 +43,8 @@ from ember.lineage._grpc_auth import RECONNECT_OPTIONS, encode, token_metadata
 from ember.store._segments import ObjectFiles, _pwritev_all
 from ember.store._serialization import HEADER_BYTES, read_header
 from ember.store._transfer import CHUNK_BYTES, HEADER_KEY, PULL_METHOD, SERVICE
+
+log = logging.getLogger("ember.store")
 
 __all__ = ["ObjectPuller", "PullAttempt", "PullResult", "Receipt", "SourceError", "SourcePlan"]
 
@@ -284,6 +287,8 @@ class ObjectPuller:
                 except SourceError as exc:
                     plan.failed(source, exc.retryable)
                     outcome = str(exc)
+                    log.warning("pull of object %s from %s stopped at byte %d: %s", object_id.hex(), source,
+                                receipt.offset, outcome)
                 attempts.append(PullAttempt(source, start, receipt.offset, outcome))
             return PullResult(incoming.publish(), receipt.total_bytes, tuple(attempts))
         finally:
