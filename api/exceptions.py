@@ -34,6 +34,7 @@ __all__ = [
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
+    "ObjectTransferError",
     "ActorDiedError",
     "RayActorError",
     "ActorUnavailableError",
@@ -153,6 +154,22 @@ class ObjectLostError(EmberOperationError):
 
 class OwnerDiedError(ObjectLostError):
     """The process that owned the object died before the object was shared."""
+
+
+class ObjectTransferError(EmberOperationError):
+    """No store that was asked for an object's bytes delivered them whole; ``reason`` says what each did."""
+
+    def __init__(self, object_id_hex: str = "", reason: str = "") -> None:
+        self.object_id_hex = object_id_hex
+        self.reason = reason
+        super().__init__(
+            f"object {object_id_hex} could not be pulled from another node: {reason}. If its copies are gone, "
+            "it is rebuilt from lineage; if the stores run, check that they are reachable and share this "
+            "cluster's token"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.object_id_hex, self.reason))
 
 
 class ActorDiedError(EmberOperationError):

@@ -3,8 +3,8 @@
 The GCS service speaks gRPC (DESIGN.md section 3) without generated stubs:
 every method takes and returns one JSON object, so nothing a peer sends is
 ever unpickled. The cluster token travels as call metadata and is checked
-before a request is even decoded; a call without it is refused with
-UNAUTHENTICATED.
+before a request is even decoded (``scheduler/_grpc_shared.py``, shared with the store's
+object transfers); a call without it is refused with UNAUTHENTICATED.
 
 The address is a Unix socket in the session directory (``unix:PATH``) or a
 loopback ``host:port``; never a public interface by default.
@@ -19,7 +19,6 @@ with its traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -29,41 +28,28 @@ from typing import Any
 
 import grpc
 
-from ember.scheduler._grpc_shared import RECONNECT_OPTIONS, TokenCheck, token_metadata
-from ember.scheduler._grpc_shared import TOKEN_KEY as TOKEN_KEY  # callers that craft calls import it from here
+from ember.scheduler._grpc_shared import (
+    RECONNECT_OPTIONS,
+    TOKEN_KEY,
+    TokenCheck,
+    Undecodable,
+    decode,
+    encode,
+    token_metadata,
+)
 
 log = logging.getLogger("ember.gcs")
 
 SERVICE = "ember.Gcs"
+# TOKEN_KEY is named from here by tests and tools that speak to the GCS service.
+__all__ = ["SERVICE", "TOKEN_KEY", "BadRequest", "GcsClient", "GcsRefused", "GcsUnreachable", "Unavailable",
+           "client_for", "serve"]
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def _encode(msg: dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":")).encode()
-
-
 class BadRequest(ValueError):
     """A request is not what its method takes; the caller gets INVALID_ARGUMENT with this message."""
-
-
-class _Undecodable:
-    """A request body that is not a JSON object (refused by the handler wrapper, not by gRPC)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _decode(data: bytes) -> Any:
-    # Never raises: gRPC would log a decoding failure as an error with a
-    # traceback and answer INTERNAL, which blames the server for junk.
-    try:
-        msg = json.loads(data) if data else {}
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return _Undecodable(f"{len(data)} bytes that are not JSON ({exc})")
-    if not isinstance(msg, dict):
-        return _Undecodable(f"a JSON {type(msg).__name__}, not an object")
-    return msg
 
 
 def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int = 4) -> grpc.Server:
@@ -72,7 +58,7 @@ def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int
     def wrap(name: str, fn: Handler):  # type: ignore[no-untyped-def]
         def call(request: Any, context: grpc.ServicerContext) -> dict[str, Any]:
             code, reason = grpc.StatusCode.INVALID_ARGUMENT, ""
-            if isinstance(request, _Undecodable):
+            if isinstance(request, Undecodable):
                 reason = f"the request is {request.reason}"
             else:
                 try:
@@ -89,7 +75,7 @@ def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int
             context.abort(code, reason)
             raise AssertionError("unreachable: abort raises")
 
-        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=_decode, response_serializer=_encode)
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=decode, response_serializer=encode)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ember-gcs-rpc"),
@@ -136,7 +122,7 @@ class GcsClient:
         method = self._methods.get(name)
         if method is None:
             method = self._channel.unary_unary(
-                f"/{SERVICE}/{name}", request_serializer=_encode, response_deserializer=_decode
+                f"/{SERVICE}/{name}", request_serializer=encode, response_deserializer=decode
             )
             self._methods[name] = method
         return method

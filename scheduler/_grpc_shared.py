@@ -1,6 +1,7 @@
-"""What ember's gRPC services and clients share: the cluster token on calls, the reconnect policy.
+"""What ember's gRPC services and clients share: the cluster token on calls, the reconnect policy, JSON requests.
 
-Used by every gRPC service ember hosts (the GCS service, the node relay):
+Used by every gRPC service ember hosts (the GCS service, the node relay, a
+store's object transfers):
 one place decides how the token travels and how a call without it is
 refused, so the services cannot drift apart on what "authenticated" means.
 
@@ -12,6 +13,7 @@ logged line naming the peer and the method.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +34,32 @@ RECONNECT_OPTIONS: list[tuple[str, int]] = [
 def token_metadata(token: bytes) -> tuple[tuple[str, str], ...]:
     """The metadata a client sends with every call to carry ``token``."""
     return ((TOKEN_KEY, token.hex()),)
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode()
+
+
+class Undecodable:
+    """A request body that is not a JSON object (refused by the handler, not by gRPC)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def decode(data: bytes) -> Any:
+    """The JSON object in ``data``, or an ``Undecodable`` saying why not.
+
+    Never raises: gRPC would log a decoding failure as an error with a
+    traceback and answer INTERNAL, which blames the server for junk.
+    """
+    try:
+        msg = json.loads(data) if data else {}
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return Undecodable(f"{len(data)} bytes that are not JSON ({exc})")
+    if not isinstance(msg, dict):
+        return Undecodable(f"a JSON {type(msg).__name__}, not an object")
+    return msg
 
 
 def refusal(

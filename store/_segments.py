@@ -95,12 +95,68 @@ class ObjectFiles:
             if spill_free < size:
                 # Refused before a byte is written: a half-written spill file
                 # would only fill the disk for everyone else.
-                raise ObjectTooLargeError(
-                    f"an object of {size:,} bytes fits neither in shared memory ({shm_free:,} bytes free in "
-                    f"{self.shm_dir}) nor on the spill disk ({spill_free:,} bytes free in {self.spill_dir}); "
-                    "an object is kept whole in one of them. Split it into smaller objects, or free space"
-                )
+                raise self._too_large(size, shm_free, spill_free)
         return self._write_new(self.spill_dir, object_id, obj)
+
+    def create_incoming(self, object_id: bytes, total_bytes: int) -> tuple[int, Path]:
+        """A temporary file with all ``total_bytes`` reserved, for an object that arrives in pieces.
+
+        Returns ``(fd, path)``: in shared memory if it has room, else on the
+        spill disk. Nobody can map it by the object's id until
+        ``publish_incoming``; the caller closes ``fd`` and unlinks ``path`` if
+        it gives up.
+        """
+        _check_id(object_id)
+        if total_bytes < HEADER_BYTES:
+            raise ValueError(f"an object has at least {HEADER_BYTES} bytes, got {total_bytes}")
+        free = {directory: _free_bytes(directory) for directory in (self.shm_dir, self.spill_dir)}
+        for directory, free_bytes in free.items():
+            if free_bytes < total_bytes:
+                continue
+            tmp = self._tmp_path(directory, object_id)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            try:
+                # Reserved now, so a full filesystem fails before a byte travels, not half way.
+                os.posix_fallocate(fd, 0, total_bytes)
+            except OSError as exc:
+                os.close(fd)
+                _unlink_quietly(tmp)
+                if exc.errno in _NO_ROOM_ERRNOS:
+                    continue
+                raise
+            return fd, tmp
+        raise self._too_large(total_bytes, free[self.shm_dir], free[self.spill_dir])
+
+    def publish_incoming(self, tmp: Path, object_id: bytes) -> Path:
+        """Check a complete file from ``create_incoming`` and give it the object's name; returns the path.
+
+        The header must be whole (magic, version, CRC), name ``object_id`` and
+        give the file's exact size. If a copy is already published, that one
+        is kept (``publish_once``) and ``tmp`` is dropped.
+        """
+        _check_id(object_id)
+        tmp = Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            found_id, _kind, total_size = read_header(os.pread(fd, HEADER_BYTES, 0))
+            file_bytes = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if found_id != object_id or total_size != file_bytes:
+            raise EmberInternalError(
+                f"{tmp} holds object {found_id.hex()} of {total_size} bytes in a {file_bytes}-byte file; "
+                f"expected object {object_id.hex()} filling it"
+            )
+        final = tmp.parent / object_id.hex()
+        publish_once(tmp, final)
+        return final
+
+    def _too_large(self, size: int, shm_free: int, spill_free: int) -> ObjectTooLargeError:
+        return ObjectTooLargeError(
+            f"an object of {size:,} bytes fits neither in shared memory ({shm_free:,} bytes free in "
+            f"{self.shm_dir}) nor on the spill disk ({spill_free:,} bytes free in {self.spill_dir}); "
+            "an object is kept whole in one of them. Split it into smaller objects, or free space"
+        )
 
     def open(self, object_id: bytes) -> memoryview | None:
         """A read-only view of exactly the object's bytes, or None if no file holds it.

@@ -9,6 +9,11 @@ oldest objects to disk when shared memory passes its budget.
 When it dies the node's objects are considered lost: a restarted store
 starts empty.
 
+Given ``--transfer-bind HOST:PORT`` it also serves its objects to other
+nodes' stores (``_transfer``) and writes the address it bound to
+``transfer_address_path(session)`` before it says it is ready; without the
+option nothing listens beyond the session's Unix socket.
+
 It must never unpickle object contents.
 """
 
@@ -23,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ember.chaos import _agent
 from ember.scheduler import _messages
@@ -31,6 +37,9 @@ from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._session import Session, open_session
 from ember.scheduler import _procutil
 from ember.store._segments import ObjectFiles, prefault_segment
+
+if TYPE_CHECKING:
+    from ember.store._transfer import TransferServer
 
 log = logging.getLogger("ember.store")
 
@@ -54,6 +63,7 @@ class Store:
         self._wanted_segment = 0
         self._refill = threading.Event()
         self.stats = {"sealed": 0, "freed": 0, "spilled": 0, "recycled": 0}
+        self.transfer: TransferServer | None = None
         self.files.clear()
         self.listener = Listener(
             session.store_socket, session.token(), lambda conn: None, self._handle, self._on_close,
@@ -203,7 +213,34 @@ class Store:
             "spilled_objects": len(self._spilled),
             "capacity_bytes": self.capacity_bytes,
             "free_segments": len(self._free_segments),
+            "transfer_address": None if self.transfer is None else self.transfer.address,
         }
+
+
+def transfer_address_path(session: Session) -> Path:
+    """The file in which a store started with ``--transfer-bind`` names the address it serves on."""
+    return session.sockets / "store.transfer"
+
+
+def _serve_transfers(store: Store, bind: str) -> None:
+    # Imported here: a store that serves no transfers does not load gRPC.
+    from ember.store._transfer import TransferServer
+
+    store.transfer = TransferServer(store.files, store.session.token(), bind)
+    path = transfer_address_path(store.session)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(store.transfer.address)
+    os.replace(tmp, path)  # whole, for whoever reads it the moment the store is ready
+
+
+def _bind_address(text: str) -> str:
+    from ember.store._transfer import parse_bind_address
+
+    try:
+        parse_bind_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity-bytes", type=int, required=True)
     parser.add_argument("--restart", action="store_true",
                         help="replace a store that died: start empty, its objects are lost")
+    parser.add_argument("--transfer-bind", metavar="HOST:PORT", type=_bind_address,
+                        help="serve this store's objects to other nodes' stores at HOST:PORT (gRPC, cluster "
+                             "token required); port 0 picks a free one, HOST defaults to 127.0.0.1")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
     _procutil.setup_logging(args.session, "store")
@@ -225,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
             leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     store.start()
+    if args.transfer_bind is not None:
+        _serve_transfers(store, args.transfer_bind)
     _agent.start("store")
     _procutil.announce_ready(session.sockets / "store.ready")
     threading.Event().wait()

@@ -12,7 +12,7 @@ settings.register_profile(
 settings.register_profile("soak", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-pytest_plugins = ["tests.fix_cluster", "tests.fix_postgres"]
+pytest_plugins = ["tests.fix_cluster", "tests.fix_postgres", "tests.fix_stores"]
 
 
 # Tests never write to (or prune) the user's own lineage log: the whole run

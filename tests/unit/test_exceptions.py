@@ -17,6 +17,7 @@ INSTANCES = [
     ex.WorkerCrashedError("f (task 01)", 4, "pid 1 killed by SIGKILL"),
     ex.ObjectLostError("cd34", "store died"),
     ex.OwnerDiedError("cd34", "owner died"),
+    ex.ObjectTransferError("cd34", "127.0.0.1:5000: does not have it"),
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
     ex.EmberTaskError("f", "Traceback...", ValueError("boom"), "ValueError('boom')"),
     ex.InvalidAddressError("grpc://h:0/s: port 0"),

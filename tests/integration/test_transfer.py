@@ -1,0 +1,227 @@
+"""Object transfer between stores (issue 7): real store processes, real gRPC, one machine.
+
+Each store runs as its own process with its own session and shared-memory
+folder, like the stores of separate nodes; objects are written into a
+store's folder the way a worker writes them, and pulled into another's.
+Every process here is started by the test and killed by its pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+from ember.exceptions import ObjectTransferError
+from ember.scheduler._grpc_shared import encode, token_metadata
+from ember.scheduler._listener import connect
+from ember.scheduler._protocol import Op
+from ember.store import ObjectFiles, deserialize, serialize
+from ember.store._serialization import HEADER_BYTES
+from ember.store._transfer import CHUNK_BYTES, HEADER_KEY, PULL_METHOD, SERVICE, TransferServer
+from ember.store._transfer_pull import ObjectPuller
+from tests.fix_kill import wait_gone
+
+CALL_TIMEOUT_S = 30.0
+PULL_TIMEOUT_S = 120.0
+ARRAY_BYTES = 400 * 1000 * 1000
+
+
+@pytest.fixture
+def token() -> bytes:
+    return os.urandom(32)
+
+
+def _object_id() -> bytes:
+    return os.urandom(20)
+
+
+@contextlib.contextmanager
+def _puller(files: ObjectFiles, token: bytes, **options: float) -> Iterator[ObjectPuller]:
+    puller = ObjectPuller(files, token, **options)
+    try:
+        yield puller
+    finally:
+        puller.close()
+
+
+@pytest.fixture
+def two_stores(start_store, token):
+    return start_store(token), start_store(token)
+
+
+def _leftovers(files: ObjectFiles) -> list[str]:
+    return sorted(p.name for p in files.shm_dir.iterdir() if p.is_file())
+
+
+def test_an_object_written_in_one_store_is_pulled_into_another_byte_for_byte(two_stores, token):
+    source, target = two_stores
+    value = {"blob": os.urandom(3 * CHUNK_BYTES + 12345), "name": "x" * 1000}
+    object_id = _object_id()
+    source.files.write(object_id, serialize(value))
+    with _puller(target.files, token) as puller:
+        result = puller.pull(object_id, [source.transfer_address], timeout_s=PULL_TIMEOUT_S)
+    assert result.path.parent == target.session.shm_dir
+    assert [a.outcome for a in result.attempts] == ["complete"]
+    assert bytes(target.files.open(object_id)) == bytes(source.files.open(object_id))
+    assert deserialize(target.files.open(object_id))[1] == value
+    assert _leftovers(target.files) == [object_id.hex()]  # no temporary file left behind
+
+
+def test_a_400_mb_numpy_array_round_trips(two_stores, token):
+    source, target = two_stores
+    array = np.random.default_rng(7).integers(0, 1 << 62, ARRAY_BYTES // 8, dtype=np.int64)
+    object_id = _object_id()
+    source.files.write(object_id, serialize(array))
+    with _puller(target.files, token) as puller:
+        result = puller.pull(object_id, [source.transfer_address], timeout_s=PULL_TIMEOUT_S)
+    assert result.total_bytes > ARRAY_BYTES
+    _kind, pulled = deserialize(target.files.open(object_id))
+    assert pulled.dtype == array.dtype and np.array_equal(pulled, array)
+
+
+def _raw_pull(address: str, object_id: bytes, metadata: tuple) -> tuple[grpc.StatusCode, object, int]:
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        call = channel.unary_stream(f"/{SERVICE}/{PULL_METHOD}", request_serializer=encode)(
+            {"object_id": object_id.hex(), "offset": 0}, timeout=CALL_TIMEOUT_S, metadata=metadata)
+        received = 0
+        try:
+            for chunk in call:
+                received += len(chunk)
+        except grpc.RpcError:
+            pass
+        return call.code(), dict(call.initial_metadata() or ()).get(HEADER_KEY), received
+
+
+@pytest.mark.parametrize("sent", ["wrong", "missing"])
+def test_a_wrong_or_missing_token_is_refused_and_the_target_gets_nothing(two_stores, token, sent):
+    source, target = two_stores
+    object_id = _object_id()
+    source.files.write(object_id, serialize(os.urandom(CHUNK_BYTES)))
+    stranger = os.urandom(32)
+    code, header, received = _raw_pull(source.transfer_address, object_id,
+                                       token_metadata(stranger) if sent == "wrong" else ())
+    assert (code, header, received) == (grpc.StatusCode.UNAUTHENTICATED, None, 0)
+    with _puller(target.files, stranger) as puller:
+        with pytest.raises(ObjectTransferError, match="token") as caught:
+            puller.pull(object_id, [source.transfer_address], timeout_s=PULL_TIMEOUT_S)
+    assert caught.value.object_id_hex == object_id.hex()
+    assert _leftovers(target.files) == []
+
+
+def test_a_missing_object_raises_the_typed_error_naming_it(two_stores, token):
+    source, target = two_stores
+    object_id = _object_id()
+    code, header, received = _raw_pull(source.transfer_address, object_id, token_metadata(token))
+    assert (code, header, received) == (grpc.StatusCode.NOT_FOUND, None, 0)
+    with _puller(target.files, token) as puller:
+        with pytest.raises(ObjectTransferError, match=object_id.hex()) as caught:
+            puller.pull(object_id, [source.transfer_address], timeout_s=PULL_TIMEOUT_S)
+    assert "does not have it" in caught.value.reason
+    assert _leftovers(target.files) == []
+
+
+def test_sigkill_of_the_source_mid_stream_resumes_from_another_copy(start_store, token):
+    source, target, second = start_store(token), start_store(token), start_store(token)
+    array = np.arange(ARRAY_BYTES // 8, dtype=np.int64)
+    object_id = _object_id()
+    serialized = serialize(array)
+    source.files.write(object_id, serialized)
+    second.files.write(object_id, serialized)
+    killed_at: list[int] = []
+
+    def kill_the_source_once_chunks_arrived(received_bytes: int, total_bytes: int) -> None:
+        if not killed_at and received_bytes >= 2 * CHUNK_BYTES:
+            killed_at.append(received_bytes)
+            os.kill(source.proc.pid, signal.SIGKILL)
+            wait_gone(source.proc.pid)
+
+    with _puller(target.files, token) as puller:
+        result = puller.pull(object_id, [source.transfer_address, second.transfer_address],
+                             timeout_s=PULL_TIMEOUT_S, progress=kill_the_source_once_chunks_arrived)
+    assert source.proc.wait(timeout=CALL_TIMEOUT_S) == -signal.SIGKILL
+    first, resumed = result.attempts
+    assert first.source == source.transfer_address and first.outcome != "complete"
+    assert killed_at[0] <= first.end_offset < result.total_bytes
+    # The recovery path ran: the second copy was asked from where the first stream broke, not from 0.
+    assert (resumed.source, resumed.start_offset, resumed.outcome) == (second.transfer_address, first.end_offset,
+                                                                       "complete")
+    assert bytes(target.files.open(object_id)) == bytes(second.files.open(object_id))
+    assert np.array_equal(deserialize(target.files.open(object_id))[1], array)
+
+
+def test_the_store_names_its_transfer_address_in_its_statistics(start_store, token):
+    store = start_store(token)
+    conn = connect(store.session.store_socket, token, {"kind": "test"}, lambda conn, msg: None)
+    try:
+        stats = conn.call(Op.STORE_STATS, timeout_s=CALL_TIMEOUT_S)
+    finally:
+        conn.close()
+    assert stats["transfer_address"] == store.transfer_address
+    assert store.transfer_address.startswith("127.0.0.1:")
+
+
+def _tcp_listeners(pid: int) -> list[str]:
+    """``ip:port`` of each listening socket, IPv4-mapped IPv6 addresses (gRPC's dual-stack sockets) as IPv4."""
+    found = []
+    for conn in psutil.Process(pid).net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN:
+            ip = ipaddress.ip_address(conn.laddr.ip)
+            mapped = getattr(ip, "ipv4_mapped", None)
+            found.append(f"{mapped or ip}:{conn.laddr.port}")
+    return found
+
+
+def test_without_the_option_nothing_new_listens(start_store, token):
+    plain = start_store(token, transfer_bind=None)
+    serving = start_store(token)
+    assert _tcp_listeners(plain.proc.pid) == []
+    assert _tcp_listeners(serving.proc.pid) == [serving.transfer_address]  # loopback only
+    assert not (plain.session.sockets / "store.transfer").exists()
+
+
+class _StallingSource:
+    """A peer that announces a real header, then sends nothing: a hung store, as the puller sees it."""
+
+    def __init__(self, header: bytes) -> None:
+        self.release = threading.Event()
+        self._header = header
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        handler = grpc.unary_stream_rpc_method_handler(self._pull)
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {PULL_METHOD: handler})])
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def _pull(self, request, context):
+        context.send_initial_metadata(((HEADER_KEY, self._header),))
+        self.release.wait(CALL_TIMEOUT_S)
+        return iter(())
+
+
+def test_a_source_that_stalls_is_given_up_on_and_the_next_one_finishes(tmp_path, token):
+    # In-process servers: the hang is the test's own fake peer; the real one is ember's TransferServer.
+    real = ObjectFiles(tmp_path / "real", tmp_path / "real-spill")
+    object_id = _object_id()
+    real.write(object_id, serialize(os.urandom(CHUNK_BYTES)))
+    stalling = _StallingSource(bytes(real.open(object_id)[:HEADER_BYTES]))
+    server = TransferServer(real, token, "127.0.0.1:0")
+    target = ObjectFiles(tmp_path / "target", tmp_path / "target-spill")
+    try:
+        with _puller(target, token, stall_timeout_s=0.5) as puller:
+            result = puller.pull(object_id, [stalling.address, server.address], timeout_s=PULL_TIMEOUT_S)
+    finally:
+        stalling.release.set()
+        stalling.server.stop(0)
+        server.stop()
+    assert [(a.source, a.outcome.split(":")[0]) for a in result.attempts] == [
+        (stalling.address, "stalled"), (server.address, "complete")]
+    assert bytes(target.open(object_id)) == bytes(real.open(object_id))
