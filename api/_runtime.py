@@ -132,9 +132,15 @@ def _info() -> dict[str, Any]:
     return {
         "node_id": core.node_id,
         "session_dir": str(core.session.dir),
-        "address": core.session.read_info().get("gcs_address") or str(core.session.scheduler_socket),
+        "address": _cluster_address(core.session),
         "job_id": core.job_id.hex(),
     }
+
+
+def _cluster_address(session: Session) -> str:
+    """The cluster's ``HOST:PORT`` for one that ``ember start`` runs, else this node's scheduler socket."""
+    address = session.gcs_address
+    return str(session.scheduler_socket) if address.startswith("unix:") else address
 
 
 def _install_sigterm_handler() -> None:
@@ -311,7 +317,7 @@ def available_resources() -> dict[str, float]:
 def _with_other_nodes(local: dict[str, float], field: str) -> dict[str, float]:
     """``local`` (this node's, exact) plus the other live nodes' ``field`` as of their last heartbeat."""
     core = require_core()
-    if "gcs_address" not in core.session.read_info():
+    if core.session.gcs_address.startswith("unix:"):
         return local  # a cluster of this program's own: one node
     summed = dict(local)
     for node in _gcs_nodes(core):

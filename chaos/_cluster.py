@@ -79,10 +79,7 @@ class LocalCluster:
     def shutdown(self) -> None:
         """Stop every node this cluster started, joined nodes first."""
         for node in sorted(self.nodes, key=lambda n: n.head):
-            if node.alive():
-                self.stop_node(node)
-            else:
-                local_nodes.forget(node.node_id)
+            self.stop_node(node)  # a node already gone only loses its record
 
     def __enter__(self) -> "LocalCluster":
         return self

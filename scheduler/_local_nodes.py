@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ember.exceptions import ClusterStartError, EmberUserError
+from ember.exceptions import ClusterStartError, EmberUserError, InvalidAddressError
+from ember.scheduler._address import join_host_port, split_host_port
 from ember.scheduler._session import Session, open_session, runtime_root
 
 DEFAULT_PORT = 6380
@@ -94,12 +95,15 @@ def local_nodes() -> list[LocalNode]:
 
 def normalize_address(address: str) -> str:
     """``host:port`` with ``localhost`` spelled as the loopback address; a typed error for anything else."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_host_port(address, "cluster address")
+    except InvalidAddressError:
+        host, port = "", 0
+    if not port:
         raise EmberUserError(
             f"{address!r} is not a cluster address; expected HOST:PORT, as `ember start --head` prints it "
             "(or \"auto\" for the cluster whose node runs on this machine)")
-    return f"{'127.0.0.1' if host == 'localhost' else host}:{int(port)}"
+    return join_host_port("127.0.0.1" if host == "localhost" else host, port)
 
 
 def find(address: str) -> LocalNode:

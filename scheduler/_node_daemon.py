@@ -78,14 +78,16 @@ def _wait_registered(address: str, token: bytes, node_id: str, timeout_s: float 
     """Wait (bounded) until the cluster's GCS knows this node: from then on the node is part of the cluster."""
     from ember.lineage._rpc import GcsUnreachable, client_for
 
-    wait_for_gcs(address, token, timeout_s)
     client = client_for(address, token)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            nodes = client.call("Nodes", {}, timeout_s=max(0.1, min(2.0, deadline - time.monotonic())))["nodes"]
+            # The service answers Nodes once it has loaded the cluster's state (bounded on its side).
+            nodes = client.call("Nodes", {}, timeout_s=max(0.1, min(6.0, deadline - time.monotonic())))["nodes"]
             if any(n["node_id"] == node_id and n["alive"] for n in nodes):
                 return
+        except PermissionError as exc:
+            raise ClusterStartError(f"the GCS at {address} refused this node's token: {exc}") from exc
         except GcsUnreachable:
             pass
         time.sleep(GCS_POLL_S)

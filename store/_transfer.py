@@ -32,6 +32,8 @@ from typing import Any
 
 import grpc
 
+from ember.exceptions import InvalidAddressError
+from ember.scheduler._address import split_host_port
 from ember.scheduler._grpc_shared import TokenCheck, Undecodable, decode
 from ember.store._segments import ObjectFiles
 from ember.store._serialization import HEADER_BYTES, OBJECT_ID_BYTES_MAX
@@ -72,15 +74,13 @@ def chunk_spans(offset: int, total_bytes: int, chunk_bytes: int = CHUNK_BYTES) -
 
 def parse_bind_address(text: str) -> tuple[str, int]:
     """``(host, port)`` from ``HOST:PORT``, ``:PORT`` or ``PORT``; the host defaults to loopback."""
-    host, _, port_text = text.rpartition(":")
-    host = host.strip("[]") or DEFAULT_HOST
+    full = text if ":" in text else f":{text}"
+    if full.startswith(":"):
+        full = DEFAULT_HOST + full
     try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"expected HOST:PORT with a port from 0 (any free one) to 65535, got {text!r}")
-    return host, port
+        return split_host_port(full, "bind address")
+    except InvalidAddressError as exc:
+        raise ValueError(f"expected HOST:PORT with a port from 0 (any free one) to 65535, got {text!r}") from exc
 
 
 class _BadPull(ValueError):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -44,3 +45,17 @@ def run_script(code: str, timeout_s: float = 120.0) -> subprocess.CompletedProce
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, timeout=timeout_s,
     )
+
+
+def poll_until(predicate, timeout_s: float, poll_s: float = 0.01):
+    """Call ``predicate`` until it returns something truthy or ``timeout_s`` passes; its last value.
+
+    A bounded wait: callers assert on the value (the state they waited for),
+    never on how long it took.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(poll_s)

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +21,7 @@ import ember
 from ember.chaos._cluster import LocalCluster, free_port
 from ember.exceptions import EmberUserError
 from ember.scheduler import local_nodes
+from tests.fix_cluster import poll_until
 
 DEATH_DETECTED_S = 15.0
 CLI_TIMEOUT_S = 120.0
@@ -110,13 +110,9 @@ def test_a_killed_node_is_declared_dead_and_its_processes_are_gone(two_nodes: Lo
     two_nodes.kill_node(extra)
     ember.init(address=two_nodes.address)
     try:
-        deadline = time.monotonic() + DEATH_DETECTED_S
-        while True:
-            state = {n["NodeID"]: n for n in ember.nodes()}[extra.node_id]
-            if not state["Alive"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert not state["Alive"], f"node {extra.node_id} still alive {DEATH_DETECTED_S}s after its kill"
+        dead = poll_until(lambda: not {n["NodeID"]: n for n in ember.nodes()}[extra.node_id]["Alive"],
+                          DEATH_DETECTED_S, 0.1)
+        assert dead, f"node {extra.node_id} still alive {DEATH_DETECTED_S}s after its kill"
         assert ember.cluster_resources()["CPU"] == 2.0  # the dead node's CPU is no longer counted
     finally:
         ember.shutdown()

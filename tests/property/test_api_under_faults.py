@@ -68,7 +68,7 @@ from hypothesis.stateful import (
 import ember
 from ember.chaos import Fault, FaultKind, Injected, Outcome, Target, inject, live_pids, paused_pids, resume_all
 from ember.exceptions import EmberError, GetTimeoutError, ObjectLostError
-from tests.fix_cluster import run_script
+from tests.fix_cluster import poll_until, run_script
 
 GET_BOUND_S = 60.0  # recovery after a scheduler kill takes seconds on two cores
 HIT_BOUND_S = 30.0  # a killed process is back well within this, so a fault always finds its target
@@ -582,19 +582,14 @@ def _stopped(pid: int) -> bool:
 
 
 def _wait_running(pid: int) -> None:
-    deadline = time.monotonic() + RESUME_BOUND_S
-    while _stopped(pid):
-        assert time.monotonic() < deadline, f"pid {pid} still stopped {RESUME_BOUND_S:g}s after its pause"
-        time.sleep(0.01)
+    running = poll_until(lambda: not _stopped(pid), RESUME_BOUND_S)
+    assert running, f"pid {pid} still stopped {RESUME_BOUND_S:g}s after its pause"
 
 
 def _wait_stopped(pid: int, within_s: float) -> None:
     # SIGSTOP takes effect when the target next runs: on a loaded machine, a
     # moment after the signal was sent.
-    deadline = time.monotonic() + within_s
-    while not _stopped(pid):
-        assert time.monotonic() < deadline, f"pid {pid} not stopped {within_s:g}s after SIGSTOP"
-        time.sleep(0.005)
+    assert poll_until(lambda: _stopped(pid), within_s, 0.005), f"pid {pid} not stopped {within_s:g}s after SIGSTOP"
 
 
 def test_a_pause_ends_by_its_timer_or_by_resume_all(fault_cluster):
