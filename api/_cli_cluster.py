@@ -35,7 +35,8 @@ def _local_nodes() -> Any:
 @click.option("--port", default=6380, show_default=True, type=click.IntRange(1, 65535),
               help="With --head: the GCS service's port.")
 @click.option("--bind", default="127.0.0.1", show_default=True,
-              help="With --head: the address the GCS service listens on (loopback unless you say otherwise).")
+              help="The address this node serves other nodes on: its relay and object transfers, and with "
+                   "--head the GCS service (loopback unless you say otherwise).")
 @click.option("--num-cpus", type=click.FloatRange(min=0), default=None, help="CPUs to offer (default: all).")
 @click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs to offer (a scheduling label).")
 @click.option("--resources", default=None, help='Custom resources as JSON, e.g. \'{"accelerator": 2}\'.')
@@ -47,9 +48,9 @@ def start_command(head: bool, address: str | None, port: int, bind: str, num_cpu
     custom = _parse_resources(resources)
     sizes = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": custom,
              "object_store_memory": object_store_memory}
-    argv = ["--resources-json", json.dumps(sizes)]
+    argv = ["--resources-json", json.dumps(sizes), "--bind", bind]
     if head:
-        argv += ["--head", "--bind", bind, "--port", str(port)]
+        argv += ["--head", "--port", str(port)]
         wanted = f"{bind}:{port}"
     else:
         try:

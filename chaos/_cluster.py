@@ -16,12 +16,12 @@ this cluster started, checked against their start times.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
 from ember.scheduler import local_nodes
 from ember.scheduler._local_nodes import LocalNode, process_start_ticks
+from ember.scheduler._node import free_port
 
 STOP_TIMEOUT_S = 15.0
 GONE_TIMEOUT_S = 10.0
@@ -86,13 +86,6 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-def free_port() -> int:
-    """A TCP port on the loopback address that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _is_zombie(pid: int) -> bool:

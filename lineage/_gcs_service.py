@@ -34,7 +34,8 @@ HEARTBEAT_WRITE_S = 2.0  # how often last_heartbeat_at is written; death is dete
 
 
 class _Node:
-    __slots__ = ("node_id", "address", "resources", "available", "last_seen", "alive", "death_cause")
+    __slots__ = ("node_id", "address", "resources", "available", "last_seen", "alive", "death_cause", "transfer",
+                 "queued", "placed")
 
     def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self.node_id = node_id
@@ -44,10 +45,14 @@ class _Node:
         self.last_seen = time.monotonic()
         self.alive = True
         self.death_cause: str | None = None
+        self.transfer: str | None = None  # where its store serves objects to other nodes
+        self.queued = 0  # tasks waiting in its queues, as of its last heartbeat
+        self.placed = 0  # tasks placed on it since that heartbeat
 
     def public(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
                 "available": self.available, "alive": self.alive, "death_cause": self.death_cause,
+                "transfer": self.transfer, "queued": self.queued,
                 "last_heartbeat_age_s": round(time.monotonic() - self.last_seen, 3)}
 
 
@@ -68,14 +73,15 @@ class GcsService:
     def handlers(self) -> dict[str, Any]:
         return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
                 "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished,
-                "ProcessEvents": self.process_events}
+                "ProcessEvents": self.process_events, "Place": self.place}
 
     # -- calls -----------------------------------------------------------------------------
     # Each call checks its request's shape before it writes anything: junk is
     # refused (INVALID_ARGUMENT, logged), never half-written to PostgreSQL.
 
     def register(self, req: dict[str, Any]) -> dict[str, Any]:
-        _require(req, node_id=str, address=str, resources=dict, events=(list, None), restarted=(bool, None))
+        _require(req, node_id=str, address=str, resources=dict, events=(list, None), restarted=(bool, None),
+                 transfer=(str, None))
         _check_events(req)
         if req.get("restarted"):
             self.table.workers_ended(req["node_id"], "its node's scheduler died")
@@ -85,12 +91,12 @@ class GcsService:
             node = self._nodes.get(req["node_id"])
             if node is None:
                 node = self._nodes[req["node_id"]] = _Node(req["node_id"], req["address"], req["resources"])
-            node.address, node.resources = req["address"], req["resources"]
+            node.address, node.resources, node.transfer = req["address"], req["resources"], req.get("transfer")
             node.alive, node.death_cause, node.last_seen = True, None, time.monotonic()
         return {"gcs_pid": os.getpid()}
 
     def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
-        _require(req, node_id=str, events=(list, None), available=(dict, None))
+        _require(req, node_id=str, events=(list, None), available=(dict, None), queued=(int, None))
         _check_events(req)
         available = req.get("available")
         if available is not None and not all(type(k) is str and type(v) in (int, float) for k, v in available.items()):
@@ -104,6 +110,7 @@ class GcsService:
             node.last_seen = time.monotonic()
             if available is not None:
                 node.available = available
+            node.queued, node.placed = req.get("queued") or 0, 0
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
@@ -135,6 +142,20 @@ class GcsService:
         self.loaded.wait(5.0)
         with self._lock:
             return {"nodes": [n.public() for n in self._nodes.values()], "gcs_pid": os.getpid()}
+
+    def place(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The global scheduler: a node for each task a node spilled (``None``: no live node can run it)."""
+        _require(req, node_id=str, tasks=list)
+        tasks = req["tasks"]
+        for task in tasks:
+            if not (isinstance(task, dict) and isinstance(task.get("resources"), dict)
+                    and isinstance(task.get("inputs", {}), dict)):
+                raise BadRequest("each task must be {resources: {name: amount}, inputs: {endpoint: bytes}}")
+        with self._lock:
+            nodes = [n for n in self._nodes.values() if n.alive]
+            placements = [_placement(nodes, task["resources"], task.get("inputs") or {}) for task in tasks]
+            addresses = {n.node_id: n.address for n in nodes}
+        return {"placements": placements, "addresses": addresses}
 
     def info(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"gcs_pid": os.getpid(), "process_id": self.process_id, "started_at": self.started_at,
@@ -203,6 +224,41 @@ class GcsService:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+LOCALITY_BYTES_MIN = 1 << 20  # inputs this large on one node draw a task there...
+LOCALITY_SLACK = 4.0  # ...unless that node's load (tasks per CPU) is this much above the least loaded's
+
+
+def _load(node: _Node) -> float:
+    """Tasks per CPU on ``node``: running, queued, and placed there since it last said."""
+    cpus = node.resources.get("CPU", 0.0)
+    busy = cpus - node.available.get("CPU", cpus)
+    return (busy + node.queued + node.placed) / max(cpus, 1.0)
+
+
+def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any]) -> str | None:
+    """The node for one task: one that has its resources, where its inputs are if they are large, else the
+    least loaded; counted as placed there (call under the lock)."""
+    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + 1e-9 >= v for k, v in resources.items()
+                                    if isinstance(v, (int, float)))]
+    if not fits:
+        return None
+    best = min(fits, key=_load)
+    if inputs:
+        holder = max(fits, key=lambda n: inputs.get(_endpoint(n.address), 0))
+        held = inputs.get(_endpoint(holder.address), 0)
+        if isinstance(held, int) and held >= LOCALITY_BYTES_MIN and _load(holder) - _load(best) <= LOCALITY_SLACK:
+            best = holder
+    best.placed += 1
+    return best.node_id
+
+
+def _endpoint(address: str) -> str | None:
+    """The relay endpoint in a node's address (a node of a one-machine cluster has none)."""
+    from ember.scheduler._address import is_relayed, parse_relay_address
+
+    return parse_relay_address(address).endpoint if is_relayed(address) else None
 
 
 _EVENT_FIELDS: dict[str, dict[str, Any]] = {

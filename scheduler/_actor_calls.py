@@ -104,6 +104,7 @@ class ActorCallsMixin:
                             timeout_s=PEER_CONNECT_TIMEOUT_S, connection_class=SharedReadConnection,
                         )
                         state.conn.batch_end = self._send_follow_ups
+                        state.conn.peer = {"address": address}  # where its results are (_node_of)
                     except Exception:
                         # Its process just died: the scheduler's next word on
                         # it (restarting, or dead) is on its way.

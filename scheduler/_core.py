@@ -32,11 +32,13 @@ from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin
 from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
+from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin  # noqa: F401 (LOST_COPY)
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler import _messages
-from ember.scheduler._listener import Listener, connect
+from ember.scheduler._address import is_relayed, parse_relay_address, relay_address, split_host_port
+from ember.scheduler._listener import Listener, connect, set_local_relay
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
-from ember.scheduler._session import Session
+from ember.scheduler._session import RELAY_INFO_KEY, Session
 from ember.scheduler._spec import (
     IDS,
     PLAIN_BYTES_MAX,
@@ -72,9 +74,12 @@ class FailureCause:
 
 
 class _Entry:
-    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order")
+    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where")
 
     def __init__(self) -> None:
+        # In the store of the node at this relay endpoint (LOST_COPY: it died with it);
+        # None: inline, or in this node's store.
+        self.where: str | None = None
         self.log_seq = 0  # the lineage row that must be durable before others see the value
         self.order: tuple[bytes, int] | None = None  # (actor, place) of an actor call whose order row may not be
         self.state = PENDING
@@ -101,7 +106,7 @@ class _PendingTask:
         self.encoded = False  # arguments encoded (and logged) before its inputs were ready
 
 
-class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
+class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
     """One per process that takes part in a cluster (driver or worker)."""
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
@@ -112,9 +117,19 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.job_id = job_id
         self.node_id = node_id
         self.worker_id = os.urandom(16)
-        self.address = str(session.worker_socket(kind, self.worker_id))
+        socket_path = str(session.worker_socket(kind, self.worker_id))
+        self.address = socket_path
         # Every owner on this node listens in this session's socket folder.
         self._owners_prefix = str(session.sockets) + os.sep
+        info = _session_info(session)
+        # In a multi-node cluster every process is named by an address through
+        # its node's relay, which peers on other nodes can reach.
+        self.relay: str | None = info.get(RELAY_INFO_KEY)
+        if self.relay is not None:
+            set_local_relay(self.relay)
+            host, port = split_host_port(self.relay)
+            self.address = relay_address(host, port, socket_path)
+            self._owners_prefix = relay_address(host, port, session.sockets) + "/"
         self._token = session.token()
         self.files = ObjectFiles(session.shm_dir, session.spill_dir)
         self._lock = threading.RLock()
@@ -136,6 +151,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
         self._adopting: set[bytes] = set()
         self._store_ready: set[bytes] = set()
+        # Objects across nodes (LocationMixin): who asked where an object is before it was made,
+        # lookups to send, and the owner and node of each object being pulled here.
+        self._locate_waiters: dict[bytes, set[str]] = {}
+        self._to_locate: list[ObjectRef] = []
+        self._pulling: dict[bytes, tuple[str, str]] = {}
+        self._endpoints: dict[str, str] = {}
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
@@ -143,7 +164,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         self._copies: Any = None  # durable copies of large puts, made on first need
-        conninfo = _log_conninfo(session)
+        conninfo = info.get("gcs_conninfo")
         if conninfo:
             from ember.lineage._gcs_log import GcsLog  # psycopg is imported only when logging
 
@@ -156,7 +177,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         hello = {"kind": kind, "pid": os.getpid(), "address": self.address, "worker_id": self.worker_id}
         self._hello = hello
         self._listener = Listener(
-            self.address, self._token, self._on_peer, self._handle, self._on_peer_closed, name=kind,
+            socket_path, self._token, self._on_peer, self._handle, self._on_peer_closed, name=kind,
             batch_end=self._send_follow_ups,
         ).start()
         self.scheduler = connect(
@@ -768,7 +789,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             return
         op = msg[0]
         if op == Op.TASK_RESULT:
-            self._on_result(*msg[1:])
+            if self.relay is None:
+                self._on_result(*msg[1:])
+            else:
+                self._on_result(*msg[1:], where=self._node_of(conn))
         elif op == Op.OBJECT_READY:
             with self._lock:
                 self._store_ready.add(msg[1])
@@ -779,6 +803,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
         elif op == Op.OBJECT_WANTED:
             self._on_object_wanted(msg[1])
+        elif op in _LOCATION_OPS:
+            self._on_location_message(conn, msg)
         elif op == Op.FLUSH_LOG:
             # A restarted actor asks for the calls this process saw it run:
             # answered off the reader thread, since a commit may take a while.
@@ -794,6 +820,16 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                     return
             executor.deliver(conn, msg)
 
+    def _node_of(self, conn: Connection) -> str | None:
+        """The relay endpoint of the node of ``conn``'s peer, if not this one."""
+        address = conn.peer.get("address")
+        if not address or not is_relayed(address):
+            return None
+        endpoint = self._endpoints.get(address)
+        if endpoint is None:
+            endpoint = self._endpoints[address] = parse_relay_address(address).endpoint
+        return None if endpoint == self.relay else endpoint
+
     def attach_executor(self, executor: Any) -> None:
         with self._lock:
             self.executor = executor
@@ -802,9 +838,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             executor.deliver(conn, msg)
 
     def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
-                   durable_seq: int = 0, hashes: list | None = None) -> None:
+                   durable_seq: int = 0, hashes: list | None = None, where: str | None = None) -> None:
         """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
-        (0 if none) and ``durable_seq`` the last place whose row the actor has committed.
+        (0 if none) and ``durable_seq`` the last place whose row the actor has committed;
+        ``where``: the relay endpoint of the node it ran on, if not this one.
 
         The owner takes the result at once, before its spec's row may be
         committed: durable before visible holds for other processes, since a
@@ -816,7 +853,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
                 return  # a stale attempt: the object already has its value
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
-            self._finish(pt, results, call_seq, durable_seq, hashes)
+            self._finish(pt, results, call_seq, durable_seq, hashes, where)
 
     def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
         """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
@@ -885,7 +922,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             self._dispatch(pt)
 
     def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
-                hashes: list | None = None) -> None:
+                hashes: list | None = None, where: str | None = None) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
         order = None
@@ -920,11 +957,15 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
             entry.order = order  # a ref to it leaves only once the call's place in the order is durable
             if data is None:
                 entry.state = READY_STORE
+                entry.where = where
             else:
                 entry.state = READY_INLINE
                 entry.data = data
+                entry.where = None
                 if entry.shared:
                     self._publish(oid, data)
+            if self._locate_waiters:
+                self._answer_locates(oid, entry)
             for waiter in self._dep_waiters.pop(oid, ()):
                 waiter.missing -= 1
                 if waiter.missing == 0:
@@ -999,7 +1040,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
         """Raise for a ref made by another cluster session: its owner can never answer here."""
         for ref in refs:
             owner = ref._owner
-            if owner != self.address and not owner.startswith(self._owners_prefix):
+            if owner != self.address and not owner.startswith(self._owners_prefix) and not (
+                    self.relay is not None and is_relayed(owner)):
                 raise ForeignObjectRefError(
                     f"ObjectRef {ref.hex()} belongs to another ember cluster session (its owner {owner} is "
                     "not part of this one): refs do not outlive ember.shutdown(). Get its value before "
@@ -1008,6 +1050,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin):
 
     def check_feasible(self, shape: tuple, what: str) -> None:
         """Raise at once for a request no node can ever satisfy, instead of queueing it forever."""
+        if self.relay is not None:
+            return  # other nodes may have it: the global scheduler says, as the task's failure
         if self._totals is None:
             self._totals = self._node_totals()
         missing = {n: a for n, a in shape if self._totals.get(n, 0.0) + 1e-9 < a}
@@ -1055,8 +1099,12 @@ RECONNECT_TIMEOUT_S = 30.0  # how long a restarted store or scheduler has to com
 RECONNECT_POLL_S = 0.05
 
 
-def _log_conninfo(session: Session) -> str | None:
+def _session_info(session: Session) -> dict:
     try:
-        return session.read_info().get("gcs_conninfo")
+        return session.read_info()
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def _log_conninfo(session: Session) -> str | None:
+    return _session_info(session).get("gcs_conninfo")

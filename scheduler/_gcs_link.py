@@ -30,9 +30,12 @@ UNREGISTER_TIMEOUT_S = 1.0
 
 class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
-                 resources: dict[str, float], available: Any = None) -> None:
+                 resources: dict[str, float], available: Any = None, queued: Any = None,
+                 transfer: str | None = None) -> None:
         self.node_id = node_id
         self._available = available  # () -> the node's free resources now, sent with each heartbeat
+        self._queued = queued  # () -> how many tasks wait in the node's queues, for the global scheduler
+        self._transfer = transfer  # where the node's store serves objects to other nodes
         self._address = address
         self._token = token
         self._node_address = node_address
@@ -78,16 +81,19 @@ class GcsLink:
             events = self._pending()
             try:
                 if not self.registered:
-                    reply = self._client.try_call("Register", {
-                        "node_id": self.node_id, "address": self._node_address,
-                        "resources": self._resources, "events": events, "restarted": self.restarted,
-                    })
+                    request = {"node_id": self.node_id, "address": self._node_address,
+                               "resources": self._resources, "events": events, "restarted": self.restarted}
+                    if self._transfer:
+                        request["transfer"] = self._transfer
+                    reply = self._client.try_call("Register", request)
                     self.registered, self.gcs_pid = True, reply.get("gcs_pid")
                     self._acknowledged(len(events))
                 else:
                     beat: dict[str, Any] = {"node_id": self.node_id, "events": events}
                     if self._available is not None:
                         beat["available"] = self._available()
+                    if self._queued is not None:
+                        beat["queued"] = self._queued()
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))

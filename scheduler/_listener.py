@@ -56,6 +56,15 @@ def peer_credentials(sock: socket.socket) -> str:
     return f"pid {pid} (uid {uid})"
 
 
+_local_relay: str | None = None  # HOST:PORT of this node's relay, in a multi-node cluster
+
+
+def set_local_relay(endpoint: str | None) -> None:
+    """Name this process's node relay: addresses through it are opened as the local sockets they name."""
+    global _local_relay
+    _local_relay = endpoint
+
+
 def connect(
     path: str | Path,
     token: bytes,
@@ -72,8 +81,11 @@ def connect(
     ``path`` is a Unix socket on this node, or ``grpc://HOST:PORT/abs/path``
     for one on another node, reached through that node's relay (``_relay``).
     """
-    if is_relayed(path):
-        relayed = parse_relay_address(str(path))
+    relayed = parse_relay_address(str(path)) if is_relayed(path) else None
+    if relayed is not None and relayed.endpoint == _local_relay:
+        # A peer on this node named by its cluster-wide address: no detour through the relay.
+        sock = _retrying(lambda remaining_s: _open_unix(relayed.path), name, path, timeout_s)
+    elif relayed is not None:
         # Imported here: only processes that talk to other nodes pay for loading gRPC.
         from ember.scheduler._relay_client import open_relayed
 

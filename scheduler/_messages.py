@@ -80,6 +80,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.PROCESSES: ((int,), 0),
     Op.SHUTDOWN: ((), 0),
     Op.CLAIM_NAME: ((int, str, AID, _ANY), 0),
+    Op.FORWARDED_DONE: ((_ListOf(TID),), 0),
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
     Op.CANCEL_RUNNING: ((TID,), 0),
@@ -91,6 +92,12 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.ACTOR_CALL: ((TaskSpec,), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
+    Op.LOCATE: ((_ListOf(OID), str), 0),  # ..., where to answer
+    Op.OBJECT_AT: ((OID, str), 0),
+    Op.OBJECT_VALUE: ((OID, bytes), 0),
+    Op.OBJECT_LOST_AT: ((OID, str), 0),
+    Op.PULL: ((OID, list), 0),  # ..., relay endpoints of nodes that hold it
+    Op.PULL_FAILED: ((OID, str), 0),
     # to and from the object store
     Op.SEALED: ((OID, int, str), 0),
     Op.SUBSCRIBE: ((OID,), 0),
@@ -109,11 +116,12 @@ REQUESTS = frozenset({
 SCHEDULER_OPS = frozenset({
     Op.SUBMIT, Op.REGISTER_FUNCTION, Op.CANCEL, Op.CREATE_ACTOR, Op.KILL_ACTOR, Op.LOOKUP_ACTOR,
     Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
-    Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME,
+    Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.FORWARDED_DONE, Op.TASK_FAILED,
 })
-STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS})
+STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({
     Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
+    Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
     Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR,
 })
 # What an actor takes on a caller's connection once it has adopted it.

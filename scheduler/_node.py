@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from ember.exceptions import ClusterStartError
 from ember.scheduler import _procutil
+from ember.scheduler._address import join_host_port
 from ember.scheduler._gcs_link import process_id
 from ember.scheduler._session import Session
 from ember.scheduler._supervisor import Supervisor
@@ -90,16 +92,20 @@ def _gcs_restarter(session: Session, node_id: str, process_id: str):  # type: ig
     return restart
 
 
-def _spawn_store(session: Session, object_store_bytes: int, restart: bool = False) -> subprocess.Popen:
+def _spawn_store(session: Session, object_store_bytes: int, transfer_bind: str | None,
+                 restart: bool = False) -> subprocess.Popen:
     args = [str(session.dir), "--capacity-bytes", str(object_store_bytes)] + (["--restart"] if restart else [])
+    if transfer_bind is not None:
+        args += ["--transfer-bind", transfer_bind]
     return _procutil.spawn_python("ember.store._service", args, session.log_dir)
 
 
-def _store_restarter(session: Session, node_id: str, object_store_bytes: int, first: subprocess.Popen):  # type: ignore[no-untyped-def]
+def _store_restarter(session: Session, node_id: str, object_store_bytes: int, first: subprocess.Popen,
+                     transfer_bind: str | None):  # type: ignore[no-untyped-def]
     current = {"pid": first.pid}
 
     def restart(cause: str) -> subprocess.Popen:
-        proc = _spawn_store(session, object_store_bytes, restart=True)
+        proc = _spawn_store(session, object_store_bytes, transfer_bind, restart=True)
         old, current["pid"] = current["pid"], proc.pid
         _report(session, node_id, [
             {"type": "died", "process_id": process_id(node_id, old).hex(), "cause": cause},
@@ -124,28 +130,47 @@ def _report(session: Session, node_id: str, events: list[dict]) -> None:
     threading.Thread(target=send, name="ember-node-report", daemon=True).start()
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def start_node(session: Session, resources: dict[str, float], object_store_bytes: int,
-               run_gcs: bool = True) -> Node:
-    """Start a node's processes; ``run_gcs``: this is the head (a node that joins a cluster uses its GCS)."""
+               run_gcs: bool = True, bind_host: str | None = None) -> Node:
+    """Start a node's processes; ``run_gcs``: this is the head (a node that joins a cluster uses its GCS).
+
+    ``bind_host``: the node is part of a multi-node cluster, and serves its
+    relay and its objects to other nodes on that host. The ports are chosen
+    once: a restarted scheduler or store takes the same one, since every
+    address of a process on this node names the relay's.
+    """
     node_id = uuid.uuid4().hex
+    relay_bind = transfer_bind = None
+    if bind_host is not None:
+        relay_bind = join_host_port(bind_host, free_port(bind_host))
+        transfer_bind = join_host_port(bind_host, free_port(bind_host))
     supervisor = Supervisor()
     if run_gcs:
         gcs, gcs_process_id = _spawn_gcs(session, node_id)
         supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id),
                          ready_marker=session.sockets / "gcs.ready")
-    store = _spawn_store(session, object_store_bytes)
+    store = _spawn_store(session, object_store_bytes, transfer_bind)
+
     def spawn_scheduler(restart: bool = False) -> subprocess.Popen:
         return _procutil.spawn_python(
             "ember.scheduler._service",
             [str(session.dir), "--resources", json.dumps(resources), "--node-id", node_id,
-             "--store-pid", str(store.pid)] + (["--restart"] if restart else []),
+             "--store-pid", str(store.pid)] + (["--restart"] if restart else [])
+            + (["--relay-bind", relay_bind, "--transfer-address", transfer_bind] if relay_bind else []),
             session.log_dir,
         )
 
     scheduler = spawn_scheduler()
     # A dead store is replaced by an empty one: owners rebuild lost objects
     # from lineage.
-    supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store),
+    supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store, transfer_bind),
                      ready_marker=session.sockets / "store.ready")
     # A dead scheduler takes its workers with it; the new one starts fresh
     # workers and owners resubmit what was queued or running.
@@ -215,7 +240,8 @@ class JoinTarget:
 
 
 def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = None,
-             gcs_address: str | None = None, join: JoinTarget | None = None) -> tuple[Session, Node, Any]:
+             gcs_address: str | None = None, join: JoinTarget | None = None,
+             bind_host: str | None = None) -> tuple[Session, Node, Any]:
     """Create a session and start a node in it: ``(session, node, lineage store or None)``.
 
     Without ``join`` the node is a head: it starts the GCS service (on
@@ -242,7 +268,7 @@ def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = N
         session.write_info(info)
         if log_store is not None:
             log_store.start()
-        node = start_node(session, totals, store_bytes, run_gcs=join is None)
+        node = start_node(session, totals, store_bytes, run_gcs=join is None, bind_host=bind_host)
         if log_store is not None:
             try:
                 log_store.ready()

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ember-node")
     parser.add_argument("--head", action="store_true")
     parser.add_argument("--address", default=None, help="the cluster to join (host:port)")
-    parser.add_argument("--bind", default="127.0.0.1", help="the head's GCS listens here")
+    parser.add_argument("--bind", default="127.0.0.1", help="the node serves other nodes here (the head's GCS, every node's relay and object transfers)")
     parser.add_argument("--port", type=int, default=_local_nodes.DEFAULT_PORT)
     parser.add_argument("--resources-json", required=True, help="num_cpus, num_gpus, resources, object_store_memory")
     parser.add_argument("--log-file", required=True)
@@ -149,10 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.head:
             gcs_address = f"{args.bind}:{args.port}"
-            session, node, log_store = bring_up(totals, store_bytes, gcs_address=gcs_address)
+            session, node, log_store = bring_up(totals, store_bytes, gcs_address=gcs_address, bind_host=args.bind)
         else:
             gcs_address = _local_nodes.normalize_address(args.address)
-            session, node, log_store = bring_up(totals, store_bytes, join=_join_target(gcs_address))
+            session, node, log_store = bring_up(totals, store_bytes, join=_join_target(gcs_address),
+                                                bind_host=args.bind)
         try:
             _wait_registered(gcs_address, session.token(), node.node_id)
         except BaseException:

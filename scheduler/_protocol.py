@@ -79,6 +79,7 @@ class Op:
     PROCESSES = 24
     SHUTDOWN = 25
     CLAIM_NAME = 26
+    FORWARDED_DONE = 27  # node scheduler -> the scheduler that spilled tasks to it: these finished
     # from the scheduler
     EXECUTE = 30
     CANCEL_RUNNING = 31
@@ -97,6 +98,13 @@ class Op:
     ALLOC_SEGMENT = 54
     STORE_STATS = 55
     OBJECT_WANTED = 56  # borrower -> owner: still waiting for these; rebuild them if every copy is gone
+    # objects across nodes
+    LOCATE = 60  # borrower -> owner: where is this object? (answered now, or when it is made)
+    OBJECT_AT = 61  # owner -> borrower: in the store of the node at this relay endpoint
+    OBJECT_VALUE = 62  # owner -> borrower: a small object's bytes
+    PULL = 63  # core client -> its node's store: fetch this object from these nodes
+    PULL_FAILED = 64  # store -> subscribers: no source gave the object
+    OBJECT_LOST_AT = 65  # borrower -> owner: the copy you named is gone (its node died)
 
 
 OP_NAMES: dict[int, str] = {v: k for k, v in vars(Op).items() if type(v) is int}

@@ -24,6 +24,8 @@ from typing import Any
 from ember.chaos import _agent
 from ember.exceptions import ObjectLostError
 from ember.lineage._replay_source import UNREACHABLE_WAIT_S
+from ember.scheduler._address import is_relayed, parse_relay_address
+from ember.scheduler._locations import LOST_COPY
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
@@ -33,6 +35,7 @@ log = logging.getLogger("ember.core")
 # A restore waits this long for this process's own copy of the object, still
 # queued behind others (a store that died right after a large put).
 COPY_WAIT_S = 60.0
+OWNER_PROBE_REMOTE_S = 3.0  # a live owner on another node answers through its relay within this
 
 
 class ReconstructionMixin:
@@ -62,7 +65,11 @@ class ReconstructionMixin:
         entry = self._objects.get(oid)
         if entry is None:
             return not self.files.exists(oid)
-        return entry.state == READY_STORE and not self.files.exists(oid)
+        if entry.state != READY_STORE:
+            return False
+        if entry.where is not None:  # in another node's store: lost once a pull from there failed
+            return entry.where == LOST_COPY
+        return not self.files.exists(oid)
 
     def owner_alive(self, address: str) -> bool:
         """Whether the process at ``address`` still takes connections (a dead one never comes back)."""
@@ -72,8 +79,11 @@ class ReconstructionMixin:
             return False
         try:
             # One attempt: a live owner listens from before anyone can name
-            # its objects, and a dead one's socket refuses at once.
-            self._peer(address, timeout_s=0.0)  # type: ignore[attr-defined]
+            # its objects, and a dead one's socket refuses at once. On another
+            # node the relay needs a moment to open the stream; a dead node's
+            # relay refuses, or is not there, for all of it.
+            remote = is_relayed(address) and parse_relay_address(address).endpoint != self.relay  # type: ignore[attr-defined]
+            self._peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)  # type: ignore[attr-defined]
         except Exception:
             self._dead_owners.add(address)
             return False

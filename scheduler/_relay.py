@@ -36,7 +36,7 @@ from ember.exceptions import ClusterStartError
 from ember.scheduler._address import join_host_port, socket_path_problem, split_host_port
 from ember.scheduler._grpc_shared import TokenCheck
 from ember.scheduler._protocol import shut_and_close
-from ember.scheduler._session import Session
+from ember.scheduler._session import RELAY_INFO_KEY, Session
 
 log = logging.getLogger("ember.relay")
 
@@ -190,9 +190,6 @@ def serve_relay(sockets_dir: Path, token: bytes, bind: str = DEFAULT_BIND) -> tu
     server.start()
     log.info("relay to %s listening on %s:%d", sockets_dir, host, bound)
     return server, bound
-
-
-RELAY_INFO_KEY = "relay"
 
 
 def host_relay(session: Session, bind: str = DEFAULT_BIND) -> tuple[grpc.Server, int]:

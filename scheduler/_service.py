@@ -28,7 +28,9 @@ from ember.chaos import _agent
 from ember.scheduler._core import FailureCause
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler import _messages
-from ember.scheduler._listener import Listener
+from ember.scheduler._address import relay_address, split_host_port
+from ember.scheduler._listener import Listener, set_local_relay
+from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
@@ -37,6 +39,7 @@ from ember.scheduler import _procutil
 
 log = logging.getLogger("ember.scheduler")
 
+SPILL_KEEP_PER_CPU = 4  # a multi-node cluster's node spills a shape's queue beyond this many tasks per CPU
 PIPELINE_DEPTH = 2
 PIPELINE_DEPTH_BACKLOG = 8
 WORKER_START_TIMEOUT_S = 60.0
@@ -85,7 +88,8 @@ class _Actor:
 
 
 class Scheduler:
-    def __init__(self, session: Session, resources: dict[str, float], node_id: str, store_pid: int) -> None:
+    def __init__(self, session: Session, resources: dict[str, float], node_id: str, store_pid: int,
+                 transfer_address: str | None = None) -> None:
         self.session = session
         self.node_id = node_id
         self.store_pid = store_pid
@@ -104,8 +108,21 @@ class Scheduler:
         self._terminating: list[tuple[subprocess.Popen, float]] = []  # asked to stop, SIGKILLed after a grace
         self._stopping = False
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
-        self.gcs = GcsLink(session.gcs_address, session.token(), node_id, str(session.scheduler_socket), resources,
-                           available=lambda: self.pool.snapshot()[1])
+        self._placed: set[bytes] = set()  # tasks the global scheduler placed here: never spilled again
+        self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
+        relay = session.relay_endpoint()
+        self.address = str(session.scheduler_socket)
+        self.spiller: Spiller | None = None
+        if relay is not None:
+            # A node of a multi-node cluster: others reach this scheduler through the relay,
+            # and tasks it should not run here go to the global scheduler.
+            set_local_relay(relay)
+            host, port = split_host_port(relay)
+            self.address = relay_address(host, port, session.scheduler_socket)
+            self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
+        self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
+                           available=lambda: self.pool.snapshot()[1], queued=self._queued,
+                           transfer=transfer_address)
         self.listener = Listener(
             session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
             name="scheduler", batch_end=self._flush_dirty,
@@ -161,6 +178,10 @@ class Scheduler:
         if conn.peer.get("purpose") == "exec":
             return  # its control connection closes too and reports the death
         with self._lock:
+            if conn.peer.get("kind") == "scheduler" and self._origins:
+                # The node that forwarded these is gone: their failures, if any, go nowhere now.
+                for task_id in [t for t, origin in self._origins.items() if origin is conn]:
+                    del self._origins[task_id]
             address = conn.peer.get("address")
             if address and self._clients.get(address) is conn:
                 del self._clients[address]
@@ -186,10 +207,18 @@ class Scheduler:
         op = msg[0]
         with self._lock:
             if op == Op.SUBMIT:
+                if conn.peer.get("kind") == "scheduler":
+                    # Forwarded by another node: its scheduler speaks for the owner.
+                    self._origins[msg[1].task_id] = conn
+                    self._placed.add(msg[1].task_id)
                 self._enqueue(msg[1])
                 self._dispatch()
             elif op == Op.TASKS_DONE:
                 self._task_done(conn, msg[1])
+            elif op == Op.FORWARDED_DONE and self.spiller is not None:
+                self.spiller.done(msg[1])
+            elif op == Op.TASK_FAILED and self.spiller is not None:
+                self.spiller.failed(msg[1], msg[2], msg[3], msg[4])
             elif op == Op.REGISTER_FUNCTION:
                 self._functions[msg[1]] = msg[2]
             elif op == Op.BLOCKED:
@@ -237,9 +266,11 @@ class Scheduler:
 
     def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
         if not self.pool.feasible(spec.resources):
-            owner = self._clients.get(spec.owner_addr)
-            self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.INFEASIBLE,
-                               f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}"))
+            if self.spiller is not None and spec.task_id not in self._placed:
+                self.spiller.offer([spec])
+                return
+            self.fail_to_owner(spec, FailureCause.INFEASIBLE,
+                               f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}")
             return
         queue = self._queues.get(spec.resources)
         if queue is None:
@@ -256,8 +287,52 @@ class Scheduler:
                 if worker is None:
                     break
                 self._assign(worker, queue.popleft())
+            if self.spiller is not None and len(queue) > self._spill_keep:
+                self._spill_excess(queue)
         if self._pending_actors:
             self._place_actors()
+
+    @property
+    def _spill_keep(self) -> int:
+        """Tasks of one shape a node keeps queued before it spills the rest: what its CPUs drain soon."""
+        return SPILL_KEEP_PER_CPU * self.cpu_soft_limit
+
+    def _spill_excess(self, queue: deque[TaskSpec]) -> None:
+        """Send the tail of ``queue`` beyond what this node keeps to the global scheduler."""
+        excess: list[TaskSpec] = []
+        kept: list[TaskSpec] = []
+        while len(queue) > self._spill_keep:
+            spec = queue.pop()
+            (kept if spec.task_id in self._placed else excess).append(spec)
+        if kept:
+            queue.extend(reversed(kept))  # placed here by the global scheduler: they stay
+        if excess:
+            excess.reverse()
+            self.spiller.offer(excess)  # type: ignore[union-attr]
+
+    def keep_here(self, specs: list[TaskSpec]) -> None:
+        """Tasks the global scheduler placed on this node (under the lock)."""
+        for spec in specs:
+            self._placed.add(spec.task_id)
+            self._enqueue(spec)
+        self._dispatch()
+
+    def fail_to_owner(self, spec: TaskSpec, cause: str, detail: str, attempt: int | None = None) -> None:
+        """Tell a task's owner it failed: directly, or through the node that forwarded it here."""
+        self._placed.discard(spec.task_id)
+        origin = self._origins.pop(spec.task_id, None)
+        self._send(origin or self._clients.get(spec.owner_addr),
+                   (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
+
+    def function_payload(self, function_id: bytes) -> bytes | None:
+        return self._functions.get(function_id)
+
+    def flush(self) -> None:
+        self._flush_dirty()
+
+    def _queued(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._queues.values())
 
     def _place(self, shape: tuple) -> _Worker | None:
         if self.pool.can_acquire(shape):
@@ -307,8 +382,14 @@ class Scheduler:
         w = self._by_conn.get(conn)
         if w is None:
             return
+        origins = self._origins
         for task_id in task_ids:
             w.assigned.pop(task_id, None)
+            if origins:
+                self._placed.discard(task_id)
+                origin = origins.pop(task_id, None)
+                if origin is not None:
+                    self._send(origin, (Op.FORWARDED_DONE, [task_id]))
         if not w.assigned:
             self._release(w)
         self._dispatch()
@@ -346,9 +427,10 @@ class Scheduler:
             for spec in queue:
                 if spec.task_id == task_id:
                     queue.remove(spec)
-                    self._send(self._clients.get(spec.owner_addr),
-                               (Op.TASK_FAILED, task_id, spec.attempt, FailureCause.CANCELLED, ""))
+                    self.fail_to_owner(spec, FailureCause.CANCELLED, "")
                     return
+        if self.spiller is not None and self.spiller.cancel(task_id, force):
+            return
         for w in self._workers:
             if task_id in w.assigned:
                 if force:
@@ -374,8 +456,7 @@ class Scheduler:
         if w.worker_id is not None:
             self.gcs.died(w.worker_id, detail)
         for spec in w.assigned.values():
-            owner = self._clients.get(spec.owner_addr)
-            self._send(owner, (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.WORKER_DIED, detail))
+            self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
         if w.assigned or w.actor_id is not None:
             self._release(w)
         w.assigned = {}
@@ -458,8 +539,7 @@ class Scheduler:
         for queue in self._queues.values():
             while queue:
                 spec = queue.popleft()
-                self._send(self._clients.get(spec.owner_addr),
-                           (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.WORKER_DIED, detail))
+                self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
         self._start_failures = 0
 
     # -- actors ----------------------------------------------------------------------------
@@ -625,19 +705,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relay-bind", metavar="HOST:PORT", default=None,
                         help="host the node relay (peers on other nodes reach this node's sockets through it) "
                              "on HOST:PORT (port 0: any free one); its address goes into the session info")
+    parser.add_argument("--transfer-address", metavar="HOST:PORT", default=None,
+                        help="where the node's store serves its objects to other nodes (told to the GCS)")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
     _procutil.setup_logging(args.session, "scheduler")
     session = open_session(args.session)
-    scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid)
-    scheduler.gcs.restarted = args.restart
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
-    scheduler.start()
     if args.relay_bind is not None:
         from ember.scheduler._relay import host_relay  # only a relay host loads gRPC's server
 
+        # Up before any worker starts: each names itself by an address through it.
         # Held by this frame, which never returns: a collected gRPC server stops.
         relay, _ = host_relay(session, args.relay_bind)
+    scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid, args.transfer_address)
+    scheduler.gcs.restarted = args.restart
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    scheduler.start()
     _agent.start("scheduler", args.node_id)
     _procutil.announce_ready(session.sockets / "scheduler.ready")  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()

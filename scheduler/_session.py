@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHM_ROOT = Path("/dev/shm")
+RELAY_INFO_KEY = "relay"  # session info: HOST:PORT of the node's relay, in a node of a multi-node cluster
 
 
 def runtime_root() -> Path:
@@ -56,6 +57,13 @@ class Session:
         except (OSError, ValueError):
             address = None
         return address or f"unix:{self.sockets / 'gcs'}"
+
+    def relay_endpoint(self) -> str | None:
+        """``HOST:PORT`` of this node's relay, if it has one: then the node is part of a multi-node cluster."""
+        try:
+            return self.read_info().get(RELAY_INFO_KEY)
+        except (OSError, ValueError):
+            return None
 
     @property
     def shm_dir(self) -> Path:

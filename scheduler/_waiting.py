@@ -82,6 +82,8 @@ class WaitingMixin:
     def _ready(self, ref: ObjectRef) -> bool:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
         if entry is not None:
+            if entry.where is not None and entry.state == READY_STORE:
+                return self._remote_ready(ref._id, entry.where)
             return entry.state != PENDING
         if ref._id in self._store_ready:
             return True
@@ -90,6 +92,8 @@ class WaitingMixin:
         if ref._id not in self._subscribed:
             self._subscribed.add(ref._id)
             self.store.send((Op.SUBSCRIBE, ref._id))
+            if self.relay is not None:
+                self._to_locate.append(ref)  # it may be on another node: its owner says where
         return False
 
     def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
@@ -133,6 +137,8 @@ class WaitingMixin:
                         return flags
                     must_flush = self._has_pending()
                     self._waiters.add(event)
+                if self._to_locate:
+                    self._send_locates()
                 now = time.monotonic()
                 if now >= next_ask or store_generation != self.store_generation:
                     store_generation = self.store_generation

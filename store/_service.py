@@ -12,7 +12,9 @@ starts empty.
 Given ``--transfer-bind HOST:PORT`` it also serves its objects to other
 nodes' stores (``_transfer``) and writes the address it bound to
 ``transfer_address_path(session)`` before it says it is ready; without the
-option nothing listens beyond the session's Unix socket.
+option nothing listens beyond the session's Unix socket. A process of the
+node that needs an object another node holds asks for it (``Op.PULL``); the
+store fetches it (``_fetch``) and seals it here.
 
 It must never unpickle object contents.
 """
@@ -28,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ember.chaos import _agent
 from ember.scheduler import _messages
@@ -64,6 +66,7 @@ class Store:
         self._refill = threading.Event()
         self.stats = {"sealed": 0, "freed": 0, "spilled": 0, "recycled": 0}
         self.transfer: TransferServer | None = None
+        self._fetcher: Any = None  # store._fetch.Fetcher, made on the first pull from another node
         self.files.clear()
         self.listener = Listener(
             session.store_socket, session.token(), lambda conn: None, self._handle, self._on_close,
@@ -110,6 +113,8 @@ class Store:
                 conn.reply(msg[1], self._alloc_segment(msg[2]))
             elif op == Op.STORE_STATS:
                 conn.reply(msg[1], self.statistics())
+            elif op == Op.PULL:
+                self._pull(conn, msg[1], msg[2])
 
     def _seal_problem(self, oid: bytes, size: int) -> str | None:
         # The writer publishes the file before it says so: a seal with no file
@@ -137,6 +142,29 @@ class Store:
             conn.queue((Op.OBJECT_READY, oid))
             return
         self._waiters.setdefault(oid, set()).add(conn)
+
+    def _pull(self, conn: Connection, oid: bytes, relay_endpoints: list) -> None:
+        """Fetch ``oid`` from another node for ``conn``, which is told when it is ready (or why not)."""
+        self._subscribe(conn, oid)
+        if oid not in self._waiters:
+            return  # here already
+        if self._fetcher is None:
+            from ember.store._fetch import Fetcher
+
+            self._fetcher = Fetcher(self.session, self.files, self._fetched, self._fetch_failed)
+        self._fetcher.request(oid, relay_endpoints)
+
+    def _fetched(self, oid: bytes, size: int) -> None:
+        with self._lock:
+            self._sealed(oid, size)
+        self._flush_dirty()
+
+    def _fetch_failed(self, oid: bytes, why: str) -> None:
+        log.warning("could not fetch object %s: %s", oid.hex(), why)
+        with self._lock:
+            for conn in self._waiters.pop(oid, ()):
+                self._outbox.send(conn, (Op.PULL_FAILED, oid, why[:2000]))
+        self._flush_dirty()
 
     def _free(self, oid: bytes) -> None:
         size = self._objects.pop(oid, None)
@@ -264,9 +292,9 @@ def main(argv: list[str] | None = None) -> None:
         for leftover in session.free_dir.glob("seg-*"):
             leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    store.start()
     if args.transfer_bind is not None:
         _serve_transfers(store, args.transfer_bind)
+    store.start()
     _agent.start("store")
     _procutil.announce_ready(session.sockets / "store.ready")
     threading.Event().wait()

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 import ember
-from ember.chaos._cluster import LocalCluster, free_port
+from ember.chaos._cluster import LocalCluster
+from ember.scheduler._node import free_port
 from ember.exceptions import EmberUserError
 from ember.scheduler import local_nodes
 from tests.fix_cluster import poll_until

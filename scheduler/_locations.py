@@ -1,0 +1,147 @@
+"""Objects across nodes: where an object is, and bringing it into this node's store.
+
+Only in a multi-node cluster (``CoreClient.relay`` set). An owner records,
+for each object a task wrote into a store, the node it ran on (the relay
+endpoint in the worker's address). A process that needs an object its node's
+store does not have asks the owner where it is (``Op.LOCATE``); the owner
+answers at once, or when the object is made: a small object's bytes
+(``Op.OBJECT_VALUE``, written into this node's store), or the node that holds
+it (``Op.OBJECT_AT``), from which this node's store pulls it (``Op.PULL``;
+the store tells its subscribers when it is sealed). An owner that needs its
+own object from another node asks its store to pull it directly.
+
+A pull that finds no copy (``Op.PULL_FAILED``: the node died) is reported to
+the owner (``Op.OBJECT_LOST_AT``), which marks the object lost and rebuilds
+it from lineage; whoever waits asks again and is answered when it is made.
+
+Part of ``CoreClient`` (a mixin over its tables and lock). Socket writes
+happen outside the lock where a connection might have to be opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._protocol import Connection, Op
+from ember.scheduler._waiting import READY_INLINE, READY_STORE
+
+log = logging.getLogger("ember.core")
+
+LOST_COPY = "lost"  # _Entry.where of an object whose copy died with the node that held it
+LOCATION_OPS = frozenset({Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.PULL_FAILED, Op.OBJECT_LOST_AT})
+
+
+class LocationMixin:
+    _lock: Any
+    _objects: dict
+    _subscribed: set
+    _store_ready: set
+    _locate_waiters: dict[bytes, set[str]]
+    _to_locate: list[ObjectRef]
+    _pulling: dict[bytes, tuple[str, str]]
+    relay: str | None
+    address: str
+    store: Connection
+    files: Any
+    send_to: Any
+    reconstruct: Any
+    _changed: bool
+
+    def _remote_ready(self, oid: bytes, where: str) -> bool:
+        """An owned object in another node's store: here once pulled (call under the lock)."""
+        if oid in self._store_ready or self.files.exists(oid):
+            return True
+        if where != LOST_COPY and oid not in self._subscribed:
+            self._subscribed.add(oid)
+            self._pulling[oid] = (self.address, where)
+            self.store.send((Op.PULL, oid, [where]))
+        return False
+
+    def _send_locates(self) -> None:
+        """Ask owners where the objects this process found missing are (outside the lock)."""
+        with self._lock:
+            refs, self._to_locate = self._to_locate, []
+        by_owner: dict[str, list[bytes]] = {}
+        for ref in refs:
+            by_owner.setdefault(ref._owner, []).append(ref._id)
+        for owner, oids in by_owner.items():
+            self.send_to(owner, (Op.LOCATE, oids, self.address))
+
+    def _answer_locates(self, oid: bytes, entry: Any) -> None:
+        """An object was made (or rebuilt): tell whoever asked where it is (under the lock)."""
+        asked = self._locate_waiters.pop(oid, None)
+        if asked:
+            message = self._location(oid, entry)
+            for requester in asked:
+                self.send_to(requester, message, flush=False)
+
+    def _location(self, oid: bytes, entry: Any) -> tuple:
+        if entry.state == READY_INLINE:
+            return (Op.OBJECT_VALUE, oid, entry.data)
+        return (Op.OBJECT_AT, oid, entry.where or self.relay)
+
+    def _on_location_message(self, conn: Connection, msg: tuple) -> None:
+        op = msg[0]
+        if op == Op.LOCATE:
+            self._on_locate(msg[1], msg[2])
+        elif op == Op.OBJECT_AT:
+            oid, where = msg[1], msg[2]
+            if where != self.relay:
+                with self._lock:
+                    self._pulling[oid] = (conn.peer.get("address") or "", where)
+                self.store.send_now((Op.PULL, oid, [where]))
+        elif op == Op.OBJECT_VALUE:
+            self._take_value(msg[1], msg[2])
+        elif op == Op.PULL_FAILED:
+            self._on_pull_failed(msg[1], msg[2])
+        elif op == Op.OBJECT_LOST_AT:
+            self._on_lost_at(msg[1], msg[2])
+
+    def _on_locate(self, oids: list[bytes], requester: str) -> None:
+        replies = []
+        with self._lock:
+            for oid in oids:
+                entry = self._objects.get(oid)
+                if entry is None:
+                    continue  # not held here: the asker's wait asks again, and rebuilds if need be
+                if entry.state not in (READY_INLINE, READY_STORE) or entry.where == LOST_COPY:
+                    self._locate_waiters.setdefault(oid, set()).add(requester)
+                else:
+                    replies.append(self._location(oid, entry))
+        for message in replies:
+            self.send_to(requester, message, flush=False)
+
+    def _take_value(self, oid: bytes, data: bytes) -> None:
+        """A small object's bytes from its owner: into this node's store, for every process here."""
+        from ember.scheduler._core import _write_layout_bytes
+
+        if not self.files.exists(oid):
+            _write_layout_bytes(self.files.shm_dir, oid, data)
+        self.store.send((Op.SEALED, oid, len(data), self.address))
+        with self._lock:
+            self._store_ready.add(oid)
+            self._changed = True
+
+    def _on_pull_failed(self, oid: bytes, why: str) -> None:
+        with self._lock:
+            self._subscribed.discard(oid)  # asked again on the next look
+            owner, where = self._pulling.pop(oid, ("", ""))
+            entry = self._objects.get(oid) if owner == self.address else None
+            self._changed = True
+        log.warning("object %s could not be fetched from node %s: %s", oid.hex(), where, why)
+        if entry is not None:
+            self._on_lost_at(oid, where)
+        elif owner:
+            self.send_to(owner, (Op.OBJECT_LOST_AT, oid, where))
+
+    def _on_lost_at(self, oid: bytes, where: str) -> None:
+        """The copy of an owned object at node ``where`` is gone: rebuild it (once)."""
+        with self._lock:
+            entry = self._objects.get(oid)
+            if entry is None or entry.state != READY_STORE or entry.where != where:
+                return  # already rebuilt, or a copy elsewhere
+            entry.where = LOST_COPY
+        threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()
