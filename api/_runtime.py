@@ -77,8 +77,8 @@ def init(
                            object_store_memory)
     with _lock:
         if _context.CORE is not None:
-            if ignore_reinit_error or _node is None:
-                return _info()
+            if ignore_reinit_error or _context.CORE.kind == "worker":
+                return _info()  # inside a task: the worker's cluster
             raise AlreadyInitializedError(
                 "ember.init() was already called in this process; call ember.shutdown() first, "
                 "or pass ignore_reinit_error=True"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -59,3 +61,24 @@ def poll_until(predicate, timeout_s: float, poll_s: float = 0.01):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(poll_s)
+
+
+@pytest.fixture(scope="module")
+def private_runtime_dir() -> Iterator[str]:
+    """A runtime folder of the module's own for nodes it starts (so stopping "every node" there
+    can never touch a node the tests did not start); its nodes are stopped afterwards."""
+    from ember.scheduler import local_nodes
+
+    old = os.environ.get("EMBER_RUNTIME_DIR")
+    path = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # short: socket paths have a length limit
+    os.environ["EMBER_RUNTIME_DIR"] = path
+    try:
+        yield path
+    finally:
+        for node in local_nodes.local_nodes():  # only nodes of this module live here
+            local_nodes.stop_node(node, 10.0)
+        if old is None:
+            del os.environ["EMBER_RUNTIME_DIR"]
+        else:
+            os.environ["EMBER_RUNTIME_DIR"] = old
+        shutil.rmtree(path, ignore_errors=True)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -28,21 +26,7 @@ DEATH_DETECTED_S = 15.0
 CLI_TIMEOUT_S = 120.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_runtime_dir() -> Iterator[str]:
-    old = os.environ.get("EMBER_RUNTIME_DIR")
-    path = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # short: socket paths have a length limit
-    os.environ["EMBER_RUNTIME_DIR"] = path
-    try:
-        yield path
-    finally:
-        for node in local_nodes.local_nodes():  # only nodes of this module live here
-            local_nodes.stop_node(node, 10.0)
-        if old is None:
-            del os.environ["EMBER_RUNTIME_DIR"]
-        else:
-            os.environ["EMBER_RUNTIME_DIR"] = old
-        shutil.rmtree(path, ignore_errors=True)
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 @pytest.fixture(scope="module")

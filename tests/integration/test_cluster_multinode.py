@@ -1,0 +1,107 @@
+"""Work across nodes: tasks spread over three nodes, objects read where they were not made, a node killed.
+
+Each node is a real node daemon (``LocalCluster``) with its own store,
+scheduler, relay and transfer service; tasks move between them over gRPC,
+objects by chunked gRPC streaming, and a killed node is SIGKILLed whole.
+The runtime folder is private to this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import ember
+from ember.chaos import LocalCluster
+from ember.exceptions import AlreadyInitializedError, InfeasibleResourceError
+
+GET_TIMEOUT_S = 120.0
+
+
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
+
+
+@pytest.fixture(scope="module")
+def three_nodes() -> Iterator[LocalCluster]:
+    """Three one-CPU nodes; node k also has the resource ``node{k}``, to pin tasks to it."""
+    nodes = [{"num_cpus": 1, "resources": {f"node{k}": 1}} for k in (1, 2, 3)]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            yield cluster
+        finally:
+            ember.shutdown()
+
+
+@ember.remote
+def where(x: int = 0) -> tuple[int, str]:
+    return x, ember.get_runtime_context().get_node_id()
+
+
+@ember.remote
+def slow(x: int) -> tuple[int, str]:
+    time.sleep(0.02)
+    return x, ember.get_runtime_context().get_node_id()
+
+
+@ember.remote
+def filled(n: int, value: int) -> np.ndarray:
+    return np.full(n, value, dtype=np.int64)
+
+
+@ember.remote
+def total(array: np.ndarray) -> tuple[int, str]:
+    return int(array.sum()), ember.get_runtime_context().get_node_id()
+
+
+def on(k: int) -> dict:
+    return {"resources": {f"node{k}": 0.01}}
+
+
+def test_each_task_runs_on_the_node_that_has_what_it_asks_for(three_nodes: LocalCluster) -> None:
+    ids = [node.node_id for node in three_nodes.nodes]
+    results = ember.get([where.options(**on(k)).remote(k) for k in (1, 2, 3, 3, 2, 1)], timeout=GET_TIMEOUT_S)
+    assert results == [(1, ids[0]), (2, ids[1]), (3, ids[2]), (3, ids[2]), (2, ids[1]), (1, ids[0])]
+
+
+def test_a_backlog_on_one_node_spreads_over_all_three(three_nodes: LocalCluster) -> None:
+    results = ember.get([slow.remote(i) for i in range(120)], timeout=GET_TIMEOUT_S)
+    assert [x for x, _ in results] == list(range(120))
+    assert {node for _, node in results} == {node.node_id for node in three_nodes.nodes}
+
+
+def test_an_object_made_on_one_node_is_read_on_another(three_nodes: LocalCluster) -> None:
+    ids = [node.node_id for node in three_nodes.nodes]
+    big = filled.options(**on(2)).remote(2_000_000, 3)  # 16 MB: in node 2's store
+    small = filled.options(**on(2)).remote(10, 5)  # inline at its owner, the driver
+    assert ember.get(total.options(**on(3)).remote(big), timeout=GET_TIMEOUT_S) == (6_000_000, ids[2])
+    assert ember.get(total.options(**on(3)).remote(small), timeout=GET_TIMEOUT_S) == (50, ids[2])
+    assert int(ember.get(big, timeout=GET_TIMEOUT_S).sum()) == 6_000_000  # the driver's node pulls it too
+
+
+def test_an_object_a_task_put_on_one_node_is_read_by_tasks_on_the_others(three_nodes: LocalCluster) -> None:
+    @ember.remote
+    def put_there() -> list:
+        return [ember.put(np.arange(1_000_000, dtype=np.int64))]  # owned by this worker, on node 3
+
+    @ember.remote
+    def read(refs: list) -> int:
+        return int(ember.get(refs[0]).sum())
+
+    boxed = put_there.options(**on(3)).remote()
+    expected = int(np.arange(1_000_000, dtype=np.int64).sum())
+    assert ember.get([read.options(**on(k)).remote(boxed) for k in (1, 2)], timeout=GET_TIMEOUT_S) == [expected] * 2
+
+
+def test_a_task_no_node_can_run_fails_with_infeasible(three_nodes: LocalCluster) -> None:
+    with pytest.raises(InfeasibleResourceError, match="nowhere"):
+        ember.get(where.options(resources={"nowhere": 1}).remote(), timeout=GET_TIMEOUT_S)
+
+
+def test_a_second_init_in_a_connected_driver_is_refused(three_nodes: LocalCluster) -> None:
+    with pytest.raises(AlreadyInitializedError, match="shutdown"):
+        ember.init(address=three_nodes.address)
+    assert ember.init(address=three_nodes.address, ignore_reinit_error=True)["node_id"] == three_nodes.nodes[0].node_id

@@ -1,0 +1,50 @@
+"""A node killed mid-workload: the work it held is redone elsewhere and every result is right.
+
+The node is SIGKILLed whole (daemon, store, scheduler, relay, workers) while
+tasks run on it and objects it made are still wanted. Tasks forwarded to it
+go back to their owners when its connection drops; objects only it held are
+rebuilt from lineage when a pull from it fails.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import ember
+from ember.chaos import LocalCluster
+
+GET_TIMEOUT_S = 120.0
+
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
+
+
+@ember.remote
+def total(array: np.ndarray) -> tuple[int, str]:
+    return int(array.sum()), ember.get_runtime_context().get_node_id()
+
+
+def test_a_node_killed_mid_workload_leaves_every_result_right() -> None:
+    @ember.remote
+    def work(i: int) -> np.ndarray:
+        time.sleep(0.05)
+        return np.full(200_000, i, dtype=np.int64)  # 1.6 MB: kept in the store of the node it ran on
+
+    nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"spare": 1}}, {"num_cpus": 1, "resources": {"spare": 1}}]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            refs = [work.options(resources={"spare": 0.01}).remote(i) for i in range(40)]
+            sums = [total.remote(ref) for ref in refs]
+            done, _ = ember.wait(sums, num_returns=2, timeout=GET_TIMEOUT_S)
+            assert len(done) == 2, "the workload did not start"
+            cluster.kill_node(cluster.nodes[2])
+            assert [s for s, _ in ember.get(sums, timeout=GET_TIMEOUT_S)] == [200_000 * i for i in range(40)]
+            arrays = ember.get(refs, timeout=GET_TIMEOUT_S)
+            assert [int(a[0]) for a in arrays] == list(range(40))
+            alive = {n["NodeID"] for n in ember.nodes() if n["Alive"]}
+            assert cluster.nodes[2].node_id not in alive
+        finally:
+            ember.shutdown()
