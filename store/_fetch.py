@@ -91,7 +91,11 @@ class Fetcher:
             if not sources:
                 self._on_failed(oid, f"no live node among {relay_endpoints} serves objects")
                 return
+            started = time.monotonic()
             result = self._puller.pull(oid, sources)
+            elapsed = time.monotonic() - started
+            log.info("fetched object %s (%d bytes) from %s in %.3f s", oid.hex(), result.total_bytes,
+                     [a.source for a in result.attempts], elapsed)
             self._on_done(oid, result.total_bytes)
         except ObjectTransferError as exc:
             self._on_failed(oid, str(exc))
