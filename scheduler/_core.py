@@ -35,7 +35,7 @@ from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin  # noqa: F401 (LOST_COPY)
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler import _messages
-from ember.scheduler._address import is_relayed, parse_relay_address, relay_address, split_host_port
+from ember.scheduler._address import is_relayed, relay_address, split_host_port
 from ember.scheduler._listener import Listener, connect, set_local_relay
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
 from ember.scheduler._session import RELAY_INFO_KEY, Session
@@ -77,7 +77,8 @@ class _Entry:
     __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where")
 
     def __init__(self) -> None:
-        # In the store of the node at this relay endpoint (LOST_COPY: it died with it);
+        # In the store of the node of the process at this address, which wrote it (LOST_COPY: it died
+        # with that node);
         # None: inline, or in this node's store.
         self.where: str | None = None
         self.log_seq = 0  # the lineage row that must be durable before others see the value
@@ -157,6 +158,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self._to_locate: list[ObjectRef] = []
         self._pulling: dict[bytes, tuple[str, str]] = {}
         self._endpoints: dict[str, str] = {}
+        self._remote_frees: list[tuple[str, bytes]] = []
+        self._frees_wake: threading.Event | None = None
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
@@ -277,7 +280,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             return
         del self._objects[oid]
         if entry.state == READY_STORE:
-            self.store.send((Op.FREE, [oid]))
+            self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
+            if entry.where is not None:
+                self._free_remote(oid, entry.where)
             if self._copies is not None:
                 self._copies.discard(oid)
 
@@ -792,7 +797,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if self.relay is None:
                 self._on_result(*msg[1:])
             else:
-                self._on_result(*msg[1:], where=self._node_of(conn))
+                self._on_result(*msg[1:], where=self._remote_peer(conn))
         elif op == Op.OBJECT_READY:
             with self._lock:
                 self._store_ready.add(msg[1])
@@ -820,16 +825,6 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     return
             executor.deliver(conn, msg)
 
-    def _node_of(self, conn: Connection) -> str | None:
-        """The relay endpoint of the node of ``conn``'s peer, if not this one."""
-        address = conn.peer.get("address")
-        if not address or not is_relayed(address):
-            return None
-        endpoint = self._endpoints.get(address)
-        if endpoint is None:
-            endpoint = self._endpoints[address] = parse_relay_address(address).endpoint
-        return None if endpoint == self.relay else endpoint
-
     def attach_executor(self, executor: Any) -> None:
         with self._lock:
             self.executor = executor
@@ -841,7 +836,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                    durable_seq: int = 0, hashes: list | None = None, where: str | None = None) -> None:
         """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
         (0 if none) and ``durable_seq`` the last place whose row the actor has committed;
-        ``where``: the relay endpoint of the node it ran on, if not this one.
+        ``where``: the address of the process that ran it, if on another node.
 
         The owner takes the result at once, before its spec's row may be
         committed: durable before visible holds for other processes, since a

@@ -1,8 +1,9 @@
 """Objects across nodes: where an object is, and bringing it into this node's store.
 
 Only in a multi-node cluster (``CoreClient.relay`` set). An owner records,
-for each object a task wrote into a store, the node it ran on (the relay
-endpoint in the worker's address). A process that needs an object its node's
+for each object a task wrote into a store on another node, the address of
+the process that wrote it (whose relay endpoint names the node, and whose
+node's store frees it when the owner does). A process that needs an object its node's
 store does not have asks the owner where it is (``Op.LOCATE``); the owner
 answers at once, or when the object is made: a small object's bytes
 (``Op.OBJECT_VALUE``, written into this node's store), or the node that holds
@@ -24,6 +25,7 @@ import logging
 import threading
 from typing import Any
 
+from ember.scheduler._address import is_relayed, parse_relay_address
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._waiting import READY_INLINE, READY_STORE
@@ -41,7 +43,11 @@ class LocationMixin:
     _store_ready: set
     _locate_waiters: dict[bytes, set[str]]
     _to_locate: list[ObjectRef]
-    _pulling: dict[bytes, tuple[str, str]]
+    _pulling: dict[bytes, tuple[str, str]]  # object -> (its owner, the relay endpoint it is pulled from)
+    _endpoints: dict[str, str]
+    _remote_frees: list[tuple[str, bytes]]
+    _frees_wake: threading.Event | None
+    closed: bool
     relay: str | None
     address: str
     store: Connection
@@ -50,15 +56,55 @@ class LocationMixin:
     reconstruct: Any
     _changed: bool
 
+    def _remote_peer(self, conn: Connection) -> str | None:
+        """The address of ``conn``'s peer if that process is on another node."""
+        address = conn.peer.get("address")
+        if not address or not is_relayed(address):
+            return None
+        return None if self._endpoint(address) == self.relay else address
+
+    def _endpoint(self, address: str) -> str:
+        """The relay endpoint (``HOST:PORT``) of the node of the process at ``address``."""
+        endpoint = self._endpoints.get(address)
+        if endpoint is None:
+            endpoint = self._endpoints[address] = parse_relay_address(address).endpoint
+        return endpoint
+
     def _remote_ready(self, oid: bytes, where: str) -> bool:
         """An owned object in another node's store: here once pulled (call under the lock)."""
         if oid in self._store_ready or self.files.exists(oid):
             return True
         if where != LOST_COPY and oid not in self._subscribed:
             self._subscribed.add(oid)
-            self._pulling[oid] = (self.address, where)
-            self.store.send((Op.PULL, oid, [where]))
+            endpoint = self._endpoint(where)
+            self._pulling[oid] = (self.address, endpoint)
+            self.store.send((Op.PULL, oid, [endpoint]))
         return False
+
+    def _free_remote(self, oid: bytes, where: str) -> None:
+        """Free an owned object in the store of another node (under the lock; never blocks)."""
+        if where == LOST_COPY:
+            return
+        # Every process's socket sits beside its node's store socket.
+        self._remote_frees.append((where.rsplit("/", 1)[0] + "/store", oid))
+        if self._frees_wake is None:
+            self._frees_wake = threading.Event()
+            threading.Thread(target=self._send_remote_frees, name="ember-remote-free", daemon=True).start()
+        self._frees_wake.set()
+
+    def _send_remote_frees(self) -> None:
+        wake = self._frees_wake
+        assert wake is not None
+        while not self.closed:
+            wake.wait()
+            wake.clear()
+            with self._lock:
+                frees, self._remote_frees = self._remote_frees, []
+            by_store: dict[str, list[bytes]] = {}
+            for store, oid in frees:
+                by_store.setdefault(store, []).append(oid)
+            for store, oids in by_store.items():
+                self.send_to(store, (Op.FREE, oids))
 
     def _send_locates(self) -> None:
         """Ask owners where the objects this process found missing are (outside the lock)."""
@@ -81,7 +127,7 @@ class LocationMixin:
     def _location(self, oid: bytes, entry: Any) -> tuple:
         if entry.state == READY_INLINE:
             return (Op.OBJECT_VALUE, oid, entry.data)
-        return (Op.OBJECT_AT, oid, entry.where or self.relay)
+        return (Op.OBJECT_AT, oid, self._endpoint(entry.where) if entry.where else self.relay)
 
     def _on_location_message(self, conn: Connection, msg: tuple) -> None:
         op = msg[0]
@@ -137,11 +183,12 @@ class LocationMixin:
         elif owner:
             self.send_to(owner, (Op.OBJECT_LOST_AT, oid, where))
 
-    def _on_lost_at(self, oid: bytes, where: str) -> None:
-        """The copy of an owned object at node ``where`` is gone: rebuild it (once)."""
+    def _on_lost_at(self, oid: bytes, endpoint: str) -> None:
+        """The copy of an owned object at the node at ``endpoint`` is gone: rebuild it (once)."""
         with self._lock:
             entry = self._objects.get(oid)
-            if entry is None or entry.state != READY_STORE or entry.where != where:
+            if (entry is None or entry.state != READY_STORE or entry.where in (None, LOST_COPY)
+                    or self._endpoint(entry.where) != endpoint):
                 return  # already rebuilt, or a copy elsewhere
             entry.where = LOST_COPY
         threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()
