@@ -22,6 +22,8 @@ import socket
 import threading
 from typing import Any
 
+from ember.scheduler._procutil import process_start_ticks
+
 SOCKET_ENV = "EMBER_CHAOS_SOCKET"
 TOKEN_ENV = "EMBER_CHAOS_TOKEN"
 ANSWER_WAIT_S = 30.0  # a controller that stops answering must not stall the task for long
@@ -34,7 +36,8 @@ class Agent:
         self._sock.settimeout(ANSWER_WAIT_S)
         self._sock.connect(path)
         self._file = self._sock.makefile("rb")
-        self._send({"hello": kind, "token": token, "pid": os.getpid(), "node_id": node_id, **extra})
+        self._send({"hello": kind, "token": token, "pid": os.getpid(), "node_id": node_id,
+                    "start_ticks": process_start_ticks(os.getpid()), **extra})
         reply = json.loads(self._file.readline() or b"{}")
         if "watch" not in reply:
             raise ConnectionError(reply.get("refused", "the chaos controller closed the connection"))

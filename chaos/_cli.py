@@ -27,15 +27,16 @@ DEFAULT_EVERY_S = 5.0
 def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[Target, ...]:
     if not value:
         return ()
+    allowed = PROCESS_KINDS + ("node",) if param.name == "kill" else PROCESS_KINDS
     kinds = []
     for part in value.split(","):
         part = part.strip().lower()
-        if part == "node":
-            raise click.BadParameter("'node' needs a multi-node cluster, which this ember does not run yet; "
-                                     f"use {', '.join(PROCESS_KINDS)}", ctx, param)
-        if part not in PROCESS_KINDS:
+        if part == "node" and part not in allowed:
+            raise click.BadParameter("a node cannot be paused (stopping its daemon stops none of its other "
+                                     "processes); kill it, or pause its scheduler or store", ctx, param)
+        if part not in allowed:
             raise click.BadParameter(f"{part!r} is not a process kind; use a comma list of "
-                                     f"{', '.join(PROCESS_KINDS)}", ctx, param)
+                                     f"{', '.join(allowed)}", ctx, param)
         kinds.append(Target(part))
     return tuple(dict.fromkeys(kinds))
 
@@ -88,9 +89,10 @@ def main() -> None:
       chaos run --kill worker,store --every 2 --seed 7 --report run.json -- python train.py
 """)
 @click.option("--kill", "kill", callback=_kinds, metavar="KINDS",
-              help="SIGKILL processes of these kinds: a comma list of worker, store, scheduler, gcs.")
+              help="SIGKILL processes of these kinds: a comma list of worker, store, scheduler, gcs, and node "
+                   "(a whole node of a multi-node cluster, never the driver's or the head).")
 @click.option("--pause", "pause", callback=_kinds, metavar="KINDS",
-              help="SIGSTOP processes of these kinds for 0.2-2 s, then SIGCONT (same kinds as --kill).")
+              help="SIGSTOP processes of these kinds for 0.2-2 s, then SIGCONT (the kinds of --kill but node).")
 @click.option("--restart-postgres", is_flag=True,
               help="Also restart the embedded PostgreSQL (pg_ctl restart -m fast); not a server given by URL.")
 @click.option("--every", "every_s", type=float, callback=_positive, metavar="SECONDS",

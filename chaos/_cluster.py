@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 from ember.scheduler import local_nodes
-from ember.scheduler._local_nodes import LocalNode, process_start_ticks
+from ember.scheduler._local_nodes import LocalNode
+from ember.scheduler._procutil import process_start_ticks
 from ember.scheduler._node import free_port
 
 STOP_TIMEOUT_S = 15.0

@@ -30,6 +30,7 @@ import psutil
 
 from ember.chaos import _agent, _faults
 from ember.chaos._faults import Fault, FaultKind, Injected, Outcome, Target
+from ember.scheduler._procutil import process_start_ticks
 from ember.chaos._schedule import Nemesis, Planned, TriggerKind
 
 HELLO_WAIT_S = 5.0
@@ -41,7 +42,7 @@ LINE_BYTES_MAX = 1 << 20
 class Member:
     """One process of the cluster under test, as it introduced itself."""
 
-    kind: str  # 'driver', 'gcs', 'scheduler', 'store' or 'worker'
+    kind: str  # 'driver', 'gcs', 'scheduler', 'store', 'worker' or 'node' (a node daemon)
     pid: int
     node_id: str
     details: dict[str, Any]
@@ -252,6 +253,11 @@ class Controller:
         with self._lock:
             if source is not None and fault.target is Target.WORKER and source.kind == "worker":
                 candidates = [source.pid]  # the worker that is about to run the watched task
+            elif fault.target is Target.NODE:
+                # Never the head (its GCS service is the cluster's) nor a node a driver runs on.
+                spared = {m.node_id for m in self._members.values() if m.kind == "driver"}
+                candidates = sorted(m.pid for m in self._members.values()
+                                    if m.kind == "node" and not m.details.get("head") and m.node_id not in spared)
             else:
                 candidates = sorted(m.pid for m in self._members.values() if m.kind == str(fault.target))
         candidates = [pid for pid in candidates if self._is_ours(pid)]
@@ -261,11 +267,21 @@ class Controller:
         return _faults.signal_pid(fault, pid), pid, f"{len(candidates)} live"
 
     def _is_ours(self, pid: int) -> bool:
-        """A descendant of the program this controller started: never anything else."""
+        """A process of the program this controller started: never anything else.
+
+        A descendant of it, or a process that said hello with this run's token
+        and is still the process that did (same start time): a node daemon the
+        program started detaches from it, and is its all the same.
+        """
         try:
-            return any(parent.pid == self._program_pid for parent in psutil.Process(pid).parents())
+            if any(parent.pid == self._program_pid for parent in psutil.Process(pid).parents()):
+                return True
         except psutil.Error:
             return False
+        with self._lock:
+            member = self._members.get(pid)
+        ticks = member.details.get("start_ticks") if member is not None else None
+        return ticks is not None and ticks == process_start_ticks(pid)
 
     def _restart_postgres(self) -> tuple[Outcome, int | None, str]:
         with self._lock:

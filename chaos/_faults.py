@@ -16,7 +16,10 @@ Faults it injects, and what must recover (DESIGN.md section 3):
 - kill store: its objects are rebuilt from lineage, large puts from their copy;
 - kill scheduler: a new one starts; owners resubmit, actors come back and replay;
 - kill gcs: the service restarts from PostgreSQL; tasks never wait for it;
-- pause (SIGSTOP, SIGCONT ``pause_s`` later) of any of those: work resumes,
+- kill node (a node of a multi-node cluster other than the head and the
+  caller's own): its daemon, and with it every process of the node; its
+  tasks run elsewhere, its objects are rebuilt, its actors restart elsewhere;
+- pause (SIGSTOP, SIGCONT ``pause_s`` later) of any of those but a node: work resumes,
   and no failure detector turns the stall into lost work;
 - restart_postgres: every connection drops; log writers reconnect and
   nothing committed is lost.
@@ -56,10 +59,11 @@ class Target(enum.StrEnum):
     STORE = "store"
     SCHEDULER = "scheduler"
     GCS = "gcs"
+    NODE = "node"  # a whole node of a multi-node cluster (its daemon; the rest dies with it)
     POSTGRES = "postgres"
 
 
-PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS)
+PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)
 
 
 class Outcome(enum.StrEnum):
@@ -156,6 +160,9 @@ def _check_combination(fault: Fault) -> None:
             f"{', '.join(map(str, PROCESS_TARGETS))}, not {fault.target}; to hit PostgreSQL use restart_postgres")
     if not wants_process and fault.target is not Target.POSTGRES:
         raise InvalidFaultError(f"restart_postgres has target 'postgres', not {fault.target}")
+    if fault.kind is FaultKind.PAUSE and fault.target is Target.NODE:
+        raise InvalidFaultError("a node cannot be paused (stopping its daemon stops none of its other processes); "
+                                "kill it, or pause its scheduler or store")
     if fault.kind is FaultKind.PAUSE and not 0 < fault.pause_s <= PAUSE_MAX_S:
         raise InvalidFaultError(f"Expected 0 < pause_s <= {PAUSE_MAX_S:g} but got pause_s={fault.pause_s!r}")
     if fault.kind is not FaultKind.PAUSE and fault.pause_s != 0:
@@ -225,7 +232,7 @@ def _listing(target: Target) -> tuple[list[int] | None, str]:
 
     def ask() -> None:
         try:
-            answer.append(sorted(p.pid for p in processes() if p.kind == str(target)))
+            answer.append(sorted(p.pid for p in processes() if p.kind == str(target) and p.killable))
         except (ClusterUnavailableError, TimeoutError) as exc:
             answer.append(exc)
 

@@ -67,13 +67,14 @@ class GcsService:
         self.started_at = time.time()
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
+        self._actor_nodes: dict[str, str] = {}  # actor id (hex) -> the node its latest process started on
         self._stop = threading.Event()
         self.loaded = threading.Event()
 
     def handlers(self) -> dict[str, Any]:
         return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
                 "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished,
-                "ProcessEvents": self.process_events, "Place": self.place}
+                "ProcessEvents": self.process_events, "Place": self.place, "LocateActor": self.locate_actor}
 
     # -- calls -----------------------------------------------------------------------------
     # Each call checks its request's shape before it writes anything: junk is
@@ -87,6 +88,7 @@ class GcsService:
             self.table.workers_ended(req["node_id"], "its node's scheduler died")
         self.table.node_started(req["node_id"], req["address"], req["resources"])
         self.table.process_events(req["node_id"], req.get("events", []))
+        self._note_actors(req["node_id"], req.get("events"))
         with self._lock:
             node = self._nodes.get(req["node_id"])
             if node is None:
@@ -114,6 +116,7 @@ class GcsService:
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
+            self._note_actors(req["node_id"], events)
         return {"known": True}
 
     def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -145,17 +148,34 @@ class GcsService:
 
     def place(self, req: dict[str, Any]) -> dict[str, Any]:
         """The global scheduler: a node for each task a node spilled (``None``: no live node can run it)."""
-        _require(req, node_id=str, tasks=list)
+        _require(req, node_id=str, tasks=list, avoid=(list, None))
         tasks = req["tasks"]
+        avoid = set(req.get("avoid") or ())  # nodes the caller lost touch with, maybe not declared dead yet
         for task in tasks:
             if not (isinstance(task, dict) and isinstance(task.get("resources"), dict)
                     and isinstance(task.get("inputs", {}), dict)):
                 raise BadRequest("each task must be {resources: {name: amount}, inputs: {endpoint: bytes}}")
         with self._lock:
-            nodes = [n for n in self._nodes.values() if n.alive]
+            nodes = [n for n in self._nodes.values() if n.alive and n.node_id not in avoid]
             placements = [_placement(nodes, task["resources"], task.get("inputs") or {}) for task in tasks]
             addresses = {n.node_id: n.address for n in nodes}
         return {"placements": placements, "addresses": addresses}
+
+    def locate_actor(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The live node an actor's process runs on, with its scheduler's address; {} if none is known."""
+        _require(req, actor_id=str)
+        with self._lock:
+            node = self._nodes.get(self._actor_nodes.get(req["actor_id"], ""))
+            if node is None or not node.alive:
+                return {}
+            return {"node_id": node.node_id, "address": node.address}
+
+    def _note_actors(self, node_id: str, events: list[dict[str, Any]] | None) -> None:
+        """Remember where each actor's process started (events were checked already)."""
+        with self._lock:
+            for event in events or ():
+                if event["type"] == "started" and event.get("actor_id"):
+                    self._actor_nodes[event["actor_id"]] = node_id
 
     def info(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"gcs_pid": os.getpid(), "process_id": self.process_id, "started_at": self.started_at,

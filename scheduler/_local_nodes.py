@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ember.exceptions import ClusterStartError, EmberUserError, InvalidAddressError
 from ember.scheduler._address import join_host_port, split_host_port
+from ember.scheduler._procutil import process_start_ticks
 from ember.scheduler._session import Session, open_session, runtime_root
 
 DEFAULT_PORT = 6380
@@ -53,15 +54,6 @@ def nodes_dir() -> Path:
     path = runtime_root() / "nodes"
     path.mkdir(mode=0o700, exist_ok=True)
     return path
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """A process's start time (``/proc/PID/stat`` field 22), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def record(node: LocalNode) -> None:

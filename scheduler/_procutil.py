@@ -139,3 +139,15 @@ def setup_logging(session_dir: str, name: str) -> None:
         format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
         filename=str(Path(session_dir) / "logs" / f"{name}-{os.getpid()}.log"),
     )
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """A process's start time (``/proc/PID/stat`` field 22), or None if there is no such process.
+
+    With the pid it names one process for good: a reused pid has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

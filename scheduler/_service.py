@@ -34,7 +34,7 @@ from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
-from ember.scheduler._spec import TaskSpec
+from ember.scheduler._spec import TaskKind, TaskSpec
 from ember.scheduler import _procutil
 
 log = logging.getLogger("ember.scheduler")
@@ -72,7 +72,7 @@ class _Worker:
 
 class _Actor:
     __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name",
-                 "restarts")
+                 "restarts", "host")
 
     def __init__(self) -> None:
         self.spec: TaskSpec | None = None
@@ -85,6 +85,7 @@ class _Actor:
         self.detached = False
         self.meta: Any = None
         self.name: str | None = None
+        self.host: str | None = None  # the node it runs on, when another: its states are relayed from there
 
 
 class Scheduler:
@@ -108,7 +109,7 @@ class Scheduler:
         self._terminating: list[tuple[subprocess.Popen, float]] = []  # asked to stop, SIGKILLed after a grace
         self._stopping = False
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
-        self._placed: set[bytes] = set()  # tasks the global scheduler placed here: never spilled again
+        self._placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
         relay = session.relay_endpoint()
         self.address = str(session.scheduler_socket)
@@ -232,7 +233,11 @@ class Scheduler:
                 self._return_tasks(conn, msg[1])
                 self._dispatch()
             elif op == Op.CREATE_ACTOR:
+                if conn.peer.get("kind") == "scheduler":
+                    self._placed.add(msg[1].actor_id)  # placed here by the global scheduler
                 self._create_actor(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0)
+            elif op == Op.ACTOR_STATE and conn.peer.get("node_id"):
+                self._relayed_actor_state(*msg[1:])
             elif op == Op.ACTOR_READY:
                 self._actor_ready(msg[1], msg[2])
             elif op == Op.ACTOR_FAILED:
@@ -310,12 +315,63 @@ class Scheduler:
             excess.reverse()
             self.spiller.offer(excess)  # type: ignore[union-attr]
 
-    def keep_here(self, specs: list[TaskSpec]) -> None:
-        """Tasks the global scheduler placed on this node (under the lock)."""
-        for spec in specs:
-            self._placed.add(spec.task_id)
-            self._enqueue(spec)
+    def keep_here(self, items: list[tuple[TaskSpec, tuple | None]]) -> None:
+        """Tasks and actors the global scheduler placed on this node (under the lock)."""
+        for spec, actor in items:
+            if actor is None:
+                self._placed.add(spec.task_id)
+                self._enqueue(spec)
+            else:
+                self._placed.add(spec.actor_id)  # type: ignore[arg-type]
+                self._create_actor(spec, *actor)
         self._dispatch()
+
+    def unplaceable(self, spec: TaskSpec, detail: str) -> None:
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            self._actor_dead(spec.actor_id, f"it cannot be placed: {detail}")  # type: ignore[arg-type]
+        else:
+            self.fail_to_owner(spec, FailureCause.INFEASIBLE, detail)
+
+    # -- actors on other nodes (their states relayed here by the spiller's connections) ----
+
+    def hosted_elsewhere(self, actor_id: bytes, node_id: str) -> None:
+        self._actor(actor_id).host = node_id
+
+    def _relayed_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
+                             restarting: bool, restarts: int) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is None or actor.state == "DEAD" or actor.host is None:
+            return
+        actor.state = "ALIVE" if alive else "RESTARTING" if restarting else "DEAD"
+        actor.address, actor.reason, actor.restarts = address, reason, max(actor.restarts, restarts)
+        self._publish_actor(actor_id)
+
+    def host_lost(self, node_id: str, detail: str) -> None:
+        """The node hosting some actors here is gone: restart those placed from here, look again for the rest."""
+        for actor_id, actor in list(self._actors.items()):
+            if actor.host != node_id or actor.state == "DEAD":
+                continue
+            actor.host, actor.address = None, None
+            spec = actor.spec
+            if spec is None:  # only followed here: the node that placed it restarts it
+                actor.state, actor.reason = "RESTARTING", f"restarting: {detail}"
+                self._publish_actor(actor_id)
+                self.spiller.find_actor(actor_id)  # type: ignore[union-attr]
+            elif actor.restarts >= spec.max_retries:
+                reason = f"{detail}" + (f", and it is out of restarts (max_restarts={spec.max_retries})"
+                                        if spec.max_retries else "")
+                self._actor_dead(actor_id, reason)
+            else:
+                # Placed again; its constructor runs there, then its logged calls are replayed.
+                actor.restarts += 1
+                actor.state, actor.reason = "RESTARTING", f"restarting on another node: {detail}"
+                self._publish_actor(actor_id)
+                self.spiller.offer_actor(spec, actor.detached, actor.meta, actor.restarts)  # type: ignore[union-attr]
+
+    def actor_unfound(self, actor_id: bytes, reason: str) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is not None and actor.spec is None and actor.host is None and actor.subscribers:
+            self._actor_dead(actor_id, reason)
 
     def fail_to_owner(self, spec: TaskSpec, cause: str, detail: str, attempt: int | None = None) -> None:
         """Tell a task's owner it failed: directly, or through the node that forwarded it here."""
@@ -581,6 +637,11 @@ class Scheduler:
             actor.reason = "restarting after its node's scheduler died"
         if actor.state == "DEAD":
             return  # killed before it was placed
+        if (self.spiller is not None and spec.actor_id not in self._placed
+                and not self.pool.can_acquire(spec.resources)):
+            # Not startable here now: the global scheduler may have a node that is free.
+            self.spiller.offer_actor(spec, detached, meta, actor.restarts)
+            return
         if not self.pool.feasible(spec.resources):
             self._actor_dead(spec.actor_id, f"it needs {self.pool.missing(spec.resources)}, "
                                             f"which its node does not have (node total: {self.pool.total})")
@@ -639,11 +700,16 @@ class Scheduler:
         self._publish_actor(actor_id)
 
     def _kill_actor(self, actor_id: bytes, reason: str) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is not None and actor.host is not None and self.spiller is not None:
+            self.spiller.kill_actor(actor_id, actor.host)
         self._actor_dead(actor_id, reason)
 
     def _subscribe_actor(self, conn: Connection, actor_id: bytes) -> None:
         actor = self._actor(actor_id)
         actor.subscribers.add(conn)
+        if actor.spec is None and actor.host is None and actor.state == "PENDING" and self.spiller is not None:
+            self.spiller.find_actor(actor_id)  # placed by another node: follow it from where it runs
         if actor.state != "PENDING":
             self._send(conn, self._actor_state_msg(actor_id, actor))
 
@@ -662,6 +728,9 @@ class Scheduler:
 
     def processes(self) -> list[dict[str, Any]]:
         procs = [{"kind": "scheduler", "node_id": self.node_id, "pid": os.getpid()}]
+        if self.spiller is not None:
+            # A node of a multi-node cluster: its daemon started this scheduler, and killing it kills the node.
+            procs.append({"kind": "node", "node_id": self.node_id, "pid": os.getppid()})
         store_pid = self._current_store_pid()
         if store_pid is not None:  # missing while a new store starts, as the GCS service is
             procs.append({"kind": "store", "node_id": self.node_id, "pid": store_pid})

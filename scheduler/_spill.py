@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -37,8 +38,9 @@ SPILL_BATCH_MAX = 256
 RETRY_S = 0.25  # after the GCS or a node could not be reached
 PLACE_TIMEOUT_S = 5.0
 PEER_CONNECT_TIMEOUT_S = 5.0
+AVOID_LOST_NODE_S = 10.0  # longer than the GCS takes to declare a silent node dead
+FIND_ACTOR_TIMEOUT_S = 60.0  # an actor this node did not place: how long to look for the node hosting it
 WORKER_DIED = "worker_died"  # FailureCause.WORKER_DIED (the core's), without importing it here
-INFEASIBLE = "infeasible"
 
 
 class Spiller:
@@ -49,16 +51,25 @@ class Spiller:
         self._gcs_address = gcs_address
         self._token = token
         self._hello = hello
-        self._queue: deque[TaskSpec] = deque()
+        # (spec, None) for a task; (spec, (detached, meta, restarts)) for an actor to create.
+        self._queue: deque[tuple[TaskSpec, tuple | None]] = deque()
         self._wake = threading.Event()
         self._peers: dict[str, Connection] = {}  # node id -> connection to its scheduler
         self._functions_sent: dict[str, set[bytes]] = {}
         self.forwarded: dict[bytes, tuple[str, TaskSpec]] = {}  # task id -> (node id, spec)
+        self._finding: set[bytes] = set()  # actors whose node is being looked up
+        # Nodes whose connection dropped, and when: not placed on while the GCS may still think them alive.
+        self._lost_nodes: dict[str, float] = {}
         threading.Thread(target=self._run, name="ember-spill", daemon=True).start()
 
     def offer(self, specs: list[TaskSpec]) -> None:
         """Queue tasks for the global scheduler (under the scheduler's lock)."""
-        self._queue.extend(specs)
+        self._queue.extend((spec, None) for spec in specs)
+        self._wake.set()
+
+    def offer_actor(self, spec: TaskSpec, detached: bool, meta: Any, restarts: int) -> None:
+        """Queue an actor to create for the global scheduler to place (under the scheduler's lock)."""
+        self._queue.append((spec, (detached, meta, restarts)))
         self._wake.set()
 
     def queued(self) -> int:
@@ -78,34 +89,37 @@ class Spiller:
                         self._queue.extendleft(reversed(batch))
                     threading.Event().wait(RETRY_S)
 
-    def _place(self, batch: list[TaskSpec]) -> bool:
-        """Place ``batch`` and hand each task to its node; False if the GCS could not answer."""
+    def _place(self, batch: list[tuple[TaskSpec, tuple | None]]) -> bool:
+        """Place ``batch`` and hand each task or actor to its node; False if the GCS could not answer."""
         from ember.lineage._rpc import GcsUnreachable, client_for
 
-        request = {"node_id": self._scheduler.node_id,
-                   "tasks": [{"resources": dict(spec.resources)} for spec in batch]}
+        now = time.monotonic()
+        for node_id, lost_at in list(self._lost_nodes.items()):
+            if now - lost_at > AVOID_LOST_NODE_S:
+                del self._lost_nodes[node_id]
+        request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes),
+                   "tasks": [{"resources": dict(spec.resources)} for spec, _ in batch]}
         try:
             reply = client_for(self._gcs_address, self._token).call("Place", request, timeout_s=PLACE_TIMEOUT_S)
         except (GcsUnreachable, PermissionError) as exc:
             log.warning("the global scheduler is unreachable; %d task(s) wait to be placed: %s", len(batch), exc)
             return False
         placements, addresses = reply["placements"], reply["addresses"]
-        by_node: dict[str, list[TaskSpec]] = {}
-        for spec, node_id in zip(batch, placements):
-            by_node.setdefault(node_id or "", []).append(spec)
+        by_node: dict[str, list[tuple[TaskSpec, tuple | None]]] = {}
+        for item, node_id in zip(batch, placements):
+            by_node.setdefault(node_id or "", []).append(item)
         me = self._scheduler.node_id
-        unplaced: list[TaskSpec] = []
-        for node_id, specs in by_node.items():
+        unplaced: list[tuple[TaskSpec, tuple | None]] = []
+        for node_id, items in by_node.items():
             if node_id == me:
                 with self._scheduler._lock:
-                    self._scheduler.keep_here(specs)
+                    self._scheduler.keep_here(items)
             elif not node_id:
                 with self._scheduler._lock:
-                    for spec in specs:
-                        self._scheduler.fail_to_owner(spec, INFEASIBLE, "no live node of the cluster has "
-                                                      f"{dict(spec.resources)}")
-            elif not self._forward(node_id, addresses.get(node_id), specs):
-                unplaced += specs
+                    for spec, actor in items:
+                        self._scheduler.unplaceable(spec, f"no live node of the cluster has {dict(spec.resources)}")
+            elif not self._forward(node_id, addresses.get(node_id), items):
+                unplaced += items
         self._scheduler.flush()
         if unplaced:
             # The node died or is unreachable: placed again once the GCS knows it.
@@ -114,33 +128,89 @@ class Spiller:
                 self._queue.extend(unplaced)
         return True
 
-    def _forward(self, node_id: str, address: str | None, specs: list[TaskSpec]) -> bool:
+    def _peer(self, node_id: str, address: str | None) -> Connection | None:
+        """The connection to ``node_id``'s scheduler, opened if need be (never under the lock)."""
         conn = self._peers.get(node_id)
-        if conn is None or conn.closed:
-            if address is None:
-                return False
-            try:
-                conn = connect(address, self._token, self._hello, self._scheduler._handle,
-                               self._peer_closed, f"scheduler:{node_id[:8]}", timeout_s=PEER_CONNECT_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("cannot reach node %s's scheduler to forward %d task(s): %s", node_id, len(specs), exc)
-                return False
-            conn.peer = {"node_id": node_id}
-            with self._scheduler._lock:
-                self._peers[node_id] = conn
-                self._functions_sent[node_id] = set()
+        if conn is not None and not conn.closed:
+            return conn
+        if address is None:
+            return None
+        try:
+            conn = connect(address, self._token, self._hello, self._scheduler._handle,
+                           self._peer_closed, f"scheduler:{node_id[:8]}", timeout_s=PEER_CONNECT_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("cannot reach node %s's scheduler: %s", node_id, exc)
+            return None
+        conn.peer = {"node_id": node_id}
+        with self._scheduler._lock:
+            self._peers[node_id] = conn
+            self._functions_sent[node_id] = set()
+        return conn
+
+    def _forward(self, node_id: str, address: str | None, items: list[tuple[TaskSpec, tuple | None]]) -> bool:
+        conn = self._peer(node_id, address)
+        if conn is None:
+            return False
         with self._scheduler._lock:
             sent = self._functions_sent[node_id]
-            for spec in specs:
+            for spec, actor in items:
                 if spec.function_id not in sent:
                     payload = self._scheduler.function_payload(spec.function_id)
                     if payload is not None:
                         conn.queue((Op.REGISTER_FUNCTION, spec.function_id, payload, ""))
                     sent.add(spec.function_id)
-                conn.queue((Op.SUBMIT, spec))
-                self.forwarded[spec.task_id] = (node_id, spec)
+                if actor is None:
+                    conn.queue((Op.SUBMIT, spec))
+                    self.forwarded[spec.task_id] = (node_id, spec)
+                else:
+                    conn.queue((Op.CREATE_ACTOR, spec, *actor))
+                    conn.queue((Op.LOOKUP_ACTOR, 0, spec.actor_id))  # its states come back on this connection
+                    self._scheduler.hosted_elsewhere(spec.actor_id, node_id)
         conn.flush()
         return True
+
+    # -- actors on other nodes -------------------------------------------------------------
+
+    def find_actor(self, actor_id: bytes) -> None:
+        """Learn which node hosts an actor this node did not place, and follow its states from there."""
+        if actor_id in self._finding:
+            return
+        self._finding.add(actor_id)
+        threading.Thread(target=self._find_actor, args=(actor_id,), name="ember-find-actor", daemon=True).start()
+
+    def _find_actor(self, actor_id: bytes) -> None:
+        from ember.lineage._rpc import GcsUnreachable, client_for
+
+        deadline = time.monotonic() + FIND_ACTOR_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    found = client_for(self._gcs_address, self._token).call(
+                        "LocateActor", {"actor_id": actor_id.hex()}, timeout_s=PLACE_TIMEOUT_S)
+                except (GcsUnreachable, PermissionError):
+                    found = {}
+                node_id = found.get("node_id")
+                if node_id == self._scheduler.node_id:
+                    return  # created here meanwhile: its record here is the real one
+                conn = self._peer(node_id, found.get("address")) if node_id else None
+                if conn is not None:
+                    with self._scheduler._lock:
+                        self._scheduler.hosted_elsewhere(actor_id, node_id)
+                    conn.send_now((Op.LOOKUP_ACTOR, 0, actor_id))
+                    return
+                threading.Event().wait(RETRY_S)
+            with self._scheduler._lock:
+                self._scheduler.actor_unfound(actor_id, f"no live node of the cluster hosts it "
+                                                        f"(looked for {FIND_ACTOR_TIMEOUT_S:.0f}s)")
+            self._scheduler.flush()
+        finally:
+            with self._scheduler._lock:
+                self._finding.discard(actor_id)
+
+    def kill_actor(self, actor_id: bytes, node_id: str) -> None:
+        conn = self._peers.get(node_id)
+        if conn is not None:
+            conn.send((Op.KILL_ACTOR, actor_id, True))
 
     # -- what the other nodes say ----------------------------------------------------------
 
@@ -164,13 +234,16 @@ class Spiller:
 
     def _peer_closed(self, conn: Connection) -> None:
         node_id = conn.peer.get("node_id")
+        detail = f"its node {node_id} died or lost its scheduler"
         with self._scheduler._lock:
             if self._peers.get(node_id) is conn:
                 del self._peers[node_id]
+            self._lost_nodes[node_id] = time.monotonic()
             lost = [spec for task_id, (where, spec) in list(self.forwarded.items()) if where == node_id]
             for spec in lost:
                 del self.forwarded[spec.task_id]
-                self._scheduler.fail_to_owner(spec, WORKER_DIED, f"its node {node_id} died or lost its scheduler")
+                self._scheduler.fail_to_owner(spec, WORKER_DIED, detail)
+            self._scheduler.host_lost(node_id, detail)
         if lost:
             log.warning("node %s is gone: %d task(s) forwarded there go back to their owners", node_id, len(lost))
         self._scheduler.flush()

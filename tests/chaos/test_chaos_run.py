@@ -6,18 +6,21 @@ cluster that program starts (they report to it with the run's token); every
 test leaves no process behind, checked by pid.
 
 Faults injected here: SIGKILL of the worker running a chosen task as it
-starts, and of the object store after every N finished tasks. What must
-recover: the task is retried, the store's objects are rebuilt from lineage,
-and the program's own assertion on its result passes.
+starts, of the object store after every N finished tasks, and of a whole
+node of a three-node cluster. What must recover: the task is retried, the
+store's (or the node's) objects are rebuilt from lineage, and the program's
+own assertion on its result passes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -61,9 +64,10 @@ PROGRAM = textwrap.dedent("""
     print("result ok")
 """)
 
-def chaos(*args: str, cwd: Path, timeout_s: float = RUN_BOUND_S) -> subprocess.CompletedProcess:
+def chaos(*args: str, cwd: Path, timeout_s: float = RUN_BOUND_S,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ember.chaos._cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout_s)
+                          text=True, timeout=timeout_s, env=env)
 
 
 @pytest.fixture
@@ -168,3 +172,48 @@ def test_the_controller_refuses_a_process_without_the_token():
         assert controller.members() == []
     finally:
         controller.stop()
+
+
+NODE_PROGRAM = textwrap.dedent("""
+    import time
+    import numpy as np
+    import ember
+    from ember.chaos import LocalCluster
+
+    nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"spare": 1}}, {"num_cpus": 1, "resources": {"spare": 1}}]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+
+        @ember.remote
+        def work(i):
+            time.sleep(0.02)
+            return np.full(100_000, i)  # 800 KB: in the store of the node it ran on
+
+        @ember.remote
+        def total(a):
+            return int(a.sum())
+
+        refs = [work.options(resources={"spare": 0.01}).remote(i) for i in range(80)]
+        sums = ember.get([total.remote(r) for r in refs], timeout=120)
+        assert sums == [100_000 * i for i in range(80)], sums
+        print("result ok", sum(1 for n in ember.nodes() if n["Alive"]), "nodes alive")
+        ember.shutdown()
+""")
+
+
+def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_path: Path):
+    (tmp_path / "nodes.py").write_text(NODE_PROGRAM)
+    runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        run = chaos("run", "--kill", "node", "--every-tasks", "30", "--max-faults", "1", "--seed", "3",
+                    "--report", "run.json", "--", sys.executable, "nodes.py", cwd=tmp_path,
+                    env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert run.returncode == 0, run.stderr
+    assert "result ok 2 nodes alive" in run.stdout  # the head and the driver's node are never chosen
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert (json.dumps({"after_tasks": 30}, sort_keys=True), "kill", "node", "hit") in _faults(report)
+    assert report["summary"]["processes_started"]["node"] == 3
+    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]

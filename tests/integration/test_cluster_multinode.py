@@ -105,3 +105,33 @@ def test_a_second_init_in_a_connected_driver_is_refused(three_nodes: LocalCluste
     with pytest.raises(AlreadyInitializedError, match="shutdown"):
         ember.init(address=three_nodes.address)
     assert ember.init(address=three_nodes.address, ignore_reinit_error=True)["node_id"] == three_nodes.nodes[0].node_id
+
+
+@ember.remote
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+    def node(self) -> str:
+        return ember.get_runtime_context().get_node_id()
+
+
+@ember.remote
+def add_from_a_task(counter: object, k: int) -> tuple[int, str]:
+    return ember.get(counter.add.remote(k)), ember.get_runtime_context().get_node_id()  # type: ignore[attr-defined]
+
+
+def test_an_actor_runs_on_the_node_it_needs_and_takes_calls_from_every_node(three_nodes: LocalCluster) -> None:
+    ids = [node.node_id for node in three_nodes.nodes]
+    counter = Counter.options(**on(2)).remote()
+    assert ember.get([counter.add.remote(1) for _ in range(3)], timeout=GET_TIMEOUT_S) == [1, 2, 3]
+    assert ember.get(counter.node.remote(), timeout=GET_TIMEOUT_S) == ids[1]
+    # From a task on node 3, whose scheduler learns from the GCS where the actor runs.
+    assert ember.get(add_from_a_task.options(**on(3)).remote(counter, 10), timeout=GET_TIMEOUT_S) == (13, ids[2])
+    ember.kill(counter)
+    with pytest.raises(ember.exceptions.ActorDiedError):
+        ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S)

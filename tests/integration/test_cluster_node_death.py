@@ -1,9 +1,10 @@
 """A node killed mid-workload: the work it held is redone elsewhere and every result is right.
 
 The node is SIGKILLed whole (daemon, store, scheduler, relay, workers) while
-tasks run on it and objects it made are still wanted. Tasks forwarded to it
-go back to their owners when its connection drops; objects only it held are
-rebuilt from lineage when a pull from it fails.
+tasks run on it, objects it made are still wanted and an actor lives there.
+Tasks forwarded to it go back to their owners when its connection drops;
+objects only it held are rebuilt from lineage when a pull from it fails; the
+actor starts on another node and replays its logged calls.
 """
 
 from __future__ import annotations
@@ -46,5 +47,34 @@ def test_a_node_killed_mid_workload_leaves_every_result_right() -> None:
             assert [int(a[0]) for a in arrays] == list(range(40))
             alive = {n["NodeID"] for n in ember.nodes() if n["Alive"]}
             assert cluster.nodes[2].node_id not in alive
+        finally:
+            ember.shutdown()
+
+
+def test_an_actor_whose_node_is_killed_restarts_on_another_with_its_state() -> None:
+    @ember.remote(max_restarts=1, max_task_retries=1)
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def add(self, k: int) -> int:
+            self.n += k
+            return self.n
+
+        def node(self) -> str:
+            return ember.get_runtime_context().get_node_id()
+
+    nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"spare": 1}}, {"num_cpus": 1, "resources": {"spare": 1}}]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            counter = Counter.options(resources={"spare": 0.5}).remote()
+            assert ember.get([counter.add.remote(1) for _ in range(5)], timeout=GET_TIMEOUT_S) == [1, 2, 3, 4, 5]
+            host = ember.get(counter.node.remote(), timeout=GET_TIMEOUT_S)
+            victim = next(node for node in cluster.nodes if node.node_id == host)
+            cluster.kill_node(victim)
+            assert ember.get(counter.add.remote(100), timeout=GET_TIMEOUT_S) == 105
+            survivors = {node.node_id for node in cluster.nodes[1:]} - {host}
+            assert ember.get(counter.node.remote(), timeout=GET_TIMEOUT_S) in survivors
         finally:
             ember.shutdown()
