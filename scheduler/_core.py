@@ -74,13 +74,14 @@ class FailureCause:
 
 
 class _Entry:
-    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where")
+    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where", "size")
 
     def __init__(self) -> None:
         # In the store of the node of the process at this address, which wrote it (LOST_COPY: it died
         # with that node);
         # None: inline, or in this node's store.
         self.where: str | None = None
+        self.size = 0  # bytes, of an object in a store: for the global scheduler's input locality
         self.log_seq = 0  # the lineage row that must be durable before others see the value
         self.order: tuple[bytes, int] | None = None  # (actor, place) of an actor call whose order row may not be
         self.state = PENDING
@@ -333,6 +334,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         else:
             view = self._write_kept(oid, obj)
             entry.state = READY_STORE
+            entry.size = obj.total_size
         if self.gcs is not None:
             size = len(entry.data) if entry.data is not None else obj.total_size
             entry.log_seq = self._log_kept_object(oid, size, entry.data, "put", view)
@@ -510,6 +512,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         view = self._write_kept(oid, obj)
         entry = _Entry()
         entry.state = READY_STORE
+        entry.size = obj.total_size
         entry.shared = True  # referenced from a spec: keep it while the job runs
         self._objects[oid] = entry
         if self.gcs is not None:
@@ -609,7 +612,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                 self._created_actors[spec.actor_id] = (spec, pt.extra)
                 self._actor_state(spec.actor_id, spec.function_name)  # type: ignore[arg-type]
         else:
-            self.scheduler.send((Op.SUBMIT, spec))
+            hints = self._input_bytes(spec) if self.relay is not None else None
+            self.scheduler.send((Op.SUBMIT, spec, hints) if hints else (Op.SUBMIT, spec))
             if must_log:
                 self._log_spec(pt)
 
@@ -942,7 +946,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                         unconfirmed.append((call_seq, spec))
                         order = (spec.actor_id, call_seq)
         ready: list[_PendingTask] = []
-        for oid, data, _size in results:
+        for oid, data, size in results:
             entry = self._objects.get(oid)
             if entry is None or entry.dropped:
                 self._objects.pop(oid, None)
@@ -953,6 +957,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if data is None:
                 entry.state = READY_STORE
                 entry.where = where
+                entry.size = size
             else:
                 entry.state = READY_INLINE
                 entry.data = data

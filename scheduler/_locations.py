@@ -81,6 +81,21 @@ class LocationMixin:
             self.store.send((Op.PULL, oid, [endpoint]))
         return False
 
+    def _input_bytes(self, spec: Any) -> dict[str, int]:
+        """How many bytes of a task's inputs in stores this process owns, by node (relay endpoint): the
+        global scheduler places a task it is given where most of them are (under the lock)."""
+        from ember.scheduler._spec import ArgKind
+
+        found: dict[str, int] = {}
+        for arg in (*spec.args, *spec.kwargs.values()) if spec.kwargs else spec.args:
+            if arg[0] != ArgKind.REF or arg[2] != self.address:
+                continue
+            entry = self._objects.get(arg[1])
+            if entry is not None and entry.state == READY_STORE and entry.where != LOST_COPY:
+                node = self._endpoint(entry.where) if entry.where else self.relay
+                found[node] = found.get(node, 0) + entry.size
+        return found
+
     def _free_remote(self, oid: bytes, where: str) -> None:
         """Free an owned object in the store of another node (under the lock; never blocks)."""
         if where == LOST_COPY:

@@ -63,7 +63,7 @@ AID = _Id(TASK_ID_BYTES, "an actor id")
 # Op -> (fields after the op, how many trailing fields may be left out).
 SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # to the scheduler
-    Op.SUBMIT: ((TaskSpec,), 0),
+    Op.SUBMIT: ((TaskSpec, dict), 1),  # ..., bytes of its inputs by node (multi-node clusters)
     Op.REGISTER_FUNCTION: ((bytes, bytes, str), 0),
     Op.CANCEL: ((TID, bool), 0),
     Op.CREATE_ACTOR: ((TaskSpec, bool, _ANY, int), 1),

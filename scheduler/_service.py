@@ -111,6 +111,7 @@ class Scheduler:
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
         self._placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
+        self.input_bytes: dict[bytes, dict[str, int]] = {}  # task id -> its inputs' bytes by node, till placed
         relay = session.relay_endpoint()
         self.address = str(session.scheduler_socket)
         self.spiller: Spiller | None = None
@@ -212,6 +213,8 @@ class Scheduler:
                     # Forwarded by another node: its scheduler speaks for the owner.
                     self._origins[msg[1].task_id] = conn
                     self._placed.add(msg[1].task_id)
+                elif len(msg) > 2 and self.spiller is not None:
+                    self.input_bytes[msg[1].task_id] = msg[2]  # for the global scheduler, should it spill
                 self._enqueue(msg[1])
                 self._dispatch()
             elif op == Op.TASKS_DONE:
@@ -428,6 +431,8 @@ class Scheduler:
 
     def _assign(self, w: _Worker, spec: TaskSpec) -> None:
         w.assigned[spec.task_id] = spec
+        if self.input_bytes:
+            self.input_bytes.pop(spec.task_id, None)
         payload = None
         if spec.function_id not in w.functions:
             payload = self._functions.get(spec.function_id)

@@ -97,8 +97,11 @@ class Spiller:
         for node_id, lost_at in list(self._lost_nodes.items()):
             if now - lost_at > AVOID_LOST_NODE_S:
                 del self._lost_nodes[node_id]
+        with self._scheduler._lock:
+            inputs = [self._scheduler.input_bytes.pop(spec.task_id, {}) for spec, _ in batch]
         request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes),
-                   "tasks": [{"resources": dict(spec.resources)} for spec, _ in batch]}
+                   "tasks": [{"resources": dict(spec.resources), "inputs": where}
+                             for (spec, _), where in zip(batch, inputs)]}
         try:
             reply = client_for(self._gcs_address, self._token).call("Place", request, timeout_s=PLACE_TIMEOUT_S)
         except (GcsUnreachable, PermissionError) as exc:

@@ -17,6 +17,7 @@ import pytest
 import ember
 from ember.chaos import LocalCluster
 from ember.exceptions import AlreadyInitializedError, InfeasibleResourceError
+from tests.fix_cluster import poll_until
 
 GET_TIMEOUT_S = 120.0
 
@@ -26,8 +27,9 @@ pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 @pytest.fixture(scope="module")
 def three_nodes() -> Iterator[LocalCluster]:
-    """Three one-CPU nodes; node k also has the resource ``node{k}``, to pin tasks to it."""
-    nodes = [{"num_cpus": 1, "resources": {f"node{k}": 1}} for k in (1, 2, 3)]
+    """Three one-CPU nodes; node k also has the resource ``node{k}``, to pin tasks to it, and nodes 2
+    and 3 have ``spare``, which the driver's node (1) does not."""
+    nodes = [{"num_cpus": 1, "resources": {f"node{k}": 1} | ({"spare": 1} if k > 1 else {})} for k in (1, 2, 3)]
     with LocalCluster(nodes=nodes) as cluster:
         ember.init(address=cluster.address)
         try:
@@ -45,6 +47,11 @@ def where(x: int = 0) -> tuple[int, str]:
 def slow(x: int) -> tuple[int, str]:
     time.sleep(0.02)
     return x, ember.get_runtime_context().get_node_id()
+
+
+@ember.remote
+def sleeper(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 @ember.remote
@@ -94,6 +101,18 @@ def test_an_object_a_task_put_on_one_node_is_read_by_tasks_on_the_others(three_n
     boxed = put_there.options(**on(3)).remote()
     expected = int(np.arange(1_000_000, dtype=np.int64).sum())
     assert ember.get([read.options(**on(k)).remote(boxed) for k in (1, 2)], timeout=GET_TIMEOUT_S) == [expected] * 2
+
+
+def test_the_global_scheduler_places_a_task_where_its_large_input_is(three_nodes: LocalCluster) -> None:
+    ids = [node.node_id for node in three_nodes.nodes]
+    big = filled.options(**on(3)).remote(2_000_000, 1)  # 16 MB in node 3's store
+    ember.wait([big], timeout=GET_TIMEOUT_S)
+    # Node 3 busy, node 2 idle: by load alone, node 2 would get the tasks that read ``big``.
+    busy = sleeper.options(**on(3)).remote(1.0)
+    assert poll_until(lambda: ember.available_resources().get("node3", 1.0) < 1.0, 30.0), "node 3 never got busy"
+    reading = [total.options(resources={"spare": 0.01}).remote(big) for _ in range(3)]
+    assert ember.get(reading, timeout=GET_TIMEOUT_S) == [(2_000_000, ids[2])] * 3
+    ember.get(busy, timeout=GET_TIMEOUT_S)
 
 
 def test_a_task_no_node_can_run_fails_with_infeasible(three_nodes: LocalCluster) -> None:
