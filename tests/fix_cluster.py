@@ -82,3 +82,18 @@ def private_runtime_dir() -> Iterator[str]:
         else:
             os.environ["EMBER_RUNTIME_DIR"] = old
         shutil.rmtree(path, ignore_errors=True)
+
+
+@ember.remote
+class Counter:
+    """An actor with state to lose: tests check it comes back (restarts, replay, other nodes)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+    def node(self) -> str:
+        return ember.get_runtime_context().get_node_id()

@@ -32,6 +32,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from _table import aligned  # beside this script
+
 PREFIX = "BENCH_RESULT "
 CHILD_TIMEOUT_S = 900.0
 NODES = 3
@@ -224,11 +226,7 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     rows = [["metric"] + list(runs)]
     rows += [[label] + [fmt(r.get(key)) if "error" not in r else "error" for r in runs.values()]
              for key, label in metrics]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from _table import aligned  # beside this script
+
 PREFIX = "BENCH_RESULT "
 NOLOG = "ember-nolog"  # ember with lineage logging switched off, to show what logging costs
 
@@ -311,11 +313,7 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
             verdict = " ok" if (e < limit if limit is not None else e >= 3 * r) else " MISS"
         row.append(target + verdict)
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

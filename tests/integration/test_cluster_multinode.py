@@ -17,7 +17,7 @@ import pytest
 import ember
 from ember.chaos import LocalCluster
 from ember.exceptions import AlreadyInitializedError, InfeasibleResourceError
-from tests.fix_cluster import poll_until
+from tests.fix_cluster import Counter, poll_until
 
 GET_TIMEOUT_S = 120.0
 
@@ -124,19 +124,6 @@ def test_a_second_init_in_a_connected_driver_is_refused(three_nodes: LocalCluste
     with pytest.raises(AlreadyInitializedError, match="shutdown"):
         ember.init(address=three_nodes.address)
     assert ember.init(address=three_nodes.address, ignore_reinit_error=True)["node_id"] == three_nodes.nodes[0].node_id
-
-
-@ember.remote
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, k: int) -> int:
-        self.n += k
-        return self.n
-
-    def node(self) -> str:
-        return ember.get_runtime_context().get_node_id()
 
 
 @ember.remote

@@ -16,6 +16,7 @@ import pytest
 
 import ember
 from ember.chaos import LocalCluster
+from tests.fix_cluster import Counter
 
 GET_TIMEOUT_S = 120.0
 
@@ -52,23 +53,11 @@ def test_a_node_killed_mid_workload_leaves_every_result_right() -> None:
 
 
 def test_an_actor_whose_node_is_killed_restarts_on_another_with_its_state() -> None:
-    @ember.remote(max_restarts=1, max_task_retries=1)
-    class Counter:
-        def __init__(self) -> None:
-            self.n = 0
-
-        def add(self, k: int) -> int:
-            self.n += k
-            return self.n
-
-        def node(self) -> str:
-            return ember.get_runtime_context().get_node_id()
-
     nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"spare": 1}}, {"num_cpus": 1, "resources": {"spare": 1}}]
     with LocalCluster(nodes=nodes) as cluster:
         ember.init(address=cluster.address)
         try:
-            counter = Counter.options(resources={"spare": 0.5}).remote()
+            counter = Counter.options(resources={"spare": 0.5}, max_restarts=1, max_task_retries=1).remote()
             assert ember.get([counter.add.remote(1) for _ in range(5)], timeout=GET_TIMEOUT_S) == [1, 2, 3, 4, 5]
             host = ember.get(counter.node.remote(), timeout=GET_TIMEOUT_S)
             victim = next(node for node in cluster.nodes if node.node_id == host)
