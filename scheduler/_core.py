@@ -74,7 +74,7 @@ class FailureCause:
 
 
 class _Entry:
-    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where", "size")
+    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where", "size", "copies")
 
     def __init__(self) -> None:
         # In the store of the node of the process at this address, which wrote it (LOST_COPY: it died
@@ -82,6 +82,7 @@ class _Entry:
         # None: inline, or in this node's store.
         self.where: str | None = None
         self.size = 0  # bytes, of an object in a store: for the global scheduler's input locality
+        self.copies: list[str] | None = None  # processes on other nodes told where it is: their nodes pulled it
         self.log_seq = 0  # the lineage row that must be durable before others see the value
         self.order: tuple[bytes, int] | None = None  # (actor, place) of an actor call whose order row may not be
         self.state = PENDING
@@ -282,8 +283,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         del self._objects[oid]
         if entry.state == READY_STORE:
             self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
-            if entry.where is not None:
-                self._free_remote(oid, entry.where)
+            if entry.where is not None or entry.copies:
+                self._free_remote(oid, entry)
             if self._copies is not None:
                 self._copies.discard(oid)
 
@@ -954,6 +955,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     self.store.send((Op.FREE, [oid]))
                 continue
             entry.order = order  # a ref to it leaves only once the call's place in the order is durable
+            entry.copies = None
             if data is None:
                 entry.state = READY_STORE
                 entry.where = where

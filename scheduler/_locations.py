@@ -43,7 +43,7 @@ class LocationMixin:
     _store_ready: set
     _locate_waiters: dict[bytes, set[str]]
     _to_locate: list[ObjectRef]
-    _pulling: dict[bytes, tuple[str, str]]  # object -> (its owner, the relay endpoint it is pulled from)
+    _pulling: dict[bytes, tuple[str, list[str]]]  # object -> (its owner, relay endpoints it is pulled from)
     _endpoints: dict[str, str]
     _remote_frees: list[tuple[str, bytes]]
     _frees_wake: threading.Event | None
@@ -70,16 +70,21 @@ class LocationMixin:
             endpoint = self._endpoints[address] = parse_relay_address(address).endpoint
         return endpoint
 
-    def _remote_ready(self, oid: bytes, where: str) -> bool:
+    def _remote_ready(self, oid: bytes, entry: Any) -> bool:
         """An owned object in another node's store: here once pulled (call under the lock)."""
         if oid in self._store_ready or self.files.exists(oid):
             return True
-        if where != LOST_COPY and oid not in self._subscribed:
+        if entry.where != LOST_COPY and oid not in self._subscribed:
             self._subscribed.add(oid)
-            endpoint = self._endpoint(where)
-            self._pulling[oid] = (self.address, endpoint)
-            self.store.send((Op.PULL, oid, [endpoint]))
+            sources = self._sources(entry)
+            self._pulling[oid] = (self.address, sources)
+            self.store.send((Op.PULL, oid, sources))
         return False
+
+    def _sources(self, entry: Any) -> list[str]:
+        """Relay endpoints of the nodes that hold an owned object: where it was made first, then copies."""
+        holders = [entry.where or self.address, *(entry.copies or ())]
+        return list(dict.fromkeys(self._endpoint(a) if is_relayed(a) else self.relay for a in holders))
 
     def _input_bytes(self, spec: Any) -> dict[str, int]:
         """How many bytes of a task's inputs in stores this process owns, by node (relay endpoint): the
@@ -96,12 +101,12 @@ class LocationMixin:
                 found[node] = found.get(node, 0) + entry.size
         return found
 
-    def _free_remote(self, oid: bytes, where: str) -> None:
-        """Free an owned object in the store of another node (under the lock; never blocks)."""
-        if where == LOST_COPY:
-            return
-        # Every process's socket sits beside its node's store socket.
-        self._remote_frees.append((where.rsplit("/", 1)[0] + "/store", oid))
+    def _free_remote(self, oid: bytes, entry: Any) -> None:
+        """Free an owned object in the stores of other nodes that hold it (under the lock; never blocks)."""
+        for holder in (entry.where, *(entry.copies or ())):
+            if holder is not None and holder != LOST_COPY and self._endpoint(holder) != self.relay:
+                # Every process's socket sits beside its node's store socket.
+                self._remote_frees.append((holder.rsplit("/", 1)[0] + "/store", oid))
         if self._frees_wake is None:
             self._frees_wake = threading.Event()
             threading.Thread(target=self._send_remote_frees, name="ember-remote-free", daemon=True).start()
@@ -134,26 +139,30 @@ class LocationMixin:
     def _answer_locates(self, oid: bytes, entry: Any) -> None:
         """An object was made (or rebuilt): tell whoever asked where it is (under the lock)."""
         asked = self._locate_waiters.pop(oid, None)
-        if asked:
-            message = self._location(oid, entry)
-            for requester in asked:
-                self.send_to(requester, message, flush=False)
+        for requester in asked or ():
+            self.send_to(requester, self._location(oid, entry, requester), flush=False)
 
-    def _location(self, oid: bytes, entry: Any) -> tuple:
+    def _location(self, oid: bytes, entry: Any, requester: str) -> tuple:
+        """The answer to ``requester``'s LOCATE; its node will hold a copy, which later askers may pull."""
         if entry.state == READY_INLINE:
             return (Op.OBJECT_VALUE, oid, entry.data)
-        return (Op.OBJECT_AT, oid, self._endpoint(entry.where) if entry.where else self.relay)
+        sources = self._sources(entry)
+        if self.relay not in sources and self.files.exists(oid):
+            sources.append(self.relay)  # this process pulled it here
+        if self._endpoint(requester) not in sources:
+            entry.copies = [*(entry.copies or ()), requester]
+        return (Op.OBJECT_AT, oid, sources)
 
     def _on_location_message(self, conn: Connection, msg: tuple) -> None:
         op = msg[0]
         if op == Op.LOCATE:
             self._on_locate(msg[1], msg[2])
         elif op == Op.OBJECT_AT:
-            oid, where = msg[1], msg[2]
-            if where != self.relay:
+            oid, sources = msg[1], [s for s in msg[2] if type(s) is str and s != self.relay]
+            if sources:
                 with self._lock:
-                    self._pulling[oid] = (conn.peer.get("address") or "", where)
-                self.store.send_now((Op.PULL, oid, [where]))
+                    self._pulling[oid] = (conn.peer.get("address") or "", sources)
+                self.store.send_now((Op.PULL, oid, sources))
         elif op == Op.OBJECT_VALUE:
             self._take_value(msg[1], msg[2])
         elif op == Op.PULL_FAILED:
@@ -171,7 +180,7 @@ class LocationMixin:
                 if entry.state not in (READY_INLINE, READY_STORE) or entry.where == LOST_COPY:
                     self._locate_waiters.setdefault(oid, set()).add(requester)
                 else:
-                    replies.append(self._location(oid, entry))
+                    replies.append(self._location(oid, entry, requester))
         for message in replies:
             self.send_to(requester, message, flush=False)
 
@@ -189,21 +198,24 @@ class LocationMixin:
     def _on_pull_failed(self, oid: bytes, why: str) -> None:
         with self._lock:
             self._subscribed.discard(oid)  # asked again on the next look
-            owner, where = self._pulling.pop(oid, ("", ""))
+            owner, sources = self._pulling.pop(oid, ("", []))
             entry = self._objects.get(oid) if owner == self.address else None
             self._changed = True
-        log.warning("object %s could not be fetched from node %s: %s", oid.hex(), where, why)
+        log.warning("object %s could not be fetched from nodes %s: %s", oid.hex(), sources, why)
         if entry is not None:
-            self._on_lost_at(oid, where)
+            self._on_lost_at(oid, sources)
         elif owner:
-            self.send_to(owner, (Op.OBJECT_LOST_AT, oid, where))
+            self.send_to(owner, (Op.OBJECT_LOST_AT, oid, sources))
 
-    def _on_lost_at(self, oid: bytes, endpoint: str) -> None:
-        """The copy of an owned object at the node at ``endpoint`` is gone: rebuild it (once)."""
+    def _on_lost_at(self, oid: bytes, endpoints: list[str]) -> None:
+        """No copy of an owned object was found at these nodes: forget them; rebuild it if none is left."""
         with self._lock:
             entry = self._objects.get(oid)
-            if (entry is None or entry.state != READY_STORE or entry.where in (None, LOST_COPY)
-                    or self._endpoint(entry.where) != endpoint):
-                return  # already rebuilt, or a copy elsewhere
-            entry.where = LOST_COPY
+            if entry is None or entry.state != READY_STORE or entry.where in (None, LOST_COPY):
+                return  # already rebuilt, or in this node's store
+            holders = [a for a in (entry.where, *(entry.copies or ())) if self._endpoint(a) not in endpoints]
+            if holders:
+                entry.where, entry.copies = holders[0], holders[1:]  # a copy made elsewhere stands in
+                return
+            entry.where, entry.copies = LOST_COPY, None
         threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()

@@ -93,9 +93,9 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
     Op.LOCATE: ((_ListOf(OID), str), 0),  # ..., where to answer
-    Op.OBJECT_AT: ((OID, str), 0),
+    Op.OBJECT_AT: ((OID, list), 0),  # ..., relay endpoints of the nodes that hold it
     Op.OBJECT_VALUE: ((OID, bytes), 0),
-    Op.OBJECT_LOST_AT: ((OID, str), 0),
+    Op.OBJECT_LOST_AT: ((OID, list), 0),  # ..., relay endpoints of nodes where no copy was found
     Op.PULL: ((OID, list), 0),  # ..., relay endpoints of nodes that hold it
     Op.PULL_FAILED: ((OID, str), 0),
     # to and from the object store

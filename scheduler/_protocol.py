@@ -100,11 +100,11 @@ class Op:
     OBJECT_WANTED = 56  # borrower -> owner: still waiting for these; rebuild them if every copy is gone
     # objects across nodes
     LOCATE = 60  # borrower -> owner: where is this object? (answered now, or when it is made)
-    OBJECT_AT = 61  # owner -> borrower: in the store of the node at this relay endpoint
+    OBJECT_AT = 61  # owner -> borrower: in the stores of the nodes at these relay endpoints
     OBJECT_VALUE = 62  # owner -> borrower: a small object's bytes
     PULL = 63  # core client -> its node's store: fetch this object from these nodes
     PULL_FAILED = 64  # store -> subscribers: no source gave the object
-    OBJECT_LOST_AT = 65  # borrower -> owner: the copy you named is gone (its node died)
+    OBJECT_LOST_AT = 65  # borrower -> owner: no copy where you said (their nodes died)
 
 
 OP_NAMES: dict[int, str] = {v: k for k, v in vars(Op).items() if type(v) is int}

@@ -83,7 +83,7 @@ class WaitingMixin:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
         if entry is not None:
             if entry.where is not None and entry.state == READY_STORE:
-                return self._remote_ready(ref._id, entry.where)
+                return self._remote_ready(ref._id, entry)
             return entry.state != PENDING
         if ref._id in self._store_ready:
             return True

@@ -67,3 +67,24 @@ def test_an_actor_whose_node_is_killed_restarts_on_another_with_its_state() -> N
             assert ember.get(counter.node.remote(), timeout=GET_TIMEOUT_S) in survivors
         finally:
             ember.shutdown()
+
+
+def test_an_object_whose_node_died_is_read_from_a_copy_on_another_node() -> None:
+    @ember.remote
+    def noise() -> np.ndarray:
+        return np.random.default_rng().random(1_000_000)  # 8 MB; another run would give other numbers
+
+    @ember.remote
+    def checksum(array: np.ndarray) -> float:
+        return float(array.sum())
+
+    nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"a": 1}}, {"num_cpus": 1, "resources": {"b": 1}}]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            made = noise.options(resources={"a": 0.01}).remote()  # on node 2
+            seen = ember.get(checksum.options(resources={"b": 0.01}).remote(made), timeout=GET_TIMEOUT_S)
+            cluster.kill_node(cluster.nodes[1])  # node 3 holds the only copy now
+            assert float(ember.get(made, timeout=GET_TIMEOUT_S).sum()) == seen  # the same numbers: not made again
+        finally:
+            ember.shutdown()
