@@ -217,6 +217,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if self.kind == "driver":
                 # The job is over: no ref to its puts can be used again.
                 self._put_copies().remove_job(self.job_id)
+        if self.kind == "driver" and self.relay is not None:
+            # The cluster outlives this job: what it owns in stores goes with it (as in Ray,
+            # objects share their owner's fate).
+            self._free_owned_objects()
         self._listener.close()
         replay = getattr(self, "_replay", None)  # made on the first rebuild (ReconstructionMixin)
         if replay is not None:

@@ -112,6 +112,17 @@ class LocationMixin:
             threading.Thread(target=self._send_remote_frees, name="ember-remote-free", daemon=True).start()
         self._frees_wake.set()
 
+    def _free_owned_objects(self) -> None:
+        """Free every object this process owns in a store, on every node that holds it (at its end)."""
+        with self._lock:
+            stored = [(oid, entry) for oid, entry in self._objects.items() if entry.state == READY_STORE]
+            for oid, entry in stored:
+                self._free_remote(oid, entry)
+            frees, self._remote_frees = self._remote_frees, []
+        self.store.send((Op.FREE, [oid for oid, _ in stored]))
+        for store, oids in _by_store(frees).items():
+            self.send_to(store, (Op.FREE, oids))
+
     def _send_remote_frees(self) -> None:
         wake = self._frees_wake
         assert wake is not None
@@ -120,10 +131,7 @@ class LocationMixin:
             wake.clear()
             with self._lock:
                 frees, self._remote_frees = self._remote_frees, []
-            by_store: dict[str, list[bytes]] = {}
-            for store, oid in frees:
-                by_store.setdefault(store, []).append(oid)
-            for store, oids in by_store.items():
+            for store, oids in _by_store(frees).items():
                 self.send_to(store, (Op.FREE, oids))
 
     def _send_locates(self) -> None:
@@ -219,3 +227,10 @@ class LocationMixin:
                 return
             entry.where, entry.copies = LOST_COPY, None
         threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()
+
+
+def _by_store(frees: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    by_store: dict[str, list[bytes]] = {}
+    for store, oid in frees:
+        by_store.setdefault(store, []).append(oid)
+    return by_store

@@ -17,7 +17,7 @@ import pytest
 import ember
 from ember.chaos import LocalCluster
 from ember.exceptions import AlreadyInitializedError, InfeasibleResourceError
-from tests.fix_cluster import Counter, poll_until
+from tests.fix_cluster import Counter, poll_until, run_script
 
 GET_TIMEOUT_S = 120.0
 
@@ -141,3 +141,24 @@ def test_an_actor_runs_on_the_node_it_needs_and_takes_calls_from_every_node(thre
     ember.kill(counter)
     with pytest.raises(ember.exceptions.ActorDiedError):
         ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S)
+
+
+def test_a_drivers_objects_on_other_nodes_are_freed_when_it_disconnects(three_nodes: LocalCluster) -> None:
+    done = run_script(f"""
+        import numpy as np, ember
+        ember.init(address={three_nodes.address!r})
+
+        @ember.remote(resources={{"node2": 0.01}})
+        def big():
+            return np.ones(1_000_000)
+
+        ref = big.remote()
+        ember.get(ref)  # pulled to the driver's node too
+        print(ref.hex())
+        ember.shutdown()
+    """)
+    assert done.returncode == 0, done.stderr
+    oid = done.stdout.split()[-1]
+    stores = [three_nodes.nodes[0].session.shm_dir, three_nodes.nodes[1].session.shm_dir]
+    assert poll_until(lambda: not any((store / oid).exists() for store in stores), 30.0), \
+        f"object {oid} outlived its driver in {[str(s) for s in stores if (s / oid).exists()]}"
