@@ -44,7 +44,7 @@ def processes() -> list[ProcessRecord]:
     for node in nodes:
         if node["alive"] and node["node_id"] != core.node_id:
             raw += _ask_node(core, node["address"])
-    return [ProcessRecord("gcs", info["node_id"], int(info["gcs_pid"]), killable=False)] + \
+    return [ProcessRecord("gcs", info["node_id"], int(info["gcs_pid"]))] + \
         _records(raw, core.node_id, info["node_id"])
 
 

@@ -1095,9 +1095,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
 
 def _write_layout_bytes(directory: Any, oid: bytes, data: bytes) -> None:
     """Publish an inline object (already in store layout) as a store file named ``oid``."""
+    laid_out = with_object_id(data, oid)  # raises for bytes that are not an object's layout, before any file
     tmp = directory / f".pub-{oid.hex()}-{os.getpid()}-{threading.get_ident()}"
     with open(tmp, "wb") as f:
-        f.write(with_object_id(data, oid))
+        f.write(laid_out)
     publish_once(tmp, directory / oid.hex())
 
 

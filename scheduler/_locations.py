@@ -22,6 +22,7 @@ happen outside the lock where a connection might have to be opened.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from typing import Any
 
@@ -84,7 +85,7 @@ class LocationMixin:
     def _sources(self, entry: Any) -> list[str]:
         """Relay endpoints of the nodes that hold an owned object: where it was made first, then copies."""
         holders = [entry.where or self.address, *(entry.copies or ())]
-        return list(dict.fromkeys(self._endpoint(a) if is_relayed(a) else self.relay for a in holders))
+        return list(dict.fromkeys(self._endpoint(a) for a in holders))
 
     def _input_bytes(self, spec: Any) -> dict[str, int]:
         """How many bytes of a task's inputs in stores this process owns, by node (relay endpoint): the
@@ -197,7 +198,11 @@ class LocationMixin:
         from ember.scheduler._core import _write_layout_bytes
 
         if not self.files.exists(oid):
-            _write_layout_bytes(self.files.shm_dir, oid, data)
+            try:
+                _write_layout_bytes(self.files.shm_dir, oid, data)
+            except (ValueError, struct.error) as exc:  # not an object's layout: a bug or junk, refused
+                log.warning("refused object %s sent by its owner: %s", oid.hex(), exc)
+                return
         self.store.send((Op.SEALED, oid, len(data), self.address))
         with self._lock:
             self._store_ready.add(oid)

@@ -345,7 +345,10 @@ class Scheduler:
         actor = self._actors.get(actor_id)
         if actor is None or actor.state == "DEAD" or actor.host is None:
             return
-        actor.state = "ALIVE" if alive else "RESTARTING" if restarting else "DEAD"
+        if not alive and not restarting:
+            self._actor_dead(actor_id, reason or "it died on its node")
+            return
+        actor.state = "ALIVE" if alive else "RESTARTING"
         actor.address, actor.reason, actor.restarts = address, reason, max(actor.restarts, restarts)
         self._publish_actor(actor_id)
 
@@ -443,11 +446,12 @@ class Scheduler:
         w = self._by_conn.get(conn)
         if w is None:
             return
-        origins = self._origins
+        origins, placed = self._origins, self._placed
         for task_id in task_ids:
             w.assigned.pop(task_id, None)
+            if placed:
+                placed.discard(task_id)
             if origins:
-                self._placed.discard(task_id)
                 origin = origins.pop(task_id, None)
                 if origin is not None:
                     self._send(origin, (Op.FORWARDED_DONE, [task_id]))

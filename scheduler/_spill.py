@@ -15,6 +15,12 @@ or its scheduler did) every task forwarded there and not known done is
 failed to its owner as a worker death, and the owner retries it as its
 ``max_retries`` allows.
 
+An actor its node cannot start now is placed the same way (``Op.CREATE_ACTOR``
+to the chosen node); this node subscribes to its states there and relays
+them to its own subscribers, and restarts it elsewhere if that node dies.
+A scheduler asked about an actor it did not place finds its node through
+the GCS (``LocateActor``) and follows it from there.
+
 It must never hold the scheduler's lock while it calls the GCS or opens a
 connection: both can take seconds when a node is dying.
 """
@@ -28,6 +34,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ember.scheduler._core import FailureCause
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import TaskSpec
@@ -40,7 +47,6 @@ PLACE_TIMEOUT_S = 5.0
 PEER_CONNECT_TIMEOUT_S = 5.0
 AVOID_LOST_NODE_S = 10.0  # longer than the GCS takes to declare a silent node dead
 FIND_ACTOR_TIMEOUT_S = 60.0  # an actor this node did not place: how long to look for the node hosting it
-WORKER_DIED = "worker_died"  # FailureCause.WORKER_DIED (the core's), without importing it here
 
 
 class Spiller:
@@ -71,9 +77,6 @@ class Spiller:
         """Queue an actor to create for the global scheduler to place (under the scheduler's lock)."""
         self._queue.append((spec, (detached, meta, restarts)))
         self._wake.set()
-
-    def queued(self) -> int:
-        return len(self._queue)
 
     # -- the spill thread ------------------------------------------------------------------
 
@@ -245,7 +248,7 @@ class Spiller:
             lost = [spec for task_id, (where, spec) in list(self.forwarded.items()) if where == node_id]
             for spec in lost:
                 del self.forwarded[spec.task_id]
-                self._scheduler.fail_to_owner(spec, WORKER_DIED, detail)
+                self._scheduler.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
             self._scheduler.host_lost(node_id, detail)
         if lost:
             log.warning("node %s is gone: %d task(s) forwarded there go back to their owners", node_id, len(lost))

@@ -34,8 +34,9 @@ def test_what_senders_send_is_accepted(msg: tuple) -> None:
 
 
 @pytest.mark.parametrize("msg, words", [
-    ((Op.SUBMIT,), "SUBMIT has 0 field(s), expected 1 to 1"),
-    ((Op.SUBMIT, spec(), 1), "has 2 field(s)"),
+    ((Op.SUBMIT,), "SUBMIT has 0 field(s), expected 1 to 2"),
+    ((Op.SUBMIT, spec(), {}, 1), "has 3 field(s)"),
+    ((Op.SUBMIT, spec(), 1), "SUBMIT field 2 is int 1, expected dict"),
     ((Op.SUBMIT, "spec"), "field 1 is str 'spec', expected TaskSpec"),
     ((Op.SUBMIT, spec(resources="CPU")), "task spec's resources is str"),
     ((Op.SUBMIT, spec(task_id=b"short")), "task spec's task_id is bytes b'short', expected a task id (16 bytes)"),
