@@ -3,10 +3,12 @@
 A multi-node cluster moves an object by having the store that needs it pull
 it from a store that has it (the client side is ``_transfer_pull``). The
 service has one server-streaming method, ``Pull``: the request is a JSON
-object ``{"object_id": hex, "offset": n}``; the reply's initial metadata
+object ``{"object_id": hex, "offset": n, "end": m}`` (``end``, exclusive,
+is optional and defaults to the object's end); the reply's initial metadata
 carries the object's fixed header (``HEADER_KEY``), from which the puller
 learns and checks the total size before any data; then the bytes from
-``offset`` to the end follow in chunks of ``CHUNK_BYTES``. A pull that broke
+``offset`` to ``end`` follow in chunks of ``CHUNK_BYTES``. A puller may pull
+several ranges of one object at once, one stream each; a stream that broke
 asks again with the offset it reached, at this store or another copy.
 
 Chunks are read from the object's mapped file one at a time (the whole
@@ -15,8 +17,9 @@ the reader's shared lock, so the store cannot recycle the file mid-stream.
 
 Refusals, each before anything is read: no or a wrong cluster token is
 UNAUTHENTICATED (``scheduler/_grpc_shared.py``); a request that is not a JSON object with a
-valid id and offset is INVALID_ARGUMENT; an object this store does not have
-is NOT_FOUND; an offset past the end OUT_OF_RANGE. More than
+valid id, offset and end (``offset <= end``) is INVALID_ARGUMENT; an object
+this store does not have is NOT_FOUND; an offset or end past the object's
+end OUT_OF_RANGE. More than
 ``STREAMS_MAX`` pulls at once get RESOURCE_EXHAUSTED, and the puller retries.
 
 This module must never send a byte before the token matched, never unpickle
@@ -54,22 +57,24 @@ log = logging.getLogger("ember.store")
 SERVICE = "ember.ObjectTransfer"
 PULL_METHOD = "Pull"
 # Large enough that per-message overhead vanishes next to the copy, small
-# enough that a few in flight fit any flow-control window and memory.
-CHUNK_BYTES = 4 << 20
+# enough that many in flight fit the stream window. 4 MiB chunks cost the
+# puller ~25% more CPU per byte (measured, 400 MB between two local stores):
+# message buffers that large keep getting fresh pages from the allocator.
+CHUNK_BYTES = 1 << 20
 HEADER_KEY = "ember-object-header-bin"  # "-bin": gRPC carries the value as bytes
 STREAMS_MAX = 8
 DEFAULT_HOST = "127.0.0.1"
 _STOP_GRACE_S = 1.0
 
 
-def chunk_spans(offset: int, total_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` of each chunk that carries bytes ``offset`` to ``total_bytes``."""
+def chunk_spans(offset: int, end: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each chunk that carries bytes ``offset`` to ``end`` (exclusive)."""
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    if not 0 <= offset <= total_bytes:
-        raise ValueError(f"offset {offset} is outside an object of {total_bytes} bytes")
-    for start in range(offset, total_bytes, chunk_bytes):
-        yield start, min(start + chunk_bytes, total_bytes)
+    if not 0 <= offset <= end:
+        raise ValueError(f"offset {offset} is outside bytes 0 to {end}")
+    for start in range(offset, end, chunk_bytes):
+        yield start, min(start + chunk_bytes, end)
 
 
 def parse_bind_address(text: str) -> tuple[str, int]:
@@ -84,10 +89,11 @@ def parse_bind_address(text: str) -> tuple[str, int]:
 
 
 class _BadPull(ValueError):
-    """A Pull request that is not ``{"object_id": hex, "offset": n}``."""
+    """A Pull request that is not ``{"object_id": hex, "offset": n, "end": m}``."""
 
 
-def _parse_pull(request: Any) -> tuple[bytes, int]:
+def _parse_pull(request: Any) -> tuple[bytes, int, int | None]:
+    """``(object_id, offset, end)`` of a Pull request; ``end`` is None when the request leaves it out."""
     if isinstance(request, Undecodable):
         raise _BadPull(f"the request is {request.reason}")
     id_hex, offset = request.get("object_id"), request.get("offset", 0)
@@ -99,7 +105,10 @@ def _parse_pull(request: Any) -> tuple[bytes, int]:
         raise _BadPull(f"object_id must be 1 to {OBJECT_ID_BYTES_MAX} bytes in hex, got {id_hex!r:.80}")
     if type(offset) is not int or offset < 0:
         raise _BadPull(f"offset must be a whole number of bytes >= 0, got {offset!r:.80}")
-    return object_id, offset
+    end = request.get("end")
+    if end is not None and (type(end) is not int or end < offset):
+        raise _BadPull(f"end must be a whole number of bytes >= offset ({offset}), got {end!r:.80}")
+    return object_id, offset, end
 
 
 class TransferServer:
@@ -134,7 +143,7 @@ class TransferServer:
 
     def _pull(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
-            object_id, offset = _parse_pull(request)
+            object_id, offset, end = _parse_pull(request)
         except _BadPull as exc:
             log.warning("object transfer refused Pull from %s: %s", context.peer(), exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -143,13 +152,14 @@ class TransferServer:
             context.abort(grpc.StatusCode.NOT_FOUND, f"object {object_id.hex()} is not in this store")
         try:
             total_bytes = len(view)
-            if offset > total_bytes:
-                context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                              f"offset {offset} is past the end of object {object_id.hex()} ({total_bytes} bytes)")
+            end = total_bytes if end is None else end
+            if not offset <= end <= total_bytes:
+                context.abort(grpc.StatusCode.OUT_OF_RANGE, f"bytes {offset} to {end} are past the end of object "
+                                                            f"{object_id.hex()} ({total_bytes} bytes)")
             context.send_initial_metadata(((HEADER_KEY, bytes(view[:HEADER_BYTES])),))
-            for start, end in chunk_spans(offset, total_bytes, self._chunk_bytes):
+            for start, stop in chunk_spans(offset, end, self._chunk_bytes):
                 if not context.is_active():
                     return  # the puller went away or gave up: stop reading
-                yield bytes(view[start:end])
+                yield bytes(view[start:stop])
         finally:
             view.release()  # drops the mapping, and with it the shared lock

@@ -1,4 +1,4 @@
-"""Object transfer's decisions without processes or sockets: chunks, offsets, sources, publishing."""
+"""Object transfer's decisions without processes or sockets: requests, chunks, ranges, offsets, sources, publishing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ember.exceptions import EmberInternalError, ObjectTooLargeError
 from ember.store import ObjectFiles, serialize, to_bytes
 from ember.store._serialization import HEADER_BYTES
-from ember.store._transfer import chunk_spans, parse_bind_address
+from ember.store._transfer import CHUNK_BYTES, _BadPull, _parse_pull, chunk_spans, parse_bind_address
 from ember.store._transfer_pull import Receipt, SourceError, SourcePlan
 from tests.fix_space import shrink_free_space
 
@@ -65,19 +65,21 @@ def test_chunks_are_placed_one_after_another_until_the_object_is_complete():
     receipt = Receipt(OBJECT_ID)
     receipt.begin(layout[:HEADER_BYTES])
     assert receipt.total_bytes == len(layout)
-    placed = [receipt.place(layout[start:end]) for start, end in chunk_spans(0, len(layout), 300)]
+    [whole] = receipt.ranges  # small: one range, no split
+    placed = [receipt.place(whole, layout[start:end]) for start, end in chunk_spans(0, len(layout), 300)]
     assert placed == list(range(0, len(layout), 300))
-    assert receipt.complete
+    assert receipt.complete and receipt.received_bytes == len(layout)
 
 
 def test_a_chunk_past_the_end_is_refused_and_not_counted():
     layout = _layout()
     receipt = Receipt(OBJECT_ID)
     receipt.begin(layout[:HEADER_BYTES])
-    receipt.place(layout[: len(layout) - 10])
+    [whole] = receipt.ranges
+    receipt.place(whole, layout[: len(layout) - 10])
     with pytest.raises(SourceError, match="at offset"):
-        receipt.place(bytes(11))
-    assert receipt.offset == len(layout) - 10 and not receipt.complete
+        receipt.place(whole, bytes(11))
+    assert whole.offset == len(layout) - 10 and not receipt.complete
 
 
 def test_a_first_chunk_whose_header_differs_from_the_announced_one_is_refused():
@@ -86,7 +88,7 @@ def test_a_first_chunk_whose_header_differs_from_the_announced_one_is_refused():
     receipt.begin(bytes(layout[:HEADER_BYTES]))
     layout[0] ^= 1
     with pytest.raises(SourceError, match="header differs"):
-        receipt.place(bytes(layout[:100]))
+        receipt.place(receipt.ranges[0], bytes(layout[:100]))
 
 
 @pytest.mark.parametrize("header, reason", [
@@ -105,11 +107,94 @@ def test_a_resumed_pull_keeps_its_offset_and_needs_the_same_header():
     layout = _layout()
     receipt = Receipt(OBJECT_ID)
     receipt.begin(layout[:HEADER_BYTES])
-    receipt.place(layout[:500])
+    receipt.place(receipt.ranges[0], layout[:500])
     receipt.begin(layout[:HEADER_BYTES])  # the same copy, elsewhere
-    assert receipt.offset == 500
+    assert receipt.ranges[0].offset == 500
     with pytest.raises(SourceError, match="differs"):
         receipt.begin(_layout(payload_bytes=2000)[:HEADER_BYTES])
+
+
+# -- ranges -------------------------------------------------------------------------------------------------
+
+
+def _large_layout(chunks: float) -> bytes:
+    return to_bytes(serialize(bytes(int(chunks * CHUNK_BYTES))), OBJECT_ID)  # zeros: cheap to make
+
+
+@pytest.mark.parametrize("chunks, split_bytes_min, parts, expected_starts", [
+    (5.5, 2 * CHUNK_BYTES, 2, [0, 3]),      # halves, rounded up to whole chunks
+    (5.5, 2 * CHUNK_BYTES, 3, [0, 2, 4]),   # the last range takes the rest
+    (1.5, 0, 3, [0, 1]),                    # never a range of less than a chunk, but the last
+    (5.5, 2 * CHUNK_BYTES, 1, None),        # one stream: no split
+    (5.5, 6 * CHUNK_BYTES, 2, None),        # below the threshold: no split
+])
+def test_a_large_object_is_cut_into_chunk_aligned_ranges_that_tile_it(chunks, split_bytes_min, parts, expected_starts):
+    layout = _large_layout(chunks)
+    receipt = Receipt(OBJECT_ID, split_bytes_min, parts)
+    receipt.begin(layout[:HEADER_BYTES])
+    first, *ranges = receipt.ranges
+    if expected_starts is None:
+        assert (first.start, first.end, ranges) == (0, len(layout), [])
+        return
+    assert first.complete and first.end == 0  # the first stream brought the size only
+    assert [span.start for span in ranges] == [n * CHUNK_BYTES for n in expected_starts]
+    assert [span.end for span in ranges] == [span.start for span in ranges[1:]] + [len(layout)]
+    assert not receipt.complete
+
+
+def test_ranges_fill_in_any_order_and_each_refuses_bytes_past_its_end():
+    layout = _large_layout(2.5)
+    receipt = Receipt(OBJECT_ID, split_bytes_min=0, parts=2)
+    receipt.begin(layout[:HEADER_BYTES])
+    _, head, tail = receipt.ranges
+    assert receipt.place(tail, layout[tail.start:tail.end]) == tail.start
+    with pytest.raises(SourceError, match=f"ending at {head.end}"):
+        receipt.place(head, layout[: head.end + 1])
+    assert receipt.received_bytes == len(layout) - head.end and not receipt.complete
+    for start, end in chunk_spans(0, head.end, CHUNK_BYTES // 2):
+        assert receipt.place(head, layout[start:end]) == start
+    assert receipt.complete and receipt.received_bytes == len(layout)
+
+
+def test_only_the_first_header_plans_the_ranges():
+    layout = _large_layout(2.5)
+    receipt = Receipt(OBJECT_ID, split_bytes_min=0, parts=2)
+    receipt.begin(layout[:HEADER_BYTES])
+    planned = [(span.start, span.end) for span in receipt.ranges]
+    receipt.begin(layout[:HEADER_BYTES])  # a range resumed at another copy
+    assert [(span.start, span.end) for span in receipt.ranges] == planned
+
+
+@pytest.mark.parametrize("parts", [0, -1])
+def test_a_receipt_needs_at_least_one_part(parts):
+    with pytest.raises(ValueError, match="parts"):
+        Receipt(OBJECT_ID, parts=parts)
+
+
+# -- requests -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_, expected", [
+    ({"object_id": "0a0b"}, (b"\n\x0b", 0, None)),
+    ({"object_id": "0a0b", "offset": 5, "end": 9}, (b"\n\x0b", 5, 9)),
+    ({"object_id": "0a0b", "offset": 5, "end": 5}, (b"\n\x0b", 5, 5)),  # an empty range
+])
+def test_a_pull_request_names_an_object_and_a_byte_range(request_, expected):
+    assert _parse_pull(request_) == expected
+
+
+@pytest.mark.parametrize("request_, reason", [
+    ({"object_id": "0a0b", "offset": 5, "end": 4}, "end must be"),
+    ({"object_id": "0a0b", "end": -1}, "end must be"),
+    ({"object_id": "0a0b", "end": "9"}, "end must be"),
+    ({"object_id": "0a0b", "end": 9.0}, "end must be"),
+    ({"object_id": "0a0b", "end": True}, "end must be"),
+    ({"object_id": "0a0b", "offset": -1}, "offset must be"),
+    ({"object_id": "xyz"}, "object_id must be"),
+])
+def test_a_pull_request_with_a_bad_range_is_refused(request_, reason):
+    with pytest.raises(_BadPull, match=reason):
+        _parse_pull(request_)
 
 
 # -- choosing sources ---------------------------------------------------------------------------------------
