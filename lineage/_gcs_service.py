@@ -68,13 +68,17 @@ class GcsService:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self._actor_nodes: dict[str, str] = {}  # actor id (hex) -> the node its latest process started on
+        # Actor names, cluster-wide: name -> (actor id hex, handle metadata: a pickle in base64 the
+        # schedulers made; never unpickled here).
+        self._names: dict[str, tuple[str, str]] = {}
         self._stop = threading.Event()
         self.loaded = threading.Event()
 
     def handlers(self) -> dict[str, Any]:
         return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
                 "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished,
-                "ProcessEvents": self.process_events, "Place": self.place, "LocateActor": self.locate_actor}
+                "ProcessEvents": self.process_events, "Place": self.place, "LocateActor": self.locate_actor,
+                "ClaimName": self.claim_name, "LookupName": self.lookup_name, "ReleaseName": self.release_name}
 
     # -- calls -----------------------------------------------------------------------------
     # Each call checks its request's shape before it writes anything: junk is
@@ -169,6 +173,30 @@ class GcsService:
             if node is None or not node.alive:
                 return {}
             return {"node_id": node.node_id, "address": node.address}
+
+    def claim_name(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Name an actor cluster-wide; {"error": why} if a live actor has the name (its own claim again is fine)."""
+        _require(req, name=str, actor_id=str, meta=str)
+        with self._lock:
+            held = self._names.get(req["name"])
+            if held is not None and held[0] != req["actor_id"]:
+                return {"error": f"an actor named {req['name']!r} already exists"}
+            self._names[req["name"]] = (req["actor_id"], req["meta"])
+        return {}
+
+    def lookup_name(self, req: dict[str, Any]) -> dict[str, Any]:
+        _require(req, name=str)
+        with self._lock:
+            held = self._names.get(req["name"])
+        return {} if held is None else {"actor_id": held[0], "meta": held[1]}
+
+    def release_name(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Free a name, if ``actor_id`` still holds it (the actor died)."""
+        _require(req, name=str, actor_id=str)
+        with self._lock:
+            if self._names.get(req["name"], ("",))[0] == req["actor_id"]:
+                del self._names[req["name"]]
+        return {}
 
     def _note_actors(self, node_id: str, events: list[dict[str, Any]] | None) -> None:
         """Remember where each actor's process started (events were checked already)."""

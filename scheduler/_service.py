@@ -250,9 +250,17 @@ class Scheduler:
             elif op == Op.KILL_ACTOR:
                 self._kill_actor(msg[1], "killed by ember.kill()")
             elif op == Op.CLAIM_NAME:
-                conn.reply(msg[1], self._claim_name(msg[2], msg[3], msg[4]))
+                error = self._claim_name(msg[2], msg[3], msg[4])
+                if error is None and self.spiller is not None:
+                    self.spiller.claim_name(conn, msg[1], msg[2], msg[3], msg[4])  # answered once the GCS has it
+                else:
+                    conn.reply(msg[1], error)
             elif op == Op.GET_NAMED_ACTOR:
-                conn.reply(msg[1], self._named_actor(msg[2]))
+                found = self._named_actor(msg[2])
+                if found is None and self.spiller is not None:
+                    self.spiller.lookup_name(conn, msg[1], msg[2])  # maybe named on another node
+                else:
+                    conn.reply(msg[1], found)
             elif op == Op.CANCEL:
                 self._cancel(msg[1], msg[2])
             elif op == Op.RESOURCES:
@@ -625,6 +633,11 @@ class Scheduler:
         actor.meta = meta
         return None
 
+    def unclaim_name(self, name: str, actor_id: bytes) -> None:
+        """Undo a claim here that the cluster refused (another node's actor has the name)."""
+        if self._names.get(name) == actor_id:
+            del self._names[name]
+
     def _named_actor(self, name: str) -> Any:
         actor_id = self._names.get(name)
         if actor_id is None:
@@ -706,6 +719,8 @@ class Scheduler:
             self._release(w)
         if actor.name is not None and self._names.get(actor.name) == actor_id:
             del self._names[actor.name]
+            if self.spiller is not None:
+                self.spiller.release_name(actor.name, actor_id)
         self._publish_actor(actor_id)
 
     def _kill_actor(self, actor_id: bytes, reason: str) -> None:

@@ -27,8 +27,10 @@ connection: both can take seconds when a node is dying.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import pickle
 import threading
 import time
 from collections import deque
@@ -94,8 +96,6 @@ class Spiller:
 
     def _place(self, batch: list[tuple[TaskSpec, tuple | None]]) -> bool:
         """Place ``batch`` and hand each task or actor to its node; False if the GCS could not answer."""
-        from ember.lineage._rpc import GcsUnreachable, client_for
-
         now = time.monotonic()
         for node_id, lost_at in list(self._lost_nodes.items()):
             if now - lost_at > AVOID_LOST_NODE_S:
@@ -105,11 +105,9 @@ class Spiller:
         request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes),
                    "tasks": [{"resources": dict(spec.resources), "inputs": where}
                              for (spec, _), where in zip(batch, inputs)]}
-        try:
-            reply = client_for(self._gcs_address, self._token).call("Place", request, timeout_s=PLACE_TIMEOUT_S)
-        except (GcsUnreachable, PermissionError) as exc:
-            log.warning("the global scheduler is unreachable; %d task(s) wait to be placed: %s", len(batch), exc)
-            return False
+        reply = self._gcs_call("Place", request)
+        if reply is None:
+            return False  # the global scheduler is unreachable: the batch waits
         placements, addresses = reply["placements"], reply["addresses"]
         by_node: dict[str, list[tuple[TaskSpec, tuple | None]]] = {}
         for item, node_id in zip(batch, placements):
@@ -185,16 +183,10 @@ class Spiller:
         threading.Thread(target=self._find_actor, args=(actor_id,), name="ember-find-actor", daemon=True).start()
 
     def _find_actor(self, actor_id: bytes) -> None:
-        from ember.lineage._rpc import GcsUnreachable, client_for
-
         deadline = time.monotonic() + FIND_ACTOR_TIMEOUT_S
         try:
             while time.monotonic() < deadline:
-                try:
-                    found = client_for(self._gcs_address, self._token).call(
-                        "LocateActor", {"actor_id": actor_id.hex()}, timeout_s=PLACE_TIMEOUT_S)
-                except (GcsUnreachable, PermissionError):
-                    found = {}
+                found = self._gcs_call("LocateActor", {"actor_id": actor_id.hex()}) or {}
                 node_id = found.get("node_id")
                 if node_id == self._scheduler.node_id:
                     return  # created here meanwhile: its record here is the real one
@@ -212,6 +204,48 @@ class Spiller:
         finally:
             with self._scheduler._lock:
                 self._finding.discard(actor_id)
+
+    # -- actor names, cluster-wide (kept by the GCS service) ---------------------------------
+
+    def claim_name(self, conn: Connection, req_id: int, name: str, actor_id: bytes, meta: Any) -> None:
+        """Claim ``name`` with the GCS too, then answer the request (None, or why not)."""
+        def claim() -> None:
+            reply = self._gcs_call("ClaimName", {"name": name, "actor_id": actor_id.hex(),
+                                                 "meta": base64.b64encode(pickle.dumps(meta)).decode()})
+            error = reply.get("error") if reply is not None else \
+                "the GCS service is unreachable, so a name cannot be claimed for the whole cluster; try again"
+            if error is not None:
+                with self._scheduler._lock:
+                    self._scheduler.unclaim_name(name, actor_id)
+            _answer(conn, req_id, error)
+
+        threading.Thread(target=claim, name="ember-claim-name", daemon=True).start()
+
+    def lookup_name(self, conn: Connection, req_id: int, name: str) -> None:
+        """Answer a lookup of a name this node does not know from the GCS: (actor id, metadata) or None."""
+        def lookup() -> None:
+            reply = self._gcs_call("LookupName", {"name": name}) or {}
+            found = None
+            if reply.get("actor_id"):
+                # Metadata another scheduler of this cluster pickled (token-checked all the way).
+                found = (bytes.fromhex(reply["actor_id"]), pickle.loads(base64.b64decode(reply["meta"])))
+            _answer(conn, req_id, found)
+
+        threading.Thread(target=lookup, name="ember-lookup-name", daemon=True).start()
+
+    def release_name(self, name: str, actor_id: bytes) -> None:
+        threading.Thread(target=self._gcs_call, args=("ReleaseName", {"name": name, "actor_id": actor_id.hex()}),
+                         name="ember-release-name", daemon=True).start()
+
+    def _gcs_call(self, method: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """One call to the GCS service (it retries while the service restarts); None if unreachable."""
+        from ember.lineage._rpc import GcsUnreachable, client_for
+
+        try:
+            return client_for(self._gcs_address, self._token).call(method, request, timeout_s=PLACE_TIMEOUT_S)
+        except (GcsUnreachable, PermissionError) as exc:
+            log.warning("the GCS service did not answer %s: %s", method, exc)
+            return None
 
     def kill_actor(self, actor_id: bytes, node_id: str) -> None:
         conn = self._peers.get(node_id)
@@ -258,3 +292,11 @@ class Spiller:
 def scheduler_hello(node_id: str) -> dict[str, Any]:
     """How a scheduler introduces itself to another node's (no address: it owns nothing there)."""
     return {"kind": "scheduler", "pid": os.getpid(), "node_id": node_id}
+
+
+def _answer(conn: Connection, req_id: int, value: Any) -> None:
+    try:
+        conn.reply(req_id, value)
+        conn.flush()
+    except Exception:  # the asker went away meanwhile
+        pass

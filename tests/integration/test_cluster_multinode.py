@@ -162,3 +162,36 @@ def test_a_drivers_objects_on_other_nodes_are_freed_when_it_disconnects(three_no
     stores = [three_nodes.nodes[0].session.shm_dir, three_nodes.nodes[1].session.shm_dir]
     assert poll_until(lambda: not any((store / oid).exists() for store in stores), 30.0), \
         f"object {oid} outlived its driver in {[str(s) for s in stores if (s / oid).exists()]}"
+
+
+def test_an_actor_name_holds_across_the_cluster(three_nodes: LocalCluster) -> None:
+    counter = Counter.options(name="shared-counter", **on(2)).remote()
+    assert ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S) == 1
+
+    @ember.remote
+    def add_by_name(k: int) -> int:
+        return ember.get(ember.get_actor("shared-counter").add.remote(k))
+
+    # Node 3's scheduler never saw the name: it asks the GCS.
+    assert ember.get(add_by_name.options(**on(3)).remote(10), timeout=GET_TIMEOUT_S) == 11
+
+    @ember.remote
+    def claim_again() -> str:
+        try:
+            Counter.options(name="shared-counter").remote()
+        except ValueError as exc:
+            return str(exc)
+        return "claimed"
+
+    assert "already exists" in ember.get(claim_again.options(**on(3)).remote(), timeout=GET_TIMEOUT_S)
+    ember.kill(counter)
+
+    @ember.remote
+    def name_free() -> bool:
+        try:
+            ember.get_actor("shared-counter")
+        except ValueError:
+            return True
+        return False
+
+    assert poll_until(lambda: ember.get(name_free.options(**on(3)).remote(), timeout=GET_TIMEOUT_S), 30.0)
