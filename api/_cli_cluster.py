@@ -10,6 +10,7 @@ have free. A user's mistake ends with one line and exit status 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -41,10 +42,24 @@ def _local_nodes() -> Any:
 @click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs to offer (a scheduling label).")
 @click.option("--resources", default=None, help='Custom resources as JSON, e.g. \'{"accelerator": 2}\'.')
 @click.option("--object-store-memory", type=click.IntRange(min=1), default=None, help="Store budget in bytes.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate this node's TCP servers present (with --tls-key and --tls-ca: TLS on).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate authority that signed every node's certificate.")
+@click.option("--tls-server-name", default=None,
+              help="The name in the nodes' certificates, when one certificate serves every node.")
 def start_command(head: bool, address: str | None, port: int, bind: str, num_cpus: float | None,
-                  num_gpus: float | None, resources: str | None, object_store_memory: int | None) -> None:
+                  num_gpus: float | None, resources: str | None, object_store_memory: int | None,
+                  tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_server_name: str | None) -> None:
     if head == (address is not None):
         raise click.UsageError("give either --head (a new cluster) or --address HOST:PORT (join one)")
+    from ember.scheduler import _tls  # loads gRPC: only for `start`
+
+    _use_tls(tls_cert, tls_key, tls_ca, tls_server_name)
+    if not _tls.is_loopback(bind) and _tls.tls_files() is None:
+        click.echo(f"warning: this node serves {bind} WITHOUT TLS: the cluster token and all data cross the "
+                   "network in the clear; use --tls-cert/--tls-key/--tls-ca (docs/security.md)", err=True)
     custom = _parse_resources(resources)
     sizes = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": custom,
              "object_store_memory": object_store_memory}
@@ -60,6 +75,23 @@ def start_command(head: bool, address: str | None, port: int, bind: str, num_cpu
         argv += ["--address", wanted]
     node = start_daemon(argv, wanted)
     _say_started(node)
+
+
+def _use_tls(cert: str | None, key: str | None, ca: str | None, server_name: str | None) -> None:
+    """Hand the TLS flags to the node's daemon (and through it to every process of the node)."""
+    from ember.scheduler import _tls
+
+    given = {_tls.CERT_ENV: cert, _tls.KEY_ENV: key, _tls.CA_ENV: ca}
+    if any(given.values()):
+        for name, path in given.items():
+            if path is not None:
+                os.environ[name] = os.path.abspath(path)
+        if server_name:
+            os.environ[_tls.SERVER_NAME_ENV] = server_name
+    try:
+        _tls.tls_files()
+    except _tls.TlsConfigError as exc:
+        raise click.UsageError(f"{exc} (the flags are --tls-cert, --tls-key, --tls-ca)") from None
 
 
 def _parse_resources(text: str | None) -> dict[str, float] | None:

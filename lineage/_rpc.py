@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from ember.scheduler._tls import add_port, channel
 from ember.scheduler._grpc_shared import (
     RECONNECT_OPTIONS,
     TOKEN_KEY,
@@ -84,7 +85,7 @@ def serve(address: str, token: bytes, handlers: dict[str, Handler], threads: int
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler(SERVICE, {name: wrap(name, fn) for name, fn in handlers.items()})]
     )
-    if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+    if add_port(server, address, "the GCS service") == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot bind the GCS service to {address}")
     server.start()
     if address.startswith("unix:"):
@@ -112,7 +113,7 @@ class GcsClient:
     def __init__(self, address: str, token: bytes) -> None:
         self.address = address
         self._metadata = token_metadata(token)
-        self._channel = grpc.insecure_channel(address, options=RECONNECT_OPTIONS)
+        self._channel = channel(address, RECONNECT_OPTIONS)
         self._methods: dict[str, Any] = {}
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from ember.exceptions import ClusterStartError, EmberUserError, InvalidAddressError
 from ember.scheduler._address import join_host_port, split_host_port
 from ember.scheduler._procutil import process_start_ticks
+from ember.scheduler._tls import adopt_tls
 from ember.scheduler._session import Session, open_session, runtime_root
 
 DEFAULT_PORT = 6380
@@ -117,6 +118,7 @@ def find(address: str) -> LocalNode:
     wanted = normalize_address(address)
     for node in nodes:
         if node.gcs_address == wanted:
+            adopt_tls(node.session)  # a cluster that speaks TLS is reached with its node's settings
             return node
     raise EmberUserError(
         f"no node of the cluster at {wanted} runs on this machine; a driver connects through a node on its "

@@ -23,6 +23,7 @@ from typing import Any
 from ember.exceptions import ClusterStartError
 from ember.scheduler import _procutil
 from ember.scheduler._address import join_host_port
+from ember.scheduler._tls import tls_info
 from ember.scheduler._gcs_link import process_id
 from ember.scheduler._session import Session
 from ember.scheduler._supervisor import Supervisor
@@ -265,6 +266,7 @@ def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = N
                 info["gcs_address"] = gcs_address
         else:
             info = {"gcs_conninfo": join.conninfo, "cluster_id": join.cluster_id, "gcs_address": join.gcs_address}
+        info.update(tls_info())  # drivers connecting through this node speak TLS as it does
         session.write_info(info)
         if log_store is not None:
             log_store.start()

@@ -37,6 +37,7 @@ from ember.scheduler._address import join_host_port, socket_path_problem, split_
 from ember.scheduler._grpc_shared import TokenCheck
 from ember.scheduler._protocol import shut_and_close
 from ember.scheduler._session import RELAY_INFO_KEY, Session
+from ember.scheduler._tls import add_port
 
 log = logging.getLogger("ember.relay")
 
@@ -182,7 +183,7 @@ def serve_relay(sockets_dir: Path, token: bytes, bind: str = DEFAULT_BIND) -> tu
         [grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.stream_stream_rpc_method_handler(relay.open)})]
     )
     try:
-        bound = server.add_insecure_port(join_host_port(host, port))
+        bound = add_port(server, join_host_port(host, port), "the node relay")
     except RuntimeError as exc:  # newer grpcio raises where older returned 0
         raise ClusterStartError(f"cannot bind the relay to {bind}: {exc}; choose a free port or port 0") from exc
     if bound == 0:

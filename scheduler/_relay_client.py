@@ -26,6 +26,7 @@ from ember.scheduler._address import RelayAddress
 from ember.scheduler._grpc_shared import RECONNECT_OPTIONS, token_metadata
 from ember.scheduler._protocol import AuthenticationError, shut_and_close
 from ember.scheduler._relay import CHUNK_BYTES_MAX, KEEPALIVE_OPTIONS, METHOD_PATH
+from ember.scheduler._tls import channel as tls_channel
 
 log = logging.getLogger("ember.relay")
 
@@ -42,8 +43,7 @@ def _method(endpoint: str) -> grpc.StreamStreamMultiCallable:
     with _channels_lock:
         method = _methods.get(endpoint)
         if method is None:
-            channel = _channels[endpoint] = grpc.insecure_channel(
-                endpoint, options=RECONNECT_OPTIONS + KEEPALIVE_OPTIONS)
+            channel = _channels[endpoint] = tls_channel(endpoint, RECONNECT_OPTIONS + KEEPALIVE_OPTIONS)
             method = _methods[endpoint] = channel.stream_stream(METHOD_PATH)
         return method
 

@@ -38,6 +38,7 @@ import grpc
 from ember.exceptions import InvalidAddressError
 from ember.scheduler._address import split_host_port
 from ember.scheduler._grpc_shared import TokenCheck, Undecodable, decode
+from ember.scheduler._tls import add_port
 from ember.store._segments import ObjectFiles
 from ember.store._serialization import HEADER_BYTES, OBJECT_ID_BYTES_MAX
 
@@ -132,7 +133,7 @@ class TransferServer:
         handler = grpc.unary_stream_rpc_method_handler(self._pull, request_deserializer=decode)
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {PULL_METHOD: handler})])
         bracketed = f"[{host}]" if ":" in host else host
-        self.port = self._server.add_insecure_port(f"{bracketed}:{port}")
+        self.port = add_port(self._server, f"{bracketed}:{port}", "the object transfer service")
         if self.port == 0:
             raise OSError(f"cannot bind the object transfer service to {bracketed}:{port}")
         self.address = f"{bracketed}:{self.port}"

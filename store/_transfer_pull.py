@@ -50,6 +50,7 @@ import grpc
 
 from ember.exceptions import EmberInternalError, ObjectTransferError
 from ember.scheduler._grpc_shared import RECONNECT_OPTIONS, encode, token_metadata
+from ember.scheduler._tls import channel as tls_channel
 from ember.store._segments import ObjectFiles, _pwritev_all
 from ember.store._serialization import HEADER_BYTES, read_header
 from ember.store._transfer import CHUNK_BYTES, HEADER_KEY, PULL_METHOD, SERVICE, chunk_spans
@@ -485,7 +486,7 @@ class ObjectPuller:
         with self._lock:
             channel = self._channels.get((source, lane))
             if channel is None:
-                channel = self._channels[source, lane] = grpc.insecure_channel(source, options=_CHANNEL_OPTIONS)
+                channel = self._channels[source, lane] = tls_channel(source, _CHANNEL_OPTIONS)
         return channel.unary_stream(f"/{SERVICE}/{PULL_METHOD}", request_serializer=encode)
 
 
