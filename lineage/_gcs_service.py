@@ -154,13 +154,17 @@ class GcsService:
         """The global scheduler: a node for each task a node spilled (``None``: no live node can run it)."""
         _require(req, node_id=str, tasks=list, avoid=(list, None))
         tasks = req["tasks"]
-        avoid = set(req.get("avoid") or ())  # nodes the caller lost touch with, maybe not declared dead yet
+        avoid = req.get("avoid") or []  # nodes the caller lost touch with, maybe not declared dead yet
         for task in tasks:
             if not (isinstance(task, dict) and isinstance(task.get("resources"), dict)
-                    and isinstance(task.get("inputs", {}), dict)):
+                    and all(type(v) in (int, float) for v in task["resources"].values())
+                    and isinstance(task.get("inputs", {}), dict)
+                    and all(type(v) is int for v in task.get("inputs", {}).values())):
                 raise BadRequest("each task must be {resources: {name: amount}, inputs: {endpoint: bytes}}")
+        if not all(isinstance(node_id, str) for node_id in avoid):
+            raise BadRequest("avoid must list node ids")
         with self._lock:
-            nodes = [n for n in self._nodes.values() if n.alive and n.node_id not in avoid]
+            nodes = [n for n in self._nodes.values() if n.alive and n.node_id not in set(avoid)]
             placements = [_placement(nodes, task["resources"], task.get("inputs") or {}) for task in tasks]
             addresses = {n.node_id: n.address for n in nodes}
         return {"placements": placements, "addresses": addresses}
@@ -288,15 +292,14 @@ def _load(node: _Node) -> float:
 def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any]) -> str | None:
     """The node for one task: one that has its resources, where its inputs are if they are large, else the
     least loaded; counted as placed there (call under the lock)."""
-    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + 1e-9 >= v for k, v in resources.items()
-                                    if isinstance(v, (int, float)))]
+    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + 1e-9 >= v for k, v in resources.items())]
     if not fits:
         return None
     best = min(fits, key=_load)
     if inputs:
         holder = max(fits, key=lambda n: inputs.get(_endpoint(n.address), 0))
         held = inputs.get(_endpoint(holder.address), 0)
-        if isinstance(held, int) and held >= LOCALITY_BYTES_MIN and _load(holder) - _load(best) <= LOCALITY_SLACK:
+        if held >= LOCALITY_BYTES_MIN and _load(holder) - _load(best) <= LOCALITY_SLACK:
             best = holder
     best.placed += 1
     return best.node_id

@@ -237,14 +237,16 @@ def _send_messages(cluster: Cluster, endpoint: str, batch: list) -> None:
 
 # -- the GCS service ---------------------------------------------------------------------------
 
-GCS_METHODS = ["Register", "Heartbeat", "Unregister", "Nodes", "Info", "JobFinished", "ProcessEvents", "Nope"]
+GCS_METHODS = ["Register", "Heartbeat", "Unregister", "Nodes", "Info", "JobFinished", "ProcessEvents", "Place",
+               "LocateActor", "ClaimName", "LookupName", "ReleaseName", "Nope"]
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=10),
               st.floats(allow_nan=False, allow_infinity=False)),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
     max_leaves=8,
 )
-gcs_keys = st.sampled_from(["node_id", "address", "resources", "events", "restarted", "cause", "job_id", "state"])
+gcs_keys = st.sampled_from(["node_id", "address", "resources", "events", "restarted", "cause", "job_id", "state",
+                            "tasks", "avoid", "inputs", "actor_id", "name", "meta"])
 gcs_bodies = st.one_of(
     st.binary(max_size=128).map(lambda b: ("raw", b)),
     json_values.map(lambda v: ("json", json.dumps(v).encode())),
@@ -273,3 +275,22 @@ def test_gcs_service_junk(cluster: Cluster, method: str, body: tuple[str, bytes]
             assert right_token and method != "Nope" and isinstance(reply, dict)
     assert client_for(cluster.session.gcs_address, cluster.token).call("Info")["cluster_id"]
     cluster.check_healthy("scheduler")
+
+
+place_tasks = st.lists(st.dictionaries(st.sampled_from(["resources", "inputs"]), st.one_of(
+    json_values, st.dictionaries(st.text(max_size=6), json_values, max_size=3)), max_size=2), max_size=4)
+
+
+@settings(max_examples=EXAMPLES)
+@given(tasks=place_tasks, avoid=json_values)
+def test_the_global_scheduler_refuses_junk_placements(cluster: Cluster, tasks: list, avoid: Any) -> None:
+    body = json.dumps({"node_id": "fuzz", "tasks": tasks, "avoid": avoid}).encode()
+    with grpc.insecure_channel(cluster.session.gcs_address) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/Place")
+        try:
+            reply = json.loads(call(body, timeout=10, metadata=((TOKEN_KEY, cluster.token.hex()),)))
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT, exc
+        else:
+            assert len(reply["placements"]) == len(tasks)
+    assert client_for(cluster.session.gcs_address, cluster.token).call("Info")["cluster_id"]
