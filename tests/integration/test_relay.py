@@ -21,6 +21,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ember.exceptions import ClusterStartError, InvalidAddressError
 from ember.scheduler._address import relay_address
@@ -270,3 +272,29 @@ def test_the_target_dying_closes_the_remote_end(cluster: _Cluster) -> None:
     assert client.closed.wait(WAIT_S), "node A's end did not see node B's listener die"
     with pytest.raises(ConnectionClosed):
         client.conn.call(MESSAGE, timeout_s=WAIT_S)  # a request on a closed connection fails at once
+
+
+def test_junk_streams_are_refused_and_the_relay_keeps_serving(cluster: _Cluster) -> None:
+    """Random first messages (targets) and bytes, with and without the token: each stream ends, the relay
+    stays up, and a real connection through it still works afterwards."""
+    token = cluster.b.token()
+    echo = str(cluster.b.sockets / "echo").encode()
+    targets = st.one_of(st.binary(max_size=120), st.just(echo), st.text(max_size=60).map(lambda t: ("/" + t).encode()))
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(target=targets, rest=st.lists(st.binary(max_size=64), max_size=3), right_token=st.booleans())
+    def junk(target: bytes, rest: list[bytes], right_token: bool) -> None:
+        metadata = token_metadata(token if right_token else os.urandom(32))
+        with grpc.insecure_channel(f"127.0.0.1:{cluster.port}") as channel:
+            call = channel.stream_stream(METHOD_PATH)(iter([target, *rest]), metadata=metadata, timeout=WAIT_S)
+            try:
+                list(call)  # the echo listener drops a peer without its preamble; the rest are refused
+            except grpc.RpcError as exc:
+                assert exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED, "a junk stream was left hanging"
+
+    junk()
+    assert cluster.relay.proc.poll() is None
+    client = _Client(cluster)
+    client.conn.send_now((MESSAGE, "still here"))
+    assert client.wait_for(1) == ["still here"]
+    client.conn.close()

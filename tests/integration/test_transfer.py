@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import signal
 import threading
@@ -20,6 +21,8 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ember.exceptions import ObjectTransferError
 from ember.scheduler._grpc_shared import decode, encode, token_metadata
@@ -341,3 +344,44 @@ def test_a_range_no_source_can_serve_fails_the_pull_and_cuts_the_other_ranges(tm
     assert f"{half.address} from byte {2 * CHUNK_BYTES}: does not have it" in caught.value.reason
     assert half.first_cut_by_puller
     assert not target.exists(object_id) and _leftovers(target) == []
+
+
+def test_junk_pull_requests_are_refused_and_the_service_keeps_serving(two_stores, token):
+    """Random request bodies, object ids and byte ranges, with and without the token: each call ends with
+    a refusal or the bytes asked for, and a real pull works afterwards."""
+    source, target = two_stores
+    object_id = _object_id()
+    source.files.write(object_id, serialize(os.urandom(3 * CHUNK_BYTES)))
+    size = source.files.size_of(object_id)
+    json_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=12),
+                            st.floats(allow_nan=False, allow_infinity=False))
+    bodies = st.one_of(
+        st.binary(max_size=64),
+        st.dictionaries(st.sampled_from(["object_id", "offset", "end", "other"]), json_values, max_size=4)
+        .map(lambda d: json.dumps(d).encode()),
+        st.tuples(st.integers(-5, size + 5), st.one_of(st.none(), st.integers(-5, size + 5)))
+        .map(lambda r: json.dumps({"object_id": object_id.hex(), "offset": r[0]}
+                                  | ({} if r[1] is None else {"end": r[1]})).encode()),
+    )
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(body=bodies, right_token=st.booleans())
+    def junk(body: bytes, right_token: bool) -> None:
+        metadata = token_metadata(token if right_token else os.urandom(32))
+        with grpc.insecure_channel(source.transfer_address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+            call = channel.unary_stream(f"/{SERVICE}/{PULL_METHOD}")(body, timeout=CALL_TIMEOUT_S, metadata=metadata)
+            try:
+                received = b"".join(call)
+            except grpc.RpcError as exc:
+                assert exc.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
+                                      grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE}, exc
+            else:
+                request = json.loads(body)
+                start, end = request.get("offset", 0), request.get("end", size)
+                assert right_token and 0 <= start <= end <= size
+                assert len(received) == end - start
+
+    junk()
+    assert source.proc.poll() is None
+    with _puller(target.files, token) as puller:
+        assert puller.pull(object_id, [source.transfer_address], timeout_s=PULL_TIMEOUT_S).total_bytes == size
