@@ -35,7 +35,7 @@ from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin  # noqa: F401 (LOST_COPY)
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler import _messages
-from ember.scheduler._address import is_relayed, relay_address, split_host_port
+from ember.scheduler._address import relay_address, split_host_port
 from ember.scheduler._listener import Listener, connect, set_local_relay
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
 from ember.scheduler._session import RELAY_INFO_KEY, Session
@@ -161,6 +161,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self._pulling: dict[bytes, tuple[str, str]] = {}
         self._endpoints: dict[str, str] = {}
         self._remote_frees: list[tuple[str, bytes]] = []
+        self._cluster_endpoints: set[str] = set()  # relay endpoints of this cluster's nodes, as the GCS knew them
+        self._cluster_endpoints_at = 0.0
         self._frees_wake: threading.Event | None = None
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
@@ -1047,7 +1049,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         for ref in refs:
             owner = ref._owner
             if owner != self.address and not owner.startswith(self._owners_prefix) and not (
-                    self.relay is not None and is_relayed(owner)):
+                    self.relay is not None and self._in_this_cluster(owner)):
                 raise ForeignObjectRefError(
                     f"ObjectRef {ref.hex()} belongs to another ember cluster session (its owner {owner} is "
                     "not part of this one): refs do not outlive ember.shutdown(). Get its value before "

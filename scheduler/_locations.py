@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from typing import Any
 
 from ember.scheduler._address import is_relayed, parse_relay_address
@@ -33,6 +34,8 @@ from ember.scheduler._waiting import READY_INLINE, READY_STORE
 
 log = logging.getLogger("ember.core")
 
+CLUSTER_NODES_REFRESH_S = 1.0
+FREE_AT_EXIT_WAIT_S = 5.0
 LOST_COPY = "lost"  # _Entry.where of an object whose copy died with the node that held it
 LOCATION_OPS = frozenset({Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.PULL_FAILED, Op.OBJECT_LOST_AT})
 
@@ -49,6 +52,11 @@ class LocationMixin:
     _remote_frees: list[tuple[str, bytes]]
     _frees_wake: threading.Event | None
     closed: bool
+    session: Any
+    _token: bytes
+    _cluster_endpoints: set[str]
+    _cluster_endpoints_at: float
+    _peer: Any
     relay: str | None
     address: str
     store: Connection
@@ -70,6 +78,32 @@ class LocationMixin:
         if endpoint is None:
             endpoint = self._endpoints[address] = parse_relay_address(address).endpoint
         return endpoint
+
+    def _in_this_cluster(self, owner: str) -> bool:
+        """Whether ``owner`` is a process of this cluster: its node's relay is one the GCS service knows.
+
+        Asked at most once a second, and only for an endpoint not seen yet: a
+        ref from another cluster would otherwise send its holder asking a
+        stranger, which refuses the token, and then rebuilding the object.
+        """
+        from ember.exceptions import InvalidAddressError
+
+        try:
+            endpoint = self._endpoint(owner) if is_relayed(owner) else None
+        except InvalidAddressError:
+            return False
+        if endpoint is None or endpoint in self._cluster_endpoints:
+            return endpoint is not None
+        if time.monotonic() - self._cluster_endpoints_at >= CLUSTER_NODES_REFRESH_S:
+            from ember.lineage._rpc import GcsUnreachable, client_for
+
+            self._cluster_endpoints_at = time.monotonic()
+            try:
+                nodes = client_for(self.session.gcs_address, self._token).call("Nodes", {}, timeout_s=10.0)["nodes"]
+            except (GcsUnreachable, PermissionError):
+                return True  # cannot tell now: let it through rather than refuse a ref of this cluster
+            self._cluster_endpoints |= {self._endpoint(n["address"]) for n in nodes if is_relayed(n["address"])}
+        return endpoint in self._cluster_endpoints
 
     def _remote_ready(self, oid: bytes, entry: Any) -> bool:
         """An owned object in another node's store: here once pulled (call under the lock)."""
@@ -122,7 +156,13 @@ class LocationMixin:
             frees, self._remote_frees = self._remote_frees, []
         self.store.send((Op.FREE, [oid for oid, _ in stored]))
         for store, oids in _by_store(frees).items():
-            self.send_to(store, (Op.FREE, oids))
+            try:
+                conn = self._peer(store)
+                conn.send((Op.FREE, oids))
+                # Answered after the FREE before it: this process may exit the moment it returns.
+                conn.call(Op.STORE_STATS, timeout_s=FREE_AT_EXIT_WAIT_S)
+            except Exception as exc:
+                log.warning("could not free %d object(s) in the store at %s: %s", len(oids), store, exc)
 
     def _send_remote_frees(self) -> None:
         wake = self._frees_wake

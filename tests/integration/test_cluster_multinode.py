@@ -8,6 +8,7 @@ The runtime folder is private to this module.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -195,3 +196,13 @@ def test_an_actor_name_holds_across_the_cluster(three_nodes: LocalCluster) -> No
         return False
 
     assert poll_until(lambda: ember.get(name_free.options(**on(3)).remote(), timeout=GET_TIMEOUT_S), 30.0)
+
+
+def test_a_ref_of_another_cluster_is_refused_by_name(three_nodes: LocalCluster) -> None:
+    from ember.scheduler._object_ref import ObjectRef
+
+    stranger = ObjectRef(os.urandom(20), "grpc://127.0.0.1:9/tmp/ember-elsewhere/s/driver-0123456789abcdef")
+    with pytest.raises(ember.exceptions.ForeignObjectRefError, match="another ember cluster"):
+        ember.get(stranger, timeout=GET_TIMEOUT_S)
+    ours = filled.options(**on(2)).remote(10, 1)  # a ref of this cluster, owned here
+    assert ember.get(ours, timeout=GET_TIMEOUT_S).sum() == 10
