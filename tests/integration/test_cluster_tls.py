@@ -7,10 +7,12 @@ host, so clients check it through ``EMBER_TLS_SERVER_NAME``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -88,3 +90,18 @@ def test_half_a_tls_configuration_is_refused_naming_what_is_missing(tls_env: dic
 ])
 def test_what_counts_as_loopback(address: str, loopback: bool) -> None:
     assert _tls.is_loopback(address) is loopback
+
+
+def test_a_plaintext_listener_beyond_loopback_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    for name in (*_tls.FILE_ENVS, _tls.SERVER_NAME_ENV):
+        monkeypatch.delenv(name, raising=False)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ember.tls"):
+            assert _tls.add_port(server, "127.0.0.1:0", "a loopback listener")
+            assert "WITHOUT TLS" not in caplog.text
+            assert _tls.add_port(server, "0.0.0.0:0", "an exposed listener")
+        assert "an exposed listener listens on 0.0.0.0:0 WITHOUT TLS" in caplog.text
+    finally:
+        server.stop(None)
