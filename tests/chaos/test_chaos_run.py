@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -105,8 +106,9 @@ def test_a_run_fires_on_task_events_and_its_replay_fires_the_same(program: Path,
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["schedule"] == first["schedule"]
     # Task-count and task-start triggers replay exactly: the same faults at the same logical points.
-    # (Whether a store kill finds a store, or one still restarting, is up to timing.)
-    assert [f[:3] for f in _faults(second)][:len(fired)] == [f[:3] for f in fired]
+    # (Whether a store kill finds a store, or one still restarting, is up to timing; and which of two
+    # points comes first, the 40th finished task or the 4th start of add, is up to the schedule.)
+    assert Counter(f[:3] for f in fired) <= Counter(f[:3] for f in _faults(second))
     assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
 
 
