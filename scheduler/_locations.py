@@ -255,10 +255,12 @@ class LocationMixin:
             entry = self._objects.get(oid) if owner == self.address else None
             self._changed = True
         log.warning("object %s could not be fetched from nodes %s: %s", oid.hex(), sources, why)
+        # This node holds no copy either, though its owner was told it would (``_location``).
+        missing = [*sources, self.relay]
         if entry is not None:
-            self._on_lost_at(oid, sources)
+            self._on_lost_at(oid, missing)
         elif owner:
-            self.send_to(owner, (Op.OBJECT_LOST_AT, oid, sources))
+            self.send_to(owner, (Op.OBJECT_LOST_AT, oid, missing))
 
     def _on_lost_at(self, oid: bytes, endpoints: list[str]) -> None:
         """No copy of an owned object was found at these nodes: forget them; rebuild it if none is left."""

@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from ember.chaos._controller import Controller
+from ember.scheduler import local_nodes
 
 RUN_BOUND_S = 240.0
 
@@ -198,20 +199,29 @@ NODE_PROGRAM = textwrap.dedent("""
         refs = [work.options(resources={"spare": 0.01}).remote(i) for i in range(80)]
         sums = ember.get([total.remote(r) for r in refs], timeout=120)
         assert sums == [100_000 * i for i in range(80)], sums
+        # The GCS declares a killed node dead within a few seconds: wait for it (bounded).
+        deadline = time.monotonic() + 30
+        while sum(1 for n in ember.nodes() if n["Alive"]) > 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         print("result ok", sum(1 for n in ember.nodes() if n["Alive"]), "nodes alive")
         ember.shutdown()
 """)
 
 
-def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_path: Path):
+def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "nodes.py").write_text(NODE_PROGRAM)
     runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
     before = {p.pid for p in psutil.process_iter()}
     try:
         run = chaos("run", "--kill", "node", "--every-tasks", "30", "--max-faults", "1", "--seed", "3",
-                    "--report", "run.json", "--", sys.executable, "nodes.py", cwd=tmp_path,
+                    "--timeout", "90", "--report", "run.json", "--", sys.executable, "nodes.py", cwd=tmp_path,
                     env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
     finally:
+        # Node daemons detach from the program: a program killed on --timeout leaves them running.
+        monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
+        for node in local_nodes.local_nodes():
+            local_nodes.stop_node(node, 10.0)
         shutil.rmtree(runtime, ignore_errors=True)
     assert run.returncode == 0, run.stderr
     assert "result ok 2 nodes alive" in run.stdout  # the head and the driver's node are never chosen
