@@ -212,6 +212,10 @@ class LocationMixin:
                 with self._lock:
                     self._pulling[oid] = (conn.peer.get("address") or "", sources)
                 self.store.send_now((Op.PULL, oid, sources))
+            elif not self.files.exists(oid):
+                # Said to be here only, and it is not (this node's store restarted empty): the owner
+                # forgets this copy, and rebuilds the object if no other is left.
+                self.send_to(conn.peer.get("address") or "", (Op.OBJECT_LOST_AT, oid, [self.relay]))
         elif op == Op.OBJECT_VALUE:
             self._take_value(msg[1], msg[2])
         elif op == Op.PULL_FAILED:

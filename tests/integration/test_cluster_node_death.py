@@ -9,14 +9,17 @@ actor starts on another node and replays its logged calls.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
 import pytest
 
 import ember
+import ember.chaos
 from ember.chaos import LocalCluster
-from tests.fix_cluster import Counter
+from tests.fix_cluster import Counter, poll_until
 
 GET_TIMEOUT_S = 120.0
 
@@ -86,5 +89,30 @@ def test_an_object_whose_node_died_is_read_from_a_copy_on_another_node() -> None
             seen = ember.get(checksum.options(resources={"b": 0.01}).remote(made), timeout=GET_TIMEOUT_S)
             cluster.kill_node(cluster.nodes[1])  # node 3 holds the only copy now
             assert float(ember.get(made, timeout=GET_TIMEOUT_S).sum()) == seen  # the same numbers: not made again
+        finally:
+            ember.shutdown()
+
+
+def test_an_object_lost_with_another_nodes_store_is_rebuilt_when_read_there() -> None:
+    @ember.remote
+    def made(i: int) -> np.ndarray:
+        return np.full(200_000, i, dtype=np.int64)  # 1.6 MB: in the store of the node it ran on
+
+    nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"a": 1}}]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            ref = made.options(resources={"a": 0.01}).remote(7)  # on node 2, owned by this driver
+            # Read there first (a wait here would pull a copy to this node, which would then serve it).
+            assert ember.get(total.options(resources={"a": 0.01}).remote(ref), timeout=GET_TIMEOUT_S)[0] == 1_400_000
+            def node2_store() -> int | None:
+                return next((p.pid for p in ember.chaos.processes()
+                             if p.kind == "store" and p.node_id == cluster.nodes[1].node_id), None)
+
+            old = node2_store()
+            os.kill(old, signal.SIGKILL)  # node 2's supervisor starts an empty store
+            assert poll_until(lambda: node2_store() not in (None, old), 30.0), "node 2's store did not come back"
+            # Read on node 2 itself: its owner says "here", where it no longer is.
+            assert ember.get(total.options(resources={"a": 0.01}).remote(ref), timeout=GET_TIMEOUT_S)[0] == 1_400_000
         finally:
             ember.shutdown()
