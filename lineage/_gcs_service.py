@@ -164,9 +164,13 @@ class GcsService:
         if not all(isinstance(node_id, str) for node_id in avoid):
             raise BadRequest("avoid must list node ids")
         with self._lock:
-            nodes = [n for n in self._nodes.values() if n.alive and n.node_id not in set(avoid)]
-            placements = [_placement(nodes, task["resources"], task.get("inputs") or {}) for task in tasks]
-            addresses = {n.node_id: n.address for n in nodes}
+            alive = [n for n in self._nodes.values() if n.alive]
+            preferred = [n for n in alive if n.node_id not in set(avoid)]
+            # A task only an avoided node can run goes there all the same: it may be a blip, and if
+            # the node is dead, it is declared so within a second and the task fails then.
+            placements = [_placement(preferred, task["resources"], task.get("inputs") or {})
+                          or _placement(alive, task["resources"], task.get("inputs") or {}) for task in tasks]
+            addresses = {n.node_id: n.address for n in alive}
         return {"placements": placements, "addresses": addresses}
 
     def locate_actor(self, req: dict[str, Any]) -> dict[str, Any]:

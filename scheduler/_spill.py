@@ -123,6 +123,7 @@ class Spiller:
                     for spec, actor in items:
                         self._scheduler.unplaceable(spec, f"no live node of the cluster has {dict(spec.resources)}")
             elif not self._forward(node_id, addresses.get(node_id), items):
+                self._lost_nodes[node_id] = time.monotonic()  # unreachable: placed elsewhere meanwhile
                 unplaced += items
         self._scheduler.flush()
         if unplaced:
