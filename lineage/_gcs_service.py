@@ -34,12 +34,13 @@ HEARTBEAT_WRITE_S = 2.0  # how often last_heartbeat_at is written; death is dete
 
 
 class _Node:
-    __slots__ = ("node_id", "address", "resources", "available", "last_seen", "alive", "death_cause", "transfer",
-                 "queued", "placed")
+    __slots__ = ("node_id", "address", "endpoint", "resources", "available", "last_seen", "alive", "death_cause",
+                 "transfer", "queued", "placed")
 
     def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self.node_id = node_id
         self.address = address
+        self.endpoint = _endpoint(address)  # its relay's HOST:PORT, which names it in input locations
         self.resources = resources
         self.available = dict(resources)  # as of the node's last heartbeat
         self.last_seen = time.monotonic()
@@ -97,7 +98,8 @@ class GcsService:
             node = self._nodes.get(req["node_id"])
             if node is None:
                 node = self._nodes[req["node_id"]] = _Node(req["node_id"], req["address"], req["resources"])
-            node.address, node.resources, node.transfer = req["address"], req["resources"], req.get("transfer")
+            node.address, node.endpoint = req["address"], _endpoint(req["address"])
+            node.resources, node.transfer = req["resources"], req.get("transfer")
             node.alive, node.death_cause, node.last_seen = True, None, time.monotonic()
         return {"gcs_pid": os.getpid()}
 
@@ -301,8 +303,8 @@ def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, 
         return None
     best = min(fits, key=_load)
     if inputs:
-        holder = max(fits, key=lambda n: inputs.get(_endpoint(n.address), 0))
-        held = inputs.get(_endpoint(holder.address), 0)
+        holder = max(fits, key=lambda n: inputs.get(n.endpoint, 0))
+        held = inputs.get(holder.endpoint, 0)
         if held >= LOCALITY_BYTES_MIN and _load(holder) - _load(best) <= LOCALITY_SLACK:
             best = holder
     best.placed += 1
@@ -310,10 +312,14 @@ def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, 
 
 
 def _endpoint(address: str) -> str | None:
-    """The relay endpoint in a node's address (a node of a one-machine cluster has none)."""
+    """The relay endpoint in a node's address (a node of a one-machine cluster, or a malformed address, has none)."""
+    from ember.exceptions import InvalidAddressError
     from ember.scheduler._address import is_relayed, parse_relay_address
 
-    return parse_relay_address(address).endpoint if is_relayed(address) else None
+    try:
+        return parse_relay_address(address).endpoint if is_relayed(address) else None
+    except InvalidAddressError:
+        return None
 
 
 _EVENT_FIELDS: dict[str, dict[str, Any]] = {

@@ -72,6 +72,12 @@ def relay_address(host: str, port: int, path: str | Path) -> str:
     return str(parse_relay_address(address))  # refuses what could not be read back
 
 
+def through_relay(endpoint: str, path: str | Path) -> str:
+    """The address of the socket ``path`` on the node whose relay listens on ``endpoint`` (``HOST:PORT``)."""
+    host, port = split_host_port(endpoint, what="relay endpoint")
+    return relay_address(host, port, path)
+
+
 def split_host_port(text: str, what: str = "address") -> tuple[str, int]:
     """Read ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 allowed, for binding)."""
     if text.startswith("["):

@@ -32,10 +32,10 @@ from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin
 from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
-from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin  # noqa: F401 (LOST_COPY)
+from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
 from ember.scheduler import _messages
-from ember.scheduler._address import relay_address, split_host_port
+from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, connect, set_local_relay
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
 from ember.scheduler._session import RELAY_INFO_KEY, Session
@@ -77,9 +77,8 @@ class _Entry:
     __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where", "size", "copies")
 
     def __init__(self) -> None:
-        # In the store of the node of the process at this address, which wrote it (LOST_COPY: it died
-        # with that node);
-        # None: inline, or in this node's store.
+        # In the store of the node of the process at this address, which wrote it; LOST_COPY: it
+        # died with that node; None: inline, or in this node's store.
         self.where: str | None = None
         self.size = 0  # bytes, of an object in a store: for the global scheduler's input locality
         self.copies: list[str] | None = None  # processes on other nodes told where it is: their nodes pulled it
@@ -130,9 +129,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self.relay: str | None = info.get(RELAY_INFO_KEY)
         if self.relay is not None:
             set_local_relay(self.relay)
-            host, port = split_host_port(self.relay)
-            self.address = relay_address(host, port, socket_path)
-            self._owners_prefix = relay_address(host, port, session.sockets) + "/"
+            self.address = through_relay(self.relay, socket_path)
+            self._owners_prefix = through_relay(self.relay, session.sockets) + "/"
         self._token = session.token()
         self.files = ObjectFiles(session.shm_dir, session.spill_dir)
         self._lock = threading.RLock()
@@ -158,11 +156,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         # lookups to send, and the owner and node of each object being pulled here.
         self._locate_waiters: dict[bytes, set[str]] = {}
         self._to_locate: list[ObjectRef] = []
-        self._pulling: dict[bytes, tuple[str, str]] = {}
+        self._pulling: dict[bytes, tuple[str, list[str]]] = {}
         self._endpoints: dict[str, str] = {}
         self._remote_frees: list[tuple[str, bytes]] = []
-        self._cluster_endpoints: set[str] = set()  # relay endpoints of this cluster's nodes, as the GCS knew them
-        self._cluster_endpoints_at = 0.0
+        self._nodes: Any = None  # NodeDirectory of this cluster's nodes, made when first needed
         self._frees_wake: threading.Event | None = None
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.

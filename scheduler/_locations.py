@@ -24,17 +24,17 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-import time
 from typing import Any
 
 from ember.scheduler._address import is_relayed, parse_relay_address
+from ember.scheduler._node_directory import NodeDirectory
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._waiting import READY_INLINE, READY_STORE
+from ember.scheduler._spec import ArgKind
+from ember.scheduler._waiting import READY_INLINE, READY_STORE, grouped
 
 log = logging.getLogger("ember.core")
 
-CLUSTER_NODES_REFRESH_S = 1.0
 FREE_AT_EXIT_WAIT_S = 5.0
 LOST_COPY = "lost"  # _Entry.where of an object whose copy died with the node that held it
 LOCATION_OPS = frozenset({Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.PULL_FAILED, Op.OBJECT_LOST_AT})
@@ -54,9 +54,9 @@ class LocationMixin:
     closed: bool
     session: Any
     _token: bytes
-    _cluster_endpoints: set[str]
-    _cluster_endpoints_at: float
+    _nodes: Any  # NodeDirectory, made on the first ref owned on another node
     _peer: Any
+    _publish: Any
     relay: str | None
     address: str
     store: Connection
@@ -82,28 +82,24 @@ class LocationMixin:
     def _in_this_cluster(self, owner: str) -> bool:
         """Whether ``owner`` is a process of this cluster: its node's relay is one the GCS service knows.
 
-        Asked at most once a second, and only for an endpoint not seen yet: a
-        ref from another cluster would otherwise send its holder asking a
+        A ref from another cluster would otherwise send its holder asking a
         stranger, which refuses the token, and then rebuilding the object.
         """
         from ember.exceptions import InvalidAddressError
+        from ember.lineage._rpc import GcsUnreachable
 
         try:
             endpoint = self._endpoint(owner) if is_relayed(owner) else None
         except InvalidAddressError:
             return False
-        if endpoint is None or endpoint in self._cluster_endpoints:
-            return endpoint is not None
-        if time.monotonic() - self._cluster_endpoints_at >= CLUSTER_NODES_REFRESH_S:
-            from ember.lineage._rpc import GcsUnreachable, client_for
-
-            self._cluster_endpoints_at = time.monotonic()
-            try:
-                nodes = client_for(self.session.gcs_address, self._token).call("Nodes", {}, timeout_s=10.0)["nodes"]
-            except (GcsUnreachable, PermissionError):
-                return True  # cannot tell now: let it through rather than refuse a ref of this cluster
-            self._cluster_endpoints |= {self._endpoint(n["address"]) for n in nodes if is_relayed(n["address"])}
-        return endpoint in self._cluster_endpoints
+        if endpoint is None:
+            return False
+        if self._nodes is None:
+            self._nodes = NodeDirectory(self.session.gcs_address, self._token)
+        try:
+            return self._nodes.find(endpoint) is not None
+        except (GcsUnreachable, PermissionError):
+            return True  # cannot tell now: let it through rather than refuse a ref of this cluster
 
     def _remote_ready(self, oid: bytes, entry: Any) -> bool:
         """An owned object in another node's store: here once pulled (call under the lock)."""
@@ -124,8 +120,6 @@ class LocationMixin:
     def _input_bytes(self, spec: Any) -> dict[str, int]:
         """How many bytes of a task's inputs in stores this process owns, by node (relay endpoint): the
         global scheduler places a task it is given where most of them are (under the lock)."""
-        from ember.scheduler._spec import ArgKind
-
         found: dict[str, int] = {}
         for arg in (*spec.args, *spec.kwargs.values()) if spec.kwargs else spec.args:
             if arg[0] != ArgKind.REF or arg[2] != self.address:
@@ -155,7 +149,7 @@ class LocationMixin:
                 self._free_remote(oid, entry)
             frees, self._remote_frees = self._remote_frees, []
         self.store.send((Op.FREE, [oid for oid, _ in stored]))
-        for store, oids in _by_store(frees).items():
+        for store, oids in grouped(frees).items():
             try:
                 conn = self._peer(store)
                 conn.send((Op.FREE, oids))
@@ -172,17 +166,14 @@ class LocationMixin:
             wake.clear()
             with self._lock:
                 frees, self._remote_frees = self._remote_frees, []
-            for store, oids in _by_store(frees).items():
+            for store, oids in grouped(frees).items():
                 self.send_to(store, (Op.FREE, oids))
 
     def _send_locates(self) -> None:
         """Ask owners where the objects this process found missing are (outside the lock)."""
         with self._lock:
             refs, self._to_locate = self._to_locate, []
-        by_owner: dict[str, list[bytes]] = {}
-        for ref in refs:
-            by_owner.setdefault(ref._owner, []).append(ref._id)
-        for owner, oids in by_owner.items():
+        for owner, oids in grouped((ref._owner, ref._id) for ref in refs).items():
             self.send_to(owner, (Op.LOCATE, oids, self.address))
 
     def _answer_locates(self, oid: bytes, entry: Any) -> None:
@@ -239,15 +230,11 @@ class LocationMixin:
 
     def _take_value(self, oid: bytes, data: bytes) -> None:
         """A small object's bytes from its owner: into this node's store, for every process here."""
-        from ember.scheduler._core import _write_layout_bytes
-
-        if not self.files.exists(oid):
-            try:
-                _write_layout_bytes(self.files.shm_dir, oid, data)
-            except (ValueError, struct.error) as exc:  # not an object's layout: a bug or junk, refused
-                log.warning("refused object %s sent by its owner: %s", oid.hex(), exc)
-                return
-        self.store.send((Op.SEALED, oid, len(data), self.address))
+        try:
+            self._publish(oid, data)
+        except (ValueError, struct.error) as exc:  # not an object's layout: a bug or junk, refused
+            log.warning("refused object %s sent by its owner: %s", oid.hex(), exc)
+            return
         with self._lock:
             self._store_ready.add(oid)
             self._changed = True
@@ -279,9 +266,3 @@ class LocationMixin:
             entry.where, entry.copies = LOST_COPY, None
         threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()
 
-
-def _by_store(frees: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
-    by_store: dict[str, list[bytes]] = {}
-    for store, oid in frees:
-        by_store.setdefault(store, []).append(oid)
-    return by_store

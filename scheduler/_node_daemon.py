@@ -56,43 +56,40 @@ def cluster_token(address: str) -> bytes:
 
 def wait_for_gcs(address: str, token: bytes, timeout_s: float = GCS_READY_TIMEOUT_S) -> dict[str, Any]:
     """The GCS's ``Info`` once it answers and has loaded the cluster's state (bounded)."""
+    return _poll_gcs(address, token, "Info", lambda info: info if info.get("loaded") else None, 2.0, timeout_s,
+                     f"the GCS at {address} did not answer within {timeout_s:.0f}s")
+
+
+def _wait_registered(address: str, token: bytes, node_id: str, timeout_s: float = GCS_READY_TIMEOUT_S) -> None:
+    """Wait (bounded) until the cluster's GCS knows this node: from then on the node is part of the cluster."""
+    # The service answers Nodes once it has loaded the cluster's state (bounded on its side).
+    def registered(reply: dict[str, Any]) -> bool:
+        return any(n["node_id"] == node_id and n["alive"] for n in reply["nodes"])
+
+    _poll_gcs(address, token, "Nodes", registered, 6.0, timeout_s,
+              f"node {node_id} did not register with the GCS at {address} within {timeout_s:.0f}s")
+
+
+def _poll_gcs(address: str, token: bytes, method: str, ready: Any, call_timeout_s: float, timeout_s: float,
+              failure: str) -> Any:
+    """Call ``method`` until ``ready(reply)`` is truthy (and return that), within ``timeout_s``; else raise
+    ClusterStartError saying ``failure``. A refused token fails at once."""
     from ember.lineage._rpc import GcsUnreachable, client_for
 
-    deadline = time.monotonic() + timeout_s
     client = client_for(address, token)
+    deadline = time.monotonic() + timeout_s
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
-            info = client.call("Info", {}, timeout_s=max(0.1, min(2.0, deadline - time.monotonic())))
-            if info.get("loaded"):
-                return info
+            found = ready(client.call(method, {}, timeout_s=max(0.1, min(call_timeout_s, deadline - time.monotonic()))))
+            if found:
+                return found
         except PermissionError as exc:
             raise ClusterStartError(f"the GCS at {address} refused this node's token: {exc}") from exc
         except GcsUnreachable as exc:
             last = exc
         time.sleep(GCS_POLL_S)
-    raise ClusterStartError(f"the GCS at {address} did not answer within {timeout_s:.0f}s"
-                            + (f": {last}" if last else ""))
-
-
-def _wait_registered(address: str, token: bytes, node_id: str, timeout_s: float = GCS_READY_TIMEOUT_S) -> None:
-    """Wait (bounded) until the cluster's GCS knows this node: from then on the node is part of the cluster."""
-    from ember.lineage._rpc import GcsUnreachable, client_for
-
-    client = client_for(address, token)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            # The service answers Nodes once it has loaded the cluster's state (bounded on its side).
-            nodes = client.call("Nodes", {}, timeout_s=max(0.1, min(6.0, deadline - time.monotonic())))["nodes"]
-            if any(n["node_id"] == node_id and n["alive"] for n in nodes):
-                return
-        except PermissionError as exc:
-            raise ClusterStartError(f"the GCS at {address} refused this node's token: {exc}") from exc
-        except GcsUnreachable:
-            pass
-        time.sleep(GCS_POLL_S)
-    raise ClusterStartError(f"node {node_id} did not register with the GCS at {address} within {timeout_s:.0f}s")
+    raise ClusterStartError(failure + (f": {last}" if last else ""))
 
 
 def _join_target(address: str) -> JoinTarget:
@@ -134,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ember-node")
     parser.add_argument("--head", action="store_true")
     parser.add_argument("--address", default=None, help="the cluster to join (host:port)")
-    parser.add_argument("--bind", default="127.0.0.1", help="the node serves other nodes here (the head's GCS, every node's relay and object transfers)")
+    parser.add_argument("--bind", default="127.0.0.1",
+                        help="the node serves other nodes here (the head's GCS, every node's relay and transfers)")
     parser.add_argument("--port", type=int, default=_local_nodes.DEFAULT_PORT)
     parser.add_argument("--resources-json", required=True, help="num_cpus, num_gpus, resources, object_store_memory")
     parser.add_argument("--log-file", required=True)

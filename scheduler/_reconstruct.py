@@ -24,7 +24,7 @@ from typing import Any
 from ember.chaos import _agent
 from ember.exceptions import ObjectLostError
 from ember.lineage._replay_source import UNREACHABLE_WAIT_S
-from ember.scheduler._address import is_relayed, parse_relay_address
+from ember.scheduler._address import is_relayed
 from ember.scheduler._locations import LOST_COPY
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
@@ -82,7 +82,7 @@ class ReconstructionMixin:
             # its objects, and a dead one's socket refuses at once. On another
             # node the relay needs a moment to open the stream; a dead node's
             # relay refuses, or is not there, for all of it.
-            remote = is_relayed(address) and parse_relay_address(address).endpoint != self.relay  # type: ignore[attr-defined]
+            remote = is_relayed(address) and self._endpoint(address) != self.relay  # type: ignore[attr-defined]
             self._peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)  # type: ignore[attr-defined]
         except Exception:
             self._dead_owners.add(address)

@@ -203,5 +203,5 @@ def host_relay(session: Session, bind: str = DEFAULT_BIND) -> tuple[grpc.Server,
 
 def hosted_relay(session: Session) -> tuple[str, int] | None:
     """Where ``session``'s node relay listens, as its host recorded it; None if it hosts none."""
-    endpoint = session.read_info().get(RELAY_INFO_KEY)
+    endpoint = session.relay_endpoint()
     return None if endpoint is None else split_host_port(endpoint, what="the session's relay")

@@ -28,7 +28,7 @@ from ember.chaos import _agent
 from ember.scheduler._core import FailureCause
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler import _messages
-from ember.scheduler._address import relay_address, split_host_port
+from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
@@ -119,8 +119,7 @@ class Scheduler:
             # A node of a multi-node cluster: others reach this scheduler through the relay,
             # and tasks it should not run here go to the global scheduler.
             set_local_relay(relay)
-            host, port = split_host_port(relay)
-            self.address = relay_address(host, port, session.scheduler_socket)
+            self.address = through_relay(relay, session.scheduler_socket)
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.pool.snapshot()[1], queued=self._queued,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ember.chaos import _agent
@@ -221,11 +222,7 @@ class WaitingMixin:
                 release_sigint()
 
     def _ask_owners(self, refs: list[ObjectRef]) -> None:
-        by_owner: dict[str, list[bytes]] = {}
-        for ref in refs:
-            if ref._owner != self.address:
-                by_owner.setdefault(ref._owner, []).append(ref._id)
-        for owner, oids in by_owner.items():
+        for owner, oids in grouped((ref._owner, ref._id) for ref in refs if ref._owner != self.address).items():
             if self.owner_alive(owner):
                 self.send_to(owner, (Op.OBJECT_WANTED, oids))
             else:
@@ -321,3 +318,11 @@ class WaitingMixin:
         for ref, flag in zip(refs, flags):
             (ready if flag and len(ready) < num_returns else not_ready).append(ref)
         return ready, not_ready
+
+
+def grouped(pairs: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """``(place, object id)`` pairs as one list of ids per place (an owner, a store): one message to each."""
+    by_place: dict[str, list[bytes]] = {}
+    for place, oid in pairs:
+        by_place.setdefault(place, []).append(oid)
+    return by_place

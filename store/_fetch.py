@@ -3,7 +3,7 @@
 A core client that needs an object another node holds names that node by its
 relay endpoint (the ``HOST:PORT`` every address of a process there carries).
 The store learns which transfer endpoint serves that node's objects from the
-GCS service's node table, pulls the object with ``ObjectPuller`` on a thread
+GCS service's node table (``NodeDirectory``), pulls the object with ``ObjectPuller`` on a thread
 of its own (one pull per object, however many ask), and seals it: whoever
 subscribed is told it is ready, as for an object written here. A pull that
 no source completes tells the subscribers why (``Op.PULL_FAILED``); they ask
@@ -21,45 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ember.scheduler._address import is_relayed, parse_relay_address
+from ember.scheduler._node_directory import NodeDirectory
 from ember.scheduler._session import Session
 
 log = logging.getLogger("ember.store")
-
-DIRECTORY_REFRESH_S = 0.5  # a lookup that misses asks the GCS again, at most this often
-
-
-class TransferDirectory:
-    """Relay endpoint of a node -> the endpoint its store serves transfers on, from the GCS's node table."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._lock = threading.Lock()
-        self._known: dict[str, str] = {}
-        self._asked_at = 0.0
-
-    def lookup(self, relay_endpoint: str) -> str | None:
-        with self._lock:
-            found = self._known.get(relay_endpoint)
-            if found is not None or time.monotonic() - self._asked_at < DIRECTORY_REFRESH_S:
-                return found
-            self._asked_at = time.monotonic()
-        from ember.lineage._rpc import GcsUnreachable, client_for
-
-        try:
-            reply = client_for(self._session.gcs_address, self._session.token()).call("Nodes", {}, timeout_s=5.0)
-        except (GcsUnreachable, PermissionError) as exc:
-            log.warning("cannot learn where node %s serves its objects: %s", relay_endpoint, exc)
-            return None
-        known = {}
-        for node in reply.get("nodes", []):
-            address, transfer = node.get("address"), node.get("transfer")
-            if node.get("alive") and transfer and is_relayed(address):
-                known[parse_relay_address(address).endpoint] = transfer
-        with self._lock:
-            self._known = known
-            return known.get(relay_endpoint)
-
 
 class Fetcher:
     """Runs the store's pulls: ``request`` starts one per object; ``on_done(oid, size)`` or
@@ -70,7 +35,7 @@ class Fetcher:
         from ember.store._transfer_pull import ObjectPuller  # loads gRPC: only stores of multi-node clusters
 
         self._puller = ObjectPuller(files, session.token())
-        self._directory = TransferDirectory(session)
+        self._directory = NodeDirectory(session.gcs_address, session.token())
         self._on_done = on_done
         self._on_failed = on_failed
         self._lock = threading.Lock()
@@ -83,11 +48,22 @@ class Fetcher:
             self._pulling.add(oid)
         threading.Thread(target=self._fetch, args=(oid, relay_endpoints), name="ember-fetch", daemon=True).start()
 
+    def _transfer_endpoint(self, relay_endpoint: str) -> str | None:
+        """Where the store of the node at ``relay_endpoint`` serves its objects (the GCS's node table)."""
+        from ember.lineage._rpc import GcsUnreachable
+
+        try:
+            node = self._directory.find(relay_endpoint)
+        except (GcsUnreachable, PermissionError) as exc:
+            log.warning("cannot learn where node %s serves its objects: %s", relay_endpoint, exc)
+            return None
+        return node.get("transfer") if node is not None and node.get("alive") else None
+
     def _fetch(self, oid: bytes, relay_endpoints: list[str]) -> None:
         from ember.exceptions import ObjectTransferError
 
         try:
-            sources = [s for s in (self._directory.lookup(e) for e in relay_endpoints if type(e) is str) if s]
+            sources = [s for s in (self._transfer_endpoint(e) for e in relay_endpoints if type(e) is str) if s]
             if not sources:
                 self._on_failed(oid, f"no live node among {relay_endpoints} serves objects")
                 return
