@@ -24,7 +24,8 @@ from ember.chaos import LocalCluster
 from ember.scheduler import _tls
 
 pytestmark = [pytest.mark.usefixtures("private_runtime_dir"),
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")]
+              pytest.mark.skipif(shutil.which("openssl") is None,
+                                 reason="makes its test certificates with the openssl command, which is not installed")]
 
 GET_TIMEOUT_S = 120.0
 PLAINTEXT_WAIT_S = 3.0
