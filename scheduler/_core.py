@@ -208,6 +208,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
 
     # -- lifecycle -----------------------------------------------------------
 
+    def stop_listening(self) -> None:
+        """Close this process's listener and remove its socket file."""
+        self._listener.close()
+
     def close(self) -> None:
         self.closed = True
         self.closed_reason = "the cluster shut down"

@@ -26,7 +26,9 @@ def main(argv: list[str]) -> None:
     _agent.start("worker", node_id)
 
     def on_term(*_: object) -> None:
-        # A clean stop: lineage rows still queued (actor call order, attempts) reach the log first.
+        # A clean stop (a retired idle worker, a shutdown): no socket file is left for peers to
+        # knock on, and lineage rows still queued (actor call order, attempts) reach the log first.
+        core.stop_listening()
         if core.gcs is not None:
             core.gcs.writer.flush(LOG_FLUSH_ON_STOP_S)
         os._exit(0)

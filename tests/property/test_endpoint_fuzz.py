@@ -19,7 +19,10 @@ service's gRPC socket. What each example sends:
 After each example, the endpoint must still serve a proper client, every
 process of the cluster must have the pid it had, a task must give the right
 value, and both stored objects must read back unchanged. Faults are not
-injected here: the junk is the fault.
+injected here: the junk is the fault. The one process that may go is a task
+worker the scheduler retired after idling (the pool grows while tasks wait
+for a worker and shrinks back to ``num_cpus``); the GCS must have recorded
+that as its cause, and the junk meant for a worker goes to one still running.
 
 Run: ``.venv/bin/python -m pytest tests/property/test_endpoint_fuzz.py -q``
 (ci profile: fixed seed, a few dozen examples per test).
@@ -31,11 +34,12 @@ import json
 import os
 import pickle
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,11 +47,12 @@ from hypothesis import strategies as st
 import ember
 import ember.chaos
 from ember.lineage._rpc import SERVICE, TOKEN_KEY, client_for
-from ember.scheduler._listener import connect
+from ember.scheduler._listener import ClusterStartError, connect
 from ember.scheduler import _messages
 from ember.scheduler._protocol import FRAME_BYTES_MAX, OP_NAMES, PREAMBLE_MAGIC, Op
 from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, TaskKind, TaskSpec
 from tests.endpoint_junk import SideEffect, frame, send_raw
+from tests.fix_cluster import poll_until
 
 ENDPOINTS = ["scheduler", "store", "worker", "driver"]
 LARGE_BYTES = 1 << 20
@@ -69,6 +74,8 @@ class Cluster:
         self.small = ember.put({"answer": 42})
         self.large = ember.put(b"L" * LARGE_BYTES)
         assert ember.get(add_one.remote(1)) == 2  # the workers are up
+        info = client_for(self.session.gcs_address, self.token).call("Info")
+        self.conninfo, self.cluster_id = info["gcs_conninfo"], info["cluster_id"]
         self.pids = self._pids()
         self.marker = marker_dir / "unpickled"
 
@@ -81,11 +88,45 @@ class Cluster:
             return str(self.session.scheduler_socket)
         if endpoint == "store":
             return str(self.session.store_socket)
-        if endpoint == "driver":
-            return self.core.address
-        workers = sorted(self.session.sockets.glob("worker-*"))
-        assert workers, "no worker listener to fuzz"
-        return str(workers[0])
+        return self.core.address
+
+    def send(self, endpoint: str, data: bytes) -> None:
+        if endpoint == "worker":
+            self._at_a_worker(lambda path: send_raw(path, data))
+        else:
+            send_raw(self.socket_path(endpoint), data)
+
+    def _at_a_worker(self, use: Callable[[str], Any]) -> Any:
+        """``use(socket)`` at a running task worker; one that stopped listening must have retired."""
+        live = self._pids()
+        for worker_id, pid in self._gcs_rows("SELECT worker_id, pid FROM workers WHERE cluster_id = %s "
+                                             "AND kind = 'worker' AND actor_id IS NULL ORDER BY pid"):
+            if live.get(pid) != "worker":
+                continue
+            try:
+                return use(str(self.session.worker_socket("worker", bytes(worker_id))))
+            except (ConnectionRefusedError, FileNotFoundError, ClusterStartError):
+                self._assert_retired([pid])
+        raise AssertionError("no worker listener to fuzz")
+
+    def _assert_retired(self, pids: list[int]) -> None:
+        """Each of these task workers ended because the scheduler retired it after idling."""
+        def causes() -> dict[int, str | None]:
+            return dict(self._gcs_rows("SELECT pid, death_cause FROM workers WHERE cluster_id = %s "
+                                       "AND pid = ANY(%s)", pids))
+
+        def all_known() -> dict[int, str | None] | None:
+            found = causes()
+            return found if all(found.get(pid) for pid in pids) else None
+
+        # The scheduler reports a death to the GCS in the background: wait for every cause.
+        found = poll_until(all_known, timeout_s=30)
+        assert found and all(cause == "stopped after idling" for cause in found.values()), \
+            f"a worker died or was replaced: {found or causes()}"
+
+    def _gcs_rows(self, sql: str, *params: Any) -> list[tuple]:
+        with psycopg.connect(self.conninfo) as conn:
+            return conn.execute(sql, (self.cluster_id, *params)).fetchall()
 
     def check_healthy(self, endpoint: str) -> None:
         assert not self.marker.exists(), "a peer without the token got a pickle loaded"
@@ -93,12 +134,26 @@ class Cluster:
         assert ember.get(add_one.remote(41), timeout=30) == 42
         assert ember.get(self.small, timeout=30) == {"answer": 42}
         assert ember.get(self.large, timeout=30) == b"L" * LARGE_BYTES
-        assert self._pids() == self.pids, "a process of the cluster died or was replaced"
+        self._check_processes()
         assert ember.nodes()  # the GCS service answers
+
+    def _check_processes(self) -> None:
+        now = self._pids()
+        gone = [pid for pid, kind in self.pids.items() if pid not in now and kind == "worker"]
+        if gone:
+            self._assert_retired(gone)
+        steady = {pid: kind for pid, kind in self.pids.items() if pid not in gone}
+        assert {pid: kind for pid, kind in now.items() if pid in steady or kind != "worker"} == steady, \
+            "a process of the cluster died or was replaced"
+        self.pids = now  # the pool may have grown: new workers are watched from now on
 
     def _proper_client(self, endpoint: str) -> None:
         hello = {"kind": "fuzz-check", "pid": os.getpid()}
-        conn = connect(self.socket_path(endpoint), self.token, hello, lambda c, m: None, name=f"check-{endpoint}")
+        if endpoint == "worker":
+            conn = self._at_a_worker(lambda path: connect(path, self.token, hello, lambda c, m: None,
+                                                          name="check-worker", timeout_s=2))
+        else:
+            conn = connect(self.socket_path(endpoint), self.token, hello, lambda c, m: None, name=f"check-{endpoint}")
         try:
             if endpoint == "scheduler":
                 assert conn.call(Op.RESOURCES, timeout_s=10)[0]["CPU"] == 2.0
@@ -192,7 +247,7 @@ def test_no_token_no_unpickling(cluster: Cluster, endpoint: str, junk: bytes, ki
         "wrong-token": PREAMBLE_MAGIC + wrong + bomb + junk,
         "wrong-magic": b"EMBR\x02" + cluster.token + bomb,
     }[kind]
-    send_raw(cluster.socket_path(endpoint), data)
+    cluster.send(endpoint, data)
     cluster.check_healthy(endpoint)
 
 
@@ -212,7 +267,7 @@ def test_right_token_then_bad_frames(cluster: Cluster, endpoint: str, junk: byte
         "not-tuples": hello + frame([junk, [1, 2], None]),
         "bad-hello": frame([(Op.HELLO, {"kind": junk, "pid": "not a pid"})]) + frame([(Op.RESOURCES, 1)]),
     }[kind]
-    send_raw(cluster.socket_path(endpoint), preamble + body)
+    cluster.send(endpoint, preamble + body)
     cluster.check_healthy(endpoint)
 
 
@@ -231,7 +286,7 @@ def test_well_formed_messages_with_unknown_ids(cluster: Cluster, endpoint: str, 
 def _send_messages(cluster: Cluster, endpoint: str, batch: list) -> None:
     preamble = PREAMBLE_MAGIC + cluster.token
     hello = frame([(Op.HELLO, {"kind": "fuzz", "pid": os.getpid()})])
-    send_raw(cluster.socket_path(endpoint), preamble + hello + frame(batch))
+    cluster.send(endpoint, preamble + hello + frame(batch))
     cluster.check_healthy(endpoint)
 
 
