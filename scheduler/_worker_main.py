@@ -34,6 +34,10 @@ def main(argv: list[str]) -> None:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
+    # SIGINT is how a running task is cancelled (``Executor._cancel``). A driver started with
+    # SIGINT ignored (nohup, `cmd &` in a script) passes that on to every process it starts:
+    # the worker takes Python's own handler back, or cancels would go unnoticed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     executor = Executor(core)
     executor.run_forever()
 

@@ -10,6 +10,7 @@ import pytest
 
 import ember
 from ember import exceptions as ex
+from tests.fix_cluster import run_script
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
@@ -285,6 +286,34 @@ def test_cancel_queued_and_running_tasks():
     for ref in refs:
         with pytest.raises(ex.TaskCancelledError):
             ember.get(ref, timeout=30)
+
+
+def test_a_running_task_is_cancelled_when_the_driver_was_started_with_ctrl_c_ignored(tmp_path):
+    # nohup, or `python job.py &` in a script: the driver and what it starts inherit SIGINT
+    # ignored, and SIGINT is how a worker is told to stop its running task.
+    result = run_script(f"""
+        import os, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        import ember
+
+        @ember.remote
+        def sleepy():
+            open({str(tmp_path / "started")!r}, "w").close()
+            time.sleep(60)
+
+        ember.init(num_cpus=1)
+        ref = sleepy.remote()
+        deadline = time.monotonic() + 60
+        while not os.path.exists({str(tmp_path / "started")!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ember.cancel(ref)
+        try:
+            ember.get(ref, timeout=30)
+        except ember.exceptions.TaskCancelledError:
+            print("CANCELLED")
+        ember.shutdown()
+    """)
+    assert "CANCELLED" in result.stdout, result.stdout + result.stderr
 
 
 def test_infeasible_requests_fail_at_once():

@@ -183,12 +183,18 @@ def test_a_ctrl_c_during_a_read_is_raised_after_it() -> None:
 
     from ember.scheduler._shared_read import hold_sigint, release_sigint
 
-    waiter = PipeWaiter()
-    assert hold_sigint(waiter)
+    # Python's own Ctrl-C handler, as in an interactive program: a suite started in the
+    # background of a non-interactive shell inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert poll_readable(-1, waiter.r, WAIT_S)[1]  # it woke the read's poll, and raised nothing yet
-    except KeyboardInterrupt:
-        pytest.fail("the Ctrl-C was raised inside the read")
-    with pytest.raises(KeyboardInterrupt):
-        release_sigint()
+        waiter = PipeWaiter()
+        assert hold_sigint(waiter)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert poll_readable(-1, waiter.r, WAIT_S)[1]  # it woke the read's poll, and raised nothing yet
+        except KeyboardInterrupt:
+            pytest.fail("the Ctrl-C was raised inside the read")
+        with pytest.raises(KeyboardInterrupt):
+            release_sigint()
+    finally:
+        signal.signal(signal.SIGINT, previous)
