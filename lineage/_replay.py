@@ -261,18 +261,19 @@ class Replayer:
             raise  # the replay's own trouble, or the person at the debugger quit: not the task's outcome
         except BaseException as exc:  # noqa: BLE001 - user code: its exception is the outcome
             marker = _Unavailable(str(exc), needs_cluster=True) if _is_not_initialized(exc) else _Failure(exc)
+        recorded = self.reads.recorded(task_id, result_ids)
+        recorded_hashes = tuple(recorded.hashes[oid] for oid in result_ids)
         replayed: tuple = ()
         if marker is None:
             try:
-                replayed = tuple(_value_hash(v) for v in values)
+                # Each made like the log's (an older log's hashes use another algorithm).
+                replayed = tuple(_value_hash(v, then) for v, then in zip(values, recorded_hashes))
             except Exception as exc:  # noqa: BLE001 - a worker fails the task on an unpicklable result
                 marker = _Failure(exc)
         for oid, value in zip(result_ids, values if marker is None else [marker] * len(result_ids)):
             self.objects[oid] = value
         if isinstance(marker, _Failure):
             error = marker.error
-        recorded = self.reads.recorded(task_id, result_ids)
-        recorded_hashes = tuple(recorded.hashes[oid] for oid in result_ids)
         if isinstance(marker, _Unavailable):
             verdict = Verdict.NEEDS_CLUSTER if marker.needs_cluster else Verdict.INPUT_UNAVAILABLE
         else:
@@ -328,10 +329,10 @@ def _call(fn: Callable, args: list, kwargs: dict, debugger: bool) -> Any:
         raise
 
 
-def _value_hash(value: Any) -> bytes:
+def _value_hash(value: Any, like: bytes | None) -> bytes:
     from ember.store._content_hash import value_hash
 
-    return value_hash(value)
+    return value_hash(value, like)
 
 
 def _is_not_initialized(exc: BaseException) -> bool:

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ember.scheduler._node_directory import NodeDirectory
@@ -28,13 +29,15 @@ log = logging.getLogger("ember.store")
 
 class Fetcher:
     """Runs the store's pulls: ``request`` starts one per object; ``on_done(oid, size)`` or
-    ``on_failed(oid, why)`` is called from the fetch thread when it ends."""
+    ``on_failed(oid, why)`` is called from the fetch thread when it ends. ``segment_for(size)``
+    offers a recycled file to write an arriving object into."""
 
     def __init__(self, session: Session, files: Any, on_done: Callable[[bytes, int], None],
-                 on_failed: Callable[[bytes, str], None]) -> None:
+                 on_failed: Callable[[bytes, str], None],
+                 segment_for: Callable[[int], Path | None] | None = None) -> None:
         from ember.store._transfer_pull import ObjectPuller  # loads gRPC: only stores of multi-node clusters
 
-        self._puller = ObjectPuller(files, session.token())
+        self._puller = ObjectPuller(files, session.token(), segment_for=segment_for)
         self._directory = NodeDirectory(session.gcs_address, session.token())
         self._on_done = on_done
         self._on_failed = on_failed

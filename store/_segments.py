@@ -98,17 +98,31 @@ class ObjectFiles:
                 raise self._too_large(size, shm_free, spill_free)
         return self._write_new(self.spill_dir, object_id, obj)
 
-    def create_incoming(self, object_id: bytes, total_bytes: int) -> tuple[int, Path]:
+    def create_incoming(self, object_id: bytes, total_bytes: int, segment: Path | None = None) -> tuple[int, Path]:
         """A temporary file with all ``total_bytes`` reserved, for an object that arrives in pieces.
 
-        Returns ``(fd, path)``: in shared memory if it has room, else on the
-        spill disk. Nobody can map it by the object's id until
-        ``publish_incoming``; the caller closes ``fd`` and unlinks ``path`` if
-        it gives up.
+        Returns ``(fd, path)``: ``segment`` (a free file of at least
+        ``total_bytes``, cut to size) when given and still free, else a new
+        file in shared memory if it has room, else on the spill disk. Writes
+        into a recycled segment skip allocating and zeroing every page (half
+        the cost of a new file, measured on tmpfs). Nobody can map it by the
+        object's id until ``publish_incoming``; the caller closes ``fd`` and
+        unlinks ``path`` if it gives up.
         """
         _check_id(object_id)
         if total_bytes < HEADER_BYTES:
             raise ValueError(f"an object has at least {HEADER_BYTES} bytes, got {total_bytes}")
+        if segment is not None:
+            claimed = self._claim_segment(Path(segment), object_id, total_bytes)
+            if claimed is not None:
+                fd, tmp = claimed
+                try:
+                    os.ftruncate(fd, total_bytes)
+                except BaseException:
+                    os.close(fd)
+                    _unlink_quietly(tmp)
+                    raise
+                return claimed
         free = {directory: _free_bytes(directory) for directory in (self.shm_dir, self.spill_dir)}
         for directory, free_bytes in free.items():
             if free_bytes < total_bytes:
@@ -287,9 +301,27 @@ class ObjectFiles:
             os.close(fd)
 
     def _write_segment(self, object_id: bytes, obj: SerializedObject, segment: Path) -> Path | None:
-        segment_bytes = segment.stat().st_size
-        if segment_bytes < obj.total_size:
-            raise ValueError(f"segment {segment} has {segment_bytes} bytes, the object needs {obj.total_size}")
+        claimed = self._claim_segment(segment, object_id, obj.total_size)
+        if claimed is None:
+            return None
+        fd, tmp = claimed
+        try:
+            return _fill_and_publish(fd, tmp, self.shm_dir, object_id, obj)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(fd)
+
+    def _claim_segment(self, segment: Path, object_id: bytes, size: int) -> tuple[int, Path] | None:
+        """Take the free file ``segment`` for ``object_id``: ``(fd, temporary path)``, the fd holding
+        the exclusive lock; None if another writer took it first or a stale reader still maps it."""
+        try:
+            segment_bytes = segment.stat().st_size
+        except FileNotFoundError:
+            return None  # taken by another writer, or cleared by a restarted store
+        if segment_bytes < size:
+            raise ValueError(f"segment {segment} has {segment_bytes} bytes, the object needs {size}")
         tmp = self._tmp_path(self.shm_dir, object_id)
         try:
             os.rename(segment, tmp)  # claims it: a second writer's rename fails
@@ -299,13 +331,13 @@ class ObjectFiles:
         try:
             if not _lock(fd, fcntl.LOCK_EX, _SEGMENT_LOCK_WAIT_S):
                 _unlink_quietly(tmp)  # someone still maps it; let their mapping keep the pages
+                os.close(fd)
                 return None
-            return _fill_and_publish(fd, tmp, self.shm_dir, object_id, obj)
         except BaseException:
+            os.close(fd)
             _unlink_quietly(tmp)
             raise
-        finally:
-            os.close(fd)
+        return fd, tmp
 
     @staticmethod
     def _tmp_path(directory: Path, object_id: bytes) -> Path:

@@ -151,8 +151,17 @@ class Store:
         if self._fetcher is None:
             from ember.store._fetch import Fetcher
 
-            self._fetcher = Fetcher(self.session, self.files, self._fetched, self._fetch_failed)
+            self._fetcher = Fetcher(self.session, self.files, self._fetched, self._fetch_failed, self._segment_for_pull)
         self._fetcher.request(oid, relay_endpoints)
+
+    def _segment_for_pull(self, size: int) -> Path | None:
+        """A recycled segment for an object arriving from another node (called on the fetch thread).
+        None prepares none: prefaulting one while the pull writes would slow both."""
+        if size > self.capacity_bytes:
+            return None
+        with self._lock:
+            path = self._alloc_segment(size, prepare=False)
+        return Path(path) if path is not None else None
 
     def _fetched(self, oid: bytes, size: int) -> None:
         with self._lock:
@@ -186,7 +195,7 @@ class Store:
                 return
         self.files.delete(oid)
 
-    def _alloc_segment(self, size: int) -> str | None:
+    def _alloc_segment(self, size: int, prepare: bool = True) -> str | None:
         best = None
         for i, (seg_size, _) in enumerate(self._free_segments):
             if seg_size >= size and seg_size <= size * 2 and (best is None or seg_size < self._free_segments[best][0]):
@@ -195,8 +204,9 @@ class Store:
             # Nothing fits: prepare one, so the next put of this size writes
             # into pre-faulted memory. Only on a miss: freed objects come back
             # as segments, and prefaulting while a put copies slows both.
-            self._wanted_segment = size
-            self._refill.set()
+            if prepare:
+                self._wanted_segment = size
+                self._refill.set()
             return None
         _, path = self._free_segments.pop(best)
         return str(path)

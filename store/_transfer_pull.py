@@ -266,9 +266,11 @@ class _StallWatch:
 class _IncomingFile:
     """The temporary file one pull writes into: created at the first chunk, kept across attempts and ranges."""
 
-    def __init__(self, files: ObjectFiles, object_id: bytes) -> None:
+    def __init__(self, files: ObjectFiles, object_id: bytes,
+                 segment_for: Callable[[int], Path | None] | None = None) -> None:
         self._files = files
         self._object_id = object_id
+        self._segment_for = segment_for
         self._lock = threading.Lock()  # the ranges' first chunks may come at once: one file for all
         self._fd = -1
         self._path: Path | None = None
@@ -276,7 +278,8 @@ class _IncomingFile:
     def write(self, data: bytes, offset: int, total_bytes: int) -> None:
         with self._lock:
             if self._path is None:
-                self._fd, self._path = self._files.create_incoming(self._object_id, total_bytes)
+                segment = self._segment_for(total_bytes) if self._segment_for is not None else None
+                self._fd, self._path = self._files.create_incoming(self._object_id, total_bytes, segment)
         _pwritev_all(self._fd, [data], offset)
 
     def publish(self) -> Path:
@@ -363,16 +366,19 @@ class ObjectPuller:
     """Pulls objects into ``files`` from other stores that hold ``token``; keeps a channel per source and lane.
 
     An object of at least ``split_bytes_min`` bytes comes in ``parallel_streams``
-    ranges at once, each over a connection of its own.
+    ranges at once, each over a connection of its own. ``segment_for(size)``,
+    if given, offers a free file of at least ``size`` bytes to write it into.
     """
 
     def __init__(self, files: ObjectFiles, token: bytes, stall_timeout_s: float = STALL_TIMEOUT_S,
                  attempts_per_source_max: int = ATTEMPTS_PER_SOURCE_MAX,
                  clock: Callable[[], float] = time.monotonic, parallel_streams: int = PARALLEL_STREAMS,
-                 split_bytes_min: int = SPLIT_BYTES_MIN) -> None:
+                 split_bytes_min: int = SPLIT_BYTES_MIN,
+                 segment_for: Callable[[int], Path | None] | None = None) -> None:
         if parallel_streams < 1:
             raise ValueError(f"parallel_streams must be at least 1, got {parallel_streams}")
         self._files = files
+        self._segment_for = segment_for
         self._metadata = token_metadata(token)
         self._stall_timeout_s = stall_timeout_s
         self._attempts_per_source_max = attempts_per_source_max
@@ -398,7 +404,7 @@ class ObjectPuller:
         if path is not None:
             return PullResult(path, self._files.size_of(object_id) or 0, ())
         receipt = Receipt(object_id, self._split_bytes_min, self._parallel_streams)
-        pull = _Pull(receipt, _IncomingFile(self._files, object_id), sources, timeout_s, self._clock() + timeout_s,
+        pull = _Pull(receipt, _IncomingFile(self._files, object_id, self._segment_for), sources, timeout_s, self._clock() + timeout_s,
                      progress)
         try:
             self._pull_ranges(pull, receipt.ranges[:1])  # the whole object, or its header only when it is large

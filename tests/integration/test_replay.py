@@ -149,6 +149,33 @@ def test_a_deterministic_task_matches_its_recorded_hash(job):
     assert result.rebuilt == ()  # a small put its owner held travels in the spec itself
 
 
+def test_a_log_from_before_xxh3_hashes_is_compared_with_sha256(job):
+    import hashlib
+
+    from ember.store._serialization import HEADER_BYTES, serialize, to_bytes
+
+    # Such a log holds SHA-256's first 16 bytes of the kind byte and the layout after the header.
+    layout = to_bytes(serialize(6), b"")
+    legacy = hashlib.sha256(layout[6:7] + layout[HEADER_BYTES:]).digest()[:16]
+    oid = bytes.fromhex(job["total"]) + (1).to_bytes(4, "big")
+    conninfo, release = locate_log()
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            (current,) = conn.execute("SELECT content_hash FROM objects WHERE object_id = %s", (oid,)).fetchone()
+            assert len(current) == 17 and current[:1] == b"\x01"  # an algorithm byte, then XXH3-128
+            try:
+                for logged, verdict in ((legacy, Verdict.MATCHES), (bytes(16), Verdict.DIFFERS)):
+                    conn.execute("UPDATE objects SET content_hash = %s WHERE object_id = %s", (logged, oid))
+                    result = replay_task(job["total"])
+                    assert result.verdict is verdict
+                    assert result.recorded_hashes == (logged,) and result.replayed_hashes == (legacy,)
+            finally:
+                conn.execute("UPDATE objects SET content_hash = %s WHERE object_id = %s", (current, oid))
+    finally:
+        if release is not None:
+            release()
+
+
 def test_a_large_put_whose_copy_went_with_its_job_is_reported(job):
     with pytest.raises(ReplayInputError, match="was an ember.put and no copy of it is left"):
         replay_task(job["large_put_reader"])

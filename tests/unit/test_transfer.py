@@ -252,6 +252,35 @@ def test_an_incoming_object_is_invisible_until_published_whole(files):
     assert sorted(p.name for p in files.shm_dir.iterdir()) == [OBJECT_ID.hex()]
 
 
+def test_an_incoming_object_fills_a_recycled_segment_cut_to_its_size(files, tmp_path):
+    from ember.store._segments import prefault_segment
+
+    layout = _layout()
+    segment = tmp_path / "free-segment"
+    prefault_segment(segment, len(layout) + 5000)
+    inode = segment.stat().st_ino
+    fd, tmp = files.create_incoming(OBJECT_ID, len(layout), segment)
+    try:
+        assert not segment.exists() and os.fstat(fd).st_ino == inode  # the segment's pages, not a new file's
+        assert os.fstat(fd).st_size == len(layout)
+        os.pwrite(fd, layout, 0)
+    finally:
+        os.close(fd)
+    files.publish_incoming(tmp, OBJECT_ID)
+    assert bytes(files.open(OBJECT_ID)) == layout
+
+
+def test_a_segment_gone_meanwhile_leaves_the_object_a_new_file(files, tmp_path):
+    layout = _layout()
+    fd, tmp = files.create_incoming(OBJECT_ID, len(layout), tmp_path / "claimed-by-another-writer")
+    os.close(fd)
+    assert tmp.parent == files.shm_dir and os.stat(tmp).st_size == len(layout)
+    small = tmp_path / "small-segment"
+    small.write_bytes(bytes(len(layout) - 1))
+    with pytest.raises(ValueError, match="needs"):
+        files.create_incoming(OBJECT_ID, len(layout), small)  # too small: a bug in the caller
+
+
 def test_the_first_published_copy_is_kept(files):
     first, second = _layout(), _layout()
     files.publish_incoming(_receive(files, first), OBJECT_ID)
