@@ -91,6 +91,27 @@ def die_with_parent() -> None:
         os._exit(1)  # the parent died before the request took effect
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_buffers(mmap_threshold_bytes: int, trim_threshold_bytes: int) -> None:
+    """Let glibc's malloc reuse freed buffers below ``mmap_threshold_bytes`` instead of returning them.
+
+    A process that streams megabyte messages (gRPC's receive buffers, the
+    bytes of each chunk) otherwise gets fresh pages for each one: a page fault
+    and a zeroed page per 4 KiB, ~15% of a store's CPU per pull (perf record of a store receiving 400 MiB).
+    Freed memory up to ``trim_threshold_bytes`` stays with the process.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold_bytes)
+    except (OSError, AttributeError):  # not glibc: its allocator's own defaults
+        return
+
+
 def kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:

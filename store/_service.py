@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
             leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if args.transfer_bind is not None:
+        # Chunks of 1 MiB stream through this process in both directions (limits: see _procutil).
+        _procutil.keep_freed_buffers(mmap_threshold_bytes=4 << 20, trim_threshold_bytes=32 << 20)
         _serve_transfers(store, args.transfer_bind)
     store.start()
     _agent.start("store")
