@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +58,11 @@ def _ask_node(core: Any, address: str) -> list[dict]:
     """Another node's processes, from its scheduler (through its relay); [] if it does not answer."""
     from ember.scheduler._listener import connect
 
+    # A hello without this process's address: a scheduler takes the close of a connection that
+    # names an owner for that owner's exit, and would stop the actors it made.
+    hello = {"kind": "processes", "pid": os.getpid()}
     try:
-        conn = connect(address, core._token, core._hello, lambda conn, msg: None, None, "processes",
+        conn = connect(address, core._token, hello, lambda conn, msg: None, None, "processes",
                        timeout_s=NODE_ASK_TIMEOUT_S)
     except Exception:
         return []

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import ember
+import ember.chaos
 from ember.chaos import LocalCluster
 from ember.exceptions import AlreadyInitializedError, InfeasibleResourceError
 from tests.fix_cluster import Counter, poll_until, run_script
@@ -142,6 +143,16 @@ def test_an_actor_runs_on_the_node_it_needs_and_takes_calls_from_every_node(thre
     ember.kill(counter)
     with pytest.raises(ember.exceptions.ActorDiedError):
         ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S)
+
+
+def test_listing_the_processes_leaves_the_drivers_actors_on_other_nodes_running(three_nodes: LocalCluster) -> None:
+    counter = Counter.options(**on(2)).remote()
+    assert ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S) == 1
+    listed = {p.node_id for p in ember.chaos.processes() if p.kind == "scheduler"}
+    assert listed == {node.node_id for node in three_nodes.nodes}
+    # Asking node 2 for its processes opened and closed a connection there: not the driver's exit.
+    assert ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S) == 2
+    ember.kill(counter)
 
 
 def test_a_drivers_objects_on_other_nodes_are_freed_when_it_disconnects(three_nodes: LocalCluster) -> None:
