@@ -72,7 +72,33 @@ class ClusterTable:
         )])
         return [{"node_id": r[0], "address": r[1], "resources": r[2] or {}} for r in rows]
 
+    def live_actor_processes(self) -> dict[str, str]:
+        """Actor id (hex) -> the node its latest live process runs on, from the processes table."""
+        (rows,) = self._run([(
+            "SELECT actor_id, node_id FROM workers WHERE cluster_id = %s AND actor_id IS NOT NULL "
+            "AND ended_at IS NULL AND node_id IS NOT NULL ORDER BY started_at",
+            (self.cluster_id,),
+        )])
+        return {bytes(r[0]).hex(): r[1] for r in rows}  # the latest start wins
+
+    def actor_names(self) -> dict[str, tuple[str, str]]:
+        """Name -> (actor id hex, handle metadata) of this cluster's named actors."""
+        (rows,) = self._run([("SELECT name, actor_id, meta FROM actor_names WHERE cluster_id = %s",
+                              (self.cluster_id,))])
+        return {r[0]: (bytes(r[1]).hex(), r[2]) for r in rows}
+
     # -- writes -------------------------------------------------------------------------
+
+    def name_claimed(self, name: str, actor_id_hex: str, meta: str) -> None:
+        self._run([(
+            "INSERT INTO actor_names (cluster_id, name, actor_id, meta) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (cluster_id, name) DO UPDATE SET actor_id = EXCLUDED.actor_id, meta = EXCLUDED.meta",
+            (self.cluster_id, name, bytes.fromhex(actor_id_hex), meta),
+        )])
+
+    def name_released(self, name: str, actor_id_hex: str) -> None:
+        self._run([("DELETE FROM actor_names WHERE cluster_id = %s AND name = %s AND actor_id = %s",
+                    (self.cluster_id, name, bytes.fromhex(actor_id_hex)))])
 
     def node_started(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self._run([(

@@ -24,13 +24,14 @@ import time
 from typing import Any
 
 from ember.lineage._cluster_table import ClusterTable
-from ember.lineage._rpc import BadRequest, serve
+from ember.lineage._rpc import BadRequest, Unavailable, serve
 
 log = logging.getLogger("ember.gcs")
 
 HEARTBEAT_S = 0.2
 NODE_DEAD_AFTER_S = float(os.environ.get("EMBER_NODE_DEAD_AFTER_S", "1.0"))
 HEARTBEAT_WRITE_S = 2.0  # how often last_heartbeat_at is written; death is detected in memory
+LOAD_WAIT_S = 1.0  # a call about actors or names waits this long for the start's load, then says "retry"
 
 
 class _Node:
@@ -178,6 +179,7 @@ class GcsService:
     def locate_actor(self, req: dict[str, Any]) -> dict[str, Any]:
         """The live node an actor's process runs on, with its scheduler's address; {} if none is known."""
         _require(req, actor_id=str)
+        self._require_loaded()
         with self._lock:
             node = self._nodes.get(self._actor_nodes.get(req["actor_id"], ""))
             if node is None or not node.alive:
@@ -185,17 +187,31 @@ class GcsService:
             return {"node_id": node.node_id, "address": node.address}
 
     def claim_name(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Name an actor cluster-wide; {"error": why} if a live actor has the name (its own claim again is fine)."""
+        """Name an actor cluster-wide; {"error": why} if a live actor has the name (its own claim again is fine).
+
+        Kept in PostgreSQL before the answer, so a restarted service still knows it.
+        """
         _require(req, name=str, actor_id=str, meta=str)
+        _require_hex(req, "actor_id")
+        self._require_loaded()
+        name, claim = req["name"], (req["actor_id"], req["meta"])
         with self._lock:
-            held = self._names.get(req["name"])
-            if held is not None and held[0] != req["actor_id"]:
-                return {"error": f"an actor named {req['name']!r} already exists"}
-            self._names[req["name"]] = (req["actor_id"], req["meta"])
+            held = self._names.get(name)
+            if held is not None and held[0] != claim[0]:
+                return {"error": f"an actor named {name!r} already exists"}
+            self._names[name] = claim
+        try:
+            self.table.name_claimed(name, *claim)
+        except Exception:
+            with self._lock:
+                if self._names.get(name) == claim and held is None:
+                    del self._names[name]  # not durable: not claimed
+            raise
         return {}
 
     def lookup_name(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, name=str)
+        self._require_loaded()
         with self._lock:
             held = self._names.get(req["name"])
         return {} if held is None else {"actor_id": held[0], "meta": held[1]}
@@ -203,10 +219,17 @@ class GcsService:
     def release_name(self, req: dict[str, Any]) -> dict[str, Any]:
         """Free a name, if ``actor_id`` still holds it (the actor died)."""
         _require(req, name=str, actor_id=str)
+        _require_hex(req, "actor_id")
         with self._lock:
             if self._names.get(req["name"], ("",))[0] == req["actor_id"]:
                 del self._names[req["name"]]
+        self.table.name_released(req["name"], req["actor_id"])
         return {}
+
+    def _require_loaded(self) -> None:
+        """Actors and names come back from PostgreSQL when the service starts: no answer from before."""
+        if not self.loaded.wait(LOAD_WAIT_S):
+            raise Unavailable("the GCS service is loading the cluster's actors and names from PostgreSQL")
 
     def _note_actors(self, node_id: str, events: list[dict[str, Any]] | None) -> None:
         """Remember where each actor's process started (events were checked already)."""
@@ -234,6 +257,15 @@ class GcsService:
         for row in self._retry(self.table.live_nodes):
             with self._lock:
                 self._nodes.setdefault(row["node_id"], _Node(row["node_id"], row["address"], row["resources"]))
+        # Where each actor runs, as the processes table has it: schedulers that did not place an
+        # actor find it through this directory, and a restarted service must not forget it.
+        actors = self._retry(self.table.live_actor_processes)
+        names = self._retry(self.table.actor_names)
+        with self._lock:
+            for actor_id, node_id in actors.items():
+                self._actor_nodes.setdefault(actor_id, node_id)  # a start reported since is newer
+            for name, claim in names.items():
+                self._names.setdefault(name, claim)
         self.loaded.set()
         try:
             closed = self.table.close_abandoned_clusters()
@@ -326,6 +358,13 @@ _EVENT_FIELDS: dict[str, dict[str, Any]] = {
     "started": {"process_id": str, "pid": int, "kind": str, "actor_id": (str, None)},
     "died": {"process_id": str, "cause": str},
 }
+
+
+def _require_hex(req: dict[str, Any], field: str) -> None:
+    try:
+        bytes.fromhex(req[field])
+    except ValueError:
+        raise BadRequest(f"{field} must be hex, got {req[field]!r:.80}") from None
 
 
 def _require(req: dict[str, Any], **fields: Any) -> None:

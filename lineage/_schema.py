@@ -180,6 +180,17 @@ checkpoints = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
+# v7: cluster-wide actor names, kept by the GCS service so that one restarted
+# after a crash still knows them. ``meta`` is the handle metadata the claiming
+# scheduler pickled (base64); the service stores and returns it, never unpickles it.
+actor_names = sa.Table(
+    "actor_names", metadata,
+    sa.Column("cluster_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("actor_id", BYTEA, nullable=False),
+    sa.Column("meta", sa.Text, nullable=False),
+)
+
 
 # Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -210,6 +221,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     6: [
         "CREATE INDEX IF NOT EXISTS ix_objects_job_id ON objects (job_id)",
+    ],
+    7: [
+        # actor_names is a new table: create_all makes it.
     ],
 }
 
