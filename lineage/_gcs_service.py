@@ -36,7 +36,7 @@ LOAD_WAIT_S = 1.0  # a call about actors or names waits this long for the start'
 
 class _Node:
     __slots__ = ("node_id", "address", "endpoint", "resources", "available", "last_seen", "alive", "death_cause",
-                 "transfer", "queued", "placed")
+                 "transfer", "queued", "placed", "registered")
 
     def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self.node_id = node_id
@@ -50,6 +50,9 @@ class _Node:
         self.transfer: str | None = None  # where its store serves objects to other nodes
         self.queued = 0  # tasks waiting in its queues, as of its last heartbeat
         self.placed = 0  # tasks placed on it since that heartbeat
+        # Registered with this instance of the service; a node loaded from PostgreSQL after a
+        # restart is asked to register again, which brings what the table does not keep (transfer).
+        self.registered = False
 
     def public(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
@@ -102,6 +105,7 @@ class GcsService:
             node.address, node.endpoint = req["address"], _endpoint(req["address"])
             node.resources, node.transfer = req["resources"], req.get("transfer")
             node.alive, node.death_cause, node.last_seen = True, None, time.monotonic()
+            node.registered = True
         return {"gcs_pid": os.getpid()}
 
     def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -112,9 +116,9 @@ class GcsService:
             raise BadRequest("available must map resource names to numbers")
         with self._lock:
             node = self._nodes.get(req["node_id"])
-            if node is None or not node.alive:
-                # A new instance that has not loaded this node yet, or one that
-                # declared it dead: the node registers (again) and resends.
+            if node is None or not node.alive or not node.registered:
+                # A new instance (that has not loaded this node yet, or loaded it from the
+                # table only), or one that declared it dead: the node registers (again) and resends.
                 return {"known": False}
             node.last_seen = time.monotonic()
             if available is not None:
@@ -156,6 +160,9 @@ class GcsService:
     def place(self, req: dict[str, Any]) -> dict[str, Any]:
         """The global scheduler: a node for each task a node spilled (``None``: no live node can run it)."""
         _require(req, node_id=str, tasks=list, avoid=(list, None))
+        # Before the start's load, a node not yet heard from would look absent: "nowhere fits"
+        # would fail tasks for good.
+        self._require_loaded()
         tasks = req["tasks"]
         avoid = req.get("avoid") or []  # nodes the caller lost touch with, maybe not declared dead yet
         for task in tasks:

@@ -87,6 +87,9 @@ class GcsLink:
                         request["transfer"] = self._transfer
                     reply = self._client.try_call("Register", request)
                     self.registered, self.gcs_pid = True, reply.get("gcs_pid")
+                    # Recorded: registering again (after the service restarts) must not end this
+                    # scheduler's live workers in the log a second time.
+                    self.restarted = False
                     self._acknowledged(len(events))
                 else:
                     beat: dict[str, Any] = {"node_id": self.node_id, "events": events}

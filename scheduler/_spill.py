@@ -157,6 +157,10 @@ class Spiller:
         if conn is None:
             return False
         with self._scheduler._lock:
+            if conn.closed:
+                # Closed since it was opened: its close handler may have run already, and would
+                # never hand these back to their owners. They are placed again.
+                return False
             sent = self._functions_sent[node_id]
             for spec, actor in items:
                 if spec.function_id not in sent:

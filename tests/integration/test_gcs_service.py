@@ -127,6 +127,31 @@ def test_a_killed_gcs_is_restarted_and_the_workload_completes(gcs_cluster):
     assert recorded
 
 
+def test_a_restarted_scheduler_registering_with_a_restarted_gcs_keeps_its_workers_open(gcs_cluster):
+    @ember.remote
+    def one():
+        return 1
+
+    old_scheduler = next(p.pid for p in processes() if p.kind == "scheduler")
+    os.kill(old_scheduler, signal.SIGKILL)  # the new scheduler registers as a restarted one: its workers died
+    _wait_for(lambda: ember.get(one.remote(), timeout=BOUND_S) == 1, "the restarted scheduler runs tasks")
+    old_gcs = _wait_for(_gcs_pid, "the GCS service answers")
+    os.kill(old_gcs, signal.SIGKILL)  # the scheduler registers again, with the new service
+    _wait_for(lambda: (p := _gcs_pid()) != old_gcs and p, "a new GCS service answers")
+    assert ember.get(one.remote(), timeout=BOUND_S) == 1
+    live = {p.pid for p in processes() if p.kind in ("worker", "scheduler")}
+
+    def still_open():
+        open_pids = {r[0] for r in _rows(gcs_cluster, "SELECT pid FROM workers WHERE cluster_id = %s "
+                                                      "AND ended_at IS NULL", gcs_cluster.name)}
+        return live <= open_pids
+
+    # Registering again is not a second scheduler death: the live processes stay open in the log.
+    _wait_for(still_open, "every live worker and the scheduler are recorded as running")
+    time.sleep(1.0)  # a re-registration that would close them has had time to land
+    assert still_open()
+
+
 def test_a_silent_node_is_declared_dead_with_the_cause_and_comes_back(gcs_cluster):
     (scheduler,) = [p.pid for p in processes() if p.kind == "scheduler"]
     node_id = ember.get_runtime_context().get_node_id()
