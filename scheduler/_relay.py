@@ -65,6 +65,10 @@ KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 _SERVER_OPTIONS = KEEPALIVE_OPTIONS + [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", int(KEEPALIVE_S * 1000 / 2)),
+    # Every client is ember's own: pings it takes for too many (keepalive on top of gRPC's own
+    # flow-control probes) must never earn a GOAWAY, which drops every connection relayed on it.
+    # Seen under chaos: "too_many_pings" from a relay, then connections taken for dead peers.
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.so_reuseport", 0),  # port 0 must mean a port no one else holds
 ]
 
