@@ -658,6 +658,12 @@ class Scheduler:
             actor.reason = "restarting after its node's scheduler died"
         if actor.state == "DEAD":
             return  # killed before it was placed
+        if actor.worker is not None or spec.actor_id in self._pending_actors:
+            # Running or starting here already: a creation sent again, by a scheduler that
+            # restarted on its owner's node while the actor lived on here. Placing it again
+            # would start a second instance, and hold its resources twice.
+            self._publish_actor(spec.actor_id)  # type: ignore[arg-type]
+            return
         if (self.spiller is not None and spec.actor_id not in self._placed
                 and not self.pool.can_acquire(spec.resources)):
             # Not startable here now: the global scheduler may have a node that is free.

@@ -116,3 +116,33 @@ def test_an_object_lost_with_another_nodes_store_is_rebuilt_when_read_there() ->
             assert ember.get(total.options(resources={"a": 0.01}).remote(ref), timeout=GET_TIMEOUT_S)[0] == 1_400_000
         finally:
             ember.shutdown()
+
+
+def test_an_actor_on_another_node_outlives_a_restart_of_its_owners_scheduler_as_one_instance() -> None:
+    nodes = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"two": 1}}]
+    with LocalCluster(nodes=nodes) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            counter = Counter.options(resources={"two": 0.5}, max_restarts=2).remote()
+            assert ember.get([counter.add.remote(1) for _ in range(3)], timeout=GET_TIMEOUT_S) == [1, 2, 3]
+            actor_pids = {p.pid for p in ember.chaos.processes() if p.actor_id is not None}
+            own = next(p.pid for p in ember.chaos.processes()
+                       if p.kind == "scheduler" and p.node_id == cluster.nodes[0].node_id)
+            os.kill(own, signal.SIGKILL)  # the driver creates its actors again through the new one
+            assert poll_until(lambda: _restarted_scheduler(cluster.nodes[0].node_id, own), 60.0)
+            # The actor lived on, on node 2: the same instance answers, with its state.
+            assert ember.get(counter.add.remote(1), timeout=GET_TIMEOUT_S) == 4
+            assert {p.pid for p in ember.chaos.processes() if p.actor_id is not None} == actor_pids
+            # Its resources are held once: the other half of node 2's "two" is still free.
+            half = ember.remote(lambda: "ran").options(resources={"two": 0.5})
+            assert ember.get(half.remote(), timeout=GET_TIMEOUT_S) == "ran"
+        finally:
+            ember.shutdown()
+
+
+def _restarted_scheduler(node_id: str, old_pid: int) -> bool:
+    try:
+        return any(p.kind == "scheduler" and p.node_id == node_id and p.pid != old_pid
+                   for p in ember.chaos.processes())
+    except ember.exceptions.ClusterUnavailableError:
+        return False  # asked while it restarts
