@@ -57,7 +57,7 @@ class _Node:
     def public(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
                 "available": self.available, "alive": self.alive, "death_cause": self.death_cause,
-                "transfer": self.transfer, "queued": self.queued,
+                "transfer": self.transfer, "queued": self.queued, "registered": self.registered,
                 "last_heartbeat_age_s": round(time.monotonic() - self.last_seen, 3)}
 
 
@@ -173,9 +173,10 @@ class GcsService:
                 raise BadRequest("each task must be {resources: {name: amount}, inputs: {endpoint: bytes}}")
         if not all(isinstance(node_id, str) for node_id in avoid):
             raise BadRequest("avoid must list node ids")
+        avoided = set(avoid)
         with self._lock:
             alive = [n for n in self._nodes.values() if n.alive]
-            preferred = [n for n in alive if n.node_id not in set(avoid)]
+            preferred = [n for n in alive if n.node_id not in avoided]
             # A task only an avoided node can run goes there all the same: it may be a blip, and if
             # the node is dead, it is declared so within a second and the task fails then.
             placements = [_placement(preferred, task["resources"], task.get("inputs") or {})

@@ -265,4 +265,3 @@ class LocationMixin:
                 return
             entry.where, entry.copies = LOST_COPY, None
         threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()
-

@@ -299,7 +299,9 @@ def test_a_running_task_is_cancelled_when_the_driver_was_started_with_ctrl_c_ign
         @ember.remote
         def sleepy():
             open({str(tmp_path / "started")!r}, "w").close()
-            time.sleep(60)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until cancelled, which interrupts it (bounded)
+                time.sleep(0.05)
 
         ember.init(num_cpus=1)
         ref = sleepy.remote()
