@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ember.scheduler._address import is_relayed, parse_relay_address
@@ -26,14 +27,17 @@ class NodeDirectory:
         self._nodes: dict[str, dict[str, Any]] = {}  # relay endpoint -> the GCS's record of that node
         self._asked_at = float("-inf")
 
-    def find(self, endpoint: str) -> dict[str, Any] | None:
+    def find(self, endpoint: str, usable: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any] | None:
         """The GCS's record of the node whose relay is ``endpoint`` (alive or dead), or None.
 
+        A known record that is not ``usable`` (it lacks what the caller needs: a node that had
+        not registered its transfer endpoint yet with a restarted GCS) counts as a miss.
         Raises ``GcsUnreachable`` (or ``PermissionError``) when it had to ask and could not.
         """
         with self._lock:
             found = self._nodes.get(endpoint)
-            if found is not None or time.monotonic() - self._asked_at < REFRESH_S:
+            if (found is not None and (usable is None or usable(found))) \
+                    or time.monotonic() - self._asked_at < REFRESH_S:
                 return found
             self._asked_at = time.monotonic()
         from ember.lineage._rpc import client_for

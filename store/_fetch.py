@@ -56,11 +56,11 @@ class Fetcher:
         from ember.lineage._rpc import GcsUnreachable
 
         try:
-            node = self._directory.find(relay_endpoint)
+            node = self._directory.find(relay_endpoint, usable=_serves_objects)
         except (GcsUnreachable, PermissionError) as exc:
             log.warning("cannot learn where node %s serves its objects: %s", relay_endpoint, exc)
             return None
-        return node.get("transfer") if node is not None and node.get("alive") else None
+        return node.get("transfer") if node is not None and _serves_objects(node) else None
 
     def _fetch(self, oid: bytes, relay_endpoints: list[str]) -> None:
         from ember.exceptions import ObjectTransferError
@@ -84,3 +84,7 @@ class Fetcher:
         finally:
             with self._lock:
                 self._pulling.discard(oid)
+
+
+def _serves_objects(node: dict[str, Any]) -> bool:
+    return bool(node.get("alive") and node.get("transfer"))
