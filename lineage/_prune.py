@@ -4,9 +4,10 @@ The log keeps everything until told otherwise. ``prune`` deletes, in one
 transaction, every job that ended before the cutoff together with what only
 it owned: its task specs, attempts and lineage edges, its objects and their
 locations, its actors with their calls and checkpoints, then functions no
-remaining task uses, and node and process records that ended before the
-cutoff. Jobs still running are never touched, and neither are calls a pruned
-job made on an actor of a job that is kept (that actor's replay needs them).
+remaining task uses, node and process records that ended before the
+cutoff, and the scheduler queue rows of nodes that ended. Jobs still
+running are never touched, and neither are calls a pruned job made on an
+actor of a job that is kept (that actor's replay needs them).
 
 An object whose lineage was pruned cannot be rebuilt; reconstruction says so
 ("lineage pruned") instead of guessing.
@@ -36,6 +37,9 @@ _STEPS: tuple[tuple[str, str], ...] = (
     ("jobs", "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),
     ("functions", "DELETE FROM functions f WHERE NOT EXISTS "
                   "(SELECT 1 FROM tasks t WHERE t.function_id = f.function_id)"),
+    # Queue rows a node left when it stopped without deleting them (SIGKILLed whole).
+    ("scheduler_queue", "DELETE FROM scheduler_queue q WHERE q.job_id IN (SELECT job_id FROM pruned_jobs) "
+                        "OR q.node_id IN (SELECT node_id FROM nodes WHERE ended_at IS NOT NULL)"),
     ("workers", "DELETE FROM workers WHERE ended_at < %(cutoff)s"),
     ("nodes", "DELETE FROM nodes WHERE ended_at < %(cutoff)s"),
 )

@@ -41,6 +41,29 @@ class LoggedTask:
     method: str | None
     last_attempt: int  # the highest attempt the log knows of (0 if none ended)
 
+    def spec(self, owner: str, attempt: int) -> Any:
+        """The task to run again, as attempt ``attempt`` owned by ``owner`` (a normal task's ``TaskSpec``)."""
+        from ember.scheduler._spec import TaskKind, TaskSpec, resource_shape
+
+        return TaskSpec(self.task_id, TaskKind.NORMAL, self.job_id, owner, self.function_id or b"",
+                        self.function_name, self.args, self.kwargs, self.num_returns,
+                        resource_shape(self.resources), self.max_retries, attempt, self.parent_task_id)
+
+
+# A task's row as ``logged_task`` reads it, from ``tasks t``.
+TASK_COLUMNS = (
+    "t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, t.max_retries, "
+    "t.parent_task_id, t.actor_id, t.method, (SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id)"
+)
+
+
+def logged_task(task_id: bytes, row: tuple) -> LoggedTask:
+    (kind, job_id, function_id, name, args, num_returns, resources, max_retries, parent, actor, method,
+     last_attempt) = row
+    decoded_args, kwargs = pickle.loads(args)
+    return LoggedTask(task_id, kind, job_id, function_id, name, decoded_args, kwargs, num_returns,
+                      resources or {}, max_retries, parent, actor, method, last_attempt or 0)
+
 
 class ReplaySource:
     def __init__(self, conninfo: str) -> None:
@@ -76,18 +99,8 @@ class ReplaySource:
                     time.sleep(RETRY_S)
 
     def task(self, task_id: bytes) -> LoggedTask | None:
-        rows = self._query(
-            "SELECT t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, "
-            "t.max_retries, t.parent_task_id, t.actor_id, t.method, "
-            "(SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id) "
-            "FROM tasks t WHERE t.task_id = %s", (task_id,))
-        if not rows:
-            return None
-        (kind, job_id, function_id, name, args, num_returns, resources, max_retries, parent, actor, method,
-         last_attempt) = rows[0]
-        decoded_args, kwargs = pickle.loads(args)
-        return LoggedTask(task_id, kind, job_id, function_id, name, decoded_args, kwargs, num_returns,
-                          resources or {}, max_retries, parent, actor, method, last_attempt or 0)
+        rows = self._query(f"SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = %s", (task_id,))
+        return logged_task(task_id, rows[0]) if rows else None
 
     def actor_calls(self, actor_id: bytes, after_seq: int = 0) -> list[tuple[int, bytes, str, list, dict | None, int]]:
         """The calls an actor ran, in order: (seq, task id, method, encoded args, kwargs, num_returns)."""

@@ -191,6 +191,23 @@ actor_names = sa.Table(
     sa.Column("meta", sa.Text, nullable=False),
 )
 
+# v8: each node scheduler's queue (tasks queued or running on its workers), so
+# that the scheduler that replaces a dead one reads it back
+# (``lineage/_queue_log.py``). Working state, not history: a row lives as long
+# as its task stays with the scheduler, and the table is UNLOGGED (PostgreSQL
+# empties it after a crash of its own; owners then resubmit in full).
+scheduler_queue = sa.Table(
+    "scheduler_queue", metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("task_id", BYTEA, primary_key=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),  # the address of the process that submitted it
+    sa.Column("scheduler_pid", sa.Integer, nullable=False),  # which of the node's schedulers holds it
+    sa.Column("job_id", BYTEA, nullable=False),
+    sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    prefixes=["UNLOGGED"],
+)
+
 
 # Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -224,6 +241,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     7: [
         # actor_names is a new table: create_all makes it.
+    ],
+    8: [
+        # scheduler_queue is a new table: create_all makes it.
     ],
 }
 

@@ -92,7 +92,7 @@ class _Entry:
 
 class _PendingTask:
     __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
-                 "log_seq", "replay", "encoded")
+                 "log_seq", "replay", "encoded", "as_logged")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -106,6 +106,7 @@ class _PendingTask:
         self.log_seq = 0  # the spec's row in the lineage log; results wait for it to be durable
         self.replay = False  # run again from its logged spec: arguments already encoded, spec already durable
         self.encoded = False  # arguments encoded (and logged) before its inputs were ready
+        self.as_logged = False  # sent exactly as its logged spec: a restarted scheduler can take it from the log
 
 
 class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
@@ -164,6 +165,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
+        self.resumed_from_log = 0  # tasks a restarted scheduler took from its log, not sent again
         self._totals: dict[str, float] | None = None
         self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
@@ -545,6 +547,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                 spec.kwargs = {k: self._inline_owned(v) for k, v in spec.kwargs.items()}
             return False
         spec = pt.spec
+        pt.as_logged = False
         self._free_arg_objects(pt)  # a retry encodes again
         spec.args = [self._encode(a, pt) for a in pt.raw_args]
         spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
@@ -624,6 +627,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             self.scheduler.send((Op.SUBMIT, spec, hints) if hints else (Op.SUBMIT, spec))
             if must_log:
                 self._log_spec(pt)
+                pt.as_logged = True
 
     # -- peers ---------------------------------------------------------------
 
@@ -765,20 +769,55 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             self.scheduler = conn
             # Actors lived in workers of the dead scheduler.
             self.recreate_actors(conn)
-            # Every task it had (queued or running) is gone with it: run them again.
+            # Every task it had (queued or running) is gone with it: each runs
+            # again, as its next attempt. The new scheduler read the dead one's
+            # queue back from the log; it takes from there the tasks whose
+            # logged spec is the one sent. The others go again in full.
+            claims: list[_PendingTask] = []
+            items = []
             for pt in list(self._tasks.values()):
                 spec = pt.spec
                 if spec.kind != TaskKind.NORMAL or pt.missing:
                     continue
                 if spec.attempt < spec.max_retries or pt.replay:
-                    self._resubmit(pt)
+                    if pt.as_logged:
+                        spec.attempt += 1  # before asking: the scheduler may run it, and answer, at once
+                        claims.append(pt)
+                        items.append((spec.task_id, spec.attempt,
+                                      self._input_bytes(spec) or None if self.relay is not None else None))
+                    else:
+                        self._resubmit(pt)
                 else:
                     self._fail_task(pt, WorkerCrashedError(
                         spec.describe(), spec.attempt + 1, "its node's scheduler died while it was queued or running"))
             self._changed = True
+        if claims:
+            taken = self._claim_from_log(conn, items)
+            with self._lock:
+                self.resumed_from_log += len(taken)
+                for pt in claims:
+                    if pt.spec.task_id in taken or self._tasks.get(pt.spec.task_id) is not pt:
+                        continue  # queued from the log, or finished meanwhile
+                    if self.scheduler is not conn:
+                        break  # that one died too: the next reconnection sends them
+                    if pt.cancelled:
+                        self._fail_task(pt, TaskCancelledError(pt.spec.task_id.hex()))
+                    else:
+                        self._dispatch(pt)
+                self._changed = True
         self._wake_waiters()
         self._send_follow_ups()
         return True
+
+    def _claim_from_log(self, conn: Connection, items: list) -> set[bytes]:
+        """Ask the restarted scheduler to queue again these (task id, attempt, input bytes) from its log;
+        returns the ids it did. It answers within ``READ_WAIT_S`` of starting, whatever its log says."""
+        try:
+            return set(conn.call(Op.RESUME, items, timeout_s=RECONNECT_TIMEOUT_S))
+        except Exception as exc:
+            log.warning("the restarted scheduler did not say which tasks it took from its log (%s): "
+                        "sending them all again", exc)
+            return set()
 
     # -- incoming messages -----------------------------------------------------
 

@@ -81,6 +81,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.SHUTDOWN: ((), 0),
     Op.CLAIM_NAME: ((int, str, AID, _ANY), 0),
     Op.FORWARDED_DONE: ((_ListOf(TID),), 0),
+    Op.RESUME: ((int, list), 0),  # ..., [(task id, the attempt to run, bytes of its inputs by node or None)]
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
     Op.CANCEL_RUNNING: ((TID,), 0),
@@ -110,14 +111,14 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
 # Requests (answered with REPLY): a refused one is answered with an error.
 REQUESTS = frozenset({
     Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
-    Op.STORE_STATS,
+    Op.STORE_STATS, Op.RESUME,
 })
 
 SCHEDULER_OPS = frozenset({
     Op.SUBMIT, Op.REGISTER_FUNCTION, Op.CANCEL, Op.CREATE_ACTOR, Op.KILL_ACTOR, Op.LOOKUP_ACTOR,
     Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
-    Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.FORWARDED_DONE, Op.TASK_FAILED,
-    Op.ACTOR_STATE,  # the last three: from another node's scheduler
+    Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.RESUME, Op.FORWARDED_DONE,
+    Op.TASK_FAILED, Op.ACTOR_STATE,  # the last three: from another node's scheduler
 })
 STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({
@@ -178,6 +179,17 @@ def problem(msg: tuple, accepted: frozenset) -> str | None:
             return f"{op_name(op)} field {i + 1} is {wrong}"
     if isinstance(msg[1] if arity else None, TaskSpec):
         return spec_problem(msg[1])
+    if op == Op.RESUME:
+        return _resume_items_problem(msg[2])
+    return None
+
+
+def _resume_items_problem(items: list) -> str | None:
+    for item in items:
+        if not (type(item) is tuple and len(item) == 3 and type(item[0]) is bytes and len(item[0]) == TASK_ID_BYTES
+                and type(item[1]) is int and not isinstance(item[1], bool) and (item[2] is None or type(item[2]) is dict)):
+            return (f"{op_name(Op.RESUME)} holds {describe(item)}, expected (a task id, an attempt, "
+                    "a dict or None)")
     return None
 
 

@@ -80,6 +80,7 @@ class Op:
     SHUTDOWN = 25
     CLAIM_NAME = 26
     FORWARDED_DONE = 27  # node scheduler -> the scheduler that spilled tasks to it: these finished
+    RESUME = 28  # owner -> a restarted scheduler: these tasks of yours I still want; which did your log keep?
     # from the scheduler
     EXECUTE = 30
     CANCEL_RUNNING = 31

@@ -27,7 +27,7 @@ from ember.lineage._replay_source import UNREACHABLE_WAIT_S
 from ember.scheduler._address import is_relayed
 from ember.scheduler._locations import LOST_COPY
 from ember.scheduler._object_ref import ObjectRef
-from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec, resource_shape
+from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
 from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
 
 log = logging.getLogger("ember.core")
@@ -167,12 +167,7 @@ class ReconstructionMixin:
                 else:
                     restored += 1
                 continue
-            spec = TaskSpec(
-                task_id, TaskKind.NORMAL, logged.job_id, self.address, logged.function_id or b"",
-                logged.function_name, logged.args, logged.kwargs, logged.num_returns,
-                resource_shape(logged.resources), logged.max_retries, logged.last_attempt + 1,
-                logged.parent_task_id,
-            )
+            spec = logged.spec(self.address, logged.last_attempt + 1)
             self._adopt_orphaned_args(spec)
             plan[task_id] = spec
             order.append(task_id)

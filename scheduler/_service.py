@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any
 
 from ember.chaos import _agent
-from ember.scheduler._core import FailureCause
+from ember.scheduler._core import FailureCause, _log_conninfo
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
@@ -46,6 +46,9 @@ WORKER_START_TIMEOUT_S = 60.0
 WORKER_START_FAILURES_MAX = 5
 IDLE_WORKER_TTL_S = 10.0
 TICK_S = 0.5
+# How long a dead scheduler's queue, read back from the log, waits for owners to claim its tasks:
+# as long as an owner keeps trying to reconnect (the core's RECONNECT_TIMEOUT_S).
+RECOVERED_KEEP_S = 30.0
 WORKER_STOP_GRACE_S = 2.0
 
 
@@ -121,6 +124,17 @@ class Scheduler:
             set_local_relay(relay)
             self.address = through_relay(relay, session.scheduler_socket)
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
+        # The queue, kept in the log for the scheduler that would replace this one.
+        self.queue_log: Any = None
+        conninfo = _log_conninfo(session)
+        if conninfo:
+            from ember.lineage._queue_log import QueueLog  # psycopg is imported only when logging
+
+            self.queue_log = QueueLog(conninfo, node_id)
+        self._recovered: dict[bytes, Any] = {}  # task id -> QueuedTask: a dead predecessor's queue, till claimed
+        self._recovered_until = 0.0
+        self._recovery = threading.Event()  # set once the predecessor's queue is read (or there is none)
+        self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.pool.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
@@ -131,7 +145,14 @@ class Scheduler:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, recover: bool = False) -> None:
+        """``recover``: this replaces a dead scheduler; take up the queue it left in the log."""
+        if self.queue_log is not None:
+            self.queue_log.start()
+        if recover and self.queue_log is not None:
+            threading.Thread(target=self._read_queue, name="ember-queue-read", daemon=True).start()
+        else:
+            self._recovery.set()
         self.gcs.started(process_id(self.node_id, os.getpid()), "scheduler", os.getpid())
         store_pid = self._current_store_pid() or self.store_pid
         self.gcs.started(process_id(self.node_id, store_pid), "store", store_pid)
@@ -262,6 +283,11 @@ class Scheduler:
                     conn.reply(msg[1], found)
             elif op == Op.CANCEL:
                 self._cancel(msg[1], msg[2])
+            elif op == Op.RESUME:
+                if self._recovery.is_set():
+                    conn.reply(msg[1], self._resume(conn, msg[2]))
+                else:
+                    self._resumes_waiting.append((conn, msg[1], msg[2]))  # answered once the queue is read
             elif op == Op.RESOURCES:
                 conn.reply(msg[1], self.pool.snapshot())
             elif op == Op.PROCESSES:
@@ -280,8 +306,10 @@ class Scheduler:
     # -- tasks -------------------------------------------------------------------------
 
     def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
+        """Queue ``spec``; ``front``: a task a worker handed back, already held (and logged) here."""
         if not self.pool.feasible(spec.resources):
             if self.spiller is not None and spec.task_id not in self._placed:
+                self._left(spec.task_id)
                 self.spiller.offer([spec])
                 return
             self.fail_to_owner(spec, FailureCause.INFEASIBLE,
@@ -294,6 +322,13 @@ class Scheduler:
             queue.appendleft(spec)
         else:
             queue.append(spec)
+            if self.queue_log is not None:
+                self.queue_log.queued(spec.task_id, spec.attempt, spec.owner_addr, spec.job_id)
+
+    def _left(self, *task_ids: bytes) -> None:
+        """These tasks are no longer this scheduler's (done, failed, cancelled, sent to another node)."""
+        if self.queue_log is not None:
+            self.queue_log.left(task_ids)
 
     def _dispatch(self) -> None:
         for shape, queue in self._queues.items():
@@ -323,6 +358,7 @@ class Scheduler:
             queue.extend(reversed(kept))  # placed here by the global scheduler: they stay
         if excess:
             excess.reverse()
+            self._left(*(spec.task_id for spec in excess))
             self.spiller.offer(excess)  # type: ignore[union-attr]
 
     def keep_here(self, items: list[tuple[TaskSpec, tuple | None]]) -> None:
@@ -388,6 +424,7 @@ class Scheduler:
 
     def fail_to_owner(self, spec: TaskSpec, cause: str, detail: str, attempt: int | None = None) -> None:
         """Tell a task's owner it failed: directly, or through the node that forwarded it here."""
+        self._left(spec.task_id)
         self._placed.discard(spec.task_id)
         origin = self._origins.pop(spec.task_id, None)
         self._send(origin or self._clients.get(spec.owner_addr),
@@ -453,6 +490,7 @@ class Scheduler:
         w = self._by_conn.get(conn)
         if w is None:
             return
+        self._left(*task_ids)
         origins, placed = self._origins, self._placed
         for task_id in task_ids:
             w.assigned.pop(task_id, None)
@@ -510,6 +548,65 @@ class Scheduler:
                 else:
                     self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
                 return
+
+    # -- taking up a dead scheduler's queue -------------------------------------------------
+
+    def _read_queue(self) -> None:
+        """Read the queue the dead scheduler of this node left in the log; its tasks wait for their owners' claim."""
+        from ember.lineage._queue_log import read_queue
+
+        try:
+            found, unlogged = read_queue(self.queue_log.conninfo, self.node_id, os.getpid())
+        except Exception as exc:
+            log.warning("could not read the dead scheduler's queue from the log (%s): owners send it again", exc)
+            found, unlogged = [], []
+        with self._lock:
+            self.queue_log.adopt([q.task.task_id for q in found] + unlogged)
+            self.queue_log.left(unlogged)  # their specs had not reached the log: owners send them in full
+            self._recovered = {q.task.task_id: q for q in found}
+            self._recovered_until = time.monotonic() + RECOVERED_KEEP_S
+            log.info("read the dead scheduler's queue from the log: %d tasks (%d more without a logged spec)",
+                     len(found), len(unlogged))
+            self._recovery.set()
+            waiting, self._resumes_waiting = self._resumes_waiting, []
+            for conn, req_id, items in waiting:
+                self._send(conn, (Op.REPLY, req_id, None, self._resume(conn, items)))
+        self._flush_dirty()
+
+    def _resume(self, conn: Connection, items: list) -> list[bytes]:
+        """Queue again, from the log and oldest first, the tasks an owner still wants; returns their ids
+        (the owner sends the rest in full).
+
+        Each runs as the attempt the owner names (the next one). What else the
+        log kept for this owner it no longer wants (finished or cancelled
+        meanwhile): dropped.
+        """
+        owner = conn.peer.get("address")
+        wanted = {task_id: (attempt, hints) for task_id, attempt, hints in items}
+        taken, unwanted = [], []
+        for task_id, q in list(self._recovered.items()):
+            if q.owner != owner:
+                continue
+            if task_id not in wanted or q.task.function_id not in self._functions:
+                unwanted.append(task_id)
+                continue
+            del self._recovered[task_id]
+            attempt, hints = wanted[task_id]
+            spec = q.task.spec(q.owner, attempt)
+            if hints and self.spiller is not None:
+                self.input_bytes[task_id] = hints
+            self._enqueue(spec)
+            taken.append(task_id)
+        self._drop_recovered(unwanted, "their owner no longer wants them, or sends them again")
+        self._dispatch()
+        return taken
+
+    def _drop_recovered(self, task_ids: list[bytes], why: str) -> None:
+        if task_ids:
+            log.info("dropping %d tasks of the dead scheduler's queue: %s", len(task_ids), why)
+        for task_id in task_ids:
+            del self._recovered[task_id]
+        self._left(*task_ids)
 
     # -- worker lifecycle ----------------------------------------------------------------
 
@@ -591,6 +688,8 @@ class Scheduler:
                     actor.worker = None
                     self._actor_process_died(
                         w.actor_id, actor, f"it failed to start: {_procutil.exit_description(w.proc)}")
+        if self._recovered and now > self._recovered_until:
+            self._drop_recovered(list(self._recovered), "no owner claimed them")
         if self._start_failures >= WORKER_START_FAILURES_MAX:
             self._fail_all_queued("workers keep failing to start; see the logs in " + str(self.session.log_dir))
         idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.assigned]
@@ -789,6 +888,8 @@ class Scheduler:
         for proc, _ in self._terminating:
             _procutil.reap(proc, WORKER_STOP_GRACE_S)
         self.gcs.stop("shut down")
+        if self.queue_log is not None:
+            self.queue_log.close(drop=True)  # its workers are gone: nothing here runs again
         self.listener.close()
         os._exit(0)
 
@@ -818,7 +919,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid, args.transfer_address)
     scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
-    scheduler.start()
+    scheduler.start(recover=args.restart)
     _agent.start("scheduler", args.node_id)
     _procutil.announce_ready(session.sockets / "scheduler.ready")  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()

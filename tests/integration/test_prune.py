@@ -69,8 +69,21 @@ def test_prune_removes_finished_jobs_and_keeps_the_running_one():
         with open_log() as log:
             assert log.task(done["task"]).state == "FINISHED"  # a dry run deletes nothing
 
+        # Queue rows a node left when it died whole, and one of the live node's.
+        with psycopg.connect(conninfo) as conn:
+            ended = conn.execute("SELECT node_id FROM nodes WHERE ended_at IS NOT NULL LIMIT 1").fetchone()[0]
+            live = conn.execute("SELECT node_id FROM nodes WHERE cluster_id = %s AND ended_at IS NULL",
+                                (ember._runtime._session.name,)).fetchone()[0]
+            for node in (ended, live):
+                conn.execute("INSERT INTO scheduler_queue (node_id, scheduler_pid, task_id, attempt, owner, job_id) "
+                             "VALUES (%s, 1, %s, 0, '/o', %s)", (node, b"q" * 16, running_job))
+
         report = prune(0)
         assert report.jobs == dry.jobs and report.deleted["actor_calls"] >= 1
+        assert report.deleted["scheduler_queue"] >= 1  # other tests' nodes may have left some too
+        assert _count(conninfo, "SELECT count(*) FROM scheduler_queue WHERE node_id = %s", ended) == 0
+        assert _count(conninfo, "SELECT count(*) FROM scheduler_queue WHERE node_id = %s AND task_id = %s",
+                      live, b"q" * 16) == 1
         job = bytes.fromhex(done["job"])
         for table in ("jobs", "tasks", "objects", "actors"):
             assert _count(conninfo, f"SELECT count(*) FROM {table} WHERE job_id = %s", job) == 0, table

@@ -15,6 +15,7 @@ import pytest
 
 import ember
 from ember.chaos import processes
+from tests.fix_cluster import poll_until
 from tests.fix_kill import kill_and_wait_for_the_next
 
 BOUND_S = 60.0
@@ -187,6 +188,46 @@ def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(f
         time.sleep(0.05)
     assert {(old, f"pid {old} killed by SIGKILL"), (new, None)} <= rows
     assert open_workers <= live  # the dead scheduler's workers are recorded as ended
+
+
+def test_a_restarted_scheduler_reads_its_queue_back_from_the_log(fault_cluster, tmp_path):
+    gate = tmp_path / "open"
+
+    @ember.remote
+    def gated(i, path):
+        deadline = time.monotonic() + BOUND_S  # bounded: never outlives the test
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 3 * i
+
+    core = ember._runtime.require_core()
+    before = core.resumed_from_log
+    refs = [gated.remote(i, str(gate)) for i in range(12)]  # 2 CPUs: two run, the rest wait in the queue
+    job = core.job_id
+    conninfo = fault_cluster.read_info()["gcs_conninfo"]
+
+    def queue_rows() -> int:
+        with psycopg.connect(conninfo) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM scheduler_queue q JOIN tasks t ON t.task_id = q.task_id WHERE t.job_id = %s",
+                (job,)).fetchone()[0]
+
+    # The scheduler writes its queue, and owners their specs, a few ms after the fact.
+    assert poll_until(lambda: queue_rows() == 12, BOUND_S), queue_rows()
+    kill_and_wait_for_the_next("scheduler")
+    gate.touch()
+
+    assert ember.get(refs, timeout=BOUND_S) == [3 * i for i in range(12)]
+    # The new scheduler queued all twelve from the rows it read: none was sent again.
+    assert core.resumed_from_log - before == 12
+
+    def attempts() -> list:
+        with ember.lineage.open_log() as log:
+            return [[a["attempt"] for a in log.task(r.task_id().hex()).attempts] for r in refs]
+
+    # Each ran again as its next attempt (an attempt's end is logged lazily).
+    assert poll_until(lambda: attempts() == [[1]] * 12, BOUND_S), attempts()
+    assert poll_until(lambda: queue_rows() == 0, BOUND_S)  # rows go as their tasks leave
 
 
 def test_workers_killed_mid_workload_leave_every_result_right(fault_cluster):

@@ -28,6 +28,8 @@ def spec(**changes: object) -> TaskSpec:
     (Op.UNBLOCKED,),
     (Op.KILL_ACTOR, TID, True),
     (Op.ACTOR_FAILED, TID, None, "why"),
+    (Op.RESUME, 3, [(TID, 1, None), (TID, 2, {"grpc://h:1": 400})]),
+    (Op.RESUME, 3, []),
 ])
 def test_what_senders_send_is_accepted(msg: tuple) -> None:
     assert _messages.problem(msg, _messages.SCHEDULER_OPS) is None
@@ -45,6 +47,11 @@ def test_what_senders_send_is_accepted(msg: tuple) -> None:
     ((Op.TASKS_DONE, [TID, 5]), "a list holding int 5"),
     ((Op.SEALED, OID, 1, "/a"), "op SEALED is not a message this process takes"),
     ((9999,), "op 9999 (no such op) is not a message"),
+    ((Op.RESUME, 3, [(TID, 1)]), "RESUME holds tuple"),
+    ((Op.RESUME, 3, [(b"short", 1, None)]), "expected (a task id, an attempt, a dict or None)"),
+    ((Op.RESUME, 3, [(TID, True, None)]), "RESUME holds tuple"),
+    ((Op.RESUME, 3, [(TID, 1, [])]), "RESUME holds tuple"),
+    ((Op.RESUME, 3, (TID, 1, None)), "RESUME field 2 is tuple"),
 ])
 def test_wrong_shapes_are_named(msg: tuple, words: str) -> None:
     found = _messages.problem(msg, _messages.SCHEDULER_OPS)
