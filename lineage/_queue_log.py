@@ -59,19 +59,21 @@ def read_queue(conninfo: str, node_id: str, reader_pid: int,
     """The tasks node ``node_id``'s dead schedulers held, oldest first, and the ids of rows whose spec is not
     logged. Rows of the reader itself (``reader_pid``: tasks it took in before reading) are not its to take up.
 
-    Retries while the server is unreachable, up to ``wait_s``; then raises.
+    Retries while the server is unreachable or slow, up to ``wait_s`` in all; then raises.
     """
     deadline = time.monotonic() + wait_s
     while True:
+        left_s = max(deadline - time.monotonic(), 1.0)
         try:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(int(left_s), 1)) as conn:
+                conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(left_s * 1000)}ms",))
                 rows = conn.execute(
                     f"SELECT q.task_id, q.attempt, q.owner, t.task_id IS NOT NULL, {TASK_COLUMNS} "
                     "FROM scheduler_queue q LEFT JOIN tasks t ON t.task_id = q.task_id AND t.kind = 1 "
                     "WHERE q.node_id = %s AND q.scheduler_pid <> %s ORDER BY q.queued_at",
                     (node_id, reader_pid)).fetchall()
             break
-        except psycopg.OperationalError as exc:
+        except psycopg.OperationalError as exc:  # a query cancelled by its timeout included
             if time.monotonic() > deadline:
                 raise
             log.warning("reading the queue of node %s: the log is unreachable, trying again: %s", node_id, exc)
@@ -171,8 +173,13 @@ class QueueLog:
             try:
                 self._write(upserts, deletes)
                 backoff_s = BACKOFF_INITIAL_S
-            except psycopg.Error as exc:
+            except Exception as exc:
                 self.failed_writes += 1
+                if not isinstance(exc, psycopg.Error):
+                    # Not the server: writing it again would fail again. A restart reads fewer rows.
+                    log.exception("could not encode the scheduler's queue rows; %d changes dropped",
+                                  len(upserts) + len(deletes))
+                    continue
                 log.warning("writing the scheduler's queue failed (retrying in %.2fs): %s", backoff_s, exc)
                 close_quietly(self._conn)
                 self._conn = None
@@ -182,7 +189,9 @@ class QueueLog:
                         if task_id not in self._deletes and task_id not in self._upserts:
                             self._upserts[task_id] = row
                     for task_id in deletes:
-                        if task_id not in self._upserts:
+                        if task_id in self._upserts:
+                            self._stored.add(task_id)  # the row is still there: leaving again must delete it
+                        else:
                             self._deletes.add(task_id)
                     self._wake.set()
                 time.sleep(backoff_s)

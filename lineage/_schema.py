@@ -84,6 +84,7 @@ tasks = sa.Table(
     sa.Column("num_returns", sa.Integer, nullable=False),
     sa.Column("resources", JSONB),
     sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("name", sa.Text),  # v8: options(name=...), for a task run again from here (errors name it)
     sa.Column("submitted_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
@@ -204,7 +205,8 @@ scheduler_queue = sa.Table(
     sa.Column("owner", sa.Text, nullable=False),  # the address of the process that submitted it
     sa.Column("scheduler_pid", sa.Integer, nullable=False),  # which of the node's schedulers holds it
     sa.Column("job_id", BYTEA, nullable=False),
-    sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    # clock_timestamp(), not now(): rows of one statement keep the order they came in
+    sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.text("clock_timestamp()")),
     prefixes=["UNLOGGED"],
 )
 
@@ -243,6 +245,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         # actor_names is a new table: create_all makes it.
     ],
     8: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS name TEXT",
         # scheduler_queue is a new table: create_all makes it.
     ],
 }

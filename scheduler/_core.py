@@ -775,11 +775,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             # logged spec is the one sent. The others go again in full.
             claims: list[_PendingTask] = []
             items = []
-            for pt in list(self._tasks.values()):
+            # Chosen before any is failed: failing one may dispatch tasks waiting on it, to the new scheduler.
+            sent = [pt for pt in self._tasks.values() if pt.spec.kind == TaskKind.NORMAL and not pt.missing]
+            for pt in sent:
                 spec = pt.spec
-                if spec.kind != TaskKind.NORMAL or pt.missing:
-                    continue
-                if spec.attempt < spec.max_retries or pt.replay:
+                if pt.cancelled:
+                    # Its cancel may have died with the scheduler: it must not run again.
+                    self._fail_task(pt, TaskCancelledError(spec.task_id.hex()))
+                elif spec.attempt < spec.max_retries or pt.replay:
                     if pt.as_logged:
                         spec.attempt += 1  # before asking: the scheduler may run it, and answer, at once
                         claims.append(pt)
@@ -791,7 +794,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     self._fail_task(pt, WorkerCrashedError(
                         spec.describe(), spec.attempt + 1, "its node's scheduler died while it was queued or running"))
             self._changed = True
-        if claims:
+        if self.gcs is not None:
+            # Asked even with nothing to claim: the scheduler then drops this owner's rows at once.
             taken = self._claim_from_log(conn, items)
             with self._lock:
                 self.resumed_from_log += len(taken)

@@ -145,12 +145,14 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     ``bind_host``: the node is part of a multi-node cluster, and serves its
     relay and its objects to other nodes on that host. The ports are chosen
     once: a restarted scheduler or store takes the same one, since every
-    address of a process on this node names the relay's.
+    address of a process on this node names the relay's. The first scheduler
+    binds the relay to any free port (port 0, never a port picked here and
+    possibly taken by the time it binds) and records it in the session info.
     """
     node_id = uuid.uuid4().hex
     relay_bind = transfer_bind = None
     if bind_host is not None:
-        relay_bind = join_host_port(bind_host, free_port(bind_host))
+        relay_bind = join_host_port(bind_host, 0)
         transfer_bind = join_host_port(bind_host, free_port(bind_host))
     supervisor = Supervisor()
     if run_gcs:
@@ -195,6 +197,8 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
                     f"the {name} process {reason}; its log is in {session.log_dir} (files: {logs})"
                 )
             time.sleep(0.005)
+    if relay_bind is not None:
+        relay_bind = session.relay_endpoint()  # where the first scheduler bound it: restarts take the same
     return node
 
 

@@ -133,8 +133,10 @@ class Scheduler:
             self.queue_log = QueueLog(conninfo, node_id)
         self._recovered: dict[bytes, Any] = {}  # task id -> QueuedTask: a dead predecessor's queue, till claimed
         self._recovered_until = 0.0
-        self._recovery = threading.Event()  # set once the predecessor's queue is read (or there is none)
+        self._recovery = threading.Event()  # set once the predecessor's queue is read (or given up on)
+        self._recovery_deadline = 0.0
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
+        self._cancelled_unclaimed: set[bytes] = set()  # cancelled before their owner could claim them from the log
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.pool.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
@@ -150,6 +152,9 @@ class Scheduler:
         if self.queue_log is not None:
             self.queue_log.start()
         if recover and self.queue_log is not None:
+            from ember.lineage._queue_log import READ_WAIT_S
+
+            self._recovery_deadline = time.monotonic() + READ_WAIT_S + 1.0
             threading.Thread(target=self._read_queue, name="ember-queue-read", daemon=True).start()
         else:
             self._recovery.set()
@@ -322,6 +327,8 @@ class Scheduler:
             queue.appendleft(spec)
         else:
             queue.append(spec)
+            if self._recovered:
+                self._recovered.pop(spec.task_id, None)  # sent again in full: held here now, not to be claimed
             if self.queue_log is not None:
                 self.queue_log.queued(spec.task_id, spec.attempt, spec.owner_addr, spec.job_id)
 
@@ -548,6 +555,9 @@ class Scheduler:
                 else:
                     self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
                 return
+        if not self._recovery.is_set() or task_id in self._recovered:
+            # Its owner may yet claim it from the dead scheduler's queue: it must not run.
+            self._cancelled_unclaimed.add(task_id)
 
     # -- taking up a dead scheduler's queue -------------------------------------------------
 
@@ -562,16 +572,24 @@ class Scheduler:
             found, unlogged = [], []
         with self._lock:
             self.queue_log.adopt([q.task.task_id for q in found] + unlogged)
+            if self._recovery.is_set():
+                # Too late: owners were told nothing was taken, and sent everything again.
+                self.queue_log.left([q.task.task_id for q in found] + unlogged)
+                return
             self.queue_log.left(unlogged)  # their specs had not reached the log: owners send them in full
             self._recovered = {q.task.task_id: q for q in found}
-            self._recovered_until = time.monotonic() + RECOVERED_KEEP_S
             log.info("read the dead scheduler's queue from the log: %d tasks (%d more without a logged spec)",
                      len(found), len(unlogged))
-            self._recovery.set()
-            waiting, self._resumes_waiting = self._resumes_waiting, []
-            for conn, req_id, items in waiting:
-                self._send(conn, (Op.REPLY, req_id, None, self._resume(conn, items)))
+            self._end_recovery()
         self._flush_dirty()
+
+    def _end_recovery(self) -> None:
+        """The predecessor's queue is read, or given up on: answer the owners waiting to claim from it."""
+        self._recovered_until = time.monotonic() + RECOVERED_KEEP_S
+        self._recovery.set()
+        waiting, self._resumes_waiting = self._resumes_waiting, []
+        for conn, req_id, items in waiting:
+            self._send(conn, (Op.REPLY, req_id, None, self._resume(conn, items)))
 
     def _resume(self, conn: Connection, items: list) -> list[bytes]:
         """Queue again, from the log and oldest first, the tasks an owner still wants; returns their ids
@@ -587,7 +605,8 @@ class Scheduler:
         for task_id, q in list(self._recovered.items()):
             if q.owner != owner:
                 continue
-            if task_id not in wanted or q.task.function_id not in self._functions:
+            if (task_id not in wanted or task_id in self._cancelled_unclaimed
+                    or q.task.function_id not in self._functions):
                 unwanted.append(task_id)
                 continue
             del self._recovered[task_id]
@@ -607,6 +626,8 @@ class Scheduler:
         for task_id in task_ids:
             del self._recovered[task_id]
         self._left(*task_ids)
+        if not self._recovered:
+            self._cancelled_unclaimed.clear()
 
     # -- worker lifecycle ----------------------------------------------------------------
 
@@ -688,8 +709,13 @@ class Scheduler:
                     actor.worker = None
                     self._actor_process_died(
                         w.actor_id, actor, f"it failed to start: {_procutil.exit_description(w.proc)}")
+        if not self._recovery.is_set() and now > self._recovery_deadline:
+            log.warning("the dead scheduler's queue could not be read in time: owners send their tasks again")
+            self._end_recovery()
         if self._recovered and now > self._recovered_until:
             self._drop_recovered(list(self._recovered), "no owner claimed them")
+        elif self._cancelled_unclaimed and not self._recovered and self._recovery.is_set():
+            self._cancelled_unclaimed.clear()
         if self._start_failures >= WORKER_START_FAILURES_MAX:
             self._fail_all_queued("workers keep failing to start; see the logs in " + str(self.session.log_dir))
         idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.assigned]

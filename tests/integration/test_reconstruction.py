@@ -16,7 +16,7 @@ import pytest
 import ember
 from ember.chaos import processes
 from tests.fix_cluster import poll_until
-from tests.fix_kill import kill_and_wait_for_the_next
+from tests.fix_kill import kill_and_wait_for_the_next, live_pids, sigkill
 
 BOUND_S = 60.0
 ARRAY = 50_000  # float64s: 400 KB, well past the inline limit, so it lives in the store
@@ -30,6 +30,15 @@ def zeros():
 @ember.remote
 def inc(a):
     return a + 1
+
+
+@ember.remote
+def gated(path, value):
+    """``value``, once the file at ``path`` exists (bounded: never outlives the test)."""
+    deadline = time.monotonic() + BOUND_S
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
 
 
 def test_a_ten_deep_chain_is_rebuilt_after_its_store_dies(fault_cluster):
@@ -190,27 +199,30 @@ def test_a_killed_scheduler_is_restarted_and_queued_and_running_tasks_complete(f
     assert open_workers <= live  # the dead scheduler's workers are recorded as ended
 
 
+def _queue_rows(session, job: bytes) -> int:
+    """Rows of the node scheduler's queue in the log for tasks of ``job`` whose specs are logged too."""
+    with psycopg.connect(session.read_info()["gcs_conninfo"]) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM scheduler_queue q JOIN tasks t ON t.task_id = q.task_id WHERE t.job_id = %s",
+            (job,)).fetchone()[0]
+
+
+def _two_gated_tasks_in_the_logged_queue(session, gate):
+    refs = [gated.remote(str(gate), "ran") for _ in range(2)]
+    job = ember._runtime.require_core().job_id
+    assert poll_until(lambda: _queue_rows(session, job) == 2, BOUND_S)  # the log could give both back
+    return refs
+
+
 def test_a_restarted_scheduler_reads_its_queue_back_from_the_log(fault_cluster, tmp_path):
     gate = tmp_path / "open"
 
-    @ember.remote
-    def gated(i, path):
-        deadline = time.monotonic() + BOUND_S  # bounded: never outlives the test
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return 3 * i
-
     core = ember._runtime.require_core()
     before = core.resumed_from_log
-    refs = [gated.remote(i, str(gate)) for i in range(12)]  # 2 CPUs: two run, the rest wait in the queue
-    job = core.job_id
-    conninfo = fault_cluster.read_info()["gcs_conninfo"]
+    refs = [gated.remote(str(gate), 3 * i) for i in range(12)]  # 2 CPUs: two run, the rest wait in the queue
 
     def queue_rows() -> int:
-        with psycopg.connect(conninfo) as conn:
-            return conn.execute(
-                "SELECT count(*) FROM scheduler_queue q JOIN tasks t ON t.task_id = q.task_id WHERE t.job_id = %s",
-                (job,)).fetchone()[0]
+        return _queue_rows(fault_cluster, core.job_id)
 
     # The scheduler writes its queue, and owners their specs, a few ms after the fact.
     assert poll_until(lambda: queue_rows() == 12, BOUND_S), queue_rows()
@@ -228,6 +240,37 @@ def test_a_restarted_scheduler_reads_its_queue_back_from_the_log(fault_cluster, 
     # Each ran again as its next attempt (an attempt's end is logged lazily).
     assert poll_until(lambda: attempts() == [[1]] * 12, BOUND_S), attempts()
     assert poll_until(lambda: queue_rows() == 0, BOUND_S)  # rows go as their tasks leave
+
+
+def test_a_task_cancelled_as_the_scheduler_dies_is_not_run_again(fault_cluster, tmp_path):
+    gate = tmp_path / "open"
+    ref, kept = _two_gated_tasks_in_the_logged_queue(fault_cluster, gate)  # the log could give both back
+    [scheduler] = live_pids("scheduler")
+    os.kill(scheduler, signal.SIGSTOP)  # the cancel below reaches it, and dies with it unread
+    ember.cancel(ref)
+    sigkill([scheduler])
+    assert poll_until(lambda: live_pids("scheduler") not in ([], [scheduler]), BOUND_S)  # its replacement
+    gate.touch()
+
+    with pytest.raises(ember.exceptions.TaskCancelledError):
+        ember.get(ref, timeout=BOUND_S)
+    assert ember.get(kept, timeout=BOUND_S) == "ran"
+
+
+def test_a_task_cancelled_while_the_new_scheduler_reads_its_queue_is_not_run(fault_cluster, tmp_path):
+    gate = tmp_path / "open"
+    ref, kept = _two_gated_tasks_in_the_logged_queue(fault_cluster, gate)
+    with psycopg.connect(fault_cluster.read_info()["gcs_conninfo"]) as blocker:
+        # Holds the new scheduler's read of its queue (bounded by its statement timeout) until the commit.
+        blocker.execute("LOCK TABLE scheduler_queue IN ACCESS EXCLUSIVE MODE")
+        kill_and_wait_for_the_next("scheduler")  # listed by the new one: the driver is connected
+        ember.cancel(ref)
+        live_pids("scheduler")  # a round trip behind the cancel: the scheduler has taken it in
+    gate.touch()
+
+    with pytest.raises(ember.exceptions.TaskCancelledError):
+        ember.get(ref, timeout=BOUND_S)
+    assert ember.get(kept, timeout=BOUND_S) == "ran"
 
 
 def test_workers_killed_mid_workload_leave_every_result_right(fault_cluster):

@@ -110,3 +110,30 @@ def test_rows_wait_out_an_unreachable_server_and_are_not_lost(conninfo):
         assert poll_until(lambda: _rows(conninfo, node) == {task: (0, "/o")}, BOUND_S), _rows(conninfo, node)
     finally:
         log.close(drop=True)
+
+
+def test_a_task_queued_again_while_its_delete_failed_still_has_its_row_deleted_when_it_leaves(conninfo, monkeypatch):
+    from ember.lineage import _queue_log
+
+    monkeypatch.setattr(_queue_log, "BACKOFF_INITIAL_S", 2.0)  # room to leave again before the retry
+    node = os.urandom(8).hex()
+    log = QueueLog(conninfo, node, interval_s=0.001)
+    write = log._write
+    task = os.urandom(16)
+
+    def fail_once(upserts, deletes):
+        log._write = write
+        log.queued(task, 1, "/o", b"j")  # queued again while the failing delete is in flight
+        raise psycopg.OperationalError("the server went away")
+
+    log.start()
+    try:
+        log.queued(task, 0, "/o", b"j")
+        assert poll_until(lambda: _rows(conninfo, node) == {task: (0, "/o")}, BOUND_S), _rows(conninfo, node)
+        log._write = fail_once
+        log.left([task])
+        assert poll_until(lambda: log.failed_writes == 1 and log._wake.is_set(), BOUND_S)  # put back, waiting
+        log.left([task])  # and gone again before the retry
+        assert poll_until(lambda: log.held() == 0 and _rows(conninfo, node) == {}, BOUND_S), _rows(conninfo, node)
+    finally:
+        log.close(drop=True)
