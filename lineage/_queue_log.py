@@ -4,7 +4,7 @@ The scheduler records each task it holds (queued, or running on one of its
 workers) as a row of ``scheduler_queue``, and deletes the row when the task
 leaves it (done, failed, cancelled, handed to another node). When the
 scheduler dies, the node starts another, which reads its node's rows back
-(``read_queue``): the specs come from the ``tasks`` rows their owners logged,
+(``ReplaySource.queue``): the specs come from the ``tasks`` rows their owners logged,
 and the attempt each was on. Owners then confirm which of those they still
 want; only what the log did not have travels again in full.
 
@@ -23,14 +23,12 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from ember.lineage._binary_arrays import BinaryArray, EncodedDumper, encode_column
 from ember.lineage._log_writer import BACKOFF_INITIAL_S, BACKOFF_MAX_S, LAZY_DELAY_S, close_quietly
-from ember.lineage._replay_source import TASK_COLUMNS, LoggedTask, logged_task
 
 log = logging.getLogger("ember.lineage")
 
@@ -43,48 +41,6 @@ _UPSERT = (
     "ON CONFLICT (node_id, task_id) DO UPDATE "
     "SET attempt = EXCLUDED.attempt, owner = EXCLUDED.owner, scheduler_pid = EXCLUDED.scheduler_pid"
 )
-
-
-@dataclass(frozen=True)
-class QueuedTask:
-    """A task a dead scheduler held: its spec as the log has it, the attempt it was on and its owner."""
-
-    task: LoggedTask
-    attempt: int
-    owner: str
-
-
-def read_queue(conninfo: str, node_id: str, reader_pid: int,
-               wait_s: float = READ_WAIT_S) -> tuple[list[QueuedTask], list[bytes]]:
-    """The tasks node ``node_id``'s dead schedulers held, oldest first, and the ids of rows whose spec is not
-    logged. Rows of the reader itself (``reader_pid``: tasks it took in before reading) are not its to take up.
-
-    Retries while the server is unreachable or slow, up to ``wait_s`` in all; then raises.
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        left_s = max(deadline - time.monotonic(), 1.0)
-        try:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(int(left_s), 1)) as conn:
-                conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(left_s * 1000)}ms",))
-                rows = conn.execute(
-                    f"SELECT q.task_id, q.attempt, q.owner, t.task_id IS NOT NULL, {TASK_COLUMNS} "
-                    "FROM scheduler_queue q LEFT JOIN tasks t ON t.task_id = q.task_id AND t.kind = 1 "
-                    "WHERE q.node_id = %s AND q.scheduler_pid <> %s ORDER BY q.queued_at",
-                    (node_id, reader_pid)).fetchall()
-            break
-        except psycopg.OperationalError as exc:  # a query cancelled by its timeout included
-            if time.monotonic() > deadline:
-                raise
-            log.warning("reading the queue of node %s: the log is unreachable, trying again: %s", node_id, exc)
-            time.sleep(0.2)
-    found, unlogged = [], []
-    for task_id, attempt, owner, logged, *task in rows:
-        if logged:
-            found.append(QueuedTask(logged_task(task_id, tuple(task)), attempt, owner))
-        else:
-            unlogged.append(task_id)  # its owner's lazy log had not committed the spec: the owner sends it in full
-    return found, unlogged
 
 
 class QueueLog:

@@ -52,15 +52,25 @@ class LoggedTask:
                         name=self.name)
 
 
-# A task's row as ``logged_task`` reads it, from ``tasks t``.
-TASK_COLUMNS = (
+@dataclass(frozen=True)
+class QueuedTask:
+    """A task a dead node scheduler held (``lineage/_queue_log.py``): its spec as the log has it, the attempt
+    it was on and its owner."""
+
+    task: LoggedTask
+    attempt: int
+    owner: str
+
+
+# A task's row as ``_logged_task`` reads it, from ``tasks t``.
+_TASK_COLUMNS = (
     "t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, t.max_retries, "
     "t.parent_task_id, t.actor_id, t.method, (SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id), "
     "t.name"
 )
 
 
-def logged_task(task_id: bytes, row: tuple) -> LoggedTask:
+def _logged_task(task_id: bytes, row: tuple) -> LoggedTask:
     (kind, job_id, function_id, function_name, args, num_returns, resources, max_retries, parent, actor, method,
      last_attempt, name) = row
     decoded_args, kwargs = pickle.loads(args)
@@ -69,13 +79,14 @@ def logged_task(task_id: bytes, row: tuple) -> LoggedTask:
 
 
 class ReplaySource:
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, wait_s: float = UNREACHABLE_WAIT_S) -> None:
         self._conninfo = conninfo
+        self._wait_s = wait_s
         self._conn: Any = None
         self._lock = threading.Lock()
 
     def _query(self, sql: str, params: tuple) -> list[tuple]:
-        """Run a read, reconnecting while the server restarts, for up to ``UNREACHABLE_WAIT_S``.
+        """Run a read, reconnecting while the server restarts, for up to ``wait_s`` (``UNREACHABLE_WAIT_S``).
 
         Its callers are recovery (rebuilds, actor replays), which a
         PostgreSQL restart at the same moment must delay, not fail.
@@ -84,7 +95,7 @@ class ReplaySource:
 
         from ember.lineage._log_writer import close_quietly
 
-        deadline = time.monotonic() + UNREACHABLE_WAIT_S
+        deadline = time.monotonic() + self._wait_s
         with self._lock:
             while True:
                 try:
@@ -102,8 +113,24 @@ class ReplaySource:
                     time.sleep(RETRY_S)
 
     def task(self, task_id: bytes) -> LoggedTask | None:
-        rows = self._query(f"SELECT {TASK_COLUMNS} FROM tasks t WHERE t.task_id = %s", (task_id,))
-        return logged_task(task_id, rows[0]) if rows else None
+        rows = self._query(f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.task_id = %s", (task_id,))
+        return _logged_task(task_id, rows[0]) if rows else None
+
+    def queue(self, node_id: str, reader_pid: int) -> tuple[list[QueuedTask], list[bytes]]:
+        """The tasks node ``node_id``'s dead schedulers held, oldest first, and the ids of rows whose spec is
+        not logged. Rows of the reader itself (``reader_pid``: tasks it took in before reading) are not its
+        to take up."""
+        rows = self._query(
+            f"SELECT q.task_id, q.attempt, q.owner, t.task_id IS NOT NULL, {_TASK_COLUMNS} "
+            "FROM scheduler_queue q LEFT JOIN tasks t ON t.task_id = q.task_id AND t.kind = 1 "
+            "WHERE q.node_id = %s AND q.scheduler_pid <> %s ORDER BY q.queued_at", (node_id, reader_pid))
+        found, unlogged = [], []
+        for task_id, attempt, owner, logged, *task in rows:
+            if logged:
+                found.append(QueuedTask(_logged_task(task_id, tuple(task)), attempt, owner))
+            else:
+                unlogged.append(task_id)  # its owner's lazy log had not committed the spec: the owner sends it
+        return found, unlogged
 
     def actor_calls(self, actor_id: bytes, after_seq: int = 0) -> list[tuple[int, bytes, str, list, dict | None, int]]:
         """The calls an actor ran, in order: (seq, task id, method, encoded args, kwargs, num_returns)."""

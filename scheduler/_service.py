@@ -136,7 +136,7 @@ class Scheduler:
         self._recovery = threading.Event()  # set once the predecessor's queue is read (or given up on)
         self._recovery_deadline = 0.0
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
-        self._cancelled_unclaimed: set[bytes] = set()  # cancelled before their owner could claim them from the log
+        self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.pool.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
@@ -555,21 +555,27 @@ class Scheduler:
                 else:
                     self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
                 return
-        if not self._recovery.is_set() or task_id in self._recovered:
-            # Its owner may yet claim it from the dead scheduler's queue: it must not run.
-            self._cancelled_unclaimed.add(task_id)
+        # Its owner may yet claim it from the dead scheduler's queue: it must not run.
+        if not self._recovery.is_set():
+            self._cancelled_early.add(task_id)
+        elif task_id in self._recovered:
+            self._drop_recovered([task_id], "cancelled")
 
     # -- taking up a dead scheduler's queue -------------------------------------------------
 
     def _read_queue(self) -> None:
         """Read the queue the dead scheduler of this node left in the log; its tasks wait for their owners' claim."""
-        from ember.lineage._queue_log import read_queue
+        from ember.lineage._queue_log import READ_WAIT_S
+        from ember.lineage._replay_source import ReplaySource
 
+        source = ReplaySource(self.queue_log.conninfo, wait_s=READ_WAIT_S)
         try:
-            found, unlogged = read_queue(self.queue_log.conninfo, self.node_id, os.getpid())
+            found, unlogged = source.queue(self.node_id, os.getpid())
         except Exception as exc:
             log.warning("could not read the dead scheduler's queue from the log (%s): owners send it again", exc)
             found, unlogged = [], []
+        finally:
+            source.close()
         with self._lock:
             self.queue_log.adopt([q.task.task_id for q in found] + unlogged)
             if self._recovery.is_set():
@@ -578,6 +584,7 @@ class Scheduler:
                 return
             self.queue_log.left(unlogged)  # their specs had not reached the log: owners send them in full
             self._recovered = {q.task.task_id: q for q in found}
+            self._drop_recovered([t for t in self._cancelled_early if t in self._recovered], "cancelled")
             log.info("read the dead scheduler's queue from the log: %d tasks (%d more without a logged spec)",
                      len(found), len(unlogged))
             self._end_recovery()
@@ -587,6 +594,7 @@ class Scheduler:
         """The predecessor's queue is read, or given up on: answer the owners waiting to claim from it."""
         self._recovered_until = time.monotonic() + RECOVERED_KEEP_S
         self._recovery.set()
+        self._cancelled_early.clear()
         waiting, self._resumes_waiting = self._resumes_waiting, []
         for conn, req_id, items in waiting:
             self._send(conn, (Op.REPLY, req_id, None, self._resume(conn, items)))
@@ -605,8 +613,7 @@ class Scheduler:
         for task_id, q in list(self._recovered.items()):
             if q.owner != owner:
                 continue
-            if (task_id not in wanted or task_id in self._cancelled_unclaimed
-                    or q.task.function_id not in self._functions):
+            if task_id not in wanted or q.task.function_id not in self._functions:
                 unwanted.append(task_id)
                 continue
             del self._recovered[task_id]
@@ -626,8 +633,6 @@ class Scheduler:
         for task_id in task_ids:
             del self._recovered[task_id]
         self._left(*task_ids)
-        if not self._recovered:
-            self._cancelled_unclaimed.clear()
 
     # -- worker lifecycle ----------------------------------------------------------------
 
@@ -714,8 +719,6 @@ class Scheduler:
             self._end_recovery()
         if self._recovered and now > self._recovered_until:
             self._drop_recovered(list(self._recovered), "no owner claimed them")
-        elif self._cancelled_unclaimed and not self._recovered and self._recovery.is_set():
-            self._cancelled_unclaimed.clear()
         if self._start_failures >= WORKER_START_FAILURES_MAX:
             self._fail_all_queued("workers keep failing to start; see the logs in " + str(self.session.log_dir))
         idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.assigned]

@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from ember.lineage._gcs_log import GcsLog
-from ember.lineage._queue_log import QueueLog, read_queue
+from ember.lineage._queue_log import QueueLog
+from ember.lineage._replay_source import ReplaySource
 from ember.lineage._store import LineageStore
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
 from tests.fix_cluster import poll_until
@@ -71,8 +72,9 @@ def test_a_successor_reads_the_queue_with_its_specs_and_deletes_what_nobody_clai
     assert poll_until(lambda: len(_rows(conninfo, node)) == 2, BOUND_S)
     first.close()  # as if killed: its rows stay
 
-    assert read_queue(conninfo, node, 1001) == ([], [])  # a scheduler's own rows are not its to take up
-    found, missing = read_queue(conninfo, node, 1002)
+    source = ReplaySource(conninfo)
+    assert source.queue(node, 1001) == ([], [])  # a scheduler's own rows are not its to take up
+    found, missing = source.queue(node, 1002)
     assert missing == [unlogged.task_id]
     [queued] = found
     assert (queued.attempt, queued.owner) == (0, "/owner")
@@ -90,11 +92,12 @@ def test_a_successor_reads_the_queue_with_its_specs_and_deletes_what_nobody_clai
         second.queued(logged.task_id, 1, "/owner", job)  # claimed: runs again as attempt 1
         assert poll_until(lambda: _rows(conninfo, node) == {logged.task_id: (1, "/owner")}, BOUND_S), \
             _rows(conninfo, node)
-        assert read_queue(conninfo, node, 1002) == ([], [])  # now the second one's row
+        assert source.queue(node, 1002) == ([], [])  # now the second one's row
         second.left([logged.task_id])
         assert poll_until(lambda: _rows(conninfo, node) == {}, BOUND_S), _rows(conninfo, node)
     finally:
         second.close()
+        source.close()
 
 
 def test_rows_wait_out_an_unreachable_server_and_are_not_lost(conninfo):
