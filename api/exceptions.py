@@ -43,6 +43,7 @@ __all__ = [
     "TaskCancelledError",
     "ClusterStartError",
     "ClusterUnavailableError",
+    "LineageLogUnavailableError",
     "AlreadyInitializedError",
     "InvalidAddressError",
 ]
@@ -98,6 +99,29 @@ class ClusterStartError(EmberOperationError, RuntimeError):
 
 class ClusterUnavailableError(EmberOperationError, ConnectionError):
     """The cluster's scheduler cannot be reached (it stopped, or this process was cut off)."""
+
+
+class LineageLogUnavailableError(EmberOperationError, ConnectionError):
+    """The lineage log could not commit in time, so a value whose lineage is not durable was held back.
+
+    Durable before visible: ember hands out no value (to ``get``, ``wait``,
+    another process) before the rows that can rebuild it are committed. The
+    value is not lost; the call can be made again once the log is back.
+    """
+
+    def __init__(self, url: str = "", waited_s: float = 0.0, what: str = "a value") -> None:
+        self.url = url
+        self.waited_s = waited_s
+        self.what = what
+        super().__init__(
+            f"the lineage log at {url} did not commit within {waited_s:g}s, so {what} is held back: "
+            "ember hands out no value whose lineage is not durable. Nothing committed is lost; check that "
+            "PostgreSQL is up (EMBER_GCS_URL, or the embedded server under $EMBER_HOME) and call again once "
+            "it is back. EMBER_LOG_COMMIT_WAIT_S sets how long a call waits for the log"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.waited_s, self.what))
 
 
 class AlreadyInitializedError(EmberUserError, RuntimeError):

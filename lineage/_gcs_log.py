@@ -20,6 +20,10 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+import psycopg.conninfo
+
+from ember import _settings
+from ember.exceptions import LineageLogUnavailableError
 from ember.lineage._log_writer import OUTAGE_ALERT_S, LogWriter
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -52,6 +56,8 @@ class GcsLog:
         node_id: str | None = None,
     ) -> None:
         self.node_id = node_id
+        self.url = describe_conninfo(conninfo)
+        self.commit_wait_s = _settings.load().log_commit_wait_s
         self.writer = LogWriter(
             conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
             outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
@@ -71,6 +77,17 @@ class GcsLog:
 
     def wait_committed(self, seq: int, timeout_s: float | None = None) -> bool:
         return self.writer.wait_committed(seq, timeout_s)
+
+    def make_durable(self, seq: int, what: str) -> None:
+        """Return once row ``seq`` and every row before it are committed, at most ``commit_wait_s`` later.
+
+        Invariant 1, durable before visible: called before ``what`` (a value,
+        a ref) is let out. Past the limit it raises LineageLogUnavailableError
+        instead, and ``what`` must not be let out; the rows stay queued and
+        commit when the log is back.
+        """
+        if seq > self.writer.committed_seq and not self.writer.wait_committed(seq, self.commit_wait_s):
+            raise LineageLogUnavailableError(self.url, self.commit_wait_s, what)
 
     def close(self) -> None:
         self.writer.close()
@@ -152,6 +169,16 @@ class GcsLog:
             args = pickle.dumps((spec.args, spec.kwargs), protocol=5) if spec.args or spec.kwargs else _NO_ARGS
         return self.writer.append("actor_calls", (actor_id, seq, spec.task_id, spec.method, args, spec.num_returns,
                                                   spec.owner_addr), urgent=False)
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """A log's connection string as a person may see it: any password left out."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "(a malformed connection string)"
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
 # A failed attempt's error text is kept whole up to this; longer, its head

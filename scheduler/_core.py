@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from ember.exceptions import (
@@ -60,7 +61,6 @@ from ember.store._serialization import (
 
 log = logging.getLogger("ember.core")
 
-LOG_COMMIT_WAIT_S = 60.0
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
 
@@ -308,14 +308,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     pt = self._tasks.get(ref._id[:16])
                     if pt is not None and not pt.log_seq and not pt.replay:
                         self._log_before_dispatch(pt)
-                if entry is not None and entry.order is not None:
-                    # An actor call's result: its place in the actor's order goes first.
-                    entry.log_seq = max(entry.log_seq, self._log_unconfirmed(*entry.order))
-                    entry.order = None
-        entry = self._objects.get(ref._id)
-        if entry is not None and self.gcs is not None and entry.log_seq > self.gcs.committed_seq:
+                seq = self._lineage_seq_locked(ref)
             # Nobody else may name an object before its lineage is durable.
-            self.gcs.wait_committed(entry.log_seq, LOG_COMMIT_WAIT_S)
+            self.gcs.make_durable(seq, f"a ref to object {ref.hex()}")
         with self._lock:
             entry = self._objects.get(ref._id)
             if entry is None or entry.shared:
@@ -323,6 +318,36 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             entry.shared = True
             if entry.state == READY_INLINE:
                 self._publish(ref._id, entry.data)
+
+    def _lineage_seq_locked(self, ref: ObjectRef) -> int:
+        """The last log row the value of an owned ``ref`` rests on: its task's spec, its ancestors'
+        specs logged here before it, its creation row (0: none, or not owned here)."""
+        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+        if entry is None:
+            return 0
+        if entry.order is not None:
+            # An actor call's result: its place in the actor's order, which only the actor may have logged.
+            entry.log_seq = max(entry.log_seq, self._log_unconfirmed(*entry.order))
+            entry.order = None
+        return entry.log_seq
+
+    def await_lineage(self, refs: Sequence[ObjectRef]) -> None:
+        """Return once the lineage of every ready owned ref among ``refs`` is durable (invariant 1, to
+        this process too): ``get`` and ``wait`` hand out nothing before. LineageLogUnavailableError
+        past the log's limit."""
+        gcs = self.gcs
+        if gcs is None:
+            return
+        with self._lock:
+            seq = max((self._lineage_seq_locked(ref) for ref in refs), default=0)
+        if seq > gcs.committed_seq:
+            what = f"the value of {refs[0].hex()}" if len(refs) == 1 else f"the values of {len(refs)} objects"
+            gcs.make_durable(seq, what)
+
+    def expedite_log(self) -> None:
+        """Someone is about to wait for values: rows queued lazily leave now, while the tasks run."""
+        if self.gcs is not None:
+            self.gcs.writer.expedite()
 
     def _publish(self, oid: bytes, data: bytes | None) -> None:
         """Write an inline object to the node store so borrowers can read it."""
@@ -920,7 +945,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
     def _flush_log_for(self, conn: Connection, req_id: int, actor_id: bytes) -> None:
         with self._lock:
             self._log_unconfirmed(actor_id)
-        committed = self.gcs.writer.flush(LOG_COMMIT_WAIT_S) if self.gcs is not None else True
+        committed = self.gcs.writer.flush(self.gcs.commit_wait_s) if self.gcs is not None else True
         try:
             conn.reply(req_id, committed)
             conn.flush()
@@ -980,9 +1005,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         if logged:
             error = next((data for _, data, _ in results if data is not None and is_error(data)), None)
             failed = error is not None
-            self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
-                              [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
-                               for oid, data, size in results], error=error, hashes=hashes)
+            created_seq = self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
+                                            [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
+                                             for oid, data, size in results], error=error, hashes=hashes)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:
@@ -1005,6 +1030,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     self.store.send((Op.FREE, [oid]))
                 continue
             entry.order = order  # a ref to it leaves only once the call's place in the order is durable
+            if logged:
+                entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
             entry.copies = None
             if data is None:
                 entry.state = READY_STORE

@@ -24,7 +24,8 @@ from typing import Any
 import cloudpickle
 
 from ember.chaos import _agent
-from ember.exceptions import ActorDiedError, EmberTaskError, SerializationError, TaskCancelledError
+from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
+                              TaskCancelledError)
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
@@ -43,7 +44,6 @@ _ADOPT = -1  # inbox marker: start reading this call connection on the main thre
 CHECKPOINT_INTERVAL = 100  # calls between checkpoints, unless the class sets checkpoint_interval
 COVERED_CALLS_MAX = 10_000  # calls before a checkpoint whose resending is recognised
 CALLER_FLUSH_WAIT_S = 10.0  # a restarting actor waits this long for its last caller's log (a stopped caller)
-LOG_COMMIT_WAIT_S = 60.0  # bounded: an outage longer than this lets a result go (logged in the worker's log)
 
 
 class _UpstreamError(Exception):
@@ -391,7 +391,11 @@ class Executor:
                 self._last_caller = spec.owner_addr
             hold = gcs is not None and bool(must_commit or switched or self._held)
         if must_commit and not hold:
-            gcs.wait_committed(gcs.writer.appended_seq, LOG_COMMIT_WAIT_S)  # type: ignore[union-attr]
+            try:
+                gcs.make_durable(gcs.writer.appended_seq, f"the result of {spec.describe()}")  # type: ignore[union-attr]
+            except LineageLogUnavailableError as exc:
+                # Nothing the task made leaves without its lineage: its caller gets the error instead.
+                outcome, failed = [_error_bytes(exc)] * spec.num_returns, True
         results = []
         for oid, value in zip(spec.return_ids(), outcome):
             if failed:

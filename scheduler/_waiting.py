@@ -259,6 +259,7 @@ class WaitingMixin:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
+        self.expedite_log()
         for _ in range(RECONSTRUCTION_ROUNDS_MAX):
             flags = self._wait_ready(refs, len(refs), deadline)
             if not all(flags):
@@ -272,6 +273,7 @@ class WaitingMixin:
                 break
             if lost:
                 self.reconstruct(lost)
+        self.await_lineage(refs)
         return [self._value(r) for r in refs]
 
     def _forget_gone_borrowed(self, refs: list[ObjectRef]) -> bool:
@@ -313,10 +315,12 @@ class WaitingMixin:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
+        self.expedite_log()
         flags = self._wait_ready(refs, num_returns, deadline)
         ready, not_ready = [], []
         for ref, flag in zip(refs, flags):
             (ready if flag and len(ready) < num_returns else not_ready).append(ref)
+        self.await_lineage(ready)
         return ready, not_ready
 
 

@@ -10,6 +10,7 @@ import textwrap
 import psycopg
 import pytest
 
+from ember.lineage import UnknownIdError, open_log
 from ember.lineage._postgres import EmbeddedPostgres
 
 DRIVER = textwrap.dedent("""
@@ -55,21 +56,54 @@ DRIVER = textwrap.dedent("""
     os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no atexit: only what was committed survives
 """)
 
-PRIVATE_DRIVER = textwrap.dedent("""
-    import json, os, signal, time
+# One driver per shape: it gets a value, prints it, and SIGKILLs itself at
+# once. Lazy rows wait a minute (EMBER_LOG_LAZY_S), so only the wait that
+# ``get`` itself makes can have committed the lineage before the kill.
+SHAPES_DRIVER = textwrap.dedent("""
+    import json, os, signal, sys
     import ember
-    ember.init(num_cpus=1)
+    ember.init(num_cpus=2)
 
     @ember.remote
     def inc(x):
         return x + 1
 
-    ref = inc.remote(41)
-    assert ember.get(ref) == 42  # seen by the driver alone: its row may still be on its way
-    time.sleep(1.0)  # far beyond EMBER_LOG_LAZY_S's default of 10 ms
-    print(json.dumps({"task": ref.task_id().hex()}), flush=True)
+    @ember.remote
+    def add(a, b):
+        return a + b
+
+    @ember.remote
+    class Counter:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, n):
+            self.total += n
+            return self.total
+
+    shape = sys.argv[1]
+    if shape == "chain":
+        ref = inc.remote(0)
+        for _ in range(9):
+            ref = inc.remote(ref)
+        tasks = 10
+    elif shape == "tree":
+        level = [inc.remote(i) for i in range(8)]
+        while len(level) > 1:
+            level = [add.remote(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        ref, tasks = level[0], 15
+    elif shape == "actor":
+        counter = Counter.remote()
+        counter.add.remote(1)
+        ref, tasks = counter.add.remote(2), 3  # the call, the call before it, the constructor
+    else:
+        ref, tasks = inc.remote(ember.put(41)), 1
+    value = ember.get(ref)
+    print(json.dumps({"value": value, "object": ref.hex(), "tasks": tasks}), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
+EXPECTED_VALUES = {"chain": 10, "tree": 36, "actor": 3, "put": 42}
+RUNS_PER_SHAPE = 5
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +154,30 @@ def test_sigkilled_driver_leaves_the_whole_lineage_of_what_it_let_out(ember_home
                             (nested_task,)).fetchone()[0] == 3
 
 
-def test_what_only_the_driver_saw_is_durable_a_moment_later(ember_home, log_server):
-    env = {**os.environ, "EMBER_HOME": str(ember_home)}
-    env.pop("EMBER_LOG_LAZY_S", None)
-    proc = subprocess.run([sys.executable, "-c", PRIVATE_DRIVER], capture_output=True, text=True, timeout=120,
-                          env=env)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    task_id = bytes.fromhex(json.loads(proc.stdout.strip().splitlines()[-1])["task"])
-    with psycopg.connect(log_server.conninfo) as conn:
-        row = conn.execute("SELECT function_name FROM tasks WHERE task_id = %s", (task_id,)).fetchone()
-    assert row is not None and row[0].endswith("inc")
+@pytest.mark.parametrize("shape", sorted(EXPECTED_VALUES))
+def test_a_value_the_driver_printed_keeps_its_whole_lineage_through_an_instant_sigkill(
+        ember_home, log_server, shape):
+    env = {**os.environ, "EMBER_HOME": str(ember_home), "EMBER_LOG_LAZY_S": "60"}
+    misses = []
+    for run in range(RUNS_PER_SHAPE):
+        proc = subprocess.run([sys.executable, "-c", SHAPES_DRIVER, shape], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        seen = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert seen["value"] == EXPECTED_VALUES[shape]
+        with open_log(log_server.conninfo) as log:
+            try:
+                graph = log.lineage(seen["object"])
+            except UnknownIdError as exc:
+                misses.append(f"run {run}: {exc}")
+                continue
+        if len(graph.tasks) != seen["tasks"] or graph.missing or not graph.complete:
+            misses.append(f"run {run}: {len(graph.tasks)} of {seen['tasks']} tasks, missing {graph.missing}")
+        if shape == "put":
+            origins = sorted(o.origin for o in graph.objects.values())
+            if origins != ["put", "return"]:
+                misses.append(f"run {run}: objects {origins}")
+    assert misses == []
 
 
 def test_unreachable_postgres_is_a_clear_error(monkeypatch):
@@ -227,3 +275,59 @@ def test_gcs_url_points_ember_at_a_separately_started_server(log_server):
                             (ref.task_id().binary(),)).fetchone()[0].endswith("triple")
         assert conn.execute("SELECT state FROM jobs WHERE job_id = %s", (job,)).fetchone() == ("FINISHED",)
         assert conn.execute("SELECT death_cause FROM nodes WHERE node_id = %s", (node_id,)).fetchone() == ("shut down",)
+
+
+def test_a_result_whose_lineage_cannot_commit_is_held_back_with_a_typed_error(
+        ember_home, log_server, monkeypatch, tmp_path):
+    import ember
+    from ember.exceptions import LineageLogUnavailableError
+
+    monkeypatch.setenv("EMBER_HOME", str(ember_home))
+    monkeypatch.setenv("EMBER_LOG_COMMIT_WAIT_S", "2")
+    gate = tmp_path / "open"
+    ember.init(num_cpus=3)  # two gated tasks and one to warm up
+    try:
+        @ember.remote
+        def gated(path, value):
+            import os
+            import time
+
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return value
+
+        @ember.remote
+        def logs_a_put(path):
+            import os
+            import time
+
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return ember.get(ember.put(5))  # the worker's own put: its row must commit before the result leaves
+
+        pending = gated.remote(str(gate), 7)
+        nested = logs_a_put.remote(str(gate))
+        ember.get(gated.remote(str(tmp_path), 0), timeout=60)  # the specs are durable; the cluster is warm
+        log_server.stop_for_outage()
+        try:
+            gate.touch()  # both finish while PostgreSQL is down
+            with pytest.raises(LineageLogUnavailableError) as raised:
+                ember.get(pending, timeout=60)
+            assert "2s" in str(raised.value) and str(log_server.socket_dir) in str(raised.value)
+            with pytest.raises(LineageLogUnavailableError):
+                ember.wait([pending], timeout=5)  # wait hands out no ready ref without its lineage either
+            with pytest.raises(LineageLogUnavailableError):
+                ember.get(nested, timeout=60)  # held back by the worker that ran it
+        finally:
+            log_server.end_outage()
+        assert ember.get(pending, timeout=60) == 7  # the value was kept, and its rows commit now
+        assert ember.wait([pending], timeout=5) == ([pending], [])
+        job = bytes.fromhex(ember.get_runtime_context().get_job_id())
+    finally:
+        ember.shutdown()
+    with psycopg.connect(log_server.conninfo) as conn:
+        assert conn.execute("SELECT origin FROM objects WHERE object_id = %s", (pending.binary(),)).fetchone() \
+            == ("return",)
+        assert conn.execute("SELECT state FROM jobs WHERE job_id = %s", (job,)).fetchone() == ("FINISHED",)

@@ -119,3 +119,61 @@ def test_actor_outlives_the_connection_that_caused_its_spawn():
         assert ember.get(a.ping.remote(), timeout=30) == "pong"
     finally:
         ember.shutdown()
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the embedded server's own user exists only under root")
+ONE_TASK = """
+import ember
+ember.init(num_cpus=1)
+@ember.remote
+def inc(x): return x + 1
+print("VALUE", ember.get(inc.remote(41)), flush=True)
+"""
+
+
+def _run_with_home(home, code=ONE_TASK):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "EMBER_HOME": str(home)})
+
+
+@ROOT_ONLY
+def test_root_with_a_private_0700_home_starts_and_lets_only_the_server_user_through():
+    import shutil
+    import stat
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="ember-private-home-")  # 0700, as `mktemp -d` makes it
+    try:
+        assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+        proc = _run_with_home(home)
+        assert proc.returncode == 0, proc.stderr
+        assert "VALUE 42" in proc.stdout
+        mode = os.stat(home).st_mode
+        assert mode & 0o007 == 0  # others gain nothing: the one user passes by an ACL entry
+        assert os.getxattr(home, "system.posix_acl_access")
+        again = _run_with_home(home)  # the history is there for the next run
+        assert again.returncode == 0, again.stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@ROOT_ONLY
+def test_root_with_a_home_under_a_closed_folder_is_refused_with_the_fix():
+    import shutil
+    import tempfile
+
+    closed = tempfile.mkdtemp(prefix="ember-closed-")  # 0700, and not ember's to open
+    try:
+        home = os.path.join(closed, "home")
+        os.mkdir(home, 0o755)
+        proc = _run_with_home(home)
+        assert proc.returncode != 0
+        error = proc.stderr.strip().splitlines()[-1]
+        assert "ClusterStartError" in error and closed in error and "ember-pg" in error
+        assert "setfacl -m u:ember-pg:x" in error and "EMBER_HOME" in error
+        assert not os.path.exists(os.path.join(home, "pg", "data", "PG_VERSION"))
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)

@@ -21,6 +21,7 @@ INSTANCES = [
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
     ex.EmberTaskError("f", "Traceback...", ValueError("boom"), "ValueError('boom')"),
     ex.InvalidAddressError("grpc://h:0/s: port 0"),
+    ex.LineageLogUnavailableError("postgresql://postgres@/ember?host=/tmp/x", 2.0, "the value of f"),
 ]
 
 
