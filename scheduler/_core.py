@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ember.exceptions import (
@@ -26,6 +27,7 @@ from ember.exceptions import (
     EmberTaskError,
     ForeignObjectRefError,
     InfeasibleResourceError,
+    LineageLogUnavailableError,
     TaskCancelledError,
     WorkerCrashedError,
 )
@@ -34,7 +36,7 @@ from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin
-from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin
+from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin, grouped
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, connect, set_local_relay
@@ -61,6 +63,9 @@ from ember.store._serialization import (
 
 log = logging.getLogger("ember.core")
 
+# A borrower waits for an owner's answer this much longer than the owner waits for its log.
+OWNER_ANSWER_MARGIN_S = 5.0
+DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
 
@@ -153,6 +158,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
         self._adopting: set[bytes] = set()
         self._store_ready: set[bytes] = set()
+        self._durable_borrowed: set[bytes] = set()  # borrowed objects whose owners said their lineage is durable
         # Objects across nodes (LocationMixin): who asked where an object is before it was made,
         # lookups to send, and the owner and node of each object being pulled here.
         self._locate_waiters: dict[bytes, set[str]] = {}
@@ -308,7 +314,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     pt = self._tasks.get(ref._id[:16])
                     if pt is not None and not pt.log_seq and not pt.replay:
                         self._log_before_dispatch(pt)
-                seq = self._lineage_seq_locked(ref)
+                seq = self._lineage_seq_locked(ref._id)
             # Nobody else may name an object before its lineage is durable.
             self.gcs.make_durable(seq, f"a ref to object {ref.hex()}")
         with self._lock:
@@ -319,10 +325,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if entry.state == READY_INLINE:
                 self._publish(ref._id, entry.data)
 
-    def _lineage_seq_locked(self, ref: ObjectRef) -> int:
-        """The last log row the value of an owned ``ref`` rests on: its task's spec, its ancestors'
-        specs logged here before it, its creation row (0: none, or not owned here)."""
-        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+    def _lineage_seq_locked(self, oid: bytes) -> int:
+        """The last log row the value of owned object ``oid`` rests on: its task's spec, the specs of its
+        ancestors logged here before it, its creation row (0: none, or not owned here)."""
+        entry = self._objects.get(oid)
         if entry is None:
             return 0
         if entry.order is not None:
@@ -332,22 +338,73 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         return entry.log_seq
 
     def await_lineage(self, refs: Sequence[ObjectRef]) -> None:
-        """Return once the lineage of every ready owned ref among ``refs`` is durable (invariant 1, to
-        this process too): ``get`` and ``wait`` hand out nothing before. LineageLogUnavailableError
-        past the log's limit."""
+        """Return once the lineage of every ready ref among ``refs`` is durable (invariant 1, to this
+        process too): ``get`` and ``wait`` hand out nothing before. Owned refs wait for this process's
+        log; borrowed ones for their owners' answers. LineageLogUnavailableError past the log's limit."""
         gcs = self.gcs
         if gcs is None:
             return
+        seq = 0
+        borrowed: list[ObjectRef] = []
         with self._lock:
-            seq = max((self._lineage_seq_locked(ref) for ref in refs), default=0)
+            for ref in refs:
+                if ref._owner == self.address:
+                    seq = max(seq, self._lineage_seq_locked(ref._id))
+                elif ref._id not in self._durable_borrowed:
+                    borrowed.append(ref)
         if seq > gcs.committed_seq:
             what = f"the value of {refs[0].hex()}" if len(refs) == 1 else f"the values of {len(refs)} objects"
             gcs.make_durable(seq, what)
+        if borrowed:
+            self._confirm_borrowed_lineage(borrowed)
 
-    def expedite_log(self) -> None:
-        """Someone is about to wait for values: rows queued lazily leave now, while the tasks run."""
-        if self.gcs is not None:
-            self.gcs.writer.expedite()
+    def _confirm_borrowed_lineage(self, refs: list[ObjectRef]) -> None:
+        """Ask each live owner to commit the lineage of its objects among ``refs`` and say so.
+
+        A dead owner cannot: whatever of its rows was not committed died with
+        it, and the spec of each of its objects was committed before the ref
+        left it. Confirmed ids are remembered (a bounded set), so a borrower
+        asks once per object.
+        """
+        gcs = self.gcs
+        for owner, oids in grouped((ref._owner, ref._id) for ref in refs).items():
+            if not self.owner_alive(owner):
+                continue
+            try:
+                durable = self._peer(owner).call(Op.LINEAGE_DURABLE, oids,
+                                                 timeout_s=gcs.commit_wait_s + OWNER_ANSWER_MARGIN_S)
+            except (ConnectionClosed, OSError):
+                continue  # it died meanwhile: as above
+            except FutureTimeout:
+                durable = False
+            if not durable:
+                raise LineageLogUnavailableError(
+                    gcs.url, gcs.commit_wait_s, f"the value of {oids[0].hex()} (its owner {owner} could not commit "
+                                                "its lineage in time)")
+            with self._lock:
+                self._durable_borrowed.update(oids)
+                if len(self._durable_borrowed) > DURABLE_BORROWED_MAX:
+                    self._durable_borrowed.clear()  # bounded: at worst a borrower asks again
+
+    def _on_lineage_wanted(self, conn: Connection, req_id: int, oids: list[bytes]) -> None:
+        """A borrower's question: answer True once the lineage of ``oids`` (owned here) is durable."""
+        with self._lock:
+            seq = max((self._lineage_seq_locked(oid) for oid in oids), default=0)
+        gcs = self.gcs
+        if gcs is None or seq <= gcs.committed_seq:
+            conn.reply(req_id, True)
+            return
+
+        def answer() -> None:
+            durable = gcs.wait_committed(seq, gcs.commit_wait_s)
+            try:
+                conn.reply(req_id, durable)
+                conn.flush()
+            except ConnectionClosed:
+                pass
+
+        # Off the reader thread: the commit may take a while.
+        threading.Thread(target=answer, name="ember-lineage-wanted", daemon=True).start()
 
     def _publish(self, oid: bytes, data: bytes | None) -> None:
         """Write an inline object to the node store so borrowers can read it."""
@@ -890,6 +947,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             self._on_object_wanted(msg[1])
         elif op in _LOCATION_OPS:
             self._on_location_message(conn, msg)
+        elif op == Op.LINEAGE_DURABLE:
+            self._on_lineage_wanted(conn, msg[1], msg[2])
         elif op == Op.FLUSH_LOG:
             # A restarted actor asks for the calls this process saw it run:
             # answered off the reader thread, since a commit may take a while.

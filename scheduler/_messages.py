@@ -92,6 +92,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE)), 3),  # ..., call_seq, durable_seq, hashes
     Op.ACTOR_CALL: ((TaskSpec,), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
+    Op.LINEAGE_DURABLE: ((int, _ListOf(OID)), 0),
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
     Op.LOCATE: ((_ListOf(OID), str), 0),  # ..., where to answer
     Op.OBJECT_AT: ((OID, list), 0),  # ..., relay endpoints of the nodes that hold it
@@ -111,7 +112,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
 # Requests (answered with REPLY): a refused one is answered with an error.
 REQUESTS = frozenset({
     Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
-    Op.STORE_STATS, Op.RESUME,
+    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE,
 })
 
 SCHEDULER_OPS = frozenset({
@@ -123,7 +124,7 @@ SCHEDULER_OPS = frozenset({
 STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({
     Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
-    Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
+    Op.LINEAGE_DURABLE, Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
     Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR,
 })
 # What an actor takes on a caller's connection once it has adopted it.

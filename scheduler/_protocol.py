@@ -91,6 +91,7 @@ class Op:
     TASK_RESULT = 40
     ACTOR_CALL = 41
     FLUSH_LOG = 42  # restarted actor -> its last caller: commit what you logged, then answer
+    LINEAGE_DURABLE = 43  # a borrower -> an object's owner: commit these objects' lineage, then answer
     # to and from the object store
     SEALED = 50
     SUBSCRIBE = 51

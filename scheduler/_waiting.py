@@ -259,7 +259,6 @@ class WaitingMixin:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
-        self.expedite_log()
         for _ in range(RECONSTRUCTION_ROUNDS_MAX):
             flags = self._wait_ready(refs, len(refs), deadline)
             if not all(flags):
@@ -315,7 +314,6 @@ class WaitingMixin:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
-        self.expedite_log()
         flags = self._wait_ready(refs, num_returns, deadline)
         ready, not_ready = [], []
         for ref, flag in zip(refs, flags):

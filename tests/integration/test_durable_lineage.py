@@ -331,3 +331,34 @@ def test_a_result_whose_lineage_cannot_commit_is_held_back_with_a_typed_error(
         assert conn.execute("SELECT origin FROM objects WHERE object_id = %s", (pending.binary(),)).fetchone() \
             == ("return",)
         assert conn.execute("SELECT state FROM jobs WHERE job_id = %s", (job,)).fetchone() == ("FINISHED",)
+
+
+def test_a_borrower_reads_a_value_only_once_its_owner_committed_its_creation(ember_home, log_server, monkeypatch):
+    import ember
+
+    monkeypatch.setenv("EMBER_HOME", str(ember_home))
+    monkeypatch.setenv("EMBER_LOG_LAZY_S", "60")  # nothing commits unless somebody waits for it
+    ember.init(num_cpus=2)
+    try:
+        @ember.remote
+        def slow(value):
+            import time
+
+            time.sleep(0.3)  # still pending when the ref leaves the driver
+            return value
+
+        @ember.remote
+        def read_and_check(refs, conninfo):
+            import psycopg
+
+            value = ember.get(refs[0])  # a borrowed ref: its owner is the driver
+            with psycopg.connect(conninfo) as conn:
+                row = conn.execute("SELECT origin FROM objects WHERE object_id = %s", (refs[0].binary(),)).fetchone()
+            return value, row
+
+        ref = slow.remote(99)
+        value, row = ember.get(read_and_check.remote([ref], log_server.conninfo), timeout=60)
+    finally:
+        ember.shutdown()
+    assert value == 99
+    assert row == ("return",)  # the creation row was durable before the borrower's get returned
