@@ -28,32 +28,50 @@ LOG_LAZY_S = 0.01
 
 @dataclass(frozen=True)
 class Settings:
-    """What the ``EMBER_*`` variables say; each field's metadata names its variable."""
+    """What the ``EMBER_*`` variables say (``_VARIABLES`` names each field's variable)."""
 
     log_commit_wait_s: float = LOG_COMMIT_WAIT_S
     log_lazy_s: float = LOG_LAZY_S
+    # A commit waits for PostgreSQL's flush of its write-ahead log to disk
+    # (synchronous_commit on). Off, a commit is acknowledged once the server
+    # has it: it survives any ember process's crash and a server restart, not
+    # a crash of the server or its machine in the next moments.
+    log_sync_commit: bool = True
 
 
 _VARIABLES = {
     "log_commit_wait_s": "EMBER_LOG_COMMIT_WAIT_S",
     "log_lazy_s": "EMBER_LOG_LAZY_S",
+    "log_sync_commit": "EMBER_LOG_SYNC_COMMIT",
 }
+_SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """The settings the environment (``os.environ`` by default) gives; defaults for what it leaves out."""
     environ = os.environ if environ is None else environ
-    values: dict[str, float] = {}
+    values: dict[str, float | bool] = {}
     for field in fields(Settings):
         name = _VARIABLES[field.name]
         text = environ.get(name)
         if text is None or text == "":
             continue
-        try:
-            value = float(text)
-        except ValueError:
-            raise InvalidOptionError(f"{name}={text!r} is not a number of seconds; unset it or give e.g. {name}=30")
-        if not value >= 0:  # also refuses nan
-            raise InvalidOptionError(f"{name}={text!r} must be zero or more seconds")
-        values[field.name] = value
-    return Settings(**values)
+        values[field.name] = _switch(name, text) if field.type in (bool, "bool") else _seconds(name, text)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidOptionError(f"{name}={text!r} is not a number of seconds; unset it or give e.g. {name}=30")
+    if not value >= 0:  # also refuses nan
+        raise InvalidOptionError(f"{name}={text!r} must be zero or more seconds")
+    return value
+
+
+def _switch(name: str, text: str) -> bool:
+    value = _SWITCH.get(text.strip().lower())
+    if value is None:
+        raise InvalidOptionError(f"{name}={text!r} is neither on nor off; unset it or give {name}=on or {name}=off")
+    return value

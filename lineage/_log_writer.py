@@ -71,7 +71,9 @@ class LogWriter:
         # registered by every process): they skip what exists, never COPY.
         self._idempotent = idempotent_tables
         self._flush_interval_s = flush_interval_s
-        self._lazy_delay_s = _settings.load().log_lazy_s
+        settings = _settings.load()
+        self._lazy_delay_s = settings.log_lazy_s
+        self._sync_commit = settings.log_sync_commit
         self._rows_max = rows_max
         self._outage_alert_s = outage_alert_s
         self._clock = clock
@@ -233,6 +235,8 @@ class LogWriter:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._conninfo, connect_timeout=5, autocommit=True)
+            if not self._sync_commit:
+                self._conn.execute("SET synchronous_commit = off")  # EMBER_LOG_SYNC_COMMIT=off
             self._conn.adapters.register_dumper(BinaryArray, EncodedDumper)
             self._inserts = {}
             self._types = {}

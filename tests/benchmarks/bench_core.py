@@ -40,10 +40,14 @@ from _table import aligned  # beside this script
 
 PREFIX = "BENCH_RESULT "
 NOLOG = "ember-nolog"  # ember with lineage logging switched off, to show what logging costs
+# ember whose log commits are acknowledged before PostgreSQL flushes them to
+# disk: shows what the disk flush costs a synchronous call
+NOSYNC = "ember-nosync"
+VARIANTS = {NOLOG: {"EMBER_LINEAGE": "off"}, NOSYNC: {"EMBER_LOG_SYNC_COMMIT": "off"}}
 
 
 def _module(name: str) -> str:
-    return "ember" if name == NOLOG else name
+    return "ember" if name in VARIANTS else name
 CHILD_TIMEOUT_S = 600.0
 
 # (key, unit, absolute target for ember or None = "at least 3x Ray's rate")
@@ -72,8 +76,7 @@ def run_child(name: str, quick: bool) -> dict[str, Any]:
                 res[k] = None
                 errors[k] = f"{type(e).__name__}: {e}"[:500]
 
-    if name == NOLOG:
-        os.environ["EMBER_LINEAGE"] = "off"  # the measurement-only switch: no lineage log at all
+    os.environ.update(VARIANTS.get(name, {}))
     rt = importlib.import_module(_module(name))
     res["version"] = getattr(rt, "__version__", None)
 
