@@ -9,7 +9,7 @@ every few milliseconds; a process that is about to let something out waits
 for them (``wait_committed``), which sends them at once.
 
 It must never block a caller on the database except through
-``wait_committed``.
+``wait_committed`` (and ``make_durable``, which is bounded by it).
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class GcsLog:
         """
         if seq > self.writer.committed_seq and not self.writer.wait_committed(seq, self.commit_wait_s):
             raise LineageLogUnavailableError(self.url, self.commit_wait_s, what)
+        assert self.writer.committed_seq >= seq, "invariant 1: durable before visible"
 
     def close(self) -> None:
         self.writer.close()

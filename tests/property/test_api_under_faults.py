@@ -22,7 +22,9 @@ fires between operations, never on a timer, so a plan replays. The example's
 final check reads every ref and every actor again and waits until every kind
 of process is back; the ci run asserts every kind of fault really hit.
 
-Invariants: every value read equals the model (arrays exactly); every ``get``
+Invariants: every value read equals the model (arrays exactly), and its
+creation row is already committed to the lineage log when ``get`` or ``wait``
+hands it out (durable before visible, the caller included); every ``get``
 is bounded and a ``GetTimeoutError`` is a hang; ``wait`` returns exactly
 ``num_returns`` ready refs out of those given; an actor's state is its model's.
 No typed error is legitimate, with one exception the design names: a large
@@ -419,9 +421,13 @@ class ApiUnderFaults(RuleBasedStateMachine):
         except EmberError as exc:
             self._classify(what, chosen, exc)
             return
+        # Read right after get returned: nothing but get's own wait can have committed them yet.
+        missing = _not_in_log([t.ref for t in chosen])
         for tracked, value in zip(chosen, values, strict=True):
             if not _equal(value, tracked.expected):
                 self._wrong(f"{tracked} = {tracked.how} read {_short(value)}, the model says {_short(tracked.expected)}")
+            if tracked.ref.hex() in missing:
+                self._wrong(f"{tracked} = {tracked.how} was read before its creation row was committed")
             TALLY.operations_checked += 1
 
     def _check_actor(self, actor: TrackedActor) -> None:
@@ -493,6 +499,27 @@ class ApiUnderFaults(RuleBasedStateMachine):
             self._check_values([tracked])
         for actor in self.actor_list:
             self._check_actor(actor)
+
+
+def _not_in_log(refs: list[ember.ObjectRef]) -> set[str]:
+    """The ids among ``refs`` with no creation row in the lineage log (read now, PostgreSQL restarts waited out)."""
+    import psycopg
+
+    conninfo = ember._runtime._session.read_info()["gcs_conninfo"]
+
+    def read() -> tuple[set[str]] | None:
+        try:
+            with psycopg.connect(conninfo, connect_timeout=5) as conn:
+                rows = conn.execute("SELECT object_id FROM objects WHERE object_id = ANY(%s)",
+                                    ([r.binary() for r in refs],)).fetchall()
+        except psycopg.OperationalError:
+            return None  # the server is restarting (a fault): ask again
+        return ({r.hex() for r in refs} - {row[0].hex() for row in rows},)  # truthy even when empty
+
+    found = poll_until(read, WHOLE_BOUND_S, poll_s=0.2)
+    if found is None:
+        raise AssertionError(f"the lineage log was unreachable for {WHOLE_BOUND_S:g}s")
+    return found[0]
 
 
 def _equal(value: Any, expected: Any) -> bool:
