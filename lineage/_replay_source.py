@@ -2,7 +2,10 @@
 
 Owners rebuild lost objects from here rather than from memory, so lineage has
 no size cap and survives the process that first ran it. Reads happen outside
-the runtime's locks, on a connection of their own.
+the runtime's locks, on a connection of their own; the planner's questions
+(specs, durable copies) are read for a batch of ids per query.
+
+It must never write to the log: its connection is read-only.
 """
 
 from __future__ import annotations
