@@ -24,7 +24,8 @@ _HOME = {
     "PruneReport": "_prune", "prune": "_prune",
     "JobReplay": "_replay", "ReplayResult": "_replay", "Verdict": "_replay", "replay_job": "_replay",
     "replay_task": "_replay",
-    "FunctionUnavailableError": "_replay_plan", "NeedsClusterError": "_replay_plan",
+    "FunctionUnavailableError": "_replay_plan", "LineageTooLongError": "_replay_plan",
+    "NeedsClusterError": "_replay_plan",
     "NotReplayableError": "_replay_plan", "ReplayInputError": "_replay_plan",
     "EmptyLogError": "_reader", "Lineage": "_reader", "LineageLog": "_reader", "ObjectRecord": "_reader",
     "TaskRecord": "_reader", "UnknownIdError": "_reader", "open_log": "_reader",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
     from ember.lineage._replay_plan import (
         FunctionUnavailableError,
+        LineageTooLongError,
         NeedsClusterError,
         NotReplayableError,
         ReplayInputError,
@@ -72,6 +74,7 @@ __all__ = [
     "JobReplay",
     "Lineage",
     "LineageLog",
+    "LineageTooLongError",
     "NeedsClusterError",
     "NodeRow",
     "NotReplayableError",

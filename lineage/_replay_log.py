@@ -1,10 +1,10 @@
 """What a replay reads from the lineage log and from disk: specs, code, outcomes, object copies.
 
 ``ReplayReads`` answers the planner's questions (``ReplayFacts`` in
-``_replay_plan.py``) and fetches what the plan names: a task's logged spec
-and code, its recorded outcome (state, error text, content hashes), an
-object's bytes from a live cluster's store on this machine, from the log, or
-from its durable copy on disk.
+``_replay_plan.py``), a generation of ids per query, and fetches what the
+plan names: a task's logged spec and code, its recorded outcome (state,
+error text, content hashes), an object's bytes from a live cluster's store on
+this machine, from the log, or from its durable copy on disk.
 
 It must never write to the log, nor create or change files of a cluster,
 live or gone.
@@ -49,13 +49,7 @@ class ReplayReads(ReplaySource):
     # -- tasks and code -------------------------------------------------------------
 
     def spec(self, task_id: bytes) -> LoggedTask:
-        found = self._specs.get(task_id)
-        if found is None:
-            found = self.task(task_id)
-            if found is None:
-                raise UnknownIdError(f"no task {task_id.hex()} in the lineage log")
-            self._specs[task_id] = found
-        return found
+        return self.specs([task_id])[task_id]
 
     def code(self, function_id: bytes | None, task_id: bytes) -> Any:
         """The logged function or class, loaded; FunctionUnavailableError says why it cannot be."""
@@ -98,27 +92,46 @@ class ReplayReads(ReplaySource):
         script = (rows[0][0] or "").split(" ")[0] if rows else ""
         return str(Path(script).resolve()) if script.endswith(".py") and Path(script).is_file() else None
 
-    def task_inputs(self, task_id: bytes) -> list[bytes]:
+    def specs(self, task_ids: list[bytes]) -> dict[bytes, LoggedTask]:
+        """The logged specs of the tasks, read in one query for those not read before; UnknownIdError if one
+        is not in the log."""
+        missing = [t for t in dict.fromkeys(task_ids) if t not in self._specs]
+        if missing:
+            self._specs.update(self.tasks(missing))
+        for task_id in task_ids:
+            if task_id not in self._specs:
+                raise UnknownIdError(f"no task {task_id.hex()} in the lineage log")
+        return {task_id: self._specs[task_id] for task_id in task_ids}
+
+    def task_inputs(self, task_ids: list[bytes]) -> dict[bytes, list[bytes]]:
         from ember.scheduler._spec import ArgKind
 
-        spec = self.spec(task_id)
-        encoded = [*spec.args, *(spec.kwargs or {}).values()]
-        return [arg[1] for arg in encoded if arg[0] == ArgKind.REF]
+        found = {}
+        for task_id, spec in self.specs(task_ids).items():
+            encoded = [*spec.args, *(spec.kwargs or {}).values()]
+            found[task_id] = [arg[1] for arg in encoded if arg[0] == ArgKind.REF]
+        return found
 
-    def task_role(self, task_id: bytes) -> tuple[str, bytes | None, int]:
+    def task_roles(self, task_ids: list[bytes]) -> dict[bytes, tuple[str, bytes | None, int]]:
         from ember.scheduler._spec import TaskKind
 
-        spec = self.spec(task_id)
-        if spec.kind == TaskKind.ACTOR_CALL:
-            rows = self._query("SELECT actor_id, seq FROM actor_calls WHERE task_id = %s", (task_id,))
-            if not rows:
-                raise ReplayInputError(
-                    f"actor call {task_id.hex()} ({spec.function_name}.{spec.method}) has no place in its actor's "
-                    "logged order: the actor never ran it, so it cannot be replayed")
-            return "call", bytes(rows[0][0]), rows[0][1]
-        if spec.kind == TaskKind.ACTOR_CREATION:
-            return "creation", spec.actor_id, 0
-        return "task", None, 0
+        specs = self.specs(task_ids)
+        calls = [task_id for task_id, spec in specs.items() if spec.kind == TaskKind.ACTOR_CALL]
+        places = {bytes(task_id): (bytes(actor_id), seq) for task_id, actor_id, seq in self._query(
+            "SELECT task_id, actor_id, seq FROM actor_calls WHERE task_id = ANY(%s)", (calls,))} if calls else {}
+        roles: dict[bytes, tuple[str, bytes | None, int]] = {}
+        for task_id, spec in specs.items():
+            if spec.kind == TaskKind.ACTOR_CALL:
+                if task_id not in places:
+                    raise ReplayInputError(
+                        f"actor call {task_id.hex()} ({spec.function_name}.{spec.method}) has no place in its "
+                        "actor's logged order: the actor never ran it, so it cannot be replayed")
+                roles[task_id] = ("call", *places[task_id])
+            elif spec.kind == TaskKind.ACTOR_CREATION:
+                roles[task_id] = ("creation", spec.actor_id, 0)
+            else:
+                roles[task_id] = ("task", None, 0)
+        return roles
 
     def actor_base(self, actor_id: bytes, before_seq: int) -> tuple[bytes, int]:
         rows = self._query("SELECT creation_task_id FROM actors WHERE actor_id = %s", (actor_id,))
@@ -136,13 +149,15 @@ class ReplayReads(ReplaySource):
         rows = self._query("SELECT data FROM checkpoints WHERE actor_id = %s AND seq = %s", (actor_id, seq))
         return bytes(rows[0][0])
 
-    def call_task(self, actor_id: bytes, seq: int) -> bytes:
-        rows = self._query("SELECT task_id FROM actor_calls WHERE actor_id = %s AND seq = %s", (actor_id, seq))
-        if not rows:
-            raise ReplayInputError(
-                f"call {seq} of actor {actor_id.hex()} is not in the lineage log: the actor cannot be rebuilt "
-                "up to the call replayed")
-        return bytes(rows[0][0])
+    def call_tasks(self, actor_id: bytes, seqs: list[int]) -> dict[int, bytes]:
+        found = {seq: bytes(task_id) for seq, task_id in self._query(
+            "SELECT seq, task_id FROM actor_calls WHERE actor_id = %s AND seq = ANY(%s)", (actor_id, list(seqs)))}
+        for seq in seqs:
+            if seq not in found:
+                raise ReplayInputError(
+                    f"call {seq} of actor {actor_id.hex()} is not in the lineage log: the actor cannot be rebuilt "
+                    "up to the call replayed")
+        return found
 
     def recorded(self, task_id: bytes, result_ids: list[bytes]) -> Recorded:
         rows = self._query("SELECT state, error FROM task_attempts WHERE task_id = %s ORDER BY attempt DESC LIMIT 1",
@@ -167,21 +182,27 @@ class ReplayReads(ReplaySource):
 
     # -- objects ----------------------------------------------------------------------
 
-    def object_facts(self, object_id: bytes) -> ObjectFacts:
-        rows = self._query("SELECT origin, durable_copy IS NOT NULL, durable_path, job_id FROM objects "
-                           "WHERE object_id = %s", (object_id,))
-        origin, logged_bytes, path, job_id = rows[0] if rows else (None, False, None, None)
-        creator = self.task(object_id[:16]) if origin not in KEPT_ORIGINS else None
-        if creator is not None:
-            self._specs.setdefault(object_id[:16], creator)
-            job_id = job_id or creator.job_id
-        return ObjectFacts(
-            object_id, origin,
-            live=job_id is not None and self._live_path(bytes(job_id), object_id) is not None,
-            logged_bytes=bool(logged_bytes),
-            copy_file=bool(path) and Path(path).is_file(),
-            creator_logged=creator is not None,
-        )
+    def object_facts(self, object_ids: list[bytes]) -> dict[bytes, ObjectFacts]:
+        rows = {bytes(r[0]): r[1:] for r in self._query(
+            "SELECT object_id, origin, durable_copy IS NOT NULL, durable_path, job_id FROM objects "
+            "WHERE object_id = ANY(%s)", (list(object_ids),))}
+        made = [oid for oid in object_ids if rows.get(oid, (None,))[0] not in KEPT_ORIGINS]
+        creators = self.tasks([oid[:16] for oid in made if oid[:16] not in self._specs]) if made else {}
+        self._specs.update(creators)
+        found = {}
+        for object_id in object_ids:
+            origin, logged_bytes, path, job_id = rows.get(object_id, (None, False, None, None))
+            creator = self._specs.get(object_id[:16]) if origin not in KEPT_ORIGINS else None
+            if creator is not None:
+                job_id = job_id or creator.job_id
+            found[object_id] = ObjectFacts(
+                object_id, origin,
+                live=job_id is not None and self._live_path(bytes(job_id), object_id) is not None,
+                logged_bytes=bool(logged_bytes),
+                copy_file=bool(path) and Path(path).is_file(),
+                creator_logged=creator is not None,
+            )
+        return found
 
     def object_bytes(self, object_id: bytes, source: Source) -> bytes:
         """An object's layout from ``source``; ReplayInputError if it went away since it was planned."""

@@ -2,7 +2,10 @@
 
 Owners rebuild lost objects from here rather than from memory, so lineage has
 no size cap and survives the process that first ran it. Reads happen outside
-the runtime's locks, on a connection of their own.
+the runtime's locks, on a connection of their own; the planner's questions
+(specs, durable copies) are read for a batch of ids per query.
+
+It must never write to the log: its connection is read-only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ log = logging.getLogger("ember.lineage")
 
 UNREACHABLE_WAIT_S = 30.0  # as long as a PostgreSQL restart or short outage may take
 RETRY_S = 0.2
+READ_BATCH_IDS_MAX = 10_000  # ids named in one query; a larger batch is read in several
+
+
+def _batches(ids: list[bytes]) -> list[list[bytes]]:
+    unique = list(dict.fromkeys(ids))
+    return [unique[i:i + READ_BATCH_IDS_MAX] for i in range(0, len(unique), READ_BATCH_IDS_MAX)]
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,16 @@ class ReplaySource:
                     time.sleep(RETRY_S)
 
     def task(self, task_id: bytes) -> LoggedTask | None:
-        rows = self._query(f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.task_id = %s", (task_id,))
-        return _logged_task(task_id, rows[0]) if rows else None
+        return self.tasks([task_id]).get(task_id)
+
+    def tasks(self, task_ids: list[bytes]) -> dict[bytes, LoggedTask]:
+        """The logged specs of those of the tasks the log has, one query per ``READ_BATCH_IDS_MAX`` ids."""
+        found: dict[bytes, LoggedTask] = {}
+        for batch in _batches(task_ids):
+            for task_id, *row in self._query(
+                    f"SELECT t.task_id, {_TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY(%s)", (batch,)):
+                found[bytes(task_id)] = _logged_task(bytes(task_id), tuple(row))
+        return found
 
     def queue(self, node_id: str, reader_pid: int) -> tuple[list[QueuedTask], list[bytes]]:
         """The tasks node ``node_id``'s dead schedulers held, oldest first, and the ids of rows whose spec is
@@ -162,14 +179,16 @@ class ReplaySource:
                            "ORDER BY seq DESC LIMIT %s", (actor_id, seq, limit))
         return {bytes(r[0]) for r in rows}
 
-    def put_copy(self, object_id: bytes) -> tuple[bool, bytes | None, str | None]:
-        """(is it a put or a large by-value argument, its bytes if the log keeps them, its durable copy's file if any)."""
-        rows = self._query("SELECT origin, durable_copy, durable_path FROM objects WHERE object_id = %s",
-                           (object_id,))
-        if not rows:
-            return False, None, None
-        origin, data, path = rows[0]
-        return origin in KEPT_ORIGINS, bytes(data) if data is not None else None, path
+    def kept_copies(self, object_ids: list[bytes]) -> dict[bytes, tuple[bool, bytes | None, str | None]]:
+        """For those of the objects the log has: (is it a put or a large by-value argument, its bytes if the
+        log keeps them, its durable copy's file if any); one query per ``READ_BATCH_IDS_MAX`` ids."""
+        found: dict[bytes, tuple[bool, bytes | None, str | None]] = {}
+        for batch in _batches(object_ids):
+            for object_id, origin, data, path in self._query(
+                    "SELECT object_id, origin, durable_copy, durable_path FROM objects WHERE object_id = ANY(%s)",
+                    (batch,)):
+                found[bytes(object_id)] = (origin in KEPT_ORIGINS, bytes(data) if data is not None else None, path)
+        return found
 
     def close(self) -> None:
         from ember.lineage._log_writer import close_quietly

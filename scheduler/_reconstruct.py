@@ -12,7 +12,14 @@ owner of the replay, and publishes the result to the node's store, where
 every other holder of the ref reads it. Inputs of the replayed task that were
 owned by a dead process and are gone are adopted too.
 
-Reads of the log happen outside the core lock; the plan is installed under it.
+What to rebuild is decided by ``plan_rebuild`` (``lineage/_replay_plan.py``,
+the planner ``ember replay`` uses too); this module answers its questions
+(``_OwnerFacts``: this process's tables, its node's store, the log, a
+generation at a time) and carries the plan out: copies put back, reruns
+installed inputs first, objects that cannot come back failed with the reason.
+
+It must never walk lineage itself, and never read the log or probe an owner
+under the core lock: reads happen outside it, the plan is installed under it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,18 @@ from typing import Any
 
 from ember.chaos import _agent
 from ember.exceptions import ObjectLostError
-from ember.lineage._replay_source import UNREACHABLE_WAIT_S
+from ember.lineage._replay_plan import (
+    KeptCopy,
+    LineageTooLongError,
+    Lost,
+    RebuildPlan,
+    Rerun,
+    Restore,
+    TaskFacts,
+    no_copy_reason,
+    plan_rebuild,
+)
+from ember.lineage._replay_source import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
 from ember.scheduler._address import is_relayed
 from ember.scheduler._locations import LOST_COPY
 from ember.scheduler._object_ref import ObjectRef
@@ -51,7 +69,6 @@ class ReconstructionMixin:
     def _replay_source(self) -> Any:
         source = getattr(self, "_replay", None)
         if source is None:
-            from ember.lineage._replay_source import ReplaySource
             from ember.scheduler._core import _log_conninfo
 
             conninfo = _log_conninfo(self.session)  # type: ignore[attr-defined]
@@ -143,85 +160,45 @@ class ReconstructionMixin:
             log.error("cannot rebuild %d object(s): the lineage log is unreachable: %s", len(lost), exc)
 
     def _reconstruct(self, lost: list[bytes]) -> None:
-        source = self._replay_source()
-        plan: dict[bytes, TaskSpec] = {}
-        order: list[bytes] = []
-        failures: dict[bytes, ObjectLostError] = {}
+        facts = _OwnerFacts(self, self._replay_source())
+        try:
+            plan = plan_rebuild(lost, facts, self.address)
+        except LineageTooLongError as exc:
+            plan = RebuildPlan((), (), tuple(Lost(oid, str(exc)) for oid in lost))
+        failures = {gone.object_id: ObjectLostError(gone.object_id.hex(), gone.reason) for gone in plan.lost}
         restored = 0
-        stack = list(lost)
-        while stack:
-            oid = stack.pop()
-            task_id = oid[:16]
-            if task_id in plan:
-                continue
-            with self._lock:
-                if task_id in self._tasks:
-                    continue  # already running again
-            logged = source.task(task_id) if source is not None else None
-            if logged is None or logged.kind != TaskKind.NORMAL:
-                # A put, or an actor's result: running its task again would
-                # not give it back. Its durable copy does, if it has one.
-                error = self._restore_copy(source, oid, by_actor=logged is not None)
-                if error is not None:
-                    failures[oid] = error
-                else:
-                    restored += 1
-                continue
-            spec = logged.spec(self.address, logged.last_attempt + 1)
-            self._adopt_orphaned_args(spec)
-            plan[task_id] = spec
-            order.append(task_id)
-            with self._lock:
-                for dep in _owned_refs(spec, self.address):
-                    if self._lost(dep):
-                        stack.append(dep)
+        for restore in plan.restores:
+            error = self._restore_copy(restore)
+            if error is not None:
+                failures[restore.object_id] = error
+            else:
+                restored += 1
+        specs = [(facts.spec(rerun), rerun) for rerun in plan.reruns]
         with self._lock:
             for oid, error in failures.items():
                 self._fail_lost(oid, error)
-            # Deepest inputs first, so each dependent finds its inputs pending.
-            for task_id in reversed(order):
-                self._install_replay(plan[task_id])
+            # Inputs first (the plan's order), so each dependent finds its inputs pending.
+            for spec, rerun in specs:
+                self._install_replay(spec, rerun.inputs)
         self._changed = True
         self._wake_waiters()  # type: ignore[attr-defined]
         self._send_follow_ups()  # type: ignore[attr-defined]
         if _agent.AGENT is not None:
-            _agent.AGENT.note("rebuild", tasks=len(order), copies=restored)
+            _agent.AGENT.note("rebuild", tasks=len(specs), copies=restored)
 
-    def _adopt_orphaned_args(self, spec: TaskSpec) -> None:
-        """Inputs owned by a dead process and gone from the store: this process rebuilds them."""
-        def adopt(encoded: tuple) -> tuple:
-            if encoded[0] != ArgKind.REF or encoded[2] == self.address or self.files.exists(encoded[1]):
-                return encoded
-            if self.owner_alive(encoded[2]):
-                return encoded
-            return (ArgKind.REF, encoded[1], self.address)
-
-        spec.args = [adopt(a) for a in spec.args]
-        if spec.kwargs:
-            spec.kwargs = {k: adopt(v) for k, v in spec.kwargs.items()}
-
-    def _restore_copy(self, source: Any, oid: bytes, by_actor: bool = False) -> ObjectLostError | None:
-        """Put a lost put or actor result back from its durable copy; the error if there is none."""
+    def _restore_copy(self, restore: Restore) -> ObjectLostError | None:
+        """Put a lost put or actor result back from its durable copy; the error if the copy is not there."""
         from ember.store._put_copies import read_copy
 
-        if source is None:
-            return ObjectLostError(oid.hex(), "no copy is left and lineage logging is off")
-        is_put, inline, path = source.put_copy(oid)
-        if not is_put and not by_actor:
-            return ObjectLostError(oid.hex(), "its creating task is not in the lineage log (lineage pruned?)")
+        oid, inline, path = restore.object_id, restore.inline, restore.path
         copies = self._copies  # type: ignore[attr-defined]
         if inline is None and path and copies is not None:
             copies.wait_written(oid, COPY_WAIT_S)  # this process's copy may still be queued
         data = inline if inline is not None else read_copy(path) if path else None
-        if data is None and by_actor:
-            return ObjectLostError(oid.hex(), "it was made by an actor call, and no durable copy of it was kept "
-                                              "(EMBER_PUT_COPIES, EMBER_PUT_COPY_MAX_BYTES), or its store died "
-                                              "before the copy was written; an actor call is not run again")
         if data is None:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
-            return ObjectLostError(oid.hex(), "it was made by ember.put (or passed to a task by value) and no "
-                                              "durable copy of it was kept (EMBER_PUT_COPIES, EMBER_PUT_COPY_MAX_BYTES)")
+            return ObjectLostError(oid.hex(), no_copy_reason(restore.by_actor))
         from ember.scheduler._core import _write_layout_bytes
         from ember.scheduler._protocol import Op
 
@@ -251,7 +228,7 @@ class ReconstructionMixin:
         if entry.shared:
             self._publish(oid, entry.data)  # type: ignore[attr-defined]
 
-    def _install_replay(self, spec: TaskSpec) -> None:
+    def _install_replay(self, spec: TaskSpec, inputs: tuple[bytes, ...]) -> None:
         from ember.scheduler._core import _PendingTask
 
         if spec.task_id in self._tasks:
@@ -263,7 +240,7 @@ class ReconstructionMixin:
                 # An input of another replay, or adopted: read by other processes.
                 entry = self._objects[oid] = _new_shared_entry()
             entry.state, entry.data = PENDING, None
-        deps = tuple(ObjectRef(dep, self.address) for dep in _owned_refs(spec, self.address))
+        deps = tuple(ObjectRef(dep, self.address) for dep in inputs)
         pt = _PendingTask(spec, deps, {}, False)
         pt.replay = True
         self._tasks[spec.task_id] = pt
@@ -272,14 +249,70 @@ class ReconstructionMixin:
             self._dispatch(pt)  # type: ignore[attr-defined]
 
 
+class _OwnerFacts:
+    """The planner's questions (``RebuildFacts``) answered by this process's tables, its node's store and the log.
+
+    Each answers a whole generation: one query of the log, one turn of the core lock.
+    """
+
+    def __init__(self, core: ReconstructionMixin, source: ReplaySource | None) -> None:
+        self._core = core
+        self._source = source
+        self._logged: dict[bytes, LoggedTask] = {}
+
+    @property
+    def lineage_logged(self) -> bool:
+        return self._source is not None
+
+    def running(self, task_ids: list[bytes]) -> set[bytes]:
+        with self._core._lock:
+            return {task_id for task_id in task_ids if task_id in self._core._tasks}
+
+    def logged_tasks(self, task_ids: list[bytes]) -> dict[bytes, TaskFacts]:
+        assert self._source is not None, "the planner reads the log only when lineage is logged"
+        found = self._source.tasks(task_ids)
+        self._logged.update(found)
+        return {task_id: _task_facts(logged) for task_id, logged in found.items()}
+
+    def kept_copies(self, object_ids: list[bytes]) -> dict[bytes, KeptCopy]:
+        assert self._source is not None, "the planner reads the log only when lineage is logged"
+        return {oid: KeptCopy(oid, kept, inline, path)
+                for oid, (kept, inline, path) in self._source.kept_copies(object_ids).items()}
+
+    def lost(self, object_ids: list[bytes]) -> set[bytes]:
+        with self._core._lock:
+            return {oid for oid in object_ids if self._core._lost(oid)}
+
+    def in_store(self, object_ids: list[bytes]) -> set[bytes]:
+        return {oid for oid in object_ids if self._core.files.exists(oid)}
+
+    def dead_owners(self, addresses: list[str]) -> set[str]:
+        return {address for address in addresses if not self._core.owner_alive(address)}
+
+    def spec(self, rerun: Rerun) -> TaskSpec:
+        """The task to run again, owned by this process, its adopted inputs named as this process's."""
+        spec = self._logged[rerun.task_id].spec(self._core.address, rerun.attempt)
+        if rerun.adopted:
+            def adopt(encoded: tuple) -> tuple:
+                if encoded[0] == ArgKind.REF and encoded[1] in rerun.adopted:
+                    return (ArgKind.REF, encoded[1], self._core.address)
+                return encoded
+
+            spec.args = [adopt(a) for a in spec.args]
+            if spec.kwargs:
+                spec.kwargs = {k: adopt(v) for k, v in spec.kwargs.items()}
+        return spec
+
+
+def _task_facts(logged: LoggedTask) -> TaskFacts:
+    encoded = [*logged.args, *(logged.kwargs or {}).values()]
+    return TaskFacts(logged.task_id, logged.kind == TaskKind.NORMAL, logged.last_attempt,
+                     tuple((a[1], a[2]) for a in encoded if a[0] == ArgKind.REF))
+
+
 def _new_shared_entry() -> Any:
     from ember.scheduler._core import _Entry
 
     entry = _Entry()
     entry.shared = True
     return entry
-
-
-def _owned_refs(spec: TaskSpec, address: str) -> list[bytes]:
-    encoded = list(spec.args) + list((spec.kwargs or {}).values())
-    return [a[1] for a in encoded if a[0] == ArgKind.REF and a[2] == address]
