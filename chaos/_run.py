@@ -48,6 +48,7 @@ class RunResult:
     lost: list[dict[str, Any]]
     pending_faults: int
     notes: list[str] = field(default_factory=list)
+    program_pid: int | None = None  # its driver's pid, when the program is the driver itself
 
 
 def run_program(
@@ -92,7 +93,7 @@ def run_program(
         exit_code = EXIT_LOST_DATA
     return RunResult(
         list(command), planned, duration_s, faults_max, started_at, controller.elapsed_s(), program_exit, exit_code,
-        controller.tally, controller.timeline, controller.lost, controller.nemesis.pending(), notes)
+        controller.tally, controller.timeline, controller.lost, controller.nemesis.pending(), notes, proc.pid)
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float | None) -> bool:

@@ -208,9 +208,14 @@ class LineageLog:
         return _listing.job_row(self._conn, job)
 
     def tasks(self, job: str | None = None, state: str | None = None,
-              limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.TaskRow]:
-        """A job's tasks, newest first (``job``: a job id or a unique prefix; default the latest job)."""
-        return _listing.list_tasks(self._conn, job, state, limit)
+              limit: int = _listing.LIMIT_DEFAULT, where: _listing.TaskFilter | None = None,
+              offset: int = 0) -> list[_listing.TaskRow]:
+        """A job's tasks, newest first (``job``: a job id or a unique prefix; default the latest job).
+
+        ``where`` narrows them (function, node, retried, rebuilt, error text, time range);
+        ``offset`` skips that many, for the next page.
+        """
+        return _listing.list_tasks(self._conn, job, state, limit, where, offset)
 
     def objects(self, job: str | None = None, state: str | None = None,
                 limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ObjectRow]:
@@ -223,13 +228,22 @@ class LineageLog:
         return _listing.list_actors(self._conn, job, state, limit)
 
     def nodes(self, job: str | None = None, state: str | None = None,
-              limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.NodeRow]:
+              limit: int = _listing.LIMIT_DEFAULT, offset: int = 0) -> list[_listing.NodeRow]:
         """The nodes of the cluster that ran a job (default the latest job), newest first."""
-        return _listing.list_nodes(self._conn, job, state, limit)
+        return _listing.list_nodes(self._conn, job, state, limit, offset)
 
-    def jobs(self, state: str | None = None, limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.JobRow]:
-        """Jobs, newest first."""
-        return _listing.list_jobs(self._conn, state, limit)
+    def jobs(self, state: str | None = None, limit: int = _listing.LIMIT_DEFAULT,
+             offset: int = 0) -> list[_listing.JobRow]:
+        """Jobs, newest first (``offset``: skip that many, for the next page)."""
+        return _listing.list_jobs(self._conn, state, limit, offset)
+
+    def job_stats(self, job_ids: list[str]) -> dict[str, _listing.JobStats]:
+        """Failures, re-runs and chaos runs of each of these jobs (full ids)."""
+        return _listing.job_stats(self._conn, job_ids)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple]:
+        """Rows of one read-only statement: the dashboard's views that ``ember list`` has no twin of."""
+        return self._conn.execute(sql, params).fetchall()
 
     # -- lineage --------------------------------------------------------------------------
 

@@ -210,6 +210,24 @@ scheduler_queue = sa.Table(
     prefixes=["UNLOGGED"],
 )
 
+# v9: what ``chaos run`` did, for the dashboard's chaos page (``chaos/_record.py``):
+# the schedule, each fault with its time, the tally, and the job it ran.
+chaos_runs = sa.Table(
+    "chaos_runs", metadata,
+    sa.Column("run_id", BYTEA, primary_key=True),
+    sa.Column("job_id", BYTEA, index=True),  # the program's job; NULL if it started none
+    sa.Column("command", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("options", JSONB),
+    sa.Column("schedule", JSONB),  # the planned faults with their triggers
+    sa.Column("faults", JSONB),  # each fault fired: at (epoch s), t_s, kind, target, outcome, pid, detail
+    sa.Column("tally", JSONB),
+    sa.Column("notes", JSONB),
+)
+
 
 # Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -247,6 +265,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     8: [
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS name TEXT",
         # scheduler_queue is a new table: create_all makes it.
+    ],
+    9: [
+        # chaos_runs is a new table: create_all makes it.
     ],
 }
 
