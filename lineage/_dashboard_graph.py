@@ -75,10 +75,11 @@ def lineage_page(log: LineageLog, ident: str, q: Query) -> Page:
 def graph_nodes(graph: Lineage, direction: str) -> tuple[dict[str, DagNode], list[tuple[str, str]]]:
     """The lineage as drawable nodes and edges (sources first), alike nodes collapsed by function."""
     nodes: dict[str, DagNode] = {}
+    cut = set(graph.cut)
     for task in graph.tasks.values():
-        nodes[task.task_id] = _task_node(task, graph)
+        nodes[task.task_id] = _task_node(task, task.task_id in cut)
     for obj in graph.objects.values():
-        nodes[obj.object_id] = _object_node(obj, graph)
+        nodes[obj.object_id] = _object_node(obj, graph, obj.object_id in cut)
     for missing in graph.missing:
         nodes[missing] = DagNode(missing, short_id(missing), "creation not logged", "object", ("missing",))
     nodes[graph.root].classes += ("root",)
@@ -86,7 +87,7 @@ def graph_nodes(graph: Lineage, direction: str) -> tuple[dict[str, DagNode], lis
     return _collapse(graph, nodes, edges, direction)
 
 
-def _task_node(task: TaskRecord, graph: Lineage) -> DagNode:
+def _task_node(task: TaskRecord, cut: bool) -> DagNode:
     classes = [f"s-{task.state.lower()}"]
     notes = [task.state.lower()]
     retries = task.attempt_count - 1 - task.rebuilt
@@ -99,7 +100,7 @@ def _task_node(task: TaskRecord, graph: Lineage) -> DagNode:
     if task.actor_seq is not None:
         notes.insert(0, f"call #{task.actor_seq}")
         classes.append("actor-call")
-    if task.task_id in graph.cut:
+    if cut:
         classes.append("cut")
     title = f"{task.display_name} · task {task.task_id} · {' · '.join(notes)}"
     if task.error:
@@ -108,12 +109,12 @@ def _task_node(task: TaskRecord, graph: Lineage) -> DagNode:
                    f"/task/{task.task_id}", title)
 
 
-def _object_node(obj: ObjectRecord, graph: Lineage) -> DagNode:
+def _object_node(obj: ObjectRecord, graph: Lineage, cut: bool) -> DagNode:
     lost = bool(obj.lost) or obj.state == "LOST"
     maker = graph.tasks.get(obj.task_id)
     rebuilt = maker is not None and maker.rebuilt > 0
     classes = ("lost",) if lost else ()
-    if obj.object_id in graph.cut:
+    if cut:
         classes += ("cut",)
     sub = human_size(obj.size) + (" · LOST" if lost else "") + (" · rebuilt" if lost and rebuilt else "")
     return DagNode(obj.object_id, short_id(obj.object_id), sub, "object", classes, f"/object/{obj.object_id}",

@@ -12,7 +12,11 @@ down, it times, best and median of ``--repeat`` runs:
   default depth (20) and task budget (1,000);
 * the CLI as a user runs it, a fresh process each time (interpreter start,
   embedded server attach included): ``ember list tasks --job J --limit N``
-  and ``ember lineage ROOT``.
+  and ``ember lineage ROOT``;
+* every page of ``ember dashboard`` (HTML and, for the tasks view, its JSON
+  twin), server-side: ``Dashboard.answer`` from the path to the bytes sent,
+  the query, the layout and the markup included, no socket. The target is
+  under a second each.
 
 Timings are printed, never asserted. Usage:
 
@@ -118,6 +122,41 @@ def measure(ids: dict[str, str], limit: int, repeat: int) -> list[tuple[str, flo
 
         best, median = timed(run_cli, repeat)
         results.append((name, best, median, f"{len(out[0].splitlines())} lines"))
+    return results + measure_dashboard(ids, repeat)
+
+
+def measure_dashboard(ids: dict[str, str], repeat: int) -> list[tuple[str, float, float, str]]:
+    """Each dashboard page, answered server-side from the log (``Dashboard.answer``)."""
+    from ember.lineage._dashboard_server import Dashboard
+    from ember.lineage._reader import locate_log
+
+    job, leaf, root = ids["job"], ids["leaf"], ids["root"]
+    pages = ["/", f"/job/{job}", f"/job/{job}/tasks", f"/job/{job}/tasks?format=json",
+             f"/job/{job}/tasks?offset=50000", f"/job/{job}/tasks?state=FAILED", f"/job/{job}/tasks?function=combine",
+             f"/job/{job}/tasks?retried=1", f"/job/{job}/tasks?rebuilt=1", f"/job/{job}/tasks?error=Error",
+             f"/task/{root[:32]}", f"/object/{root}", f"/lineage/{root}", f"/lineage/{root}?depth=20&max_tasks=2000",
+             f"/lineage/{leaf}?dir=down&depth=20", f"/job/{job}/timeline", f"/job/{job}/timeline?offset=90000",
+             f"/job/{job}/actors", f"/job/{job}/nodes", "/chaos"]
+    conninfo, release = locate_log()
+    dashboard = Dashboard(conninfo)
+    results = []
+    try:
+        for path in pages:
+            split = path.split("?", 1)
+            query = {k: [v] for k, v in (p.split("=", 1) for p in split[1].split("&"))} if len(split) > 1 else {}
+            answer: list[tuple[int, str, bytes]] = []
+
+            def get(path: str = split[0], query: dict = query, answer: list = answer) -> None:
+                answer[:] = [dashboard.answer(path, query)]
+
+            best, median = timed(get, repeat)
+            status, _, body = answer[0]
+            shown = path.replace(job, "J").replace(root, "ROOT").replace(root[:32], "ROOT_TASK").replace(leaf, "LEAF")
+            results.append((f"dashboard {shown}", best, median, f"{status}, {len(body):,} bytes"))
+    finally:
+        dashboard.shutdown()
+        if release is not None:
+            release()
     return results
 
 

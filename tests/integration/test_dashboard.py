@@ -5,7 +5,7 @@ object store is SIGKILLed (by pid, the store its own cluster started), runs a
 task that fails with ``<script>`` in its error, names an actor ``<script>``,
 and keeps running (submitting a task now and then) until the test lets it
 end; and a ``chaos run`` that kills the store of another program's cluster
-twice while it works. The dashboard is the CLI a user runs (``ember
+twice while it works (after every 2,000 finished tasks). The dashboard is the CLI a user runs (``ember
 dashboard --port 0``), read from its one printed line.
 
 The browser checks what a person sees: the lineage graph's nodes and edges
@@ -172,7 +172,7 @@ def chaos_run(workdir: Path) -> dict:
     (workdir / "chaos_program.py").write_text(CHAOS_PROGRAM)
     html = workdir / "chaos.html"
     run = subprocess.run(
-        [sys.executable, "-m", "ember.chaos._cli", "run", "--kill", "store", "--every", "2.5", "--duration", "6",
+        [sys.executable, "-m", "ember.chaos._cli", "run", "--kill", "store", "--every-tasks", "2000",
          "--max-faults", "2", "--seed", "3", "--html", str(html), "--", sys.executable, "chaos_program.py"],
         cwd=workdir, capture_output=True, text=True, timeout=BOUND_S * 2, env=_env())
     assert run.returncode == 0, run.stderr
