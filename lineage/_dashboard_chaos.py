@@ -15,6 +15,7 @@ to anything outside itself (no link, script, font or image from elsewhere).
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from typing import Any
 
@@ -69,7 +70,7 @@ def recoveries(run: data.ChaosRun, bucket_s: float, counts: list[int]) -> list[d
     out = []
     for fault, (at_s, own_end_s) in zip(hits, spans):
         recovered_s = None
-        first = max(int(own_end_s // bucket_s), 0)
+        first = max(math.ceil(own_end_s / bucket_s - 1e-9), 0)  # the first whole bucket after the fault
         for i in range(first, len(counts)):
             if usual and counts[i] >= RECOVERED_SHARE * usual:
                 recovered_s = max((i + 1) * bucket_s - at_s, 0.0)
@@ -90,7 +91,10 @@ def chaos_page(log: LineageLog, run_id: str, q: Query | None = None, links: bool
     bucket_s, counts = (data.throughput(log, bytes.fromhex(run.job_id), run.started_at, end) if run.job_id
                         else (1.0, [0] * max(int((end - run.started_at).total_seconds()) + 1, 1)))
     recovered = recoveries(run, bucket_s, counts)
-    shades = [Shade(r["at_s"], r["at_s"] + max(r["duration_s"], r["recovered_after_s"] or 0.0, SHADE_MIN_S),
+    run_s = len(counts) * bucket_s
+    shades = [Shade(r["at_s"], r["at_s"] + max(r["duration_s"], SHADE_MIN_S,
+                                               run_s - r["at_s"] if r["recovered_after_s"] is None
+                                               else r["recovered_after_s"]),
                     r["kind"], f"{r['kind'].replace('-', ' ')} at {r['at_s']:.2f} s · recovered after "
                     + (f"{r['recovered_after_s']:.1f} s" if r["recovered_after_s"] is not None else "— (not in the run)"),
                     COLOURS.get(r["kind"], "#e8a33d"), {"at": f"{r['at_s']:.3f}"}) for r in recovered]
@@ -119,8 +123,8 @@ def chaos_page(log: LineageLog, run_id: str, q: Query | None = None, links: bool
     missed = [f for f in run.faults if f.get("outcome") != "hit"]
     body = (summary + f"<h2>tasks finished per {'second' if bucket_s == 1 else f'{bucket_s:g} s'}</h2>" + legend
             + f'<div class="scroll">{throughput_svg(counts, bucket_s, shades)}</div>'
-            + f'<p class="hint">Each shaded interval runs from a fault to the end of the first second in which the '
-              f"job finished at least {RECOVERED_SHARE:.0%} of its usual rate again (its median busy second "
+            + f'<p class="hint">Each shaded interval runs from a fault to the end of the first whole second after it in '
+              f"which the job finished at least {RECOVERED_SHARE:.0%} of its usual rate again (its median busy second "
               f"outside faults).</p>"
             + "<h2>faults</h2>" + table(["at", "kind", "pid", "lasted", "time to recover", "detail"], rows, "faults")
             + (f"<p>{len(missed)} more fired with nothing to hit.</p>" if missed else "")

@@ -6,7 +6,7 @@ neighbours (a few sweeps down and up, Sugiyama's barycentre heuristic) and
 returns coordinates; ``dag_svg`` draws it with arrows and a link per node.
 ``timeline_svg`` draws one lane per node with a bar per run and a mark per
 death; ``throughput_svg`` draws bars of work done over time with shaded
-intervals (faults, say) behind them.
+intervals (faults, say) laid over them.
 
 Every label and title goes through ``esc``. It must never emit a ``style``
 attribute, script or external reference (the pages' CSP forbids them), and
@@ -232,19 +232,12 @@ class Shade:
 
 
 def throughput_svg(counts: list[int], bucket_s: float, shades: list[Shade], unit: str = "tasks/s") -> str:
-    """Bars of ``counts`` per bucket (as a rate per second), with ``shades`` drawn behind them."""
+    """Bars of ``counts`` per bucket (as a rate per second), with ``shades`` laid over them."""
     span_s = max(len(counts) * bucket_s, bucket_s)
     left, width, top, bottom = 50.0, float(CHART_W), 10.0, float(CHART_H)
     peak = max((c / bucket_s for c in counts), default=0.0) or 1.0
     out = [f'<svg class="throughput" width="{left + width + 20:.0f}" '
            f'height="{bottom + 30:.0f}" viewBox="0 0 {left + width + 20:.0f} {bottom + 30:.0f}">']
-    for shade in shades:
-        x = left + max(shade.start_s, 0) / span_s * width
-        w = max((min(shade.end_s, span_s) - max(shade.start_s, 0)) / span_s * width, 2.0)
-        data = "".join(f' data-{esc(k)}="{esc(v)}"' for k, v in shade.extra.items())
-        out.append(f'<rect class="fault fault-{esc(shade.kind)}"{data} x="{x:.1f}" y="{top:.1f}" width="{w:.1f}" '
-                   f'height="{bottom - top:.1f}" fill="{esc(shade.colour)}" fill-opacity="0.35">'
-                   f"<title>{esc(shade.label)}</title></rect>")
     out += _axis(span_s, left, width, top, bottom)
     bar_w = width / max(len(counts), 1)
     for i, count in enumerate(counts):
@@ -255,6 +248,13 @@ def throughput_svg(counts: list[int], bucket_s: float, shades: list[Shade], unit
         out.append(f'<rect class="bar" x="{left + i * bar_w:.1f}" y="{bottom - h:.1f}" '
                    f'width="{max(bar_w - 0.5, 0.8):.1f}" height="{h:.1f}"><title>{i * bucket_s:g} s: '
                    f"{rate:,.1f} {esc(unit)}</title></rect>")
+    for shade in shades:  # over the bars, see-through: a fault that hit a busy second still shows
+        x = left + max(shade.start_s, 0) / span_s * width
+        w = max((min(shade.end_s, span_s) - max(shade.start_s, 0)) / span_s * width, 2.0)
+        data = "".join(f' data-{esc(k)}="{esc(v)}"' for k, v in shade.extra.items())
+        out.append(f'<rect class="fault fault-{esc(shade.kind)}"{data} x="{x:.1f}" y="{top:.1f}" width="{w:.1f}" '
+                   f'height="{bottom - top:.1f}" fill="{esc(shade.colour)}" fill-opacity="0.35">'
+                   f"<title>{esc(shade.label)}</title></rect>")
     out.append(f'<text class="tick" x="{left - 6:.1f}" y="{top + 10:.1f}" text-anchor="end">{peak:,.0f}</text>'
                f'<text class="tick" x="{left - 6:.1f}" y="{bottom:.1f}" text-anchor="end">0</text>'
                f'<text class="tick" x="4" y="{(top + bottom) / 2:.1f}">{esc(unit)}</text>'
