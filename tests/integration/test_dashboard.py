@@ -376,3 +376,35 @@ def test_a_live_page_updates_by_itself_and_stops_when_the_job_ends(page: Page, d
     assert "FINISHED" in page.locator("dl.facts").inner_text()
     page.goto(_base(dashboard) + "/")
     _shot(page, shots, "jobs")
+
+
+@pytest.mark.usefixtures("private_runtime_dir")
+def test_start_head_with_dashboard_serves_it_until_the_node_stops():
+    from ember.scheduler._node import free_port
+
+    def ember_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ember._cli", *args], capture_output=True, text=True,
+                              timeout=BOUND_S, env=_env())
+
+    started = ember_cli("start", "--head", "--port", str(free_port()), "--num-cpus", "1", "--dashboard",
+                        "--dashboard-port", "0")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        url = next(line for line in started.stdout.splitlines() if line.startswith("http"))
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200 and "<h1>jobs</h1>" in answer.read().decode()
+    finally:
+        stopped = ember_cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + BOUND_S  # the dashboard follows its head node's daemon out
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass
+        except OSError as exc:  # refused: nothing listens any more (a reset may come while it closes)
+            if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the dashboard at {url} still answers {BOUND_S}s after `ember stop`")
