@@ -194,7 +194,8 @@ def actor_lives(log: LineageLog, actor_id_hex: str, lives_max: int = 200) -> lis
         " WHERE k.actor_id = w.actor_id AND k.created_at < w.started_at), -1)) "
         "FROM workers w WHERE w.actor_id = %s ORDER BY w.started_at LIMIT %s", (actor_id, lives_max))
     # The first process ran the constructor only: nothing was logged before it to replay.
-    return [ActorLife(*row[:5], row[5] if i else 0) for i, row in enumerate(rows)]
+    return [ActorLife(node_id, pid, started, ended, cause, replayed if i else 0)
+            for i, (node_id, pid, started, ended, cause, replayed) in enumerate(rows)]
 
 
 def actor_calls(log: LineageLog, actor_id_hex: str, offset: int, limit: int) -> list[tuple]:

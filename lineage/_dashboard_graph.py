@@ -113,7 +113,7 @@ def _object_node(obj: ObjectRecord, graph: Lineage, cut: bool) -> DagNode:
     lost = bool(obj.lost) or obj.state == "LOST"
     maker = graph.tasks.get(obj.task_id)
     rebuilt = maker is not None and maker.rebuilt > 0
-    classes = ("lost",) if lost else ()
+    classes: tuple[str, ...] = ("lost",) if lost else ()
     if cut:
         classes += ("cut",)
     sub = human_size(obj.size) + (" · LOST" if lost else "") + (" · rebuilt" if lost and rebuilt else "")

@@ -170,8 +170,8 @@ class Dashboard:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        bound_host, bound_port = self._server.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        bound_host, bound_port = str(self._server.server_address[0]), int(self._server.server_address[1])
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         return f"http://{shown}:{bound_port}/?token={self.token}"
 
     def serve_forever(self) -> None:

@@ -207,7 +207,8 @@ def _like(text: str) -> str:
 
 def _task_where(wanted: str | None, f: TaskFilter) -> tuple[str, dict[str, Any]]:
     """The page query's extra conditions on ``t`` (tasks) for a filter, and their parameters."""
-    clauses, params = [], {}
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
     if wanted:
         clauses.append(f"{TASK_STATE_SQL} = %(state)s")
         params["state"] = wanted

@@ -2,7 +2,7 @@
 
 The session: a job that rebuilds a chain of store-resident arrays after its
 object store is SIGKILLed (by pid, the store its own cluster started), runs a
-task that fails with ``<script>`` in its error, names an actor ``<script>``,
+task that fails with ``<script>`` in its error, names an actor ``<script>`` and kills its worker (it restarts and replays its calls),
 and keeps running (submitting a task now and then) until the test lets it
 end; and a ``chaos run`` that kills the store of another program's cluster
 twice while it works (after every 2,000 finished tasks). The dashboard is the CLI a user runs (``ember
@@ -90,8 +90,12 @@ JOB = textwrap.dedent("""
         ember.get(failed, timeout=60)
     except ValueError:
         pass
-    counter = Counter.options(name="<script>counter</script>").remote()
+    counter = Counter.options(name="<script>counter</script>", max_restarts=1).remote()
     assert ember.get([counter.add.remote(i) for i in range(3)], timeout=60)[-1] == 3
+    from ember.chaos import processes
+    from tests.fix_kill import sigkill
+    sigkill([p.pid for p in processes() if p.actor_id][:1])  # its worker: the actor restarts and replays
+    assert ember.get(counter.add.remote(10), timeout=60) == 13
     print(json.dumps({"job": ember.get_runtime_context().get_job_id(), "chain": [r.hex() for r in chain],
                       "failed": failed.task_id().hex()}), flush=True)
     deadline = time.monotonic() + 120
@@ -307,6 +311,14 @@ def test_the_failed_tasks_page_shows_its_error_as_text(page: Page, dashboard: st
     _shot(page, shots, "task-failed")
     page.goto(f"{base}/job/{job['job']}/actors")
     assert "<script>counter</script>" in page.locator("table").inner_text()
+    page.locator("table a.id").first.click()  # the actor: its lives, the restart's cause, the calls it replayed
+    lives = page.locator("table").first.locator("tbody tr")
+    assert lives.count() == 2
+    restart = lives.nth(1).locator("td")
+    assert restart.nth(1).inner_text() == "restart"
+    assert int(restart.nth(7).inner_text()) >= 3  # the three calls logged before it (the next may be too)
+    assert "killed by SIGKILL" in lives.nth(0).inner_text()
+    _shot(page, shots, "actor")
 
 
 def test_the_chaos_page_shades_each_fault_and_says_when_the_job_recovered(page: Page, dashboard: str,
