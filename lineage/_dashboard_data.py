@@ -26,13 +26,14 @@ from ember.lineage._reader import Lineage, LineageLog
 
 RUNS_MAX = 2_000  # runs one timeline page draws
 DEATHS_MAX = 500
+PROCESSES_MAX = 200  # lanes a timeline draws for a cluster's processes
 BUCKETS_MAX = 600  # a throughput chart's bars
 DESCENDANT_TASKS_MAX = 1_000
 _LAST_BYTE = b"\xff" * 4  # an object id is its task's id and a 4-byte index
 
 
-__all__ = ["ActorLife", "ChaosRun", "Death", "Run", "actor_calls", "actor_lives", "actor_row", "chaos_run", "chaos_runs",
-           "deaths", "descendants", "results_of", "throughput", "timeline_runs"]
+__all__ = ["ActorLife", "ChaosRun", "Death", "Process", "Run", "actor_calls", "actor_lives", "actor_row", "chaos_run", "chaos_runs",
+           "deaths", "descendants", "processes", "results_of", "throughput", "timeline_runs"]
 
 
 def _has_table(log: LineageLog, name: str) -> bool:
@@ -167,6 +168,31 @@ def deaths(log: LineageLog, cluster_id: str | None, since: dt.datetime | None,
         " AND death_cause NOT LIKE '%%shut down' ORDER BY ended_at LIMIT %(limit)s)", span)
     return sorted((Death(kind, node, pid, at, cause or "?") for kind, node, pid, at, cause in rows),
                   key=lambda d: d.at)
+
+
+@dataclass(frozen=True)
+class Process:
+    """An ember process of a cluster (worker, store, scheduler, GCS), as the GCS service logged it."""
+
+    kind: str
+    node_id: str | None
+    pid: int | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    death_cause: str | None
+    actor_class: str | None  # the actor a worker was started for
+
+
+def processes(log: LineageLog, cluster_id: str | None, since: dt.datetime, until: dt.datetime) -> list[Process]:
+    """The processes of a cluster alive at some time between ``since`` and ``until``, by node, then start."""
+    if cluster_id is None:
+        return []
+    rows = log.query(
+        "SELECT w.kind, w.node_id, w.pid, w.started_at, w.ended_at, w.death_cause, a.class_name FROM workers w "
+        "LEFT JOIN actors a ON a.actor_id = w.actor_id WHERE w.cluster_id = %s AND w.started_at <= %s "
+        "AND (w.ended_at IS NULL OR w.ended_at >= %s) AND w.node_id IS NOT NULL "
+        "ORDER BY w.node_id, w.started_at LIMIT %s", (cluster_id, until, since, PROCESSES_MAX))
+    return [Process(*row) for row in rows]
 
 
 # -- actors --------------------------------------------------------------------------------

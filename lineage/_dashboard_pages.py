@@ -258,31 +258,56 @@ def timeline_page(log: LineageLog, job: str, q: Query) -> Page:
     t0 = min(starts, default=r.started_at)
     t1 = max(ends + ([r.ended_at] if r.ended_at and len(runs) < limit else []), default=t0)
     deaths = data.deaths(log, r.cluster_id, t0, t1) if t0 else []
-    lanes = sorted({f"node {x.node_id[:8]}" if x.node_id else "node ?" for x in runs}
-                   | {f"node {d.node_id[:8]}" for d in deaths if d.node_id})
-    bars = [TimelineBar(f"node {x.node_id[:8]}" if x.node_id else "node ?", x.began_at or x.ended_at, x.ended_at,
-                        f"{x.name} · attempt {x.attempt} · {x.state}" + (" · rebuild" if x.rebuild else "")
-                        + (f" · {x.error.strip().splitlines()[-1]}" if x.error else ""),
-                        tuple(c for c, on in (("rebuild", x.rebuild), ("retry", x.attempt > 0 and not x.rebuild),
-                                               (f"s-{x.state.lower()}", True)) if on), f"/task/{x.task_id}")
-            for x in runs if x.ended_at]
-    marks = [Mark(f"node {d.node_id[:8]}", d.at, f"{d.kind} {d.pid or ''} died: {d.cause}", (f"d-{d.kind}",))
-             for d in deaths if d.node_id]
-    picture = timeline_svg(lanes, bars, marks, t0, t1) if t0 and bars else "<p>(no run logged yet)</p>"
+    procs = data.processes(log, r.cluster_id, t0, t1) if t0 else []
+    lanes, bars, marks = _lanes(runs, procs, deaths, t0, t1)
+    picture = timeline_svg(lanes, bars, marks, t0, t1) if t0 and runs else "<p>(no run logged yet)</p>"
     legend = ('<p class="legend"><span class="k s-finished">run</span><span class="k retry">retry</span>'
               '<span class="k rebuild">rebuild</span><span class="k s-failed">failed</span>'
-              '<span class="k death">process or node death</span></p>'
-              '<p class="hint">A bar spans from when its attempt could start (submission, or the end of the '
-              'attempt before it) to its logged end; lanes are the nodes that logged the runs.</p>')
+              '<span class="k life">a process alive</span><span class="k death">process or node death</span></p>'
+              '<p class="hint">A node\'s lane holds the runs that ended there: a first run\'s bar starts at '
+              "the task's submission, a later run's is estimated (its end less the first run's time; the log "
+              "has each attempt's end, not its start). Under it, a lane per process of the node (workers, "
+              "actors' workers, the store, the scheduler) from its start to its end.</p>")
     death_rows = [[when(d.at), esc(d.kind), esc(d.pid or "-"), esc((d.node_id or "-")[:8]), esc(d.cause)]
                   for d in deaths]
     body = (legend + f'<div class="scroll">{picture}</div>'
             + pager(f"/job/{r.job_id}/timeline", {"limit": limit if limit != data.RUNS_MAX else None},
                     offset, limit, len(runs))
             + "<h2>deaths</h2>" + table(["at", "what", "pid", "node", "cause"], death_rows))
-    json_data = {"runs": [row_json(x) for x in runs], "deaths": [row_json(d) for d in deaths]}
+    json_data = {"runs": [row_json(x) for x in runs], "deaths": [row_json(d) for d in deaths],
+                 "processes": [row_json(p) for p in procs]}
     return Page(f"timeline of job {r.job_id}", body, json_data, r.state == JobState.RUNNING,
                 _job_crumbs(r.job_id))
+
+
+def _lanes(runs: list[data.Run], procs: list[data.Process], deaths: list[data.Death], t0: Any,
+           t1: Any) -> tuple[list[str], list[TimelineBar], list[Mark]]:
+    """A lane per node (its runs) and under it one per process of the node (its life); deaths as marks."""
+    def node_lane(node_id: str | None) -> str:
+        return f"node {node_id[:8]}" if node_id else "node ?"
+
+    def proc_lane(p: Any) -> str:
+        return f"  {p.actor_class + ' actor' if p.actor_class else p.kind} {p.pid}"
+
+    nodes = sorted({node_lane(x.node_id) for x in runs} | {node_lane(p.node_id) for p in procs})
+    by_node: dict[str, list[str]] = {n: [] for n in nodes}
+    for p in procs:
+        by_node[node_lane(p.node_id)].append(proc_lane(p))
+    lanes = [lane for n in nodes for lane in [n, *dict.fromkeys(by_node[n])]]
+    bars = [TimelineBar(node_lane(x.node_id), x.began_at or x.ended_at, x.ended_at,
+                        f"{x.name} · attempt {x.attempt} · {x.state}" + (" · rebuild" if x.rebuild else "")
+                        + (f" · {x.error.strip().splitlines()[-1]}" if x.error else ""),
+                        tuple(c for c, on in (("rebuild", x.rebuild), ("retry", x.attempt > 0 and not x.rebuild),
+                                               (f"s-{x.state.lower()}", True)) if on), f"/task/{x.task_id}")
+            for x in runs if x.ended_at]
+    bars += [TimelineBar(proc_lane(p), max(p.started_at, t0), min(p.ended_at or t1, t1),
+                         f"{p.kind} {p.pid}: {p.started_at:%H:%M:%S.%f} to "
+                         + (f"{p.ended_at:%H:%M:%S.%f} ({p.death_cause or 'ended'})" if p.ended_at else "now"),
+                         ("life", f"k-{p.kind}")) for p in procs if p.started_at and t0 and t1]
+    pids = {(p.node_id, p.pid): proc_lane(p) for p in procs}
+    marks = [Mark(pids.get((d.node_id, d.pid), node_lane(d.node_id)), d.at,
+                  f"{d.kind} {d.pid or ''} died: {d.cause}", (f"d-{d.kind}",)) for d in deaths if d.node_id]
+    return lanes, bars, marks
 
 
 # -- actors and nodes ----------------------------------------------------------------------

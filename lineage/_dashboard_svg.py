@@ -16,8 +16,10 @@ never read the log.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from ember.lineage._dashboard_html import esc
 
@@ -33,7 +35,13 @@ CHART_H = 220
 LABEL_CHARS_MAX = 24
 
 
-__all__ = ["DagNode", "Shade", "TimelineBar", "dag_svg", "layout", "throughput_svg", "timeline_svg"]
+__all__ = ["DagNode", "Shade", "Shape", "TimelineBar", "dag_svg", "layout", "throughput_svg", "timeline_svg"]
+
+
+class Shape(enum.StrEnum):
+    TASK = "task"  # a box
+    OBJECT = "object"  # a pill
+    GROUP = "group"  # a stacked box: alike nodes collapsed
 
 
 @dataclass
@@ -41,7 +49,7 @@ class DagNode:
     key: str
     label: str
     sublabel: str = ""
-    shape: str = "task"  # 'task' (a box), 'object' (a pill) or 'group' (a stacked box)
+    shape: Shape = Shape.TASK
     classes: tuple[str, ...] = ()
     href: str | None = None
     title: str = ""
@@ -121,11 +129,7 @@ def dag_svg(nodes: dict[str, DagNode], edges: Sequence[tuple[str, str]]) -> str:
                    'fill="none" stroke="#889" stroke-width="1.4" marker-end="url(#arrow)"/>')
     for node in nodes.values():
         classes = " ".join(("node", node.shape, *node.classes))
-        radius = NODE_H / 2 if node.shape == "object" else 6
-        box = (f'<rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" height="{NODE_H}" rx="{radius:.0f}"/>')
-        if node.shape == "group":
-            box = (f'<rect class="behind" x="{node.x + 5:.1f}" y="{node.y - 5:.1f}" width="{NODE_W}" '
-                   f'height="{NODE_H}" rx="6"/>' + box)
+        box = _box(node)
         text = (f'<text x="{node.x + NODE_W / 2:.1f}" y="{node.y + 17:.1f}" text-anchor="middle">'
                 f"{esc(_short(node.label))}</text>"
                 f'<text class="sub" x="{node.x + NODE_W / 2:.1f}" y="{node.y + 32:.1f}" text-anchor="middle">'
@@ -136,6 +140,20 @@ def dag_svg(nodes: dict[str, DagNode], edges: Sequence[tuple[str, str]]) -> str:
         out.append(f'<g class="{esc(classes)}" data-id="{esc(node.key)}">{inner}</g>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _box(node: DagNode) -> str:
+    match node.shape:
+        case Shape.TASK:
+            return f'<rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" height="{NODE_H}" rx="6"/>'
+        case Shape.OBJECT:
+            return (f'<rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" height="{NODE_H}" '
+                    f'rx="{NODE_H / 2:.0f}"/>')
+        case Shape.GROUP:
+            return (f'<rect class="behind" x="{node.x + 5:.1f}" y="{node.y - 5:.1f}" width="{NODE_W}" '
+                    f'height="{NODE_H}" rx="6"/><rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" '
+                    f'height="{NODE_H}" rx="6"/>')
+    assert_never(node.shape)
 
 
 @dataclass(frozen=True)

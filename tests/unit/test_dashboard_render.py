@@ -12,7 +12,7 @@ from ember.lineage._dashboard_data import ChaosRun
 from ember.lineage._dashboard_graph import GROUP_MAX, graph_nodes
 from ember.lineage._dashboard_html import BadRequest, Page, Query, frame
 from ember.lineage._dashboard_server import Dashboard
-from ember.lineage._dashboard_svg import NODE_W, DagNode, Shade, dag_svg, layout, throughput_svg
+from ember.lineage._dashboard_svg import NODE_W, DagNode, Shade, Shape, dag_svg, layout, throughput_svg
 from ember.lineage._reader import Lineage, ObjectRecord, TaskRecord
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -58,9 +58,9 @@ def test_a_large_fan_in_collapses_by_function_and_keeps_its_edges():
     root = _task(99, "combine", deps=tuple(o.object_id for o in objects), attempts=2)
     edges = [(t.task_id, o.object_id) for t, o in zip(leaves, objects)] + [(o.object_id, root.task_id) for o in objects]
     graph = Lineage(root.task_id, {t.task_id: t for t in [*leaves, root]}, {o.object_id: o for o in objects}, edges)
-    nodes, drawn = graph_nodes(graph, "up")
+    nodes, drawn = graph_nodes(graph)
     assert len(nodes) == 3  # 40 leaves, 40 objects, the root
-    groups = [n for n in nodes.values() if n.shape == "group"]
+    groups = [n for n in nodes.values() if n.shape is Shape.GROUP]
     assert sorted(n.label for n in groups) == ["40 objects", "40 × leaf"]
     assert any("lost" in n.classes for n in groups)  # a lost member marks its group
     assert len(drawn) == 2 and all(b != a for a, b in drawn)
