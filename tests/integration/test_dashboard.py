@@ -420,3 +420,28 @@ def test_start_head_with_dashboard_serves_it_until_the_node_stops():
         time.sleep(0.2)
     else:
         raise AssertionError(f"the dashboard at {url} still answers {BOUND_S}s after `ember stop`")
+
+
+def test_the_json_twins_are_what_ember_list_and_ember_lineage_print(dashboard: str, job: dict):
+    base, token = _base(dashboard), dashboard.split("token=")[1]
+
+    def twin(path: str) -> object:
+        request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def cli(*args: str) -> object:
+        done = subprocess.run([sys.executable, "-m", "ember._cli", *args, "--format", "json"], capture_output=True,
+                              text=True, timeout=BOUND_S, env=_env())
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    jid = job["job"]
+    rebuilt = twin(f"/job/{jid}/tasks?rebuilt=1&format=json")
+    assert {t["task_id"] for t in rebuilt} == {ref[:32] for ref in job["chain"]}  # type: ignore[union-attr]
+    assert rebuilt == cli("list", "tasks", "--job", jid, "--rebuilt")
+    assert twin(f"/job/{jid}/tasks?function=inc&limit=100&format=json") == \
+        cli("list", "tasks", "--job", jid, "--function", "inc", "--limit", "100")
+    graph = twin(f"/lineage/{job['chain'][-1]}?depth=10&format=json")
+    printed = cli("lineage", job["chain"][-1], "--depth", "10")
+    assert {k: v for k, v in graph.items() if k not in ("direction", "drawn")} == printed  # type: ignore[union-attr]
