@@ -316,7 +316,7 @@ def _lanes(runs: list[data.Run], procs: list[data.Process], deaths: list[data.De
 def actors_page(log: LineageLog, job: str, q: Query) -> Page:
     offset, limit = q.paging()
     r = log.job(job)
-    rows = log.actors(job=r.job_id, limit=offset + limit)[offset:]
+    rows = log.actors(job=r.job_id, limit=limit, offset=offset)
     cells = [[link(f"/actor/{a.actor_id}", a.actor_id, "id"), esc(a.class_name), esc(a.name or "-"),
               state_badge(a.state), str(a.restarts), f"{a.calls:,}", esc((a.node_id or "-")[:8]),
               _short(a.death_cause)] for a in rows]

@@ -292,31 +292,32 @@ def list_objects(conn: Any, job: str | None, state: str | None, limit: int) -> l
     return [ObjectRow(r[0].hex(), r[1].hex(), r[2].hex(), *r[3:]) for r in rows]
 
 
-def list_actors(conn: Any, job: str | None, state: str | None, limit: int) -> list[ActorRow]:
+# An actor's state, from the workers started for it: none yet, the latest still running, or it ended.
+_ACTOR_STATE_SQL = {ActorState.PENDING: "lives.n = 0", ActorState.ALIVE: "lives.n > 0 AND last.ended_at IS NULL",
+                    ActorState.DEAD: "last.ended_at IS NOT NULL"}
+
+
+def list_actors(conn: Any, job: str | None, state: str | None, limit: int, offset: int = 0) -> list[ActorRow]:
     job_id, wanted, limit = _scope(conn, job, state, ActorState, "actors", limit)
-    # A job has few actors: all are read, their state derived, then filtered.
-    actors = conn.execute(
+    where = f" AND {_ACTOR_STATE_SQL[ActorState(wanted)]}" if wanted else ""
+    rows = conn.execute(
         "SELECT a.actor_id, a.job_id, a.class_name, a.name, a.created_at, "
-        "(SELECT count(*) FROM actor_calls c WHERE c.actor_id = a.actor_id) "
-        "FROM actors a WHERE a.job_id = %s ORDER BY a.created_at DESC, a.actor_id DESC", (job_id,)).fetchall()
-    workers: dict[bytes, list[tuple]] = {}
-    if actors:
-        for actor_id, node_id, ended_at, cause in conn.execute(
-                "SELECT actor_id, node_id, ended_at, death_cause FROM workers WHERE actor_id = ANY(%s) "
-                "ORDER BY started_at", ([a[0] for a in actors],)):
-            workers.setdefault(actor_id, []).append((node_id, ended_at, cause))
-    rows = []
-    for actor_id, job, class_name, name, created_at, calls in actors:
-        started = workers.get(actor_id, [])
-        if not started:
-            actor_state, node_id, cause = ActorState.PENDING, None, None
+        "(SELECT count(*) FROM actor_calls c WHERE c.actor_id = a.actor_id), lives.n, last.node_id, "
+        "last.ended_at, last.death_cause FROM actors a "
+        "LEFT JOIN LATERAL (SELECT count(*) AS n FROM workers w WHERE w.actor_id = a.actor_id) lives ON true "
+        "LEFT JOIN LATERAL (SELECT w.node_id, w.ended_at, w.death_cause FROM workers w "
+        "  WHERE w.actor_id = a.actor_id ORDER BY w.started_at DESC LIMIT 1) last ON true "
+        "WHERE a.job_id = %s" + where + " ORDER BY a.created_at DESC, a.actor_id DESC LIMIT %s OFFSET %s",
+        (job_id, limit, check_offset(offset))).fetchall()
+    out = []
+    for actor_id, job_bytes, class_name, name, created_at, calls, lives, node_id, ended_at, cause in rows:
+        if not lives:
+            actor_state = ActorState.PENDING
         else:
-            node_id, ended_at, cause = started[-1]
             actor_state = ActorState.DEAD if ended_at is not None else ActorState.ALIVE
-        if wanted is None or actor_state == wanted:
-            rows.append(ActorRow(actor_id.hex(), job.hex(), class_name, name, actor_state.value,
-                                 max(len(started) - 1, 0), calls, node_id, cause, created_at))
-    return rows[:limit]
+        out.append(ActorRow(actor_id.hex(), job_bytes.hex(), class_name, name, actor_state.value,
+                            max(lives - 1, 0), calls, node_id, cause, created_at))
+    return out
 
 
 def check_offset(offset: int) -> int:

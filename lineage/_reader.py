@@ -223,9 +223,9 @@ class LineageLog:
         return _listing.list_objects(self._conn, job, state, limit)
 
     def actors(self, job: str | None = None, state: str | None = None,
-               limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ActorRow]:
+               limit: int = _listing.LIMIT_DEFAULT, offset: int = 0) -> list[_listing.ActorRow]:
         """A job's actors, newest first."""
-        return _listing.list_actors(self._conn, job, state, limit)
+        return _listing.list_actors(self._conn, job, state, limit, offset)
 
     def nodes(self, job: str | None = None, state: str | None = None,
               limit: int = _listing.LIMIT_DEFAULT, offset: int = 0) -> list[_listing.NodeRow]:
