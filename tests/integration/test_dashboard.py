@@ -49,6 +49,7 @@ JOB = textwrap.dedent("""
     import json, os, sys, time
     import numpy as np
     import ember
+    from tests.fix_cluster import Counter
     from tests.fix_kill import kill_and_wait_for_the_next
 
     gate = sys.argv[1]
@@ -69,15 +70,6 @@ JOB = textwrap.dedent("""
     @ember.remote
     def tick(i):
         return i
-
-    @ember.remote
-    class Counter:
-        def __init__(self):
-            self.n = 0
-
-        def add(self, k):
-            self.n += k
-            return self.n
 
     chain = [zeros.remote()]
     for _ in range(3):
