@@ -109,13 +109,15 @@ class Run:
     attempt: int
     state: str
     node_id: str | None
-    # When it could start: its submission for a first run. A later run's start is not
-    # logged: it is estimated as its end less the first run's time, and never before
-    # the end of the attempt before it.
+    # When it began, by its worker's clock (logged since v9). Where a log has no start (an
+    # older log, a run that never reached a worker): the task's submission for a first run,
+    # else its end less the first run's time, never before the end of the attempt before it.
     began_at: dt.datetime | None
     ended_at: dt.datetime | None
     rebuild: bool  # ran after an earlier attempt had finished: a rebuild of lost results
     error: str | None
+    worker_pid: int | None = None
+    began_logged: bool = False  # began_at is the logged start, not an estimate
 
 
 def timeline_runs(log: LineageLog, job_id: bytes, offset: int, limit: int) -> list[Run]:
@@ -125,7 +127,8 @@ def timeline_runs(log: LineageLog, job_id: bytes, offset: int, limit: int) -> li
         "WHERE t.job_id = %(job)s ORDER BY a.finished_at, a.task_id, a.attempt LIMIT %(limit)s OFFSET %(offset)s) "
         "SELECT t.task_id, t.kind, t.function_name, t.method, ac.class_name, a.attempt, a.state, a.node_id, "
         "t.submitted_at, a.finished_at, prev.state, prev.finished_at, a.error, "
-        "(SELECT f.finished_at FROM task_attempts f WHERE f.task_id = a.task_id AND f.attempt = 0) "
+        "(SELECT f.finished_at FROM task_attempts f WHERE f.task_id = a.task_id AND f.attempt = 0), "
+        + log.run_columns("a") + " "
         "FROM page JOIN task_attempts a ON a.task_id = page.task_id AND a.attempt = page.attempt "
         "JOIN tasks t ON t.task_id = a.task_id LEFT JOIN actors ac ON ac.actor_id = t.actor_id "
         "LEFT JOIN LATERAL (SELECT p.state, p.finished_at FROM task_attempts p WHERE p.task_id = a.task_id "
@@ -134,13 +137,13 @@ def timeline_runs(log: LineageLog, job_id: bytes, offset: int, limit: int) -> li
         {"job": job_id, "limit": min(limit, RUNS_MAX), "offset": offset})
     runs = []
     for (task_id, kind, function, method, class_name, attempt, state, node_id, submitted, finished, prev_state,
-         prev_end, error, first_end) in rows:
-        began = submitted
-        if prev_end is not None and finished is not None:
+         prev_end, error, first_end, started, worker_pid) in rows:
+        began = started or submitted
+        if started is None and prev_end is not None and finished is not None:
             took = (first_end - submitted) if first_end and submitted else dt.timedelta(0)
             began = max(prev_end, finished - took)
         runs.append(Run(task_id.hex(), display_name(kind, function, method, class_name), attempt, state, node_id,
-                        began, finished, prev_state == "FINISHED", error))
+                        began, finished, prev_state == "FINISHED", error, worker_pid, started is not None))
     return runs
 
 

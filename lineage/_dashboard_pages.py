@@ -36,7 +36,7 @@ from ember.lineage._dashboard_html import (
     task_link,
     when,
 )
-from ember.lineage._dashboard_svg import Mark, TimelineBar, timeline_svg
+from ember.lineage._dashboard_svg import BEHIND, Mark, TimelineBar, timeline_svg
 from ember.lineage._listing import JobState, TaskFilter, TaskState, check_state, row_json
 from ember.lineage._reader import LineageLog, ObjectRecord, TaskRecord
 from ember.lineage._render import arg_items, human_duration, human_size, object_place, short_id
@@ -264,10 +264,11 @@ def timeline_page(log: LineageLog, job: str, q: Query) -> Page:
     legend = ('<p class="legend"><span class="k s-finished">run</span><span class="k retry">retry</span>'
               '<span class="k rebuild">rebuild</span><span class="k s-failed">failed</span>'
               '<span class="k life">a process alive</span><span class="k death">process or node death</span></p>'
-              '<p class="hint">A node\'s lane holds the runs that ended there: a first run\'s bar starts at '
-              "the task's submission, a later run's is estimated (its end less the first run's time; the log "
-              "has each attempt's end, not its start). Under it, a lane per process of the node (workers, "
-              "actors' workers, the store, the scheduler) from its start to its end.</p>")
+              '<p class="hint">A lane per node, and under it a lane per process of the node (its store, '
+              "scheduler, workers and actors' workers) with the process's life behind the runs its worker "
+              "logged, from each run's start to its end. A run whose start or worker the log lacks (an older "
+              "log; a run that never reached a worker) sits in its node's lane, from the task's submission "
+              "(a first run) or from its end less the first run's time (a later one), drawn dashed.</p>")
     death_rows = [[when(d.at), esc(d.kind), esc(d.pid or "-"), esc((d.node_id or "-")[:8]), esc(d.cause)]
                   for d in deaths]
     body = (legend + f'<div class="scroll">{picture}</div>'
@@ -294,16 +295,23 @@ def _lanes(runs: list[data.Run], procs: list[data.Process], deaths: list[data.De
     for p in procs:
         by_node[node_lane(p.node_id)].append(proc_lane(p))
     lanes = [lane for n in nodes for lane in [n, *dict.fromkeys(by_node[n])]]
-    bars = [TimelineBar(node_lane(x.node_id), x.began_at or x.ended_at, x.ended_at,
+    worker_lanes = {p.pid: proc_lane(p) for p in procs if p.kind == "worker"}
+
+    def run_lane(x: data.Run) -> str:
+        return worker_lanes.get(x.worker_pid, node_lane(x.node_id)) if x.worker_pid else node_lane(x.node_id)
+
+    bars = [TimelineBar(run_lane(x), x.began_at or x.ended_at, x.ended_at,
                         f"{x.name} · attempt {x.attempt} · {x.state}" + (" · rebuild" if x.rebuild else "")
+                        + ("" if x.began_logged else " · start estimated")
                         + (f" · {x.error.strip().splitlines()[-1]}" if x.error else ""),
                         tuple(c for c, on in (("rebuild", x.rebuild), ("retry", x.attempt > 0 and not x.rebuild),
-                                               (f"s-{x.state.lower()}", True)) if on), f"/task/{x.task_id}")
+                                               (f"s-{x.state.lower()}", True), ("estimated", not x.began_logged))
+                              if on), f"/task/{x.task_id}")
             for x in runs if x.ended_at]
     bars += [TimelineBar(proc_lane(p), max(p.started_at, t0), min(p.ended_at or t1, t1),
                          f"{p.kind} {p.pid}: {p.started_at:%H:%M:%S.%f} to "
                          + (f"{p.ended_at:%H:%M:%S.%f} ({p.death_cause or 'ended'})" if p.ended_at else "now"),
-                         ("life", f"k-{p.kind}")) for p in procs if p.started_at and t0 and t1]
+                         (BEHIND, f"k-{p.kind}")) for p in procs if p.started_at and t0 and t1]
     pids = {(p.node_id, p.pid): proc_lane(p) for p in procs}
     marks = [Mark(pids.get((d.node_id, d.pid), node_lane(d.node_id)), d.at,
                   f"{d.kind} {d.pid or ''} died: {d.cause}", (f"d-{d.kind}",)) for d in deaths if d.node_id]

@@ -33,6 +33,7 @@ LANE_H = 26
 CHART_W = 960
 CHART_H = 220
 LABEL_CHARS_MAX = 24
+BEHIND = "life"  # a timeline bar with this class is its lane's background, not a run
 
 
 __all__ = ["DagNode", "Shade", "Shape", "TimelineBar", "dag_svg", "layout", "throughput_svg", "timeline_svg"]
@@ -193,13 +194,17 @@ def _axis(span_s: float, left: float, width: float, top: float, bottom: float) -
 
 def timeline_svg(lanes: list[str], bars: list[TimelineBar], marks: list[Mark], t0: dt.datetime,
                  t1: dt.datetime) -> str:
-    """A lane per name in ``lanes``; a bar per run, a mark per death, on one time axis."""
+    """A lane per name in ``lanes``; a bar per run, a mark per death, on one time axis.
+
+    Bars classed ``BEHIND`` fill their lane's height under its runs (a process's life).
+    """
     span_s = max((t1 - t0).total_seconds(), 0.001)
     left, width = 150.0, float(CHART_W)
     # Bars of one lane that overlap go on sub-rows, so every run can be seen.
     rows: dict[str, list[dt.datetime]] = {lane: [] for lane in lanes}
     placed = []
-    for bar in sorted(bars, key=lambda b: b.start):
+    behind = [b for b in bars if BEHIND in b.classes]
+    for bar in sorted((b for b in bars if BEHIND not in b.classes), key=lambda b: b.start):
         ends = rows.setdefault(bar.lane, [])
         row = next((i for i, end in enumerate(ends) if end <= bar.start), len(ends))
         if row == len(ends):
@@ -219,6 +224,14 @@ def timeline_svg(lanes: list[str], bars: list[TimelineBar], marks: list[Mark], t
     for lane, top in tops.items():
         out.append(f'<text class="lane" x="4" y="{top + 13:.1f}">{esc(_short(lane))}</text>'
                    f'<line class="lane-sep" x1="0" y1="{top - 3:.1f}" x2="{left + width:.1f}" y2="{top - 3:.1f}"/>')
+    for bar in behind:  # a lane's background (a process's life): its whole height, under its runs
+        if bar.lane not in tops:
+            continue
+        x = _x(bar.start, t0, span_s, left, width)
+        w = max(_x(bar.end, t0, span_s, left, width) - x, 1.5)
+        h = max(len(rows[bar.lane]), 1) * (LANE_H - 8) - 4
+        out.append(f'<rect class="{esc(" ".join(("run", *bar.classes)))}" x="{x:.1f}" y="{tops[bar.lane]:.1f}" '
+                   f'width="{w:.1f}" height="{h:.1f}"><title>{esc(bar.label)}</title></rect>')
     for bar, row in placed:
         x = _x(bar.start, t0, span_s, left, width)
         w = max(_x(bar.end, t0, span_s, left, width) - x, 1.5)

@@ -294,7 +294,8 @@ def lineage_json(graph: Lineage) -> dict[str, Any]:
             "duration_s": task.duration_s, "error": task.error, "actor_id": task.actor_id,
             "actor_seq": task.actor_seq, "parent_task_id": task.parent_task_id, "inputs": task.dependencies,
             "submitted_at": when(task.submitted_at),
-            "runs": [{**run, "finished_at": when(run.get("finished_at"))} for run in task.attempts],
+            "runs": [{**run, "finished_at": when(run.get("finished_at")), "started_at": when(run.get("started_at"))}
+                     for run in task.attempts],
         })
     objects = [{
         "object_id": obj.object_id, "task_id": obj.task_id, "job_id": obj.job_id, "origin": obj.origin,

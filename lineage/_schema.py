@@ -106,6 +106,10 @@ task_attempts = sa.Table(
     # v4: when the attempt's row was committed, within the group commit's few
     # ms of the attempt's end; filled by the server, so writers pay nothing.
     sa.Column("finished_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    # v9: when the run began, by the worker's clock (epoch microseconds), and the worker's
+    # pid: sent with the result, so they cost the run no row of its own (the dashboard's timeline).
+    sa.Column("started_us", sa.BigInteger),
+    sa.Column("worker_pid", sa.Integer),
 )
 
 objects = sa.Table(
@@ -267,6 +271,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         # scheduler_queue is a new table: create_all makes it.
     ],
     9: [
+        "ALTER TABLE task_attempts ADD COLUMN IF NOT EXISTS started_us BIGINT",
+        "ALTER TABLE task_attempts ADD COLUMN IF NOT EXISTS worker_pid INTEGER",
         # chaos_runs is a new table: create_all makes it.
     ],
 }
