@@ -33,6 +33,7 @@ LANE_H = 26
 CHART_W = 960
 CHART_H = 220
 LABEL_CHARS_MAX = 24
+SUBLABEL_CHARS_MAX = 30  # in the smaller type under a label
 BEHIND = "life"  # a timeline bar with this class is its lane's background, not a run
 
 
@@ -109,8 +110,8 @@ def _topological(nodes: dict[str, DagNode], preds: dict[str, list[str]], succs: 
     return order
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= LABEL_CHARS_MAX else text[:LABEL_CHARS_MAX - 1] + "…"
+def _short(text: str, chars_max: int = LABEL_CHARS_MAX) -> str:
+    return text if len(text) <= chars_max else text[:chars_max - 1] + "…"
 
 
 def dag_svg(nodes: dict[str, DagNode], edges: Sequence[tuple[str, str]]) -> str:
@@ -134,7 +135,7 @@ def dag_svg(nodes: dict[str, DagNode], edges: Sequence[tuple[str, str]]) -> str:
         text = (f'<text x="{node.x + NODE_W / 2:.1f}" y="{node.y + 17:.1f}" text-anchor="middle">'
                 f"{esc(_short(node.label))}</text>"
                 f'<text class="sub" x="{node.x + NODE_W / 2:.1f}" y="{node.y + 32:.1f}" text-anchor="middle">'
-                f"{esc(_short(node.sublabel))}</text>")
+                f"{esc(_short(node.sublabel, SUBLABEL_CHARS_MAX))}</text>")
         inner = f"<title>{esc(node.title or node.label)}</title>{box}{text}"
         if node.href:
             inner = f'<a href="{esc(node.href)}">{inner}</a>'
