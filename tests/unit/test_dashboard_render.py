@@ -94,3 +94,37 @@ def test_the_token_is_required_from_the_url_a_cookie_or_a_bearer_header():
     assert dashboard.check({}, "ember_dashboard=s3cret", None) == 200
     assert dashboard.check({}, "ember_dashboard=other", None) == 403
     assert dashboard.check({}, None, "Bearer s3cret") == 200
+
+
+def test_a_dropped_connection_is_reopened_once_and_a_bug_is_a_500_without_a_traceback(monkeypatch, capsys):
+    import psycopg
+
+    from ember.lineage import _dashboard_server as server
+
+    opened: list[str] = []
+
+    class FakeLog:
+        def __init__(self, conninfo: str) -> None:
+            opened.append(conninfo)
+
+        def close(self) -> None:
+            pass
+
+    calls = {"n": 0}
+
+    def flaky(log: object, q: Query) -> Page:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return Page("ok", "<p>fine</p>", {"ok": True})
+
+    def broken(log: object, q: Query) -> Page:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(server, "LineageLog", FakeLog)
+    dashboard = Dashboard("postgresql://somewhere")
+    assert dashboard._render(flaky, (), Query({}), True) == (200, "application/json", b'{"ok": true}')
+    assert opened == ["postgresql://somewhere"] * 2  # the first connection dropped, a second opened
+    status, _, body = dashboard._render(broken, (), Query({}), False)
+    assert status == 500 and b"ZeroDivisionError" in body and b"Traceback" not in body
+    assert "Traceback" in capsys.readouterr().err  # for whoever runs the dashboard
