@@ -174,6 +174,7 @@ def _run_and_report(command: list[str], planned: list, duration_s: float, faults
                     report_path: Path | None, quiet: bool, seed: int | None, options: dict[str, Any], cwd: str,
                     rerun: str, html_path: Path | None = None) -> None:
     from ember.chaos import _report
+    from ember.chaos._record import LiveRecord
     from ember.chaos._run import run_program
 
     tty = sys.stderr.isatty()
@@ -184,13 +185,16 @@ def _run_and_report(command: list[str], planned: list, duration_s: float, faults
         elif not final:
             click.echo(line, err=True)
 
+    record = LiveRecord(command, seed, options, [p.to_json() for p in planned])
     try:
-        result = run_program(command, planned, duration_s, faults_max, timeout_s, None if quiet else progress)
+        result = run_program(command, planned, duration_s, faults_max, timeout_s, None if quiet else progress,
+                             observe=record.observe)
     except FileNotFoundError as exc:
+        record.close()
         raise click.ClickException(str(exc)) from None
     if report_path is not None:
         _report.write(report_path, _report.to_json(result, seed, options, cwd))
-    run_id = _record(result, seed, options)
+    run_id = _finish_record(record, result)
     if html_path is not None and run_id is not None:
         _write_html(html_path, run_id)
     elif html_path is not None:
@@ -199,15 +203,14 @@ def _run_and_report(command: list[str], planned: list, duration_s: float, faults
     sys.exit(result.exit_code)
 
 
-def _record(result: Any, seed: int | None, options: dict[str, Any]) -> str | None:
-    """Log the run for the dashboard; a log out of reach is a note in the summary, not a failure."""
+def _finish_record(record: Any, result: Any) -> str | None:
+    """Log the run's end for the dashboard; a log out of reach is a note in the summary, not a failure."""
     import psycopg
 
-    from ember.chaos._record import record_run
     from ember.exceptions import EmberError
 
     try:
-        run_id = record_run(result, seed, options)
+        run_id = record.finish(result)
     except (psycopg.Error, EmberError, OSError) as exc:
         result.notes.append(f"the run was not recorded in the lineage log: {exc}")
         return None

@@ -30,6 +30,7 @@ EXIT_LOST_DATA = 3  # the program exited 0, but ember gave up on objects it need
 EXIT_TIMEOUT = 124  # as timeout(1): the program ran past --timeout and was killed
 PROGRESS_TTY_S = 1.0
 PROGRESS_PIPE_S = 10.0
+OBSERVE_S = 2.0  # how often ``observe`` (the run's live record in the log) hears how the run goes
 STOP_WAIT_S = 10.0
 
 
@@ -58,8 +59,10 @@ def run_program(
     faults_max: int | None = None,
     timeout_s: float | None = None,
     progress: Callable[[str, bool], None] | None = None,
+    observe: Callable[[Snapshot], None] | None = None,
 ) -> RunResult:
-    """Run ``command`` under ``planned``; ``progress(line, final)`` gets a status line now and then."""
+    """Run ``command`` under ``planned``; ``progress(line, final)`` gets a status line now and then,
+    ``observe(snapshot)`` the run so far every ``OBSERVE_S`` (from a thread of its own)."""
     controller = Controller(planned, duration_s, faults_max)
     env = dict(os.environ)
     env.update(controller.environment())
@@ -72,6 +75,8 @@ def run_program(
     controller.start(proc.pid)
     ticker = _Ticker(controller, progress)
     ticker.start()
+    watcher = _Watcher(controller, proc.pid, started_at, observe)
+    watcher.start()
     notes: list[str] = []
     timed_out = False
     try:
@@ -83,6 +88,7 @@ def run_program(
         if timed_out or proc.poll() is None:
             _kill_tree(proc)
         ticker.stop()
+        watcher.stop()
         controller.stop()
     if timed_out:
         notes.append(f"the program ran past --timeout {timeout_s:g}s and was killed: a hang")
@@ -119,6 +125,45 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(STOP_WAIT_S)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A run so far, for its live record: copies, safe to keep while the run goes on."""
+
+    program_pid: int
+    started_at: float
+    elapsed_s: float
+    timeline: list[dict[str, Any]]
+    tally: dict[str, Any]
+
+
+class _Watcher:
+    """Hands ``observe`` a snapshot of the run every ``OBSERVE_S`` until stopped; never stops the run."""
+
+    def __init__(self, controller: Controller, pid: int, started_at: float,
+                 observe: Callable[[Snapshot], None] | None) -> None:
+        self._controller = controller
+        self._pid = pid
+        self._started_at = started_at
+        self._observe = observe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chaos-observe", daemon=True)
+
+    def start(self) -> None:
+        if self._observe is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(STOP_WAIT_S)
+
+    def _loop(self) -> None:
+        assert self._observe is not None
+        while not self._stop.wait(OBSERVE_S):
+            timeline, tally = self._controller.snapshot()
+            self._observe(Snapshot(self._pid, self._started_at, self._controller.elapsed_s(), timeline, tally))
 
 
 class _Ticker:

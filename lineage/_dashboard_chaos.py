@@ -15,6 +15,7 @@ to anything outside itself (no link, script, font or image from elsewhere).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 import statistics
 from typing import Any
@@ -40,14 +41,18 @@ def chaos_runs_page(log: LineageLog, q: Query) -> Page:
     job = q.text("job")
     job_id = bytes.fromhex(log.job(job).job_id) if job else None
     runs = data.chaos_runs(log, job_id, offset, limit)
-    cells = [[link(f"/chaos/{r.run_id}", r.run_id[:12], "id"), when(r.started_at),
-              esc(f"{(r.ended_at - r.started_at).total_seconds():.1f} s"),
+    cells = [[link(f"/chaos/{r.run_id}", r.run_id[:12], "id"), when(r.started_at), esc(_took(r)),
               link(f"/job/{r.job_id}", r.job_id, "id") if r.job_id else "-",
               esc(sum(1 for f in r.faults if f.get("outcome") == "hit")), esc(r.exit_code),
               esc(" ".join(r.command)[:80])] for r in runs]
     body = (table(["run", "started", "took", "job", "faults hit", "exit", "command"], cells)
             + pager("/chaos", {"job": job}, offset, limit, len(runs)))
-    return Page("chaos runs", body, [_run_json(r) for r in runs], crumbs=[("jobs", "/")])
+    return Page("chaos runs", body, [_run_json(r) for r in runs], any(r.ended_at is None for r in runs),
+                [("jobs", "/")])
+
+
+def _took(run: data.ChaosRun) -> str:
+    return "running" if run.ended_at is None else f"{(run.ended_at - run.started_at).total_seconds():.1f} s"
 
 
 def _run_json(run: data.ChaosRun) -> dict[str, Any]:
@@ -84,8 +89,8 @@ def recoveries(run: data.ChaosRun, bucket_s: float, counts: list[int]) -> list[d
 def chaos_page(log: LineageLog, run_id: str, q: Query | None = None, links: bool = True) -> Page:
     run = data.chaos_run(log, run_id.lower())
     job = log.job(run.job_id) if run.job_id else None
-    live = job is not None and job.state == JobState.RUNNING
-    end = run.ended_at
+    live = run.ended_at is None or (job is not None and job.state == JobState.RUNNING)
+    end = run.ended_at or dt.datetime.now(dt.timezone.utc)
     if job is not None and job.ended_at and job.ended_at > end:
         end = job.ended_at
     bucket_s, counts = (data.throughput(log, bytes.fromhex(run.job_id), run.started_at, end) if run.job_id
@@ -106,8 +111,8 @@ def chaos_page(log: LineageLog, run_id: str, q: Query | None = None, links: bool
     tally = run.tally
     summary = facts([
         ("command", f"<code>{esc(' '.join(run.command))}</code>"), ("job", job_cell),
-        ("started", when(run.started_at)), ("took", esc(f"{(run.ended_at - run.started_at).total_seconds():.1f} s")),
-        ("seed", esc(run.seed)), ("exit", esc(run.exit_code)),
+        ("started", when(run.started_at)), ("took", esc(_took(run))),
+        ("seed", esc(run.seed)), ("exit", esc(run.exit_code if run.ended_at else "(running)")),
         ("faults", esc(", ".join(f"{k} {n}" for k, n in sorted(tally.get("faults", {}).items())) or "none hit")),
         ("tasks", esc(f"{tally.get('tasks_finished', 0):,} finished · {tally.get('task_reruns', 0):,} re-run · "
                       f"{tally.get('tasks_failed', 0):,} raised")),

@@ -257,12 +257,14 @@ def actor_row(log: LineageLog, actor_id_hex: str) -> tuple:
 
 @dataclass(frozen=True)
 class ChaosRun:
+    """A run of ``chaos run`` as ``chaos/_record.py`` logged it (while it runs: the faults so far)."""
+
     run_id: str
     job_id: str | None
     command: list[str]
     seed: int | None
     started_at: dt.datetime
-    ended_at: dt.datetime
+    ended_at: dt.datetime | None  # None while it runs
     exit_code: int | None
     options: dict[str, Any]
     faults: list[dict[str, Any]]

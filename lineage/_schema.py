@@ -223,7 +223,7 @@ chaos_runs = sa.Table(
     sa.Column("command", sa.Text, nullable=False),
     sa.Column("seed", sa.BigInteger),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),  # NULL while the run goes on (updated every few s)
     sa.Column("exit_code", sa.Integer),
     sa.Column("options", JSONB),
     sa.Column("schedule", JSONB),  # the planned faults with their triggers
