@@ -73,9 +73,9 @@ def run_program(
         controller.stop()
         raise FileNotFoundError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from exc
     controller.start(proc.pid)
-    ticker = _Ticker(controller, progress)
+    ticker = _ticker(controller, progress)
     ticker.start()
-    watcher = _Watcher(controller, proc.pid, started_at, observe)
+    watcher = _watcher(controller, proc.pid, started_at, observe)
     watcher.start()
     notes: list[str] = []
     timed_out = False
@@ -138,59 +138,49 @@ class Snapshot:
     tally: dict[str, Any]
 
 
-class _Watcher:
-    """Hands ``observe`` a snapshot of the run every ``OBSERVE_S`` until stopped; never stops the run."""
+class _Every:
+    """Calls ``tick(final=False)`` every ``interval_s`` on a thread of its own until stopped, then, if it
+    ran, ``tick(final=True)`` once; with no ``tick``, nothing. Never stops the run."""
 
-    def __init__(self, controller: Controller, pid: int, started_at: float,
-                 observe: Callable[[Snapshot], None] | None) -> None:
-        self._controller = controller
-        self._pid = pid
-        self._started_at = started_at
-        self._observe = observe
+    def __init__(self, interval_s: float, tick: Callable[[bool], None] | None, name: str) -> None:
+        self._interval_s = interval_s
+        self._tick = tick
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chaos-observe", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
-        if self._observe is not None:
+        if self._tick is not None:
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(STOP_WAIT_S)
+            assert self._tick is not None
+            self._tick(True)
 
     def _loop(self) -> None:
-        assert self._observe is not None
-        while not self._stop.wait(OBSERVE_S):
-            timeline, tally = self._controller.snapshot()
-            self._observe(Snapshot(self._pid, self._started_at, self._controller.elapsed_s(), timeline, tally))
-
-
-class _Ticker:
-    """Status lines while the program runs: every second on a terminal, every ten otherwise."""
-
-    def __init__(self, controller: Controller, progress: Callable[[str, bool], None] | None) -> None:
-        self._controller = controller
-        self._progress = progress
-        self._stop = threading.Event()
-        self._interval_s = PROGRESS_TTY_S if sys.stderr.isatty() else PROGRESS_PIPE_S
-        self._thread = threading.Thread(target=self._loop, name="chaos-progress", daemon=True)
-
-    def start(self) -> None:
-        if self._progress is not None:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(STOP_WAIT_S)
-            assert self._progress is not None
-            self._progress(status_line(self._controller), True)
-
-    def _loop(self) -> None:
-        assert self._progress is not None
+        assert self._tick is not None
         while not self._stop.wait(self._interval_s):
-            self._progress(status_line(self._controller), False)
+            self._tick(False)
+
+
+def _ticker(controller: Controller, progress: Callable[[str, bool], None] | None) -> _Every:
+    """Status lines while the program runs: every second on a terminal, every ten otherwise."""
+    interval_s = PROGRESS_TTY_S if sys.stderr.isatty() else PROGRESS_PIPE_S
+    tick = (lambda final: progress(status_line(controller), final)) if progress is not None else None
+    return _Every(interval_s, tick, "chaos-progress")
+
+
+def _watcher(controller: Controller, pid: int, started_at: float,
+             observe: Callable[[Snapshot], None] | None) -> _Every:
+    """A snapshot of the run for ``observe`` every ``OBSERVE_S`` (the run's end is the caller's to record)."""
+    def tick(final: bool) -> None:
+        if not final:
+            timeline, tally = controller.snapshot()
+            observe(Snapshot(pid, started_at, controller.elapsed_s(), timeline, tally))  # type: ignore[misc]
+
+    return _Every(OBSERVE_S, tick if observe is not None else None, "chaos-observe")
 
 
 def status_line(controller: Controller) -> str:
