@@ -335,7 +335,13 @@ def test_the_lineage_graph_shows_the_chain_its_edges_and_the_rebuild(page: Page,
         assert "lost" in page.locator(f'svg.dag g.node[data-id="{ref}"]').get_attribute("class")
     assert page.locator(f'svg.dag g.node[data-id="{last}"] text').first.text_content().startswith(last[:8])
     _shot(page, shots, "lineage")
-    page.locator(f'svg.dag g.node[data-id="{job["chain"][0][:32]}"] a').click()  # through to the task's detail
+    page.goto(f"{_base(dashboard)}/lineage/{job['chain'][0]}?dir=down&depth=10")  # what was made from the first
+    below = {g.get_attribute("data-id") for g in page.locator("svg.dag g.node").all()}
+    assert set(job["chain"]) | {ref[:32] for ref in job["chain"][1:]} <= below
+    page.locator(f'svg.dag g.node[data-id="{job["chain"][1][:32]}"] a').click()  # through to a task's detail
+    page.wait_for_url(re.compile(rf"/task/{job['chain'][1][:32]}"))
+    page.goto(url)
+    page.locator(f'svg.dag g.node[data-id="{job["chain"][0][:32]}"] a').click()
     page.wait_for_url(re.compile(rf"/task/{job['chain'][0][:32]}"))
     assert "rebuild (results lost)" in page.locator("main").inner_text()
 
@@ -484,6 +490,10 @@ def test_the_json_twins_are_what_ember_list_and_ember_lineage_print(dashboard: s
     assert rebuilt == cli("list", "tasks", "--job", jid, "--rebuilt")
     assert twin(f"/job/{jid}/tasks?function=inc&limit=100&format=json") == \
         cli("list", "tasks", "--job", jid, "--function", "inc", "--limit", "100")
+    node = rebuilt[0]["node_id"]
+    assert twin(f"/job/{jid}/tasks?rebuilt=1&node={node[:6]}&format=json") == rebuilt
+    assert twin(f"/job/{jid}/tasks?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z&format=json") == []
+    assert len(twin(f"/job/{jid}/tasks?since=2000-01-01T00:00:00Z&error=went+wrong&format=json")) == 1
     graph = twin(f"/lineage/{job['chain'][-1]}?depth=10&format=json")
     printed = cli("lineage", job["chain"][-1], "--depth", "10")
     assert {k: v for k, v in graph.items() if k not in ("direction", "drawn")} == printed
