@@ -153,11 +153,40 @@ def measure_dashboard(ids: dict[str, str], repeat: int) -> list[tuple[str, float
             status, _, body = answer[0]
             shown = path.replace(job, "J").replace(root, "ROOT").replace(root[:32], "ROOT_TASK").replace(leaf, "LEAF")
             results.append((f"dashboard {shown}", best, median, f"{status}, {len(body):,} bytes"))
+        results.append(_chaos_chart(job, repeat))
     finally:
         dashboard.shutdown()
         if release is not None:
             release()
     return results
+
+
+def _chaos_chart(job: str, repeat: int) -> tuple[str, float, float, str]:
+    """What a chaos run's page costs over this job, beyond reading its row: the job's finishes per
+    second over its whole span, the recovery times and the chart. (The job ran under no chaos run,
+    and none is forged: one fault, in memory, stands for the run's.)"""
+    import datetime as dt
+
+    from ember.lineage import _dashboard_data as data
+    from ember.lineage import open_log
+    from ember.lineage._dashboard_chaos import recoveries
+    from ember.lineage._dashboard_svg import Shade, throughput_svg
+
+    with open_log() as log:
+        row = log.job(job)
+        end = row.ended_at or dt.datetime.now(dt.timezone.utc)
+        run = data.ChaosRun("00" * 16, job, ["bench"], None, row.started_at, end, 0, {},
+                            [{"at": row.started_at.timestamp() + 1.0, "kind": "kill", "target": "store",
+                              "outcome": "hit"}], {}, [])
+        out: list[str] = []
+
+        def chart() -> None:
+            bucket_s, counts = data.throughput(log, bytes.fromhex(job), run.started_at, end)
+            found = recoveries(run, bucket_s, counts)
+            out[:] = [throughput_svg(counts, bucket_s, [Shade(f["at_s"], f["at_s"] + 1, f["kind"], "") for f in found])]
+
+        best, median = timed(chart, repeat)
+    return "dashboard chaos chart over J (job's span)", best, median, f"{len(out[0]):,} bytes of SVG"
 
 
 def main() -> None:
