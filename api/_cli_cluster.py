@@ -49,11 +49,18 @@ def _local_nodes() -> Any:
               help="PEM certificate authority that signed every node's certificate.")
 @click.option("--tls-server-name", default=None,
               help="The name in the nodes' certificates, when one certificate serves every node.")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="With --head: also serve `ember dashboard` on loopback; it ends with the node.")
+@click.option("--dashboard-port", default=8265, show_default=True, type=click.IntRange(0, 65535),
+              help="With --dashboard: its port (0: any free one).")
 def start_command(head: bool, address: str | None, port: int, bind: str, num_cpus: float | None,
                   num_gpus: float | None, resources: str | None, object_store_memory: int | None,
-                  tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_server_name: str | None) -> None:
+                  tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_server_name: str | None,
+                  with_dashboard: bool, dashboard_port: int) -> None:
     if head == (address is not None):
         raise click.UsageError("give either --head (a new cluster) or --address HOST:PORT (join one)")
+    if with_dashboard and not head:
+        raise click.UsageError("--dashboard goes with --head (the dashboard reads the cluster's log)")
     from ember.scheduler import _tls  # loads gRPC: only for `start`
 
     _use_tls(tls_cert, tls_key, tls_ca, tls_server_name)
@@ -75,6 +82,11 @@ def start_command(head: bool, address: str | None, port: int, bind: str, num_cpu
         argv += ["--address", wanted]
     node = start_daemon(argv, wanted)
     _say_started(node)
+    if with_dashboard:
+        from ember._cli_dashboard import start_beside
+
+        click.echo("Dashboard (open this URL; it holds the token):")
+        click.echo(start_beside(node, dashboard_port))
 
 
 def _use_tls(cert: str | None, key: str | None, ca: str | None, server_name: str | None) -> None:

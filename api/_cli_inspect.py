@@ -48,15 +48,26 @@ def _opened_log(gcs_url: str | None) -> Iterator[Any]:
 @click.option("--state", default=None, help="Only rows in this state (e.g. FAILED); case does not matter.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Rows at most.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--function", default=None, help="Tasks: only those whose function (or method) name contains this.")
+@click.option("--node", default=None, help="Tasks: only those whose latest run ended on a node id starting so.")
+@click.option("--retried", is_flag=True, help="Tasks: only those with more than one attempt.")
+@click.option("--rebuilt", is_flag=True, help="Tasks: only those run again to rebuild lost results.")
+@click.option("--error", "error_text", default=None, help="Tasks: only those whose latest error contains this.")
 @click.option("--gcs-url", default=None, help=_GCS_URL_HELP)
-def list_command(what: str, job: str | None, state: str | None, limit: int, fmt: str, gcs_url: str | None) -> None:
-    from ember.lineage._listing import row_json
+def list_command(what: str, job: str | None, state: str | None, limit: int, fmt: str, function: str | None,
+                 node: str | None, retried: bool, rebuilt: bool, error_text: str | None, gcs_url: str | None) -> None:
+    from ember.lineage._listing import TaskFilter, row_json
 
     if what == "jobs" and job is not None:
         raise click.UsageError("--job does not apply to `ember list jobs`")
+    where = TaskFilter(function=function, node=node, retried=retried, rebuilt=rebuilt, error=error_text)
+    if what != "tasks" and where != TaskFilter():
+        raise click.UsageError("--function, --node, --retried, --rebuilt and --error apply to `ember list tasks`")
     with _opened_log(gcs_url) as log:
         if what == "jobs":
             rows, header = log.jobs(state=state, limit=limit), None
+        elif what == "tasks":
+            rows, header = log.tasks(job=job, state=state, limit=limit, where=where), log.job(job)
         else:
             rows = getattr(log, what)(job=job, state=state, limit=limit)
             header = log.job(job)

@@ -113,12 +113,15 @@ def main() -> None:
               help="Kill the program if it runs longer, and report a hang (exit 124).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report (schedule, timeline, tally) here; `chaos replay` reads it.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the run's report as one self-contained HTML file (throughput with the faults "
+                   "shaded, time to recover from each), as the dashboard's chaos page shows it.")
 @click.option("--quiet", is_flag=True, help="No progress lines; the summary only.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(kill: tuple[Target, ...], pause: tuple[Target, ...], restart_postgres: bool, every_s: float | None,
         rate_per_s: float | None, every_tasks: int | None, on_start: tuple[tuple[str, int], ...],
-        seed: int | None, duration_s: float, faults_max: int | None, timeout_s: float | None, report_path: Path | None, quiet: bool,
-        command: tuple[str, ...]) -> None:
+        seed: int | None, duration_s: float, faults_max: int | None, timeout_s: float | None, report_path: Path | None,
+        html_path: Path | None, quiet: bool, command: tuple[str, ...]) -> None:
     if every_s is not None and rate_per_s is not None:
         raise click.UsageError("give --every or --rate, not both")
     if not (kill or pause or restart_postgres or on_start):
@@ -134,7 +137,7 @@ def run(kill: tuple[Target, ...], pause: tuple[Target, ...], restart_postgres: b
         raise click.UsageError(f"the schedule is empty: with --duration {duration_s:g} no fault would fire")
     rerun = _rerun_line(options, timeout_s, command)
     _run_and_report(list(command), planned, duration_s, faults_max, timeout_s, report_path, quiet, seed,
-                    _options_json(options), os.getcwd(), rerun)
+                    _options_json(options), os.getcwd(), rerun, html_path)
 
 
 @main.command(help="""Run the program of a chaos report again under the same schedule: the same faults, at the
@@ -169,8 +172,9 @@ def replay(report: Path, report_path: Path | None, timeout_s: float | None, quie
 def _run_and_report(command: list[str], planned: list, duration_s: float, faults_max: int | None,
                     timeout_s: float | None,
                     report_path: Path | None, quiet: bool, seed: int | None, options: dict[str, Any], cwd: str,
-                    rerun: str) -> None:
+                    rerun: str, html_path: Path | None = None) -> None:
     from ember.chaos import _report
+    from ember.chaos._record import LiveRecord
     from ember.chaos._run import run_program
 
     tty = sys.stderr.isatty()
@@ -181,14 +185,48 @@ def _run_and_report(command: list[str], planned: list, duration_s: float, faults
         elif not final:
             click.echo(line, err=True)
 
+    record = LiveRecord(command, seed, options, [p.to_json() for p in planned])
     try:
-        result = run_program(command, planned, duration_s, faults_max, timeout_s, None if quiet else progress)
+        result = run_program(command, planned, duration_s, faults_max, timeout_s, None if quiet else progress,
+                             observe=record.observe)
     except FileNotFoundError as exc:
+        record.close()
         raise click.ClickException(str(exc)) from None
     if report_path is not None:
         _report.write(report_path, _report.to_json(result, seed, options, cwd))
+    run_id = _finish_record(record, result)
+    if html_path is not None and run_id is not None:
+        _write_html(html_path, run_id)
+    elif html_path is not None:
+        result.notes.append(f"no HTML report written to {html_path}: the run is not in the lineage log")
     click.echo(_report.summary(result, seed, report_path, rerun), err=True)
     sys.exit(result.exit_code)
+
+
+def _finish_record(record: Any, result: Any) -> str | None:
+    """Log the run's end for the dashboard; a log out of reach is a note in the summary, not a failure."""
+    import psycopg
+
+    from ember.exceptions import EmberError
+
+    try:
+        run_id = record.finish(result)
+    except (psycopg.Error, EmberError, OSError) as exc:
+        result.notes.append(f"the run was not recorded in the lineage log: {exc}")
+        return None
+    result.notes.append(f"recorded in the lineage log as chaos run {run_id} (ember dashboard shows it)")
+    return run_id
+
+
+def _write_html(path: Path, run_id: str) -> None:
+    from ember.lineage import open_log
+    from ember.lineage._dashboard_chaos import standalone_report
+
+    with open_log() as log:
+        page = standalone_report(log, run_id)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _options_json(options: Options) -> dict[str, Any]:

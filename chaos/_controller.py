@@ -126,6 +126,11 @@ class Controller:
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 
+    def snapshot(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The timeline and the tally so far, copied under the lock the event threads write them under."""
+        with self._lock:
+            return list(self.timeline), self.tally.to_json()
+
     def members(self) -> list[Member]:
         with self._lock:
             return sorted(self._members.values(), key=lambda m: (m.kind, m.pid))

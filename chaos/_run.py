@@ -30,6 +30,7 @@ EXIT_LOST_DATA = 3  # the program exited 0, but ember gave up on objects it need
 EXIT_TIMEOUT = 124  # as timeout(1): the program ran past --timeout and was killed
 PROGRESS_TTY_S = 1.0
 PROGRESS_PIPE_S = 10.0
+OBSERVE_S = 2.0  # how often ``observe`` (the run's live record in the log) hears how the run goes
 STOP_WAIT_S = 10.0
 
 
@@ -48,6 +49,7 @@ class RunResult:
     lost: list[dict[str, Any]]
     pending_faults: int
     notes: list[str] = field(default_factory=list)
+    program_pid: int | None = None  # its driver's pid, when the program is the driver itself
 
 
 def run_program(
@@ -57,8 +59,10 @@ def run_program(
     faults_max: int | None = None,
     timeout_s: float | None = None,
     progress: Callable[[str, bool], None] | None = None,
+    observe: Callable[[Snapshot], None] | None = None,
 ) -> RunResult:
-    """Run ``command`` under ``planned``; ``progress(line, final)`` gets a status line now and then."""
+    """Run ``command`` under ``planned``; ``progress(line, final)`` gets a status line now and then,
+    ``observe(snapshot)`` the run so far every ``OBSERVE_S`` (from a thread of its own)."""
     controller = Controller(planned, duration_s, faults_max)
     env = dict(os.environ)
     env.update(controller.environment())
@@ -69,8 +73,10 @@ def run_program(
         controller.stop()
         raise FileNotFoundError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from exc
     controller.start(proc.pid)
-    ticker = _Ticker(controller, progress)
+    ticker = _ticker(controller, progress)
     ticker.start()
+    watcher = _watcher(controller, proc.pid, started_at, observe)
+    watcher.start()
     notes: list[str] = []
     timed_out = False
     try:
@@ -82,6 +88,7 @@ def run_program(
         if timed_out or proc.poll() is None:
             _kill_tree(proc)
         ticker.stop()
+        watcher.stop()
         controller.stop()
     if timed_out:
         notes.append(f"the program ran past --timeout {timeout_s:g}s and was killed: a hang")
@@ -92,7 +99,7 @@ def run_program(
         exit_code = EXIT_LOST_DATA
     return RunResult(
         list(command), planned, duration_s, faults_max, started_at, controller.elapsed_s(), program_exit, exit_code,
-        controller.tally, controller.timeline, controller.lost, controller.nemesis.pending(), notes)
+        controller.tally, controller.timeline, controller.lost, controller.nemesis.pending(), notes, proc.pid)
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float | None) -> bool:
@@ -120,31 +127,60 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(STOP_WAIT_S)
 
 
-class _Ticker:
-    """Status lines while the program runs: every second on a terminal, every ten otherwise."""
+@dataclass(frozen=True)
+class Snapshot:
+    """A run so far, for its live record: copies, safe to keep while the run goes on."""
 
-    def __init__(self, controller: Controller, progress: Callable[[str, bool], None] | None) -> None:
-        self._controller = controller
-        self._progress = progress
+    program_pid: int
+    started_at: float
+    elapsed_s: float
+    timeline: list[dict[str, Any]]
+    tally: dict[str, Any]
+
+
+class _Every:
+    """Calls ``tick(final=False)`` every ``interval_s`` on a thread of its own until stopped, then, if it
+    ran, ``tick(final=True)`` once; with no ``tick``, nothing. Never stops the run."""
+
+    def __init__(self, interval_s: float, tick: Callable[[bool], None] | None, name: str) -> None:
+        self._interval_s = interval_s
+        self._tick = tick
         self._stop = threading.Event()
-        self._interval_s = PROGRESS_TTY_S if sys.stderr.isatty() else PROGRESS_PIPE_S
-        self._thread = threading.Thread(target=self._loop, name="chaos-progress", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
-        if self._progress is not None:
+        if self._tick is not None:
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(STOP_WAIT_S)
-            assert self._progress is not None
-            self._progress(status_line(self._controller), True)
+            assert self._tick is not None
+            self._tick(True)
 
     def _loop(self) -> None:
-        assert self._progress is not None
+        assert self._tick is not None
         while not self._stop.wait(self._interval_s):
-            self._progress(status_line(self._controller), False)
+            self._tick(False)
+
+
+def _ticker(controller: Controller, progress: Callable[[str, bool], None] | None) -> _Every:
+    """Status lines while the program runs: every second on a terminal, every ten otherwise."""
+    interval_s = PROGRESS_TTY_S if sys.stderr.isatty() else PROGRESS_PIPE_S
+    tick = (lambda final: progress(status_line(controller), final)) if progress is not None else None
+    return _Every(interval_s, tick, "chaos-progress")
+
+
+def _watcher(controller: Controller, pid: int, started_at: float,
+             observe: Callable[[Snapshot], None] | None) -> _Every:
+    """A snapshot of the run for ``observe`` every ``OBSERVE_S`` (the run's end is the caller's to record)."""
+    def tick(final: bool) -> None:
+        if not final:
+            timeline, tally = controller.snapshot()
+            observe(Snapshot(pid, started_at, controller.elapsed_s(), timeline, tally))  # type: ignore[misc]
+
+    return _Every(OBSERVE_S, tick if observe is not None else None, "chaos-observe")
 
 
 def status_line(controller: Controller) -> str:

@@ -7,7 +7,8 @@ cluster: one task or object, a job's listings (``tasks()``, ``objects()``,
 (``lineage()``, rendered by ``Lineage.to_tree/to_dot/to_json``;
 ``docs/inspecting.md``); ``prune()`` forgets finished jobs older than a cutoff;
 ``replay_task()`` and ``replay_job()`` run logged tasks again in this process and
-compare them with the log (``docs/debugging.md``).
+compare them with the log (``docs/debugging.md``). ``ember dashboard`` serves
+the same reads in a browser (``_dashboard_server``; ``docs/dashboard.md``).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "tasks": ("task_id", "job_id", "kind", "function_id", "function_name", "parent_task_id", "actor_id",
               "method", "args", "num_returns", "resources", "max_retries", "name"),
     "task_args": ("task_id", "object_id"),
-    "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error"),
+    "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error", "started_us", "worker_pid"),
     "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
                 "content_hash"),
     "content_hashes": ("object_id", "content_hash"),
@@ -123,15 +123,18 @@ class GcsLog:
 
     def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
                  objects: list[tuple[bytes, int, str | None]], error: bytes | None = None,
-                 hashes: list[bytes | None] | None = None) -> int:
+                 hashes: list[bytes | None] | None = None, run: tuple[int, int] = (0, 0)) -> int:
         """An attempt's end and the objects it made (id, size, durable copy's file): one append, nobody waits for it.
 
         ``error`` is the serialized error a failed attempt returned; its text
         goes in the row (read only on failure: the common path pays nothing).
-        ``hashes``: the results' content hashes, as their worker sent them.
+        ``hashes``: the results' content hashes, as their worker sent them. ``run``: when the
+        run began (epoch microseconds) and the worker's pid, as it sent them (0: not known).
         """
         state, text = error_row(error) if failed else ("FINISHED", None)
-        rows = [("task_attempts", (task_id, attempt, self.node_id, None, state, text))]
+        started_us, worker_pid = run
+        rows = [("task_attempts", (task_id, attempt, self.node_id, None, state, text, started_us or None,
+                                   worker_pid or None))]
         if hashes is None or failed or len(hashes) != len(objects):
             hashes = [None] * len(objects)  # no hash is honest; a wrong one would not be
         rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id, digest))

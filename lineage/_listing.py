@@ -25,6 +25,7 @@ from ember.lineage._ids import resolve_job
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 100_000
+OFFSET_MAX = 100_000_000
 KIND_ACTOR_CREATION = 2  # ember.scheduler TaskKind (not imported: reading needs no runtime)
 KIND_ACTOR_CALL = 3
 
@@ -176,14 +177,77 @@ TASK_STATE_SQL = ("COALESCE(" + _LAST_ATTEMPT + ", CASE WHEN t.kind = " + str(KI
                   " THEN " + CREATION_STATE_SQL + " ELSE 'SUBMITTED' END)")
 
 
-def list_tasks(conn: Any, job: str | None, state: str | None, limit: int) -> list[TaskRow]:
-    job_id, wanted, limit = _scope(conn, job, state, TaskState, "tasks", limit)
-    where = f"AND {TASK_STATE_SQL} = %(state)s" if wanted else ""
+@dataclass(frozen=True)
+class TaskFilter:
+    """What ``ember list tasks`` and the dashboard's task view narrow a job's tasks to; all optional.
+
+    ``function`` and ``error`` match a part of the name or of the latest error, case aside;
+    ``node`` a prefix of the node id of the latest logged run; ``since``/``until`` bound submission.
+    """
+
+    state: str | None = None
+    function: str | None = None
+    node: str | None = None
+    retried: bool = False  # more than one attempt
+    rebuilt: bool = False  # ran again to rebuild lost results
+    error: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+def _literal(text: str) -> str:
+    """``text`` for a LIKE pattern, its wildcards taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _like(text: str) -> str:
+    """``text`` as a LIKE pattern matching it anywhere."""
+    return "%" + _literal(text) + "%"
+
+
+def _task_where(wanted: str | None, f: TaskFilter) -> tuple[str, dict[str, Any]]:
+    """The page query's extra conditions on ``t`` (tasks) for a filter, and their parameters."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if wanted:
+        clauses.append(f"{TASK_STATE_SQL} = %(state)s")
+        params["state"] = wanted
+    if f.function:
+        clauses.append("(t.function_name ILIKE %(function)s OR t.method ILIKE %(function)s)")
+        params["function"] = _like(f.function.strip())
+    if f.node:
+        clauses.append("(SELECT a.node_id FROM task_attempts a WHERE a.task_id = t.task_id "
+                       "ORDER BY a.attempt DESC LIMIT 1) LIKE %(node)s")
+        params["node"] = _literal(f.node.strip()) + "%"
+    if f.retried:
+        clauses.append("EXISTS (SELECT 1 FROM task_attempts a WHERE a.task_id = t.task_id AND a.attempt > 0)")
+    if f.rebuilt:
+        clauses.append("(SELECT count(*) FROM task_attempts a WHERE a.task_id = t.task_id) > 1")
+    if f.error:
+        clauses.append("(SELECT a.error FROM task_attempts a WHERE a.task_id = t.task_id "
+                       "ORDER BY a.attempt DESC LIMIT 1) ILIKE %(error)s")
+        params["error"] = _like(f.error.strip())
+    if f.since is not None:
+        clauses.append("t.submitted_at >= %(since)s")
+        params["since"] = f.since
+    if f.until is not None:
+        clauses.append("t.submitted_at < %(until)s")
+        params["until"] = f.until
+    return "".join(" AND " + c for c in clauses), params
+
+
+def list_tasks(conn: Any, job: str | None, state: str | None, limit: int,
+               where: TaskFilter | None = None, offset: int = 0) -> list[TaskRow]:
+    """A page of a job's tasks, newest first: ``limit`` rows after skipping ``offset`` that match ``where``."""
+    job_id, wanted, limit = _scope(conn, job, state or (where.state if where else None), TaskState, "tasks",
+                                   limit)
+    offset = check_offset(offset)
+    conditions, params = _task_where(wanted, where or TaskFilter())
     # The page is chosen first (through tasks.job_id), then only its rows
     # read their attempts: a page costs the same in a job of any size.
     rows = conn.execute(
-        "WITH page AS (SELECT t.task_id FROM tasks t WHERE t.job_id = %(job)s " + where +
-        " ORDER BY t.submitted_at DESC, t.task_id DESC LIMIT %(limit)s) "
+        "WITH page AS (SELECT t.task_id FROM tasks t WHERE t.job_id = %(job)s " + conditions +
+        " ORDER BY t.submitted_at DESC, t.task_id DESC LIMIT %(limit)s OFFSET %(offset)s) "
         "SELECT t.task_id, t.job_id, t.kind, t.function_name, t.method, ac.class_name, t.submitted_at, "
         "last.attempt, " + TASK_STATE_SQL + ", last.node_id, COALESCE(last.error, CASE WHEN t.kind = " +
         str(KIND_ACTOR_CREATION) + " THEN " + CREATION_ERROR_SQL + " END), runs.n, runs.first_end "
@@ -194,7 +258,7 @@ def list_tasks(conn: Any, job: str | None, state: str | None, limit: int) -> lis
         "LEFT JOIN LATERAL (SELECT count(*) AS n, min(a.finished_at) AS first_end FROM task_attempts a "
         "  WHERE a.task_id = t.task_id) runs ON true "
         "ORDER BY t.submitted_at DESC, t.task_id DESC",
-        {"job": job_id, "state": wanted, "limit": limit}).fetchall()
+        {"job": job_id, "limit": limit, "offset": offset, **params}).fetchall()
     return [_task_row(row) for row in rows]
 
 
@@ -228,40 +292,48 @@ def list_objects(conn: Any, job: str | None, state: str | None, limit: int) -> l
     return [ObjectRow(r[0].hex(), r[1].hex(), r[2].hex(), *r[3:]) for r in rows]
 
 
-def list_actors(conn: Any, job: str | None, state: str | None, limit: int) -> list[ActorRow]:
+# An actor's state, from the workers started for it: none yet, the latest still running, or it ended.
+_ACTOR_STATE_SQL = {ActorState.PENDING: "lives.n = 0", ActorState.ALIVE: "lives.n > 0 AND last.ended_at IS NULL",
+                    ActorState.DEAD: "last.ended_at IS NOT NULL"}
+
+
+def list_actors(conn: Any, job: str | None, state: str | None, limit: int, offset: int = 0) -> list[ActorRow]:
     job_id, wanted, limit = _scope(conn, job, state, ActorState, "actors", limit)
-    # A job has few actors: all are read, their state derived, then filtered.
-    actors = conn.execute(
+    where = f" AND {_ACTOR_STATE_SQL[ActorState(wanted)]}" if wanted else ""
+    rows = conn.execute(
         "SELECT a.actor_id, a.job_id, a.class_name, a.name, a.created_at, "
-        "(SELECT count(*) FROM actor_calls c WHERE c.actor_id = a.actor_id) "
-        "FROM actors a WHERE a.job_id = %s ORDER BY a.created_at DESC, a.actor_id DESC", (job_id,)).fetchall()
-    workers: dict[bytes, list[tuple]] = {}
-    if actors:
-        for actor_id, node_id, ended_at, cause in conn.execute(
-                "SELECT actor_id, node_id, ended_at, death_cause FROM workers WHERE actor_id = ANY(%s) "
-                "ORDER BY started_at", ([a[0] for a in actors],)):
-            workers.setdefault(actor_id, []).append((node_id, ended_at, cause))
-    rows = []
-    for actor_id, job, class_name, name, created_at, calls in actors:
-        started = workers.get(actor_id, [])
-        if not started:
-            actor_state, node_id, cause = ActorState.PENDING, None, None
+        "(SELECT count(*) FROM actor_calls c WHERE c.actor_id = a.actor_id), lives.n, last.node_id, "
+        "last.ended_at, last.death_cause FROM actors a "
+        "LEFT JOIN LATERAL (SELECT count(*) AS n FROM workers w WHERE w.actor_id = a.actor_id) lives ON true "
+        "LEFT JOIN LATERAL (SELECT w.node_id, w.ended_at, w.death_cause FROM workers w "
+        "  WHERE w.actor_id = a.actor_id ORDER BY w.started_at DESC LIMIT 1) last ON true "
+        "WHERE a.job_id = %s" + where + " ORDER BY a.created_at DESC, a.actor_id DESC LIMIT %s OFFSET %s",
+        (job_id, limit, check_offset(offset))).fetchall()
+    out = []
+    for actor_id, job_bytes, class_name, name, created_at, calls, lives, node_id, ended_at, cause in rows:
+        if not lives:
+            actor_state = ActorState.PENDING
         else:
-            node_id, ended_at, cause = started[-1]
             actor_state = ActorState.DEAD if ended_at is not None else ActorState.ALIVE
-        if wanted is None or actor_state == wanted:
-            rows.append(ActorRow(actor_id.hex(), job.hex(), class_name, name, actor_state.value,
-                                 max(len(started) - 1, 0), calls, node_id, cause, created_at))
-    return rows[:limit]
+        out.append(ActorRow(actor_id.hex(), job_bytes.hex(), class_name, name, actor_state.value,
+                            max(lives - 1, 0), calls, node_id, cause, created_at))
+    return out
 
 
-def list_nodes(conn: Any, job: str | None, state: str | None, limit: int) -> list[NodeRow]:
+def check_offset(offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= OFFSET_MAX:
+        raise EmberUserError(f"offset={offset!r}: expected an int from 0 to {OFFSET_MAX:,}")
+    return offset
+
+
+def list_nodes(conn: Any, job: str | None, state: str | None, limit: int, offset: int = 0) -> list[NodeRow]:
     job_id, wanted, limit = _scope(conn, job, state, NodeState, "nodes", limit)
     alive = {None: "", NodeState.ALIVE: " AND n.ended_at IS NULL", NodeState.DEAD: " AND n.ended_at IS NOT NULL"}
     rows = conn.execute(
         "SELECT n.node_id, n.cluster_id, n.resources, n.started_at, n.ended_at, n.death_cause FROM nodes n "
         "JOIN jobs j ON j.cluster_id = n.cluster_id WHERE j.job_id = %s" + alive[wanted] +
-        " ORDER BY n.started_at DESC, n.node_id DESC LIMIT %s", (job_id, limit)).fetchall()
+        " ORDER BY n.started_at DESC, n.node_id DESC LIMIT %s OFFSET %s", (job_id, limit, check_offset(offset))
+    ).fetchall()
     return [NodeRow(node_id, cluster_id, (NodeState.DEAD if ended_at else NodeState.ALIVE).value,
                     dict(resources or {}), started_at, ended_at, cause)
             for node_id, cluster_id, resources, started_at, ended_at, cause in rows]
@@ -271,15 +343,43 @@ _JOB_COLUMNS = ("SELECT j.job_id, j.state, j.entrypoint, j.driver_pid, j.cluster
                 "(SELECT count(*) FROM tasks t WHERE t.job_id = j.job_id), j.started_at, j.ended_at FROM jobs j")
 
 
-def list_jobs(conn: Any, state: str | None, limit: int) -> list[JobRow]:
+def list_jobs(conn: Any, state: str | None, limit: int, offset: int = 0) -> list[JobRow]:
     wanted = check_state(state, JobState, "jobs")
     limit = check_limit(limit)
     rows = conn.execute(
         _JOB_COLUMNS + (" WHERE j.state = %(state)s" if wanted else "") +
-        " ORDER BY j.started_at DESC, j.job_id DESC LIMIT %(limit)s", {"state": wanted, "limit": limit}).fetchall()
+        " ORDER BY j.started_at DESC, j.job_id DESC LIMIT %(limit)s OFFSET %(offset)s",
+        {"state": wanted, "limit": limit, "offset": check_offset(offset)}).fetchall()
     return [JobRow(r[0].hex(), *r[1:]) for r in rows]
 
 
 def job_row(conn: Any, job: str | None) -> JobRow:
     row = conn.execute(_JOB_COLUMNS + " WHERE j.job_id = %s", (resolve_job(conn, job),)).fetchone()
     return JobRow(row[0].hex(), *row[1:])
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """What a job's tasks came to: tasks whose latest attempt failed, runs after the first, chaos runs over it."""
+
+    job_id: str
+    failures: int
+    reruns: int  # retries after a crash and rebuilds of lost results
+    chaos_runs: int
+
+
+def job_stats(conn: Any, job_ids: list[str]) -> dict[str, JobStats]:
+    """Per job of ``job_ids`` (a page of jobs): one pass over those jobs' attempts, through tasks.job_id."""
+    if not job_ids:
+        return {}
+    ids = [bytes.fromhex(j) for j in job_ids]
+    counts = {job: (failed, reruns) for job, failed, reruns in conn.execute(
+        "SELECT t.job_id, count(DISTINCT a.task_id) FILTER (WHERE a.state = 'FAILED' AND NOT EXISTS "
+        "(SELECT 1 FROM task_attempts b WHERE b.task_id = a.task_id AND b.attempt > a.attempt)), "
+        "count(*) - count(DISTINCT a.task_id) FROM tasks t JOIN task_attempts a ON a.task_id = t.task_id "
+        "WHERE t.job_id = ANY(%s) GROUP BY t.job_id", (ids,))}
+    chaos: dict[bytes, int] = {}
+    if conn.execute("SELECT to_regclass('chaos_runs')").fetchone()[0] is not None:
+        chaos = dict(conn.execute("SELECT job_id, count(*) FROM chaos_runs WHERE job_id = ANY(%s) GROUP BY job_id",
+                                  (ids,)).fetchall())
+    return {job.hex(): JobStats(job.hex(), *counts.get(job, (0, 0)), chaos.get(job, 0)) for job in ids}

@@ -34,6 +34,7 @@ _STEPS: tuple[tuple[str, str], ...] = (
                        "(SELECT task_id FROM pruned_tasks)"),
     ("objects", "DELETE FROM objects WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),
     ("tasks", "DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM pruned_tasks)"),
+    ("chaos_runs", "DELETE FROM chaos_runs WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),  # v9
     ("jobs", "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),
     ("functions", "DELETE FROM functions f WHERE NOT EXISTS "
                   "(SELECT 1 FROM tasks t WHERE t.function_id = f.function_id)"),

@@ -24,7 +24,7 @@ from typing import Any
 from ember.exceptions import EmberUserError
 from ember.lineage import _listing
 from ember.lineage._ids import EmptyLogError, UnknownIdError, hex_or_none, id_bytes
-from ember.lineage._schema_version import check_readable
+from ember.lineage._schema_version import RUN_TIMES_VERSION, check_readable
 from ember.lineage._listing import (
     CREATION_ERROR_SQL,
     CREATION_STATE_SQL,
@@ -170,10 +170,20 @@ class LineageLog:
         try:
             # Enforced by the server: psycopg's read_only does nothing in autocommit mode.
             self._conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            check_readable(lambda sql: self._conn.execute(sql).fetchall())
+            self.version = check_readable(lambda sql: self._conn.execute(sql).fetchall())
         except BaseException:
             self._conn.close()
             raise
+
+    def run_columns(self, alias: str = "") -> str:
+        """SQL for an attempt's start (a timestamp) and worker pid, on ``task_attempts`` as ``alias``.
+
+        A log older than v9 has neither: NULLs.
+        """
+        if self.version >= RUN_TIMES_VERSION:
+            prefix = f"{alias}." if alias else ""
+            return f"to_timestamp({prefix}started_us / 1e6), {prefix}worker_pid"
+        return "NULL::timestamptz, NULL::int"
 
     def close(self) -> None:
         self._conn.close()
@@ -208,9 +218,14 @@ class LineageLog:
         return _listing.job_row(self._conn, job)
 
     def tasks(self, job: str | None = None, state: str | None = None,
-              limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.TaskRow]:
-        """A job's tasks, newest first (``job``: a job id or a unique prefix; default the latest job)."""
-        return _listing.list_tasks(self._conn, job, state, limit)
+              limit: int = _listing.LIMIT_DEFAULT, where: _listing.TaskFilter | None = None,
+              offset: int = 0) -> list[_listing.TaskRow]:
+        """A job's tasks, newest first (``job``: a job id or a unique prefix; default the latest job).
+
+        ``where`` narrows them (function, node, retried, rebuilt, error text, time range);
+        ``offset`` skips that many, for the next page.
+        """
+        return _listing.list_tasks(self._conn, job, state, limit, where, offset)
 
     def objects(self, job: str | None = None, state: str | None = None,
                 limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ObjectRow]:
@@ -218,18 +233,27 @@ class LineageLog:
         return _listing.list_objects(self._conn, job, state, limit)
 
     def actors(self, job: str | None = None, state: str | None = None,
-               limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ActorRow]:
+               limit: int = _listing.LIMIT_DEFAULT, offset: int = 0) -> list[_listing.ActorRow]:
         """A job's actors, newest first."""
-        return _listing.list_actors(self._conn, job, state, limit)
+        return _listing.list_actors(self._conn, job, state, limit, offset)
 
     def nodes(self, job: str | None = None, state: str | None = None,
-              limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.NodeRow]:
+              limit: int = _listing.LIMIT_DEFAULT, offset: int = 0) -> list[_listing.NodeRow]:
         """The nodes of the cluster that ran a job (default the latest job), newest first."""
-        return _listing.list_nodes(self._conn, job, state, limit)
+        return _listing.list_nodes(self._conn, job, state, limit, offset)
 
-    def jobs(self, state: str | None = None, limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.JobRow]:
-        """Jobs, newest first."""
-        return _listing.list_jobs(self._conn, state, limit)
+    def jobs(self, state: str | None = None, limit: int = _listing.LIMIT_DEFAULT,
+             offset: int = 0) -> list[_listing.JobRow]:
+        """Jobs, newest first (``offset``: skip that many, for the next page)."""
+        return _listing.list_jobs(self._conn, state, limit, offset)
+
+    def job_stats(self, job_ids: list[str]) -> dict[str, _listing.JobStats]:
+        """Failures, re-runs and chaos runs of each of these jobs (full ids)."""
+        return _listing.job_stats(self._conn, job_ids)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple]:
+        """Rows of one read-only statement: the dashboard's views that ``ember list`` has no twin of."""
+        return self._conn.execute(sql, params).fetchall()
 
     # -- lineage --------------------------------------------------------------------------
 
@@ -285,11 +309,12 @@ class LineageLog:
                 (found,)):
             deps.setdefault(task_id, []).append(object_id.hex())
         attempts: dict[bytes, list[dict[str, Any]]] = {}
-        for task_id, attempt, state, node_id, error, finished_at in self._conn.execute(
-                "SELECT task_id, attempt, state, node_id, error, finished_at FROM task_attempts "
-                "WHERE task_id = ANY(%s) ORDER BY task_id, attempt", (found,)):
+        for task_id, attempt, state, node_id, error, finished_at, started_at, worker_pid in self._conn.execute(
+                "SELECT task_id, attempt, state, node_id, error, finished_at, " + self.run_columns() +
+                " FROM task_attempts WHERE task_id = ANY(%s) ORDER BY task_id, attempt", (found,)):
             attempts.setdefault(task_id, []).append(
-                {"attempt": attempt, "state": state, "node_id": node_id, "error": error, "finished_at": finished_at})
+                {"attempt": attempt, "state": state, "node_id": node_id, "error": error, "finished_at": finished_at,
+                 "started_at": started_at, "worker_pid": worker_pid})
         return {
             row[0].hex(): TaskRecord(
                 row[0].hex(), row[1].hex(), row[2], row[3], hex_or_none(row[4]), hex_or_none(row[5]), row[6],

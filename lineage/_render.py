@@ -72,30 +72,37 @@ def format_args(encoded: Any) -> str:
     """A task's encoded arguments, shortened: ``(6a44c597…000003:1, 100, scale=0.5)``."""
     if not encoded:
         return "()"
-    args, kwargs = encoded
-    parts = [_format_arg(a) for a in args or ()]
-    parts += [f"{name}={_format_arg(a)}" for name, a in (kwargs or {}).items()]
-    text = ", ".join(parts)
+    text = ", ".join(f"{name}={shown}" if name else shown for name, shown, _ in arg_items(encoded))
     if len(text) > ARGS_CHARS_MAX:
         text = text[:ARGS_CHARS_MAX - 1] + "…"
     return f"({text})"
 
 
-def _format_arg(arg: Any) -> str:
+def arg_items(encoded: Any) -> list[tuple[str | None, str, str | None]]:
+    """Each argument as (keyword or None, shortened text, the object id it refers to or None)."""
+    if not encoded:
+        return []
+    args, kwargs = encoded
+    named = [(None, a) for a in args or ()] + list((kwargs or {}).items())
+    return [(name, *_format_arg(a)) for name, a in named]
+
+
+def _format_arg(arg: Any) -> tuple[str, str | None]:
     try:
         kind = arg[0]
         if kind == _ARG_VALUE:
-            return _SHORT.repr(arg[1])
+            return _SHORT.repr(arg[1]), None
         if kind == _ARG_REF:
-            return short_id(bytes(arg[1]).hex())
+            ref = bytes(arg[1]).hex()
+            return short_id(ref), ref
         if kind == _ARG_INLINE:
             return _format_inline(bytes(arg[1]))
     except (TypeError, IndexError, ValueError):
         pass
-    return "?"
+    return "?", None
 
 
-def _format_inline(data: bytes) -> str:
+def _format_inline(data: bytes) -> tuple[str, str | None]:
     # An object resolved into the call (a ref whose value was ready) names
     # itself in its header; a by-value argument names nothing.
     from ember.store import deserialize
@@ -104,12 +111,12 @@ def _format_inline(data: bytes) -> str:
     try:
         object_id, _, _ = read_header(data)
         if object_id and any(object_id):
-            return short_id(object_id.hex())
+            return short_id(object_id.hex()), object_id.hex()
         if len(data) > INLINE_DECODE_BYTES_MAX:
-            return f"<{human_size(len(data))}>"
-        return _SHORT.repr(deserialize(data)[1])
+            return f"<{human_size(len(data))}>", None
+        return _SHORT.repr(deserialize(data)[1]), None
     except Exception:  # a value whose class is not importable here: its size says enough
-        return f"<{human_size(len(data))}>"
+        return f"<{human_size(len(data))}>", None
 
 
 def task_summary(task: TaskRecord) -> dict[str, Any]:
@@ -287,7 +294,8 @@ def lineage_json(graph: Lineage) -> dict[str, Any]:
             "duration_s": task.duration_s, "error": task.error, "actor_id": task.actor_id,
             "actor_seq": task.actor_seq, "parent_task_id": task.parent_task_id, "inputs": task.dependencies,
             "submitted_at": when(task.submitted_at),
-            "runs": [{**run, "finished_at": when(run.get("finished_at"))} for run in task.attempts],
+            "runs": [{**run, "finished_at": when(run.get("finished_at")), "started_at": when(run.get("started_at"))}
+                     for run in task.attempts],
         })
     objects = [{
         "object_id": obj.object_id, "task_id": obj.task_id, "job_id": obj.job_id, "origin": obj.origin,

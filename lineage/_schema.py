@@ -106,6 +106,10 @@ task_attempts = sa.Table(
     # v4: when the attempt's row was committed, within the group commit's few
     # ms of the attempt's end; filled by the server, so writers pay nothing.
     sa.Column("finished_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    # v9: when the run began, by the worker's clock (epoch microseconds), and the worker's
+    # pid: sent with the result, so they cost the run no row of its own (the dashboard's timeline).
+    sa.Column("started_us", sa.BigInteger),
+    sa.Column("worker_pid", sa.Integer),
 )
 
 objects = sa.Table(
@@ -210,6 +214,24 @@ scheduler_queue = sa.Table(
     prefixes=["UNLOGGED"],
 )
 
+# v9: what ``chaos run`` did, for the dashboard's chaos page (``chaos/_record.py``):
+# the schedule, each fault with its time, the tally, and the job it ran.
+chaos_runs = sa.Table(
+    "chaos_runs", metadata,
+    sa.Column("run_id", BYTEA, primary_key=True),
+    sa.Column("job_id", BYTEA, index=True),  # the program's job; NULL if it started none
+    sa.Column("command", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),  # NULL while the run goes on (updated every few s)
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("options", JSONB),
+    sa.Column("schedule", JSONB),  # the planned faults with their triggers
+    sa.Column("faults", JSONB),  # each fault fired: at (epoch s), t_s, kind, target, outcome, pid, detail
+    sa.Column("tally", JSONB),
+    sa.Column("notes", JSONB),
+)
+
 
 # Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -247,6 +269,11 @@ _MIGRATIONS: dict[int, list[str]] = {
     8: [
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS name TEXT",
         # scheduler_queue is a new table: create_all makes it.
+    ],
+    9: [
+        "ALTER TABLE task_attempts ADD COLUMN IF NOT EXISTS started_us BIGINT",
+        "ALTER TABLE task_attempts ADD COLUMN IF NOT EXISTS worker_pid INTEGER",
+        # chaos_runs is a new table: create_all makes it.
     ],
 }
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
 # v5 added the content hashes they compare. Older logs are upgraded by running ember once.
 READABLE_MIN_VERSION = 5
@@ -20,8 +20,16 @@ class SchemaVersionError(EmberOperationError):
     """The log was written by a newer ember than this one."""
 
 
-def check_readable(query: Callable[[str], list]) -> None:
-    """Refuse, with what to do, a log the readers cannot read; ``query`` runs one SELECT and returns its rows."""
+# v9 added each attempt's start and worker (task_attempts.started_us, worker_pid): readers of an
+# older log read them as unknown.
+RUN_TIMES_VERSION = 9
+
+
+def check_readable(query: Callable[[str], list]) -> int:
+    """Refuse, with what to do, a log the readers cannot read; its version if they can.
+
+    ``query`` runs one SELECT and returns its rows.
+    """
     from ember.lineage._ids import EmptyLogError
 
     if query("SELECT to_regclass('ember_meta')")[0][0] is None:
@@ -36,3 +44,4 @@ def check_readable(query: Callable[[str], list]) -> None:
         raise SchemaVersionError(f"this lineage log uses schema version {found}, older than this ember reads "
                                  f"({READABLE_MIN_VERSION} and up): run any ember program once with it "
                                  "(ember.init() upgrades the log in place), then read it again")
+    return found

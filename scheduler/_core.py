@@ -972,9 +972,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             executor.deliver(conn, msg)
 
     def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
-                   durable_seq: int = 0, hashes: list | None = None, where: str | None = None) -> None:
+                   durable_seq: int = 0, hashes: list | None = None, started_us: int = 0, worker_pid: int = 0,
+                   where: str | None = None) -> None:
         """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
         (0 if none) and ``durable_seq`` the last place whose row the actor has committed;
+        ``started_us`` and ``worker_pid``: when and where the run began (0 if unknown), for the log;
         ``where``: the address of the process that ran it, if on another node.
 
         The owner takes the result at once, before its spec's row may be
@@ -987,7 +989,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                 return  # a stale attempt: the object already has its value
             if failed and not pt.cancelled and self._retry_on_exception(pt, results):
                 return
-            self._finish(pt, results, call_seq, durable_seq, hashes, where)
+            self._finish(pt, results, call_seq, durable_seq, hashes, where, (started_us, worker_pid))
 
     def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
         """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
@@ -1056,7 +1058,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             self._dispatch(pt)
 
     def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
-                hashes: list | None = None, where: str | None = None) -> None:
+                hashes: list | None = None, where: str | None = None, run: tuple[int, int] = (0, 0)) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
         order = None
@@ -1066,7 +1068,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             failed = error is not None
             created_seq = self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                                             [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
-                                             for oid, data, size in results], error=error, hashes=hashes)
+                                             for oid, data, size in results], error=error, hashes=hashes, run=run)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:

@@ -17,6 +17,7 @@ import select
 import selectors
 import signal
 import threading
+import time
 import traceback
 from collections import deque
 from typing import Any
@@ -298,6 +299,7 @@ class Executor:
                     self._actor_name, f"it restarted while this call was in flight, and the call may not be "
                                       f"retried (max_task_retries={spec.max_retries})"))
                 return
+        started_us = time.time_ns() // 1000  # logged with the attempt: the timeline's start of this run
         core.current_task = spec
         self._running = spec.task_id
         if _agent.AGENT is not None:
@@ -342,7 +344,7 @@ class Executor:
             outcome = [_error_bytes(_task_error(spec, exc))] * spec.num_returns
         finally:
             core.current_task = None
-        self._send_result(conn, spec, outcome, failed, call_seq)
+        self._send_result(conn, spec, outcome, failed, call_seq, started_us)
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
 
@@ -363,8 +365,9 @@ class Executor:
         return values
 
     def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool,
-                     call_seq: int = 0) -> None:
-        """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order.
+                     call_seq: int = 0, started_us: int = 0) -> None:
+        """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order;
+        ``started_us``: when its run began (epoch microseconds; 0 if it did not run here).
 
         An actor call's result leaves before its order row is durable when the
         call's caller also made the call before it: the caller keeps the
@@ -425,7 +428,8 @@ class Executor:
         hashes = [content_hash(data) if data is not None else None for _, data, _ in results] \
             if gcs is not None and not failed else None
         msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq,
-               call_seq if hold else self._durable_through(), hashes)
+               call_seq if hold else self._durable_through(), hashes, started_us,
+               os.getpid() if started_us else 0)
         # With more work queued behind this task, results and completions
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.

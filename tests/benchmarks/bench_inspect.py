@@ -12,7 +12,11 @@ down, it times, best and median of ``--repeat`` runs:
   default depth (20) and task budget (1,000);
 * the CLI as a user runs it, a fresh process each time (interpreter start,
   embedded server attach included): ``ember list tasks --job J --limit N``
-  and ``ember lineage ROOT``.
+  and ``ember lineage ROOT``;
+* every page of ``ember dashboard`` (HTML and, for the tasks view, its JSON
+  twin), server-side: ``Dashboard.answer`` from the path to the bytes sent,
+  the query, the layout and the markup included, no socket. The target is
+  under a second each.
 
 Timings are printed, never asserted. Usage:
 
@@ -118,7 +122,71 @@ def measure(ids: dict[str, str], limit: int, repeat: int) -> list[tuple[str, flo
 
         best, median = timed(run_cli, repeat)
         results.append((name, best, median, f"{len(out[0].splitlines())} lines"))
+    return results + measure_dashboard(ids, repeat)
+
+
+def measure_dashboard(ids: dict[str, str], repeat: int) -> list[tuple[str, float, float, str]]:
+    """Each dashboard page, answered server-side from the log (``Dashboard.answer``)."""
+    from ember.lineage._dashboard_server import Dashboard
+    from ember.lineage._reader import locate_log
+
+    job, leaf, root = ids["job"], ids["leaf"], ids["root"]
+    pages = ["/", f"/job/{job}", f"/job/{job}/tasks", f"/job/{job}/tasks?format=json",
+             f"/job/{job}/tasks?offset=50000", f"/job/{job}/tasks?state=FAILED", f"/job/{job}/tasks?function=combine",
+             f"/job/{job}/tasks?retried=1", f"/job/{job}/tasks?rebuilt=1", f"/job/{job}/tasks?error=Error",
+             f"/task/{root[:32]}", f"/object/{root}", f"/lineage/{root}", f"/lineage/{root}?depth=20&max_tasks=2000",
+             f"/lineage/{leaf}?dir=down&depth=20", f"/job/{job}/timeline", f"/job/{job}/timeline?offset=90000",
+             f"/job/{job}/actors", f"/job/{job}/nodes", "/chaos"]
+    conninfo, release = locate_log()
+    dashboard = Dashboard(conninfo)
+    results = []
+    try:
+        for path in pages:
+            split = path.split("?", 1)
+            query = {k: [v] for k, v in (p.split("=", 1) for p in split[1].split("&"))} if len(split) > 1 else {}
+            answer: list[tuple[int, str, bytes]] = []
+
+            def get(path: str = split[0], query: dict = query, answer: list = answer) -> None:
+                answer[:] = [dashboard.answer(path, query)]
+
+            best, median = timed(get, repeat)
+            status, _, body = answer[0]
+            shown = path.replace(job, "J").replace(root, "ROOT").replace(root[:32], "ROOT_TASK").replace(leaf, "LEAF")
+            results.append((f"dashboard {shown}", best, median, f"{status}, {len(body):,} bytes"))
+        results.append(_chaos_chart(job, repeat))
+    finally:
+        dashboard.shutdown()
+        if release is not None:
+            release()
     return results
+
+
+def _chaos_chart(job: str, repeat: int) -> tuple[str, float, float, str]:
+    """What a chaos run's page costs over this job, beyond reading its row: the job's finishes per
+    second over its whole span, the recovery times and the chart. (The job ran under no chaos run,
+    and none is forged: one fault, in memory, stands for the run's.)"""
+    import datetime as dt
+
+    from ember.lineage import _dashboard_data as data
+    from ember.lineage import open_log
+    from ember.lineage._dashboard_chaos import recoveries
+    from ember.lineage._dashboard_svg import Shade, throughput_svg
+
+    with open_log() as log:
+        row = log.job(job)
+        end = row.ended_at or dt.datetime.now(dt.timezone.utc)
+        run = data.ChaosRun("00" * 16, job, ["bench"], None, row.started_at, end, 0, {},
+                            [{"at": row.started_at.timestamp() + 1.0, "kind": "kill", "target": "store",
+                              "outcome": "hit"}], {}, [])
+        out: list[str] = []
+
+        def chart() -> None:
+            bucket_s, counts = data.throughput(log, bytes.fromhex(job), run.started_at, end)
+            found = recoveries(run, bucket_s, counts)
+            out[:] = [throughput_svg(counts, bucket_s, [Shade(f["at_s"], f["at_s"] + 1, f["kind"], "") for f in found])]
+
+        best, median = timed(chart, repeat)
+    return "dashboard chaos chart over J (job's span)", best, median, f"{len(out[0]):,} bytes of SVG"
 
 
 def main() -> None:
