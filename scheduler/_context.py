@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from ember.scheduler._core import CoreClient
 
 CORE: "CoreClient | None" = None
+# A worker process (``_worker_main``): it is connected from its start, and the API never starts a cluster in it.
+IN_WORKER = False
 
 
 def require_core() -> "CoreClient":
@@ -24,3 +26,8 @@ def require_core() -> "CoreClient":
 def set_core(core: "CoreClient | None") -> None:
     global CORE
     CORE = core
+
+
+def mark_worker_process() -> None:
+    global IN_WORKER
+    IN_WORKER = True
