@@ -32,6 +32,7 @@ from ember.scheduler import (
     Session,
     bring_up,
     local_nodes as _local_nodes,
+    NODE_RESOURCE_PREFIX,
     node_resources,
     require_core,
     set_core,
@@ -375,9 +376,25 @@ NODES_TIMEOUT_S = 10.0
 
 
 def nodes() -> list[dict[str, Any]]:
-    """The cluster's nodes as the GCS service knows them (waits for it while it restarts)."""
-    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
-             "NodeManagerAddress": n["address"], "DeathCause": n["death_cause"]} for n in _gcs_nodes(require_core())]
+    """The cluster's nodes as the GCS service knows them (waits for it while it restarts), keyed as Ray's.
+
+    ``NodeManagerAddress`` and ``NodeName`` are the node's IP, as its ``node:<ip>`` resource names it;
+    ``SchedulerAddress`` is where its scheduler listens (ember's own).
+    """
+    found = []
+    for n in _gcs_nodes(require_core()):
+        ip = _node_ip(n["resources"])
+        found.append({"NodeID": n["node_id"], "Alive": n["alive"], "alive": n["alive"], "Resources": n["resources"],
+                      "NodeManagerAddress": ip, "NodeName": ip, "SchedulerAddress": n["address"],
+                      "DeathCause": n["death_cause"], "DeathReasonMessage": n["death_cause"] or ""})
+    return found
+
+
+def _node_ip(resources: dict[str, float]) -> str:
+    for name in resources:
+        if name.startswith(NODE_RESOURCE_PREFIX):
+            return name[len(NODE_RESOURCE_PREFIX):]
+    return ""  # a node of an ember from before node resources
 
 
 def _gcs_nodes(core: CoreClient) -> list[dict[str, Any]]:
