@@ -82,7 +82,6 @@ class ActorClass:
             if existing is not None:
                 return existing
         core.register_function(class_id, payload, self.__qualname__)
-        core.check_feasible(self._shape, f"actor {self.__name__}")
         actor_id = os.urandom(16)
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries)

@@ -53,7 +53,6 @@ class RemoteFunction:
         core = _core()  # the first remote call of a process that never called init starts a cluster
         function_id, payload = self._ensure_payload()
         core.register_function(function_id, payload, self.__qualname__)
-        core.check_feasible(self._shape, f"task {self.__name__}")
         refs = core.submit(
             TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
             self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),

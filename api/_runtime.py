@@ -310,7 +310,14 @@ def wait(
         raise ValueError(f"num_returns must be between 1 and len(object_refs)={len(refs)}, got {num_returns!r}")
     if not refs:
         return [], []
-    return core().wait(refs, num_returns, timeout)
+    client = core()
+    ready, not_ready = client.wait(refs, num_returns, timeout)
+    for ref in ready:
+        error = client.infeasible.get(ref.task_id().binary())
+        if error is not None:
+            # No node of this cluster can ever run it: as get would, rather than report it "ready".
+            raise error
+    return ready, not_ready
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:

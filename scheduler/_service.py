@@ -27,6 +27,7 @@ from typing import Any
 from ember.chaos import _agent
 from ember.scheduler._core import FailureCause, _log_conninfo
 from ember.scheduler._gcs_link import GcsLink, process_id
+from ember.scheduler._infeasible import fixed_cluster_message
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
@@ -317,8 +318,7 @@ class Scheduler:
                 self._left(spec.task_id)
                 self.spiller.offer([spec])
                 return
-            self.fail_to_owner(spec, FailureCause.INFEASIBLE,
-                               f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}")
+            self.fail_to_owner(spec, FailureCause.INFEASIBLE, fixed_cluster_message(spec.resources, self.pool.total))
             return
         queue = self._queues.get(spec.resources)
         if queue is None:
@@ -798,8 +798,7 @@ class Scheduler:
             self.spiller.offer_actor(spec, detached, meta, actor.restarts)
             return
         if not self.pool.feasible(spec.resources):
-            self._actor_dead(spec.actor_id, f"it needs {self.pool.missing(spec.resources)}, "
-                                            f"which its node does not have (node total: {self.pool.total})")
+            self._actor_dead(spec.actor_id, f"it cannot start: {fixed_cluster_message(spec.resources, self.pool.total)}")
             return
         self._pending_actors.append(spec.actor_id)  # type: ignore[arg-type]
         self._place_actors()
