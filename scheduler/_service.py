@@ -437,6 +437,16 @@ class Scheduler:
         self._send(origin or self._clients.get(spec.owner_addr),
                    (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
 
+    def warn_owner(self, spec: TaskSpec, text: str) -> None:
+        """Tell a task's owner why it waits (not its end); only an owner that sent it here hears it."""
+        if spec.task_id not in self._origins:  # a forwarding node would take any TASK_FAILED for the end
+            self._send(self._clients.get(spec.owner_addr),
+                       (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.UNSCHEDULABLE, text))
+
+    def actor_is_dead(self, actor_id: bytes) -> bool:
+        actor = self._actors.get(actor_id)
+        return actor is not None and actor.state == "DEAD"
+
     def function_payload(self, function_id: bytes) -> bytes | None:
         return self._functions.get(function_id)
 

@@ -15,6 +15,12 @@ or its scheduler did) every task forwarded there and not known done is
 failed to its owner as a worker death, and the owner retries it as its
 ``max_retries`` allows.
 
+A task no live node can run waits here, as in Ray: the cluster may gain a
+node that can (``ember start --address``). It asks the global scheduler
+again every ``UNPLACED_RETRY_S``, and its owner is warned (``Op.TASK_FAILED``
+with ``FailureCause.UNSCHEDULABLE``, which is no failure) once, then every
+minute while it waits (``_infeasible.WaitWarnings``).
+
 An actor its node cannot start now is placed the same way (``Op.CREATE_ACTOR``
 to the chosen node); this node subscribes to its states there and relays
 them to its own subscribers, and restarts it elsewhere if that node dies.
@@ -37,6 +43,7 @@ from collections import deque
 from typing import Any
 
 from ember.scheduler._core import FailureCause
+from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import TaskSpec
@@ -49,6 +56,8 @@ PLACE_TIMEOUT_S = 5.0
 PEER_CONNECT_TIMEOUT_S = 5.0
 AVOID_LOST_NODE_S = 10.0  # longer than the GCS takes to declare a silent node dead
 FIND_ACTOR_TIMEOUT_S = 60.0  # an actor this node did not place: how long to look for the node hosting it
+UNPLACED_RETRY_S = 1.0  # tasks no live node can run ask the global scheduler again this often (a node may join)
+UNPLACED_MAX = 100_000  # tasks and actors waiting for such a node; more fail at once, saying so
 
 
 class Spiller:
@@ -68,6 +77,10 @@ class Spiller:
         self._finding: set[bytes] = set()  # actors whose node is being looked up
         # Nodes whose connection dropped, and when: not placed on while the GCS may still think them alive.
         self._lost_nodes: dict[str, float] = {}
+        # Tasks and actors no live node can run: they wait for one to join (under the scheduler's lock).
+        self._unplaced: deque[tuple[TaskSpec, tuple | None]] = deque()
+        self._retry_at = 0.0
+        self._warnings = WaitWarnings()
         threading.Thread(target=self._run, name="ember-spill", daemon=True).start()
 
     def offer(self, specs: list[TaskSpec]) -> None:
@@ -84,8 +97,12 @@ class Spiller:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(UNPLACED_RETRY_S if self._unplaced else None)
             self._wake.clear()
+            with self._scheduler._lock:
+                if self._unplaced and time.monotonic() >= self._retry_at:
+                    self._queue.extend(self._unplaced)  # a node that can run them may have joined
+                    self._unplaced.clear()
             while self._queue:
                 with self._scheduler._lock:
                     batch = [self._queue.popleft() for _ in range(min(SPILL_BATCH_MAX, len(self._queue)))]
@@ -119,9 +136,7 @@ class Spiller:
                 with self._scheduler._lock:
                     self._scheduler.keep_here(items)
             elif not node_id:
-                with self._scheduler._lock:
-                    for spec, actor in items:
-                        self._scheduler.unplaceable(spec, f"no live node of the cluster has {dict(spec.resources)}")
+                self._wait_for_node(items, reply.get("totals") or {}, reply.get("nodes") or 0)
             elif not self._forward(node_id, addresses.get(node_id), items):
                 self._lost_nodes[node_id] = time.monotonic()  # unreachable: placed elsewhere meanwhile
                 unplaced += items
@@ -132,6 +147,25 @@ class Spiller:
             with self._scheduler._lock:
                 self._queue.extend(unplaced)
         return True
+
+    def _wait_for_node(self, items: list[tuple[TaskSpec, tuple | None]], totals: dict[str, float],
+                       nodes: int) -> None:
+        """Keep tasks and actors no live node can run until one joins; warn their owners when it is due."""
+        now = time.monotonic()
+        with self._scheduler._lock:
+            for spec, actor in items:
+                if actor is not None and self._scheduler.actor_is_dead(spec.actor_id):
+                    continue  # killed while it waited
+                if len(self._unplaced) >= UNPLACED_MAX:
+                    self._scheduler.unplaceable(spec, f"no live node of the cluster has {dict(spec.resources)}, "
+                                                      f"and {UNPLACED_MAX} tasks wait for one already")
+                    continue
+                self._unplaced.append((spec, actor))
+                if self._warnings.due(spec.owner_addr, spec.resources, now):
+                    what = (f"actor {spec.function_name} (actor {spec.actor_id.hex()})"  # type: ignore[union-attr]
+                            if actor is not None else spec.describe())
+                    self._scheduler.warn_owner(spec, waiting_message(what, spec.resources, totals, nodes))
+            self._retry_at = now + UNPLACED_RETRY_S
 
     def _peer(self, node_id: str, address: str | None) -> Connection | None:
         """The connection to ``node_id``'s scheduler, opened if need be (never under the lock)."""
@@ -270,6 +304,12 @@ class Spiller:
             self._scheduler.fail_to_owner(entry[1], cause, detail, attempt)
 
     def cancel(self, task_id: bytes, force: bool) -> bool:
+        """Cancel a task this node sent on, or holds while no node can run it (under the scheduler's lock)."""
+        for item in self._unplaced:
+            if item[0].task_id == task_id and item[1] is None:
+                self._unplaced.remove(item)
+                self._scheduler.fail_to_owner(item[0], FailureCause.CANCELLED, "")
+                return True
         entry = self.forwarded.get(task_id)
         conn = self._peers.get(entry[0]) if entry is not None else None
         if conn is None:
