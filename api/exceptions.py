@@ -30,6 +30,7 @@ __all__ = [
     "InvalidOptionError",
     "NotAnObjectRefError",
     "ForeignObjectRefError",
+    "UnknownObjectRefError",
     "ObjectTooLargeError",
     "NotInitializedError",
     "ObjectLostError",
@@ -78,6 +79,18 @@ class NotAnObjectRefError(EmberUserError, TypeError):
 
 class ForeignObjectRefError(EmberUserError, ValueError):
     """An ObjectRef made by another cluster session (one since shut down) was used in this one."""
+
+
+class UnknownObjectRefError(EmberUserError, ValueError):
+    """``ObjectRef(id)`` of an id this cluster's lineage log has no object or task for."""
+
+    def __init__(self, object_id_hex: str = "", reason: str = "") -> None:
+        self.object_id_hex = object_id_hex
+        self.reason = reason
+        super().__init__(f"no object {object_id_hex} in this cluster: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.object_id_hex, self.reason))
 
 
 class ObjectTooLargeError(EmberUserError):

@@ -101,7 +101,9 @@ class Spiller:
             self._wake.clear()
             with self._scheduler._lock:
                 if self._unplaced and time.monotonic() >= self._retry_at:
-                    self._queue.extend(self._unplaced)  # a node that can run them may have joined
+                    # A node that can run them may have joined (an actor killed while it waited stays out).
+                    self._queue.extend(item for item in self._unplaced
+                                       if item[1] is None or not self._scheduler.actor_is_dead(item[0].actor_id))
                     self._unplaced.clear()
             while self._queue:
                 with self._scheduler._lock:
