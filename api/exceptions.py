@@ -37,6 +37,7 @@ __all__ = [
     "OwnerDiedError",
     "ObjectTransferError",
     "ActorDiedError",
+    "InfeasibleActorError",
     "RayActorError",
     "ActorUnavailableError",
     "WorkerCrashedError",
@@ -195,6 +196,14 @@ class ActorDiedError(EmberOperationError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.actor_desc, self.reason))
+
+
+class InfeasibleActorError(ActorDiedError, InfeasibleResourceError):
+    """The actor never started: it asks for more than any node of its cluster has, and no node can join.
+
+    Both an ``ActorDiedError`` (what Ray code catches for a dead actor) and an
+    ``InfeasibleResourceError`` (what it is: the request is the program's to fix).
+    """
 
 
 class ActorUnavailableError(EmberOperationError):

@@ -29,6 +29,7 @@ from ember.exceptions import (
     WorkerCrashedError,
 )
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
+from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
@@ -469,7 +470,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if kind == TaskKind.ACTOR_CALL:
                 state = self._actor_state(actor_id, function_name)  # type: ignore[arg-type]
                 if state.dead_reason is not None:
-                    self._fail_task(pt, ActorDiedError(state.desc, state.dead_reason))
+                    self._fail_task(pt, actor_died_error(state.desc, state.dead_reason))
                     return refs
                 state.queue.append(pt)
                 self._pump_actor(state)

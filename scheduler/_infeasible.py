@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from ember.exceptions import ActorDiedError, InfeasibleActorError
+
 WARN_EVERY_S = 60.0  # a waiting request is named again this often
 WARNED_KEYS_MAX = 4096  # (owner, request) pairs remembered; the oldest is forgotten first
 _EPSILON = 1e-9
@@ -46,6 +48,23 @@ def fixed_cluster_message(request: Iterable[tuple[str, float]], totals: Mapping[
             "Lower the request, or start a bigger cluster: ember.init(num_cpus=N, num_gpus=N, "
             "resources={...}) (resources like GPUs are scheduling labels here), or `ember start --head` "
             "and `ember start --address HEAD:PORT` on more machines, then ember.init(address=\"auto\")")
+
+
+# How a scheduler's reason for an actor's death begins when the actor could never start: the reason
+# travels to the actor's callers as text, and they raise InfeasibleActorError for it.
+CANNOT_START = "it cannot start: "
+
+
+def actor_cannot_start(request: Iterable[tuple[str, float]], totals: Mapping[str, float]) -> str:
+    """The death reason of an actor no node of a cluster that cannot grow can start."""
+    return CANNOT_START + fixed_cluster_message(request, totals)
+
+
+def actor_died_error(actor_desc: str, reason: str) -> ActorDiedError:
+    """The error for a call on a dead actor: ``InfeasibleActorError`` if it could never start."""
+    if reason.startswith(CANNOT_START):
+        return InfeasibleActorError(actor_desc, reason)
+    return ActorDiedError(actor_desc, reason)
 
 
 def waiting_message(what: str, request: Iterable[tuple[str, float]], totals: Mapping[str, float],
@@ -86,4 +105,5 @@ class WaitWarnings:
         return len(self._last)
 
 
-__all__ = ["WARN_EVERY_S", "WaitWarnings", "fixed_cluster_message", "missing", "waiting_message"]
+__all__ = ["CANNOT_START", "WARN_EVERY_S", "WaitWarnings", "actor_cannot_start", "actor_died_error",
+           "fixed_cluster_message", "missing", "waiting_message"]

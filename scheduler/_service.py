@@ -27,7 +27,7 @@ from typing import Any
 from ember.chaos import _agent
 from ember.scheduler._core import FailureCause, _log_conninfo
 from ember.scheduler._gcs_link import GcsLink, process_id
-from ember.scheduler._infeasible import fixed_cluster_message
+from ember.scheduler._infeasible import actor_cannot_start, fixed_cluster_message
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
@@ -808,7 +808,7 @@ class Scheduler:
             self.spiller.offer_actor(spec, detached, meta, actor.restarts)
             return
         if not self.pool.feasible(spec.resources):
-            self._actor_dead(spec.actor_id, f"it cannot start: {fixed_cluster_message(spec.resources, self.pool.total)}")
+            self._actor_dead(spec.actor_id, actor_cannot_start(spec.resources, self.pool.total))
             return
         self._pending_actors.append(spec.actor_id)  # type: ignore[arg-type]
         self._place_actors()
