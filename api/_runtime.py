@@ -308,9 +308,9 @@ def wait(
         raise ValueError("ember.wait() got the same ObjectRef more than once")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or not 1 <= num_returns <= max(len(refs), 1):
         raise ValueError(f"num_returns must be between 1 and len(object_refs)={len(refs)}, got {num_returns!r}")
+    client = core()
     if not refs:
         return [], []
-    client = core()
     ready, not_ready = client.wait(refs, num_returns, timeout)
     for ref in ready:
         error = client.infeasible.get(ref.task_id().binary())
