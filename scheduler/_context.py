@@ -18,7 +18,8 @@ def require_core() -> "CoreClient":
     core = CORE
     if core is None:
         raise NotInitializedError(
-            "ember is not initialized in this process: call ember.init() first"
+            "ember is not initialized in this process: call ember.init() first (a remote call, put, get, "
+            "wait or get_actor starts a local cluster by itself)"
         )
     return core
 
