@@ -12,7 +12,7 @@ import cloudpickle
 from ember.exceptions import EmberUserError, SerializationError
 from ember.scheduler import ObjectRef, Op, TaskKind
 from ember import _options
-from ember._runtime import core as _core
+from ember._runtime import _lookup_named, core as _core
 
 
 def method(**options: Any) -> Any:
@@ -76,8 +76,6 @@ class ActorClass:
         opts = self._options
         name = opts.get("name")
         if name is not None and opts.get("get_if_exists"):
-            from ember._runtime import _lookup_named
-
             existing = _lookup_named(name)
             if existing is not None:
                 return existing

@@ -127,7 +127,7 @@ def core() -> CoreClient:
     if found is not None:
         return found
     with _lock:
-        if _context.CORE is None and not _context.IN_WORKER:
+        if _context.CORE is None and _context.auto_init_allowed():
             _auto_init()
     return require_core()
 
