@@ -8,14 +8,13 @@ from ember import chaos, exceptions, lineage
 from ember.scheduler import ObjectRef
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
+from ember._runtime_context import RuntimeContext, get_runtime_context
 from ember._runtime import (
-    RuntimeContext,
     available_resources,
     cancel,
     cluster_resources,
     get,
     get_actor,
-    get_runtime_context,
     init,
     is_initialized,
     kill,
@@ -25,6 +24,9 @@ from ember._runtime import (
     wait,
 )
 
+# Ray's public module names (``ray.actor.ActorHandle`` in type hints); imported after the names they re-export.
+from ember import actor, remote_function, runtime_context
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "RuntimeContext",
+    "actor",
     "available_resources",
     "cancel",
     "chaos",
@@ -48,6 +51,8 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "remote_function",
+    "runtime_context",
     "shutdown",
     "wait",
 ]

@@ -10,8 +10,9 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import EmberUserError, SerializationError
-from ember.scheduler import ObjectRef, Op, TaskKind, require_core
+from ember.scheduler import ObjectRef, Op, TaskKind
 from ember import _options
+from ember._runtime import _lookup_named, core as _core
 
 
 def method(**options: Any) -> Any:
@@ -70,18 +71,15 @@ class ActorClass:
         return self._class_id, self._payload  # type: ignore[return-value]
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
-        core = require_core()
+        core = _core()  # the first remote call of a process that never called init starts a cluster
         class_id, payload = self._ensure_payload()
         opts = self._options
         name = opts.get("name")
         if name is not None and opts.get("get_if_exists"):
-            from ember._runtime import _lookup_named
-
             existing = _lookup_named(name)
             if existing is not None:
                 return existing
         core.register_function(class_id, payload, self.__qualname__)
-        core.check_feasible(self._shape, f"actor {self.__name__}")
         actor_id = os.urandom(16)
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries)
@@ -123,7 +121,7 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
-        refs = require_core().submit(
+        refs = _core().submit(
             TaskKind.ACTOR_CALL, b"", h._class_name, args, kwargs, self._num_returns, (),
             h._max_task_retries, actor_id=h._actor_id, method=self._name,
         )

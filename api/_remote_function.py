@@ -8,8 +8,9 @@ from typing import Any, Callable
 import cloudpickle
 
 from ember.exceptions import EmberUserError, SerializationError
-from ember.scheduler import TaskKind, require_core
+from ember.scheduler import TaskKind
 from ember import _options
+from ember._runtime import core as _core
 
 
 class RemoteFunction:
@@ -49,10 +50,9 @@ class RemoteFunction:
         return self._function_id, self._payload  # type: ignore[return-value]
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        core = require_core()
+        core = _core()  # the first remote call of a process that never called init starts a cluster
         function_id, payload = self._ensure_payload()
         core.register_function(function_id, payload, self.__qualname__)
-        core.check_feasible(self._shape, f"task {self.__name__}")
         refs = core.submit(
             TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
             self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),

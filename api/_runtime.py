@@ -32,6 +32,7 @@ from ember.scheduler import (
     Session,
     bring_up,
     local_nodes as _local_nodes,
+    NODE_RESOURCE_PREFIX,
     node_resources,
     require_core,
     set_core,
@@ -44,6 +45,7 @@ _node: Node | None = None
 _session: Session | None = None
 _atexit_registered = False
 _log_store: "_LineageStore | None" = None
+_auto_initialized = False  # the cluster was started (or joined) by the first use of the API, not by init()
 
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
@@ -79,10 +81,11 @@ def init(
         if _context.CORE is not None:
             if ignore_reinit_error or _context.CORE.kind == "worker":
                 return _info()  # inside a task: the worker's cluster
-            raise AlreadyInitializedError(
-                "ember.init() was already called in this process; call ember.shutdown() first, "
-                "or pass ignore_reinit_error=True"
-            )
+            raise AlreadyInitializedError(_reinit_message())
+        if address is None:
+            address = os.environ.get(ADDRESS_ENV) or None  # as Ray with RAY_ADDRESS
+        if address == "local":
+            address = None  # Ray's spelling of "a new cluster of this program's own", whatever the environment says
         if address is not None:
             return _connect(address, num_cpus, num_gpus, resources, object_store_memory, num_workers, gcs_url)
         if num_workers is not None and num_cpus is None:
@@ -100,6 +103,47 @@ def init(
         global _log_store
         _log_store = log_store
         return _info()
+
+
+def _reinit_message() -> str:
+    """Ray's words for a second ``init``, with how this process came to be initialized."""
+    how = ("ember started a local cluster on this process's first use of the API (a remote call, put, get, wait "
+           "or get_actor before any ember.init()); call ember.init(...) before that first use to choose the "
+           "cluster" if _auto_initialized else "ember.init() was already called in this process")
+    return (f"Maybe you called ember.init twice by accident? {how}. This error can be suppressed by passing in "
+            "ignore_reinit_error=True or by calling ember.shutdown() prior to ember.init()")
+
+
+ADDRESS_ENV = "EMBER_ADDRESS"  # the cluster that init() with no address, and the first use of the API, join
+
+
+def core() -> CoreClient:
+    """This process's core client; the first use of the API in a process that never called init starts one.
+
+    As in Ray (1.5 and later): a local cluster with ``init()``'s defaults, or the
+    cluster ``EMBER_ADDRESS`` names. A worker is always connected: nothing starts there.
+    """
+    found = _context.CORE
+    if found is not None:
+        return found
+    with _lock:
+        if _context.CORE is None and _context.auto_init_allowed():
+            _auto_init()
+    return require_core()
+
+
+def _auto_init() -> None:
+    global _auto_initialized
+    address = os.environ.get(ADDRESS_ENV) or None
+    info = init()
+    _auto_initialized = True
+    if address is not None and address != "local":
+        said = f"connected to the cluster at {info['address']} ({ADDRESS_ENV}={address})"
+    else:
+        total, _ = require_core().call_scheduler(Op.RESOURCES)
+        said = (f"started a local cluster ({total.get('CPU', 0):g} CPUs) that stops when this program exits; "
+                "call ember.init(...) first to choose its size")
+    print(f"ember: no ember.init() before the first use of the API: {said}", file=sys.stderr, flush=True)
 
 
 def _connect(address: str, *sizes: Any) -> dict[str, Any]:
@@ -159,10 +203,11 @@ def _install_sigterm_handler() -> None:
 
 def shutdown() -> None:
     """Disconnect, and stop the cluster if this process started it."""
-    global _node, _session
+    global _node, _session, _auto_initialized
     with _lock:
         core = _context.CORE
         set_core(None)
+        _auto_initialized = False
         if core is not None and _node is not None:
             _record_job_end(core)
         if core is not None:
@@ -235,7 +280,7 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     refs, single = _as_ref_list(object_refs, "get")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise InvalidOptionError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
-    values = require_core().get(refs, timeout)
+    values = core().get(refs, timeout)
     return values[0] if single else values
 
 
@@ -243,7 +288,7 @@ def put(value: Any) -> ObjectRef:
     """Store ``value`` in the object store and return a ref to it."""
     if isinstance(value, ObjectRef):
         raise TypeError("ember.put() of an ObjectRef is not allowed; pass the ref itself where it is needed")
-    return require_core().put(value)
+    return core().put(value)
 
 
 def wait(
@@ -263,9 +308,16 @@ def wait(
         raise ValueError("ember.wait() got the same ObjectRef more than once")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or not 1 <= num_returns <= max(len(refs), 1):
         raise ValueError(f"num_returns must be between 1 and len(object_refs)={len(refs)}, got {num_returns!r}")
+    client = core()
     if not refs:
         return [], []
-    return require_core().wait(refs, num_returns, timeout)
+    ready, not_ready = client.wait(refs, num_returns, timeout)
+    for ref in ready:
+        error = client.infeasible.get(ref.task_id().binary())
+        if error is not None:
+            # No node of this cluster can ever run it: as get would, rather than report it "ready".
+            raise error
+    return ready, not_ready
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
@@ -288,7 +340,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 def _lookup_named(name: str) -> Any:
     from ember._actor import handle_from_meta
 
-    found = require_core().call_scheduler(Op.GET_NAMED_ACTOR, name)
+    found = core().call_scheduler(Op.GET_NAMED_ACTOR, name)
     if found is None:
         return None
     return handle_from_meta(*found)
@@ -331,9 +383,25 @@ NODES_TIMEOUT_S = 10.0
 
 
 def nodes() -> list[dict[str, Any]]:
-    """The cluster's nodes as the GCS service knows them (waits for it while it restarts)."""
-    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
-             "NodeManagerAddress": n["address"], "DeathCause": n["death_cause"]} for n in _gcs_nodes(require_core())]
+    """The cluster's nodes as the GCS service knows them (waits for it while it restarts), keyed as Ray's.
+
+    ``NodeManagerAddress`` and ``NodeName`` are the node's IP, as its ``node:<ip>`` resource names it;
+    ``SchedulerAddress`` is where its scheduler listens (ember's own).
+    """
+    found = []
+    for n in _gcs_nodes(require_core()):
+        ip = _node_ip(n["resources"])
+        found.append({"NodeID": n["node_id"], "Alive": n["alive"], "alive": n["alive"], "Resources": n["resources"],
+                      "NodeManagerAddress": ip, "NodeName": ip, "SchedulerAddress": n["address"],
+                      "DeathCause": n["death_cause"], "DeathReasonMessage": n["death_cause"] or ""})
+    return found
+
+
+def _node_ip(resources: dict[str, float]) -> str:
+    for name in resources:
+        if name.startswith(NODE_RESOURCE_PREFIX):
+            return name[len(NODE_RESOURCE_PREFIX):]
+    return ""  # a node of an ember from before node resources
 
 
 def _gcs_nodes(core: CoreClient) -> list[dict[str, Any]]:
@@ -354,35 +422,3 @@ def _gcs_nodes(core: CoreClient) -> list[dict[str, Any]]:
             break
         time.sleep(0.02)
     return reply["nodes"]
-
-
-class RuntimeContext:
-    """What the current process is doing: ``ember.get_runtime_context()``."""
-
-    def get_node_id(self) -> str:
-        return require_core().node_id
-
-    def get_job_id(self) -> str:
-        core = require_core()
-        task = core.current_task
-        return (task.job_id if task is not None else core.job_id).hex()
-
-    def get_task_id(self) -> str | None:
-        task = require_core().current_task
-        return task.task_id.hex() if task is not None else None
-
-    def get_worker_id(self) -> str:
-        return require_core().worker_id.hex()
-
-    def get_actor_id(self) -> str | None:
-        executor = require_core().executor
-        actor_id = getattr(executor, "_actor_id", None)
-        return actor_id.hex() if actor_id else None
-
-    @property
-    def node_id(self) -> str:
-        return self.get_node_id()
-
-
-def get_runtime_context() -> RuntimeContext:
-    return RuntimeContext()

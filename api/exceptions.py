@@ -30,12 +30,14 @@ __all__ = [
     "InvalidOptionError",
     "NotAnObjectRefError",
     "ForeignObjectRefError",
+    "UnknownObjectRefError",
     "ObjectTooLargeError",
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectTransferError",
     "ActorDiedError",
+    "InfeasibleActorError",
     "RayActorError",
     "ActorUnavailableError",
     "WorkerCrashedError",
@@ -79,6 +81,18 @@ class NotAnObjectRefError(EmberUserError, TypeError):
 
 class ForeignObjectRefError(EmberUserError, ValueError):
     """An ObjectRef made by another cluster session (one since shut down) was used in this one."""
+
+
+class UnknownObjectRefError(EmberUserError, ValueError):
+    """``ObjectRef(id)`` of an id this cluster's lineage log has no object or task for."""
+
+    def __init__(self, object_id_hex: str = "", reason: str = "") -> None:
+        self.object_id_hex = object_id_hex
+        self.reason = reason
+        super().__init__(f"no object {object_id_hex} in this cluster: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.object_id_hex, self.reason))
 
 
 class ObjectTooLargeError(EmberUserError):
@@ -206,6 +220,14 @@ class ActorDiedError(EmberOperationError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.actor_desc, self.reason))
+
+
+class InfeasibleActorError(ActorDiedError, InfeasibleResourceError):
+    """The actor never started: it asks for more than any node of its cluster has, and no node can join.
+
+    Both an ``ActorDiedError`` (what Ray code catches for a dead actor) and an
+    ``InfeasibleResourceError`` (what it is: the request is the program's to fix).
+    """
 
 
 class ActorUnavailableError(EmberOperationError):

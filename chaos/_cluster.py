@@ -45,9 +45,13 @@ class LocalCluster:
             self.shutdown()
             raise
 
-    def add_node(self, head: bool = False, **sizes: Any) -> LocalNode:
+    def add_node(self, head: bool = False, bind: str | None = None, **sizes: Any) -> LocalNode:
+        """Start a node; ``bind``: the loopback address it serves on (another of 127/8 for a node with an
+        address of its own, as ``node:<ip>`` resources see it; the head keeps 127.0.0.1)."""
         argv = ["--resources-json", json.dumps(sizes)]
         argv += ["--head", "--port", str(self.port)] if head else ["--address", self.address]
+        if bind is not None and not head:
+            argv += ["--bind", bind]
         node = local_nodes.start_daemon(argv, self.address)
         self.nodes.append(node)
         return node

@@ -182,7 +182,13 @@ class GcsService:
             placements = [_placement(preferred, task["resources"], task.get("inputs") or {})
                           or _placement(alive, task["resources"], task.get("inputs") or {}) for task in tasks]
             addresses = {n.node_id: n.address for n in alive}
-        return {"placements": placements, "addresses": addresses}
+            # What the cluster has, for the warning about a task no live node can run (it waits for one).
+            totals: dict[str, float] = {}
+            if None in placements:
+                for n in alive:
+                    for name, amount in n.resources.items():
+                        totals[name] = totals.get(name, 0.0) + amount
+        return {"placements": placements, "addresses": addresses, "totals": totals, "nodes": len(alive)}
 
     def locate_actor(self, req: dict[str, Any]) -> dict[str, Any]:
         """The live node an actor's process runs on, with its scheduler's address; {} if none is known."""

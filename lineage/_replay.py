@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.lineage._replay_log import Recorded, ReplayReads
+from ember.scheduler._context import no_auto_init
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
     NeedsClusterError,
@@ -228,9 +229,10 @@ class Replayer:
         cls = self.reads.code(spec.function_id, step.task_id)
         try:
             args, kwargs = self._arguments(spec)
-            instance = cls(*args, **kwargs)
-            if step.seq:
-                instance.load_checkpoint(cloudpickle.loads(self.reads.checkpoint(step.actor_id, step.seq)))
+            with no_auto_init():  # its use of the API says NEEDS_CLUSTER: a replay never starts a cluster
+                instance = cls(*args, **kwargs)
+                if step.seq:
+                    instance.load_checkpoint(cloudpickle.loads(self.reads.checkpoint(step.actor_id, step.seq)))
         except _InputFailed as failed:
             instance = failed.marker
         except Exception as exc:  # the actor is dead: its calls fail, as on a cluster
@@ -316,11 +318,16 @@ class Replayer:
 
 
 def _call(fn: Callable, args: list, kwargs: dict, debugger: bool) -> Any:
-    """Call the task's code; under pdb: stop at its first line, and post-mortem at an exception."""
+    """Call the task's code; under pdb: stop at its first line, and post-mortem at an exception.
+
+    Its use of the API raises NotInitializedError (the verdict NEEDS_CLUSTER): a replay never starts a cluster.
+    """
     if not debugger:
-        return fn(*args, **kwargs)
+        with no_auto_init():
+            return fn(*args, **kwargs)
     try:
-        return pdb.Pdb().runcall(fn, *args, **kwargs)
+        with no_auto_init():
+            return pdb.Pdb().runcall(fn, *args, **kwargs)
     except bdb.BdbQuit:
         raise
     except Exception as exc:

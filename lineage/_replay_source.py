@@ -71,6 +71,27 @@ class QueuedTask:
     owner: str
 
 
+@dataclass(frozen=True)
+class OwnerFacts:
+    """What the log knows of an object's owner: the owner of its task while a node scheduler holds the task,
+    the caller of the actor call that makes it, how many results its task has if the task is logged, and
+    whether the object itself (a put's, or a finished task's result) is."""
+
+    queued_owner: str | None
+    actor_caller: str | None
+    num_returns: int | None
+    object_logged: bool
+
+    @property
+    def known(self) -> bool:
+        return self.object_logged or self.num_returns is not None
+
+    @property
+    def live_owner(self) -> str | None:
+        """The address of an owner the log names, which may still be alive (None: adopt it)."""
+        return self.queued_owner or self.actor_caller
+
+
 # A task's row as ``_logged_task`` reads it, from ``tasks t``.
 _TASK_COLUMNS = (
     "t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, t.max_retries, "
@@ -94,7 +115,7 @@ class ReplaySource:
         self._conn: Any = None
         self._lock = threading.Lock()
 
-    def _query(self, sql: str, params: tuple) -> list[tuple]:
+    def _query(self, sql: str, params: tuple | dict[str, Any]) -> list[tuple]:
         """Run a read, reconnecting while the server restarts, for up to ``wait_s`` (``UNREACHABLE_WAIT_S``).
 
         Its callers are recovery (rebuilds, actor replays), which a
@@ -189,6 +210,17 @@ class ReplaySource:
                     (batch,)):
                 found[bytes(object_id)] = (origin in KEPT_ORIGINS, bytes(data) if data is not None else None, path)
         return found
+
+    def owner_facts(self, object_id: bytes, task_id: bytes) -> OwnerFacts:
+        """What the log says of who owns an object (``ObjectRef(id)``): see ``OwnerFacts``."""
+        rows = self._query(
+            "SELECT (SELECT q.owner FROM scheduler_queue q WHERE q.task_id = %(t)s LIMIT 1), "
+            "(SELECT c.caller FROM actor_calls c WHERE c.task_id = %(t)s), "
+            "(SELECT t.num_returns FROM tasks t WHERE t.task_id = %(t)s), "
+            "EXISTS (SELECT 1 FROM objects o WHERE o.object_id = %(o)s)",
+            {"t": task_id, "o": object_id})
+        queued_owner, caller, num_returns, object_logged = rows[0]
+        return OwnerFacts(queued_owner, caller, num_returns, bool(object_logged))
 
     def close(self) -> None:
         from ember.lineage._log_writer import close_quietly

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ember.exceptions import ActorDiedError
+from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._shared_read import SharedReadConnection
@@ -116,7 +116,7 @@ class ActorCallsMixin:
             pending = list(state.inflight.values()) + list(state.queue)
             state.inflight.clear()
             state.queue.clear()
-            error = ActorDiedError(state.desc, state.dead_reason)
+            error = actor_died_error(state.desc, state.dead_reason)
             for pt in pending:
                 self._fail_task(pt, error)
 

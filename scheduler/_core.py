@@ -32,6 +32,7 @@ from ember.exceptions import (
     WorkerCrashedError,
 )
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
+from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
@@ -76,6 +77,11 @@ class FailureCause:
     CANCELLED = "cancelled"
     ACTOR_DIED = "actor_died"
     INFEASIBLE = "infeasible"
+    # Not a failure: the task waits for a node that can run it to join; ``detail`` is the warning.
+    UNSCHEDULABLE = "unschedulable"
+
+
+INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
 
 
 class _Entry:
@@ -172,7 +178,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
         self.resumed_from_log = 0  # tasks a restarted scheduler took from its log, not sent again
-        self._totals: dict[str, float] | None = None
+        self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
         self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         self._copies: Any = None  # durable copies of large puts, made on first need
@@ -546,7 +552,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if kind == TaskKind.ACTOR_CALL:
                 state = self._actor_state(actor_id, function_name)  # type: ignore[arg-type]
                 if state.dead_reason is not None:
-                    self._fail_task(pt, ActorDiedError(state.desc, state.dead_reason))
+                    self._fail_task(pt, actor_died_error(state.desc, state.dead_reason))
                     return refs
                 state.queue.append(pt)
                 self._pump_actor(state)
@@ -1138,6 +1144,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self._finish(pt, [(oid, data, len(data)) for oid in pt.spec.return_ids()])
 
     def _on_task_failed(self, task_id: bytes, attempt: int, cause: str, detail: str) -> None:
+        if cause == FailureCause.UNSCHEDULABLE:
+            log.warning("%s", detail)  # the scheduler says how often: once, then every minute while it waits
+            return
         with self._lock:
             pt = self._tasks.get(task_id)
             if pt is None or pt.spec.attempt != attempt:
@@ -1151,7 +1160,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             elif cause == FailureCause.CANCELLED or pt.cancelled:
                 self._fail_task(pt, TaskCancelledError(task_id.hex()))
             elif cause == FailureCause.INFEASIBLE:
-                self._fail_task(pt, InfeasibleResourceError(f"{spec.describe()}: {detail}"))
+                error = InfeasibleResourceError(f"{spec.describe()}: {detail}")
+                self.infeasible[task_id] = error  # ``wait`` raises it too, not only ``get``
+                while len(self.infeasible) > INFEASIBLE_KEPT_MAX:
+                    del self.infeasible[next(iter(self.infeasible))]
+                self._fail_task(pt, error)
             else:
                 self._fail_task(pt, ActorDiedError(spec.function_name, detail))
 
@@ -1187,33 +1200,6 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     "not part of this one): refs do not outlive ember.shutdown(). Get its value before "
                     "shutting down, or compute it again in this session"
                 )
-
-    def check_feasible(self, shape: tuple, what: str) -> None:
-        """Raise at once for a request no node can ever satisfy, instead of queueing it forever."""
-        if self.relay is not None:
-            return  # other nodes may have it: the global scheduler says, as the task's failure
-        if self._totals is None:
-            self._totals = self._node_totals()
-        missing = {n: a for n, a in shape if self._totals.get(n, 0.0) + 1e-9 < a}
-        if missing:
-            have = {n: self._totals.get(n, 0.0) for n in missing}
-            raise InfeasibleResourceError(
-                f"{what} asks for {missing} but the cluster has at most {have}; "
-                "lower the request, or start ember with more (e.g. ember.init(num_gpus=N) or "
-                "ember.init(resources={...}); resources like GPUs are scheduling labels here)"
-            )
-
-
-    def _node_totals(self) -> dict:
-        """The node's resources; asked once, waiting out a scheduler restart (a driver reconnects)."""
-        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
-        while True:
-            try:
-                return self.call_scheduler(Op.RESOURCES)[0]
-            except ClusterUnavailableError:
-                if self.kind != "driver" or self.closed or time.monotonic() > deadline:
-                    raise
-                time.sleep(RECONNECT_POLL_S)
 
     def call_scheduler(self, op: int, *payload: Any, timeout_s: float = 30.0) -> Any:
         try:

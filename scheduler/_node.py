@@ -9,6 +9,7 @@ node is the one that runs the GCS service; a node that joins a cluster
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -220,9 +221,36 @@ def default_store_bytes() -> int:
     return min(budget, int(shm_free * 0.8)) if shm_free else budget
 
 
+LOCAL_NODE_IP = "127.0.0.1"  # the address of a node no other node reaches (a cluster of one program's own)
+NODE_RESOURCE_PREFIX = "node:"  # as in Ray: every node has ``node:<its IP>: 1.0``, to pin tasks to it
+
+
+def node_ip(bind_host: str | None) -> str:
+    """The IP address other nodes reach a node at that serves on ``bind_host`` (None: no other node does)."""
+    if not bind_host:
+        return LOCAL_NODE_IP
+    try:
+        ip = ipaddress.ip_address(bind_host.strip("[]"))
+    except ValueError:
+        return socket.gethostbyname(bind_host)  # a host name: the address it stands for
+    if not ip.is_unspecified:
+        return str(ip)
+    # Every interface: the address of the one that routes outward (a UDP connect sends nothing).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.254.254.254", 1))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return LOCAL_NODE_IP
+
+
 def node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None,
-                   object_store_memory: int | None) -> tuple[dict[str, float], int]:
-    """A node's resource totals and its store's budget in bytes, from what the user asked for."""
+                   object_store_memory: int | None,
+                   ip: str = LOCAL_NODE_IP) -> tuple[dict[str, float], int]:
+    """A node's resource totals and its store's budget in bytes, from what the user asked for.
+
+    ``ip``: the node's address, which names its own resource ``node:<ip>`` (Ray's).
+    """
     totals: dict[str, float] = {"CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))}
     if num_gpus:
         totals["GPU"] = float(num_gpus)
@@ -231,6 +259,7 @@ def node_resources(num_cpus: float | None, num_gpus: float | None, resources: di
     store_bytes = int(object_store_memory or default_store_bytes())
     totals["memory"] = float(memory_bytes())
     totals["object_store_memory"] = float(store_bytes)
+    totals[NODE_RESOURCE_PREFIX + ip] = 1.0
     return totals, store_bytes
 
 

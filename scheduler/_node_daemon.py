@@ -27,7 +27,7 @@ from typing import Any
 from ember.exceptions import ClusterStartError, EmberUserError
 from ember.scheduler import _local_nodes
 from ember.chaos import _agent
-from ember.scheduler._node import JoinTarget, bring_up, node_resources
+from ember.scheduler._node import JoinTarget, bring_up, node_ip, node_resources
 from ember.scheduler._session import open_session
 
 log = logging.getLogger("ember.node")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sizes = json.loads(args.resources_json)
     totals, store_bytes = node_resources(sizes.get("num_cpus"), sizes.get("num_gpus"), sizes.get("resources"),
-                                         sizes.get("object_store_memory"))
+                                         sizes.get("object_store_memory"), ip=node_ip(args.bind))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,6 +1,7 @@
 """ObjectRef: a future for an immutable object somewhere in the cluster.
 
-A ref knows its object id and its owner's address. Creating and dropping refs
+A ref knows its object id and its owner's address (``ObjectRef(id_bytes)``
+looks the owner up: ``_owner_lookup``). Creating and dropping refs
 is counted by the process's core client, so an owner can free objects nobody
 can name any more. Pickling a ref (inside a container argument, a result, a
 put) marks it as shared: the owner then keeps the object and publishes it to
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember.scheduler import _context
+from ember.scheduler._owner_lookup import checked_id, find_owner, id_from_hex
 from ember.scheduler._spec import TASK_ID_BYTES
 
 
@@ -44,7 +46,11 @@ class ObjectRef:
 
     __slots__ = ("_id", "_owner", "__weakref__")
 
-    def __init__(self, object_id: bytes, owner_addr: str) -> None:
+    def __init__(self, object_id: bytes, owner_addr: str | None = None) -> None:
+        if owner_addr is None:
+            # ``ObjectRef(id_bytes)``, as in Ray: a ref passed out of band. Its owner is looked up.
+            object_id = checked_id(object_id)
+            owner_addr = find_owner(_context.require_core(), object_id)
         self._id = object_id
         self._owner = owner_addr
         core = _context.CORE
@@ -58,6 +64,11 @@ class ObjectRef:
                 core.decref(self._id)
             except Exception:  # interpreter shutdown: nothing left to free
                 pass
+
+    @classmethod
+    def from_hex(cls, text: str) -> "ObjectRef":
+        """The ref whose ``hex()`` is ``text`` (its owner found as ``ObjectRef(id_bytes)`` finds it)."""
+        return cls(id_from_hex(text))
 
     def hex(self) -> str:
         return self._id.hex()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ember.scheduler._infeasible import missing
+
 _EPSILON = 1e-9
 
 
@@ -22,7 +24,7 @@ class ResourcePool:
         return all(self.total.get(name, 0.0) + _EPSILON >= amount for name, amount in shape)
 
     def missing(self, shape: Iterable[tuple[str, float]]) -> dict[str, float]:
-        return {n: a for n, a in shape if self.total.get(n, 0.0) + _EPSILON < a}
+        return missing(shape, self.total)
 
     def can_acquire(self, shape: Iterable[tuple[str, float]]) -> bool:
         return all(self.available.get(name, 0.0) + _EPSILON >= amount for name, amount in shape)

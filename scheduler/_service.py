@@ -27,6 +27,7 @@ from typing import Any
 from ember.chaos import _agent
 from ember.scheduler._core import FailureCause, _log_conninfo
 from ember.scheduler._gcs_link import GcsLink, process_id
+from ember.scheduler._infeasible import actor_cannot_start, fixed_cluster_message
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
@@ -317,8 +318,7 @@ class Scheduler:
                 self._left(spec.task_id)
                 self.spiller.offer([spec])
                 return
-            self.fail_to_owner(spec, FailureCause.INFEASIBLE,
-                               f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}")
+            self.fail_to_owner(spec, FailureCause.INFEASIBLE, fixed_cluster_message(spec.resources, self.pool.total))
             return
         queue = self._queues.get(spec.resources)
         if queue is None:
@@ -436,6 +436,16 @@ class Scheduler:
         origin = self._origins.pop(spec.task_id, None)
         self._send(origin or self._clients.get(spec.owner_addr),
                    (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
+
+    def warn_owner(self, spec: TaskSpec, text: str) -> None:
+        """Tell a task's owner why it waits (not its end); only an owner that sent it here hears it."""
+        if spec.task_id not in self._origins:  # a forwarding node would take any TASK_FAILED for the end
+            self._send(self._clients.get(spec.owner_addr),
+                       (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.UNSCHEDULABLE, text))
+
+    def actor_is_dead(self, actor_id: bytes) -> bool:
+        actor = self._actors.get(actor_id)
+        return actor is not None and actor.state == "DEAD"
 
     def function_payload(self, function_id: bytes) -> bytes | None:
         return self._functions.get(function_id)
@@ -798,8 +808,7 @@ class Scheduler:
             self.spiller.offer_actor(spec, detached, meta, actor.restarts)
             return
         if not self.pool.feasible(spec.resources):
-            self._actor_dead(spec.actor_id, f"it needs {self.pool.missing(spec.resources)}, "
-                                            f"which its node does not have (node total: {self.pool.total})")
+            self._actor_dead(spec.actor_id, actor_cannot_start(spec.resources, self.pool.total))
             return
         self._pending_actors.append(spec.actor_id)  # type: ignore[arg-type]
         self._place_actors()

@@ -15,6 +15,12 @@ or its scheduler did) every task forwarded there and not known done is
 failed to its owner as a worker death, and the owner retries it as its
 ``max_retries`` allows.
 
+A task no live node can run waits here, as in Ray: the cluster may gain a
+node that can (``ember start --address``). It asks the global scheduler
+again every ``UNPLACED_RETRY_S``, and its owner is warned (``Op.TASK_FAILED``
+with ``FailureCause.UNSCHEDULABLE``, which is no failure) once, then every
+minute while it waits (``_infeasible.WaitWarnings``).
+
 An actor its node cannot start now is placed the same way (``Op.CREATE_ACTOR``
 to the chosen node); this node subscribes to its states there and relays
 them to its own subscribers, and restarts it elsewhere if that node dies.
@@ -34,9 +40,10 @@ import pickle
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from ember.scheduler._core import FailureCause
+from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import TaskSpec
@@ -49,12 +56,15 @@ PLACE_TIMEOUT_S = 5.0
 PEER_CONNECT_TIMEOUT_S = 5.0
 AVOID_LOST_NODE_S = 10.0  # longer than the GCS takes to declare a silent node dead
 FIND_ACTOR_TIMEOUT_S = 60.0  # an actor this node did not place: how long to look for the node hosting it
+UNPLACED_RETRY_S = 1.0  # tasks no live node can run ask the global scheduler again this often (a node may join)
+UNPLACED_MAX = 100_000  # tasks and actors waiting for such a node; more fail at once, saying so
 
 
 class Spiller:
     """The spill queue of one node scheduler, and the tasks it forwarded to other nodes."""
 
-    def __init__(self, scheduler: Any, gcs_address: str, token: bytes, hello: dict[str, Any]) -> None:
+    def __init__(self, scheduler: Any, gcs_address: str, token: bytes, hello: dict[str, Any],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._scheduler = scheduler  # ember.scheduler._service.Scheduler; its lock guards the tables below
         self._gcs_address = gcs_address
         self._token = token
@@ -68,6 +78,14 @@ class Spiller:
         self._finding: set[bytes] = set()  # actors whose node is being looked up
         # Nodes whose connection dropped, and when: not placed on while the GCS may still think them alive.
         self._lost_nodes: dict[str, float] = {}
+        # Tasks and actors no live node can run: they wait for one to join (under the scheduler's lock).
+        self._unplaced: deque[tuple[TaskSpec, tuple | None]] = deque()
+        self._retry_at = 0.0
+        self._warnings = WaitWarnings()
+        self._clock = clock  # for the waits of unplaceable tasks and their warnings
+        # Tasks of the batch being placed (outside the lock), and those of them cancelled meanwhile.
+        self._in_flight: set[bytes] = set()
+        self._cancelled: set[bytes] = set()
         threading.Thread(target=self._run, name="ember-spill", daemon=True).start()
 
     def offer(self, specs: list[TaskSpec]) -> None:
@@ -84,15 +102,38 @@ class Spiller:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(UNPLACED_RETRY_S if self._unplaced else None)
             self._wake.clear()
+            self._requeue_unplaced()
             while self._queue:
-                with self._scheduler._lock:
-                    batch = [self._queue.popleft() for _ in range(min(SPILL_BATCH_MAX, len(self._queue)))]
-                if not self._place(batch):
-                    with self._scheduler._lock:
-                        self._queue.extendleft(reversed(batch))
+                if not self._place_next_batch():
                     threading.Event().wait(RETRY_S)
+
+    def _place_next_batch(self) -> bool:
+        """Place the next batch of the spill queue; False if the GCS could not answer (the batch waits)."""
+        with self._scheduler._lock:
+            batch = [self._queue.popleft() for _ in range(min(SPILL_BATCH_MAX, len(self._queue)))]
+            self._in_flight = {spec.task_id for spec, actor in batch if actor is None}
+        placed = self._place(batch)
+        with self._scheduler._lock:
+            if not placed:
+                self._queue.extendleft(reversed(self._drop_cancelled(batch)))
+            # Cancelled after their placement came back: wherever they went now, cancel them there.
+            late, self._cancelled, self._in_flight = self._cancelled, set(), set()
+            for task_id in late:
+                self._scheduler._cancel(task_id, False)
+        if late:
+            self._scheduler.flush()
+        return placed
+
+    def _requeue_unplaced(self) -> None:
+        """Offer again the tasks and actors that wait for a node (a node that can run them may have joined)."""
+        with self._scheduler._lock:
+            if self._unplaced and self._clock() >= self._retry_at:
+                # An actor killed while it waited stays out.
+                self._queue.extend(item for item in self._unplaced
+                                   if item[1] is None or not self._scheduler.actor_is_dead(item[0].actor_id))
+                self._unplaced.clear()
 
     def _place(self, batch: list[tuple[TaskSpec, tuple | None]]) -> bool:
         """Place ``batch`` and hand each task or actor to its node; False if the GCS could not answer."""
@@ -110,8 +151,11 @@ class Spiller:
             return False  # the global scheduler is unreachable: the batch waits
         placements, addresses = reply["placements"], reply["addresses"]
         by_node: dict[str, list[tuple[TaskSpec, tuple | None]]] = {}
+        with self._scheduler._lock:
+            kept = set(map(id, self._drop_cancelled(batch)))
         for item, node_id in zip(batch, placements):
-            by_node.setdefault(node_id or "", []).append(item)
+            if id(item) in kept:
+                by_node.setdefault(node_id or "", []).append(item)
         me = self._scheduler.node_id
         unplaced: list[tuple[TaskSpec, tuple | None]] = []
         for node_id, items in by_node.items():
@@ -119,9 +163,7 @@ class Spiller:
                 with self._scheduler._lock:
                     self._scheduler.keep_here(items)
             elif not node_id:
-                with self._scheduler._lock:
-                    for spec, actor in items:
-                        self._scheduler.unplaceable(spec, f"no live node of the cluster has {dict(spec.resources)}")
+                self._wait_for_node(items, reply.get("totals") or {}, reply.get("nodes") or 0)
             elif not self._forward(node_id, addresses.get(node_id), items):
                 self._lost_nodes[node_id] = time.monotonic()  # unreachable: placed elsewhere meanwhile
                 unplaced += items
@@ -132,6 +174,38 @@ class Spiller:
             with self._scheduler._lock:
                 self._queue.extend(unplaced)
         return True
+
+    def _drop_cancelled(self, items: list[tuple[TaskSpec, tuple | None]]) -> list[tuple[TaskSpec, tuple | None]]:
+        """``items`` but the tasks cancelled while they were being placed, whose owners hear it (under the lock)."""
+        if not self._cancelled:
+            return items
+        kept = []
+        for spec, actor in items:
+            if actor is None and spec.task_id in self._cancelled:
+                self._cancelled.discard(spec.task_id)
+                self._scheduler.fail_to_owner(spec, FailureCause.CANCELLED, "")
+            else:
+                kept.append((spec, actor))
+        return kept
+
+    def _wait_for_node(self, items: list[tuple[TaskSpec, tuple | None]], totals: dict[str, float],
+                       nodes: int) -> None:
+        """Keep tasks and actors no live node can run until one joins; warn their owners when it is due."""
+        now = self._clock()
+        with self._scheduler._lock:
+            for spec, actor in items:
+                if actor is not None and self._scheduler.actor_is_dead(spec.actor_id):
+                    continue  # killed while it waited
+                if len(self._unplaced) >= UNPLACED_MAX:
+                    self._scheduler.unplaceable(spec, f"no live node of the cluster has {dict(spec.resources)}, "
+                                                      f"and {UNPLACED_MAX} tasks wait for one already")
+                    continue
+                self._unplaced.append((spec, actor))
+                if self._warnings.due(spec.owner_addr, spec.resources, now):
+                    what = (f"actor {spec.function_name} (actor {spec.actor_id.hex()})"  # type: ignore[union-attr]
+                            if actor is not None else spec.describe())
+                    self._scheduler.warn_owner(spec, waiting_message(what, spec.resources, totals, nodes))
+            self._retry_at = now + UNPLACED_RETRY_S
 
     def _peer(self, node_id: str, address: str | None) -> Connection | None:
         """The connection to ``node_id``'s scheduler, opened if need be (never under the lock)."""
@@ -270,6 +344,16 @@ class Spiller:
             self._scheduler.fail_to_owner(entry[1], cause, detail, attempt)
 
     def cancel(self, task_id: bytes, force: bool) -> bool:
+        """Cancel a task this node sent on, or holds while no node can run it (under the scheduler's lock)."""
+        for waiting in (self._unplaced, self._queue):
+            for item in waiting:
+                if item[0].task_id == task_id and item[1] is None:
+                    waiting.remove(item)
+                    self._scheduler.fail_to_owner(item[0], FailureCause.CANCELLED, "")
+                    return True
+        if task_id in self._in_flight:
+            self._cancelled.add(task_id)  # failed to its owner once its placement comes back
+            return True
         entry = self.forwarded.get(task_id)
         conn = self._peers.get(entry[0]) if entry is not None else None
         if conn is None:

@@ -18,6 +18,7 @@ LOG_FLUSH_ON_STOP_S = 1.5
 
 def main(argv: list[str]) -> None:
     session_dir, node_id = argv[0], argv[1]
+    _context.mark_worker_process()
     _procutil.die_with_parent()
     _procutil.setup_logging(session_dir, "worker")
     session = open_session(session_dir)

@@ -318,11 +318,13 @@ def test_a_running_task_is_cancelled_when_the_driver_was_started_with_ctrl_c_ign
     assert "CANCELLED" in result.stdout, result.stdout + result.stderr
 
 
-def test_infeasible_requests_fail_at_once():
+def test_infeasible_requests_fail_at_once_at_get():
+    gpus = echo.options(num_gpus=64).remote(1)  # as in Ray, .remote() never raises for resources
+    tpus = echo.options(resources={"tpu": 1}).remote(1)
     with pytest.raises(ex.InfeasibleResourceError, match="GPU"):
-        echo.options(num_gpus=64).remote(1)
+        ember.get(gpus)
     with pytest.raises(ex.InfeasibleResourceError, match="tpu"):
-        echo.options(resources={"tpu": 1}).remote(1)
+        ember.get(tpus)
 
 
 def test_resources_are_scheduling_labels_and_limit_concurrency():

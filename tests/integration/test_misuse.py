@@ -90,12 +90,16 @@ def test_unknown_or_ill_typed_options() -> None:
 
 
 def test_resources_no_node_has() -> None:
-    with pytest.raises(ex.InfeasibleResourceError, match=r"asks for \{'GPU': 4\.0\}.*ember\.init\(num_gpus=N\)"):
-        add_one.options(num_gpus=4).remote(1)
-    with pytest.raises(ex.InfeasibleResourceError, match=r"actor Counter asks for \{'tpu': 1\.0\}"):
-        Counter.options(resources={"tpu": 1}).remote()
-    with pytest.raises(ex.InfeasibleResourceError, match=r"asks for \{'CPU': 64\.0\}.*lower the request"):
-        add_one.options(num_cpus=64).remote(1)
+    # As in Ray, .remote() returns; on a cluster no node can join, get says why at once (issue 19).
+    gpus = add_one.options(num_gpus=4).remote(1)
+    with pytest.raises(ex.InfeasibleResourceError, match=r"can never give \{'GPU': 4\.0\}.*ember\.init\(num_cpus=N, num_gpus=N"):
+        ember.get(gpus)
+    counter = Counter.options(resources={"tpu": 1}).remote()
+    with pytest.raises(ex.InfeasibleResourceError, match=r"actor Counter is dead: it cannot start: it asks for \{'tpu': 1\.0\}"):
+        ember.get(counter.inc.remote())
+    cpus = add_one.options(num_cpus=64).remote(1)
+    with pytest.raises(ex.InfeasibleResourceError, match=r"asks for \{'CPU': 64\.0\}.*Lower the request"):
+        ember.get(cpus)
     assert ember.get(add_one.remote(1)) == 2  # nothing was queued forever
 
 

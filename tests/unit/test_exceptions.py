@@ -19,6 +19,8 @@ INSTANCES = [
     ex.OwnerDiedError("cd34", "owner died"),
     ex.ObjectTransferError("cd34", "127.0.0.1:5000: does not have it"),
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
+    ex.InfeasibleActorError("Counter", "it cannot start: it asks for {'tpu': 1.0}"),
+    ex.UnknownObjectRefError("cd34", "the lineage log has no task or put that made it"),
     ex.EmberTaskError("f", "Traceback...", ValueError("boom"), "ValueError('boom')"),
     ex.InvalidAddressError("grpc://h:0/s: port 0"),
     ex.LineageLogUnavailableError("postgresql://postgres@/ember?host=/tmp/x", 2.0, "the value of f"),

@@ -40,7 +40,12 @@ def test_actor_class_cannot_be_instantiated_directly():
         A()
 
 
-def test_api_needs_init():
+def test_api_that_does_not_start_a_cluster_needs_init():
+    # A remote call, put, get, wait or get_actor starts one (tests/integration/test_first_contact.py);
+    # these only read a cluster's state.
     assert not ember.is_initialized()
     with pytest.raises(ember.exceptions.NotInitializedError, match="ember.init"):
-        ember.put(1)
+        ember.cluster_resources()
+    with pytest.raises(ember.exceptions.NotInitializedError, match="ember.init"):
+        ember.get_runtime_context().get_node_id()
+    assert not ember.is_initialized()
