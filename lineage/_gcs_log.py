@@ -30,11 +30,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint"),
     "functions": ("function_id", "name", "payload"),
     "tasks": ("task_id", "job_id", "kind", "function_id", "function_name", "parent_task_id", "actor_id",
-              "method", "args", "num_returns", "resources", "max_retries", "name"),
+              "method", "args", "num_returns", "resources", "max_retries", "name", "owner"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error", "started_us", "worker_pid"),
     "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
-                "content_hash"),
+                "content_hash", "owner"),
     "content_hashes": ("object_id", "content_hash"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
@@ -106,7 +106,7 @@ class GcsLog:
         rows = [("tasks", (
             spec.task_id, spec.job_id, int(spec.kind), spec.function_id or None, spec.function_name,
             spec.parent_task_id, spec.actor_id, spec.method, args, spec.num_returns,
-            self._resources_json(spec.resources), spec.max_retries, spec.name,
+            self._resources_json(spec.resources), spec.max_retries, spec.name, spec.owner_addr,
         ))]
         rows += [("task_args", (spec.task_id, oid)) for oid in dependencies]
         # Lazy: the owner may read the result before this commits; whatever
@@ -137,15 +137,16 @@ class GcsLog:
                                    worker_pid or None))]
         if hashes is None or failed or len(hashes) != len(objects):
             hashes = [None] * len(objects)  # no hash is honest; a wrong one would not be
-        rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id, digest))
+        rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id, digest, None))
                  for (oid, size, path), digest in zip(objects, hashes)]
         return self.writer.append_rows(rows, urgent=False)
 
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
-            durable_copy: bytes | None = None, durable_path: str | None = None) -> int:
+            durable_copy: bytes | None = None, durable_path: str | None = None, owner: str | None = None) -> int:
+        """A put's (or a by-value argument's) creation; ``owner``: the address of the process that made it."""
         # A put is waited for only when its ref leaves the process: not urgent either.
         return self.writer.append("objects", (object_id, task_id, job_id, origin, size, durable_copy, durable_path,
-                                              self.node_id, None),
+                                              self.node_id, None, owner),
                                   urgent=False)
 
     def content_hash(self, object_id: bytes, digest: bytes) -> int:

@@ -81,6 +81,8 @@ class OwnerFacts:
     actor_caller: str | None
     num_returns: int | None
     object_logged: bool
+    submitter: str | None = None  # the process that submitted its task (schema v10), its results' owner
+    putter: str | None = None  # the process that put it (schema v10)
 
     @property
     def known(self) -> bool:
@@ -89,7 +91,7 @@ class OwnerFacts:
     @property
     def live_owner(self) -> str | None:
         """The address of an owner the log names, which may still be alive (None: adopt it)."""
-        return self.queued_owner or self.actor_caller
+        return self.queued_owner or self.actor_caller or self.submitter or self.putter
 
 
 # A task's row as ``_logged_task`` reads it, from ``tasks t``.
@@ -217,10 +219,12 @@ class ReplaySource:
             "SELECT (SELECT q.owner FROM scheduler_queue q WHERE q.task_id = %(t)s LIMIT 1), "
             "(SELECT c.caller FROM actor_calls c WHERE c.task_id = %(t)s), "
             "(SELECT t.num_returns FROM tasks t WHERE t.task_id = %(t)s), "
-            "EXISTS (SELECT 1 FROM objects o WHERE o.object_id = %(o)s)",
+            "EXISTS (SELECT 1 FROM objects o WHERE o.object_id = %(o)s), "
+            "(SELECT t.owner FROM tasks t WHERE t.task_id = %(t)s), "
+            "(SELECT o.owner FROM objects o WHERE o.object_id = %(o)s)",
             {"t": task_id, "o": object_id})
-        queued_owner, caller, num_returns, object_logged = rows[0]
-        return OwnerFacts(queued_owner, caller, num_returns, bool(object_logged))
+        queued_owner, caller, num_returns, object_logged, submitter, putter = rows[0]
+        return OwnerFacts(queued_owner, caller, num_returns, bool(object_logged), submitter, putter)
 
     def close(self) -> None:
         from ember.lineage._log_writer import close_quietly

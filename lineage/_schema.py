@@ -85,6 +85,8 @@ tasks = sa.Table(
     sa.Column("resources", JSONB),
     sa.Column("max_retries", sa.Integer, nullable=False),
     sa.Column("name", sa.Text),  # v8: options(name=...), for a task run again from here (errors name it)
+    # v10: the process that owns its results (its submitter), for a ref rebuilt from an id (ObjectRef(id))
+    sa.Column("owner", sa.Text),
     sa.Column("submitted_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
@@ -131,6 +133,7 @@ objects = sa.Table(
     sa.Column("content_hash", BYTEA),
     sa.Column("state", sa.Text, nullable=False, server_default="CREATED"),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("owner", sa.Text),  # v10: a put's owner (a task's results: tasks.owner), for ObjectRef(id)
 )
 
 object_locations = sa.Table(
@@ -274,6 +277,10 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE task_attempts ADD COLUMN IF NOT EXISTS started_us BIGINT",
         "ALTER TABLE task_attempts ADD COLUMN IF NOT EXISTS worker_pid INTEGER",
         # chaos_runs is a new table: create_all makes it.
+    ],
+    10: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner TEXT",
+        "ALTER TABLE objects ADD COLUMN IF NOT EXISTS owner TEXT",
     ],
 }
 

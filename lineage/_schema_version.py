@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
 # v5 added the content hashes they compare. Older logs are upgraded by running ember once.
 READABLE_MIN_VERSION = 5

@@ -451,7 +451,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         copy_path = None
         if inline is None and copy_wanted(size):
             copy_path = str(self._put_copies().schedule(oid, job_id, view))
-        return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path)
+        return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path, self.address)
 
     def _copy_actor_result(self, spec: TaskSpec, oid: bytes, data: bytes | None, size: int,
                            failed: bool) -> str | None:

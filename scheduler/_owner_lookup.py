@@ -5,11 +5,12 @@ its id alone (passed out of band: printed, written to a file) finds it here:
 
 - this process, if it owns the object;
 - else the lineage log: the process whose task a node scheduler still holds
-  (``scheduler_queue.owner``), or the caller of the actor call that makes it
-  (``actor_calls.caller``);
-- else, for an object the log knows whose owner it does not name (a finished
-  task's result, a put), no live owner at all: the ref is adopted, as a
-  borrowed ref of a dead owner is. The object is read from a store that has
+  (``scheduler_queue.owner``), the caller of the actor call that makes it
+  (``actor_calls.caller``), the process that submitted its task
+  (``tasks.owner``) or put it (``objects.owner``);
+- else, for an object the log knows whose owner it does not name (one logged
+  before schema version 10), no live owner at all: the ref is adopted, as a
+  borrowed ref of a dead owner is; so is one whose named owner has died. The object is read from a store that has
   it, or rebuilt from its lineage (a put from its durable copy). Ray cannot do
   this once the owner is gone; objects outlive their owners here.
 

@@ -132,6 +132,11 @@ def read_by_hex(text: str) -> int:
 
 
 @ember.remote
+def owner_by_hex(text: str) -> str:
+    return ember.ObjectRef.from_hex(text).owner_address
+
+
+@ember.remote
 class Putter:
     def put(self, value: object) -> str:
         return ember.put(value).hex()
@@ -150,6 +155,11 @@ def test_a_ref_rebuilt_from_its_id_in_another_process_resolves() -> None:
     ref = times_ten.remote(5)
     ember.get(ref, timeout=GET_TIMEOUT_S)
     assert ember.get(read_by_hex.remote(ref.hex()), timeout=GET_TIMEOUT_S) == 51
+    # The log names the live owner (the driver, which submitted the task): the value is read from it,
+    # and the finished task is not run again.
+    assert ember.get(owner_by_hex.remote(ref.hex()), timeout=GET_TIMEOUT_S) == ref.owner_address
+    with ember.lineage.open_log() as log:
+        assert log.task(ref.task_id().hex()).rebuilt == 0
 
 
 def test_a_ref_rebuilt_from_its_id_resolves_after_its_owner_is_gone() -> None:
@@ -157,7 +167,7 @@ def test_a_ref_rebuilt_from_its_id_resolves_after_its_owner_is_gone() -> None:
     text = ember.get(putter.put.remote("outlives its owner"), timeout=GET_TIMEOUT_S)
     ember.kill(putter)  # the owner of the put is gone: Ray could not resolve the id now
     ref = ember.ObjectRef.from_hex(text)
-    assert ref.owner_address.endswith(NO_LIVE_OWNER)  # the log names no live owner: the ref is adopted
+    assert not ref.owner_address.endswith(NO_LIVE_OWNER)  # the log names the putter, which is dead: adopted
     assert ember.get(ref, timeout=GET_TIMEOUT_S) == "outlives its owner"
 
 
