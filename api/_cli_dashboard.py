@@ -13,7 +13,8 @@ saying so on stderr.
 
 from __future__ import annotations
 
-import os
+from ember import _settings
+
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def dashboard_command(port: int, bind: str, gcs_url: str | None, follow_pid: str
 
     conninfo, release = locate_log(gcs_url)
     try:
-        dashboard = Dashboard(conninfo, token=os.environ.get("EMBER_DASHBOARD_TOKEN") or None)
+        dashboard = Dashboard(conninfo, token=_settings.load().dashboard_token)
         try:
             url = dashboard.bind(bind, port)
         except OSError as exc:

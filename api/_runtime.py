@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ember.chaos import _agent as _chaos_agent
-from ember import _options
+from ember import _options, _settings
 from ember.exceptions import (
     AlreadyInitializedError,
     EmberUserError,
@@ -77,13 +77,14 @@ def init(
         )
     _options.validate_init(num_cpus if num_cpus is not None else num_workers, num_gpus, resources,
                            object_store_memory)
+    settings = _settings.load()  # every EMBER_* variable checked here, not first in a worker
     with _lock:
         if _context.CORE is not None:
             if ignore_reinit_error or _context.CORE.kind == "worker":
                 return _info()  # inside a task: the worker's cluster
             raise AlreadyInitializedError(_reinit_message())
         if address is None:
-            address = os.environ.get(ADDRESS_ENV) or None  # as Ray with RAY_ADDRESS
+            address = settings.address  # as Ray with RAY_ADDRESS
         if address == "local":
             address = None  # Ray's spelling of "a new cluster of this program's own", whatever the environment says
         if address is not None:
@@ -114,7 +115,7 @@ def _reinit_message() -> str:
             "ignore_reinit_error=True or by calling ember.shutdown() prior to ember.init()")
 
 
-ADDRESS_ENV = "EMBER_ADDRESS"  # the cluster that init() with no address, and the first use of the API, join
+ADDRESS_ENV = _settings.variable("address")  # the cluster that init() with no address, and the first use of the API, join
 
 
 def core() -> CoreClient:
@@ -134,7 +135,7 @@ def core() -> CoreClient:
 
 def _auto_init() -> None:
     global _auto_initialized
-    address = os.environ.get(ADDRESS_ENV) or None
+    address = _settings.load().address
     info = init()
     _auto_initialized = True
     if address is not None and address != "local":

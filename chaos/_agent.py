@@ -22,10 +22,11 @@ import socket
 import threading
 from typing import Any
 
+from ember import _settings
 from ember.scheduler._procutil import process_start_ticks
 
-SOCKET_ENV = "EMBER_CHAOS_SOCKET"
-TOKEN_ENV = "EMBER_CHAOS_TOKEN"
+SOCKET_ENV = _settings.variable("chaos_socket")
+TOKEN_ENV = _settings.variable("chaos_token")
 ANSWER_WAIT_S = 30.0  # a controller that stops answering must not stall the task for long
 
 
@@ -81,7 +82,8 @@ AGENT: Agent | None = None
 def start(kind: str, node_id: str = "", **extra: Any) -> None:
     """Say hello to the ``chaos run`` controller, if this program runs under one."""
     global AGENT
-    path, token = os.environ.get(SOCKET_ENV), os.environ.get(TOKEN_ENV)
+    settings = _settings.load()
+    path, token = settings.chaos_socket, settings.chaos_token
     if not path or not token or AGENT is not None:
         return
     try:

@@ -15,7 +15,6 @@ It must never block a caller on the database except through
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ import psycopg.conninfo
 
 from ember import _settings
 from ember.exceptions import LineageLogUnavailableError
-from ember.lineage._log_writer import OUTAGE_ALERT_S, LogWriter
+from ember.lineage._log_writer import LogWriter
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint"),
@@ -57,10 +56,11 @@ class GcsLog:
     ) -> None:
         self.node_id = node_id
         self.url = describe_conninfo(conninfo)
-        self.commit_wait_s = _settings.load().log_commit_wait_s
+        settings = _settings.load()
+        self.commit_wait_s = settings.log_commit_wait_s
         self.writer = LogWriter(
             conninfo, COLUMNS, on_commit=on_commit, on_outage=on_outage,
-            outage_alert_s=float(os.environ.get("EMBER_GCS_OUTAGE_ALERT_S", OUTAGE_ALERT_S)),
+            outage_alert_s=settings.gcs_outage_alert_s,
             # Every process registers the functions it uses, and a job may be
             # logged again; an actor call's place in its order may be logged
             # by the actor and by its caller alike. Other tables' rare repeats (a

@@ -23,13 +23,14 @@ import threading
 import time
 from typing import Any
 
+from ember import _settings
 from ember.lineage._cluster_table import ClusterTable
 from ember.lineage._rpc import BadRequest, Unavailable, serve
 
 log = logging.getLogger("ember.gcs")
 
 HEARTBEAT_S = 0.2
-NODE_DEAD_AFTER_S = float(os.environ.get("EMBER_NODE_DEAD_AFTER_S", "1.0"))
+NODE_DEAD_AFTER_S = _settings.Settings.node_dead_after_s  # the default; EMBER_NODE_DEAD_AFTER_S changes it
 HEARTBEAT_WRITE_S = 2.0  # how often last_heartbeat_at is written; death is detected in memory
 LOAD_WAIT_S = 1.0  # a call about actors or names waits this long for the start's load, then says "retry"
 
@@ -301,6 +302,7 @@ class GcsService:
                 delay = min(delay * 2, 1.0)
 
     def detect_failures(self) -> None:
+        dead_after_s = _settings.load().node_dead_after_s
         last_write = time.monotonic()
         while not self._stop.wait(HEARTBEAT_S / 2):
             now = time.monotonic()
@@ -308,7 +310,7 @@ class GcsService:
             with self._lock:
                 for node in self._nodes.values():
                     silent = now - node.last_seen
-                    if node.alive and silent > NODE_DEAD_AFTER_S:
+                    if node.alive and silent > dead_after_s:
                         node.alive = False
                         node.death_cause = f"missed heartbeats for {silent:.1f}s"
                         dead.append((node.node_id, node.death_cause))

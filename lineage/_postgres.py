@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ember import _settings
 from ember.exceptions import ClusterStartError
 
 RUNUSER = "/usr/sbin/runuser"  # util-linux, essential on Debian
@@ -50,7 +51,7 @@ _ROOT_HOME = Path("/var/lib/ember")
 
 def ember_home() -> Path:
     """Where ember keeps what outlives a run: ``$EMBER_HOME``, else the user's data directory."""
-    explicit = os.environ.get("EMBER_HOME")
+    explicit = _settings.load().home
     if explicit:
         return Path(explicit)
     if os.geteuid() == 0:

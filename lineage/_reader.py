@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ember import _settings
 from ember.exceptions import EmberUserError
 from ember.lineage import _listing
 from ember.lineage._ids import EmptyLogError, UnknownIdError, hex_or_none, id_bytes
@@ -493,7 +494,7 @@ def locate_log(gcs_url: str | None = None) -> tuple[str, Any]:
 
     from ember.lineage._postgres import EmbeddedPostgres
 
-    url = gcs_url or os.environ.get("EMBER_GCS_URL")
+    url = gcs_url or _settings.load().gcs_url
     if url:
         return url, None
     server = EmbeddedPostgres()

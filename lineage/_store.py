@@ -11,9 +11,9 @@ measuring what logging costs, not a mode to run in.
 
 from __future__ import annotations
 
-import os
 import threading
 
+from ember import _settings
 from ember.exceptions import ClusterStartError
 from ember.lineage._postgres import EmbeddedPostgres
 
@@ -21,12 +21,12 @@ CONNECT_TIMEOUT_S = 10
 
 
 def logging_enabled() -> bool:
-    return os.environ.get("EMBER_LINEAGE", "on").lower() not in ("off", "0", "false", "no")
+    return _settings.load().lineage
 
 
 class LineageStore:
     def __init__(self, gcs_url: str | None = None) -> None:
-        self.url = gcs_url or os.environ.get("EMBER_GCS_URL") or None
+        self.url = gcs_url or _settings.load().gcs_url
         self._embedded: EmbeddedPostgres | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None

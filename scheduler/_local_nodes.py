@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ember import _settings
 from ember.exceptions import ClusterStartError, EmberUserError, InvalidAddressError
 from ember.scheduler._address import join_host_port, split_host_port
 from ember.scheduler._procutil import process_start_ticks
@@ -102,7 +103,7 @@ def normalize_address(address: str) -> str:
 def find(address: str) -> LocalNode:
     """The node on this machine that a driver connecting to ``address`` (or ``"auto"``) uses."""
     if address == "auto":
-        address = os.environ.get("EMBER_ADDRESS") or "auto"
+        address = _settings.load().address or "auto"
     nodes = local_nodes()
     if address == "auto":
         clusters = sorted({n.gcs_address for n in nodes})

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from ember import _settings
 from ember.exceptions import ClusterStartError, EmberUserError
 from ember.scheduler import _local_nodes
 from ember.chaos import _agent
@@ -34,12 +35,12 @@ log = logging.getLogger("ember.node")
 
 GCS_READY_TIMEOUT_S = 30.0
 GCS_POLL_S = 0.05
-CLUSTER_TOKEN_ENV = "EMBER_CLUSTER_TOKEN"  # hex; for a node on another machine than the head
+CLUSTER_TOKEN_ENV = _settings.variable("cluster_token")  # hex; for a node on another machine than the head
 
 
 def cluster_token(address: str) -> bytes:
     """The token of the cluster at ``address``: from ``EMBER_CLUSTER_TOKEN``, or from its head on this machine."""
-    text = os.environ.get(CLUSTER_TOKEN_ENV)
+    text = _settings.load().cluster_token
     if text:
         try:
             return bytes.fromhex(text.strip())

@@ -8,6 +8,8 @@ pid only, never by name or group.
 
 from __future__ import annotations
 
+from ember import _settings
+
 import ctypes
 import logging
 import os
@@ -66,7 +68,7 @@ _SPAWNER = _Spawner()
 
 def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     child_env = dict(os.environ)
-    child_env["EMBER_PARENT_PID"] = str(os.getpid())
+    child_env[_settings.variable("parent_pid")] = str(os.getpid())
     if env:
         child_env.update(env)
     return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env)
@@ -81,7 +83,7 @@ def announce_ready(marker: Path) -> None:
 
 def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when the process that started it dies."""
-    parent = int(os.environ.get("EMBER_PARENT_PID", "0"))
+    parent = _settings.load().parent_pid
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -154,7 +156,7 @@ def exit_description(proc: subprocess.Popen) -> str:
 
 
 def setup_logging(session_dir: str, name: str) -> None:
-    level = os.environ.get("EMBER_LOG_LEVEL", "WARNING").upper()
+    level = (_settings.load().log_level or "WARNING").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.WARNING),
         format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",

@@ -6,6 +6,8 @@ Nothing here starts processes; ``_node`` does that.
 
 from __future__ import annotations
 
+from ember import _settings
+
 import json
 import os
 import secrets
@@ -20,7 +22,7 @@ RELAY_INFO_KEY = "relay"  # session info: HOST:PORT of the node's relay, in a no
 
 
 def runtime_root() -> Path:
-    root = Path(os.environ.get("EMBER_RUNTIME_DIR") or Path(tempfile.gettempdir()) / f"ember-{os.getuid()}")
+    root = Path(_settings.load().runtime_dir or Path(tempfile.gettempdir()) / f"ember-{os.getuid()}")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return root
 

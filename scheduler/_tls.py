@@ -31,11 +31,13 @@ from typing import Any
 
 import grpc
 
+from ember import _settings
 from ember.exceptions import EmberUserError
 
 log = logging.getLogger("ember.tls")
 
-CERT_ENV, KEY_ENV, CA_ENV, SERVER_NAME_ENV = "EMBER_TLS_CERT", "EMBER_TLS_KEY", "EMBER_TLS_CA", "EMBER_TLS_SERVER_NAME"
+CERT_ENV, KEY_ENV, CA_ENV, SERVER_NAME_ENV = (
+    _settings.variable(name) for name in ("tls_cert", "tls_key", "tls_ca", "tls_server_name"))
 FILE_ENVS = (CERT_ENV, KEY_ENV, CA_ENV)
 
 
@@ -56,7 +58,8 @@ _loaded: dict[tuple, TlsFiles | None] = {}
 
 def tls_files() -> TlsFiles | None:
     """The configured TLS files, read once per setting; None when TLS is off."""
-    setting = tuple(os.environ.get(name) for name in (*FILE_ENVS, SERVER_NAME_ENV))
+    settings = _settings.load()
+    setting = (settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_server_name)
     if setting not in _loaded:
         _loaded[setting] = _read(*setting)
     return _loaded[setting]
@@ -87,13 +90,16 @@ def tls_info() -> dict[str, dict[str, str]]:
     """This process's TLS settings for a session's info (file paths, not contents); {} when TLS is off."""
     if tls_files() is None:
         return {}
-    return {TLS_INFO_KEY: {name: os.path.abspath(os.environ[name]) for name in FILE_ENVS}
-            | ({SERVER_NAME_ENV: os.environ[SERVER_NAME_ENV]} if os.environ.get(SERVER_NAME_ENV) else {})}
+    settings = _settings.load()
+    paths = (settings.tls_cert, settings.tls_key, settings.tls_ca)
+    return {TLS_INFO_KEY: {name: os.path.abspath(path) for name, path in zip(FILE_ENVS, paths) if path}
+            | ({SERVER_NAME_ENV: settings.tls_server_name} if settings.tls_server_name else {})}
 
 
 def adopt_tls(session: Any) -> None:
     """Speak TLS as ``session``'s node does, unless this process has TLS settings of its own."""
-    if any(os.environ.get(name) for name in FILE_ENVS):
+    settings = _settings.load()
+    if settings.tls_cert or settings.tls_key or settings.tls_ca:
         return
     try:
         settings = session.read_info().get(TLS_INFO_KEY) or {}

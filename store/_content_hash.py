@@ -29,9 +29,10 @@ inline object, and never block the thread that queues work for it.
 
 from __future__ import annotations
 
+from ember import _settings
+
 import hashlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -47,7 +48,7 @@ XXH3_128 = b"\x01"  # the algorithm byte that starts every hash made now
 CONTENT_HASH_BYTES = 1 + 16
 LEGACY_SHA256_BYTES = 16  # the hashes of older logs: SHA-256's first 16 bytes, no algorithm byte
 _KIND_OFFSET = 6  # magic (4 bytes), format version (2), kind (1): see _serialization's header
-LATE_HASH_MAX_BYTES_DEFAULT = 1 << 30
+LATE_HASH_MAX_BYTES_DEFAULT = _settings.RESULT_HASH_MAX_BYTES
 LATE_HASH_BACKLOG_BYTES_MAX = 2 << 30  # queued but not yet hashed: past this, results go unhashed
 LATE_HASH_QUEUE_MAX = 1024
 
@@ -73,14 +74,8 @@ def value_hash(value: Any, like: bytes | None = None) -> bytes:
 
 
 def late_hash_max_bytes() -> int:
-    """EMBER_RESULT_HASH_MAX_BYTES, or the default when unset or not a whole number (read per result: never raises)."""
-    text = os.environ.get("EMBER_RESULT_HASH_MAX_BYTES")
-    try:
-        return int(text) if text is not None else LATE_HASH_MAX_BYTES_DEFAULT
-    except ValueError:
-        log.warning("EMBER_RESULT_HASH_MAX_BYTES=%r is not a whole number of bytes; using %d", text,
-                    LATE_HASH_MAX_BYTES_DEFAULT)
-        return LATE_HASH_MAX_BYTES_DEFAULT
+    """EMBER_RESULT_HASH_MAX_BYTES (read per store result, once it is written; ``ember.init`` checked it)."""
+    return _settings.load().result_hash_max_bytes
 
 
 class LateHashes:

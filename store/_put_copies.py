@@ -18,6 +18,8 @@ raises ObjectLostError saying so.
 
 from __future__ import annotations
 
+from ember import _settings
+
 import logging
 import os
 import queue
@@ -28,20 +30,20 @@ from pathlib import Path
 
 log = logging.getLogger("ember.store")
 
-COPY_MAX_BYTES_DEFAULT = 4 << 30
+COPY_MAX_BYTES_DEFAULT = _settings.PUT_COPY_MAX_BYTES
 
 
 def copies_enabled() -> bool:
-    return os.environ.get("EMBER_PUT_COPIES", "on").lower() not in ("off", "0", "false", "no")
-
-
-def copy_max_bytes() -> int:
-    return int(os.environ.get("EMBER_PUT_COPY_MAX_BYTES", COPY_MAX_BYTES_DEFAULT))
+    return _settings.load().put_copies
 
 
 def copy_wanted(size: int) -> bool:
-    """Whether an object of ``size`` bytes nothing can recompute gets a durable copy (the one policy)."""
-    return copies_enabled() and size <= copy_max_bytes()
+    """Whether an object of ``size`` bytes nothing can recompute gets a durable copy (the one policy).
+
+    Asked only of objects too large to travel inline, so reading the settings here costs nothing that counts.
+    """
+    settings = _settings.load()
+    return settings.put_copies and size <= settings.put_copy_max_bytes
 
 
 class PutCopies:

@@ -45,3 +45,45 @@ def test_the_writer_commits_as_the_sync_commit_switch_says(postgres, monkeypatch
         assert writer._connection().execute("SHOW synchronous_commit").fetchone() == (expected,)
     finally:
         writer.close()
+
+
+def test_init_checks_every_variable_before_starting_anything(monkeypatch):
+    import ember
+
+    monkeypatch.setenv("EMBER_PUT_COPY_MAX_BYTES", "lots")
+    with pytest.raises(InvalidOptionError, match="EMBER_PUT_COPY_MAX_BYTES='lots' is not a whole number"):
+        ember.init(num_cpus=1)
+    assert not ember.is_initialized()
+
+
+def _package_sources():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    for folder in ("api", "lineage", "store", "scheduler", "chaos"):
+        yield from sorted((root / folder).rglob("*.py"))
+
+
+def test_every_ember_variable_is_a_settings_field_and_read_only_there():
+    import ast
+    import re
+
+    known = {_settings.variable(field.name) for field in dataclasses.fields(_settings.Settings)}
+    for path in _package_sources():
+        text = path.read_text()
+        for name in set(re.findall(r"\bEMBER_[A-Z][A-Z_]*[A-Z]\b", text)):
+            assert name in known, f"{path.name} names {name}, which is no field of ember._settings.Settings"
+        if path.name == "_settings.py":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            # os.environ.get(...), os.getenv(...), os.environ[...] with an EMBER_ literal: read outside _settings
+            literal = None
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                func = ast.unparse(node.func)
+                if func in ("os.environ.get", "os.getenv", "environ.get"):
+                    literal = node.args[0].value
+            elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ" \
+                    and isinstance(node.slice, ast.Constant) and isinstance(node.ctx, ast.Load):
+                literal = node.slice.value
+            assert not (isinstance(literal, str) and literal.startswith("EMBER_")), \
+                f"{path.name} reads {literal} itself; read it through ember._settings.load()"
