@@ -134,14 +134,14 @@ class NodeQueue:
         self._slots: dict[int, WorkerSlot] = {}  # in start order: the first idle one is taken first
         self._next_key = 1
         self._pending_actors: deque[tuple[bytes, tuple]] = deque()  # (actor id, its resources), FIFO
-        self.placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
+        self._placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
 
     # -- tasks in --------------------------------------------------------------------------
 
     def enqueue(self, spec: TaskSpec, front: bool = False) -> Admission:
         """Queue ``spec``; ``front``: a task a worker handed back, held here already."""
         if not self.pool.feasible(spec.resources):
-            if self._spills and spec.task_id not in self.placed:
+            if self._spills and spec.task_id not in self._placed:
                 return Admission.SPILL
             return Admission.INFEASIBLE
         queue = self._queues.get(spec.resources)
@@ -152,6 +152,17 @@ class NodeQueue:
         else:
             queue.append(spec)
         return Admission.QUEUED
+
+    def keep_placed(self, task_or_actor_id: bytes) -> None:
+        """The global scheduler placed this task or actor here: it is never spilled again."""
+        self._placed.add(task_or_actor_id)
+
+    def is_placed(self, task_or_actor_id: bytes) -> bool:
+        return task_or_actor_id in self._placed
+
+    def settled(self, task_id: bytes) -> None:
+        """The task left this node (failed, cancelled): no longer one the global scheduler placed here."""
+        self._placed.discard(task_id)
 
     def infeasible_detail(self, spec: TaskSpec) -> str:
         return f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}"
@@ -202,6 +213,10 @@ class NodeQueue:
             self._place_actors(actions, now)
         return actions
 
+    def prestart(self, now: float) -> list[Action]:
+        """The workers a node starts with, before any task: one task worker per whole CPU."""
+        return [Spawn(self.new_slot(None, now).key, None) for _ in range(self.cpu_soft_limit)]
+
     def place_actors(self, now: float) -> list[Action]:
         """Start workers for the actors at the head of the FIFO whose resources are free."""
         actions: list[Action] = []
@@ -219,7 +234,7 @@ class NodeQueue:
         kept: list[TaskSpec] = []
         while len(queue) > self.spill_keep:
             spec = queue.pop()
-            (kept if spec.task_id in self.placed else excess).append(spec)
+            (kept if spec.task_id in self._placed else excess).append(spec)
         if kept:
             queue.extend(reversed(kept))  # placed here by the global scheduler: they stay
         if excess:
@@ -315,7 +330,7 @@ class NodeQueue:
         slot = self._slots.get(worker)
         if slot is None:
             return
-        assigned, placed = slot.assigned, self.placed
+        assigned, placed = slot.assigned, self._placed
         for task_id in task_ids:
             assigned.pop(task_id, None)
             if placed:

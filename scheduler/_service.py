@@ -1,19 +1,19 @@
-"""The node scheduler process: drives the queue core and the worker pool, keeps the actor table.
+"""The node scheduler process: the service that drives the queue core, the worker pool and the actor table.
 
-Submitters send task specs here; the queue core (``scheduler/_node_queue.py``)
-decides where each runs, and this module carries its decisions out: it sends
-``EXECUTE`` to workers, starts and stops them through the worker pool
-(``scheduler/_worker_pool.py``), spills to the global scheduler
-(``scheduler/_spill.py``) and keeps the queue in the log
-(``lineage/_queue_log.py``). It also keeps the node's actors (their states,
-subscribers and names), takes up a dead predecessor's queue from the log,
-runs the timer, and holds ``main``. Results do not pass through here:
-workers send them straight to the owner.
+Submitters send task specs here. The queue core (``scheduler/_node_queue.py``)
+decides where each runs, given the clock's reading; this module carries out
+what it returns: ``EXECUTE`` to a worker, a worker process started through
+the pool (``scheduler/_worker_pool.py``), a batch spilled to the global
+scheduler (``scheduler/_spill.py``). Actor states, subscribers and names
+live in the actor table (``scheduler/_node_actors.py``). This module owns
+the sockets and the message dispatch, the timer, the queue kept in the log
+(``lineage/_queue_log.py``) and the taking up of a dead predecessor's queue,
+and ``main``. Results do not pass through here: workers send them straight
+to the owner.
 
 It must never run user code and never unpickle user values: specs carry
 encoded arguments it passes along untouched. It must never make a queue or
-placement decision itself: those belong to the queue core, which it gives
-the clock's reading.
+placement decision of its own: those belong to the queue core.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
+from ember.scheduler._node_actors import NodeActors
 from ember.scheduler._node_queue import Admission, Assign, NodeQueue, Spawn, Spill
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
@@ -52,24 +53,6 @@ TICK_S = 0.5
 RECOVERED_KEEP_S = 30.0
 
 
-class _Actor:
-    __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name",
-                 "restarts", "host")
-
-    def __init__(self) -> None:
-        self.spec: TaskSpec | None = None
-        self.state = "PENDING"  # PENDING -> ALIVE (-> RESTARTING -> ALIVE)* -> DEAD
-        self.restarts = 0
-        self.address: str | None = None
-        self.worker: int | None = None  # the slot of the worker process it runs (or starts) in
-        self.reason: str | None = None
-        self.subscribers: set[Connection] = set()
-        self.detached = False
-        self.meta: Any = None
-        self.name: str | None = None
-        self.host: str | None = None  # the node it runs on, when another: its states are relayed from there
-
-
 class Scheduler:
     """One node's scheduler service: connections, messages and timers around the queue core and the pool."""
 
@@ -81,8 +64,6 @@ class Scheduler:
         self._lock = threading.RLock()
         self._functions: dict[bytes, bytes] = {}
         self._clients: dict[str, Connection] = {}
-        self._actors: dict[bytes, _Actor] = {}
-        self._names: dict[str, bytes] = {}
         self._outbox = Outbox()
         self._stopping = False
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
@@ -96,6 +77,7 @@ class Scheduler:
             set_local_relay(relay)
             self.address = through_relay(relay, session.scheduler_socket)
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
+        # The parts this service drives; each owns its state.
         self.workers = WorkerPool(session.dir, node_id, session.log_dir)
         self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None)
         # The queue, kept in the log for the scheduler that would replace this one.
@@ -114,6 +96,8 @@ class Scheduler:
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.pool.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
+        self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
+                                 clock=time.monotonic)
         self.listener = Listener(
             session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
             name="scheduler", batch_end=self._flush_dirty,
@@ -138,9 +122,7 @@ class Scheduler:
         self.gcs.start()
         self.listener.start()
         with self._lock:
-            now = time.monotonic()
-            for _ in range(self.queue.cpu_soft_limit):
-                self._apply([Spawn(self.queue.new_slot(None, now).key, None)])
+            self._apply(self.queue.prestart(time.monotonic()))
         threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
@@ -167,9 +149,14 @@ class Scheduler:
                         w.functions.add(spec.function_id)
                     self._send(w.exec_conn, (Op.EXECUTE, spec, payload))
                 case Spawn(worker=key, actor_id=actor_id):
-                    self.workers.spawn(key, actor_id, time.monotonic())
+                    now = time.monotonic()
+                    try:
+                        self.workers.spawn(key, actor_id, now)
+                    except BaseException:
+                        self.queue.worker_gone(key, now)  # no process: the slot must not count as starting
+                        raise
                     if actor_id is not None:
-                        self._actors[actor_id].worker = key
+                        self.actors.placed_on(actor_id, key)
                 case Spill(specs=specs):
                     self._left(*(spec.task_id for spec in specs))
                     self.spiller.offer(specs)  # type: ignore[union-attr]
@@ -186,7 +173,7 @@ class Scheduler:
                         self.gcs.started(w.worker_id, "worker", w.proc.pid, w.actor_id)
                     self.queue.linked(w.key, w.conn is not None, w.ready)
                     if w.ready and w.actor_id is not None:
-                        self._start_actor_on(w)
+                        self.actors.start_on(w)
                 if peer.get("purpose") == "exec":
                     return
             if peer.get("address"):
@@ -205,13 +192,12 @@ class Scheduler:
             address = conn.peer.get("address")
             if address and self._clients.get(address) is conn:
                 del self._clients[address]
-            for actor in self._actors.values():
-                actor.subscribers.discard(conn)
+            self.actors.unsubscribe(conn)
             died = self.workers.died(conn)
             if died is not None:
                 self._worker_died(*died)
             elif address and not self._stopping:
-                self._owner_gone(address)
+                self.actors.owner_gone(address)
             self._dispatch()
         self._flush_dirty()
 
@@ -230,7 +216,7 @@ class Scheduler:
                 if conn.peer.get("kind") == "scheduler":
                     # Forwarded by another node: its scheduler speaks for the owner.
                     self._origins[msg[1].task_id] = conn
-                    self.queue.placed.add(msg[1].task_id)
+                    self.queue.keep_placed(msg[1].task_id)
                 elif len(msg) > 2 and self.spiller is not None:
                     self.input_bytes[msg[1].task_id] = msg[2]  # for the global scheduler, should it spill
                 self._enqueue(msg[1])
@@ -254,26 +240,26 @@ class Scheduler:
                 self._dispatch()
             elif op == Op.CREATE_ACTOR:
                 if conn.peer.get("kind") == "scheduler":
-                    self.queue.placed.add(msg[1].actor_id)  # placed here by the global scheduler
-                self._create_actor(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0)
+                    self.queue.keep_placed(msg[1].actor_id)  # placed here by the global scheduler
+                self._apply(self.actors.create(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0))
             elif op == Op.ACTOR_STATE and conn.peer.get("node_id"):
-                self._relayed_actor_state(*msg[1:])
+                self.actors.relayed_state(*msg[1:])
             elif op == Op.ACTOR_READY:
-                self._actor_ready(msg[1], msg[2])
+                self.actors.ready(msg[1], msg[2])
             elif op == Op.ACTOR_FAILED:
-                self._actor_dead(msg[1], msg[3])
+                self.actors.dead(msg[1], msg[3])
             elif op == Op.LOOKUP_ACTOR:
-                self._subscribe_actor(conn, msg[2])
+                self.actors.subscribe(conn, msg[2])
             elif op == Op.KILL_ACTOR:
-                self._kill_actor(msg[1], "killed by ember.kill()")
+                self.actors.kill(msg[1], "killed by ember.kill()")
             elif op == Op.CLAIM_NAME:
-                error = self._claim_name(msg[2], msg[3], msg[4])
+                error = self.actors.claim_name(msg[2], msg[3], msg[4])
                 if error is None and self.spiller is not None:
                     self.spiller.claim_name(conn, msg[1], msg[2], msg[3], msg[4])  # answered once the GCS has it
                 else:
                     conn.reply(msg[1], error)
             elif op == Op.GET_NAMED_ACTOR:
-                found = self._named_actor(msg[2])
+                found = self.actors.named(msg[2])
                 if found is None and self.spiller is not None:
                     self.spiller.lookup_name(conn, msg[1], msg[2])  # maybe named on another node
                 else:
@@ -327,67 +313,37 @@ class Scheduler:
         """Tasks and actors the global scheduler placed on this node (under the lock)."""
         for spec, actor in items:
             if actor is None:
-                self.queue.placed.add(spec.task_id)
+                self.queue.keep_placed(spec.task_id)
                 self._enqueue(spec)
             else:
-                self.queue.placed.add(spec.actor_id)  # type: ignore[arg-type]
-                self._create_actor(spec, *actor)
+                self.queue.keep_placed(spec.actor_id)  # type: ignore[arg-type]
+                self._apply(self.actors.create(spec, *actor))
         self._dispatch()
 
     def unplaceable(self, spec: TaskSpec, detail: str) -> None:
         if spec.kind == TaskKind.ACTOR_CREATION:
-            self._actor_dead(spec.actor_id, f"it cannot be placed: {detail}")  # type: ignore[arg-type]
+            self.actors.dead(spec.actor_id, f"it cannot be placed: {detail}")  # type: ignore[arg-type]
         else:
             self.fail_to_owner(spec, FailureCause.INFEASIBLE, detail)
 
-    # -- actors on other nodes (their states relayed here by the spiller's connections) ----
+    # -- what the spiller reports (its threads hold the lock) ------------------------------
 
     def hosted_elsewhere(self, actor_id: bytes, node_id: str) -> None:
-        self._actor(actor_id).host = node_id
-
-    def _relayed_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
-                             restarting: bool, restarts: int) -> None:
-        actor = self._actors.get(actor_id)
-        if actor is None or actor.state == "DEAD" or actor.host is None:
-            return
-        if not alive and not restarting:
-            self._actor_dead(actor_id, reason or "it died on its node")
-            return
-        actor.state = "ALIVE" if alive else "RESTARTING"
-        actor.address, actor.reason, actor.restarts = address, reason, max(actor.restarts, restarts)
-        self._publish_actor(actor_id)
+        self.actors.hosted_elsewhere(actor_id, node_id)
 
     def host_lost(self, node_id: str, detail: str) -> None:
-        """The node hosting some actors here is gone: restart those placed from here, look again for the rest."""
-        for actor_id, actor in list(self._actors.items()):
-            if actor.host != node_id or actor.state == "DEAD":
-                continue
-            actor.host, actor.address = None, None
-            spec = actor.spec
-            if spec is None:  # only followed here: the node that placed it restarts it
-                actor.state, actor.reason = "RESTARTING", f"restarting: {detail}"
-                self._publish_actor(actor_id)
-                self.spiller.find_actor(actor_id)  # type: ignore[union-attr]
-            elif actor.restarts >= spec.max_retries:
-                reason = f"{detail}" + (f", and it is out of restarts (max_restarts={spec.max_retries})"
-                                        if spec.max_retries else "")
-                self._actor_dead(actor_id, reason)
-            else:
-                # Placed again; its constructor runs there, then its logged calls are replayed.
-                actor.restarts += 1
-                actor.state, actor.reason = "RESTARTING", f"restarting on another node: {detail}"
-                self._publish_actor(actor_id)
-                self.spiller.offer_actor(spec, actor.detached, actor.meta, actor.restarts)  # type: ignore[union-attr]
+        self.actors.host_lost(node_id, detail)
 
     def actor_unfound(self, actor_id: bytes, reason: str) -> None:
-        actor = self._actors.get(actor_id)
-        if actor is not None and actor.spec is None and actor.host is None and actor.subscribers:
-            self._actor_dead(actor_id, reason)
+        self.actors.unfound(actor_id, reason)
+
+    def unclaim_name(self, name: str, actor_id: bytes) -> None:
+        self.actors.unclaim_name(name, actor_id)
 
     def fail_to_owner(self, spec: TaskSpec, cause: str, detail: str, attempt: int | None = None) -> None:
         """Tell a task's owner it failed: directly, or through the node that forwarded it here."""
         self._left(spec.task_id)
-        self.queue.placed.discard(spec.task_id)
+        self.queue.settled(spec.task_id)
         origin = self._origins.pop(spec.task_id, None)
         self._send(origin or self._clients.get(spec.owner_addr),
                    (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
@@ -439,7 +395,7 @@ class Scheduler:
         w = self.workers.get(key) if key is not None else None
         if w is not None:
             if force:
-                _procutil.kill(w.proc)
+                self.workers.kill(w.key)
             else:
                 self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
             return
@@ -531,35 +487,7 @@ class Scheduler:
         for spec in self.queue.worker_gone(w.key, time.monotonic()):
             self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
         if w.actor_id is not None:
-            actor = self._actors.get(w.actor_id)
-            # Only the actor's current worker: one that failed to start was replaced already.
-            if actor is not None and actor.state != "DEAD" and actor.worker == w.key:
-                self._actor_process_died(w.actor_id, actor, detail)
-
-    def _actor_process_died(self, actor_id: bytes, actor: _Actor, detail: str) -> None:
-        """Restart the actor if its budget allows, whether it was running, starting or replaying."""
-        limit = actor.spec.max_retries if actor.spec is not None else 0
-        if actor.restarts >= limit:
-            reason = f"its worker process died ({detail})"
-            if limit:
-                reason += f" and it is out of restarts (max_restarts={limit})"
-            self._actor_dead(actor_id, reason)
-            return
-        # It comes back: constructor, then its logged calls replayed.
-        actor.restarts += 1
-        actor.state = "RESTARTING"
-        actor.address = None
-        actor.worker = None
-        actor.reason = f"restarting after its worker process died ({detail})"
-        self._publish_actor(actor_id)
-        assert actor.spec is not None  # a budget above 0 comes from its spec
-        self.queue.want_actor(actor_id, actor.spec.resources)
-        self._apply(self.queue.place_actors(time.monotonic()))
-
-    def _owner_gone(self, address: str) -> None:
-        for actor_id, actor in list(self._actors.items()):
-            if actor.spec is not None and actor.spec.owner_addr == address and not actor.detached:
-                self._kill_actor(actor_id, "its owner exited")
+            self._apply(self.actors.process_died(w.actor_id, w.key, detail))
 
     def _tick_loop(self) -> None:
         while not self._stopping:
@@ -569,15 +497,12 @@ class Scheduler:
             self._flush_dirty()
 
     def _tick(self, now: float) -> None:
-        for w in self.workers.reap(now):
-            actor = self._actors.get(w.actor_id) if w.actor_id is not None else None
+        for w, how in self.workers.reap(now):
             self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
-            if actor is not None and actor.state != "DEAD":
+            if w.actor_id is not None:
                 # Killed while starting (chaos does that) or crashing at
                 # start: either way a restart, while the budget lasts.
-                actor.worker = None
-                self._actor_process_died(
-                    w.actor_id, actor, f"it failed to start: {_procutil.exit_description(w.proc)}")
+                self._apply(self.actors.process_died(w.actor_id, w.key, f"it failed to start: {how}"))
         if not self._recovery.is_set() and now > self._recovery_deadline:
             log.warning("the dead scheduler's queue could not be read in time: owners send their tasks again")
             self._end_recovery()
@@ -595,130 +520,6 @@ class Scheduler:
         for spec in self.queue.drain_queued():
             self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
         self.workers.start_failures = 0
-
-    # -- actors ----------------------------------------------------------------------------
-
-    def _actor(self, actor_id: bytes) -> _Actor:
-        actor = self._actors.get(actor_id)
-        if actor is None:
-            actor = self._actors[actor_id] = _Actor()
-        return actor
-
-    def _claim_name(self, name: str, actor_id: bytes, meta: Any) -> str | None:
-        existing = self._names.get(name)
-        if existing is not None and self._actors.get(existing) is not None and self._actors[existing].state != "DEAD":
-            return f"an actor named {name!r} already exists"
-        self._names[name] = actor_id
-        actor = self._actor(actor_id)
-        actor.name = name
-        actor.meta = meta
-        return None
-
-    def unclaim_name(self, name: str, actor_id: bytes) -> None:
-        """Undo a claim here that the cluster refused (another node's actor has the name)."""
-        if self._names.get(name) == actor_id:
-            del self._names[name]
-
-    def _named_actor(self, name: str) -> Any:
-        actor_id = self._names.get(name)
-        if actor_id is None:
-            return None
-        actor = self._actors.get(actor_id)
-        if actor is None or actor.state == "DEAD":
-            return None
-        return (actor_id, actor.meta)
-
-    def _create_actor(self, spec: TaskSpec, detached: bool, meta: Any, restarts: int = 0) -> None:
-        """Place a new actor; ``restarts`` > 0 brings back one that died with an earlier scheduler."""
-        actor = self._actor(spec.actor_id)  # type: ignore[arg-type]
-        actor.spec = spec
-        actor.detached = detached
-        actor.meta = meta
-        if restarts and actor.state == "PENDING":
-            actor.restarts = restarts
-            actor.state = "RESTARTING"  # its constructor runs, then its logged calls are replayed
-            actor.reason = "restarting after its node's scheduler died"
-        if actor.state == "DEAD":
-            return  # killed before it was placed
-        if actor.worker is not None or self.queue.actor_pending(spec.actor_id):  # type: ignore[arg-type]
-            # Running or starting here already: a creation sent again, by a scheduler that
-            # restarted on its owner's node while the actor lived on here. Placing it again
-            # would start a second instance, and hold its resources twice.
-            self._publish_actor(spec.actor_id)  # type: ignore[arg-type]
-            return
-        pool = self.queue.pool
-        if (self.spiller is not None and spec.actor_id not in self.queue.placed
-                and not pool.can_acquire(spec.resources)):
-            # Not startable here now: the global scheduler may have a node that is free.
-            self.spiller.offer_actor(spec, detached, meta, actor.restarts)
-            return
-        if not pool.feasible(spec.resources):
-            self._actor_dead(spec.actor_id, f"it needs {pool.missing(spec.resources)}, "  # type: ignore[arg-type]
-                                            f"which its node does not have (node total: {pool.total})")
-            return
-        self.queue.want_actor(spec.actor_id, spec.resources)  # type: ignore[arg-type]
-        self._apply(self.queue.place_actors(time.monotonic()))
-
-    def _start_actor_on(self, w: WorkerProcess) -> None:
-        actor = self._actors[w.actor_id]  # type: ignore[index]
-        spec = actor.spec
-        assert spec is not None
-        self._send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id), actor.restarts))
-
-    def _actor_ready(self, actor_id: bytes, address: str) -> None:
-        actor = self._actor(actor_id)
-        if actor.state == "DEAD":
-            return
-        actor.state = "ALIVE"
-        actor.address = address
-        self._publish_actor(actor_id)
-
-    def _actor_dead(self, actor_id: bytes, reason: str) -> None:
-        actor = self._actor(actor_id)
-        if actor.state == "DEAD":
-            return
-        actor.state = "DEAD"
-        actor.reason = reason
-        self.queue.forget_actor(actor_id)  # if it still waited for resources
-        if actor.worker is not None:
-            now = time.monotonic()
-            # SIGTERM first: the worker flushes its lineage rows (the actor's
-            # call order) and exits; the tick SIGKILLs it if it does not.
-            w = self.workers.stop(actor.worker, now)
-            if w is not None:
-                if w.worker_id is not None:
-                    self.gcs.died(w.worker_id, f"actor stopped: {reason}")
-                self.queue.worker_gone(w.key, now)
-        if actor.name is not None and self._names.get(actor.name) == actor_id:
-            del self._names[actor.name]
-            if self.spiller is not None:
-                self.spiller.release_name(actor.name, actor_id)
-        self._publish_actor(actor_id)
-
-    def _kill_actor(self, actor_id: bytes, reason: str) -> None:
-        actor = self._actors.get(actor_id)
-        if actor is not None and actor.host is not None and self.spiller is not None:
-            self.spiller.kill_actor(actor_id, actor.host)
-        self._actor_dead(actor_id, reason)
-
-    def _subscribe_actor(self, conn: Connection, actor_id: bytes) -> None:
-        actor = self._actor(actor_id)
-        actor.subscribers.add(conn)
-        if actor.spec is None and actor.host is None and actor.state == "PENDING" and self.spiller is not None:
-            self.spiller.find_actor(actor_id)  # placed by another node: follow it from where it runs
-        if actor.state != "PENDING":
-            self._send(conn, self._actor_state_msg(actor_id, actor))
-
-    def _publish_actor(self, actor_id: bytes) -> None:
-        actor = self._actors[actor_id]
-        msg = self._actor_state_msg(actor_id, actor)
-        for conn in actor.subscribers:
-            self._send(conn, msg)
-
-    @staticmethod
-    def _actor_state_msg(actor_id: bytes, actor: _Actor) -> tuple:
-        return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason,
-                actor.state == "RESTARTING", actor.restarts)
 
     # -- introspection and shutdown ---------------------------------------------------
 

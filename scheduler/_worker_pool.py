@@ -148,13 +148,20 @@ class WorkerPool:
             self._by_conn.pop(w.conn, None)
         return w
 
-    def reap(self, now: float) -> list[WorkerProcess]:
-        """SIGKILL the stopping workers past their grace; returns the workers that failed to start, killed."""
+    def kill(self, key: int) -> None:
+        """SIGKILL a worker (a forced cancel); its connection's close reports the death."""
+        w = self._workers.get(key)
+        if w is not None:
+            _procutil.kill(w.proc)
+
+    def reap(self, now: float) -> list[tuple[WorkerProcess, str]]:
+        """SIGKILL the stopping workers past their grace; returns the workers that failed to start, killed,
+        each with how its process ended."""
         for proc, deadline in list(self._terminating):
             if proc.poll() is not None or now > deadline:
                 _procutil.kill(proc)
                 self._terminating.remove((proc, deadline))
-        failed: list[WorkerProcess] = []
+        failed: list[tuple[WorkerProcess, str]] = []
         for w in list(self._workers.values()):
             if w.ready:
                 continue
@@ -163,8 +170,9 @@ class WorkerPool:
                 del self._workers[w.key]
                 _procutil.kill(w.proc)
                 self.start_failures += 1
-                log.error("a worker failed to start (%s); see %s", _procutil.exit_description(w.proc), self._log_dir)
-                failed.append(w)
+                detail = _procutil.exit_description(w.proc)
+                log.error("a worker failed to start (%s); see %s", detail, self._log_dir)
+                failed.append((w, detail))
         return failed
 
     def stop_all(self) -> None:
