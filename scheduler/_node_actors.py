@@ -118,7 +118,7 @@ class NodeActors:
             # would start a second instance, and hold its resources twice.
             self._publish(actor_id)
             return []
-        pool = self._queue.pool
+        pool = self._queue.resources
         if self._spiller is not None and not self._queue.is_placed(actor_id) and not pool.can_acquire(spec.resources):
             # Not startable here now: the global scheduler may have a node that is free.
             self._spiller.offer_actor(spec, detached, meta, actor.restarts)

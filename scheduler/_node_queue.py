@@ -126,7 +126,7 @@ class NodeQueue:
 
     def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool) -> None:
         """``spills``: a node of a multi-node cluster, with a global scheduler to spill to."""
-        self.pool = ResourcePool(resources)
+        self.resources = ResourcePool(resources)
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
         self._links = links
         self._spills = spills
@@ -140,7 +140,7 @@ class NodeQueue:
 
     def enqueue(self, spec: TaskSpec, front: bool = False) -> Admission:
         """Queue ``spec``; ``front``: a task a worker handed back, held here already."""
-        if not self.pool.feasible(spec.resources):
+        if not self.resources.feasible(spec.resources):
             if self._spills and spec.task_id not in self._placed:
                 return Admission.SPILL
             return Admission.INFEASIBLE
@@ -165,7 +165,7 @@ class NodeQueue:
         self._placed.discard(task_id)
 
     def infeasible_detail(self, spec: TaskSpec) -> str:
-        return f"needs {self.pool.missing(spec.resources)}, node has {self.pool.total}"
+        return f"needs {self.resources.missing(spec.resources)}, node has {self.resources.total}"
 
     def cancel_queued(self, task_id: bytes) -> TaskSpec | None:
         """Take a queued (not yet assigned) task out; None if no queue holds it."""
@@ -242,10 +242,10 @@ class NodeQueue:
             actions.append(Spill(excess))
 
     def _place(self, shape: tuple, queue: deque[TaskSpec], actions: list[Action], now: float) -> WorkerSlot | None:
-        if self.pool.can_acquire(shape):
+        if self.resources.can_acquire(shape):
             idle = self._idle_worker()
             if idle is not None:
-                self.pool.acquire(shape)
+                self.resources.acquire(shape)
                 idle.shape = shape
                 return idle
             self._maybe_spawn(actions, now)
@@ -285,10 +285,10 @@ class NodeQueue:
         pending = self._pending_actors
         while pending:
             actor_id, shape = pending[0]
-            if not self.pool.can_acquire(shape):
+            if not self.resources.can_acquire(shape):
                 return
             pending.popleft()
-            self.pool.acquire(shape)
+            self.resources.acquire(shape)
             slot = self.new_slot(actor_id, now)
             slot.shape = shape
             actions.append(Spawn(slot.key, actor_id))
@@ -357,14 +357,14 @@ class NodeQueue:
         self.return_tasks(worker, returned)
         if not slot.blocked and slot.assigned:
             slot.blocked = True
-            self.pool.release(cpu_part(slot.shape))
+            self.resources.release(cpu_part(slot.shape))
 
     def unblocked(self, worker: int) -> None:
         """Its CPUs back, even past the node's total: refusing would deadlock nested tasks."""
         slot = self._slots.get(worker)
         if slot is not None and slot.blocked:
             slot.blocked = False
-            self.pool.acquire(cpu_part(slot.shape), force=True)
+            self.resources.acquire(cpu_part(slot.shape), force=True)
 
     def worker_gone(self, worker: int, now: float) -> list[TaskSpec]:
         """The worker died or stopped: its resources are free; returns the tasks it held (to fail)."""
@@ -397,7 +397,7 @@ class NodeQueue:
         if slot.blocked:
             shape = tuple((n, a) for n, a in shape if n != "CPU")
             slot.blocked = False
-        self.pool.release(shape)
+        self.resources.release(shape)
         slot.shape = ()
         slot.idle_since = now
 
@@ -414,5 +414,5 @@ class NodeQueue:
             idle=sum(1 for s in slots if s.connected and not s.assigned and s.actor_id is None),
             busy=sum(1 for s in slots if s.assigned),
             blocked=sum(1 for s in slots if s.blocked),
-            available=self.pool.snapshot()[1],
+            available=self.resources.snapshot()[1],
         )

@@ -35,7 +35,7 @@ from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
 from ember.scheduler._node_actors import NodeActors
-from ember.scheduler._node_queue import Admission, Assign, NodeQueue, Spawn, Spill
+from ember.scheduler._node_queue import Action, Admission, Assign, NodeQueue, Spawn, Spill
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._session import Session, open_session
@@ -94,7 +94,7 @@ class Scheduler:
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
-                           available=lambda: self.queue.pool.snapshot()[1], queued=self._queued,
+                           available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic)
@@ -133,21 +133,25 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         """Let the queue core place what it can, and carry out what it decided."""
-        self._apply(self.queue.dispatch(time.monotonic()))
+        actions = self.queue.dispatch(time.monotonic())
+        if actions:
+            self._apply(actions)
 
-    def _apply(self, actions: list) -> None:
+    def _apply(self, actions: list[Action]) -> None:
         for action in actions:
+            if type(action) is Assign:  # nearly every action, once per task: the short way
+                key, spec = action
+                w = self.workers.get(key)
+                assert w is not None, f"a task assigned to worker slot {key}, which has no process"
+                if self.input_bytes:
+                    self.input_bytes.pop(spec.task_id, None)
+                payload = None
+                if spec.function_id not in w.functions:
+                    payload = self._functions.get(spec.function_id)
+                    w.functions.add(spec.function_id)
+                self._outbox.send(w.exec_conn, (Op.EXECUTE, spec, payload))
+                continue
             match action:
-                case Assign(worker=key, spec=spec):
-                    w = self.workers.get(key)
-                    assert w is not None, f"a task assigned to worker slot {key}, which has no process"
-                    if self.input_bytes:
-                        self.input_bytes.pop(spec.task_id, None)
-                    payload = None
-                    if spec.function_id not in w.functions:
-                        payload = self._functions.get(spec.function_id)
-                        w.functions.add(spec.function_id)
-                    self._send(w.exec_conn, (Op.EXECUTE, spec, payload))
                 case Spawn(worker=key, actor_id=actor_id):
                     now = time.monotonic()
                     try:
@@ -160,6 +164,8 @@ class Scheduler:
                 case Spill(specs=specs):
                     self._left(*(spec.task_id for spec in specs))
                     self.spiller.offer(specs)  # type: ignore[union-attr]
+                case Assign():
+                    raise AssertionError("taken above")
                 case _:
                     assert_never(action)
 
@@ -272,7 +278,7 @@ class Scheduler:
                 else:
                     self._resumes_waiting.append((conn, msg[1], msg[2]))  # answered once the queue is read
             elif op == Op.RESOURCES:
-                conn.reply(msg[1], self.queue.pool.snapshot())
+                conn.reply(msg[1], self.queue.resources.snapshot())
             elif op == Op.PROCESSES:
                 conn.reply(msg[1], self.processes())
             elif op == Op.SHUTDOWN:
@@ -290,12 +296,16 @@ class Scheduler:
 
     def _enqueue(self, spec: TaskSpec) -> None:
         """Queue a task sent here (by its owner, another node, or the log of a dead predecessor)."""
-        match self.queue.enqueue(spec):
+        admitted = self.queue.enqueue(spec)
+        if admitted is Admission.QUEUED:  # nearly every task: the short way
+            if self._recovered:
+                self._recovered.pop(spec.task_id, None)  # sent again in full: held here now, not to be claimed
+            if self.queue_log is not None:
+                self.queue_log.queued(spec.task_id, spec.attempt, spec.owner_addr, spec.job_id)
+            return
+        match admitted:
             case Admission.QUEUED:
-                if self._recovered:
-                    self._recovered.pop(spec.task_id, None)  # sent again in full: held here now, not to be claimed
-                if self.queue_log is not None:
-                    self.queue_log.queued(spec.task_id, spec.attempt, spec.owner_addr, spec.job_id)
+                raise AssertionError("taken above")
             case Admission.SPILL:
                 self._left(spec.task_id)
                 self.spiller.offer([spec])  # type: ignore[union-attr]

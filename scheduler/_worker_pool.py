@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ember.scheduler import _procutil
 from ember.scheduler._protocol import Connection
 
-__all__ = ["WORKER_START_FAILURES_MAX", "WorkerPool", "WorkerProcess"]
+__all__ = ["WORKER_START_FAILURES_MAX", "PoolStatistics", "WorkerPool", "WorkerProcess"]
 
 log = logging.getLogger("ember.scheduler")
 
@@ -53,6 +54,17 @@ class WorkerProcess:
     @property
     def ready(self) -> bool:
         return self.conn is not None and self.exec_conn is not None
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """A snapshot of the pool, for tests and status."""
+
+    workers: int
+    starting: int  # not yet connected on both connections
+    actor_workers: int
+    stopping: int  # asked to stop, not yet reaped
+    start_failures: int  # in a row
 
 
 class WorkerPool:
@@ -83,6 +95,16 @@ class WorkerPool:
         """False once the worker's control connection has closed (``WorkerLinks`` for the queue core)."""
         w = self._workers.get(key)
         return w is not None and w.conn is not None and not w.conn.closed
+
+    def statistics(self) -> PoolStatistics:
+        workers = list(self._workers.values())
+        return PoolStatistics(
+            workers=len(workers),
+            starting=sum(1 for w in workers if not w.ready),
+            actor_workers=sum(1 for w in workers if w.actor_id is not None),
+            stopping=len(self._terminating),
+            start_failures=self.start_failures,
+        )
 
     # -- starting --------------------------------------------------------------------------
 

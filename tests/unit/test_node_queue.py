@@ -63,9 +63,9 @@ def test_a_task_goes_to_an_idle_worker_and_holds_its_resources():
     w1, w2 = start_workers(queue, 2)
     assert queue.enqueue(spec(1)) is Admission.QUEUED
     assert assigned(queue.dispatch(now=1.0)) == [(w1, 1)]
-    assert queue.pool.available["CPU"] == 1.0
+    assert queue.resources.available["CPU"] == 1.0
     queue.task_done(w1, [spec(1).task_id], now=2.0)
-    assert queue.pool.available["CPU"] == 2.0
+    assert queue.resources.available["CPU"] == 2.0
     assert queue.slot(w1).idle_since == 2.0
 
 
@@ -119,14 +119,14 @@ def test_blocked_worker_lends_its_cpu_and_hands_back_what_waits_behind():
     queue.dispatch(now=0.0)
     assert list(queue.slot(w1).assigned) == [spec(1).task_id, spec(2).task_id]
     queue.blocked(w1, [spec(2).task_id])
-    assert queue.pool.available["CPU"] == 1.0
+    assert queue.resources.available["CPU"] == 1.0
     assert queue.statistics().queued == 1  # task 2 is back at the front
     actions = queue.dispatch(now=0.0)
     assert [type(a) for a in actions] == [Spawn]  # a new worker for it; the blocked one takes nothing
     queue.unblocked(w1)
-    assert queue.pool.available["CPU"] == 0.0  # back, even if that oversubscribes the node
+    assert queue.resources.available["CPU"] == 0.0  # back, even if that oversubscribes the node
     queue.task_done(w1, [spec(1).task_id], now=1.0)
-    assert queue.pool.available["CPU"] == 1.0
+    assert queue.resources.available["CPU"] == 1.0
 
 
 @pytest.mark.parametrize("workers, spawns", [(WORKERS_PER_CPU_MAX - 1, 1), (WORKERS_PER_CPU_MAX, 0)])
@@ -146,9 +146,9 @@ def test_a_dead_worker_frees_its_resources_and_returns_its_tasks_to_fail():
     queue.dispatch(now=0.0)
     lost = queue.worker_gone(w1, now=1.0)
     assert [s.task_id for s in lost] == [spec(1).task_id, spec(2).task_id]
-    assert queue.pool.available["CPU"] == 1.0
+    assert queue.resources.available["CPU"] == 1.0
     assert queue.worker_gone(w1, now=1.0) == []  # twice: nothing more, nothing released twice
-    assert queue.pool.available["CPU"] == 1.0
+    assert queue.resources.available["CPU"] == 1.0
 
 
 def test_cancel_takes_a_queued_task_out_or_names_its_worker():
@@ -209,7 +209,7 @@ def test_actors_wait_in_order_and_hold_their_resources_for_life():
     queue.enqueue(spec(1))
     assert assigned(queue.dispatch(now=0.0)) == []  # an actor's worker never takes tasks
     queue.worker_gone(actor_worker, now=1.0)
-    assert queue.pool.available["CPU"] == 1.0
+    assert queue.resources.available["CPU"] == 1.0
 
 
 def test_idle_workers_beyond_the_cpu_count_stop_after_their_ttl():
@@ -249,4 +249,4 @@ def test_resources_balance_after_any_mix_of_done_blocked_and_dead(cpus):
     for key in keys:
         if queue.slot(key) is not None and queue.slot(key).assigned:
             queue.task_done(key, list(queue.slot(key).assigned), now=2.0)
-    assert queue.pool.available["CPU"] == float(cpus)
+    assert queue.resources.available["CPU"] == float(cpus)
