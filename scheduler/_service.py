@@ -1,13 +1,19 @@
-"""The node scheduler process: task queue, worker pool, resources, actor placement.
+"""The node scheduler process: the service that drives the queue core, the worker pool and the actor table.
 
-Submitters send task specs here; the scheduler places each on a worker when
-the resources it asks for are free (queues are per resource shape, FIFO), and
-pipelines a second task onto a busy worker when the node is full so workers
-never idle waiting for a round trip. Results do not pass through here: workers
-send them straight to the owner.
+Submitters send task specs here. The queue core (``scheduler/_node_queue.py``)
+decides where each runs, given the clock's reading; this module carries out
+what it returns: ``EXECUTE`` to a worker, a worker process started through
+the pool (``scheduler/_worker_pool.py``), a batch spilled to the global
+scheduler (``scheduler/_spill.py``). Actor states, subscribers and names
+live in the actor table (``scheduler/_node_actors.py``). This module owns
+the sockets and the message dispatch, the timer, the queue kept in the log
+(``lineage/_queue_log.py``) and the taking up of a dead predecessor's queue,
+and ``main``. Results do not pass through here: workers send them straight
+to the owner.
 
 It must never run user code and never unpickle user values: specs carry
-encoded arguments it passes along untouched.
+encoded arguments it passes along untouched. It must never make a queue or
+placement decision of its own: those belong to the queue core.
 """
 
 from __future__ import annotations
@@ -17,103 +23,49 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from typing import Any
+from typing import Any, assert_never
 
 from ember.chaos import _agent
 from ember.scheduler._core import FailureCause, _log_conninfo
 from ember.scheduler._gcs_link import GcsLink, process_id
-from ember.scheduler._infeasible import actor_cannot_start, fixed_cluster_message
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
+from ember.scheduler._node_actors import NodeActors
+from ember.scheduler._node_queue import Action, Admission, Assign, NodeQueue, Spawn, Spill
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
-from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._session import Session, open_session
 from ember.scheduler._spec import TaskKind, TaskSpec
 from ember.scheduler import _procutil
+from ember.scheduler._worker_pool import WORKER_START_FAILURES_MAX, WorkerPool, WorkerProcess
+
+__all__ = ["Scheduler", "main"]
 
 log = logging.getLogger("ember.scheduler")
 
-SPILL_KEEP_PER_CPU = 4  # a multi-node cluster's node spills a shape's queue beyond this many tasks per CPU
-PIPELINE_DEPTH = 2
-PIPELINE_DEPTH_BACKLOG = 8
-WORKER_START_TIMEOUT_S = 60.0
-WORKER_START_FAILURES_MAX = 5
-IDLE_WORKER_TTL_S = 10.0
 TICK_S = 0.5
 # How long a dead scheduler's queue, read back from the log, waits for owners to claim its tasks:
 # as long as an owner keeps trying to reconnect (the core's RECONNECT_TIMEOUT_S).
 RECOVERED_KEEP_S = 30.0
-WORKER_STOP_GRACE_S = 2.0
-
-
-class _Worker:
-    __slots__ = (
-        "worker_id", "proc", "conn", "exec_conn", "address", "assigned", "shape", "functions", "blocked",
-        "actor_id", "started_at", "idle_since", "kind",
-    )
-
-    def __init__(self, proc: subprocess.Popen, actor_id: bytes | None) -> None:
-        self.proc = proc
-        self.worker_id: bytes | None = None
-        self.conn: Connection | None = None  # control: completions, blocking, cancel
-        self.exec_conn: Connection | None = None  # tasks to run, read by the worker's main thread
-        self.address: str | None = None
-        self.assigned: dict[bytes, TaskSpec] = {}
-        self.shape: tuple = ()
-        self.functions: set[bytes] = set()
-        self.blocked = False
-        self.actor_id = actor_id
-        self.started_at = time.monotonic()
-        self.idle_since = time.monotonic()
-
-
-class _Actor:
-    __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name",
-                 "restarts", "host")
-
-    def __init__(self) -> None:
-        self.spec: TaskSpec | None = None
-        self.state = "PENDING"  # PENDING -> ALIVE (-> RESTARTING -> ALIVE)* -> DEAD
-        self.restarts = 0
-        self.address: str | None = None
-        self.worker: _Worker | None = None
-        self.reason: str | None = None
-        self.subscribers: set[Connection] = set()
-        self.detached = False
-        self.meta: Any = None
-        self.name: str | None = None
-        self.host: str | None = None  # the node it runs on, when another: its states are relayed from there
 
 
 class Scheduler:
+    """One node's scheduler service: connections, messages and timers around the queue core and the pool."""
+
     def __init__(self, session: Session, resources: dict[str, float], node_id: str, store_pid: int,
                  transfer_address: str | None = None) -> None:
         self.session = session
         self.node_id = node_id
         self.store_pid = store_pid
-        self.pool = ResourcePool(resources)
         self._lock = threading.RLock()
-        self._queues: dict[tuple, deque[TaskSpec]] = {}
         self._functions: dict[bytes, bytes] = {}
-        self._workers: list[_Worker] = []
-        self._by_conn: dict[Connection, _Worker] = {}
         self._clients: dict[str, Connection] = {}
-        self._actors: dict[bytes, _Actor] = {}
-        self._names: dict[str, bytes] = {}
-        self._pending_actors: deque[bytes] = deque()
         self._outbox = Outbox()
-        self._start_failures = 0
-        self._terminating: list[tuple[subprocess.Popen, float]] = []  # asked to stop, SIGKILLed after a grace
         self._stopping = False
-        self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
-        self._placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
         self.input_bytes: dict[bytes, dict[str, int]] = {}  # task id -> its inputs' bytes by node, till placed
         relay = session.relay_endpoint()
@@ -125,6 +77,9 @@ class Scheduler:
             set_local_relay(relay)
             self.address = through_relay(relay, session.scheduler_socket)
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
+        # The parts this service drives; each owns its state.
+        self.workers = WorkerPool(session.dir, node_id, session.log_dir)
+        self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None)
         # The queue, kept in the log for the scheduler that would replace this one.
         self.queue_log: Any = None
         conninfo = _log_conninfo(session)
@@ -139,8 +94,10 @@ class Scheduler:
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
-                           available=lambda: self.pool.snapshot()[1], queued=self._queued,
+                           available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
+        self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
+                                 clock=time.monotonic)
         self.listener = Listener(
             session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
             name="scheduler", batch_end=self._flush_dirty,
@@ -165,8 +122,7 @@ class Scheduler:
         self.gcs.start()
         self.listener.start()
         with self._lock:
-            for _ in range(self.cpu_soft_limit):
-                self._spawn_worker(None)
+            self._apply(self.queue.prestart(time.monotonic()))
         threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
@@ -175,26 +131,55 @@ class Scheduler:
     def _flush_dirty(self) -> None:
         self._outbox.flush()
 
+    def _dispatch(self) -> None:
+        """Let the queue core place what it can, and carry out what it decided."""
+        actions = self.queue.dispatch(time.monotonic())
+        if actions:
+            self._apply(actions)
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is Assign:  # nearly every action, once per task: the short way
+                key, spec = action
+                w = self.workers.get(key)
+                assert w is not None, f"a task assigned to worker slot {key}, which has no process"
+                if self.input_bytes:
+                    self.input_bytes.pop(spec.task_id, None)
+                payload = None
+                if spec.function_id not in w.functions:
+                    payload = self._functions.get(spec.function_id)
+                    w.functions.add(spec.function_id)
+                self._outbox.send(w.exec_conn, (Op.EXECUTE, spec, payload))
+                continue
+            match action:
+                case Spawn(worker=key, actor_id=actor_id):
+                    now = time.monotonic()
+                    try:
+                        self.workers.spawn(key, actor_id, now)
+                    except BaseException:
+                        self.queue.worker_gone(key, now)  # no process: the slot must not count as starting
+                        raise
+                    if actor_id is not None:
+                        self.actors.placed_on(actor_id, key)
+                case Spill(specs=specs):
+                    self._left(*(spec.task_id for spec in specs))
+                    self.spiller.offer(specs)  # type: ignore[union-attr]
+                case Assign():
+                    raise AssertionError("taken above")
+                case _:
+                    assert_never(action)
+
     def _on_connect(self, conn: Connection) -> None:
         with self._lock:
             peer = conn.peer
             if peer.get("kind") == "worker":
-                for w in self._workers:
-                    if w.proc.pid != peer.get("pid"):
-                        continue
-                    if peer.get("purpose") == "exec":
-                        w.exec_conn = conn
-                    else:
-                        w.conn = conn
-                        w.address = peer["address"]
-                        w.worker_id = peer["worker_id"]
-                        self._by_conn[conn] = w
+                w = self.workers.attach(conn)
+                if w is not None:
+                    if w.conn is conn:
                         self.gcs.started(w.worker_id, "worker", w.proc.pid, w.actor_id)
-                    if w.conn is not None and w.exec_conn is not None:
-                        self._start_failures = 0
-                        if w.actor_id is not None:
-                            self._start_actor_on(w)
-                    break
+                    self.queue.linked(w.key, w.conn is not None, w.ready)
+                    if w.ready and w.actor_id is not None:
+                        self.actors.start_on(w)
                 if peer.get("purpose") == "exec":
                     return
             if peer.get("address"):
@@ -213,13 +198,12 @@ class Scheduler:
             address = conn.peer.get("address")
             if address and self._clients.get(address) is conn:
                 del self._clients[address]
-            for actor in self._actors.values():
-                actor.subscribers.discard(conn)
-            w = self._by_conn.pop(conn, None)
-            if w is not None:
-                self._worker_died(w, _procutil.exit_description(w.proc))
+            self.actors.unsubscribe(conn)
+            died = self.workers.died(conn)
+            if died is not None:
+                self._worker_died(*died)
             elif address and not self._stopping:
-                self._owner_gone(address)
+                self.actors.owner_gone(address)
             self._dispatch()
         self._flush_dirty()
 
@@ -238,7 +222,7 @@ class Scheduler:
                 if conn.peer.get("kind") == "scheduler":
                     # Forwarded by another node: its scheduler speaks for the owner.
                     self._origins[msg[1].task_id] = conn
-                    self._placed.add(msg[1].task_id)
+                    self.queue.keep_placed(msg[1].task_id)
                 elif len(msg) > 2 and self.spiller is not None:
                     self.input_bytes[msg[1].task_id] = msg[2]  # for the global scheduler, should it spill
                 self._enqueue(msg[1])
@@ -254,35 +238,34 @@ class Scheduler:
             elif op == Op.BLOCKED:
                 self._blocked(conn, msg[1])
             elif op == Op.UNBLOCKED:
-                w = self._by_conn.get(conn)
-                if w is not None and w.blocked:
-                    w.blocked = False
-                    self.pool.acquire(cpu_part(w.shape), force=True)
+                w = self.workers.by_conn(conn)
+                if w is not None:
+                    self.queue.unblocked(w.key)
             elif op == Op.RETURN_TASKS:
                 self._return_tasks(conn, msg[1])
                 self._dispatch()
             elif op == Op.CREATE_ACTOR:
                 if conn.peer.get("kind") == "scheduler":
-                    self._placed.add(msg[1].actor_id)  # placed here by the global scheduler
-                self._create_actor(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0)
+                    self.queue.keep_placed(msg[1].actor_id)  # placed here by the global scheduler
+                self._apply(self.actors.create(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0))
             elif op == Op.ACTOR_STATE and conn.peer.get("node_id"):
-                self._relayed_actor_state(*msg[1:])
+                self.actors.relayed_state(*msg[1:])
             elif op == Op.ACTOR_READY:
-                self._actor_ready(msg[1], msg[2])
+                self.actors.ready(msg[1], msg[2])
             elif op == Op.ACTOR_FAILED:
-                self._actor_dead(msg[1], msg[3])
+                self.actors.dead(msg[1], msg[3])
             elif op == Op.LOOKUP_ACTOR:
-                self._subscribe_actor(conn, msg[2])
+                self.actors.subscribe(conn, msg[2])
             elif op == Op.KILL_ACTOR:
-                self._kill_actor(msg[1], "killed by ember.kill()")
+                self.actors.kill(msg[1], "killed by ember.kill()")
             elif op == Op.CLAIM_NAME:
-                error = self._claim_name(msg[2], msg[3], msg[4])
+                error = self.actors.claim_name(msg[2], msg[3], msg[4])
                 if error is None and self.spiller is not None:
                     self.spiller.claim_name(conn, msg[1], msg[2], msg[3], msg[4])  # answered once the GCS has it
                 else:
                     conn.reply(msg[1], error)
             elif op == Op.GET_NAMED_ACTOR:
-                found = self._named_actor(msg[2])
+                found = self.actors.named(msg[2])
                 if found is None and self.spiller is not None:
                     self.spiller.lookup_name(conn, msg[1], msg[2])  # maybe named on another node
                 else:
@@ -295,7 +278,7 @@ class Scheduler:
                 else:
                     self._resumes_waiting.append((conn, msg[1], msg[2]))  # answered once the queue is read
             elif op == Op.RESOURCES:
-                conn.reply(msg[1], self.pool.snapshot())
+                conn.reply(msg[1], self.queue.resources.snapshot())
             elif op == Op.PROCESSES:
                 conn.reply(msg[1], self.processes())
             elif op == Op.SHUTDOWN:
@@ -304,135 +287,73 @@ class Scheduler:
     def _not_host(self, conn: Connection, actor_id: bytes) -> str | None:
         """Why ``conn`` may not report on ``actor_id``'s start (None if it hosts it)."""
         with self._lock:
-            w = self._by_conn.get(conn)
+            w = self.workers.by_conn(conn)
         if w is None or w.actor_id != actor_id:
             return f"a report on actor {actor_id.hex()}, which that peer's process does not host"
         return None
 
     # -- tasks -------------------------------------------------------------------------
 
-    def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
-        """Queue ``spec``; ``front``: a task a worker handed back, already held (and logged) here."""
-        if not self.pool.feasible(spec.resources):
-            if self.spiller is not None and spec.task_id not in self._placed:
-                self._left(spec.task_id)
-                self.spiller.offer([spec])
-                return
-            self.fail_to_owner(spec, FailureCause.INFEASIBLE, fixed_cluster_message(spec.resources, self.pool.total))
-            return
-        queue = self._queues.get(spec.resources)
-        if queue is None:
-            queue = self._queues[spec.resources] = deque()
-        if front:
-            queue.appendleft(spec)
-        else:
-            queue.append(spec)
+    def _enqueue(self, spec: TaskSpec) -> None:
+        """Queue a task sent here (by its owner, another node, or the log of a dead predecessor)."""
+        admitted = self.queue.enqueue(spec)
+        if admitted is Admission.QUEUED:  # nearly every task: the short way
             if self._recovered:
                 self._recovered.pop(spec.task_id, None)  # sent again in full: held here now, not to be claimed
             if self.queue_log is not None:
                 self.queue_log.queued(spec.task_id, spec.attempt, spec.owner_addr, spec.job_id)
+            return
+        match admitted:
+            case Admission.QUEUED:
+                raise AssertionError("taken above")
+            case Admission.SPILL:
+                self._left(spec.task_id)
+                self.spiller.offer([spec])  # type: ignore[union-attr]
+            case Admission.INFEASIBLE:
+                self.fail_to_owner(spec, FailureCause.INFEASIBLE, self.queue.infeasible_detail(spec))
+            case _ as unreachable:
+                assert_never(unreachable)
 
     def _left(self, *task_ids: bytes) -> None:
         """These tasks are no longer this scheduler's (done, failed, cancelled, sent to another node)."""
         if self.queue_log is not None:
             self.queue_log.left(task_ids)
 
-    def _dispatch(self) -> None:
-        for shape, queue in self._queues.items():
-            while queue:
-                worker = self._place(shape)
-                if worker is None:
-                    break
-                self._assign(worker, queue.popleft())
-            if self.spiller is not None and len(queue) > self._spill_keep:
-                self._spill_excess(queue)
-        if self._pending_actors:
-            self._place_actors()
-
-    @property
-    def _spill_keep(self) -> int:
-        """Tasks of one shape a node keeps queued before it spills the rest: what its CPUs drain soon."""
-        return SPILL_KEEP_PER_CPU * self.cpu_soft_limit
-
-    def _spill_excess(self, queue: deque[TaskSpec]) -> None:
-        """Send the tail of ``queue`` beyond what this node keeps to the global scheduler."""
-        excess: list[TaskSpec] = []
-        kept: list[TaskSpec] = []
-        while len(queue) > self._spill_keep:
-            spec = queue.pop()
-            (kept if spec.task_id in self._placed else excess).append(spec)
-        if kept:
-            queue.extend(reversed(kept))  # placed here by the global scheduler: they stay
-        if excess:
-            excess.reverse()
-            self._left(*(spec.task_id for spec in excess))
-            self.spiller.offer(excess)  # type: ignore[union-attr]
-
     def keep_here(self, items: list[tuple[TaskSpec, tuple | None]]) -> None:
         """Tasks and actors the global scheduler placed on this node (under the lock)."""
         for spec, actor in items:
             if actor is None:
-                self._placed.add(spec.task_id)
+                self.queue.keep_placed(spec.task_id)
                 self._enqueue(spec)
             else:
-                self._placed.add(spec.actor_id)  # type: ignore[arg-type]
-                self._create_actor(spec, *actor)
+                self.queue.keep_placed(spec.actor_id)  # type: ignore[arg-type]
+                self._apply(self.actors.create(spec, *actor))
         self._dispatch()
 
     def unplaceable(self, spec: TaskSpec, detail: str) -> None:
         if spec.kind == TaskKind.ACTOR_CREATION:
-            self._actor_dead(spec.actor_id, f"it cannot be placed: {detail}")  # type: ignore[arg-type]
+            self.actors.dead(spec.actor_id, f"it cannot be placed: {detail}")  # type: ignore[arg-type]
         else:
             self.fail_to_owner(spec, FailureCause.INFEASIBLE, detail)
 
-    # -- actors on other nodes (their states relayed here by the spiller's connections) ----
+    # -- what the spiller reports (its threads hold the lock) ------------------------------
 
     def hosted_elsewhere(self, actor_id: bytes, node_id: str) -> None:
-        self._actor(actor_id).host = node_id
-
-    def _relayed_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
-                             restarting: bool, restarts: int) -> None:
-        actor = self._actors.get(actor_id)
-        if actor is None or actor.state == "DEAD" or actor.host is None:
-            return
-        if not alive and not restarting:
-            self._actor_dead(actor_id, reason or "it died on its node")
-            return
-        actor.state = "ALIVE" if alive else "RESTARTING"
-        actor.address, actor.reason, actor.restarts = address, reason, max(actor.restarts, restarts)
-        self._publish_actor(actor_id)
+        self.actors.hosted_elsewhere(actor_id, node_id)
 
     def host_lost(self, node_id: str, detail: str) -> None:
-        """The node hosting some actors here is gone: restart those placed from here, look again for the rest."""
-        for actor_id, actor in list(self._actors.items()):
-            if actor.host != node_id or actor.state == "DEAD":
-                continue
-            actor.host, actor.address = None, None
-            spec = actor.spec
-            if spec is None:  # only followed here: the node that placed it restarts it
-                actor.state, actor.reason = "RESTARTING", f"restarting: {detail}"
-                self._publish_actor(actor_id)
-                self.spiller.find_actor(actor_id)  # type: ignore[union-attr]
-            elif actor.restarts >= spec.max_retries:
-                reason = f"{detail}" + (f", and it is out of restarts (max_restarts={spec.max_retries})"
-                                        if spec.max_retries else "")
-                self._actor_dead(actor_id, reason)
-            else:
-                # Placed again; its constructor runs there, then its logged calls are replayed.
-                actor.restarts += 1
-                actor.state, actor.reason = "RESTARTING", f"restarting on another node: {detail}"
-                self._publish_actor(actor_id)
-                self.spiller.offer_actor(spec, actor.detached, actor.meta, actor.restarts)  # type: ignore[union-attr]
+        self.actors.host_lost(node_id, detail)
 
     def actor_unfound(self, actor_id: bytes, reason: str) -> None:
-        actor = self._actors.get(actor_id)
-        if actor is not None and actor.spec is None and actor.host is None and actor.subscribers:
-            self._actor_dead(actor_id, reason)
+        self.actors.unfound(actor_id, reason)
+
+    def unclaim_name(self, name: str, actor_id: bytes) -> None:
+        self.actors.unclaim_name(name, actor_id)
 
     def fail_to_owner(self, spec: TaskSpec, cause: str, detail: str, attempt: int | None = None) -> None:
         """Tell a task's owner it failed: directly, or through the node that forwarded it here."""
         self._left(spec.task_id)
-        self._placed.discard(spec.task_id)
+        self.queue.settled(spec.task_id)
         origin = self._origins.pop(spec.task_id, None)
         self._send(origin or self._clients.get(spec.owner_addr),
                    (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
@@ -444,8 +365,7 @@ class Scheduler:
                        (Op.TASK_FAILED, spec.task_id, spec.attempt, FailureCause.UNSCHEDULABLE, text))
 
     def actor_is_dead(self, actor_id: bytes) -> bool:
-        actor = self._actors.get(actor_id)
-        return actor is not None and actor.state == "DEAD"
+        return self.actors.is_dead(actor_id)
 
     def function_payload(self, function_id: bytes) -> bytes | None:
         return self._functions.get(function_id)
@@ -455,116 +375,49 @@ class Scheduler:
 
     def _queued(self) -> int:
         with self._lock:
-            return sum(len(q) for q in self._queues.values())
-
-    def _place(self, shape: tuple) -> _Worker | None:
-        if self.pool.can_acquire(shape):
-            idle = self._idle_worker()
-            if idle is not None:
-                self.pool.acquire(shape)
-                idle.shape = shape
-                return idle
-            self._maybe_spawn()
-            return None
-        # The node is full: queue more behind running tasks of the same shape,
-        # deeper when the backlog is long, so workers never wait for a round trip.
-        depth = PIPELINE_DEPTH
-        if len(self._queues[shape]) > 4 * len(self._workers):
-            depth = PIPELINE_DEPTH_BACKLOG
-        best = None
-        for w in self._workers:
-            if (w.actor_id is None and w.exec_conn is not None and not w.blocked and w.assigned
-                    and w.shape == shape and len(w.assigned) < depth):
-                if best is None or len(w.assigned) < len(best.assigned):
-                    best = w
-        return best
-
-    def _idle_worker(self) -> _Worker | None:
-        for w in self._workers:
-            if (w.actor_id is None and w.exec_conn is not None and w.conn is not None and not w.assigned
-                    and not w.conn.closed):
-                return w
-        return None
-
-    def _maybe_spawn(self) -> None:
-        starting = sum(1 for w in self._workers if w.conn is None and w.actor_id is None)
-        task_workers = sum(1 for w in self._workers if w.actor_id is None)
-        blocked = sum(1 for w in self._workers if w.blocked)
-        if starting == 0 and task_workers < max(self.cpu_soft_limit + blocked, 1) * 4:
-            self._spawn_worker(None)
-
-    def _assign(self, w: _Worker, spec: TaskSpec) -> None:
-        w.assigned[spec.task_id] = spec
-        if self.input_bytes:
-            self.input_bytes.pop(spec.task_id, None)
-        payload = None
-        if spec.function_id not in w.functions:
-            payload = self._functions.get(spec.function_id)
-            w.functions.add(spec.function_id)
-        self._send(w.exec_conn, (Op.EXECUTE, spec, payload))
+            return self.queue.queued()
 
     def _task_done(self, conn: Connection, task_ids: list[bytes]) -> None:
-        w = self._by_conn.get(conn)
+        w = self.workers.by_conn(conn)
         if w is None:
             return
         self._left(*task_ids)
-        origins, placed = self._origins, self._placed
-        for task_id in task_ids:
-            w.assigned.pop(task_id, None)
-            if placed:
-                placed.discard(task_id)
-            if origins:
+        origins = self._origins
+        if origins:
+            for task_id in task_ids:
                 origin = origins.pop(task_id, None)
                 if origin is not None:
                     self._send(origin, (Op.FORWARDED_DONE, [task_id]))
-        if not w.assigned:
-            self._release(w)
+        self.queue.task_done(w.key, task_ids, time.monotonic())
         self._dispatch()
 
-    def _release(self, w: _Worker) -> None:
-        shape = w.shape
-        if w.blocked:
-            shape = tuple((n, a) for n, a in shape if n != "CPU")
-            w.blocked = False
-        self.pool.release(shape)
-        w.shape = ()
-        w.idle_since = time.monotonic()
-
     def _blocked(self, conn: Connection, returned: list[bytes]) -> None:
-        w = self._by_conn.get(conn)
+        w = self.workers.by_conn(conn)
         if w is None:
             return
-        self._return_tasks(conn, returned)
-        if not w.blocked and w.assigned:
-            w.blocked = True
-            self.pool.release(cpu_part(w.shape))
+        self.queue.blocked(w.key, returned)
         self._dispatch()
 
     def _return_tasks(self, conn: Connection, task_ids: list[bytes]) -> None:
-        w = self._by_conn.get(conn)
-        if w is None:
-            return
-        for task_id in reversed(task_ids):
-            spec = w.assigned.pop(task_id, None)
-            if spec is not None:
-                self._enqueue(spec, front=True)
+        w = self.workers.by_conn(conn)
+        if w is not None:
+            self.queue.return_tasks(w.key, task_ids)
 
     def _cancel(self, task_id: bytes, force: bool) -> None:
-        for queue in self._queues.values():
-            for spec in queue:
-                if spec.task_id == task_id:
-                    queue.remove(spec)
-                    self.fail_to_owner(spec, FailureCause.CANCELLED, "")
-                    return
+        spec = self.queue.cancel_queued(task_id)
+        if spec is not None:
+            self.fail_to_owner(spec, FailureCause.CANCELLED, "")
+            return
         if self.spiller is not None and self.spiller.cancel(task_id, force):
             return
-        for w in self._workers:
-            if task_id in w.assigned:
-                if force:
-                    _procutil.kill(w.proc)
-                else:
-                    self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
-                return
+        key = self.queue.holder(task_id)
+        w = self.workers.get(key) if key is not None else None
+        if w is not None:
+            if force:
+                self.workers.kill(w.key)
+            else:
+                self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
+            return
         # Its owner may yet claim it from the dead scheduler's queue: it must not run.
         if not self._recovery.is_set():
             self._cancelled_early.add(task_id)
@@ -646,249 +499,46 @@ class Scheduler:
 
     # -- worker lifecycle ----------------------------------------------------------------
 
-    def _spawn_worker(self, actor_id: bytes | None) -> _Worker:
-        proc = _procutil.spawn_python(
-            "ember.scheduler._worker_main", [str(self.session.dir), self.node_id], self.session.log_dir
-        )
-        w = _Worker(proc, actor_id)
-        self._workers.append(w)
-        return w
-
-    def _worker_died(self, w: _Worker, detail: str) -> None:
-        if w in self._workers:
-            self._workers.remove(w)
-        _procutil.kill(w.proc)
+    def _worker_died(self, w: WorkerProcess, detail: str) -> None:
+        """A worker's control connection closed: fail what it held, restart the actor it ran."""
         if w.worker_id is not None:
             self.gcs.died(w.worker_id, detail)
-        for spec in w.assigned.values():
+        for spec in self.queue.worker_gone(w.key, time.monotonic()):
             self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
-        if w.assigned or w.actor_id is not None:
-            self._release(w)
-        w.assigned = {}
         if w.actor_id is not None:
-            actor = self._actors.get(w.actor_id)
-            if actor is not None and actor.state != "DEAD":
-                self._actor_process_died(w.actor_id, actor, detail)
-
-    def _actor_process_died(self, actor_id: bytes, actor: _Actor, detail: str) -> None:
-        """Restart the actor if its budget allows, whether it was running, starting or replaying."""
-        limit = actor.spec.max_retries if actor.spec is not None else 0
-        if actor.restarts >= limit:
-            reason = f"its worker process died ({detail})"
-            if limit:
-                reason += f" and it is out of restarts (max_restarts={limit})"
-            self._actor_dead(actor_id, reason)
-            return
-        # It comes back: constructor, then its logged calls replayed.
-        actor.restarts += 1
-        actor.state = "RESTARTING"
-        actor.address = None
-        actor.worker = None
-        actor.reason = f"restarting after its worker process died ({detail})"
-        self._publish_actor(actor_id)
-        self._pending_actors.append(actor_id)
-        self._place_actors()
-
-    def _owner_gone(self, address: str) -> None:
-        for actor_id, actor in list(self._actors.items()):
-            if actor.spec is not None and actor.spec.owner_addr == address and not actor.detached:
-                self._kill_actor(actor_id, "its owner exited")
+            self._apply(self.actors.process_died(w.actor_id, w.key, detail))
 
     def _tick_loop(self) -> None:
         while not self._stopping:
             time.sleep(TICK_S)
             with self._lock:
-                self._tick()
+                self._tick(time.monotonic())
             self._flush_dirty()
 
-    def _tick(self) -> None:
-        now = time.monotonic()
-        for proc, deadline in list(self._terminating):
-            if proc.poll() is not None or now > deadline:
-                _procutil.kill(proc)
-                self._terminating.remove((proc, deadline))
-        for w in list(self._workers):
-            code = w.proc.poll()
-            if (w.conn is None or w.exec_conn is None) and (
-                    code is not None or now - w.started_at > WORKER_START_TIMEOUT_S):
-                self._workers.remove(w)
-                _procutil.kill(w.proc)
-                self._start_failures += 1
-                log.error("a worker failed to start (%s); see %s", _procutil.exit_description(w.proc),
-                          self.session.log_dir)
-                actor = self._actors.get(w.actor_id) if w.actor_id is not None else None
-                if actor is not None and actor.state != "DEAD":
-                    # Killed while starting (chaos does that) or crashing at
-                    # start: either way a restart, while the budget lasts.
-                    self._release(w)
-                    actor.worker = None
-                    self._actor_process_died(
-                        w.actor_id, actor, f"it failed to start: {_procutil.exit_description(w.proc)}")
+    def _tick(self, now: float) -> None:
+        for w, how in self.workers.reap(now):
+            self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
+            if w.actor_id is not None:
+                # Killed while starting (chaos does that) or crashing at
+                # start: either way a restart, while the budget lasts.
+                self._apply(self.actors.process_died(w.actor_id, w.key, f"it failed to start: {how}"))
         if not self._recovery.is_set() and now > self._recovery_deadline:
             log.warning("the dead scheduler's queue could not be read in time: owners send their tasks again")
             self._end_recovery()
         if self._recovered and now > self._recovered_until:
             self._drop_recovered(list(self._recovered), "no owner claimed them")
-        if self._start_failures >= WORKER_START_FAILURES_MAX:
+        if self.workers.start_failures >= WORKER_START_FAILURES_MAX:
             self._fail_all_queued("workers keep failing to start; see the logs in " + str(self.session.log_dir))
-        idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.assigned]
-        task_workers = sum(1 for w in self._workers if w.actor_id is None)
-        for w in idle:
-            if task_workers <= self.cpu_soft_limit:
-                break
-            if now - w.idle_since > IDLE_WORKER_TTL_S:
-                self._workers.remove(w)
-                self._by_conn.pop(w.conn, None)  # type: ignore[arg-type]
-                _procutil.terminate(w.proc)
-                if w.worker_id is not None:
-                    self.gcs.died(w.worker_id, "stopped after idling")
-                task_workers -= 1
+        for key in self.queue.idle_expired(now):
+            w = self.workers.retire(key)
+            if w is not None and w.worker_id is not None:
+                self.gcs.died(w.worker_id, "stopped after idling")
         self._dispatch()
 
     def _fail_all_queued(self, detail: str) -> None:
-        for queue in self._queues.values():
-            while queue:
-                spec = queue.popleft()
-                self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
-        self._start_failures = 0
-
-    # -- actors ----------------------------------------------------------------------------
-
-    def _actor(self, actor_id: bytes) -> _Actor:
-        actor = self._actors.get(actor_id)
-        if actor is None:
-            actor = self._actors[actor_id] = _Actor()
-        return actor
-
-    def _claim_name(self, name: str, actor_id: bytes, meta: Any) -> str | None:
-        existing = self._names.get(name)
-        if existing is not None and self._actors.get(existing) is not None and self._actors[existing].state != "DEAD":
-            return f"an actor named {name!r} already exists"
-        self._names[name] = actor_id
-        actor = self._actor(actor_id)
-        actor.name = name
-        actor.meta = meta
-        return None
-
-    def unclaim_name(self, name: str, actor_id: bytes) -> None:
-        """Undo a claim here that the cluster refused (another node's actor has the name)."""
-        if self._names.get(name) == actor_id:
-            del self._names[name]
-
-    def _named_actor(self, name: str) -> Any:
-        actor_id = self._names.get(name)
-        if actor_id is None:
-            return None
-        actor = self._actors.get(actor_id)
-        if actor is None or actor.state == "DEAD":
-            return None
-        return (actor_id, actor.meta)
-
-    def _create_actor(self, spec: TaskSpec, detached: bool, meta: Any, restarts: int = 0) -> None:
-        """Place a new actor; ``restarts`` > 0 brings back one that died with an earlier scheduler."""
-        actor = self._actor(spec.actor_id)  # type: ignore[arg-type]
-        actor.spec = spec
-        actor.detached = detached
-        actor.meta = meta
-        if restarts and actor.state == "PENDING":
-            actor.restarts = restarts
-            actor.state = "RESTARTING"  # its constructor runs, then its logged calls are replayed
-            actor.reason = "restarting after its node's scheduler died"
-        if actor.state == "DEAD":
-            return  # killed before it was placed
-        if actor.worker is not None or spec.actor_id in self._pending_actors:
-            # Running or starting here already: a creation sent again, by a scheduler that
-            # restarted on its owner's node while the actor lived on here. Placing it again
-            # would start a second instance, and hold its resources twice.
-            self._publish_actor(spec.actor_id)  # type: ignore[arg-type]
-            return
-        if (self.spiller is not None and spec.actor_id not in self._placed
-                and not self.pool.can_acquire(spec.resources)):
-            # Not startable here now: the global scheduler may have a node that is free.
-            self.spiller.offer_actor(spec, detached, meta, actor.restarts)
-            return
-        if not self.pool.feasible(spec.resources):
-            self._actor_dead(spec.actor_id, actor_cannot_start(spec.resources, self.pool.total))
-            return
-        self._pending_actors.append(spec.actor_id)  # type: ignore[arg-type]
-        self._place_actors()
-
-    def _place_actors(self) -> None:
-        while self._pending_actors:
-            actor = self._actors.get(self._pending_actors[0])
-            if actor is None or actor.state == "DEAD" or actor.spec is None:
-                self._pending_actors.popleft()
-                continue
-            if not self.pool.can_acquire(actor.spec.resources):
-                return
-            self._pending_actors.popleft()
-            self.pool.acquire(actor.spec.resources)
-            w = self._spawn_worker(actor.spec.actor_id)
-            w.shape = actor.spec.resources
-            actor.worker = w
-
-    def _start_actor_on(self, w: _Worker) -> None:
-        actor = self._actors[w.actor_id]  # type: ignore[index]
-        spec = actor.spec
-        assert spec is not None
-        self._send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id), actor.restarts))
-
-    def _actor_ready(self, actor_id: bytes, address: str) -> None:
-        actor = self._actor(actor_id)
-        if actor.state == "DEAD":
-            return
-        actor.state = "ALIVE"
-        actor.address = address
-        self._publish_actor(actor_id)
-
-    def _actor_dead(self, actor_id: bytes, reason: str) -> None:
-        actor = self._actor(actor_id)
-        if actor.state == "DEAD":
-            return
-        actor.state = "DEAD"
-        actor.reason = reason
-        w = actor.worker
-        if w is not None and w in self._workers:
-            self._workers.remove(w)
-            if w.conn is not None:
-                self._by_conn.pop(w.conn, None)
-            # SIGTERM first: the worker flushes its lineage rows (the actor's
-            # call order) and exits; the tick SIGKILLs it if it does not.
-            _procutil.terminate(w.proc)
-            self._terminating.append((w.proc, time.monotonic() + WORKER_STOP_GRACE_S))
-            if w.worker_id is not None:
-                self.gcs.died(w.worker_id, f"actor stopped: {reason}")
-            self._release(w)
-        if actor.name is not None and self._names.get(actor.name) == actor_id:
-            del self._names[actor.name]
-            if self.spiller is not None:
-                self.spiller.release_name(actor.name, actor_id)
-        self._publish_actor(actor_id)
-
-    def _kill_actor(self, actor_id: bytes, reason: str) -> None:
-        actor = self._actors.get(actor_id)
-        if actor is not None and actor.host is not None and self.spiller is not None:
-            self.spiller.kill_actor(actor_id, actor.host)
-        self._actor_dead(actor_id, reason)
-
-    def _subscribe_actor(self, conn: Connection, actor_id: bytes) -> None:
-        actor = self._actor(actor_id)
-        actor.subscribers.add(conn)
-        if actor.spec is None and actor.host is None and actor.state == "PENDING" and self.spiller is not None:
-            self.spiller.find_actor(actor_id)  # placed by another node: follow it from where it runs
-        if actor.state != "PENDING":
-            self._send(conn, self._actor_state_msg(actor_id, actor))
-
-    def _publish_actor(self, actor_id: bytes) -> None:
-        actor = self._actors[actor_id]
-        msg = self._actor_state_msg(actor_id, actor)
-        for conn in actor.subscribers:
-            self._send(conn, msg)
-
-    @staticmethod
-    def _actor_state_msg(actor_id: bytes, actor: _Actor) -> tuple:
-        return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason,
-                actor.state == "RESTARTING", actor.restarts)
+        for spec in self.queue.drain_queued():
+            self.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
+        self.workers.start_failures = 0
 
     # -- introspection and shutdown ---------------------------------------------------
 
@@ -900,10 +550,11 @@ class Scheduler:
         store_pid = self._current_store_pid()
         if store_pid is not None:  # missing while a new store starts, as the GCS service is
             procs.append({"kind": "store", "node_id": self.node_id, "pid": store_pid})
-        for w in self._workers:
+        for w in self.workers:
+            slot = self.queue.slot(w.key)
+            state = "starting" if w.conn is None else ("busy" if slot is not None and slot.assigned else "idle")
             procs.append({"kind": "worker", "node_id": self.node_id, "pid": w.proc.pid,
-                          "actor_id": w.actor_id.hex() if w.actor_id else None,
-                          "state": "starting" if w.conn is None else ("busy" if w.assigned else "idle")})
+                          "actor_id": w.actor_id.hex() if w.actor_id else None, "state": state})
         return procs
 
     def _current_store_pid(self) -> int | None:
@@ -919,12 +570,7 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stopping = True
-        for w in list(self._workers):
-            _procutil.terminate(w.proc)  # workers flush their lineage rows, then exit
-        for w in list(self._workers):
-            _procutil.reap(w.proc, WORKER_STOP_GRACE_S)
-        for proc, _ in self._terminating:
-            _procutil.reap(proc, WORKER_STOP_GRACE_S)
+        self.workers.stop_all()  # workers flush their lineage rows, then exit
         self.gcs.stop("shut down")
         if self.queue_log is not None:
             self.queue_log.close(drop=True)  # its workers are gone: nothing here runs again

@@ -1,0 +1,419 @@
+"""The node scheduler's decisions: which task runs on which worker, when to start a worker, what to spill.
+
+``NodeQueue`` keeps one FIFO queue per resource shape (the sorted
+``(name, amount)`` pairs of a request), the node's resource accounting, the
+actors waiting for resources, and a plain record (``WorkerSlot``) of every
+worker process the node has: what it holds, what it runs, whether it is
+blocked. Its methods take ``now`` from the caller and return what to do as
+plain data (``Assign``, ``Spawn``, ``Spill``), which the service
+(``scheduler/_service.py``) carries out: messages to workers, processes
+through the pool (``scheduler/_worker_pool.py``), batches to the global
+scheduler. The rules it keeps:
+
+- a queue's head goes to an idle worker when its shape's resources are
+  free; with resources free and no idle worker, one more worker starts (one
+  at a time, up to ``WORKERS_PER_CPU_MAX`` x (CPUs + blocked workers));
+- a full node *pipelines*: a task waits on the least-loaded busy worker
+  running the same shape, ``PIPELINE_DEPTH`` deep, ``PIPELINE_DEPTH_BACKLOG``
+  when the queue is long, so a worker never waits a round trip;
+- a node of a multi-node cluster keeps ``SPILL_KEEP_PER_CPU`` tasks per CPU
+  of each shape and spills the tail, except tasks the global scheduler placed
+  here (they stay for good); a request no resource of the node fits is
+  spilled, or refused on a node alone;
+- actors wait in one FIFO and hold their resources for their whole life;
+- task workers beyond the CPU count stop after ``IDLE_WORKER_TTL_S`` idle.
+
+It must never do I/O, read the clock, or touch a process or a connection:
+it is tested with plain data (tests/unit/test_node_queue.py). What it cannot
+see (whether a worker's connection has closed under it) it asks of the
+``WorkerLinks`` it was given.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from ember.scheduler._resources import ResourcePool, cpu_part
+from ember.scheduler._infeasible import fixed_cluster_message
+from ember.scheduler._spec import TaskSpec
+
+__all__ = [
+    "Action", "Admission", "Assign", "NodeQueue", "QueueStatistics", "Spawn", "Spill", "WorkerLinks", "WorkerSlot",
+]
+
+SPILL_KEEP_PER_CPU = 4  # a multi-node cluster's node spills a shape's queue beyond this many tasks per CPU
+PIPELINE_DEPTH = 2  # tasks a busy worker may hold when the node is full
+PIPELINE_DEPTH_BACKLOG = 8  # ... when the shape's queue is longer than BACKLOG_PER_WORKER x the workers
+BACKLOG_PER_WORKER = 4
+WORKERS_PER_CPU_MAX = 4  # task workers at most: this many per CPU (blocked workers count as CPUs)
+IDLE_WORKER_TTL_S = 10.0  # a task worker beyond the CPU count stops after idling this long
+
+
+class Assign(NamedTuple):
+    """Send ``spec`` to run on ``worker`` (its exec connection)."""
+
+    worker: int
+    spec: TaskSpec
+
+
+class Spawn(NamedTuple):
+    """Start a worker process for the new slot ``worker``; ``actor_id``: it is to become that actor."""
+
+    worker: int
+    actor_id: bytes | None
+
+
+class Spill(NamedTuple):
+    """Hand these tasks to the global scheduler: they are no longer this node's."""
+
+    specs: list[TaskSpec]
+
+
+Action = Assign | Spawn | Spill
+
+
+class Admission(enum.Enum):
+    """What ``NodeQueue.enqueue`` did with a task."""
+
+    QUEUED = "queued"
+    SPILL = "spill"  # no resource of this node fits it: the global scheduler may find one that does
+    INFEASIBLE = "infeasible"  # no resource of this node fits it, and there is nowhere else to send it
+
+
+class WorkerLinks(Protocol):
+    """What the queue asks about a worker's connections (the pool answers; tests answer from a set)."""
+
+    def open(self, worker: int) -> bool:
+        """False once the worker's control connection has closed (its death is about to be reported)."""
+        ...
+
+
+class WorkerSlot:
+    """The queue's record of one worker process: what it holds, not the process itself."""
+
+    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "blocked", "idle_since")
+
+    def __init__(self, key: int, actor_id: bytes | None, now: float) -> None:
+        self.key = key
+        self.actor_id = actor_id
+        self.connected = False  # its control connection is up
+        self.ready = False  # its control and exec connections are both up
+        self.assigned: dict[bytes, TaskSpec] = {}  # running first, then pipelined behind it
+        self.shape: tuple = ()  # the resources it holds
+        self.blocked = False  # its task waits in get/wait: its CPUs are given back meanwhile
+        self.idle_since = now
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """A snapshot of the queue, for tests and status."""
+
+    queued: int
+    queued_by_shape: dict[tuple, int]
+    pending_actors: int
+    workers: int
+    starting: int
+    idle: int
+    busy: int
+    blocked: int
+    available: dict[str, float]
+
+
+class NodeQueue:
+    """One node's task queues, resources, pending actors and worker records."""
+
+    def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool) -> None:
+        """``spills``: a node of a multi-node cluster, with a global scheduler to spill to."""
+        self.resources = ResourcePool(resources)
+        self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
+        self._links = links
+        self._spills = spills
+        self._queues: dict[tuple, deque[TaskSpec]] = {}
+        self._slots: dict[int, WorkerSlot] = {}  # in start order: the first idle one is taken first
+        self._next_key = 1
+        self._pending_actors: deque[tuple[bytes, tuple]] = deque()  # (actor id, its resources), FIFO
+        self._placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
+
+    # -- tasks in --------------------------------------------------------------------------
+
+    def enqueue(self, spec: TaskSpec, front: bool = False) -> Admission:
+        """Queue ``spec``; ``front``: a task a worker handed back, held here already."""
+        if not self.resources.feasible(spec.resources):
+            if self._spills and spec.task_id not in self._placed:
+                return Admission.SPILL
+            return Admission.INFEASIBLE
+        queue = self._queues.get(spec.resources)
+        if queue is None:
+            queue = self._queues[spec.resources] = deque()
+        if front:
+            queue.appendleft(spec)
+        else:
+            queue.append(spec)
+        return Admission.QUEUED
+
+    def keep_placed(self, task_or_actor_id: bytes) -> None:
+        """The global scheduler placed this task or actor here: it is never spilled again."""
+        self._placed.add(task_or_actor_id)
+
+    def is_placed(self, task_or_actor_id: bytes) -> bool:
+        return task_or_actor_id in self._placed
+
+    def settled(self, task_id: bytes) -> None:
+        """The task left this node (failed, cancelled): no longer one the global scheduler placed here."""
+        self._placed.discard(task_id)
+
+    def infeasible_detail(self, spec: TaskSpec) -> str:
+        return fixed_cluster_message(spec.resources, self.resources.total)
+
+    def cancel_queued(self, task_id: bytes) -> TaskSpec | None:
+        """Take a queued (not yet assigned) task out; None if no queue holds it."""
+        for queue in self._queues.values():
+            for spec in queue:
+                if spec.task_id == task_id:
+                    queue.remove(spec)
+                    return spec
+        return None
+
+    def holder(self, task_id: bytes) -> int | None:
+        """The worker a task is assigned to (running or pipelined), if any."""
+        for slot in self._slots.values():
+            if task_id in slot.assigned:
+                return slot.key
+        return None
+
+    def drain_queued(self) -> list[TaskSpec]:
+        """Every queued task, taken out (workers cannot start: their owners are told)."""
+        drained: list[TaskSpec] = []
+        for queue in self._queues.values():
+            drained.extend(queue)
+            queue.clear()
+        return drained
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def dispatch(self, now: float) -> list[Action]:
+        """Place what can be placed: queue heads on workers, the spill tail, pending actors."""
+        actions: list[Action] = []
+        for shape, queue in self._queues.items():
+            while queue:
+                slot = self._place(shape, queue, actions, now)
+                if slot is None:
+                    break
+                spec = queue.popleft()
+                slot.assigned[spec.task_id] = spec
+                actions.append(Assign(slot.key, spec))
+            if self._spills and len(queue) > self.spill_keep:
+                self._spill_excess(queue, actions)
+        if self._pending_actors:
+            self._place_actors(actions, now)
+        return actions
+
+    def prestart(self, now: float) -> list[Action]:
+        """The workers a node starts with, before any task: one task worker per whole CPU."""
+        return [Spawn(self.new_slot(None, now).key, None) for _ in range(self.cpu_soft_limit)]
+
+    def place_actors(self, now: float) -> list[Action]:
+        """Start workers for the actors at the head of the FIFO whose resources are free."""
+        actions: list[Action] = []
+        self._place_actors(actions, now)
+        return actions
+
+    @property
+    def spill_keep(self) -> int:
+        """Tasks of one shape a node keeps queued before it spills the rest: what its CPUs drain soon."""
+        return SPILL_KEEP_PER_CPU * self.cpu_soft_limit
+
+    def _spill_excess(self, queue: deque[TaskSpec], actions: list[Action]) -> None:
+        """Spill the tail of ``queue`` beyond what this node keeps, except what was placed here."""
+        excess: list[TaskSpec] = []
+        kept: list[TaskSpec] = []
+        while len(queue) > self.spill_keep:
+            spec = queue.pop()
+            (kept if spec.task_id in self._placed else excess).append(spec)
+        if kept:
+            queue.extend(reversed(kept))  # placed here by the global scheduler: they stay
+        if excess:
+            excess.reverse()
+            actions.append(Spill(excess))
+
+    def _place(self, shape: tuple, queue: deque[TaskSpec], actions: list[Action], now: float) -> WorkerSlot | None:
+        if self.resources.can_acquire(shape):
+            idle = self._idle_worker()
+            if idle is not None:
+                self.resources.acquire(shape)
+                idle.shape = shape
+                return idle
+            self._maybe_spawn(actions, now)
+            return None
+        # The node is full: queue more behind running tasks of the same shape,
+        # deeper when the backlog is long, so workers never wait for a round trip.
+        depth = PIPELINE_DEPTH
+        if len(queue) > BACKLOG_PER_WORKER * len(self._slots):
+            depth = PIPELINE_DEPTH_BACKLOG
+        best = None
+        for slot in self._slots.values():
+            if (slot.actor_id is None and slot.ready and not slot.blocked and slot.assigned
+                    and slot.shape == shape and len(slot.assigned) < depth):
+                if best is None or len(slot.assigned) < len(best.assigned):
+                    best = slot
+        return best
+
+    def _idle_worker(self) -> WorkerSlot | None:
+        for slot in self._slots.values():
+            if slot.actor_id is None and slot.ready and not slot.assigned and self._links.open(slot.key):
+                return slot
+        return None
+
+    def _maybe_spawn(self, actions: list[Action], now: float) -> None:
+        starting = task_workers = blocked = 0
+        for slot in self._slots.values():
+            if slot.actor_id is None:
+                task_workers += 1
+                if not slot.connected:
+                    starting += 1
+            if slot.blocked:
+                blocked += 1
+        if starting == 0 and task_workers < max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX:
+            actions.append(Spawn(self.new_slot(None, now).key, None))
+
+    def _place_actors(self, actions: list[Action], now: float) -> None:
+        pending = self._pending_actors
+        while pending:
+            actor_id, shape = pending[0]
+            if not self.resources.can_acquire(shape):
+                return
+            pending.popleft()
+            self.resources.acquire(shape)
+            slot = self.new_slot(actor_id, now)
+            slot.shape = shape
+            actions.append(Spawn(slot.key, actor_id))
+
+    # -- actors ------------------------------------------------------------------------------
+
+    def want_actor(self, actor_id: bytes, shape: tuple) -> None:
+        """Queue an actor for a worker of its own, once ``shape`` can be held for its whole life."""
+        self._pending_actors.append((actor_id, shape))
+
+    def actor_pending(self, actor_id: bytes) -> bool:
+        return any(pending == actor_id for pending, _ in self._pending_actors)
+
+    def forget_actor(self, actor_id: bytes) -> None:
+        """The actor died before it was placed: it no longer waits."""
+        if self.actor_pending(actor_id):
+            self._pending_actors = deque(p for p in self._pending_actors if p[0] != actor_id)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def new_slot(self, actor_id: bytes | None, now: float) -> WorkerSlot:
+        """Record a worker about to be started (the caller starts its process)."""
+        slot = WorkerSlot(self._next_key, actor_id, now)
+        self._next_key += 1
+        self._slots[slot.key] = slot
+        return slot
+
+    def slot(self, worker: int) -> WorkerSlot | None:
+        return self._slots.get(worker)
+
+    def linked(self, worker: int, connected: bool, ready: bool) -> None:
+        """``connected``: the worker's control connection is up; ``ready``: its exec connection too."""
+        slot = self._slots.get(worker)
+        if slot is not None:
+            slot.connected = connected
+            slot.ready = ready
+
+    def task_done(self, worker: int, task_ids: list[bytes], now: float) -> None:
+        slot = self._slots.get(worker)
+        if slot is None:
+            return
+        assigned, placed = slot.assigned, self._placed
+        for task_id in task_ids:
+            assigned.pop(task_id, None)
+            if placed:
+                placed.discard(task_id)
+        if not assigned:
+            self._release(slot, now)
+
+    def return_tasks(self, worker: int, task_ids: list[bytes]) -> None:
+        """Tasks a worker hands back unstarted go back to the front of their queues, in order."""
+        slot = self._slots.get(worker)
+        if slot is None:
+            return
+        for task_id in reversed(task_ids):
+            spec = slot.assigned.pop(task_id, None)
+            if spec is not None:
+                admitted = self.enqueue(spec, front=True)
+                assert admitted is Admission.QUEUED, f"a task that ran here no longer fits: {admitted}"
+
+    def blocked(self, worker: int, returned: list[bytes]) -> None:
+        """The worker's task waits: the tasks behind it go back, and its CPUs are lent out meanwhile."""
+        slot = self._slots.get(worker)
+        if slot is None:
+            return
+        self.return_tasks(worker, returned)
+        if not slot.blocked and slot.assigned:
+            slot.blocked = True
+            self.resources.release(cpu_part(slot.shape))
+
+    def unblocked(self, worker: int) -> None:
+        """Its CPUs back, even past the node's total: refusing would deadlock nested tasks."""
+        slot = self._slots.get(worker)
+        if slot is not None and slot.blocked:
+            slot.blocked = False
+            self.resources.acquire(cpu_part(slot.shape), force=True)
+
+    def worker_gone(self, worker: int, now: float) -> list[TaskSpec]:
+        """The worker died or stopped: its resources are free; returns the tasks it held (to fail)."""
+        slot = self._slots.pop(worker, None)
+        if slot is None:
+            return []
+        lost = list(slot.assigned.values())
+        if slot.assigned or slot.actor_id is not None:
+            self._release(slot, now)
+        slot.assigned = {}
+        return lost
+
+    def idle_expired(self, now: float) -> list[int]:
+        """Task workers beyond the CPU count idle past ``IDLE_WORKER_TTL_S``: forgotten here, to stop."""
+        task_workers = sum(1 for s in self._slots.values() if s.actor_id is None)
+        expired: list[int] = []
+        for slot in list(self._slots.values()):
+            if slot.actor_id is not None or not slot.connected or slot.assigned:
+                continue
+            if task_workers <= self.cpu_soft_limit:
+                break
+            if now - slot.idle_since > IDLE_WORKER_TTL_S:
+                del self._slots[slot.key]
+                expired.append(slot.key)
+                task_workers -= 1
+        return expired
+
+    def _release(self, slot: WorkerSlot, now: float) -> None:
+        shape = slot.shape
+        if slot.blocked:
+            shape = tuple((n, a) for n, a in shape if n != "CPU")
+            slot.blocked = False
+        self.resources.release(shape)
+        slot.shape = ()
+        slot.idle_since = now
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def statistics(self) -> QueueStatistics:
+        slots = list(self._slots.values())
+        return QueueStatistics(
+            queued=self.queued(),
+            queued_by_shape={shape: len(q) for shape, q in self._queues.items() if q},
+            pending_actors=len(self._pending_actors),
+            workers=len(slots),
+            starting=sum(1 for s in slots if not s.connected),
+            idle=sum(1 for s in slots if s.connected and not s.assigned and s.actor_id is None),
+            busy=sum(1 for s in slots if s.assigned),
+            blocked=sum(1 for s in slots if s.blocked),
+            available=self.resources.snapshot()[1],
+        )

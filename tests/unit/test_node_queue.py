@@ -1,0 +1,252 @@
+"""The node scheduler's queue core with plain data: no processes, no sockets, the clock passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from ember.scheduler._node_queue import (
+    IDLE_WORKER_TTL_S,
+    PIPELINE_DEPTH,
+    PIPELINE_DEPTH_BACKLOG,
+    SPILL_KEEP_PER_CPU,
+    WORKERS_PER_CPU_MAX,
+    Admission,
+    Assign,
+    NodeQueue,
+    Spawn,
+    Spill,
+)
+from ember.scheduler._spec import TaskKind, TaskSpec, resource_shape
+
+CPU1 = resource_shape({"CPU": 1})
+GPU1 = resource_shape({"CPU": 1, "GPU": 1})
+
+
+@dataclass
+class Links:
+    """The workers' connections, as the pool would report them."""
+
+    closed: set[int] = field(default_factory=set)
+
+    def open(self, worker: int) -> bool:
+        return worker not in self.closed
+
+
+def spec(n: int, shape: tuple = CPU1, actor: bool = False) -> TaskSpec:
+    task_id = n.to_bytes(16, "big")
+    kind = TaskKind.ACTOR_CREATION if actor else TaskKind.NORMAL
+    return TaskSpec(task_id, kind, b"job", "/owner", b"f" * 16, "f", [], None, 1, shape, 0,
+                    actor_id=task_id if actor else None)
+
+
+def node(cpus: float = 2, spills: bool = False, **more: float) -> tuple[NodeQueue, Links]:
+    links = Links()
+    return NodeQueue({"CPU": cpus, **more}, links, spills=spills), links
+
+
+def start_workers(queue: NodeQueue, count: int, now: float = 0.0) -> list[int]:
+    """Workers started and connected, as the service does at start."""
+    keys = [queue.new_slot(None, now).key for _ in range(count)]
+    for key in keys:
+        queue.linked(key, connected=True, ready=True)
+    return keys
+
+
+def assigned(actions: list) -> list[tuple[int, int]]:
+    return [(a.worker, int.from_bytes(a.spec.task_id, "big")) for a in actions if isinstance(a, Assign)]
+
+
+def test_a_task_goes_to_an_idle_worker_and_holds_its_resources():
+    queue, _ = node(cpus=2)
+    w1, w2 = start_workers(queue, 2)
+    assert queue.enqueue(spec(1)) is Admission.QUEUED
+    assert assigned(queue.dispatch(now=1.0)) == [(w1, 1)]
+    assert queue.resources.available["CPU"] == 1.0
+    queue.task_done(w1, [spec(1).task_id], now=2.0)
+    assert queue.resources.available["CPU"] == 2.0
+    assert queue.slot(w1).idle_since == 2.0
+
+
+def test_fifo_per_shape_and_one_spawn_at_a_time_when_no_worker_is_idle():
+    queue, _ = node(cpus=2)
+    for n in range(1, 4):
+        queue.enqueue(spec(n))
+    actions = queue.dispatch(now=0.0)
+    spawns = [a for a in actions if isinstance(a, Spawn)]
+    assert len(spawns) == 1 and spawns[0].actor_id is None  # one starting at a time
+    assert queue.dispatch(now=0.0) == []  # still starting: no second one
+    queue.linked(spawns[0].worker, connected=True, ready=True)
+    actions = queue.dispatch(now=0.1)
+    assert assigned(actions)[0] == (spawns[0].worker, 1)
+
+
+def test_a_full_node_pipelines_on_the_least_loaded_busy_worker_of_the_same_shape():
+    queue, _ = node(cpus=2)
+    w1, w2 = start_workers(queue, 2)
+    for n in range(1, 6):
+        queue.enqueue(spec(n))
+    got = assigned(queue.dispatch(now=0.0))
+    # Two run at once, then each worker takes PIPELINE_DEPTH - 1 more, least loaded first.
+    assert got == [(w1, 1), (w2, 2), (w1, 3), (w2, 4)]
+    assert len(queue.slot(w1).assigned) == PIPELINE_DEPTH
+    assert queue.queued() == 1
+
+
+def test_a_long_backlog_pipelines_deeper():
+    queue, _ = node(cpus=1)
+    (w1,) = start_workers(queue, 1)
+    for n in range(1, 21):
+        queue.enqueue(spec(n))
+    queue.dispatch(now=0.0)
+    assert len(queue.slot(w1).assigned) == PIPELINE_DEPTH_BACKLOG
+
+
+def test_a_worker_whose_connection_closed_gets_nothing():
+    queue, links = node(cpus=2)
+    w1, w2 = start_workers(queue, 2)
+    links.closed.add(w1)
+    queue.enqueue(spec(1))
+    assert assigned(queue.dispatch(now=0.0)) == [(w2, 1)]
+
+
+def test_blocked_worker_lends_its_cpu_and_hands_back_what_waits_behind():
+    queue, _ = node(cpus=1)
+    (w1,) = start_workers(queue, 1)
+    queue.enqueue(spec(1))
+    queue.enqueue(spec(2))
+    queue.dispatch(now=0.0)
+    assert list(queue.slot(w1).assigned) == [spec(1).task_id, spec(2).task_id]
+    queue.blocked(w1, [spec(2).task_id])
+    assert queue.resources.available["CPU"] == 1.0
+    assert queue.statistics().queued == 1  # task 2 is back at the front
+    actions = queue.dispatch(now=0.0)
+    assert [type(a) for a in actions] == [Spawn]  # a new worker for it; the blocked one takes nothing
+    queue.unblocked(w1)
+    assert queue.resources.available["CPU"] == 0.0  # back, even if that oversubscribes the node
+    queue.task_done(w1, [spec(1).task_id], now=1.0)
+    assert queue.resources.available["CPU"] == 1.0
+
+
+@pytest.mark.parametrize("workers, spawns", [(WORKERS_PER_CPU_MAX - 1, 1), (WORKERS_PER_CPU_MAX, 0)])
+def test_task_workers_are_capped_per_cpu(workers, spawns):
+    queue, _ = node(cpus=1)
+    for key in start_workers(queue, workers):  # each busy with work that holds no CPU
+        queue.slot(key).assigned[spec(100 + key).task_id] = spec(100 + key, shape=())
+    queue.enqueue(spec(1))
+    assert sum(isinstance(a, Spawn) for a in queue.dispatch(now=0.0)) == spawns
+
+
+def test_a_dead_worker_frees_its_resources_and_returns_its_tasks_to_fail():
+    queue, _ = node(cpus=1)
+    (w1,) = start_workers(queue, 1)
+    queue.enqueue(spec(1))
+    queue.enqueue(spec(2))
+    queue.dispatch(now=0.0)
+    lost = queue.worker_gone(w1, now=1.0)
+    assert [s.task_id for s in lost] == [spec(1).task_id, spec(2).task_id]
+    assert queue.resources.available["CPU"] == 1.0
+    assert queue.worker_gone(w1, now=1.0) == []  # twice: nothing more, nothing released twice
+    assert queue.resources.available["CPU"] == 1.0
+
+
+def test_cancel_takes_a_queued_task_out_or_names_its_worker():
+    queue, _ = node(cpus=1)
+    (w1,) = start_workers(queue, 1)
+    queue.enqueue(spec(1))
+    queue.dispatch(now=0.0)
+    for n in range(2, 10):  # the node is full and pipelining is bounded: some stay queued
+        queue.enqueue(spec(n))
+    assert queue.cancel_queued(spec(9).task_id).task_id == spec(9).task_id
+    assert queue.cancel_queued(spec(1).task_id) is None
+    assert queue.holder(spec(1).task_id) == w1
+    assert queue.holder(spec(42).task_id) is None
+
+
+def test_infeasible_request_is_refused_on_a_lone_node_and_spilled_in_a_cluster():
+    alone, _ = node(cpus=2)
+    assert alone.enqueue(spec(1, GPU1)) is Admission.INFEASIBLE
+    assert "GPU" in alone.infeasible_detail(spec(1, GPU1))
+    clustered, _ = node(cpus=2, spills=True)
+    assert clustered.enqueue(spec(1, GPU1)) is Admission.SPILL
+    clustered.keep_placed(spec(2, GPU1).task_id)  # placed here by the global scheduler: never spilled back
+    assert clustered.enqueue(spec(2, GPU1)) is Admission.INFEASIBLE
+
+
+def test_a_cluster_node_keeps_what_its_cpus_drain_soon_and_spills_the_tail():
+    queue, _ = node(cpus=1, spills=True)
+    keep = SPILL_KEEP_PER_CPU * 1
+    for n in range(1, keep + 6):
+        queue.enqueue(spec(n))
+    queue.keep_placed(spec(keep + 5).task_id)  # the newest was placed here: it stays
+    actions = queue.dispatch(now=0.0)
+    spills = [a for a in actions if isinstance(a, Spill)]
+    assert len(spills) == 1
+    spilled = [int.from_bytes(s.task_id, "big") for s in spills[0].specs]
+    assert spilled == list(range(keep + 1, keep + 5))  # oldest first, placed one kept
+    assert queue.queued() == keep + 1
+
+
+def test_a_lone_node_never_spills():
+    queue, _ = node(cpus=1)
+    for n in range(1, 100):
+        queue.enqueue(spec(n))
+    assert not any(isinstance(a, Spill) for a in queue.dispatch(now=0.0))
+
+
+def test_actors_wait_in_order_and_hold_their_resources_for_life():
+    queue, _ = node(cpus=1)
+    queue.want_actor(b"a" * 16, CPU1)
+    queue.want_actor(b"b" * 16, CPU1)
+    actions = queue.place_actors(now=0.0)
+    assert [(type(a), a.actor_id) for a in actions] == [(Spawn, b"a" * 16)]
+    assert queue.actor_pending(b"b" * 16) and not queue.actor_pending(b"a" * 16)
+    queue.forget_actor(b"b" * 16)  # it died before it was placed
+    assert not queue.actor_pending(b"b" * 16)
+    actor_worker = actions[0].worker
+    queue.linked(actor_worker, connected=True, ready=True)
+    queue.enqueue(spec(1))
+    assert assigned(queue.dispatch(now=0.0)) == []  # an actor's worker never takes tasks
+    queue.worker_gone(actor_worker, now=1.0)
+    assert queue.resources.available["CPU"] == 1.0
+
+
+def test_idle_workers_beyond_the_cpu_count_stop_after_their_ttl():
+    queue, _ = node(cpus=1)
+    keys = start_workers(queue, 3, now=0.0)
+    assert queue.idle_expired(now=IDLE_WORKER_TTL_S / 2) == []
+    expired = queue.idle_expired(now=IDLE_WORKER_TTL_S + 1)
+    assert expired == keys[:2]  # down to one per CPU
+    assert queue.statistics().workers == 1
+
+
+def test_drain_fails_everything_queued():
+    queue, _ = node(cpus=1)
+    for n in range(1, 4):
+        queue.enqueue(spec(n))
+    assert [int.from_bytes(s.task_id, "big") for s in queue.drain_queued()] == [1, 2, 3]
+    assert queue.queued() == 0
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4])
+def test_resources_balance_after_any_mix_of_done_blocked_and_dead(cpus):
+    queue, _ = node(cpus=cpus)
+    keys = start_workers(queue, cpus)
+    for n in range(1, 4 * cpus + 1):
+        queue.enqueue(spec(n))
+    queue.dispatch(now=0.0)
+    for i, key in enumerate(keys):
+        held = list(queue.slot(key).assigned)
+        if i % 3 == 0:
+            queue.blocked(key, held[1:])
+            queue.unblocked(key)
+            queue.task_done(key, held[:1], now=1.0)
+        elif i % 3 == 1:
+            queue.worker_gone(key, now=1.0)
+        else:
+            queue.task_done(key, held, now=1.0)
+    for key in keys:
+        if queue.slot(key) is not None and queue.slot(key).assigned:
+            queue.task_done(key, list(queue.slot(key).assigned), now=2.0)
+    assert queue.resources.available["CPU"] == float(cpus)
