@@ -13,8 +13,6 @@ saying so on stderr.
 
 from __future__ import annotations
 
-from ember import _settings
-
 import signal
 import subprocess
 import sys
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from ember import _settings
 
 PORT_DEFAULT = 8265  # Ray's dashboard port, where Ray users look first
 URL_WAIT_S = 60.0  # the embedded PostgreSQL may have to start first
@@ -42,8 +42,7 @@ _GCS_URL_HELP = "PostgreSQL URL of the log (default: EMBER_GCS_URL, else the emb
 @click.option("--follow-pid", default=None, hidden=True,
               help="PID:START_TICKS of a process whose end ends the dashboard (the head node's daemon).")
 def dashboard_command(port: int, bind: str, gcs_url: str | None, follow_pid: str | None) -> None:
-    from ember.lineage._dashboard_server import Dashboard
-    from ember.lineage._reader import locate_log
+    from ember.lineage import Dashboard, locate_log
     from ember.scheduler import _tls
 
     conninfo, release = locate_log(gcs_url)

@@ -33,7 +33,7 @@ _GCS_URL_HELP = "PostgreSQL URL of the log (default: EMBER_GCS_URL, else the emb
 def _opened_log(gcs_url: str | None) -> Iterator[Any]:
     """The log, with user mistakes turned into a one-line error and exit status 1."""
     from ember.lineage import open_log
-    from ember.lineage._schema_version import SchemaVersionError
+    from ember.lineage import SchemaVersionError
 
     try:
         with open_log(gcs_url) as log:
@@ -56,7 +56,7 @@ def _opened_log(gcs_url: str | None) -> Iterator[Any]:
 @click.option("--gcs-url", default=None, help=_GCS_URL_HELP)
 def list_command(what: str, job: str | None, state: str | None, limit: int, fmt: str, function: str | None,
                  node: str | None, retried: bool, rebuilt: bool, error_text: str | None, gcs_url: str | None) -> None:
-    from ember.lineage._listing import TaskFilter, row_json
+    from ember.lineage import TaskFilter, row_json
 
     if what == "jobs" and job is not None:
         raise click.UsageError("--job does not apply to `ember list jobs`")
@@ -135,14 +135,14 @@ def _node(node_id: str | None) -> str:
 
 
 def _task_cells(r: Any) -> list[str]:
-    from ember.lineage._render import human_duration
+    from ember.lineage import human_duration
 
     return [r.task_id, _short(r.name, 40), r.state, str(r.attempts), str(r.rebuilt), _node(r.node_id),
             human_duration(r.duration_s) or "-", _when(r.submitted_at), _short(r.error)]
 
 
 def _object_cells(r: Any) -> list[str]:
-    from ember.lineage._render import human_size
+    from ember.lineage import human_size
 
     return [r.object_id, r.origin, human_size(r.size), _node(r.node_id), "yes" if r.durable_copy else "-",
             r.state, _when(r.created_at)]
@@ -160,7 +160,7 @@ def _node_cells(r: Any) -> list[str]:
 
 
 def _job_cells(r: Any) -> list[str]:
-    from ember.lineage._render import human_duration
+    from ember.lineage import human_duration
 
     took = (r.ended_at - r.started_at).total_seconds() if r.ended_at and r.started_at else None
     return [r.job_id, r.state, f"{r.tasks:,}", _short(r.entrypoint, 40), _when(r.started_at),

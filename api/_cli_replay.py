@@ -50,7 +50,7 @@ def replay_command(task_id: str | None, job: str | None, debugger: bool, gcs_url
 
 def _one(task_id: str, debugger: bool, gcs_url: str | None) -> int:
     from ember.lineage import Verdict, replay_task
-    from ember.lineage._replay import short_repr
+    from ember.lineage import short_repr
 
     result = replay_task(task_id, debugger=debugger, gcs_url=gcs_url)
     click.echo(f"replayed {result.name} (task {result.task_id})")

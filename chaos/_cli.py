@@ -220,7 +220,7 @@ def _finish_record(record: Any, result: Any) -> str | None:
 
 def _write_html(path: Path, run_id: str) -> None:
     from ember.lineage import open_log
-    from ember.lineage._dashboard_chaos import standalone_report
+    from ember.lineage import standalone_report
 
     with open_log() as log:
         page = standalone_report(log, run_id)

@@ -20,9 +20,8 @@ import time
 from typing import Any
 
 from ember.scheduler import local_nodes
-from ember.scheduler._local_nodes import LocalNode
 from ember.scheduler._procutil import process_start_ticks
-from ember.scheduler._node import free_port
+from ember.scheduler import free_port, local_nodes
 
 STOP_TIMEOUT_S = 15.0
 GONE_TIMEOUT_S = 10.0
@@ -37,7 +36,7 @@ class LocalCluster:
     def __init__(self, nodes: list[dict[str, Any]] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.nodes: list[LocalNode] = []
+        self.nodes: list[local_nodes.LocalNode] = []
         try:
             for i, sizes in enumerate(nodes or [{}]):
                 self.add_node(head=i == 0, **sizes)
@@ -45,7 +44,7 @@ class LocalCluster:
             self.shutdown()
             raise
 
-    def add_node(self, head: bool = False, bind: str | None = None, **sizes: Any) -> LocalNode:
+    def add_node(self, head: bool = False, bind: str | None = None, **sizes: Any) -> local_nodes.LocalNode:
         """Start a node; ``bind``: the loopback address it serves on (another of 127/8 for a node with an
         address of its own, as ``node:<ip>`` resources see it; the head keeps 127.0.0.1)."""
         argv = ["--resources-json", json.dumps(sizes)]
@@ -56,7 +55,7 @@ class LocalCluster:
         self.nodes.append(node)
         return node
 
-    def node_pids(self, node: LocalNode) -> list[int]:
+    def node_pids(self, node: local_nodes.LocalNode) -> list[int]:
         """The pids of ``node``'s daemon, GCS, store and scheduler that are alive now (not its workers)."""
         pids = [node.pid] if node.alive() else []
         for marker in _READY_MARKERS:
@@ -68,7 +67,7 @@ class LocalCluster:
                 pids.append(pid)
         return pids
 
-    def kill_node(self, node: LocalNode, timeout_s: float = GONE_TIMEOUT_S) -> None:
+    def kill_node(self, node: local_nodes.LocalNode, timeout_s: float = GONE_TIMEOUT_S) -> None:
         """SIGKILL ``node`` whole and wait (bounded) until its daemon, store, scheduler and GCS are gone."""
         pids = self.node_pids(node)
         local_nodes.kill_node(node)
@@ -78,7 +77,7 @@ class LocalCluster:
                 raise TimeoutError(f"node {node.node_id[:8]}'s processes {pids} outlived its daemon by {timeout_s}s")
             time.sleep(POLL_S)
 
-    def stop_node(self, node: LocalNode) -> str:
+    def stop_node(self, node: local_nodes.LocalNode) -> str:
         return local_nodes.stop_node(node, STOP_TIMEOUT_S)
 
     def shutdown(self) -> None:

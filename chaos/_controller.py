@@ -294,7 +294,7 @@ class Controller:
         homes.discard(None)
         if not homes:
             return Outcome.NO_PROCESS, None, "no driver reported an embedded PostgreSQL (EMBER_GCS_URL is not restarted)"
-        from ember.lineage._postgres import EmbeddedPostgres
+        from ember.lineage import EmbeddedPostgres
 
         server = EmbeddedPostgres(Path(sorted(homes)[0]))
         old_pid = server.server_pid()

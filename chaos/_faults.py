@@ -348,7 +348,7 @@ def _embedded_log_server() -> Any:
     anything else came from ``EMBER_GCS_URL`` or ``init(gcs_url=...)`` and
     belongs to whoever runs that server.
     """
-    from ember.lineage._postgres import EmbeddedPostgres
+    from ember.lineage import EmbeddedPostgres
 
     try:
         conninfo = require_core().session.read_info().get("gcs_conninfo")

@@ -103,8 +103,7 @@ class LiveRecord:
     def _open(self) -> str:
         """The log's conninfo: found (the embedded server held) and its schema brought up to date, once."""
         if self._conninfo is None:
-            from ember.lineage._reader import locate_log
-            from ember.lineage._store import LineageStore
+            from ember.lineage import LineageStore, locate_log
 
             conninfo, release = locate_log(self._gcs_url)
             try:

@@ -32,6 +32,17 @@ _HOME = {
     "TaskRecord": "_reader", "UnknownIdError": "_reader", "open_log": "_reader",
 }
 
+# Names ember's other packages use (not part of the user API, so not in __all__):
+# other packages import them from here, never from a private module.
+_INTERNAL = {
+    "Dashboard": "_dashboard_server", "standalone_report": "_dashboard_chaos",
+    "locate_log": "_reader", "SchemaVersionError": "_schema_version",
+    "TaskFilter": "_listing", "row_json": "_listing", "human_duration": "_render", "human_size": "_render",
+    "short_repr": "_replay", "EmbeddedPostgres": "_postgres", "LineageStore": "_store",
+    "QueueLog": "_queue_log", "ReplaySource": "_replay_source",
+    "GcsLog": "_gcs_log",
+}
+
 if TYPE_CHECKING:
     from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow, TaskState
     from ember.lineage._prune import PruneReport, prune
@@ -55,7 +66,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
+    home = _HOME.get(name) or _INTERNAL.get(name)
     if home is None:
         raise AttributeError(f"module 'ember.lineage' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"ember.lineage.{home}"), name)

@@ -21,7 +21,7 @@ from collections import Counter, deque
 from typing import assert_never
 
 from ember.lineage._dashboard_data import descendants
-from ember.lineage._dashboard_html import BadRequest, Page, Query, esc, facts, href, object_link, task_link
+from ember.lineage._dashboard_html import Page, Query, esc, facts, href, object_link, task_link
 from ember.lineage._dashboard_svg import DagNode, Shape, dag_svg
 from ember.lineage._reader import Lineage, LineageLog, ObjectRecord, TaskRecord
 from ember.lineage._render import human_size, lineage_json, object_place, short_id

@@ -46,6 +46,8 @@ _UPSERT = (
 class QueueLog:
     """Writes one scheduler's queue to ``scheduler_queue``; never blocks the scheduler on the database."""
 
+    READ_WAIT_S = READ_WAIT_S
+
     def __init__(self, conninfo: str, node_id: str, interval_s: float = LAZY_DELAY_S,
                  pid: int | None = None) -> None:
         self._conninfo = conninfo

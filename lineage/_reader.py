@@ -490,7 +490,6 @@ def open_log(gcs_url: str | None = None) -> LineageLog:
 
 def locate_log(gcs_url: str | None = None) -> tuple[str, Any]:
     """The log's conninfo and what to call when done with it (starts the embedded server if needed)."""
-    import os
 
     from ember.lineage._postgres import EmbeddedPostgres
 

@@ -106,7 +106,7 @@ def _format_inline(data: bytes) -> tuple[str, str | None]:
     # An object resolved into the call (a ref whose value was ready) names
     # itself in its header; a by-value argument names nothing.
     from ember.store import deserialize
-    from ember.store._serialization import read_header
+    from ember.store import read_header
 
     try:
         object_id, _, _ = read_header(data)

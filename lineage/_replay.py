@@ -196,7 +196,7 @@ class Replayer:
         """
         match step.kind:
             case StepKind.FETCH:
-                from ember.store._serialization import ObjectKind, deserialize
+                from ember.store import ObjectKind, deserialize
 
                 assert step.object_id is not None and step.source is not None
                 kind, value = deserialize(self.reads.object_bytes(step.object_id, step.source))
@@ -300,7 +300,7 @@ class Replayer:
 
     def _decode(self, encoded: tuple) -> Any:
         from ember.scheduler._spec import ArgKind
-        from ember.store._serialization import ObjectKind, deserialize
+        from ember.store import ObjectKind, deserialize
 
         kind = encoded[0]
         if kind == ArgKind.VALUE:
@@ -337,7 +337,7 @@ def _call(fn: Callable, args: list, kwargs: dict, debugger: bool) -> Any:
 
 
 def _value_hash(value: Any, like: bytes | None) -> bytes:
-    from ember.store._content_hash import value_hash
+    from ember.store import value_hash
 
     return value_hash(value, like)
 

@@ -260,7 +260,7 @@ def _renamed(code: types.CodeType, path: str) -> types.CodeType:
 
 def _read_object_file(path: Path, object_id: bytes) -> bytes | None:
     """A store file's or durable copy's bytes, if it still holds ``object_id`` (a store may reuse its file)."""
-    from ember.store._serialization import read_header
+    from ember.store import read_header
 
     try:
         data = path.read_bytes()

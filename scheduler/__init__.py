@@ -7,7 +7,7 @@ underscore modules is internal.
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._core import CoreClient
 from ember.scheduler import _local_nodes as local_nodes
-from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_up, node_resources
+from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_up, free_port, node_resources
 from ember.scheduler._object_ref import ObjectRef, TaskID
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
@@ -25,6 +25,7 @@ __all__ = [
     "TaskID",
     "TaskKind",
     "bring_up",
+    "free_port",
     "local_nodes",
     "node_resources",
     "require_core",

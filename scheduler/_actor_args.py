@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ember.store._put_copies import job_dir, write_copy
+from ember.store import job_dir, write_copy
 
 
 class ActorArgCopies:

@@ -284,7 +284,7 @@ def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = N
     cluster's GCS and log. On failure nothing is left running; a start
     failure keeps the logs its error points at.
     """
-    from ember.lineage._store import LineageStore
+    from ember.lineage import LineageStore
     from ember.scheduler._session import create_session, remove_stale_sessions
 
     remove_stale_sessions()

@@ -8,8 +8,6 @@ pid only, never by name or group.
 
 from __future__ import annotations
 
-from ember import _settings
-
 import ctypes
 import logging
 import os
@@ -20,6 +18,8 @@ import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
+
+from ember import _settings
 
 _PR_SET_PDEATHSIG = 1
 

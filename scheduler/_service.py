@@ -84,7 +84,7 @@ class Scheduler:
         self.queue_log: Any = None
         conninfo = _log_conninfo(session)
         if conninfo:
-            from ember.lineage._queue_log import QueueLog  # psycopg is imported only when logging
+            from ember.lineage import QueueLog  # psycopg is imported only when logging
 
             self.queue_log = QueueLog(conninfo, node_id)
         self._recovered: dict[bytes, Any] = {}  # task id -> QueuedTask: a dead predecessor's queue, till claimed
@@ -110,9 +110,9 @@ class Scheduler:
         if self.queue_log is not None:
             self.queue_log.start()
         if recover and self.queue_log is not None:
-            from ember.lineage._queue_log import READ_WAIT_S
+            from ember.lineage import QueueLog
 
-            self._recovery_deadline = time.monotonic() + READ_WAIT_S + 1.0
+            self._recovery_deadline = time.monotonic() + QueueLog.READ_WAIT_S + 1.0
             threading.Thread(target=self._read_queue, name="ember-queue-read", daemon=True).start()
         else:
             self._recovery.set()
@@ -428,10 +428,9 @@ class Scheduler:
 
     def _read_queue(self) -> None:
         """Read the queue the dead scheduler of this node left in the log; its tasks wait for their owners' claim."""
-        from ember.lineage._queue_log import READ_WAIT_S
-        from ember.lineage._replay_source import ReplaySource
+        from ember.lineage import QueueLog, ReplaySource
 
-        source = ReplaySource(self.queue_log.conninfo, wait_s=READ_WAIT_S)
+        source = ReplaySource(self.queue_log.conninfo, wait_s=QueueLog.READ_WAIT_S)
         try:
             found, unlogged = source.queue(self.node_id, os.getpid())
         except Exception as exc:

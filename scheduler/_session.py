@@ -6,8 +6,6 @@ Nothing here starts processes; ``_node`` does that.
 
 from __future__ import annotations
 
-from ember import _settings
-
 import json
 import os
 import secrets
@@ -16,6 +14,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ember import _settings
 
 SHM_ROOT = Path("/dev/shm")
 RELAY_INFO_KEY = "relay"  # session info: HOST:PORT of the node's relay, in a node of a multi-node cluster

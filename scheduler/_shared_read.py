@@ -25,7 +25,6 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from ember.scheduler._protocol import Connection

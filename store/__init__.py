@@ -5,16 +5,32 @@ out-of-band buffers laid out aligned after it (or an Arrow IPC stream), so a
 reader maps the file and gets numpy arrays and Arrow tables without copying.
 """
 
+from ember.store._content_hash import value_hash
+from ember.store._put_copies import PutCopies, copy_wanted, job_dir, write_copy
 from ember.store._segments import ObjectFiles, prefault_segment
-from ember.store._serialization import ObjectKind, SerializedObject, deserialize, serialize, serialize_error, to_bytes
+from ember.store._serialization import (
+    ObjectKind,
+    SerializedObject,
+    deserialize,
+    read_header,
+    serialize,
+    serialize_error,
+    to_bytes,
+)
 
 __all__ = [
     "ObjectFiles",
     "ObjectKind",
+    "PutCopies",
     "SerializedObject",
+    "copy_wanted",
     "deserialize",
+    "job_dir",
     "prefault_segment",
+    "read_header",
     "serialize",
     "serialize_error",
     "to_bytes",
+    "value_hash",
+    "write_copy",
 ]

@@ -29,8 +29,6 @@ inline object, and never block the thread that queues work for it.
 
 from __future__ import annotations
 
-from ember import _settings
-
 import hashlib
 import logging
 import queue
@@ -40,6 +38,7 @@ from typing import Any
 
 import xxhash
 
+from ember import _settings
 from ember.store._serialization import HEADER_BYTES, serialize, to_bytes
 
 log = logging.getLogger("ember.store")

@@ -18,8 +18,6 @@ raises ObjectLostError saying so.
 
 from __future__ import annotations
 
-from ember import _settings
-
 import logging
 import os
 import queue
@@ -27,6 +25,8 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from ember import _settings
 
 log = logging.getLogger("ember.store")
 

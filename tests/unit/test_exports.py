@@ -62,3 +62,6 @@ def test_the_lineage_packages_lazy_names_are_its_exports():
     import ember.lineage as lineage
 
     assert set(lineage._HOME) == set(lineage.__all__)
+    assert not set(lineage._INTERNAL) & set(lineage.__all__)  # ember's own imports, not the user's API
+    for name in lineage._INTERNAL:
+        assert getattr(lineage, name) is not None
