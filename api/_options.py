@@ -81,7 +81,17 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:
-        _integer("max_concurrency", out["max_concurrency"], 1)
+        # Calls on an ember actor run one at a time: only the value that says so is taken, never ignored.
+        if _integer("max_concurrency", out["max_concurrency"], 1) != 1:
+            raise InvalidOptionError(
+                f"option max_concurrency={out['max_concurrency']} is not supported yet: calls on an ember actor run "
+                "one at a time, in submission order per caller; leave it out (or pass 1)")
+    strategy = out.get("scheduling_strategy")
+    if strategy is not None and strategy != "DEFAULT":
+        raise InvalidOptionError(
+            f"option scheduling_strategy={strategy!r} is not supported yet: ember places work by its own "
+            "default policy; leave it out (or pass \"DEFAULT\"), or pin a task to a node with "
+            "resources={\"node:<its IP>\": 0.01}")
     return out
 
 

@@ -49,3 +49,16 @@ def test_api_that_does_not_start_a_cluster_needs_init():
     with pytest.raises(ember.exceptions.NotInitializedError, match="ember.init"):
         ember.get_runtime_context().get_node_id()
     assert not ember.is_initialized()
+
+
+def test_options_ember_cannot_honour_are_refused_not_ignored():
+    from ember._options import validate
+    import pytest
+    from ember.exceptions import InvalidOptionError
+
+    assert validate({"max_concurrency": 1}, "actor")["max_concurrency"] == 1
+    assert validate({"scheduling_strategy": "DEFAULT"}, "task")["scheduling_strategy"] == "DEFAULT"
+    with pytest.raises(InvalidOptionError, match="max_concurrency=4 is not supported yet"):
+        validate({"max_concurrency": 4}, "actor")
+    with pytest.raises(InvalidOptionError, match="scheduling_strategy='SPREAD' is not supported yet.*node:"):
+        validate({"scheduling_strategy": "SPREAD"}, "task")
