@@ -64,6 +64,7 @@ from ember.store._serialization import (
 
 log = logging.getLogger("ember.core")
 
+PUT_INDEX = bytes(4)  # the return index of a put's object id: it is no task's result
 # A borrower waits for an owner's answer this much longer than the owner waits for its log.
 OWNER_ANSWER_MARGIN_S = 5.0
 DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
@@ -355,6 +356,8 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         with self._lock:
             for ref in refs:
                 if ref._owner == self.address:
+                    if ref._id.endswith(PUT_INDEX):
+                        continue  # this process's own put: it had the value before it put it
                     seq = max(seq, self._lineage_seq_locked(ref._id))
                 elif ref._id not in self._durable_borrowed:
                     borrowed.append(ref)
