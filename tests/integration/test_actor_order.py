@@ -57,13 +57,47 @@ def _kill(counter) -> None:
     wait_gone(pid)
 
 
-def test_calls_only_the_caller_logged_are_replayed_after_the_actor_dies(slow_log_cluster):
+@ember.remote
+class Tally:
+    """Counts, and writes each count to a file: the test sees the calls ran without reading their results."""
+
+    def __init__(self, path):
+        self.path = path
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+        with open(self.path, "a") as f:
+            f.write(f"{self.n}\n")
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_calls_only_the_caller_logged_are_replayed_after_the_actor_dies(slow_log_cluster, tmp_path):
+    from tests.fix_cluster import poll_until
+
+    ran = tmp_path / "ran"
+    tally = Tally.options(max_restarts=1, max_task_retries=-1).remote(str(ran))
+    pid = ember.get(tally.pid.remote(), timeout=BOUND_S)
+    calls = [tally.add.remote(1) for _ in range(5)]  # their results reach the driver; nobody reads them
+    assert poll_until(lambda: ran.exists() and len(ran.read_text().split()) == 5, BOUND_S)
+    # The premise: no get made the driver commit these calls' places, and the actor's own rows wait a minute.
+    assert _committed_calls(tally._actor_id) <= 1  # the pid call's place, which its get committed
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    # The restart asks the driver, its last caller, to commit the rows it kept; the replay runs the five again.
+    assert ember.get(tally.add.remote(1), timeout=BOUND_S) == 6
+    assert ember.get(calls, timeout=BOUND_S) == [1, 2, 3, 4, 5]
+
+
+def test_a_get_commits_the_calls_order_before_it_returns(slow_log_cluster):
     counter = Counter.options(max_restarts=1, max_task_retries=-1).remote()
     assert [ember.get(counter.add.remote(1), timeout=BOUND_S) for _ in range(5)] == [1, 2, 3, 4, 5]
-    # The premise: the actor's own rows for these calls are not durable yet.
-    assert _committed_calls(counter._actor_id) < 5
+    # Durable before visible, the caller included: each get committed its call's place in the order.
+    assert _committed_calls(counter._actor_id) == 5
     _kill(counter)
-    # The restart asks the driver, its last caller, to commit the rows it logged.
     assert ember.get(counter.add.remote(1), timeout=BOUND_S) == 6
 
 
