@@ -11,15 +11,13 @@ blocking socket I/O while holding the core lock.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._listener import connect
+from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._shared_read import SharedReadConnection
-
-if TYPE_CHECKING:
-    from ember.scheduler._core import _PendingTask
 
 PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
 
@@ -32,8 +30,8 @@ class _ActorState:
         self.actor_id = actor_id
         self.address: str | None = None
         self.conn: Connection | None = None
-        self.queue: deque[_PendingTask] = deque()
-        self.inflight: dict[bytes, _PendingTask] = {}
+        self.queue: deque[PendingTask] = deque()
+        self.inflight: dict[bytes, PendingTask] = {}
         self.dead_reason: str | None = None
         self.seq = 0
         self.subscribed = False

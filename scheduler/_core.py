@@ -16,20 +16,16 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, assert_never
 
 from ember.exceptions import (
-    ActorDiedError,
     ClusterUnavailableError,
-    EmberTaskError,
     ForeignObjectRefError,
     InfeasibleResourceError,
     LineageLogUnavailableError,
     TaskCancelledError,
-    WorkerCrashedError,
 )
 from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
 from ember.scheduler._infeasible import actor_died_error
@@ -37,7 +33,20 @@ from ember.scheduler._object_ref import ObjectRef
 from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._reconstruct import ReconstructionMixin
 from ember.scheduler._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin
-from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE, WaitingMixin, grouped
+from ember.scheduler._waiting import WaitingMixin, grouped
+from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._tasks import (
+    Claim,
+    Fail,
+    Finish,
+    Ignore,
+    PendingTask,
+    Resubmit,
+    Warn,
+    after_failure_report,
+    after_result,
+    after_scheduler_died,
+)
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, connect, set_local_relay
@@ -49,6 +58,7 @@ from ember.scheduler._spec import (
     PLAIN_TYPES,
     ArgKind,
     TaskKind,
+    FailureCause,
     TaskSpec,
     object_id,
 )
@@ -72,52 +82,7 @@ SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-fau
 
 
 
-class FailureCause:
-    WORKER_DIED = "worker_died"
-    CANCELLED = "cancelled"
-    ACTOR_DIED = "actor_died"
-    INFEASIBLE = "infeasible"
-    # Not a failure: the task waits for a node that can run it to join; ``detail`` is the warning.
-    UNSCHEDULABLE = "unschedulable"
-
-
 INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
-
-
-class _Entry:
-    __slots__ = ("state", "data", "shared", "dropped", "log_seq", "order", "where", "size", "copies")
-
-    def __init__(self) -> None:
-        # In the store of the node of the process at this address, which wrote it; LOST_COPY: it
-        # died with that node; None: inline, or in this node's store.
-        self.where: str | None = None
-        self.size = 0  # bytes, of an object in a store: for the global scheduler's input locality
-        self.copies: list[str] | None = None  # processes on other nodes told where it is: their nodes pulled it
-        self.log_seq = 0  # the lineage row that must be durable before others see the value
-        self.order: tuple[bytes, int] | None = None  # (actor, place) of an actor call whose order row may not be
-        self.state = PENDING
-        self.data: bytes | None = None
-        self.shared = False
-        self.dropped = False
-
-
-class _PendingTask:
-    __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
-                 "log_seq", "replay", "encoded", "as_logged")
-
-    def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
-        self.spec = spec
-        self.raw_args = raw_args
-        self.raw_kwargs = raw_kwargs
-        self.missing = 0
-        self.retry_exceptions = retry_exceptions
-        self.cancelled = False
-        self.extra: tuple = ()  # actor creation: (detached, handle metadata)
-        self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
-        self.log_seq = 0  # the spec's row in the lineage log; results wait for it to be durable
-        self.replay = False  # run again from its logged spec: arguments already encoded, spec already durable
-        self.encoded = False  # arguments encoded (and logged) before its inputs were ready
-        self.as_logged = False  # sent exactly as its logged spec: a restarted scheduler can take it from the log
 
 
 class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
@@ -152,11 +117,10 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         self._waiters: set[Any] = set()  # threading.Event, or a PipeWaiter for a thread reading a connection itself
         self._thread_state = threading.local()
         self._changed = False
-        self._objects: dict[bytes, _Entry] = {}
-        self._refcounts: dict[bytes, int] = {}
-        self._deferred_decrefs: deque[bytes] = deque()  # drops the garbage collector could not take the lock for
-        self._tasks: dict[bytes, _PendingTask] = {}
-        self._dep_waiters: dict[bytes, list[_PendingTask]] = {}
+        self.objects = ObjectTable()
+        self._objects = self.objects.entries
+        self._tasks: dict[bytes, PendingTask] = {}
+        self._dep_waiters: dict[bytes, list[PendingTask]] = {}
         self._actors: dict[bytes, _ActorState] = {}
         self._created_actors: dict[bytes, tuple[TaskSpec, tuple]] = {}
         self._peers: dict[str, Connection] = {}
@@ -245,8 +209,9 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         for conn in [self.scheduler, self.store, *self._peers.values()]:
             conn.flush()
             conn.close()
-        with self._cv:
-            self._cv.notify_all()
+        with self._lock:
+            self._changed = True
+        self._wake_waiters()  # a get or wait in another thread sees the close and returns
 
     def _send_follow_ups(self) -> None:
         # A result that releases dependent tasks queues their submissions on a
@@ -268,7 +233,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
 
     def incref(self, oid: bytes) -> None:
         with self._lock:
-            self._refcounts[oid] = self._refcounts.get(oid, 0) + 1
+            self.objects.incref(oid)
             self._drain_deferred_decrefs()
 
     def decref(self, oid: bytes) -> None:
@@ -276,7 +241,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         from whichever thread it interrupts, the log's writer included, while
         another thread may hold the lock waiting for that very writer."""
         if not self._lock.acquire(blocking=False):
-            self._deferred_decrefs.append(oid)  # dropped at the next incref or decref
+            self.objects.deferred.append(oid)  # dropped at the next incref or decref
             return
         try:
             self._decref_locked(oid)
@@ -285,24 +250,13 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             self._lock.release()
 
     def _drain_deferred_decrefs(self) -> None:
-        deferred = self._deferred_decrefs
+        deferred = self.objects.deferred
         while deferred:
             self._decref_locked(deferred.popleft())
 
     def _decref_locked(self, oid: bytes) -> None:
-        count = self._refcounts.get(oid, 0) - 1
-        if count > 0:
-            self._refcounts[oid] = count
-            return
-        self._refcounts.pop(oid, None)
-        entry = self._objects.get(oid)
-        if entry is None or entry.shared:
-            return
-        if entry.state == PENDING:
-            entry.dropped = True
-            return
-        del self._objects[oid]
-        if entry.state == READY_STORE:
+        entry = self.objects.release(oid)
+        if entry is not None and entry.state is ObjectState.READY_STORE:
             self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
             if entry.where is not None or entry.copies:
                 self._free_remote(oid, entry)
@@ -316,7 +270,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         if self.gcs is not None:
             with self._lock:
                 entry = self._objects.get(ref._id)
-                if entry is not None and entry.state == PENDING and not entry.log_seq:
+                if entry is not None and entry.state == ObjectState.PENDING and not entry.log_seq:
                     pt = self._tasks.get(ref._id[:16])
                     if pt is not None and not pt.log_seq and not pt.replay:
                         self._log_before_dispatch(pt)
@@ -328,7 +282,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if entry is None or entry.shared:
                 return
             entry.shared = True
-            if entry.state == READY_INLINE:
+            if entry.state == ObjectState.READY_INLINE:
                 self._publish(ref._id, entry.data)
 
     def _lineage_seq_locked(self, oid: bytes) -> int:
@@ -423,15 +377,15 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
 
     def put(self, value: Any) -> ObjectRef:
         oid = object_id(IDS.task_id(), 0)
-        entry = _Entry()
+        entry = ObjectEntry()
         obj = serialize(value)
         view = None
         if obj.total_size <= INLINE_BYTES_MAX:
             entry.data = to_bytes(obj, oid)
-            entry.state = READY_INLINE
+            entry.state = ObjectState.READY_INLINE
         else:
             view = self._write_kept(oid, obj)
-            entry.state = READY_STORE
+            entry.state = ObjectState.READY_STORE
             entry.size = obj.total_size
         if self.gcs is not None:
             size = len(entry.data) if entry.data is not None else obj.total_size
@@ -540,12 +494,12 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
             num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name,
         )
-        pt = _PendingTask(spec, args, kwargs, retry_exceptions)
+        pt = PendingTask(spec, args, kwargs, retry_exceptions)
         pt.extra = extra
         refs = []
         with self._lock:
             for oid in spec.return_ids() if kind != TaskKind.ACTOR_CREATION else ():
-                self._objects[oid] = _Entry()
+                self._objects[oid] = ObjectEntry()
                 refs.append(ObjectRef(oid, self.address))
             self._tasks[spec.task_id] = pt
             self._count_missing(pt)
@@ -572,22 +526,22 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                 raise
         return refs
 
-    def _count_missing(self, pt: _PendingTask) -> None:
+    def _count_missing(self, pt: PendingTask) -> None:
         for value in (*pt.raw_args, *pt.raw_kwargs.values()):
             if type(value) is ObjectRef and value._owner == self.address:
                 entry = self._objects.get(value._id)
-                if entry is not None and entry.state == PENDING:
+                if entry is not None and entry.state == ObjectState.PENDING:
                     pt.missing += 1
                     self._dep_waiters.setdefault(value._id, []).append(pt)
 
-    def _encode(self, value: Any, pt: "_PendingTask | None" = None) -> tuple:
+    def _encode(self, value: Any, pt: "PendingTask | None" = None) -> tuple:
         t = type(value)
         if t in PLAIN_TYPES and (t is not str and t is not bytes or len(value) <= PLAIN_BYTES_MAX):
             return (ArgKind.VALUE, value)
         if t is ObjectRef:
             if value._owner == self.address:
                 entry = self._objects.get(value._id)
-                if entry is not None and entry.state == READY_INLINE:
+                if entry is not None and entry.state == ObjectState.READY_INLINE:
                     return (ArgKind.INLINE, entry.data)
             return (ArgKind.REF, value._id, value._owner)
         obj = serialize(value)
@@ -601,15 +555,15 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
     def _inline_owned(self, encoded: tuple) -> tuple:
         if encoded[0] == ArgKind.REF and encoded[2] == self.address:
             entry = self._objects.get(encoded[1])
-            if entry is not None and entry.state == READY_INLINE:
+            if entry is not None and entry.state == ObjectState.READY_INLINE:
                 return (ArgKind.INLINE, entry.data)
         return encoded
 
     def put_serialized(self, obj: Any) -> bytes:
         oid = object_id(IDS.task_id(), 0)
         view = self._write_kept(oid, obj)
-        entry = _Entry()
-        entry.state = READY_STORE
+        entry = ObjectEntry()
+        entry.state = ObjectState.READY_STORE
         entry.size = obj.total_size
         entry.shared = True  # referenced from a spec: keep it while the job runs
         self._objects[oid] = entry
@@ -618,7 +572,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             self._log_kept_object(oid, obj.total_size, None, "argument", view)
         return oid
 
-    def _encode_spec(self, pt: _PendingTask) -> bool:
+    def _encode_spec(self, pt: PendingTask) -> bool:
         """Encode the arguments for sending; returns whether the spec still has to be logged.
 
         Callers send the task first and log it right after, still under the
@@ -641,7 +595,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
         return self.gcs is not None and not pt.log_seq
 
-    def _log_before_dispatch(self, pt: _PendingTask) -> None:
+    def _log_before_dispatch(self, pt: PendingTask) -> None:
         """Log the spec of a task still waiting for its inputs: a ref to its result is leaving.
 
         The inputs are logged by reference; dispatch encodes the arguments
@@ -663,7 +617,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         for task in reversed(order):
             self._encode_early(task)
 
-    def _encode_early(self, pt: _PendingTask) -> None:
+    def _encode_early(self, pt: PendingTask) -> None:
         """Encode and log a task whose inputs are pending: they are named by reference."""
         spec = pt.spec
         spec.args = [self._encode(a, pt) for a in pt.raw_args]
@@ -671,7 +625,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         pt.encoded = True
         self._log_spec(pt)
 
-    def _log_spec(self, pt: _PendingTask) -> None:
+    def _log_spec(self, pt: PendingTask) -> None:
         spec = pt.spec
         gcs = self.gcs
         assert gcs is not None
@@ -686,7 +640,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             if entry is not None:
                 entry.log_seq = pt.log_seq
 
-    def _free_arg_objects(self, pt: _PendingTask) -> None:
+    def _free_arg_objects(self, pt: PendingTask) -> None:
         if pt.arg_objects:
             oids, pt.arg_objects = pt.arg_objects, []
             for oid in oids:
@@ -697,7 +651,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             else:
                 self.store.send((Op.FREE, oids))
 
-    def _dispatch(self, pt: _PendingTask) -> None:
+    def _dispatch(self, pt: PendingTask) -> None:
         must_log = self._encode_spec(pt)
         spec = pt.spec
         if spec.kind == TaskKind.ACTOR_CREATION:
@@ -861,26 +815,25 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             # again, as its next attempt. The new scheduler read the dead one's
             # queue back from the log; it takes from there the tasks whose
             # logged spec is the one sent. The others go again in full.
-            claims: list[_PendingTask] = []
+            claims: list[PendingTask] = []
             items = []
             # Chosen before any is failed: failing one may dispatch tasks waiting on it, to the new scheduler.
             sent = [pt for pt in self._tasks.values() if pt.spec.kind == TaskKind.NORMAL and not pt.missing]
             for pt in sent:
                 spec = pt.spec
-                if pt.cancelled:
-                    # Its cancel may have died with the scheduler: it must not run again.
-                    self._fail_task(pt, TaskCancelledError(spec.task_id.hex()))
-                elif spec.attempt < spec.max_retries or pt.replay:
-                    if pt.as_logged:
+                action = after_scheduler_died(pt)
+                match action:
+                    case Claim():
                         spec.attempt += 1  # before asking: the scheduler may run it, and answer, at once
                         claims.append(pt)
                         items.append((spec.task_id, spec.attempt,
                                       self._input_bytes(spec) or None if self.relay is not None else None))
-                    else:
+                    case Resubmit():
                         self._resubmit(pt)
-                else:
-                    self._fail_task(pt, WorkerCrashedError(
-                        spec.describe(), spec.attempt + 1, "its node's scheduler died while it was queued or running"))
+                    case Fail(error):
+                        self._fail_task(pt, error)
+                    case _:
+                        assert_never(action)
             self._changed = True
         if self.gcs is not None:
             # Asked even with nothing to claim: the scheduler then drops this owner's rows at once.
@@ -991,11 +944,17 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         """
         with self._lock:
             pt = self._tasks.get(task_id)
-            if pt is None or pt.spec.attempt != attempt:
-                return  # a stale attempt: the object already has its value
-            if failed and not pt.cancelled and self._retry_on_exception(pt, results):
-                return
-            self._finish(pt, results, call_seq, durable_seq, hashes, where, (started_us, worker_pid))
+            action = after_result(pt, attempt, failed, lambda: _error_in(results))
+            match action:
+                case Ignore():
+                    return  # a stale attempt: the object already has its value
+                case Resubmit():
+                    self._resubmit(pt)  # type: ignore[arg-type]
+                case Finish():
+                    self._finish(pt, results, call_seq, durable_seq, hashes, where,  # type: ignore[arg-type]
+                                 (started_us, worker_pid))
+                case _:
+                    assert_never(action)
 
     def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
         """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
@@ -1037,22 +996,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         if executor is not None:
             executor.release_held(committed_seq)
 
-    def _retry_on_exception(self, pt: _PendingTask, results: list) -> bool:
-        rule = pt.retry_exceptions
-        spec = pt.spec
-        if not rule or spec.attempt >= spec.max_retries or spec.kind == TaskKind.ACTOR_CREATION:
-            return False
-        data = results[0][1]
-        if data is None:
-            return False
-        _, error = deserialize(data)
-        cause = error.cause if isinstance(error, EmberTaskError) else error
-        if rule is not True and not isinstance(cause, tuple(rule)):
-            return False
-        self._resubmit(pt)
-        return True
-
-    def _resubmit(self, pt: _PendingTask) -> None:
+    def _resubmit(self, pt: PendingTask) -> None:
         spec = pt.spec
         spec.attempt += 1
         if spec.kind == TaskKind.ACTOR_CALL:
@@ -1063,7 +1007,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
         else:
             self._dispatch(pt)
 
-    def _finish(self, pt: _PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
+    def _finish(self, pt: PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
                 hashes: list | None = None, where: str | None = None, run: tuple[int, int] = (0, 0)) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
@@ -1088,7 +1032,7 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                         # here, to be logged if the actor restarts or the result leaves.
                         unconfirmed.append((call_seq, spec))
                         order = (spec.actor_id, call_seq)
-        ready: list[_PendingTask] = []
+        ready: list[PendingTask] = []
         for oid, data, size in results:
             entry = self._objects.get(oid)
             if entry is None or entry.dropped:
@@ -1101,11 +1045,11 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                 entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
             entry.copies = None
             if data is None:
-                entry.state = READY_STORE
+                entry.state = ObjectState.READY_STORE
                 entry.where = where
                 entry.size = size
             else:
-                entry.state = READY_INLINE
+                entry.state = ObjectState.READY_INLINE
                 entry.data = data
                 entry.where = None
                 if entry.shared:
@@ -1139,34 +1083,33 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
                     else:
                         self._fail_task(waiter, exc)
 
-    def _fail_task(self, pt: _PendingTask, error: BaseException) -> None:
+    def _fail_task(self, pt: PendingTask, error: BaseException) -> None:
         data = to_bytes(serialize_error(error), b"")
         self._finish(pt, [(oid, data, len(data)) for oid in pt.spec.return_ids()])
 
-    def _on_task_failed(self, task_id: bytes, attempt: int, cause: str, detail: str) -> None:
-        if cause == FailureCause.UNSCHEDULABLE:
+    def _on_task_failed(self, task_id: bytes, attempt: int, cause_name: str, detail: str) -> None:
+        cause = FailureCause(cause_name)
+        if cause is FailureCause.UNSCHEDULABLE:
             log.warning("%s", detail)  # the scheduler says how often: once, then every minute while it waits
             return
         with self._lock:
             pt = self._tasks.get(task_id)
-            if pt is None or pt.spec.attempt != attempt:
-                return
-            spec = pt.spec
-            if cause == FailureCause.WORKER_DIED and not pt.cancelled:
-                if spec.attempt < spec.max_retries:
-                    self._resubmit(pt)
+            action = after_failure_report(pt, attempt, cause, detail)
+            match action:
+                case Ignore() | Warn():
                     return
-                self._fail_task(pt, WorkerCrashedError(spec.describe(), spec.attempt + 1, detail))
-            elif cause == FailureCause.CANCELLED or pt.cancelled:
-                self._fail_task(pt, TaskCancelledError(task_id.hex()))
-            elif cause == FailureCause.INFEASIBLE:
-                error = InfeasibleResourceError(f"{spec.describe()}: {detail}")
-                self.infeasible[task_id] = error  # ``wait`` raises it too, not only ``get``
-                while len(self.infeasible) > INFEASIBLE_KEPT_MAX:
-                    del self.infeasible[next(iter(self.infeasible))]
-                self._fail_task(pt, error)
-            else:
-                self._fail_task(pt, ActorDiedError(spec.function_name, detail))
+                case Resubmit():
+                    self._resubmit(pt)  # type: ignore[arg-type]
+                case Fail(error, infeasible):
+                    if infeasible:
+                        self.infeasible[task_id] = error  # type: ignore[assignment]  # ``wait`` raises it too
+                        while len(self.infeasible) > INFEASIBLE_KEPT_MAX:
+                            del self.infeasible[next(iter(self.infeasible))]
+                    self._fail_task(pt, error)  # type: ignore[arg-type]
+                case Finish() | Claim():
+                    raise AssertionError(f"{action} is no answer to a failure report")
+                case _:
+                    assert_never(action)
 
     # -- cancel ------------------------------------------------------------------
 
@@ -1211,6 +1154,14 @@ class CoreClient(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMix
             ) from exc
 
 
+
+
+def _error_in(results: list) -> BaseException | None:
+    """The error a failed run raised, from its first result (None if that result is in the store)."""
+    data = results[0][1]
+    if data is None:
+        return None
+    return deserialize(data)[1]
 
 
 def _write_layout_bytes(directory: Any, oid: bytes, data: bytes) -> None:

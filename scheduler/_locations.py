@@ -31,12 +31,12 @@ from ember.scheduler._node_directory import NodeDirectory
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind
-from ember.scheduler._waiting import READY_INLINE, READY_STORE, grouped
+from ember.scheduler._waiting import grouped
+from ember.scheduler._owner._objects import CopyLost, ObjectState
 
 log = logging.getLogger("ember.core")
 
 FREE_AT_EXIT_WAIT_S = 5.0
-LOST_COPY = "lost"  # _Entry.where of an object whose copy died with the node that held it
 LOCATION_OPS = frozenset({Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.PULL_FAILED, Op.OBJECT_LOST_AT})
 
 
@@ -105,7 +105,7 @@ class LocationMixin:
         """An owned object in another node's store: here once pulled (call under the lock)."""
         if oid in self._store_ready or self.files.exists(oid):
             return True
-        if entry.where != LOST_COPY and oid not in self._subscribed:
+        if entry.where != CopyLost.LOST and oid not in self._subscribed:
             self._subscribed.add(oid)
             sources = self._sources(entry)
             self._pulling[oid] = (self.address, sources)
@@ -125,7 +125,7 @@ class LocationMixin:
             if arg[0] != ArgKind.REF or arg[2] != self.address:
                 continue
             entry = self._objects.get(arg[1])
-            if entry is not None and entry.state == READY_STORE and entry.where != LOST_COPY:
+            if entry is not None and entry.state == ObjectState.READY_STORE and entry.where != CopyLost.LOST:
                 node = self._endpoint(entry.where) if entry.where else self.relay
                 found[node] = found.get(node, 0) + entry.size
         return found
@@ -133,7 +133,7 @@ class LocationMixin:
     def _free_remote(self, oid: bytes, entry: Any) -> None:
         """Free an owned object in the stores of other nodes that hold it (under the lock; never blocks)."""
         for holder in (entry.where, *(entry.copies or ())):
-            if holder is not None and holder != LOST_COPY and self._endpoint(holder) != self.relay:
+            if holder is not None and holder != CopyLost.LOST and self._endpoint(holder) != self.relay:
                 # Every process's socket sits beside its node's store socket.
                 self._remote_frees.append((holder.rsplit("/", 1)[0] + "/store", oid))
         if self._frees_wake is None:
@@ -144,7 +144,7 @@ class LocationMixin:
     def _free_owned_objects(self) -> None:
         """Free every object this process owns in a store, on every node that holds it (at its end)."""
         with self._lock:
-            stored = [(oid, entry) for oid, entry in self._objects.items() if entry.state == READY_STORE]
+            stored = [(oid, entry) for oid, entry in self._objects.items() if entry.state == ObjectState.READY_STORE]
             for oid, entry in stored:
                 self._free_remote(oid, entry)
             frees, self._remote_frees = self._remote_frees, []
@@ -184,7 +184,7 @@ class LocationMixin:
 
     def _location(self, oid: bytes, entry: Any, requester: str) -> tuple:
         """The answer to ``requester``'s LOCATE; its node will hold a copy, which later askers may pull."""
-        if entry.state == READY_INLINE:
+        if entry.state == ObjectState.READY_INLINE:
             return (Op.OBJECT_VALUE, oid, entry.data)
         sources = self._sources(entry)
         if self.relay not in sources and self.files.exists(oid):
@@ -221,7 +221,7 @@ class LocationMixin:
                 entry = self._objects.get(oid)
                 if entry is None:
                     continue  # not held here: the asker's wait asks again, and rebuilds if need be
-                if entry.state not in (READY_INLINE, READY_STORE) or entry.where == LOST_COPY:
+                if entry.state not in (ObjectState.READY_INLINE, ObjectState.READY_STORE) or entry.where == CopyLost.LOST:
                     self._locate_waiters.setdefault(oid, set()).add(requester)
                 else:
                     replies.append(self._location(oid, entry, requester))
@@ -257,11 +257,11 @@ class LocationMixin:
         """No copy of an owned object was found at these nodes: forget them; rebuild it if none is left."""
         with self._lock:
             entry = self._objects.get(oid)
-            if entry is None or entry.state != READY_STORE or entry.where in (None, LOST_COPY):
+            if entry is None or entry.state != ObjectState.READY_STORE or entry.where in (None, CopyLost.LOST):
                 return  # already rebuilt, or in this node's store
             holders = [a for a in (entry.where, *(entry.copies or ())) if self._endpoint(a) not in endpoints]
             if holders:
                 entry.where, entry.copies = holders[0], holders[1:]  # a copy made elsewhere stands in
                 return
-            entry.where, entry.copies = LOST_COPY, None
+            entry.where, entry.copies = CopyLost.LOST, None
         threading.Thread(target=self.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()

@@ -43,10 +43,10 @@ from ember.lineage._replay_plan import (
 )
 from ember.lineage._replay_source import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
 from ember.scheduler._address import is_relayed
-from ember.scheduler._locations import LOST_COPY
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
-from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
+from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState
+from ember.scheduler._owner._tasks import PendingTask
 
 log = logging.getLogger("ember.core")
 
@@ -82,10 +82,10 @@ class ReconstructionMixin:
         entry = self._objects.get(oid)
         if entry is None:
             return not self.files.exists(oid)
-        if entry.state != READY_STORE:
+        if entry.state != ObjectState.READY_STORE:
             return False
         if entry.where is not None:  # in another node's store: lost once a pull from there failed
-            return entry.where == LOST_COPY
+            return entry.where == CopyLost.LOST
         return not self.files.exists(oid)
 
     def owner_alive(self, address: str) -> bool:
@@ -222,15 +222,13 @@ class ReconstructionMixin:
         if entry is None:
             # Adopted, or an input of a replay: other processes read the
             # reason where they would read the value.
-            entry = self._objects[oid] = _new_shared_entry()
+            entry = self._objects[oid] = ObjectEntry.shared_pending()
         entry.data = to_bytes(serialize_error(error), oid)
-        entry.state = READY_INLINE
+        entry.state = ObjectState.READY_INLINE
         if entry.shared:
             self._publish(oid, entry.data)  # type: ignore[attr-defined]
 
     def _install_replay(self, spec: TaskSpec, inputs: tuple[bytes, ...]) -> None:
-        from ember.scheduler._core import _PendingTask
-
         if spec.task_id in self._tasks:
             return  # another thread's plan got here first
         log.info("rebuilding %s from lineage (attempt %d)", spec.describe(), spec.attempt)
@@ -238,10 +236,10 @@ class ReconstructionMixin:
             entry = self._objects.get(oid)
             if entry is None:
                 # An input of another replay, or adopted: read by other processes.
-                entry = self._objects[oid] = _new_shared_entry()
-            entry.state, entry.data = PENDING, None
+                entry = self._objects[oid] = ObjectEntry.shared_pending()
+            entry.state, entry.data = ObjectState.PENDING, None
         deps = tuple(ObjectRef(dep, self.address) for dep in inputs)
-        pt = _PendingTask(spec, deps, {}, False)
+        pt = PendingTask(spec, deps, {}, False)
         pt.replay = True
         self._tasks[spec.task_id] = pt
         self._count_missing(pt)  # type: ignore[attr-defined]
@@ -309,10 +307,3 @@ def _task_facts(logged: LoggedTask) -> TaskFacts:
     return TaskFacts(logged.task_id, logged.kind == TaskKind.NORMAL, logged.last_attempt,
                      tuple((a[1], a[2]) for a in encoded if a[0] == ArgKind.REF))
 
-
-def _new_shared_entry() -> Any:
-    from ember.scheduler._core import _Entry
-
-    entry = _Entry()
-    entry.shared = True
-    return entry

@@ -19,12 +19,12 @@ from typing import Any
 from ember.chaos import _agent
 from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._owner._objects import ObjectState
 from ember.scheduler._protocol import Op
 from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, hold_sigint, poll_readable, release_sigint
 from ember.scheduler._spec import TaskKind, task_of
 from ember.store._serialization import ObjectKind, deserialize
 
-PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
 BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
 ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner to check for a lost copy
 RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most
@@ -83,9 +83,9 @@ class WaitingMixin:
     def _ready(self, ref: ObjectRef) -> bool:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
         if entry is not None:
-            if entry.where is not None and entry.state == READY_STORE:
+            if entry.where is not None and entry.state == ObjectState.READY_STORE:
                 return self._remote_ready(ref._id, entry)
-            return entry.state != PENDING
+            return entry.state != ObjectState.PENDING
         if ref._id in self._store_ready:
             return True
         if self.files.exists(ref._id):
@@ -181,7 +181,7 @@ class WaitingMixin:
             entry = self._objects.get(ref._id) if ref._owner == self.address else None
             if entry is None:
                 return None
-            if entry.state != PENDING:
+            if entry.state != ObjectState.PENDING:
                 continue
             pt = self._tasks.get(task_of(ref._id))
             if pt is None or pt.spec.kind != TaskKind.ACTOR_CALL:
@@ -241,7 +241,7 @@ class WaitingMixin:
             republish = []
             for oid in oids:
                 entry = self._objects.get(oid)
-                if entry is not None and entry.state == READY_INLINE and not self.files.exists(oid):
+                if entry is not None and entry.state == ObjectState.READY_INLINE and not self.files.exists(oid):
                     entry.shared = True
                     republish.append((oid, entry.data))
         for oid, data in republish:
@@ -293,7 +293,7 @@ class WaitingMixin:
 
     def _value(self, ref: ObjectRef) -> Any:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
-        if entry is not None and entry.state == READY_INLINE:
+        if entry is not None and entry.state == ObjectState.READY_INLINE:
             buf: Any = entry.data
         else:
             buf = self.files.open(ref._id)
