@@ -28,8 +28,8 @@ from ember.chaos import _agent
 from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
                               TaskCancelledError)
 from ember.scheduler._actor_args import ActorArgCopies
-from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
-from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
+from ember.scheduler._owner._actors import PEER_CONNECT_TIMEOUT_S
+from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
@@ -55,7 +55,7 @@ class _UpstreamError(Exception):
 
 
 class Executor:
-    def __init__(self, core: CoreClient) -> None:
+    def __init__(self, core: Owner) -> None:
         self.core = core
         self._inbox: deque[tuple[Connection, tuple]] = deque()
         self._cv = threading.Condition()
@@ -516,9 +516,9 @@ class Executor:
     def _replay_calls(self, actor_id: bytes) -> None:
         """Restore the newest checkpoint, then run again, in order, every call logged after it."""
         from ember.lineage._replay_source import ReplaySource
-        from ember.scheduler._core import _log_conninfo
+        from ember.scheduler._session import log_conninfo
 
-        conninfo = _log_conninfo(self.core.session)
+        conninfo = log_conninfo(self.core.session)
         if conninfo is None:
             return
         source = ReplaySource(conninfo)  # its reads wait out a PostgreSQL restart

@@ -15,6 +15,7 @@ whose lineage is not durable, and never read the log while holding its lock.
 
 from __future__ import annotations
 
-from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._objects import INLINE_BYTES_MAX, CopyLost, ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._owner import Owner
 
-__all__ = ["CopyLost", "ObjectEntry", "ObjectState", "ObjectTable"]
+__all__ = ["INLINE_BYTES_MAX", "CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "Owner"]

@@ -19,7 +19,9 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-__all__ = ["CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "Where"]
+__all__ = ["INLINE_BYTES_MAX", "CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "Where"]
+
+INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory (lineage/_reader.py agrees, tested)
 
 
 class ObjectState(enum.Enum):

@@ -4,7 +4,7 @@ Calls leave in submission order; a call whose arguments are not ready holds
 back the ones after it. When the actor's connection breaks, the scheduler is
 asked what became of the actor, and pending calls fail with its reason.
 
-Part of ``CoreClient`` (a mixin over its tables and lock); it must never do
+Part of ``Owner`` (a mixin over its tables and lock); it must never do
 blocking socket I/O while holding the core lock.
 """
 

@@ -44,7 +44,9 @@ from ember.lineage._replay_plan import (
 from ember.lineage._replay_source import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
 from ember.scheduler._address import is_relayed
 from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._session import log_conninfo
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.store._segments import publish_layout_bytes
 from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState
 from ember.scheduler._owner._tasks import PendingTask
 
@@ -67,11 +69,9 @@ class ReconstructionMixin:
     gcs: Any
 
     def _replay_source(self) -> Any:
-        source = getattr(self, "_replay", None)
+        source = self._replay
         if source is None:
-            from ember.scheduler._core import _log_conninfo
-
-            conninfo = _log_conninfo(self.session)  # type: ignore[attr-defined]
+            conninfo = log_conninfo(self.session)
             if conninfo is None:
                 return None
             source = self._replay = ReplaySource(conninfo)
@@ -199,11 +199,10 @@ class ReconstructionMixin:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
             return ObjectLostError(oid.hex(), no_copy_reason(restore.by_actor))
-        from ember.scheduler._core import _write_layout_bytes
         from ember.scheduler._protocol import Op
 
         try:
-            _write_layout_bytes(self.files.shm_dir, oid, data)
+            publish_layout_bytes(self.files.shm_dir, oid, data)
         except OSError as exc:
             # A store restarting under the write clears its folder: whoever
             # waits asks again once it is back, and this runs again.

@@ -1,6 +1,6 @@
 """Objects across nodes: where an object is, and bringing it into this node's store.
 
-Only in a multi-node cluster (``CoreClient.relay`` set). An owner records,
+Only in a multi-node cluster (``Owner.relay`` set). An owner records,
 for each object a task wrote into a store on another node, the address of
 the process that wrote it (whose relay endpoint names the node, and whose
 node's store frees it when the owner does). A process that needs an object its node's
@@ -15,7 +15,7 @@ A pull that finds no copy (``Op.PULL_FAILED``: the node died) is reported to
 the owner (``Op.OBJECT_LOST_AT``), which marks the object lost and rebuilds
 it from lineage; whoever waits asks again and is answered when it is made.
 
-Part of ``CoreClient`` (a mixin over its tables and lock). Socket writes
+Part of ``Owner`` (a mixin over its tables and lock). Socket writes
 happen outside the lock where a connection might have to be opened.
 """
 
@@ -31,7 +31,7 @@ from ember.scheduler._node_directory import NodeDirectory
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind
-from ember.scheduler._waiting import grouped
+from ember.scheduler._owner._waiting import grouped
 from ember.scheduler._owner._objects import CopyLost, ObjectState
 
 log = logging.getLogger("ember.core")

@@ -5,7 +5,7 @@ Waiters park on an Event of their own, set after the lock is released. A
 worker that must wait tells the scheduler it is blocked (its CPU is lent out
 meanwhile) and hands back the tasks queued behind it.
 
-Part of ``CoreClient`` (a mixin over its tables and lock); socket writes
+Part of ``Owner`` (a mixin over its tables and lock); socket writes
 happen outside the lock.
 """
 

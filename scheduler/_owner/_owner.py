@@ -1,0 +1,1181 @@
+"""The core client: the part of every driver and worker that owns objects and submits tasks.
+
+It keeps the table of objects this process owns (pending, inline bytes, or in
+the node's store), submits tasks to the node scheduler and actor calls straight
+to the actor's process, waits for results, retries what the rules allow, and
+publishes shared objects to the store so other processes can read them.
+
+It must never run user code (the executor does) and never block a reader
+thread: handlers only update tables and queue messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, assert_never
+
+from ember.exceptions import (
+    ClusterUnavailableError,
+    ForeignObjectRefError,
+    InfeasibleResourceError,
+    LineageLogUnavailableError,
+    TaskCancelledError,
+)
+from ember.scheduler._owner._actors import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
+from ember.scheduler._infeasible import actor_died_error
+from ember.scheduler._object_ref import ObjectRef
+from ember.lineage._replay_source import ReplaySource
+from ember.store._put_copies import PutCopies, copy_wanted
+from ember.scheduler._owner._reconstruct import ReconstructionMixin
+from ember.scheduler._owner._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin
+from ember.scheduler._owner._waiting import WaitingMixin, grouped
+from ember.scheduler._owner._objects import INLINE_BYTES_MAX, ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._tasks import (
+    Claim,
+    Fail,
+    Finish,
+    Ignore,
+    PendingTask,
+    Resubmit,
+    Warn,
+    after_failure_report,
+    after_result,
+    after_scheduler_died,
+)
+from ember.scheduler import _messages
+from ember.scheduler._address import through_relay
+from ember.scheduler._listener import Listener, connect, set_local_relay
+from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
+from ember.scheduler._session import RELAY_INFO_KEY, Session, session_info
+from ember.scheduler._spec import (
+    IDS,
+    PLAIN_BYTES_MAX,
+    PLAIN_TYPES,
+    ArgKind,
+    TaskKind,
+    FailureCause,
+    TaskSpec,
+    object_id,
+)
+from ember.store._segments import ObjectFiles, publish_layout_bytes
+from ember.store._serialization import (
+    deserialize,
+    is_error,
+    serialize,
+    serialize_error,
+    to_bytes,
+)
+
+log = logging.getLogger("ember.core")
+
+# A borrower waits for an owner's answer this much longer than the owner waits for its log.
+OWNER_ANSWER_MARGIN_S = 5.0
+DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
+SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
+
+
+
+INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
+
+
+class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
+    """One per process that takes part in a cluster (driver or worker)."""
+
+    def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
+        self.closed = False
+        self.closed_reason = ""
+        self.session = session
+        self.kind = kind
+        self.job_id = job_id
+        self.node_id = node_id
+        self.worker_id = os.urandom(16)
+        socket_path = str(session.worker_socket(kind, self.worker_id))
+        self.address = socket_path
+        # Every owner on this node listens in this session's socket folder.
+        self._owners_prefix = str(session.sockets) + os.sep
+        info = session_info(session)
+        # In a multi-node cluster every process is named by an address through
+        # its node's relay, which peers on other nodes can reach.
+        self.relay: str | None = info.get(RELAY_INFO_KEY)
+        if self.relay is not None:
+            self.address = through_relay(self.relay, socket_path)
+            self._owners_prefix = through_relay(self.relay, session.sockets) + "/"
+        self._token = session.token()
+        self.files = ObjectFiles(session.shm_dir, session.spill_dir)
+        self._lock = threading.RLock()
+        # Waiters in get/wait each park on an Event of their own, set after the
+        # lock is released: a Condition would wake them only to block again
+        # on the lock the notifying reader thread still holds.
+        self._waiters: set[Any] = set()  # threading.Event, or a PipeWaiter for a thread reading a connection itself
+        self._thread_state = threading.local()
+        self._changed = False
+        self.objects = ObjectTable()
+        self._objects = self.objects.entries
+        self._tasks: dict[bytes, PendingTask] = {}
+        self._dep_waiters: dict[bytes, list[PendingTask]] = {}
+        self._actors: dict[bytes, _ActorState] = {}
+        self._created_actors: dict[bytes, tuple[TaskSpec, tuple]] = {}
+        self._peers: dict[str, Connection] = {}
+        self._subscribed: set[bytes] = set()
+        self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
+        self._adopting: set[bytes] = set()
+        self._store_ready: set[bytes] = set()
+        self._durable_borrowed: set[bytes] = set()  # borrowed objects whose owners said their lineage is durable
+        # Objects across nodes (LocationMixin): who asked where an object is before it was made,
+        # lookups to send, and the owner and node of each object being pulled here.
+        self._locate_waiters: dict[bytes, set[str]] = {}
+        self._to_locate: list[ObjectRef] = []
+        self._pulling: dict[bytes, tuple[str, list[str]]] = {}
+        self._endpoints: dict[str, str] = {}
+        self._remote_frees: list[tuple[str, bytes]] = []
+        self._nodes: Any = None  # NodeDirectory of this cluster's nodes, made when first needed
+        self._frees_wake: threading.Event | None = None
+        self.store_generation = 0  # counts reconnections to a restarted store
+        # Kept to register again with a restarted scheduler.
+        self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
+        self.resumed_from_log = 0  # tasks a restarted scheduler took from its log, not sent again
+        self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
+        self.current_task: TaskSpec | None = None
+        self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
+        self._copies: Any = None  # durable copies of large puts, made on first need
+        self._replay: ReplaySource | None = None  # the log's reader for rebuilds, made on the first one
+        self._conninfo: str | None = info.get("gcs_conninfo")
+        self._socket_path = socket_path
+        self.executor: Any = None
+        self._early: list[tuple[Connection, tuple]] = []
+        self._hello = {"kind": kind, "pid": os.getpid(), "address": self.address, "worker_id": self.worker_id}
+        self._listener: Listener | None = None
+        self.scheduler: Connection = None  # type: ignore[assignment]  # connected by start()
+        self.store: Connection = None  # type: ignore[assignment]
+        # Workers take their tasks on a connection of their own that the
+        # executor's main thread reads itself: no hand-off between threads.
+        self.exec_conn: Connection | None = None
+
+    def start(self) -> "Owner":
+        """Open the lineage log, listen, and connect to this node's scheduler and store; returns self.
+
+        Making this process's owner the one ``ObjectRef`` reaches is the caller's
+        step (``_context.set_core``).
+        """
+        session = self.session
+        if self.relay is not None:
+            set_local_relay(self.relay)
+        if self._conninfo:
+            from ember.lineage._gcs_log import GcsLog  # psycopg is imported only when logging
+
+            self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
+                              on_outage=self._on_log_outage, node_id=self.node_id)
+        hello = self._hello
+        self._listener = Listener(
+            self._socket_path, self._token, self._on_peer, self._handle, self._on_peer_closed, name=self.kind,
+            batch_end=self._send_follow_ups,
+        ).start()
+        self.scheduler = connect(
+            session.scheduler_socket, self._token, hello, self._handle, self._on_scheduler_closed, "scheduler"
+        )
+        store = connect(session.store_socket, self._token, hello, self._handle, self._on_store_closed, "store")
+        with self._lock:
+            self.store = store
+        self.scheduler.batch_end = self._send_follow_ups
+        self.store.batch_end = self._send_follow_ups
+        if store.closed:
+            # The store died while this process connected: its close was
+            # ignored (not yet ours). Reconnect to the one the node restarts.
+            self._on_store_closed(store)
+        if self.kind == "worker":
+            self.exec_conn = connect(
+                session.scheduler_socket, self._token, {**hello, "purpose": "exec"}, self._handle,
+                None, "scheduler-exec", reader=False,
+            )
+        return self
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        """Close this process's listener and remove its socket file."""
+        if self._listener is not None:
+            self._listener.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.closed_reason = "the cluster shut down"
+        if self.gcs is not None:
+            self.gcs.close()
+            if self.kind == "driver":
+                # The job is over: no ref to its puts can be used again.
+                self._put_copies().remove_job(self.job_id)
+        if self.kind == "driver" and self.relay is not None:
+            # The cluster outlives this job: what it owns in stores goes with it (as in Ray,
+            # objects share their owner's fate).
+            self._free_owned_objects()
+        self.stop_listening()
+        if self._replay is not None:
+            self._replay.close()  # else its PostgreSQL connection outlives the cluster
+        for conn in [self.scheduler, self.store, *self._peers.values()]:
+            if conn is None:
+                continue  # never started
+            conn.flush()
+            conn.close()
+        with self._lock:
+            self._changed = True
+        self._wake_waiters()  # a get or wait in another thread sees the close and returns
+
+    def _send_follow_ups(self) -> None:
+        # A result that releases dependent tasks queues their submissions on a
+        # reader thread; send them now rather than after the writer's delay.
+        self.scheduler.flush(block=False)
+        for state in list(self._actors.values()):
+            conn = state.conn
+            if conn is not None and conn._pending:
+                conn.flush(block=False)
+
+    def flush(self) -> None:
+        self.scheduler.flush()
+        self.store.flush()
+        for state in list(self._actors.values()):
+            if state.conn is not None:
+                state.conn.flush()
+
+    # -- reference counting --------------------------------------------------
+
+    def incref(self, oid: bytes) -> None:
+        with self._lock:
+            self.objects.incref(oid)
+            self._drain_deferred_decrefs()
+
+    def decref(self, oid: bytes) -> None:
+        """A ref was dropped. Never waits for the lock: the garbage collector calls this
+        from whichever thread it interrupts, the log's writer included, while
+        another thread may hold the lock waiting for that very writer."""
+        if not self._lock.acquire(blocking=False):
+            self.objects.deferred.append(oid)  # dropped at the next incref or decref
+            return
+        try:
+            self._decref_locked(oid)
+            self._drain_deferred_decrefs()
+        finally:
+            self._lock.release()
+
+    def _drain_deferred_decrefs(self) -> None:
+        deferred = self.objects.deferred
+        while deferred:
+            self._decref_locked(deferred.popleft())
+
+    def _decref_locked(self, oid: bytes) -> None:
+        entry = self.objects.release(oid)
+        if entry is not None and entry.state is ObjectState.READY_STORE:
+            self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
+            if entry.where is not None or entry.copies:
+                self._free_remote(oid, entry)
+            if self._copies is not None:
+                self._copies.discard(oid)
+
+    def on_ref_shared(self, ref: ObjectRef) -> None:
+        """A ref is being pickled: it may be read by other processes from now on."""
+        if ref._owner != self.address:
+            return
+        if self.gcs is not None:
+            with self._lock:
+                entry = self._objects.get(ref._id)
+                if entry is not None and entry.state == ObjectState.PENDING and not entry.log_seq:
+                    pt = self._tasks.get(ref._id[:16])
+                    if pt is not None and not pt.log_seq and not pt.replay:
+                        self._log_before_dispatch(pt)
+                seq = self._lineage_seq_locked(ref._id)
+            # Nobody else may name an object before its lineage is durable.
+            self.gcs.make_durable(seq, f"a ref to object {ref.hex()}")
+        with self._lock:
+            entry = self._objects.get(ref._id)
+            if entry is None or entry.shared:
+                return
+            entry.shared = True
+            if entry.state == ObjectState.READY_INLINE:
+                self._publish(ref._id, entry.data)
+
+    def _lineage_seq_locked(self, oid: bytes) -> int:
+        """The last log row the value of owned object ``oid`` rests on: its task's spec, the specs of its
+        ancestors logged here before it, its creation row (0: none, or not owned here)."""
+        entry = self._objects.get(oid)
+        if entry is None:
+            return 0
+        if entry.order is not None:
+            # An actor call's result: its place in the actor's order, which only the actor may have logged.
+            entry.log_seq = max(entry.log_seq, self._log_unconfirmed(*entry.order))
+            entry.order = None
+        return entry.log_seq
+
+    def await_lineage(self, refs: Sequence[ObjectRef]) -> None:
+        """Return once the lineage of every ready ref among ``refs`` is durable (invariant 1, to this
+        process too): ``get`` and ``wait`` hand out nothing before. Owned refs wait for this process's
+        log; borrowed ones for their owners' answers. LineageLogUnavailableError past the log's limit."""
+        gcs = self.gcs
+        if gcs is None:
+            return
+        seq = 0
+        borrowed: list[ObjectRef] = []
+        with self._lock:
+            for ref in refs:
+                if ref._owner == self.address:
+                    seq = max(seq, self._lineage_seq_locked(ref._id))
+                elif ref._id not in self._durable_borrowed:
+                    borrowed.append(ref)
+        if seq > gcs.committed_seq:
+            what = f"the value of {refs[0].hex()}" if len(refs) == 1 else f"the values of {len(refs)} objects"
+            gcs.make_durable(seq, what)
+        if borrowed:
+            self._confirm_borrowed_lineage(borrowed)
+
+    def _confirm_borrowed_lineage(self, refs: list[ObjectRef]) -> None:
+        """Ask each live owner to commit the lineage of its objects among ``refs`` and say so.
+
+        A dead owner cannot: whatever of its rows was not committed died with
+        it, and the spec of each of its objects was committed before the ref
+        left it. Confirmed ids are remembered (a bounded set), so a borrower
+        asks once per object.
+        """
+        gcs = self.gcs
+        for owner, oids in grouped((ref._owner, ref._id) for ref in refs).items():
+            if not self.owner_alive(owner):
+                continue
+            try:
+                durable = self._peer(owner).call(Op.LINEAGE_DURABLE, oids,
+                                                 timeout_s=gcs.commit_wait_s + OWNER_ANSWER_MARGIN_S)
+            except (ConnectionClosed, OSError):
+                continue  # it died meanwhile: as above
+            except FutureTimeout:
+                durable = False
+            if not durable:
+                raise LineageLogUnavailableError(
+                    gcs.url, gcs.commit_wait_s, f"the value of {oids[0].hex()} (its owner {owner} could not commit "
+                                                "its lineage in time)")
+            with self._lock:
+                self._durable_borrowed.update(oids)
+                if len(self._durable_borrowed) > DURABLE_BORROWED_MAX:
+                    self._durable_borrowed.clear()  # bounded: at worst a borrower asks again
+
+    def _on_lineage_wanted(self, conn: Connection, req_id: int, oids: list[bytes]) -> None:
+        """A borrower's question: answer True once the lineage of ``oids`` (owned here) is durable."""
+        with self._lock:
+            seq = max((self._lineage_seq_locked(oid) for oid in oids), default=0)
+        gcs = self.gcs
+        if gcs is None or seq <= gcs.committed_seq:
+            conn.reply(req_id, True)
+            return
+
+        def answer() -> None:
+            durable = gcs.wait_committed(seq, gcs.commit_wait_s)
+            try:
+                conn.reply(req_id, durable)
+                conn.flush()
+            except ConnectionClosed:
+                pass
+
+        # Off the reader thread: the commit may take a while.
+        threading.Thread(target=answer, name="ember-lineage-wanted", daemon=True).start()
+
+    def _publish(self, oid: bytes, data: bytes | None) -> None:
+        """Write an inline object to the node store so borrowers can read it."""
+        assert data is not None
+        if not self.files.exists(oid):
+            publish_layout_bytes(self.files.shm_dir, oid, data)
+        self.store.send((Op.SEALED, oid, len(data), self.address))
+
+    # -- put -----------------------------------------------------------------
+
+    def put(self, value: Any) -> ObjectRef:
+        oid = object_id(IDS.task_id(), 0)
+        entry = ObjectEntry()
+        obj = serialize(value)
+        view = None
+        if obj.total_size <= INLINE_BYTES_MAX:
+            entry.data = to_bytes(obj, oid)
+            entry.state = ObjectState.READY_INLINE
+        else:
+            view = self._write_kept(oid, obj)
+            entry.state = ObjectState.READY_STORE
+            entry.size = obj.total_size
+        if self.gcs is not None:
+            size = len(entry.data) if entry.data is not None else obj.total_size
+            entry.log_seq = self._log_kept_object(oid, size, entry.data, "put", view)
+        with self._lock:
+            self._objects[oid] = entry
+        return ObjectRef(oid, self.address)
+
+    def _log_kept_object(self, oid: bytes, size: int, inline: bytes | None, origin: str,
+                         view: memoryview | None = None) -> int:
+        """Log an object nothing can recompute (a put, a large by-value argument), keeping a durable copy."""
+        gcs = self.gcs
+        assert gcs is not None
+        durable = inline if inline is not None and size <= gcs.DURABLE_PUT_BYTES_MAX else None
+        current = self.current_task
+        job_id = current.job_id if current is not None else self.job_id
+        copy_path = None
+        if inline is None and copy_wanted(size):
+            copy_path = str(self._put_copies().schedule(oid, job_id, view))
+        return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path, self.address)
+
+    def _copy_actor_result(self, spec: TaskSpec, oid: bytes, data: bytes | None, size: int,
+                           failed: bool) -> str | None:
+        """The durable copy of an actor call's result in the store, which the actor wrote; its file, or None.
+
+        Running the call again would not give the same value (the actor has
+        moved on), so a result lost with its store is put back from this
+        copy, as a put is. Small results travel inline and live on here.
+        This process deletes the copy when it frees the object.
+        """
+        if spec.kind != TaskKind.ACTOR_CALL or data is not None or failed:
+            return None
+        if not copy_wanted(size):
+            return None
+        return str(self._put_copies().adopt(oid, spec.job_id))
+
+    def _put_copies(self) -> Any:
+        if self._copies is None:
+            from ember.lineage._postgres import ember_home
+
+            self._copies = PutCopies(ember_home(), self.files.open)
+        return self._copies
+
+    def _write_kept(self, oid: bytes, obj: Any) -> memoryview | None:
+        """Write an object nothing can recompute, mapped at once if it gets a durable copy.
+
+        The copy reads that mapping: a store that restarts empty clears the
+        folder, not the pages this process maps.
+        """
+        self._write_to_store(oid, obj)
+        if self.gcs is None or not copy_wanted(obj.total_size):
+            return None
+        view = self.files.open(oid)
+        if view is None:  # cleared between the write and the open: write it again
+            self._write_to_store(oid, obj)
+            view = self.files.open(oid)
+        return view
+
+    def _write_to_store(self, oid: bytes, obj: Any) -> None:
+        segment = None
+        if obj.total_size >= SEGMENT_REQUEST_BYTES_MIN:
+            try:
+                path = self.store.call(Op.ALLOC_SEGMENT, obj.total_size, timeout_s=5.0)
+                segment = None if path is None else __import__("pathlib").Path(path)
+            except Exception:  # no segment: write a fresh file, slower but correct
+                segment = None
+        try:
+            self.files.write(oid, obj, segment)
+        except FileNotFoundError:
+            # A store restarting empty cleared the folder under the write
+            # (the half-written file or the segment): write it again, afresh.
+            self.files.write(oid, obj, None)
+        self.store.send((Op.SEALED, oid, obj.total_size, self.address))
+
+    # -- submission ----------------------------------------------------------
+
+    def register_function(self, function_id: bytes, payload: bytes, name: str) -> None:
+        if function_id in self._registered_functions:
+            return
+        self._registered_functions[function_id] = (payload, name)
+        self.scheduler.send((Op.REGISTER_FUNCTION, function_id, payload, name))
+        if self.gcs is not None:
+            self.gcs.function(function_id, name, payload)
+
+    def submit(
+        self,
+        kind: int,
+        function_id: bytes,
+        function_name: str,
+        args: tuple,
+        kwargs: dict,
+        num_returns: int,
+        resources: tuple,
+        max_retries: int,
+        retry_exceptions: Any = False,
+        actor_id: bytes | None = None,
+        method: str | None = None,
+        name: str | None = None,
+        extra: tuple = (),
+    ) -> list[ObjectRef]:
+        self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
+        current = self.current_task
+        parent = current.task_id if current is not None else None
+        job_id = current.job_id if current is not None else self.job_id
+        spec = TaskSpec(
+            IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
+            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name,
+        )
+        pt = PendingTask(spec, args, kwargs, retry_exceptions)
+        pt.extra = extra
+        refs = []
+        with self._lock:
+            for oid in spec.return_ids() if kind != TaskKind.ACTOR_CREATION else ():
+                self._objects[oid] = ObjectEntry()
+                refs.append(ObjectRef(oid, self.address))
+            self._tasks[spec.task_id] = pt
+            self._count_missing(pt)
+            if kind == TaskKind.ACTOR_CALL:
+                state = self._actor_state(actor_id, function_name)  # type: ignore[arg-type]
+                if state.dead_reason is not None:
+                    self._fail_task(pt, actor_died_error(state.desc, state.dead_reason))
+                    return refs
+                state.queue.append(pt)
+                self._pump_actor(state)
+                return refs
+            try:
+                if pt.missing == 0:
+                    self._dispatch(pt)
+                elif self.gcs is not None and kind == TaskKind.NORMAL:
+                    # Logged now, not when its inputs are ready: a chain's
+                    # specs commit together instead of one commit per link.
+                    self._encode_early(pt)
+            except BaseException:
+                # e.g. an argument does not pickle: the caller gets the error now.
+                self._tasks.pop(spec.task_id, None)
+                for ref in refs:
+                    self._objects.pop(ref._id, None)
+                raise
+        return refs
+
+    def _count_missing(self, pt: PendingTask) -> None:
+        for value in (*pt.raw_args, *pt.raw_kwargs.values()):
+            if type(value) is ObjectRef and value._owner == self.address:
+                entry = self._objects.get(value._id)
+                if entry is not None and entry.state == ObjectState.PENDING:
+                    pt.missing += 1
+                    self._dep_waiters.setdefault(value._id, []).append(pt)
+
+    def _encode(self, value: Any, pt: "PendingTask | None" = None) -> tuple:
+        t = type(value)
+        if t in PLAIN_TYPES and (t is not str and t is not bytes or len(value) <= PLAIN_BYTES_MAX):
+            return (ArgKind.VALUE, value)
+        if t is ObjectRef:
+            if value._owner == self.address:
+                entry = self._objects.get(value._id)
+                if entry is not None and entry.state == ObjectState.READY_INLINE:
+                    return (ArgKind.INLINE, entry.data)
+            return (ArgKind.REF, value._id, value._owner)
+        obj = serialize(value)
+        if obj.total_size > INLINE_BYTES_MAX:
+            oid = self.put_serialized(obj)
+            if pt is not None:
+                pt.arg_objects.append(oid)
+            return (ArgKind.REF, oid, self.address)
+        return (ArgKind.INLINE, to_bytes(obj, b""))
+
+    def _inline_owned(self, encoded: tuple) -> tuple:
+        if encoded[0] == ArgKind.REF and encoded[2] == self.address:
+            entry = self._objects.get(encoded[1])
+            if entry is not None and entry.state == ObjectState.READY_INLINE:
+                return (ArgKind.INLINE, entry.data)
+        return encoded
+
+    def put_serialized(self, obj: Any) -> bytes:
+        oid = object_id(IDS.task_id(), 0)
+        view = self._write_kept(oid, obj)
+        entry = ObjectEntry()
+        entry.state = ObjectState.READY_STORE
+        entry.size = obj.total_size
+        entry.shared = True  # referenced from a spec: keep it while the job runs
+        self._objects[oid] = entry
+        if self.gcs is not None:
+            # A replay of the task needs it after it is freed.
+            self._log_kept_object(oid, obj.total_size, None, "argument", view)
+        return oid
+
+    def _encode_spec(self, pt: PendingTask) -> bool:
+        """Encode the arguments for sending; returns whether the spec still has to be logged.
+
+        Callers send the task first and log it right after, still under the
+        core lock: its result cannot be taken in (and a ref to it cannot be
+        shared) before the row is queued, and queueing it does not hold up
+        the send.
+        """
+        if pt.replay or pt.encoded:
+            # Arguments encoded before their inputs were ready name them by
+            # reference; those this process holds inline travel by value.
+            spec = pt.spec
+            spec.args = [self._inline_owned(a) for a in spec.args]
+            if spec.kwargs:
+                spec.kwargs = {k: self._inline_owned(v) for k, v in spec.kwargs.items()}
+            return False
+        spec = pt.spec
+        pt.as_logged = False
+        self._free_arg_objects(pt)  # a retry encodes again
+        spec.args = [self._encode(a, pt) for a in pt.raw_args]
+        spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+        return self.gcs is not None and not pt.log_seq
+
+    def _log_before_dispatch(self, pt: PendingTask) -> None:
+        """Log the spec of a task still waiting for its inputs: a ref to its result is leaving.
+
+        The inputs are logged by reference; dispatch encodes the arguments
+        again, when their values are known, and does not log a second row.
+        """
+        # Its pending inputs' own tasks are in the same state: their specs go
+        # first, so the whole lineage of what leaves is durable.
+        order, stack = [], [pt]
+        while stack:
+            task = stack.pop()
+            if task.log_seq or task.replay or task in order:
+                continue
+            order.append(task)
+            for value in (*task.raw_args, *task.raw_kwargs.values()):
+                if type(value) is ObjectRef and value._owner == self.address:
+                    upstream = self._tasks.get(value._id[:16])
+                    if upstream is not None:
+                        stack.append(upstream)
+        for task in reversed(order):
+            self._encode_early(task)
+
+    def _encode_early(self, pt: PendingTask) -> None:
+        """Encode and log a task whose inputs are pending: they are named by reference."""
+        spec = pt.spec
+        spec.args = [self._encode(a, pt) for a in pt.raw_args]
+        spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
+        pt.encoded = True
+        self._log_spec(pt)
+
+    def _log_spec(self, pt: PendingTask) -> None:
+        spec = pt.spec
+        gcs = self.gcs
+        assert gcs is not None
+        dependencies = [v._id for v in (*pt.raw_args, *pt.raw_kwargs.values()) if type(v) is ObjectRef]
+        dependencies += pt.arg_objects
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            gcs.actor(spec.actor_id, spec.job_id, spec.task_id, spec.function_name, spec.name,
+                      min(spec.max_retries, 2**31 - 1))
+        pt.log_seq = gcs.task(spec, dependencies)
+        for oid in spec.return_ids():
+            entry = self._objects.get(oid)
+            if entry is not None:
+                entry.log_seq = pt.log_seq
+
+    def _free_arg_objects(self, pt: PendingTask) -> None:
+        if pt.arg_objects:
+            oids, pt.arg_objects = pt.arg_objects, []
+            for oid in oids:
+                self._objects.pop(oid, None)
+            if self._copies is not None:
+                # Freed from memory once their durable copies are written.
+                self._copies.after_copies(lambda: self.store.send((Op.FREE, oids)))
+            else:
+                self.store.send((Op.FREE, oids))
+
+    def _dispatch(self, pt: PendingTask) -> None:
+        must_log = self._encode_spec(pt)
+        spec = pt.spec
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            if must_log:
+                self._log_spec(pt)
+            self._tasks.pop(spec.task_id, None)
+            self.scheduler.send((Op.CREATE_ACTOR, spec, *pt.extra))
+            if spec.max_retries:
+                # Kept to start it again should the scheduler die; watched so
+                # restarts it has used are counted here.
+                self._created_actors[spec.actor_id] = (spec, pt.extra)
+                self._actor_state(spec.actor_id, spec.function_name)  # type: ignore[arg-type]
+        else:
+            hints = self._input_bytes(spec) if self.relay is not None else None
+            self.scheduler.send((Op.SUBMIT, spec, hints) if hints else (Op.SUBMIT, spec))
+            if must_log:
+                self._log_spec(pt)
+                pt.as_logged = True
+
+    # -- peers ---------------------------------------------------------------
+
+    def _peer(self, address: str, timeout_s: float = PEER_CONNECT_TIMEOUT_S) -> Connection:
+        conn = self._peers.get(address)
+        if conn is None or conn.closed:
+            conn = connect(address, self._token, self._hello, self._handle, self._on_peer_closed,
+                           f"peer:{address}", timeout_s=timeout_s)
+            conn.peer = {"address": address}
+            self._peers[address] = conn
+        return conn
+
+    def send_to(self, address: str, msg: tuple, flush: bool = True) -> None:
+        try:
+            conn = self._peer(address)
+        except Exception as exc:
+            log.warning("could not deliver to %s (owner gone?): %s", address, exc)
+            return
+        if flush:
+            conn.send_now(msg)
+        else:
+            conn.send(msg)
+
+    def _on_peer(self, conn: Connection) -> None:
+        if conn.peer.get("purpose") == "actor-call":
+            # Calls to this actor: the executor's main thread reads them itself.
+            with self._lock:
+                executor = self.executor
+            if executor is not None:
+                executor.adopt_call_connection(conn)
+            return
+        address = conn.peer.get("address")
+        if address:
+            with self._lock:
+                existing = self._peers.get(address)
+                if existing is None or existing.closed:
+                    self._peers[address] = conn
+
+    def _on_peer_closed(self, conn: Connection) -> None:
+        address = conn.peer.get("address")
+        with self._lock:
+            if address and self._peers.get(address) is conn:
+                del self._peers[address]
+            for state in self._actors.values():
+                if state.conn is conn:
+                    state.conn = None
+                    if state.dead_reason is None and not self.closed:
+                        self._ask_actor_fate(state)
+
+    def _on_store_closed(self, conn: Connection) -> None:
+        # The node restarts a dead store, empty: reconnect, and ask again for
+        # what we were waiting on. Lost objects are rebuilt when read.
+        with self._lock:
+            if self.closed or conn is not self.store:
+                return
+        threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
+
+    def _reconnect(self, path: Any, on_close: Any, name: str, quiet: bool = False) -> Connection | None:
+        try:
+            conn = connect(path, self._token, self._hello, self._handle, on_close, name,
+                           timeout_s=RECONNECT_TIMEOUT_S)
+        except Exception as exc:
+            (log.info if quiet else log.error)("the node's %s did not come back: %s", name, exc)
+            return None
+        conn.batch_end = self._send_follow_ups
+        return conn
+
+    def _reconnect_store(self) -> None:
+        conn = self._reconnect(self.session.store_socket, self._on_store_closed, "store")
+        if conn is None:
+            return
+        with self._lock:
+            if self.closed:
+                conn.close()
+                return
+            self.store = conn
+            self.store_generation += 1
+            self._subscribed.clear()
+            self._store_ready.clear()  # what the dead store had sealed may be gone
+            self._changed = True
+        self._wake_waiters()
+        self.rebuild_inputs_of_pending()
+
+    def _on_scheduler_closed(self, conn: Connection) -> None:
+        if self.kind == "driver":
+            with self._lock:
+                if self.closed:
+                    return
+                if conn is not self.scheduler:
+                    # Replaced already, or a reconnection still setting it up:
+                    # that thread sees it closed and tries again.
+                    return
+            # The node restarts a dead scheduler; its workers died with it.
+            threading.Thread(target=self._reconnect_scheduler, name="ember-scheduler-reconnect", daemon=True).start()
+            return
+        self._lose_scheduler("the node's scheduler process is gone")
+
+    def _lose_scheduler(self, reason: str) -> None:
+        with self._lock:
+            if not self.closed:
+                self.closed_reason = reason
+            self.closed = True
+            self._changed = True
+        self._wake_waiters()
+        if self.executor is not None:
+            self.executor.on_scheduler_lost()
+
+    def _reconnect_scheduler(self) -> None:
+        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
+        while not self.closed:
+            conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler",
+                                   quiet=True)
+            if conn is not None and self._adopt_scheduler(conn):
+                return
+            # The new scheduler refused or dropped the connection while it
+            # started, or died too while this process was setting it up
+            # (chaos does that): try again, its successor included.
+            if time.monotonic() > deadline:
+                self._lose_scheduler("the node's scheduler process died and did not come back")
+                return
+            time.sleep(RECONNECT_POLL_S)
+
+    def _adopt_scheduler(self, conn: Connection) -> bool:
+        """Make ``conn`` this process's scheduler connection; False if it closed before it could be."""
+        for function_id, (payload, name) in list(self._registered_functions.items()):
+            conn.send((Op.REGISTER_FUNCTION, function_id, payload, name))
+        for spec, (_detached, meta) in list(self._created_actors.values()):
+            if spec.name:
+                try:
+                    conn.call(Op.CLAIM_NAME, spec.name, spec.actor_id, meta, timeout_s=RECONNECT_TIMEOUT_S)
+                except Exception as exc:
+                    log.warning("could not claim the name %r again: %s", spec.name, exc)
+        with self._lock:
+            if self.closed:
+                conn.close()
+                return True
+            if conn.closed:
+                return False  # its close was ignored (not yet ours): try again
+            self.scheduler = conn
+            # Actors lived in workers of the dead scheduler.
+            self.recreate_actors(conn)
+            # Every task it had (queued or running) is gone with it: each runs
+            # again, as its next attempt. The new scheduler read the dead one's
+            # queue back from the log; it takes from there the tasks whose
+            # logged spec is the one sent. The others go again in full.
+            claims: list[PendingTask] = []
+            items = []
+            # Chosen before any is failed: failing one may dispatch tasks waiting on it, to the new scheduler.
+            sent = [pt for pt in self._tasks.values() if pt.spec.kind == TaskKind.NORMAL and not pt.missing]
+            for pt in sent:
+                spec = pt.spec
+                action = after_scheduler_died(pt)
+                match action:
+                    case Claim():
+                        spec.attempt += 1  # before asking: the scheduler may run it, and answer, at once
+                        claims.append(pt)
+                        items.append((spec.task_id, spec.attempt,
+                                      self._input_bytes(spec) or None if self.relay is not None else None))
+                    case Resubmit():
+                        self._resubmit(pt)
+                    case Fail(error):
+                        self._fail_task(pt, error)
+                    case _:
+                        assert_never(action)
+            self._changed = True
+        if self.gcs is not None:
+            # Asked even with nothing to claim: the scheduler then drops this owner's rows at once.
+            taken = self._claim_from_log(conn, items)
+            with self._lock:
+                self.resumed_from_log += len(taken)
+                for pt in claims:
+                    if pt.spec.task_id in taken or self._tasks.get(pt.spec.task_id) is not pt:
+                        continue  # queued from the log, or finished meanwhile
+                    if self.scheduler is not conn:
+                        break  # that one died too: the next reconnection sends them
+                    if pt.cancelled:
+                        self._fail_task(pt, TaskCancelledError(pt.spec.task_id.hex()))
+                    else:
+                        self._dispatch(pt)
+                self._changed = True
+        self._wake_waiters()
+        self._send_follow_ups()
+        return True
+
+    def _claim_from_log(self, conn: Connection, items: list) -> set[bytes]:
+        """Ask the restarted scheduler to queue again these (task id, attempt, input bytes) from its log;
+        returns the ids it did. It answers within ``READ_WAIT_S`` of starting, whatever its log says."""
+        try:
+            return set(conn.call(Op.RESUME, items, timeout_s=RECONNECT_TIMEOUT_S))
+        except Exception as exc:
+            log.warning("the restarted scheduler did not say which tasks it took from its log (%s): "
+                        "sending them all again", exc)
+            return set()
+
+    # -- incoming messages -----------------------------------------------------
+
+    def _wake_waiters(self) -> None:
+        with self._lock:
+            if not self._changed:
+                return
+            self._changed = False
+            waiters = list(self._waiters)
+        for event in waiters:
+            event.set()
+
+    def _handle(self, conn: Connection, msg: tuple) -> None:
+        self._dispatch_message(conn, msg)
+        if self._changed:
+            self._wake_waiters()
+
+    def _dispatch_message(self, conn: Connection, msg: tuple) -> None:
+        problem = _messages.problem(msg, _messages.CORE_OPS)
+        if problem is None and msg[0] in _messages.FROM_SCHEDULER_ONLY and (
+                self.kind != "worker" or (conn is not self.scheduler and conn is not self.exec_conn)):
+            problem = f"{op_name(msg[0])} is taken only from this node's scheduler, by a worker"
+        if problem is not None:
+            _messages.refuse(conn, msg, problem, f"{self.kind} {os.getpid()}")
+            return
+        op = msg[0]
+        if op == Op.TASK_RESULT:
+            if self.relay is None:
+                self._on_result(*msg[1:])
+            else:
+                self._on_result(*msg[1:], where=self._remote_peer(conn))
+        elif op == Op.OBJECT_READY:
+            with self._lock:
+                self._store_ready.add(msg[1])
+                self._changed = True
+        elif op == Op.ACTOR_STATE:
+            self._on_actor_state(*msg[1:7])
+        elif op == Op.TASK_FAILED:
+            self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
+        elif op == Op.OBJECT_WANTED:
+            self._on_object_wanted(msg[1])
+        elif op in _LOCATION_OPS:
+            self._on_location_message(conn, msg)
+        elif op == Op.LINEAGE_DURABLE:
+            self._on_lineage_wanted(conn, msg[1], msg[2])
+        elif op == Op.FLUSH_LOG:
+            # A restarted actor asks for the calls this process saw it run:
+            # answered off the reader thread, since a commit may take a while.
+            threading.Thread(target=self._flush_log_for, args=(conn, msg[1], msg[2]), name="ember-flush-log",
+                             daemon=True).start()
+        else:
+            with self._lock:
+                executor = self.executor
+                if executor is None:
+                    # A worker's executor attaches right after connecting; keep what
+                    # arrives before then.
+                    self._early.append((conn, msg))
+                    return
+            executor.deliver(conn, msg)
+
+    def attach_executor(self, executor: Any) -> None:
+        with self._lock:
+            self.executor = executor
+            early, self._early = self._early, []
+        for conn, msg in early:
+            executor.deliver(conn, msg)
+
+    def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
+                   durable_seq: int = 0, hashes: list | None = None, started_us: int = 0, worker_pid: int = 0,
+                   where: str | None = None) -> None:
+        """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
+        (0 if none) and ``durable_seq`` the last place whose row the actor has committed;
+        ``started_us`` and ``worker_pid``: when and where the run began (0 if unknown), for the log;
+        ``where``: the address of the process that ran it, if on another node.
+
+        The owner takes the result at once, before its spec's row may be
+        committed: durable before visible holds for other processes, since a
+        ref leaving this one waits for its lineage (``on_ref_shared``).
+        """
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            action = after_result(pt, attempt, failed, lambda: _error_in(results))
+            match action:
+                case Ignore():
+                    return  # a stale attempt: the object already has its value
+                case Resubmit():
+                    self._resubmit(pt)  # type: ignore[arg-type]
+                case Finish():
+                    self._finish(pt, results, call_seq, durable_seq, hashes, where,  # type: ignore[arg-type]
+                                 (started_us, worker_pid))
+                case _:
+                    assert_never(action)
+
+    def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
+        """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
+        state = self._actors.get(actor_id)
+        gcs = self.gcs
+        if state is None or gcs is None:
+            return 0
+        last = 0
+        while state.unconfirmed and (through is None or state.unconfirmed[0][0] <= through):
+            place, spec = state.unconfirmed.popleft()
+            last = gcs.actor_call(actor_id, place, spec, with_args=False)
+        return last
+
+    def _flush_log_for(self, conn: Connection, req_id: int, actor_id: bytes) -> None:
+        with self._lock:
+            self._log_unconfirmed(actor_id)
+        committed = self.gcs.writer.flush(self.gcs.commit_wait_s) if self.gcs is not None else True
+        try:
+            conn.reply(req_id, committed)
+            conn.flush()
+        except ConnectionClosed:
+            pass
+
+    def _on_log_outage(self, outage_s: float, error: BaseException) -> None:
+        # Told once per outage, on the writer's thread: results keep waiting
+        # for their lineage, and nothing already committed is at risk.
+        message = (
+            f"ember: the lineage log has been unreachable for {outage_s:.0f}s ({error}); tasks wait "
+            "for it and nothing already committed is lost; check the PostgreSQL server "
+            "(EMBER_GCS_URL, or the embedded one under $EMBER_HOME)"
+        )
+        log.error(message)
+        if self.kind == "driver":
+            print(message, file=sys.stderr, flush=True)
+
+    def _on_commit_signal(self, committed_seq: int) -> None:
+        # On the writer's thread: held actor results leave at once (they need no core lock).
+        executor = self.executor
+        if executor is not None:
+            executor.release_held(committed_seq)
+
+    def _resubmit(self, pt: PendingTask) -> None:
+        spec = pt.spec
+        spec.attempt += 1
+        if spec.kind == TaskKind.ACTOR_CALL:
+            state = self._actors[spec.actor_id]  # type: ignore[index]
+            state.inflight.pop(spec.task_id, None)
+            state.queue.appendleft(pt)
+            self._pump_actor(state)
+        else:
+            self._dispatch(pt)
+
+    def _finish(self, pt: PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
+                hashes: list | None = None, where: str | None = None, run: tuple[int, int] = (0, 0)) -> None:
+        spec = pt.spec
+        self._tasks.pop(spec.task_id, None)
+        order = None
+        logged = self.gcs is not None and (pt.log_seq or pt.replay)
+        if logged:
+            error = next((data for _, data, _ in results if data is not None and is_error(data)), None)
+            failed = error is not None
+            created_seq = self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
+                                            [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
+                                             for oid, data, size in results], error=error, hashes=hashes, run=run)
+        if spec.kind == TaskKind.ACTOR_CALL:
+            state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
+            if state is not None:
+                state.inflight.pop(spec.task_id, None)
+                if logged and call_seq:
+                    unconfirmed = state.unconfirmed
+                    while unconfirmed and unconfirmed[0][0] <= durable_seq:
+                        unconfirmed.popleft()
+                    if call_seq > durable_seq:
+                        # The actor's row of this call's place may die with it: kept
+                        # here, to be logged if the actor restarts or the result leaves.
+                        unconfirmed.append((call_seq, spec))
+                        order = (spec.actor_id, call_seq)
+        ready: list[PendingTask] = []
+        for oid, data, size in results:
+            entry = self._objects.get(oid)
+            if entry is None or entry.dropped:
+                self._objects.pop(oid, None)
+                if data is None:
+                    self.store.send((Op.FREE, [oid]))
+                continue
+            entry.order = order  # a ref to it leaves only once the call's place in the order is durable
+            if logged:
+                entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
+            entry.copies = None
+            if data is None:
+                entry.state = ObjectState.READY_STORE
+                entry.where = where
+                entry.size = size
+            else:
+                entry.state = ObjectState.READY_INLINE
+                entry.data = data
+                entry.where = None
+                if entry.shared:
+                    self._publish(oid, data)
+            if self._locate_waiters:
+                self._answer_locates(oid, entry)
+            for waiter in self._dep_waiters.pop(oid, ()):
+                waiter.missing -= 1
+                if waiter.missing == 0:
+                    ready.append(waiter)
+        if spec.kind != TaskKind.ACTOR_CREATION:
+            # An actor's constructor arguments stay: a restart needs them.
+            self._free_arg_objects(pt)
+        pt.raw_args = ()
+        pt.raw_kwargs = {}
+        self._changed = True
+        for waiter in ready:
+            if waiter.cancelled:
+                continue
+            if waiter.spec.kind == TaskKind.ACTOR_CALL:
+                self._pump_actor(self._actors[waiter.spec.actor_id])  # type: ignore[index]
+            else:
+                try:
+                    self._dispatch(waiter)
+                except BaseException as exc:
+                    if waiter.spec.kind == TaskKind.ACTOR_CREATION:
+                        self._tasks.pop(waiter.spec.task_id, None)
+                        self.scheduler.send((Op.KILL_ACTOR, waiter.spec.actor_id, True))
+                        self._on_actor_state(waiter.spec.actor_id, False, None,  # type: ignore[arg-type]
+                                             f"its constructor arguments could not be sent: {exc}")
+                    else:
+                        self._fail_task(waiter, exc)
+
+    def _fail_task(self, pt: PendingTask, error: BaseException) -> None:
+        data = to_bytes(serialize_error(error), b"")
+        self._finish(pt, [(oid, data, len(data)) for oid in pt.spec.return_ids()])
+
+    def _on_task_failed(self, task_id: bytes, attempt: int, cause_name: str, detail: str) -> None:
+        cause = FailureCause(cause_name)
+        if cause is FailureCause.UNSCHEDULABLE:
+            log.warning("%s", detail)  # the scheduler says how often: once, then every minute while it waits
+            return
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            action = after_failure_report(pt, attempt, cause, detail)
+            match action:
+                case Ignore() | Warn():
+                    return
+                case Resubmit():
+                    self._resubmit(pt)  # type: ignore[arg-type]
+                case Fail(error, infeasible):
+                    if infeasible:
+                        self.infeasible[task_id] = error  # type: ignore[assignment]  # ``wait`` raises it too
+                        while len(self.infeasible) > INFEASIBLE_KEPT_MAX:
+                            del self.infeasible[next(iter(self.infeasible))]
+                    self._fail_task(pt, error)  # type: ignore[arg-type]
+                case Finish() | Claim():
+                    raise AssertionError(f"{action} is no answer to a failure report")
+                case _:
+                    assert_never(action)
+
+    # -- cancel ------------------------------------------------------------------
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        task_id = ref.task_id().binary()
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            if pt is None:
+                return
+            pt.cancelled = True
+            local = pt.missing > 0 or (
+                pt.spec.kind == TaskKind.ACTOR_CALL and pt in self._actors[pt.spec.actor_id].queue  # type: ignore[index]
+            )
+            if local:
+                self._fail_task(pt, TaskCancelledError(task_id.hex()))
+        if local:
+            self._wake_waiters()
+            return
+        self.scheduler.send_now((Op.CANCEL, task_id, force))
+
+    # -- introspection -------------------------------------------------------------
+
+    def check_refs(self, refs: list[ObjectRef]) -> None:
+        """Raise for a ref made by another cluster session: its owner can never answer here."""
+        for ref in refs:
+            owner = ref._owner
+            if owner != self.address and not owner.startswith(self._owners_prefix) and not (
+                    self.relay is not None and self._in_this_cluster(owner)):
+                raise ForeignObjectRefError(
+                    f"ObjectRef {ref.hex()} belongs to another ember cluster session (its owner {owner} is "
+                    "not part of this one): refs do not outlive ember.shutdown(). Get its value before "
+                    "shutting down, or compute it again in this session"
+                )
+
+    def call_scheduler(self, op: int, *payload: Any, timeout_s: float = 30.0) -> Any:
+        try:
+            return self.scheduler.call(op, *payload, timeout_s=timeout_s)
+        except ConnectionClosed as exc:
+            raise ClusterUnavailableError(
+                f"the cluster's scheduler is unreachable ({exc}); was ember.shutdown() called, "
+                "or did the cluster stop?"
+            ) from exc
+
+
+
+
+def _error_in(results: list) -> BaseException | None:
+    """The error a failed run raised, from its first result (None if that result is in the store)."""
+    data = results[0][1]
+    if data is None:
+        return None
+    return deserialize(data)[1]
+
+
+RECONNECT_TIMEOUT_S = 30.0  # how long a restarted store or scheduler has to come back
+RECONNECT_POLL_S = 0.05
