@@ -28,7 +28,7 @@ from ember.chaos import _agent
 from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
                               TaskCancelledError)
 from ember.scheduler._actor_args import ActorArgCopies
-from ember.scheduler._owner._actors import PEER_CONNECT_TIMEOUT_S
+from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
@@ -416,7 +416,7 @@ class Executor:
                 data = to_bytes(obj, oid)
                 results.append((oid, data, len(data)))
             else:
-                core._write_to_store(oid, obj)
+                core.writes.write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
                 if spec.kind == TaskKind.ACTOR_CALL and self._arg_copies is not None \
                         and copy_wanted(obj.total_size):
@@ -443,7 +443,7 @@ class Executor:
             else:
                 conn.send(msg) if more else conn.send_now(msg)
         else:
-            core.send_to(spec.owner_addr, msg, flush=not more)
+            core.links.send_to(spec.owner_addr, msg, flush=not more)
             self._done.append(spec.task_id)
             if not more or len(self._done) >= DONE_BATCH_MAX:
                 done, self._done = self._done, []
@@ -563,7 +563,7 @@ class Executor:
             return False
         core = self.core
         try:
-            conn = core._peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
+            conn = core.links.peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
             return bool(conn.call(Op.FLUSH_LOG, self._actor_id, timeout_s=CALLER_FLUSH_WAIT_S))
         except Exception as exc:  # noqa: BLE001 - a dead or stuck caller: what it alone saw died with it
             log.info("actor %s: its last caller %s did not commit its log (%s); replaying what is logged",

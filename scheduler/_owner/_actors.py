@@ -15,11 +15,11 @@ from typing import Any
 
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._listener import connect
+from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._shared_read import SharedReadConnection
 
-PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
 
 
 class _ActorState:
@@ -97,7 +97,7 @@ class ActorCallsMixin:
                     try:
                         # A connection of its own: nothing else may queue behind calls.
                         state.conn = connect(
-                            address, self._token, {**self._hello, "purpose": "actor-call"},
+                            address, self.links.token, {**self.links.hello, "purpose": "actor-call"},
                             self._handle, self._on_peer_closed, f"actor:{address}",
                             timeout_s=PEER_CONNECT_TIMEOUT_S, connection_class=SharedReadConnection,
                         )

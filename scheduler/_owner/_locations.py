@@ -56,12 +56,10 @@ class LocationMixin:
     _token: bytes
     _nodes: Any  # NodeDirectory, made on the first ref owned on another node
     _peer: Any
-    _publish: Any
     relay: str | None
     address: str
     store: Connection
     files: Any
-    send_to: Any
     reconstruct: Any
     _changed: bool
 
@@ -95,7 +93,7 @@ class LocationMixin:
         if endpoint is None:
             return False
         if self._nodes is None:
-            self._nodes = NodeDirectory(self.session.gcs_address, self._token)
+            self._nodes = NodeDirectory(self.session.gcs_address, self.links.token)
         try:
             return self._nodes.find(endpoint) is not None
         except (GcsUnreachable, PermissionError):
@@ -151,7 +149,7 @@ class LocationMixin:
         self.store.send((Op.FREE, [oid for oid, _ in stored]))
         for store, oids in grouped(frees).items():
             try:
-                conn = self._peer(store)
+                conn = self.links.peer(store)
                 conn.send((Op.FREE, oids))
                 # Answered after the FREE before it: this process may exit the moment it returns.
                 conn.call(Op.STORE_STATS, timeout_s=FREE_AT_EXIT_WAIT_S)
@@ -167,20 +165,20 @@ class LocationMixin:
             with self._lock:
                 frees, self._remote_frees = self._remote_frees, []
             for store, oids in grouped(frees).items():
-                self.send_to(store, (Op.FREE, oids))
+                self.links.send_to(store, (Op.FREE, oids))
 
     def _send_locates(self) -> None:
         """Ask owners where the objects this process found missing are (outside the lock)."""
         with self._lock:
             refs, self._to_locate = self._to_locate, []
         for owner, oids in grouped((ref._owner, ref._id) for ref in refs).items():
-            self.send_to(owner, (Op.LOCATE, oids, self.address))
+            self.links.send_to(owner, (Op.LOCATE, oids, self.address))
 
     def _answer_locates(self, oid: bytes, entry: Any) -> None:
         """An object was made (or rebuilt): tell whoever asked where it is (under the lock)."""
         asked = self._locate_waiters.pop(oid, None)
         for requester in asked or ():
-            self.send_to(requester, self._location(oid, entry, requester), flush=False)
+            self.links.send_to(requester, self._location(oid, entry, requester), flush=False)
 
     def _location(self, oid: bytes, entry: Any, requester: str) -> tuple:
         """The answer to ``requester``'s LOCATE; its node will hold a copy, which later askers may pull."""
@@ -206,7 +204,7 @@ class LocationMixin:
             elif not self.files.exists(oid):
                 # Said to be here only, and it is not (this node's store restarted empty): the owner
                 # forgets this copy, and rebuilds the object if no other is left.
-                self.send_to(conn.peer.get("address") or "", (Op.OBJECT_LOST_AT, oid, [self.relay]))
+                self.links.send_to(conn.peer.get("address") or "", (Op.OBJECT_LOST_AT, oid, [self.relay]))
         elif op == Op.OBJECT_VALUE:
             self._take_value(msg[1], msg[2])
         elif op == Op.PULL_FAILED:
@@ -226,12 +224,12 @@ class LocationMixin:
                 else:
                     replies.append(self._location(oid, entry, requester))
         for message in replies:
-            self.send_to(requester, message, flush=False)
+            self.links.send_to(requester, message, flush=False)
 
     def _take_value(self, oid: bytes, data: bytes) -> None:
         """A small object's bytes from its owner: into this node's store, for every process here."""
         try:
-            self._publish(oid, data)
+            self.writes.publish(oid, data)
         except (ValueError, struct.error) as exc:  # not an object's layout: a bug or junk, refused
             log.warning("refused object %s sent by its owner: %s", oid.hex(), exc)
             return
@@ -251,7 +249,7 @@ class LocationMixin:
         if entry is not None:
             self._on_lost_at(oid, missing)
         elif owner:
-            self.send_to(owner, (Op.OBJECT_LOST_AT, oid, missing))
+            self.links.send_to(owner, (Op.OBJECT_LOST_AT, oid, missing))
 
     def _on_lost_at(self, oid: bytes, endpoints: list[str]) -> None:
         """No copy of an owned object was found at these nodes: forget them; rebuild it if none is left."""

@@ -27,13 +27,15 @@ from ember.exceptions import (
     LineageLogUnavailableError,
     TaskCancelledError,
 )
-from ember.scheduler._owner._actors import PEER_CONNECT_TIMEOUT_S, ActorCallsMixin, _ActorState
+from ember.scheduler._owner._actors import ActorCallsMixin, _ActorState
+from ember.scheduler._owner._links import RECONNECT_POLL_S, RECONNECT_TIMEOUT_S, Links
+from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.lineage._replay_source import ReplaySource
-from ember.store._put_copies import PutCopies, copy_wanted
 from ember.scheduler._owner._reconstruct import ReconstructionMixin
-from ember.scheduler._owner._locations import LOCATION_OPS as _LOCATION_OPS, LocationMixin
+from ember.scheduler._owner._locations import LOCATION_OPS, LocationMixin
+from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
 from ember.scheduler._owner._waiting import WaitingMixin, grouped
 from ember.scheduler._owner._objects import INLINE_BYTES_MAX, ObjectEntry, ObjectState, ObjectTable
 from ember.scheduler._owner._tasks import (
@@ -48,10 +50,9 @@ from ember.scheduler._owner._tasks import (
     after_result,
     after_scheduler_died,
 )
-from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
-from ember.scheduler._listener import Listener, connect, set_local_relay
-from ember.scheduler._protocol import Connection, ConnectionClosed, Op, op_name
+from ember.scheduler._listener import set_local_relay
+from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._session import RELAY_INFO_KEY, Session, session_info
 from ember.scheduler._spec import (
     IDS,
@@ -61,9 +62,8 @@ from ember.scheduler._spec import (
     TaskKind,
     FailureCause,
     TaskSpec,
-    object_id,
 )
-from ember.store._segments import ObjectFiles, publish_layout_bytes
+from ember.store._segments import ObjectFiles
 from ember.store._serialization import (
     deserialize,
     is_error,
@@ -77,7 +77,6 @@ log = logging.getLogger("ember.core")
 # A borrower waits for an owner's answer this much longer than the owner waits for its log.
 OWNER_ANSWER_MARGIN_S = 5.0
 DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
-SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
 
 
 
@@ -121,7 +120,6 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         self._dep_waiters: dict[bytes, list[PendingTask]] = {}
         self._actors: dict[bytes, _ActorState] = {}
         self._created_actors: dict[bytes, tuple[TaskSpec, tuple]] = {}
-        self._peers: dict[str, Connection] = {}
         self._subscribed: set[bytes] = set()
         self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
         self._adopting: set[bytes] = set()
@@ -143,19 +141,13 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
         self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
-        self._copies: Any = None  # durable copies of large puts, made on first need
         self._replay: ReplaySource | None = None  # the log's reader for rebuilds, made on the first one
         self._conninfo: str | None = info.get("gcs_conninfo")
         self._socket_path = socket_path
-        self.executor: Any = None
-        self._early: list[tuple[Connection, tuple]] = []
-        self._hello = {"kind": kind, "pid": os.getpid(), "address": self.address, "worker_id": self.worker_id}
-        self._listener: Listener | None = None
-        self.scheduler: Connection = None  # type: ignore[assignment]  # connected by start()
-        self.store: Connection = None  # type: ignore[assignment]
-        # Workers take their tasks on a connection of their own that the
-        # executor's main thread reads itself: no hand-off between threads.
-        self.exec_conn: Connection | None = None
+        self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
+        self.links = Links(kind, self.address, self.worker_id, self._token, self._lock, self._handle,
+                           self._on_peer_closed, self._send_follow_ups)
+        self.writes = ObjectWriter(self.address, self.files, self.objects, self._lock, self.links, self._job_of)
 
     def start(self) -> "Owner":
         """Open the lineage log, listen, and connect to this node's scheduler and store; returns self.
@@ -164,6 +156,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         step (``_context.set_core``).
         """
         session = self.session
+        links = self.links
         if self.relay is not None:
             set_local_relay(self.relay)
         if self._conninfo:
@@ -171,36 +164,45 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
 
             self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=self.node_id)
-        hello = self._hello
-        self._listener = Listener(
-            self._socket_path, self._token, self._on_peer, self._handle, self._on_peer_closed, name=self.kind,
-            batch_end=self._send_follow_ups,
-        ).start()
-        self.scheduler = connect(
-            session.scheduler_socket, self._token, hello, self._handle, self._on_scheduler_closed, "scheduler"
-        )
-        store = connect(session.store_socket, self._token, hello, self._handle, self._on_store_closed, "store")
+            self.writes.gcs = self.gcs
+        links.listen(self._socket_path, self._on_peer)
+        links.scheduler = links.connect(session.scheduler_socket, self._on_scheduler_closed, "scheduler")
+        store = links.connect(session.store_socket, self._on_store_closed, "store")
         with self._lock:
-            self.store = store
-        self.scheduler.batch_end = self._send_follow_ups
-        self.store.batch_end = self._send_follow_ups
+            links.store = store
         if store.closed:
             # The store died while this process connected: its close was
             # ignored (not yet ours). Reconnect to the one the node restarts.
             self._on_store_closed(store)
         if self.kind == "worker":
-            self.exec_conn = connect(
-                session.scheduler_socket, self._token, {**hello, "purpose": "exec"}, self._handle,
-                None, "scheduler-exec", reader=False,
-            )
+            links.exec_conn = links.connect(session.scheduler_socket, None, "scheduler-exec",
+                                            hello={"purpose": "exec"}, reader=False)
         return self
+
+    def _job_of(self) -> bytes:
+        current = self.current_task
+        return current.job_id if current is not None else self.job_id
+
+    @property
+    def scheduler(self) -> Connection:
+        """The connection to this node's scheduler (replaced when a restarted one takes over)."""
+        return self.links.scheduler
+
+    @property
+    def store(self) -> Connection:
+        """The connection to this node's object store (replaced when a restarted one takes over)."""
+        return self.links.store
+
+    @property
+    def exec_conn(self) -> Connection | None:
+        """A worker's connection its tasks come on, read by the executor's main thread."""
+        return self.links.exec_conn
 
     # -- lifecycle -----------------------------------------------------------
 
     def stop_listening(self) -> None:
         """Close this process's listener and remove its socket file."""
-        if self._listener is not None:
-            self._listener.close()
+        self.links.stop_listening()
 
     def close(self) -> None:
         self.closed = True
@@ -209,19 +211,15 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             self.gcs.close()
             if self.kind == "driver":
                 # The job is over: no ref to its puts can be used again.
-                self._put_copies().remove_job(self.job_id)
+                self.writes.put_copies().remove_job(self.job_id)
         if self.kind == "driver" and self.relay is not None:
             # The cluster outlives this job: what it owns in stores goes with it (as in Ray,
             # objects share their owner's fate).
             self._free_owned_objects()
-        self.stop_listening()
+        self.links.stop_listening()
         if self._replay is not None:
             self._replay.close()  # else its PostgreSQL connection outlives the cluster
-        for conn in [self.scheduler, self.store, *self._peers.values()]:
-            if conn is None:
-                continue  # never started
-            conn.flush()
-            conn.close()
+        self.links.close()
         with self._lock:
             self._changed = True
         self._wake_waiters()  # a get or wait in another thread sees the close and returns
@@ -273,8 +271,8 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
             if entry.where is not None or entry.copies:
                 self._free_remote(oid, entry)
-            if self._copies is not None:
-                self._copies.discard(oid)
+            if self.writes.copies is not None:
+                self.writes.copies.discard(oid)
 
     def on_ref_shared(self, ref: ObjectRef) -> None:
         """A ref is being pickled: it may be read by other processes from now on."""
@@ -296,7 +294,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 return
             entry.shared = True
             if entry.state == ObjectState.READY_INLINE:
-                self._publish(ref._id, entry.data)
+                self.writes.publish(ref._id, entry.data)
 
     def _lineage_seq_locked(self, oid: bytes) -> int:
         """The last log row the value of owned object ``oid`` rests on: its task's spec, the specs of its
@@ -344,7 +342,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             if not self.owner_alive(owner):
                 continue
             try:
-                durable = self._peer(owner).call(Op.LINEAGE_DURABLE, oids,
+                durable = self.links.peer(owner).call(Op.LINEAGE_DURABLE, oids,
                                                  timeout_s=gcs.commit_wait_s + OWNER_ANSWER_MARGIN_S)
             except (ConnectionClosed, OSError):
                 continue  # it died meanwhile: as above
@@ -379,99 +377,8 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         # Off the reader thread: the commit may take a while.
         threading.Thread(target=answer, name="ember-lineage-wanted", daemon=True).start()
 
-    def _publish(self, oid: bytes, data: bytes | None) -> None:
-        """Write an inline object to the node store so borrowers can read it."""
-        assert data is not None
-        if not self.files.exists(oid):
-            publish_layout_bytes(self.files.shm_dir, oid, data)
-        self.store.send((Op.SEALED, oid, len(data), self.address))
-
-    # -- put -----------------------------------------------------------------
-
     def put(self, value: Any) -> ObjectRef:
-        oid = object_id(IDS.task_id(), 0)
-        entry = ObjectEntry()
-        obj = serialize(value)
-        view = None
-        if obj.total_size <= INLINE_BYTES_MAX:
-            entry.data = to_bytes(obj, oid)
-            entry.state = ObjectState.READY_INLINE
-        else:
-            view = self._write_kept(oid, obj)
-            entry.state = ObjectState.READY_STORE
-            entry.size = obj.total_size
-        if self.gcs is not None:
-            size = len(entry.data) if entry.data is not None else obj.total_size
-            entry.log_seq = self._log_kept_object(oid, size, entry.data, "put", view)
-        with self._lock:
-            self._objects[oid] = entry
-        return ObjectRef(oid, self.address)
-
-    def _log_kept_object(self, oid: bytes, size: int, inline: bytes | None, origin: str,
-                         view: memoryview | None = None) -> int:
-        """Log an object nothing can recompute (a put, a large by-value argument), keeping a durable copy."""
-        gcs = self.gcs
-        assert gcs is not None
-        durable = inline if inline is not None and size <= gcs.DURABLE_PUT_BYTES_MAX else None
-        current = self.current_task
-        job_id = current.job_id if current is not None else self.job_id
-        copy_path = None
-        if inline is None and copy_wanted(size):
-            copy_path = str(self._put_copies().schedule(oid, job_id, view))
-        return gcs.obj(oid, oid[:16], job_id, origin, size, durable, copy_path, self.address)
-
-    def _copy_actor_result(self, spec: TaskSpec, oid: bytes, data: bytes | None, size: int,
-                           failed: bool) -> str | None:
-        """The durable copy of an actor call's result in the store, which the actor wrote; its file, or None.
-
-        Running the call again would not give the same value (the actor has
-        moved on), so a result lost with its store is put back from this
-        copy, as a put is. Small results travel inline and live on here.
-        This process deletes the copy when it frees the object.
-        """
-        if spec.kind != TaskKind.ACTOR_CALL or data is not None or failed:
-            return None
-        if not copy_wanted(size):
-            return None
-        return str(self._put_copies().adopt(oid, spec.job_id))
-
-    def _put_copies(self) -> Any:
-        if self._copies is None:
-            from ember.lineage._postgres import ember_home
-
-            self._copies = PutCopies(ember_home(), self.files.open)
-        return self._copies
-
-    def _write_kept(self, oid: bytes, obj: Any) -> memoryview | None:
-        """Write an object nothing can recompute, mapped at once if it gets a durable copy.
-
-        The copy reads that mapping: a store that restarts empty clears the
-        folder, not the pages this process maps.
-        """
-        self._write_to_store(oid, obj)
-        if self.gcs is None or not copy_wanted(obj.total_size):
-            return None
-        view = self.files.open(oid)
-        if view is None:  # cleared between the write and the open: write it again
-            self._write_to_store(oid, obj)
-            view = self.files.open(oid)
-        return view
-
-    def _write_to_store(self, oid: bytes, obj: Any) -> None:
-        segment = None
-        if obj.total_size >= SEGMENT_REQUEST_BYTES_MIN:
-            try:
-                path = self.store.call(Op.ALLOC_SEGMENT, obj.total_size, timeout_s=5.0)
-                segment = None if path is None else __import__("pathlib").Path(path)
-            except Exception:  # no segment: write a fresh file, slower but correct
-                segment = None
-        try:
-            self.files.write(oid, obj, segment)
-        except FileNotFoundError:
-            # A store restarting empty cleared the folder under the write
-            # (the half-written file or the segment): write it again, afresh.
-            self.files.write(oid, obj, None)
-        self.store.send((Op.SEALED, oid, obj.total_size, self.address))
+        return self.writes.put(value)
 
     # -- submission ----------------------------------------------------------
 
@@ -559,7 +466,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             return (ArgKind.REF, value._id, value._owner)
         obj = serialize(value)
         if obj.total_size > INLINE_BYTES_MAX:
-            oid = self.put_serialized(obj)
+            oid = self.writes.put_serialized(obj)
             if pt is not None:
                 pt.arg_objects.append(oid)
             return (ArgKind.REF, oid, self.address)
@@ -571,19 +478,6 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             if entry is not None and entry.state == ObjectState.READY_INLINE:
                 return (ArgKind.INLINE, entry.data)
         return encoded
-
-    def put_serialized(self, obj: Any) -> bytes:
-        oid = object_id(IDS.task_id(), 0)
-        view = self._write_kept(oid, obj)
-        entry = ObjectEntry()
-        entry.state = ObjectState.READY_STORE
-        entry.size = obj.total_size
-        entry.shared = True  # referenced from a spec: keep it while the job runs
-        self._objects[oid] = entry
-        if self.gcs is not None:
-            # A replay of the task needs it after it is freed.
-            self._log_kept_object(oid, obj.total_size, None, "argument", view)
-        return oid
 
     def _encode_spec(self, pt: PendingTask) -> bool:
         """Encode the arguments for sending; returns whether the spec still has to be logged.
@@ -658,9 +552,9 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             oids, pt.arg_objects = pt.arg_objects, []
             for oid in oids:
                 self._objects.pop(oid, None)
-            if self._copies is not None:
+            if self.writes.copies is not None:
                 # Freed from memory once their durable copies are written.
-                self._copies.after_copies(lambda: self.store.send((Op.FREE, oids)))
+                self.writes.copies.after_copies(lambda: self.store.send((Op.FREE, oids)))
             else:
                 self.store.send((Op.FREE, oids))
 
@@ -686,26 +580,6 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
 
     # -- peers ---------------------------------------------------------------
 
-    def _peer(self, address: str, timeout_s: float = PEER_CONNECT_TIMEOUT_S) -> Connection:
-        conn = self._peers.get(address)
-        if conn is None or conn.closed:
-            conn = connect(address, self._token, self._hello, self._handle, self._on_peer_closed,
-                           f"peer:{address}", timeout_s=timeout_s)
-            conn.peer = {"address": address}
-            self._peers[address] = conn
-        return conn
-
-    def send_to(self, address: str, msg: tuple, flush: bool = True) -> None:
-        try:
-            conn = self._peer(address)
-        except Exception as exc:
-            log.warning("could not deliver to %s (owner gone?): %s", address, exc)
-            return
-        if flush:
-            conn.send_now(msg)
-        else:
-            conn.send(msg)
-
     def _on_peer(self, conn: Connection) -> None:
         if conn.peer.get("purpose") == "actor-call":
             # Calls to this actor: the executor's main thread reads them itself.
@@ -714,18 +588,11 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             if executor is not None:
                 executor.adopt_call_connection(conn)
             return
-        address = conn.peer.get("address")
-        if address:
-            with self._lock:
-                existing = self._peers.get(address)
-                if existing is None or existing.closed:
-                    self._peers[address] = conn
+        self.links.keep_incoming(conn)
 
     def _on_peer_closed(self, conn: Connection) -> None:
-        address = conn.peer.get("address")
         with self._lock:
-            if address and self._peers.get(address) is conn:
-                del self._peers[address]
+            self.links.forget(conn)
             for state in self._actors.values():
                 if state.conn is conn:
                     state.conn = None
@@ -740,25 +607,15 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 return
         threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
 
-    def _reconnect(self, path: Any, on_close: Any, name: str, quiet: bool = False) -> Connection | None:
-        try:
-            conn = connect(path, self._token, self._hello, self._handle, on_close, name,
-                           timeout_s=RECONNECT_TIMEOUT_S)
-        except Exception as exc:
-            (log.info if quiet else log.error)("the node's %s did not come back: %s", name, exc)
-            return None
-        conn.batch_end = self._send_follow_ups
-        return conn
-
     def _reconnect_store(self) -> None:
-        conn = self._reconnect(self.session.store_socket, self._on_store_closed, "store")
+        conn = self.links.reconnect(self.session.store_socket, self._on_store_closed, "store")
         if conn is None:
             return
         with self._lock:
             if self.closed:
                 conn.close()
                 return
-            self.store = conn
+            self.links.store = conn
             self.store_generation += 1
             self._subscribed.clear()
             self._store_ready.clear()  # what the dead store had sealed may be gone
@@ -793,7 +650,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
     def _reconnect_scheduler(self) -> None:
         deadline = time.monotonic() + RECONNECT_TIMEOUT_S
         while not self.closed:
-            conn = self._reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler",
+            conn = self.links.reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler",
                                    quiet=True)
             if conn is not None and self._adopt_scheduler(conn):
                 return
@@ -821,7 +678,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 return True
             if conn.closed:
                 return False  # its close was ignored (not yet ours): try again
-            self.scheduler = conn
+            self.links.scheduler = conn
             # Actors lived in workers of the dead scheduler.
             self.recreate_actors(conn)
             # Every task it had (queued or running) is gone with it: each runs
@@ -889,59 +746,47 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             event.set()
 
     def _handle(self, conn: Connection, msg: tuple) -> None:
-        self._dispatch_message(conn, msg)
+        self._messages.dispatch(conn, msg)
         if self._changed:
             self._wake_waiters()
 
-    def _dispatch_message(self, conn: Connection, msg: tuple) -> None:
-        problem = _messages.problem(msg, _messages.CORE_OPS)
-        if problem is None and msg[0] in _messages.FROM_SCHEDULER_ONLY and (
-                self.kind != "worker" or (conn is not self.scheduler and conn is not self.exec_conn)):
-            problem = f"{op_name(msg[0])} is taken only from this node's scheduler, by a worker"
-        if problem is not None:
-            _messages.refuse(conn, msg, problem, f"{self.kind} {os.getpid()}")
-            return
-        op = msg[0]
-        if op == Op.TASK_RESULT:
-            if self.relay is None:
-                self._on_result(*msg[1:])
-            else:
-                self._on_result(*msg[1:], where=self._remote_peer(conn))
-        elif op == Op.OBJECT_READY:
-            with self._lock:
-                self._store_ready.add(msg[1])
-                self._changed = True
-        elif op == Op.ACTOR_STATE:
-            self._on_actor_state(*msg[1:7])
-        elif op == Op.TASK_FAILED:
-            self._on_task_failed(msg[1], msg[2], msg[3], msg[4])
-        elif op == Op.OBJECT_WANTED:
-            self._on_object_wanted(msg[1])
-        elif op in _LOCATION_OPS:
-            self._on_location_message(conn, msg)
-        elif op == Op.LINEAGE_DURABLE:
-            self._on_lineage_wanted(conn, msg[1], msg[2])
-        elif op == Op.FLUSH_LOG:
-            # A restarted actor asks for the calls this process saw it run:
-            # answered off the reader thread, since a commit may take a while.
-            threading.Thread(target=self._flush_log_for, args=(conn, msg[1], msg[2]), name="ember-flush-log",
-                             daemon=True).start()
+    def _message_table(self) -> MessageTable:
+        """Which method takes each op that comes to this process (the rest are its executor's)."""
+        handlers: dict[int, Handler] = {
+            Op.TASK_RESULT: self._on_result_message,
+            Op.OBJECT_READY: self._on_object_ready,
+            Op.ACTOR_STATE: lambda conn, msg: self._on_actor_state(*msg[1:7]),
+            Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
+            Op.OBJECT_WANTED: lambda conn, msg: self._on_object_wanted(msg[1]),
+            Op.LINEAGE_DURABLE: lambda conn, msg: self._on_lineage_wanted(conn, msg[1], msg[2]),
+            # A restarted actor asks for the calls this process saw it run: answered
+            # off the reader thread, since a commit may take a while.
+            Op.FLUSH_LOG: off_the_reader(self._flush_log_for, "ember-flush-log"),
+        }
+        for op in LOCATION_OPS:
+            handlers[op] = self._on_location_message
+        return MessageTable(self.kind, handlers, self._from_own_scheduler, self._lock)
+
+    def _from_own_scheduler(self, conn: Connection) -> bool:
+        return conn is self.scheduler or conn is self.exec_conn
+
+    def _on_result_message(self, conn: Connection, msg: tuple) -> None:
+        if self.relay is None:
+            self._on_result(*msg[1:])
         else:
-            with self._lock:
-                executor = self.executor
-                if executor is None:
-                    # A worker's executor attaches right after connecting; keep what
-                    # arrives before then.
-                    self._early.append((conn, msg))
-                    return
-            executor.deliver(conn, msg)
+            self._on_result(*msg[1:], where=self._remote_peer(conn))
+
+    def _on_object_ready(self, conn: Connection, msg: tuple) -> None:
+        with self._lock:
+            self._store_ready.add(msg[1])
+            self._changed = True
+
+    @property
+    def executor(self) -> Any:
+        return self._messages.executor
 
     def attach_executor(self, executor: Any) -> None:
-        with self._lock:
-            self.executor = executor
-            early, self._early = self._early, []
-        for conn, msg in early:
-            executor.deliver(conn, msg)
+        self._messages.attach_executor(executor)
 
     def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
                    durable_seq: int = 0, hashes: list | None = None, started_us: int = 0, worker_pid: int = 0,
@@ -1030,7 +875,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             error = next((data for _, data, _ in results if data is not None and is_error(data)), None)
             failed = error is not None
             created_seq = self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
-                                            [(oid, size, self._copy_actor_result(spec, oid, data, size, failed))
+                                            [(oid, size, self.writes.copy_actor_result(spec, oid, data, size, failed))
                                              for oid, data, size in results], error=error, hashes=hashes, run=run)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
@@ -1066,7 +911,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 entry.data = data
                 entry.where = None
                 if entry.shared:
-                    self._publish(oid, data)
+                    self.writes.publish(oid, data)
             if self._locate_waiters:
                 self._answer_locates(oid, entry)
             for waiter in self._dep_waiters.pop(oid, ()):
@@ -1177,5 +1022,3 @@ def _error_in(results: list) -> BaseException | None:
     return deserialize(data)[1]
 
 
-RECONNECT_TIMEOUT_S = 30.0  # how long a restarted store or scheduler has to come back
-RECONNECT_POLL_S = 0.05

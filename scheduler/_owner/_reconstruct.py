@@ -100,7 +100,7 @@ class ReconstructionMixin:
             # node the relay needs a moment to open the stream; a dead node's
             # relay refuses, or is not there, for all of it.
             remote = is_relayed(address) and self._endpoint(address) != self.relay  # type: ignore[attr-defined]
-            self._peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)  # type: ignore[attr-defined]
+            self.links.peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)  # type: ignore[attr-defined]
         except Exception:
             self._dead_owners.add(address)
             return False
@@ -191,7 +191,7 @@ class ReconstructionMixin:
         from ember.store._put_copies import read_copy
 
         oid, inline, path = restore.object_id, restore.inline, restore.path
-        copies = self._copies  # type: ignore[attr-defined]
+        copies = self.writes.copies
         if inline is None and path and copies is not None:
             copies.wait_written(oid, COPY_WAIT_S)  # this process's copy may still be queued
         data = inline if inline is not None else read_copy(path) if path else None
@@ -225,7 +225,7 @@ class ReconstructionMixin:
         entry.data = to_bytes(serialize_error(error), oid)
         entry.state = ObjectState.READY_INLINE
         if entry.shared:
-            self._publish(oid, entry.data)  # type: ignore[attr-defined]
+            self.writes.publish(oid, entry.data)  # type: ignore[attr-defined]
 
     def _install_replay(self, spec: TaskSpec, inputs: tuple[bytes, ...]) -> None:
         if spec.task_id in self._tasks:

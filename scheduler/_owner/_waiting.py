@@ -224,7 +224,7 @@ class WaitingMixin:
     def _ask_owners(self, refs: list[ObjectRef]) -> None:
         for owner, oids in grouped((ref._owner, ref._id) for ref in refs if ref._owner != self.address).items():
             if self.owner_alive(owner):
-                self.send_to(owner, (Op.OBJECT_WANTED, oids))
+                self.links.send_to(owner, (Op.OBJECT_WANTED, oids))
             else:
                 # Its owner is gone, and with it whatever it held in memory:
                 # rebuild from the log here.
@@ -245,7 +245,7 @@ class WaitingMixin:
                     entry.shared = True
                     republish.append((oid, entry.data))
         for oid, data in republish:
-            self._publish(oid, data)
+            self.writes.publish(oid, data)
         if lost:
             # Reading the log is not for a reader thread.
             threading.Thread(target=self.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
