@@ -72,14 +72,14 @@ class ActorCallsMixin:
             state.seq += 1
             pt.spec.seq = state.seq
             try:
-                must_log = self._encode_spec(pt)
+                must_log = self.specs.encode_spec(pt)
             except BaseException as exc:
                 self._fail_task(pt, exc)
                 continue
             state.inflight[pt.spec.task_id] = pt
             conn.send((Op.ACTOR_CALL, pt.spec))
             if must_log:
-                self._log_spec(pt)
+                self.specs.log_spec(pt)
 
     def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
                         restarting: bool = False, restarts: int = 0) -> None:

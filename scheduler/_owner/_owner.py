@@ -15,29 +15,29 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, assert_never
 
 from ember.exceptions import (
     ClusterUnavailableError,
     ForeignObjectRefError,
     InfeasibleResourceError,
-    LineageLogUnavailableError,
     TaskCancelledError,
 )
 from ember.scheduler._owner._actors import ActorCallsMixin, _ActorState
-from ember.scheduler._owner._links import RECONNECT_POLL_S, RECONNECT_TIMEOUT_S, Links
+from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._writes import ObjectWriter
+from ember.scheduler._owner._submit import SpecEncoder
+from ember.scheduler._owner._durable import LineageGate
+from ember.scheduler._owner._restart import SchedulerRestart, TaskHooks
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.lineage._replay_source import ReplaySource
 from ember.scheduler._owner._reconstruct import ReconstructionMixin
 from ember.scheduler._owner._locations import LOCATION_OPS, LocationMixin
 from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
-from ember.scheduler._owner._waiting import WaitingMixin, grouped
-from ember.scheduler._owner._objects import INLINE_BYTES_MAX, ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._waiting import WaitingMixin
+from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable
 from ember.scheduler._owner._tasks import (
     Claim,
     Fail,
@@ -48,7 +48,7 @@ from ember.scheduler._owner._tasks import (
     Warn,
     after_failure_report,
     after_result,
-    after_scheduler_died,
+    error_in_results,
 )
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import set_local_relay
@@ -56,27 +56,19 @@ from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._session import RELAY_INFO_KEY, Session, session_info
 from ember.scheduler._spec import (
     IDS,
-    PLAIN_BYTES_MAX,
-    PLAIN_TYPES,
-    ArgKind,
     TaskKind,
     FailureCause,
     TaskSpec,
 )
 from ember.store._segments import ObjectFiles
 from ember.store._serialization import (
-    deserialize,
     is_error,
-    serialize,
     serialize_error,
     to_bytes,
 )
 
 log = logging.getLogger("ember.core")
 
-# A borrower waits for an owner's answer this much longer than the owner waits for its log.
-OWNER_ANSWER_MARGIN_S = 5.0
-DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
 
 
 
@@ -124,7 +116,6 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
         self._adopting: set[bytes] = set()
         self._store_ready: set[bytes] = set()
-        self._durable_borrowed: set[bytes] = set()  # borrowed objects whose owners said their lineage is durable
         # Objects across nodes (LocationMixin): who asked where an object is before it was made,
         # lookups to send, and the owner and node of each object being pulled here.
         self._locate_waiters: dict[bytes, set[str]] = {}
@@ -137,17 +128,24 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
-        self.resumed_from_log = 0  # tasks a restarted scheduler took from its log, not sent again
         self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
         self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         self._replay: ReplaySource | None = None  # the log's reader for rebuilds, made on the first one
         self._conninfo: str | None = info.get("gcs_conninfo")
         self._socket_path = socket_path
-        self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
         self.links = Links(kind, self.address, self.worker_id, self._token, self._lock, self._handle,
                            self._on_peer_closed, self._send_follow_ups)
         self.writes = ObjectWriter(self.address, self.files, self.objects, self._lock, self.links, self._job_of)
+        self.specs = SpecEncoder(self.address, self.objects, self._tasks, self._dep_waiters, self.links, self.writes)
+        self.lineage = LineageGate(self.address, self._lock, self.objects, self._tasks, self._actors, self.links,
+                                   self.owner_alive, self.specs.log_before_dispatch, self.writes.publish)
+        hooks = TaskHooks(self.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
+                          self._input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
+        self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,
+                                        self._registered_functions, self._created_actors, hooks,
+                                        lambda: self.closed, self._on_scheduler_closed)
+        self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
 
     def start(self) -> "Owner":
         """Open the lineage log, listen, and connect to this node's scheduler and store; returns self.
@@ -164,7 +162,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
 
             self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=self.node_id)
-            self.writes.gcs = self.gcs
+            self.writes.gcs = self.specs.gcs = self.lineage.gcs = self.restart.gcs = self.gcs
         links.listen(self._socket_path, self._on_peer)
         links.scheduler = links.connect(session.scheduler_socket, self._on_scheduler_closed, "scheduler")
         store = links.connect(session.store_socket, self._on_store_closed, "store")
@@ -276,106 +274,10 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
 
     def on_ref_shared(self, ref: ObjectRef) -> None:
         """A ref is being pickled: it may be read by other processes from now on."""
-        if ref._owner != self.address:
-            return
-        if self.gcs is not None:
-            with self._lock:
-                entry = self._objects.get(ref._id)
-                if entry is not None and entry.state == ObjectState.PENDING and not entry.log_seq:
-                    pt = self._tasks.get(ref._id[:16])
-                    if pt is not None and not pt.log_seq and not pt.replay:
-                        self._log_before_dispatch(pt)
-                seq = self._lineage_seq_locked(ref._id)
-            # Nobody else may name an object before its lineage is durable.
-            self.gcs.make_durable(seq, f"a ref to object {ref.hex()}")
-        with self._lock:
-            entry = self._objects.get(ref._id)
-            if entry is None or entry.shared:
-                return
-            entry.shared = True
-            if entry.state == ObjectState.READY_INLINE:
-                self.writes.publish(ref._id, entry.data)
-
-    def _lineage_seq_locked(self, oid: bytes) -> int:
-        """The last log row the value of owned object ``oid`` rests on: its task's spec, the specs of its
-        ancestors logged here before it, its creation row (0: none, or not owned here)."""
-        entry = self._objects.get(oid)
-        if entry is None:
-            return 0
-        if entry.order is not None:
-            # An actor call's result: its place in the actor's order, which only the actor may have logged.
-            entry.log_seq = max(entry.log_seq, self._log_unconfirmed(*entry.order))
-            entry.order = None
-        return entry.log_seq
+        self.lineage.on_ref_shared(ref)
 
     def await_lineage(self, refs: Sequence[ObjectRef]) -> None:
-        """Return once the lineage of every ready ref among ``refs`` is durable (invariant 1, to this
-        process too): ``get`` and ``wait`` hand out nothing before. Owned refs wait for this process's
-        log; borrowed ones for their owners' answers. LineageLogUnavailableError past the log's limit."""
-        gcs = self.gcs
-        if gcs is None:
-            return
-        seq = 0
-        borrowed: list[ObjectRef] = []
-        with self._lock:
-            for ref in refs:
-                if ref._owner == self.address:
-                    seq = max(seq, self._lineage_seq_locked(ref._id))
-                elif ref._id not in self._durable_borrowed:
-                    borrowed.append(ref)
-        if seq > gcs.committed_seq:
-            what = f"the value of {refs[0].hex()}" if len(refs) == 1 else f"the values of {len(refs)} objects"
-            gcs.make_durable(seq, what)
-        if borrowed:
-            self._confirm_borrowed_lineage(borrowed)
-
-    def _confirm_borrowed_lineage(self, refs: list[ObjectRef]) -> None:
-        """Ask each live owner to commit the lineage of its objects among ``refs`` and say so.
-
-        A dead owner cannot: whatever of its rows was not committed died with
-        it, and the spec of each of its objects was committed before the ref
-        left it. Confirmed ids are remembered (a bounded set), so a borrower
-        asks once per object.
-        """
-        gcs = self.gcs
-        for owner, oids in grouped((ref._owner, ref._id) for ref in refs).items():
-            if not self.owner_alive(owner):
-                continue
-            try:
-                durable = self.links.peer(owner).call(Op.LINEAGE_DURABLE, oids,
-                                                 timeout_s=gcs.commit_wait_s + OWNER_ANSWER_MARGIN_S)
-            except (ConnectionClosed, OSError):
-                continue  # it died meanwhile: as above
-            except FutureTimeout:
-                durable = False
-            if not durable:
-                raise LineageLogUnavailableError(
-                    gcs.url, gcs.commit_wait_s, f"the value of {oids[0].hex()} (its owner {owner} could not commit "
-                                                "its lineage in time)")
-            with self._lock:
-                self._durable_borrowed.update(oids)
-                if len(self._durable_borrowed) > DURABLE_BORROWED_MAX:
-                    self._durable_borrowed.clear()  # bounded: at worst a borrower asks again
-
-    def _on_lineage_wanted(self, conn: Connection, req_id: int, oids: list[bytes]) -> None:
-        """A borrower's question: answer True once the lineage of ``oids`` (owned here) is durable."""
-        with self._lock:
-            seq = max((self._lineage_seq_locked(oid) for oid in oids), default=0)
-        gcs = self.gcs
-        if gcs is None or seq <= gcs.committed_seq:
-            conn.reply(req_id, True)
-            return
-
-        def answer() -> None:
-            durable = gcs.wait_committed(seq, gcs.commit_wait_s)
-            try:
-                conn.reply(req_id, durable)
-                conn.flush()
-            except ConnectionClosed:
-                pass
-
-        # Off the reader thread: the commit may take a while.
-        threading.Thread(target=answer, name="ember-lineage-wanted", daemon=True).start()
+        self.lineage.await_lineage(refs)
 
     def put(self, value: Any) -> ObjectRef:
         return self.writes.put(value)
@@ -422,7 +324,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 self._objects[oid] = ObjectEntry()
                 refs.append(ObjectRef(oid, self.address))
             self._tasks[spec.task_id] = pt
-            self._count_missing(pt)
+            self.specs.count_missing(pt)
             if kind == TaskKind.ACTOR_CALL:
                 state = self._actor_state(actor_id, function_name)  # type: ignore[arg-type]
                 if state.dead_reason is not None:
@@ -437,7 +339,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 elif self.gcs is not None and kind == TaskKind.NORMAL:
                     # Logged now, not when its inputs are ready: a chain's
                     # specs commit together instead of one commit per link.
-                    self._encode_early(pt)
+                    self.specs.encode_early(pt)
             except BaseException:
                 # e.g. an argument does not pickle: the caller gets the error now.
                 self._tasks.pop(spec.task_id, None)
@@ -446,124 +348,12 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 raise
         return refs
 
-    def _count_missing(self, pt: PendingTask) -> None:
-        for value in (*pt.raw_args, *pt.raw_kwargs.values()):
-            if type(value) is ObjectRef and value._owner == self.address:
-                entry = self._objects.get(value._id)
-                if entry is not None and entry.state == ObjectState.PENDING:
-                    pt.missing += 1
-                    self._dep_waiters.setdefault(value._id, []).append(pt)
-
-    def _encode(self, value: Any, pt: "PendingTask | None" = None) -> tuple:
-        t = type(value)
-        if t in PLAIN_TYPES and (t is not str and t is not bytes or len(value) <= PLAIN_BYTES_MAX):
-            return (ArgKind.VALUE, value)
-        if t is ObjectRef:
-            if value._owner == self.address:
-                entry = self._objects.get(value._id)
-                if entry is not None and entry.state == ObjectState.READY_INLINE:
-                    return (ArgKind.INLINE, entry.data)
-            return (ArgKind.REF, value._id, value._owner)
-        obj = serialize(value)
-        if obj.total_size > INLINE_BYTES_MAX:
-            oid = self.writes.put_serialized(obj)
-            if pt is not None:
-                pt.arg_objects.append(oid)
-            return (ArgKind.REF, oid, self.address)
-        return (ArgKind.INLINE, to_bytes(obj, b""))
-
-    def _inline_owned(self, encoded: tuple) -> tuple:
-        if encoded[0] == ArgKind.REF and encoded[2] == self.address:
-            entry = self._objects.get(encoded[1])
-            if entry is not None and entry.state == ObjectState.READY_INLINE:
-                return (ArgKind.INLINE, entry.data)
-        return encoded
-
-    def _encode_spec(self, pt: PendingTask) -> bool:
-        """Encode the arguments for sending; returns whether the spec still has to be logged.
-
-        Callers send the task first and log it right after, still under the
-        core lock: its result cannot be taken in (and a ref to it cannot be
-        shared) before the row is queued, and queueing it does not hold up
-        the send.
-        """
-        if pt.replay or pt.encoded:
-            # Arguments encoded before their inputs were ready name them by
-            # reference; those this process holds inline travel by value.
-            spec = pt.spec
-            spec.args = [self._inline_owned(a) for a in spec.args]
-            if spec.kwargs:
-                spec.kwargs = {k: self._inline_owned(v) for k, v in spec.kwargs.items()}
-            return False
-        spec = pt.spec
-        pt.as_logged = False
-        self._free_arg_objects(pt)  # a retry encodes again
-        spec.args = [self._encode(a, pt) for a in pt.raw_args]
-        spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
-        return self.gcs is not None and not pt.log_seq
-
-    def _log_before_dispatch(self, pt: PendingTask) -> None:
-        """Log the spec of a task still waiting for its inputs: a ref to its result is leaving.
-
-        The inputs are logged by reference; dispatch encodes the arguments
-        again, when their values are known, and does not log a second row.
-        """
-        # Its pending inputs' own tasks are in the same state: their specs go
-        # first, so the whole lineage of what leaves is durable.
-        order, stack = [], [pt]
-        while stack:
-            task = stack.pop()
-            if task.log_seq or task.replay or task in order:
-                continue
-            order.append(task)
-            for value in (*task.raw_args, *task.raw_kwargs.values()):
-                if type(value) is ObjectRef and value._owner == self.address:
-                    upstream = self._tasks.get(value._id[:16])
-                    if upstream is not None:
-                        stack.append(upstream)
-        for task in reversed(order):
-            self._encode_early(task)
-
-    def _encode_early(self, pt: PendingTask) -> None:
-        """Encode and log a task whose inputs are pending: they are named by reference."""
-        spec = pt.spec
-        spec.args = [self._encode(a, pt) for a in pt.raw_args]
-        spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
-        pt.encoded = True
-        self._log_spec(pt)
-
-    def _log_spec(self, pt: PendingTask) -> None:
-        spec = pt.spec
-        gcs = self.gcs
-        assert gcs is not None
-        dependencies = [v._id for v in (*pt.raw_args, *pt.raw_kwargs.values()) if type(v) is ObjectRef]
-        dependencies += pt.arg_objects
-        if spec.kind == TaskKind.ACTOR_CREATION:
-            gcs.actor(spec.actor_id, spec.job_id, spec.task_id, spec.function_name, spec.name,
-                      min(spec.max_retries, 2**31 - 1))
-        pt.log_seq = gcs.task(spec, dependencies)
-        for oid in spec.return_ids():
-            entry = self._objects.get(oid)
-            if entry is not None:
-                entry.log_seq = pt.log_seq
-
-    def _free_arg_objects(self, pt: PendingTask) -> None:
-        if pt.arg_objects:
-            oids, pt.arg_objects = pt.arg_objects, []
-            for oid in oids:
-                self._objects.pop(oid, None)
-            if self.writes.copies is not None:
-                # Freed from memory once their durable copies are written.
-                self.writes.copies.after_copies(lambda: self.store.send((Op.FREE, oids)))
-            else:
-                self.store.send((Op.FREE, oids))
-
     def _dispatch(self, pt: PendingTask) -> None:
-        must_log = self._encode_spec(pt)
+        must_log = self.specs.encode_spec(pt)
         spec = pt.spec
         if spec.kind == TaskKind.ACTOR_CREATION:
             if must_log:
-                self._log_spec(pt)
+                self.specs.log_spec(pt)
             self._tasks.pop(spec.task_id, None)
             self.scheduler.send((Op.CREATE_ACTOR, spec, *pt.extra))
             if spec.max_retries:
@@ -575,7 +365,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             hints = self._input_bytes(spec) if self.relay is not None else None
             self.scheduler.send((Op.SUBMIT, spec, hints) if hints else (Op.SUBMIT, spec))
             if must_log:
-                self._log_spec(pt)
+                self.specs.log_spec(pt)
                 pt.as_logged = True
 
     # -- peers ---------------------------------------------------------------
@@ -648,91 +438,21 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             self.executor.on_scheduler_lost()
 
     def _reconnect_scheduler(self) -> None:
-        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
-        while not self.closed:
-            conn = self.links.reconnect(self.session.scheduler_socket, self._on_scheduler_closed, "scheduler",
-                                   quiet=True)
-            if conn is not None and self._adopt_scheduler(conn):
-                return
-            # The new scheduler refused or dropped the connection while it
-            # started, or died too while this process was setting it up
-            # (chaos does that): try again, its successor included.
-            if time.monotonic() > deadline:
-                self._lose_scheduler("the node's scheduler process died and did not come back")
-                return
-            time.sleep(RECONNECT_POLL_S)
+        reason = self.restart.run()
+        if reason is not None:
+            self._lose_scheduler(reason)
 
-    def _adopt_scheduler(self, conn: Connection) -> bool:
-        """Make ``conn`` this process's scheduler connection; False if it closed before it could be."""
-        for function_id, (payload, name) in list(self._registered_functions.items()):
-            conn.send((Op.REGISTER_FUNCTION, function_id, payload, name))
-        for spec, (_detached, meta) in list(self._created_actors.values()):
-            if spec.name:
-                try:
-                    conn.call(Op.CLAIM_NAME, spec.name, spec.actor_id, meta, timeout_s=RECONNECT_TIMEOUT_S)
-                except Exception as exc:
-                    log.warning("could not claim the name %r again: %s", spec.name, exc)
-        with self._lock:
-            if self.closed:
-                conn.close()
-                return True
-            if conn.closed:
-                return False  # its close was ignored (not yet ours): try again
-            self.links.scheduler = conn
-            # Actors lived in workers of the dead scheduler.
-            self.recreate_actors(conn)
-            # Every task it had (queued or running) is gone with it: each runs
-            # again, as its next attempt. The new scheduler read the dead one's
-            # queue back from the log; it takes from there the tasks whose
-            # logged spec is the one sent. The others go again in full.
-            claims: list[PendingTask] = []
-            items = []
-            # Chosen before any is failed: failing one may dispatch tasks waiting on it, to the new scheduler.
-            sent = [pt for pt in self._tasks.values() if pt.spec.kind == TaskKind.NORMAL and not pt.missing]
-            for pt in sent:
-                spec = pt.spec
-                action = after_scheduler_died(pt)
-                match action:
-                    case Claim():
-                        spec.attempt += 1  # before asking: the scheduler may run it, and answer, at once
-                        claims.append(pt)
-                        items.append((spec.task_id, spec.attempt,
-                                      self._input_bytes(spec) or None if self.relay is not None else None))
-                    case Resubmit():
-                        self._resubmit(pt)
-                    case Fail(error):
-                        self._fail_task(pt, error)
-                    case _:
-                        assert_never(action)
-            self._changed = True
-        if self.gcs is not None:
-            # Asked even with nothing to claim: the scheduler then drops this owner's rows at once.
-            taken = self._claim_from_log(conn, items)
-            with self._lock:
-                self.resumed_from_log += len(taken)
-                for pt in claims:
-                    if pt.spec.task_id in taken or self._tasks.get(pt.spec.task_id) is not pt:
-                        continue  # queued from the log, or finished meanwhile
-                    if self.scheduler is not conn:
-                        break  # that one died too: the next reconnection sends them
-                    if pt.cancelled:
-                        self._fail_task(pt, TaskCancelledError(pt.spec.task_id.hex()))
-                    else:
-                        self._dispatch(pt)
-                self._changed = True
+    def _set_changed(self) -> None:
+        self._changed = True
+
+    def _after_restart(self) -> None:
         self._wake_waiters()
         self._send_follow_ups()
-        return True
 
-    def _claim_from_log(self, conn: Connection, items: list) -> set[bytes]:
-        """Ask the restarted scheduler to queue again these (task id, attempt, input bytes) from its log;
-        returns the ids it did. It answers within ``READ_WAIT_S`` of starting, whatever its log says."""
-        try:
-            return set(conn.call(Op.RESUME, items, timeout_s=RECONNECT_TIMEOUT_S))
-        except Exception as exc:
-            log.warning("the restarted scheduler did not say which tasks it took from its log (%s): "
-                        "sending them all again", exc)
-            return set()
+    @property
+    def resumed_from_log(self) -> int:
+        """Tasks a restarted scheduler took from its log, not sent again."""
+        return self.restart.resumed_from_log
 
     # -- incoming messages -----------------------------------------------------
 
@@ -758,10 +478,10 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             Op.ACTOR_STATE: lambda conn, msg: self._on_actor_state(*msg[1:7]),
             Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
             Op.OBJECT_WANTED: lambda conn, msg: self._on_object_wanted(msg[1]),
-            Op.LINEAGE_DURABLE: lambda conn, msg: self._on_lineage_wanted(conn, msg[1], msg[2]),
+            Op.LINEAGE_DURABLE: lambda conn, msg: self.lineage.on_lineage_wanted(conn, msg[1], msg[2]),
             # A restarted actor asks for the calls this process saw it run: answered
             # off the reader thread, since a commit may take a while.
-            Op.FLUSH_LOG: off_the_reader(self._flush_log_for, "ember-flush-log"),
+            Op.FLUSH_LOG: off_the_reader(self.lineage.flush_log_for, "ember-flush-log"),
         }
         for op in LOCATION_OPS:
             handlers[op] = self._on_location_message
@@ -802,7 +522,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         """
         with self._lock:
             pt = self._tasks.get(task_id)
-            action = after_result(pt, attempt, failed, lambda: _error_in(results))
+            action = after_result(pt, attempt, failed, lambda: error_in_results(results))
             match action:
                 case Ignore():
                     return  # a stale attempt: the object already has its value
@@ -813,28 +533,6 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                                  (started_us, worker_pid))
                 case _:
                     assert_never(action)
-
-    def _log_unconfirmed(self, actor_id: bytes, through: int | None = None) -> int:
-        """Log the order rows of calls to ``actor_id`` the actor may not have made durable; returns the last seq."""
-        state = self._actors.get(actor_id)
-        gcs = self.gcs
-        if state is None or gcs is None:
-            return 0
-        last = 0
-        while state.unconfirmed and (through is None or state.unconfirmed[0][0] <= through):
-            place, spec = state.unconfirmed.popleft()
-            last = gcs.actor_call(actor_id, place, spec, with_args=False)
-        return last
-
-    def _flush_log_for(self, conn: Connection, req_id: int, actor_id: bytes) -> None:
-        with self._lock:
-            self._log_unconfirmed(actor_id)
-        committed = self.gcs.writer.flush(self.gcs.commit_wait_s) if self.gcs is not None else True
-        try:
-            conn.reply(req_id, committed)
-            conn.flush()
-        except ConnectionClosed:
-            pass
 
     def _on_log_outage(self, outage_s: float, error: BaseException) -> None:
         # Told once per outage, on the writer's thread: results keep waiting
@@ -920,7 +618,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                     ready.append(waiter)
         if spec.kind != TaskKind.ACTOR_CREATION:
             # An actor's constructor arguments stay: a restart needs them.
-            self._free_arg_objects(pt)
+            self.specs.free_arg_objects(pt)
         pt.raw_args = ()
         pt.raw_kwargs = {}
         self._changed = True
@@ -1010,15 +708,3 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 f"the cluster's scheduler is unreachable ({exc}); was ember.shutdown() called, "
                 "or did the cluster stop?"
             ) from exc
-
-
-
-
-def _error_in(results: list) -> BaseException | None:
-    """The error a failed run raised, from its first result (None if that result is in the store)."""
-    data = results[0][1]
-    if data is None:
-        return None
-    return deserialize(data)[1]
-
-

@@ -241,7 +241,7 @@ class ReconstructionMixin:
         pt = PendingTask(spec, deps, {}, False)
         pt.replay = True
         self._tasks[spec.task_id] = pt
-        self._count_missing(pt)  # type: ignore[attr-defined]
+        self.specs.count_missing(pt)
         if pt.missing == 0:
             self._dispatch(pt)  # type: ignore[attr-defined]
 

@@ -31,10 +31,11 @@ from ember.exceptions import (
     WorkerCrashedError,
 )
 from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
+from ember.store._serialization import deserialize
 
 __all__ = [
     "Action", "Claim", "Fail", "Finish", "Ignore", "PendingTask", "Resubmit", "Warn",
-    "after_failure_report", "after_result", "after_scheduler_died",
+    "after_failure_report", "after_result", "after_scheduler_died", "error_in_results",
 ]
 
 SCHEDULER_DIED_DETAIL = "its node's scheduler died while it was queued or running"
@@ -151,3 +152,11 @@ def after_scheduler_died(pt: PendingTask) -> Fail | Claim | Resubmit:
     if spec.attempt < spec.max_retries or pt.replay:
         return Claim() if pt.as_logged else Resubmit()
     return Fail(WorkerCrashedError(spec.describe(), spec.attempt + 1, SCHEDULER_DIED_DETAIL))
+
+
+def error_in_results(results: list) -> BaseException | None:
+    """The error a failed run raised, read from its first result (None if that result is in the store)."""
+    data = results[0][1]
+    if data is None:
+        return None
+    return deserialize(data)[1]
