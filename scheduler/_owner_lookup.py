@@ -67,7 +67,7 @@ def find_owner(core: Any, object_id: bytes, wait_s: float = LOOKUP_WAIT_S) -> st
     # The core client's own tables, read without its lock: one dict lookup (never a reader thread's path).
     if object_id in core._objects:
         return str(core.address)
-    source = core._replay_source()
+    source = core.rebuild.replay_source()
     if source is None:
         raise UnknownObjectRefError(
             object_id.hex(), "this cluster runs without a lineage log (EMBER_LINEAGE=off), so only the process "

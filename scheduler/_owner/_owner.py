@@ -24,7 +24,7 @@ from ember.exceptions import (
     InfeasibleResourceError,
     TaskCancelledError,
 )
-from ember.scheduler._owner._actors import ActorCallsMixin, _ActorState
+from ember.scheduler._owner._actors import ActorCalls, _ActorState
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._owner._submit import SpecEncoder
@@ -32,9 +32,8 @@ from ember.scheduler._owner._durable import LineageGate
 from ember.scheduler._owner._restart import SchedulerRestart, TaskHooks
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
-from ember.lineage._replay_source import ReplaySource
-from ember.scheduler._owner._reconstruct import ReconstructionMixin
-from ember.scheduler._owner._locations import LOCATION_OPS, LocationMixin
+from ember.scheduler._owner._reconstruct import Reconstruction
+from ember.scheduler._owner._locations import LOCATION_OPS, Locations
 from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
 from ember.scheduler._owner._waiting import WaitingMixin
 from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable
@@ -75,7 +74,7 @@ log = logging.getLogger("ember.core")
 INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
 
 
-class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
+class Owner(WaitingMixin):
     """One per process that takes part in a cluster (driver or worker)."""
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
@@ -113,35 +112,32 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         self._actors: dict[bytes, _ActorState] = {}
         self._created_actors: dict[bytes, tuple[TaskSpec, tuple]] = {}
         self._subscribed: set[bytes] = set()
-        self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
-        self._adopting: set[bytes] = set()
         self._store_ready: set[bytes] = set()
-        # Objects across nodes (LocationMixin): who asked where an object is before it was made,
-        # lookups to send, and the owner and node of each object being pulled here.
-        self._locate_waiters: dict[bytes, set[str]] = {}
-        self._to_locate: list[ObjectRef] = []
-        self._pulling: dict[bytes, tuple[str, list[str]]] = {}
-        self._endpoints: dict[str, str] = {}
-        self._remote_frees: list[tuple[str, bytes]] = []
-        self._nodes: Any = None  # NodeDirectory of this cluster's nodes, made when first needed
-        self._frees_wake: threading.Event | None = None
         self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
         self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
         self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
-        self._replay: ReplaySource | None = None  # the log's reader for rebuilds, made on the first one
         self._conninfo: str | None = info.get("gcs_conninfo")
         self._socket_path = socket_path
         self.links = Links(kind, self.address, self.worker_id, self._token, self._lock, self._handle,
                            self._on_peer_closed, self._send_follow_ups)
         self.writes = ObjectWriter(self.address, self.files, self.objects, self._lock, self.links, self._job_of)
+        self.locations = Locations(self.address, self.relay, session, self._lock, self.objects, self._subscribed,
+                                   self._store_ready, self.files, self.links, self.writes, self._set_changed,
+                                   self._rebuild_lost, lambda: self.closed)
         self.specs = SpecEncoder(self.address, self.objects, self._tasks, self._dep_waiters, self.links, self.writes)
+        self.actors = ActorCalls(kind, self._lock, self._actors, self._created_actors, self.links, self.specs,
+                                 self._fail_task, self._handle, self._on_peer_closed, self._send_follow_ups,
+                                 self._wake_waiters, lambda: self.closed)
+        self.rebuild = Reconstruction(self.address, self.relay, session, self._lock, self.objects, self._tasks,
+                                      self.files, self.links, self.writes, self.specs, self.locations.endpoint, self._dispatch,
+                                      self._after_rebuild)
         self.lineage = LineageGate(self.address, self._lock, self.objects, self._tasks, self._actors, self.links,
-                                   self.owner_alive, self.specs.log_before_dispatch, self.writes.publish)
-        hooks = TaskHooks(self.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
-                          self._input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
+                                   self.rebuild.owner_alive, self.specs.log_before_dispatch, self.writes.publish)
+        hooks = TaskHooks(self.actors.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
+                          self.locations.input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
         self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,
                                         self._registered_functions, self._created_actors, hooks,
                                         lambda: self.closed, self._on_scheduler_closed)
@@ -162,7 +158,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
 
             self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=self.node_id)
-            self.writes.gcs = self.specs.gcs = self.lineage.gcs = self.restart.gcs = self.gcs
+            self.writes.gcs = self.specs.gcs = self.lineage.gcs = self.restart.gcs = self.rebuild.gcs = self.gcs
         links.listen(self._socket_path, self._on_peer)
         links.scheduler = links.connect(session.scheduler_socket, self._on_scheduler_closed, "scheduler")
         store = links.connect(session.store_socket, self._on_store_closed, "store")
@@ -213,10 +209,9 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         if self.kind == "driver" and self.relay is not None:
             # The cluster outlives this job: what it owns in stores goes with it (as in Ray,
             # objects share their owner's fate).
-            self._free_owned_objects()
+            self.locations.free_owned_objects()
         self.links.stop_listening()
-        if self._replay is not None:
-            self._replay.close()  # else its PostgreSQL connection outlives the cluster
+        self.rebuild.close()
         self.links.close()
         with self._lock:
             self._changed = True
@@ -268,7 +263,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         if entry is not None and entry.state is ObjectState.READY_STORE:
             self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
             if entry.where is not None or entry.copies:
-                self._free_remote(oid, entry)
+                self.locations.free_remote(oid, entry)
             if self.writes.copies is not None:
                 self.writes.copies.discard(oid)
 
@@ -326,12 +321,12 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             self._tasks[spec.task_id] = pt
             self.specs.count_missing(pt)
             if kind == TaskKind.ACTOR_CALL:
-                state = self._actor_state(actor_id, function_name)  # type: ignore[arg-type]
+                state = self.actors.state_of(actor_id, function_name)  # type: ignore[arg-type]
                 if state.dead_reason is not None:
                     self._fail_task(pt, actor_died_error(state.desc, state.dead_reason))
                     return refs
                 state.queue.append(pt)
-                self._pump_actor(state)
+                self.actors.pump(state)
                 return refs
             try:
                 if pt.missing == 0:
@@ -360,9 +355,9 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 # Kept to start it again should the scheduler die; watched so
                 # restarts it has used are counted here.
                 self._created_actors[spec.actor_id] = (spec, pt.extra)
-                self._actor_state(spec.actor_id, spec.function_name)  # type: ignore[arg-type]
+                self.actors.state_of(spec.actor_id, spec.function_name)  # type: ignore[arg-type]
         else:
-            hints = self._input_bytes(spec) if self.relay is not None else None
+            hints = self.locations.input_bytes(spec) if self.relay is not None else None
             self.scheduler.send((Op.SUBMIT, spec, hints) if hints else (Op.SUBMIT, spec))
             if must_log:
                 self.specs.log_spec(pt)
@@ -387,7 +382,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 if state.conn is conn:
                     state.conn = None
                     if state.dead_reason is None and not self.closed:
-                        self._ask_actor_fate(state)
+                        self.actors.ask_fate(state)
 
     def _on_store_closed(self, conn: Connection) -> None:
         # The node restarts a dead store, empty: reconnect, and ask again for
@@ -411,7 +406,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             self._store_ready.clear()  # what the dead store had sealed may be gone
             self._changed = True
         self._wake_waiters()
-        self.rebuild_inputs_of_pending()
+        self.rebuild.rebuild_inputs_of_pending()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
         if self.kind == "driver":
@@ -445,6 +440,14 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
     def _set_changed(self) -> None:
         self._changed = True
 
+    def _rebuild_lost(self, oid: bytes) -> None:
+        threading.Thread(target=self.rebuild.reconstruct, args=([oid],), name="ember-rebuild", daemon=True).start()
+
+    def _after_rebuild(self) -> None:
+        self._changed = True
+        self._wake_waiters()
+        self._send_follow_ups()
+
     def _after_restart(self) -> None:
         self._wake_waiters()
         self._send_follow_ups()
@@ -475,7 +478,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         handlers: dict[int, Handler] = {
             Op.TASK_RESULT: self._on_result_message,
             Op.OBJECT_READY: self._on_object_ready,
-            Op.ACTOR_STATE: lambda conn, msg: self._on_actor_state(*msg[1:7]),
+            Op.ACTOR_STATE: lambda conn, msg: self.actors.on_actor_state(*msg[1:7]),
             Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
             Op.OBJECT_WANTED: lambda conn, msg: self._on_object_wanted(msg[1]),
             Op.LINEAGE_DURABLE: lambda conn, msg: self.lineage.on_lineage_wanted(conn, msg[1], msg[2]),
@@ -484,7 +487,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             Op.FLUSH_LOG: off_the_reader(self.lineage.flush_log_for, "ember-flush-log"),
         }
         for op in LOCATION_OPS:
-            handlers[op] = self._on_location_message
+            handlers[op] = self.locations.on_message
         return MessageTable(self.kind, handlers, self._from_own_scheduler, self._lock)
 
     def _from_own_scheduler(self, conn: Connection) -> bool:
@@ -494,7 +497,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         if self.relay is None:
             self._on_result(*msg[1:])
         else:
-            self._on_result(*msg[1:], where=self._remote_peer(conn))
+            self._on_result(*msg[1:], where=self.locations.remote_peer(conn))
 
     def _on_object_ready(self, conn: Connection, msg: tuple) -> None:
         with self._lock:
@@ -559,7 +562,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             state = self._actors[spec.actor_id]  # type: ignore[index]
             state.inflight.pop(spec.task_id, None)
             state.queue.appendleft(pt)
-            self._pump_actor(state)
+            self.actors.pump(state)
         else:
             self._dispatch(pt)
 
@@ -610,8 +613,8 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                 entry.where = None
                 if entry.shared:
                     self.writes.publish(oid, data)
-            if self._locate_waiters:
-                self._answer_locates(oid, entry)
+            if self.locations.locate_waiters:
+                self.locations.answer_locates(oid, entry)
             for waiter in self._dep_waiters.pop(oid, ()):
                 waiter.missing -= 1
                 if waiter.missing == 0:
@@ -626,7 +629,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
             if waiter.cancelled:
                 continue
             if waiter.spec.kind == TaskKind.ACTOR_CALL:
-                self._pump_actor(self._actors[waiter.spec.actor_id])  # type: ignore[index]
+                self.actors.pump(self._actors[waiter.spec.actor_id])  # type: ignore[index]
             else:
                 try:
                     self._dispatch(waiter)
@@ -634,7 +637,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
                     if waiter.spec.kind == TaskKind.ACTOR_CREATION:
                         self._tasks.pop(waiter.spec.task_id, None)
                         self.scheduler.send((Op.KILL_ACTOR, waiter.spec.actor_id, True))
-                        self._on_actor_state(waiter.spec.actor_id, False, None,  # type: ignore[arg-type]
+                        self.actors.on_actor_state(waiter.spec.actor_id, False, None,  # type: ignore[arg-type]
                                              f"its constructor arguments could not be sent: {exc}")
                     else:
                         self._fail_task(waiter, exc)
@@ -669,6 +672,10 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
 
     # -- cancel ------------------------------------------------------------------
 
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        """Kill an actor; calls from this process fail from now on, whatever is in flight."""
+        self.actors.kill_actor(actor_id, no_restart)
+
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         task_id = ref.task_id().binary()
         with self._lock:
@@ -693,7 +700,7 @@ class Owner(ActorCallsMixin, WaitingMixin, ReconstructionMixin, LocationMixin):
         for ref in refs:
             owner = ref._owner
             if owner != self.address and not owner.startswith(self._owners_prefix) and not (
-                    self.relay is not None and self._in_this_cluster(owner)):
+                    self.relay is not None and self.locations.in_this_cluster(owner)):
                 raise ForeignObjectRefError(
                     f"ObjectRef {ref.hex()} belongs to another ember cluster session (its owner {owner} is "
                     "not part of this one): refs do not outlive ember.shutdown(). Get its value before "

@@ -84,7 +84,7 @@ class WaitingMixin:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
         if entry is not None:
             if entry.where is not None and entry.state == ObjectState.READY_STORE:
-                return self._remote_ready(ref._id, entry)
+                return self.locations.remote_ready(ref._id, entry)
             return entry.state != ObjectState.PENDING
         if ref._id in self._store_ready:
             return True
@@ -94,7 +94,7 @@ class WaitingMixin:
             self._subscribed.add(ref._id)
             self.store.send((Op.SUBSCRIBE, ref._id))
             if self.relay is not None:
-                self._to_locate.append(ref)  # it may be on another node: its owner says where
+                self.locations.to_locate.append(ref)  # it may be on another node: its owner says where
         return False
 
     def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
@@ -138,8 +138,8 @@ class WaitingMixin:
                         return flags
                     must_flush = self._has_pending()
                     self._waiters.add(event)
-                if self._to_locate:
-                    self._send_locates()
+                if self.locations.to_locate:
+                    self.locations.send_locates()
                 now = time.monotonic()
                 if now >= next_ask or store_generation != self.store_generation:
                     store_generation = self.store_generation
@@ -223,19 +223,19 @@ class WaitingMixin:
 
     def _ask_owners(self, refs: list[ObjectRef]) -> None:
         for owner, oids in grouped((ref._owner, ref._id) for ref in refs if ref._owner != self.address).items():
-            if self.owner_alive(owner):
+            if self.rebuild.owner_alive(owner):
                 self.links.send_to(owner, (Op.OBJECT_WANTED, oids))
             else:
                 # Its owner is gone, and with it whatever it held in memory:
                 # rebuild from the log here.
-                self.adopt(oids)
+                self.rebuild.adopt(oids)
 
     def _on_object_wanted(self, oids: list[bytes]) -> None:
         with self._lock:
             # Not held here any more and gone from the store counts too: a
             # by-value argument freed after its call, wanted again by the
             # actor's replay, comes back from its durable copy.
-            lost = [oid for oid in oids if self._lost(oid)]
+            lost = [oid for oid in oids if self.rebuild.lost(oid)]
             # An inline object lives on in this process: somebody wants it,
             # so publish it to the store (again, if a store died with it).
             republish = []
@@ -248,7 +248,7 @@ class WaitingMixin:
             self.writes.publish(oid, data)
         if lost:
             # Reading the log is not for a reader thread.
-            threading.Thread(target=self.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
+            threading.Thread(target=self.rebuild.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
 
     def _has_pending(self) -> bool:
         if self.scheduler._pending or self.store._pending:
@@ -266,12 +266,12 @@ class WaitingMixin:
                     raise ObjectLostError(refs[flags.index(False)].hex(), self.closed_reason or "the cluster shut down")
                 missing = sum(1 for f in flags if not f)
                 raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
-            lost = self.lost_refs(refs)
+            lost = self.rebuild.lost_refs(refs)
             gone = self._forget_gone_borrowed(refs)
             if not lost and not gone:
                 break
             if lost:
-                self.reconstruct(lost)
+                self.rebuild.reconstruct(lost)
         self.await_lineage(refs)
         return [self._value(r) for r in refs]
 
