@@ -251,7 +251,7 @@ class Executor:
             ref = ObjectRef(encoded[1], encoded[2])
             data = copies.read(ref._id) if replay and copies is not None else None
             if data is None:
-                self.core._wait_ready([ref], 1, None)
+                self.core.waiting.wait_ready([ref], 1, None)
                 data = self.core.files.open(ref._id)
             if data is None:
                 from ember.exceptions import ObjectLostError
@@ -275,7 +275,7 @@ class Executor:
         if len(refs) > 1:
             from ember.scheduler._object_ref import ObjectRef
 
-            self.core._wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
+            self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
     def _run_task(self, conn: Connection, spec: TaskSpec) -> None:
         core = self.core

@@ -11,6 +11,11 @@ and what to rebuild when copies are lost.
 It must never run user code (the executor does), never block a reader thread
 (handlers only update tables and queue messages), never hand out a value
 whose lineage is not durable, and never read the log while holding its lock.
+
+``Owner(...)`` builds its parts and opens nothing; ``Owner.start()`` opens the
+log, the listener and the connections; making it the process's owner
+(``_context.set_core``) is the caller's step. The parts, one module each,
+are listed in ``docs/architecture.md`` ("The owner").
 """
 
 from __future__ import annotations

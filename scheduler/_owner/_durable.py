@@ -23,10 +23,9 @@ from typing import Any
 
 from ember.exceptions import LineageLogUnavailableError
 from ember.scheduler._object_ref import ObjectRef
-from ember.scheduler._owner._links import Links
+from ember.scheduler._owner._links import Links, grouped
 from ember.scheduler._owner._objects import ObjectState, ObjectTable
 from ember.scheduler._owner._tasks import PendingTask
-from ember.scheduler._owner._waiting import grouped
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 
 __all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "LineageGate"]

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ember.scheduler._listener import Listener, connect
 from ember.scheduler._protocol import Connection
 
-__all__ = ["PEER_CONNECT_TIMEOUT_S", "RECONNECT_POLL_S", "RECONNECT_TIMEOUT_S", "Links"]
+__all__ = ["PEER_CONNECT_TIMEOUT_S", "RECONNECT_POLL_S", "RECONNECT_TIMEOUT_S", "Links", "grouped"]
 
 log = logging.getLogger("ember.core")
 
@@ -122,3 +122,11 @@ class Links:
     def stop_listening(self) -> None:
         if self.listener is not None:
             self.listener.close()
+
+
+def grouped(pairs: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """``(place, object id)`` pairs as one list of ids per place (an owner, a store): one message to each."""
+    by_place: dict[str, list[bytes]] = {}
+    for place, oid in pairs:
+        by_place.setdefault(place, []).append(oid)
+    return by_place

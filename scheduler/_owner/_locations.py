@@ -34,8 +34,7 @@ from ember.scheduler._node_directory import NodeDirectory
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind
-from ember.scheduler._owner._waiting import grouped
-from ember.scheduler._owner._links import Links
+from ember.scheduler._owner._links import Links, grouped
 from ember.scheduler._owner._objects import CopyLost, ObjectState, ObjectTable
 from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._session import Session

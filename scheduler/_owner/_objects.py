@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from typing import Any
 
-__all__ = ["INLINE_BYTES_MAX", "CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "Where"]
+__all__ = ["INLINE_BYTES_MAX", "CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "OwnerState", "Where"]
 
 INLINE_BYTES_MAX = 100 * 1024  # larger objects go through shared memory (lineage/_reader.py agrees, tested)
 
@@ -97,3 +98,15 @@ class ObjectTable:
             return None
         del self.entries[oid]
         return entry
+
+
+class OwnerState:
+    """The little the owner's parts share that changes over its life (guarded by the owner's lock)."""
+
+    __slots__ = ("closed", "closed_reason", "current_task", "store_generation")
+
+    def __init__(self) -> None:
+        self.closed = False  # closed, or its scheduler is gone for good: waits end
+        self.closed_reason = ""  # why, for the ObjectLostError a waiting get raises
+        self.current_task: Any = None  # the TaskSpec this process's executor runs now (None: none)
+        self.store_generation = 0  # counts reconnections to a restarted store

@@ -1,14 +1,15 @@
-"""The core client: the part of every driver and worker that owns objects and submits tasks.
+"""The Owner: builds the owner's parts, starts and closes them, and carries out what they decide.
 
-It keeps the table of objects this process owns (pending, inline bytes, or in
-the node's store), submits tasks to the node scheduler and actor calls straight
-to the actor's process, waits for results, retries what the rules allow, and
-publishes shared objects to the store so other processes can read them.
+It holds what is shared for real (the lock, the object table, the pending
+tasks, ``OwnerState``) and the paths that touch every part: submitting a
+task, taking its result in (``_finish``), applying the decisions of
+``_tasks`` (retry, resubmit, fail), refcounts, cancel. Every other concern
+is a part of its own module, built in ``__init__`` with its collaborators.
 
-It must never run user code (the executor does) and never block a reader
-thread: handlers only update tables and queue messages.
+It must never run user code (the executor does), never block a reader
+thread (handlers only update tables and queue messages), and never open a
+connection in ``__init__`` (``start`` does).
 """
-
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,8 @@ from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._reconstruct import Reconstruction
 from ember.scheduler._owner._locations import LOCATION_OPS, Locations
 from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
-from ember.scheduler._owner._waiting import WaitingMixin
-from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._waiting import Waiting
+from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable, OwnerState
 from ember.scheduler._owner._tasks import (
     Claim,
     Fail,
@@ -74,12 +75,11 @@ log = logging.getLogger("ember.core")
 INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
 
 
-class Owner(WaitingMixin):
-    """One per process that takes part in a cluster (driver or worker)."""
+class Owner:
+    """The owner every process that takes part in a cluster runs (driver or worker)."""
 
     def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
-        self.closed = False
-        self.closed_reason = ""
+        self.state = OwnerState()  # closed, why, the running task, the store's generation: read by several parts
         self.session = session
         self.kind = kind
         self.job_id = job_id
@@ -103,7 +103,6 @@ class Owner(WaitingMixin):
         # lock is released: a Condition would wake them only to block again
         # on the lock the notifying reader thread still holds.
         self._waiters: set[Any] = set()  # threading.Event, or a PipeWaiter for a thread reading a connection itself
-        self._thread_state = threading.local()
         self._changed = False
         self.objects = ObjectTable()
         self._objects = self.objects.entries
@@ -113,11 +112,9 @@ class Owner(WaitingMixin):
         self._created_actors: dict[bytes, tuple[TaskSpec, tuple]] = {}
         self._subscribed: set[bytes] = set()
         self._store_ready: set[bytes] = set()
-        self.store_generation = 0  # counts reconnections to a restarted store
         # Kept to register again with a restarted scheduler.
         self._registered_functions: dict[bytes, tuple[bytes, str]] = {}
         self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
-        self.current_task: TaskSpec | None = None
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         self._conninfo: str | None = info.get("gcs_conninfo")
         self._socket_path = socket_path
@@ -142,6 +139,9 @@ class Owner(WaitingMixin):
                                         self._registered_functions, self._created_actors, hooks,
                                         lambda: self.closed, self._on_scheduler_closed)
         self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
+        self.waiting = Waiting(self.address, self.relay, self._lock, self.state, self.objects, self._tasks, self._actors,
+                               self._subscribed, self._store_ready, self._waiters, self.files, self.links, self.writes,
+                               self.locations, self.rebuild, self.lineage, self._messages, self.check_refs, self.flush)
 
     def start(self) -> "Owner":
         """Open the lineage log, listen, and connect to this node's scheduler and store; returns self.
@@ -176,6 +176,42 @@ class Owner(WaitingMixin):
     def _job_of(self) -> bytes:
         current = self.current_task
         return current.job_id if current is not None else self.job_id
+
+    @property
+    def closed(self) -> bool:
+        return self.state.closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self.state.closed = value
+
+    @property
+    def closed_reason(self) -> str:
+        return self.state.closed_reason
+
+    @closed_reason.setter
+    def closed_reason(self, value: str) -> None:
+        self.state.closed_reason = value
+
+    @property
+    def current_task(self) -> TaskSpec | None:
+        """The task this process's executor runs now (set by the executor; None between tasks)."""
+        return self.state.current_task
+
+    @current_task.setter
+    def current_task(self, spec: TaskSpec | None) -> None:
+        self.state.current_task = spec
+
+    @property
+    def store_generation(self) -> int:
+        return self.state.store_generation
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        return self.waiting.get(refs, timeout)
+
+    def wait(self, refs: list[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        return self.waiting.wait(refs, num_returns, timeout)
 
     @property
     def scheduler(self) -> Connection:
@@ -401,7 +437,7 @@ class Owner(WaitingMixin):
                 conn.close()
                 return
             self.links.store = conn
-            self.store_generation += 1
+            self.state.store_generation += 1
             self._subscribed.clear()
             self._store_ready.clear()  # what the dead store had sealed may be gone
             self._changed = True
@@ -480,7 +516,7 @@ class Owner(WaitingMixin):
             Op.OBJECT_READY: self._on_object_ready,
             Op.ACTOR_STATE: lambda conn, msg: self.actors.on_actor_state(*msg[1:7]),
             Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
-            Op.OBJECT_WANTED: lambda conn, msg: self._on_object_wanted(msg[1]),
+            Op.OBJECT_WANTED: lambda conn, msg: self.waiting.on_object_wanted(msg[1]),
             Op.LINEAGE_DURABLE: lambda conn, msg: self.lineage.on_lineage_wanted(conn, msg[1], msg[2]),
             # A restarted actor asks for the calls this process saw it run: answered
             # off the reader thread, since a commit may take a while.
