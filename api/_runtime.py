@@ -118,7 +118,7 @@ ADDRESS_ENV = "EMBER_ADDRESS"  # the cluster that init() with no address, and th
 
 
 def core() -> Owner:
-    """This process's core client; the first use of the API in a process that never called init starts one.
+    """This process's owner; the first use of the API in a process that never called init starts one.
 
     As in Ray (1.5 and later): a local cluster with ``init()``'s defaults, or the
     cluster ``EMBER_ADDRESS`` names. A worker is always connected: nothing starts there.

@@ -1,4 +1,4 @@
-"""ember.scheduler: the node scheduler, worker pool, and the core client every process runs.
+"""ember.scheduler: the node scheduler, worker pool, and the owner every process runs.
 
 The public surface here is what ``ember`` (api/) builds on; everything in
 underscore modules is internal.

@@ -6,7 +6,7 @@ owner. When user code blocks in ``get``, the executor hands its queued tasks
 back to the scheduler and tells it the CPU is free, so nested tasks cannot
 deadlock the pool.
 
-It must never hold the core client's lock while running user code.
+It must never hold the owner's lock while running user code.
 """
 
 from __future__ import annotations

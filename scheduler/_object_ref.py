@@ -2,7 +2,7 @@
 
 A ref knows its object id and its owner's address (``ObjectRef(id_bytes)``
 looks the owner up: ``_owner_lookup``). Creating and dropping refs
-is counted by the process's core client, so an owner can free objects nobody
+is counted by the process's owner, so an owner can free objects nobody
 can name any more. Pickling a ref (inside a container argument, a result, a
 put) marks it as shared: the owner then keeps the object and publishes it to
 the node's store so any process can read it.

@@ -67,6 +67,8 @@ from ember.store._serialization import (
     to_bytes,
 )
 
+__all__ = ["INFEASIBLE_KEPT_MAX", "Owner"]
+
 log = logging.getLogger("ember.core")
 
 
