@@ -25,10 +25,10 @@ from ember.exceptions import (
     NotAnObjectRefError,
 )
 from ember.scheduler import (
-    CoreClient,
     Node,
     ObjectRef,
     Op,
+    Owner,
     Session,
     bring_up,
     local_nodes as _local_nodes,
@@ -79,8 +79,8 @@ def init(
                            object_store_memory)
     settings = _settings.load()  # every EMBER_* variable checked here, not first in a worker
     with _lock:
-        if _context.CORE is not None:
-            if ignore_reinit_error or _context.CORE.kind == "worker":
+        if _context.PROCESS.owner is not None:
+            if ignore_reinit_error or _context.PROCESS.owner.kind == "worker":
                 return _info()  # inside a task: the worker's cluster
             raise AlreadyInitializedError(_reinit_message())
         if address is None:
@@ -118,17 +118,17 @@ def _reinit_message() -> str:
 ADDRESS_ENV = _settings.variable("address")  # the cluster that init() with no address, and the first use of the API, join
 
 
-def core() -> CoreClient:
-    """This process's core client; the first use of the API in a process that never called init starts one.
+def core() -> Owner:
+    """This process's owner; the first use of the API in a process that never called init starts one.
 
     As in Ray (1.5 and later): a local cluster with ``init()``'s defaults, or the
     cluster ``EMBER_ADDRESS`` names. A worker is always connected: nothing starts there.
     """
-    found = _context.CORE
+    found = _context.PROCESS.owner
     if found is not None:
         return found
     with _lock:
-        if _context.CORE is None and _context.auto_init_allowed():
+        if _context.PROCESS.owner is None and _context.auto_init_allowed():
             _auto_init()
     return require_core()
 
@@ -161,7 +161,7 @@ def _connect(address: str, *sizes: Any) -> dict[str, Any]:
 
 def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | None) -> None:
     global _atexit_registered
-    core = CoreClient(session, "driver", job_id=os.urandom(4), node_id=node_id)
+    core = Owner(session, "driver", job_id=os.urandom(4), node_id=node_id).start()
     if core.gcs is not None:
         core.gcs.job(core.job_id, cluster_id, os.getpid(), " ".join(sys.argv)[:1000])
     set_core(core)
@@ -206,7 +206,7 @@ def shutdown() -> None:
     """Disconnect, and stop the cluster if this process started it."""
     global _node, _session, _auto_initialized
     with _lock:
-        core = _context.CORE
+        core = _context.PROCESS.owner
         set_core(None)
         _auto_initialized = False
         if core is not None and _node is not None:
@@ -229,7 +229,7 @@ def shutdown() -> None:
 JOB_END_TIMEOUT_S = 1.0
 
 
-def _record_job_end(core: CoreClient) -> None:
+def _record_job_end(core: Owner) -> None:
     """Tell the GCS this job finished (bounded: shutdown must not hang on it)."""
     from ember.lineage._rpc import GcsUnreachable, client_for
 
@@ -244,7 +244,7 @@ def _record_job_end(core: CoreClient) -> None:
 
 
 def is_initialized() -> bool:
-    return _context.CORE is not None
+    return _context.PROCESS.owner is not None
 
 
 _REF_FIX = "pass what f.remote(...) or ember.put(...) returned"
@@ -405,7 +405,7 @@ def _node_ip(resources: dict[str, float]) -> str:
     return ""  # a node of an ember from before node resources
 
 
-def _gcs_nodes(core: CoreClient) -> list[dict[str, Any]]:
+def _gcs_nodes(core: Owner) -> list[dict[str, Any]]:
     from ember.exceptions import ClusterUnavailableError
     from ember.lineage._rpc import GcsUnreachable, client_for
 

@@ -1,6 +1,6 @@
 """What the current process is doing: ``ember.get_runtime_context()``.
 
-It only reads the process's core client; it never starts or joins a cluster.
+It only reads the process's owner; it never starts or joins a cluster.
 """
 
 from __future__ import annotations

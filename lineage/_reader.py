@@ -40,7 +40,7 @@ LINEAGE_TASKS_MAX_DEFAULT = 1_000
 LINEAGE_DEPTH_MAX = 10_000
 # Objects up to this size travel inline and live with their owner, not in a
 # store: a store's death loses none of them. Mirrors the runtime's
-# ember.scheduler._core.INLINE_BYTES_MAX (a unit test checks they agree).
+# ember.scheduler._owner.INLINE_BYTES_MAX (a unit test checks they agree).
 INLINE_BYTES_MAX = 100 * 1024
 
 

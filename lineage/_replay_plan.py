@@ -8,7 +8,7 @@ inputs, ...) and asks for the facts of a whole generation at once, so a plan
 reads the log once per generation and kind of fact, not once per task. The
 plan lists every input before the tasks that read it.
 
-- ``plan_rebuild``, online (the owner, ``scheduler/_reconstruct.py``): for
+- ``plan_rebuild``, online (the owner, ``scheduler/_owner/_reconstruct.py``): for
   objects a live cluster lost, which tasks run again (same task id, next
   attempt), which of their inputs this process adopts because their owner
   died, which puts and actor results come back from their durable copies, and

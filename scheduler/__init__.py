@@ -1,11 +1,11 @@
-"""ember.scheduler: the node scheduler, worker pool, and the core client every process runs.
+"""ember.scheduler: the node scheduler, worker pool, and the owner every process runs.
 
 The public surface here is what ``ember`` (api/) builds on; everything in
 underscore modules is internal.
 """
 
 from ember.scheduler._context import require_core, set_core
-from ember.scheduler._core import CoreClient
+from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
 from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_up, free_port, node_resources
 from ember.scheduler._object_ref import ObjectRef, TaskID
@@ -14,13 +14,13 @@ from ember.scheduler._session import Session
 from ember.scheduler._spec import IDS, TaskKind, resource_shape
 
 __all__ = [
-    "CoreClient",
     "IDS",
     "JoinTarget",
     "NODE_RESOURCE_PREFIX",
     "Node",
     "ObjectRef",
     "Op",
+    "Owner",
     "Session",
     "TaskID",
     "TaskKind",

@@ -6,7 +6,7 @@ owner. When user code blocks in ``get``, the executor hands its queued tasks
 back to the scheduler and tells it the CPU is free, so nested tasks cannot
 deadlock the pool.
 
-It must never hold the core client's lock while running user code.
+It must never hold the owner's lock while running user code.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from ember.chaos import _agent
 from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
                               TaskCancelledError)
 from ember.scheduler._actor_args import ActorArgCopies
-from ember.scheduler._actor_calls import PEER_CONNECT_TIMEOUT_S
-from ember.scheduler._core import INLINE_BYTES_MAX, CoreClient
+from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
+from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
@@ -55,7 +55,7 @@ class _UpstreamError(Exception):
 
 
 class Executor:
-    def __init__(self, core: CoreClient) -> None:
+    def __init__(self, core: Owner) -> None:
         self.core = core
         self._inbox: deque[tuple[Connection, tuple]] = deque()
         self._cv = threading.Condition()
@@ -251,7 +251,7 @@ class Executor:
             ref = ObjectRef(encoded[1], encoded[2])
             data = copies.read(ref._id) if replay and copies is not None else None
             if data is None:
-                self.core._wait_ready([ref], 1, None)
+                self.core.waiting.wait_ready([ref], 1, None)
                 data = self.core.files.open(ref._id)
             if data is None:
                 from ember.exceptions import ObjectLostError
@@ -275,7 +275,7 @@ class Executor:
         if len(refs) > 1:
             from ember.scheduler._object_ref import ObjectRef
 
-            self.core._wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
+            self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
     def _run_task(self, conn: Connection, spec: TaskSpec) -> None:
         core = self.core
@@ -416,7 +416,7 @@ class Executor:
                 data = to_bytes(obj, oid)
                 results.append((oid, data, len(data)))
             else:
-                core._write_to_store(oid, obj)
+                core.writes.write_to_store(oid, obj)
                 results.append((oid, None, obj.total_size))
                 if spec.kind == TaskKind.ACTOR_CALL and self._arg_copies is not None \
                         and copy_wanted(obj.total_size):
@@ -443,7 +443,7 @@ class Executor:
             else:
                 conn.send(msg) if more else conn.send_now(msg)
         else:
-            core.send_to(spec.owner_addr, msg, flush=not more)
+            core.links.send_to(spec.owner_addr, msg, flush=not more)
             self._done.append(spec.task_id)
             if not more or len(self._done) >= DONE_BATCH_MAX:
                 done, self._done = self._done, []
@@ -516,9 +516,9 @@ class Executor:
     def _replay_calls(self, actor_id: bytes) -> None:
         """Restore the newest checkpoint, then run again, in order, every call logged after it."""
         from ember.lineage._replay_source import ReplaySource
-        from ember.scheduler._core import _log_conninfo
+        from ember.scheduler._session import log_conninfo
 
-        conninfo = _log_conninfo(self.core.session)
+        conninfo = log_conninfo(self.core.session)
         if conninfo is None:
             return
         source = ReplaySource(conninfo)  # its reads wait out a PostgreSQL restart
@@ -563,7 +563,7 @@ class Executor:
             return False
         core = self.core
         try:
-            conn = core._peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
+            conn = core.links.peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
             return bool(conn.call(Op.FLUSH_LOG, self._actor_id, timeout_s=CALLER_FLUSH_WAIT_S))
         except Exception as exc:  # noqa: BLE001 - a dead or stuck caller: what it alone saw died with it
             log.info("actor %s: its last caller %s did not commit its log (%s); replaying what is logged",

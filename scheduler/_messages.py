@@ -88,7 +88,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
-    # between core clients
+    # between owners
     # ..., call_seq, durable_seq, hashes, when the run started (epoch microseconds), the worker's pid
     Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE), int, int), 5),
     Op.ACTOR_CALL: ((TaskSpec,), 0),

@@ -2,7 +2,7 @@
 
 A ref knows its object id and its owner's address (``ObjectRef(id_bytes)``
 looks the owner up: ``_owner_lookup``). Creating and dropping refs
-is counted by the process's core client, so an owner can free objects nobody
+is counted by the process's owner, so an owner can free objects nobody
 can name any more. Pickling a ref (inside a container argument, a result, a
 put) marks it as shared: the owner then keeps the object and publishes it to
 the node's store so any process can read it.
@@ -53,12 +53,12 @@ class ObjectRef:
             owner_addr = find_owner(_context.require_core(), object_id)
         self._id = object_id
         self._owner = owner_addr
-        core = _context.CORE
+        core = _context.PROCESS.owner
         if core is not None:
             core.incref(object_id)
 
     def __del__(self) -> None:
-        core = _context.CORE
+        core = _context.PROCESS.owner
         if core is not None:
             try:
                 core.decref(self._id)
@@ -84,7 +84,7 @@ class ObjectRef:
         return self._owner
 
     def __reduce__(self) -> tuple[Any, ...]:
-        core = _context.CORE
+        core = _context.PROCESS.owner
         if core is not None:
             core.on_ref_shared(self)
         return (_rebuild, (self._id, self._owner))

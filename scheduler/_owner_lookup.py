@@ -64,10 +64,10 @@ def id_from_hex(text: Any) -> bytes:
 
 def find_owner(core: Any, object_id: bytes, wait_s: float = LOOKUP_WAIT_S) -> str:
     """The owner address a ref to ``object_id`` names in ``core``'s process (see the module's docstring)."""
-    # The core client's own tables, read without its lock: one dict lookup (never a reader thread's path).
+    # The owner's own tables, read without its lock: one dict lookup (never a reader thread's path).
     if object_id in core._objects:
         return str(core.address)
-    source = core._replay_source()
+    source = core.rebuild.replay_source()
     if source is None:
         raise UnknownObjectRefError(
             object_id.hex(), "this cluster runs without a lineage log (EMBER_LINEAGE=off), so only the process "

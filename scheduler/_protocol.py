@@ -87,7 +87,7 @@ class Op:
     BECOME_ACTOR = 32
     TASK_FAILED = 33
     ACTOR_STATE = 34
-    # between core clients (owner <-> executor)
+    # between owners (owner <-> executor)
     TASK_RESULT = 40
     ACTOR_CALL = 41
     FLUSH_LOG = 42  # restarted actor -> its last caller: commit what you logged, then answer
@@ -104,7 +104,7 @@ class Op:
     LOCATE = 60  # borrower -> owner: where is this object? (answered now, or when it is made)
     OBJECT_AT = 61  # owner -> borrower: in the stores of the nodes at these relay endpoints
     OBJECT_VALUE = 62  # owner -> borrower: a small object's bytes
-    PULL = 63  # core client -> its node's store: fetch this object from these nodes
+    PULL = 63  # owner -> its node's store: fetch this object from these nodes
     PULL_FAILED = 64  # store -> subscribers: no source gave the object
     OBJECT_LOST_AT = 65  # borrower -> owner: no copy where you said (their nodes died)
 

@@ -29,7 +29,6 @@ import time
 from typing import Any, assert_never
 
 from ember.chaos import _agent
-from ember.scheduler._core import FailureCause, _log_conninfo
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
@@ -38,8 +37,8 @@ from ember.scheduler._node_actors import NodeActors
 from ember.scheduler._node_queue import Action, Admission, Assign, NodeQueue, Spawn, Spill
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
-from ember.scheduler._session import Session, open_session
-from ember.scheduler._spec import TaskKind, TaskSpec
+from ember.scheduler._session import Session, log_conninfo, open_session
+from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
 from ember.scheduler import _procutil
 from ember.scheduler._worker_pool import WORKER_START_FAILURES_MAX, WorkerPool, WorkerProcess
 
@@ -82,7 +81,7 @@ class Scheduler:
         self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None)
         # The queue, kept in the log for the scheduler that would replace this one.
         self.queue_log: Any = None
-        conninfo = _log_conninfo(session)
+        conninfo = log_conninfo(session)
         if conninfo:
             from ember.lineage import QueueLog  # psycopg is imported only when logging
 

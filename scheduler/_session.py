@@ -161,3 +161,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def session_info(session: Session) -> dict:
+    """The cluster's facts its node wrote for this session ({} if not written yet or unreadable)."""
+    try:
+        return session.read_info()
+    except (OSError, ValueError):
+        return {}
+
+
+def log_conninfo(session: Session) -> str | None:
+    """How to reach the lineage log's PostgreSQL (None when the cluster logs no lineage)."""
+    return session_info(session).get("gcs_conninfo")

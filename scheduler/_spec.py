@@ -54,6 +54,21 @@ def task_of(object_id_: bytes) -> bytes:
     return object_id_[:TASK_ID_BYTES]
 
 
+class FailureCause(enum.StrEnum):
+    """Why the node scheduler gave a task back to its owner unrun or unfinished (``Op.TASK_FAILED``)."""
+
+    WORKER_DIED = "worker_died"
+    CANCELLED = "cancelled"
+    ACTOR_DIED = "actor_died"
+    INFEASIBLE = "infeasible"
+    # Not a failure: the task waits for a node that can run it to join; ``detail`` is the warning.
+    UNSCHEDULABLE = "unschedulable"
+
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        # Travels as the plain string: an enum member would unpickle as a call to this class.
+        return (str, (self.value,))
+
+
 class TaskKind(enum.IntEnum):
     NORMAL = 1
     ACTOR_CREATION = 2

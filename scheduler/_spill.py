@@ -42,7 +42,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ember.scheduler._core import FailureCause
+from ember.scheduler._spec import FailureCause
 from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op

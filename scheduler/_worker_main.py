@@ -8,7 +8,7 @@ import sys
 
 from ember.chaos import _agent
 from ember.scheduler import _context, _procutil
-from ember.scheduler._core import CoreClient
+from ember.scheduler._owner import Owner
 from ember.scheduler._executor import Executor
 from ember.scheduler._session import open_session
 
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     _procutil.die_with_parent()
     _procutil.setup_logging(session_dir, "worker")
     session = open_session(session_dir)
-    core = CoreClient(session, "worker", job_id=b"", node_id=node_id)
+    core = Owner(session, "worker", job_id=b"", node_id=node_id).start()
     _context.set_core(core)
     _agent.start("worker", node_id)
 

@@ -29,6 +29,7 @@ import fcntl
 import itertools
 import mmap
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +42,11 @@ from ember.store._serialization import (
     SerializedObject,
     layout_pieces,
     read_header,
+    with_object_id,
     write_into,
 )
 
-__all__ = ["ObjectFiles", "prefault_segment"]
+__all__ = ["ObjectFiles", "prefault_segment", "publish_layout_bytes"]
 
 _TMP_PREFIX = ".tmp-"
 _FILE_MODE = 0o600
@@ -493,3 +495,12 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def publish_layout_bytes(directory: Path, oid: bytes, data: bytes) -> None:
+    """Publish an inline object (already in store layout) as a store file named ``oid``."""
+    laid_out = with_object_id(data, oid)  # raises for bytes that are not an object's layout, before any file
+    tmp = directory / f".pub-{oid.hex()}-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        f.write(laid_out)
+    publish_once(tmp, directory / oid.hex())

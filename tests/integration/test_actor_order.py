@@ -45,9 +45,9 @@ def add_from_a_task(counter, k):
 
 
 def _committed_calls(actor_id: bytes) -> int:
-    from ember.scheduler._core import _log_conninfo
+    from ember.scheduler._session import log_conninfo
 
-    with psycopg.connect(_log_conninfo(ember._runtime._session)) as conn:
+    with psycopg.connect(log_conninfo(ember._runtime._session)) as conn:
         return conn.execute("SELECT count(*) FROM actor_calls WHERE actor_id = %s", (actor_id,)).fetchone()[0]
 
 

@@ -448,4 +448,4 @@ def test_dropping_a_ref_never_waits_for_the_core_lock():
         dropper.join(10)
         assert not dropper.is_alive()
     del ref  # the next drop applies the deferred one too
-    assert oid not in core._refcounts
+    assert oid not in core.objects.refcounts

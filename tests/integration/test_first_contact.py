@@ -94,7 +94,7 @@ def inside_a_worker() -> tuple[bool, bool, int]:
     from ember.scheduler import _context
 
     # A worker is connected from its start: the API uses that connection and never starts a cluster.
-    return _context.IN_WORKER, ember._runtime._auto_initialized, ember.get(ember.put(7))
+    return _context.PROCESS.in_worker, ember._runtime._auto_initialized, ember.get(ember.put(7))
 
 
 def test_nothing_auto_inits_inside_a_worker() -> None:

@@ -51,6 +51,41 @@ def test_shutdown_and_reinit_leave_no_process_behind():
     ember.shutdown()
 
 
+def test_closing_a_drivers_owner_raises_nothing_and_wakes_a_waiting_get():
+    from ember.scheduler import _context
+
+    ember.init(num_cpus=1)
+    try:
+        owner = _context.require_core()
+        ref = owner.put("kept")
+        assert ember.get(ref) == "kept"
+
+        @ember.remote
+        def slow():
+            time.sleep(60)
+
+        pending = slow.remote()
+        outcome = []
+
+        def getter():
+            try:
+                ember.get(pending)
+            except BaseException as exc:  # the close must end the get, with a typed error
+                outcome.append(exc)
+
+        import threading
+
+        thread = threading.Thread(target=getter, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+        owner.close()  # raised AttributeError before: close used a lock only the executor has
+        thread.join(10)
+        assert not thread.is_alive(), "a get waiting in another thread was not woken by the close"
+        assert outcome and isinstance(outcome[0], ember.exceptions.ObjectLostError)
+    finally:
+        ember.shutdown()
+
+
 def test_interpreter_exit_leaves_no_process_behind():
     result = run_script(LIST_PIDS)
     assert result.returncode == 0, result.stderr

@@ -2,8 +2,8 @@ import importlib
 
 import pytest
 
-MODULES = ["ember", "ember.exceptions", "ember.scheduler", "ember.store", "ember.chaos", "ember.lineage",
-           "ember.actor", "ember.remote_function", "ember.runtime_context"]
+MODULES = ["ember", "ember.exceptions", "ember.scheduler", "ember.scheduler._owner", "ember.store", "ember.chaos",
+           "ember.lineage", "ember.actor", "ember.remote_function", "ember.runtime_context"]
 
 
 @pytest.mark.parametrize("name", MODULES)

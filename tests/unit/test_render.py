@@ -163,7 +163,7 @@ def test_the_error_line_is_what_was_raised():
 
 def test_the_reader_knows_which_objects_lived_inline():
     from ember.lineage._reader import INLINE_BYTES_MAX
-    from ember.scheduler._core import INLINE_BYTES_MAX as RUNTIME_INLINE_BYTES_MAX
+    from ember.scheduler._owner import INLINE_BYTES_MAX as RUNTIME_INLINE_BYTES_MAX
 
     assert INLINE_BYTES_MAX == RUNTIME_INLINE_BYTES_MAX
     assert obj(1, size=INLINE_BYTES_MAX).inline and not obj(1, size=INLINE_BYTES_MAX + 1).inline

@@ -10,7 +10,7 @@ import os
 import threading
 from typing import Any
 
-from ember.scheduler._core import FailureCause
+from ember.scheduler._spec import FailureCause
 from ember.scheduler._spec import TaskKind, TaskSpec
 from ember.scheduler._spill import UNPLACED_RETRY_S, Spiller
 

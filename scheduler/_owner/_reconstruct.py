@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ember.chaos import _agent
@@ -43,10 +44,20 @@ from ember.lineage._replay_plan import (
 )
 from ember.lineage._replay_source import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
 from ember.scheduler._address import is_relayed
-from ember.scheduler._locations import LOST_COPY
 from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._session import log_conninfo
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
-from ember.scheduler._waiting import PENDING, READY_INLINE, READY_STORE
+from ember.store._segments import publish_layout_bytes
+from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState
+from ember.scheduler._owner._links import Links
+from ember.scheduler._owner._objects import ObjectTable
+from ember.scheduler._owner._submit import SpecEncoder
+from ember.scheduler._owner._tasks import PendingTask
+from ember.scheduler._owner._writes import ObjectWriter
+from ember.scheduler._session import Session
+from ember.store._segments import ObjectFiles
+
+__all__ = ["COPY_WAIT_S", "OWNER_PROBE_REMOTE_S", "Reconstruction"]
 
 log = logging.getLogger("ember.core")
 
@@ -56,36 +67,53 @@ COPY_WAIT_S = 60.0
 OWNER_PROBE_REMOTE_S = 3.0  # a live owner on another node answers through its relay within this
 
 
-class ReconstructionMixin:
-    _lock: Any
-    _objects: dict
-    _tasks: dict
-    _dead_owners: set[str]
-    _adopting: set[bytes]
-    address: str
-    files: Any
-    gcs: Any
+class Reconstruction:
+    """Rebuilds lost objects this process owns (or adopts) by running their tasks again from the log."""
 
-    def _replay_source(self) -> Any:
-        source = getattr(self, "_replay", None)
+    def __init__(self, address: str, relay: str | None, session: Session, lock: Any, table: ObjectTable,
+                 tasks: dict[bytes, PendingTask], files: ObjectFiles, links: Links, writes: ObjectWriter,
+                 specs: SpecEncoder, endpoint_of: Callable[[str], str | None],
+                 dispatch: Callable[[PendingTask], None], settled: Callable[[], None]) -> None:
+        self.address = address
+        self.relay = relay
+        self.session = session
+        self._lock = lock
+        self._objects = table.entries
+        self._tasks = tasks
+        self.files = files
+        self.links = links
+        self.writes = writes
+        self.specs = specs
+        self._endpoint = endpoint_of  # the relay endpoint of the node of the process at an address
+        self._dispatch = dispatch  # the owner sends a task whose inputs are ready
+        self._settled = settled  # outside the lock, after a plan is installed: wake waiters, send what it queued
+        self.gcs: Any = None  # the lineage log (GcsLog), set when the owner starts with one
+        self._replay: ReplaySource | None = None  # the log's reader for rebuilds, made on the first one
+        self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
+        self._adopting: set[bytes] = set()
+
+    def close(self) -> None:
+        if self._replay is not None:
+            self._replay.close()  # else its PostgreSQL connection outlives the cluster
+
+    def replay_source(self) -> Any:
+        source = self._replay
         if source is None:
-            from ember.scheduler._core import _log_conninfo
-
-            conninfo = _log_conninfo(self.session)  # type: ignore[attr-defined]
+            conninfo = log_conninfo(self.session)
             if conninfo is None:
                 return None
             source = self._replay = ReplaySource(conninfo)
         return source
 
-    def _lost(self, oid: bytes) -> bool:
+    def lost(self, oid: bytes) -> bool:
         """Owned, said to be in the store, and no copy is there (call under the lock)."""
         entry = self._objects.get(oid)
         if entry is None:
             return not self.files.exists(oid)
-        if entry.state != READY_STORE:
+        if entry.state != ObjectState.READY_STORE:
             return False
         if entry.where is not None:  # in another node's store: lost once a pull from there failed
-            return entry.where == LOST_COPY
+            return entry.where == CopyLost.LOST
         return not self.files.exists(oid)
 
     def owner_alive(self, address: str) -> bool:
@@ -99,8 +127,8 @@ class ReconstructionMixin:
             # its objects, and a dead one's socket refuses at once. On another
             # node the relay needs a moment to open the stream; a dead node's
             # relay refuses, or is not there, for all of it.
-            remote = is_relayed(address) and self._endpoint(address) != self.relay  # type: ignore[attr-defined]
-            self._peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)  # type: ignore[attr-defined]
+            remote = is_relayed(address) and self._endpoint(address) != self.relay
+            self.links.peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)
         except Exception:
             self._dead_owners.add(address)
             return False
@@ -125,7 +153,7 @@ class ReconstructionMixin:
 
     def lost_refs(self, refs: list[ObjectRef]) -> list[bytes]:
         with self._lock:
-            return [r._id for r in refs if r._owner == self.address and r._id in self._objects and self._lost(r._id)]
+            return [r._id for r in refs if r._owner == self.address and r._id in self._objects and self.lost(r._id)]
 
     def rebuild_inputs_of_pending(self) -> None:
         """After a store came back empty: rebuild now the lost inputs of tasks still to run.
@@ -136,7 +164,7 @@ class ReconstructionMixin:
         with self._lock:
             lost = {value._id for pt in self._tasks.values()
                     for value in (*pt.raw_args, *pt.raw_kwargs.values())
-                    if type(value) is ObjectRef and value._owner == self.address and self._lost(value._id)}
+                    if type(value) is ObjectRef and value._owner == self.address and self.lost(value._id)}
         if lost:
             self.reconstruct(sorted(lost))
 
@@ -160,7 +188,7 @@ class ReconstructionMixin:
             log.error("cannot rebuild %d object(s): the lineage log is unreachable: %s", len(lost), exc)
 
     def _reconstruct(self, lost: list[bytes]) -> None:
-        facts = _OwnerFacts(self, self._replay_source())
+        facts = _OwnerFacts(self, self.replay_source())
         try:
             plan = plan_rebuild(lost, facts, self.address)
         except LineageTooLongError as exc:
@@ -180,9 +208,7 @@ class ReconstructionMixin:
             # Inputs first (the plan's order), so each dependent finds its inputs pending.
             for spec, rerun in specs:
                 self._install_replay(spec, rerun.inputs)
-        self._changed = True
-        self._wake_waiters()  # type: ignore[attr-defined]
-        self._send_follow_ups()  # type: ignore[attr-defined]
+        self._settled()
         if _agent.AGENT is not None:
             _agent.AGENT.note("rebuild", tasks=len(specs), copies=restored)
 
@@ -191,7 +217,7 @@ class ReconstructionMixin:
         from ember.store._put_copies import read_copy
 
         oid, inline, path = restore.object_id, restore.inline, restore.path
-        copies = self._copies  # type: ignore[attr-defined]
+        copies = self.writes.copies
         if inline is None and path and copies is not None:
             copies.wait_written(oid, COPY_WAIT_S)  # this process's copy may still be queued
         data = inline if inline is not None else read_copy(path) if path else None
@@ -199,17 +225,16 @@ class ReconstructionMixin:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
             return ObjectLostError(oid.hex(), no_copy_reason(restore.by_actor))
-        from ember.scheduler._core import _write_layout_bytes
         from ember.scheduler._protocol import Op
 
         try:
-            _write_layout_bytes(self.files.shm_dir, oid, data)
+            publish_layout_bytes(self.files.shm_dir, oid, data)
         except OSError as exc:
             # A store restarting under the write clears its folder: whoever
             # waits asks again once it is back, and this runs again.
             log.warning("could not put %s back into the store yet: %s", oid.hex(), exc)
             return None
-        self.store.send((Op.SEALED, oid, len(data), self.address))  # type: ignore[attr-defined]
+        self.links.store.send((Op.SEALED, oid, len(data), self.address))
         log.info("restored put %s from its durable copy", oid.hex())
         return None
 
@@ -222,15 +247,13 @@ class ReconstructionMixin:
         if entry is None:
             # Adopted, or an input of a replay: other processes read the
             # reason where they would read the value.
-            entry = self._objects[oid] = _new_shared_entry()
+            entry = self._objects[oid] = ObjectEntry.shared_pending()
         entry.data = to_bytes(serialize_error(error), oid)
-        entry.state = READY_INLINE
+        entry.state = ObjectState.READY_INLINE
         if entry.shared:
-            self._publish(oid, entry.data)  # type: ignore[attr-defined]
+            self.writes.publish(oid, entry.data)
 
     def _install_replay(self, spec: TaskSpec, inputs: tuple[bytes, ...]) -> None:
-        from ember.scheduler._core import _PendingTask
-
         if spec.task_id in self._tasks:
             return  # another thread's plan got here first
         log.info("rebuilding %s from lineage (attempt %d)", spec.describe(), spec.attempt)
@@ -238,15 +261,15 @@ class ReconstructionMixin:
             entry = self._objects.get(oid)
             if entry is None:
                 # An input of another replay, or adopted: read by other processes.
-                entry = self._objects[oid] = _new_shared_entry()
-            entry.state, entry.data = PENDING, None
+                entry = self._objects[oid] = ObjectEntry.shared_pending()
+            entry.state, entry.data = ObjectState.PENDING, None
         deps = tuple(ObjectRef(dep, self.address) for dep in inputs)
-        pt = _PendingTask(spec, deps, {}, False)
+        pt = PendingTask(spec, deps, {}, False)
         pt.replay = True
         self._tasks[spec.task_id] = pt
-        self._count_missing(pt)  # type: ignore[attr-defined]
+        self.specs.count_missing(pt)
         if pt.missing == 0:
-            self._dispatch(pt)  # type: ignore[attr-defined]
+            self._dispatch(pt)
 
 
 class _OwnerFacts:
@@ -255,7 +278,7 @@ class _OwnerFacts:
     Each answers a whole generation: one query of the log, one turn of the core lock.
     """
 
-    def __init__(self, core: ReconstructionMixin, source: ReplaySource | None) -> None:
+    def __init__(self, core: Reconstruction, source: ReplaySource | None) -> None:
         self._core = core
         self._source = source
         self._logged: dict[bytes, LoggedTask] = {}
@@ -281,7 +304,7 @@ class _OwnerFacts:
 
     def lost(self, object_ids: list[bytes]) -> set[bytes]:
         with self._core._lock:
-            return {oid for oid in object_ids if self._core._lost(oid)}
+            return {oid for oid in object_ids if self._core.lost(oid)}
 
     def in_store(self, object_ids: list[bytes]) -> set[bytes]:
         return {oid for oid in object_ids if self._core.files.exists(oid)}
@@ -309,10 +332,3 @@ def _task_facts(logged: LoggedTask) -> TaskFacts:
     return TaskFacts(logged.task_id, logged.kind == TaskKind.NORMAL, logged.last_attempt,
                      tuple((a[1], a[2]) for a in encoded if a[0] == ArgKind.REF))
 
-
-def _new_shared_entry() -> Any:
-    from ember.scheduler._core import _Entry
-
-    entry = _Entry()
-    entry.shared = True
-    return entry

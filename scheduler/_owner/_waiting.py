@@ -1,30 +1,43 @@
-"""Waiting for objects: ``get`` and ``wait`` on the core client.
+"""Waiting for objects: ``get`` and ``wait`` in the owner.
 
 A ref is ready when its owner holds the value or the node's store has it.
 Waiters park on an Event of their own, set after the lock is released. A
 worker that must wait tells the scheduler it is blocked (its CPU is lent out
 meanwhile) and hands back the tasks queued behind it.
 
-Part of ``CoreClient`` (a mixin over its tables and lock); socket writes
-happen outside the lock.
+``Waiting`` is a part of the owner over its object table (under its lock);
+before ``get`` or ``wait`` hands out a value, the lineage gate makes its
+lineage durable (``LineageGate.await_lineage``). It must never write to a
+socket while holding the lock, and never return a value whose lineage is
+not durable.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any
 
 from ember.chaos import _agent
 from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
+from ember.scheduler._owner._dispatch import MessageTable
+from ember.scheduler._owner._durable import LineageGate
+from ember.scheduler._owner._links import Links, grouped
+from ember.scheduler._owner._locations import Locations
+from ember.scheduler._owner._objects import ObjectState, ObjectTable, OwnerState
+from ember.scheduler._owner._reconstruct import Reconstruction
+from ember.scheduler._owner._tasks import PendingTask
+from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._protocol import Op
 from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, hold_sigint, poll_readable, release_sigint
 from ember.scheduler._spec import TaskKind, task_of
+from ember.store._segments import ObjectFiles
 from ember.store._serialization import ObjectKind, deserialize
 
-PENDING, READY_INLINE, READY_STORE = 0, 1, 2  # states of an owned object
+__all__ = ["ASK_OWNERS_AFTER_S", "BLOCKED_POLL_S", "RECONSTRUCTION_ROUNDS_MAX", "Waiting"]
+
 BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
 ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner to check for a lost copy
 RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most
@@ -71,40 +84,60 @@ class _Readiness:
         return len(refs) - len(self.pending) >= self.count
 
 
-class WaitingMixin:
-    _lock: Any
-    _objects: dict
-    _actors: dict
-    store_generation: int
-    check_refs: Any
+class Waiting:
+    """``get`` and ``wait`` for this process: readiness, parking, a blocked worker's hand-back, and values."""
 
-    # -- get / wait --------------------------------------------------------------
+    def __init__(self, address: str, relay: str | None, lock: Any, state: OwnerState, table: ObjectTable,
+                 tasks: dict[bytes, PendingTask], actors: dict[bytes, Any], subscribed: set[bytes],
+                 store_ready: set[bytes], waiters: set[Any], files: ObjectFiles, links: Links, writes: ObjectWriter,
+                 locations: Locations, rebuild: Reconstruction, lineage: LineageGate, messages: MessageTable,
+                 check_refs: Callable[[list[ObjectRef]], None], flush: Callable[[], None]) -> None:
+        self.address = address
+        self.relay = relay
+        self._lock = lock
+        self._state = state
+        self._objects = table.entries
+        self._tasks = tasks
+        self._actors = actors
+        self._subscribed = subscribed  # borrowed objects this process asked its store about
+        self._store_ready = store_ready  # objects the store said it has
+        self._waiters = waiters  # one Event (or PipeWaiter) per parked waiter, set by the owner's wake-up
+        self._thread_state = threading.local()
+        self.files = files
+        self.links = links
+        self.writes = writes
+        self.locations = locations
+        self.rebuild = rebuild
+        self.lineage = lineage
+        self._messages = messages  # holds the executor of a worker
+        self.check_refs = check_refs
+        self.flush = flush
 
     def _ready(self, ref: ObjectRef) -> bool:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
         if entry is not None:
-            if entry.where is not None and entry.state == READY_STORE:
-                return self._remote_ready(ref._id, entry)
-            return entry.state != PENDING
+            if entry.where is not None and entry.state == ObjectState.READY_STORE:
+                return self.locations.remote_ready(ref._id, entry)
+            return entry.state != ObjectState.PENDING
         if ref._id in self._store_ready:
             return True
         if self.files.exists(ref._id):
             return True
         if ref._id not in self._subscribed:
             self._subscribed.add(ref._id)
-            self.store.send((Op.SUBSCRIBE, ref._id))
+            self.links.store.send((Op.SUBSCRIBE, ref._id))
             if self.relay is not None:
-                self._to_locate.append(ref)  # it may be on another node: its owner says where
+                self.locations.to_locate.append(ref)  # it may be on another node: its owner says where
         return False
 
-    def _wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
+    def wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
         """Block until ``count`` of ``refs`` are ready or the deadline passes."""
         # Socket writes happen outside the lock: a reader thread needs the lock
         # to take in results, and a writer blocked on a full socket while
         # holding it would stop the very reads that unblock it.
         blocked = False
         next_ask = time.monotonic() + ASK_OWNERS_AFTER_S
-        store_generation = self.store_generation
+        store_generation = self._state.store_generation
         event: Any = None
         plain = threading.Event()  # the waiter when no connection is read here
         readiness = _Readiness(refs, count)
@@ -115,7 +148,7 @@ class WaitingMixin:
                     # Results of calls to one actor, awaited by a thread not
                     # running a task: read them off the actor's connection
                     # here, without a hand-off from its reader thread.
-                    if blocked or (self.executor is not None and self.current_task is not None):
+                    if blocked or (self._messages.executor is not None and self._state.current_task is not None):
                         via = None
                     elif via is None or via[0].closed or via[1].conn is not via[0]:
                         # Found again only when the connection changed (the actor restarted):
@@ -129,7 +162,7 @@ class WaitingMixin:
                     event.clear()
                     done = readiness.update(self._ready)
                     flags = readiness.flags
-                    if done or self.closed:
+                    if done or self._state.closed:
                         self._waiters.discard(event)
                         return flags
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -138,11 +171,11 @@ class WaitingMixin:
                         return flags
                     must_flush = self._has_pending()
                     self._waiters.add(event)
-                if self._to_locate:
-                    self._send_locates()
+                if self.locations.to_locate:
+                    self.locations.send_locates()
                 now = time.monotonic()
-                if now >= next_ask or store_generation != self.store_generation:
-                    store_generation = self.store_generation
+                if now >= next_ask or store_generation != self._state.store_generation:
+                    store_generation = self._state.store_generation
                     # A long wait on someone else's object, or a store that
                     # came back empty: its copy may have died with a store.
                     # Its owner checks, and rebuilds it.
@@ -153,24 +186,24 @@ class WaitingMixin:
                 if direct is not None and not must_flush:
                     self._read_directly(direct, event, remaining)
                     continue
-                if not must_flush and (blocked or self.executor is None or self.current_task is None):
+                if not must_flush and (blocked or self._messages.executor is None or self._state.current_task is None):
                     if blocked:
                         # Tasks may still arrive for this blocked worker: hand them back.
                         event.wait(min(remaining, BLOCKED_POLL_S) if remaining is not None else BLOCKED_POLL_S)
-                        self.executor.drain_exec()
+                        self._messages.executor.drain_exec()
                     else:
                         event.wait(remaining if remaining is not None else 1.0)
                     continue
                 self.flush()
-                if not blocked and self.executor is not None and self.current_task is not None:
+                if not blocked and self._messages.executor is not None and self._state.current_task is not None:
                     blocked = True
-                    self.executor.on_blocked()
+                    self._messages.executor.on_blocked()
         finally:
             if event is not None:
                 with self._lock:
                     self._waiters.discard(event)
             if blocked:
-                self.executor.on_unblocked()
+                self._messages.executor.on_unblocked()
 
     def _result_connection(self, refs: list[ObjectRef]) -> tuple[SharedReadConnection, Any] | None:
         """The one actor connection every pending ref among ``refs`` awaits its call's result on, with
@@ -181,7 +214,7 @@ class WaitingMixin:
             entry = self._objects.get(ref._id) if ref._owner == self.address else None
             if entry is None:
                 return None
-            if entry.state != PENDING:
+            if entry.state != ObjectState.PENDING:
                 continue
             pt = self._tasks.get(task_of(ref._id))
             if pt is None or pt.spec.kind != TaskKind.ACTOR_CALL:
@@ -223,35 +256,35 @@ class WaitingMixin:
 
     def _ask_owners(self, refs: list[ObjectRef]) -> None:
         for owner, oids in grouped((ref._owner, ref._id) for ref in refs if ref._owner != self.address).items():
-            if self.owner_alive(owner):
-                self.send_to(owner, (Op.OBJECT_WANTED, oids))
+            if self.rebuild.owner_alive(owner):
+                self.links.send_to(owner, (Op.OBJECT_WANTED, oids))
             else:
                 # Its owner is gone, and with it whatever it held in memory:
                 # rebuild from the log here.
-                self.adopt(oids)
+                self.rebuild.adopt(oids)
 
-    def _on_object_wanted(self, oids: list[bytes]) -> None:
+    def on_object_wanted(self, oids: list[bytes]) -> None:
         with self._lock:
             # Not held here any more and gone from the store counts too: a
             # by-value argument freed after its call, wanted again by the
             # actor's replay, comes back from its durable copy.
-            lost = [oid for oid in oids if self._lost(oid)]
+            lost = [oid for oid in oids if self.rebuild.lost(oid)]
             # An inline object lives on in this process: somebody wants it,
             # so publish it to the store (again, if a store died with it).
             republish = []
             for oid in oids:
                 entry = self._objects.get(oid)
-                if entry is not None and entry.state == READY_INLINE and not self.files.exists(oid):
+                if entry is not None and entry.state == ObjectState.READY_INLINE and not self.files.exists(oid):
                     entry.shared = True
                     republish.append((oid, entry.data))
         for oid, data in republish:
-            self._publish(oid, data)
+            self.writes.publish(oid, data)
         if lost:
             # Reading the log is not for a reader thread.
-            threading.Thread(target=self.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
+            threading.Thread(target=self.rebuild.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
 
     def _has_pending(self) -> bool:
-        if self.scheduler._pending or self.store._pending:
+        if self.links.scheduler._pending or self.links.store._pending:
             return True
         return any(s.conn is not None and s.conn._pending for s in self._actors.values())
 
@@ -260,19 +293,19 @@ class WaitingMixin:
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
         for _ in range(RECONSTRUCTION_ROUNDS_MAX):
-            flags = self._wait_ready(refs, len(refs), deadline)
+            flags = self.wait_ready(refs, len(refs), deadline)
             if not all(flags):
-                if self.closed:
-                    raise ObjectLostError(refs[flags.index(False)].hex(), self.closed_reason or "the cluster shut down")
+                if self._state.closed:
+                    raise ObjectLostError(refs[flags.index(False)].hex(), self._state.closed_reason or "the cluster shut down")
                 missing = sum(1 for f in flags if not f)
                 raise GetTimeoutError(f"get timed out after {timeout}s: {missing} of {len(refs)} object(s) not ready")
-            lost = self.lost_refs(refs)
+            lost = self.rebuild.lost_refs(refs)
             gone = self._forget_gone_borrowed(refs)
             if not lost and not gone:
                 break
             if lost:
-                self.reconstruct(lost)
-        self.await_lineage(refs)
+                self.rebuild.reconstruct(lost)
+        self.lineage.await_lineage(refs)
         return [self._value(r) for r in refs]
 
     def _forget_gone_borrowed(self, refs: list[ObjectRef]) -> bool:
@@ -293,7 +326,7 @@ class WaitingMixin:
 
     def _value(self, ref: ObjectRef) -> Any:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
-        if entry is not None and entry.state == READY_INLINE:
+        if entry is not None and entry.state == ObjectState.READY_INLINE:
             buf: Any = entry.data
         else:
             buf = self.files.open(ref._id)
@@ -314,17 +347,9 @@ class WaitingMixin:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
-        flags = self._wait_ready(refs, num_returns, deadline)
+        flags = self.wait_ready(refs, num_returns, deadline)
         ready, not_ready = [], []
         for ref, flag in zip(refs, flags):
             (ready if flag and len(ready) < num_returns else not_ready).append(ref)
-        self.await_lineage(ready)
+        self.lineage.await_lineage(ready)
         return ready, not_ready
-
-
-def grouped(pairs: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
-    """``(place, object id)`` pairs as one list of ids per place (an owner, a store): one message to each."""
-    by_place: dict[str, list[bytes]] = {}
-    for place, oid in pairs:
-        by_place.setdefault(place, []).append(oid)
-    return by_place

@@ -4,24 +4,28 @@ Calls leave in submission order; a call whose arguments are not ready holds
 back the ones after it. When the actor's connection breaks, the scheduler is
 asked what became of the actor, and pending calls fail with its reason.
 
-Part of ``CoreClient`` (a mixin over its tables and lock); it must never do
-blocking socket I/O while holding the core lock.
+``ActorCalls`` is a part of the owner: it holds each actor's call state
+(shared with the owner's waiting and durability parts, under the owner's
+lock). It must never do blocking socket I/O while holding that lock.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._listener import connect
+from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S, Links
+from ember.scheduler._owner._submit import SpecEncoder
+from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._shared_read import SharedReadConnection
+from ember.scheduler._spec import TaskSpec
 
-if TYPE_CHECKING:
-    from ember.scheduler._core import _PendingTask
+__all__ = ["ActorCalls"]
 
-PEER_CONNECT_TIMEOUT_S = 2.0  # peers listen before they announce themselves
 
 
 class _ActorState:
@@ -32,8 +36,8 @@ class _ActorState:
         self.actor_id = actor_id
         self.address: str | None = None
         self.conn: Connection | None = None
-        self.queue: deque[_PendingTask] = deque()
-        self.inflight: dict[bytes, _PendingTask] = {}
+        self.queue: deque[PendingTask] = deque()
+        self.inflight: dict[bytes, PendingTask] = {}
         self.dead_reason: str | None = None
         self.seq = 0
         self.subscribed = False
@@ -46,24 +50,38 @@ class _ActorState:
         self.unconfirmed: deque[tuple[int, Any]] = deque()
 
 
-class ActorCallsMixin:
-    _actors: dict
-    _created_actors: dict  # actor id -> (creation spec, extra): what a new scheduler needs to start it again
-    _lock: Any
+class ActorCalls:
+    """The calls this process makes to actors: their order, their connections, and each actor's fate."""
 
-    # -- actors --------------------------------------------------------------
+    def __init__(self, kind: str, lock: Any, actors: dict[bytes, _ActorState],
+                 created_actors: dict[bytes, tuple[TaskSpec, tuple]], links: Links, specs: SpecEncoder,
+                 fail: Callable[[PendingTask, BaseException], None], handle: Callable[[Connection, tuple], None],
+                 on_peer_closed: Callable[[Connection], None], send_follow_ups: Callable[[], None],
+                 wake: Callable[[], None], is_closed: Callable[[], bool]) -> None:
+        self._kind = kind
+        self._lock = lock
+        self._actors = actors  # actor id -> its call state
+        self._created_actors = created_actors  # actor id -> (creation spec, extra): to start it again
+        self._links = links
+        self._specs = specs
+        self._fail = fail  # the owner finishes a call with an error
+        self._handle = handle
+        self._on_peer_closed = on_peer_closed
+        self._send_follow_ups = send_follow_ups
+        self._wake = wake  # wake the waiters (outside the lock)
+        self._is_closed = is_closed
 
-    def _actor_state(self, actor_id: bytes, desc: str) -> _ActorState:
+    def state_of(self, actor_id: bytes, desc: str) -> _ActorState:
         state = self._actors.get(actor_id)
         if state is None:
             state = _ActorState(actor_id, desc)
             self._actors[actor_id] = state
         if not state.subscribed:
             state.subscribed = True
-            self.scheduler.send((Op.LOOKUP_ACTOR, 0, actor_id))
+            self._links.scheduler.send((Op.LOOKUP_ACTOR, 0, actor_id))
         return state
 
-    def _pump_actor(self, state: _ActorState) -> None:
+    def pump(self, state: _ActorState) -> None:
         conn = state.conn
         if conn is None or conn.closed:
             return
@@ -74,16 +92,16 @@ class ActorCallsMixin:
             state.seq += 1
             pt.spec.seq = state.seq
             try:
-                must_log = self._encode_spec(pt)
+                must_log = self._specs.encode_spec(pt)
             except BaseException as exc:
-                self._fail_task(pt, exc)
+                self._fail(pt, exc)
                 continue
             state.inflight[pt.spec.task_id] = pt
             conn.send((Op.ACTOR_CALL, pt.spec))
             if must_log:
-                self._log_spec(pt)
+                self._specs.log_spec(pt)
 
-    def _on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
+    def on_actor_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
                         restarting: bool = False, restarts: int = 0) -> None:
         with self._lock:
             state = self._actors.get(actor_id)
@@ -99,7 +117,7 @@ class ActorCallsMixin:
                     try:
                         # A connection of its own: nothing else may queue behind calls.
                         state.conn = connect(
-                            address, self._token, {**self._hello, "purpose": "actor-call"},
+                            address, self._links.token, {**self._links.hello, "purpose": "actor-call"},
                             self._handle, self._on_peer_closed, f"actor:{address}",
                             timeout_s=PEER_CONNECT_TIMEOUT_S, connection_class=SharedReadConnection,
                         )
@@ -110,7 +128,7 @@ class ActorCallsMixin:
                         # it (restarting, or dead) is on its way.
                         state.conn = None
                         return
-                self._pump_actor(state)
+                self.pump(state)
                 return
             state.dead_reason = reason or "its process died"
             pending = list(state.inflight.values()) + list(state.queue)
@@ -118,7 +136,7 @@ class ActorCallsMixin:
             state.queue.clear()
             error = actor_died_error(state.desc, state.dead_reason)
             for pt in pending:
-                self._fail_task(pt, error)
+                self._fail(pt, error)
 
     def _requeue_inflight(self, state: _ActorState) -> None:
         """The actor restarts: calls sent to its old process go again, first, in their order.
@@ -147,7 +165,7 @@ class ActorCallsMixin:
             if state is None or state.dead_reason is not None:
                 continue
             if state.restarts >= spec.max_retries:
-                self._on_actor_state(actor_id, False, None,
+                self.on_actor_state(actor_id, False, None,
                                      f"{reason}, and it is out of restarts (max_restarts={spec.max_retries})")
                 continue
             state.restarts += 1
@@ -159,24 +177,24 @@ class ActorCallsMixin:
         for state in list(self._actors.values()):
             if state.dead_reason is None and state.actor_id not in self._created_actors:
                 # Created elsewhere: its creator (a worker of the dead scheduler) is gone too.
-                self._on_actor_state(state.actor_id, False, None, reason)
+                self.on_actor_state(state.actor_id, False, None, reason)
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         """Kill an actor; calls from this process fail from now on, whatever is in flight."""
-        self.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
+        self._links.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
         self._created_actors.pop(actor_id, None)
         with self._lock:
             if actor_id in self._actors:
-                self._on_actor_state(actor_id, False, None, "killed by ember.kill()")
-        self._wake_waiters()
+                self.on_actor_state(actor_id, False, None, "killed by ember.kill()")
+        self._wake()
 
-    def _ask_actor_fate(self, state: _ActorState) -> None:
+    def ask_fate(self, state: _ActorState) -> None:
         # The actor's connection broke: the scheduler knows why.
-        if self.scheduler.closed:
-            if not self.closed and self.kind == "driver" and state.actor_id in self._created_actors:
+        if self._links.scheduler.closed:
+            if not self._is_closed() and self._kind == "driver" and state.actor_id in self._created_actors:
                 return  # the new scheduler starts it again (recreate_actors)
-            reason = ("the cluster is shutting down" if self.closed
+            reason = ("the cluster is shutting down" if self._is_closed()
                       else "its node's scheduler died, and the actor's process with it")
-            self._on_actor_state(state.actor_id, False, None, reason)
+            self.on_actor_state(state.actor_id, False, None, reason)
             return
-        self.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))
+        self._links.scheduler.send((Op.LOOKUP_ACTOR, 0, state.actor_id))
