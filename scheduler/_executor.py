@@ -251,8 +251,7 @@ class Executor:
             ref = ObjectRef(encoded[1], encoded[2])
             data = copies.read(ref._id) if replay and copies is not None else None
             if data is None:
-                self.core.waiting.wait_ready([ref], 1, None)
-                data = self.core.files.open(ref._id)
+                data = self.core.waiting.open_ready(ref)  # waits out a store that dies under it
             if data is None:
                 from ember.exceptions import ObjectLostError
 

@@ -28,6 +28,7 @@ from ember.scheduler._spec import TaskKind, TaskSpec
 
 __all__ = ["SchedulerRestart"]
 
+LIVENESS_WAIT_S = 10.0  # a new scheduler answers its first question within this
 log = logging.getLogger("ember.core")
 
 
@@ -73,7 +74,7 @@ class SchedulerRestart:
         deadline = time.monotonic() + RECONNECT_TIMEOUT_S
         while not self._is_closed():
             conn = self._links.reconnect(self._scheduler_socket, self._on_closed, "scheduler", quiet=True)
-            if conn is not None and self.adopt(conn):
+            if conn is not None and self._answers(conn) and self.adopt(conn):
                 return None
             # The new scheduler refused or dropped the connection while it
             # started, or died too while this process was setting it up
@@ -82,6 +83,18 @@ class SchedulerRestart:
                 return "the node's scheduler process died and did not come back"
             time.sleep(RECONNECT_POLL_S)
         return None
+
+    @staticmethod
+    def _answers(conn: Connection) -> bool:
+        """Whether a live scheduler is behind ``conn``. A SIGKILLed one's socket can still take a
+        connection while the kernel tears the process down; only a live one answers a question."""
+        try:
+            conn.call(Op.RESOURCES, timeout_s=LIVENESS_WAIT_S)
+            return True
+        except Exception as exc:  # reset, closed or silent: the dead one's socket, or a successor dying too
+            log.info("a connection to the scheduler's socket did not answer (%s): connecting again", exc)
+            conn.close()
+            return False
 
     def adopt(self, conn: Connection) -> bool:
         """Make ``conn`` this process's scheduler connection; False if it closed before it could be."""
