@@ -38,7 +38,7 @@ from ember.scheduler import (
     set_core,
 )
 from ember.scheduler import _context
-from ember.lineage._store import LineageStore as _LineageStore
+from ember.lineage import LineageStore as _LineageStore
 
 _lock = threading.RLock()
 _node: Node | None = None

@@ -19,9 +19,8 @@ import json
 import time
 from typing import Any
 
-from ember.scheduler import local_nodes
-from ember.scheduler._procutil import process_start_ticks
 from ember.scheduler import free_port, local_nodes
+from ember.scheduler._procutil import process_start_ticks
 
 STOP_TIMEOUT_S = 15.0
 GONE_TIMEOUT_S = 10.0

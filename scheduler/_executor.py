@@ -33,9 +33,9 @@ from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
-from ember.store._content_hash import LateHashes, content_hash
-from ember.store._put_copies import copy_wanted
-from ember.store._serialization import ObjectKind, deserialize, serialize, serialize_error, to_bytes
+from ember.store import LateHashes, content_hash
+from ember.store import copy_wanted
+from ember.store import ObjectKind, deserialize, serialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
 
@@ -514,7 +514,7 @@ class Executor:
 
     def _replay_calls(self, actor_id: bytes) -> None:
         """Restore the newest checkpoint, then run again, in order, every call logged after it."""
-        from ember.lineage._replay_source import ReplaySource
+        from ember.lineage import ReplaySource
         from ember.scheduler._session import log_conninfo
 
         conninfo = log_conninfo(self.core.session)
@@ -587,7 +587,7 @@ class Executor:
         self._actor_id = spec.actor_id
         self._actor_name = spec.function_name
         if core.gcs is not None:
-            from ember.lineage._postgres import ember_home
+            from ember.lineage import ember_home
 
             self._arg_copies = ActorArgCopies(ember_home(), spec.job_id, spec.actor_id)  # type: ignore[arg-type]
         try:

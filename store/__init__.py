@@ -5,13 +5,14 @@ out-of-band buffers laid out aligned after it (or an Arrow IPC stream), so a
 reader maps the file and gets numpy arrays and Arrow tables without copying.
 """
 
-from ember.store._content_hash import value_hash
-from ember.store._put_copies import PutCopies, copy_wanted, job_dir, write_copy
-from ember.store._segments import ObjectFiles, prefault_segment
+from ember.store._content_hash import LateHashes, content_hash, value_hash
+from ember.store._put_copies import PutCopies, copy_wanted, job_dir, read_copy, write_copy
+from ember.store._segments import ObjectFiles, prefault_segment, publish_layout_bytes
 from ember.store._serialization import (
     ObjectKind,
     SerializedObject,
     deserialize,
+    is_error,
     read_header,
     serialize,
     serialize_error,
@@ -19,14 +20,19 @@ from ember.store._serialization import (
 )
 
 __all__ = [
+    "LateHashes",
     "ObjectFiles",
     "ObjectKind",
     "PutCopies",
     "SerializedObject",
+    "content_hash",
     "copy_wanted",
     "deserialize",
+    "is_error",
     "job_dir",
     "prefault_segment",
+    "publish_layout_bytes",
+    "read_copy",
     "read_header",
     "serialize",
     "serialize_error",

@@ -38,7 +38,7 @@ from ember.scheduler._owner._links import Links, grouped
 from ember.scheduler._owner._objects import CopyLost, ObjectState, ObjectTable
 from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._session import Session
-from ember.store._segments import ObjectFiles
+from ember.store import ObjectFiles
 
 __all__ = ["FREE_AT_EXIT_WAIT_S", "LOCATION_OPS", "Locations"]
 

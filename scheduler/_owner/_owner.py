@@ -60,8 +60,8 @@ from ember.scheduler._spec import (
     FailureCause,
     TaskSpec,
 )
-from ember.store._segments import ObjectFiles
-from ember.store._serialization import (
+from ember.store import ObjectFiles
+from ember.store import (
     is_error,
     serialize_error,
     to_bytes,
@@ -156,7 +156,7 @@ class Owner:
         if self.relay is not None:
             set_local_relay(self.relay)
         if self._conninfo:
-            from ember.lineage._gcs_log import GcsLog  # psycopg is imported only when logging
+            from ember.lineage import GcsLog  # psycopg is imported only when logging
 
             self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=self.node_id)

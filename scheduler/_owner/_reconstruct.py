@@ -31,7 +31,7 @@ from typing import Any
 
 from ember.chaos import _agent
 from ember.exceptions import ObjectLostError
-from ember.lineage._replay_plan import (
+from ember.lineage import (
     KeptCopy,
     LineageTooLongError,
     Lost,
@@ -42,12 +42,12 @@ from ember.lineage._replay_plan import (
     no_copy_reason,
     plan_rebuild,
 )
-from ember.lineage._replay_source import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
+from ember.lineage import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
 from ember.scheduler._address import is_relayed
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._session import log_conninfo
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
-from ember.store._segments import publish_layout_bytes
+from ember.store import publish_layout_bytes
 from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import ObjectTable
@@ -55,7 +55,7 @@ from ember.scheduler._owner._submit import SpecEncoder
 from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._session import Session
-from ember.store._segments import ObjectFiles
+from ember.store import ObjectFiles
 
 __all__ = ["COPY_WAIT_S", "OWNER_PROBE_REMOTE_S", "Reconstruction"]
 
@@ -214,7 +214,7 @@ class Reconstruction:
 
     def _restore_copy(self, restore: Restore) -> ObjectLostError | None:
         """Put a lost put or actor result back from its durable copy; the error if the copy is not there."""
-        from ember.store._put_copies import read_copy
+        from ember.store import read_copy
 
         oid, inline, path = restore.object_id, restore.inline, restore.path
         copies = self.writes.copies
@@ -239,7 +239,7 @@ class Reconstruction:
         return None
 
     def _fail_lost(self, oid: bytes, error: ObjectLostError) -> None:
-        from ember.store._serialization import serialize_error, to_bytes
+        from ember.store import serialize_error, to_bytes
 
         if _agent.AGENT is not None:
             _agent.AGENT.note("lost", object=oid.hex(), reason=error.reason)

@@ -24,7 +24,7 @@ from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._protocol import Op
 from ember.scheduler._spec import PLAIN_BYTES_MAX, PLAIN_TYPES, ArgKind, TaskKind
-from ember.store._serialization import serialize, to_bytes
+from ember.store import serialize, to_bytes
 
 __all__ = ["SpecEncoder"]
 

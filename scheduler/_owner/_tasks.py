@@ -31,7 +31,7 @@ from ember.exceptions import (
     WorkerCrashedError,
 )
 from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
-from ember.store._serialization import deserialize
+from ember.store import deserialize
 
 __all__ = [
     "Action", "Claim", "Fail", "Finish", "Ignore", "PendingTask", "Resubmit", "Warn",

@@ -33,8 +33,8 @@ from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._protocol import Op
 from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, hold_sigint, poll_readable, release_sigint
 from ember.scheduler._spec import TaskKind, task_of
-from ember.store._segments import ObjectFiles
-from ember.store._serialization import ObjectKind, deserialize
+from ember.store import ObjectFiles
+from ember.store import ObjectKind, deserialize
 
 __all__ = ["ASK_OWNERS_AFTER_S", "BLOCKED_POLL_S", "RECONSTRUCTION_ROUNDS_MAX", "Waiting"]
 

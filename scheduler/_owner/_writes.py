@@ -21,9 +21,9 @@ from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import INLINE_BYTES_MAX, ObjectEntry, ObjectState, ObjectTable
 from ember.scheduler._protocol import Op
 from ember.scheduler._spec import IDS, TaskKind, TaskSpec, object_id
-from ember.store._put_copies import PutCopies, copy_wanted
-from ember.store._segments import ObjectFiles, publish_layout_bytes
-from ember.store._serialization import serialize, to_bytes
+from ember.store import PutCopies, copy_wanted
+from ember.store import ObjectFiles, publish_layout_bytes
+from ember.store import serialize, to_bytes
 
 __all__ = ["SEGMENT_REQUEST_BYTES_MIN", "ObjectWriter"]
 
@@ -113,7 +113,7 @@ class ObjectWriter:
 
     def put_copies(self) -> PutCopies:
         if self.copies is None:
-            from ember.lineage._postgres import ember_home
+            from ember.lineage import ember_home
 
             self.copies = PutCopies(ember_home(), self._files.open)
         return self.copies
