@@ -20,14 +20,15 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from ember.scheduler._spec import TaskKind
 from ember.exceptions import EmberUserError
 from ember.lineage._ids import resolve_job
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 100_000
 OFFSET_MAX = 100_000_000
-KIND_ACTOR_CREATION = 2  # ember.scheduler TaskKind (not imported: reading needs no runtime)
-KIND_ACTOR_CALL = 3
+KIND_ACTOR_CREATION = int(TaskKind.ACTOR_CREATION)  # as the tasks table's kind column holds them
+KIND_ACTOR_CALL = int(TaskKind.ACTOR_CALL)
 
 
 class TaskState(enum.StrEnum):
