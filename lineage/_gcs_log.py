@@ -123,17 +123,18 @@ class GcsLog:
 
     def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
                  objects: list[tuple[bytes, int, str | None]], error: bytes | None = None,
-                 hashes: list[bytes | None] | None = None, run: tuple[int, int] = (0, 0)) -> int:
+                 hashes: list[bytes | None] | None = None, run: tuple[int, int, str | None] = (0, 0, None)) -> int:
         """An attempt's end and the objects it made (id, size, durable copy's file): one append, nobody waits for it.
 
         ``error`` is the serialized error a failed attempt returned; its text
         goes in the row (read only on failure: the common path pays nothing).
         ``hashes``: the results' content hashes, as their worker sent them. ``run``: when the
-        run began (epoch microseconds) and the worker's pid, as it sent them (0: not known).
+        run began (epoch microseconds), the worker's pid and its node, as it sent them (0 or None: not known).
         """
         state, text = error_row(error) if failed else ("FINISHED", None)
-        started_us, worker_pid = run
-        rows = [("task_attempts", (task_id, attempt, self.node_id, None, state, text, started_us or None,
+        started_us, worker_pid, worker_node = run
+        # The node the attempt ran on (its worker's); this one's when the worker did not say (it never ran).
+        rows = [("task_attempts", (task_id, attempt, worker_node or self.node_id, None, state, text, started_us or None,
                                    worker_pid or None))]
         if hashes is None or failed or len(hashes) != len(objects):
             hashes = [None] * len(objects)  # no hash is honest; a wrong one would not be

@@ -428,7 +428,7 @@ class Executor:
             if gcs is not None and not failed else None
         msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq,
                call_seq if hold else self._durable_through(), hashes, started_us,
-               os.getpid() if started_us else 0)
+               os.getpid() if started_us else 0, core.node_id if started_us else None)
         # With more work queued behind this task, results and completions
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.

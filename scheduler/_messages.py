@@ -90,7 +90,8 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners
     # ..., call_seq, durable_seq, hashes, when the run started (epoch microseconds), the worker's pid
-    Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE), int, int), 5),
+    # ..., call_seq, durable_seq, hashes, run start (epoch µs), worker pid, worker's node
+    Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE), int, int, (str, _NONE)), 6),
     Op.ACTOR_CALL: ((TaskSpec,), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.LINEAGE_DURABLE: ((int, _ListOf(OID)), 0),
@@ -226,10 +227,11 @@ def spec_problem(spec: TaskSpec) -> str | None:
 
 def _task_result_fine(msg: tuple) -> bool:
     n = len(msg)
-    return (5 <= n <= 10 and type(msg[1]) is bytes and len(msg[1]) == TASK_ID_BYTES and type(msg[2]) is int
+    return (5 <= n <= 11 and type(msg[1]) is bytes and len(msg[1]) == TASK_ID_BYTES and type(msg[2]) is int
             and type(msg[3]) is list and type(msg[4]) is bool and (n < 6 or type(msg[5]) is int)
             and (n < 7 or type(msg[6]) is int) and (n < 8 or msg[7] is None or type(msg[7]) is list)
-            and (n < 9 or type(msg[8]) is int) and (n < 10 or type(msg[9]) is int))
+            and (n < 9 or type(msg[8]) is int) and (n < 10 or type(msg[9]) is int)
+            and (n < 11 or msg[10] is None or type(msg[10]) is str))
 
 
 def _one_spec_fine(msg: tuple) -> bool:

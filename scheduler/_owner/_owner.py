@@ -551,15 +551,16 @@ class Owner:
 
     def _on_result(self, task_id: bytes, attempt: int, results: list, failed: bool, call_seq: int = 0,
                    durable_seq: int = 0, hashes: list | None = None, started_us: int = 0, worker_pid: int = 0,
-                   where: str | None = None) -> None:
+                   worker_node: str | None = None, where: str | None = None) -> None:
         """A task's outcome; for an actor call, ``call_seq`` is its place in the actor's order
         (0 if none) and ``durable_seq`` the last place whose row the actor has committed;
-        ``started_us`` and ``worker_pid``: when and where the run began (0 if unknown), for the log;
-        ``where``: the address of the process that ran it, if on another node.
+        ``started_us``, ``worker_pid`` and ``worker_node``: when, in which process and on which node
+        the run began (0 or None if unknown), for the log; ``where``: the address of the process that
+        ran it, if on another node.
 
-        The owner takes the result at once, before its spec's row may be
-        committed: durable before visible holds for other processes, since a
-        ref leaving this one waits for its lineage (``on_ref_shared``).
+        The owner takes the result in at once, before its rows may be
+        committed: nothing hands the value out before they are (``LineageGate``:
+        ``get`` and ``wait`` here, ``on_ref_shared`` for other processes).
         """
         with self._lock:
             pt = self._tasks.get(task_id)
@@ -571,7 +572,7 @@ class Owner:
                     self._resubmit(pt)  # type: ignore[arg-type]
                 case Finish():
                     self._finish(pt, results, call_seq, durable_seq, hashes, where,  # type: ignore[arg-type]
-                                 (started_us, worker_pid))
+                                 (started_us, worker_pid, worker_node))
                 case _:
                     assert_never(action)
 
@@ -605,7 +606,8 @@ class Owner:
             self._dispatch(pt)
 
     def _finish(self, pt: PendingTask, results: list, call_seq: int = 0, durable_seq: int = 0,
-                hashes: list | None = None, where: str | None = None, run: tuple[int, int] = (0, 0)) -> None:
+                hashes: list | None = None, where: str | None = None,
+                run: tuple[int, int, str | None] = (0, 0, None)) -> None:
         spec = pt.spec
         self._tasks.pop(spec.task_id, None)
         order = None

@@ -79,6 +79,9 @@ def test_a_task_no_node_can_run_waits_with_a_warning_until_a_node_that_can_joins
         assert ember.cluster_resources()["node:127.0.0.2"] == 1.0
         pinned = node_id.options(resources={"node:127.0.0.2": 0.01}).remote()
         assert ember.get(pinned, timeout=GET_TIMEOUT_S) == bigger.node_id
+        # The log says where each attempt ran: the worker's node, not the driver's.
+        with ember.lineage.open_log() as log:
+            assert log.task(pinned.task_id().hex()).attempts[-1]["node_id"] == bigger.node_id
         addresses = {n["NodeID"]: n["NodeManagerAddress"] for n in ember.nodes() if n["Alive"]}
         assert addresses == {one_node.nodes[0].node_id: "127.0.0.1", bigger.node_id: "127.0.0.2"}
     finally:
