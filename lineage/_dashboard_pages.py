@@ -295,10 +295,12 @@ def _lanes(runs: list[data.Run], procs: list[data.Process], deaths: list[data.De
     for p in procs:
         by_node[node_lane(p.node_id)].append(proc_lane(p))
     lanes = [lane for n in nodes for lane in [n, *dict.fromkeys(by_node[n])]]
-    worker_lanes = {p.pid: proc_lane(p) for p in procs if p.kind == "worker"}
+    # A run's worker is its (node, pid): each attempt is logged with the node its worker ran on.
+    worker_lanes = {(p.node_id, p.pid): proc_lane(p) for p in procs if p.kind == "worker"}
 
     def run_lane(x: data.Run) -> str:
-        return worker_lanes.get(x.worker_pid, node_lane(x.node_id)) if x.worker_pid else node_lane(x.node_id)
+        fallback = node_lane(x.node_id)
+        return worker_lanes.get((x.node_id, x.worker_pid), fallback) if x.worker_pid else fallback
 
     bars = [TimelineBar(run_lane(x), x.began_at or x.ended_at, x.ended_at,
                         f"{x.name} · attempt {x.attempt} · {x.state}" + (" · rebuild" if x.rebuild else "")
