@@ -216,6 +216,7 @@ def _poll(read: Callable[[], Any], bound_s: float) -> Any:
         try:
             found = read()
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error holds the answer's connection
             if exc.code != 503:
                 raise
             found = None
@@ -300,6 +301,7 @@ def test_without_the_token_the_answer_is_401_and_with_a_wrong_one_403(dashboard:
                          ("/static/live.js", 401)]:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(base + path, timeout=30)
+        refused.value.close()  # the error holds the answer's connection
         assert refused.value.code == status, path
     stranger = browser.new_context()  # no cookie, no token: what another local user gets
     try:
@@ -307,9 +309,9 @@ def test_without_the_token_the_answer_is_401_and_with_a_wrong_one_403(dashboard:
         assert response is not None and response.status == 401
     finally:
         stranger.close()
-    answer = urllib.request.urlopen(dashboard, timeout=30)
-    assert "default-src 'self'" in answer.headers["Content-Security-Policy"]
-    body = answer.read().decode()
+    with urllib.request.urlopen(dashboard, timeout=30) as answer:
+        assert "default-src 'self'" in answer.headers["Content-Security-Policy"]
+        body = answer.read().decode()
     assert not re.search(r"(src|href)=\"(https?:)?//", body), "a reference to another host"
 
 
@@ -462,8 +464,8 @@ def test_start_head_with_dashboard_serves_it_until_the_node_stops():
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(url, timeout=5).close()
-        except urllib.error.HTTPError:
-            pass
+        except urllib.error.HTTPError as refused:
+            refused.close()
         except OSError as exc:  # refused: nothing listens any more (a reset may come while it closes)
             if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
                 break
