@@ -30,8 +30,8 @@ from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 
 __all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "LineageGate"]
 
-# A borrower waits for an owner's answer this much longer than the owner waits for its log.
 PUT_INDEX = bytes(4)  # the return index of a put's object id: it is no task's result
+# A borrower waits for an owner's answer this much longer than the owner waits for its log.
 OWNER_ANSWER_MARGIN_S = 5.0
 DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
 
