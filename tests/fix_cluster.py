@@ -10,6 +10,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 import pytest
@@ -35,6 +36,19 @@ def fault_cluster() -> Iterator[object]:
         yield ember._runtime._session
     finally:
         ember.shutdown()
+
+
+@contextmanager
+def driver_of(nodes: list[dict]) -> Iterator[object]:
+    """A LocalCluster of ``nodes`` (ember.chaos) with this process connected to it as its driver; both end after."""
+    from ember.chaos import LocalCluster
+
+    with LocalCluster(nodes=nodes) as started:
+        ember.init(address=started.address)
+        try:
+            yield started
+        finally:
+            ember.shutdown()
 
 
 def descendants() -> set[int]:

@@ -19,7 +19,7 @@ import ember
 import ember.chaos
 from ember.chaos import LocalCluster
 from ember.exceptions import AlreadyInitializedError, TaskCancelledError
-from tests.fix_cluster import Counter, poll_until, run_script
+from tests.fix_cluster import Counter, driver_of, poll_until, run_script
 
 GET_TIMEOUT_S = 120.0
 
@@ -32,12 +32,8 @@ def three_nodes() -> Iterator[LocalCluster]:
     """Three one-CPU nodes; node k also has the resource ``node{k}``, to pin tasks to it, and nodes 2
     and 3 have ``spare``, which the driver's node (1) does not."""
     nodes = [{"num_cpus": 1, "resources": {f"node{k}": 1} | ({"spare": 1} if k > 1 else {})} for k in (1, 2, 3)]
-    with LocalCluster(nodes=nodes) as cluster:
-        ember.init(address=cluster.address)
-        try:
-            yield cluster
-        finally:
-            ember.shutdown()
+    with driver_of(nodes) as cluster:
+        yield cluster
 
 
 @ember.remote

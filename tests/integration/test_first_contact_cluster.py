@@ -21,7 +21,7 @@ import pytest
 import ember
 from ember import exceptions as ex
 from ember.chaos import LocalCluster
-from tests.fix_cluster import poll_until
+from tests.fix_cluster import driver_of, poll_until
 
 pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
@@ -34,12 +34,8 @@ WAITS_S = 2.0  # how long a test lets an unschedulable task wait before it chang
 @pytest.fixture(scope="module")
 def one_node() -> Iterator[LocalCluster]:
     """A one-CPU head on 127.0.0.1; this driver is connected to it."""
-    with LocalCluster(nodes=[{"num_cpus": 1}]) as cluster:
-        ember.init(address=cluster.address)
-        try:
-            yield cluster
-        finally:
-            ember.shutdown()
+    with driver_of([{"num_cpus": 1}]) as cluster:
+        yield cluster
 
 
 @ember.remote
