@@ -1,7 +1,8 @@
 """Durable before visible: the owner's gate between a value and anyone who would see it (invariant 1).
 
 A value leaves this process's hands only once the lineage it rests on is
-committed to the log: a ref being pickled (``on_ref_shared``) waits for it,
+committed to the log: a ref being pickled (``on_ref_shared``) waits for it
+(in a worker, for a large put's durable copy too, as nothing can recompute it),
 and so do ``get`` and ``wait`` in this very process (``await_lineage``). A
 borrowed ref's lineage is its owner's to commit: the borrower asks it
 (``Op.LINEAGE_DURABLE``) and remembers the answer; this process answers the
@@ -42,7 +43,8 @@ class LineageGate:
     def __init__(self, address: str, lock: Any, table: ObjectTable, tasks: dict[bytes, PendingTask],
                  actors: dict[bytes, Any], links: Links, owner_alive: Callable[[str], bool],
                  log_before_dispatch: Callable[[PendingTask], None],
-                 publish: Callable[[bytes, bytes | None], None]) -> None:
+                 publish: Callable[[bytes, bytes | None], None],
+                 await_copy: Callable[[bytes], None] | None = None) -> None:
         self._address = address
         self._lock = lock
         self._objects = table.entries
@@ -52,6 +54,9 @@ class LineageGate:
         self._owner_alive = owner_alive
         self._log_before_dispatch = log_before_dispatch  # submission: log a pending task's spec (and its inputs')
         self._publish = publish
+        # A worker's kept objects (large puts, by-value arguments): wait for the durable copy before a ref
+        # leaves, as for a row. None in a driver, whose objects end with it.
+        self._await_copy = await_copy
         self.gcs: Any = None  # the lineage log (GcsLog), set when the owner starts with one
         self._durable_borrowed: set[bytes] = set()  # borrowed objects whose owners said their lineage is durable
 
@@ -69,6 +74,8 @@ class LineageGate:
                 seq = self.lineage_seq_locked(ref._id)
             # Nobody else may name an object before its lineage is durable.
             self.gcs.make_durable(seq, f"a ref to object {ref.hex()}")
+            if self._await_copy is not None:
+                self._await_copy(ref._id)  # a put's lineage is its copy: this process may die next
         with self._lock:
             entry = self._objects.get(ref._id)
             if entry is None or entry.shared:

@@ -134,7 +134,8 @@ class Owner:
                                       self.files, self.links, self.writes, self.specs, self.locations.endpoint, self._dispatch,
                                       self._after_rebuild)
         self.lineage = LineageGate(self.address, self._lock, self.objects, self._tasks, self._actors, self.links,
-                                   self.rebuild.owner_alive, self.specs.log_before_dispatch, self.writes.publish)
+                                   self.rebuild.owner_alive, self.specs.log_before_dispatch, self.writes.publish,
+                                   None if self.kind == "driver" else self.writes.await_copy)
         hooks = TaskHooks(self.actors.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
                           self.locations.input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
         self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,

@@ -12,6 +12,7 @@ does) or send anything but ``SEALED`` and ``ALLOC_SEGMENT`` to the store.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ from ember.store import serialize, to_bytes
 
 __all__ = ["SEGMENT_REQUEST_BYTES_MIN", "ObjectWriter"]
 
+log = logging.getLogger("ember.core")
+
 SEGMENT_REQUEST_BYTES_MIN = 8 << 20  # from here on, ask the store for a pre-faulted segment
 SEGMENT_REQUEST_TIMEOUT_S = 5.0
+COPY_WRITE_WAIT_S = 60.0  # a ref to a kept object waits this long for its durable copy to leave a worker
 
 
 class ObjectWriter:
@@ -110,6 +114,13 @@ class ObjectWriter:
         if not copy_wanted(size):
             return None
         return str(self.put_copies().adopt(oid, spec.job_id))
+
+    def await_copy(self, oid: bytes) -> None:
+        """Return once the durable copy of ``oid`` (if one was scheduled here) is written, or the wait is over."""
+        copies = self.copies
+        if copies is not None and not copies.wait_written(oid, COPY_WRITE_WAIT_S):
+            log.warning("the durable copy of object %s is not written after %.0f s; its ref leaves without it",
+                        oid.hex(), COPY_WRITE_WAIT_S)
 
     def put_copies(self) -> PutCopies:
         if self.copies is None:

@@ -18,6 +18,8 @@ from tests.fix_kill import kill_and_wait_for_the_next, sigkill
 
 BOUND_S = 60.0
 ARRAY = 50_000  # float64s: 400 KB, so it lives in the store, not inline
+# 40 MB: its durable copy takes long enough to write that a ref leaving before it is written would be lost
+BIG_PUT = 5_000_000
 
 
 @ember.remote
@@ -52,7 +54,7 @@ def spawn_chain(delay_s):
 
 @ember.remote
 def spawn_big_and_puts():
-    return os.getpid(), [big.remote(7), ember.put(np.arange(ARRAY)), ember.put({"small": 42})]
+    return os.getpid(), [big.remote(7), ember.put(np.arange(BIG_PUT)), ember.put({"small": 42})]
 
 
 def test_results_arriving_after_their_owner_died_are_rebuilt(fault_cluster):
