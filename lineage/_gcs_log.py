@@ -23,8 +23,20 @@ import psycopg.conninfo
 
 from ember import _settings
 from ember.exceptions import LineageLogUnavailableError
-from ember.lineage._log_writer import LogWriter
+from ember.lineage._log_writer import LogWriter, Target
 
+OBJECT_COLUMNS = ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
+                  "content_hash", "owner")
+# A task result's creation row can be declared before the task ends, so that a
+# get waiting for it commits the row while the task runs (``GcsLog.declare``);
+# the result's own row then fills in what only the result knows.
+TARGETS = {
+    "objects_declared": Target("objects", "ON CONFLICT DO NOTHING"),
+    "objects_final": Target(
+        "objects", "ON CONFLICT (object_id) DO UPDATE SET size = EXCLUDED.size, durable_path = EXCLUDED.durable_path, "
+                   "node_id = EXCLUDED.node_id, content_hash = EXCLUDED.content_hash WHERE objects.size IS NULL",
+        replaces="objects_declared"),
+}
 COLUMNS: dict[str, tuple[str, ...]] = {
     "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint"),
     "functions": ("function_id", "name", "payload"),
@@ -32,8 +44,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
               "method", "args", "num_returns", "resources", "max_retries", "name", "owner"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error", "started_us", "worker_pid"),
-    "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
-                "content_hash", "owner"),
+    "objects": OBJECT_COLUMNS,
+    "objects_declared": OBJECT_COLUMNS,
+    "objects_final": OBJECT_COLUMNS,
     "content_hashes": ("object_id", "content_hash"),
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
@@ -67,6 +80,7 @@ class GcsLog:
             # retried attempt) take the writer's slower skip-existing path
             # only when they happen.
             idempotent_tables=frozenset({"functions", "jobs", "actor_calls", "content_hashes"}),
+            targets=TARGETS,
         )
         self._functions: set[bytes] = set()
         self._shapes: dict[tuple, str] = {}
@@ -121,15 +135,27 @@ class GcsLog:
             found = self._shapes[shape] = json.dumps(dict(shape))
         return found
 
+    def declare(self, task_id: bytes, job_id: bytes, return_ids: list[bytes]) -> int:
+        """The creation rows of a running task's results, before it ends (the ``finished`` rows complete them).
+
+        Not urgent: whoever declares commits them at once (``writer.expedite``),
+        so they are durable by the time the result comes back.
+        """
+        return self.writer.append_rows(
+            [("objects_declared", (oid, task_id, job_id, "return", None, None, None, None, None, None))
+             for oid in return_ids], urgent=False)
+
     def finished(self, task_id: bytes, attempt: int, job_id: bytes, failed: bool,
                  objects: list[tuple[bytes, int, str | None]], error: bytes | None = None,
-                 hashes: list[bytes | None] | None = None, run: tuple[int, int, str | None] = (0, 0, None)) -> int:
+                 hashes: list[bytes | None] | None = None, run: tuple[int, int, str | None] = (0, 0, None),
+                 declared: bool = False) -> int:
         """An attempt's end and the objects it made (id, size, durable copy's file): one append, nobody waits for it.
 
         ``error`` is the serialized error a failed attempt returned; its text
         goes in the row (read only on failure: the common path pays nothing).
         ``hashes``: the results' content hashes, as their worker sent them. ``run``: when the
         run began (epoch microseconds), the worker's pid and its node, as it sent them (0 or None: not known).
+        ``declared``: the objects' rows were declared (``declare``); these complete them.
         """
         state, text = error_row(error) if failed else ("FINISHED", None)
         started_us, worker_pid, worker_node = run
@@ -138,7 +164,8 @@ class GcsLog:
                                    worker_pid or None))]
         if hashes is None or failed or len(hashes) != len(objects):
             hashes = [None] * len(objects)  # no hash is honest; a wrong one would not be
-        rows += [("objects", (oid, task_id, job_id, "return", size, None, path, self.node_id, digest, None))
+        table = "objects_final" if declared else "objects"
+        rows += [(table, (oid, task_id, job_id, "return", size, None, path, self.node_id, digest, None))
                  for (oid, size, path), digest in zip(objects, hashes)]
         return self.writer.append_rows(rows, urgent=False)
 

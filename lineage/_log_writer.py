@@ -21,7 +21,8 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -48,6 +49,21 @@ BACKOFF_MAX_S = 2.0
 OUTAGE_ALERT_S = 30.0
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the rows of a logical table go: into ``table``, with ``conflict`` (an ``ON CONFLICT`` clause).
+
+    Rows are keyed by their first column. A batch keeps the first row of
+    each key (so an upsert never meets its own key twice in one statement),
+    and drops the rows of ``replaces`` whose key a row of this table has:
+    a later row that says everything the earlier one did, and more.
+    """
+
+    table: str
+    conflict: str
+    replaces: str | None = None
+
+
 class LogWriter:
     """One connection, one thread, one transaction per batch."""
 
@@ -58,6 +74,7 @@ class LogWriter:
         on_outage: Callable[[float, BaseException], None] | None = None,
         on_commit: Callable[[int], None] | None = None,
         idempotent_tables: frozenset[str] = frozenset(),
+        targets: Mapping[str, Target] | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
         rows_max: int = ROWS_MAX,
         outage_alert_s: float = OUTAGE_ALERT_S,
@@ -70,6 +87,8 @@ class LogWriter:
         # Rows of these tables may be written again by design (a function
         # registered by every process): they skip what exists, never COPY.
         self._idempotent = idempotent_tables
+        # Logical tables written into another table with a conflict clause of their own (never by COPY).
+        self._targets = dict(targets or {})
         self._flush_interval_s = flush_interval_s
         settings = _settings.load()
         self._lazy_delay_s = settings.log_lazy_s
@@ -251,6 +270,8 @@ class LogWriter:
         by_table: dict[str, list[tuple]] = {}
         for table, row in batch:
             by_table.setdefault(table, []).append(row)
+        if self._targets:
+            self._merge_targeted(by_table)
         conn = self._connection()
         try:
             self._write_tables(conn, by_table, skip_existing=False)
@@ -259,12 +280,30 @@ class LogWriter:
             # write the batch again, skipping what is already there.
             self._write_tables(conn, by_table, skip_existing=True)
 
+    def _merge_targeted(self, by_table: dict[str, list[tuple]]) -> None:
+        """Keep one row per key of each targeted table, and drop the rows a later one replaces."""
+        for table, target in self._targets.items():
+            rows = by_table.get(table)
+            if not rows:
+                continue
+            first: dict[Any, tuple] = {}
+            for row in rows:
+                first.setdefault(row[0], row)
+            by_table[table] = list(first.values())
+            replaced = by_table.get(target.replaces) if target.replaces else None
+            if replaced:
+                kept = [row for row in replaced if row[0] not in first]
+                if kept:
+                    by_table[target.replaces] = kept  # type: ignore[index]
+                else:
+                    del by_table[target.replaces]  # type: ignore[arg-type]
+
     def _write_tables(self, conn: psycopg.Connection, by_table: dict[str, list[tuple]], skip_existing: bool) -> None:
         copies = {}
         inserts: list[tuple[tuple[str, bool], list]] = []
         for table, rows in by_table.items():
             skip = skip_existing or table in self._idempotent
-            if len(rows) >= COPY_ROWS_MIN and not skip:
+            if len(rows) >= COPY_ROWS_MIN and not skip and table not in self._targets:
                 copies[table] = rows
             else:
                 # The table's part of the batch's one statement: its columns go
@@ -341,13 +380,16 @@ class LogWriter:
         sql = self._inserts.get(key)
         if sql is None:
             cols = self._columns[table]
+            target = self._targets.get(table)
+            into = target.table if target is not None else table
             types = dict(conn.execute(
                 "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,)).fetchall())
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (into,)).fetchall())
             self._types[table] = tuple(types[c] for c in cols)
             arrays = ", ".join(f"%b::{types[c]}[]" for c in cols)
-            sql = self._inserts[key] = (f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM unnest({arrays})"
-                                        + (" ON CONFLICT DO NOTHING" if skip_existing else ""))
+            conflict = target.conflict if target is not None else "ON CONFLICT DO NOTHING" if skip_existing else ""
+            sql = self._inserts[key] = (f"INSERT INTO {into} ({', '.join(cols)}) SELECT * FROM unnest({arrays})"
+                                        + (f" {conflict}" if conflict else ""))
         return sql
 
 

@@ -28,6 +28,7 @@ from ember.scheduler._owner._links import Links, grouped
 from ember.scheduler._owner._objects import ObjectState, ObjectTable
 from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op
+from ember.scheduler._spec import TaskKind
 
 __all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "LineageGate"]
 
@@ -35,6 +36,7 @@ PUT_INDEX = bytes(4)  # the return index of a put's object id: it is no task's r
 # A borrower waits for an owner's answer this much longer than the owner waits for its log.
 OWNER_ANSWER_MARGIN_S = 5.0
 DURABLE_BORROWED_MAX = 100_000  # borrowed ids known durable, remembered so as to ask once
+DECLARE_REFS_MAX = 64  # a get of more refs than this commits once, after their results are in
 
 
 class LineageGate:
@@ -43,6 +45,7 @@ class LineageGate:
     def __init__(self, address: str, lock: Any, table: ObjectTable, tasks: dict[bytes, PendingTask],
                  actors: dict[bytes, Any], links: Links, owner_alive: Callable[[str], bool],
                  log_before_dispatch: Callable[[PendingTask], None],
+                 pending_lineage: Callable[[PendingTask, Callable[[PendingTask], bool]], list[PendingTask]],
                  publish: Callable[[bytes, bytes | None], None],
                  await_copy: Callable[[bytes], None] | None = None) -> None:
         self._address = address
@@ -53,6 +56,7 @@ class LineageGate:
         self._links = links
         self._owner_alive = owner_alive
         self._log_before_dispatch = log_before_dispatch  # submission: log a pending task's spec (and its inputs')
+        self._pending_lineage = pending_lineage  # submission: a pending task and the pending tasks it reads from
         self._publish = publish
         # A worker's kept objects (large puts, by-value arguments): wait for the durable copy before a ref
         # leaves, as for a row. None in a driver, whose objects end with it.
@@ -95,6 +99,50 @@ class LineageGate:
             entry.log_seq = max(entry.log_seq, self.log_unconfirmed(*entry.order))
             entry.order = None
         return entry.log_seq
+
+    def declare_pending(self, refs: Sequence[ObjectRef]) -> None:
+        """A get is about to wait for ``refs``: commit the lineage of the pending ones now, while they run.
+
+        Each pending task owned here that a ref's value rests on has its
+        spec logged (if its inputs held it back) and its results' creation
+        rows declared; the writer commits them at once, and the value's wait
+        for its lineage (``await_lineage``) then finds it durable rather than
+        paying a commit after the result is in. Actor calls are left out
+        (their place in the actor's order is known only once they ran), and
+        so are big gets, whose one commit after the results is cheap per value.
+        """
+        gcs = self.gcs
+        if gcs is None or len(refs) > DECLARE_REFS_MAX:
+            return
+        seq = 0
+        with self._lock:
+            for ref in refs:
+                if ref._owner != self._address:
+                    continue
+                entry = self._objects.get(ref._id)
+                pt = self._tasks.get(ref._id[:16])
+                if (entry is None or entry.state != ObjectState.PENDING or pt is None or pt.declared
+                        or pt.spec.kind != TaskKind.NORMAL):
+                    continue
+                if not pt.log_seq and not pt.replay:
+                    self._log_before_dispatch(pt)
+                for task in self._pending_lineage(pt, lambda task: task.declared):
+                    seq = max(seq, self._declare_locked(task))
+        if seq > gcs.committed_seq:
+            gcs.writer.expedite()
+
+    def _declare_locked(self, pt: PendingTask) -> int:
+        spec = pt.spec
+        if spec.kind != TaskKind.NORMAL or not pt.log_seq:
+            return 0
+        oids = spec.return_ids()
+        seq = self.gcs.declare(spec.task_id, spec.job_id, oids)
+        pt.declared = True
+        for oid in oids:
+            entry = self._objects.get(oid)
+            if entry is not None:
+                entry.log_seq = max(entry.log_seq, seq)
+        return seq
 
     def await_lineage(self, refs: Sequence[ObjectRef]) -> None:
         """Return once the lineage of every ready ref among ``refs`` is durable (invariant 1, to this

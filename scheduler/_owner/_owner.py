@@ -134,7 +134,8 @@ class Owner:
                                       self.files, self.links, self.writes, self.specs, self.locations.endpoint, self._dispatch,
                                       self._after_rebuild)
         self.lineage = LineageGate(self.address, self._lock, self.objects, self._tasks, self._actors, self.links,
-                                   self.rebuild.owner_alive, self.specs.log_before_dispatch, self.writes.publish,
+                                   self.rebuild.owner_alive, self.specs.log_before_dispatch,
+                                   self.specs.pending_lineage, self.writes.publish,
                                    None if self.kind == "driver" else self.writes.await_copy)
         hooks = TaskHooks(self.actors.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
                           self.locations.input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
@@ -613,12 +614,14 @@ class Owner:
         self._tasks.pop(spec.task_id, None)
         order = None
         logged = self.gcs is not None and (pt.log_seq or pt.replay)
+        declared = pt.declared  # the results' creation rows are logged: what follows completes them
         if logged:
             error = next((data for _, data, _ in results if data is not None and is_error(data)), None)
             failed = error is not None
             created_seq = self.gcs.finished(spec.task_id, spec.attempt, spec.job_id, failed,
                                             [(oid, size, self.writes.copy_actor_result(spec, oid, data, size, failed))
-                                             for oid, data, size in results], error=error, hashes=hashes, run=run)
+                                             for oid, data, size in results], error=error, hashes=hashes, run=run,
+                                            declared=declared)
         if spec.kind == TaskKind.ACTOR_CALL:
             state = self._actors.get(spec.actor_id)  # type: ignore[arg-type]
             if state is not None:
@@ -641,7 +644,7 @@ class Owner:
                     self.store.send((Op.FREE, [oid]))
                 continue
             entry.order = order  # a ref to it leaves only once the call's place in the order is durable
-            if logged:
+            if logged and not declared:
                 entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
             entry.copies = None
             if data is None:

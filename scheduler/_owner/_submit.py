@@ -15,6 +15,7 @@ Called under the owner's lock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ember.scheduler._object_ref import ObjectRef
@@ -106,10 +107,16 @@ class SpecEncoder:
         """
         # Its pending inputs' own tasks are in the same state: their specs go
         # first, so the whole lineage of what leaves is durable.
+        for task in self.pending_lineage(pt, lambda task: bool(task.log_seq)):
+            self.encode_early(task)
+
+    def pending_lineage(self, pt: PendingTask, done: Callable[[PendingTask], bool]) -> list[PendingTask]:
+        """``pt`` and the pending tasks owned here whose results it reads, inputs first; a task that is
+        ``done`` (or a replay: logged long ago) is left out, with what only it leads to."""
         order, stack = [], [pt]
         while stack:
             task = stack.pop()
-            if task.log_seq or task.replay or task in order:
+            if task.replay or done(task) or task in order:
                 continue
             order.append(task)
             for value in (*task.raw_args, *task.raw_kwargs.values()):
@@ -117,8 +124,8 @@ class SpecEncoder:
                     upstream = self._tasks.get(value._id[:16])
                     if upstream is not None:
                         stack.append(upstream)
-        for task in reversed(order):
-            self.encode_early(task)
+        order.reverse()
+        return order
 
     def encode_early(self, pt: PendingTask) -> None:
         """Encode and log a task whose inputs are pending: they are named by reference."""

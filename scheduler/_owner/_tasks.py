@@ -45,7 +45,7 @@ class PendingTask:
     """A task this process submitted whose result is not in yet."""
 
     __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
-                 "log_seq", "replay", "encoded", "as_logged")
+                 "log_seq", "replay", "encoded", "as_logged", "declared")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -60,6 +60,7 @@ class PendingTask:
         self.replay = False  # run again from its logged spec: arguments already encoded, spec already durable
         self.encoded = False  # arguments encoded (and logged) before its inputs were ready
         self.as_logged = False  # sent exactly as its logged spec: a restarted scheduler can take it from the log
+        self.declared = False  # its results' creation rows logged before it ended (``LineageGate.declare_pending``)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

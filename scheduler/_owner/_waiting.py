@@ -291,6 +291,7 @@ class Waiting:
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.lineage.declare_pending(refs)
         self.flush()
         for rounds_left in range(RECONSTRUCTION_ROUNDS_MAX - 1, -1, -1):
             flags = self.wait_ready(refs, len(refs), deadline)

@@ -362,3 +362,53 @@ def test_a_borrower_reads_a_value_only_once_its_owner_committed_its_creation(emb
         ember.shutdown()
     assert value == 99
     assert row == ("return",)  # the creation row was durable before the borrower's get returned
+
+
+def test_a_get_commits_the_lineage_of_what_it_waits_for_while_the_task_runs(ember_home, log_server, tmp_path,
+                                                                           monkeypatch):
+    """The commit a get needs is paid while the task runs, not after: the creation row is declared first."""
+    import threading
+    import time
+
+    import ember
+
+    monkeypatch.setenv("EMBER_HOME", str(ember_home))
+    monkeypatch.setenv("EMBER_LOG_LAZY_S", "60")  # only the get's own declaration can commit these rows
+    release = tmp_path / "release"
+    ember.init(num_cpus=2)
+    try:
+        @ember.remote
+        def inc(x):
+            return x + 1
+
+        @ember.remote
+        def held(x, path):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return x + 1
+
+        assert ember.get(inc.remote(0)) == 1  # the functions' rows are in
+        ref = held.remote(inc.remote(1), str(release))
+        got = []
+        reader = threading.Thread(target=lambda: got.append(ember.get(ref, timeout=60)))
+        reader.start()
+        rows = None
+        deadline = time.monotonic() + 30
+        with psycopg.connect(log_server.conninfo) as conn:
+            while rows is None and time.monotonic() < deadline:
+                found = conn.execute("SELECT o.object_id, o.size FROM objects o JOIN tasks t ON t.task_id = o.task_id "
+                                     "WHERE o.object_id = %s", (ref.binary(),)).fetchall()
+                rows = found or None
+                time.sleep(0.02)
+        running = not got
+        release.touch()
+        reader.join(60)
+        assert got == [3]
+        assert running and rows == [(ref.binary(), None)]  # declared while it ran: no size yet
+        with open_log(log_server.conninfo) as log:
+            graph = log.lineage(ref.hex())
+        assert len(graph.tasks) == 2 and graph.complete and not graph.missing
+    finally:
+        release.touch()
+        ember.shutdown()

@@ -184,3 +184,36 @@ def test_an_urgent_row_wakes_the_writer_after_a_waiter_raced_a_batch_in_flight(p
     second = writer.append("tasks", (os.urandom(16), job, 1, "w", b"", 1, 0))
     assert writer.wait_committed(second, timeout_s=10)
     writer.close()
+
+
+def _object_sizes(engine, job):
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT object_id, size FROM objects WHERE job_id = :j"), {"j": job}).all())
+
+
+def test_declared_creation_rows_are_completed_by_the_results_rows_in_any_batch(postgres, engine):
+    from ember.lineage._gcs_log import COLUMNS, TARGETS
+
+    writer = LogWriter(postgres.conninfo, COLUMNS, targets=TARGETS)
+    job = os.urandom(4)
+    task = os.urandom(16)
+    early, same_batch, twice = (task + bytes([i, 0, 0, 0]) for i in range(3))
+
+    def declared(oid):
+        return ("objects_declared", (oid, task, job, "return", None, None, None, None, None, None))
+
+    def final(oid, size):
+        return ("objects_final", (oid, task, job, "return", size, None, None, "node-a", None, None))
+
+    # Declared in a batch of its own: committed with no size, then completed.
+    assert writer.wait_committed(writer.append_rows([declared(early)]), timeout_s=30)
+    assert _object_sizes(engine, job) == {early: None}
+    # Declared and completed in one batch (a fast task): the result's row wins;
+    # a result reported twice keeps its first row, as a retried attempt's repeat does.
+    seq = writer.append_rows([final(early, 10), declared(same_batch), final(same_batch, 20), declared(twice),
+                              final(twice, 30), final(twice, 31)])
+    assert writer.wait_committed(seq, timeout_s=30)
+    # A completed row is never rewritten.
+    assert writer.wait_committed(writer.append_rows([final(early, 99), declared(early)]), timeout_s=30)
+    writer.close()
+    assert _object_sizes(engine, job) == {early: 10, same_batch: 20, twice: 30}
