@@ -18,6 +18,7 @@ import click
 
 from ember._cli_inspect import _table
 from ember.exceptions import ClusterStartError, EmberUserError
+from ember.lineage._states import NodeState
 
 START_TIMEOUT_S = 90.0  # the head brings PostgreSQL up too
 STOP_TIMEOUT_S = 15.0
@@ -175,7 +176,7 @@ def status_command(address: str | None, fmt: str, show_token: bool) -> None:
         return
     alive = [n for n in nodes if n["alive"]]
     click.echo(f"cluster at {local.gcs_address}: {len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
-    rows = [[n["node_id"][:8], "ALIVE" if n["alive"] else "DEAD", _usage(n, "CPU"), _usage(n, "GPU"),
+    rows = [[n["node_id"][:8], NodeState.ALIVE if n["alive"] else NodeState.DEAD, _usage(n, "CPU"), _usage(n, "GPU"),
              _custom(n), n.get("death_cause") or "-"] for n in nodes]
     click.echo(_table(["NODE", "STATE", "CPU USED", "GPU USED", "OTHER", "DEATH"], rows, sys.stdout.isatty()))
     if show_token:

@@ -23,9 +23,6 @@ from ember.exceptions import EmberUserError
 
 KINDS = ("tasks", "objects", "actors", "nodes", "jobs")
 ERROR_CHARS_MAX = 60
-_STATE_COLOURS = {"FINISHED": "green", "ALIVE": "green", "RUNNING": "cyan", "FAILED": "red", "DEAD": "red",
-                  "LOST": "red", "ABANDONED": "red", "CANCELLED": "yellow", "SUBMITTED": "yellow",
-                  "PENDING": "yellow"}
 _GCS_URL_HELP = "PostgreSQL URL of the log (default: EMBER_GCS_URL, else the embedded one under $EMBER_HOME)."
 
 
@@ -107,13 +104,15 @@ def lineage_command(ident: str, depth: int, max_tasks: int, fmt: str, gcs_url: s
 
 
 def _table(columns: Sequence[str], rows: list[list[str]], color: bool) -> str:
+    from ember.lineage import STATE_COLOURS  # loaded on use: `ember status` need not load the log's readers
+
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     state_at = columns.index("STATE") if "STATE" in columns else -1
     for row in rows:
         cells = [cell.ljust(w) for cell, w in zip(row, widths)]
         if color and state_at >= 0:
-            cells[state_at] = click.style(cells[state_at], fg=_STATE_COLOURS.get(row[state_at]))
+            cells[state_at] = click.style(cells[state_at], fg=STATE_COLOURS.get(row[state_at]))
         lines.append("  ".join(cells).rstrip())
     if not rows:
         lines.append("(none)")

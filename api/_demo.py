@@ -115,11 +115,12 @@ def _survive_a_store_kill(echo: Callable[[str], None]) -> tuple[str, str]:
     t0 = time.perf_counter()
     blocks = [_block.remote(i) for i in range(BLOCKS)]
     ember.wait(blocks, num_returns=BLOCKS)  # every block sits in the store now
-    injected = ember.chaos.inject(ember.chaos.Fault.kill("store"))
+    store = ember.chaos.Target.STORE
+    injected = ember.chaos.inject(ember.chaos.Fault.kill(store))
     if injected.pid is None:
         raise ember.exceptions.EmberInternalError(f"the demo could not kill the object store: {injected.detail}")
     deadline = time.monotonic() + STORE_RESTART_WAIT_S
-    while ember.chaos.live_pids("store") in (None, [], [injected.pid]) and time.monotonic() < deadline:
+    while ember.chaos.live_pids(store) in (None, [], [injected.pid]) and time.monotonic() < deadline:
         time.sleep(0.02)
     total_ref = _total.remote(*blocks)  # its inputs died with the store
     total = ember.get(total_ref)

@@ -39,6 +39,7 @@ from ember.scheduler import (
 )
 from ember.scheduler import _context
 from ember.lineage import LineageStore as _LineageStore
+from ember.lineage._states import JobState, ProcessKind
 
 _lock = threading.RLock()
 _node: Node | None = None
@@ -80,7 +81,7 @@ def init(
     settings = _settings.load()  # every EMBER_* variable checked here, not first in a worker
     with _lock:
         if _context.PROCESS.owner is not None:
-            if ignore_reinit_error or _context.PROCESS.owner.kind == "worker":
+            if ignore_reinit_error or _context.PROCESS.owner.kind == ProcessKind.WORKER:
                 return _info()  # inside a task: the worker's cluster
             raise AlreadyInitializedError(_reinit_message())
         if address is None:
@@ -161,7 +162,7 @@ def _connect(address: str, *sizes: Any) -> dict[str, Any]:
 
 def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | None) -> None:
     global _atexit_registered
-    core = Owner(session, "driver", job_id=os.urandom(4), node_id=node_id).start()
+    core = Owner(session, ProcessKind.DRIVER, job_id=os.urandom(4), node_id=node_id).start()
     if core.gcs is not None:
         core.gcs.job(core.job_id, cluster_id, os.getpid(), " ".join(sys.argv)[:1000])
     set_core(core)
@@ -169,7 +170,7 @@ def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | No
         atexit.register(shutdown)
         _atexit_registered = True
     _install_sigterm_handler()
-    _chaos_agent.start("driver", node_id, job_id=core.job_id.hex(), pg_home=pg_home)
+    _chaos_agent.start(ProcessKind.DRIVER, node_id, job_id=core.job_id.hex(), pg_home=pg_home)
 
 
 def _info() -> dict[str, Any]:
@@ -238,7 +239,7 @@ def _record_job_end(core: Owner) -> None:
     core.gcs.writer.flush(JOB_END_TIMEOUT_S)  # the job's row must exist to be ended
     try:
         client_for(core.session.gcs_address, core.session.token()).try_call(
-            "JobFinished", {"job_id": core.job_id.hex(), "state": "FINISHED"}, timeout_s=JOB_END_TIMEOUT_S)
+            "JobFinished", {"job_id": core.job_id.hex(), "state": JobState.FINISHED}, timeout_s=JOB_END_TIMEOUT_S)
     except (GcsUnreachable, PermissionError):
         pass  # the next GCS on this log closes the job as abandoned
 

@@ -17,21 +17,20 @@ from typing import Any
 
 import click
 
-from ember.chaos._faults import Target
+from ember.chaos._faults import PAUSE_TARGETS, PROCESS_TARGETS, Target
 from ember.chaos._schedule import Options, plan
 
-PROCESS_KINDS = ("worker", "store", "scheduler", "gcs")
 DEFAULT_EVERY_S = 5.0
 
 
 def _kinds(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[Target, ...]:
     if not value:
         return ()
-    allowed = PROCESS_KINDS + ("node",) if param.name == "kill" else PROCESS_KINDS
+    allowed = PROCESS_TARGETS if param.name == "kill" else PAUSE_TARGETS
     kinds = []
     for part in value.split(","):
         part = part.strip().lower()
-        if part == "node" and part not in allowed:
+        if part == Target.NODE and part not in allowed:
             raise click.BadParameter("a node cannot be paused (stopping its daemon stops none of its other "
                                      "processes); kill it, or pause its scheduler or store", ctx, param)
         if part not in allowed:

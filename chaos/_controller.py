@@ -30,19 +30,21 @@ import psutil
 
 from ember.chaos import _agent, _faults
 from ember.chaos._faults import Fault, FaultKind, Injected, Outcome, Target
+from ember.lineage._states import ProcessKind
 from ember.scheduler._procutil import process_start_ticks
 from ember.chaos._schedule import Nemesis, Planned, TriggerKind
 
 HELLO_WAIT_S = 5.0
 ACCEPT_BACKLOG = 128
 LINE_BYTES_MAX = 1 << 20
+_KINDS = frozenset(ProcessKind) - {ProcessKind.POSTGRES}  # what may say hello
 
 
 @dataclass
 class Member:
     """One process of the cluster under test, as it introduced itself."""
 
-    kind: str  # 'driver', 'gcs', 'scheduler', 'store', 'worker' or 'node' (a node daemon)
+    kind: ProcessKind  # any but POSTGRES, which is restarted through a driver's report of it
     pid: int
     node_id: str
     details: dict[str, Any]
@@ -173,8 +175,12 @@ class Controller:
         if not secrets.compare_digest(str(msg.get("token", "")), self._token) or "hello" not in msg:
             conn.sendall(b'{"refused": "wrong chaos token"}\n')
             return None
+        if not isinstance(msg["hello"], str) or msg["hello"] not in _KINDS:
+            conn.sendall(json.dumps({"refused": f"{msg['hello']!r:.40} is not a process kind"}).encode() + b"\n")
+            return None
         details = {k: v for k, v in msg.items() if k not in ("hello", "token", "pid", "node_id")}
-        member = Member(str(msg["hello"]), int(msg["pid"]), str(msg.get("node_id", "")), details, self.elapsed_s())
+        member = Member(ProcessKind(msg["hello"]), int(msg["pid"]), str(msg.get("node_id", "")), details,
+                        self.elapsed_s())
         with self._lock:
             self._members[member.pid] = member
             self.tally.processes_started[member.kind] += 1
@@ -256,15 +262,15 @@ class Controller:
 
     def _signal(self, fault: Fault, source: Member | None) -> tuple[Outcome, int | None, str]:
         with self._lock:
-            if source is not None and fault.target is Target.WORKER and source.kind == "worker":
+            if source is not None and fault.target is Target.WORKER and source.kind is ProcessKind.WORKER:
                 candidates = [source.pid]  # the worker that is about to run the watched task
             elif fault.target is Target.NODE:
                 # Never the head (its GCS service is the cluster's) nor a node a driver runs on.
-                spared = {m.node_id for m in self._members.values() if m.kind == "driver"}
-                candidates = sorted(m.pid for m in self._members.values()
-                                    if m.kind == "node" and not m.details.get("head") and m.node_id not in spared)
+                spared = {m.node_id for m in self._members.values() if m.kind is ProcessKind.DRIVER}
+                candidates = sorted(m.pid for m in self._members.values() if m.kind is ProcessKind.NODE
+                                    and not m.details.get("head") and m.node_id not in spared)
             else:
-                candidates = sorted(m.pid for m in self._members.values() if m.kind == str(fault.target))
+                candidates = sorted(m.pid for m in self._members.values() if m.kind is fault.target)
         candidates = [pid for pid in candidates if self._is_ours(pid)]
         if not candidates:
             return Outcome.NO_PROCESS, None, f"no live {fault.target} has reported"
@@ -290,7 +296,7 @@ class Controller:
 
     def _restart_postgres(self) -> tuple[Outcome, int | None, str]:
         with self._lock:
-            homes = {m.details.get("pg_home") for m in self._members.values() if m.kind == "driver"}
+            homes = {m.details.get("pg_home") for m in self._members.values() if m.kind is ProcessKind.DRIVER}
         homes.discard(None)
         if not homes:
             return Outcome.NO_PROCESS, None, "no driver reported an embedded PostgreSQL (EMBER_GCS_URL is not restarted)"

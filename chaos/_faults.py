@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, assert_never
 
 from ember.chaos._processes import processes
+from ember.lineage._states import ProcessKind
 from ember.exceptions import ClusterUnavailableError, EmberUserError
 from ember.scheduler import require_core
 
@@ -54,16 +55,13 @@ class FaultKind(enum.StrEnum):
     RESTART_POSTGRES = "restart_postgres"
 
 
-class Target(enum.StrEnum):
-    WORKER = "worker"  # task workers and actors' processes alike
-    STORE = "store"
-    SCHEDULER = "scheduler"
-    GCS = "gcs"
-    NODE = "node"  # a whole node of a multi-node cluster (its daemon; the rest dies with it)
-    POSTGRES = "postgres"
+# What a fault hits is a kind of process: WORKER (task workers and actors' processes alike), STORE,
+# SCHEDULER, GCS, NODE (a whole node of a multi-node cluster: its daemon; the rest dies with it) or
+# POSTGRES. Never the DRIVER: it is the program under test.
+Target = ProcessKind
 
-
-PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)
+PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)  # kill and pause
+PAUSE_TARGETS = tuple(t for t in PROCESS_TARGETS if t is not Target.NODE)
 
 
 class Outcome(enum.StrEnum):
@@ -133,6 +131,10 @@ class Fault:
             case _ as unreachable:
                 assert_never(unreachable)
 
+    def __reduce__(self) -> tuple:
+        # Checked again when unpickled: a Target member travels as its plain string.
+        return (Fault, (str(self.kind), str(self.target), self.pick, self.pause_s))
+
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         # hypothesis (and IPython) print through this hook, not through __repr__.
         printer.text(repr(self))
@@ -154,6 +156,8 @@ def _check_combination(fault: Fault) -> None:
         raise InvalidFaultError(
             f"Expected a number of seconds but got pause_s={fault.pause_s!r} (type={type(fault.pause_s).__name__})")
     wants_process = fault.kind in (FaultKind.KILL, FaultKind.PAUSE)
+    if fault.target is Target.DRIVER:
+        raise InvalidFaultError("chaos never hits the driver: it is the program under test, and its end is the run's")
     if wants_process and fault.target not in PROCESS_TARGETS:
         raise InvalidFaultError(
             f"a {fault.kind} fault hits a process: target must be one of "
@@ -232,7 +236,7 @@ def _listing(target: Target) -> tuple[list[int] | None, str]:
 
     def ask() -> None:
         try:
-            answer.append(sorted(p.pid for p in processes() if p.kind == str(target) and p.killable))
+            answer.append(sorted(p.pid for p in processes() if p.kind == target and p.killable))
         except (ClusterUnavailableError, TimeoutError) as exc:
             answer.append(exc)
 

@@ -6,12 +6,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ember.lineage._states import ProcessKind
 from ember.scheduler import Op, require_core
 
 
 @dataclass(frozen=True)
 class ProcessRecord:
-    kind: str  # 'gcs', 'scheduler', 'store', 'worker', or 'node' (a node daemon of a multi-node cluster)
+    kind: ProcessKind  # GCS, SCHEDULER, STORE, WORKER, or NODE (a node daemon of a multi-node cluster)
     node_id: str
     pid: int
     actor_id: str | None = None
@@ -45,13 +46,13 @@ def processes() -> list[ProcessRecord]:
     for node in nodes:
         if node["alive"] and node["node_id"] != core.node_id:
             raw += _ask_node(core, node["address"])
-    return [ProcessRecord("gcs", info["node_id"], int(info["gcs_pid"]))] + \
+    return [ProcessRecord(ProcessKind.GCS, info["node_id"], int(info["gcs_pid"]))] + \
         _records(raw, core.node_id, info["node_id"])
 
 
 def _records(raw: list[dict], own_node: str, head: str | None) -> list[ProcessRecord]:
-    return [ProcessRecord(p["kind"], p["node_id"], p["pid"], p.get("actor_id"),
-                          killable=p["kind"] != "node" or p["node_id"] not in (own_node, head)) for p in raw]
+    return [ProcessRecord(ProcessKind(p["kind"]), p["node_id"], p["pid"], p.get("actor_id"),
+                          killable=p["kind"] != ProcessKind.NODE or p["node_id"] not in (own_node, head)) for p in raw]
 
 
 def _ask_node(core: Any, address: str) -> list[dict]:

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 # and only a reader needs the listings, rendering and replay (~45 ms of imports).
 _HOME = {
     "ActorRow": "_listing", "JobRow": "_listing", "NodeRow": "_listing", "ObjectRow": "_listing",
-    "TaskRow": "_listing", "TaskState": "_listing",
+    "TaskRow": "_listing",
+    "ActorState": "_states", "JobState": "_states", "NodeState": "_states", "ObjectState": "_states",
+    "TaskState": "_states",
     "PruneReport": "_prune", "prune": "_prune",
     "JobReplay": "_replay", "ReplayResult": "_replay", "Verdict": "_replay", "replay_job": "_replay",
     "replay_task": "_replay",
@@ -38,6 +40,7 @@ _INTERNAL = {
     "Dashboard": "_dashboard_server", "standalone_report": "_dashboard_chaos",
     "locate_log": "_reader", "SchemaVersionError": "_schema_version",
     "TaskFilter": "_listing", "row_json": "_listing", "human_duration": "_render", "human_size": "_render",
+    "STATE_COLOURS": "_render", "ProcessKind": "_states",
     "short_repr": "_replay", "EmbeddedPostgres": "_postgres", "LineageStore": "_store",
     "QueueLog": "_queue_log", "ReplaySource": "_replay_source",
     "GcsLog": "_gcs_log", "ember_home": "_postgres",
@@ -47,7 +50,7 @@ _INTERNAL = {
 }
 
 if TYPE_CHECKING:
-    from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow, TaskState
+    from ember.lineage._listing import ActorRow, JobRow, NodeRow, ObjectRow, TaskRow
     from ember.lineage._prune import PruneReport, prune
     from ember.lineage._reader import (
         EmptyLogError,
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
         NotReplayableError,
         ReplayInputError,
     )
+    from ember.lineage._states import ActorState, JobState, NodeState, ObjectState, TaskState
 
 
 def __getattr__(name: str) -> Any:
@@ -83,18 +87,22 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ActorRow",
+    "ActorState",
     "EmptyLogError",
     "FunctionUnavailableError",
-    "JobRow",
     "JobReplay",
+    "JobRow",
+    "JobState",
     "Lineage",
     "LineageLog",
     "LineageTooLongError",
     "NeedsClusterError",
     "NodeRow",
+    "NodeState",
     "NotReplayableError",
     "ObjectRecord",
     "ObjectRow",
+    "ObjectState",
     "PruneReport",
     "ReplayInputError",
     "ReplayResult",

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ember.lineage._rpc import Unavailable
+from ember.lineage._states import JobState, ProcessKind
 
 log = logging.getLogger("ember.gcs")
 
@@ -117,13 +118,13 @@ class ClusterTable:
              (f"its node ended: {cause}", node_id)),
         ])
 
-    def job_ended(self, job_id: bytes, state: str) -> None:
+    def job_ended(self, job_id: bytes, state: JobState) -> None:
         self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",
                     (state, job_id))])
 
     def workers_ended(self, node_id: str, cause: str) -> None:
         self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE node_id = %s "
-                    "AND kind = 'worker' AND ended_at IS NULL", (cause, node_id))])
+                    "AND kind = %s AND ended_at IS NULL", (cause, node_id, ProcessKind.WORKER))])
 
     def heartbeats(self, node_ids: list[str]) -> None:
         self._run([("UPDATE nodes SET last_heartbeat_at = now() WHERE node_id = ANY(%s)", (node_ids,))])
@@ -155,9 +156,10 @@ class ClusterTable:
              "RETURNING node_id", (cause, self.cluster_id, ABANDONED_AFTER_S)),
         ])
         ended = [r[0] for r in results[0]]
-        self._run([("UPDATE jobs SET ended_at = now(), state = 'ABANDONED' WHERE ended_at IS NULL "
+        self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE ended_at IS NULL "
                     "AND cluster_id <> %s AND cluster_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM nodes "
-                    "WHERE nodes.cluster_id = jobs.cluster_id AND nodes.ended_at IS NULL)", (self.cluster_id,))])
+                    "WHERE nodes.cluster_id = jobs.cluster_id AND nodes.ended_at IS NULL)",
+                    (JobState.ABANDONED, self.cluster_id))])
         if ended:
             self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL "
                         "AND (node_id = ANY(%s) OR (node_id IS NULL AND cluster_id IN "

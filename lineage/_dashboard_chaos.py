@@ -23,7 +23,8 @@ from typing import Any
 from ember.lineage import _dashboard_data as data
 from ember.lineage._dashboard_html import Page, Query, esc, facts, frame, link, pager, table, when
 from ember.lineage._dashboard_svg import Shade, throughput_svg
-from ember.lineage._listing import JobState, row_json
+from ember.lineage._listing import row_json
+from ember.lineage._states import JobState
 from ember.lineage._reader import LineageLog
 
 RECOVERED_SHARE = 0.5

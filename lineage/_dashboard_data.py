@@ -23,6 +23,7 @@ from typing import Any
 from ember.lineage._ids import UnknownIdError, id_bytes
 from ember.lineage._listing import display_name
 from ember.lineage._reader import Lineage, LineageLog
+from ember.lineage._states import ProcessKind, TaskState
 
 RUNS_MAX = 2_000  # runs one timeline page draws
 DEATHS_MAX = 500
@@ -107,7 +108,7 @@ class Run:
     task_id: str
     name: str
     attempt: int
-    state: str
+    state: TaskState
     node_id: str | None
     # When it began, by its worker's clock (logged since v9). Where a log has no start (an
     # older log, a run that never reached a worker): the task's submission for a first run,
@@ -142,14 +143,15 @@ def timeline_runs(log: LineageLog, job_id: bytes, offset: int, limit: int) -> li
         if started is None and prev_end is not None and finished is not None:
             took = (first_end - submitted) if first_end and submitted else dt.timedelta(0)
             began = max(prev_end, finished - took)
-        runs.append(Run(task_id.hex(), display_name(kind, function, method, class_name), attempt, state, node_id,
-                        began, finished, prev_state == "FINISHED", error, worker_pid, started is not None))
+        runs.append(Run(task_id.hex(), display_name(kind, function, method, class_name), attempt, TaskState(state),
+                        node_id, began, finished, prev_state == TaskState.FINISHED, error, worker_pid,
+                        started is not None))
     return runs
 
 
 @dataclass(frozen=True)
 class Death:
-    kind: str  # 'node', or a process kind: 'worker', 'store', 'scheduler', 'gcs'
+    kind: ProcessKind  # NODE, or the kind of a process that died: WORKER, STORE, SCHEDULER, GCS
     node_id: str | None
     pid: int | None
     at: dt.datetime
@@ -164,12 +166,13 @@ def deaths(log: LineageLog, cluster_id: str | None, since: dt.datetime | None,
     span = {"cluster": cluster_id, "since": since or dt.datetime.min.replace(tzinfo=dt.timezone.utc),
             "until": until or dt.datetime.max.replace(tzinfo=dt.timezone.utc), "limit": DEATHS_MAX}
     rows = log.query(
-        "(SELECT 'node', node_id, NULL::int, ended_at, death_cause FROM nodes WHERE cluster_id = %(cluster)s "
+        f"(SELECT '{ProcessKind.NODE}', node_id, NULL::int, ended_at, death_cause FROM nodes "
+        "WHERE cluster_id = %(cluster)s "
         " AND ended_at BETWEEN %(since)s AND %(until)s AND death_cause NOT LIKE '%%shut down' LIMIT %(limit)s) "
         "UNION ALL (SELECT kind, node_id, pid, ended_at, death_cause FROM workers WHERE cluster_id = %(cluster)s "
         " AND ended_at BETWEEN %(since)s AND %(until)s AND death_cause IS NOT NULL "
         " AND death_cause NOT LIKE '%%shut down' ORDER BY ended_at LIMIT %(limit)s)", span)
-    return sorted((Death(kind, node, pid, at, cause or "?") for kind, node, pid, at, cause in rows),
+    return sorted((Death(ProcessKind(kind), node, pid, at, cause or "?") for kind, node, pid, at, cause in rows),
                   key=lambda d: d.at)
 
 
@@ -177,7 +180,7 @@ def deaths(log: LineageLog, cluster_id: str | None, since: dt.datetime | None,
 class Process:
     """An ember process of a cluster (worker, store, scheduler, GCS), as the GCS service logged it."""
 
-    kind: str
+    kind: ProcessKind
     node_id: str | None
     pid: int | None
     started_at: dt.datetime | None
@@ -195,7 +198,7 @@ def processes(log: LineageLog, cluster_id: str | None, since: dt.datetime, until
         "LEFT JOIN actors a ON a.actor_id = w.actor_id WHERE w.cluster_id = %s AND w.started_at <= %s "
         "AND (w.ended_at IS NULL OR w.ended_at >= %s) AND w.node_id IS NOT NULL "
         "ORDER BY w.node_id, w.started_at LIMIT %s", (cluster_id, until, since, PROCESSES_MAX))
-    return [Process(*row) for row in rows]
+    return [Process(ProcessKind(row[0]), *row[1:]) for row in rows]
 
 
 # -- actors --------------------------------------------------------------------------------
@@ -228,12 +231,14 @@ def actor_lives(log: LineageLog, actor_id_hex: str, lives_max: int = 200) -> lis
 
 
 def actor_calls(log: LineageLog, actor_id_hex: str, offset: int, limit: int) -> list[tuple]:
-    """A page of an actor's calls in their order: seq, task id, method, state of the latest attempt."""
-    return log.query(
+    """A page of an actor's calls in their order: seq, task id, method, state of the latest attempt, runs."""
+    rows = log.query(
         "SELECT c.seq, c.task_id, c.method, (SELECT a.state FROM task_attempts a WHERE a.task_id = c.task_id "
         "ORDER BY a.attempt DESC LIMIT 1), (SELECT count(*) FROM task_attempts a WHERE a.task_id = c.task_id) "
         "FROM actor_calls c WHERE c.actor_id = %s ORDER BY c.seq LIMIT %s OFFSET %s",
         (id_bytes_any(actor_id_hex), limit, offset))
+    return [(seq, task_id, method, TaskState(state or TaskState.SUBMITTED), runs)
+            for seq, task_id, method, state, runs in rows]
 
 
 def id_bytes_any(id_hex: str) -> bytes:
@@ -309,9 +314,10 @@ def throughput(log: LineageLog, job_id: bytes, start: dt.datetime, end: dt.datet
     for index, n in log.query(
             "SELECT floor(extract(epoch FROM a.finished_at - %(start)s) / %(bucket)s)::int AS b, count(*) "
             "FROM tasks t JOIN task_attempts a ON a.task_id = t.task_id WHERE t.job_id = %(job)s "
-            "AND a.state = 'FINISHED' AND a.finished_at >= %(start)s AND a.finished_at <= %(end)s "
+            "AND a.state = %(finished)s AND a.finished_at >= %(start)s AND a.finished_at <= %(end)s "
             "GROUP BY b ORDER BY b LIMIT %(buckets)s",
-            {"start": start, "end": end, "bucket": bucket_s, "job": job_id, "buckets": buckets}):
+            {"start": start, "end": end, "bucket": bucket_s, "job": job_id, "buckets": buckets,
+             "finished": TaskState.FINISHED}):
         if 0 <= index < buckets:
             counts[index] = n
     return bucket_s, counts

@@ -25,6 +25,7 @@ from ember.lineage._dashboard_html import Page, Query, esc, facts, href, object_
 from ember.lineage._dashboard_svg import DagNode, Shape, dag_svg
 from ember.lineage._reader import Lineage, LineageLog, ObjectRecord, TaskRecord
 from ember.lineage._render import human_size, lineage_json, object_place, short_id
+from ember.lineage._states import ObjectState
 
 GROUP_MAX = 6  # more alike nodes than this at one distance collapse into one
 DEPTH_DEFAULT = 3
@@ -119,7 +120,7 @@ def _task_node(task: TaskRecord, cut: bool) -> DagNode:
 
 
 def _object_node(obj: ObjectRecord, graph: Lineage, cut: bool) -> DagNode:
-    lost = bool(obj.lost) or obj.state == "LOST"
+    lost = bool(obj.lost) or obj.state == ObjectState.LOST
     maker = graph.tasks.get(obj.task_id)
     rebuilt = maker is not None and maker.rebuilt > 0
     classes: tuple[str, ...] = ("lost",) if lost else ()

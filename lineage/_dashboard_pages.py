@@ -37,7 +37,8 @@ from ember.lineage._dashboard_html import (
     when,
 )
 from ember.lineage._dashboard_svg import BEHIND, Mark, TimelineBar, timeline_svg
-from ember.lineage._listing import JobState, TaskFilter, TaskState, check_state, row_json
+from ember.lineage._listing import TaskFilter, check_state, row_json
+from ember.lineage._states import JobState, ObjectState, ProcessKind, TaskState
 from ember.lineage._reader import LineageLog, ObjectRecord, TaskRecord
 from ember.lineage._render import arg_items, human_duration, human_size, object_place, short_id
 
@@ -87,7 +88,7 @@ def job_page(log: LineageLog, job: str, q: Query) -> Page:
     r = log.job(job)
     s = log.job_stats([r.job_id])[r.job_id]
     nav = " · ".join([link(f"/job/{r.job_id}/tasks", "tasks"),
-                      link(f"/job/{r.job_id}/tasks", "failed tasks", state="FAILED"),
+                      link(f"/job/{r.job_id}/tasks", "failed tasks", state=TaskState.FAILED),
                       link(f"/job/{r.job_id}/tasks", "rebuilt tasks", rebuilt=True),
                       link(f"/job/{r.job_id}/timeline", "timeline"), link(f"/job/{r.job_id}/actors", "actors"),
                       link(f"/job/{r.job_id}/nodes", "nodes"), link("/chaos", "chaos runs", job=r.job_id)])
@@ -185,7 +186,7 @@ def _run_kind(t: TaskRecord, index: int) -> str:
     if index == 0:
         return "first run"
     before = t.attempts[index - 1]["state"]
-    return "rebuild (results lost)" if before == "FINISHED" else "retry"
+    return "rebuild (results lost)" if before == TaskState.FINISHED else "retry"
 
 
 def _task_json(t: TaskRecord) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def object_page(log: LineageLog, object_id: str, q: Query) -> Page:
     body = facts([
         ("created by", maker + (f" ({esc(o.origin)})" if o.origin != "return" else "")),
         ("job", link(f"/job/{o.job_id}", o.job_id)), ("size", esc(human_size(o.size))),
-        ("state", state_badge("LOST" if o.lost and not rebuilt else o.state)),
+        ("state", state_badge(ObjectState.LOST if o.lost and not rebuilt else o.state)),
         ("created", when(o.created_at)), ("first copy on node", esc(o.node_id or "-")),
         ("copies now", esc(", ".join(n[:8] for n in o.locations) or "none known")),
         ("where", esc(object_place(o, rebuilt))), ("durable copy", "yes" if o.has_durable_copy else "no"),
@@ -296,7 +297,7 @@ def _lanes(runs: list[data.Run], procs: list[data.Process], deaths: list[data.De
         by_node[node_lane(p.node_id)].append(proc_lane(p))
     lanes = [lane for n in nodes for lane in [n, *dict.fromkeys(by_node[n])]]
     # A run's worker is its (node, pid): each attempt is logged with the node its worker ran on.
-    worker_lanes = {(p.node_id, p.pid): proc_lane(p) for p in procs if p.kind == "worker"}
+    worker_lanes = {(p.node_id, p.pid): proc_lane(p) for p in procs if p.kind == ProcessKind.WORKER}
 
     def run_lane(x: data.Run) -> str:
         fallback = node_lane(x.node_id)
@@ -344,8 +345,8 @@ def actor_page(log: LineageLog, actor_id: str, q: Query) -> Page:
     life_rows = [[str(i), "start" if i == 0 else "restart", esc((x.node_id or "-")[:8]), esc(x.pid or "-"),
                   when(x.started_at), when(x.ended_at), esc(x.death_cause or ("-" if x.ended_at is None else "?")),
                   f"{x.replayed:,}" if i else "-"] for i, x in enumerate(lives)]
-    call_rows = [[esc(seq), task_link(t.hex(), short_id(t.hex())), esc(method or "?"), state_badge(state or "SUBMITTED"),
-                  str(n)] for seq, t, method, state, n in calls]
+    call_rows = [[esc(seq), task_link(t.hex(), short_id(t.hex())), esc(method or "?"), state_badge(state), str(n)]
+                 for seq, t, method, state, n in calls]
     body = (facts([("class", esc(class_name)), ("name", esc(name or "-")), ("job", link(f"/job/{job_id.hex()}", job_id.hex())),
                    ("created", when(created_at)), ("constructor", task_link(creation.hex())),
                    ("max restarts", esc(max_restarts)), ("restarts", str(max(len(lives) - 1, 0)))])
@@ -368,7 +369,7 @@ def nodes_page(log: LineageLog, job: str, q: Query) -> Page:
     deaths = data.deaths(log, r.cluster_id, None, None)
     by_node: dict[str, list[data.Death]] = {}
     for d in deaths:
-        if d.kind != "node" and d.node_id:
+        if d.kind != ProcessKind.NODE and d.node_id:
             by_node.setdefault(d.node_id, []).append(d)
     cells = [[esc(n.node_id), state_badge(n.state), when(n.started_at), when(n.ended_at),
               esc(_took(n.started_at, n.ended_at) if n.ended_at else "running"), _short(n.death_cause),

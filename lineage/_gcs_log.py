@@ -24,6 +24,7 @@ import psycopg.conninfo
 from ember import _settings
 from ember.exceptions import LineageLogUnavailableError
 from ember.lineage._log_writer import LogWriter, Target
+from ember.lineage._states import TaskState
 
 OBJECT_COLUMNS = ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
                   "content_hash", "owner")
@@ -157,7 +158,7 @@ class GcsLog:
         run began (epoch microseconds), the worker's pid and its node, as it sent them (0 or None: not known).
         ``declared``: the objects' rows were declared (``declare``); these complete them.
         """
-        state, text = error_row(error) if failed else ("FINISHED", None)
+        state, text = error_row(error) if failed else (TaskState.FINISHED, None)
         started_us, worker_pid, worker_node = run
         # The node the attempt ran on (its worker's); this one's when the worker did not say (it never ran).
         rows = [("task_attempts", (task_id, attempt, worker_node or self.node_id, None, state, text, started_us or None,
@@ -219,18 +220,18 @@ def describe_conninfo(conninfo: str) -> str:
 ERROR_TEXT_CHARS_MAX = 8_000
 
 
-def error_row(error: bytes | None) -> tuple[str, str | None]:
+def error_row(error: bytes | None) -> tuple[TaskState, str | None]:
     """The state and error text of a failed attempt's row, from the error object it returned."""
     from ember.exceptions import TaskCancelledError
     from ember.store import deserialize
 
     if error is None:
-        return "FAILED", None
+        return TaskState.FAILED, None
     try:
         _, value = deserialize(error)
     except Exception as exc:  # an error whose cause cannot be unpickled here: say so, keep going
-        return "FAILED", f"(the error could not be read: {type(exc).__name__}: {exc})"
-    state = "CANCELLED" if isinstance(value, TaskCancelledError) else "FAILED"
+        return TaskState.FAILED, f"(the error could not be read: {type(exc).__name__}: {exc})"
+    state = TaskState.CANCELLED if isinstance(value, TaskCancelledError) else TaskState.FAILED
     text = str(value) if isinstance(value, BaseException) else repr(value)
     if len(text) > ERROR_TEXT_CHARS_MAX:
         head = ERROR_TEXT_CHARS_MAX // 4

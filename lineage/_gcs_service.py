@@ -26,6 +26,7 @@ from typing import Any
 from ember import _settings
 from ember.lineage._cluster_table import ClusterTable
 from ember.lineage._rpc import BadRequest, Unavailable, serve
+from ember.lineage._states import JobState, ProcessKind
 
 log = logging.getLogger("ember.gcs")
 
@@ -150,7 +151,7 @@ class GcsService:
 
     def job_finished(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, job_id=str, state=(str, None))
-        self.table.job_ended(_hex(req["job_id"], "job_id"), req.get("state") or "FINISHED")
+        self.table.job_ended(_hex(req["job_id"], "job_id"), _job_end(req.get("state") or JobState.FINISHED))
         return {}
 
     def nodes(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +265,7 @@ class GcsService:
         """Resume from PostgreSQL: who was alive, and record this instance's start."""
         if not self.table.wait_available(self._stop):
             return
-        events = [{"type": "started", "process_id": self.process_id, "pid": os.getpid(), "kind": "gcs"}]
+        events = [{"type": "started", "process_id": self.process_id, "pid": os.getpid(), "kind": ProcessKind.GCS}]
         if self.previous:
             prev_id, _, cause = self.previous.partition(":")
             events.insert(0, {"type": "died", "process_id": prev_id, "cause": cause})
@@ -376,6 +377,18 @@ _EVENT_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+# The processes the workers table records (a driver is a job's, a node's daemon is the node's row).
+_LOGGED_KINDS = (ProcessKind.WORKER, ProcessKind.STORE, ProcessKind.SCHEDULER, ProcessKind.GCS)
+# The states a job can end in; the log holds RUNNING until then.
+_JOB_ENDS = tuple(s for s in JobState if s is not JobState.RUNNING)
+
+
+def _job_end(state: str) -> JobState:
+    if state not in _JOB_ENDS:
+        raise BadRequest(f"state {state!r:.40} is not a job's end; expected one of {', '.join(_JOB_ENDS)}")
+    return JobState(state)
+
+
 def _require_hex(req: dict[str, Any], field: str) -> None:
     try:
         bytes.fromhex(req[field])
@@ -412,6 +425,8 @@ def _check_events(req: dict[str, Any]) -> None:
         except BadRequest as exc:
             raise BadRequest(f"event {i}: {exc}") from None
         _hex(event["process_id"], "process_id")
+        if event["type"] == "started" and event["kind"] not in _LOGGED_KINDS:
+            raise BadRequest(f"event {i}: kind {event['kind']!r:.40} is not one of {', '.join(_LOGGED_KINDS)}")
         if event.get("actor_id"):
             _hex(event["actor_id"], "actor_id")
 
@@ -428,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--previous", default=None, help="process_id:cause of the instance this replaces")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
-    _procutil.setup_logging(args.session, "gcs")
+    _procutil.setup_logging(args.session, ProcessKind.GCS)
     session = open_session(args.session)
     conninfo = session.read_info().get("gcs_conninfo")
     table = ClusterTable(conninfo, session.name)
@@ -436,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     server = serve(session.gcs_address, session.token(), service.handlers())
     threading.Thread(target=service.load, name="ember-gcs-load", daemon=True).start()
     threading.Thread(target=service.detect_failures, name="ember-gcs-detector", daemon=True).start()
-    _agent.start("gcs", args.node_id)
+    _agent.start(ProcessKind.GCS, args.node_id)
     _procutil.announce_ready(session.sockets / "gcs.ready")  # the pid: the supervisor tells a kill from a crash loop
 
     stopped = threading.Event()

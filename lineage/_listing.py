@@ -5,9 +5,11 @@ return: one immutable row per item, newest first, at most ``limit`` of them.
 Each query reads a page through an index (``tasks.job_id``; the laterals on
 ``task_attempts`` by primary key), so a page of a 100,000-task job costs about
 what a page of a small one does; a ``state`` filter reads every task of the
-job once. States not written by the runtime are derived here, and said so:
-a task with no logged end is ``SUBMITTED``; an actor is ``ALIVE`` while a
-worker started for it is, ``DEAD`` once its last one ended.
+job once. Every state is a member of the enums of ``lineage/_states.py``,
+which the writers use too. States not written by the runtime are derived
+here, and said so: a task with no logged end is ``SUBMITTED``; an actor is
+``ALIVE`` while a worker started for it is, ``RESTARTING`` once that one
+ended while it has restarts left and its cluster runs, ``DEAD`` otherwise.
 
 It must never write to the log.
 """
@@ -16,48 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ember.scheduler._spec import TaskKind
 from ember.exceptions import EmberUserError
 from ember.lineage._ids import resolve_job
+from ember.lineage._states import ActorState, JobState, NodeState, ObjectState, TaskState
+from ember.scheduler._spec import TaskKind
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 100_000
 OFFSET_MAX = 100_000_000
 KIND_ACTOR_CREATION = int(TaskKind.ACTOR_CREATION)  # as the tasks table's kind column holds them
 KIND_ACTOR_CALL = int(TaskKind.ACTOR_CALL)
-
-
-class TaskState(enum.StrEnum):
-    SUBMITTED = "SUBMITTED"  # no end logged: pending, running, or cut short with its owner
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-class ObjectState(enum.StrEnum):
-    CREATED = "CREATED"
-    LOST = "LOST"
-
-
-class ActorState(enum.StrEnum):
-    PENDING = "PENDING"  # no worker was ever started for it
-    ALIVE = "ALIVE"
-    DEAD = "DEAD"
-
-
-class NodeState(enum.StrEnum):
-    ALIVE = "ALIVE"
-    DEAD = "DEAD"  # ended: shut down, or declared dead (see death_cause)
-
-
-class JobState(enum.StrEnum):
-    RUNNING = "RUNNING"
-    FINISHED = "FINISHED"
-    ABANDONED = "ABANDONED"
+S = TypeVar("S", TaskState, ObjectState, ActorState, NodeState, JobState)
 
 
 @dataclass(frozen=True)
@@ -65,7 +39,7 @@ class TaskRow:
     task_id: str
     job_id: str
     name: str  # the function, Class.method for an actor call, Class.__init__ for a creation
-    state: str
+    state: TaskState
     attempts: int  # attempts made, retries after a crash included
     rebuilt: int  # times it ran again to rebuild lost results
     node_id: str | None  # where its latest logged run ended
@@ -83,7 +57,7 @@ class ObjectRow:
     size: int | None
     node_id: str | None
     durable_copy: bool
-    state: str
+    state: ObjectState
     created_at: dt.datetime | None
 
 
@@ -93,7 +67,7 @@ class ActorRow:
     job_id: str
     class_name: str
     name: str | None
-    state: str
+    state: ActorState
     restarts: int
     calls: int
     node_id: str | None
@@ -105,7 +79,7 @@ class ActorRow:
 class NodeRow:
     node_id: str
     cluster_id: str | None
-    state: str
+    state: NodeState
     resources: dict[str, float]
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
@@ -115,7 +89,7 @@ class NodeRow:
 @dataclass(frozen=True)
 class JobRow:
     job_id: str
-    state: str
+    state: JobState
     entrypoint: str | None
     driver_pid: int | None
     cluster_id: str | None
@@ -129,15 +103,15 @@ def row_json(row: Any) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in dataclasses.asdict(row).items()}
 
 
-def check_state(state: str | None, states: type[enum.StrEnum], what: str) -> str | None:
-    """``state`` upper-cased if it is one of ``states``; an error listing them if not."""
+def check_state(state: str | None, states: type[S], what: str) -> S | None:
+    """``state``, upper-cased, as a member of ``states``; an error listing them if it is none."""
     if state is None:
         return None
-    wanted = state.strip().upper()
-    valid = [s.value for s in states]
-    if wanted not in valid:
-        raise EmberUserError(f"{state!r} is not a state of {what}; expected one of {', '.join(valid)}")
-    return wanted
+    try:
+        return states(state.strip().upper())
+    except ValueError:
+        valid = ", ".join(s.value for s in states)
+        raise EmberUserError(f"{state!r} is not a state of {what}; expected one of {valid}") from None
 
 
 def check_limit(limit: int) -> int:
@@ -146,8 +120,8 @@ def check_limit(limit: int) -> int:
     return limit
 
 
-def _scope(conn: Any, job: str | None, state: str | None, states: type[enum.StrEnum], what: str,
-           limit: int) -> tuple[bytes, str | None, int]:
+def _scope(conn: Any, job: str | None, state: str | None, states: type[S], what: str,
+           limit: int) -> tuple[bytes, S | None, int]:
     """A job listing's arguments, checked: the job's id, the state wanted, the limit."""
     return resolve_job(conn, job), check_state(state, states, what), check_limit(limit)
 
@@ -168,14 +142,14 @@ _LAST_ATTEMPT = ("(SELECT a.state FROM task_attempts a WHERE a.task_id = t.task_
 # constructor, FAILED if the constructor (or an argument of it) failed.
 _CONSTRUCTOR_FAILED = "w.death_cause LIKE '%%its constructor%%'"
 CREATION_STATE_SQL = (
-    "(SELECT CASE WHEN count(*) = 0 THEN 'SUBMITTED' WHEN bool_or(" + _CONSTRUCTOR_FAILED + ") THEN 'FAILED' "
-    "ELSE 'FINISHED' END FROM workers w WHERE w.actor_id = t.actor_id)")
+    f"(SELECT CASE WHEN count(*) = 0 THEN '{TaskState.SUBMITTED}' WHEN bool_or({_CONSTRUCTOR_FAILED}) "
+    f"THEN '{TaskState.FAILED}' ELSE '{TaskState.FINISHED}' END FROM workers w WHERE w.actor_id = t.actor_id)")
 CREATION_ERROR_SQL = (
     "(SELECT w.death_cause FROM workers w WHERE w.actor_id = t.actor_id AND " + _CONSTRUCTOR_FAILED +
     " ORDER BY w.ended_at LIMIT 1)")
 # A task's state as listed: its latest logged end, else SUBMITTED (creations: above). ``t`` is tasks.
 TASK_STATE_SQL = ("COALESCE(" + _LAST_ATTEMPT + ", CASE WHEN t.kind = " + str(KIND_ACTOR_CREATION) +
-                  " THEN " + CREATION_STATE_SQL + " ELSE 'SUBMITTED' END)")
+                  f" THEN {CREATION_STATE_SQL} ELSE '{TaskState.SUBMITTED}' END)")
 
 
 @dataclass(frozen=True)
@@ -277,7 +251,7 @@ def _task_row(row: tuple) -> TaskRow:
      attempt, state, node_id, error, runs, first_end) = row
     name = display_name(kind, function_name, method, class_name)
     duration = (first_end - submitted_at).total_seconds() if first_end and submitted_at else None
-    return TaskRow(task_id.hex(), job_id.hex(), name, state or TaskState.SUBMITTED.value,
+    return TaskRow(task_id.hex(), job_id.hex(), name, TaskState(state or TaskState.SUBMITTED),
                    (attempt or 0) + 1, max((runs or 0) - 1, 0), node_id, submitted_at,
                    max(duration, 0.0) if duration is not None else None, first_line(error))
 
@@ -290,35 +264,38 @@ def list_objects(conn: Any, job: str | None, state: str | None, limit: int) -> l
         "WHERE job_id = %(job)s" + (" AND state = %(state)s" if wanted else "") +
         " ORDER BY created_at DESC, object_id DESC LIMIT %(limit)s",
         {"job": job_id, "state": wanted, "limit": limit}).fetchall()
-    return [ObjectRow(r[0].hex(), r[1].hex(), r[2].hex(), *r[3:]) for r in rows]
+    return [ObjectRow(object_id.hex(), task_id.hex(), job_bytes.hex(), origin, size, node_id, durable,
+                      ObjectState(state), created_at)
+            for object_id, task_id, job_bytes, origin, size, node_id, durable, state, created_at in rows]
 
 
-# An actor's state, from the workers started for it: none yet, the latest still running, or it ended.
-_ACTOR_STATE_SQL = {ActorState.PENDING: "lives.n = 0", ActorState.ALIVE: "lives.n > 0 AND last.ended_at IS NULL",
-                    ActorState.DEAD: "last.ended_at IS NOT NULL"}
+# An actor's state, from the workers started for it (``lives``: how many; ``last``: the latest):
+# none yet; the latest still running; the latest ended but the actor comes back (restarts left, the
+# end was not a stop of the actor itself, and its cluster still runs); or gone for good.
+_RESTARTS_LEFT = "lives.n - 1 < a.max_restarts"
+_NOT_STOPPED = ("last.death_cause NOT LIKE 'actor stopped:%%' AND last.death_cause NOT LIKE '%%its constructor%%' "
+                "AND EXISTS (SELECT 1 FROM nodes n WHERE n.cluster_id = last.cluster_id AND n.ended_at IS NULL)")
+ACTOR_STATE_SQL = (f"(CASE WHEN lives.n = 0 THEN '{ActorState.PENDING}' "
+                   f"WHEN last.ended_at IS NULL THEN '{ActorState.ALIVE}' "
+                   f"WHEN {_RESTARTS_LEFT} AND {_NOT_STOPPED} THEN '{ActorState.RESTARTING}' "
+                   f"ELSE '{ActorState.DEAD}' END)")
 
 
 def list_actors(conn: Any, job: str | None, state: str | None, limit: int, offset: int = 0) -> list[ActorRow]:
     job_id, wanted, limit = _scope(conn, job, state, ActorState, "actors", limit)
-    where = f" AND {_ACTOR_STATE_SQL[ActorState(wanted)]}" if wanted else ""
     rows = conn.execute(
         "SELECT a.actor_id, a.job_id, a.class_name, a.name, a.created_at, "
         "(SELECT count(*) FROM actor_calls c WHERE c.actor_id = a.actor_id), lives.n, last.node_id, "
-        "last.ended_at, last.death_cause FROM actors a "
+        "last.death_cause, " + ACTOR_STATE_SQL + " FROM actors a "
         "LEFT JOIN LATERAL (SELECT count(*) AS n FROM workers w WHERE w.actor_id = a.actor_id) lives ON true "
-        "LEFT JOIN LATERAL (SELECT w.node_id, w.ended_at, w.death_cause FROM workers w "
+        "LEFT JOIN LATERAL (SELECT w.node_id, w.cluster_id, w.ended_at, w.death_cause FROM workers w "
         "  WHERE w.actor_id = a.actor_id ORDER BY w.started_at DESC LIMIT 1) last ON true "
-        "WHERE a.job_id = %s" + where + " ORDER BY a.created_at DESC, a.actor_id DESC LIMIT %s OFFSET %s",
-        (job_id, limit, check_offset(offset))).fetchall()
-    out = []
-    for actor_id, job_bytes, class_name, name, created_at, calls, lives, node_id, ended_at, cause in rows:
-        if not lives:
-            actor_state = ActorState.PENDING
-        else:
-            actor_state = ActorState.DEAD if ended_at is not None else ActorState.ALIVE
-        out.append(ActorRow(actor_id.hex(), job_bytes.hex(), class_name, name, actor_state.value,
-                            max(lives - 1, 0), calls, node_id, cause, created_at))
-    return out
+        "WHERE a.job_id = %s" + (f" AND {ACTOR_STATE_SQL} = %s" if wanted else "") +
+        " ORDER BY a.created_at DESC, a.actor_id DESC LIMIT %s OFFSET %s",
+        (job_id, *([wanted] if wanted else []), limit, check_offset(offset))).fetchall()
+    return [ActorRow(actor_id.hex(), job_bytes.hex(), class_name, name, ActorState(state), max(lives - 1, 0), calls,
+                     node_id, cause, created_at)
+            for actor_id, job_bytes, class_name, name, created_at, calls, lives, node_id, cause, state in rows]
 
 
 def check_offset(offset: int) -> int:
@@ -335,7 +312,7 @@ def list_nodes(conn: Any, job: str | None, state: str | None, limit: int, offset
         "JOIN jobs j ON j.cluster_id = n.cluster_id WHERE j.job_id = %s" + alive[wanted] +
         " ORDER BY n.started_at DESC, n.node_id DESC LIMIT %s OFFSET %s", (job_id, limit, check_offset(offset))
     ).fetchall()
-    return [NodeRow(node_id, cluster_id, (NodeState.DEAD if ended_at else NodeState.ALIVE).value,
+    return [NodeRow(node_id, cluster_id, NodeState.DEAD if ended_at else NodeState.ALIVE,
                     dict(resources or {}), started_at, ended_at, cause)
             for node_id, cluster_id, resources, started_at, ended_at, cause in rows]
 
@@ -351,12 +328,15 @@ def list_jobs(conn: Any, state: str | None, limit: int, offset: int = 0) -> list
         _JOB_COLUMNS + (" WHERE j.state = %(state)s" if wanted else "") +
         " ORDER BY j.started_at DESC, j.job_id DESC LIMIT %(limit)s OFFSET %(offset)s",
         {"state": wanted, "limit": limit, "offset": check_offset(offset)}).fetchall()
-    return [JobRow(r[0].hex(), *r[1:]) for r in rows]
+    return [_job_row(r) for r in rows]
 
 
 def job_row(conn: Any, job: str | None) -> JobRow:
-    row = conn.execute(_JOB_COLUMNS + " WHERE j.job_id = %s", (resolve_job(conn, job),)).fetchone()
-    return JobRow(row[0].hex(), *row[1:])
+    return _job_row(conn.execute(_JOB_COLUMNS + " WHERE j.job_id = %s", (resolve_job(conn, job),)).fetchone())
+
+
+def _job_row(row: tuple) -> JobRow:
+    return JobRow(row[0].hex(), JobState(row[1]), *row[2:])
 
 
 @dataclass(frozen=True)
@@ -375,7 +355,7 @@ def job_stats(conn: Any, job_ids: list[str]) -> dict[str, JobStats]:
         return {}
     ids = [bytes.fromhex(j) for j in job_ids]
     counts = {job: (failed, reruns) for job, failed, reruns in conn.execute(
-        "SELECT t.job_id, count(DISTINCT a.task_id) FILTER (WHERE a.state = 'FAILED' AND NOT EXISTS "
+        f"SELECT t.job_id, count(DISTINCT a.task_id) FILTER (WHERE a.state = '{TaskState.FAILED}' AND NOT EXISTS "
         "(SELECT 1 FROM task_attempts b WHERE b.task_id = a.task_id AND b.attempt > a.attempt)), "
         "count(*) - count(DISTINCT a.task_id) FROM tasks t JOIN task_attempts a ON a.task_id = t.task_id "
         "WHERE t.job_id = ANY(%s) GROUP BY t.job_id", (ids,))}

@@ -26,6 +26,7 @@ from ember.exceptions import EmberUserError
 from ember.lineage import _listing
 from ember.lineage._ids import EmptyLogError, UnknownIdError, hex_or_none, id_bytes
 from ember.lineage._schema_version import RUN_TIMES_VERSION, check_readable
+from ember.lineage._states import ObjectState, ProcessKind, TaskState
 from ember.lineage._listing import (
     CREATION_ERROR_SQL,
     CREATION_STATE_SQL,
@@ -67,11 +68,11 @@ class TaskRecord:
     submitted_at: dt.datetime | None = None
     # A task with no logged end: the state derived for it (an actor's creation
     # from the workers started for it), and that creation's error.
-    derived_state: str = "SUBMITTED"
+    derived_state: TaskState = TaskState.SUBMITTED
     derived_error: str | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> TaskState:
         return self.attempts[-1]["state"] if self.attempts else self.derived_state
 
     @property
@@ -110,7 +111,7 @@ class ObjectRecord:
     origin: str  # 'return', 'put' or 'argument' (a large by-value task argument)
     size: int | None
     has_durable_copy: bool
-    state: str
+    state: ObjectState
     locations: list[str] = field(default_factory=list)
     node_id: str | None = None  # where the first copy was made
     created_at: dt.datetime | None = None
@@ -314,14 +315,14 @@ class LineageLog:
                 "SELECT task_id, attempt, state, node_id, error, finished_at, " + self.run_columns() +
                 " FROM task_attempts WHERE task_id = ANY(%s) ORDER BY task_id, attempt", (found,)):
             attempts.setdefault(task_id, []).append(
-                {"attempt": attempt, "state": state, "node_id": node_id, "error": error, "finished_at": finished_at,
-                 "started_at": started_at, "worker_pid": worker_pid})
+                {"attempt": attempt, "state": TaskState(state), "node_id": node_id, "error": error,
+                 "finished_at": finished_at, "started_at": started_at, "worker_pid": worker_pid})
         return {
             row[0].hex(): TaskRecord(
                 row[0].hex(), row[1].hex(), row[2], row[3], hex_or_none(row[4]), hex_or_none(row[5]), row[6],
                 row[7], row[8], _decode_args(row[9]), deps.get(row[0], []), attempts.get(row[0], []),
                 actor_class=row[11], actor_seq=row[12], submitted_at=row[10],
-                derived_state=row[13] or "SUBMITTED", derived_error=row[14],
+                derived_state=TaskState(row[13] or TaskState.SUBMITTED), derived_error=row[14],
             )
             for row in rows
         }
@@ -340,10 +341,11 @@ class LineageLog:
             moves.setdefault(object_id, []).append((node_id, removed))
         fates = self._node_fates({r[7] for r in rows if r[7]})
         found = {}
-        for oid, task_id, job_id, origin, size, durable, state, node_id, created_at in rows:
+        for oid, task_id, job_id, origin, size, durable, logged_state, node_id, created_at in rows:
             # The node that made the object holds the first copy (until it is
             # lost); object_locations holds the copies made or lost since.
-            locations = [node_id] if node_id and state != "LOST" else []
+            state = ObjectState(logged_state)
+            locations = [node_id] if node_id and state != ObjectState.LOST else []
             for moved_node, removed in moves.get(oid, ()):
                 if removed and moved_node in locations:
                     locations.remove(moved_node)
@@ -369,8 +371,8 @@ class LineageLog:
             deaths = [(ended_at, f"node died: {cause}")] if ended_at and not _clean_end(cause) else []
             fates[node_id] = (ended_at is not None, deaths)
         for node_id, ended_at, cause in self._conn.execute(
-                "SELECT node_id, ended_at, death_cause FROM workers WHERE node_id = ANY(%s) AND kind = 'store' "
-                "AND ended_at IS NOT NULL ORDER BY ended_at", (ids,)):
+                "SELECT node_id, ended_at, death_cause FROM workers WHERE node_id = ANY(%s) AND kind = %s "
+                "AND ended_at IS NOT NULL ORDER BY ended_at", (ids, ProcessKind.STORE)):
             if not _clean_end(cause):
                 ended, deaths = fates.setdefault(node_id, (False, []))
                 deaths.append((ended_at, f"store died: {cause}"))

@@ -24,12 +24,20 @@ import click
 from ember.lineage._ids import OBJECT_ID_HEX, TASK_ID_HEX
 from ember.lineage._listing import first_line
 from ember.lineage._reader import Lineage, ObjectRecord, TaskRecord
+from ember.lineage._states import ActorState, JobState, NodeState, ObjectState, TaskState
 
 ARGS_CHARS_MAX = 60
 ARG_CHARS_MAX = 24
 INLINE_DECODE_BYTES_MAX = 4096  # larger inline arguments are shown by size, not decoded
 _ARG_VALUE, _ARG_INLINE, _ARG_REF = 0, 1, 2  # ember.scheduler ArgKind
-_STATE_COLOURS = {"FINISHED": "green", "FAILED": "red", "CANCELLED": "yellow", "SUBMITTED": "yellow"}
+# Every state's colour on a terminal, for trees here and for ``ember list``'s tables.
+STATE_COLOURS: dict[str, str] = {
+    TaskState.FINISHED: "green", TaskState.FAILED: "red", TaskState.CANCELLED: "yellow", TaskState.SUBMITTED: "yellow",
+    ObjectState.CREATED: "green", ObjectState.LOST: "red",
+    ActorState.PENDING: "yellow", ActorState.ALIVE: "green", ActorState.RESTARTING: "yellow", ActorState.DEAD: "red",
+    NodeState.ALIVE: "green", NodeState.DEAD: "red",
+    JobState.RUNNING: "cyan", JobState.FINISHED: "green", JobState.ABANDONED: "red",
+}
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = ARG_CHARS_MAX
 _SHORT.maxlist = _SHORT.maxtuple = 4
@@ -203,7 +211,7 @@ def _kind(ident: str) -> str:
 def _task_line(task: TaskRecord, style: Callable[..., str]) -> str:
     summary = task_summary(task)
     parts = [style(summary["call"], bold=True), f"task {short_id(task.task_id)}",
-             style(task.state, fg=_STATE_COLOURS.get(task.state))]
+             style(task.state, fg=STATE_COLOURS.get(task.state))]
     if task.attempt_count > 1:
         parts.append(f"{task.attempt_count} attempts")
     if task.rebuilt:
@@ -245,7 +253,7 @@ def lineage_dot(graph: Lineage) -> str:
             label.append(f"rebuilt {task.rebuilt}x")
         if summary["error"]:
             label.append(summary["error"])
-        colour = "red" if task.state == "FAILED" else "black"
+        colour = "red" if task.state == TaskState.FAILED else "black"
         lines.append(f"  {_dot_id(task.task_id)} [shape=box, color={colour}, label={_dot_label(label)}];")
     for obj in graph.objects.values():
         label = [f"{obj.origin} {short_id(obj.object_id)}", human_size(obj.size),

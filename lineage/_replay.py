@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.lineage._replay_log import Recorded, ReplayReads
+from ember.lineage._states import TaskState
 from ember.scheduler._context import no_auto_init
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
@@ -105,11 +106,11 @@ class ReplayResult:
 
 def verdict_of(recorded: Recorded, recorded_hashes: tuple, failed: bool, replayed_hashes: tuple) -> Verdict:
     """Compare a replay's outcome with the log's (pure)."""
-    if recorded.state not in ("FINISHED", "FAILED"):
+    if recorded.state not in (TaskState.FINISHED, TaskState.FAILED):
         return Verdict.NOT_RECORDED
     if failed:
-        return Verdict.FAILED_AS_RECORDED if recorded.state == "FAILED" else Verdict.FAILED_UNLIKE_LOG
-    if recorded.state == "FAILED":
+        return Verdict.FAILED_AS_RECORDED if recorded.state == TaskState.FAILED else Verdict.FAILED_UNLIKE_LOG
+    if recorded.state == TaskState.FAILED:
         return Verdict.FINISHED_UNLIKE_LOG
     known = [(then, now) for then, now in zip(recorded_hashes, replayed_hashes) if then is not None]
     if any(then != now for then, now in known):

@@ -21,6 +21,7 @@ from ember.lineage._ids import UnknownIdError, resolve_job
 from ember.lineage._replay_plan import FunctionUnavailableError, ObjectFacts, ReplayInputError, Source
 from ember.lineage._replay_source import KEPT_ORIGINS, LoggedTask, ReplaySource
 from ember.lineage._schema_version import check_readable
+from ember.lineage._states import TaskState
 
 _DYNAMIC_CODE = "<dynamic-code>"  # cloudpickle's file name for code it pickles by value
 _FIRST_INDEX = (0).to_bytes(4, "big")
@@ -31,7 +32,7 @@ _LAST_INDEX = (0xFFFFFFFF).to_bytes(4, "big")
 class Recorded:
     """A task's outcome as the log has it: the last attempt's state and error, and each result's hash."""
 
-    state: str | None  # 'FINISHED', 'FAILED', 'CANCELLED'; None: no attempt ended in the log
+    state: TaskState | None  # None: no attempt ended in the log
     error: str | None
     hashes: dict[bytes, bytes | None]  # result object id -> content hash (None: not recorded)
 
@@ -170,7 +171,7 @@ class ReplayReads(ReplaySource):
                 "WHERE o.object_id BETWEEN %s AND %s", (task_id + _FIRST_INDEX, task_id + _LAST_INDEX)):
             if bytes(oid) in hashes and digest is not None:
                 hashes[bytes(oid)] = bytes(digest)
-        return Recorded(state, error, hashes)
+        return Recorded(None if state is None else TaskState(state), error, hashes)
 
     def job_tasks(self, job: str | None) -> tuple[bytes, list[bytes]]:
         """A job's id (a unique prefix will do; None: the latest job) and its tasks, actor

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
 from ember.lineage._schema_version import SCHEMA_VERSION, SchemaVersionError
+from ember.lineage._states import ActorState, JobState, ObjectState
 
 
 metadata = sa.MetaData()
@@ -33,7 +34,7 @@ jobs = sa.Table(
     sa.Column("entrypoint", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("ended_at", sa.DateTime(timezone=True)),
-    sa.Column("state", sa.Text, nullable=False, server_default="RUNNING"),
+    sa.Column("state", sa.Text, nullable=False, server_default=JobState.RUNNING.value),
 )
 
 nodes = sa.Table(
@@ -48,8 +49,8 @@ nodes = sa.Table(
     sa.Column("death_cause", sa.Text),
 )
 
-# Every ember process, not only workers: ``kind`` is 'worker', 'store',
-# 'scheduler' or 'gcs' (the GCS belongs to no node: node_id is NULL).
+# Every ember process, not only workers: ``kind`` is a ProcessKind (lineage/_states.py):
+# worker, store, scheduler or gcs (the GCS belongs to no node: node_id is NULL).
 workers = sa.Table(
     "workers", metadata,
     sa.Column("worker_id", BYTEA, primary_key=True),
@@ -131,7 +132,7 @@ objects = sa.Table(
     # v5: a task result's content hash (store/_content_hash.py), for results
     # that travel inline; larger ones are hashed later, into content_hashes.
     sa.Column("content_hash", BYTEA),
-    sa.Column("state", sa.Text, nullable=False, server_default="CREATED"),
+    sa.Column("state", sa.Text, nullable=False, server_default=ObjectState.CREATED.value),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("owner", sa.Text),  # v10: a put's owner (a task's results: tasks.owner), for ObjectRef(id)
 )
@@ -153,7 +154,8 @@ actors = sa.Table(
     sa.Column("name", sa.Text),
     sa.Column("max_restarts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("restarts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("state", sa.Text, nullable=False, server_default="PENDING"),
+    # Not written: readers derive an actor's state from its workers (lineage/_listing.py).
+    sa.Column("state", sa.Text, nullable=False, server_default=ActorState.PENDING.value),
     sa.Column("death_cause", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )

@@ -14,6 +14,8 @@ import threading
 from collections import deque
 from typing import Any
 
+from ember.lineage._states import ProcessKind
+
 log = logging.getLogger("ember.scheduler")
 
 HEARTBEAT_S = 0.2
@@ -52,7 +54,7 @@ class GcsLink:
     def start(self) -> None:
         threading.Thread(target=self._run, name="ember-gcs-link", daemon=True).start()
 
-    def started(self, process_id: bytes, kind: str, pid: int, actor_id: bytes | None = None) -> None:
+    def started(self, process_id: bytes, kind: ProcessKind, pid: int, actor_id: bytes | None = None) -> None:
         self._push({"type": "started", "process_id": process_id.hex(), "kind": kind, "pid": pid,
                     "actor_id": actor_id.hex() if actor_id else None})
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.exceptions import ClusterStartError
+from ember.lineage._states import ProcessKind
 from ember.scheduler import _procutil
 from ember.scheduler._address import join_host_port
 from ember.scheduler._tls import tls_info
@@ -46,21 +47,21 @@ class Node:
 
     @property
     def gcs(self) -> subprocess.Popen:
-        return self.supervisor.proc("gcs")
+        return self.supervisor.proc(ProcessKind.GCS)
 
     @property
     def store(self) -> subprocess.Popen:
-        return self.supervisor.proc("store")
+        return self.supervisor.proc(ProcessKind.STORE)
 
     @property
     def scheduler(self) -> subprocess.Popen:
-        return self.supervisor.proc("scheduler")
+        return self.supervisor.proc(ProcessKind.SCHEDULER)
 
     def stop(self) -> None:
         if self.stopped:
             return
         self.stopped = True
-        procs = {name: self._proc_or_none(name) for name in ("scheduler", "store", "gcs")}
+        procs = {kind: self._proc_or_none(kind) for kind in (ProcessKind.SCHEDULER, ProcessKind.STORE, ProcessKind.GCS)}
         self.supervisor.stop()
         # The scheduler kills its workers on SIGTERM and says goodbye to the
         # GCS; then the store goes, then the GCS.
@@ -69,9 +70,9 @@ class Node:
                 _procutil.terminate(proc)
                 _procutil.reap(proc, STOP_GRACE_S)
 
-    def _proc_or_none(self, name: str) -> subprocess.Popen | None:
+    def _proc_or_none(self, kind: ProcessKind) -> subprocess.Popen | None:
         try:
-            return self.supervisor.proc(name)
+            return self.supervisor.proc(kind)
         except KeyError:
             return None
 
@@ -111,7 +112,8 @@ def _store_restarter(session: Session, node_id: str, object_store_bytes: int, fi
         old, current["pid"] = current["pid"], proc.pid
         _report(session, node_id, [
             {"type": "died", "process_id": process_id(node_id, old).hex(), "cause": cause},
-            {"type": "started", "process_id": process_id(node_id, proc.pid).hex(), "kind": "store", "pid": proc.pid},
+            {"type": "started", "process_id": process_id(node_id, proc.pid).hex(), "kind": ProcessKind.STORE,
+             "pid": proc.pid},
         ])
         return proc
 
@@ -158,7 +160,7 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     supervisor = Supervisor()
     if run_gcs:
         gcs, gcs_process_id = _spawn_gcs(session, node_id)
-        supervisor.watch("gcs", gcs, _gcs_restarter(session, node_id, gcs_process_id),
+        supervisor.watch(ProcessKind.GCS, gcs, _gcs_restarter(session, node_id, gcs_process_id),
                          ready_marker=session.sockets / "gcs.ready")
     store = _spawn_store(session, object_store_bytes, transfer_bind)
 
@@ -174,11 +176,12 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     scheduler = spawn_scheduler()
     # A dead store is replaced by an empty one: owners rebuild lost objects
     # from lineage.
-    supervisor.watch("store", store, _store_restarter(session, node_id, object_store_bytes, store, transfer_bind),
+    supervisor.watch(ProcessKind.STORE, store,
+                     _store_restarter(session, node_id, object_store_bytes, store, transfer_bind),
                      ready_marker=session.sockets / "store.ready")
     # A dead scheduler takes its workers with it; the new one starts fresh
     # workers and owners resubmit what was queued or running.
-    supervisor.watch("scheduler", scheduler, lambda cause: spawn_scheduler(restart=True),
+    supervisor.watch(ProcessKind.SCHEDULER, scheduler, lambda cause: spawn_scheduler(restart=True),
                      on_death=lambda pid, cause: _report(session, node_id, [
                          {"type": "died", "process_id": process_id(node_id, pid).hex(), "cause": cause}]),
                      ready_marker=session.sockets / "scheduler.ready")
@@ -186,7 +189,7 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
     deadline = time.monotonic() + NODE_START_TIMEOUT_S
     # The GCS service is not waited for: the scheduler registers with it in
     # the background and everyone who calls it retries while it comes up.
-    for name, proc in (("store", store), ("scheduler", scheduler)):
+    for name, proc in ((ProcessKind.STORE, store), (ProcessKind.SCHEDULER, scheduler)):
         marker = session.sockets / f"{name}.ready"
         while not marker.exists():
             code = proc.poll()

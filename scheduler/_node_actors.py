@@ -3,7 +3,8 @@
 ``NodeActors`` keeps one record per actor this node places, or follows for
 its processes (placed on another node of the cluster, its states relayed
 here by the spiller's connections). An actor goes PENDING -> ALIVE
-(-> RESTARTING -> ALIVE)* -> DEAD; every change is published to its
+(-> RESTARTING -> ALIVE)* -> DEAD (``ActorState``, the enum the log's readers
+use too); every change is published to its
 subscribers as ``ACTOR_STATE``. It decides whether a dead actor process
 comes back (``max_restarts``), and answers name claims and lookups.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ember.lineage._states import ActorState
 from ember.scheduler._infeasible import actor_cannot_start
 from ember.scheduler._gcs_link import GcsLink
 from ember.scheduler._node_queue import Action, NodeQueue
@@ -37,7 +39,7 @@ class _Actor:
 
     def __init__(self) -> None:
         self.spec: TaskSpec | None = None
-        self.state = "PENDING"  # PENDING -> ALIVE (-> RESTARTING -> ALIVE)* -> DEAD
+        self.state: ActorState = ActorState.PENDING  # PENDING -> ALIVE (-> RESTARTING -> ALIVE)* -> DEAD
         self.restarts = 0
         self.address: str | None = None
         self.worker: int | None = None  # the slot of the worker process it runs (or starts) in
@@ -72,14 +74,19 @@ class NodeActors:
 
     # -- names -----------------------------------------------------------------------------
 
-    def is_dead(self, actor_id: bytes) -> bool:
+    def state_of(self, actor_id: bytes) -> ActorState | None:
+        """The actor's state here; None for one this node has never heard of."""
         actor = self._actors.get(actor_id)
-        return actor is not None and actor.state == "DEAD"
+        return None if actor is None else actor.state
+
+    def is_dead(self, actor_id: bytes) -> bool:
+        return self.state_of(actor_id) == ActorState.DEAD
 
     def claim_name(self, name: str, actor_id: bytes, meta: Any) -> str | None:
         """Take ``name`` for ``actor_id``; why not (None: taken)."""
         existing = self._names.get(name)
-        if existing is not None and self._actors.get(existing) is not None and self._actors[existing].state != "DEAD":
+        holder = self._actors.get(existing) if existing is not None else None
+        if holder is not None and holder.state != ActorState.DEAD:
             return f"an actor named {name!r} already exists"
         self._names[name] = actor_id
         actor = self._actor(actor_id)
@@ -98,7 +105,7 @@ class NodeActors:
         if actor_id is None:
             return None
         actor = self._actors.get(actor_id)
-        if actor is None or actor.state == "DEAD":
+        if actor is None or actor.state == ActorState.DEAD:
             return None
         return (actor_id, actor.meta)
 
@@ -111,11 +118,11 @@ class NodeActors:
         actor.spec = spec
         actor.detached = detached
         actor.meta = meta
-        if restarts and actor.state == "PENDING":
+        if restarts and actor.state == ActorState.PENDING:
             actor.restarts = restarts
-            actor.state = "RESTARTING"  # its constructor runs, then its logged calls are replayed
+            actor.state = ActorState.RESTARTING  # its constructor runs, then its logged calls are replayed
             actor.reason = "restarting after its node's scheduler died"
-        if actor.state == "DEAD":
+        if actor.state == ActorState.DEAD:
             return []  # killed before it was placed
         if actor.worker is not None or self._queue.actor_pending(actor_id):
             # Running or starting here already: a creation sent again, by a scheduler that
@@ -148,9 +155,9 @@ class NodeActors:
 
     def ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)
-        if actor.state == "DEAD":
+        if actor.state == ActorState.DEAD:
             return
-        actor.state = "ALIVE"
+        actor.state = ActorState.ALIVE
         actor.address = address
         self._publish(actor_id)
 
@@ -158,7 +165,7 @@ class NodeActors:
         """The process ``worker`` hosting the actor died (or never started): restart it while its budget lasts."""
         actor = self._actors.get(actor_id)
         # Only the actor's current process: one that failed to start was replaced already.
-        if actor is None or actor.state == "DEAD" or actor.worker != worker:
+        if actor is None or actor.state == ActorState.DEAD or actor.worker != worker:
             return []
         limit = actor.spec.max_retries if actor.spec is not None else 0
         if actor.restarts >= limit:
@@ -170,7 +177,7 @@ class NodeActors:
         # It comes back: constructor, then its logged calls replayed.
         assert actor.spec is not None  # a budget above 0 comes from its spec
         actor.restarts += 1
-        actor.state = "RESTARTING"
+        actor.state = ActorState.RESTARTING
         actor.address = None
         actor.worker = None
         actor.reason = f"restarting after its worker process died ({detail})"
@@ -181,9 +188,9 @@ class NodeActors:
     def dead(self, actor_id: bytes, reason: str) -> None:
         """The actor is gone for good: its process stopped, its resources and name freed."""
         actor = self._actor(actor_id)
-        if actor.state == "DEAD":
+        if actor.state == ActorState.DEAD:
             return
-        actor.state = "DEAD"
+        actor.state = ActorState.DEAD
         actor.reason = reason
         self._queue.forget_actor(actor_id)  # if it still waited for resources
         if actor.worker is not None:
@@ -218,9 +225,10 @@ class NodeActors:
     def subscribe(self, conn: Connection, actor_id: bytes) -> None:
         actor = self._actor(actor_id)
         actor.subscribers.add(conn)
-        if actor.spec is None and actor.host is None and actor.state == "PENDING" and self._spiller is not None:
+        if (actor.spec is None and actor.host is None and actor.state == ActorState.PENDING
+                and self._spiller is not None):
             self._spiller.find_actor(actor_id)  # placed by another node: follow it from where it runs
-        if actor.state != "PENDING":
+        if actor.state != ActorState.PENDING:
             self._outbox.send(conn, _state_msg(actor_id, actor))
 
     def unsubscribe(self, conn: Connection) -> None:
@@ -241,12 +249,12 @@ class NodeActors:
     def relayed_state(self, actor_id: bytes, alive: bool, address: str | None, reason: str | None,
                       restarting: bool, restarts: int) -> None:
         actor = self._actors.get(actor_id)
-        if actor is None or actor.state == "DEAD" or actor.host is None:
+        if actor is None or actor.state == ActorState.DEAD or actor.host is None:
             return
         if not alive and not restarting:
             self.dead(actor_id, reason or "it died on its node")
             return
-        actor.state = "ALIVE" if alive else "RESTARTING"
+        actor.state = ActorState.ALIVE if alive else ActorState.RESTARTING
         actor.address, actor.reason, actor.restarts = address, reason, max(actor.restarts, restarts)
         self._publish(actor_id)
 
@@ -255,12 +263,12 @@ class NodeActors:
         spiller = self._spiller
         assert spiller is not None, "only a node of a multi-node cluster hosts actors elsewhere"
         for actor_id, actor in list(self._actors.items()):
-            if actor.host != node_id or actor.state == "DEAD":
+            if actor.host != node_id or actor.state == ActorState.DEAD:
                 continue
             actor.host, actor.address = None, None
             spec = actor.spec
             if spec is None:  # only followed here: the node that placed it restarts it
-                actor.state, actor.reason = "RESTARTING", f"restarting: {detail}"
+                actor.state, actor.reason = ActorState.RESTARTING, f"restarting: {detail}"
                 self._publish(actor_id)
                 spiller.find_actor(actor_id)
             elif actor.restarts >= spec.max_retries:
@@ -270,7 +278,7 @@ class NodeActors:
             else:
                 # Placed again; its constructor runs there, then its logged calls are replayed.
                 actor.restarts += 1
-                actor.state, actor.reason = "RESTARTING", f"restarting on another node: {detail}"
+                actor.state, actor.reason = ActorState.RESTARTING, f"restarting on another node: {detail}"
                 self._publish(actor_id)
                 spiller.offer_actor(spec, actor.detached, actor.meta, actor.restarts)
 
@@ -282,5 +290,5 @@ class NodeActors:
 
 
 def _state_msg(actor_id: bytes, actor: _Actor) -> tuple:
-    return (Op.ACTOR_STATE, actor_id, actor.state == "ALIVE", actor.address, actor.reason,
-            actor.state == "RESTARTING", actor.restarts)
+    return (Op.ACTOR_STATE, actor_id, actor.state == ActorState.ALIVE, actor.address, actor.reason,
+            actor.state == ActorState.RESTARTING, actor.restarts)

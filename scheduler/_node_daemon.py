@@ -26,6 +26,7 @@ from typing import Any
 
 from ember import _settings
 from ember.exceptions import ClusterStartError, EmberUserError
+from ember.lineage._states import ProcessKind
 from ember.scheduler import _local_nodes
 from ember.chaos import _agent
 from ember.scheduler._node import JoinTarget, bring_up, node_ip, node_resources
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     _local_nodes.record(_local_nodes.LocalNode(
         node.node_id, os.getpid(), _local_nodes.process_start_ticks(os.getpid()) or 0, str(session.dir),
         gcs_address, bool(args.head), totals))
-    _agent.start("node", node.node_id, head=bool(args.head))  # under `chaos run`: a node it may kill
+    _agent.start(ProcessKind.NODE, node.node_id, head=bool(args.head))  # under `chaos run`: a node it may kill
     log.info("node %s of the cluster at %s serves (session %s)", node.node_id, gcs_address, session.dir)
     while not stop.wait(1.0):
         pass

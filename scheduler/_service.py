@@ -29,6 +29,7 @@ import time
 from typing import Any, assert_never
 
 from ember.chaos import _agent
+from ember.lineage._states import ProcessKind
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
@@ -115,9 +116,9 @@ class Scheduler:
             threading.Thread(target=self._read_queue, name="ember-queue-read", daemon=True).start()
         else:
             self._recovery.set()
-        self.gcs.started(process_id(self.node_id, os.getpid()), "scheduler", os.getpid())
+        self.gcs.started(process_id(self.node_id, os.getpid()), ProcessKind.SCHEDULER, os.getpid())
         store_pid = self._current_store_pid() or self.store_pid
-        self.gcs.started(process_id(self.node_id, store_pid), "store", store_pid)
+        self.gcs.started(process_id(self.node_id, store_pid), ProcessKind.STORE, store_pid)
         self.gcs.start()
         self.listener.start()
         with self._lock:
@@ -171,11 +172,11 @@ class Scheduler:
     def _on_connect(self, conn: Connection) -> None:
         with self._lock:
             peer = conn.peer
-            if peer.get("kind") == "worker":
+            if peer.get("kind") == ProcessKind.WORKER:
                 w = self.workers.attach(conn)
                 if w is not None:
                     if w.conn is conn:
-                        self.gcs.started(w.worker_id, "worker", w.proc.pid, w.actor_id)
+                        self.gcs.started(w.worker_id, ProcessKind.WORKER, w.proc.pid, w.actor_id)
                     self.queue.linked(w.key, w.conn is not None, w.ready)
                     if w.ready and w.actor_id is not None:
                         self.actors.start_on(w)
@@ -190,7 +191,7 @@ class Scheduler:
         if conn.peer.get("purpose") == "exec":
             return  # its control connection closes too and reports the death
         with self._lock:
-            if conn.peer.get("kind") == "scheduler" and self._origins:
+            if conn.peer.get("kind") == ProcessKind.SCHEDULER and self._origins:
                 # The node that forwarded these is gone: their failures, if any, go nowhere now.
                 for task_id in [t for t, origin in self._origins.items() if origin is conn]:
                     del self._origins[task_id]
@@ -218,7 +219,7 @@ class Scheduler:
         op = msg[0]
         with self._lock:
             if op == Op.SUBMIT:
-                if conn.peer.get("kind") == "scheduler":
+                if conn.peer.get("kind") == ProcessKind.SCHEDULER:
                     # Forwarded by another node: its scheduler speaks for the owner.
                     self._origins[msg[1].task_id] = conn
                     self.queue.keep_placed(msg[1].task_id)
@@ -244,7 +245,7 @@ class Scheduler:
                 self._return_tasks(conn, msg[1])
                 self._dispatch()
             elif op == Op.CREATE_ACTOR:
-                if conn.peer.get("kind") == "scheduler":
+                if conn.peer.get("kind") == ProcessKind.SCHEDULER:
                     self.queue.keep_placed(msg[1].actor_id)  # placed here by the global scheduler
                 self._apply(self.actors.create(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else 0))
             elif op == Op.ACTOR_STATE and conn.peer.get("node_id"):
@@ -541,17 +542,17 @@ class Scheduler:
     # -- introspection and shutdown ---------------------------------------------------
 
     def processes(self) -> list[dict[str, Any]]:
-        procs = [{"kind": "scheduler", "node_id": self.node_id, "pid": os.getpid()}]
+        procs = [{"kind": ProcessKind.SCHEDULER, "node_id": self.node_id, "pid": os.getpid()}]
         if self.spiller is not None:
             # A node of a multi-node cluster: its daemon started this scheduler, and killing it kills the node.
-            procs.append({"kind": "node", "node_id": self.node_id, "pid": os.getppid()})
+            procs.append({"kind": ProcessKind.NODE, "node_id": self.node_id, "pid": os.getppid()})
         store_pid = self._current_store_pid()
         if store_pid is not None:  # missing while a new store starts, as the GCS service is
-            procs.append({"kind": "store", "node_id": self.node_id, "pid": store_pid})
+            procs.append({"kind": ProcessKind.STORE, "node_id": self.node_id, "pid": store_pid})
         for w in self.workers:
             slot = self.queue.slot(w.key)
             state = "starting" if w.conn is None else ("busy" if slot is not None and slot.assigned else "idle")
-            procs.append({"kind": "worker", "node_id": self.node_id, "pid": w.proc.pid,
+            procs.append({"kind": ProcessKind.WORKER, "node_id": self.node_id, "pid": w.proc.pid,
                           "actor_id": w.actor_id.hex() if w.actor_id else None, "state": state})
         return procs
 
@@ -590,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the node's store serves its objects to other nodes (told to the GCS)")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
-    _procutil.setup_logging(args.session, "scheduler")
+    _procutil.setup_logging(args.session, ProcessKind.SCHEDULER)
     session = open_session(args.session)
     if args.relay_bind is not None:
         from ember.scheduler._relay import host_relay  # only a relay host loads gRPC's server
@@ -602,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start(recover=args.restart)
-    _agent.start("scheduler", args.node_id)
+    _agent.start(ProcessKind.SCHEDULER, args.node_id)
     _procutil.announce_ready(session.sockets / "scheduler.ready")  # the pid: the supervisor tells a kill from a crash loop
     threading.Event().wait()
 

@@ -19,6 +19,8 @@ import os
 import struct
 from typing import Any
 
+from ember.lineage._states import PlainStrEnum
+
 TASK_ID_BYTES = 16
 OBJECT_ID_BYTES = 20
 _INDEX = struct.Struct(">I")
@@ -54,7 +56,7 @@ def task_of(object_id_: bytes) -> bytes:
     return object_id_[:TASK_ID_BYTES]
 
 
-class FailureCause(enum.StrEnum):
+class FailureCause(PlainStrEnum):
     """Why the node scheduler gave a task back to its owner unrun or unfinished (``Op.TASK_FAILED``)."""
 
     WORKER_DIED = "worker_died"
@@ -62,11 +64,7 @@ class FailureCause(enum.StrEnum):
     ACTOR_DIED = "actor_died"
     INFEASIBLE = "infeasible"
     # Not a failure: the task waits for a node that can run it to join; ``detail`` is the warning.
-    UNSCHEDULABLE = "unschedulable"
-
-    def __reduce_ex__(self, protocol: object) -> tuple:
-        # Travels as the plain string: an enum member would unpickle as a call to this class.
-        return (str, (self.value,))
+    UNSCHEDULABLE = "unschedulable"  # travels as the plain string, as every PlainStrEnum does
 
 
 class TaskKind(enum.IntEnum):

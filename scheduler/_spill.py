@@ -42,6 +42,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from ember.lineage._states import ProcessKind
 from ember.scheduler._spec import FailureCause
 from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
@@ -380,7 +381,7 @@ class Spiller:
 
 def scheduler_hello(node_id: str) -> dict[str, Any]:
     """How a scheduler introduces itself to another node's (no address: it owns nothing there)."""
-    return {"kind": "scheduler", "pid": os.getpid(), "node_id": node_id}
+    return {"kind": ProcessKind.SCHEDULER, "pid": os.getpid(), "node_id": node_id}
 
 
 def _answer(conn: Connection, req_id: int, value: Any) -> None:

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from ember.chaos import _agent
+from ember.lineage._states import ProcessKind
 from ember.scheduler import _context, _procutil
 from ember.scheduler._owner import Owner
 from ember.scheduler._executor import Executor
@@ -20,11 +21,11 @@ def main(argv: list[str]) -> None:
     session_dir, node_id = argv[0], argv[1]
     _context.mark_worker_process()
     _procutil.die_with_parent()
-    _procutil.setup_logging(session_dir, "worker")
+    _procutil.setup_logging(session_dir, ProcessKind.WORKER)
     session = open_session(session_dir)
-    core = Owner(session, "worker", job_id=b"", node_id=node_id).start()
+    core = Owner(session, ProcessKind.WORKER, job_id=b"", node_id=node_id).start()
     _context.set_core(core)
-    _agent.start("worker", node_id)
+    _agent.start(ProcessKind.WORKER, node_id)
 
     def on_term(*_: object) -> None:
         # A clean stop (a retired idle worker, a shutdown): no socket file is left for peers to

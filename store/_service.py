@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ember.chaos import _agent
+from ember.lineage._states import ProcessKind
 from ember.scheduler import _messages
 from ember.scheduler._listener import Listener
 from ember.scheduler._protocol import Connection, Op, Outbox
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                              "token required); port 0 picks a free one, HOST defaults to 127.0.0.1")
     args = parser.parse_args(argv)
     _procutil.die_with_parent()
-    _procutil.setup_logging(args.session, "store")
+    _procutil.setup_logging(args.session, ProcessKind.STORE)
     session = open_session(args.session)
     store = Store(session, args.capacity_bytes)
     if args.restart:
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         _procutil.keep_freed_buffers(mmap_threshold_bytes=4 << 20, trim_threshold_bytes=32 << 20)
         _serve_transfers(store, args.transfer_bind)
     store.start()
-    _agent.start("store")
+    _agent.start(ProcessKind.STORE)
     _procutil.announce_ready(session.sockets / "store.ready")
     threading.Event().wait()
 

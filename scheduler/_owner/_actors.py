@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ember.lineage._states import ProcessKind
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._listener import connect
 from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S, Links
@@ -53,7 +54,7 @@ class _ActorState:
 class ActorCalls:
     """The calls this process makes to actors: their order, their connections, and each actor's fate."""
 
-    def __init__(self, kind: str, lock: Any, actors: dict[bytes, _ActorState],
+    def __init__(self, kind: ProcessKind, lock: Any, actors: dict[bytes, _ActorState],
                  created_actors: dict[bytes, tuple[TaskSpec, tuple]], links: Links, specs: SpecEncoder,
                  fail: Callable[[PendingTask, BaseException], None], handle: Callable[[Connection, tuple], None],
                  on_peer_closed: Callable[[Connection], None], send_follow_ups: Callable[[], None],
@@ -191,7 +192,7 @@ class ActorCalls:
     def ask_fate(self, state: _ActorState) -> None:
         # The actor's connection broke: the scheduler knows why.
         if self._links.scheduler.closed:
-            if not self._is_closed() and self._kind == "driver" and state.actor_id in self._created_actors:
+            if not self._is_closed() and self._kind == ProcessKind.DRIVER and state.actor_id in self._created_actors:
                 return  # the new scheduler starts it again (recreate_actors)
             reason = ("the cluster is shutting down" if self._is_closed()
                       else "its node's scheduler died, and the actor's process with it")

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ember.lineage._states import ProcessKind
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, op_name
 
@@ -28,8 +29,8 @@ Handler = Callable[[Connection, tuple], None]  # (the connection it came on, the
 class MessageTable:
     """Op -> handler, with the checks every incoming message passes first."""
 
-    def __init__(self, kind: str, handlers: dict[int, Handler], from_own_scheduler: Callable[[Connection], bool],
-                 lock: Any) -> None:
+    def __init__(self, kind: ProcessKind, handlers: dict[int, Handler],
+                 from_own_scheduler: Callable[[Connection], bool], lock: Any) -> None:
         self._kind = kind
         self._handlers = handlers
         self._from_own_scheduler = from_own_scheduler  # the connection is this worker's to its node's scheduler
@@ -40,7 +41,7 @@ class MessageTable:
     def dispatch(self, conn: Connection, msg: tuple) -> None:
         problem = _messages.problem(msg, _messages.CORE_OPS)
         if problem is None and msg[0] in _messages.FROM_SCHEDULER_ONLY and (
-                self._kind != "worker" or not self._from_own_scheduler(conn)):
+                self._kind != ProcessKind.WORKER or not self._from_own_scheduler(conn)):
             problem = f"{op_name(msg[0])} is taken only from this node's scheduler, by a worker"
         if problem is not None:
             _messages.refuse(conn, msg, problem, f"{self._kind} {os.getpid()}")

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ember.lineage._states import ProcessKind
 from ember.scheduler._listener import Listener, connect
 from ember.scheduler._protocol import Connection
 
@@ -36,7 +37,7 @@ Handle = Callable[[Connection, tuple], None]
 class Links:
     """This process's connections (guarded by the owner's lock where threads race on them)."""
 
-    def __init__(self, kind: str, address: str, worker_id: bytes, token: bytes, lock: Any, handle: Handle,
+    def __init__(self, kind: ProcessKind, address: str, worker_id: bytes, token: bytes, lock: Any, handle: Handle,
                  on_peer_closed: Callable[[Connection], None], batch_end: Callable[[], None]) -> None:
         self.token = token
         self.hello = {"kind": kind, "pid": os.getpid(), "address": address, "worker_id": worker_id}

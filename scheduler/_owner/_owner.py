@@ -25,6 +25,7 @@ from ember.exceptions import (
     InfeasibleResourceError,
     TaskCancelledError,
 )
+from ember.lineage._states import ProcessKind
 from ember.scheduler._owner._actors import ActorCalls, _ActorState
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._writes import ObjectWriter
@@ -80,7 +81,7 @@ INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still rec
 class Owner:
     """The owner every process that takes part in a cluster runs (driver or worker)."""
 
-    def __init__(self, session: Session, kind: str, job_id: bytes, node_id: str) -> None:
+    def __init__(self, session: Session, kind: ProcessKind, job_id: bytes, node_id: str) -> None:
         self.state = OwnerState()  # closed, why, the running task, the store's generation: read by several parts
         self.session = session
         self.kind = kind
@@ -136,7 +137,7 @@ class Owner:
         self.lineage = LineageGate(self.address, self._lock, self.objects, self._tasks, self._actors, self.links,
                                    self.rebuild.owner_alive, self.specs.log_before_dispatch,
                                    self.specs.pending_lineage, self.writes.publish,
-                                   None if self.kind == "driver" else self.writes.await_copy)
+                                   None if self.kind == ProcessKind.DRIVER else self.writes.await_copy)
         hooks = TaskHooks(self.actors.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
                           self.locations.input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
         self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,
@@ -172,7 +173,7 @@ class Owner:
             # The store died while this process connected: its close was
             # ignored (not yet ours). Reconnect to the one the node restarts.
             self._on_store_closed(store)
-        if self.kind == "worker":
+        if self.kind == ProcessKind.WORKER:
             links.exec_conn = links.connect(session.scheduler_socket, None, "scheduler-exec",
                                             hello={"purpose": "exec"}, reader=False)
         return self
@@ -243,10 +244,10 @@ class Owner:
         self.closed_reason = "the cluster shut down"
         if self.gcs is not None:
             self.gcs.close()
-            if self.kind == "driver":
+            if self.kind == ProcessKind.DRIVER:
                 # The job is over: no ref to its puts can be used again.
                 self.writes.put_copies().remove_job(self.job_id)
-        if self.kind == "driver" and self.relay is not None:
+        if self.kind == ProcessKind.DRIVER and self.relay is not None:
             # The cluster outlives this job: what it owns in stores goes with it (as in Ray,
             # objects share their owner's fate).
             self.locations.free_owned_objects()
@@ -449,7 +450,7 @@ class Owner:
         self.rebuild.rebuild_inputs_of_pending()
 
     def _on_scheduler_closed(self, conn: Connection) -> None:
-        if self.kind == "driver":
+        if self.kind == ProcessKind.DRIVER:
             with self._lock:
                 if self.closed:
                     return
@@ -587,7 +588,7 @@ class Owner:
             "(EMBER_GCS_URL, or the embedded one under $EMBER_HOME)"
         )
         log.error(message)
-        if self.kind == "driver":
+        if self.kind == ProcessKind.DRIVER:
             print(message, file=sys.stderr, flush=True)
 
     def _on_commit_signal(self, committed_seq: int) -> None:

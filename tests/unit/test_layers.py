@@ -1,8 +1,8 @@
 """Dependencies run one way: store, then lineage, then scheduler, then chaos, then api (``ember``).
 
 A module may import modules of its own package and of the packages below
-it, and the leaf modules (exceptions, settings, the wire and RPC plumbing,
-the chaos fault points), which any layer may use and which import nothing
+it, and the leaf modules (exceptions, settings, the states and process kinds,
+the wire and RPC plumbing, the chaos fault points), which any layer may use and which import nothing
 but other leaves. Across packages only a package itself (its ``__init__``,
 the public names) or a leaf is imported, never another private module.
 Every import counts: top-level, in a function, under ``TYPE_CHECKING``.
@@ -22,6 +22,7 @@ PACKAGES = {"store": "ember.store", "lineage": "ember.lineage", "scheduler": "em
 LEAVES = frozenset({
     "ember.exceptions",  # the error families
     "ember._settings",  # the EMBER_* settings
+    "ember.lineage._states",  # task, object, actor, node and job states and process kinds, as the log spells them
     # the wire: messages, framing, sockets, sessions, addresses, TLS, gRPC options, process plumbing
     "ember.scheduler._spec", "ember.scheduler._protocol", "ember.scheduler._messages",
     "ember.scheduler._listener", "ember.scheduler._relay_client", "ember.scheduler._address",
