@@ -20,7 +20,7 @@ import click
 from ember.chaos._faults import Target
 from ember.chaos._schedule import Options, plan
 
-PROCESS_KINDS = ("worker", "store", "scheduler", "gcs")
+PROCESS_KINDS = ("worker", "forkserver", "store", "scheduler", "gcs")
 DEFAULT_EVERY_S = 5.0
 
 

@@ -56,6 +56,7 @@ class FaultKind(enum.StrEnum):
 
 class Target(enum.StrEnum):
     WORKER = "worker"  # task workers and actors' processes alike
+    FORK_SERVER = "forkserver"  # a node's fork server (scheduler/_fork_server.py): workers start without it
     STORE = "store"
     SCHEDULER = "scheduler"
     GCS = "gcs"
@@ -63,7 +64,7 @@ class Target(enum.StrEnum):
     POSTGRES = "postgres"
 
 
-PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)
+PROCESS_TARGETS = (Target.WORKER, Target.FORK_SERVER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)
 
 
 class Outcome(enum.StrEnum):

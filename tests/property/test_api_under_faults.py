@@ -81,7 +81,7 @@ SEEDS = st.integers(0, 999)
 PAUSES_S = (0.2, 0.5, 1.0)
 GAP_MAX = 3  # operations between two faults
 ACTORS_MAX = 2
-PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS)
+PROCESS_TARGETS = (Target.WORKER, Target.FORK_SERVER, Target.STORE, Target.SCHEDULER, Target.GCS)
 FAULT_KINDS = tuple((kind, target) for kind in (FaultKind.KILL, FaultKind.PAUSE) for target in PROCESS_TARGETS) + (
     (FaultKind.RESTART_POSTGRES, Target.POSTGRES),)
 
