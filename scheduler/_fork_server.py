@@ -165,6 +165,14 @@ class ForkServer:
         self.forks += 1
         return ForkedProcess(int(reply))
 
+    def check(self) -> None:
+        """Replace a server that died (killed, or crashed): the new one does its imports from now on."""
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            self._broken(_procutil.exit_description(proc))
+            if self.failures < FORK_FAILURES_MAX:
+                self.start()
+
     def _broken(self, why: str) -> None:
         self.failures += 1
         log.warning("the fork server failed (%s); workers start without it until a new one is up", why)

@@ -282,6 +282,11 @@ class Scheduler:
                     conn.reply(msg[1], self._resume(conn, msg[2]))
                 else:
                     self._resumes_waiting.append((conn, msg[1], msg[2]))  # answered once the queue is read
+            elif op == Op.TAKE_BACK:
+                w = self.workers.by_conn(conn)
+                taken = self.queue.take_back(w.key, msg[2]) if w is not None else []
+                self._left(*taken)
+                conn.reply(msg[1], taken)
             elif op == Op.RESOURCES:
                 conn.reply(msg[1], self.queue.resources.snapshot())
             elif op == Op.PROCESSES:

@@ -211,6 +211,7 @@ class WorkerPool:
                 log.error("a worker failed to start (%s); see %s", detail, self._log_dir)
                 failed.append((w, detail))
         if self.forks is not None:
+            self.forks.check()
             # Adopted orphans (a dead worker's own children) are this process's to reap.
             known = {w.proc.pid for w in self._workers.values()} | {proc.pid for proc, _ in self._terminating}
             _procutil.reap_strays(known | {self.forks.pid or 0})
