@@ -159,6 +159,9 @@ class Scheduler:
             match action:
                 case Spawn(worker=key, actor_id=actor_id):
                     now = time.monotonic()
+                    if self._stopping:  # a tick or a message racing the shutdown: no process outlives it
+                        self.queue.worker_gone(key, now)
+                        continue
                     try:
                         self.workers.spawn(key, actor_id, now)
                     except BaseException:
@@ -525,6 +528,8 @@ class Scheduler:
             self._flush_dirty()
 
     def _tick(self, now: float) -> None:
+        if self._stopping:
+            return  # stop() reaps the workers and the fork server: none is replaced now
         for w, how in self.workers.reap(now):
             self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
             if w.actor_id is not None:
@@ -582,6 +587,8 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stopping = True
+        with self._lock:
+            pass  # a tick or a message in flight ends first: from here on nothing starts a process
         self.workers.stop_all()  # workers flush their lineage rows, then exit
         self.gcs.stop("shut down")
         if self.queue_log is not None:
