@@ -70,6 +70,9 @@ class Settings:
     result_hash_max_bytes: int = RESULT_HASH_MAX_BYTES  # larger store results are not content-hashed
     # -- processes -------------------------------------------------------------------------
     log_level: str | None = None  # ember's own processes' log level (default WARNING)
+    # Workers are forked by a per-node fork server that imported what they need once
+    # (scheduler/_fork_server.py); off, each starts as a fresh interpreter.
+    worker_fork: bool = True
     parent_pid: int = 0  # set by ember for the processes it starts: they die with this one
     chaos_socket: str | None = None  # set by `chaos run` for the program it runs
     chaos_token: str | None = None

@@ -55,12 +55,13 @@ class FaultKind(enum.StrEnum):
     RESTART_POSTGRES = "restart_postgres"
 
 
-# What a fault hits is a kind of process: WORKER (task workers and actors' processes alike), STORE,
-# SCHEDULER, GCS, NODE (a whole node of a multi-node cluster: its daemon; the rest dies with it) or
-# POSTGRES. Never the DRIVER: it is the program under test.
+# What a fault hits is a kind of process: WORKER (task workers and actors' processes alike),
+# FORK_SERVER (a node's fork server: workers start without it for a moment), STORE, SCHEDULER, GCS,
+# NODE (a whole node of a multi-node cluster: its daemon; the rest dies with it) or POSTGRES. Never the
+# DRIVER: it is the program under test.
 Target = ProcessKind
 
-PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)  # kill and pause
+PROCESS_TARGETS = (Target.WORKER, Target.FORK_SERVER, Target.STORE, Target.SCHEDULER, Target.GCS, Target.NODE)  # kill and pause
 PAUSE_TARGETS = tuple(t for t in PROCESS_TARGETS if t is not Target.NODE)
 
 

@@ -82,6 +82,7 @@ class ProcessKind(PlainStrEnum):
 
     DRIVER = "driver"  # the user's program: it owns its refs and submits (chaos never kills it)
     WORKER = "worker"  # runs tasks, or one actor
+    FORK_SERVER = "forkserver"  # one per node: forks its workers (scheduler/_fork_server.py)
     SCHEDULER = "scheduler"  # one per node: its queue, workers and resources
     STORE = "store"  # one per node: the shared-memory object store
     GCS = "gcs"  # the GCS service, on the head node (its node_id in the log is NULL)

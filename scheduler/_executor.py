@@ -54,6 +54,9 @@ class _UpstreamError(Exception):
         self.data = data
 
 
+# Inline runs nest in a task's stack; deeper than this, a task blocks instead (the interpreter's frame limit).
+INLINE_DEPTH_MAX = 24
+
 class Executor:
     def __init__(self, core: Owner) -> None:
         self.core = core
@@ -67,6 +70,8 @@ class Executor:
         self._arg_copies: ActorArgCopies | None = None  # a logging actor's copies of the store objects it read
         self._blocked = False
         self._running: bytes | None = None
+        # Tasks whose run an inline run is nested in (``run_inline``), outermost first: cancelling one interrupts.
+        self._outer: list[bytes] = []
         self._cancelled: set[bytes] = set()
         self._stop = False
         self._done: list[bytes] = []
@@ -152,7 +157,7 @@ class Executor:
     def _cancel(self, task_id: bytes) -> None:
         with self._cv:
             self._cancelled.add(task_id)
-            if self._running == task_id:
+            if self._running == task_id or task_id in self._outer:
                 os.kill(os.getpid(), signal.SIGINT)
 
     def on_blocked(self) -> None:
@@ -180,6 +185,33 @@ class Executor:
         with self._cv:
             self._blocked = False
         self.core.scheduler.send((Op.UNBLOCKED,))
+
+    def can_run_inline(self) -> bool:
+        """Whether the running task may run tasks it waits for itself (``run_inline``): a task worker
+        (an actor's order is its calls'), not blocked, not nested too deep for the stack."""
+        return self._actor_id is None and not self._blocked and len(self._outer) < INLINE_DEPTH_MAX
+
+    def run_inline(self, spec: TaskSpec) -> None:
+        """Run a task the running task waits for, nested in that wait, on the resources it holds.
+
+        The scheduler handed it over (``Op.TAKE_BACK``): it is this process's
+        own, queued and not started. It runs as it would on another worker,
+        the same task id and attempt, its result delivered to this process's
+        owner without a socket, its attempt logged as any. An interrupt meant
+        for an outer task ends it as cancelled, then goes on outwards.
+        """
+        core = self.core
+        saved = (core.current_task, self._running, self._log_mark)
+        self._outer.append(saved[1])  # type: ignore[arg-type]
+        try:
+            self._run_task(None, spec, inline=True)
+        except BaseException:
+            self._send_result(None, spec, [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * spec.num_returns,
+                              True, inline=True)
+            raise
+        finally:
+            self._outer.pop()
+            core.current_task, self._running, self._log_mark = saved
 
     def on_scheduler_lost(self) -> None:
         # Without its scheduler this worker can do nothing useful; a new one
@@ -234,7 +266,10 @@ class Executor:
     def _function(self, spec: TaskSpec) -> Any:
         fn = self._functions.get(spec.function_id)
         if fn is None:
-            fn = cloudpickle.loads(self._payloads[spec.function_id])
+            payload = self._payloads.get(spec.function_id)
+            if payload is None:  # a task run inline whose function this process registered but never ran
+                payload = self.core.function_payload(spec.function_id)
+            fn = cloudpickle.loads(payload)
             self._functions[spec.function_id] = fn
         return fn
 
@@ -276,10 +311,10 @@ class Executor:
 
             self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
-    def _run_task(self, conn: Connection, spec: TaskSpec) -> None:
+    def _run_task(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> None:
         core = self.core
         if spec.task_id in self._cancelled:
-            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()))
+            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()), inline)
             return
         if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
             replayed = self._replayed.pop(spec.task_id, None)
@@ -343,7 +378,7 @@ class Executor:
             outcome = [_error_bytes(_task_error(spec, exc))] * spec.num_returns
         finally:
             core.current_task = None
-        self._send_result(conn, spec, outcome, failed, call_seq, started_us)
+        self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
 
@@ -363,8 +398,8 @@ class Executor:
             raise ValueError(f"{spec.describe()} declares num_returns={n} but returned {len(values)} values")
         return values
 
-    def _send_result(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool,
-                     call_seq: int = 0, started_us: int = 0) -> None:
+    def _send_result(self, conn: Connection | None, spec: TaskSpec, outcome: list, failed: bool,
+                     call_seq: int = 0, started_us: int = 0, inline: bool = False) -> None:
         """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order;
         ``started_us``: when its run began (epoch microseconds; 0 if it did not run here).
 
@@ -392,7 +427,7 @@ class Executor:
             if call_seq:
                 self._last_caller = spec.owner_addr
             hold = gcs is not None and bool(must_commit or switched or self._held)
-        if must_commit and not hold:
+        if must_commit and not hold and not inline:  # an inline result stays here: the outer task's waits cover it
             try:
                 gcs.make_durable(gcs.writer.appended_seq, f"the result of {spec.describe()}")  # type: ignore[union-attr]
             except LineageLogUnavailableError as exc:
@@ -441,6 +476,8 @@ class Executor:
                 self.release_held(writer.committed_seq)  # they may be durable already
             else:
                 conn.send(msg) if more else conn.send_now(msg)
+        elif inline:
+            core.take_result(msg)  # this process owns it, and the scheduler no longer counts it
         else:
             core.links.send_to(spec.owner_addr, msg, flush=not more)
             self._done.append(spec.task_id)
@@ -486,9 +523,9 @@ class Executor:
         inbox = self._inbox
         return bool(inbox) and inbox[0][1][0] != _ADOPT
 
-    def _send_error(self, conn: Connection, spec: TaskSpec, error: BaseException) -> None:
+    def _send_error(self, conn: Connection | None, spec: TaskSpec, error: BaseException, inline: bool = False) -> None:
         data = _error_bytes(error)
-        self._send_result(conn, spec, [data] * spec.num_returns, True)
+        self._send_result(conn, spec, [data] * spec.num_returns, True, inline=inline)
 
     def release_held(self, committed_seq: int) -> None:
         """Send, in order, the held results whose rows are now durable (any thread)."""

@@ -82,6 +82,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.CLAIM_NAME: ((int, str, AID, _ANY), 0),
     Op.FORWARDED_DONE: ((_ListOf(TID),), 0),
     Op.RESUME: ((int, list), 0),  # ..., [(task id, the attempt to run, bytes of its inputs by node or None)]
+    Op.TAKE_BACK: ((int, _ListOf(TID)), 0),
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
     Op.CANCEL_RUNNING: ((TID,), 0),
@@ -114,14 +115,15 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
 # Requests (answered with REPLY): a refused one is answered with an error.
 REQUESTS = frozenset({
     Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
-    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE,
+    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE, Op.TAKE_BACK,
 })
 
 SCHEDULER_OPS = frozenset({
     Op.SUBMIT, Op.REGISTER_FUNCTION, Op.CANCEL, Op.CREATE_ACTOR, Op.KILL_ACTOR, Op.LOOKUP_ACTOR,
     Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
     Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.RESUME, Op.FORWARDED_DONE,
-    Op.TASK_FAILED, Op.ACTOR_STATE,  # the last three: from another node's scheduler
+    Op.TASK_FAILED, Op.ACTOR_STATE,  # these three: from another node's scheduler
+    Op.TAKE_BACK,
 })
 STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({

@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from ember.scheduler._resources import ResourcePool, cpu_part
+from ember.scheduler._resources import EPSILON, ResourcePool, cpu_part
 from ember.scheduler._infeasible import fixed_cluster_message
 from ember.scheduler._spec import TaskSpec
 
@@ -349,6 +349,30 @@ class NodeQueue:
             if spec is not None:
                 admitted = self.enqueue(spec, front=True)
                 assert admitted is Admission.QUEUED, f"a task that ran here no longer fits: {admitted}"
+
+    def take_back(self, worker: int, task_ids: list[bytes]) -> list[bytes]:
+        """Queued tasks that a worker's running task waits for, handed to that worker to run itself.
+
+        It runs them on the resources its task holds, which it would lend out
+        while blocked anyway, so only tasks whose resources fit in those are
+        taken, and only from a task worker that is running a task and not
+        blocked. Returns the ids taken, in the order asked; they leave the queue.
+        """
+        slot = self._slots.get(worker)
+        if slot is None or slot.actor_id is not None or slot.blocked or not slot.assigned:
+            return []
+        held = dict(slot.shape)
+        wanted = set(task_ids)
+        found: dict[bytes, TaskSpec] = {}
+        for shape, queue in self._queues.items():
+            if not all(held.get(name, 0.0) + EPSILON >= amount for name, amount in shape):
+                continue
+            for spec in [s for s in queue if s.task_id in wanted]:
+                queue.remove(spec)
+                found[spec.task_id] = spec
+                if self._placed:
+                    self._placed.discard(spec.task_id)
+        return [task_id for task_id in task_ids if task_id in found]
 
     def blocked(self, worker: int, returned: list[bytes]) -> None:
         """The worker's task waits: the tasks behind it go back, and its CPUs are lent out meanwhile."""

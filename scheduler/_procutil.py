@@ -41,7 +41,8 @@ class _Spawner:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def spawn(self, argv: list[str], env: dict[str, str], stdin: int = subprocess.DEVNULL,
+              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         with self._lock:
             if self._thread is None or self._pid != os.getpid():
                 self._pid = os.getpid()
@@ -49,15 +50,15 @@ class _Spawner:
                 self._thread = threading.Thread(target=self._run, name="ember-spawner", daemon=True)
                 self._thread.start()
         done: Future = Future()
-        self._requests.put((argv, env, done))
+        self._requests.put((argv, env, stdin, pass_fds, done))
         return done.result(timeout=SPAWN_TIMEOUT_S)
 
     def _run(self) -> None:
         while True:
-            argv, env, done = self._requests.get()
+            argv, env, stdin, pass_fds, done = self._requests.get()
             try:
                 done.set_result(subprocess.Popen(
-                    argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                    argv, env=env, stdin=stdin, start_new_session=True, close_fds=True, pass_fds=pass_fds,
                 ))
             except BaseException as exc:  # delivered to the caller
                 done.set_exception(exc)
@@ -66,12 +67,48 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
-def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
+                 stdin: int = subprocess.DEVNULL, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     child_env = dict(os.environ)
     child_env[_settings.variable("parent_pid")] = str(os.getpid())
     if env:
         child_env.update(env)
-    return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env)
+    return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env, stdin, pass_fds)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt this process's orphaned descendants (PR_SET_CHILD_SUBREAPER); False where the kernel will not.
+
+    The fork server's workers become this process's children this way (``scheduler/_fork_server.py``).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_strays(known: set[int]) -> int:
+    """Reap exited children this process adopted but did not start (a dead worker's own orphans); how many.
+
+    Children in ``known`` are left for their own handles to reap, with their exit status.
+    """
+    reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid in known:
+            return reaped  # none exited, or the first is one of ours: its handle reaps it
+        try:
+            os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            pass
+        reaped += 1
 
 
 def announce_ready(marker: Path) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from ember.scheduler._infeasible import missing
 
-_EPSILON = 1e-9
+EPSILON = 1e-9  # amounts closer than this are equal
 
 
 class ResourcePool:
@@ -21,13 +21,13 @@ class ResourcePool:
 
     def feasible(self, shape: Iterable[tuple[str, float]]) -> bool:
         """Could this request ever run here, with the node otherwise idle?"""
-        return all(self.total.get(name, 0.0) + _EPSILON >= amount for name, amount in shape)
+        return all(self.total.get(name, 0.0) + EPSILON >= amount for name, amount in shape)
 
     def missing(self, shape: Iterable[tuple[str, float]]) -> dict[str, float]:
         return missing(shape, self.total)
 
     def can_acquire(self, shape: Iterable[tuple[str, float]]) -> bool:
-        return all(self.available.get(name, 0.0) + _EPSILON >= amount for name, amount in shape)
+        return all(self.available.get(name, 0.0) + EPSILON >= amount for name, amount in shape)
 
     def acquire(self, shape: Iterable[tuple[str, float]], force: bool = False) -> None:
         shape = tuple(shape)

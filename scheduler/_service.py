@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any, assert_never
 
+from ember import _settings
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
 from ember.scheduler._gcs_link import GcsLink, process_id
@@ -41,6 +42,7 @@ from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._session import Session, log_conninfo, open_session
 from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
 from ember.scheduler import _procutil
+from ember.scheduler._fork_server import FORK_READY_WAIT_S
 from ember.scheduler._worker_pool import WORKER_START_FAILURES_MAX, WorkerPool, WorkerProcess
 
 __all__ = ["Scheduler", "main"]
@@ -57,7 +59,8 @@ class Scheduler:
     """One node's scheduler service: connections, messages and timers around the queue core and the pool."""
 
     def __init__(self, session: Session, resources: dict[str, float], node_id: str, store_pid: int,
-                 transfer_address: str | None = None) -> None:
+                 transfer_address: str | None = None, fork_workers: bool = False) -> None:
+        """``fork_workers``: workers come from a fork server (this process is a child subreaper)."""
         self.session = session
         self.node_id = node_id
         self.store_pid = store_pid
@@ -78,7 +81,7 @@ class Scheduler:
             self.address = through_relay(relay, session.scheduler_socket)
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
         # The parts this service drives; each owns its state.
-        self.workers = WorkerPool(session.dir, node_id, session.log_dir)
+        self.workers = WorkerPool(session.dir, node_id, session.log_dir, fork=fork_workers)
         self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None)
         # The queue, kept in the log for the scheduler that would replace this one.
         self.queue_log: Any = None
@@ -107,6 +110,7 @@ class Scheduler:
 
     def start(self, recover: bool = False) -> None:
         """``recover``: this replaces a dead scheduler; take up the queue it left in the log."""
+        self.workers.start()  # the fork server's imports overlap the rest of the start
         if self.queue_log is not None:
             self.queue_log.start()
         if recover and self.queue_log is not None:
@@ -121,6 +125,8 @@ class Scheduler:
         self.gcs.started(process_id(self.node_id, store_pid), ProcessKind.STORE, store_pid)
         self.gcs.start()
         self.listener.start()
+        # The first workers come from the fork server, imports done; until it is up, spawns start interpreters.
+        self.workers.wait_ready(FORK_READY_WAIT_S)
         with self._lock:
             self._apply(self.queue.prestart(time.monotonic()))
         threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
@@ -154,6 +160,9 @@ class Scheduler:
             match action:
                 case Spawn(worker=key, actor_id=actor_id):
                     now = time.monotonic()
+                    if self._stopping:  # a tick or a message racing the shutdown: no process outlives it
+                        self.queue.worker_gone(key, now)
+                        continue
                     try:
                         self.workers.spawn(key, actor_id, now)
                     except BaseException:
@@ -277,6 +286,11 @@ class Scheduler:
                     conn.reply(msg[1], self._resume(conn, msg[2]))
                 else:
                     self._resumes_waiting.append((conn, msg[1], msg[2]))  # answered once the queue is read
+            elif op == Op.TAKE_BACK:
+                w = self.workers.by_conn(conn)
+                taken = self.queue.take_back(w.key, msg[2]) if w is not None else []
+                self._left(*taken)
+                conn.reply(msg[1], taken)
             elif op == Op.RESOURCES:
                 conn.reply(msg[1], self.queue.resources.snapshot())
             elif op == Op.PROCESSES:
@@ -515,6 +529,8 @@ class Scheduler:
             self._flush_dirty()
 
     def _tick(self, now: float) -> None:
+        if self._stopping:
+            return  # stop() reaps the workers and the fork server: none is replaced now
         for w, how in self.workers.reap(now):
             self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
             if w.actor_id is not None:
@@ -549,6 +565,9 @@ class Scheduler:
         store_pid = self._current_store_pid()
         if store_pid is not None:  # missing while a new store starts, as the GCS service is
             procs.append({"kind": ProcessKind.STORE, "node_id": self.node_id, "pid": store_pid})
+        fork_server = self.workers.forks.pid if self.workers.forks is not None else None
+        if fork_server is not None:
+            procs.append({"kind": ProcessKind.FORK_SERVER, "node_id": self.node_id, "pid": fork_server})
         for w in self.workers:
             slot = self.queue.slot(w.key)
             state = "starting" if w.conn is None else ("busy" if slot is not None and slot.assigned else "idle")
@@ -569,6 +588,8 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stopping = True
+        with self._lock:
+            pass  # a tick or a message in flight ends first: from here on nothing starts a process
         self.workers.stop_all()  # workers flush their lineage rows, then exit
         self.gcs.stop("shut down")
         if self.queue_log is not None:
@@ -599,7 +620,10 @@ def main(argv: list[str] | None = None) -> None:
         # Up before any worker starts: each names itself by an address through it.
         # Held by this frame, which never returns: a collected gRPC server stops.
         relay, _ = host_relay(session, args.relay_bind)
-    scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid, args.transfer_address)
+    # Forked workers are re-parented to this process: it must adopt orphans to be their parent.
+    fork_workers = _settings.load().worker_fork and _procutil.become_subreaper()
+    scheduler = Scheduler(session, json.loads(args.resources), args.node_id, args.store_pid, args.transfer_address,
+                          fork_workers)
     scheduler.gcs.restarted = args.restart
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     scheduler.start(recover=args.restart)

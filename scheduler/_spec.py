@@ -43,6 +43,7 @@ class IdSource:
 
 
 IDS = IdSource()
+os.register_at_fork(after_in_child=IDS.reset)  # a forked worker (``_fork_server``) must not repeat ids
 
 
 def object_id(task_id: bytes, index: int) -> bytes:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.scheduler import _procutil
+from ember.scheduler._fork_server import ForkedProcess, ForkServer
 from ember.scheduler._protocol import Connection
 
 __all__ = ["WORKER_START_FAILURES_MAX", "PoolStatistics", "WorkerPool", "WorkerProcess"]
@@ -40,7 +41,7 @@ class WorkerProcess:
 
     __slots__ = ("key", "proc", "actor_id", "conn", "exec_conn", "address", "worker_id", "functions", "started_at")
 
-    def __init__(self, key: int, proc: subprocess.Popen, actor_id: bytes | None, now: float) -> None:
+    def __init__(self, key: int, proc: subprocess.Popen | ForkedProcess, actor_id: bytes | None, now: float) -> None:
         self.key = key  # its slot in the queue core
         self.proc = proc
         self.actor_id = actor_id
@@ -70,12 +71,14 @@ class PoolStatistics:
 class WorkerPool:
     """The worker processes of one node scheduler (used under the scheduler's lock)."""
 
-    def __init__(self, session_dir: Path, node_id: str, log_dir: Path) -> None:
+    def __init__(self, session_dir: Path, node_id: str, log_dir: Path, fork: bool = False) -> None:
+        """``fork``: workers come from a fork server (this process must be a child subreaper)."""
         self._args = [str(session_dir), node_id]
         self._log_dir = log_dir
+        self.forks = ForkServer(session_dir, node_id, log_dir) if fork else None
         self._workers: dict[int, WorkerProcess] = {}  # slot key -> process, in start order
         self._by_conn: dict[Connection, WorkerProcess] = {}  # control connection -> its worker
-        self._terminating: list[tuple[subprocess.Popen, float]] = []  # asked to stop, SIGKILLed after a grace
+        self._terminating: list[tuple[subprocess.Popen | ForkedProcess, float]] = []  # asked to stop, SIGKILLed after a grace
         self.start_failures = 0  # in a row; a worker that connects resets it
 
     def __iter__(self) -> Iterator[WorkerProcess]:
@@ -108,8 +111,20 @@ class WorkerPool:
 
     # -- starting --------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the fork server, if workers come from one: its imports run while the node starts."""
+        if self.forks is not None:
+            self.forks.start()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait for the fork server's imports, if workers come from one (not under the scheduler's lock)."""
+        if self.forks is not None:
+            self.forks.wait_ready(timeout_s)
+
     def spawn(self, key: int, actor_id: bytes | None, now: float) -> WorkerProcess:
-        proc = _procutil.spawn_python("ember.scheduler._worker_main", self._args, self._log_dir)
+        proc: subprocess.Popen | ForkedProcess | None = self.forks.fork() if self.forks is not None else None
+        if proc is None:
+            proc = _procutil.spawn_python("ember.scheduler._worker_main", self._args, self._log_dir)
         w = self._workers[key] = WorkerProcess(key, proc, actor_id, now)
         return w
 
@@ -195,6 +210,11 @@ class WorkerPool:
                 detail = _procutil.exit_description(w.proc)
                 log.error("a worker failed to start (%s); see %s", detail, self._log_dir)
                 failed.append((w, detail))
+        if self.forks is not None:
+            self.forks.check()
+            # Adopted orphans (a dead worker's own children) are this process's to reap.
+            known = {w.proc.pid for w in self._workers.values()} | {proc.pid for proc, _ in self._terminating}
+            _procutil.reap_strays(known | {self.forks.pid or 0})
         return failed
 
     def stop_all(self) -> None:
@@ -206,3 +226,5 @@ class WorkerPool:
             _procutil.reap(w.proc, WORKER_STOP_GRACE_S)
         for proc, _ in list(self._terminating):
             _procutil.reap(proc, WORKER_STOP_GRACE_S)
+        if self.forks is not None:
+            self.forks.stop()

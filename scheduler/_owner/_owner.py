@@ -328,6 +328,10 @@ class Owner:
         if self.gcs is not None:
             self.gcs.function(function_id, name, payload)
 
+    def function_payload(self, function_id: bytes) -> bytes:
+        """The pickled function this process registered under ``function_id``."""
+        return self._registered_functions[function_id][0]
+
     def submit(
         self,
         kind: int,
@@ -539,6 +543,10 @@ class Owner:
             self._on_result(*msg[1:])
         else:
             self._on_result(*msg[1:], where=self.locations.remote_peer(conn))
+
+    def take_result(self, msg: tuple) -> None:
+        """The result of a task this process ran itself, inline (``Executor.run_inline``): its own, from here."""
+        self._on_result(*msg[1:])
 
     def _on_object_ready(self, conn: Connection, msg: tuple) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ember.chaos import _agent
@@ -30,7 +31,7 @@ from ember.scheduler._owner._objects import ObjectState, ObjectTable, OwnerState
 from ember.scheduler._owner._reconstruct import Reconstruction
 from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._owner._writes import ObjectWriter
-from ember.scheduler._protocol import Op
+from ember.scheduler._protocol import ConnectionClosed, Op
 from ember.scheduler._shared_read import PipeWaiter, SharedReadConnection, hold_sigint, poll_readable, release_sigint
 from ember.scheduler._spec import TaskKind, task_of
 from ember.store import ObjectFiles
@@ -39,6 +40,7 @@ from ember.store import ObjectKind, deserialize
 __all__ = ["ASK_OWNERS_AFTER_S", "BLOCKED_POLL_S", "RECONSTRUCTION_ROUNDS_MAX", "Waiting"]
 
 BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
+TAKE_BACK_WAIT_S = 10.0  # the scheduler's answer to a task about to wait for its own queued tasks
 ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner to check for a lost copy
 RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most
 
@@ -292,6 +294,9 @@ class Waiting:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.lineage.declare_pending(refs)
+        executor = self._messages.executor
+        if executor is not None and self._state.current_task is not None and executor.can_run_inline():
+            self._run_own_here(refs, executor)
         self.flush()
         for rounds_left in range(RECONSTRUCTION_ROUNDS_MAX - 1, -1, -1):
             flags = self.wait_ready(refs, len(refs), deadline)
@@ -312,6 +317,36 @@ class Waiting:
                 return [self._value(r, buffer) for r, buffer in zip(refs, buffers)]
             # A store died between the check and the read (its files went with it): round again.
         raise AssertionError("unreachable: the last round returns or raises")
+
+    def _run_own_here(self, refs: list[ObjectRef], executor: Any) -> None:
+        """The running task waits for tasks of its own still queued at the scheduler: run them here.
+
+        It would block and lend its CPU to a new worker to run them; instead
+        the scheduler hands them back (``Op.TAKE_BACK``, those whose
+        resources fit in what the task holds) and this worker runs them in
+        order, nested in the wait (``Executor.run_inline``). Their lineage,
+        ids, attempts and retries are those of any run; a task already
+        started elsewhere, or not handed back, is waited for as before.
+        """
+        with self._lock:
+            wanted: dict[bytes, Any] = {}
+            for ref in refs:
+                if ref._owner != self.address:
+                    continue
+                entry = self._objects.get(ref._id)
+                pt = self._tasks.get(ref._id[:16])
+                if (entry is not None and entry.state == ObjectState.PENDING and pt is not None
+                        and pt.spec.kind == TaskKind.NORMAL and not pt.cancelled and not pt.missing):
+                    wanted[pt.spec.task_id] = pt
+        if not wanted:
+            return
+        self.flush()  # the scheduler has every submission before it is asked for them
+        try:
+            taken = self.links.scheduler.call(Op.TAKE_BACK, list(wanted), timeout_s=TAKE_BACK_WAIT_S)
+        except (ConnectionClosed, OSError, FutureTimeout):
+            return  # waited for as before
+        for task_id in taken:
+            executor.run_inline(wanted[task_id].spec)
 
     def open_ready(self, ref: ObjectRef, deadline: float | None = None) -> Any:
         """The mapped bytes of store object ``ref`` once it is ready (None: not within ``deadline``, or

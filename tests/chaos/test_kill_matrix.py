@@ -32,6 +32,7 @@ CHAIN_DEPTH = 12
 LEAVES = 32
 PS_ROUNDS = 6
 COUNTER_CALLS = 40
+FIB_N, FIB_VALUE = 12, 144  # fib(12): 465 nested tasks
 
 
 @ember.remote
@@ -58,6 +59,14 @@ def add(a, b):
 def gradient(params, worker_index):
     # The seeds' worker computes ones; a per-worker scale keeps the sum checkable.
     return np.ones_like(params) * (worker_index + 1)
+
+
+@ember.remote
+def fib(n):
+    """Nested tasks that block in get on two of their own (run inline by the waiting worker)."""
+    if n < 2:
+        return n
+    return sum(ember.get([fib.remote(n - 1), fib.remote(n - 2)], timeout=BOUND_S))
 
 
 @ember.remote(max_restarts=3, max_task_retries=3)
@@ -97,7 +106,7 @@ def _tree_sum(refs):
     return refs[0]
 
 
-@pytest.mark.parametrize("kind", ["worker", "store", "scheduler", "gcs"])
+@pytest.mark.parametrize("kind", ["worker", "forkserver", "store", "scheduler", "gcs"])
 def test_a_kill_mid_workload_leaves_every_result_right(fault_cluster, kind):
     # Made and read before the kill, read again after it.
     before_chain = [start.remote(1)]
@@ -116,6 +125,7 @@ def test_a_kill_mid_workload_leaves_every_result_right(fault_cluster, kind):
     for _ in range(CHAIN_DEPTH // 2):
         chain.append(inc.remote(chain[-1]))
     leaves = [leaf.remote(i) for i in range(LEAVES // 2)]
+    nested = [fib.remote(FIB_N)]  # 465 tasks, running while the kill comes
     for _ in range(PS_ROUNDS // 2):
         params = ps.get_params.remote()
         for g in ember.get([gradient.remote(params, w) for w in range(2)], timeout=BOUND_S):
@@ -126,6 +136,7 @@ def test_a_kill_mid_workload_leaves_every_result_right(fault_cluster, kind):
     for _ in range(CHAIN_DEPTH - CHAIN_DEPTH // 2):
         chain.append(inc.remote(chain[-1]))
     leaves += [leaf.remote(i) for i in range(LEAVES // 2, LEAVES)]
+    nested.append(fib.remote(FIB_N))
     for _ in range(PS_ROUNDS - PS_ROUNDS // 2):
         params = ps.get_params.remote()
         for g in ember.get([gradient.remote(params, w) for w in range(2)], timeout=BOUND_S):
@@ -134,6 +145,7 @@ def test_a_kill_mid_workload_leaves_every_result_right(fault_cluster, kind):
 
     np.testing.assert_array_equal(ember.get(chain[-1], timeout=BOUND_S), np.full(ARRAY, 100.0 + CHAIN_DEPTH))
     assert ember.get(_tree_sum(leaves), timeout=BOUND_S) == sum(i * i for i in range(LEAVES))
+    assert ember.get(nested, timeout=BOUND_S) == [FIB_VALUE, FIB_VALUE]
     # Two workers of scale 1 and 2 each round.
     np.testing.assert_array_equal(ember.get(ps.get_params.remote(), timeout=BOUND_S), np.full(10, 3.0 * PS_ROUNDS))
     assert ember.get(counted, timeout=BOUND_S) == list(range(1, COUNTER_CALLS + 1))

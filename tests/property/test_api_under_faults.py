@@ -3,20 +3,21 @@
 A hypothesis state machine does what a program does with ``import ember``:
 puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
-value), actors with restarts, ``get`` and ``wait``. A plain Python model
+value), tasks that submit tasks of their own and block on them (run inline
+by their worker when none has started), actors with restarts, ``get`` and ``wait``. A plain Python model
 computes every value the same code gives without ember, and each actor's
 state as its calls applied in submission order.
 
 Faults injected, through ``ember.chaos.inject`` on one local cluster this
 module starts, and what must recover:
 
-- kill (SIGKILL by pid) a worker, the store, the scheduler, the GCS service:
+- kill (SIGKILL by pid) a worker, the fork server, the store, the scheduler, the GCS service:
   tasks are retried, lost objects rebuilt, actors restarted with their state,
   the services restarted;
 - pause (SIGSTOP, SIGCONT 0.2 to 1 s later) of each of them: work resumes;
 - restart of the embedded PostgreSQL: log writers reconnect, nothing is lost.
 
-Each example draws a plan: every one of those nine faults once, in an order
+Each example draws a plan: every one of those eleven faults once, in an order
 and with gaps (in operations) it chooses; the soak adds repeats. The nemesis
 fires between operations, never on a timer, so a plan replays. The example's
 final check reads every ref and every actor again and waits until every kind
@@ -81,7 +82,7 @@ SEEDS = st.integers(0, 999)
 PAUSES_S = (0.2, 0.5, 1.0)
 GAP_MAX = 3  # operations between two faults
 ACTORS_MAX = 2
-PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS)
+PROCESS_TARGETS = (Target.WORKER, Target.FORK_SERVER, Target.STORE, Target.SCHEDULER, Target.GCS)
 FAULT_KINDS = tuple((kind, target) for kind in (FaultKind.KILL, FaultKind.PAUSE) for target in PROCESS_TARGETS) + (
     (FaultKind.RESTART_POSTGRES, Target.POSTGRES),)
 
@@ -124,6 +125,11 @@ def _fold_nested(box: list[ember.ObjectRef]) -> Any:
     return functools.reduce(_combine, ember.get(box, timeout=GET_BOUND_S))
 
 
+def _spawn_and_fold(seeds: list[int], large: bool) -> Any:
+    """Submits tasks of its own and blocks on them: nested blocking (its worker may run them inline)."""
+    return functools.reduce(_combine, ember.get([value_task.remote(s, large) for s in seeds], timeout=GET_BOUND_S))
+
+
 class LedgerState:
     """An actor's state and the model of it: an order-sensitive fold of the calls."""
 
@@ -143,6 +149,7 @@ class LedgerState:
 value_task = ember.remote(max_retries=RETRIES)(_value)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
+spawn_task = ember.remote(max_retries=RETRIES)(_spawn_and_fold)
 Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerState)
 
 
@@ -353,6 +360,12 @@ class ApiUnderFaults(RuleBasedStateMachine):
         expected = functools.reduce(_combine, [t.expected for t in box])
         copies = frozenset().union(*(t.copies_made_at for t in box))
         return self._track(fold_task.remote([t.ref for t in box]), expected, f"fold.remote({box})", copies)
+
+    @rule(target=refs, seeds=st.lists(SEEDS, min_size=1, max_size=3), large=st.booleans())
+    @operation
+    def submit_spawning(self, seeds: list[int], large: bool) -> Tracked:
+        expected = functools.reduce(_combine, [_value(s, large) for s in seeds])
+        return self._track(spawn_task.remote(seeds, large), expected, f"spawn_and_fold.remote({seeds}, {large})")
 
     @precondition(lambda self: self.actors_created < ACTORS_MAX)
     @rule(target=actors, start=SEEDS)

@@ -129,6 +129,24 @@ def test_blocked_worker_lends_its_cpu_and_hands_back_what_waits_behind():
     assert queue.resources.available["CPU"] == 1.0
 
 
+def test_a_running_task_takes_back_its_queued_tasks_that_fit_in_what_it_holds():
+    queue, _ = node(cpus=1, GPU=1)
+    (w1,) = start_workers(queue, 1)
+    queue.enqueue(spec(1))
+    queue.dispatch(now=0.0)
+    for n, shape in ((2, CPU1), (3, GPU1), (4, CPU1)):
+        queue.enqueue(spec(n, shape))
+    # Asked in its own order; the GPU task does not fit in the one CPU the running task holds.
+    asked = [spec(4).task_id, spec(3).task_id, spec(2).task_id, spec(9).task_id]
+    assert queue.take_back(w1, asked) == [spec(4).task_id, spec(2).task_id]
+    assert queue.statistics().queued == 1  # the GPU task waits, as before
+    assert queue.resources.available["CPU"] == 0.0  # the taken ones run on what the running task holds
+    assert queue.take_back(w1, [spec(2).task_id]) == []  # taken once
+    queue.blocked(w1, [])
+    queue.enqueue(spec(5))
+    assert queue.take_back(w1, [spec(5).task_id]) == []  # a blocked worker lent its CPU out: nothing to run on
+
+
 @pytest.mark.parametrize("workers, spawns", [(WORKERS_PER_CPU_MAX - 1, 1), (WORKERS_PER_CPU_MAX, 0)])
 def test_task_workers_are_capped_per_cpu(workers, spawns):
     queue, _ = node(cpus=1)
