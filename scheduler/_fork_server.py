@@ -249,7 +249,7 @@ def _run_worker(session_dir: str, node_id: str, env: dict[str, str], scheduler_p
         deadline = time.monotonic() + REPARENT_WAIT_S
         while os.getppid() != scheduler_pid:
             # Until adopted, nothing kills this process with the scheduler: it must see a death itself.
-            if time.monotonic() > deadline or not _alive(scheduler_pid):
+            if time.monotonic() > deadline or not _procutil.pid_alive(scheduler_pid):
                 raise OSError(f"not adopted by the scheduler (pid {scheduler_pid}): parent is {os.getppid()}")
             time.sleep(0.0002)
         from ember.scheduler import _worker_main
@@ -263,16 +263,6 @@ def _run_worker(session_dir: str, node_id: str, env: dict[str, str], scheduler_p
     finally:
         sys.stderr.flush()
         os._exit(code)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str]) -> None:

@@ -151,6 +151,17 @@ def keep_freed_buffers(mmap_threshold_bytes: int, trim_threshold_bytes: int) -> 
         return
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember import _settings
+from ember.scheduler import _procutil
 
 SHM_ROOT = Path("/dev/shm")
 RELAY_INFO_KEY = "relay"  # session info: HOST:PORT of the node's relay, in a node of a multi-node cluster
@@ -148,19 +149,9 @@ def remove_stale_sessions() -> None:
         if len(parts) < 4 or not parts[2].isdigit():
             continue
         pid = int(parts[2])
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or _procutil.pid_alive(pid):
             continue
         Session(entry, entry.name).remove()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def session_info(session: Session) -> dict:
