@@ -55,7 +55,10 @@ NOLOG = "ember-nolog"  # ember with lineage logging switched off, to show what l
 # ember whose log commits are acknowledged before PostgreSQL flushes them to
 # disk: shows what the disk flush costs a synchronous call
 NOSYNC = "ember-nosync"
-VARIANTS = {NOLOG: {"EMBER_LINEAGE": "off"}, NOSYNC: {"EMBER_LOG_SYNC_COMMIT": "off"}}
+# ember whose workers start as fresh interpreters, not forked by the node's fork server
+SPAWN = "ember-spawn"
+VARIANTS = {NOLOG: {"EMBER_LINEAGE": "off"}, NOSYNC: {"EMBER_LOG_SYNC_COMMIT": "off"},
+            SPAWN: {"EMBER_WORKER_FORK": "off"}}
 
 
 def _module(name: str) -> str:

@@ -32,6 +32,7 @@ from ember.chaos._controller import Controller
 from ember.scheduler import local_nodes
 
 RUN_BOUND_S = 240.0
+TEST_MARK, MARK = "CHAOS_TEST_MARK", f"{os.getpid()}-{os.urandom(4).hex()}"  # in every process a run starts
 
 PROGRAM = textwrap.dedent("""
     import time
@@ -69,7 +70,7 @@ PROGRAM = textwrap.dedent("""
 def chaos(*args: str, cwd: Path, timeout_s: float = RUN_BOUND_S,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ember.chaos._cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout_s, env=env)
+                          text=True, timeout=timeout_s, env={**(os.environ if env is None else env), TEST_MARK: MARK})
 
 
 @pytest.fixture
@@ -114,11 +115,13 @@ def test_a_run_fires_on_task_events_and_its_replay_fires_the_same(program: Path,
 
 
 def _ran_under_chaos(pid: int) -> bool:
-    """A process of a program `chaos run` started: it inherited the controller's socket."""
+    """A process of a program this test's `chaos run` started: it inherited the controller's socket and the
+    test's mark (other test sessions on the machine run chaos too)."""
     try:
-        return "EMBER_CHAOS_SOCKET" in psutil.Process(pid).environ()
+        environ = psutil.Process(pid).environ()
     except psutil.Error:
         return False
+    return "EMBER_CHAOS_SOCKET" in environ and environ.get(TEST_MARK) == MARK
 
 
 def test_the_exit_code_is_the_programs(tmp_path: Path):
