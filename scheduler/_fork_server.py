@@ -174,7 +174,9 @@ class ForkServer:
                 self.start()
 
     def _broken(self, why: str) -> None:
-        self.failures += 1
+        proc = self._proc
+        if proc is None or proc.poll() is None or proc.returncode >= 0:
+            self.failures += 1  # its own failure; one killed by a signal (chaos, an operator) is replaced as often
         log.warning("the fork server failed (%s); workers start without it until a new one is up", why)
         self.stop()
 
@@ -249,7 +251,9 @@ def _run_worker(session_dir: str, node_id: str, env: dict[str, str], scheduler_p
         deadline = time.monotonic() + REPARENT_WAIT_S
         while os.getppid() != scheduler_pid:
             # Until adopted, nothing kills this process with the scheduler: it must see a death itself.
-            if time.monotonic() > deadline or not _procutil.pid_alive(scheduler_pid):
+            if not _procutil.pid_alive(scheduler_pid):
+                return  # the scheduler died between the request and now: nobody wants this worker
+            if time.monotonic() > deadline:
                 raise OSError(f"not adopted by the scheduler (pid {scheduler_pid}): parent is {os.getppid()}")
             time.sleep(0.0002)
         from ember.scheduler import _worker_main

@@ -50,6 +50,7 @@ __all__ = ["Scheduler", "main"]
 log = logging.getLogger("ember.scheduler")
 
 TICK_S = 0.5
+OWNER_GONE_GRACE_S = 2.0  # an owner's actors die this long after its last connection closed, unless it is back
 # How long a dead scheduler's queue, read back from the log, waits for owners to claim its tasks:
 # as long as an owner keeps trying to reconnect (the core's RECONNECT_TIMEOUT_S).
 RECOVERED_KEEP_S = 30.0
@@ -67,6 +68,9 @@ class Scheduler:
         self._lock = threading.RLock()
         self._functions: dict[bytes, bytes] = {}
         self._clients: dict[str, Connection] = {}
+        self._by_address: dict[str, set[Connection]] = {}  # every open connection of each process, by address
+        # Owners whose last connection closed: their actors die if they have not connected again by then.
+        self._owners_gone: dict[str, float] = {}
         self._outbox = Outbox()
         self._stopping = False
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
@@ -193,6 +197,8 @@ class Scheduler:
                     return
             if peer.get("address"):
                 self._clients[peer["address"]] = conn
+                self._by_address.setdefault(peer["address"], set()).add(conn)
+                self._owners_gone.pop(peer["address"], None)
             self._dispatch()
         self._flush_dirty()
 
@@ -205,14 +211,23 @@ class Scheduler:
                 for task_id in [t for t, origin in self._origins.items() if origin is conn]:
                     del self._origins[task_id]
             address = conn.peer.get("address")
+            others = self._by_address.get(address, set()) if address else set()
+            others.discard(conn)
             if address and self._clients.get(address) is conn:
-                del self._clients[address]
+                if others:
+                    self._clients[address] = next(iter(others))  # another of its connections answers for it
+                else:
+                    del self._clients[address]
+            if address and not others:
+                self._by_address.pop(address, None)
             self.actors.unsubscribe(conn)
             died = self.workers.died(conn)
             if died is not None:
                 self._worker_died(*died)
-            elif address and not self._stopping:
-                self.actors.owner_gone(address)
+            elif address and not self._stopping and address not in self._clients:
+                # Not at once: a driver that gave up on this scheduler while it was paused, and
+                # connects again, has not exited.
+                self._owners_gone.setdefault(address, time.monotonic() + OWNER_GONE_GRACE_S)
             self._dispatch()
         self._flush_dirty()
 
@@ -537,6 +552,11 @@ class Scheduler:
                 # Killed while starting (chaos does that) or crashing at
                 # start: either way a restart, while the budget lasts.
                 self._apply(self.actors.process_died(w.actor_id, w.key, f"it failed to start: {how}"))
+        for address, deadline in list(self._owners_gone.items()):
+            if now > deadline:
+                del self._owners_gone[address]
+                if address not in self._clients:
+                    self.actors.owner_gone(address)
         if not self._recovery.is_set() and now > self._recovery_deadline:
             log.warning("the dead scheduler's queue could not be read in time: owners send their tasks again")
             self._end_recovery()

@@ -201,3 +201,26 @@ def test_an_actor_restarting_while_postgres_is_down_comes_back_once_it_is_up(fau
     finally:
         server.end_outage()
     assert ember.get(counter.state.remote(), timeout=BOUND_S) == (20, 20)
+
+
+def test_a_stray_connection_of_the_owner_closing_kills_none_of_its_actors(fault_cluster):
+    """A driver that gave up on a paused scheduler and connected again has not exited: the scheduler
+    declares an owner gone only once no connection of it is left, after a grace."""
+    import time
+
+    from ember.scheduler._context import PROCESS
+    from ember.scheduler._listener import connect
+
+    @ember.remote
+    class Keeper:
+        def ping(self):
+            return "pong"
+
+    keeper = Keeper.remote()
+    assert ember.get(keeper.ping.remote(), timeout=60) == "pong"
+    session = ember._runtime._session
+    hello = {"kind": "driver", "pid": os.getpid(), "address": PROCESS.owner.address}
+    stray = connect(str(session.scheduler_socket), session.token(), hello, lambda c, m: None, name="stray")
+    stray.close()
+    time.sleep(3.0)  # past the scheduler's grace for a gone owner (2 s) and a tick
+    assert ember.get(keeper.ping.remote(), timeout=60) == "pong"
