@@ -338,6 +338,9 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     require_core().cancel(object_ref, bool(force))
 
 
+NAMESPACE = "default"  # the one namespace of an ember cluster's named actors
+
+
 def _lookup_named(name: str) -> Any:
     from ember._actor import handle_from_meta
 
@@ -355,6 +358,18 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     if handle is None:
         raise ValueError(f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")
     return handle
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[Any]:
+    """The names of the cluster's live named actors (Ray's ``ray.util.list_named_actors``).
+
+    ember has one namespace per cluster (``NAMESPACE``); with
+    ``all_namespaces`` each entry is ``{"namespace": ..., "name": ...}``, as Ray's.
+    """
+    names = core().call_scheduler(Op.LIST_NAMED_ACTORS)
+    if all_namespaces:
+        return [{"namespace": NAMESPACE, "name": name} for name in names]
+    return list(names)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -70,6 +70,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.KILL_ACTOR: ((AID, bool), 0),
     Op.LOOKUP_ACTOR: ((int, AID), 0),
     Op.GET_NAMED_ACTOR: ((int, str), 0),
+    Op.LIST_NAMED_ACTORS: ((int,), 0),
     Op.BLOCKED: ((_ListOf(TID),), 0),
     Op.UNBLOCKED: ((), 0),
     Op.TASKS_DONE: ((_ListOf(TID),), 0),
@@ -114,7 +115,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
 # Requests (answered with REPLY): a refused one is answered with an error.
 REQUESTS = frozenset({
     Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
-    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE,
+    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE, Op.LIST_NAMED_ACTORS,
 })
 
 SCHEDULER_OPS = frozenset({
@@ -122,6 +123,7 @@ SCHEDULER_OPS = frozenset({
     Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
     Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.RESUME, Op.FORWARDED_DONE,
     Op.TASK_FAILED, Op.ACTOR_STATE,  # the last three: from another node's scheduler
+    Op.LIST_NAMED_ACTORS,
 })
 STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({

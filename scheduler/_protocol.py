@@ -81,6 +81,7 @@ class Op:
     CLAIM_NAME = 26
     FORWARDED_DONE = 27  # node scheduler -> the scheduler that spilled tasks to it: these finished
     RESUME = 28  # owner -> a restarted scheduler: these tasks of yours I still want; which did your log keep?
+    LIST_NAMED_ACTORS = 29  # the names of the cluster's live named actors
     # from the scheduler
     EXECUTE = 30
     CANCEL_RUNNING = 31

@@ -269,6 +269,12 @@ class Scheduler:
                     self.spiller.lookup_name(conn, msg[1], msg[2])  # maybe named on another node
                 else:
                     conn.reply(msg[1], found)
+            elif op == Op.LIST_NAMED_ACTORS:
+                names = self.actors.live_names()
+                if self.spiller is not None:
+                    self.spiller.list_names(conn, msg[1], names)  # and those of the other nodes
+                else:
+                    conn.reply(msg[1], sorted(names))
             elif op == Op.CANCEL:
                 self._cancel(msg[1], msg[2])
             elif op == Op.RESUME:

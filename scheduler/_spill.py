@@ -312,6 +312,14 @@ class Spiller:
 
         threading.Thread(target=lookup, name="ember-lookup-name", daemon=True).start()
 
+    def list_names(self, conn: Connection, req_id: int, local: set[str]) -> None:
+        """Answer with the names of the cluster's live named actors: ``local`` (this node's) and the GCS's."""
+        def list_names() -> None:
+            reply = self._gcs_call("ListNames", {}) or {}
+            _answer(conn, req_id, sorted(local | set(reply.get("names", []))))
+
+        threading.Thread(target=list_names, name="ember-list-names", daemon=True).start()
+
     def release_name(self, name: str, actor_id: bytes) -> None:
         threading.Thread(target=self._gcs_call, args=("ReleaseName", {"name": name, "actor_id": actor_id.hex()}),
                          name="ember-release-name", daemon=True).start()
