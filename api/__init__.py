@@ -25,7 +25,7 @@ from ember._runtime import (
 )
 
 # Ray's public module names (``ray.actor.ActorHandle`` in type hints); imported after the names they re-export.
-from ember import actor, remote_function, runtime_context, util
+from ember import actor, dag, remote_function, runtime_context, util
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "cancel",
     "chaos",
     "cluster_resources",
+    "dag",
     "exceptions",
     "get",
     "get_actor",

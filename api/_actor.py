@@ -13,6 +13,7 @@ from ember.exceptions import EmberUserError, SerializationError
 from ember.scheduler import ObjectRef, Op, TaskKind
 from ember import _options
 from ember._runtime import _lookup_named, core as _core
+from ember.dag import ClassMethodNode, ClassNode
 
 
 def method(**options: Any) -> Any:
@@ -99,6 +100,10 @@ class ActorClass:
             raise
         return handle
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """Record the creation of an actor in a lazy graph (``ember.dag``); ``node.method.bind(...)`` calls it."""
+        return ClassNode(self, args, kwargs)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorClass, (self._cls, self._options))
 
@@ -130,6 +135,10 @@ class ActorMethod:
         if self._num_returns == 0:
             return None
         return refs
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """Record a call on this live actor in a lazy graph (``ember.dag``)."""
+        return ClassMethodNode(self._handle, self._name, args, kwargs)
 
     def options(self, **options: Any) -> "ActorMethod":
         opts = _options.validate(options, "method")

@@ -11,6 +11,7 @@ from ember.exceptions import EmberUserError, SerializationError
 from ember.scheduler import TaskKind
 from ember import _options
 from ember._runtime import core as _core
+from ember.dag import FunctionNode
 
 
 class RemoteFunction:
@@ -62,6 +63,10 @@ class RemoteFunction:
         if self._num_returns == 0:
             return None
         return refs
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """Record a call of this function in a lazy graph (``ember.dag``); ``node.execute()`` makes it."""
+        return FunctionNode(self, args, kwargs)
 
     def options(self, **options: Any) -> "RemoteFunction":
         merged = {**self._options, **options}
