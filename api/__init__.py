@@ -9,6 +9,7 @@ from ember.scheduler import ObjectRef
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
 from ember._runtime_context import RuntimeContext, get_runtime_context
+from ember._timeline import timeline
 from ember._runtime import (
     available_resources,
     cancel,
@@ -55,6 +56,7 @@ __all__ = [
     "remote_function",
     "runtime_context",
     "shutdown",
+    "timeline",
     "util",
     "wait",
 ]

@@ -28,6 +28,7 @@ _HOME = {
     "FunctionUnavailableError": "_replay_plan", "LineageTooLongError": "_replay_plan",
     "NeedsClusterError": "_replay_plan",
     "NotReplayableError": "_replay_plan", "ReplayInputError": "_replay_plan",
+    "chrome_trace": "_timeline",
     "EmptyLogError": "_reader", "Lineage": "_reader", "LineageLog": "_reader", "ObjectRecord": "_reader",
     "TaskRecord": "_reader", "UnknownIdError": "_reader", "open_log": "_reader",
 }
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
         open_log,
     )
     from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
+    from ember.lineage._timeline import chrome_trace
     from ember.lineage._replay_plan import (
         FunctionUnavailableError,
         LineageTooLongError,
@@ -103,6 +105,7 @@ __all__ = [
     "TaskState",
     "UnknownIdError",
     "Verdict",
+    "chrome_trace",
     "open_log",
     "prune",
     "replay_job",
