@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -341,6 +343,11 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 NAMESPACE = "default"  # the one namespace of an ember cluster's named actors
 
 
+def current_namespace() -> str:
+    """The namespace of this process's named actors."""
+    return NAMESPACE
+
+
 def _lookup_named(name: str) -> Any:
     from ember._actor import handle_from_meta
 
@@ -402,15 +409,39 @@ def nodes() -> list[dict[str, Any]]:
     """The cluster's nodes as the GCS service knows them (waits for it while it restarts), keyed as Ray's.
 
     ``NodeManagerAddress`` and ``NodeName`` are the node's IP, as its ``node:<ip>`` resource names it;
-    ``SchedulerAddress`` is where its scheduler listens (ember's own).
+    ``SchedulerAddress`` is where its scheduler listens (ember's own), as is ``RayletSocketName``.
     """
+    core = require_core()
     found = []
-    for n in _gcs_nodes(require_core()):
+    for n in _gcs_nodes(core):
         ip = _node_ip(n["resources"])
+        here = n["node_id"] == core.node_id
         found.append({"NodeID": n["node_id"], "Alive": n["alive"], "alive": n["alive"], "Resources": n["resources"],
-                      "NodeManagerAddress": ip, "NodeName": ip, "SchedulerAddress": n["address"],
-                      "DeathCause": n["death_cause"], "DeathReasonMessage": n["death_cause"] or ""})
+                      "NodeManagerAddress": ip, "NodeName": ip,
+                      "NodeManagerHostname": socket.gethostname() if here else ip,
+                      "NodeManagerPort": _port_of(n["address"]), "RayletSocketName": n["address"],
+                      "ObjectStoreSocketName": str(core.session.store_socket) if here else "",
+                      "MetricsExportPort": -1, "Labels": {"ray.io/node-id": n["node_id"]},
+                      "SchedulerAddress": n["address"], "DeathCause": n["death_cause"],
+                      "DeathReason": _death_reason(n["alive"], n["death_cause"]),
+                      "DeathReasonMessage": n["death_cause"] or ""})
     return found
+
+
+# Ray's NodeDeathInfo reasons: what ember can tell from a node's death cause.
+_DEATH_UNSPECIFIED, _DEATH_EXPECTED, _DEATH_UNEXPECTED = 0, 1, 2
+
+
+def _death_reason(alive: bool, cause: str | None) -> int:
+    if alive:
+        return _DEATH_UNSPECIFIED
+    return _DEATH_EXPECTED if cause and cause.endswith("shut down") else _DEATH_UNEXPECTED
+
+
+def _port_of(address: str) -> int:
+    """The TCP port in a node's scheduler address (a relay's ``host:port``), 0 for a Unix socket's path."""
+    match = re.search(r":(\d+)(?:/|$)", address)
+    return int(match.group(1)) if match else 0
 
 
 def _node_ip(resources: dict[str, float]) -> str:

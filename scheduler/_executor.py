@@ -64,6 +64,10 @@ class Executor:
         self._instance: Any = None
         self._actor_id: bytes | None = None
         self._actor_name = ""
+        # What ember.get_runtime_context() reports in an actor's process.
+        self.actor_spec: TaskSpec | None = None  # its creation
+        self.actor_class: type | None = None
+        self.actor_restarts = 0  # 0: the first start; n: the n-th restart
         self._arg_copies: ActorArgCopies | None = None  # a logging actor's copies of the store objects it read
         self._blocked = False
         self._running: bytes | None = None
@@ -586,12 +590,13 @@ class Executor:
         core.current_task = spec
         self._actor_id = spec.actor_id
         self._actor_name = spec.function_name
+        self.actor_spec, self.actor_restarts = spec, restarts
         if core.gcs is not None:
             from ember.lineage import ember_home
 
             self._arg_copies = ActorArgCopies(ember_home(), spec.job_id, spec.actor_id)  # type: ignore[arg-type]
         try:
-            cls = cloudpickle.loads(payload)
+            cls = self.actor_class = cloudpickle.loads(payload)
             args = [self._arg(a) for a in spec.args]
             kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
             self._instance = cls(*args, **kwargs)
