@@ -333,11 +333,14 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that creates ``object_ref``; ``get`` then raises TaskCancelledError."""
+    """Cancel the task that creates ``object_ref``; ``get`` then raises TaskCancelledError.
+
+    ``recursive`` (the default, as Ray's): the tasks it submitted, and theirs, are cancelled too.
+    """
     if not isinstance(object_ref, ObjectRef):
         raise NotAnObjectRefError(
             f"ember.cancel() expects an ObjectRef, got a {type(object_ref).__name__}; {_REF_FIX}")
-    require_core().cancel(object_ref, bool(force))
+    require_core().cancel(object_ref, bool(force), bool(recursive))
 
 
 NAMESPACE = "default"  # the one namespace of an ember cluster's named actors

@@ -119,7 +119,7 @@ class Executor:
                 self.core.scheduler.send((Op.RETURN_TASKS, [spec.task_id]))
                 return
         elif op == Op.CANCEL_RUNNING:
-            self._cancel(msg[1])
+            self._cancel(msg[1], msg[2] if len(msg) > 2 else False, msg[3] if len(msg) > 3 else False)
             return
         with self._cv:
             self._inbox.append((conn, msg))
@@ -153,7 +153,11 @@ class Executor:
             return
         self._run_task(conn, msg[1])
 
-    def _cancel(self, task_id: bytes) -> None:
+    def _cancel(self, task_id: bytes, recursive: bool, force: bool) -> None:
+        if recursive:
+            self.core.cancel_children(task_id, force)  # sent before this task stops: they are its to end
+        if force:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the scheduler would: the run ends now, retries the rest
         with self._cv:
             self._cancelled.add(task_id)
             if self._running == task_id:

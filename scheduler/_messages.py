@@ -65,7 +65,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # to the scheduler
     Op.SUBMIT: ((TaskSpec, dict), 1),  # ..., bytes of its inputs by node (multi-node clusters)
     Op.REGISTER_FUNCTION: ((bytes, bytes, str), 0),
-    Op.CANCEL: ((TID, bool), 0),
+    Op.CANCEL: ((TID, bool, bool), 1),  # ..., force, recursive (absent: True)
     Op.CREATE_ACTOR: ((TaskSpec, bool, _ANY, int), 1),
     Op.KILL_ACTOR: ((AID, bool), 0),
     Op.LOOKUP_ACTOR: ((int, AID), 0),
@@ -85,7 +85,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.RESUME: ((int, list), 0),  # ..., [(task id, the attempt to run, bytes of its inputs by node or None)]
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
-    Op.CANCEL_RUNNING: ((TID,), 0),
+    Op.CANCEL_RUNNING: ((TID, bool, bool), 2),  # ..., recursive, force (absent: False, False)
     Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),

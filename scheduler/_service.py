@@ -50,6 +50,8 @@ TICK_S = 0.5
 # How long a dead scheduler's queue, read back from the log, waits for owners to claim its tasks:
 # as long as an owner keeps trying to reconnect (the core's RECONNECT_TIMEOUT_S).
 RECOVERED_KEEP_S = 30.0
+# A force-cancelled worker (recursive) ends itself once it has cancelled what it submitted; past this, it is killed.
+FORCE_CANCEL_GRACE_S = 1.0
 
 
 class Scheduler:
@@ -92,6 +94,7 @@ class Scheduler:
         self._recovery_deadline = 0.0
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
+        self._force_kills: list[tuple[int, int, float]] = []  # (worker key, pid, kill after): force cancels
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
@@ -276,7 +279,7 @@ class Scheduler:
                 else:
                     conn.reply(msg[1], sorted(names))
             elif op == Op.CANCEL:
-                self._cancel(msg[1], msg[2])
+                self._cancel(msg[1], msg[2], msg[3] if len(msg) > 3 else True)
             elif op == Op.RESUME:
                 if self._recovery.is_set():
                     conn.reply(msg[1], self._resume(conn, msg[2]))
@@ -408,20 +411,25 @@ class Scheduler:
         if w is not None:
             self.queue.return_tasks(w.key, task_ids)
 
-    def _cancel(self, task_id: bytes, force: bool) -> None:
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         spec = self.queue.cancel_queued(task_id)
         if spec is not None:
             self.fail_to_owner(spec, FailureCause.CANCELLED, "")
             return
-        if self.spiller is not None and self.spiller.cancel(task_id, force):
+        if self.spiller is not None and self.spiller.cancel(task_id, force, recursive):
             return
         key = self.queue.holder(task_id)
         w = self.workers.get(key) if key is not None else None
         if w is not None:
-            if force:
+            if force and recursive:
+                # The worker cancels the tasks it submitted, then kills itself; if it cannot (stuck
+                # outside Python), it is killed here after FORCE_CANCEL_GRACE_S.
+                self._send(w.conn, (Op.CANCEL_RUNNING, task_id, True, True))
+                self._force_kills.append((w.key, w.proc.pid, time.monotonic() + FORCE_CANCEL_GRACE_S))
+            elif force:
                 self.workers.kill(w.key)
             else:
-                self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
+                self._send(w.conn, (Op.CANCEL_RUNNING, task_id, recursive, False))
             return
         # Its owner may yet claim it from the dead scheduler's queue: it must not run.
         if not self._recovery.is_set():
@@ -520,6 +528,7 @@ class Scheduler:
             self._flush_dirty()
 
     def _tick(self, now: float) -> None:
+        self._force_kills = [due for due in self._force_kills if not self._kill_if_due(due, now)]
         for w, how in self.workers.reap(now):
             self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
             if w.actor_id is not None:
@@ -538,6 +547,17 @@ class Scheduler:
             if w is not None and w.worker_id is not None:
                 self.gcs.died(w.worker_id, "stopped after idling")
         self._dispatch()
+
+    def _kill_if_due(self, due: tuple[int, int, float], now: float) -> bool:
+        """Kill a force-cancelled worker that did not end itself in time; whether the entry is done."""
+        key, pid, deadline = due
+        w = self.workers.get(key)
+        if w is None or w.proc.pid != pid:
+            return True  # it ended itself
+        if now < deadline:
+            return False
+        self.workers.kill(key)
+        return True
 
     def _fail_all_queued(self, detail: str) -> None:
         for spec in self.queue.drain_queued():

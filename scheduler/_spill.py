@@ -121,7 +121,7 @@ class Spiller:
             # Cancelled after their placement came back: wherever they went now, cancel them there.
             late, self._cancelled, self._in_flight = self._cancelled, set(), set()
             for task_id in late:
-                self._scheduler._cancel(task_id, False)
+                self._scheduler._cancel(task_id, False, True)
         if late:
             self._scheduler.flush()
         return placed
@@ -351,7 +351,7 @@ class Spiller:
         if entry is not None:
             self._scheduler.fail_to_owner(entry[1], cause, detail, attempt)
 
-    def cancel(self, task_id: bytes, force: bool) -> bool:
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """Cancel a task this node sent on, or holds while no node can run it (under the scheduler's lock)."""
         for waiting in (self._unplaced, self._queue):
             for item in waiting:
@@ -366,7 +366,7 @@ class Spiller:
         conn = self._peers.get(entry[0]) if entry is not None else None
         if conn is None:
             return False
-        conn.send((Op.CANCEL, task_id, force))
+        conn.send((Op.CANCEL, task_id, force, recursive))
         return True
 
     def _peer_closed(self, conn: Connection) -> None:
