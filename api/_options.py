@@ -15,7 +15,7 @@ from ember.scheduler import resource_shape
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
-    "name", "memory", "scheduling_strategy",
+    "name", "memory", "scheduling_strategy", "max_calls",
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
@@ -70,6 +70,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         if key in out:
             _integer(key, out[key], -1)
+    if "max_calls" in out:
+        _integer("max_calls", out["max_calls"], 0)
     if "retry_exceptions" in out:
         rule = out["retry_exceptions"]
         if not isinstance(rule, bool):
@@ -114,6 +116,17 @@ def shape_of(options: dict[str, Any], default_cpus: float) -> tuple:
     if options.get("memory"):
         resources["memory"] = options["memory"]
     return resource_shape(resources)
+
+
+def max_calls(options: dict[str, Any]) -> int:
+    """Runs of a task's function a worker makes before it retires; 0: no limit.
+
+    As Ray: no limit by default, but 1 for a task that asks for GPUs, so that
+    what it left in the GPU's memory goes with its process.
+    """
+    if "max_calls" in options:
+        return options["max_calls"]
+    return 1 if options.get("num_gpus") else 0
 
 
 def retries(options: dict[str, Any], key: str, default: int) -> int:

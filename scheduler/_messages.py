@@ -71,6 +71,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.LOOKUP_ACTOR: ((int, AID), 0),
     Op.GET_NAMED_ACTOR: ((int, str), 0),
     Op.LIST_NAMED_ACTORS: ((int,), 0),
+    Op.RETIRE: ((_ListOf(TID),), 0),  # ..., the tasks the worker hands back unstarted
     Op.BLOCKED: ((_ListOf(TID),), 0),
     Op.UNBLOCKED: ((), 0),
     Op.TASKS_DONE: ((_ListOf(TID),), 0),
@@ -123,7 +124,7 @@ SCHEDULER_OPS = frozenset({
     Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
     Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.RESUME, Op.FORWARDED_DONE,
     Op.TASK_FAILED, Op.ACTOR_STATE,  # the last three: from another node's scheduler
-    Op.LIST_NAMED_ACTORS,
+    Op.LIST_NAMED_ACTORS, Op.RETIRE,
 })
 STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({

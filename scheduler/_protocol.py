@@ -82,6 +82,7 @@ class Op:
     FORWARDED_DONE = 27  # node scheduler -> the scheduler that spilled tasks to it: these finished
     RESUME = 28  # owner -> a restarted scheduler: these tasks of yours I still want; which did your log keep?
     LIST_NAMED_ACTORS = 29  # the names of the cluster's live named actors
+    RETIRE = 35  # worker -> its scheduler: I ran a function max_calls times; here are tasks back, stop me when idle
     # from the scheduler
     EXECUTE = 30
     CANCEL_RUNNING = 31

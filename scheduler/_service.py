@@ -231,6 +231,12 @@ class Scheduler:
                 self._dispatch()
             elif op == Op.TASKS_DONE:
                 self._task_done(conn, msg[1])
+            elif op == Op.RETIRE:
+                w = self.workers.by_conn(conn)
+                if w is not None:
+                    self.queue.retiring(w.key, msg[1])
+                    self._retire_done()
+                    self._dispatch()
             elif op == Op.FORWARDED_DONE and self.spiller is not None:
                 self.spiller.done(msg[1])
             elif op == Op.TASK_FAILED and self.spiller is not None:
@@ -397,7 +403,15 @@ class Scheduler:
                 if origin is not None:
                     self._send(origin, (Op.FORWARDED_DONE, [task_id]))
         self.queue.task_done(w.key, task_ids, time.monotonic())
+        self._retire_done()
         self._dispatch()
+
+    def _retire_done(self) -> None:
+        """Stop the workers that ran a function ``max_calls`` times, once nothing is assigned to them."""
+        for key in self.queue.retired(time.monotonic()):
+            w = self.workers.retire(key)
+            if w is not None and w.worker_id is not None:
+                self.gcs.died(w.worker_id, "stopped after max_calls")
 
     def _blocked(self, conn: Connection, returned: list[bytes]) -> None:
         w = self.workers.by_conn(conn)
@@ -410,6 +424,7 @@ class Scheduler:
         w = self.workers.by_conn(conn)
         if w is not None:
             self.queue.return_tasks(w.key, task_ids)
+            self._retire_done()  # a retiring worker's last tasks came back: it can stop
 
     def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         spec = self.queue.cancel_queued(task_id)
