@@ -26,6 +26,16 @@ _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions"}
 _ALIASES = {"num_return_vals": "num_returns"}
 
 DEFAULT_TASK_RETRIES = 3
+NAMESPACE = "default"  # the one namespace of an ember cluster's named actors
+
+
+def check_namespace(namespace: Any, where: str) -> None:
+    """Refuse a namespace other than ember's one: names are cluster-wide, a namespace would not separate them."""
+    if namespace is not None and namespace != NAMESPACE:
+        raise InvalidOptionError(
+            f"{where} namespace={namespace!r} is not supported: an ember cluster has one namespace of named "
+            f"actors, {NAMESPACE!r}, in which every job's names are visible; leave namespace out (or pass "
+            f"{NAMESPACE!r}) and give the actors names that do not clash")
 
 
 def _number(name: str, value: Any, minimum: float = 0.0) -> float:
@@ -80,6 +90,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
             out["retry_exceptions"] = tuple(rule)
     if "name" in out and out["name"] is not None and not isinstance(out["name"], str):
         raise InvalidOptionError(f"option name must be a string, got {out['name']!r}")
+    if "namespace" in out:
+        check_namespace(out["namespace"], "the actor option")
     if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:

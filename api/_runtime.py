@@ -52,7 +52,7 @@ _auto_initialized = False  # the cluster was started (or joined) by the first us
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
 _HARMLESS_INIT_OPTIONS = {
-    "include_dashboard", "log_to_driver", "logging_level", "configure_logging", "namespace",
+    "include_dashboard", "log_to_driver", "logging_level", "configure_logging",
     "dashboard_host", "dashboard_port", "_temp_dir", "local_mode",
 }
 
@@ -71,6 +71,7 @@ def init(
 ) -> dict[str, Any]:
     """Start a local cluster (or, later, join one) and connect this process to it."""
     global _node, _session, _atexit_registered
+    _options.check_namespace(kwargs.pop("namespace", None), "ember.init")
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
     if unknown:
         raise InvalidOptionError(
@@ -343,7 +344,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     require_core().cancel(object_ref, bool(force), bool(recursive))
 
 
-NAMESPACE = "default"  # the one namespace of an ember cluster's named actors
+NAMESPACE = _options.NAMESPACE
 
 
 def current_namespace() -> str:
@@ -364,6 +365,7 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     """The handle of the live actor created with ``.options(name=name)``."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"ember.get_actor() expects a non-empty actor name, got {name!r}")
+    _options.check_namespace(namespace, "ember.get_actor")
     handle = _lookup_named(name)
     if handle is None:
         raise ValueError(f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")

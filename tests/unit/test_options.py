@@ -62,3 +62,20 @@ def test_options_ember_cannot_honour_are_refused_not_ignored():
         validate({"max_concurrency": 4}, "actor")
     with pytest.raises(InvalidOptionError, match="scheduling_strategy='SPREAD' is not supported yet.*node:"):
         validate({"scheduling_strategy": "SPREAD"}, "task")
+
+
+def test_a_namespace_other_than_embers_one_is_refused_not_ignored():
+    import pytest
+
+    from ember._options import NAMESPACE, validate
+    from ember.exceptions import InvalidOptionError
+
+    assert validate({"namespace": NAMESPACE}, "actor")["namespace"] == NAMESPACE
+    assert validate({"namespace": None}, "actor")["namespace"] is None
+    with pytest.raises(InvalidOptionError, match="namespace='team-a' is not supported.*one namespace"):
+        validate({"namespace": "team-a"}, "actor")
+    with pytest.raises(InvalidOptionError, match="ember.init namespace='team-a'"):
+        ember.init(namespace="team-a")  # refused before anything starts
+    with pytest.raises(InvalidOptionError, match="ember.get_actor namespace='team-a'"):
+        ember.get_actor("x", namespace="team-a")
+    assert not ember.is_initialized()
