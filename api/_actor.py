@@ -9,7 +9,7 @@ from typing import Any
 
 import cloudpickle
 
-from ember.exceptions import EmberUserError, SerializationError
+from ember.exceptions import ActorAlreadyExistsError, EmberUserError, SerializationError
 from ember.scheduler import ObjectRef, Op, TaskKind
 from ember import _options
 from ember._runtime import _lookup_named, core as _core
@@ -88,7 +88,7 @@ class ActorClass:
         if name is not None:
             error = core.call_scheduler(Op.CLAIM_NAME, name, actor_id, meta)
             if error is not None:
-                raise ValueError(f"cannot create actor: {error}; use ember.get_actor({name!r}) to reach it")
+                raise ActorAlreadyExistsError(f"cannot create actor: {error}; use ember.get_actor({name!r}) to reach it")
         try:
             core.submit(
                 TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,

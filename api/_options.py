@@ -29,6 +29,17 @@ DEFAULT_TASK_RETRIES = 3
 NAMESPACE = "default"  # the one namespace of an ember cluster's named actors
 
 
+def refuse_runtime_env(runtime_env: Any, where: str) -> None:
+    """``runtime_env`` is refused, whatever its fields: ember carries none of them out yet."""
+    fields = sorted(runtime_env) if isinstance(runtime_env, dict) else []
+    raise InvalidOptionError(
+        f"{where} runtime_env{' with ' + ', '.join(map(repr, fields)) if fields else ''} is not supported: ember "
+        "supports no runtime_env field yet (not env_vars, working_dir, py_modules, excludes, pip, conda, uv nor "
+        "container). Its workers run in the environment the cluster was started in: the driver's Python, "
+        "installed packages and environment variables (for `ember start`, that command's). Install what tasks "
+        "need there, or set variables before ember.init() / ember start")
+
+
 def check_namespace(namespace: Any, where: str) -> None:
     """Refuse a namespace other than ember's one: names are cluster-wide, a namespace would not separate them."""
     if namespace is not None and namespace != NAMESPACE:
@@ -65,6 +76,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in options.items():
         key = _ALIASES.get(key, key)
+        if key == "runtime_env" and kind != "method":
+            refuse_runtime_env(value, f"the {kind} option")
         if key not in allowed:
             raise InvalidOptionError(
                 f"unknown option {key!r} for a remote {kind}; valid options are: {', '.join(sorted(allowed))}"

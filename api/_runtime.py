@@ -21,6 +21,7 @@ from typing import Any
 from ember.chaos import _agent as _chaos_agent
 from ember import _options, _settings
 from ember.exceptions import (
+    ActorHandleNotFoundError,
     AlreadyInitializedError,
     EmberUserError,
     InvalidOptionError,
@@ -72,6 +73,8 @@ def init(
     """Start a local cluster (or, later, join one) and connect this process to it."""
     global _node, _session, _atexit_registered
     _options.check_namespace(kwargs.pop("namespace", None), "ember.init")
+    if "runtime_env" in kwargs:
+        _options.refuse_runtime_env(kwargs["runtime_env"], "ember.init")
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
     if unknown:
         raise InvalidOptionError(
@@ -368,7 +371,8 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     _options.check_namespace(namespace, "ember.get_actor")
     handle = _lookup_named(name)
     if handle is None:
-        raise ValueError(f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")
+        raise ActorHandleNotFoundError(
+            f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")
     return handle
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "InfeasibleActorError",
     "RayActorError",
     "ActorUnavailableError",
+    "ActorAlreadyExistsError",
+    "ActorHandleNotFoundError",
     "WorkerCrashedError",
     "GetTimeoutError",
     "TaskCancelledError",
@@ -178,6 +180,14 @@ class LineageLogUnavailableError(RaySystemError, ConnectionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.url, self.waited_s, self.what))
+
+
+class ActorAlreadyExistsError(EmberUserError, ValueError):
+    """An actor is created with a name a live actor has already (``ValueError``, as Ray's)."""
+
+
+class ActorHandleNotFoundError(EmberUserError, ValueError):
+    """``get_actor`` of a name no live actor has (``ValueError``, as Ray's)."""
 
 
 class AlreadyInitializedError(EmberUserError, RuntimeError):

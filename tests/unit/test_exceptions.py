@@ -32,6 +32,8 @@ INSTANCES = [
     ex.ObjectReconstructionFailedLineageEvictedError("cd34", "pruned"),
     ex.RayActorError("Counter", "gone"),
     ex.ActorUnavailableError("Counter", "restarting"),
+    ex.ActorAlreadyExistsError("an actor named 'a' already exists"),
+    ex.ActorHandleNotFoundError("no live actor named 'a'"),
 ]
 
 
@@ -85,6 +87,8 @@ def test_rays_exception_tree():
     assert not issubclass(ex.ActorUnavailableError, ex.ActorDiedError)
     assert "unavailable" in str(ex.ActorUnavailableError("A", "restarting"))
     assert issubclass(ex.OutOfMemoryError, ex.EmberOperationError)
+    for name_error in (ex.ActorAlreadyExistsError, ex.ActorHandleNotFoundError):
+        assert issubclass(name_error, ValueError) and issubclass(name_error, ex.EmberUserError)
 
 
 def test_an_object_that_cannot_come_back_gets_rays_class_for_its_reason():

@@ -79,3 +79,21 @@ def test_a_namespace_other_than_embers_one_is_refused_not_ignored():
     with pytest.raises(InvalidOptionError, match="ember.get_actor namespace='team-a'"):
         ember.get_actor("x", namespace="team-a")
     assert not ember.is_initialized()
+
+
+def test_runtime_env_is_refused_naming_that_no_field_is_supported():
+    import pytest
+
+    from ember._options import validate
+    from ember.exceptions import InvalidOptionError
+
+    for kind in ("task", "actor"):
+        with pytest.raises(InvalidOptionError, match="runtime_env with 'env_vars' is not supported.*no runtime_env field"):
+            validate({"runtime_env": {"env_vars": {"A": "1"}}}, kind)
+    with pytest.raises(InvalidOptionError, match="ember.init runtime_env with 'pip', 'working_dir'"):
+        ember.init(runtime_env={"working_dir": ".", "pip": ["requests"]})
+    with pytest.raises(InvalidOptionError, match="runtime_env"):
+        @ember.remote(runtime_env={"env_vars": {}})
+        def f():
+            pass
+    assert not ember.is_initialized()
