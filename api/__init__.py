@@ -5,7 +5,7 @@ actors, ``get``/``put``/``wait``, object refs passed between tasks.
 """
 
 from ember import chaos, exceptions, lineage
-from ember.scheduler import ObjectRef
+from ember.scheduler import ObjectRef, TaskID
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
 from ember._runtime_context import RuntimeContext, get_runtime_context
@@ -35,6 +35,7 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "RuntimeContext",
+    "TaskID",
     "actor",
     "available_resources",
     "cancel",
