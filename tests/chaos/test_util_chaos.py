@@ -1,4 +1,4 @@
-"""``ember.util`` under SIGKILL: an ActorPool map and a Queue between tasks keep every value.
+"""``ember.util`` under SIGKILL: an ActorPool map, a Queue between tasks and a Pool map keep every value.
 
 Faults injected, each on a logical event (after so many results were read),
 never on a timer, so a failure replays:
@@ -13,6 +13,9 @@ never on a timer, so a failure replays:
   replayed call's result is not published twice), and large items (past the
   inline limit, so their arguments live in the store) come back from the
   actor's durable copies.
+
+- a multiprocessing.Pool's processes (each once) and the store, mid-``map``:
+  its actors come back and replay the chunks they had; every result arrives.
 
 What must hold: no value is lost. A producer task killed after some of its
 puts is retried and puts those again (a task runs at least once), so the
@@ -132,3 +135,22 @@ def test_a_queue_between_tasks_keeps_every_value_while_workers_and_the_store_are
     assert len(duplicated) <= 1, f"items of producers {duplicated} arrived twice; only a killed one may repeat"
     assert queue.size() == 0
     assert _actor_pid(queue_actor) != first_pid  # the queue's actor really came back
+
+
+def _slow_square(x):
+    time.sleep(0.02)
+    return x * x
+
+
+def test_a_pool_map_keeps_every_value_while_its_processes_are_killed(fault_cluster):
+    from ember.util.multiprocessing import Pool
+
+    with Pool(processes=2) as pool:
+        first = pool._actors
+        pids = [_actor_pid(actor) for actor in first]
+        result = pool.map_async(_slow_square, range(POOL_VALUES), chunksize=2)
+        sigkill(pids[:1])  # a pool process dies with chunks queued on it
+        kill_and_wait_for_the_next("store")
+        sigkill([_actor_pid(first[1])])
+        assert result.get(timeout=BOUND_S) == [v * v for v in range(POOL_VALUES)]
+        assert all(_actor_pid(actor) not in pids for actor in first)  # both came back as new processes
