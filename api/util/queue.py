@@ -11,16 +11,18 @@ Blocking is done here, in the caller, never in the actor: the actor runs one
 call at a time, so a ``get`` that waited inside it would stop every ``put``.
 A blocking ``put``/``get`` asks with a non-blocking call and asks again after
 a pause that grows from ``POLL_S_MIN`` to ``POLL_S_MAX``, until it succeeds
-or its ``timeout`` passes. The actor must never block and never raise for a
+or its ``timeout`` passes; ``put_async``/``get_async`` do the same with
+``await`` (one schedule of pauses, ``_pauses``, drives both). The actor must never block and never raise for a
 full or empty queue: it answers, and the caller raises ``Full``/``Empty``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue as _stdlib_queue
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from ember._actor import ActorClass
@@ -77,6 +79,17 @@ class _QueueActor:
         if count > len(self.items):
             return False, []
         return True, [self.items.popleft() for _ in range(count)]
+
+
+def _pauses(block: bool, deadline: float | None) -> Iterator[float]:
+    """The pauses between the attempts of a put/get: none without ``block``, growing, until ``deadline``."""
+    pause_s = POLL_S_MIN
+    while block:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return
+        yield pause_s if deadline is None else min(pause_s, deadline - now)
+        pause_s = min(pause_s * 2, POLL_S_MAX)
 
 
 def _check_timeout(block: bool, timeout: float | None) -> float | None:
@@ -136,6 +149,16 @@ class Queue:
         if not self._poll(lambda: get(self._live_actor().try_put.remote(item)), block, deadline):
             raise Full(f"the queue is full ({self.maxsize} items)")
 
+    async def put_async(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """``put`` for asyncio code: awaits instead of blocking the thread."""
+        deadline = _check_timeout(block, timeout)
+
+        async def try_put() -> bool:
+            return await self._live_actor().try_put.remote(item)
+
+        if not await self._poll_async(try_put, block, deadline):
+            raise Full(f"the queue is full ({self.maxsize} items)")
+
     def put_nowait(self, item: Any) -> None:
         self.put(item, block=False)
 
@@ -164,6 +187,21 @@ class Queue:
             raise Empty("the queue is empty")
         return taken[0]
 
+    async def get_async(self, block: bool = True, timeout: float | None = None) -> Any:
+        """``get`` for asyncio code: awaits instead of blocking the thread."""
+        deadline = _check_timeout(block, timeout)
+        taken: list[Any] = []
+
+        async def try_get() -> bool:
+            found, item = await self._live_actor().try_get.remote()
+            if found:
+                taken.append(item)
+            return found
+
+        if not await self._poll_async(try_get, block, deadline):
+            raise Empty("the queue is empty")
+        return taken[0]
+
     def get_nowait(self) -> Any:
         return self.get(block=False)
 
@@ -179,19 +217,26 @@ class Queue:
         return items
 
     @staticmethod
-    def _poll(attempt: Any, block: bool, deadline: float | None) -> bool:
+    def _poll(attempt: Callable[[], bool], block: bool, deadline: float | None) -> bool:
         """``attempt()`` until it succeeds (True), once without ``block``, or until ``deadline`` (False)."""
-        pause_s = POLL_S_MIN
-        while True:
+        if attempt():
+            return True
+        for pause_s in _pauses(block, deadline):
+            time.sleep(pause_s)
             if attempt():
                 return True
-            if not block:
-                return False
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-            time.sleep(pause_s if deadline is None else min(pause_s, deadline - now))
-            pause_s = min(pause_s * 2, POLL_S_MAX)
+        return False
+
+    @staticmethod
+    async def _poll_async(attempt: Callable[[], Awaitable[bool]], block: bool, deadline: float | None) -> bool:
+        """``_poll`` with ``await``: the event loop runs on during the pauses."""
+        if await attempt():
+            return True
+        for pause_s in _pauses(block, deadline):
+            await asyncio.sleep(pause_s)
+            if await attempt():
+                return True
+        return False
 
     # -- the end -------------------------------------------------------------------------
 

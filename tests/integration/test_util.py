@@ -293,3 +293,28 @@ def test_list_named_actors():
     assert {"namespace": ember._runtime.NAMESPACE, "name": "util-test-doubler"} in list_named_actors(True)
     ember.kill(actor)
     assert "util-test-doubler" not in list_named_actors()
+
+
+def test_queue_put_async_and_get_async():
+    import asyncio
+
+    q = Queue(maxsize=1)
+
+    async def main():
+        await q.put_async("a")
+        with pytest.raises(Full):
+            await q.put_async("b", block=False)
+        with pytest.raises(Full):
+            await q.put_async("b", timeout=0.1)
+        assert await q.get_async() == "a"
+        with pytest.raises(Empty):
+            await q.get_async(block=False)
+        with pytest.raises(ValueError):
+            await q.get_async(timeout=-1)
+        # A blocked get_async lets the loop run the put that ends its wait.
+        waiter = asyncio.ensure_future(q.get_async(timeout=BOUND_S))
+        await asyncio.sleep(0.2)
+        await q.put_async("c")
+        return await waiter
+
+    assert asyncio.run(main()) == "c"
