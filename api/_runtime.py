@@ -414,6 +414,12 @@ def _with_other_nodes(local: dict[str, float], field: str) -> dict[str, float]:
 NODES_TIMEOUT_S = 10.0
 
 
+def get_node_ip_address() -> str:
+    """The IP of this process's node, as its ``node:<ip>`` resource names it (Ray's ``ray.util`` helper)."""
+    total, _ = require_core().call_scheduler(Op.RESOURCES)
+    return _node_ip(total)
+
+
 def nodes() -> list[dict[str, Any]]:
     """The cluster's nodes as the GCS service knows them (waits for it while it restarts), keyed as Ray's.
 

@@ -318,3 +318,12 @@ def test_queue_put_async_and_get_async():
         return await waiter
 
     assert asyncio.run(main()) == "c"
+
+
+def test_get_node_ip_address_in_the_driver_and_in_a_task():
+    @ember.remote
+    def where():
+        return ember.util.get_node_ip_address()
+
+    ip = ember.util.get_node_ip_address()
+    assert f"node:{ip}" in ember.cluster_resources() and ember.get(where.remote(), timeout=BOUND_S) == ip
