@@ -35,7 +35,7 @@ import ember
 from ember.chaos import processes
 from ember.util import ActorPool
 from ember.util.queue import Queue
-from tests.fix_kill import kill_and_wait_for_the_next, sigkill
+from tests.fix_kill import actor_pid, kill_and_wait_for_the_next, sigkill
 
 BOUND_S = 90.0
 POOL_VALUES = 40
@@ -55,24 +55,13 @@ class Squarer:
         return x * x, self.calls
 
 
-def _actor_pid(handle) -> int:
-    wanted = handle._actor_id.hex()
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
-        found = [p.pid for p in processes() if p.kind == "worker" and p.actor_id == wanted]
-        if found:
-            return found[0]
-        time.sleep(0.02)  # restarting
-    raise AssertionError(f"no process for actor {wanted} within {BOUND_S}s")
-
-
 def test_an_actor_pool_map_keeps_every_value_while_its_actors_and_the_store_are_killed(fault_cluster):
     actors = [Squarer.remote(), Squarer.remote()]
     pool = ActorPool(actors)
-    first_pids = [_actor_pid(actor) for actor in actors]
-    kills = {5: lambda: sigkill([_actor_pid(actors[0])]),
+    first_pids = [actor_pid(actor) for actor in actors]
+    kills = {5: lambda: sigkill([actor_pid(actors[0])]),
              15: lambda: kill_and_wait_for_the_next("store"),
-             25: lambda: sigkill([_actor_pid(actors[1])])}
+             25: lambda: sigkill([actor_pid(actors[1])])}
     results = []
     for value in pool.map(lambda actor, v: actor.square.remote(v), range(POOL_VALUES)):
         results.append(value)
@@ -82,7 +71,7 @@ def test_an_actor_pool_map_keeps_every_value_while_its_actors_and_the_store_are_
     # Each actor's count of calls is its replayed state: every call counted once, none twice.
     counts = ember.get([actor.square.remote(0) for actor in actors], timeout=BOUND_S)
     assert sum(calls for _, calls in counts) == POOL_VALUES + len(actors)
-    assert all(_actor_pid(actor) != pid for actor, pid in zip(actors, first_pids))  # both really restarted
+    assert all(actor_pid(actor) != pid for actor, pid in zip(actors, first_pids))  # both really restarted
 
 
 @ember.remote(max_retries=-1)
@@ -106,11 +95,11 @@ def test_a_queue_between_tasks_keeps_every_value_while_workers_and_the_store_are
     queue_actor = queue.actor
     producers = [produce.remote(queue, p, ITEMS_PER_PRODUCER) for p in range(PRODUCERS)]
     expected = {(p, i) for p in range(PRODUCERS) for i in range(ITEMS_PER_PRODUCER)}
-    kills = {4: lambda: sigkill([_actor_pid(queue_actor)]),
+    kills = {4: lambda: sigkill([actor_pid(queue_actor)]),
              12: lambda: kill_and_wait_for_the_next("store"),
              20: lambda: _kill_a_producer(queue_actor._actor_id.hex()),
-             28: lambda: sigkill([_actor_pid(queue_actor)])}
-    first_pid = _actor_pid(queue_actor)
+             28: lambda: sigkill([actor_pid(queue_actor)])}
+    first_pid = actor_pid(queue_actor)
     received: Counter = Counter()
     deadline = time.monotonic() + BOUND_S
     while set(received) != expected:
@@ -134,7 +123,7 @@ def test_a_queue_between_tasks_keeps_every_value_while_workers_and_the_store_are
     duplicated = {key[0] for key, times in received.items() if times > 1}
     assert len(duplicated) <= 1, f"items of producers {duplicated} arrived twice; only a killed one may repeat"
     assert queue.size() == 0
-    assert _actor_pid(queue_actor) != first_pid  # the queue's actor really came back
+    assert actor_pid(queue_actor) != first_pid  # the queue's actor really came back
 
 
 def _slow_square(x):
@@ -147,10 +136,10 @@ def test_a_pool_map_keeps_every_value_while_its_processes_are_killed(fault_clust
 
     with Pool(processes=2) as pool:
         first = pool._actors
-        pids = [_actor_pid(actor) for actor in first]
+        pids = [actor_pid(actor) for actor in first]
         result = pool.map_async(_slow_square, range(POOL_VALUES), chunksize=2)
         sigkill(pids[:1])  # a pool process dies with chunks queued on it
         kill_and_wait_for_the_next("store")
-        sigkill([_actor_pid(first[1])])
+        sigkill([actor_pid(first[1])])
         assert result.get(timeout=BOUND_S) == [v * v for v in range(POOL_VALUES)]
-        assert all(_actor_pid(actor) not in pids for actor in first)  # both came back as new processes
+        assert all(actor_pid(actor) not in pids for actor in first)  # both came back as new processes
