@@ -76,24 +76,30 @@ class ActorClass:
         class_id, payload = self._ensure_payload()
         opts = self._options
         name = opts.get("name")
+        namespace = opts.get("namespace")
         if name is not None and opts.get("get_if_exists"):
-            existing = _lookup_named(name)
+            existing = _lookup_named(name, namespace)
             if existing is not None:
                 return existing
+        # The key the name is claimed under (the namespace's), which a scheduler restart claims again.
+        key = _options.qualified_name(namespace, name) if name is not None else None
         core.register_function(class_id, payload, self.__qualname__)
         actor_id = os.urandom(16)
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries)
         meta = handle._meta()
-        if name is not None:
-            error = core.call_scheduler(Op.CLAIM_NAME, name, actor_id, meta)
+        if key is not None:
+            error = core.call_scheduler(Op.CLAIM_NAME, key, actor_id, meta)
             if error is not None:
-                raise ActorAlreadyExistsError(f"cannot create actor: {error}; use ember.get_actor({name!r}) to reach it")
+                where = "" if key == name else f", namespace={namespace!r}"
+                raise ActorAlreadyExistsError(
+                    f"cannot create actor: an actor named {name!r} already exists{where and ' in that namespace'}; "
+                    f"use ember.get_actor({name!r}{where}) to reach it")
         try:
             core.submit(
                 TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
                 _options.retries(opts, "max_restarts", 0),  # a creation's retries are the actor's restarts
-                actor_id=actor_id, name=name, extra=(opts.get("lifetime") == "detached", meta),
+                actor_id=actor_id, name=key, extra=(opts.get("lifetime") == "detached", meta),
             )
         except BaseException:
             core.kill_actor(actor_id, True)  # frees the name it claimed

@@ -26,7 +26,21 @@ _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions"}
 _ALIASES = {"num_return_vals": "num_returns"}
 
 DEFAULT_TASK_RETRIES = 3
-NAMESPACE = "default"  # the one namespace of an ember cluster's named actors
+NAMESPACE = "default"  # the namespace of named actors created or looked up without one
+_NAMESPACE_SEPARATOR = "\x1f"  # between a namespace and a name in the key a name is claimed under
+
+
+def qualified_name(namespace: str | None, name: str) -> str:
+    """The key ``name`` is claimed and looked up under in ``namespace`` (the default's: the name itself)."""
+    if namespace is None or namespace == NAMESPACE:
+        return name
+    return f"{namespace}{_NAMESPACE_SEPARATOR}{name}"
+
+
+def split_name(key: str) -> tuple[str, str]:
+    """(namespace, name) of a claimed key."""
+    namespace, separator, name = key.partition(_NAMESPACE_SEPARATOR)
+    return (namespace, name) if separator else (NAMESPACE, key)
 
 
 def refuse_runtime_env(runtime_env: Any, where: str) -> None:
@@ -41,12 +55,21 @@ def refuse_runtime_env(runtime_env: Any, where: str) -> None:
 
 
 def check_namespace(namespace: Any, where: str) -> None:
-    """Refuse a namespace other than ember's one: names are cluster-wide, a namespace would not separate them."""
+    """A namespace must be a non-empty string without control characters (None: the default one)."""
+    if namespace is None:
+        return
+    if not isinstance(namespace, str) or not namespace or _NAMESPACE_SEPARATOR in namespace:
+        raise InvalidOptionError(f"{where} namespace must be a non-empty string, got {namespace!r}")
+
+
+def refuse_job_namespace(namespace: Any) -> None:
+    """``init(namespace=)`` is refused: a job's namespace would have to reach every task it runs, which ember's
+    tasks do not carry; explicit namespaces on the actor and in ``get_actor`` work everywhere."""
     if namespace is not None and namespace != NAMESPACE:
         raise InvalidOptionError(
-            f"{where} namespace={namespace!r} is not supported: an ember cluster has one namespace of named "
-            f"actors, {NAMESPACE!r}, in which every job's names are visible; leave namespace out (or pass "
-            f"{NAMESPACE!r}) and give the actors names that do not clash")
+            f"ember.init namespace={namespace!r} is not supported: a job has no namespace of its own in ember "
+            f"(every job starts in {NAMESPACE!r}). Name the namespace where actors are named and looked up: "
+            f"Cls.options(name=..., namespace={namespace!r}) and ember.get_actor(name, namespace={namespace!r})")
 
 
 def _number(name: str, value: Any, minimum: float = 0.0) -> float:

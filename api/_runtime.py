@@ -72,7 +72,7 @@ def init(
 ) -> dict[str, Any]:
     """Start a local cluster (or, later, join one) and connect this process to it."""
     global _node, _session, _atexit_registered
-    _options.check_namespace(kwargs.pop("namespace", None), "ember.init")
+    _options.refuse_job_namespace(kwargs.pop("namespace", None))
     if "runtime_env" in kwargs:
         _options.refuse_runtime_env(kwargs["runtime_env"], "ember.init")
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
@@ -355,10 +355,10 @@ def current_namespace() -> str:
     return NAMESPACE
 
 
-def _lookup_named(name: str) -> Any:
+def _lookup_named(name: str, namespace: str | None = None) -> Any:
     from ember._actor import handle_from_meta
 
-    found = core().call_scheduler(Op.GET_NAMED_ACTOR, name)
+    found = core().call_scheduler(Op.GET_NAMED_ACTOR, _options.qualified_name(namespace, name))
     if found is None:
         return None
     return handle_from_meta(*found)
@@ -369,23 +369,27 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     if not isinstance(name, str) or not name:
         raise TypeError(f"ember.get_actor() expects a non-empty actor name, got {name!r}")
     _options.check_namespace(namespace, "ember.get_actor")
-    handle = _lookup_named(name)
+    handle = _lookup_named(name, namespace)
     if handle is None:
+        where = f" in namespace {namespace!r}" if namespace not in (None, NAMESPACE) else ""
         raise ActorHandleNotFoundError(
-            f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")
+            f"no live actor named {name!r}{where}; create one with Cls.options(name={name!r}"
+            f"{f', namespace={namespace!r}' if where else ''}).remote()")
     return handle
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     """The names of the cluster's live named actors (Ray's ``ray.util.list_named_actors``).
 
-    ember has one namespace per cluster (``NAMESPACE``); with
-    ``all_namespaces`` each entry is ``{"namespace": ..., "name": ...}``, as Ray's.
+    Those of the default namespace (``NAMESPACE``, where a job's names go unless
+    it names another); with ``all_namespaces``, every namespace's, each entry
+    ``{"namespace": ..., "name": ...}``, as Ray's.
     """
-    names = core().call_scheduler(Op.LIST_NAMED_ACTORS)
+    keys = core().call_scheduler(Op.LIST_NAMED_ACTORS)
+    named = [_options.split_name(key) for key in keys]
     if all_namespaces:
-        return [{"namespace": NAMESPACE, "name": name} for name in names]
-    return list(names)
+        return [{"namespace": namespace, "name": name} for namespace, name in named]
+    return [name for namespace, name in named if namespace == NAMESPACE]
 
 
 def cluster_resources() -> dict[str, float]:

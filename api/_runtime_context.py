@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember._actor import ActorHandle, _method_table
+from ember._options import split_name
 from ember._runtime import current_namespace
 from ember.exceptions import EmberUserError
 from ember.scheduler import TaskKind, require_core
@@ -60,7 +61,7 @@ class RuntimeContext:
         executor = _actor_executor()
         if executor is None:
             return None
-        return executor.actor_spec.name or ""
+        return split_name(executor.actor_spec.name)[1] if executor.actor_spec.name else ""
 
     @property
     def current_actor(self) -> Any:

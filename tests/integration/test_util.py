@@ -327,3 +327,40 @@ def test_get_node_ip_address_in_the_driver_and_in_a_task():
 
     ip = ember.util.get_node_ip_address()
     assert f"node:{ip}" in ember.cluster_resources() and ember.get(where.remote(), timeout=BOUND_S) == ip
+
+
+def test_namespaces_separate_named_actors():
+    from ember.exceptions import ActorAlreadyExistsError, ActorHandleNotFoundError
+
+    a = Doubler.options(name="shared-name", namespace="team-a").remote()
+    b = Doubler.options(name="shared-name", namespace="team-b").remote()
+    plain = Doubler.options(name="shared-name").remote()  # the default namespace
+    assert len({a, b, plain}) == 3
+    assert ember.get_actor("shared-name", namespace="team-a") == a
+    assert ember.get_actor("shared-name", namespace="team-b") == b
+    assert ember.get_actor("shared-name") == plain == ember.get_actor("shared-name", namespace="default")
+    with pytest.raises(ActorAlreadyExistsError, match="namespace='team-a'"):
+        Doubler.options(name="shared-name", namespace="team-a").remote()
+    assert Doubler.options(name="shared-name", namespace="team-a", get_if_exists=True).remote() == a
+    with pytest.raises(ActorHandleNotFoundError, match="in namespace 'team-c'"):
+        ember.get_actor("shared-name", namespace="team-c")
+
+    @ember.remote
+    def lookup(namespace):
+        return ember.get_actor("shared-name", namespace=namespace)
+
+    assert ember.get(lookup.remote("team-b"), timeout=BOUND_S) == b  # from a task: the namespace it names
+    assert "shared-name" in list_named_actors()
+    everything = list_named_actors(all_namespaces=True)
+    for namespace in ("team-a", "team-b", "default"):
+        assert {"namespace": namespace, "name": "shared-name"} in everything
+
+    @ember.remote
+    class Named:
+        def name(self):
+            return ember.get_runtime_context().get_actor_name()
+
+    named = Named.options(name="inner", namespace="team-a").remote()
+    assert ember.get(named.name.remote(), timeout=BOUND_S) == "inner"  # the name, not the namespace's key
+    for actor in (a, b, plain, named):
+        ember.kill(actor)

@@ -64,20 +64,21 @@ def test_options_ember_cannot_honour_are_refused_not_ignored():
         validate({"scheduling_strategy": "SPREAD"}, "task")
 
 
-def test_a_namespace_other_than_embers_one_is_refused_not_ignored():
+def test_namespaces_are_checked_and_a_jobs_namespace_is_refused_not_ignored():
     import pytest
 
-    from ember._options import NAMESPACE, validate
+    from ember._options import NAMESPACE, qualified_name, split_name, validate
     from ember.exceptions import InvalidOptionError
 
-    assert validate({"namespace": NAMESPACE}, "actor")["namespace"] == NAMESPACE
-    assert validate({"namespace": None}, "actor")["namespace"] is None
-    with pytest.raises(InvalidOptionError, match="namespace='team-a' is not supported.*one namespace"):
-        validate({"namespace": "team-a"}, "actor")
-    with pytest.raises(InvalidOptionError, match="ember.init namespace='team-a'"):
+    assert validate({"namespace": "team-a"}, "actor")["namespace"] == "team-a"
+    for bad in ("", 3, "a\x1fb"):
+        with pytest.raises(InvalidOptionError, match="namespace must be a non-empty string"):
+            validate({"namespace": bad}, "actor")
+    assert qualified_name(None, "x") == qualified_name(NAMESPACE, "x") == "x"  # the default: names as before
+    assert split_name(qualified_name("team-a", "x/y")) == ("team-a", "x/y")
+    assert split_name("x") == (NAMESPACE, "x")
+    with pytest.raises(InvalidOptionError, match="ember.init namespace='team-a' is not supported.*options"):
         ember.init(namespace="team-a")  # refused before anything starts
-    with pytest.raises(InvalidOptionError, match="ember.get_actor namespace='team-a'"):
-        ember.get_actor("x", namespace="team-a")
     assert not ember.is_initialized()
 
 
