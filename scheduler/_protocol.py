@@ -81,8 +81,6 @@ class Op:
     CLAIM_NAME = 26
     FORWARDED_DONE = 27  # node scheduler -> the scheduler that spilled tasks to it: these finished
     RESUME = 28  # owner -> a restarted scheduler: these tasks of yours I still want; which did your log keep?
-    LIST_NAMED_ACTORS = 29  # the names of the cluster's live named actors
-    RETIRE = 35  # worker -> its scheduler: I ran a function max_calls times; here are tasks back, stop me when idle
     # from the scheduler
     EXECUTE = 30
     CANCEL_RUNNING = 31
@@ -109,6 +107,9 @@ class Op:
     PULL = 63  # owner -> its node's store: fetch this object from these nodes
     PULL_FAILED = 64  # store -> subscribers: no source gave the object
     OBJECT_LOST_AT = 65  # borrower -> owner: no copy where you said (their nodes died)
+    # to the scheduler (later additions: 10-29 are taken)
+    LIST_NAMED_ACTORS = 70  # the names of the cluster's live named actors
+    RETIRE = 71  # worker -> its scheduler: I ran a function max_calls times; here are tasks back, stop me when idle
 
 
 OP_NAMES: dict[int, str] = {v: k for k, v in vars(Op).items() if type(v) is int}
