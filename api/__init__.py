@@ -5,10 +5,11 @@ actors, ``get``/``put``/``wait``, object refs passed between tasks.
 """
 
 from ember import chaos, exceptions, lineage
-from ember.scheduler import ObjectRef
+from ember.scheduler import ObjectRef, TaskID
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
 from ember._runtime_context import RuntimeContext, get_runtime_context
+from ember._timeline import timeline
 from ember._runtime import (
     available_resources,
     cancel,
@@ -25,7 +26,7 @@ from ember._runtime import (
 )
 
 # Ray's public module names (``ray.actor.ActorHandle`` in type hints); imported after the names they re-export.
-from ember import actor, remote_function, runtime_context
+from ember import actor, dag, remote_function, runtime_context, util
 
 __version__ = "0.1.0"
 
@@ -34,11 +35,13 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "RuntimeContext",
+    "TaskID",
     "actor",
     "available_resources",
     "cancel",
     "chaos",
     "cluster_resources",
+    "dag",
     "exceptions",
     "get",
     "get_actor",
@@ -54,5 +57,7 @@ __all__ = [
     "remote_function",
     "runtime_context",
     "shutdown",
+    "timeline",
+    "util",
     "wait",
 ]

@@ -9,10 +9,11 @@ from typing import Any
 
 import cloudpickle
 
-from ember.exceptions import EmberUserError, SerializationError
+from ember.exceptions import ActorAlreadyExistsError, EmberUserError, SerializationError
 from ember.scheduler import ObjectRef, Op, TaskKind
 from ember import _options
 from ember._runtime import _lookup_named, core as _core
+from ember.dag import ClassMethodNode, ClassNode
 
 
 def method(**options: Any) -> Any:
@@ -75,29 +76,39 @@ class ActorClass:
         class_id, payload = self._ensure_payload()
         opts = self._options
         name = opts.get("name")
+        namespace = opts.get("namespace")
         if name is not None and opts.get("get_if_exists"):
-            existing = _lookup_named(name)
+            existing = _lookup_named(name, namespace)
             if existing is not None:
                 return existing
+        # The key the name is claimed under (the namespace's), which a scheduler restart claims again.
+        key = _options.qualified_name(namespace, name) if name is not None else None
         core.register_function(class_id, payload, self.__qualname__)
         actor_id = os.urandom(16)
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries)
         meta = handle._meta()
-        if name is not None:
-            error = core.call_scheduler(Op.CLAIM_NAME, name, actor_id, meta)
+        if key is not None:
+            error = core.call_scheduler(Op.CLAIM_NAME, key, actor_id, meta)
             if error is not None:
-                raise ValueError(f"cannot create actor: {error}; use ember.get_actor({name!r}) to reach it")
+                where = "" if key == name else f", namespace={namespace!r}"
+                raise ActorAlreadyExistsError(
+                    f"cannot create actor: an actor named {name!r} already exists{where and ' in that namespace'}; "
+                    f"use ember.get_actor({name!r}{where}) to reach it")
         try:
             core.submit(
                 TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
                 _options.retries(opts, "max_restarts", 0),  # a creation's retries are the actor's restarts
-                actor_id=actor_id, name=name, extra=(opts.get("lifetime") == "detached", meta),
+                actor_id=actor_id, name=key, extra=(opts.get("lifetime") == "detached", meta),
             )
         except BaseException:
             core.kill_actor(actor_id, True)  # frees the name it claimed
             raise
         return handle
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """Record the creation of an actor in a lazy graph (``ember.dag``); ``node.method.bind(...)`` calls it."""
+        return ClassNode(self, args, kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorClass, (self._cls, self._options))
@@ -130,6 +141,10 @@ class ActorMethod:
         if self._num_returns == 0:
             return None
         return refs
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """Record a call on this live actor in a lazy graph (``ember.dag``)."""
+        return ClassMethodNode(self._handle, self._name, args, kwargs)
 
     def options(self, **options: Any) -> "ActorMethod":
         opts = _options.validate(options, "method")

@@ -54,6 +54,7 @@ from ember._cli_inspect import lineage_command, list_command  # noqa: E402  (aft
 from ember._cli_replay import replay_command  # noqa: E402
 from ember._cli_cluster import start_command, status_command, stop_command  # noqa: E402
 from ember._cli_dashboard import dashboard_command  # noqa: E402
+from ember._cli_inspect import timeline_command  # noqa: E402
 
 main.add_command(start_command)
 main.add_command(stop_command)
@@ -62,6 +63,7 @@ main.add_command(list_command)
 main.add_command(lineage_command)
 main.add_command(replay_command)
 main.add_command(dashboard_command)
+main.add_command(timeline_command)
 
 if __name__ == "__main__":
     main()

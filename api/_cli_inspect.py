@@ -174,3 +174,24 @@ _TABLES: dict[str, tuple[tuple[str, ...], Callable[[Any], list[str]]]] = {
     "nodes": (("NODE_ID", "STATE", "CPUS", "STARTED", "ENDED", "DEATH_CAUSE"), _node_cells),
     "jobs": (("JOB_ID", "STATE", "TASKS", "ENTRYPOINT", "STARTED", "DURATION"), _job_cells),
 }
+
+
+@click.command("timeline", help="Write a job's runs as a Chrome trace (load it in ui.perfetto.dev or chrome://tracing).")
+@click.option("--job", default=None, help="Job id or unique prefix (default: the latest job).")
+@click.option("-o", "--output", "output", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="File to write the trace to; '-' is stdout.")
+@click.option("--gcs-url", default=None, help=_GCS_URL_HELP)
+def timeline_command(job: str | None, output: str, gcs_url: str | None) -> None:
+    from ember.lineage import chrome_trace
+
+    with _opened_log(gcs_url) as log:
+        events = chrome_trace(log, job)
+    text = json.dumps(events)
+    if output == "-":
+        click.echo(text)
+        return
+    with open(output, "w", encoding="utf-8") as out:
+        out.write(text)
+    runs = sum(1 for e in events if e.get("ph") == "X")
+    lanes = sum(1 for e in events if e.get("name") == "thread_name")
+    click.echo(f"wrote {runs:,} runs in {lanes} lanes to {output}", err=True)

@@ -15,7 +15,7 @@ from ember.scheduler import resource_shape
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
-    "name", "memory", "scheduling_strategy",
+    "name", "memory", "scheduling_strategy", "max_calls",
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
@@ -26,6 +26,50 @@ _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions"}
 _ALIASES = {"num_return_vals": "num_returns"}
 
 DEFAULT_TASK_RETRIES = 3
+NAMESPACE = "default"  # the namespace of named actors created or looked up without one
+_NAMESPACE_SEPARATOR = "\x1f"  # between a namespace and a name in the key a name is claimed under
+
+
+def qualified_name(namespace: str | None, name: str) -> str:
+    """The key ``name`` is claimed and looked up under in ``namespace`` (the default's: the name itself)."""
+    if namespace is None or namespace == NAMESPACE:
+        return name
+    return f"{namespace}{_NAMESPACE_SEPARATOR}{name}"
+
+
+def split_name(key: str) -> tuple[str, str]:
+    """(namespace, name) of a claimed key."""
+    namespace, separator, name = key.partition(_NAMESPACE_SEPARATOR)
+    return (namespace, name) if separator else (NAMESPACE, key)
+
+
+def refuse_runtime_env(runtime_env: Any, where: str) -> None:
+    """``runtime_env`` is refused, whatever its fields: ember carries none of them out yet."""
+    fields = sorted(runtime_env) if isinstance(runtime_env, dict) else []
+    raise InvalidOptionError(
+        f"{where} runtime_env{' with ' + ', '.join(map(repr, fields)) if fields else ''} is not supported: ember "
+        "supports no runtime_env field yet (not env_vars, working_dir, py_modules, excludes, pip, conda, uv nor "
+        "container). Its workers run in the environment the cluster was started in: the driver's Python, "
+        "installed packages and environment variables (for `ember start`, that command's). Install what tasks "
+        "need there, or set variables before ember.init() / ember start")
+
+
+def check_namespace(namespace: Any, where: str) -> None:
+    """A namespace must be a non-empty string without control characters (None: the default one)."""
+    if namespace is None:
+        return
+    if not isinstance(namespace, str) or not namespace or _NAMESPACE_SEPARATOR in namespace:
+        raise InvalidOptionError(f"{where} namespace must be a non-empty string, got {namespace!r}")
+
+
+def refuse_job_namespace(namespace: Any) -> None:
+    """``init(namespace=)`` is refused: a job's namespace would have to reach every task it runs, which ember's
+    tasks do not carry; explicit namespaces on the actor and in ``get_actor`` work everywhere."""
+    if namespace is not None and namespace != NAMESPACE:
+        raise InvalidOptionError(
+            f"ember.init namespace={namespace!r} is not supported: a job has no namespace of its own in ember "
+            f"(every job starts in {NAMESPACE!r}). Name the namespace where actors are named and looked up: "
+            f"Cls.options(name=..., namespace={namespace!r}) and ember.get_actor(name, namespace={namespace!r})")
 
 
 def _number(name: str, value: Any, minimum: float = 0.0) -> float:
@@ -55,6 +99,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in options.items():
         key = _ALIASES.get(key, key)
+        if key == "runtime_env" and kind != "method":
+            refuse_runtime_env(value, f"the {kind} option")
         if key not in allowed:
             raise InvalidOptionError(
                 f"unknown option {key!r} for a remote {kind}; valid options are: {', '.join(sorted(allowed))}"
@@ -70,6 +116,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         if key in out:
             _integer(key, out[key], -1)
+    if "max_calls" in out:
+        _integer("max_calls", out["max_calls"], 0)
     if "retry_exceptions" in out:
         rule = out["retry_exceptions"]
         if not isinstance(rule, bool):
@@ -78,6 +126,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
             out["retry_exceptions"] = tuple(rule)
     if "name" in out and out["name"] is not None and not isinstance(out["name"], str):
         raise InvalidOptionError(f"option name must be a string, got {out['name']!r}")
+    if "namespace" in out:
+        check_namespace(out["namespace"], "the actor option")
     if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:
@@ -114,6 +164,17 @@ def shape_of(options: dict[str, Any], default_cpus: float) -> tuple:
     if options.get("memory"):
         resources["memory"] = options["memory"]
     return resource_shape(resources)
+
+
+def max_calls(options: dict[str, Any]) -> int:
+    """Runs of a task's function a worker makes before it retires; 0: no limit.
+
+    As Ray: no limit by default, but 1 for a task that asks for GPUs, so that
+    what it left in the GPU's memory goes with its process.
+    """
+    if "max_calls" in options:
+        return options["max_calls"]
+    return 1 if options.get("num_gpus") else 0
 
 
 def retries(options: dict[str, Any], key: str, default: int) -> int:

@@ -8,9 +8,10 @@ from typing import Any, Callable
 import cloudpickle
 
 from ember.exceptions import EmberUserError, SerializationError
-from ember.scheduler import TaskKind
+from ember.scheduler import CallLimited, TaskKind
 from ember import _options
 from ember._runtime import core as _core
+from ember.dag import FunctionNode
 
 
 class RemoteFunction:
@@ -23,6 +24,7 @@ class RemoteFunction:
         self._num_returns = self._options.get("num_returns", 1)
         self._max_retries = _options.retries(self._options, "max_retries", _options.DEFAULT_TASK_RETRIES)
         self._retry_exceptions = self._options.get("retry_exceptions", False)
+        self._max_calls = _options.max_calls(self._options)
         self._payload: bytes | None = None
         self._function_id: bytes | None = None
         self.__name__ = getattr(function, "__name__", "remote_function")
@@ -38,8 +40,10 @@ class RemoteFunction:
 
     def _ensure_payload(self) -> tuple[bytes, bytes]:
         if self._payload is None:
+            # A function with max_calls ships as a CallLimited, which tells every worker its limit.
+            shipped = CallLimited(self._function, self._max_calls) if self._max_calls else self._function
             try:
-                self._payload = cloudpickle.dumps(self._function)
+                self._payload = cloudpickle.dumps(shipped)
             except Exception as exc:
                 raise SerializationError(
                     f"remote function {self.__name__} cannot be pickled to send to workers: {exc}; "
@@ -63,10 +67,15 @@ class RemoteFunction:
             return None
         return refs
 
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """Record a call of this function in a lazy graph (``ember.dag``); ``node.execute()`` makes it."""
+        return FunctionNode(self, args, kwargs)
+
     def options(self, **options: Any) -> "RemoteFunction":
         merged = {**self._options, **options}
         variant = RemoteFunction(self._function, merged)
-        variant._payload, variant._function_id = self._payload, self._function_id
+        if variant._max_calls == self._max_calls:
+            variant._payload, variant._function_id = self._payload, self._function_id
         return variant
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from typing import Any
 from ember.chaos import _agent as _chaos_agent
 from ember import _options, _settings
 from ember.exceptions import (
+    ActorHandleNotFoundError,
     AlreadyInitializedError,
     EmberUserError,
     InvalidOptionError,
@@ -51,7 +54,7 @@ _auto_initialized = False  # the cluster was started (or joined) by the first us
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
 _HARMLESS_INIT_OPTIONS = {
-    "include_dashboard", "log_to_driver", "logging_level", "configure_logging", "namespace",
+    "include_dashboard", "log_to_driver", "logging_level", "configure_logging",
     "dashboard_host", "dashboard_port", "_temp_dir", "local_mode",
 }
 
@@ -70,6 +73,9 @@ def init(
 ) -> dict[str, Any]:
     """Start a local cluster (or, later, join one) and connect this process to it."""
     global _node, _session, _atexit_registered
+    _options.refuse_job_namespace(kwargs.pop("namespace", None))
+    if "runtime_env" in kwargs:
+        _options.refuse_runtime_env(kwargs["runtime_env"], "ember.init")
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
     if unknown:
         raise InvalidOptionError(
@@ -332,17 +338,28 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that creates ``object_ref``; ``get`` then raises TaskCancelledError."""
+    """Cancel the task that creates ``object_ref``; ``get`` then raises TaskCancelledError.
+
+    ``recursive`` (the default, as Ray's): the tasks it submitted, and theirs, are cancelled too.
+    """
     if not isinstance(object_ref, ObjectRef):
         raise NotAnObjectRefError(
             f"ember.cancel() expects an ObjectRef, got a {type(object_ref).__name__}; {_REF_FIX}")
-    require_core().cancel(object_ref, bool(force))
+    require_core().cancel(object_ref, bool(force), bool(recursive))
 
 
-def _lookup_named(name: str) -> Any:
+NAMESPACE = _options.NAMESPACE
+
+
+def current_namespace() -> str:
+    """The namespace of this process's named actors."""
+    return NAMESPACE
+
+
+def _lookup_named(name: str, namespace: str | None = None) -> Any:
     from ember._actor import handle_from_meta
 
-    found = core().call_scheduler(Op.GET_NAMED_ACTOR, name)
+    found = core().call_scheduler(Op.GET_NAMED_ACTOR, _options.qualified_name(namespace, name))
     if found is None:
         return None
     return handle_from_meta(*found)
@@ -352,10 +369,28 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     """The handle of the live actor created with ``.options(name=name)``."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"ember.get_actor() expects a non-empty actor name, got {name!r}")
-    handle = _lookup_named(name)
+    _options.check_namespace(namespace, "ember.get_actor")
+    handle = _lookup_named(name, namespace)
     if handle is None:
-        raise ValueError(f"no live actor named {name!r}; create one with Cls.options(name={name!r}).remote()")
+        where = f" in namespace {namespace!r}" if namespace not in (None, NAMESPACE) else ""
+        raise ActorHandleNotFoundError(
+            f"no live actor named {name!r}{where}; create one with Cls.options(name={name!r}"
+            f"{f', namespace={namespace!r}' if where else ''}).remote()")
     return handle
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[Any]:
+    """The names of the cluster's live named actors (Ray's ``ray.util.list_named_actors``).
+
+    Those of the default namespace (``NAMESPACE``, where a job's names go unless
+    it names another); with ``all_namespaces``, every namespace's, each entry
+    ``{"namespace": ..., "name": ...}``, as Ray's.
+    """
+    keys = core().call_scheduler(Op.LIST_NAMED_ACTORS)
+    named = [_options.split_name(key) for key in keys]
+    if all_namespaces:
+        return [{"namespace": namespace, "name": name} for namespace, name in named]
+    return [name for namespace, name in named if namespace == NAMESPACE]
 
 
 def cluster_resources() -> dict[str, float]:
@@ -384,19 +419,49 @@ def _with_other_nodes(local: dict[str, float], field: str) -> dict[str, float]:
 NODES_TIMEOUT_S = 10.0
 
 
+def get_node_ip_address() -> str:
+    """The IP of this process's node, as its ``node:<ip>`` resource names it (Ray's ``ray.util`` helper)."""
+    total, _ = require_core().call_scheduler(Op.RESOURCES)
+    return _node_ip(total)
+
+
 def nodes() -> list[dict[str, Any]]:
     """The cluster's nodes as the GCS service knows them (waits for it while it restarts), keyed as Ray's.
 
     ``NodeManagerAddress`` and ``NodeName`` are the node's IP, as its ``node:<ip>`` resource names it;
-    ``SchedulerAddress`` is where its scheduler listens (ember's own).
+    ``SchedulerAddress`` is where its scheduler listens (ember's own), as is ``RayletSocketName``.
     """
+    core = require_core()
     found = []
-    for n in _gcs_nodes(require_core()):
+    for n in _gcs_nodes(core):
         ip = _node_ip(n["resources"])
+        here = n["node_id"] == core.node_id
         found.append({"NodeID": n["node_id"], "Alive": n["alive"], "alive": n["alive"], "Resources": n["resources"],
-                      "NodeManagerAddress": ip, "NodeName": ip, "SchedulerAddress": n["address"],
-                      "DeathCause": n["death_cause"], "DeathReasonMessage": n["death_cause"] or ""})
+                      "NodeManagerAddress": ip, "NodeName": ip,
+                      "NodeManagerHostname": socket.gethostname() if here else ip,
+                      "NodeManagerPort": _port_of(n["address"]), "RayletSocketName": n["address"],
+                      "ObjectStoreSocketName": str(core.session.store_socket) if here else "",
+                      "MetricsExportPort": -1, "Labels": {"ray.io/node-id": n["node_id"]},
+                      "SchedulerAddress": n["address"], "DeathCause": n["death_cause"],
+                      "DeathReason": _death_reason(n["alive"], n["death_cause"]),
+                      "DeathReasonMessage": n["death_cause"] or ""})
     return found
+
+
+# Ray's NodeDeathInfo reasons: what ember can tell from a node's death cause.
+_DEATH_UNSPECIFIED, _DEATH_EXPECTED, _DEATH_UNEXPECTED = 0, 1, 2
+
+
+def _death_reason(alive: bool, cause: str | None) -> int:
+    if alive:
+        return _DEATH_UNSPECIFIED
+    return _DEATH_EXPECTED if cause and cause.endswith("shut down") else _DEATH_UNEXPECTED
+
+
+def _port_of(address: str) -> int:
+    """The TCP port in a node's scheduler address (a relay's ``host:port``), 0 for a Unix socket's path."""
+    match = re.search(r":(\d+)(?:/|$)", address)
+    return int(match.group(1)) if match else 0
 
 
 def _node_ip(resources: dict[str, float]) -> str:

@@ -1,11 +1,32 @@
 """What the current process is doing: ``ember.get_runtime_context()``.
 
-It only reads the process's owner; it never starts or joins a cluster.
+It only reads the process's owner and, in an actor's process, what its
+executor recorded of the actor; it never starts or joins a cluster.
 """
 
 from __future__ import annotations
 
-from ember.scheduler import require_core
+from typing import Any
+
+from ember._actor import ActorHandle, _method_table
+from ember._options import split_name
+from ember._runtime import current_namespace
+from ember.exceptions import EmberUserError
+from ember.scheduler import TaskKind, require_core
+
+
+def _task_name(spec: Any) -> str:
+    if spec.name:
+        return spec.name
+    if spec.kind == TaskKind.ACTOR_CALL:
+        return f"{spec.function_name}.{spec.method}"
+    return spec.function_name
+
+
+def _actor_executor() -> Any:
+    """The executor of this actor's process, or None outside an actor."""
+    executor = require_core().executor
+    return executor if executor is not None and executor.actor_spec is not None else None
 
 
 class RuntimeContext:
@@ -23,17 +44,75 @@ class RuntimeContext:
         task = require_core().current_task
         return task.task_id.hex() if task is not None else None
 
+    def get_task_name(self) -> str | None:
+        """The running task's name: its ``name`` option, else ``f`` or ``Class.method``; None outside a task."""
+        task = require_core().current_task
+        return _task_name(task) if task is not None else None
+
     def get_worker_id(self) -> str:
         return require_core().worker_id.hex()
 
     def get_actor_id(self) -> str | None:
-        executor = require_core().executor
-        actor_id = getattr(executor, "_actor_id", None)
-        return actor_id.hex() if actor_id else None
+        executor = _actor_executor()
+        return executor.actor_spec.actor_id.hex() if executor is not None else None
+
+    def get_actor_name(self) -> str | None:
+        """In an actor: the name it was created with (``""`` if none), as in Ray; None outside an actor."""
+        executor = _actor_executor()
+        if executor is None:
+            return None
+        return split_name(executor.actor_spec.name)[1] if executor.actor_spec.name else ""
+
+    @property
+    def current_actor(self) -> Any:
+        """A handle to the actor this code runs in (pass it to tasks to call back); RuntimeError outside an actor.
+
+        Its calls are not sent again if the actor dies while they run (as a
+        handle made with ``max_task_retries=0``), whatever the creator's handle does.
+        """
+        executor = _actor_executor()
+        if executor is None:
+            raise EmberUserError("current_actor is only available in an actor's methods")
+        spec = executor.actor_spec
+        return ActorHandle(spec.actor_id, spec.function_name, _method_table(executor.actor_class), 0)
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether this actor's process is a restart (after its process died), not its first start."""
+        executor = _actor_executor()
+        if executor is None:
+            raise EmberUserError("was_current_actor_reconstructed is only available in an actor's process")
+        return executor.actor_restarts > 0
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        """The resources the running task holds (an actor: those it holds for its life), by name."""
+        core = require_core()
+        executor = _actor_executor()
+        spec = executor.actor_spec if executor is not None else core.current_task
+        if spec is None:
+            raise EmberUserError("get_assigned_resources is only available in a task or an actor")
+        return {name: amount for name, amount in spec.resources if amount}
+
+    @property
+    def namespace(self) -> str:
+        require_core()
+        return current_namespace()
 
     @property
     def node_id(self) -> str:
         return self.get_node_id()
+
+    @property
+    def job_id(self) -> str:
+        return self.get_job_id()
+
+    @property
+    def task_id(self) -> str | None:
+        return self.get_task_id()
+
+    @property
+    def actor_id(self) -> str | None:
+        return self.get_actor_id()
 
 
 def get_runtime_context() -> RuntimeContext:

@@ -10,6 +10,14 @@ Three families, so a caller can tell whose fault it is:
 
 ``EmberTaskError`` wraps an exception raised by user code in a task.
 
+Ray's names are here too, so ``except ray.exceptions.RayError`` works under
+``import ember as ray``: ``RayError`` is ``EmberError`` itself (the root of
+every error ember raises), and the classes Ray programs catch
+(``RaySystemError``, ``ObjectStoreFullError``, ``OutOfMemoryError``,
+``ObjectReconstructionFailedError`` and its subclasses, ``OwnerDiedError``,
+``ActorUnavailableError``) sit where ember raises the matching error, as bases
+of ember's own classes where both exist.
+
 Every exception here pickles (they cross process boundaries) and no
 constructor does I/O.
 """
@@ -24,6 +32,8 @@ __all__ = [
     "EmberOperationError",
     "EmberInternalError",
     "EmberTaskError",
+    "RayError",
+    "RaySystemError",
     "RayTaskError",
     "SerializationError",
     "InfeasibleResourceError",
@@ -32,14 +42,21 @@ __all__ = [
     "ForeignObjectRefError",
     "UnknownObjectRefError",
     "ObjectTooLargeError",
+    "ObjectStoreFullError",
+    "OutOfMemoryError",
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError",
     "ObjectTransferError",
     "ActorDiedError",
     "InfeasibleActorError",
     "RayActorError",
     "ActorUnavailableError",
+    "ActorAlreadyExistsError",
+    "ActorHandleNotFoundError",
     "WorkerCrashedError",
     "GetTimeoutError",
     "TaskCancelledError",
@@ -65,6 +82,33 @@ class EmberOperationError(EmberError):
 
 class EmberInternalError(EmberError):
     """A bug in ember. Please report it with the message and traceback."""
+
+
+class RaySystemError(EmberOperationError):
+    """Ray's name for a failure of the system under the program: ember's cluster could not be started or reached.
+
+    Base of ``ClusterStartError``, ``ClusterUnavailableError`` and
+    ``LineageLogUnavailableError``, so Ray code that catches it catches them.
+    """
+
+
+class ObjectStoreFullError(EmberOperationError):
+    """Ray's name for an object that does not fit in the object store.
+
+    ember spills to disk before it refuses a put, so the error it raises is
+    ``ObjectTooLargeError`` (a subclass): the object fits in neither the free
+    shared memory nor the free spill disk.
+    """
+
+
+class OutOfMemoryError(EmberOperationError):
+    """Ray's error for a task its memory monitor killed.
+
+    ember has no memory monitor: it never raises this class. It is defined so
+    that Ray programs' ``except ray.exceptions.OutOfMemoryError`` clauses
+    run; a worker the kernel's OOM killer ends is a ``WorkerCrashedError``
+    naming the signal.
+    """
 
 
 class SerializationError(EmberUserError, TypeError):
@@ -95,7 +139,7 @@ class UnknownObjectRefError(EmberUserError, ValueError):
         return (type(self), (self.object_id_hex, self.reason))
 
 
-class ObjectTooLargeError(EmberUserError):
+class ObjectTooLargeError(EmberUserError, ObjectStoreFullError):
     """An object is larger than the node's shared memory and spill disk can hold, free space counted."""
 
 
@@ -107,15 +151,15 @@ class NotInitializedError(EmberUserError, RuntimeError):
     """An API that needs a running cluster was called before ``ember.init()``."""
 
 
-class ClusterStartError(EmberOperationError, RuntimeError):
+class ClusterStartError(RaySystemError, RuntimeError):
     """``ember.init()`` could not start or reach the cluster's processes."""
 
 
-class ClusterUnavailableError(EmberOperationError, ConnectionError):
+class ClusterUnavailableError(RaySystemError, ConnectionError):
     """The cluster's scheduler cannot be reached (it stopped, or this process was cut off)."""
 
 
-class LineageLogUnavailableError(EmberOperationError, ConnectionError):
+class LineageLogUnavailableError(RaySystemError, ConnectionError):
     """The lineage log could not commit in time, so a value whose lineage is not durable was held back.
 
     Durable before visible: ember hands out no value (to ``get``, ``wait``,
@@ -136,6 +180,14 @@ class LineageLogUnavailableError(EmberOperationError, ConnectionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.url, self.waited_s, self.what))
+
+
+class ActorAlreadyExistsError(EmberUserError, ValueError):
+    """An actor is created with a name a live actor has already (``ValueError``, as Ray's)."""
+
+
+class ActorHandleNotFoundError(EmberUserError, ValueError):
+    """``get_actor`` of a name no live actor has (``ValueError``, as Ray's)."""
 
 
 class AlreadyInitializedError(EmberUserError, RuntimeError):
@@ -191,7 +243,25 @@ class ObjectLostError(EmberOperationError):
 
 
 class OwnerDiedError(ObjectLostError):
-    """The process that owned the object died before the object was shared."""
+    """The object's owner died, and the object cannot come back without it.
+
+    ember adopts the objects of a dead owner and rebuilds them from the
+    lineage log, so this is raised only for what nothing can rebuild: a put
+    (or a by-value argument) of a dead process of which no durable copy was
+    kept.
+    """
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Every copy of an object is gone and replaying its lineage cannot bring it back (the reason says why)."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """The object's task would have to run again, but it has used the attempts its ``max_retries`` allows."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """The object's creating task is no longer in the lineage log (``ember prune`` removed it)."""
 
 
 class ObjectTransferError(EmberOperationError):
@@ -210,16 +280,23 @@ class ObjectTransferError(EmberOperationError):
         return (type(self), (self.object_id_hex, self.reason))
 
 
-class ActorDiedError(EmberOperationError):
-    """The actor is dead and will not come back (killed, or out of restarts)."""
+class RayActorError(EmberOperationError):
+    """Ray's base of the errors of a call on an actor that cannot run it: the actor died, or is unavailable."""
 
     def __init__(self, actor_desc: str = "", reason: str = "") -> None:
         self.actor_desc = actor_desc
         self.reason = reason
-        super().__init__(f"actor {actor_desc} is dead: {reason}")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"actor {self.actor_desc} is dead: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.actor_desc, self.reason))
+
+
+class ActorDiedError(RayActorError):
+    """The actor is dead and will not come back (killed, or out of restarts)."""
 
 
 class InfeasibleActorError(ActorDiedError, InfeasibleResourceError):
@@ -230,8 +307,17 @@ class InfeasibleActorError(ActorDiedError, InfeasibleResourceError):
     """
 
 
-class ActorUnavailableError(EmberOperationError):
-    """The actor is restarting and cannot take calls right now."""
+class ActorUnavailableError(RayActorError):
+    """Ray's error for an actor that is restarting and cannot take calls right now.
+
+    ember does not raise it: a call on a restarting actor waits for the
+    restart (its calls are logged and replayed), and one that cannot be run
+    again raises ``ActorDiedError``. Defined for Ray programs' ``except``
+    clauses.
+    """
+
+    def _message(self) -> str:
+        return f"actor {self.actor_desc} is unavailable: {self.reason}"
 
 
 class EmberTaskError(EmberError):
@@ -304,5 +390,5 @@ def _derived_class(cause_cls: type) -> type:
 
 
 # Names Ray users already catch.
+RayError = EmberError
 RayTaskError = EmberTaskError
-RayActorError = ActorDiedError

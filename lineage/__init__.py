@@ -30,6 +30,7 @@ _HOME = {
     "FunctionUnavailableError": "_replay_plan", "LineageTooLongError": "_replay_plan",
     "NeedsClusterError": "_replay_plan",
     "NotReplayableError": "_replay_plan", "ReplayInputError": "_replay_plan",
+    "chrome_trace": "_timeline",
     "EmptyLogError": "_reader", "Lineage": "_reader", "LineageLog": "_reader", "ObjectRecord": "_reader",
     "TaskRecord": "_reader", "UnknownIdError": "_reader", "open_log": "_reader",
 }
@@ -44,7 +45,7 @@ _INTERNAL = {
     "short_repr": "_replay", "EmbeddedPostgres": "_postgres", "LineageStore": "_store",
     "QueueLog": "_queue_log", "ReplaySource": "_replay_source",
     "GcsLog": "_gcs_log", "ember_home": "_postgres",
-    "KeptCopy": "_replay_plan", "Lost": "_replay_plan", "RebuildPlan": "_replay_plan", "Rerun": "_replay_plan",
+    "KeptCopy": "_replay_plan", "Lost": "_replay_plan", "LostWhy": "_replay_plan", "RebuildPlan": "_replay_plan", "Rerun": "_replay_plan",
     "Restore": "_replay_plan", "TaskFacts": "_replay_plan", "no_copy_reason": "_replay_plan",
     "plan_rebuild": "_replay_plan", "UNREACHABLE_WAIT_S": "_replay_source", "LoggedTask": "_replay_source",
 }
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
         open_log,
     )
     from ember.lineage._replay import JobReplay, ReplayResult, Verdict, replay_job, replay_task
+    from ember.lineage._timeline import chrome_trace
     from ember.lineage._replay_plan import (
         FunctionUnavailableError,
         LineageTooLongError,
@@ -111,6 +113,7 @@ __all__ = [
     "TaskState",
     "UnknownIdError",
     "Verdict",
+    "chrome_trace",
     "open_log",
     "prune",
     "replay_job",

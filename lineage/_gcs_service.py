@@ -85,7 +85,8 @@ class GcsService:
         return {"Register": self.register, "Heartbeat": self.heartbeat, "Unregister": self.unregister,
                 "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished,
                 "ProcessEvents": self.process_events, "Place": self.place, "LocateActor": self.locate_actor,
-                "ClaimName": self.claim_name, "LookupName": self.lookup_name, "ReleaseName": self.release_name}
+                "ClaimName": self.claim_name, "LookupName": self.lookup_name, "ListNames": self.list_names,
+                "ReleaseName": self.release_name}
 
     # -- calls -----------------------------------------------------------------------------
     # Each call checks its request's shape before it writes anything: junk is
@@ -231,6 +232,12 @@ class GcsService:
         with self._lock:
             held = self._names.get(req["name"])
         return {} if held is None else {"actor_id": held[0], "meta": held[1]}
+
+    def list_names(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The names the cluster's live actors hold (a dead actor's name is released)."""
+        self._require_loaded()
+        with self._lock:
+            return {"names": sorted(self._names)}
 
     def release_name(self, req: dict[str, Any]) -> dict[str, Any]:
         """Free a name, if ``actor_id`` still holds it (the actor died)."""

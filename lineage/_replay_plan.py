@@ -210,12 +210,22 @@ class Restore:
     by_actor: bool  # an actor call's result (a put or by-value argument otherwise)
 
 
+class LostWhy(enum.Enum):
+    """Why an object cannot come back: the kind of error its readers get."""
+
+    LOGGING_OFF = "lineage logging is off"
+    NOT_LOGGED = "its creating task is not in the log"
+    NO_COPY = "only a durable copy could bring it back, and none is there"
+    TOO_LONG = "its lineage is longer than one plan may walk"
+
+
 @dataclass(frozen=True)
 class Lost:
-    """An object that cannot come back, and why."""
+    """An object that cannot come back, and why (``why`` for programs, ``reason`` for people)."""
 
     object_id: bytes
     reason: str
+    why: LostWhy
 
 
 @dataclass(frozen=True)
@@ -262,13 +272,13 @@ class _RebuildPlanner:
     def leaf(self, object_id: bytes, task: TaskFacts | None, copy: KeptCopy | None) -> None:
         """An object no rerun gives back: a put or an actor's result comes back from its copy, if any."""
         if not self.facts.lineage_logged:
-            self.lost.append(Lost(object_id, LOGGING_OFF))
+            self.lost.append(Lost(object_id, LOGGING_OFF, LostWhy.LOGGING_OFF))
             return
         by_actor = task is not None
         if not by_actor and (copy is None or not copy.kept):
-            self.lost.append(Lost(object_id, NOT_LOGGED))
+            self.lost.append(Lost(object_id, NOT_LOGGED, LostWhy.NOT_LOGGED))
         elif copy is None or (copy.inline is None and not copy.path):
-            self.lost.append(Lost(object_id, no_copy_reason(by_actor)))
+            self.lost.append(Lost(object_id, no_copy_reason(by_actor), LostWhy.NO_COPY))
         else:
             self.restores.append(Restore(object_id, copy.inline, copy.path, by_actor))
 

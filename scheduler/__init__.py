@@ -11,9 +11,10 @@ from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_
 from ember.scheduler._object_ref import ObjectRef, TaskID
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import IDS, TaskKind, resource_shape
+from ember.scheduler._spec import IDS, CallLimited, TaskKind, resource_shape
 
 __all__ = [
+    "CallLimited",
     "IDS",
     "JoinTarget",
     "NODE_RESOURCE_PREFIX",

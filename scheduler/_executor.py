@@ -32,7 +32,7 @@ from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.scheduler._spec import ArgKind, CallLimited, TaskKind, TaskSpec
 from ember.store import LateHashes, content_hash
 from ember.store import copy_wanted
 from ember.store import ObjectKind, deserialize, serialize, serialize_error, to_bytes
@@ -67,6 +67,10 @@ class Executor:
         self._instance: Any = None
         self._actor_id: bytes | None = None
         self._actor_name = ""
+        # What ember.get_runtime_context() reports in an actor's process.
+        self.actor_spec: TaskSpec | None = None  # its creation
+        self.actor_class: type | None = None
+        self.actor_restarts = 0  # 0: the first start; n: the n-th restart
         self._arg_copies: ActorArgCopies | None = None  # a logging actor's copies of the store objects it read
         self._blocked = False
         self._running: bytes | None = None
@@ -76,6 +80,8 @@ class Executor:
         self._stop = False
         self._done: list[bytes] = []
         self._call_seq = 0
+        self._calls: dict[bytes, int] = {}  # runs here of each function that has max_calls
+        self._retiring = False  # ran a function max_calls times: every task sent from now on goes back
         self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
         self._last_caller: str | None = None  # the process whose call the actor ran last
         # (log seq, place) of call-order rows not known durable yet, oldest
@@ -115,12 +121,12 @@ class Executor:
             spec, payload = msg[1], msg[2]
             if payload is not None:
                 self._payloads[spec.function_id] = payload
-            if self._blocked:
-                # Never let a task wait behind a blocked one: give it back.
+            if self._blocked or self._retiring:
+                # Never let a task wait behind a blocked one, nor come to a worker about to stop: give it back.
                 self.core.scheduler.send((Op.RETURN_TASKS, [spec.task_id]))
                 return
         elif op == Op.CANCEL_RUNNING:
-            self._cancel(msg[1])
+            self._cancel(msg[1], msg[2] if len(msg) > 2 else False, msg[3] if len(msg) > 3 else False)
             return
         with self._cv:
             self._inbox.append((conn, msg))
@@ -154,7 +160,11 @@ class Executor:
             return
         self._run_task(conn, msg[1])
 
-    def _cancel(self, task_id: bytes) -> None:
+    def _cancel(self, task_id: bytes, recursive: bool, force: bool) -> None:
+        if recursive:
+            self.core.cancel_children(task_id, force)  # sent before this task stops: they are its to end
+        if force:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the scheduler would: the run ends now, retries the rest
         with self._cv:
             self._cancelled.add(task_id)
             if self._running == task_id or task_id in self._outer:
@@ -381,6 +391,25 @@ class Executor:
         self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+        if spec.kind == TaskKind.NORMAL:
+            self._count_call(spec.function_id)
+
+    def _count_call(self, function_id: bytes) -> None:
+        """After the ``max_calls``-th run here of a function that has them: hand back what waits, and retire."""
+        fn = self._functions.get(function_id)
+        if not isinstance(fn, CallLimited):
+            return
+        calls = self._calls[function_id] = self._calls.get(function_id, 0) + 1
+        if calls < fn.max_calls or self._retiring:
+            return
+        with self._cv:
+            self._retiring = True
+            returned = [m[1].task_id for _, m in self._inbox if m[0] == Op.EXECUTE]
+            self._inbox = deque(item for item in self._inbox if item[1][0] != Op.EXECUTE)
+        done, self._done = self._done, []
+        if done:
+            self.core.scheduler.send((Op.TASKS_DONE, done))  # before the retirement, on the same connection
+        self.core.scheduler.send_now((Op.RETIRE, returned))
 
     def _split(self, spec: TaskSpec, value: Any) -> list:
         n = spec.num_returns
@@ -623,12 +652,13 @@ class Executor:
         core.current_task = spec
         self._actor_id = spec.actor_id
         self._actor_name = spec.function_name
+        self.actor_spec, self.actor_restarts = spec, restarts
         if core.gcs is not None:
             from ember.lineage import ember_home
 
             self._arg_copies = ActorArgCopies(ember_home(), spec.job_id, spec.actor_id)  # type: ignore[arg-type]
         try:
-            cls = cloudpickle.loads(payload)
+            cls = self.actor_class = cloudpickle.loads(payload)
             args = [self._arg(a) for a in spec.args]
             kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
             self._instance = cls(*args, **kwargs)

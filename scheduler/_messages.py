@@ -65,11 +65,13 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # to the scheduler
     Op.SUBMIT: ((TaskSpec, dict), 1),  # ..., bytes of its inputs by node (multi-node clusters)
     Op.REGISTER_FUNCTION: ((bytes, bytes, str), 0),
-    Op.CANCEL: ((TID, bool), 0),
+    Op.CANCEL: ((TID, bool, bool), 1),  # ..., force, recursive (absent: True)
     Op.CREATE_ACTOR: ((TaskSpec, bool, _ANY, int), 1),
     Op.KILL_ACTOR: ((AID, bool), 0),
     Op.LOOKUP_ACTOR: ((int, AID), 0),
     Op.GET_NAMED_ACTOR: ((int, str), 0),
+    Op.LIST_NAMED_ACTORS: ((int,), 0),
+    Op.RETIRE: ((_ListOf(TID),), 0),  # ..., the tasks the worker hands back unstarted
     Op.BLOCKED: ((_ListOf(TID),), 0),
     Op.UNBLOCKED: ((), 0),
     Op.TASKS_DONE: ((_ListOf(TID),), 0),
@@ -85,7 +87,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.TAKE_BACK: ((int, _ListOf(TID)), 0),
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
-    Op.CANCEL_RUNNING: ((TID,), 0),
+    Op.CANCEL_RUNNING: ((TID, bool, bool), 2),  # ..., recursive, force (absent: False, False)
     Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
@@ -115,7 +117,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
 # Requests (answered with REPLY): a refused one is answered with an error.
 REQUESTS = frozenset({
     Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
-    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE, Op.TAKE_BACK,
+    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE, Op.TAKE_BACK, Op.LIST_NAMED_ACTORS,
 })
 
 SCHEDULER_OPS = frozenset({
@@ -123,7 +125,7 @@ SCHEDULER_OPS = frozenset({
     Op.GET_NAMED_ACTOR, Op.BLOCKED, Op.UNBLOCKED, Op.TASKS_DONE, Op.RETURN_TASKS, Op.ACTOR_READY,
     Op.ACTOR_FAILED, Op.RESOURCES, Op.PROCESSES, Op.SHUTDOWN, Op.CLAIM_NAME, Op.RESUME, Op.FORWARDED_DONE,
     Op.TASK_FAILED, Op.ACTOR_STATE,  # these three: from another node's scheduler
-    Op.TAKE_BACK,
+    Op.TAKE_BACK, Op.LIST_NAMED_ACTORS, Op.RETIRE,
 })
 STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.STORE_STATS, Op.PULL})
 CORE_OPS = frozenset({

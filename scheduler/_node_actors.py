@@ -109,6 +109,11 @@ class NodeActors:
             return None
         return (actor_id, actor.meta)
 
+    def live_names(self) -> set[str]:
+        """The names of this node's live named actors."""
+        return {name for name, actor_id in self._names.items()
+                if (actor := self._actors.get(actor_id)) is not None and actor.state != ActorState.DEAD}
+
     # -- life on this node -----------------------------------------------------------------
 
     def create(self, spec: TaskSpec, detached: bool, meta: Any, restarts: int = 0) -> list[Action]:

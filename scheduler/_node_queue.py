@@ -94,7 +94,7 @@ class WorkerLinks(Protocol):
 class WorkerSlot:
     """The queue's record of one worker process: what it holds, not the process itself."""
 
-    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "blocked", "idle_since")
+    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "blocked", "idle_since", "retiring")
 
     def __init__(self, key: int, actor_id: bytes | None, now: float) -> None:
         self.key = key
@@ -105,6 +105,7 @@ class WorkerSlot:
         self.shape: tuple = ()  # the resources it holds
         self.blocked = False  # its task waits in get/wait: its CPUs are given back meanwhile
         self.idle_since = now
+        self.retiring = False  # it ran a function max_calls times: it takes no more, and stops once idle
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ class NodeQueue:
             depth = PIPELINE_DEPTH_BACKLOG
         best = None
         for slot in self._slots.values():
-            if (slot.actor_id is None and slot.ready and not slot.blocked and slot.assigned
+            if (slot.actor_id is None and slot.ready and not slot.blocked and slot.assigned and not slot.retiring
                     and slot.shape == shape and len(slot.assigned) < depth):
                 if best is None or len(slot.assigned) < len(best.assigned):
                     best = slot
@@ -266,7 +267,8 @@ class NodeQueue:
 
     def _idle_worker(self) -> WorkerSlot | None:
         for slot in self._slots.values():
-            if slot.actor_id is None and slot.ready and not slot.assigned and self._links.open(slot.key):
+            if (slot.actor_id is None and slot.ready and not slot.assigned and not slot.retiring
+                    and self._links.open(slot.key)):
                 return slot
         return None
 
@@ -356,7 +358,10 @@ class NodeQueue:
         It runs them on the resources its task holds, which it would lend out
         while blocked anyway, so only tasks whose resources fit in those are
         taken, and only from a task worker that is running a task and not
-        blocked. Returns the ids taken, in the order asked; they leave the queue.
+        blocked. A task the node has room for now is left to run beside it
+        (it waits for a worker, not for resources): taken, it would wait for
+        its siblings instead. Returns the ids taken, in the order asked; they
+        leave the queue.
         """
         slot = self._slots.get(worker)
         if slot is None or slot.actor_id is not None or slot.blocked or not slot.assigned:
@@ -365,7 +370,8 @@ class NodeQueue:
         wanted = set(task_ids)
         found: dict[bytes, TaskSpec] = {}
         for shape, queue in self._queues.items():
-            if not all(held.get(name, 0.0) + EPSILON >= amount for name, amount in shape):
+            if self.resources.can_acquire(shape) or not all(held.get(name, 0.0) + EPSILON >= amount
+                                                            for name, amount in shape):
                 continue
             for spec in [s for s in queue if s.task_id in wanted]:
                 queue.remove(spec)
@@ -373,6 +379,23 @@ class NodeQueue:
                 if self._placed:
                     self._placed.discard(spec.task_id)
         return [task_id for task_id in task_ids if task_id in found]
+
+    def retiring(self, worker: int, returned: list[bytes]) -> None:
+        """The worker ran a function ``max_calls`` times: it takes no more tasks; those it hands back requeue."""
+        slot = self._slots.get(worker)
+        if slot is None:
+            return
+        self.return_tasks(worker, returned)
+        slot.retiring = True
+
+    def retired(self, now: float) -> list[int]:
+        """Retiring workers with nothing assigned: their resources freed, forgotten here, to stop."""
+        done = [slot for slot in self._slots.values() if slot.retiring and not slot.assigned]
+        for slot in done:
+            if slot.shape:  # it handed its last tasks back rather than finishing them
+                self._release(slot, now)
+            del self._slots[slot.key]
+        return [slot.key for slot in done]
 
     def blocked(self, worker: int, returned: list[bytes]) -> None:
         """The worker's task waits: the tasks behind it go back, and its CPUs are lent out meanwhile."""

@@ -108,6 +108,9 @@ class Op:
     PULL = 63  # owner -> its node's store: fetch this object from these nodes
     PULL_FAILED = 64  # store -> subscribers: no source gave the object
     OBJECT_LOST_AT = 65  # borrower -> owner: no copy where you said (their nodes died)
+    # to the scheduler (later additions: 10-29 are taken)
+    LIST_NAMED_ACTORS = 70  # the names of the cluster's live named actors
+    RETIRE = 71  # worker -> its scheduler: I ran a function max_calls times; here are tasks back, stop me when idle
 
 
 OP_NAMES: dict[int, str] = {v: k for k, v in vars(Op).items() if type(v) is int}

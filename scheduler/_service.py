@@ -54,6 +54,8 @@ OWNER_GONE_GRACE_S = 2.0  # an owner's actors die this long after its last conne
 # How long a dead scheduler's queue, read back from the log, waits for owners to claim its tasks:
 # as long as an owner keeps trying to reconnect (the core's RECONNECT_TIMEOUT_S).
 RECOVERED_KEEP_S = 30.0
+# A force-cancelled worker (recursive) ends itself once it has cancelled what it submitted; past this, it is killed.
+FORCE_CANCEL_GRACE_S = 1.0
 
 
 class Scheduler:
@@ -100,6 +102,7 @@ class Scheduler:
         self._recovery_deadline = 0.0
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
+        self._force_kills: list[tuple[int, int, float]] = []  # (worker key, pid, kill after): force cancels
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address)
@@ -253,6 +256,12 @@ class Scheduler:
                 self._dispatch()
             elif op == Op.TASKS_DONE:
                 self._task_done(conn, msg[1])
+            elif op == Op.RETIRE:
+                w = self.workers.by_conn(conn)
+                if w is not None:
+                    self.queue.retiring(w.key, msg[1])
+                    self._retire_done()
+                    self._dispatch()
             elif op == Op.FORWARDED_DONE and self.spiller is not None:
                 self.spiller.done(msg[1])
             elif op == Op.TASK_FAILED and self.spiller is not None:
@@ -294,8 +303,14 @@ class Scheduler:
                     self.spiller.lookup_name(conn, msg[1], msg[2])  # maybe named on another node
                 else:
                     conn.reply(msg[1], found)
+            elif op == Op.LIST_NAMED_ACTORS:
+                names = self.actors.live_names()
+                if self.spiller is not None:
+                    self.spiller.list_names(conn, msg[1], names)  # and those of the other nodes
+                else:
+                    conn.reply(msg[1], sorted(names))
             elif op == Op.CANCEL:
-                self._cancel(msg[1], msg[2])
+                self._cancel(msg[1], msg[2], msg[3] if len(msg) > 3 else True)
             elif op == Op.RESUME:
                 if self._recovery.is_set():
                     conn.reply(msg[1], self._resume(conn, msg[2]))
@@ -418,7 +433,15 @@ class Scheduler:
                 if origin is not None:
                     self._send(origin, (Op.FORWARDED_DONE, [task_id]))
         self.queue.task_done(w.key, task_ids, time.monotonic())
+        self._retire_done()
         self._dispatch()
+
+    def _retire_done(self) -> None:
+        """Stop the workers that ran a function ``max_calls`` times, once nothing is assigned to them."""
+        for key in self.queue.retired(time.monotonic()):
+            w = self.workers.retire(key)
+            if w is not None and w.worker_id is not None:
+                self.gcs.died(w.worker_id, "stopped after max_calls")
 
     def _blocked(self, conn: Connection, returned: list[bytes]) -> None:
         w = self.workers.by_conn(conn)
@@ -431,21 +454,27 @@ class Scheduler:
         w = self.workers.by_conn(conn)
         if w is not None:
             self.queue.return_tasks(w.key, task_ids)
+            self._retire_done()  # a retiring worker's last tasks came back: it can stop
 
-    def _cancel(self, task_id: bytes, force: bool) -> None:
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         spec = self.queue.cancel_queued(task_id)
         if spec is not None:
             self.fail_to_owner(spec, FailureCause.CANCELLED, "")
             return
-        if self.spiller is not None and self.spiller.cancel(task_id, force):
+        if self.spiller is not None and self.spiller.cancel(task_id, force, recursive):
             return
         key = self.queue.holder(task_id)
         w = self.workers.get(key) if key is not None else None
         if w is not None:
-            if force:
+            if force and recursive:
+                # The worker cancels the tasks it submitted, then kills itself; if it cannot (stuck
+                # outside Python), it is killed here after FORCE_CANCEL_GRACE_S.
+                self._send(w.conn, (Op.CANCEL_RUNNING, task_id, True, True))
+                self._force_kills.append((w.key, w.proc.pid, time.monotonic() + FORCE_CANCEL_GRACE_S))
+            elif force:
                 self.workers.kill(w.key)
             else:
-                self._send(w.conn, (Op.CANCEL_RUNNING, task_id))
+                self._send(w.conn, (Op.CANCEL_RUNNING, task_id, recursive, False))
             return
         # Its owner may yet claim it from the dead scheduler's queue: it must not run.
         if not self._recovery.is_set():
@@ -546,6 +575,7 @@ class Scheduler:
     def _tick(self, now: float) -> None:
         if self._stopping:
             return  # stop() reaps the workers and the fork server: none is replaced now
+        self._force_kills = [due for due in self._force_kills if not self._kill_if_due(due, now)]
         for w, how in self.workers.reap(now):
             self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
             if w.actor_id is not None:
@@ -569,6 +599,17 @@ class Scheduler:
             if w is not None and w.worker_id is not None:
                 self.gcs.died(w.worker_id, "stopped after idling")
         self._dispatch()
+
+    def _kill_if_due(self, due: tuple[int, int, float], now: float) -> bool:
+        """Kill a force-cancelled worker that did not end itself in time; whether the entry is done."""
+        key, pid, deadline = due
+        w = self.workers.get(key)
+        if w is None or w.proc.pid != pid:
+            return True  # it ended itself
+        if now < deadline:
+            return False
+        self.workers.kill(key)
+        return True
 
     def _fail_all_queued(self, detail: str) -> None:
         for spec in self.queue.drain_queued():

@@ -174,6 +174,27 @@ class TaskSpec:
 _FIELDS = operator.attrgetter(*TaskSpec.__slots__)
 
 
+class CallLimited:
+    """A remote function with ``max_calls``: a worker runs it at most ``max_calls`` times, then retires.
+
+    The payload ember logs and ships for such a function is this wrapper, so
+    every worker of every node (and ``ember replay``, which calls it as the
+    function) knows the limit without a field of its own on the wire.
+    """
+
+    __slots__ = ("function", "max_calls")
+
+    def __init__(self, function: Any, max_calls: int) -> None:
+        self.function = function
+        self.max_calls = max_calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CallLimited, (self.function, self.max_calls))
+
+
 def resource_shape(resources: dict[str, float]) -> tuple:
     """A hashable, canonical form of a resource request (zero amounts dropped)."""
     return tuple(sorted((k, float(v)) for k, v in resources.items() if v))

@@ -122,7 +122,7 @@ class Spiller:
             # Cancelled after their placement came back: wherever they went now, cancel them there.
             late, self._cancelled, self._in_flight = self._cancelled, set(), set()
             for task_id in late:
-                self._scheduler._cancel(task_id, False)
+                self._scheduler._cancel(task_id, False, True)
         if late:
             self._scheduler.flush()
         return placed
@@ -313,6 +313,14 @@ class Spiller:
 
         threading.Thread(target=lookup, name="ember-lookup-name", daemon=True).start()
 
+    def list_names(self, conn: Connection, req_id: int, local: set[str]) -> None:
+        """Answer with the names of the cluster's live named actors: ``local`` (this node's) and the GCS's."""
+        def list_names() -> None:
+            reply = self._gcs_call("ListNames", {}) or {}
+            _answer(conn, req_id, sorted(local | set(reply.get("names", []))))
+
+        threading.Thread(target=list_names, name="ember-list-names", daemon=True).start()
+
     def release_name(self, name: str, actor_id: bytes) -> None:
         threading.Thread(target=self._gcs_call, args=("ReleaseName", {"name": name, "actor_id": actor_id.hex()}),
                          name="ember-release-name", daemon=True).start()
@@ -344,7 +352,7 @@ class Spiller:
         if entry is not None:
             self._scheduler.fail_to_owner(entry[1], cause, detail, attempt)
 
-    def cancel(self, task_id: bytes, force: bool) -> bool:
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """Cancel a task this node sent on, or holds while no node can run it (under the scheduler's lock)."""
         for waiting in (self._unplaced, self._queue):
             for item in waiting:
@@ -359,7 +367,7 @@ class Spiller:
         conn = self._peers.get(entry[0]) if entry is not None else None
         if conn is None:
             return False
-        conn.send((Op.CANCEL, task_id, force))
+        conn.send((Op.CANCEL, task_id, force, recursive))
         return True
 
     def _peer_closed(self, conn: Connection) -> None:

@@ -57,3 +57,15 @@ def kill_and_wait_for_the_next(kind: str, bound_s: float = KILL_BOUND_S) -> tupl
             return old[0], new[0]
         time.sleep(0.02)
     raise AssertionError(f"no new {kind} within {bound_s}s")
+
+
+def actor_pid(handle: object, bound_s: float = KILL_BOUND_S) -> int:
+    """The pid of an actor's process, as ``ember.chaos.processes()`` lists it (waits while it restarts)."""
+    wanted = handle._actor_id.hex()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        found = [p.pid for p in processes() if p.kind == "worker" and p.actor_id == wanted]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no process for actor {wanted} within {bound_s}s")

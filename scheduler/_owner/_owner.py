@@ -729,8 +729,11 @@ class Owner:
         """Kill an actor; calls from this process fail from now on, whatever is in flight."""
         self.actors.kill_actor(actor_id, no_restart)
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
-        task_id = ref.task_id().binary()
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        """Cancel the task that makes ``ref``; ``recursive``: the tasks it submitted too, wherever it runs."""
+        self._cancel_task(ref.task_id().binary(), force, recursive)
+
+    def _cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
         with self._lock:
             pt = self._tasks.get(task_id)
             if pt is None:
@@ -744,7 +747,19 @@ class Owner:
         if local:
             self._wake_waiters()
             return
-        self.scheduler.send_now((Op.CANCEL, task_id, force))
+        # The worker running it cancels what it submitted (recursive), before it stops.
+        self.scheduler.send_now((Op.CANCEL, task_id, force, recursive))
+
+    def cancel_children(self, parent_task_id: bytes, force: bool) -> None:
+        """Cancel, recursively, the tasks this process submitted from task ``parent_task_id`` that are not done.
+
+        As Ray: an actor call among them is cancelled without ``force`` (an actor is never killed for it).
+        """
+        with self._lock:
+            children = [(pt.spec.task_id, pt.spec.kind == TaskKind.ACTOR_CALL) for pt in self._tasks.values()
+                        if pt.spec.parent_task_id == parent_task_id]
+        for task_id, actor_call in children:
+            self._cancel_task(task_id, force and not actor_call, True)
 
     # -- introspection -------------------------------------------------------------
 

@@ -27,14 +27,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from ember.chaos import _agent
-from ember.exceptions import ObjectLostError
+from ember.exceptions import (
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    OwnerDiedError,
+)
 from ember.lineage import (
     KeptCopy,
     LineageTooLongError,
     Lost,
+    LostWhy,
     RebuildPlan,
     Rerun,
     Restore,
@@ -57,7 +63,7 @@ from ember.scheduler._owner._writes import ObjectWriter
 from ember.scheduler._session import Session
 from ember.store import ObjectFiles
 
-__all__ = ["COPY_WAIT_S", "OWNER_PROBE_REMOTE_S", "Reconstruction"]
+__all__ = ["COPY_WAIT_S", "OWNER_PROBE_REMOTE_S", "Reconstruction", "lost_error"]
 
 log = logging.getLogger("ember.core")
 
@@ -192,8 +198,10 @@ class Reconstruction:
         try:
             plan = plan_rebuild(lost, facts, self.address)
         except LineageTooLongError as exc:
-            plan = RebuildPlan((), (), tuple(Lost(oid, str(exc)) for oid in lost))
-        failures = {gone.object_id: ObjectLostError(gone.object_id.hex(), gone.reason) for gone in plan.lost}
+            plan = RebuildPlan((), (), tuple(Lost(oid, str(exc), LostWhy.TOO_LONG) for oid in lost))
+        with self._lock:
+            adopted = {gone.object_id for gone in plan.lost if gone.object_id in self._adopting}
+        failures = {gone.object_id: lost_error(gone, gone.object_id in adopted) for gone in plan.lost}
         restored = 0
         for restore in plan.restores:
             error = self._restore_copy(restore)
@@ -224,7 +232,9 @@ class Reconstruction:
         if data is None:
             # Small puts travel inline and never reach the store, so this was
             # a large one: copies off, too large, or lost before it was made.
-            return ObjectLostError(oid.hex(), no_copy_reason(restore.by_actor))
+            with self._lock:
+                adopted = oid in self._adopting
+            return lost_error(Lost(oid, no_copy_reason(restore.by_actor), LostWhy.NO_COPY), adopted)
         from ember.scheduler._protocol import Op
 
         try:
@@ -332,3 +342,21 @@ def _task_facts(logged: LoggedTask) -> TaskFacts:
     return TaskFacts(logged.task_id, logged.kind == TaskKind.NORMAL, logged.last_attempt,
                      tuple((a[1], a[2]) for a in encoded if a[0] == ArgKind.REF))
 
+
+def lost_error(gone: Lost, adopted: bool) -> ObjectLostError:
+    """The error readers of an object that cannot come back get: Ray's class for the reason.
+
+    ``adopted``: this process rebuilds the object because its owner died. An
+    object of a dead owner that only a durable copy could bring back, with no
+    copy there, is the one case where the owner's death truly loses it.
+    """
+    oid_hex = gone.object_id.hex()
+    match gone.why:
+        case LostWhy.NO_COPY:
+            return OwnerDiedError(oid_hex, gone.reason) if adopted else ObjectLostError(oid_hex, gone.reason)
+        case LostWhy.NOT_LOGGED:
+            return ObjectReconstructionFailedLineageEvictedError(oid_hex, gone.reason)
+        case LostWhy.TOO_LONG | LostWhy.LOGGING_OFF:
+            return ObjectReconstructionFailedError(oid_hex, gone.reason)
+        case _:
+            assert_never(gone.why)

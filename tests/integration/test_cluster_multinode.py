@@ -196,6 +196,14 @@ def test_an_actor_name_holds_across_the_cluster(three_nodes: LocalCluster) -> No
         return "claimed"
 
     assert "already exists" in ember.get(claim_again.options(**on(3)).remote(), timeout=GET_TIMEOUT_S)
+
+    @ember.remote
+    def names() -> list[str]:
+        return ember.util.list_named_actors()
+
+    # Listed from a node that does not host it (node 3 asks the GCS), and from the driver's.
+    assert "shared-counter" in ember.get(names.options(**on(3)).remote(), timeout=GET_TIMEOUT_S)
+    assert "shared-counter" in ember.util.list_named_actors()
     ember.kill(counter)
 
     @ember.remote
@@ -207,6 +215,7 @@ def test_an_actor_name_holds_across_the_cluster(three_nodes: LocalCluster) -> No
         return False
 
     assert poll_until(lambda: ember.get(name_free.options(**on(3)).remote(), timeout=GET_TIMEOUT_S), 30.0)
+    assert poll_until(lambda: "shared-counter" not in ember.util.list_named_actors(), 30.0)
 
 
 def test_a_ref_of_another_cluster_is_refused_by_name(three_nodes: LocalCluster) -> None:

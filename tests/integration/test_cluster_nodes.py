@@ -56,7 +56,15 @@ def test_a_driver_connects_to_a_running_cluster_and_leaves_it_running(two_nodes:
         assert ember.get_runtime_context().get_node_id() == head.node_id
         totals = ember.cluster_resources()
         assert totals["CPU"] == 2.0 and totals["special"] == 2.0
-        assert {n["NodeID"] for n in ember.nodes() if n["Alive"]} == {n.node_id for n in two_nodes.nodes}
+        listed = ember.nodes()
+        assert {n["NodeID"] for n in listed if n["Alive"]} == {n.node_id for n in two_nodes.nodes}
+        rays_keys = {"NodeID", "Alive", "alive", "Resources", "NodeManagerAddress", "NodeManagerHostname",
+                     "NodeManagerPort", "NodeName", "ObjectStoreSocketName", "RayletSocketName", "MetricsExportPort",
+                     "Labels", "DeathReason", "DeathReasonMessage"}
+        for node in listed:
+            assert rays_keys <= set(node), rays_keys - set(node)
+            assert node["NodeManagerPort"] > 0 and node["DeathReason"] == 0  # alive: Ray's UNSPECIFIED
+            assert node["Labels"] == {"ray.io/node-id": node["NodeID"]}
     finally:
         ember.shutdown()
     assert all(node.alive() for node in two_nodes.nodes)
@@ -98,6 +106,8 @@ def test_a_killed_node_is_declared_dead_and_its_processes_are_gone(two_nodes: Lo
         dead = poll_until(lambda: not {n["NodeID"]: n for n in ember.nodes()}[extra.node_id]["Alive"],
                           DEATH_DETECTED_S, 0.1)
         assert dead, f"node {extra.node_id} still alive {DEATH_DETECTED_S}s after its kill"
+        gone = {n["NodeID"]: n for n in ember.nodes()}[extra.node_id]
+        assert gone["DeathReason"] == 2 and gone["DeathReasonMessage"]  # Ray's UNEXPECTED_TERMINATION, and why
         assert ember.cluster_resources()["CPU"] == 2.0  # the dead node's CPU is no longer counted
     finally:
         ember.shutdown()

@@ -142,6 +142,8 @@ def test_a_running_task_takes_back_its_queued_tasks_that_fit_in_what_it_holds():
     assert queue.statistics().queued == 1  # the GPU task waits, as before
     assert queue.resources.available["CPU"] == 0.0  # the taken ones run on what the running task holds
     assert queue.take_back(w1, [spec(2).task_id]) == []  # taken once
+    queue.enqueue(spec(6, shape=()))
+    assert queue.take_back(w1, [spec(6).task_id]) == []  # it needs nothing the node lacks: it runs beside
     queue.blocked(w1, [])
     queue.enqueue(spec(5))
     assert queue.take_back(w1, [spec(5).task_id]) == []  # a blocked worker lent its CPU out: nothing to run on
@@ -268,3 +270,31 @@ def test_resources_balance_after_any_mix_of_done_blocked_and_dead(cpus):
         if queue.slot(key) is not None and queue.slot(key).assigned:
             queue.task_done(key, list(queue.slot(key).assigned), now=2.0)
     assert queue.resources.available["CPU"] == float(cpus)
+
+
+def test_a_retiring_worker_takes_no_more_and_is_stopped_once_idle():
+    queue, _ = node(cpus=1)
+    first, = start_workers(queue, 1)
+    for n in (1, 2, 3):
+        queue.enqueue(spec(n))
+    assert assigned(queue.dispatch(0.0)) == [(first, 1), (first, 2)]  # one running, one pipelined
+    queue.task_done(first, [(1).to_bytes(16, "big")], 1.0)
+    queue.retiring(first, [(2).to_bytes(16, "big")])  # ran its function max_calls times: 2 comes back
+    assert queue.retired(1.0) == [first]
+    assert queue.statistics().available["CPU"] == 1.0 and queue.statistics().workers == 0
+    actions = queue.dispatch(2.0)
+    assert [type(a) for a in actions] == [Spawn]  # 2 and 3 wait for a new worker, not the retired one
+    second, = [a.worker for a in actions]
+    queue.linked(second, connected=True, ready=True)
+    assert assigned(queue.dispatch(3.0)) == [(second, 2), (second, 3)]
+
+
+def test_a_retiring_worker_still_running_keeps_its_resources_until_done():
+    queue, _ = node(cpus=1)
+    first, = start_workers(queue, 1)
+    queue.enqueue(spec(1))
+    queue.dispatch(0.0)
+    queue.retiring(first, [])
+    assert queue.retired(0.5) == [] and queue.statistics().available.get("CPU", 0.0) == 0.0
+    queue.task_done(first, [(1).to_bytes(16, "big")], 1.0)
+    assert queue.retired(1.0) == [first] and queue.statistics().available["CPU"] == 1.0

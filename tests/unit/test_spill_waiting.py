@@ -39,7 +39,7 @@ class FakeScheduler:
     def keep_here(self, items: list) -> None:
         self.kept += [spec.task_id for spec, _ in items]
 
-    def _cancel(self, task_id: bytes, force: bool) -> None:
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         self.cancels.append(task_id)
 
     def actor_is_dead(self, actor_id: bytes) -> bool:
@@ -119,7 +119,7 @@ def test_a_waiting_task_is_cancelled_where_it_waits() -> None:
     _offer(spiller, [spec])
     spiller._place_next_batch()
     with scheduler._lock:
-        assert spiller.cancel(spec.task_id, False)
+        assert spiller.cancel(spec.task_id, False, True)
     assert scheduler.failed == [(spec.task_id, FailureCause.CANCELLED)] and not spiller._unplaced
 
 
@@ -129,7 +129,7 @@ def test_a_task_cancelled_while_it_is_being_placed_is_not_lost() -> None:
 
     def cancel_meanwhile() -> None:
         with scheduler._lock:  # as the scheduler's reader thread would, during the GCS call
-            assert spiller.cancel(spec.task_id, False)
+            assert spiller.cancel(spec.task_id, False, True)
         return None
 
     spiller, scheduler, _ = _spiller([cancel_meanwhile])
@@ -145,7 +145,7 @@ def test_a_task_cancelled_after_its_placement_came_back_is_cancelled_where_it_we
 
     def kept_then_cancelled(items: list) -> None:
         FakeScheduler.keep_here(scheduler, items)
-        assert spiller.cancel(spec.task_id, False)  # under the lock, as keep_here is
+        assert spiller.cancel(spec.task_id, False, True)  # under the lock, as keep_here is
 
     spiller, scheduler, _ = _spiller([ME])
     scheduler.keep_here = kept_then_cancelled  # type: ignore[method-assign]
