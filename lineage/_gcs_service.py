@@ -37,7 +37,7 @@ LOAD_WAIT_S = 1.0  # a call about actors or names waits this long for the start'
 
 class _Node:
     __slots__ = ("node_id", "address", "endpoint", "resources", "available", "last_seen", "alive", "death_cause",
-                 "transfer", "queued", "placed", "registered")
+                 "transfer", "queued", "placed", "claimed", "registered")
 
     def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self.node_id = node_id
@@ -51,9 +51,14 @@ class _Node:
         self.transfer: str | None = None  # where its store serves objects to other nodes
         self.queued = 0  # tasks waiting in its queues, as of its last heartbeat
         self.placed = 0  # tasks placed on it since that heartbeat
+        self.claimed: dict[str, float] = {}  # the resources of those tasks
         # Registered with this instance of the service; a node loaded from PostgreSQL after a
         # restart is asked to register again, which brings what the table does not keep (transfer).
         self.registered = False
+
+    def free(self) -> dict[str, float]:
+        """Its free resources as of its last heartbeat, less what was placed on it since."""
+        return {name: amount - self.claimed.get(name, 0.0) for name, amount in self.available.items()}
 
     def public(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
@@ -124,12 +129,15 @@ class GcsService:
             node.last_seen = time.monotonic()
             if available is not None:
                 node.available = available
-            node.queued, node.placed = req.get("queued") or 0, 0
+            node.queued, node.placed, node.claimed = req.get("queued") or 0, 0, {}
+            # The other live nodes' free resources: the node spreads work to them (hybrid policy).
+            view = {n.node_id: {"total": n.resources, "available": n.free()}
+                    for n in self._nodes.values() if n.alive and n.registered and n is not node}
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
             self._note_actors(req["node_id"], events)
-        return {"known": True}
+        return {"known": True, "view": view}
 
     def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, events=(list, None), cause=(str, None))
@@ -180,8 +188,10 @@ class GcsService:
             preferred = [n for n in alive if n.node_id not in avoided]
             # A task only an avoided node can run goes there all the same: it may be a blip, and if
             # the node is dead, it is declared so within a second and the task fails then.
-            placements = [_placement(preferred, task["resources"], task.get("inputs") or {})
-                          or _placement(alive, task["resources"], task.get("inputs") or {}) for task in tasks]
+            requester = self._nodes.get(req["node_id"])
+            placements = [_placement(preferred, task["resources"], task.get("inputs") or {}, requester)
+                          or _placement(alive, task["resources"], task.get("inputs") or {}, requester)
+                          for task in tasks]
             addresses = {n.node_id: n.address for n in alive}
             # What the cluster has, for the warning about a task no live node can run (it waits for one).
             totals: dict[str, float] = {}
@@ -334,6 +344,7 @@ class GcsService:
 
 LOCALITY_BYTES_MIN = 1 << 20  # inputs this large on one node draw a task there...
 LOCALITY_SLACK = 4.0  # ...unless that node's load (tasks per CPU) is this much above the least loaded's
+_EPSILON = 1e-9
 
 
 def _load(node: _Node) -> float:
@@ -343,19 +354,46 @@ def _load(node: _Node) -> float:
     return (busy + node.queued + node.placed) / max(cpus, 1.0)
 
 
-def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any]) -> str | None:
-    """The node for one task: one that has its resources, where its inputs are if they are large, else the
-    least loaded; counted as placed there (call under the lock)."""
-    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + 1e-9 >= v for k, v in resources.items())]
+def _utilisation(node: _Node) -> float:
+    """The used fraction of the node's most used resource, counting what was placed there since it said."""
+    free = node.free()
+    return max((1.0 - free.get(name, 0.0) / total for name, total in node.resources.items() if total > 0),
+               default=0.0)
+
+
+def _has_room(node: _Node, resources: dict[str, Any]) -> bool:
+    free = node.free()
+    return all(free.get(name, 0.0) + _EPSILON >= amount for name, amount in resources.items())
+
+
+def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any],
+               requester: _Node | None = None) -> str | None:
+    """The node for one task, by Ray's hybrid policy; counted as placed there (call under the lock).
+
+    The requesting node spilled the task because it has no room for it now (or is utilised past
+    ``SPREAD_THRESHOLD``), which it knows better than its last heartbeat says: it counts as having no
+    room. Among the nodes whose totals fit the task: the node holding at least ``LOCALITY_BYTES_MIN`` of
+    its inputs, if it has room now or is not much busier than the least loaded (moving large inputs costs
+    more than a short wait);
+    else the least utilised node with room now; else (no node has room) the least loaded, where the
+    task queues.
+    """
+    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + _EPSILON >= v for k, v in resources.items())]
     if not fits:
         return None
-    best = min(fits, key=_load)
-    if inputs:
-        holder = max(fits, key=lambda n: inputs.get(n.endpoint, 0))
-        held = inputs.get(holder.endpoint, 0)
-        if held >= LOCALITY_BYTES_MIN and _load(holder) - _load(best) <= LOCALITY_SLACK:
-            best = holder
+    roomy = [n for n in fits if n is not requester and _has_room(n, resources)]
+    holder = max(fits, key=lambda n: inputs.get(n.endpoint, 0)) if inputs else None
+    if holder is not None and inputs.get(holder.endpoint, 0) < LOCALITY_BYTES_MIN:
+        holder = None
+    if holder is not None and (holder in roomy or _load(holder) - min(map(_load, fits)) <= LOCALITY_SLACK):
+        best = holder
+    elif roomy:
+        best = min(roomy, key=_utilisation)
+    else:
+        best = min(fits, key=_load)
     best.placed += 1
+    for name, amount in resources.items():
+        best.claimed[name] = best.claimed.get(name, 0.0) + amount
     return best.node_id
 
 

@@ -16,10 +16,15 @@ scheduler. The rules it keeps:
 - a full node *pipelines*: a task waits on the least-loaded busy worker
   running the same shape, ``PIPELINE_DEPTH`` deep, ``PIPELINE_DEPTH_BACKLOG``
   when the queue is long, so a worker never waits a round trip;
-- a node of a multi-node cluster keeps ``SPILL_KEEP_PER_CPU`` tasks per CPU
-  of each shape and spills the tail, except tasks the global scheduler placed
-  here (they stay for good); a request no resource of the node fits is
-  spilled, or refused on a node alone;
+- a node of a multi-node cluster spreads (Ray's hybrid policy, over the
+  ``ClusterView`` of the other nodes' free resources): a queue's head that
+  cannot start here now, or would start on a node utilised past
+  ``SPREAD_THRESHOLD``, is spilled at once when another node has room for it
+  (and is less utilised), before it is pipelined behind a busy worker;
+- it also keeps ``SPILL_KEEP_PER_CPU`` tasks per CPU of each shape and spills
+  the tail, except tasks the global scheduler placed here (they stay for
+  good); a request no resource of the node fits is spilled, or refused on a
+  node alone;
 - actors wait in one FIFO and hold their resources for their whole life;
 - task workers beyond the CPU count stop after ``IDLE_WORKER_TTL_S`` idle.
 
@@ -36,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from ember.scheduler._cluster_view import SPREAD_THRESHOLD, ClusterView, utilisation
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._infeasible import fixed_cluster_message
 from ember.scheduler._spec import TaskSpec
@@ -128,6 +134,8 @@ class NodeQueue:
     def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool) -> None:
         """``spills``: a node of a multi-node cluster, with a global scheduler to spill to."""
         self.resources = ResourcePool(resources)
+        # The other nodes' free resources (a node alone has none to spread to).
+        self.view: ClusterView | None = ClusterView() if spills else None
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
         self._links = links
         self._spills = spills
@@ -200,8 +208,12 @@ class NodeQueue:
     def dispatch(self, now: float) -> list[Action]:
         """Place what can be placed: queue heads on workers, the spill tail, pending actors."""
         actions: list[Action] = []
+        spread: list[TaskSpec] = []
         for shape, queue in self._queues.items():
             while queue:
+                if self.view is not None and self._spreads(shape, queue[0]):
+                    spread.append(queue.popleft())
+                    continue
                 slot = self._place(shape, queue, actions, now)
                 if slot is None:
                     break
@@ -210,6 +222,8 @@ class NodeQueue:
                 actions.append(Assign(slot.key, spec))
             if self._spills and len(queue) > self.spill_keep:
                 self._spill_excess(queue, actions)
+        if spread:
+            actions.append(Spill(spread))
         if self._pending_actors:
             self._place_actors(actions, now)
         return actions
@@ -241,6 +255,18 @@ class NodeQueue:
         if excess:
             excess.reverse()
             actions.append(Spill(excess))
+
+    def _spreads(self, shape: tuple, spec: TaskSpec) -> bool:
+        """Whether the hybrid policy sends ``spec`` to another node now (taken off the view if so)."""
+        assert self.view is not None
+        if spec.task_id in self._placed or not self.view.nodes():
+            return False
+        if not self.resources.can_acquire(shape):
+            return self.view.take(shape)  # full here: any node with room now
+        local = utilisation(self.resources.total, self.resources.available)
+        if local < SPREAD_THRESHOLD:
+            return False
+        return self.view.take(shape, below=local)  # busy here: a less utilised node with room
 
     def _place(self, shape: tuple, queue: deque[TaskSpec], actions: list[Action], now: float) -> WorkerSlot | None:
         if self.resources.can_acquire(shape):

@@ -94,7 +94,7 @@ class Scheduler:
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
-                           transfer=transfer_address)
+                           transfer=transfer_address, on_view=self._cluster_view)
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic)
         self.listener = Listener(
@@ -123,6 +123,15 @@ class Scheduler:
         with self._lock:
             self._apply(self.queue.prestart(time.monotonic()))
         threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
+
+    def _cluster_view(self, nodes: dict[str, Any]) -> None:
+        """The other nodes' free resources, from the GCS: queued tasks may go to one that has room now."""
+        with self._lock:
+            if self.queue.view is None:
+                return
+            self.queue.view.update(nodes)
+            self._dispatch()
+        self._flush_dirty()
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
         self._outbox.send(conn, msg)
