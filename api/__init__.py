@@ -25,7 +25,7 @@ from ember._runtime import (
 )
 
 # Ray's public module names (``ray.actor.ActorHandle`` in type hints); imported after the names they re-export.
-from ember import actor, remote_function, runtime_context
+from ember import actor, remote_function, runtime_context, util
 
 __version__ = "0.1.0"
 
@@ -54,5 +54,6 @@ __all__ = [
     "remote_function",
     "runtime_context",
     "shutdown",
+    "util",
     "wait",
 ]

@@ -21,11 +21,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, assert_never
 
 from ember import _settings
 from ember.lineage._cluster_table import ClusterTable
 from ember.lineage._rpc import BadRequest, Unavailable, serve
+from ember.scheduler._spec import Strategy, strategy_of_record
 
 log = logging.getLogger("ember.gcs")
 
@@ -82,6 +83,7 @@ class GcsService:
         # Actor names, cluster-wide: name -> (actor id hex, handle metadata: a pickle in base64 the
         # schedulers made; never unpickled here).
         self._names: dict[str, tuple[str, str]] = {}
+        self._spread_next = 0  # SPREAD: where the next turn starts, in node id order
         self._stop = threading.Event()
         self.loaded = threading.Event()
 
@@ -180,6 +182,7 @@ class GcsService:
                     and isinstance(task.get("inputs", {}), dict)
                     and all(type(v) is int for v in task.get("inputs", {}).values())):
                 raise BadRequest("each task must be {resources: {name: amount}, inputs: {endpoint: bytes}}")
+            _check_strategy(task.get("strategy"))
         if not all(isinstance(node_id, str) for node_id in avoid):
             raise BadRequest("avoid must list node ids")
         avoided = set(avoid)
@@ -189,9 +192,13 @@ class GcsService:
             # A task only an avoided node can run goes there all the same: it may be a blip, and if
             # the node is dead, it is declared so within a second and the task fails then.
             requester = self._nodes.get(req["node_id"])
-            placements = [_placement(preferred, task["resources"], task.get("inputs") or {}, requester)
-                          or _placement(alive, task["resources"], task.get("inputs") or {}, requester)
-                          for task in tasks]
+            placements: list[str | None] = []
+            refused: dict[str, str] = {}  # index -> why its strategy cannot be met
+            for i, task in enumerate(tasks):
+                node_id, why = self._place_one(task, preferred, alive, requester)
+                placements.append(node_id)
+                if why is not None:
+                    refused[str(i)] = why
             addresses = {n.node_id: n.address for n in alive}
             # What the cluster has, for the warning about a task no live node can run (it waits for one).
             totals: dict[str, float] = {}
@@ -199,7 +206,47 @@ class GcsService:
                 for n in alive:
                     for name, amount in n.resources.items():
                         totals[name] = totals.get(name, 0.0) + amount
-        return {"placements": placements, "addresses": addresses, "totals": totals, "nodes": len(alive)}
+        return {"placements": placements, "addresses": addresses, "totals": totals, "nodes": len(alive),
+                "refused": refused}
+
+    def _place_one(self, task: dict[str, Any], preferred: list[_Node], alive: list[_Node],
+                   requester: _Node | None) -> tuple[str | None, str | None]:
+        """One task's node by its strategy (call under the lock): (node id or None, why it is refused or None)."""
+        resources, inputs = task["resources"], task.get("inputs") or {}
+        strategy = strategy_of_record(task.get("strategy"))
+        if strategy is not None:
+            kind = Strategy(strategy[0])
+            match kind:
+                case Strategy.SPREAD:
+                    return self._spread(preferred, resources) or self._spread(alive, resources), None
+                case Strategy.NODE_AFFINITY:
+                    target = self._nodes.get(strategy[1])
+                    if target is not None and target.alive and _fits(target, resources):
+                        _claim(target, resources)  # there only, even without room now: it waits there
+                        return target.node_id, None
+                    if not strategy[2]:
+                        state = ("is not a node of this cluster" if target is None else
+                                 f"is dead ({target.death_cause})" if not target.alive else
+                                 f"can never give {resources}: it has {target.resources}")
+                        return None, (f"its node affinity (soft=False) names node {strategy[1]}, which {state}; "
+                                      "pass soft=True to run it elsewhere")
+                case _:
+                    assert_never(kind)
+        return (_placement(preferred, resources, inputs, requester)
+                or _placement(alive, resources, inputs, requester)), None
+
+    def _spread(self, nodes: list[_Node], resources: dict[str, Any]) -> str | None:
+        """SPREAD: the nodes in turn, from the one after the last chosen, the first with room (else the
+        first that fits), as Ray's spread policy does (call under the lock)."""
+        fits = sorted((n for n in nodes if _fits(n, resources)), key=lambda n: n.node_id)
+        if not fits:
+            return None
+        start = self._spread_next % len(fits)
+        turn = fits[start:] + fits[:start]
+        best = next((n for n in turn if _has_room(n, resources)), turn[0])
+        self._spread_next = fits.index(best) + 1
+        _claim(best, resources)
+        return best.node_id
 
     def locate_actor(self, req: dict[str, Any]) -> dict[str, Any]:
         """The live node an actor's process runs on, with its scheduler's address; {} if none is known."""
@@ -366,6 +413,28 @@ def _has_room(node: _Node, resources: dict[str, Any]) -> bool:
     return all(free.get(name, 0.0) + _EPSILON >= amount for name, amount in resources.items())
 
 
+def _fits(node: _Node, resources: dict[str, Any]) -> bool:
+    return all(node.resources.get(k, 0.0) + _EPSILON >= v for k, v in resources.items())
+
+
+def _claim(node: _Node, resources: dict[str, Any]) -> None:
+    """Count a task as placed on ``node`` until its next heartbeat says what it holds."""
+    node.placed += 1
+    for name, amount in resources.items():
+        node.claimed[name] = node.claimed.get(name, 0.0) + amount
+
+
+def _check_strategy(record: Any) -> None:
+    """Raise BadRequest unless ``record`` is None or a strategy record (``strategy_record``'s shape)."""
+    if record is None:
+        return
+    if not isinstance(record, dict) or record.get("kind") not in set(Strategy):
+        raise BadRequest(f"strategy must be null or {{kind: one of {[k.value for k in Strategy]}, ...}}, "
+                         f"got {record!r:.80}")
+    if record["kind"] == Strategy.NODE_AFFINITY:
+        _require(record, node_id=str, soft=bool)
+
+
 def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any],
                requester: _Node | None = None) -> str | None:
     """The node for one task, by Ray's hybrid policy; counted as placed there (call under the lock).
@@ -378,7 +447,7 @@ def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, 
     else the least utilised node with room now; else (no node has room) the least loaded, where the
     task queues.
     """
-    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + _EPSILON >= v for k, v in resources.items())]
+    fits = [n for n in nodes if _fits(n, resources)]
     if not fits:
         return None
     roomy = [n for n in fits if n is not requester and _has_room(n, resources)]
@@ -391,9 +460,7 @@ def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, 
         best = min(roomy, key=_utilisation)
     else:
         best = min(fits, key=_load)
-    best.placed += 1
-    for name, amount in resources.items():
-        best.claimed[name] = best.claimed.get(name, 0.0) + amount
+    _claim(best, resources)
     return best.node_id
 
 

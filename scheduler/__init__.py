@@ -11,7 +11,7 @@ from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_
 from ember.scheduler._object_ref import ObjectRef, TaskID
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import IDS, TaskKind, resource_shape
+from ember.scheduler._spec import IDS, Strategy, TaskKind, resource_shape
 
 __all__ = [
     "IDS",
@@ -22,6 +22,7 @@ __all__ = [
     "Op",
     "Owner",
     "Session",
+    "Strategy",
     "TaskID",
     "TaskKind",
     "bring_up",

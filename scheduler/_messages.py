@@ -20,7 +20,7 @@ from typing import Any
 
 from ember.exceptions import EmberInternalError
 from ember.scheduler._protocol import Connection, Op, describe, op_name
-from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, TaskSpec
+from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, Strategy, TaskSpec
 
 log = logging.getLogger("ember.protocol")
 
@@ -215,14 +215,30 @@ def spec_problem(spec: TaskSpec) -> str | None:
                 and type(spec.num_returns) is int and type(spec.resources) is tuple
                 and type(spec.max_retries) is int and type(spec.attempt) is int
                 and (spec.actor_id is None or type(spec.actor_id) is bytes)):
-            return None
+            return None if spec.strategy is None else _strategy_problem(spec.strategy)
     except AttributeError:
         pass
     for name, field in _SPEC_FIELDS:
         wrong = _field_problem(getattr(spec, name, None), field)
         if wrong is not None:
             return f"its task spec's {name} is {wrong}"
-    return None
+    return _strategy_problem(getattr(spec, "strategy", None))
+
+
+def _strategy_problem(strategy: object) -> str | None:
+    """What is wrong with a spec's scheduling strategy (``Strategy``'s tuples), None if nothing."""
+    if strategy is None:
+        return None
+    fine = False
+    if type(strategy) is tuple and strategy and strategy[0] in _STRATEGY_KINDS:
+        if strategy[0] == Strategy.SPREAD:
+            fine = len(strategy) == 1
+        else:  # NODE_AFFINITY
+            fine = len(strategy) == 3 and type(strategy[1]) is str and type(strategy[2]) is bool
+    return None if fine else f"its task spec's strategy is {strategy!r:.80}, not a scheduling strategy"
+
+
+_STRATEGY_KINDS = frozenset(k.value for k in Strategy)
 
 
 def _task_result_fine(msg: tuple) -> bool:

@@ -39,12 +39,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, assert_never
 
 from ember.scheduler._cluster_view import SPREAD_THRESHOLD, ClusterView, utilisation
 from ember.scheduler._resources import ResourcePool, cpu_part
 from ember.scheduler._infeasible import fixed_cluster_message
-from ember.scheduler._spec import TaskSpec
+from ember.scheduler._spec import Strategy, TaskSpec
 
 __all__ = [
     "Action", "Admission", "Assign", "NodeQueue", "QueueStatistics", "Spawn", "Spill", "WorkerLinks", "WorkerSlot",
@@ -87,6 +87,7 @@ class Admission(enum.Enum):
     QUEUED = "queued"
     SPILL = "spill"  # no resource of this node fits it: the global scheduler may find one that does
     INFEASIBLE = "infeasible"  # no resource of this node fits it, and there is nowhere else to send it
+    UNMET = "unmet"  # its scheduling strategy cannot be met here, and there is nowhere else to send it
 
 
 class WorkerLinks(Protocol):
@@ -131,8 +132,9 @@ class QueueStatistics:
 class NodeQueue:
     """One node's task queues, resources, pending actors and worker records."""
 
-    def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool) -> None:
+    def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool, node_id: str = "") -> None:
         """``spills``: a node of a multi-node cluster, with a global scheduler to spill to."""
+        self.node_id = node_id
         self.resources = ResourcePool(resources)
         # The other nodes' free resources (a node alone has none to spread to).
         self.view: ClusterView | None = ClusterView() if spills else None
@@ -149,6 +151,10 @@ class NodeQueue:
 
     def enqueue(self, spec: TaskSpec, front: bool = False) -> Admission:
         """Queue ``spec``; ``front``: a task a worker handed back, held here already."""
+        if spec.strategy is not None and spec.task_id not in self._placed:
+            admitted = self.admit_strategy(spec.strategy, spec.task_id, spec.resources)
+            if admitted is not None:
+                return admitted
         if not self.resources.feasible(spec.resources):
             if self._spills and spec.task_id not in self._placed:
                 return Admission.SPILL
@@ -161,6 +167,40 @@ class NodeQueue:
         else:
             queue.append(spec)
         return Admission.QUEUED
+
+    def admit_strategy(self, strategy: tuple, task_or_actor_id: bytes, shape: tuple) -> Admission | None:
+        """What a task's or actor's scheduling strategy makes of it here (None: as the default policy would).
+
+        ``SPREAD`` goes to the global scheduler, which spreads; node affinity to this node stays here
+        for good, affinity to another goes to the global scheduler, which knows that node. A node alone
+        is the whole cluster: affinity to another node is unmet (soft: the default policy).
+        """
+        kind = Strategy(strategy[0])
+        match kind:
+            case Strategy.SPREAD:
+                return Admission.SPILL if self._spills else None
+            case Strategy.NODE_AFFINITY:
+                node_id, soft = strategy[1], strategy[2]
+                if node_id == self.node_id:
+                    if self.resources.feasible(shape):
+                        self._placed.add(task_or_actor_id)  # only here: never spread nor spilled
+                        return None
+                    if soft:
+                        return None  # the default policy: spilled in a cluster, infeasible alone
+                    return Admission.UNMET
+                if self._spills:
+                    return Admission.SPILL
+                return None if soft else Admission.UNMET
+            case _:
+                assert_never(kind)
+
+    def unmet_detail(self, strategy: tuple, shape: tuple) -> str:
+        """Why a strategy ``admit_strategy`` found unmet cannot be met on this node alone."""
+        if strategy[1] == self.node_id:
+            return (f"its node affinity (soft=False) names this node, {self.node_id}, which can never give "
+                    f"{dict(shape)}: it has {self.resources.total}")
+        return (f"its node affinity (soft=False) names node {strategy[1]}, which is not a live node of this "
+                f"cluster (its only node is {self.node_id}); pass soft=True to run it elsewhere")
 
     def keep_placed(self, task_or_actor_id: bytes) -> None:
         """The global scheduler placed this task or actor here: it is never spilled again."""

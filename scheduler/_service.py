@@ -30,6 +30,7 @@ from typing import Any, assert_never
 
 from ember.chaos import _agent
 from ember.scheduler._gcs_link import GcsLink, process_id
+from ember.scheduler._infeasible import CANNOT_SCHEDULE
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
@@ -78,7 +79,7 @@ class Scheduler:
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
         # The parts this service drives; each owns its state.
         self.workers = WorkerPool(session.dir, node_id, session.log_dir)
-        self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None)
+        self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None, node_id=node_id)
         # The queue, kept in the log for the scheduler that would replace this one.
         self.queue_log: Any = None
         conninfo = log_conninfo(session)
@@ -319,6 +320,9 @@ class Scheduler:
                 self.spiller.offer([spec])  # type: ignore[union-attr]
             case Admission.INFEASIBLE:
                 self.fail_to_owner(spec, FailureCause.INFEASIBLE, self.queue.infeasible_detail(spec))
+            case Admission.UNMET:
+                self.fail_to_owner(spec, FailureCause.STRATEGY_UNMET,
+                                   self.queue.unmet_detail(spec.strategy, spec.resources))  # type: ignore[arg-type]
             case _ as unreachable:
                 assert_never(unreachable)
 
@@ -337,6 +341,13 @@ class Scheduler:
                 self.queue.keep_placed(spec.actor_id)  # type: ignore[arg-type]
                 self._apply(self.actors.create(spec, *actor))
         self._dispatch()
+
+    def strategy_unmet(self, spec: TaskSpec, detail: str) -> None:
+        """The global scheduler found the task's or actor's strategy cannot be met (under the lock)."""
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            self.actors.dead(spec.actor_id, CANNOT_SCHEDULE + detail)  # type: ignore[arg-type]
+        else:
+            self.fail_to_owner(spec, FailureCause.STRATEGY_UNMET, detail)
 
     def unplaceable(self, spec: TaskSpec, detail: str) -> None:
         if spec.kind == TaskKind.ACTOR_CREATION:

@@ -46,7 +46,7 @@ from ember.scheduler._spec import FailureCause
 from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._spec import TaskSpec
+from ember.scheduler._spec import TaskSpec, strategy_record
 
 log = logging.getLogger("ember.scheduler")
 
@@ -143,16 +143,23 @@ class Spiller:
                 del self._lost_nodes[node_id]
         with self._scheduler._lock:
             inputs = [self._scheduler.input_bytes.pop(spec.task_id, {}) for spec, _ in batch]
-        request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes),
-                   "tasks": [{"resources": dict(spec.resources), "inputs": where}
-                             for (spec, _), where in zip(batch, inputs)]}
+        tasks = [{"resources": dict(spec.resources), "inputs": where} for (spec, _), where in zip(batch, inputs)]
+        for task, (spec, _) in zip(tasks, batch):
+            if spec.strategy is not None:
+                task["strategy"] = strategy_record(spec.strategy)
+        request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes), "tasks": tasks}
         reply = self._gcs_call("Place", request)
         if reply is None:
             return False  # the global scheduler is unreachable: the batch waits
-        placements, addresses = reply["placements"], reply["addresses"]
+        placements, addresses, refused = reply["placements"], reply["addresses"], reply.get("refused") or {}
         by_node: dict[str, list[tuple[TaskSpec, tuple | None]]] = {}
         with self._scheduler._lock:
             kept = set(map(id, self._drop_cancelled(batch)))
+            for i, item in enumerate(batch):
+                why = refused.get(str(i))
+                if why is not None and id(item) in kept:
+                    kept.discard(id(item))
+                    self._scheduler.strategy_unmet(item[0], why)  # hard node affinity to a dead node
         for item, node_id in zip(batch, placements):
             if id(item) in kept:
                 by_node.setdefault(node_id or "", []).append(item)

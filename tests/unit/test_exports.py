@@ -3,7 +3,8 @@ import importlib
 import pytest
 
 MODULES = ["ember", "ember.exceptions", "ember.scheduler", "ember.scheduler._owner", "ember.store", "ember.chaos",
-           "ember.lineage", "ember.actor", "ember.remote_function", "ember.runtime_context"]
+           "ember.lineage", "ember.actor", "ember.remote_function", "ember.runtime_context", "ember.util",
+           "ember.util.scheduling_strategies"]
 
 
 @pytest.mark.parametrize("name", MODULES)
