@@ -66,6 +66,10 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     for key in ("num_cpus", "num_gpus", "memory"):
         if key in out and out[key] is not None:
             _number(key, out[key])
+    gpus = out.get("num_gpus")
+    if gpus is not None and gpus > 1 and gpus != int(gpus):
+        raise InvalidOptionError(f"option num_gpus={gpus!r}: more than one GPU must be a whole number of devices "
+                                 "(a fraction below 1 shares one device)")
     if "resources" in out and out["resources"] is not None:
         _resources(out["resources"])
     for key in ("max_retries", "max_restarts", "max_task_retries"):

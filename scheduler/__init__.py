@@ -4,6 +4,7 @@ The public surface here is what ``ember`` (api/) builds on; everything in
 underscore modules is internal.
 """
 
+from ember.scheduler._accelerators import node_gpus
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
@@ -28,6 +29,7 @@ __all__ = [
     "bring_up",
     "free_port",
     "local_nodes",
+    "node_gpus",
     "node_resources",
     "require_core",
     "resource_shape",

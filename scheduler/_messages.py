@@ -83,9 +83,9 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.FORWARDED_DONE: ((_ListOf(TID),), 0),
     Op.RESUME: ((int, list), 0),  # ..., [(task id, the attempt to run, bytes of its inputs by node or None)]
     # from the scheduler, to a worker's executor
-    Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
+    Op.EXECUTE: ((TaskSpec, (bytes, _NONE), tuple), 1),  # ..., the GPU devices it holds (if any)
     Op.CANCEL_RUNNING: ((TID,), 0),
-    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
+    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, tuple), 2),  # ..., restarts, its GPU devices
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners

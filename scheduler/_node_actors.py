@@ -152,7 +152,7 @@ class NodeActors:
         spec = actor.spec
         assert spec is not None
         self._outbox.send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id),
-                                        actor.restarts))
+                                        actor.restarts, self._queue.gpus_of(w.key)))
 
     def ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)

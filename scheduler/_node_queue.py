@@ -101,7 +101,7 @@ class WorkerLinks(Protocol):
 class WorkerSlot:
     """The queue's record of one worker process: what it holds, not the process itself."""
 
-    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "blocked", "idle_since")
+    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "gpus", "blocked", "idle_since")
 
     def __init__(self, key: int, actor_id: bytes | None, now: float) -> None:
         self.key = key
@@ -110,6 +110,7 @@ class WorkerSlot:
         self.ready = False  # its control and exec connections are both up
         self.assigned: dict[bytes, TaskSpec] = {}  # running first, then pipelined behind it
         self.shape: tuple = ()  # the resources it holds
+        self.gpus: tuple[int, ...] = ()  # the GPU devices among them (its CUDA_VISIBLE_DEVICES)
         self.blocked = False  # its task waits in get/wait: its CPUs are given back meanwhile
         self.idle_since = now
 
@@ -312,7 +313,7 @@ class NodeQueue:
         if self.resources.can_acquire(shape):
             idle = self._idle_worker()
             if idle is not None:
-                self.resources.acquire(shape)
+                idle.gpus = self.resources.acquire(shape)
                 idle.shape = shape
                 return idle
             self._maybe_spawn(actions, now)
@@ -355,9 +356,9 @@ class NodeQueue:
             if not self.resources.can_acquire(shape):
                 return
             pending.popleft()
-            self.resources.acquire(shape)
+            gpus = self.resources.acquire(shape)
             slot = self.new_slot(actor_id, now)
-            slot.shape = shape
+            slot.shape, slot.gpus = shape, gpus
             actions.append(Spawn(slot.key, actor_id))
 
     # -- actors ------------------------------------------------------------------------------
@@ -385,6 +386,11 @@ class NodeQueue:
 
     def slot(self, worker: int) -> WorkerSlot | None:
         return self._slots.get(worker)
+
+    def gpus_of(self, worker: int) -> tuple[int, ...]:
+        """The GPU devices the worker holds (its task's or its actor's)."""
+        slot = self._slots.get(worker)
+        return slot.gpus if slot is not None else ()
 
     def linked(self, worker: int, connected: bool, ready: bool) -> None:
         """``connected``: the worker's control connection is up; ``ready``: its exec connection too."""
@@ -464,8 +470,8 @@ class NodeQueue:
         if slot.blocked:
             shape = tuple((n, a) for n, a in shape if n != "CPU")
             slot.blocked = False
-        self.resources.release(shape)
-        slot.shape = ()
+        self.resources.release(shape, slot.gpus)
+        slot.shape, slot.gpus = (), ()
         slot.idle_since = now
 
     # -- introspection -----------------------------------------------------------------------

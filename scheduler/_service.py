@@ -158,7 +158,9 @@ class Scheduler:
                 if spec.function_id not in w.functions:
                     payload = self._functions.get(spec.function_id)
                     w.functions.add(spec.function_id)
-                self._outbox.send(w.exec_conn, (Op.EXECUTE, spec, payload))
+                gpus = self.queue.gpus_of(key)
+                msg = (Op.EXECUTE, spec, payload, gpus) if gpus else (Op.EXECUTE, spec, payload)
+                self._outbox.send(w.exec_conn, msg)
                 continue
             match action:
                 case Spawn(worker=key, actor_id=actor_id):
