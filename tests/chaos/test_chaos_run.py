@@ -229,3 +229,27 @@ def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_pat
     assert (json.dumps({"after_tasks": 30}, sort_keys=True), "kill", "node", "hit") in _faults(report)
     assert report["summary"]["processes_started"]["node"] == 3
     assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
+
+
+def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_affinity_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    workload = Path(__file__).with_name("strategies_workload.py")
+    runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        run = chaos("run", "--kill", "node", "--every-tasks", "40", "--max-faults", "1", "--seed", "3",
+                    "--timeout", "150", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
+                    cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
+    finally:
+        monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
+        for node in local_nodes.local_nodes():
+            local_nodes.stop_node(node, 10.0)
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    tally = json.loads(run.stdout.splitlines()[-1])
+    assert tally["wrong"] == 0 and tally["rounds"] == 3 and tally["nodes_alive_at_end"] == 2, tally
+    # Rounds after the kill asked for the dead node by hard affinity: each got the typed error.
+    assert tally["hard_affinity_to_dead_node"] > 0, tally
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert (json.dumps({"after_tasks": 40}, sort_keys=True), "kill", "node", "hit") in _faults(report)
+    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
