@@ -180,6 +180,10 @@ def problem(msg: tuple, accepted: frozenset) -> str | None:
         wrong = _field_problem(msg[i + 1], fields[i])
         if wrong is not None:
             return f"{op_name(op)} field {i + 1} is {wrong}"
+    devices = _DEVICES_FIELD.get(op)
+    if devices is not None and arity >= devices and not all(
+            type(d) is int and d >= 0 for d in msg[devices]):
+        return f"{op_name(op)} field {devices} is {describe(msg[devices])}, expected a tuple of GPU device numbers"
     if isinstance(msg[1] if arity else None, TaskSpec):
         return spec_problem(msg[1])
     if op == Op.RESUME:
@@ -239,6 +243,7 @@ def _strategy_problem(strategy: object) -> str | None:
 
 
 _STRATEGY_KINDS = frozenset(k.value for k in Strategy)
+_DEVICES_FIELD = {Op.EXECUTE: 3, Op.BECOME_ACTOR: 4}  # where the GPU devices a worker holds are, if sent
 
 
 def _task_result_fine(msg: tuple) -> bool:
