@@ -379,6 +379,12 @@ class Scheduler:
         self._send(origin or self._clients.get(spec.owner_addr),
                    (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
 
+    def recheck_with_owner(self, spec: TaskSpec, detail: str) -> None:
+        """A forwarded task reported done, whose node died soon after: its owner hears it as a worker death,
+        which it ignores if the result reached it (under the lock)."""
+        self._send(self._clients.get(spec.owner_addr), (Op.TASK_FAILED, spec.task_id, spec.attempt,
+                                                        FailureCause.WORKER_DIED, detail))
+
     def warn_owner(self, spec: TaskSpec, text: str) -> None:
         """Tell a task's owner why it waits (not its end); only an owner that sent it here hears it."""
         if spec.task_id not in self._origins:  # a forwarding node would take any TASK_FAILED for the end

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -252,4 +253,19 @@ def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_
     assert tally["hard_affinity_to_dead_node"] > 0, tally
     report = json.loads((tmp_path / "run.json").read_text())
     assert (json.dumps({"after_tasks": 40}, sort_keys=True), "kill", "node", "hit") in _faults(report)
-    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
+    # The nodes' workers end a moment after their nodes stop (a grace, then SIGKILL): wait, bounded.
+    deadline = time.monotonic() + LEFTOVER_WAIT_S
+    while (left := [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [_describe(pid) for pid in left]
+
+
+LEFTOVER_WAIT_S = 30.0
+
+
+def _describe(pid: int) -> str:
+    try:
+        return f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:120]}"
+    except psutil.Error:
+        return f"{pid}: gone"
