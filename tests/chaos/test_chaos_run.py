@@ -239,7 +239,7 @@ def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_
     before = {p.pid for p in psutil.process_iter()}
     try:
         run = chaos("run", "--kill", "node", "--every-tasks", "40", "--max-faults", "1", "--seed", "3",
-                    "--timeout", "150", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
+                    "--timeout", "90", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
                     cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
     finally:
         monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
