@@ -111,7 +111,7 @@ def test_a_run_fires_on_task_events_and_its_replay_fires_the_same(program: Path,
     # (Whether a store kill finds a store, or one still restarting, is up to timing; and which of two
     # points comes first, the 40th finished task or the 4th start of add, is up to the schedule.)
     assert Counter(f[:3] for f in fired) <= Counter(f[:3] for f in _faults(second))
-    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
+    _assert_no_leftovers(before)
 
 
 def _ran_under_chaos(pid: int) -> bool:
@@ -229,7 +229,7 @@ def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_pat
     report = json.loads((tmp_path / "run.json").read_text())
     assert (json.dumps({"after_tasks": 30}, sort_keys=True), "kill", "node", "hit") in _faults(report)
     assert report["summary"]["processes_started"]["node"] == 3
-    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
+    _assert_no_leftovers(before)
 
 
 def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_affinity_typed(
@@ -253,15 +253,20 @@ def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_
     assert tally["hard_affinity_to_dead_node"] > 0, tally
     report = json.loads((tmp_path / "run.json").read_text())
     assert (json.dumps({"after_tasks": 40}, sort_keys=True), "kill", "node", "hit") in _faults(report)
-    # The nodes' workers end a moment after their nodes stop (a grace, then SIGKILL): wait, bounded.
+    _assert_no_leftovers(before)
+
+
+LEFTOVER_WAIT_S = 30.0
+
+
+def _assert_no_leftovers(before: set[int]) -> None:
+    """No process the run started is left. Workers end a moment after their node or program does (a
+    grace, then SIGKILL), later still on a loaded machine: wait for them, bounded."""
     deadline = time.monotonic() + LEFTOVER_WAIT_S
     while (left := [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, [_describe(pid) for pid in left]
-
-
-LEFTOVER_WAIT_S = 30.0
 
 
 def _describe(pid: int) -> str:
