@@ -8,7 +8,7 @@ from ember import chaos, exceptions, lineage
 from ember.scheduler import ObjectRef, TaskID
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
-from ember._runtime_context import RuntimeContext, get_runtime_context
+from ember._runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
 from ember._timeline import timeline
 from ember._runtime import (
     available_resources,
@@ -45,6 +45,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",

@@ -100,6 +100,7 @@ class ActorClass:
                 TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
                 _options.retries(opts, "max_restarts", 0),  # a creation's retries are the actor's restarts
                 actor_id=actor_id, name=key, extra=(opts.get("lifetime") == "detached", meta),
+                strategy=_options.strategy_of(opts.get("scheduling_strategy")),
             )
         except BaseException:
             core.kill_actor(actor_id, True)  # frees the name it claimed

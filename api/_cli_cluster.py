@@ -19,6 +19,7 @@ import click
 from ember._cli_inspect import _table
 from ember.exceptions import ClusterStartError, EmberUserError
 from ember.lineage._states import NodeState
+from ember.scheduler import node_gpus
 
 START_TIMEOUT_S = 90.0  # the head brings PostgreSQL up too
 STOP_TIMEOUT_S = 15.0
@@ -40,7 +41,8 @@ def _local_nodes() -> Any:
               help="The address this node serves other nodes on: its relay and object transfers, and with "
                    "--head the GCS service (loopback unless you say otherwise).")
 @click.option("--num-cpus", type=click.FloatRange(min=0), default=None, help="CPUs to offer (default: all).")
-@click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs to offer (a scheduling label).")
+@click.option("--num-gpus", type=click.IntRange(min=0), default=None,
+              help="GPUs to offer (default: as many as CUDA_VISIBLE_DEVICES names, else nvidia-smi lists).")
 @click.option("--resources", default=None, help='Custom resources as JSON, e.g. \'{"accelerator": 2}\'.')
 @click.option("--object-store-memory", type=click.IntRange(min=1), default=None, help="Store budget in bytes.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -55,7 +57,7 @@ def _local_nodes() -> Any:
 @click.option("--dashboard-port", default=8265, show_default=True, type=click.IntRange(0, 65535),
               help="With --dashboard: its port (0: any free one).")
 def start_command(head: bool, address: str | None, port: int, bind: str, num_cpus: float | None,
-                  num_gpus: float | None, resources: str | None, object_store_memory: int | None,
+                  num_gpus: int | None, resources: str | None, object_store_memory: int | None,
                   tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_server_name: str | None,
                   with_dashboard: bool, dashboard_port: int) -> None:
     if head == (address is not None):
@@ -69,6 +71,10 @@ def start_command(head: bool, address: str | None, port: int, bind: str, num_cpu
         click.echo(f"warning: this node serves {bind} WITHOUT TLS: the cluster token and all data cross the "
                    "network in the clear; use --tls-cert/--tls-key/--tls-ca (docs/security.md)", err=True)
     custom = _parse_resources(resources)
+    try:
+        node_gpus(num_gpus, os.environ, detect=lambda: 0)  # refused here, before a node starts, if it cannot be
+    except EmberUserError as exc:
+        raise click.UsageError(str(exc)) from None
     sizes = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": custom,
              "object_store_memory": object_store_memory}
     argv = ["--resources-json", json.dumps(sizes), "--bind", bind]

@@ -137,7 +137,7 @@ def _task_cells(r: Any) -> list[str]:
     from ember.lineage import human_duration
 
     return [r.task_id, _short(r.name, 40), r.state, str(r.attempts), str(r.rebuilt), _node(r.node_id),
-            human_duration(r.duration_s) or "-", _when(r.submitted_at), _short(r.error)]
+            _short(r.strategy, 24), human_duration(r.duration_s) or "-", _when(r.submitted_at), _short(r.error)]
 
 
 def _object_cells(r: Any) -> list[str]:
@@ -167,7 +167,8 @@ def _job_cells(r: Any) -> list[str]:
 
 
 _TABLES: dict[str, tuple[tuple[str, ...], Callable[[Any], list[str]]]] = {
-    "tasks": (("TASK_ID", "NAME", "STATE", "ATTEMPTS", "REBUILT", "NODE", "DURATION", "SUBMITTED", "ERROR"),
+    "tasks": (("TASK_ID", "NAME", "STATE", "ATTEMPTS", "REBUILT", "NODE", "STRATEGY", "DURATION", "SUBMITTED",
+               "ERROR"),
               _task_cells),
     "objects": (("OBJECT_ID", "ORIGIN", "SIZE", "NODE", "DURABLE", "STATE", "CREATED"), _object_cells),
     "actors": (("ACTOR_ID", "CLASS", "NAME", "STATE", "RESTARTS", "CALLS", "NODE", "DEATH_CAUSE"), _actor_cells),

@@ -11,7 +11,8 @@ from numbers import Real
 from typing import Any
 
 from ember.exceptions import InvalidOptionError
-from ember.scheduler import resource_shape
+from ember.scheduler import Strategy, resource_shape
+from ember._strategies import NodeAffinitySchedulingStrategy
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
@@ -111,6 +112,10 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     for key in ("num_cpus", "num_gpus", "memory"):
         if key in out and out[key] is not None:
             _number(key, out[key])
+    gpus = out.get("num_gpus")
+    if gpus is not None and gpus > 1 and gpus != int(gpus):
+        raise InvalidOptionError(f"option num_gpus={gpus!r}: more than one GPU must be a whole number of devices "
+                                 "(a fraction below 1 shares one device)")
     if "resources" in out and out["resources"] is not None:
         _resources(out["resources"])
     for key in ("max_retries", "max_restarts", "max_task_retries"):
@@ -136,13 +141,26 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
             raise InvalidOptionError(
                 f"option max_concurrency={out['max_concurrency']} is not supported yet: calls on an ember actor run "
                 "one at a time, in submission order per caller; leave it out (or pass 1)")
-    strategy = out.get("scheduling_strategy")
-    if strategy is not None and strategy != "DEFAULT":
-        raise InvalidOptionError(
-            f"option scheduling_strategy={strategy!r} is not supported yet: ember places work by its own "
-            "default policy; leave it out (or pass \"DEFAULT\"), or pin a task to a node with "
-            "resources={\"node:<its IP>\": 0.01}")
+    if "scheduling_strategy" in out:
+        strategy_of(out["scheduling_strategy"])  # refused now, by name, if it is not one ember supports
     return out
+
+
+_STRATEGIES_SUPPORTED = ('None, "DEFAULT", "SPREAD", or ember.util.scheduling_strategies.'
+                         'NodeAffinitySchedulingStrategy(node_id, soft)')
+
+
+def strategy_of(strategy: Any) -> tuple | None:
+    """The spec's form of a ``scheduling_strategy`` option (``ember.scheduler.Strategy``); None: the default."""
+    if strategy is None or strategy == "DEFAULT":
+        return None
+    if strategy == "SPREAD":
+        return (Strategy.SPREAD.value,)
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return (Strategy.NODE_AFFINITY.value, strategy.node_id, strategy.soft)
+    what = f"{strategy!r:.80}" if isinstance(strategy, str) else f"a {type(strategy).__name__}"
+    raise InvalidOptionError(f"option scheduling_strategy={what} is not supported: ember supports "
+                             f"{_STRATEGIES_SUPPORTED}")
 
 
 def validate_init(num_cpus: Any, num_gpus: Any, resources: Any, object_store_memory: Any) -> None:

@@ -25,6 +25,7 @@ class RemoteFunction:
         self._max_retries = _options.retries(self._options, "max_retries", _options.DEFAULT_TASK_RETRIES)
         self._retry_exceptions = self._options.get("retry_exceptions", False)
         self._max_calls = _options.max_calls(self._options)
+        self._strategy = _options.strategy_of(self._options.get("scheduling_strategy"))
         self._payload: bytes | None = None
         self._function_id: bytes | None = None
         self.__name__ = getattr(function, "__name__", "remote_function")
@@ -60,6 +61,7 @@ class RemoteFunction:
         refs = core.submit(
             TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
             self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
+            strategy=self._strategy,
         )
         if self._num_returns == 1:
             return refs[0]

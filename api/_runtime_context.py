@@ -84,19 +84,29 @@ class RuntimeContext:
             raise EmberUserError("was_current_actor_reconstructed is only available in an actor's process")
         return executor.actor_restarts > 0
 
-    def get_assigned_resources(self) -> dict[str, float]:
-        """The resources the running task holds (an actor: those it holds for its life), by name."""
-        core = require_core()
-        executor = _actor_executor()
-        spec = executor.actor_spec if executor is not None else core.current_task
-        if spec is None:
-            raise EmberUserError("get_assigned_resources is only available in a task or an actor")
-        return {name: amount for name, amount in spec.resources if amount}
-
     @property
     def namespace(self) -> str:
         require_core()
         return current_namespace()
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators the running task or actor holds, by kind: ``{"GPU": ["0"]}`` (Ray's, GPUs only).
+
+        Each id as ``CUDA_VISIBLE_DEVICES`` names it; empty in a driver and in work that asked for none.
+        """
+        executor = require_core().executor
+        return {"GPU": [str(i) for i in executor.devices.gpu_ids()] if executor is not None else []}
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        """The resources the running task holds (``{"CPU": 1.0, "GPU": 1.0}``), or an actor those it holds
+        for its life, by name; EmberUserError in a driver (Ray asserts it runs in a worker)."""
+        core = require_core()
+        task, executor = core.current_task, core.executor
+        if executor is None:
+            raise EmberUserError("get_assigned_resources is only available in a task or an actor")
+        if task is not None and task.kind == TaskKind.NORMAL:
+            return {name: amount for name, amount in task.resources if amount}
+        return {name: amount for name, amount in dict(executor.devices.resources).items() if amount}
 
     @property
     def node_id(self) -> str:
@@ -119,4 +129,14 @@ def get_runtime_context() -> RuntimeContext:
     return RuntimeContext()
 
 
-__all__ = ["RuntimeContext", "get_runtime_context"]
+def get_gpu_ids() -> list[int] | list[str]:
+    """The GPUs the running task or actor holds (Ray's ``get_gpu_ids``); [] in a driver.
+
+    Device numbers (``[0]``), or, when the node was started with
+    ``CUDA_VISIBLE_DEVICES`` set, the names it gave them (``["4"]``), as in Ray.
+    """
+    executor = require_core().executor
+    return executor.devices.gpu_ids() if executor is not None else []
+
+
+__all__ = ["RuntimeContext", "get_gpu_ids", "get_runtime_context"]

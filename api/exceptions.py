@@ -53,6 +53,8 @@ __all__ = [
     "ObjectTransferError",
     "ActorDiedError",
     "InfeasibleActorError",
+    "ActorUnschedulableError",
+    "TaskUnschedulableError",
     "RayActorError",
     "ActorUnavailableError",
     "ActorAlreadyExistsError",
@@ -304,6 +306,30 @@ class InfeasibleActorError(ActorDiedError, InfeasibleResourceError):
 
     Both an ``ActorDiedError`` (what Ray code catches for a dead actor) and an
     ``InfeasibleResourceError`` (what it is: the request is the program's to fix).
+    """
+
+
+class TaskUnschedulableError(EmberOperationError):
+    """The task's scheduling strategy cannot be met, and it does not allow another node.
+
+    ``NodeAffinitySchedulingStrategy(node_id, soft=False)`` to a node that is
+    dead, unknown to the cluster, or too small for the request (Ray's error of
+    the same name).
+    """
+
+    def __init__(self, task_desc: str = "", reason: str = "") -> None:
+        self.task_desc = task_desc
+        self.reason = reason
+        super().__init__(f"the task {task_desc} is not schedulable: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_desc, self.reason))
+
+
+class ActorUnschedulableError(ActorDiedError):
+    """The actor never started: its scheduling strategy cannot be met (hard affinity to a dead or unknown node).
+
+    An ``ActorDiedError`` too, as every actor that will not run.
     """
 
 

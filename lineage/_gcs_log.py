@@ -25,6 +25,7 @@ from ember import _settings
 from ember.exceptions import LineageLogUnavailableError
 from ember.lineage._log_writer import LogWriter, Target
 from ember.lineage._states import TaskState
+from ember.scheduler._spec import strategy_record
 
 OBJECT_COLUMNS = ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
                   "content_hash", "owner")
@@ -42,7 +43,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint"),
     "functions": ("function_id", "name", "payload"),
     "tasks": ("task_id", "job_id", "kind", "function_id", "function_name", "parent_task_id", "actor_id",
-              "method", "args", "num_returns", "resources", "max_retries", "name", "owner"),
+              "method", "args", "num_returns", "resources", "max_retries", "name", "owner",
+              "strategy"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error", "started_us", "worker_pid"),
     "objects": OBJECT_COLUMNS,
@@ -122,6 +124,7 @@ class GcsLog:
             spec.task_id, spec.job_id, int(spec.kind), spec.function_id or None, spec.function_name,
             spec.parent_task_id, spec.actor_id, spec.method, args, spec.num_returns,
             self._resources_json(spec.resources), spec.max_retries, spec.name, spec.owner_addr,
+            None if spec.strategy is None else json.dumps(strategy_record(spec.strategy)),
         ))]
         rows += [("task_args", (spec.task_id, oid)) for oid in dependencies]
         # Lazy: the owner may read the result before this commits; whatever

@@ -21,12 +21,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, assert_never
 
 from ember import _settings
 from ember.lineage._cluster_table import ClusterTable
 from ember.lineage._rpc import BadRequest, Unavailable, serve
 from ember.lineage._states import JobState, ProcessKind
+from ember.scheduler._spec import Strategy, strategy_of_record
 
 log = logging.getLogger("ember.gcs")
 
@@ -38,7 +39,7 @@ LOAD_WAIT_S = 1.0  # a call about actors or names waits this long for the start'
 
 class _Node:
     __slots__ = ("node_id", "address", "endpoint", "resources", "available", "last_seen", "alive", "death_cause",
-                 "transfer", "queued", "placed", "registered")
+                 "transfer", "queued", "placed", "claimed", "registered")
 
     def __init__(self, node_id: str, address: str, resources: dict[str, float]) -> None:
         self.node_id = node_id
@@ -52,9 +53,14 @@ class _Node:
         self.transfer: str | None = None  # where its store serves objects to other nodes
         self.queued = 0  # tasks waiting in its queues, as of its last heartbeat
         self.placed = 0  # tasks placed on it since that heartbeat
+        self.claimed: dict[str, float] = {}  # the resources of those tasks
         # Registered with this instance of the service; a node loaded from PostgreSQL after a
         # restart is asked to register again, which brings what the table does not keep (transfer).
         self.registered = False
+
+    def free(self) -> dict[str, float]:
+        """Its free resources as of its last heartbeat, less what was placed on it since."""
+        return {name: amount - self.claimed.get(name, 0.0) for name, amount in self.available.items()}
 
     def public(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "resources": self.resources,
@@ -78,6 +84,7 @@ class GcsService:
         # Actor names, cluster-wide: name -> (actor id hex, handle metadata: a pickle in base64 the
         # schedulers made; never unpickled here).
         self._names: dict[str, tuple[str, str]] = {}
+        self._spread_next = 0  # SPREAD: where the next turn starts, in node id order
         self._stop = threading.Event()
         self.loaded = threading.Event()
 
@@ -126,12 +133,15 @@ class GcsService:
             node.last_seen = time.monotonic()
             if available is not None:
                 node.available = available
-            node.queued, node.placed = req.get("queued") or 0, 0
+            node.queued, node.placed, node.claimed = req.get("queued") or 0, 0, {}
+            # The other live nodes' free resources: the node spreads work to them (hybrid policy).
+            view = {n.node_id: {"total": n.resources, "available": n.free()}
+                    for n in self._nodes.values() if n.alive and n.registered and n is not node}
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
             self._note_actors(req["node_id"], events)
-        return {"known": True}
+        return {"known": True, "view": view}
 
     def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, events=(list, None), cause=(str, None))
@@ -174,6 +184,7 @@ class GcsService:
                     and isinstance(task.get("inputs", {}), dict)
                     and all(type(v) is int for v in task.get("inputs", {}).values())):
                 raise BadRequest("each task must be {resources: {name: amount}, inputs: {endpoint: bytes}}")
+            _check_strategy(task.get("strategy"))
         if not all(isinstance(node_id, str) for node_id in avoid):
             raise BadRequest("avoid must list node ids")
         avoided = set(avoid)
@@ -182,8 +193,14 @@ class GcsService:
             preferred = [n for n in alive if n.node_id not in avoided]
             # A task only an avoided node can run goes there all the same: it may be a blip, and if
             # the node is dead, it is declared so within a second and the task fails then.
-            placements = [_placement(preferred, task["resources"], task.get("inputs") or {})
-                          or _placement(alive, task["resources"], task.get("inputs") or {}) for task in tasks]
+            requester = self._nodes.get(req["node_id"])
+            placements: list[str | None] = []
+            refused: dict[str, str] = {}  # index -> why its strategy cannot be met
+            for i, task in enumerate(tasks):
+                node_id, why = self._place_one(task, preferred, alive, requester)
+                placements.append(node_id)
+                if why is not None:
+                    refused[str(i)] = why
             addresses = {n.node_id: n.address for n in alive}
             # What the cluster has, for the warning about a task no live node can run (it waits for one).
             totals: dict[str, float] = {}
@@ -191,7 +208,47 @@ class GcsService:
                 for n in alive:
                     for name, amount in n.resources.items():
                         totals[name] = totals.get(name, 0.0) + amount
-        return {"placements": placements, "addresses": addresses, "totals": totals, "nodes": len(alive)}
+        return {"placements": placements, "addresses": addresses, "totals": totals, "nodes": len(alive),
+                "refused": refused}
+
+    def _place_one(self, task: dict[str, Any], preferred: list[_Node], alive: list[_Node],
+                   requester: _Node | None) -> tuple[str | None, str | None]:
+        """One task's node by its strategy (call under the lock): (node id or None, why it is refused or None)."""
+        resources, inputs = task["resources"], task.get("inputs") or {}
+        strategy = strategy_of_record(task.get("strategy"))
+        if strategy is not None:
+            kind = Strategy(strategy[0])
+            match kind:
+                case Strategy.SPREAD:
+                    return self._spread(preferred, resources) or self._spread(alive, resources), None
+                case Strategy.NODE_AFFINITY:
+                    target = self._nodes.get(strategy[1])
+                    if target is not None and target.alive and _fits(target, resources):
+                        _claim(target, resources)  # there only, even without room now: it waits there
+                        return target.node_id, None
+                    if not strategy[2]:
+                        state = ("is not a node of this cluster" if target is None else
+                                 f"is dead ({target.death_cause})" if not target.alive else
+                                 f"can never give {resources}: it has {target.resources}")
+                        return None, (f"its node affinity (soft=False) names node {strategy[1]}, which {state}; "
+                                      "pass soft=True to run it elsewhere")
+                case _:
+                    assert_never(kind)
+        return (_placement(preferred, resources, inputs, requester)
+                or _placement(alive, resources, inputs, requester)), None
+
+    def _spread(self, nodes: list[_Node], resources: dict[str, Any]) -> str | None:
+        """SPREAD: the nodes in turn, from the one after the last chosen, the first with room (else the
+        first that fits), as Ray's spread policy does (call under the lock)."""
+        fits = sorted((n for n in nodes if _fits(n, resources)), key=lambda n: n.node_id)
+        if not fits:
+            return None
+        start = self._spread_next % len(fits)
+        turn = fits[start:] + fits[:start]
+        best = next((n for n in turn if _has_room(n, resources)), turn[0])
+        self._spread_next = fits.index(best) + 1
+        _claim(best, resources)
+        return best.node_id
 
     def locate_actor(self, req: dict[str, Any]) -> dict[str, Any]:
         """The live node an actor's process runs on, with its scheduler's address; {} if none is known."""
@@ -342,6 +399,7 @@ class GcsService:
 
 LOCALITY_BYTES_MIN = 1 << 20  # inputs this large on one node draw a task there...
 LOCALITY_SLACK = 4.0  # ...unless that node's load (tasks per CPU) is this much above the least loaded's
+_EPSILON = 1e-9
 
 
 def _load(node: _Node) -> float:
@@ -351,19 +409,66 @@ def _load(node: _Node) -> float:
     return (busy + node.queued + node.placed) / max(cpus, 1.0)
 
 
-def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any]) -> str | None:
-    """The node for one task: one that has its resources, where its inputs are if they are large, else the
-    least loaded; counted as placed there (call under the lock)."""
-    fits = [n for n in nodes if all(n.resources.get(k, 0.0) + 1e-9 >= v for k, v in resources.items())]
+def _utilisation(node: _Node) -> float:
+    """The used fraction of the node's most used resource, counting what was placed there since it said."""
+    free = node.free()
+    return max((1.0 - free.get(name, 0.0) / total for name, total in node.resources.items() if total > 0),
+               default=0.0)
+
+
+def _has_room(node: _Node, resources: dict[str, Any]) -> bool:
+    free = node.free()
+    return all(free.get(name, 0.0) + _EPSILON >= amount for name, amount in resources.items())
+
+
+def _fits(node: _Node, resources: dict[str, Any]) -> bool:
+    return all(node.resources.get(k, 0.0) + _EPSILON >= v for k, v in resources.items())
+
+
+def _claim(node: _Node, resources: dict[str, Any]) -> None:
+    """Count a task as placed on ``node`` until its next heartbeat says what it holds."""
+    node.placed += 1
+    for name, amount in resources.items():
+        node.claimed[name] = node.claimed.get(name, 0.0) + amount
+
+
+def _check_strategy(record: Any) -> None:
+    """Raise BadRequest unless ``record`` is None or a strategy record (``strategy_record``'s shape)."""
+    if record is None:
+        return
+    if not isinstance(record, dict) or record.get("kind") not in set(Strategy):
+        raise BadRequest(f"strategy must be null or {{kind: one of {[k.value for k in Strategy]}, ...}}, "
+                         f"got {record!r:.80}")
+    if record["kind"] == Strategy.NODE_AFFINITY:
+        _require(record, node_id=str, soft=bool)
+
+
+def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any],
+               requester: _Node | None = None) -> str | None:
+    """The node for one task, by Ray's hybrid policy; counted as placed there (call under the lock).
+
+    The requesting node spilled the task because it has no room for it now (or is utilised past
+    ``SPREAD_THRESHOLD``), which it knows better than its last heartbeat says: it counts as having no
+    room. Among the nodes whose totals fit the task: the node holding at least ``LOCALITY_BYTES_MIN`` of
+    its inputs, if it has room now or is not much busier than the least loaded (moving large inputs costs
+    more than a short wait);
+    else the least utilised node with room now; else (no node has room) the least loaded, where the
+    task queues.
+    """
+    fits = [n for n in nodes if _fits(n, resources)]
     if not fits:
         return None
-    best = min(fits, key=_load)
-    if inputs:
-        holder = max(fits, key=lambda n: inputs.get(n.endpoint, 0))
-        held = inputs.get(holder.endpoint, 0)
-        if held >= LOCALITY_BYTES_MIN and _load(holder) - _load(best) <= LOCALITY_SLACK:
-            best = holder
-    best.placed += 1
+    roomy = [n for n in fits if n is not requester and _has_room(n, resources)]
+    holder = max(fits, key=lambda n: inputs.get(n.endpoint, 0)) if inputs else None
+    if holder is not None and inputs.get(holder.endpoint, 0) < LOCALITY_BYTES_MIN:
+        holder = None
+    if holder is not None and (holder in roomy or _load(holder) - min(map(_load, fits)) <= LOCALITY_SLACK):
+        best = holder
+    elif roomy:
+        best = min(roomy, key=_utilisation)
+    else:
+        best = min(fits, key=_load)
+    _claim(best, resources)
     return best.node_id
 
 

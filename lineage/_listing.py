@@ -21,6 +21,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ember.scheduler._spec import TaskKind, describe_strategy
 from ember.exceptions import EmberUserError
 from ember.lineage._ids import resolve_job
 from ember.lineage._states import ActorState, JobState, NodeState, ObjectState, TaskState
@@ -46,6 +47,7 @@ class TaskRow:
     submitted_at: dt.datetime | None
     duration_s: float | None  # submission to the first logged end
     error: str | None  # the first line of the latest failure
+    strategy: str = "DEFAULT"  # where it asked to run: DEFAULT, SPREAD, node:<id> [(soft)]
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def _task_where(wanted: str | None, f: TaskFilter) -> tuple[str, dict[str, Any]]
 
 
 def list_tasks(conn: Any, job: str | None, state: str | None, limit: int,
-               where: TaskFilter | None = None, offset: int = 0) -> list[TaskRow]:
+               where: TaskFilter | None = None, offset: int = 0, strategy_sql: str = "NULL::jsonb") -> list[TaskRow]:
     """A page of a job's tasks, newest first: ``limit`` rows after skipping ``offset`` that match ``where``."""
     job_id, wanted, limit = _scope(conn, job, state or (where.state if where else None), TaskState, "tasks",
                                    limit)
@@ -225,7 +227,8 @@ def list_tasks(conn: Any, job: str | None, state: str | None, limit: int,
         " ORDER BY t.submitted_at DESC, t.task_id DESC LIMIT %(limit)s OFFSET %(offset)s) "
         "SELECT t.task_id, t.job_id, t.kind, t.function_name, t.method, ac.class_name, t.submitted_at, "
         "last.attempt, " + TASK_STATE_SQL + ", last.node_id, COALESCE(last.error, CASE WHEN t.kind = " +
-        str(KIND_ACTOR_CREATION) + " THEN " + CREATION_ERROR_SQL + " END), runs.n, runs.first_end "
+        str(KIND_ACTOR_CREATION) + " THEN " + CREATION_ERROR_SQL + " END), runs.n, runs.first_end, " +
+        strategy_sql + " "
         "FROM page JOIN tasks t ON t.task_id = page.task_id "
         "LEFT JOIN actors ac ON ac.actor_id = t.actor_id "
         "LEFT JOIN LATERAL (SELECT a.attempt, a.state, a.node_id, a.error FROM task_attempts a "
@@ -248,12 +251,13 @@ def display_name(kind: int, function_name: str, method: str | None, class_name: 
 
 def _task_row(row: tuple) -> TaskRow:
     (task_id, job_id, kind, function_name, method, class_name, submitted_at,
-     attempt, state, node_id, error, runs, first_end) = row
+     attempt, state, node_id, error, runs, first_end, strategy) = row
     name = display_name(kind, function_name, method, class_name)
     duration = (first_end - submitted_at).total_seconds() if first_end and submitted_at else None
     return TaskRow(task_id.hex(), job_id.hex(), name, TaskState(state or TaskState.SUBMITTED),
                    (attempt or 0) + 1, max((runs or 0) - 1, 0), node_id, submitted_at,
-                   max(duration, 0.0) if duration is not None else None, first_line(error))
+                   max(duration, 0.0) if duration is not None else None, first_line(error),
+                   describe_strategy(strategy))
 
 
 def list_objects(conn: Any, job: str | None, state: str | None, limit: int) -> list[ObjectRow]:

@@ -25,8 +25,9 @@ from ember import _settings
 from ember.exceptions import EmberUserError
 from ember.lineage import _listing
 from ember.lineage._ids import EmptyLogError, UnknownIdError, hex_or_none, id_bytes
-from ember.lineage._schema_version import RUN_TIMES_VERSION, check_readable
+from ember.lineage._schema_version import RUN_TIMES_VERSION, STRATEGY_VERSION, check_readable
 from ember.lineage._states import ObjectState, ProcessKind, TaskState
+from ember.scheduler._spec import describe_strategy
 from ember.lineage._listing import (
     CREATION_ERROR_SQL,
     CREATION_STATE_SQL,
@@ -70,6 +71,7 @@ class TaskRecord:
     # from the workers started for it), and that creation's error.
     derived_state: TaskState = TaskState.SUBMITTED
     derived_error: str | None = None
+    strategy: str = "DEFAULT"  # where it asked to run: DEFAULT, SPREAD, node:<id> [(soft)]
 
     @property
     def state(self) -> TaskState:
@@ -187,6 +189,10 @@ class LineageLog:
             return f"to_timestamp({prefix}started_us / 1e6), {prefix}worker_pid"
         return "NULL::timestamptz, NULL::int"
 
+    def strategy_column(self) -> str:
+        """SQL for a task's scheduling strategy record, on ``tasks`` as ``t`` (NULL in a log older than v11)."""
+        return "t.strategy" if self.version >= STRATEGY_VERSION else "NULL::jsonb"
+
     def close(self) -> None:
         self._conn.close()
         if self._release is not None:
@@ -227,7 +233,7 @@ class LineageLog:
         ``where`` narrows them (function, node, retried, rebuilt, error text, time range);
         ``offset`` skips that many, for the next page.
         """
-        return _listing.list_tasks(self._conn, job, state, limit, where, offset)
+        return _listing.list_tasks(self._conn, job, state, limit, where, offset, self.strategy_column())
 
     def objects(self, job: str | None = None, state: str | None = None,
                 limit: int = _listing.LIMIT_DEFAULT) -> list[_listing.ObjectRow]:
@@ -298,7 +304,7 @@ class LineageLog:
             "SELECT t.task_id, t.job_id, t.kind, t.function_name, t.parent_task_id, t.actor_id, t.method, "
             "t.num_returns, t.max_retries, t.args, t.submitted_at, a.class_name, c.seq, "
             "CASE WHEN t.kind = %(creation)s THEN " + CREATION_STATE_SQL + " END, "
-            "CASE WHEN t.kind = %(creation)s THEN " + CREATION_ERROR_SQL + " END "
+            "CASE WHEN t.kind = %(creation)s THEN " + CREATION_ERROR_SQL + " END, " + self.strategy_column() + " "
             "FROM tasks t LEFT JOIN actors a ON a.actor_id = t.actor_id "
             "LEFT JOIN actor_calls c ON c.task_id = t.task_id WHERE t.task_id = ANY(%(ids)s)",
             {"ids": task_ids, "creation": KIND_ACTOR_CREATION}).fetchall()
@@ -323,6 +329,7 @@ class LineageLog:
                 row[7], row[8], _decode_args(row[9]), deps.get(row[0], []), attempts.get(row[0], []),
                 actor_class=row[11], actor_seq=row[12], submitted_at=row[10],
                 derived_state=TaskState(row[13] or TaskState.SUBMITTED), derived_error=row[14],
+                strategy=describe_strategy(row[15]),
             )
             for row in rows
         }

@@ -220,6 +220,8 @@ def _task_line(task: TaskRecord, style: Callable[..., str]) -> str:
         parts.append(summary["duration"])
     if task.actor_seq is not None:
         parts.append(f"actor call #{task.actor_seq}")
+    if task.strategy != "DEFAULT":
+        parts.append(f"strategy {task.strategy}")
     if summary["error"]:
         parts.append(style(summary["error"], fg="red"))
     return "  ".join(parts)
@@ -301,7 +303,7 @@ def lineage_json(graph: Lineage) -> dict[str, Any]:
             "state": task.state, "attempts": task.attempt_count, "rebuilt": task.rebuilt,
             "duration_s": task.duration_s, "error": task.error, "actor_id": task.actor_id,
             "actor_seq": task.actor_seq, "parent_task_id": task.parent_task_id, "inputs": task.dependencies,
-            "submitted_at": when(task.submitted_at),
+            "submitted_at": when(task.submitted_at), "strategy": task.strategy,
             "runs": [{**run, "finished_at": when(run.get("finished_at")), "started_at": when(run.get("started_at"))}
                      for run in task.attempts],
         })

@@ -50,15 +50,16 @@ class LoggedTask:
     method: str | None
     last_attempt: int  # the highest attempt the log knows of (0 if none ended)
     name: str | None = None  # options(name=...)
+    strategy: dict | None = None  # its scheduling strategy's record (schema v11)
 
     def spec(self, owner: str, attempt: int) -> Any:
         """The task to run again, as attempt ``attempt`` owned by ``owner`` (a normal task's ``TaskSpec``)."""
-        from ember.scheduler._spec import TaskKind, TaskSpec, resource_shape
+        from ember.scheduler._spec import TaskKind, TaskSpec, resource_shape, strategy_of_record
 
         return TaskSpec(self.task_id, TaskKind.NORMAL, self.job_id, owner, self.function_id or b"",
                         self.function_name, self.args, self.kwargs, self.num_returns,
                         resource_shape(self.resources), self.max_retries, attempt, self.parent_task_id,
-                        name=self.name)
+                        name=self.name, strategy=strategy_of_record(self.strategy))
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,17 @@ class OwnerFacts:
 _TASK_COLUMNS = (
     "t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, t.max_retries, "
     "t.parent_task_id, t.actor_id, t.method, (SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id), "
-    "t.name"
+    "t.name, t.strategy"
 )
 
 
 def _logged_task(task_id: bytes, row: tuple) -> LoggedTask:
     (kind, job_id, function_id, function_name, args, num_returns, resources, max_retries, parent, actor, method,
-     last_attempt, name) = row
+     last_attempt, name, strategy) = row
     decoded_args, kwargs = pickle.loads(args)
     return LoggedTask(task_id, kind, job_id, function_id, function_name, decoded_args, kwargs, num_returns,
-                      resources or {}, max_retries, parent, actor, method, last_attempt or 0, name)
+                      resources or {}, max_retries, parent, actor, method, last_attempt or 0, name,
+                      strategy)
 
 
 class ReplaySource:

@@ -88,6 +88,8 @@ tasks = sa.Table(
     sa.Column("name", sa.Text),  # v8: options(name=...), for a task run again from here (errors name it)
     # v10: the process that owns its results (its submitter), for a ref rebuilt from an id (ObjectRef(id))
     sa.Column("owner", sa.Text),
+    # v11: its scheduling_strategy (SPREAD, node affinity), as ember.scheduler strategy_record makes it
+    sa.Column("strategy", JSONB),
     sa.Column("submitted_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
@@ -283,6 +285,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     10: [
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner TEXT",
         "ALTER TABLE objects ADD COLUMN IF NOT EXISTS owner TEXT",
+    ],
+    11: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS strategy JSONB",
     ],
 }
 

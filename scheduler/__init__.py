@@ -4,6 +4,7 @@ The public surface here is what ``ember`` (api/) builds on; everything in
 underscore modules is internal.
 """
 
+from ember.scheduler._accelerators import node_gpus
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
@@ -11,7 +12,7 @@ from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_
 from ember.scheduler._object_ref import ObjectRef, TaskID
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import IDS, CallLimited, TaskKind, resource_shape
+from ember.scheduler._spec import IDS, CallLimited, Strategy, TaskKind, resource_shape
 
 __all__ = [
     "CallLimited",
@@ -23,11 +24,13 @@ __all__ = [
     "Op",
     "Owner",
     "Session",
+    "Strategy",
     "TaskID",
     "TaskKind",
     "bring_up",
     "free_port",
     "local_nodes",
+    "node_gpus",
     "node_resources",
     "require_core",
     "resource_shape",

@@ -27,6 +27,7 @@ import cloudpickle
 from ember.chaos import _agent
 from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
                               TaskCancelledError)
+from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
@@ -97,6 +98,7 @@ class Executor:
         self._covered: set[bytes] = set()
         self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
         self._hasher: LateHashes | None = None  # hashes store results after they are sent
+        self.devices = Devices(os.environ)  # the GPUs what runs here holds (CUDA_VISIBLE_DEVICES)
         # Actor results waiting, in order, for rows to be durable (see
         # _send_result); the log's writer thread sends them, so the actor runs on.
         self._held: deque[tuple[int, Connection, tuple]] = deque()
@@ -266,9 +268,13 @@ class Executor:
         op = msg[0]
         if op == _ADOPT:
             self._adopt(conn)
+        elif op == Op.EXECUTE and len(msg) > 3:
+            with self.devices.holding(msg[3]):  # it holds GPUs
+                self._run_task(conn, msg[1])
         elif op == Op.EXECUTE or op == Op.ACTOR_CALL:
             self._run_task(conn, msg[1])
         elif op == Op.BECOME_ACTOR:
+            self.devices.keep(msg[4] if len(msg) > 4 else (), dict(msg[1].resources))
             self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0)
         else:
             log.warning("executor ignored message %r", op)

@@ -33,8 +33,9 @@ UNREGISTER_TIMEOUT_S = 1.0
 class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
                  resources: dict[str, float], available: Any = None, queued: Any = None,
-                 transfer: str | None = None) -> None:
+                 transfer: str | None = None, on_view: Any = None) -> None:
         self.node_id = node_id
+        self._on_view = on_view  # ({node_id: {"total", "available"}}) -> None: the other nodes, per heartbeat
         self._available = available  # () -> the node's free resources now, sent with each heartbeat
         self._queued = queued  # () -> how many tasks wait in the node's queues, for the global scheduler
         self._transfer = transfer  # where the node's store serves objects to other nodes
@@ -102,6 +103,8 @@ class GcsLink:
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))
+                        if self._on_view is not None and isinstance(reply.get("view"), dict):
+                            self._on_view(reply["view"])
                     else:
                         self.registered = False
                         continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from ember.exceptions import ActorDiedError, InfeasibleActorError
+from ember.exceptions import ActorDiedError, ActorUnschedulableError, InfeasibleActorError
 
 WARN_EVERY_S = 60.0  # a waiting request is named again this often
 WARNED_KEYS_MAX = 4096  # (owner, request) pairs remembered; the oldest is forgotten first
@@ -53,6 +53,7 @@ def fixed_cluster_message(request: Iterable[tuple[str, float]], totals: Mapping[
 # How a scheduler's reason for an actor's death begins when the actor could never start: the reason
 # travels to the actor's callers as text, and they raise InfeasibleActorError for it.
 CANNOT_START = "it cannot start: "
+CANNOT_SCHEDULE = "it cannot be scheduled: "  # its scheduling strategy cannot be met
 
 
 def actor_cannot_start(request: Iterable[tuple[str, float]], totals: Mapping[str, float]) -> str:
@@ -61,9 +62,12 @@ def actor_cannot_start(request: Iterable[tuple[str, float]], totals: Mapping[str
 
 
 def actor_died_error(actor_desc: str, reason: str) -> ActorDiedError:
-    """The error for a call on a dead actor: ``InfeasibleActorError`` if it could never start."""
+    """The error for a call on a dead actor: ``InfeasibleActorError`` if it could never start,
+    ``ActorUnschedulableError`` if its scheduling strategy could not be met."""
     if reason.startswith(CANNOT_START):
         return InfeasibleActorError(actor_desc, reason)
+    if reason.startswith(CANNOT_SCHEDULE):
+        return ActorUnschedulableError(actor_desc, reason)
     return ActorDiedError(actor_desc, reason)
 
 

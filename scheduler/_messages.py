@@ -20,7 +20,7 @@ from typing import Any
 
 from ember.exceptions import EmberInternalError
 from ember.scheduler._protocol import Connection, Op, describe, op_name
-from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, TaskSpec
+from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES, Strategy, TaskSpec
 
 log = logging.getLogger("ember.protocol")
 
@@ -86,9 +86,9 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.RESUME: ((int, list), 0),  # ..., [(task id, the attempt to run, bytes of its inputs by node or None)]
     Op.TAKE_BACK: ((int, _ListOf(TID)), 0),
     # from the scheduler, to a worker's executor
-    Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
+    Op.EXECUTE: ((TaskSpec, (bytes, _NONE), tuple), 1),  # ..., the GPU devices it holds (if any)
     Op.CANCEL_RUNNING: ((TID, bool, bool), 2),  # ..., recursive, force (absent: False, False)
-    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
+    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, tuple), 2),  # ..., restarts, its GPU devices
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners
@@ -184,6 +184,10 @@ def problem(msg: tuple, accepted: frozenset) -> str | None:
         wrong = _field_problem(msg[i + 1], fields[i])
         if wrong is not None:
             return f"{op_name(op)} field {i + 1} is {wrong}"
+    devices = _DEVICES_FIELD.get(op)
+    if devices is not None and arity >= devices and not all(
+            type(d) is int and d >= 0 for d in msg[devices]):
+        return f"{op_name(op)} field {devices} is {describe(msg[devices])}, expected a tuple of GPU device numbers"
     if isinstance(msg[1] if arity else None, TaskSpec):
         return spec_problem(msg[1])
     if op == Op.RESUME:
@@ -219,14 +223,31 @@ def spec_problem(spec: TaskSpec) -> str | None:
                 and type(spec.num_returns) is int and type(spec.resources) is tuple
                 and type(spec.max_retries) is int and type(spec.attempt) is int
                 and (spec.actor_id is None or type(spec.actor_id) is bytes)):
-            return None
+            return None if spec.strategy is None else _strategy_problem(spec.strategy)
     except AttributeError:
         pass
     for name, field in _SPEC_FIELDS:
         wrong = _field_problem(getattr(spec, name, None), field)
         if wrong is not None:
             return f"its task spec's {name} is {wrong}"
-    return None
+    return _strategy_problem(getattr(spec, "strategy", None))
+
+
+def _strategy_problem(strategy: object) -> str | None:
+    """What is wrong with a spec's scheduling strategy (``Strategy``'s tuples), None if nothing."""
+    if strategy is None:
+        return None
+    fine = False
+    if type(strategy) is tuple and strategy and strategy[0] in _STRATEGY_KINDS:
+        if strategy[0] == Strategy.SPREAD:
+            fine = len(strategy) == 1
+        else:  # NODE_AFFINITY
+            fine = len(strategy) == 3 and type(strategy[1]) is str and type(strategy[2]) is bool
+    return None if fine else f"its task spec's strategy is {strategy!r:.80}, not a scheduling strategy"
+
+
+_STRATEGY_KINDS = frozenset(k.value for k in Strategy)
+_DEVICES_FIELD = {Op.EXECUTE: 3, Op.BECOME_ACTOR: 4}  # where the GPU devices a worker holds are, if sent
 
 
 def _task_result_fine(msg: tuple) -> bool:

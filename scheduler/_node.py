@@ -24,6 +24,7 @@ from typing import Any
 from ember.exceptions import ClusterStartError
 from ember.lineage._states import ProcessKind
 from ember.scheduler import _procutil
+from ember.scheduler._accelerators import node_gpus
 from ember.scheduler._address import join_host_port
 from ember.scheduler._tls import tls_info
 from ember.scheduler._gcs_link import process_id
@@ -255,8 +256,9 @@ def node_resources(num_cpus: float | None, num_gpus: float | None, resources: di
     ``ip``: the node's address, which names its own resource ``node:<ip>`` (Ray's).
     """
     totals: dict[str, float] = {"CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))}
-    if num_gpus:
-        totals["GPU"] = float(num_gpus)
+    gpus = node_gpus(num_gpus, os.environ)  # not given: as many as CUDA_VISIBLE_DEVICES or nvidia-smi has
+    if gpus:
+        totals["GPU"] = float(gpus)
     for name, amount in (resources or {}).items():
         totals[name] = float(amount)
     store_bytes = int(object_store_memory or default_store_bytes())

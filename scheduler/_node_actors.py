@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ember.lineage._states import ActorState
-from ember.scheduler._infeasible import actor_cannot_start
+from ember.scheduler._infeasible import CANNOT_SCHEDULE, actor_cannot_start
 from ember.scheduler._gcs_link import GcsLink
-from ember.scheduler._node_queue import Action, NodeQueue
+from ember.scheduler._node_queue import Action, Admission, NodeQueue
 from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._spec import TaskSpec
 from ember.scheduler._spill import Spiller
@@ -135,6 +135,14 @@ class NodeActors:
             # would start a second instance, and hold its resources twice.
             self._publish(actor_id)
             return []
+        if spec.strategy is not None and not self._queue.is_placed(actor_id):
+            admitted = self._queue.admit_strategy(spec.strategy, actor_id, spec.resources)
+            if admitted is Admission.SPILL:
+                self._spiller.offer_actor(spec, detached, meta, actor.restarts)  # type: ignore[union-attr]
+                return []
+            if admitted is Admission.UNMET:
+                self.dead(actor_id, CANNOT_SCHEDULE + self._queue.unmet_detail(spec.strategy, spec.resources))
+                return []
         pool = self._queue.resources
         if self._spiller is not None and not self._queue.is_placed(actor_id) and not pool.can_acquire(spec.resources):
             # Not startable here now: the global scheduler may have a node that is free.
@@ -156,7 +164,7 @@ class NodeActors:
         spec = actor.spec
         assert spec is not None
         self._outbox.send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id),
-                                        actor.restarts))
+                                        actor.restarts, self._queue.gpus_of(w.key)))
 
     def ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)

@@ -16,10 +16,15 @@ scheduler. The rules it keeps:
 - a full node *pipelines*: a task waits on the least-loaded busy worker
   running the same shape, ``PIPELINE_DEPTH`` deep, ``PIPELINE_DEPTH_BACKLOG``
   when the queue is long, so a worker never waits a round trip;
-- a node of a multi-node cluster keeps ``SPILL_KEEP_PER_CPU`` tasks per CPU
-  of each shape and spills the tail, except tasks the global scheduler placed
-  here (they stay for good); a request no resource of the node fits is
-  spilled, or refused on a node alone;
+- a node of a multi-node cluster spreads (Ray's hybrid policy, over the
+  ``ClusterView`` of the other nodes' free resources): a queue's head that
+  cannot start here now, or would start on a node utilised past
+  ``SPREAD_THRESHOLD``, is spilled at once when another node has room for it
+  (and is less utilised), before it is pipelined behind a busy worker;
+- it also keeps ``SPILL_KEEP_PER_CPU`` tasks per CPU of each shape and spills
+  the tail, except tasks the global scheduler placed here (they stay for
+  good); a request no resource of the node fits is spilled, or refused on a
+  node alone;
 - actors wait in one FIFO and hold their resources for their whole life;
 - task workers beyond the CPU count stop after ``IDLE_WORKER_TTL_S`` idle.
 
@@ -34,11 +39,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, assert_never
 
+from ember.scheduler._cluster_view import SPREAD_THRESHOLD, ClusterView, utilisation
 from ember.scheduler._resources import EPSILON, ResourcePool, cpu_part
 from ember.scheduler._infeasible import fixed_cluster_message
-from ember.scheduler._spec import TaskSpec
+from ember.scheduler._spec import Strategy, TaskSpec
 
 __all__ = [
     "Action", "Admission", "Assign", "NodeQueue", "QueueStatistics", "Spawn", "Spill", "WorkerLinks", "WorkerSlot",
@@ -81,6 +87,7 @@ class Admission(enum.Enum):
     QUEUED = "queued"
     SPILL = "spill"  # no resource of this node fits it: the global scheduler may find one that does
     INFEASIBLE = "infeasible"  # no resource of this node fits it, and there is nowhere else to send it
+    UNMET = "unmet"  # its scheduling strategy cannot be met here, and there is nowhere else to send it
 
 
 class WorkerLinks(Protocol):
@@ -94,7 +101,8 @@ class WorkerLinks(Protocol):
 class WorkerSlot:
     """The queue's record of one worker process: what it holds, not the process itself."""
 
-    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "blocked", "idle_since", "retiring")
+    __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "gpus", "blocked", "idle_since",
+                 "retiring")
 
     def __init__(self, key: int, actor_id: bytes | None, now: float) -> None:
         self.key = key
@@ -103,6 +111,7 @@ class WorkerSlot:
         self.ready = False  # its control and exec connections are both up
         self.assigned: dict[bytes, TaskSpec] = {}  # running first, then pipelined behind it
         self.shape: tuple = ()  # the resources it holds
+        self.gpus: tuple[int, ...] = ()  # the GPU devices among them (its CUDA_VISIBLE_DEVICES)
         self.blocked = False  # its task waits in get/wait: its CPUs are given back meanwhile
         self.idle_since = now
         self.retiring = False  # it ran a function max_calls times: it takes no more, and stops once idle
@@ -126,9 +135,12 @@ class QueueStatistics:
 class NodeQueue:
     """One node's task queues, resources, pending actors and worker records."""
 
-    def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool) -> None:
+    def __init__(self, resources: dict[str, float], links: WorkerLinks, spills: bool, node_id: str = "") -> None:
         """``spills``: a node of a multi-node cluster, with a global scheduler to spill to."""
+        self.node_id = node_id
         self.resources = ResourcePool(resources)
+        # The other nodes' free resources (a node alone has none to spread to).
+        self.view: ClusterView | None = ClusterView() if spills else None
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
         self._links = links
         self._spills = spills
@@ -142,6 +154,10 @@ class NodeQueue:
 
     def enqueue(self, spec: TaskSpec, front: bool = False) -> Admission:
         """Queue ``spec``; ``front``: a task a worker handed back, held here already."""
+        if spec.strategy is not None and spec.task_id not in self._placed:
+            admitted = self.admit_strategy(spec.strategy, spec.task_id, spec.resources)
+            if admitted is not None:
+                return admitted
         if not self.resources.feasible(spec.resources):
             if self._spills and spec.task_id not in self._placed:
                 return Admission.SPILL
@@ -154,6 +170,40 @@ class NodeQueue:
         else:
             queue.append(spec)
         return Admission.QUEUED
+
+    def admit_strategy(self, strategy: tuple, task_or_actor_id: bytes, shape: tuple) -> Admission | None:
+        """What a task's or actor's scheduling strategy makes of it here (None: as the default policy would).
+
+        ``SPREAD`` goes to the global scheduler, which spreads; node affinity to this node stays here
+        for good, affinity to another goes to the global scheduler, which knows that node. A node alone
+        is the whole cluster: affinity to another node is unmet (soft: the default policy).
+        """
+        kind = Strategy(strategy[0])
+        match kind:
+            case Strategy.SPREAD:
+                return Admission.SPILL if self._spills else None
+            case Strategy.NODE_AFFINITY:
+                node_id, soft = strategy[1], strategy[2]
+                if node_id == self.node_id:
+                    if self.resources.feasible(shape):
+                        self._placed.add(task_or_actor_id)  # only here: never spread nor spilled
+                        return None
+                    if soft:
+                        return None  # the default policy: spilled in a cluster, infeasible alone
+                    return Admission.UNMET
+                if self._spills:
+                    return Admission.SPILL
+                return None if soft else Admission.UNMET
+            case _:
+                assert_never(kind)
+
+    def unmet_detail(self, strategy: tuple, shape: tuple) -> str:
+        """Why a strategy ``admit_strategy`` found unmet cannot be met on this node alone."""
+        if strategy[1] == self.node_id:
+            return (f"its node affinity (soft=False) names this node, {self.node_id}, which can never give "
+                    f"{dict(shape)}: it has {self.resources.total}")
+        return (f"its node affinity (soft=False) names node {strategy[1]}, which is not a live node of this "
+                f"cluster (its only node is {self.node_id}); pass soft=True to run it elsewhere")
 
     def keep_placed(self, task_or_actor_id: bytes) -> None:
         """The global scheduler placed this task or actor here: it is never spilled again."""
@@ -201,8 +251,12 @@ class NodeQueue:
     def dispatch(self, now: float) -> list[Action]:
         """Place what can be placed: queue heads on workers, the spill tail, pending actors."""
         actions: list[Action] = []
+        spread: list[TaskSpec] = []
         for shape, queue in self._queues.items():
             while queue:
+                if self.view is not None and self._spreads(shape, queue[0]):
+                    spread.append(queue.popleft())
+                    continue
                 slot = self._place(shape, queue, actions, now)
                 if slot is None:
                     break
@@ -211,6 +265,8 @@ class NodeQueue:
                 actions.append(Assign(slot.key, spec))
             if self._spills and len(queue) > self.spill_keep:
                 self._spill_excess(queue, actions)
+        if spread:
+            actions.append(Spill(spread))
         if self._pending_actors:
             self._place_actors(actions, now)
         return actions
@@ -243,11 +299,23 @@ class NodeQueue:
             excess.reverse()
             actions.append(Spill(excess))
 
+    def _spreads(self, shape: tuple, spec: TaskSpec) -> bool:
+        """Whether the hybrid policy sends ``spec`` to another node now (taken off the view if so)."""
+        assert self.view is not None
+        if spec.task_id in self._placed or not self.view.nodes():
+            return False
+        if not self.resources.can_acquire(shape):
+            return self.view.take(shape)  # full here: any node with room now
+        local = utilisation(self.resources.total, self.resources.available)
+        if local < SPREAD_THRESHOLD:
+            return False
+        return self.view.take(shape, below=local)  # busy here: a less utilised node with room
+
     def _place(self, shape: tuple, queue: deque[TaskSpec], actions: list[Action], now: float) -> WorkerSlot | None:
         if self.resources.can_acquire(shape):
             idle = self._idle_worker()
             if idle is not None:
-                self.resources.acquire(shape)
+                idle.gpus = self.resources.acquire(shape)
                 idle.shape = shape
                 return idle
             self._maybe_spawn(actions, now)
@@ -291,9 +359,9 @@ class NodeQueue:
             if not self.resources.can_acquire(shape):
                 return
             pending.popleft()
-            self.resources.acquire(shape)
+            gpus = self.resources.acquire(shape)
             slot = self.new_slot(actor_id, now)
-            slot.shape = shape
+            slot.shape, slot.gpus = shape, gpus
             actions.append(Spawn(slot.key, actor_id))
 
     # -- actors ------------------------------------------------------------------------------
@@ -321,6 +389,11 @@ class NodeQueue:
 
     def slot(self, worker: int) -> WorkerSlot | None:
         return self._slots.get(worker)
+
+    def gpus_of(self, worker: int) -> tuple[int, ...]:
+        """The GPU devices the worker holds (its task's or its actor's)."""
+        slot = self._slots.get(worker)
+        return slot.gpus if slot is not None else ()
 
     def linked(self, worker: int, connected: bool, ready: bool) -> None:
         """``connected``: the worker's control connection is up; ``ready``: its exec connection too."""
@@ -445,8 +518,8 @@ class NodeQueue:
         if slot.blocked:
             shape = tuple((n, a) for n, a in shape if n != "CPU")
             slot.blocked = False
-        self.resources.release(shape)
-        slot.shape = ()
+        self.resources.release(shape, slot.gpus)
+        slot.shape, slot.gpus = (), ()
         slot.idle_since = now
 
     # -- introspection -----------------------------------------------------------------------

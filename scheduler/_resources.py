@@ -15,9 +15,23 @@ EPSILON = 1e-9  # amounts closer than this are equal
 
 
 class ResourcePool:
+    """A node's resource totals and what is free, and which GPU each holder of GPUs has (Ray's instances).
+
+    GPUs are devices as well as an amount: the node's ``GPU`` total (a whole
+    number) is that many devices, numbered from 0, each free in a fraction.
+    A request of a whole number of GPUs takes that many wholly free devices;
+    a fraction (< 1) takes part of one device, the fullest it fits on, so
+    fractional requests share devices rather than spread over them (Ray's
+    rule). ``acquire`` returns the devices taken, for the worker's
+    ``CUDA_VISIBLE_DEVICES``.
+    """
+
     def __init__(self, total: dict[str, float]) -> None:
         self.total = {k: float(v) for k, v in total.items()}
         self.available = dict(self.total)
+        gpus = self.total.get("GPU", 0.0)
+        assert gpus == int(gpus), f"a node's GPUs are whole devices, got {gpus}"
+        self._gpu_free = [1.0] * int(gpus)  # per device: the fraction not held
 
     def feasible(self, shape: Iterable[tuple[str, float]]) -> bool:
         """Could this request ever run here, with the node otherwise idle?"""
@@ -27,18 +41,51 @@ class ResourcePool:
         return missing(shape, self.total)
 
     def can_acquire(self, shape: Iterable[tuple[str, float]]) -> bool:
-        return all(self.available.get(name, 0.0) + EPSILON >= amount for name, amount in shape)
+        fits = True
+        for name, amount in shape:
+            if self.available.get(name, 0.0) + EPSILON < amount:
+                return False
+            if name == "GPU":
+                fits = self._gpu_devices(amount) is not None
+        return fits
 
-    def acquire(self, shape: Iterable[tuple[str, float]], force: bool = False) -> None:
+    def acquire(self, shape: Iterable[tuple[str, float]], force: bool = False) -> tuple[int, ...]:
+        """Take ``shape``; the GPU devices it holds (none for a request without GPUs, or ``force``d)."""
         shape = tuple(shape)
         if not force and not self.can_acquire(shape):
             raise AssertionError(f"acquire of {shape} without room: {self.available}")
+        devices: tuple[int, ...] = ()
         for name, amount in shape:
             self.available[name] = self.available.get(name, 0.0) - amount
+            if name == "GPU" and not force:
+                devices = self._gpu_devices(amount) or ()
+                share = min(amount, 1.0)
+                for device in devices:
+                    self._gpu_free[device] -= share
+        return devices
 
-    def release(self, shape: Iterable[tuple[str, float]]) -> None:
+    def release(self, shape: Iterable[tuple[str, float]], devices: tuple[int, ...] = ()) -> None:
         for name, amount in shape:
             self.available[name] = self.available.get(name, 0.0) + amount
+            if name == "GPU":
+                share = min(amount, 1.0)
+                for device in devices:
+                    self._gpu_free[device] = min(1.0, self._gpu_free[device] + share)
+
+    def _gpu_devices(self, amount: float) -> tuple[int, ...] | None:
+        """The devices a request of ``amount`` GPUs would take now; None if none fit."""
+        if amount >= 1.0 - EPSILON:
+            whole = [d for d, free in enumerate(self._gpu_free) if free >= 1.0 - EPSILON]
+            wanted = int(round(amount))
+            return tuple(whole[:wanted]) if len(whole) >= wanted else None
+        fitting = [d for d, free in enumerate(self._gpu_free) if free + EPSILON >= amount]
+        if not fitting:
+            return None
+        return (min(fitting, key=lambda d: (self._gpu_free[d], d)),)  # the fullest it fits on
+
+    def gpus_in_use(self) -> list[float]:
+        """Per device, the fraction held."""
+        return [round(1.0 - free, 6) for free in self._gpu_free]
 
     def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
         return dict(self.total), {k: max(v, 0.0) for k, v in self.available.items()}

@@ -32,6 +32,7 @@ from ember import _settings
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
 from ember.scheduler._gcs_link import GcsLink, process_id
+from ember.scheduler._infeasible import CANNOT_SCHEDULE
 from ember.scheduler import _messages
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import Listener, set_local_relay
@@ -88,7 +89,7 @@ class Scheduler:
             self.spiller = Spiller(self, session.gcs_address, session.token(), scheduler_hello(node_id))
         # The parts this service drives; each owns its state.
         self.workers = WorkerPool(session.dir, node_id, session.log_dir, fork=fork_workers)
-        self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None)
+        self.queue = NodeQueue(resources, self.workers, spills=self.spiller is not None, node_id=node_id)
         # The queue, kept in the log for the scheduler that would replace this one.
         self.queue_log: Any = None
         conninfo = log_conninfo(session)
@@ -105,7 +106,7 @@ class Scheduler:
         self._force_kills: list[tuple[int, int, float]] = []  # (worker key, pid, kill after): force cancels
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
-                           transfer=transfer_address)
+                           transfer=transfer_address, on_view=self._cluster_view)
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic)
         self.listener = Listener(
@@ -138,6 +139,15 @@ class Scheduler:
             self._apply(self.queue.prestart(time.monotonic()))
         threading.Thread(target=self._tick_loop, name="ember-sched-tick", daemon=True).start()
 
+    def _cluster_view(self, nodes: dict[str, Any]) -> None:
+        """The other nodes' free resources, from the GCS: queued tasks may go to one that has room now."""
+        with self._lock:
+            if self.queue.view is None:
+                return
+            self.queue.view.update(nodes)
+            self._dispatch()
+        self._flush_dirty()
+
     def _send(self, conn: Connection | None, msg: tuple) -> None:
         self._outbox.send(conn, msg)
 
@@ -162,7 +172,9 @@ class Scheduler:
                 if spec.function_id not in w.functions:
                     payload = self._functions.get(spec.function_id)
                     w.functions.add(spec.function_id)
-                self._outbox.send(w.exec_conn, (Op.EXECUTE, spec, payload))
+                gpus = self.queue.gpus_of(key)
+                msg = (Op.EXECUTE, spec, payload, gpus) if gpus else (Op.EXECUTE, spec, payload)
+                self._outbox.send(w.exec_conn, msg)
                 continue
             match action:
                 case Spawn(worker=key, actor_id=actor_id):
@@ -355,6 +367,9 @@ class Scheduler:
                 self.spiller.offer([spec])  # type: ignore[union-attr]
             case Admission.INFEASIBLE:
                 self.fail_to_owner(spec, FailureCause.INFEASIBLE, self.queue.infeasible_detail(spec))
+            case Admission.UNMET:
+                self.fail_to_owner(spec, FailureCause.STRATEGY_UNMET,
+                                   self.queue.unmet_detail(spec.strategy, spec.resources))  # type: ignore[arg-type]
             case _ as unreachable:
                 assert_never(unreachable)
 
@@ -373,6 +388,13 @@ class Scheduler:
                 self.queue.keep_placed(spec.actor_id)  # type: ignore[arg-type]
                 self._apply(self.actors.create(spec, *actor))
         self._dispatch()
+
+    def strategy_unmet(self, spec: TaskSpec, detail: str) -> None:
+        """The global scheduler found the task's or actor's strategy cannot be met (under the lock)."""
+        if spec.kind == TaskKind.ACTOR_CREATION:
+            self.actors.dead(spec.actor_id, CANNOT_SCHEDULE + detail)  # type: ignore[arg-type]
+        else:
+            self.fail_to_owner(spec, FailureCause.STRATEGY_UNMET, detail)
 
     def unplaceable(self, spec: TaskSpec, detail: str) -> None:
         if spec.kind == TaskKind.ACTOR_CREATION:
@@ -401,6 +423,12 @@ class Scheduler:
         origin = self._origins.pop(spec.task_id, None)
         self._send(origin or self._clients.get(spec.owner_addr),
                    (Op.TASK_FAILED, spec.task_id, spec.attempt if attempt is None else attempt, cause, detail))
+
+    def recheck_with_owner(self, spec: TaskSpec, detail: str) -> None:
+        """A forwarded task reported done, whose node died soon after: its owner hears it as a worker death,
+        which it ignores if the result reached it (under the lock)."""
+        self._send(self._clients.get(spec.owner_addr), (Op.TASK_FAILED, spec.task_id, spec.attempt,
+                                                        FailureCause.WORKER_DIED, detail))
 
     def warn_owner(self, spec: TaskSpec, text: str) -> None:
         """Tell a task's owner why it waits (not its end); only an owner that sent it here hears it."""

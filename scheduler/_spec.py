@@ -17,7 +17,7 @@ import itertools
 import operator
 import os
 import struct
-from typing import Any
+from typing import Any, assert_never
 
 from ember.lineage._states import PlainStrEnum
 
@@ -66,6 +66,8 @@ class FailureCause(PlainStrEnum):
     INFEASIBLE = "infeasible"
     # Not a failure: the task waits for a node that can run it to join; ``detail`` is the warning.
     UNSCHEDULABLE = "unschedulable"  # travels as the plain string, as every PlainStrEnum does
+    # Its scheduling strategy cannot be met (hard node affinity to a dead or unknown node).
+    STRATEGY_UNMET = "strategy_unmet"
 
 
 class TaskKind(enum.IntEnum):
@@ -113,6 +115,7 @@ class TaskSpec:
         "method",
         "seq",
         "name",
+        "strategy",
     )
 
     def __init__(
@@ -134,6 +137,7 @@ class TaskSpec:
         method: str | None = None,
         seq: int = 0,
         name: str | None = None,
+        strategy: tuple | None = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -152,6 +156,7 @@ class TaskSpec:
         self.method = method
         self.seq = seq
         self.name = name
+        self.strategy = strategy  # where it asks to run: None (the default policy), or see ``Strategy``
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The kind goes as a plain int: unpickling an IntEnum member costs a
@@ -193,6 +198,57 @@ class CallLimited:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (CallLimited, (self.function, self.max_calls))
+
+
+class Strategy(enum.StrEnum):
+    """A task's or actor's ``scheduling_strategy``, as its spec carries it: a plain tuple whose first item
+    is one of these.
+
+    - ``(SPREAD,)``: over the nodes, one after another, those with room first;
+    - ``(NODE_AFFINITY, node_id, soft)``: on that node only, while it is alive and its totals fit the
+      request; else (dead, unknown, too small) the task fails, or with ``soft`` runs elsewhere.
+    """
+
+    SPREAD = "SPREAD"
+    NODE_AFFINITY = "NODE_AFFINITY"
+
+
+def strategy_record(strategy: tuple | None) -> dict | None:
+    """The strategy as the lineage log keeps it (JSON), None for the default policy."""
+    if strategy is None:
+        return None
+    kind = Strategy(strategy[0])
+    match kind:
+        case Strategy.SPREAD:
+            return {"kind": kind.value}
+        case Strategy.NODE_AFFINITY:
+            return {"kind": kind.value, "node_id": strategy[1], "soft": strategy[2]}
+        case _:
+            assert_never(kind)
+
+
+def strategy_of_record(record: dict | None) -> tuple | None:
+    """The spec's strategy from the log's record (``strategy_record``'s inverse)."""
+    if not record:
+        return None
+    kind = Strategy(record["kind"])
+    match kind:
+        case Strategy.SPREAD:
+            return (kind.value,)
+        case Strategy.NODE_AFFINITY:
+            return (kind.value, record["node_id"], bool(record["soft"]))
+        case _:
+            assert_never(kind)
+
+
+def describe_strategy(record: dict | None) -> str:
+    """For people (``ember list tasks``, lineage): DEFAULT, SPREAD, node:<id>[ soft]."""
+    strategy = strategy_of_record(record)
+    if strategy is None:
+        return "DEFAULT"
+    if strategy[0] == Strategy.NODE_AFFINITY:
+        return f"node:{strategy[1]}" + (" (soft)" if strategy[2] else "")
+    return str(strategy[0])
 
 
 def resource_shape(resources: dict[str, float]) -> tuple:

@@ -13,7 +13,12 @@ reports completions (``Op.FORWARDED_DONE``) and failures (``Op.TASK_FAILED``)
 on the same connection. When that connection closes (the other node died,
 or its scheduler did) every task forwarded there and not known done is
 failed to its owner as a worker death, and the owner retries it as its
-``max_retries`` allows.
+``max_retries`` allows. So are those reported done in the last
+``DONE_RECHECK_S``: a worker sends its result to the owner and its
+completion to its scheduler on different paths, and a node killed between
+the two leaves a completion here whose result never reached the owner. An
+owner that has the result ignores the report; one that does not runs the
+task again, rather than waiting for it forever.
 
 A task no live node can run waits here, as in Ray: the cluster may gain a
 node that can (``ember start --address``). It asks the global scheduler
@@ -47,7 +52,7 @@ from ember.scheduler._spec import FailureCause
 from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._spec import TaskSpec
+from ember.scheduler._spec import TaskSpec, strategy_record
 
 log = logging.getLogger("ember.scheduler")
 
@@ -59,6 +64,8 @@ AVOID_LOST_NODE_S = 10.0  # longer than the GCS takes to declare a silent node d
 FIND_ACTOR_TIMEOUT_S = 60.0  # an actor this node did not place: how long to look for the node hosting it
 UNPLACED_RETRY_S = 1.0  # tasks no live node can run ask the global scheduler again this often (a node may join)
 UNPLACED_MAX = 100_000  # tasks and actors waiting for such a node; more fail at once, saying so
+DONE_RECHECK_S = 5.0  # a forwarded task reported done is failed back again if its node dies this soon after
+DONE_RECHECK_MAX = 100_000  # such tasks kept at most (the oldest go first)
 
 
 class Spiller:
@@ -76,6 +83,8 @@ class Spiller:
         self._peers: dict[str, Connection] = {}  # node id -> connection to its scheduler
         self._functions_sent: dict[str, set[bytes]] = {}
         self.forwarded: dict[bytes, tuple[str, TaskSpec]] = {}  # task id -> (node id, spec)
+        # Forwarded tasks reported done lately, oldest first: task id -> (node id, spec, when).
+        self._recently_done: dict[bytes, tuple[str, TaskSpec, float]] = {}
         self._finding: set[bytes] = set()  # actors whose node is being looked up
         # Nodes whose connection dropped, and when: not placed on while the GCS may still think them alive.
         self._lost_nodes: dict[str, float] = {}
@@ -144,16 +153,23 @@ class Spiller:
                 del self._lost_nodes[node_id]
         with self._scheduler._lock:
             inputs = [self._scheduler.input_bytes.pop(spec.task_id, {}) for spec, _ in batch]
-        request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes),
-                   "tasks": [{"resources": dict(spec.resources), "inputs": where}
-                             for (spec, _), where in zip(batch, inputs)]}
+        tasks = [{"resources": dict(spec.resources), "inputs": where} for (spec, _), where in zip(batch, inputs)]
+        for task, (spec, _) in zip(tasks, batch):
+            if spec.strategy is not None:
+                task["strategy"] = strategy_record(spec.strategy)
+        request = {"node_id": self._scheduler.node_id, "avoid": list(self._lost_nodes), "tasks": tasks}
         reply = self._gcs_call("Place", request)
         if reply is None:
             return False  # the global scheduler is unreachable: the batch waits
-        placements, addresses = reply["placements"], reply["addresses"]
+        placements, addresses, refused = reply["placements"], reply["addresses"], reply.get("refused") or {}
         by_node: dict[str, list[tuple[TaskSpec, tuple | None]]] = {}
         with self._scheduler._lock:
             kept = set(map(id, self._drop_cancelled(batch)))
+            for i, item in enumerate(batch):
+                why = refused.get(str(i))
+                if why is not None and id(item) in kept:
+                    kept.discard(id(item))
+                    self._scheduler.strategy_unmet(item[0], why)  # hard node affinity to a dead node
         for item, node_id in zip(batch, placements):
             if id(item) in kept:
                 by_node.setdefault(node_id or "", []).append(item)
@@ -343,8 +359,18 @@ class Spiller:
     # -- what the other nodes say ----------------------------------------------------------
 
     def done(self, task_ids: list[bytes]) -> None:
+        """Forwarded tasks another node ran to the end (under the scheduler's lock)."""
+        now = self._clock()
+        recent = self._recently_done
         for task_id in task_ids:
-            self.forwarded.pop(task_id, None)
+            entry = self.forwarded.pop(task_id, None)
+            if entry is not None:
+                recent[task_id] = (entry[0], entry[1], now)
+        while recent:
+            oldest = next(iter(recent))
+            if now - recent[oldest][2] <= DONE_RECHECK_S and len(recent) <= DONE_RECHECK_MAX:
+                break
+            del recent[oldest]
 
     def failed(self, task_id: bytes, attempt: int, cause: str, detail: str) -> None:
         """Another node failed a task forwarded there: its owner hears it from here."""
@@ -381,6 +407,12 @@ class Spiller:
             for spec in lost:
                 del self.forwarded[spec.task_id]
                 self._scheduler.fail_to_owner(spec, FailureCause.WORKER_DIED, detail)
+            # Done there lately: the result may have died on its way to the owner (who ignores this if not).
+            now = self._clock()
+            for task_id, (where, spec, done_at) in list(self._recently_done.items()):
+                if where == node_id and now - done_at <= DONE_RECHECK_S:
+                    del self._recently_done[task_id]
+                    self._scheduler.recheck_with_owner(spec, detail)
             self._scheduler.host_lost(node_id, detail)
         if lost:
             log.warning("node %s is gone: %d task(s) forwarded there go back to their owners", node_id, len(lost))

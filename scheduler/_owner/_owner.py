@@ -347,6 +347,7 @@ class Owner:
         method: str | None = None,
         name: str | None = None,
         extra: tuple = (),
+        strategy: tuple | None = None,
     ) -> list[ObjectRef]:
         self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
         current = self.current_task
@@ -354,7 +355,7 @@ class Owner:
         job_id = current.job_id if current is not None else self.job_id
         spec = TaskSpec(
             IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
-            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name,
+            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name, strategy,
         )
         pt = PendingTask(spec, args, kwargs, retry_exceptions)
         pt.extra = extra

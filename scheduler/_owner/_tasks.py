@@ -27,6 +27,7 @@ from ember.exceptions import (
     ActorDiedError,
     EmberTaskError,
     InfeasibleResourceError,
+    TaskUnschedulableError,
     TaskCancelledError,
     WorkerCrashedError,
 )
@@ -137,6 +138,8 @@ def after_failure_report(pt: PendingTask | None, attempt: int, cause: FailureCau
         return Fail(TaskCancelledError(spec.task_id.hex()))
     if cause is FailureCause.INFEASIBLE:
         return Fail(InfeasibleResourceError(f"{spec.describe()}: {detail}"), infeasible=True)
+    if cause is FailureCause.STRATEGY_UNMET:
+        return Fail(TaskUnschedulableError(spec.describe(), detail))
     return Fail(ActorDiedError(spec.function_name, detail))
 
 

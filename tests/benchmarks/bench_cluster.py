@@ -8,6 +8,12 @@
 * ``tasks_per_s``: N unpinned no-op tasks (``num_cpus=1``) submitted, then one
   ``get`` of all; median of ``--repeat`` rounds. ``nodes_used``: distinct node ids
   the tasks reported.
+* ``spread_s``: 12 unpinned tasks of 0.2 s submitted at once from the driver on
+  node 1, then one ``get``: 0.8 s if they spread over the three nodes at once,
+  2.4 s on one node; median of ``--repeat`` rounds, ``spread_nodes_used``.
+* ``tree_reduce_s``: 12 leaves of 8 MiB, made on nodes 1, 2, 3 in turn (pinned),
+  summed pairwise by unpinned tasks up a tree; submission to the root's value,
+  median of ``--repeat`` rounds.
 
 Timings are reported, never asserted. Each runtime runs in a ``--child NAME``
 process that prints one ``BENCH_RESULT {json}`` line; the parent imports neither.
@@ -44,6 +50,10 @@ OVERHEAD_TRIALS = 5
 NODE_UP_TIMEOUT_S = 60.0
 RAY_STOP_TIMEOUT_S = 30.0
 POLL_S = 0.2
+SPREAD_TASKS = 12
+SPREAD_TASK_S = 0.2
+TREE_LEAVES = 12
+LEAF_BYTES = 8 * 2**20
 
 
 def node_sizes(k: int) -> dict[str, Any]:
@@ -97,7 +107,42 @@ def measure(rt: Any, trials: int, rounds: int, n_tasks: int) -> dict[str, Any]:
         per_s.append(n_tasks / (time.perf_counter() - started_s))
         used |= set(node_ids)
     res.update(tasks_per_s=statistics.median(per_s), tasks_rounds_per_s=per_s, nodes_used=len(used))
+    res.update(spread_and_tree(rt, rounds))
     return res
+
+
+def spread_and_tree(rt: Any, rounds: int) -> dict[str, Any]:
+    """Twelve 0.2 s tasks from one node; a tree reduce over leaves made on the three nodes."""
+    import numpy as np
+
+    def nap() -> str:
+        time.sleep(SPREAD_TASK_S)
+        return rt.get_runtime_context().get_node_id()
+
+    def leaf(i: int) -> Any:
+        return np.full(LEAF_BYTES // 8, i, dtype=np.int64)
+
+    def add(a: Any, b: Any) -> Any:
+        return a + b
+
+    napper = rt.remote(nap).options(num_cpus=1)
+    leaves = [rt.remote(leaf).options(resources={f"node{k}": PIN}) for k in range(1, NODES + 1)]
+    adder = rt.remote(add)
+    spread, used, tree = [], set(), []
+    for _ in range(rounds):
+        started_s = time.perf_counter()
+        used |= set(rt.get([napper.remote() for _ in range(SPREAD_TASKS)]))
+        spread.append(time.perf_counter() - started_s)
+        started_s = time.perf_counter()
+        level = [leaves[i % NODES].remote(i) for i in range(TREE_LEAVES)]
+        while len(level) > 1:
+            level = [adder.remote(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        root = rt.get(level[0])
+        tree.append(time.perf_counter() - started_s)
+        assert int(root[0]) == sum(range(TREE_LEAVES)), f"the tree summed to {int(root[0])}"
+    return {"spread_s": statistics.median(spread), "spread_rounds_s": spread, "spread_nodes_used": len(used),
+            "tree_reduce_s": statistics.median(tree), "tree_rounds_s": tree}
 
 
 def run_ember(body: Callable[[Any], dict[str, Any]], home: str) -> dict[str, Any]:
@@ -216,11 +261,14 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     metrics = [("transfer_mb_per_s", "400 MiB node1->node2, MB/s, median"),
                ("transfer_trials_mb_per_s", "  all trials"), ("consumer_overhead_ms", "  consumer overhead, ms"),
                ("tasks_per_s", "no-op tasks/s, 3 nodes, median"), ("tasks_rounds_per_s", "  all rounds"),
-               ("nodes_used", "  nodes that ran tasks")]
+               ("nodes_used", "  nodes that ran tasks"),
+               ("spread_s", "12 x 0.2 s tasks from node 1, s, median"), ("spread_rounds_s", "  all rounds"),
+               ("spread_nodes_used", "  nodes that ran them"),
+               ("tree_reduce_s", "tree reduce, 12 x 8 MiB leaves on 3 nodes, s"), ("tree_rounds_s", "  all rounds")]
 
     def fmt(v: Any) -> str:
         if isinstance(v, list):
-            return " ".join(f"{x:.0f}" for x in v)
+            return " ".join(f"{x:.0f}" if x >= 100 else f"{x:.3g}" for x in v)
         return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
     rows = [["metric"] + list(runs)]

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_a_run_fires_on_task_events_and_its_replay_fires_the_same(program: Path,
     # (Whether a store kill finds a store, or one still restarting, is up to timing; and which of two
     # points comes first, the 40th finished task or the 4th start of add, is up to the schedule.)
     assert Counter(f[:3] for f in fired) <= Counter(f[:3] for f in _faults(second))
-    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
+    _assert_no_leftovers(before)
 
 
 def _ran_under_chaos(pid: int) -> bool:
@@ -231,4 +232,48 @@ def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_pat
     report = json.loads((tmp_path / "run.json").read_text())
     assert (json.dumps({"after_tasks": 30}, sort_keys=True), "kill", "node", "hit") in _faults(report)
     assert report["summary"]["processes_started"]["node"] == 3
-    assert not [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]
+    _assert_no_leftovers(before)
+
+
+def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_affinity_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    workload = Path(__file__).with_name("strategies_workload.py")
+    runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        run = chaos("run", "--kill", "node", "--every-tasks", "40", "--max-faults", "1", "--seed", "3",
+                    "--timeout", "90", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
+                    cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
+    finally:
+        monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
+        for node in local_nodes.local_nodes():
+            local_nodes.stop_node(node, 10.0)
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    tally = json.loads(run.stdout.splitlines()[-1])
+    assert tally["wrong"] == 0 and tally["rounds"] == 3 and tally["nodes_alive_at_end"] == 2, tally
+    # Rounds after the kill asked for the dead node by hard affinity: each got the typed error.
+    assert tally["hard_affinity_to_dead_node"] > 0, tally
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert (json.dumps({"after_tasks": 40}, sort_keys=True), "kill", "node", "hit") in _faults(report)
+    _assert_no_leftovers(before)
+
+
+LEFTOVER_WAIT_S = 30.0
+
+
+def _assert_no_leftovers(before: set[int]) -> None:
+    """No process the run started is left. Workers end a moment after their node or program does (a
+    grace, then SIGKILL), later still on a loaded machine: wait for them, bounded."""
+    deadline = time.monotonic() + LEFTOVER_WAIT_S
+    while (left := [pid for pid in {p.pid for p in psutil.process_iter()} - before if _ran_under_chaos(pid)]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [_describe(pid) for pid in left]
+
+
+def _describe(pid: int) -> str:
+    try:
+        return f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:120]}"
+    except psutil.Error:
+        return f"{pid}: gone"

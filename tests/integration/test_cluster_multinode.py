@@ -78,6 +78,20 @@ def test_a_backlog_on_one_node_spreads_over_all_three(three_nodes: LocalCluster)
     assert {node for _, node in results} == {node.node_id for node in three_nodes.nodes}
 
 
+def test_a_task_goes_at_once_to_a_node_with_a_free_cpu(three_nodes: LocalCluster) -> None:
+    # Issue 23: twelve 0.2 s tasks from the driver on node 1; each node has one CPU. Queued behind
+    # node 1's worker (4 per CPU are kept before any spill), they would all run there; Ray's hybrid
+    # policy sends a task to a node that has room now.
+    @ember.remote
+    def nap(x: int) -> tuple[int, str]:
+        time.sleep(0.2)
+        return x, ember.get_runtime_context().get_node_id()
+
+    results = ember.get([nap.remote(i) for i in range(12)], timeout=GET_TIMEOUT_S)
+    assert [x for x, _ in results] == list(range(12))
+    assert {node for _, node in results} == {node.node_id for node in three_nodes.nodes}
+
+
 def test_an_object_made_on_one_node_is_read_on_another(three_nodes: LocalCluster) -> None:
     ids = [node.node_id for node in three_nodes.nodes]
     big = filled.options(**on(2)).remote(2_000_000, 3)  # 16 MB: in node 2's store

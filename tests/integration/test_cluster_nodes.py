@@ -52,7 +52,8 @@ def test_a_driver_connects_to_a_running_cluster_and_leaves_it_running(two_nodes:
 
         results = ember.get([where.remote(i) for i in range(4)], timeout=60)
         assert [r[0] for r in results] == [0, 2, 4, 6]
-        assert {r[1] for r in results} == {head.node_id}
+        # On the driver's node, or (Ray's hybrid policy) on the other when the head's one CPU is busy.
+        assert {r[1] for r in results} <= {n.node_id for n in two_nodes.nodes}
         assert ember.get_runtime_context().get_node_id() == head.node_id
         totals = ember.cluster_resources()
         assert totals["CPU"] == 2.0 and totals["special"] == 2.0
@@ -120,8 +121,13 @@ def test_the_cli_starts_joins_and_stops_a_cluster() -> None:
     try:
         assert head.returncode == 0, head.stdout + head.stderr
         assert f"127.0.0.1:{port}" in head.stdout and "ember start --address" in head.stdout
-        joined = _ember("start", "--address", f"localhost:{port}", "--num-cpus", "1")
+        joined = _ember("start", "--address", f"localhost:{port}", "--num-cpus", "1", "--num-gpus", "2")
         assert joined.returncode == 0, joined.stdout + joined.stderr
+        status = _ember("status", "--address", f"127.0.0.1:{port}")
+        assert status.returncode == 0 and "GPU USED" in status.stdout, status.stdout + status.stderr
+        assert any(" 0/2 " in line for line in status.stdout.splitlines()), status.stdout  # the joined node's GPUs
+        fraction = _ember("start", "--address", f"localhost:{port}", "--num-gpus", "1.5")
+        assert fraction.returncode != 0 and "1.5" in fraction.stderr
         mine = [n for n in local_nodes.local_nodes() if n.gcs_address == f"127.0.0.1:{port}"]
         assert sorted(n.head for n in mine) == [False, True]
         bad = _ember("start", "--address", "127.0.0.1:1")

@@ -20,6 +20,8 @@ INSTANCES = [
     ex.ObjectTransferError("cd34", "127.0.0.1:5000: does not have it"),
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
     ex.InfeasibleActorError("Counter", "it cannot start: it asks for {'tpu': 1.0}"),
+    ex.TaskUnschedulableError("f (task 01)", "node ab12 is dead, and soft=False"),
+    ex.ActorUnschedulableError("Counter", "it cannot be scheduled: node ab12 is dead, and soft=False"),
     ex.UnknownObjectRefError("cd34", "the lineage log has no task or put that made it"),
     ex.EmberTaskError("f", "Traceback...", ValueError("boom"), "ValueError('boom')"),
     ex.InvalidAddressError("grpc://h:0/s: port 0"),

@@ -4,7 +4,8 @@ import pytest
 
 MODULES = ["ember", "ember.exceptions", "ember.scheduler", "ember.scheduler._owner", "ember.store", "ember.chaos",
            "ember.lineage", "ember.actor", "ember.remote_function", "ember.runtime_context", "ember.util",
-           "ember.util.actor_pool", "ember.util.queue", "ember.util.multiprocessing", "ember.dag"]
+           "ember.util.actor_pool", "ember.util.queue", "ember.util.multiprocessing", "ember.dag",
+           "ember.util.scheduling_strategies"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -82,3 +82,14 @@ def test_a_refused_request_is_answered_with_the_reason(caplog: pytest.LogCapture
     assert "scheduler refused a message from test-peer" in caplog.text
     _messages.refuse(conn, (Op.SUBMIT, "x"), "wrong", "scheduler")  # type: ignore[arg-type]
     assert len(conn.replies) == 1  # not a request: nothing to answer
+
+
+def test_the_gpu_devices_a_worker_is_sent_must_be_device_numbers():
+    from ember.scheduler._messages import CORE_OPS, problem
+    from ember.scheduler._protocol import Op
+    from ember.scheduler._spec import TaskKind, TaskSpec
+
+    spec = TaskSpec(b"t" * 16, TaskKind.NORMAL, b"job", "/owner", b"f" * 16, "f", [], None, 1, (), 0)
+    assert problem((Op.EXECUTE, spec, None, (0, 1)), CORE_OPS) is None
+    assert "GPU device numbers" in problem((Op.EXECUTE, spec, None, ("0",)), CORE_OPS)
+    assert "GPU device numbers" in problem((Op.BECOME_ACTOR, spec, None, 0, (True,)), CORE_OPS)

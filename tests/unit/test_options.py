@@ -60,10 +60,32 @@ def test_options_ember_cannot_honour_are_refused_not_ignored():
     assert validate({"scheduling_strategy": "DEFAULT"}, "task")["scheduling_strategy"] == "DEFAULT"
     with pytest.raises(InvalidOptionError, match="max_concurrency=4 is not supported yet"):
         validate({"max_concurrency": 4}, "actor")
-    with pytest.raises(InvalidOptionError, match="scheduling_strategy='SPREAD' is not supported yet.*node:"):
-        validate({"scheduling_strategy": "SPREAD"}, "task")
+    with pytest.raises(InvalidOptionError, match="scheduling_strategy='PACK' is not supported: ember supports.*SPREAD"):
+        validate({"scheduling_strategy": "PACK"}, "task")
 
 
+def test_scheduling_strategies_become_the_specs_plain_tuples_and_the_rest_is_refused_by_name():
+    import pytest
+    from ember._options import strategy_of, validate
+    from ember.exceptions import InvalidOptionError
+    from ember.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    assert strategy_of(None) is None and strategy_of("DEFAULT") is None
+    assert strategy_of("SPREAD") == ("SPREAD",)
+    assert strategy_of(NodeAffinitySchedulingStrategy("ab12", soft=True)) == ("NODE_AFFINITY", "ab12", True)
+    assert validate({"scheduling_strategy": "SPREAD"}, "actor")["scheduling_strategy"] == "SPREAD"
+
+    class NodeLabelSchedulingStrategy:  # a Ray strategy ember does not have
+        pass
+
+    with pytest.raises(InvalidOptionError, match="a .*NodeLabelSchedulingStrategy is not supported"):
+        validate({"scheduling_strategy": NodeLabelSchedulingStrategy()}, "task")
+    with pytest.raises(InvalidOptionError, match="node_id must be a node id"):
+        NodeAffinitySchedulingStrategy(1234, soft=False)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="soft must be a bool"):
+        NodeAffinitySchedulingStrategy("ab12", soft="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="_fail_on_unavailable .* is not supported"):
+        NodeAffinitySchedulingStrategy("ab12", soft=False, _fail_on_unavailable=True)
 def test_namespaces_are_checked_and_a_jobs_namespace_is_refused_not_ignored():
     import pytest
 

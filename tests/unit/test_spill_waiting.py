@@ -152,3 +152,28 @@ def test_a_task_cancelled_after_its_placement_came_back_is_cancelled_where_it_we
     _offer(spiller, [spec])
     spiller._place_next_batch()
     assert scheduler.kept == [spec.task_id] and scheduler.cancels == [spec.task_id]
+
+
+class _Peer:
+    def __init__(self, node_id: str) -> None:
+        self.peer = {"node_id": node_id}
+
+
+def test_a_node_dying_soon_after_a_forwarded_task_finished_has_its_owner_check_the_result():
+    # Issue 23's chaos run: a node killed just after a task's completion reached the forwarding node,
+    # but before the task's result reached its owner, left the owner waiting for ever.
+    spiller, scheduler, clock = _spiller([])
+    rechecked: list[bytes] = []
+    scheduler.recheck_with_owner = lambda spec, detail: rechecked.append(spec.task_id)  # type: ignore[attr-defined]
+    scheduler.host_lost = lambda node_id, detail: None  # type: ignore[attr-defined]
+    running, finished, long_ago, elsewhere = _spec(), _spec(), _spec(), _spec()
+    for spec, node in ((running, "b"), (finished, "b"), (long_ago, "b"), (elsewhere, "c")):
+        spiller.forwarded[spec.task_id] = (node, spec)
+    spiller.done([long_ago.task_id])
+    clock.now += 60.0  # long before the death: its result had all the time it needed
+    spiller.done([finished.task_id, elsewhere.task_id])
+    clock.now += 0.5
+    spiller._peer_closed(_Peer("b"))  # type: ignore[arg-type]
+    assert scheduler.failed == [(running.task_id, FailureCause.WORKER_DIED)]
+    assert rechecked == [finished.task_id]  # the owner ignores it if the result came; else it runs it again
+    assert list(spiller._recently_done) == [elsewhere.task_id]
