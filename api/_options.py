@@ -19,9 +19,9 @@ _TASK = {
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
-    "lifetime", "memory", "max_concurrency", "get_if_exists", "scheduling_strategy",
+    "lifetime", "memory", "max_concurrency", "concurrency_groups", "get_if_exists", "scheduling_strategy",
 }
-_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions"}
+_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
 # Spellings from older Ray releases that the seed documents still use.
 _ALIASES = {"num_return_vals": "num_returns"}
 
@@ -47,6 +47,17 @@ def _resources(res: Any) -> None:
         if name in ("CPU", "GPU"):
             raise InvalidOptionError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
         _number(f"resources[{name!r}]", amount)
+
+
+def _concurrency_groups(groups: Any) -> None:
+    if not isinstance(groups, dict):
+        raise InvalidOptionError(f"option concurrency_groups must be a dict of group name to its max concurrency, "
+                                 f"e.g. {{'io': 2}}, got {groups!r:.100} (type={type(groups).__name__})")
+    for name, size in groups.items():
+        if not isinstance(name, str) or not name or name.startswith("_ember"):
+            raise InvalidOptionError(f"option concurrency_groups: a group's name must be a non-empty string "
+                                     f"(not starting with '_ember'), got {name!r}")
+        _integer(f"concurrency_groups[{name!r}]", size, 1)
 
 
 def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -81,11 +92,12 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:
-        # Calls on an ember actor run one at a time: only the value that says so is taken, never ignored.
-        if _integer("max_concurrency", out["max_concurrency"], 1) != 1:
-            raise InvalidOptionError(
-                f"option max_concurrency={out['max_concurrency']} is not supported yet: calls on an ember actor run "
-                "one at a time, in submission order per caller; leave it out (or pass 1)")
+        _integer("max_concurrency", out["max_concurrency"], 1)
+    if "concurrency_groups" in out:
+        _concurrency_groups(out["concurrency_groups"])
+    if "concurrency_group" in out and not isinstance(out["concurrency_group"], str):
+        raise InvalidOptionError(f"option concurrency_group must be the name of one of the actor's concurrency "
+                                 f"groups, got {out['concurrency_group']!r} (type={type(out['concurrency_group']).__name__})")
     strategy = out.get("scheduling_strategy")
     if strategy is not None and strategy != "DEFAULT":
         raise InvalidOptionError(

@@ -35,7 +35,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "objects": ("object_id", "task_id", "job_id", "origin", "size", "durable_copy", "durable_path", "node_id",
                 "content_hash", "owner"),
     "content_hashes": ("object_id", "content_hash"),
-    "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
+    "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts", "concurrency"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
     "checkpoints": ("actor_id", "seq", "data"),
 }
@@ -155,8 +155,10 @@ class GcsLog:
         return self.writer.append("content_hashes", (object_id, digest), urgent=False)
 
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,
-              name: str | None, max_restarts: int) -> int:
-        return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts))
+              name: str | None, max_restarts: int, concurrency: str | None = None) -> int:
+        """An actor's creation; ``concurrency``: how a concurrent actor runs its calls (None: one at a time)."""
+        return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts,
+                                             concurrency))
 
     def checkpoint(self, actor_id: bytes, seq: int, data: bytes) -> int:
         """An actor's saved state after its call ``seq``; replay starts after the newest one."""

@@ -156,6 +156,9 @@ actors = sa.Table(
     sa.Column("state", sa.Text, nullable=False, server_default="PENDING"),
     sa.Column("death_cause", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    # v11: how a concurrent actor runs its calls (e.g. "async 1000, io=2"); NULL: one at a time, in order.
+    # Its calls have no single order: replay tools refuse them, and a restart replays none.
+    sa.Column("concurrency", sa.Text),
 )
 
 actor_calls = sa.Table(
@@ -281,6 +284,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     10: [
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner TEXT",
         "ALTER TABLE objects ADD COLUMN IF NOT EXISTS owner TEXT",
+    ],
+    11: [
+        "ALTER TABLE actors ADD COLUMN IF NOT EXISTS concurrency TEXT",
     ],
 }
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 # The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
 # v5 added the content hashes they compare. Older logs are upgraded by running ember once.
 READABLE_MIN_VERSION = 5
@@ -23,6 +23,9 @@ class SchemaVersionError(EmberOperationError):
 # v9 added each attempt's start and worker (task_attempts.started_us, worker_pid): readers of an
 # older log read them as unknown.
 RUN_TIMES_VERSION = 9
+# v11 added how a concurrent actor ran its calls (actors.concurrency): readers of an older log read
+# every actor as one that ran its calls one at a time (which is all an older ember ran).
+CONCURRENCY_VERSION = 11
 
 
 def check_readable(query: Callable[[str], list]) -> int:

@@ -4,6 +4,7 @@ The public surface here is what ``ember`` (api/) builds on; everything in
 underscore modules is internal.
 """
 
+from ember.scheduler._actor_concurrency import ASYNC_MAX_CONCURRENCY_DEFAULT, Concurrency
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
@@ -14,6 +15,8 @@ from ember.scheduler._session import Session
 from ember.scheduler._spec import IDS, TaskKind, resource_shape
 
 __all__ = [
+    "ASYNC_MAX_CONCURRENCY_DEFAULT",
+    "Concurrency",
     "IDS",
     "JoinTarget",
     "NODE_RESOURCE_PREFIX",

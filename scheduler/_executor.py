@@ -11,6 +11,8 @@ It must never hold the owner's lock while running user code.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import select
@@ -28,8 +30,9 @@ from ember.chaos import _agent
 from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
                               TaskCancelledError)
 from ember.scheduler._actor_args import ActorArgCopies
+from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
 from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
-from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
+from ember.scheduler._owner import INLINE_BYTES_MAX, Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
@@ -85,6 +88,13 @@ class Executor:
         # their results cannot be produced again.
         self._covered: set[bytes] = set()
         self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
+        # A concurrent actor's calls run on its groups' threads or event loops (None: one at a
+        # time, here). Its calls take their places in the start order, and it checkpoints,
+        # under ``_order_lock``; ``_blocked_calls`` counts its calls blocked in ``get``.
+        self._calls: ConcurrentCalls | None = None
+        self._order_lock = threading.Lock()
+        self._checkpoint_seq = 0
+        self._blocked_calls = 0
         self._hasher: LateHashes | None = None  # hashes store results after they are sent
         # Actor results waiting, in order, for rows to be durable (see
         # _send_result); the log's writer thread sends them, so the actor runs on.
@@ -114,7 +124,7 @@ class Executor:
                 # Never let a task wait behind a blocked one: give it back.
                 self.core.scheduler.send((Op.RETURN_TASKS, [spec.task_id]))
                 return
-        elif op == Op.CANCEL_RUNNING:
+        elif op == Op.CANCEL_RUNNING or op == Op.CANCEL_CALL:
             self._cancel(msg[1])
             return
         with self._cv:
@@ -147,15 +157,31 @@ class Executor:
         if problem is not None:
             _messages.refuse(conn, msg, problem, f"actor worker {os.getpid()}")
             return
+        if msg[0] == Op.CANCEL_CALL:
+            self._cancel(msg[1])
+            return
         self._run_task(conn, msg[1])
 
     def _cancel(self, task_id: bytes) -> None:
         with self._cv:
             self._cancelled.add(task_id)
-            if self._running == task_id:
+            # A running task is interrupted; a running call of a plain actor is not (as in Ray):
+            # the interrupt could land anywhere in the actor's state. A queued call never runs.
+            if self._running == task_id and self._actor_id is None:
                 os.kill(os.getpid(), signal.SIGINT)
+        if self._calls is not None:
+            self._calls.cancel(task_id)  # an async call stops at its next await; a thread runs on
 
     def on_blocked(self) -> None:
+        if self._calls is not None:
+            # Calls of a concurrent actor block and unblock on their own: its CPUs are lent out
+            # while any one of them waits, and taken back when the last stops waiting.
+            with self._order_lock:
+                self._blocked_calls += 1
+                if self._blocked_calls > 1:
+                    return
+            self.core.scheduler.send_now((Op.BLOCKED, []))
+            return
         self.drain_exec()
         with self._cv:
             self._blocked = True
@@ -177,6 +203,13 @@ class Executor:
                 return
 
     def on_unblocked(self) -> None:
+        if self._calls is not None:
+            with self._order_lock:
+                self._blocked_calls -= 1
+                if self._blocked_calls > 0:
+                    return
+            self.core.scheduler.send((Op.UNBLOCKED,))
+            return
         with self._cv:
             self._blocked = False
         self.core.scheduler.send((Op.UNBLOCKED,))
@@ -227,7 +260,7 @@ class Executor:
         elif op == Op.EXECUTE or op == Op.ACTOR_CALL:
             self._run_task(conn, msg[1])
         elif op == Op.BECOME_ACTOR:
-            self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0)
+            self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0, msg[4] if len(msg) > 4 else None)
         else:
             log.warning("executor ignored message %r", op)
 
@@ -277,27 +310,12 @@ class Executor:
             self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
     def _run_task(self, conn: Connection, spec: TaskSpec) -> None:
-        core = self.core
-        if spec.task_id in self._cancelled:
-            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()))
+        if self._calls is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._calls.submit(conn, spec)  # runs on its group's threads or event loop
             return
-        if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
-            replayed = self._replayed.pop(spec.task_id, None)
-            if replayed is not None:
-                # Its row is durable already: the caller need not log it, and
-                # the order of calls the actor runs from now on is untouched.
-                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
-                return
-            if spec.task_id in self._covered:
-                self._send_error(conn, spec, ActorDiedError(
-                    self._actor_name, "this call ran before the checkpoint the actor restarted from, and its "
-                                      "result was lost with the actor's process"))
-                return
-            if spec.attempt > spec.max_retries:
-                self._send_error(conn, spec, ActorDiedError(
-                    self._actor_name, f"it restarted while this call was in flight, and the call may not be "
-                                      f"retried (max_task_retries={spec.max_retries})"))
-                return
+        if not self._admit(conn, spec):
+            return
+        core = self.core
         started_us = time.time_ns() // 1000  # logged with the attempt: the timeline's start of this run
         core.current_task = spec
         self._running = spec.task_id
@@ -347,6 +365,30 @@ class Executor:
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
 
+    def _admit(self, conn: Connection, spec: TaskSpec) -> bool:
+        """Whether ``spec`` is to run here now; if not, its outcome is sent (cancelled, replayed, too late)."""
+        if spec.task_id in self._cancelled:
+            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()))
+            return False
+        if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
+            replayed = self._replayed.pop(spec.task_id, None)
+            if replayed is not None:
+                # Its row is durable already: the caller need not log it, and
+                # the order of calls the actor runs from now on is untouched.
+                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
+                return False
+            if spec.task_id in self._covered:
+                self._send_error(conn, spec, ActorDiedError(
+                    self._actor_name, "this call ran before the checkpoint the actor restarted from, and its "
+                                      "result was lost with the actor's process"))
+                return False
+            if spec.attempt > spec.max_retries:
+                self._send_error(conn, spec, ActorDiedError(
+                    self._actor_name, f"it restarted while this call was in flight, and the call may not be "
+                                      f"retried (max_task_retries={spec.max_retries})"))
+                return False
+        return True
+
     def _split(self, spec: TaskSpec, value: Any) -> list:
         n = spec.num_returns
         if n == 1:
@@ -382,12 +424,17 @@ class Executor:
         # lineage it logged being durable.
         core.flush()
         gcs = core.gcs
-        more = self._more_queued()
+        concurrent = self._calls is not None and spec.kind == TaskKind.ACTOR_CALL
+        more = self._calls.running > 1 if concurrent else self._more_queued()  # type: ignore[union-attr]
         # Rows the task logged itself; a late hash of an earlier result (logged
         # by the hashing thread meanwhile) is nobody's lineage and waits for no one.
-        must_commit = gcs is not None and self._own_log_rows() > self._log_mark
+        must_commit = not concurrent and gcs is not None and self._own_log_rows() > self._log_mark
         hold = False
-        if spec.kind == TaskKind.ACTOR_CALL:
+        if concurrent:
+            # Calls of a concurrent actor interleave: the result of one that ran waits for every
+            # row logged before it is sent (its place in the start order, what it logged itself).
+            hold = gcs is not None and bool(call_seq or self._held)
+        elif spec.kind == TaskKind.ACTOR_CALL:
             switched = call_seq and spec.owner_addr != self._last_caller
             if call_seq:
                 self._last_caller = spec.owner_addr
@@ -581,7 +628,115 @@ class Executor:
         except BaseException as exc:
             return [_error_bytes(_task_error(spec, exc))] * spec.num_returns, True
 
-    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0) -> None:
+    # -- concurrent actors: each call on a thread or event loop of its group ------------
+
+    def _begin_concurrent(self, spec: TaskSpec) -> tuple[int, int]:
+        """An admitted call starts: (its place in the actor's start order, when it started in epoch µs)."""
+        started_us = time.time_ns() // 1000
+        gcs = self.core.gcs
+        with self._order_lock:
+            self._call_seq += 1
+            call_seq = self._call_seq
+            if gcs is not None:
+                gcs.actor_call(spec.actor_id, call_seq, spec)  # the start order, for the log and replay tools
+        if _agent.AGENT is not None:
+            _agent.AGENT.task_started(_label(spec), spec.task_id, spec.attempt)
+        return call_seq, started_us
+
+    def _invoke(self, spec: TaskSpec) -> Any:
+        """Call the method of ``spec`` with its arguments; a coroutine for an ``async def``."""
+        fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
+        self._wait_for_args(spec)
+        copies = self._arg_copies
+        args = [self._arg(a, copies) for a in spec.args]
+        kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+        return fn(*args, **kwargs)
+
+    def run_concurrent_call(self, conn: Connection, spec: TaskSpec) -> None:
+        """Run one call of a threaded actor to its end, and send its result (on a thread of its group)."""
+        if not self._admit(conn, spec):
+            return
+        call_seq, started_us = self._begin_concurrent(spec)
+        token = OwnerState.enter_concurrent_call(spec)
+        try:
+            outcome, failed = self._split(spec, self._invoke(spec)), False
+        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
+            outcome, failed = _failed_outcome(spec, exc), True
+        finally:
+            OwnerState.leave_concurrent_call(token)
+        self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+
+    async def run_concurrent_call_async(self, conn: Connection, spec: TaskSpec) -> None:
+        """Run one call of an async actor to its end, and send its result (on its group's event loop)."""
+        if not self._admit(conn, spec):
+            return
+        call_seq, started_us = self._begin_concurrent(spec)
+        token = OwnerState.enter_concurrent_call(spec)  # this asyncio task's context only
+        try:
+            value = self._invoke(spec)
+            if inspect.isawaitable(value):
+                value = await value
+            outcome, failed = self._split(spec, value), False
+        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
+            outcome, failed = _failed_outcome(spec, exc), True
+        finally:
+            OwnerState.leave_concurrent_call(token)
+        self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+
+    def _end_concurrent(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool, call_seq: int,
+                        started_us: int) -> None:
+        calls = self._calls
+        assert calls is not None
+        if self._checkpoint_every:
+            with self._order_lock:
+                # Only when no other call runs: then the checkpoint holds exactly the effects of
+                # the calls started before it (places up to ``_call_seq``), and replay starts after it.
+                if calls.running == 1 and self._call_seq - self._checkpoint_seq >= self._checkpoint_every:
+                    self._checkpoint_seq = self._call_seq
+                    self._save_checkpoint()
+        self._send_result(conn, spec, outcome, failed, call_seq, started_us)
+        if _agent.AGENT is not None:
+            _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+
+    def _restore_concurrent(self, actor_id: bytes) -> None:
+        """A concurrent actor restarts from its constructor and newest checkpoint only.
+
+        Its calls ran together, in no order a replay could repeat: the calls
+        logged after the checkpoint are not run again, and what they did to
+        its state is gone. Said here, in the log line and the chaos note,
+        never restored silently wrong (docs/fault-tolerance.md).
+        """
+        from ember.lineage import ReplaySource
+        from ember.scheduler._session import log_conninfo
+
+        conninfo = log_conninfo(self.core.session)
+        if conninfo is None:
+            return
+        source = ReplaySource(conninfo)
+        try:
+            checkpoint = source.latest_checkpoint(actor_id) if self._checkpoint_every else None
+            after = checkpoint[0] if checkpoint is not None else 0
+            covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX) if checkpoint is not None else set()
+            lost = source.actor_calls(actor_id, after)
+        finally:
+            source.close()
+        if checkpoint is not None:
+            self._instance.load_checkpoint(cloudpickle.loads(checkpoint[1]))  # type: ignore[union-attr]
+            self._covered = covered
+        # New calls take places after every logged one: a place is never logged twice.
+        self._call_seq = self._durable_call_seq = max(after, lost[-1][0] if lost else 0)
+        self._checkpoint_seq = after
+        start = f"its checkpoint after call {after}" if checkpoint is not None else "its constructor"
+        log.warning("actor %s (%s) restarted from %s only: it runs calls concurrently, so the %d calls logged "
+                    "after that are not replayed, and their effects on its state are lost",
+                    actor_id.hex(), self._calls.concurrency.describe() if self._calls else "concurrent", start,
+                    len(lost))
+        if _agent.AGENT is not None:
+            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=0, not_replayed=len(lost),
+                              restored_from=start)
+
+    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0,
+                      concurrency: tuple | None = None) -> None:
         core = self.core
         core.current_task = spec
         self._actor_id = spec.actor_id
@@ -597,8 +752,16 @@ class Executor:
             self._instance = cls(*args, **kwargs)
             if callable(getattr(cls, "save_checkpoint", None)) and callable(getattr(cls, "load_checkpoint", None)):
                 self._checkpoint_every = max(1, int(getattr(cls, "checkpoint_interval", CHECKPOINT_INTERVAL)))
+            if concurrency is not None:
+                self._calls = ConcurrentCalls(Concurrency.from_wire(concurrency), self.run_concurrent_call,
+                                              self.run_concurrent_call_async)
+                if core.gcs is not None:
+                    self._late_hashes()  # made once here, not raced for by the calls' threads
             if restarts and core.gcs is not None:
-                self._replay_calls(spec.actor_id)  # type: ignore[arg-type]
+                if self._calls is not None:
+                    self._restore_concurrent(spec.actor_id)  # type: ignore[arg-type]
+                else:
+                    self._replay_calls(spec.actor_id)  # type: ignore[arg-type]
         except _UpstreamError as up:
             core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, up.data, "an argument of its constructor failed"))
             return
@@ -625,6 +788,17 @@ def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
     except Exception:
         cause = None
     return EmberTaskError(name, tb, cause, repr(exc))
+
+
+def _failed_outcome(spec: TaskSpec, exc: BaseException) -> list:
+    """The results of a concurrent actor's call that raised ``exc``: one error per return."""
+    if isinstance(exc, _UpstreamError):
+        data = exc.data  # an argument's error: the call fails with that same error
+    elif isinstance(exc, asyncio.CancelledError):
+        data = _error_bytes(TaskCancelledError(spec.task_id.hex()))
+    else:
+        data = _error_bytes(_task_error(spec, exc))
+    return [data] * spec.num_returns
 
 
 def _error_bytes(error: BaseException) -> bytes:

@@ -85,7 +85,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
     Op.CANCEL_RUNNING: ((TID,), 0),
-    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int), 1),
+    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, (tuple, _NONE)), 2),  # ..., its concurrency (wire form)
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners
@@ -93,6 +93,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # ..., call_seq, durable_seq, hashes, run start (epoch µs), worker pid, worker's node
     Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE), int, int, (str, _NONE)), 6),
     Op.ACTOR_CALL: ((TaskSpec,), 0),
+    Op.CANCEL_CALL: ((TID,), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.LINEAGE_DURABLE: ((int, _ListOf(OID)), 0),
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
@@ -130,7 +131,7 @@ CORE_OPS = frozenset({
     Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR,
 })
 # What an actor takes on a caller's connection once it has adopted it.
-CALL_OPS = frozenset({Op.ACTOR_CALL})
+CALL_OPS = frozenset({Op.ACTOR_CALL, Op.CANCEL_CALL})
 # Only the node's scheduler sends these: from anyone else they are refused.
 FROM_SCHEDULER_ONLY = frozenset({Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR})
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ember.scheduler._actor_concurrency import concurrency_in_meta
 from ember.scheduler._infeasible import actor_cannot_start
 from ember.scheduler._gcs_link import GcsLink
 from ember.scheduler._node_queue import Action, NodeQueue
@@ -144,7 +145,7 @@ class NodeActors:
         spec = actor.spec
         assert spec is not None
         self._outbox.send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id),
-                                        actor.restarts))
+                                        actor.restarts, concurrency_in_meta(actor.meta)))
 
     def ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)

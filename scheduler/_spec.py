@@ -114,6 +114,7 @@ class TaskSpec:
         "method",
         "seq",
         "name",
+        "concurrency_group",
     )
 
     def __init__(
@@ -135,6 +136,7 @@ class TaskSpec:
         method: str | None = None,
         seq: int = 0,
         name: str | None = None,
+        concurrency_group: str | None = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -153,6 +155,9 @@ class TaskSpec:
         self.method = method
         self.seq = seq
         self.name = name
+        # An actor call's ``.options(concurrency_group=...)``; None: its method's group (not logged:
+        # it decides only where the call runs, never what it computes).
+        self.concurrency_group = concurrency_group
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The kind goes as a plain int: unpickling an IntEnum member costs a

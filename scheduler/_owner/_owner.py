@@ -341,6 +341,7 @@ class Owner:
         method: str | None = None,
         name: str | None = None,
         extra: tuple = (),
+        concurrency_group: str | None = None,
     ) -> list[ObjectRef]:
         self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
         current = self.current_task
@@ -348,7 +349,7 @@ class Owner:
         job_id = current.job_id if current is not None else self.job_id
         spec = TaskSpec(
             IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
-            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name,
+            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name, concurrency_group,
         )
         pt = PendingTask(spec, args, kwargs, retry_exceptions)
         pt.extra = extra
@@ -729,8 +730,16 @@ class Owner:
             )
             if local:
                 self._fail_task(pt, TaskCancelledError(task_id.hex()))
+            actor_conn = None
+            if pt.spec.kind == TaskKind.ACTOR_CALL and not local:
+                actor_conn = self._actors[pt.spec.actor_id].conn  # type: ignore[index]
         if local:
             self._wake_waiters()
+            return
+        if pt.spec.kind == TaskKind.ACTOR_CALL:
+            # Sent to the actor, which runs it: the scheduler never sees a call.
+            if actor_conn is not None and not actor_conn.closed:
+                actor_conn.send_now((Op.CANCEL_CALL, task_id))
             return
         self.scheduler.send_now((Op.CANCEL, task_id, force))
 

@@ -3,7 +3,9 @@
 A hypothesis state machine does what a program does with ``import ember``:
 puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
-value), actors with restarts, ``get`` and ``wait``. A plain Python model
+value), actors with restarts, calls to an async actor (which awaits the refs
+it is given, its calls running together) and to a threaded actor, ``get``
+and ``wait``. A plain Python model
 computes every value the same code gives without ember, and each actor's
 state as its calls applied in submission order.
 
@@ -45,6 +47,7 @@ the failing plans, and fails if there were any.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import os
@@ -140,10 +143,30 @@ class LedgerState:
         return self.calls, self.total
 
 
+class AsyncCombiner:
+    """An async actor: its calls run together on one event loop, and await the refs they are given."""
+
+    async def combine(self, a: Any, box: list[ember.ObjectRef]) -> Any:
+        values = await asyncio.gather(*box)  # nested refs, awaited here while other calls run
+        await asyncio.sleep(0)
+        return functools.reduce(_combine, [a, *values])
+
+
+class ThreadedCombiner:
+    """A threaded actor: up to ``max_concurrency`` calls at once on its threads."""
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return _combine(a, b)
+
+
 value_task = ember.remote(max_retries=RETRIES)(_value)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
 Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerState)
+# Concurrent actors come back from their constructor only (their calls have no order to replay):
+# their calls' results depend on their arguments alone, so a restart must not change any of them.
+AsyncActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(AsyncCombiner)
+ThreadedActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES, max_concurrency=4)(ThreadedCombiner)
 
 
 # -- the tally a soak prints ---------------------------------------------------------------
@@ -155,6 +178,7 @@ class Tally:
     faults: Counter[str] = field(default_factory=Counter)
     faults_missed: Counter[str] = field(default_factory=Counter)
     operations_checked: int = 0
+    concurrent_calls: int = 0  # calls made to the async and threaded actors
     wrong_results: int = 0
     hangs: int = 0
     lost_objects: int = 0
@@ -166,7 +190,8 @@ class Tally:
         faults = ", ".join(f"{k}: {n}" for k, n in sorted(self.faults.items())) or "none"
         missed = ", ".join(f"{k}: {n}" for k, n in sorted(self.faults_missed.items())) or "none"
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
-                f"faults that found no target {missed}; operations checked {self.operations_checked}; "
+                f"faults that found no target {missed}; operations checked {self.operations_checked} "
+                f"({self.concurrent_calls} calls to concurrent actors made); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -268,6 +293,7 @@ class ApiUnderFaults(RuleBasedStateMachine):
         self.tracked: list[Tracked] = []
         self.actor_list: list[TrackedActor] = []
         self.actors_created = 0
+        self.concurrent: dict[str, Any] = {}  # "async" / "threaded" -> the example's actor of that kind
         self.timeline: list[Injected] = []
         self.failure: PropertyFailure | None = None
         self.operations = 0
@@ -380,6 +406,28 @@ class ApiUnderFaults(RuleBasedStateMachine):
             ref, how, expected = actor.handle.add.remote(arg), f"{actor}.add.remote({arg})", arg
         return self._track(ref, actor.model.add(expected), how)
 
+    def _concurrent_actor(self, kind: str) -> Any:
+        TALLY.concurrent_calls += 1
+        if kind not in self.concurrent:
+            self.concurrent[kind] = (AsyncActor if kind == "async" else ThreadedActor).remote()
+            note(f"{kind} actor created")
+        return self.concurrent[kind]
+
+    @rule(target=refs, a=refs, box=st.lists(refs, min_size=1, max_size=2))
+    @operation
+    def call_async_actor(self, a: Tracked, box: list[Tracked]) -> Tracked:
+        ref = self._concurrent_actor("async").combine.remote(a.ref, [t.ref for t in box])
+        expected = functools.reduce(_combine, [a.expected, *(t.expected for t in box)])
+        copies = a.copies_made_at.union(*(t.copies_made_at for t in box))
+        return self._track(ref, expected, f"async.combine.remote({a}, {box})", copies)
+
+    @rule(target=refs, a=refs, b=refs)
+    @operation
+    def call_threaded_actor(self, a: Tracked, b: Tracked) -> Tracked:
+        ref = self._concurrent_actor("threaded").combine.remote(a.ref, b.ref)
+        return self._track(ref, _combine(a.expected, b.expected), f"threaded.combine.remote({a}, {b})",
+                           a.copies_made_at | b.copies_made_at)
+
     @rule(chosen=st.lists(refs, min_size=1, max_size=4, unique_by=id))
     @operation
     def get(self, chosen: list[Tracked]) -> None:
@@ -488,6 +536,8 @@ class ApiUnderFaults(RuleBasedStateMachine):
             resume_all()
             for actor in self.actor_list:
                 _kill_actor(actor.handle)
+            for handle in self.concurrent.values():
+                _kill_actor(handle)
             whole = _wait_whole()
         if self.failure is not None:
             raise self.failure
@@ -597,6 +647,7 @@ def test_api_under_faults(tally: Tally) -> None:
         run_state_machine_as_test(ApiUnderFaults, settings=SETTINGS)
         # A coverage mark: every fault kind really hit a process in the ci examples.
         assert set(tally.faults) == {f"{k} {t}" for k, t in FAULT_KINDS}, tally.report()
+        assert tally.concurrent_calls > 0, tally.report()  # and calls to concurrent actors were among them
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()
