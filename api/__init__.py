@@ -5,7 +5,7 @@ actors, ``get``/``put``/``wait``, object refs passed between tasks.
 """
 
 from ember import chaos, exceptions, lineage
-from ember.scheduler import ObjectRef
+from ember.scheduler import ObjectRef, ObjectRefGenerator
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
 from ember._runtime_context import RuntimeContext, get_runtime_context
@@ -33,6 +33,7 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RuntimeContext",
     "actor",
     "available_resources",

@@ -10,7 +10,8 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import EmberUserError, InvalidOptionError, SerializationError
-from ember.scheduler import ASYNC_MAX_CONCURRENCY_DEFAULT, Concurrency, ObjectRef, Op, TaskKind
+from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, STREAMING, Concurrency, ObjectRef, ObjectRefGenerator, Op,
+                             TaskKind)
 from ember import _options
 from ember._runtime import _lookup_named, core as _core
 
@@ -32,7 +33,7 @@ def _methods(cls: type) -> list[tuple[str, Any]]:
 
 
 def _method_table(cls: type) -> dict[str, int]:
-    return {name: getattr(member, "__ember_method_options__", {}).get("num_returns", 1)
+    return {name: _options.returns_of(getattr(member, "__ember_method_options__", {}), member)
             for name, member in _methods(cls)}
 
 
@@ -154,12 +155,16 @@ class ActorMethod:
         )
         if self._num_returns == 1:
             return refs[0]
+        if self._num_returns == STREAMING:
+            return ObjectRefGenerator(refs[0])
         if self._num_returns == 0:
             return None
         return refs
 
     def options(self, **options: Any) -> "ActorMethod":
         opts = _options.validate(options, "method")
+        if opts.get("num_returns") == "streaming":
+            opts["num_returns"] = STREAMING
         group = opts.get("concurrency_group", self._group)
         if group is not None:
             declared = dict(self._handle._concurrency[2]) if self._handle._concurrency is not None else {}

@@ -7,11 +7,12 @@ inside a worker.
 
 from __future__ import annotations
 
+import inspect
 from numbers import Real
 from typing import Any
 
 from ember.exceptions import InvalidOptionError
-from ember.scheduler import resource_shape
+from ember.scheduler import STREAMING, resource_shape
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
@@ -71,8 +72,13 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
                 f"unknown option {key!r} for a remote {kind}; valid options are: {', '.join(sorted(allowed))}"
             )
         out[key] = value
-    if "num_returns" in out:
+    if "num_returns" in out and out["num_returns"] not in ("streaming", "dynamic"):
         _integer("num_returns", out["num_returns"], 0)
+    if out.get("num_returns") == "dynamic":
+        raise InvalidOptionError(
+            "option num_returns=\"dynamic\" is not supported: write the generator with no num_returns (or "
+            "num_returns=\"streaming\") and iterate the ObjectRefGenerator it returns, which Ray also "
+            "recommends over \"dynamic\"")
     for key in ("num_cpus", "num_gpus", "memory"):
         if key in out and out[key] is not None:
             _number(key, out[key])
@@ -126,6 +132,15 @@ def shape_of(options: dict[str, Any], default_cpus: float) -> tuple:
     if options.get("memory"):
         resources["memory"] = options["memory"]
     return resource_shape(resources)
+
+
+def returns_of(options: dict[str, Any], function: Any) -> int:
+    """``num_returns`` as the owner takes it: ``STREAMING`` for a generator given none, or "streaming"."""
+    given = options.get("num_returns")
+    if given == "streaming" or (given is None and (inspect.isgeneratorfunction(function)
+                                                   or inspect.isasyncgenfunction(function))):
+        return STREAMING
+    return 1 if given is None else given
 
 
 def retries(options: dict[str, Any], key: str, default: int) -> int:

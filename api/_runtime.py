@@ -27,6 +27,7 @@ from ember.exceptions import (
 from ember.scheduler import (
     Node,
     ObjectRef,
+    ObjectRefGenerator,
     Op,
     Owner,
     Session,
@@ -304,6 +305,14 @@ def wait(
         raise NotAnObjectRefError(
             f"ember.wait() expects a list of ObjectRefs, got a {type(object_refs).__name__}; "
             "wrap a single ref in a list: ember.wait([ref])")
+    # A generator is ready once its next value is made (or it has ended): it is waited on through a ref
+    # to that value, and given back in place of it.
+    probes: dict[ObjectRef, ObjectRefGenerator] = {}
+    for item in object_refs:
+        if isinstance(item, ObjectRefGenerator):
+            probes[item.probe()] = item
+    if probes:
+        object_refs = [item.probe() if isinstance(item, ObjectRefGenerator) else item for item in object_refs]
     refs, _ = _as_ref_list(object_refs, "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("ember.wait() got the same ObjectRef more than once")
@@ -318,6 +327,9 @@ def wait(
         if error is not None:
             # No node of this cluster can ever run it: as get would, rather than report it "ready".
             raise error
+    if probes:
+        ready = [probes.get(ref, ref) for ref in ready]  # type: ignore[misc]
+        not_ready = [probes.get(ref, ref) for ref in not_ready]  # type: ignore[misc]
     return ready, not_ready
 
 

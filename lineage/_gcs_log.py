@@ -142,6 +142,11 @@ class GcsLog:
                  for (oid, size, path), digest in zip(objects, hashes)]
         return self.writer.append_rows(rows, urgent=False)
 
+    def yielded(self, task_id: bytes, job_id: bytes, object_id: bytes, size: int, digest: bytes | None) -> int:
+        """A value a streaming generator task yielded, logged as its object by index (``object_id``)."""
+        return self.writer.append("objects", (object_id, task_id, job_id, "return", size, None, None, self.node_id,
+                                              digest, None), urgent=False)
+
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
             durable_copy: bytes | None = None, durable_path: str | None = None, owner: str | None = None) -> int:
         """A put's (or a by-value argument's) creation; ``owner``: the address of the process that made it."""

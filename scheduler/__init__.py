@@ -10,9 +10,10 @@ from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
 from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_up, free_port, node_resources
 from ember.scheduler._object_ref import ObjectRef, TaskID
+from ember.scheduler._ref_generator import ObjectRefGenerator
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import IDS, TaskKind, resource_shape
+from ember.scheduler._spec import IDS, STREAMING, TaskKind, resource_shape
 
 __all__ = [
     "ASYNC_MAX_CONCURRENCY_DEFAULT",
@@ -22,8 +23,10 @@ __all__ = [
     "NODE_RESOURCE_PREFIX",
     "Node",
     "ObjectRef",
+    "ObjectRefGenerator",
     "Op",
     "Owner",
+    "STREAMING",
     "Session",
     "TaskID",
     "TaskKind",

@@ -35,7 +35,7 @@ from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._owner import INLINE_BYTES_MAX, Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.scheduler._spec import STREAMING, ArgKind, TaskKind, TaskSpec, item_id
 from ember.store import LateHashes, content_hash
 from ember.store import copy_wanted
 from ember.store import ObjectKind, deserialize, serialize, serialize_error, to_bytes
@@ -342,6 +342,8 @@ class Executor:
                 args = [self._arg(a, copies) for a in spec.args]
                 kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
+                if spec.num_returns == STREAMING:
+                    value = self._stream(conn, spec, value)  # runs the generator: cancellable, like the call
             finally:
                 self._running = None
             outcome = self._split(spec, value)
@@ -350,15 +352,15 @@ class Executor:
                 self._save_checkpoint()
         except _UpstreamError as up:
             failed = True
-            outcome = [up.data] * spec.num_returns
+            outcome = [up.data] * _result_count(spec)
         except KeyboardInterrupt:
             if spec.task_id not in self._cancelled:
                 raise
             failed = True
-            outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * spec.num_returns
+            outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * _result_count(spec)
         except BaseException as exc:
             failed = True
-            outcome = [_error_bytes(_task_error(spec, exc))] * spec.num_returns
+            outcome = [_error_bytes(_task_error(spec, exc))] * _result_count(spec)
         finally:
             core.current_task = None
         self._send_result(conn, spec, outcome, failed, call_seq, started_us)
@@ -389,9 +391,86 @@ class Executor:
                 return False
         return True
 
+    # -- streaming generators: each value sent to the owner as it is made -----------------
+
+    def _stream(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
+        """Run a streaming task's generator, sending each value it yields; the number of values sent.
+
+        An exception the generator raises is its last value: the reader's
+        ``get`` of the next ref raises it, and the task itself ends well.
+        """
+        iterator = _iterator_of(spec, value)
+        sent = 0
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return sent
+            except KeyboardInterrupt:
+                if spec.task_id in self._cancelled:
+                    raise  # cancelled: the task ends as cancelled
+                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, KeyboardInterrupt())), True)
+                return sent + 1
+            except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
+                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
+                return sent + 1
+            self._send_item(conn, spec, sent, item)
+            sent += 1
+
+    async def _stream_async(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
+        """``_stream`` for an async generator method of an async actor."""
+        sent = 0
+        iterator = value.__aiter__()
+        while True:
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return sent
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
+                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
+                return sent + 1
+            self._send_item(conn, spec, sent, item)
+            sent += 1
+
+    def _send_item(self, conn: Connection, spec: TaskSpec, index: int, value: Any, is_error: bool = False) -> None:
+        """Send value ``index`` of a streaming task to its owner now (stored first, if large).
+
+        What the task logged so far (an actor call's place in its order, the
+        tasks it submitted) is committed before the value leaves: the value
+        rests on it, and its reader may see it the next instant.
+        """
+        core = self.core
+        oid = item_id(spec.task_id, index)
+        data: bytes | None
+        if is_error:
+            data = value
+        else:
+            try:
+                obj = serialize(value)
+            except SerializationError as exc:
+                obj, data = None, _error_bytes(exc)
+            else:
+                data = to_bytes(obj, oid) if obj.total_size <= INLINE_BYTES_MAX else None
+            if data is None and obj is not None:
+                core.writes.write_to_store(oid, obj)
+        size = len(data) if data is not None else obj.total_size  # type: ignore[union-attr]
+        gcs = core.gcs
+        if gcs is not None:
+            core.flush()
+            gcs.make_durable(gcs.writer.appended_seq, f"value {index} of {spec.describe()}")
+        digest = content_hash(data) if gcs is not None and data is not None else None
+        msg = (Op.STREAM_ITEM, spec.task_id, spec.attempt, index, oid, data, size, digest)
+        if spec.kind == TaskKind.ACTOR_CALL:
+            conn.send_now(msg)
+        else:
+            core.links.send_to(spec.owner_addr, msg, flush=True)
+        core.store.flush()
+
     def _split(self, spec: TaskSpec, value: Any) -> list:
         n = spec.num_returns
-        if n == 1:
+        if n == 1 or n == STREAMING:  # a stream's one result: how many values it yielded
             return [value]
         if n == 0:
             return [None]
@@ -444,7 +523,7 @@ class Executor:
                 gcs.make_durable(gcs.writer.appended_seq, f"the result of {spec.describe()}")  # type: ignore[union-attr]
             except LineageLogUnavailableError as exc:
                 # Nothing the task made leaves without its lineage: its caller gets the error instead.
-                outcome, failed = [_error_bytes(exc)] * spec.num_returns, True
+                outcome, failed = [_error_bytes(exc)] * _result_count(spec), True
         results = []
         for oid, value in zip(spec.return_ids(), outcome):
             if failed:
@@ -535,7 +614,7 @@ class Executor:
 
     def _send_error(self, conn: Connection, spec: TaskSpec, error: BaseException) -> None:
         data = _error_bytes(error)
-        self._send_result(conn, spec, [data] * spec.num_returns, True)
+        self._send_result(conn, spec, [data] * _result_count(spec), True)
 
     def release_held(self, committed_seq: int) -> None:
         """Send, in order, the held results whose rows are now durable (any thread)."""
@@ -622,11 +701,14 @@ class Executor:
             copies = self._arg_copies
             args = [self._arg(a, copies, replay=True) for a in spec.args]
             kwargs = {k: self._arg(v, copies, replay=True) for k, v in spec.kwargs.items()} if spec.kwargs else {}
-            return self._split(spec, getattr(self._instance, spec.method)(*args, **kwargs)), False  # type: ignore[arg-type]
+            value = getattr(self._instance, spec.method)(*args, **kwargs)  # type: ignore[arg-type]
+            if spec.num_returns == STREAMING:
+                value = sum(1 for _ in _iterator_of(spec, value))  # its effects again; its values were read
+            return self._split(spec, value), False
         except _UpstreamError as up:
-            return [up.data] * spec.num_returns, True
+            return [up.data] * _result_count(spec), True
         except BaseException as exc:
-            return [_error_bytes(_task_error(spec, exc))] * spec.num_returns, True
+            return [_error_bytes(_task_error(spec, exc))] * _result_count(spec), True
 
     # -- concurrent actors: each call on a thread or event loop of its group ------------
 
@@ -659,7 +741,10 @@ class Executor:
         call_seq, started_us = self._begin_concurrent(spec)
         token = OwnerState.enter_concurrent_call(spec)
         try:
-            outcome, failed = self._split(spec, self._invoke(spec)), False
+            value = self._invoke(spec)
+            if spec.num_returns == STREAMING:
+                value = self._stream(conn, spec, value)
+            outcome, failed = self._split(spec, value), False
         except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
             outcome, failed = _failed_outcome(spec, exc), True
         finally:
@@ -674,7 +759,11 @@ class Executor:
         token = OwnerState.enter_concurrent_call(spec)  # this asyncio task's context only
         try:
             value = self._invoke(spec)
-            if inspect.isawaitable(value):
+            if spec.num_returns == STREAMING and hasattr(type(value), "__aiter__"):
+                value = await self._stream_async(conn, spec, value)
+            elif spec.num_returns == STREAMING:
+                value = self._stream(conn, spec, value)
+            elif inspect.isawaitable(value):
                 value = await value
             outcome, failed = self._split(spec, value), False
         except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
@@ -790,6 +879,19 @@ def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
     return EmberTaskError(name, tb, cause, repr(exc))
 
 
+def _result_count(spec: TaskSpec) -> int:
+    """How many results a run of ``spec`` sends (a stream sends one: its end)."""
+    return 1 if spec.num_returns == STREAMING else spec.num_returns
+
+
+def _iterator_of(spec: TaskSpec, value: Any) -> Any:
+    try:
+        return iter(value)
+    except TypeError:
+        raise TypeError(f"{spec.describe()} streams its values (num_returns=\"streaming\") but returned a "
+                        f"{type(value).__name__}, not a generator") from None
+
+
 def _failed_outcome(spec: TaskSpec, exc: BaseException) -> list:
     """The results of a concurrent actor's call that raised ``exc``: one error per return."""
     if isinstance(exc, _UpstreamError):
@@ -798,7 +900,7 @@ def _failed_outcome(spec: TaskSpec, exc: BaseException) -> list:
         data = _error_bytes(TaskCancelledError(spec.task_id.hex()))
     else:
         data = _error_bytes(_task_error(spec, exc))
-    return [data] * spec.num_returns
+    return [data] * _result_count(spec)
 
 
 def _error_bytes(error: BaseException) -> bytes:

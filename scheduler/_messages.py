@@ -94,6 +94,8 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE), int, int, (str, _NONE)), 6),
     Op.ACTOR_CALL: ((TaskSpec,), 0),
     Op.CANCEL_CALL: ((TID,), 0),
+    # task id, attempt, index, object id, inline bytes (None: in the writer's store), size, content hash
+    Op.STREAM_ITEM: ((TID, int, int, OID, (bytes, _NONE), int, (bytes, _NONE)), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.LINEAGE_DURABLE: ((int, _ListOf(OID)), 0),
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
@@ -128,7 +130,7 @@ STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.ST
 CORE_OPS = frozenset({
     Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
     Op.LINEAGE_DURABLE, Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
-    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR,
+    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.STREAM_ITEM,
 })
 # What an actor takes on a caller's connection once it has adopted it.
 CALL_OPS = frozenset({Op.ACTOR_CALL, Op.CANCEL_CALL})

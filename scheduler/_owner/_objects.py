@@ -62,6 +62,18 @@ class ObjectEntry:
         self.shared = False  # a ref left this process: kept, and published to the store when inline
         self.dropped = False  # every ref was dropped while it was pending: forgotten when it finishes
 
+    def set_ready(self, data: bytes | None, size: int, where: Where) -> None:
+        """Its value came: ``data`` inline, or (``data`` None) ``size`` bytes in the store at ``where``."""
+        self.copies = None
+        if data is None:
+            self.state = ObjectState.READY_STORE
+            self.where = where
+            self.size = size
+        else:
+            self.state = ObjectState.READY_INLINE
+            self.data = data
+            self.where = None
+
     @classmethod
     def shared_pending(cls) -> "ObjectEntry":
         """An entry other processes read (adopted, or an input of a replay)."""

@@ -34,6 +34,7 @@ from ember.scheduler._owner._restart import SchedulerRestart, TaskHooks
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._reconstruct import Reconstruction
+from ember.scheduler._owner._streams import Streams
 from ember.scheduler._owner._locations import LOCATION_OPS, Locations
 from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
 from ember.scheduler._owner._waiting import Waiting
@@ -56,6 +57,7 @@ from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._session import RELAY_INFO_KEY, Session, session_info
 from ember.scheduler._spec import (
     IDS,
+    STREAMING,
     TaskKind,
     FailureCause,
     TaskSpec,
@@ -141,6 +143,7 @@ class Owner:
         self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,
                                         self._registered_functions, self._created_actors, hooks,
                                         lambda: self.closed, self._on_scheduler_closed)
+        self.streams = Streams(self._lock, self.objects, self.links, self._set_changed)
         self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
         self.waiting = Waiting(self.address, self.relay, self._lock, self.state, self.objects, self._tasks, self._actors,
                                self._subscribed, self._store_ready, self._waiters, self.files, self.links, self.writes,
@@ -162,6 +165,7 @@ class Owner:
             self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=self.node_id)
             self.writes.gcs = self.specs.gcs = self.lineage.gcs = self.restart.gcs = self.rebuild.gcs = self.gcs
+            self.streams.gcs = self.gcs
         links.listen(self._socket_path, self._on_peer)
         links.scheduler = links.connect(session.scheduler_socket, self._on_scheduler_closed, "scheduler")
         store = links.connect(session.store_socket, self._on_store_closed, "store")
@@ -359,6 +363,8 @@ class Owner:
                 self._objects[oid] = ObjectEntry()
                 refs.append(ObjectRef(oid, self.address))
             self._tasks[spec.task_id] = pt
+            if num_returns == STREAMING:
+                self.streams.open(spec.task_id)
             self.specs.count_missing(pt)
             if kind == TaskKind.ACTOR_CALL:
                 state = self.actors.state_of(actor_id, function_name)  # type: ignore[arg-type]
@@ -517,6 +523,7 @@ class Owner:
         """Which method takes each op that comes to this process (the rest are its executor's)."""
         handlers: dict[int, Handler] = {
             Op.TASK_RESULT: self._on_result_message,
+            Op.STREAM_ITEM: self._on_stream_item,
             Op.OBJECT_READY: self._on_object_ready,
             Op.ACTOR_STATE: lambda conn, msg: self.actors.on_actor_state(*msg[1:7]),
             Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
@@ -538,6 +545,36 @@ class Owner:
             self._on_result(*msg[1:])
         else:
             self._on_result(*msg[1:], where=self.locations.remote_peer(conn))
+
+    def _on_stream_item(self, conn: Connection, msg: tuple) -> None:
+        task_id, attempt, index, oid, data, size, digest = msg[1:]
+        where = self.locations.remote_peer(conn) if self.relay is not None and data is None else None
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            spec = pt.spec if pt is not None and pt.spec.attempt == attempt else None
+            self.streams.on_item(spec, task_id, index, oid, data, size, digest, where)
+
+    # -- streaming generators: what an ObjectRefGenerator asks --------------------
+
+    def stream_want(self, task_id: bytes, index: int) -> ObjectRef:
+        """A ref to value ``index`` of a streaming task this process submitted (pending until it comes)."""
+        with self._lock:
+            return ObjectRef(self.streams.want(task_id, index), self.address)
+
+    def stream_past_end(self, task_id: bytes, index: int) -> bool:
+        with self._lock:
+            return self.streams.past_end(task_id, index)
+
+    def stream_drop(self, task_id: bytes) -> None:
+        """The generator of a streaming task is gone: what it did not hand out is freed."""
+        if not self._lock.acquire(blocking=False):
+            # Called by the garbage collector, from whichever thread it interrupts (see ``decref``).
+            threading.Thread(target=self.stream_drop, args=(task_id,), daemon=True).start()
+            return
+        try:
+            self.streams.drop(task_id)
+        finally:
+            self._lock.release()
 
     def _on_object_ready(self, conn: Connection, msg: tuple) -> None:
         with self._lock:
@@ -644,23 +681,17 @@ class Owner:
             entry.order = order  # a ref to it leaves only once the call's place in the order is durable
             if logged:
                 entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
-            entry.copies = None
-            if data is None:
-                entry.state = ObjectState.READY_STORE
-                entry.where = where
-                entry.size = size
-            else:
-                entry.state = ObjectState.READY_INLINE
-                entry.data = data
-                entry.where = None
-                if entry.shared:
-                    self.writes.publish(oid, data)
+            entry.set_ready(data, size, where)
+            if data is not None and entry.shared:
+                self.writes.publish(oid, data)
             if self.locations.locate_waiters:
                 self.locations.answer_locates(oid, entry)
             for waiter in self._dep_waiters.pop(oid, ()):
                 waiter.missing -= 1
                 if waiter.missing == 0:
                     ready.append(waiter)
+        if spec.num_returns == STREAMING:
+            self.streams.on_end(spec, results[0])  # generators waiting past its last value stop
         if spec.kind != TaskKind.ACTOR_CREATION:
             # An actor's constructor arguments stay: a restart needs them.
             self.specs.free_arg_objects(pt)

@@ -4,8 +4,8 @@ A hypothesis state machine does what a program does with ``import ember``:
 puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
 value), actors with restarts, calls to an async actor (which awaits the refs
-it is given, its calls running together) and to a threaded actor, ``get``
-and ``wait``. A plain Python model
+it is given, its calls running together) and to a threaded actor, generator
+tasks whose values are read while they run, ``get`` and ``wait``. A plain Python model
 computes every value the same code gives without ember, and each actor's
 state as its calls applied in submission order.
 
@@ -159,7 +159,14 @@ class ThreadedCombiner:
         return _combine(a, b)
 
 
+def _values(seed: int, count: int, large: bool) -> Any:
+    """A generator task: ``count`` values, each made and read while it runs."""
+    for i in range(count):
+        yield _value(seed + i, large)
+
+
 value_task = ember.remote(max_retries=RETRIES)(_value)
+stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
 Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerState)
@@ -179,6 +186,7 @@ class Tally:
     faults_missed: Counter[str] = field(default_factory=Counter)
     operations_checked: int = 0
     concurrent_calls: int = 0  # calls made to the async and threaded actors
+    streams: int = 0  # generator tasks read while they ran
     wrong_results: int = 0
     hangs: int = 0
     lost_objects: int = 0
@@ -191,7 +199,7 @@ class Tally:
         missed = ", ".join(f"{k}: {n}" for k, n in sorted(self.faults_missed.items())) or "none"
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
                 f"faults that found no target {missed}; operations checked {self.operations_checked} "
-                f"({self.concurrent_calls} calls to concurrent actors made); "
+                f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -428,6 +436,29 @@ class ApiUnderFaults(RuleBasedStateMachine):
         return self._track(ref, _combine(a.expected, b.expected), f"threaded.combine.remote({a}, {b})",
                            a.copies_made_at | b.copies_made_at)
 
+    @rule(target=refs, seed=SEEDS, count=st.integers(1, 3), large=st.booleans())
+    @operation
+    def stream(self, seed: int, count: int, large: bool) -> Tracked:
+        """A generator task, each value read as it comes; its values stay tracked for later reads."""
+        gen = stream_task.remote(seed, count, large)
+        tracked = []
+        for i in range(count + 1):
+            try:
+                ref = gen._next(GET_BOUND_S)
+            except StopIteration:
+                if i < count:
+                    self._wrong(f"stream({seed}, {count}, {large}) stopped after {i} values")
+                break
+            except EmberError as exc:
+                self._classify(f"next(stream({seed}, {count}, {large})) at value {i}", [], exc)
+                break
+            if i == count:
+                self._wrong(f"stream({seed}, {count}, {large}) yielded more than {count} values")
+            tracked.append(self._track(ref, _value(seed + i, large), f"stream({seed}, {count}, {large})[{i}]"))
+            self._check_values(tracked[-1:])
+        TALLY.streams += 1
+        return tracked[-1]
+
     @rule(chosen=st.lists(refs, min_size=1, max_size=4, unique_by=id))
     @operation
     def get(self, chosen: list[Tracked]) -> None:
@@ -648,6 +679,7 @@ def test_api_under_faults(tally: Tally) -> None:
         # A coverage mark: every fault kind really hit a process in the ci examples.
         assert set(tally.faults) == {f"{k} {t}" for k, t in FAULT_KINDS}, tally.report()
         assert tally.concurrent_calls > 0, tally.report()  # and calls to concurrent actors were among them
+        assert tally.streams > 0, tally.report()  # and generator tasks read while they ran
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()
