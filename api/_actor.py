@@ -10,10 +10,12 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import EmberUserError, InvalidOptionError, SerializationError
-from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, STREAMING, Concurrency, ObjectRef, ObjectRefGenerator, Op,
-                             TaskKind)
+from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, STREAMING, TERMINATE_METHOD, ActorExit, Concurrency,
+                             ObjectRef, ObjectRefGenerator, Op, TaskKind)
 from ember import _options
+from ember._actor_lifetime import LOCAL_HANDLES
 from ember._runtime import _lookup_named, core as _core
+from ember.scheduler import _context
 
 
 def method(**options: Any) -> Any:
@@ -107,9 +109,12 @@ class ActorClass:
                 return existing
         core.register_function(class_id, payload, self.__qualname__)
         actor_id = os.urandom(16)
+        if name is None and opts.get("lifetime") != "detached":
+            LOCAL_HANDLES.track(actor_id)  # freed when its last handle here goes, unless one leaves
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         concurrency = self._concurrency.to_wire() if self._concurrency is not None else None
-        handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries, concurrency)
+        handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries, concurrency,
+                             opts.get("restart_from"))
         meta = handle._meta()
         if name is not None:
             error = core.call_scheduler(Op.CLAIM_NAME, name, actor_id, meta)
@@ -179,19 +184,30 @@ class ActorHandle:
     """A reference to a live actor; pass it to tasks and other actors freely."""
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], max_task_retries: int,
-                 concurrency: tuple | None = None) -> None:
+                 concurrency: tuple | None = None, restart_from: str | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
         self._concurrency = concurrency  # ``Concurrency.to_wire()`` of a concurrent actor, else None
+        self._restart_from = restart_from  # "constructor" for Ray's restart; None: ember's (replay)
+        LOCAL_HANDLES.added(actor_id)
+
+    def __del__(self) -> None:
+        LOCAL_HANDLES.dropped(self._actor_id, self._class_name, _end_dropped)
 
     def _meta(self) -> tuple:
-        # The node scheduler finds the concurrency here (``concurrency_in_meta``) to start the actor with.
+        # The node scheduler finds the concurrency and restart_from here (``concurrency_in_meta``,
+        # ``restart_from_in_meta``) to start the actor with.
         base = (self._class_name, self._methods, self._max_task_retries)
+        if self._restart_from is not None:
+            return (*base, self._concurrency, self._restart_from)
         return base if self._concurrency is None else (*base, self._concurrency)
 
     def __getattr__(self, name: str) -> ActorMethod:
+        if name == TERMINATE_METHOD:
+            # Ray's graceful end: queued like a call, after the calls this process sent before it.
+            return ActorMethod(self, name, 1)
         if name.startswith("_"):
             raise AttributeError(name)
         num_returns = self._methods.get(name)
@@ -202,8 +218,9 @@ class ActorHandle:
         return ActorMethod(self, name, num_returns)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        LOCAL_HANDLES.escaped(self._actor_id)  # held elsewhere from now on: never freed from here
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries,
-                              self._concurrency))
+                              self._concurrency, self._restart_from))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -215,9 +232,37 @@ class ActorHandle:
         return f"Actor({self._class_name}, {self._actor_id.hex()[:16]})"
 
 
+def _end_dropped(actor_id: bytes, class_name: str) -> None:
+    """The last handle to an actor created here is gone: it ends after the calls sent to it."""
+    core = _context.PROCESS.owner
+    if core is None or core.closed:
+        return  # the cluster is going: it ends every actor
+    try:
+        core.submit(TaskKind.ACTOR_CALL, b"", class_name, (), {}, 1, (), 0, actor_id=actor_id,
+                    method=TERMINATE_METHOD)
+    except Exception:  # noqa: BLE001 - the cluster went meanwhile: nothing is left to free
+        pass
+
+
+def exit_actor() -> None:
+    """End the actor this is called in, cleanly, once the current method returns (Ray's ``exit_actor``).
+
+    The call that calls it, and every call after it, fail with ``ActorDiedError`` naming the exit; the
+    actor is not restarted, whatever ``max_restarts`` says. It raises ``ActorExit`` (a ``SystemExit``):
+    code after it does not run, and ``except Exception`` does not catch it.
+    """
+    core = _context.PROCESS.owner
+    task = core.current_task if core is not None else None
+    if task is None or task.kind != TaskKind.ACTOR_CALL:
+        raise EmberUserError("exit_actor() ends the actor it runs in: call it inside an actor method, "
+                             "or end an actor from outside with ember.kill(handle)")
+    raise ActorExit(f"it ended itself: exit_actor() was called in {task.function_name}.{task.method}")
+
+
 def handle_from_meta(actor_id: bytes, meta: tuple) -> ActorHandle:
     class_name, methods, max_task_retries = meta[:3]
-    return ActorHandle(actor_id, class_name, methods, max_task_retries, meta[3] if len(meta) > 3 else None)
+    return ActorHandle(actor_id, class_name, methods, max_task_retries, meta[3] if len(meta) > 3 else None,
+                       meta[4] if len(meta) > 4 else None)
 
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ObjectRef", "method", "handle_from_meta"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ObjectRef", "exit_actor", "method", "handle_from_meta"]

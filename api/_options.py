@@ -12,7 +12,7 @@ from numbers import Real
 from typing import Any
 
 from ember.exceptions import InvalidOptionError
-from ember.scheduler import STREAMING, resource_shape
+from ember.scheduler import RESTART_FROM, STREAMING, resource_shape
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
@@ -21,6 +21,7 @@ _TASK = {
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
     "lifetime", "memory", "max_concurrency", "concurrency_groups", "get_if_exists", "scheduling_strategy",
+    "restart_from",
 }
 _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
 # Spellings from older Ray releases that the seed documents still use.
@@ -99,6 +100,10 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:
         _integer("max_concurrency", out["max_concurrency"], 1)
+    if "restart_from" in out and out["restart_from"] not in RESTART_FROM:
+        raise InvalidOptionError(f"option restart_from must be \"replay\" (constructor, newest checkpoint, then the "
+                                 f"logged calls: the state before the crash) or \"constructor\" (Ray's restart), "
+                                 f"got {out['restart_from']!r}")
     if "concurrency_groups" in out:
         _concurrency_groups(out["concurrency_groups"])
     if "concurrency_group" in out and not isinstance(out["concurrency_group"], str):

@@ -37,6 +37,7 @@ __all__ = [
     "OwnerDiedError",
     "ObjectTransferError",
     "ActorDiedError",
+    "ActorRestartLoopError",
     "InfeasibleActorError",
     "RayActorError",
     "ActorUnavailableError",
@@ -228,6 +229,28 @@ class InfeasibleActorError(ActorDiedError, InfeasibleResourceError):
     Both an ``ActorDiedError`` (what Ray code catches for a dead actor) and an
     ``InfeasibleResourceError`` (what it is: the request is the program's to fix).
     """
+
+
+class ActorRestartLoopError(EmberUserError):
+    """A call killed its actor's process again at the same replayed state: it fails instead of burning restarts.
+
+    ``call_desc`` names the call (``Class.method (task id)``), ``state_desc`` the state it killed the actor
+    in (what the restart replayed), ``restarts`` the restarts it had cost. The actor lives on without it.
+    """
+
+    def __init__(self, actor_desc: str = "", call_desc: str = "", state_desc: str = "", restarts: int = 0) -> None:
+        self.actor_desc = actor_desc
+        self.call_desc = call_desc
+        self.state_desc = state_desc
+        self.restarts = restarts
+        super().__init__(
+            f"call {call_desc} killed actor {actor_desc}'s process again at the same state ({state_desc}), "
+            f"after {restarts} restart(s) it caused: it fails instead of killing the actor on every restart. "
+            "The call dies on the state the actor's replay restores; if the actor should restart from its "
+            "constructor instead (as in Ray), create it with restart_from=\"constructor\"")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.actor_desc, self.call_desc, self.state_desc, self.restarts))
 
 
 class ActorUnavailableError(EmberOperationError):

@@ -38,6 +38,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts", "concurrency"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
     "checkpoints": ("actor_id", "seq", "data"),
+    "actor_restarts": ("actor_id", "restart", "task_id", "seq"),
 }
 _NO_ARGS = pickle.dumps(([], None), protocol=5)
 # Small puts keep their bytes in the log, so they can be rebuilt without lineage.
@@ -164,6 +165,10 @@ class GcsLog:
         """An actor's creation; ``concurrency``: how a concurrent actor runs its calls (None: one at a time)."""
         return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts,
                                              concurrency))
+
+    def actor_restart(self, actor_id: bytes, restart: int, task_id: bytes, seq: int) -> int:
+        """Restart ``restart`` of the actor runs again its unfinished call ``task_id``, at place ``seq``."""
+        return self.writer.append("actor_restarts", (actor_id, restart, task_id, seq))
 
     def checkpoint(self, actor_id: bytes, seq: int, data: bytes) -> int:
         """An actor's saved state after its call ``seq``; replay starts after the newest one."""

@@ -175,6 +175,17 @@ actor_calls = sa.Table(
     sa.Column("caller", sa.Text),
 )
 
+# v11: what each restart of an actor replayed its last logged call at, when that call had not finished:
+# the next restart that finds the same call at the same place knows the call kills the actor there.
+actor_restarts = sa.Table(
+    "actor_restarts", metadata,
+    sa.Column("actor_id", BYTEA, primary_key=True),
+    sa.Column("restart", sa.Integer, primary_key=True),  # the restart's number (1: the first)
+    sa.Column("task_id", BYTEA, nullable=False),  # the unfinished call it was about to run again
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the call's place in the actor's order (its state: the calls before)
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
 # v5: hashes of results too large to hash before they are sent: the worker
 # that made one hashes it afterwards, off the task's path, and logs it here.
 content_hashes = sa.Table(
@@ -287,6 +298,7 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     11: [
         "ALTER TABLE actors ADD COLUMN IF NOT EXISTS concurrency TEXT",
+        # actor_restarts is a new table: create_all makes it.
     ],
 }
 

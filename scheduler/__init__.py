@@ -5,6 +5,7 @@ underscore modules is internal.
 """
 
 from ember.scheduler._actor_concurrency import ASYNC_MAX_CONCURRENCY_DEFAULT, Concurrency
+from ember.scheduler._actor_exit import RESTART_FROM, TERMINATE_METHOD, ActorExit
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
@@ -17,6 +18,7 @@ from ember.scheduler._spec import IDS, STREAMING, TaskKind, resource_shape
 
 __all__ = [
     "ASYNC_MAX_CONCURRENCY_DEFAULT",
+    "ActorExit",
     "Concurrency",
     "IDS",
     "JoinTarget",
@@ -26,7 +28,9 @@ __all__ = [
     "ObjectRefGenerator",
     "Op",
     "Owner",
+    "RESTART_FROM",
     "STREAMING",
+    "TERMINATE_METHOD",
     "Session",
     "TaskID",
     "TaskKind",

@@ -27,14 +27,16 @@ from typing import Any
 import cloudpickle
 
 from ember.chaos import _agent
-from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
-                              TaskCancelledError)
+from ember.exceptions import (ActorDiedError, ActorRestartLoopError, EmberTaskError, LineageLogUnavailableError,
+                              SerializationError, TaskCancelledError)
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
+from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METHOD, TERMINATE_POLL_S, ActorExit
 from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
 from ember.scheduler._owner import INLINE_BYTES_MAX, Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
+from ember.scheduler._restart_loop import decide, ended_by_itself
 from ember.scheduler._spec import STREAMING, ArgKind, TaskKind, TaskSpec, item_id
 from ember.store import LateHashes, content_hash
 from ember.store import copy_wanted
@@ -95,6 +97,8 @@ class Executor:
         self._order_lock = threading.Lock()
         self._checkpoint_seq = 0
         self._blocked_calls = 0
+        self._exit_reason: str | None = None  # the actor ended itself (exit_actor, __ray_terminate__): why
+        self._ended = False  # ... and the scheduler was told
         self._hasher: LateHashes | None = None  # hashes store results after they are sent
         # Actor results waiting, in order, for rows to be durable (see
         # _send_result); the log's writer thread sends them, so the actor runs on.
@@ -260,7 +264,7 @@ class Executor:
         elif op == Op.EXECUTE or op == Op.ACTOR_CALL:
             self._run_task(conn, msg[1])
         elif op == Op.BECOME_ACTOR:
-            self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0, msg[4] if len(msg) > 4 else None)
+            self._become_actor(*msg[1:])
         else:
             log.warning("executor ignored message %r", op)
 
@@ -327,12 +331,17 @@ class Executor:
         try:
             try:
                 if spec.kind == TaskKind.ACTOR_CALL:
-                    fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
+                    fn = self._method(spec)
                     self._call_seq += 1
                     call_seq = self._call_seq
                     if core.gcs is not None:
                         # The order calls ran in, for replay after a restart.
-                        self._order_rows.append((core.gcs.actor_call(spec.actor_id, call_seq, spec), call_seq))
+                        row = core.gcs.actor_call(spec.actor_id, call_seq, spec)
+                        self._order_rows.append((row, call_seq))
+                        if spec.attempt > 0:
+                            # Sent again after a restart: logged for sure before it runs, so that if it
+                            # kills the actor again the next restart finds it (``_restart_loop``).
+                            core.gcs.make_durable(row, f"the place of {spec.describe()}")
                 if core.gcs is not None:
                     self._log_mark = self._own_log_rows()
                 if spec.kind != TaskKind.ACTOR_CALL:
@@ -358,6 +367,10 @@ class Executor:
                 raise
             failed = True
             outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * _result_count(spec)
+        except ActorExit as exc:
+            failed = True
+            outcome = _failed_outcome(spec, exc, self._actor_name)
+            self._exit_reason = exc.reason  # calls after it fail from now on
         except BaseException as exc:
             failed = True
             outcome = [_error_bytes(_task_error(spec, exc))] * _result_count(spec)
@@ -366,9 +379,14 @@ class Executor:
         self._send_result(conn, spec, outcome, failed, call_seq, started_us)
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+        if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._end_actor()
 
     def _admit(self, conn: Connection, spec: TaskSpec) -> bool:
         """Whether ``spec`` is to run here now; if not, its outcome is sent (cancelled, replayed, too late)."""
+        if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._send_error(conn, spec, ActorDiedError(self._actor_name, self._exit_reason))
+            return False
         if spec.task_id in self._cancelled:
             self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()))
             return False
@@ -638,8 +656,11 @@ class Executor:
             return
         self.core.gcs.checkpoint(self._actor_id, self._call_seq, data)
 
-    def _replay_calls(self, actor_id: bytes) -> None:
-        """Restore the newest checkpoint, then run again, in order, every call logged after it."""
+    def _replay_calls(self, actor_id: bytes, restart: int, death: str | None) -> None:
+        """Restore the newest checkpoint, then run again, in order, every call logged after it.
+
+        A call that killed the actor at this very state before is not run again (``_restart_loop``).
+        """
         from ember.lineage import ReplaySource
         from ember.scheduler._session import log_conninfo
 
@@ -649,21 +670,42 @@ class Executor:
         source = ReplaySource(conninfo)  # its reads wait out a PostgreSQL restart
         try:
             checkpoint, covered, calls = self._read_replay(source, actor_id)
+            last = calls[-1] if calls else None
+            decision = decide(calls, source.finished([last[1]]) if last is not None else set(),
+                              source.restart_marks(actor_id), ended_by_itself(death))
         finally:
             source.close()
+        if decision.mark is not None:
+            # Durable before the call runs again: if it kills this process too, the next restart knows.
+            gcs = self.core.gcs
+            gcs.make_durable(gcs.actor_restart(actor_id, restart, *decision.mark), "a restart's mark")
+        start = "its constructor"
         if checkpoint is not None:
             after, data = checkpoint
             self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
             self._covered = covered
             self._call_seq = self._durable_call_seq = after
-        for seq, task_id, method, args, kwargs, num_returns in calls:
+            start = f"its checkpoint after call {after}"
+        for seq, task_id, method, args, kwargs, num_returns in decision.replay:
             call = TaskSpec(task_id, TaskKind.ACTOR_CALL, b"", "", b"", self._actor_name, args, kwargs,
                             num_returns, (), 0, 0, None, actor_id, method)
             self._replayed[task_id] = self._call(call)
             self._call_seq = self._durable_call_seq = seq
-        log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
+        for seq, task_id, method, _, _, num_returns in calls:
+            if task_id in decision.poisoned:
+                error = ActorRestartLoopError(
+                    self._actor_name, f"{self._actor_name}.{method} (task {task_id.hex()})",
+                    f"{start}, then the logged calls before call {seq} replayed", restart)
+                self._replayed[task_id] = ([_error_bytes(error)] * max(num_returns, 1), True)
+        self._call_seq = self._durable_call_seq = max(self._call_seq, calls[-1][0] if calls else 0)
+        if decision.newly_poisoned is not None:
+            log.warning("actor %s: call %s killed it again at the same state (place %d): it fails with "
+                        "ActorRestartLoopError instead of running again", actor_id.hex(),
+                        decision.newly_poisoned[0].hex(), decision.newly_poisoned[1])
+        log.info("actor %s replayed %d logged calls", actor_id.hex(), len(decision.replay))
         if _agent.AGENT is not None:
-            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(calls))
+            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(decision.replay),
+                              looping_calls=len(decision.poisoned))
 
     def _read_replay(self, source: Any, actor_id: bytes) -> tuple[tuple | None, Any, list]:
         """From the log: the newest checkpoint (or None), the calls it covers, and the calls after it."""
@@ -701,12 +743,17 @@ class Executor:
             copies = self._arg_copies
             args = [self._arg(a, copies, replay=True) for a in spec.args]
             kwargs = {k: self._arg(v, copies, replay=True) for k, v in spec.kwargs.items()} if spec.kwargs else {}
-            value = getattr(self._instance, spec.method)(*args, **kwargs)  # type: ignore[arg-type]
+            value = self._method(spec)(*args, **kwargs)
             if spec.num_returns == STREAMING:
                 value = sum(1 for _ in _iterator_of(spec, value))  # its effects again; its values were read
             return self._split(spec, value), False
         except _UpstreamError as up:
             return [up.data] * _result_count(spec), True
+        except ActorExit as exc:
+            # It ended itself in its last life, and died before the scheduler heard: it ends again
+            # once it is up (``_become_actor``), and the calls after it fail naming the exit.
+            self._exit_reason = exc.reason
+            return _failed_outcome(spec, exc, self._actor_name), True
         except BaseException as exc:
             return [_error_bytes(_task_error(spec, exc))] * _result_count(spec), True
 
@@ -727,7 +774,7 @@ class Executor:
 
     def _invoke(self, spec: TaskSpec) -> Any:
         """Call the method of ``spec`` with its arguments; a coroutine for an ``async def``."""
-        fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
+        fn = self._method(spec)
         self._wait_for_args(spec)
         copies = self._arg_copies
         args = [self._arg(a, copies) for a in spec.args]
@@ -746,7 +793,7 @@ class Executor:
                 value = self._stream(conn, spec, value)
             outcome, failed = self._split(spec, value), False
         except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
-            outcome, failed = _failed_outcome(spec, exc), True
+            outcome, failed = self._failed_concurrent(spec, exc), True
         finally:
             OwnerState.leave_concurrent_call(token)
         self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
@@ -767,7 +814,7 @@ class Executor:
                 value = await value
             outcome, failed = self._split(spec, value), False
         except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
-            outcome, failed = _failed_outcome(spec, exc), True
+            outcome, failed = self._failed_concurrent(spec, exc), True
         finally:
             OwnerState.leave_concurrent_call(token)
         self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
@@ -786,14 +833,68 @@ class Executor:
         self._send_result(conn, spec, outcome, failed, call_seq, started_us)
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+        if self._exit_reason is not None:
+            self._end_actor()
 
-    def _restore_concurrent(self, actor_id: bytes) -> None:
-        """A concurrent actor restarts from its constructor and newest checkpoint only.
+    def _failed_concurrent(self, spec: TaskSpec, exc: BaseException) -> list:
+        if isinstance(exc, ActorExit):
+            self._exit_reason = exc.reason  # calls not started yet fail from now on
+        return _failed_outcome(spec, exc, self._actor_name)
 
-        Its calls ran together, in no order a replay could repeat: the calls
-        logged after the checkpoint are not run again, and what they did to
-        its state is gone. Said here, in the log line and the chaos note,
-        never restored silently wrong (docs/fault-tolerance.md).
+    # -- an actor ending itself ----------------------------------------------------------
+
+    def _method(self, spec: TaskSpec) -> Any:
+        if spec.method == TERMINATE_METHOD:
+            if self._calls is not None and self._calls.concurrency.is_async:
+                return self._terminate_async
+            return self._terminate
+        return getattr(self._instance, spec.method)  # type: ignore[arg-type]
+
+    def _terminate(self) -> None:
+        """``__ray_terminate__``: the calls before it are done (a concurrent actor's: waited for)."""
+        while self._calls is not None and self._calls.running > 1:
+            time.sleep(TERMINATE_POLL_S)
+        raise ActorExit(_TERMINATED)
+
+    async def _terminate_async(self) -> None:
+        while self._calls is not None and self._calls.running > 1:
+            await asyncio.sleep(TERMINATE_POLL_S)
+        raise ActorExit(_TERMINATED)
+
+    def _end_actor(self) -> None:
+        """The actor ended itself: the scheduler marks it dead for good (no restart) and stops this process."""
+        with self._order_lock:
+            if self._ended:
+                return
+            self._ended = True
+        log.info("actor %s ends: %s", (self._actor_id or b"").hex(), self._exit_reason)
+        self._deliver_all()
+        self.core.scheduler.send_now((Op.ACTOR_FAILED, self._actor_id, None, self._exit_reason))
+
+    def _deliver_all(self) -> None:
+        """Before the actor ends: every result it made reaches its caller (held ones once durable)."""
+        core = self.core
+        core.flush()
+        gcs = core.gcs
+        if gcs is not None:
+            try:
+                gcs.make_durable(gcs.writer.appended_seq, "the results the actor made before its end")
+            except LineageLogUnavailableError as exc:
+                log.error("actor %s ends with results still held: %s", (self._actor_id or b"").hex(), exc)
+            self.release_held(gcs.writer.committed_seq)
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None and key.data is not core.exec_conn:
+                key.data.flush()  # the callers' connections: results batched behind others leave now
+
+    def _restore_without_replay(self, actor_id: bytes, use_checkpoint: bool, why: str) -> None:
+        """A restart from the constructor (and the newest checkpoint, if ``use_checkpoint``) only.
+
+        A concurrent actor's calls ran together, in no order a replay could
+        repeat; an actor created with ``restart_from="constructor"`` asked
+        for Ray's restart. The calls logged after that start are not run
+        again, and what they did to its state is gone. Said here, in the log
+        line and the chaos note, never restored silently wrong
+        (docs/fault-tolerance.md).
         """
         from ember.lineage import ReplaySource
         from ember.scheduler._session import log_conninfo
@@ -803,7 +904,7 @@ class Executor:
             return
         source = ReplaySource(conninfo)
         try:
-            checkpoint = source.latest_checkpoint(actor_id) if self._checkpoint_every else None
+            checkpoint = source.latest_checkpoint(actor_id) if use_checkpoint and self._checkpoint_every else None
             after = checkpoint[0] if checkpoint is not None else 0
             covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX) if checkpoint is not None else set()
             lost = source.actor_calls(actor_id, after)
@@ -816,16 +917,16 @@ class Executor:
         self._call_seq = self._durable_call_seq = max(after, lost[-1][0] if lost else 0)
         self._checkpoint_seq = after
         start = f"its checkpoint after call {after}" if checkpoint is not None else "its constructor"
-        log.warning("actor %s (%s) restarted from %s only: it runs calls concurrently, so the %d calls logged "
-                    "after that are not replayed, and their effects on its state are lost",
-                    actor_id.hex(), self._calls.concurrency.describe() if self._calls else "concurrent", start,
-                    len(lost))
+        log.warning("actor %s restarted from %s only (%s): the %d calls logged after that are not replayed, and "
+                    "their effects on its state are lost", actor_id.hex(), start, why, len(lost))
         if _agent.AGENT is not None:
             _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=0, not_replayed=len(lost),
                               restored_from=start)
 
-    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0,
-                      concurrency: tuple | None = None) -> None:
+    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0, concurrency: tuple | None = None,
+                      restart_from: str | None = None, death: str | None = None) -> None:
+        """Run the constructor; on a restart, restore the state (``restart_from``: "constructor" for
+        Ray's restart from the constructor only); ``death``: how the previous process ended."""
         core = self.core
         core.current_task = spec
         self._actor_id = spec.actor_id
@@ -847,10 +948,12 @@ class Executor:
                 if core.gcs is not None:
                     self._late_hashes()  # made once here, not raced for by the calls' threads
             if restarts and core.gcs is not None:
-                if self._calls is not None:
-                    self._restore_concurrent(spec.actor_id)  # type: ignore[arg-type]
+                if restart_from == RESTART_FROM_CONSTRUCTOR:
+                    self._restore_without_replay(spec.actor_id, False, "restart_from=\"constructor\"")  # type: ignore[arg-type]
+                elif self._calls is not None:
+                    self._restore_without_replay(spec.actor_id, True, "it runs calls concurrently")  # type: ignore[arg-type]
                 else:
-                    self._replay_calls(spec.actor_id)  # type: ignore[arg-type]
+                    self._replay_calls(spec.actor_id, restarts, death)  # type: ignore[arg-type]
         except _UpstreamError as up:
             core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, up.data, "an argument of its constructor failed"))
             return
@@ -862,6 +965,8 @@ class Executor:
         finally:
             core.current_task = None
         core.scheduler.send_now((Op.ACTOR_READY, spec.actor_id, core.address))
+        if self._exit_reason is not None:
+            self._end_actor()  # its replay ran the call that ended it
 
 
 def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
@@ -892,9 +997,14 @@ def _iterator_of(spec: TaskSpec, value: Any) -> Any:
                         f"{type(value).__name__}, not a generator") from None
 
 
-def _failed_outcome(spec: TaskSpec, exc: BaseException) -> list:
-    """The results of a concurrent actor's call that raised ``exc``: one error per return."""
-    if isinstance(exc, _UpstreamError):
+_TERMINATED = "it was terminated by __ray_terminate__, after the calls sent before it"
+
+
+def _failed_outcome(spec: TaskSpec, exc: BaseException, actor_name: str = "") -> list:
+    """The results of a call that raised ``exc``: one error per return."""
+    if isinstance(exc, ActorExit):
+        data = _error_bytes(ActorDiedError(actor_name, exc.reason))
+    elif isinstance(exc, _UpstreamError):
         data = exc.data  # an argument's error: the call fails with that same error
     elif isinstance(exc, asyncio.CancelledError):
         data = _error_bytes(TaskCancelledError(spec.task_id.hex()))

@@ -85,7 +85,8 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE)), 0),
     Op.CANCEL_RUNNING: ((TID,), 0),
-    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, (tuple, _NONE)), 2),  # ..., its concurrency (wire form)
+    # ..., its concurrency (wire form), its restart_from, how its previous process ended
+    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, (tuple, _NONE), (str, _NONE), (str, _NONE)), 4),
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners

@@ -427,8 +427,11 @@ class Owner:
             for state in self._actors.values():
                 if state.conn is conn:
                     state.conn = None
-                    if state.dead_reason is None and not self.closed:
+                    if state.dead_reason is not None:
+                        self.actors.fail_inflight(state)
+                    elif not self.closed:
                         self.actors.ask_fate(state)
+        self._wake_waiters()  # calls failed just now
 
     def _on_store_closed(self, conn: Connection) -> None:
         # The node restarts a dead store, empty: reconnect, and ask again for
@@ -552,7 +555,12 @@ class Owner:
         with self._lock:
             pt = self._tasks.get(task_id)
             spec = pt.spec if pt is not None and pt.spec.attempt == attempt else None
-            self.streams.on_item(spec, task_id, index, oid, data, size, digest, where)
+            entry = self.streams.on_item(spec, task_id, index, oid, data, size, digest, where)
+            if entry is not None:
+                # A value a rebuild waited for: the tasks it is an input of go on.
+                ready: list[PendingTask] = []
+                self._made(oid, entry, data, ready)
+                self._dispatch_ready(ready)
 
     # -- streaming generators: what an ObjectRefGenerator asks --------------------
 
@@ -682,14 +690,7 @@ class Owner:
             if logged:
                 entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
             entry.set_ready(data, size, where)
-            if data is not None and entry.shared:
-                self.writes.publish(oid, data)
-            if self.locations.locate_waiters:
-                self.locations.answer_locates(oid, entry)
-            for waiter in self._dep_waiters.pop(oid, ()):
-                waiter.missing -= 1
-                if waiter.missing == 0:
-                    ready.append(waiter)
+            self._made(oid, entry, data, ready)
         if spec.num_returns == STREAMING:
             self.streams.on_end(spec, results[0])  # generators waiting past its last value stop
         if spec.kind != TaskKind.ACTOR_CREATION:
@@ -698,6 +699,21 @@ class Owner:
         pt.raw_args = ()
         pt.raw_kwargs = {}
         self._changed = True
+        self._dispatch_ready(ready)
+
+    def _made(self, oid: bytes, entry: ObjectEntry, data: bytes | None, ready: list[PendingTask]) -> None:
+        """An owned object's value came (under the lock): who waits for it hears; tasks it was the last
+        missing input of go into ``ready``."""
+        if data is not None and entry.shared:
+            self.writes.publish(oid, data)
+        if self.locations.locate_waiters:
+            self.locations.answer_locates(oid, entry)
+        for waiter in self._dep_waiters.pop(oid, ()):
+            waiter.missing -= 1
+            if waiter.missing == 0:
+                ready.append(waiter)
+
+    def _dispatch_ready(self, ready: list[PendingTask]) -> None:
         for waiter in ready:
             if waiter.cancelled:
                 continue

@@ -72,16 +72,18 @@ class Streams:
         self._streams[task_id] = _Stream()
 
     def on_item(self, spec: TaskSpec | None, task_id: bytes, index: int, oid: bytes, data: bytes | None,
-                size: int, digest: bytes | None, where: str | None) -> None:
-        """A value the task yielded (under the lock). ``spec``: the task's, if it is still pending here."""
+                size: int, digest: bytes | None, where: str | None) -> ObjectEntry | None:
+        """A value the task yielded (under the lock). ``spec``: the task's, if it is still pending here.
+
+        Returns its entry if it was taken in (None: not wanted, or had already come)."""
         stream = self._streams.get(task_id)
         entry = self._entries.get(oid)
         if entry is None and (stream is None or stream.dropped or spec is None or oid != item_id(task_id, index)):
             if data is None:
                 self._links.store.send((Op.FREE, [oid]))  # nobody will read it: its store copy goes
-            return
+            return None
         if spec is None or (entry is not None and entry.state is not ObjectState.PENDING):
-            return  # a stale attempt's, or delivered already: the same value, not published twice
+            return None  # a stale attempt's, or delivered already: the same value, not published twice
         if entry is None:
             entry = self._entries[oid] = ObjectEntry()
         if stream is not None:
@@ -91,6 +93,7 @@ class Streams:
             entry.log_seq = self.gcs.yielded(task_id, spec.job_id, oid, size, digest)
         entry.set_ready(data, size, where)
         self._set_changed()
+        return entry
 
     def want(self, task_id: bytes, index: int) -> bytes:
         """The object id of value ``index``, with an entry to wait on (under the lock)."""

@@ -215,3 +215,19 @@ def test_replay_runs_a_generator_task_again_and_compares_each_value(fault_cluste
     result = replay_task(gen.task_id().hex())
     assert result.verdict is Verdict.MATCHES, result
     assert result.values == (4, 0, 10, 20, 30)  # its end (how many), then each value
+
+
+@ember.remote
+def plus_one(array):
+    return array + 1  # as large as its input: it lives in the store too
+
+
+def test_a_task_over_a_lost_yielded_value_is_rebuilt_after_the_generator_runs_again(fault_cluster, tmp_path):
+    gen = arrays.remote(2, str(tmp_path / "runs"))
+    refs = list(gen)
+    after = plus_one.remote(refs[1])
+    assert int(ember.get(after, timeout=BOUND_S)[0]) == 2
+    kill_and_wait_for_the_next("store")  # both the value and the task's result are lost
+    # Rebuilding ``after`` waits for its input, which only a second run of the generator makes.
+    assert int(ember.get(after, timeout=BOUND_S)[-1]) == 2
+    assert (tmp_path / "runs").read_text().count("run") == 2

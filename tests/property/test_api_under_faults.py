@@ -5,7 +5,8 @@ puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
 value), actors with restarts, calls to an async actor (which awaits the refs
 it is given, its calls running together) and to a threaded actor, generator
-tasks whose values are read while they run, ``get`` and ``wait``. A plain Python model
+tasks whose values are read while they run, actors that end themselves with
+``exit_actor()``, actors whose last handle is dropped, ``get`` and ``wait``. A plain Python model
 computes every value the same code gives without ember, and each actor's
 state as its calls applied in submission order.
 
@@ -84,6 +85,7 @@ SEEDS = st.integers(0, 999)
 PAUSES_S = (0.2, 0.5, 1.0)
 GAP_MAX = 3  # operations between two faults
 ACTORS_MAX = 2
+LIFETIME_OPS_MAX = 3  # actors an example ends (exit_actor) or frees (dropped): each starts a process
 PROCESS_TARGETS = (Target.WORKER, Target.STORE, Target.SCHEDULER, Target.GCS)
 FAULT_KINDS = tuple((kind, target) for kind in (FaultKind.KILL, FaultKind.PAUSE) for target in PROCESS_TARGETS) + (
     (FaultKind.RESTART_POSTGRES, Target.POSTGRES),)
@@ -97,8 +99,8 @@ CI_TIMEOUT_S = 300
 SETTINGS = settings(
     settings.default,  # the loaded profile: ci is derandomized
     max_examples=5 if SOAK else 3,  # per batch in the soak; the whole run in ci
-    # Room for the whole plan: three initialize steps, then gaps of up to GAP_MAX operations per fault.
-    stateful_step_count=3 + GAP_MAX * FAULTS_MAX + 3,
+    # Room for the whole plan: seven initialize steps, then gaps of up to GAP_MAX operations per fault.
+    stateful_step_count=7 + GAP_MAX * FAULTS_MAX + 3,
     deadline=None,
     database=None if not SOAK else settings.default.database,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink replays faults for minutes
@@ -165,6 +167,19 @@ def _values(seed: int, count: int, large: bool) -> Any:
         yield _value(seed + i, large)
 
 
+class Leaver:
+    """An actor that ends itself with exit_actor()."""
+
+    def ping(self) -> str:
+        return "pong"
+
+    def echo(self, x: int) -> int:
+        return x
+
+    def leave(self) -> None:
+        ember.actor.exit_actor()
+
+
 value_task = ember.remote(max_retries=RETRIES)(_value)
 stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
@@ -172,6 +187,7 @@ fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
 Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerState)
 # Concurrent actors come back from their constructor only (their calls have no order to replay):
 # their calls' results depend on their arguments alone, so a restart must not change any of them.
+LeavingActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(Leaver)
 AsyncActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(AsyncCombiner)
 ThreadedActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES, max_concurrency=4)(ThreadedCombiner)
 
@@ -187,6 +203,8 @@ class Tally:
     operations_checked: int = 0
     concurrent_calls: int = 0  # calls made to the async and threaded actors
     streams: int = 0  # generator tasks read while they ran
+    exits: int = 0  # actors that ended themselves with exit_actor()
+    drops: int = 0  # actors whose last handle was dropped
     wrong_results: int = 0
     hangs: int = 0
     lost_objects: int = 0
@@ -199,7 +217,8 @@ class Tally:
         missed = ", ".join(f"{k}: {n}" for k, n in sorted(self.faults_missed.items())) or "none"
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
                 f"faults that found no target {missed}; operations checked {self.operations_checked} "
-                f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks); "
+                f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks, "
+                f"{self.exits} exit_actor() ends, {self.drops} actors dropped); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -302,6 +321,7 @@ class ApiUnderFaults(RuleBasedStateMachine):
         self.actor_list: list[TrackedActor] = []
         self.actors_created = 0
         self.concurrent: dict[str, Any] = {}  # "async" / "threaded" -> the example's actor of that kind
+        self.lifetime_ops = 0  # actors ended by exit_actor() or freed by dropping, this example
         self.timeline: list[Injected] = []
         self.failure: PropertyFailure | None = None
         self.operations = 0
@@ -323,6 +343,28 @@ class ApiUnderFaults(RuleBasedStateMachine):
     @initialize(target=actors, start=SEEDS)
     def first_actor(self, start: int) -> TrackedActor | Skipped:
         return self.create_actor(start)
+
+    # One of each kind issue 22 added, in every example (few examples run in ci: a draw could miss
+    # one); the rules draw more of them later. Each is an operation: faults fire between them too.
+    @initialize(target=refs, seed=SEEDS, count=st.integers(1, 3), large=st.booleans())
+    def first_stream(self, seed: int, count: int, large: bool) -> Tracked | Skipped:
+        return self.stream(seed, count, large)
+
+    @initialize(target=refs, seed=SEEDS)
+    def first_dropped_actor(self, seed: int) -> Tracked | Skipped:
+        return self.drop_an_actor(seed)
+
+    @initialize()
+    def first_exit(self) -> None:
+        self.exit_an_actor()
+
+    @initialize(target=refs, seed=SEEDS)
+    def first_concurrent_calls(self, seed: int) -> Tracked | Skipped:
+        made = self.put(seed, False)
+        if isinstance(made, Skipped):
+            return made
+        self.call_async_actor(made, [made])
+        return self.call_threaded_actor(made, made)
 
     def _nemesis(self) -> None:
         """Fire the faults due before this operation."""
@@ -458,6 +500,46 @@ class ApiUnderFaults(RuleBasedStateMachine):
             self._check_values(tracked[-1:])
         TALLY.streams += 1
         return tracked[-1]
+
+    @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
+    @rule(seed=SEEDS)
+    @operation
+    def drop_an_actor(self, seed: int) -> Tracked:
+        """An actor whose only handle is dropped right after a call: the call still runs, then it is freed."""
+        actor = LeavingActor.remote()
+        ref = actor.echo.remote(seed)
+        del actor  # its last handle: it ends after that call (__ray_terminate__ behind it)
+        TALLY.drops += 1
+        self.lifetime_ops += 1
+        return self._track(ref, seed, f"dropped_actor.echo({seed})")
+
+    @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
+    @rule()
+    @operation
+    def exit_an_actor(self) -> None:
+        """An actor that calls exit_actor(): the calls before it ran, it and those after fail naming the exit."""
+        actor = LeavingActor.remote()
+        before, leave, after = actor.ping.remote(), actor.leave.remote(), actor.ping.remote()
+        pong = None
+        try:
+            pong = ember.get(before, timeout=GET_BOUND_S)
+        except EmberError as exc:
+            self._classify("Leaver.ping before exit_actor()", [], exc)
+        if pong != "pong":
+            self._wrong(f"Leaver.ping read {pong!r}")
+        for what, ref in (("the exit_actor() call", leave), ("a call after exit_actor()", after)):
+            try:
+                got = ember.get(ref, timeout=GET_BOUND_S)
+            except ember.exceptions.ActorDiedError as exc:
+                if "exit_actor() was called in Leaver.leave" not in exc.reason:
+                    self._wrong(f"{what} raised ActorDiedError({exc.reason!r}), not naming the exit")
+            except EmberError as exc:
+                self._classify(what, [], exc)
+            else:
+                self._wrong(f"{what} returned {got!r} on an actor that ended itself")
+            TALLY.operations_checked += 1
+        TALLY.exits += 1
+        self.lifetime_ops += 1
 
     @rule(chosen=st.lists(refs, min_size=1, max_size=4, unique_by=id))
     @operation
@@ -680,6 +762,8 @@ def test_api_under_faults(tally: Tally) -> None:
         assert set(tally.faults) == {f"{k} {t}" for k, t in FAULT_KINDS}, tally.report()
         assert tally.concurrent_calls > 0, tally.report()  # and calls to concurrent actors were among them
         assert tally.streams > 0, tally.report()  # and generator tasks read while they ran
+        assert tally.exits > 0, tally.report()  # and actors that ended themselves
+        assert tally.drops > 0, tally.report()  # and actors freed when their handle went
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()

@@ -19,6 +19,7 @@ INSTANCES = [
     ex.OwnerDiedError("cd34", "owner died"),
     ex.ObjectTransferError("cd34", "127.0.0.1:5000: does not have it"),
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
+    ex.ActorRestartLoopError("Counter", "Counter.add (task 01)", "after call 10, replayed", 2),
     ex.InfeasibleActorError("Counter", "it cannot start: it asks for {'tpu': 1.0}"),
     ex.UnknownObjectRefError("cd34", "the lineage log has no task or put that made it"),
     ex.EmberTaskError("f", "Traceback...", ValueError("boom"), "ValueError('boom')"),
