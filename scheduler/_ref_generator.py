@@ -45,11 +45,16 @@ class ObjectRefGenerator:
 
     def _next(self, timeout_s: float | None) -> ObjectRef:
         """The ref of the next value, once it is made (``timeout_s``: at most that long)."""
-        ref = self.probe()
-        ready, _ = self._owner.wait([ref], 1, timeout_s)
-        if not ready:
-            raise GetTimeoutError(f"the next value of {self!r} was not made within {timeout_s}s")
-        if self._owner.stream_past_end(self._task_id, self._index):
+        came = self._owner.stream_next(self._task_id, self._index)  # made already: no wait at all
+        if came is not None:
+            ref, past_end = came
+        else:
+            ref = self.probe()
+            ready, _ = self._owner.wait([ref], 1, timeout_s)
+            if not ready:
+                raise GetTimeoutError(f"the next value of {self!r} was not made within {timeout_s}s")
+            past_end = self._owner.stream_past_end(self._task_id, self._index)
+        if past_end:
             raise StopIteration
         self._index += 1
         self._probe = None  # the caller's now

@@ -569,6 +569,14 @@ class Owner:
         with self._lock:
             return ObjectRef(self.streams.want(task_id, index), self.address)
 
+    def stream_next(self, task_id: bytes, index: int) -> tuple[ObjectRef, bool] | None:
+        """Value ``index`` if it has come, or the stream has ended: (its ref, past the end?); None: not yet."""
+        with self._lock:
+            oid = self.streams.want(task_id, index)
+            if self._objects[oid].state is ObjectState.PENDING:
+                return None
+            return ObjectRef(oid, self.address), self.streams.past_end(task_id, index)
+
     def stream_past_end(self, task_id: bytes, index: int) -> bool:
         with self._lock:
             return self.streams.past_end(task_id, index)
