@@ -194,7 +194,10 @@ class ActorHandle:
         LOCAL_HANDLES.added(actor_id)
 
     def __del__(self) -> None:
-        LOCAL_HANDLES.dropped(self._actor_id, self._class_name, _end_dropped)
+        try:
+            LOCAL_HANDLES.dropped(self._actor_id, self._class_name, _end_dropped)
+        except Exception:  # interpreter shutdown: the module's globals are gone, and so is the cluster
+            pass
 
     def _meta(self) -> tuple:
         # The node scheduler finds the concurrency and restart_from here (``concurrency_in_meta``,

@@ -217,7 +217,8 @@ def _field(field: Any) -> st.SearchStrategy[Any]:
     if isinstance(field, tuple):
         return st.one_of(*[_field(f) for f in field])
     return {TaskSpec: specs, bool: st.booleans(), int: st.integers(0, 1 << 20), str: st.text(max_size=12),
-            bytes: st.binary(max_size=16), type(None): st.none(), list: st.just([]), dict: st.just({})}[field]
+            bytes: st.binary(max_size=16), type(None): st.none(), list: st.just([]), dict: st.just({}),
+            tuple: st.just(())}[field]
 
 
 # Messages of the right shape that name ids nobody has, of the ops each
