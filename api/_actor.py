@@ -9,11 +9,14 @@ from typing import Any
 
 import cloudpickle
 
-from ember.exceptions import ActorAlreadyExistsError, EmberUserError, SerializationError
-from ember.scheduler import ObjectRef, Op, TaskKind
+from ember.exceptions import ActorAlreadyExistsError, EmberUserError, InvalidOptionError, SerializationError
+from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, STREAMING, TERMINATE_METHOD, ActorExit, Concurrency,
+                             ObjectRef, ObjectRefGenerator, Op, TaskKind)
 from ember import _options
+from ember._actor_lifetime import LOCAL_HANDLES
 from ember._runtime import _lookup_named, core as _core
 from ember.dag import ClassMethodNode, ClassNode
+from ember.scheduler import _context
 
 
 def method(**options: Any) -> Any:
@@ -27,14 +30,38 @@ def method(**options: Any) -> Any:
     return decorate
 
 
+def _methods(cls: type) -> list[tuple[str, Any]]:
+    return [(name, member) for name, member in inspect.getmembers(cls, predicate=callable)
+            if not name.startswith("__") or name == "__call__"]
+
+
 def _method_table(cls: type) -> dict[str, int]:
-    table = {}
-    for name, member in inspect.getmembers(cls, predicate=callable):
-        if name.startswith("__") and name != "__call__":
-            continue
-        opts = getattr(member, "__ember_method_options__", {})
-        table[name] = opts.get("num_returns", 1)
-    return table
+    return {name: _options.returns_of(getattr(member, "__ember_method_options__", {}), member)
+            for name, member in _methods(cls)}
+
+
+def _concurrency(cls: type, options: dict[str, Any]) -> Concurrency | None:
+    """How the actor runs its calls; None: one at a time, in order (neither async nor threaded).
+
+    Like Ray: an ``async def`` method makes an async actor (1000 calls at once unless
+    ``max_concurrency`` says otherwise); ``max_concurrency`` > 1 or ``concurrency_groups``
+    make a threaded one (its default group as many threads as ``max_concurrency``).
+    """
+    methods = _methods(cls)
+    is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m) for _, m in methods)
+    groups = dict(options.get("concurrency_groups") or {})
+    method_groups = {name: m.__ember_method_options__["concurrency_group"] for name, m in methods
+                     if "concurrency_group" in getattr(m, "__ember_method_options__", {})}
+    for name, group in method_groups.items():
+        if group not in groups:
+            raise InvalidOptionError(
+                f"method {cls.__qualname__}.{name} is in concurrency group {group!r}, which the actor does not "
+                f"declare; declare it with @ember.remote(concurrency_groups={{{group!r}: N}})")
+    default = ASYNC_MAX_CONCURRENCY_DEFAULT if is_async else 1
+    max_concurrency = options.get("max_concurrency", default)
+    if not is_async and max_concurrency == 1 and not groups:
+        return None
+    return Concurrency(is_async, max_concurrency, groups, method_groups)
 
 
 class ActorClass:
@@ -46,6 +73,7 @@ class ActorClass:
         # Like Ray: an actor needs no CPU while it runs unless it asks for one.
         self._shape = _options.shape_of(self._options, default_cpus=0.0)
         self._methods = _method_table(cls)
+        self._concurrency = _concurrency(cls, self._options)
         self._payload: bytes | None = None
         self._class_id: bytes | None = None
         self.__name__ = cls.__name__
@@ -85,8 +113,12 @@ class ActorClass:
         key = _options.qualified_name(namespace, name) if name is not None else None
         core.register_function(class_id, payload, self.__qualname__)
         actor_id = os.urandom(16)
+        if name is None and opts.get("lifetime") != "detached":
+            LOCAL_HANDLES.track(actor_id)  # freed when its last handle here goes, unless one leaves
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
-        handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries)
+        concurrency = self._concurrency.to_wire() if self._concurrency is not None else None
+        handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries, concurrency,
+                             opts.get("restart_from"))
         meta = handle._meta()
         if key is not None:
             error = core.call_scheduler(Op.CLAIM_NAME, key, actor_id, meta)
@@ -119,12 +151,13 @@ class ActorClass:
 
 
 class ActorMethod:
-    __slots__ = ("_handle", "_name", "_num_returns")
+    __slots__ = ("_handle", "_name", "_num_returns", "_group")
 
-    def __init__(self, handle: "ActorHandle", name: str, num_returns: int) -> None:
+    def __init__(self, handle: "ActorHandle", name: str, num_returns: int, group: str | None = None) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._group = group  # .options(concurrency_group=...); None: the method's own group
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise EmberUserError(
@@ -135,10 +168,12 @@ class ActorMethod:
         h = self._handle
         refs = _core().submit(
             TaskKind.ACTOR_CALL, b"", h._class_name, args, kwargs, self._num_returns, (),
-            h._max_task_retries, actor_id=h._actor_id, method=self._name,
+            h._max_task_retries, actor_id=h._actor_id, method=self._name, concurrency_group=self._group,
         )
         if self._num_returns == 1:
             return refs[0]
+        if self._num_returns == STREAMING:
+            return ObjectRefGenerator(refs[0])
         if self._num_returns == 0:
             return None
         return refs
@@ -149,22 +184,49 @@ class ActorMethod:
 
     def options(self, **options: Any) -> "ActorMethod":
         opts = _options.validate(options, "method")
-        return ActorMethod(self._handle, self._name, opts.get("num_returns", self._num_returns))
+        if opts.get("num_returns") == "streaming":
+            opts["num_returns"] = STREAMING
+        group = opts.get("concurrency_group", self._group)
+        if group is not None:
+            declared = dict(self._handle._concurrency[2]) if self._handle._concurrency is not None else {}
+            if group not in declared:
+                raise InvalidOptionError(
+                    f"actor {self._handle._class_name} has no concurrency group {group!r}; its groups are: "
+                    f"{', '.join(sorted(declared)) or 'none (declare them with concurrency_groups=...)'}")
+        return ActorMethod(self._handle, self._name, opts.get("num_returns", self._num_returns), group)
 
 
 class ActorHandle:
     """A reference to a live actor; pass it to tasks and other actors freely."""
 
-    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], max_task_retries: int) -> None:
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], max_task_retries: int,
+                 concurrency: tuple | None = None, restart_from: str | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
+        self._concurrency = concurrency  # ``Concurrency.to_wire()`` of a concurrent actor, else None
+        self._restart_from = restart_from  # "constructor" for Ray's restart; None: ember's (replay)
+        LOCAL_HANDLES.added(actor_id)
+
+    def __del__(self) -> None:
+        try:
+            LOCAL_HANDLES.dropped(self._actor_id, self._class_name, _end_dropped)
+        except Exception:  # interpreter shutdown: the module's globals are gone, and so is the cluster
+            pass
 
     def _meta(self) -> tuple:
-        return (self._class_name, self._methods, self._max_task_retries)
+        # The node scheduler finds the concurrency and restart_from here (``concurrency_in_meta``,
+        # ``restart_from_in_meta``) to start the actor with.
+        base = (self._class_name, self._methods, self._max_task_retries)
+        if self._restart_from is not None:
+            return (*base, self._concurrency, self._restart_from)
+        return base if self._concurrency is None else (*base, self._concurrency)
 
     def __getattr__(self, name: str) -> ActorMethod:
+        if name == TERMINATE_METHOD:
+            # Ray's graceful end: queued like a call, after the calls this process sent before it.
+            return ActorMethod(self, name, 1)
         if name.startswith("_"):
             raise AttributeError(name)
         num_returns = self._methods.get(name)
@@ -175,7 +237,9 @@ class ActorHandle:
         return ActorMethod(self, name, num_returns)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries))
+        LOCAL_HANDLES.escaped(self._actor_id)  # held elsewhere from now on: never freed from here
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries,
+                              self._concurrency, self._restart_from))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -187,9 +251,37 @@ class ActorHandle:
         return f"Actor({self._class_name}, {self._actor_id.hex()[:16]})"
 
 
+def _end_dropped(actor_id: bytes, class_name: str) -> None:
+    """The last handle to an actor created here is gone: it ends after the calls sent to it."""
+    core = _context.PROCESS.owner
+    if core is None or core.closed:
+        return  # the cluster is going: it ends every actor
+    try:
+        core.submit(TaskKind.ACTOR_CALL, b"", class_name, (), {}, 1, (), 0, actor_id=actor_id,
+                    method=TERMINATE_METHOD)
+    except Exception:  # noqa: BLE001 - the cluster went meanwhile: nothing is left to free
+        pass
+
+
+def exit_actor() -> None:
+    """End the actor this is called in, cleanly, once the current method returns (Ray's ``exit_actor``).
+
+    The call that calls it, and every call after it, fail with ``ActorDiedError`` naming the exit; the
+    actor is not restarted, whatever ``max_restarts`` says. It raises ``ActorExit`` (a ``SystemExit``):
+    code after it does not run, and ``except Exception`` does not catch it.
+    """
+    core = _context.PROCESS.owner
+    task = core.current_task if core is not None else None
+    if task is None or task.kind != TaskKind.ACTOR_CALL:
+        raise EmberUserError("exit_actor() ends the actor it runs in: call it inside an actor method, "
+                             "or end an actor from outside with ember.kill(handle)")
+    raise ActorExit(f"it ended itself: exit_actor() was called in {task.function_name}.{task.method}")
+
+
 def handle_from_meta(actor_id: bytes, meta: tuple) -> ActorHandle:
-    class_name, methods, max_task_retries = meta
-    return ActorHandle(actor_id, class_name, methods, max_task_retries)
+    class_name, methods, max_task_retries = meta[:3]
+    return ActorHandle(actor_id, class_name, methods, max_task_retries, meta[3] if len(meta) > 3 else None,
+                       meta[4] if len(meta) > 4 else None)
 
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ObjectRef", "method", "handle_from_meta"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ObjectRef", "exit_actor", "method", "handle_from_meta"]

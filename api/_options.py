@@ -7,11 +7,12 @@ inside a worker.
 
 from __future__ import annotations
 
+import inspect
 from numbers import Real
 from typing import Any
 
 from ember.exceptions import InvalidOptionError
-from ember.scheduler import Strategy, resource_shape
+from ember.scheduler import RESTART_FROM, STREAMING, Strategy, resource_shape
 from ember._strategies import NodeAffinitySchedulingStrategy
 
 _TASK = {
@@ -20,9 +21,10 @@ _TASK = {
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
-    "lifetime", "memory", "max_concurrency", "get_if_exists", "scheduling_strategy",
+    "lifetime", "memory", "max_concurrency", "concurrency_groups", "get_if_exists", "scheduling_strategy",
+    "restart_from",
 }
-_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions"}
+_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
 # Spellings from older Ray releases that the seed documents still use.
 _ALIASES = {"num_return_vals": "num_returns"}
 
@@ -94,6 +96,17 @@ def _resources(res: Any) -> None:
         _number(f"resources[{name!r}]", amount)
 
 
+def _concurrency_groups(groups: Any) -> None:
+    if not isinstance(groups, dict):
+        raise InvalidOptionError(f"option concurrency_groups must be a dict of group name to its max concurrency, "
+                                 f"e.g. {{'io': 2}}, got {groups!r:.100} (type={type(groups).__name__})")
+    for name, size in groups.items():
+        if not isinstance(name, str) or not name or name.startswith("_ember"):
+            raise InvalidOptionError(f"option concurrency_groups: a group's name must be a non-empty string "
+                                     f"(not starting with '_ember'), got {name!r}")
+        _integer(f"concurrency_groups[{name!r}]", size, 1)
+
+
 def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     """Check and normalize ``options`` for kind 'task', 'actor' or 'method'."""
     allowed = {"task": _TASK, "actor": _ACTOR, "method": _METHOD}[kind]
@@ -107,8 +120,13 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
                 f"unknown option {key!r} for a remote {kind}; valid options are: {', '.join(sorted(allowed))}"
             )
         out[key] = value
-    if "num_returns" in out:
+    if "num_returns" in out and out["num_returns"] not in ("streaming", "dynamic"):
         _integer("num_returns", out["num_returns"], 0)
+    if out.get("num_returns") == "dynamic":
+        raise InvalidOptionError(
+            "option num_returns=\"dynamic\" is not supported: write the generator with no num_returns (or "
+            "num_returns=\"streaming\") and iterate the ObjectRefGenerator it returns, which Ray also "
+            "recommends over \"dynamic\"")
     for key in ("num_cpus", "num_gpus", "memory"):
         if key in out and out[key] is not None:
             _number(key, out[key])
@@ -136,11 +154,16 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:
-        # Calls on an ember actor run one at a time: only the value that says so is taken, never ignored.
-        if _integer("max_concurrency", out["max_concurrency"], 1) != 1:
-            raise InvalidOptionError(
-                f"option max_concurrency={out['max_concurrency']} is not supported yet: calls on an ember actor run "
-                "one at a time, in submission order per caller; leave it out (or pass 1)")
+        _integer("max_concurrency", out["max_concurrency"], 1)
+    if "restart_from" in out and out["restart_from"] not in RESTART_FROM:
+        raise InvalidOptionError(f"option restart_from must be \"replay\" (constructor, newest checkpoint, then the "
+                                 f"logged calls: the state before the crash) or \"constructor\" (Ray's restart), "
+                                 f"got {out['restart_from']!r}")
+    if "concurrency_groups" in out:
+        _concurrency_groups(out["concurrency_groups"])
+    if "concurrency_group" in out and not isinstance(out["concurrency_group"], str):
+        raise InvalidOptionError(f"option concurrency_group must be the name of one of the actor's concurrency "
+                                 f"groups, got {out['concurrency_group']!r} (type={type(out['concurrency_group']).__name__})")
     if "scheduling_strategy" in out:
         strategy_of(out["scheduling_strategy"])  # refused now, by name, if it is not one ember supports
     return out
@@ -193,6 +216,15 @@ def max_calls(options: dict[str, Any]) -> int:
     if "max_calls" in options:
         return options["max_calls"]
     return 1 if options.get("num_gpus") else 0
+
+
+def returns_of(options: dict[str, Any], function: Any) -> int:
+    """``num_returns`` as the owner takes it: ``STREAMING`` for a generator given none, or "streaming"."""
+    given = options.get("num_returns")
+    if given == "streaming" or (given is None and (inspect.isgeneratorfunction(function)
+                                                   or inspect.isasyncgenfunction(function))):
+        return STREAMING
+    return 1 if given is None else given
 
 
 def retries(options: dict[str, Any], key: str, default: int) -> int:

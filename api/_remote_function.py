@@ -8,7 +8,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ember.exceptions import EmberUserError, SerializationError
-from ember.scheduler import CallLimited, TaskKind
+from ember.scheduler import STREAMING, CallLimited, ObjectRefGenerator, TaskKind
 from ember import _options
 from ember._runtime import core as _core
 from ember.dag import FunctionNode
@@ -21,7 +21,7 @@ class RemoteFunction:
         self._function = function
         self._options = _options.validate(options, "task")
         self._shape = _options.shape_of(self._options, default_cpus=1.0)
-        self._num_returns = self._options.get("num_returns", 1)
+        self._num_returns = _options.returns_of(self._options, function)
         self._max_retries = _options.retries(self._options, "max_retries", _options.DEFAULT_TASK_RETRIES)
         self._retry_exceptions = self._options.get("retry_exceptions", False)
         self._max_calls = _options.max_calls(self._options)
@@ -65,6 +65,8 @@ class RemoteFunction:
         )
         if self._num_returns == 1:
             return refs[0]
+        if self._num_returns == STREAMING:
+            return ObjectRefGenerator(refs[0])
         if self._num_returns == 0:
             return None
         return refs

@@ -30,6 +30,7 @@ from ember.exceptions import (
 from ember.scheduler import (
     Node,
     ObjectRef,
+    ObjectRefGenerator,
     Op,
     Owner,
     Session,
@@ -212,9 +213,12 @@ def _install_sigterm_handler() -> None:
 def shutdown() -> None:
     """Disconnect, and stop the cluster if this process started it."""
     global _node, _session, _auto_initialized
+    from ember._actor_lifetime import LOCAL_HANDLES
+
     with _lock:
         core = _context.PROCESS.owner
         set_core(None)
+        LOCAL_HANDLES.forget_all()  # the cluster ends them all
         _auto_initialized = False
         if core is not None and _node is not None:
             _record_job_end(core)
@@ -311,6 +315,14 @@ def wait(
         raise NotAnObjectRefError(
             f"ember.wait() expects a list of ObjectRefs, got a {type(object_refs).__name__}; "
             "wrap a single ref in a list: ember.wait([ref])")
+    # A generator is ready once its next value is made (or it has ended): it is waited on through a ref
+    # to that value, and given back in place of it.
+    probes: dict[ObjectRef, ObjectRefGenerator] = {}
+    for item in object_refs:
+        if isinstance(item, ObjectRefGenerator):
+            probes[item.probe()] = item
+    if probes:
+        object_refs = [item.probe() if isinstance(item, ObjectRefGenerator) else item for item in object_refs]
     refs, _ = _as_ref_list(object_refs, "wait")
     if len(set(refs)) != len(refs):
         raise ValueError("ember.wait() got the same ObjectRef more than once")
@@ -325,6 +337,9 @@ def wait(
         if error is not None:
             # No node of this cluster can ever run it: as get would, rather than report it "ready".
             raise error
+    if probes:
+        ready = [probes.get(ref, ref) for ref in ready]  # type: ignore[misc]
+        not_ready = [probes.get(ref, ref) for ref in not_ready]  # type: ignore[misc]
     return ready, not_ready
 
 

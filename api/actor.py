@@ -3,6 +3,6 @@
 It only re-exports (the code is in ``ember._actor``).
 """
 
-from ember._actor import ActorClass, ActorHandle, ActorMethod, method
+from ember._actor import ActorClass, ActorHandle, ActorMethod, exit_actor, method
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "method"]

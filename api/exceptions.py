@@ -52,6 +52,7 @@ __all__ = [
     "ObjectReconstructionFailedLineageEvictedError",
     "ObjectTransferError",
     "ActorDiedError",
+    "ActorRestartLoopError",
     "InfeasibleActorError",
     "ActorUnschedulableError",
     "TaskUnschedulableError",
@@ -331,6 +332,28 @@ class ActorUnschedulableError(ActorDiedError):
 
     An ``ActorDiedError`` too, as every actor that will not run.
     """
+
+
+class ActorRestartLoopError(EmberUserError):
+    """A call killed its actor's process again at the same replayed state: it fails instead of burning restarts.
+
+    ``call_desc`` names the call (``Class.method (task id)``), ``state_desc`` the state it killed the actor
+    in (what the restart replayed), ``restarts`` the restarts it had cost. The actor lives on without it.
+    """
+
+    def __init__(self, actor_desc: str = "", call_desc: str = "", state_desc: str = "", restarts: int = 0) -> None:
+        self.actor_desc = actor_desc
+        self.call_desc = call_desc
+        self.state_desc = state_desc
+        self.restarts = restarts
+        super().__init__(
+            f"call {call_desc} killed actor {actor_desc}'s process again at the same state ({state_desc}), "
+            f"after {restarts} restart(s) it caused: it fails instead of killing the actor on every restart. "
+            "The call dies on the state the actor's replay restores; if the actor should restart from its "
+            "constructor instead (as in Ray), create it with restart_from=\"constructor\"")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.actor_desc, self.call_desc, self.state_desc, self.restarts))
 
 
 class ActorUnavailableError(RayActorError):

@@ -51,9 +51,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "objects_declared": OBJECT_COLUMNS,
     "objects_final": OBJECT_COLUMNS,
     "content_hashes": ("object_id", "content_hash"),
-    "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts"),
+    "actors": ("actor_id", "job_id", "creation_task_id", "class_name", "name", "max_restarts", "concurrency"),
     "actor_calls": ("actor_id", "seq", "task_id", "method", "args", "num_returns", "caller"),
     "checkpoints": ("actor_id", "seq", "data"),
+    "actor_restarts": ("actor_id", "restart", "task_id", "seq"),
 }
 _NO_ARGS = pickle.dumps(([], None), protocol=5)
 # Small puts keep their bytes in the log, so they can be rebuilt without lineage.
@@ -173,6 +174,11 @@ class GcsLog:
                  for (oid, size, path), digest in zip(objects, hashes)]
         return self.writer.append_rows(rows, urgent=False)
 
+    def yielded(self, task_id: bytes, job_id: bytes, object_id: bytes, size: int, digest: bytes | None) -> int:
+        """A value a streaming generator task yielded, logged as its object by index (``object_id``)."""
+        return self.writer.append("objects", (object_id, task_id, job_id, "return", size, None, None, self.node_id,
+                                              digest, None), urgent=False)
+
     def obj(self, object_id: bytes, task_id: bytes, job_id: bytes, origin: str, size: int,
             durable_copy: bytes | None = None, durable_path: str | None = None, owner: str | None = None) -> int:
         """A put's (or a by-value argument's) creation; ``owner``: the address of the process that made it."""
@@ -186,8 +192,14 @@ class GcsLog:
         return self.writer.append("content_hashes", (object_id, digest), urgent=False)
 
     def actor(self, actor_id: bytes, job_id: bytes, creation_task_id: bytes, class_name: str,
-              name: str | None, max_restarts: int) -> int:
-        return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts))
+              name: str | None, max_restarts: int, concurrency: str | None = None) -> int:
+        """An actor's creation; ``concurrency``: how a concurrent actor runs its calls (None: one at a time)."""
+        return self.writer.append("actors", (actor_id, job_id, creation_task_id, class_name, name, max_restarts,
+                                             concurrency))
+
+    def actor_restart(self, actor_id: bytes, restart: int, task_id: bytes, seq: int) -> int:
+        """Restart ``restart`` of the actor runs again its unfinished call ``task_id``, at place ``seq``."""
+        return self.writer.append("actor_restarts", (actor_id, restart, task_id, seq))
 
     def checkpoint(self, actor_id: bytes, seq: int, data: bytes) -> int:
         """An actor's saved state after its call ``seq``; replay starts after the newest one."""

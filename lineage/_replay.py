@@ -37,6 +37,7 @@ from typing import Any
 from ember.lineage._replay_log import Recorded, ReplayReads
 from ember.lineage._states import TaskState
 from ember.scheduler._context import no_auto_init
+from ember.scheduler._spec import STREAMING, item_id
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
     NeedsClusterError,
@@ -250,13 +251,20 @@ class Replayer:
         spec = self.reads.spec(task_id)
         label = f"{spec.function_name}.{spec.method}" if step.kind is StepKind.CALL else spec.function_name
         result_ids = [task_id + (i + 1).to_bytes(4, "big") for i in range(max(spec.num_returns, 1))]
+        streaming = spec.num_returns == STREAMING
         values: list = []
         error: BaseException | None = None
         marker: _Failure | _Unavailable | None = None
         try:
             fn = self._callable(step, spec)
             args, kwargs = self._arguments(spec)
-            values = split_returns(spec.num_returns, _call(fn, args, kwargs, debugger), label)
+            if streaming:
+                # A generator's objects: its end (how many values), then each value by index, as logged.
+                yielded = list(_call(fn, args, kwargs, debugger))
+                values = [len(yielded), *yielded]
+                result_ids += [item_id(task_id, i) for i in range(len(yielded))]
+            else:
+                values = split_returns(spec.num_returns, _call(fn, args, kwargs, debugger), label)
         except _InputFailed as failed:  # unrun: an argument is an error, or could not be made
             inner = failed.marker
             marker = inner if isinstance(inner, _Failure) else _Unavailable(inner.reason)

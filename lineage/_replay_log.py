@@ -20,7 +20,7 @@ from typing import Any
 from ember.lineage._ids import UnknownIdError, resolve_job
 from ember.lineage._replay_plan import FunctionUnavailableError, ObjectFacts, ReplayInputError, Source
 from ember.lineage._replay_source import KEPT_ORIGINS, LoggedTask, ReplaySource
-from ember.lineage._schema_version import check_readable
+from ember.lineage._schema_version import CONCURRENCY_VERSION, check_readable
 from ember.lineage._states import TaskState
 
 _DYNAMIC_CODE = "<dynamic-code>"  # cloudpickle's file name for code it pickles by value
@@ -42,7 +42,7 @@ class ReplayReads(ReplaySource):
 
     def __init__(self, conninfo: str) -> None:
         super().__init__(conninfo)
-        check_readable(lambda sql: self._query(sql, ()))
+        self._version = check_readable(lambda sql: self._query(sql, ()))
         self._specs: dict[bytes, LoggedTask] = {}
         self._functions: dict[bytes, Any] = {}
         self._clusters: dict[bytes, str | None] = {}
@@ -135,9 +135,16 @@ class ReplayReads(ReplaySource):
         return roles
 
     def actor_base(self, actor_id: bytes, before_seq: int) -> tuple[bytes, int]:
-        rows = self._query("SELECT creation_task_id FROM actors WHERE actor_id = %s", (actor_id,))
+        concurrency = "NULL" if self._version < CONCURRENCY_VERSION else "concurrency"
+        rows = self._query(f"SELECT creation_task_id, class_name, {concurrency} FROM actors WHERE actor_id = %s",
+                           (actor_id,))
         if not rows:
             raise ReplayInputError(f"actor {actor_id.hex()} is not in the lineage log (pruned?)")
+        if rows[0][2] is not None:
+            raise ReplayInputError(
+                f"actor {rows[0][1]} ({actor_id.hex()}) ran its calls concurrently ({rows[0][2]}): they have no "
+                "single order to run them again in, one after another, so its calls are not replayed (a "
+                "restart of it, too, comes back from its constructor and newest checkpoint only)")
         creation = bytes(rows[0][0])
         cls = self.code(self.spec(creation).function_id, creation)
         if not (callable(getattr(cls, "save_checkpoint", None)) and callable(getattr(cls, "load_checkpoint", None))):

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ember.lineage._states import TaskState
+
 
 KEPT_ORIGINS = ("put", "argument")  # objects no task can recompute: they come back from a durable copy
 
@@ -186,6 +188,18 @@ class ReplaySource:
             decoded, kwargs = pickle.loads(args)
             calls.append((seq, task_id, method, decoded, kwargs, num_returns))
         return calls
+
+    def finished(self, task_ids: list[bytes]) -> set[bytes]:
+        """Those of ``task_ids`` with an attempt logged as ended (their caller took a result in)."""
+        rows = self._query("SELECT DISTINCT task_id FROM task_attempts WHERE task_id = ANY(%s) "
+                           f"AND state IN ('{TaskState.FINISHED}', '{TaskState.FAILED}')", (task_ids,))
+        return {bytes(r[0]) for r in rows}
+
+    def restart_marks(self, actor_id: bytes) -> dict[tuple[bytes, int], int]:
+        """How many restarts ran each unfinished call again, by (call's task id, its place in the order)."""
+        rows = self._query("SELECT task_id, seq, count(*) FROM actor_restarts WHERE actor_id = %s "
+                           "GROUP BY task_id, seq", (actor_id,))
+        return {(bytes(task_id), seq): count for task_id, seq, count in rows}
 
     def last_caller(self, actor_id: bytes) -> str | None:
         """The address of the process that made the actor's last logged call."""

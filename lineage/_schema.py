@@ -160,6 +160,9 @@ actors = sa.Table(
     sa.Column("state", sa.Text, nullable=False, server_default=ActorState.PENDING.value),
     sa.Column("death_cause", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    # v12: how a concurrent actor runs its calls (e.g. "async 1000, io=2"); NULL: one at a time, in order.
+    # Its calls have no single order: replay tools refuse them, and a restart replays none.
+    sa.Column("concurrency", sa.Text),
 )
 
 actor_calls = sa.Table(
@@ -174,6 +177,17 @@ actor_calls = sa.Table(
     # v3: the address of the process that made the call; after a restart the
     # actor asks the caller of its last logged call for rows still in flight.
     sa.Column("caller", sa.Text),
+)
+
+# v12: what each restart of an actor replayed its last logged call at, when that call had not finished:
+# the next restart that finds the same call at the same place knows the call kills the actor there.
+actor_restarts = sa.Table(
+    "actor_restarts", metadata,
+    sa.Column("actor_id", BYTEA, primary_key=True),
+    sa.Column("restart", sa.Integer, primary_key=True),  # the restart's number (1: the first)
+    sa.Column("task_id", BYTEA, nullable=False),  # the unfinished call it was about to run again
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the call's place in the actor's order (its state: the calls before)
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
 # v5: hashes of results too large to hash before they are sent: the worker
@@ -288,6 +302,10 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     11: [
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS strategy JSONB",
+    ],
+    12: [
+        "ALTER TABLE actors ADD COLUMN IF NOT EXISTS concurrency TEXT",
+        # actor_restarts is a new table: create_all makes it.
     ],
 }
 

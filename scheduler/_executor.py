@@ -11,6 +11,8 @@ It must never hold the owner's lock while running user code.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import select
@@ -25,15 +27,18 @@ from typing import Any
 import cloudpickle
 
 from ember.chaos import _agent
-from ember.exceptions import (ActorDiedError, EmberTaskError, LineageLogUnavailableError, SerializationError,
-                              TaskCancelledError)
+from ember.exceptions import (ActorDiedError, ActorRestartLoopError, EmberTaskError, LineageLogUnavailableError,
+                              SerializationError, TaskCancelledError)
 from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
+from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
+from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METHOD, TERMINATE_POLL_S, ActorExit
 from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
-from ember.scheduler._owner import INLINE_BYTES_MAX, Owner
+from ember.scheduler._owner import INLINE_BYTES_MAX, Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._spec import ArgKind, CallLimited, TaskKind, TaskSpec
+from ember.scheduler._restart_loop import decide, ended_by_itself
+from ember.scheduler._spec import STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec, item_id
 from ember.store import LateHashes, content_hash
 from ember.store import copy_wanted
 from ember.store import ObjectKind, deserialize, serialize, serialize_error, to_bytes
@@ -81,7 +86,7 @@ class Executor:
         self._stop = False
         self._done: list[bytes] = []
         self._call_seq = 0
-        self._calls: dict[bytes, int] = {}  # runs here of each function that has max_calls
+        self._call_counts: dict[bytes, int] = {}  # runs here of each function that has max_calls
         self._retiring = False  # ran a function max_calls times: every task sent from now on goes back
         self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
         self._last_caller: str | None = None  # the process whose call the actor ran last
@@ -97,6 +102,15 @@ class Executor:
         # their results cannot be produced again.
         self._covered: set[bytes] = set()
         self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
+        # A concurrent actor's calls run on its groups' threads or event loops (None: one at a
+        # time, here). Its calls take their places in the start order, and it checkpoints,
+        # under ``_order_lock``; ``_blocked_calls`` counts its calls blocked in ``get``.
+        self._calls: ConcurrentCalls | None = None
+        self._order_lock = threading.Lock()
+        self._checkpoint_seq = 0
+        self._blocked_calls = 0
+        self._exit_reason: str | None = None  # the actor ended itself (exit_actor, __ray_terminate__): why
+        self._ended = False  # ... and the scheduler was told
         self._hasher: LateHashes | None = None  # hashes store results after they are sent
         self.devices = Devices(os.environ)  # the GPUs what runs here holds (CUDA_VISIBLE_DEVICES)
         # Actor results waiting, in order, for rows to be durable (see
@@ -127,7 +141,7 @@ class Executor:
                 # Never let a task wait behind a blocked one, nor come to a worker about to stop: give it back.
                 self.core.scheduler.send((Op.RETURN_TASKS, [spec.task_id]))
                 return
-        elif op == Op.CANCEL_RUNNING:
+        elif op == Op.CANCEL_RUNNING or op == Op.CANCEL_CALL:
             self._cancel(msg[1], msg[2] if len(msg) > 2 else False, msg[3] if len(msg) > 3 else False)
             return
         with self._cv:
@@ -160,6 +174,9 @@ class Executor:
         if problem is not None:
             _messages.refuse(conn, msg, problem, f"actor worker {os.getpid()}")
             return
+        if msg[0] == Op.CANCEL_CALL:
+            self._cancel(msg[1])
+            return
         self._run_task(conn, msg[1])
 
     def _cancel(self, task_id: bytes, recursive: bool, force: bool) -> None:
@@ -169,10 +186,23 @@ class Executor:
             os.kill(os.getpid(), signal.SIGKILL)  # as the scheduler would: the run ends now, retries the rest
         with self._cv:
             self._cancelled.add(task_id)
-            if self._running == task_id or task_id in self._outer:
+            # A running task is interrupted; a running call of a plain actor is not (as in Ray):
+            # the interrupt could land anywhere in the actor's state. A queued call never runs.
+            if (self._running == task_id or task_id in self._outer) and self._actor_id is None:
                 os.kill(os.getpid(), signal.SIGINT)
+        if self._calls is not None:
+            self._calls.cancel(task_id)  # an async call stops at its next await; a thread runs on
 
     def on_blocked(self) -> None:
+        if self._calls is not None:
+            # Calls of a concurrent actor block and unblock on their own: its CPUs are lent out
+            # while any one of them waits, and taken back when the last stops waiting.
+            with self._order_lock:
+                self._blocked_calls += 1
+                if self._blocked_calls > 1:
+                    return
+            self.core.scheduler.send_now((Op.BLOCKED, []))
+            return
         self.drain_exec()
         with self._cv:
             self._blocked = True
@@ -194,6 +224,13 @@ class Executor:
                 return
 
     def on_unblocked(self) -> None:
+        if self._calls is not None:
+            with self._order_lock:
+                self._blocked_calls -= 1
+                if self._blocked_calls > 0:
+                    return
+            self.core.scheduler.send((Op.UNBLOCKED,))
+            return
         with self._cv:
             self._blocked = False
         self.core.scheduler.send((Op.UNBLOCKED,))
@@ -275,7 +312,7 @@ class Executor:
             self._run_task(conn, msg[1])
         elif op == Op.BECOME_ACTOR:
             self.devices.keep(msg[4] if len(msg) > 4 else (), dict(msg[1].resources))
-            self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0)
+            self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0, *msg[5:])
         else:
             log.warning("executor ignored message %r", op)
 
@@ -328,27 +365,12 @@ class Executor:
             self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
     def _run_task(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> None:
-        core = self.core
-        if spec.task_id in self._cancelled:
-            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()), inline)
+        if self._calls is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._calls.submit(conn, spec)  # runs on its group's threads or event loop
             return
-        if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
-            replayed = self._replayed.pop(spec.task_id, None)
-            if replayed is not None:
-                # Its row is durable already: the caller need not log it, and
-                # the order of calls the actor runs from now on is untouched.
-                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
-                return
-            if spec.task_id in self._covered:
-                self._send_error(conn, spec, ActorDiedError(
-                    self._actor_name, "this call ran before the checkpoint the actor restarted from, and its "
-                                      "result was lost with the actor's process"))
-                return
-            if spec.attempt > spec.max_retries:
-                self._send_error(conn, spec, ActorDiedError(
-                    self._actor_name, f"it restarted while this call was in flight, and the call may not be "
-                                      f"retried (max_task_retries={spec.max_retries})"))
-                return
+        if not self._admit(conn, spec, inline):
+            return
+        core = self.core
         started_us = time.time_ns() // 1000  # logged with the attempt: the timeline's start of this run
         core.current_task = spec
         self._running = spec.task_id
@@ -360,12 +382,17 @@ class Executor:
         try:
             try:
                 if spec.kind == TaskKind.ACTOR_CALL:
-                    fn = getattr(self._instance, spec.method)  # type: ignore[arg-type]
+                    fn = self._method(spec)
                     self._call_seq += 1
                     call_seq = self._call_seq
                     if core.gcs is not None:
                         # The order calls ran in, for replay after a restart.
-                        self._order_rows.append((core.gcs.actor_call(spec.actor_id, call_seq, spec), call_seq))
+                        row = core.gcs.actor_call(spec.actor_id, call_seq, spec)
+                        self._order_rows.append((row, call_seq))
+                        if spec.attempt > 0:
+                            # Sent again after a restart: logged for sure before it runs, so that if it
+                            # kills the actor again the next restart finds it (``_restart_loop``).
+                            core.gcs.make_durable(row, f"the place of {spec.describe()}")
                 if core.gcs is not None:
                     self._log_mark = self._own_log_rows()
                 if spec.kind != TaskKind.ACTOR_CALL:
@@ -375,6 +402,8 @@ class Executor:
                 args = [self._arg(a, copies) for a in spec.args]
                 kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
+                if spec.num_returns == STREAMING:
+                    value = self._stream(conn, spec, value)  # runs the generator: cancellable, like the call
             finally:
                 self._running = None
             outcome = self._split(spec, value)
@@ -383,15 +412,19 @@ class Executor:
                 self._save_checkpoint()
         except _UpstreamError as up:
             failed = True
-            outcome = [up.data] * spec.num_returns
+            outcome = [up.data] * _result_count(spec)
         except KeyboardInterrupt:
             if spec.task_id not in self._cancelled:
                 raise
             failed = True
-            outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * spec.num_returns
+            outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * _result_count(spec)
+        except ActorExit as exc:
+            failed = True
+            outcome = _failed_outcome(spec, exc, self._actor_name)
+            self._exit_reason = exc.reason  # calls after it fail from now on
         except BaseException as exc:
             failed = True
-            outcome = [_error_bytes(_task_error(spec, exc))] * spec.num_returns
+            outcome = [_error_bytes(_task_error(spec, exc))] * _result_count(spec)
         finally:
             core.current_task = None
         self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
@@ -405,7 +438,7 @@ class Executor:
         fn = self._functions.get(function_id)
         if not isinstance(fn, CallLimited):
             return
-        calls = self._calls[function_id] = self._calls.get(function_id, 0) + 1
+        calls = self._call_counts[function_id] = self._call_counts.get(function_id, 0) + 1
         if calls < fn.max_calls or self._retiring:
             return
         with self._cv:
@@ -416,10 +449,116 @@ class Executor:
         if done:
             self.core.scheduler.send((Op.TASKS_DONE, done))  # before the retirement, on the same connection
         self.core.scheduler.send_now((Op.RETIRE, returned))
+        if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._end_actor()
+
+    def _admit(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> bool:
+        """Whether ``spec`` is to run here now; if not, its outcome is sent (cancelled, replayed, too late)."""
+        if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._send_error(conn, spec, ActorDiedError(self._actor_name, self._exit_reason))
+            return False
+        if spec.task_id in self._cancelled:
+            self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()), inline)
+            return False
+        if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
+            replayed = self._replayed.pop(spec.task_id, None)
+            if replayed is not None:
+                # Its row is durable already: the caller need not log it, and
+                # the order of calls the actor runs from now on is untouched.
+                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
+                return False
+            if spec.task_id in self._covered:
+                self._send_error(conn, spec, ActorDiedError(
+                    self._actor_name, "this call ran before the checkpoint the actor restarted from, and its "
+                                      "result was lost with the actor's process"))
+                return False
+            if spec.attempt > spec.max_retries:
+                self._send_error(conn, spec, ActorDiedError(
+                    self._actor_name, f"it restarted while this call was in flight, and the call may not be "
+                                      f"retried (max_task_retries={spec.max_retries})"))
+                return False
+        return True
+
+    # -- streaming generators: each value sent to the owner as it is made -----------------
+
+    def _stream(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
+        """Run a streaming task's generator, sending each value it yields; the number of values sent.
+
+        An exception the generator raises is its last value: the reader's
+        ``get`` of the next ref raises it, and the task itself ends well.
+        """
+        iterator = _iterator_of(spec, value)
+        sent = 0
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return sent
+            except KeyboardInterrupt:
+                if spec.task_id in self._cancelled:
+                    raise  # cancelled: the task ends as cancelled
+                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, KeyboardInterrupt())), True)
+                return sent + 1
+            except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
+                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
+                return sent + 1
+            self._send_item(conn, spec, sent, item)
+            sent += 1
+
+    async def _stream_async(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
+        """``_stream`` for an async generator method of an async actor."""
+        sent = 0
+        iterator = value.__aiter__()
+        while True:
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return sent
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
+                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
+                return sent + 1
+            self._send_item(conn, spec, sent, item)
+            sent += 1
+
+    def _send_item(self, conn: Connection, spec: TaskSpec, index: int, value: Any, is_error: bool = False) -> None:
+        """Send value ``index`` of a streaming task to its owner now (stored first, if large).
+
+        What the task logged so far (an actor call's place in its order, the
+        tasks it submitted) is committed before the value leaves: the value
+        rests on it, and its reader may see it the next instant.
+        """
+        core = self.core
+        oid = item_id(spec.task_id, index)
+        data: bytes | None
+        if is_error:
+            data = value
+        else:
+            try:
+                obj = serialize(value)
+            except SerializationError as exc:
+                obj, data = None, _error_bytes(exc)
+            else:
+                data = to_bytes(obj, oid) if obj.total_size <= INLINE_BYTES_MAX else None
+            if data is None and obj is not None:
+                core.writes.write_to_store(oid, obj)
+        size = len(data) if data is not None else obj.total_size  # type: ignore[union-attr]
+        gcs = core.gcs
+        if gcs is not None:
+            core.flush()
+            gcs.make_durable(gcs.writer.appended_seq, f"value {index} of {spec.describe()}")
+        digest = content_hash(data) if gcs is not None and data is not None else None
+        msg = (Op.STREAM_ITEM, spec.task_id, spec.attempt, index, oid, data, size, digest)
+        if spec.kind == TaskKind.ACTOR_CALL:
+            conn.send_now(msg)
+        else:
+            core.links.send_to(spec.owner_addr, msg, flush=True)
+        core.store.flush()
 
     def _split(self, spec: TaskSpec, value: Any) -> list:
         n = spec.num_returns
-        if n == 1:
+        if n == 1 or n == STREAMING:  # a stream's one result: how many values it yielded
             return [value]
         if n == 0:
             return [None]
@@ -452,12 +591,17 @@ class Executor:
         # lineage it logged being durable.
         core.flush()
         gcs = core.gcs
-        more = self._more_queued()
+        concurrent = self._calls is not None and spec.kind == TaskKind.ACTOR_CALL
+        more = self._calls.running > 1 if concurrent else self._more_queued()  # type: ignore[union-attr]
         # Rows the task logged itself; a late hash of an earlier result (logged
         # by the hashing thread meanwhile) is nobody's lineage and waits for no one.
-        must_commit = gcs is not None and self._own_log_rows() > self._log_mark
+        must_commit = not concurrent and gcs is not None and self._own_log_rows() > self._log_mark
         hold = False
-        if spec.kind == TaskKind.ACTOR_CALL:
+        if concurrent:
+            # Calls of a concurrent actor interleave: the result of one that ran waits for every
+            # row logged before it is sent (its place in the start order, what it logged itself).
+            hold = gcs is not None and bool(call_seq or self._held)
+        elif spec.kind == TaskKind.ACTOR_CALL:
             switched = call_seq and spec.owner_addr != self._last_caller
             if call_seq:
                 self._last_caller = spec.owner_addr
@@ -467,7 +611,7 @@ class Executor:
                 gcs.make_durable(gcs.writer.appended_seq, f"the result of {spec.describe()}")  # type: ignore[union-attr]
             except LineageLogUnavailableError as exc:
                 # Nothing the task made leaves without its lineage: its caller gets the error instead.
-                outcome, failed = [_error_bytes(exc)] * spec.num_returns, True
+                outcome, failed = [_error_bytes(exc)] * _result_count(spec), True
         results = []
         for oid, value in zip(spec.return_ids(), outcome):
             if failed:
@@ -560,7 +704,7 @@ class Executor:
 
     def _send_error(self, conn: Connection | None, spec: TaskSpec, error: BaseException, inline: bool = False) -> None:
         data = _error_bytes(error)
-        self._send_result(conn, spec, [data] * spec.num_returns, True, inline=inline)
+        self._send_result(conn, spec, [data] * _result_count(spec), True, inline=inline)
 
     def release_held(self, committed_seq: int) -> None:
         """Send, in order, the held results whose rows are now durable (any thread)."""
@@ -584,8 +728,11 @@ class Executor:
             return
         self.core.gcs.checkpoint(self._actor_id, self._call_seq, data)
 
-    def _replay_calls(self, actor_id: bytes) -> None:
-        """Restore the newest checkpoint, then run again, in order, every call logged after it."""
+    def _replay_calls(self, actor_id: bytes, restart: int, death: str | None) -> None:
+        """Restore the newest checkpoint, then run again, in order, every call logged after it.
+
+        A call that killed the actor at this very state before is not run again (``_restart_loop``).
+        """
         from ember.lineage import ReplaySource
         from ember.scheduler._session import log_conninfo
 
@@ -595,21 +742,42 @@ class Executor:
         source = ReplaySource(conninfo)  # its reads wait out a PostgreSQL restart
         try:
             checkpoint, covered, calls = self._read_replay(source, actor_id)
+            last = calls[-1] if calls else None
+            decision = decide(calls, source.finished([last[1]]) if last is not None else set(),
+                              source.restart_marks(actor_id), ended_by_itself(death))
         finally:
             source.close()
+        if decision.mark is not None:
+            # Durable before the call runs again: if it kills this process too, the next restart knows.
+            gcs = self.core.gcs
+            gcs.make_durable(gcs.actor_restart(actor_id, restart, *decision.mark), "a restart's mark")
+        start = "its constructor"
         if checkpoint is not None:
             after, data = checkpoint
             self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
             self._covered = covered
             self._call_seq = self._durable_call_seq = after
-        for seq, task_id, method, args, kwargs, num_returns in calls:
+            start = f"its checkpoint after call {after}"
+        for seq, task_id, method, args, kwargs, num_returns in decision.replay:
             call = TaskSpec(task_id, TaskKind.ACTOR_CALL, b"", "", b"", self._actor_name, args, kwargs,
                             num_returns, (), 0, 0, None, actor_id, method)
             self._replayed[task_id] = self._call(call)
             self._call_seq = self._durable_call_seq = seq
-        log.info("actor %s replayed %d logged calls", actor_id.hex(), len(calls))
+        for seq, task_id, method, _, _, num_returns in calls:
+            if task_id in decision.poisoned:
+                error = ActorRestartLoopError(
+                    self._actor_name, f"{self._actor_name}.{method} (task {task_id.hex()})",
+                    f"{start}, then the logged calls before call {seq} replayed", restart)
+                self._replayed[task_id] = ([_error_bytes(error)] * max(num_returns, 1), True)
+        self._call_seq = self._durable_call_seq = max(self._call_seq, calls[-1][0] if calls else 0)
+        if decision.newly_poisoned is not None:
+            log.warning("actor %s: call %s killed it again at the same state (place %d): it fails with "
+                        "ActorRestartLoopError instead of running again", actor_id.hex(),
+                        decision.newly_poisoned[0].hex(), decision.newly_poisoned[1])
+        log.info("actor %s replayed %d logged calls", actor_id.hex(), len(decision.replay))
         if _agent.AGENT is not None:
-            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(calls))
+            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(decision.replay),
+                              looping_calls=len(decision.poisoned))
 
     def _read_replay(self, source: Any, actor_id: bytes) -> tuple[tuple | None, Any, list]:
         """From the log: the newest checkpoint (or None), the calls it covers, and the calls after it."""
@@ -647,13 +815,190 @@ class Executor:
             copies = self._arg_copies
             args = [self._arg(a, copies, replay=True) for a in spec.args]
             kwargs = {k: self._arg(v, copies, replay=True) for k, v in spec.kwargs.items()} if spec.kwargs else {}
-            return self._split(spec, getattr(self._instance, spec.method)(*args, **kwargs)), False  # type: ignore[arg-type]
+            value = self._method(spec)(*args, **kwargs)
+            if spec.num_returns == STREAMING:
+                value = sum(1 for _ in _iterator_of(spec, value))  # its effects again; its values were read
+            return self._split(spec, value), False
         except _UpstreamError as up:
-            return [up.data] * spec.num_returns, True
+            return [up.data] * _result_count(spec), True
+        except ActorExit as exc:
+            # It ended itself in its last life, and died before the scheduler heard: it ends again
+            # once it is up (``_become_actor``), and the calls after it fail naming the exit.
+            self._exit_reason = exc.reason
+            return _failed_outcome(spec, exc, self._actor_name), True
         except BaseException as exc:
-            return [_error_bytes(_task_error(spec, exc))] * spec.num_returns, True
+            return [_error_bytes(_task_error(spec, exc))] * _result_count(spec), True
 
-    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0) -> None:
+    # -- concurrent actors: each call on a thread or event loop of its group ------------
+
+    def _begin_concurrent(self, spec: TaskSpec) -> tuple[int, int]:
+        """An admitted call starts: (its place in the actor's start order, when it started in epoch µs)."""
+        started_us = time.time_ns() // 1000
+        gcs = self.core.gcs
+        with self._order_lock:
+            self._call_seq += 1
+            call_seq = self._call_seq
+            if gcs is not None:
+                gcs.actor_call(spec.actor_id, call_seq, spec)  # the start order, for the log and replay tools
+        if _agent.AGENT is not None:
+            _agent.AGENT.task_started(_label(spec), spec.task_id, spec.attempt)
+        return call_seq, started_us
+
+    def _invoke(self, spec: TaskSpec) -> Any:
+        """Call the method of ``spec`` with its arguments; a coroutine for an ``async def``."""
+        fn = self._method(spec)
+        self._wait_for_args(spec)
+        copies = self._arg_copies
+        args = [self._arg(a, copies) for a in spec.args]
+        kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+        return fn(*args, **kwargs)
+
+    def run_concurrent_call(self, conn: Connection, spec: TaskSpec) -> None:
+        """Run one call of a threaded actor to its end, and send its result (on a thread of its group)."""
+        if not self._admit(conn, spec, inline):
+            return
+        call_seq, started_us = self._begin_concurrent(spec)
+        token = OwnerState.enter_concurrent_call(spec)
+        try:
+            value = self._invoke(spec)
+            if spec.num_returns == STREAMING:
+                value = self._stream(conn, spec, value)
+            outcome, failed = self._split(spec, value), False
+        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
+            outcome, failed = self._failed_concurrent(spec, exc), True
+        finally:
+            OwnerState.leave_concurrent_call(token)
+        self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+
+    async def run_concurrent_call_async(self, conn: Connection, spec: TaskSpec) -> None:
+        """Run one call of an async actor to its end, and send its result (on its group's event loop)."""
+        if not self._admit(conn, spec, inline):
+            return
+        call_seq, started_us = self._begin_concurrent(spec)
+        token = OwnerState.enter_concurrent_call(spec)  # this asyncio task's context only
+        try:
+            value = self._invoke(spec)
+            if spec.num_returns == STREAMING and hasattr(type(value), "__aiter__"):
+                value = await self._stream_async(conn, spec, value)
+            elif spec.num_returns == STREAMING:
+                value = self._stream(conn, spec, value)
+            elif inspect.isawaitable(value):
+                value = await value
+            outcome, failed = self._split(spec, value), False
+        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
+            outcome, failed = self._failed_concurrent(spec, exc), True
+        finally:
+            OwnerState.leave_concurrent_call(token)
+        self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+
+    def _end_concurrent(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool, call_seq: int,
+                        started_us: int) -> None:
+        calls = self._calls
+        assert calls is not None
+        if self._checkpoint_every:
+            with self._order_lock:
+                # Only when no other call runs: then the checkpoint holds exactly the effects of
+                # the calls started before it (places up to ``_call_seq``), and replay starts after it.
+                if calls.running == 1 and self._call_seq - self._checkpoint_seq >= self._checkpoint_every:
+                    self._checkpoint_seq = self._call_seq
+                    self._save_checkpoint()
+        self._send_result(conn, spec, outcome, failed, call_seq, started_us)
+        if _agent.AGENT is not None:
+            _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+        if self._exit_reason is not None:
+            self._end_actor()
+
+    def _failed_concurrent(self, spec: TaskSpec, exc: BaseException) -> list:
+        if isinstance(exc, ActorExit):
+            self._exit_reason = exc.reason  # calls not started yet fail from now on
+        return _failed_outcome(spec, exc, self._actor_name)
+
+    # -- an actor ending itself ----------------------------------------------------------
+
+    def _method(self, spec: TaskSpec) -> Any:
+        if spec.method == TERMINATE_METHOD:
+            if self._calls is not None and self._calls.concurrency.is_async:
+                return self._terminate_async
+            return self._terminate
+        return getattr(self._instance, spec.method)  # type: ignore[arg-type]
+
+    def _terminate(self) -> None:
+        """``__ray_terminate__``: the calls before it are done (a concurrent actor's: waited for)."""
+        while self._calls is not None and self._calls.running > 1:
+            time.sleep(TERMINATE_POLL_S)
+        raise ActorExit(_TERMINATED)
+
+    async def _terminate_async(self) -> None:
+        while self._calls is not None and self._calls.running > 1:
+            await asyncio.sleep(TERMINATE_POLL_S)
+        raise ActorExit(_TERMINATED)
+
+    def _end_actor(self) -> None:
+        """The actor ended itself: the scheduler marks it dead for good (no restart) and stops this process."""
+        with self._order_lock:
+            if self._ended:
+                return
+            self._ended = True
+        log.info("actor %s ends: %s", (self._actor_id or b"").hex(), self._exit_reason)
+        self._deliver_all()
+        self.core.scheduler.send_now((Op.ACTOR_FAILED, self._actor_id, None, self._exit_reason))
+
+    def _deliver_all(self) -> None:
+        """Before the actor ends: every result it made reaches its caller (held ones once durable)."""
+        core = self.core
+        core.flush()
+        gcs = core.gcs
+        if gcs is not None:
+            try:
+                gcs.make_durable(gcs.writer.appended_seq, "the results the actor made before its end")
+            except LineageLogUnavailableError as exc:
+                log.error("actor %s ends with results still held: %s", (self._actor_id or b"").hex(), exc)
+            self.release_held(gcs.writer.committed_seq)
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None and key.data is not core.exec_conn:
+                key.data.flush()  # the callers' connections: results batched behind others leave now
+
+    def _restore_without_replay(self, actor_id: bytes, use_checkpoint: bool, why: str) -> None:
+        """A restart from the constructor (and the newest checkpoint, if ``use_checkpoint``) only.
+
+        A concurrent actor's calls ran together, in no order a replay could
+        repeat; an actor created with ``restart_from="constructor"`` asked
+        for Ray's restart. The calls logged after that start are not run
+        again, and what they did to its state is gone. Said here, in the log
+        line and the chaos note, never restored silently wrong
+        (docs/fault-tolerance.md).
+        """
+        from ember.lineage import ReplaySource
+        from ember.scheduler._session import log_conninfo
+
+        conninfo = log_conninfo(self.core.session)
+        if conninfo is None:
+            return
+        source = ReplaySource(conninfo)
+        try:
+            checkpoint = source.latest_checkpoint(actor_id) if use_checkpoint and self._checkpoint_every else None
+            after = checkpoint[0] if checkpoint is not None else 0
+            covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX) if checkpoint is not None else set()
+            lost = source.actor_calls(actor_id, after)
+        finally:
+            source.close()
+        if checkpoint is not None:
+            self._instance.load_checkpoint(cloudpickle.loads(checkpoint[1]))  # type: ignore[union-attr]
+            self._covered = covered
+        # New calls take places after every logged one: a place is never logged twice.
+        self._call_seq = self._durable_call_seq = max(after, lost[-1][0] if lost else 0)
+        self._checkpoint_seq = after
+        start = f"its checkpoint after call {after}" if checkpoint is not None else "its constructor"
+        log.warning("actor %s restarted from %s only (%s): the %d calls logged after that are not replayed, and "
+                    "their effects on its state are lost", actor_id.hex(), start, why, len(lost))
+        if _agent.AGENT is not None:
+            _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=0, not_replayed=len(lost),
+                              restored_from=start)
+
+    def _become_actor(self, spec: TaskSpec, payload: bytes, restarts: int = 0, concurrency: tuple | None = None,
+                      restart_from: str | None = None, death: str | None = None) -> None:
+        """Run the constructor; on a restart, restore the state (``restart_from``: "constructor" for
+        Ray's restart from the constructor only); ``death``: how the previous process ended."""
         core = self.core
         core.current_task = spec
         self._actor_id = spec.actor_id
@@ -670,8 +1015,18 @@ class Executor:
             self._instance = cls(*args, **kwargs)
             if callable(getattr(cls, "save_checkpoint", None)) and callable(getattr(cls, "load_checkpoint", None)):
                 self._checkpoint_every = max(1, int(getattr(cls, "checkpoint_interval", CHECKPOINT_INTERVAL)))
+            if concurrency is not None:
+                self._calls = ConcurrentCalls(Concurrency.from_wire(concurrency), self.run_concurrent_call,
+                                              self.run_concurrent_call_async)
+                if core.gcs is not None:
+                    self._late_hashes()  # made once here, not raced for by the calls' threads
             if restarts and core.gcs is not None:
-                self._replay_calls(spec.actor_id)  # type: ignore[arg-type]
+                if restart_from == RESTART_FROM_CONSTRUCTOR:
+                    self._restore_without_replay(spec.actor_id, False, "restart_from=\"constructor\"")  # type: ignore[arg-type]
+                elif self._calls is not None:
+                    self._restore_without_replay(spec.actor_id, True, "it runs calls concurrently")  # type: ignore[arg-type]
+                else:
+                    self._replay_calls(spec.actor_id, restarts, death)  # type: ignore[arg-type]
         except _UpstreamError as up:
             core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, up.data, "an argument of its constructor failed"))
             return
@@ -683,6 +1038,8 @@ class Executor:
         finally:
             core.current_task = None
         core.scheduler.send_now((Op.ACTOR_READY, spec.actor_id, core.address))
+        if self._exit_reason is not None:
+            self._end_actor()  # its replay ran the call that ended it
 
 
 def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
@@ -698,6 +1055,35 @@ def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
     except Exception:
         cause = None
     return EmberTaskError(name, tb, cause, repr(exc))
+
+
+def _result_count(spec: TaskSpec) -> int:
+    """How many results a run of ``spec`` sends (a stream sends one: its end)."""
+    return 1 if spec.num_returns == STREAMING else spec.num_returns
+
+
+def _iterator_of(spec: TaskSpec, value: Any) -> Any:
+    try:
+        return iter(value)
+    except TypeError:
+        raise TypeError(f"{spec.describe()} streams its values (num_returns=\"streaming\") but returned a "
+                        f"{type(value).__name__}, not a generator") from None
+
+
+_TERMINATED = "it was terminated by __ray_terminate__, after the calls sent before it"
+
+
+def _failed_outcome(spec: TaskSpec, exc: BaseException, actor_name: str = "") -> list:
+    """The results of a call that raised ``exc``: one error per return."""
+    if isinstance(exc, ActorExit):
+        data = _error_bytes(ActorDiedError(actor_name, exc.reason))
+    elif isinstance(exc, _UpstreamError):
+        data = exc.data  # an argument's error: the call fails with that same error
+    elif isinstance(exc, asyncio.CancelledError):
+        data = _error_bytes(TaskCancelledError(spec.task_id.hex()))
+    else:
+        data = _error_bytes(_task_error(spec, exc))
+    return [data] * _result_count(spec)
 
 
 def _error_bytes(error: BaseException) -> bytes:

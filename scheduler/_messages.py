@@ -88,7 +88,8 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # from the scheduler, to a worker's executor
     Op.EXECUTE: ((TaskSpec, (bytes, _NONE), tuple), 1),  # ..., the GPU devices it holds (if any)
     Op.CANCEL_RUNNING: ((TID, bool, bool), 2),  # ..., recursive, force (absent: False, False)
-    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, tuple), 2),  # ..., restarts, its GPU devices
+    # ..., restarts, its GPU devices, its concurrency (wire form), its restart_from, how its previous process ended
+    Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, tuple, (tuple, _NONE), (str, _NONE), (str, _NONE)), 5),
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners
@@ -96,6 +97,9 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     # ..., call_seq, durable_seq, hashes, run start (epoch µs), worker pid, worker's node
     Op.TASK_RESULT: ((TID, int, list, bool, int, int, (list, _NONE), int, int, (str, _NONE)), 6),
     Op.ACTOR_CALL: ((TaskSpec,), 0),
+    Op.CANCEL_CALL: ((TID,), 0),
+    # task id, attempt, index, object id, inline bytes (None: in the writer's store), size, content hash
+    Op.STREAM_ITEM: ((TID, int, int, OID, (bytes, _NONE), int, (bytes, _NONE)), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.LINEAGE_DURABLE: ((int, _ListOf(OID)), 0),
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
@@ -131,10 +135,10 @@ STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.ST
 CORE_OPS = frozenset({
     Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
     Op.LINEAGE_DURABLE, Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
-    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR,
+    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.STREAM_ITEM,
 })
 # What an actor takes on a caller's connection once it has adopted it.
-CALL_OPS = frozenset({Op.ACTOR_CALL})
+CALL_OPS = frozenset({Op.ACTOR_CALL, Op.CANCEL_CALL})
 # Only the node's scheduler sends these: from anyone else they are refused.
 FROM_SCHEDULER_ONLY = frozenset({Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR})
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ember.lineage._states import ActorState
+from ember.scheduler._actor_concurrency import concurrency_in_meta
+from ember.scheduler._actor_exit import restart_from_in_meta
 from ember.scheduler._infeasible import CANNOT_SCHEDULE, actor_cannot_start
 from ember.scheduler._gcs_link import GcsLink
 from ember.scheduler._node_queue import Action, Admission, NodeQueue
@@ -35,7 +37,7 @@ __all__ = ["NodeActors"]
 
 class _Actor:
     __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name",
-                 "restarts", "host")
+                 "restarts", "host", "last_death")
 
     def __init__(self) -> None:
         self.spec: TaskSpec | None = None
@@ -49,6 +51,7 @@ class _Actor:
         self.meta: Any = None
         self.name: str | None = None
         self.host: str | None = None  # the node it runs on, when another: its states are relayed from there
+        self.last_death: str | None = None  # how its previous process ended ("pid 7 exited with code 0")
 
 
 class NodeActors:
@@ -164,7 +167,8 @@ class NodeActors:
         spec = actor.spec
         assert spec is not None
         self._outbox.send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id),
-                                        actor.restarts, self._queue.gpus_of(w.key)))
+                                        actor.restarts, self._queue.gpus_of(w.key), concurrency_in_meta(actor.meta),
+                                        restart_from_in_meta(actor.meta), actor.last_death))
 
     def ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)
@@ -190,6 +194,7 @@ class NodeActors:
         # It comes back: constructor, then its logged calls replayed.
         assert actor.spec is not None  # a budget above 0 comes from its spec
         actor.restarts += 1
+        actor.last_death = detail  # the new process tells a crash of its own from a kill (``_restart_loop``)
         actor.state = ActorState.RESTARTING
         actor.address = None
         actor.worker = None
@@ -226,6 +231,28 @@ class NodeActors:
         if actor is not None and actor.host is not None and self._spiller is not None:
             self._spiller.kill_actor(actor_id, actor.host)
         self.dead(actor_id, reason)
+
+    def kill_to_restart(self, actor_id: bytes) -> list[Action]:
+        """``ember.kill(handle, no_restart=False)``: its process is killed, and it restarts while restarts remain."""
+        actor = self._actors.get(actor_id)
+        if actor is None or actor.state == ActorState.DEAD:
+            return []
+        if actor.host is not None and self._spiller is not None:
+            self._spiller.kill_actor(actor_id, actor.host, no_restart=False)  # its host node restarts it
+            return []
+        limit = actor.spec.max_retries if actor.spec is not None else 0
+        if actor.restarts >= limit or actor.worker is None:
+            reason = "killed by ember.kill(no_restart=False)"
+            if limit:
+                reason += f", and it is out of restarts (max_restarts={limit})"
+            self.kill(actor_id, reason)
+            return []
+        # Its process dies as any crash does: the reaper's report restarts it (``process_died``).
+        w = self._workers.get(actor.worker)
+        if w is not None and w.worker_id is not None:
+            self._gcs.died(w.worker_id, "killed by ember.kill(no_restart=False); it restarts")  # the cause logged
+        self._workers.kill(actor.worker)
+        return []
 
     def owner_gone(self, address: str) -> None:
         """The process at ``address`` disconnected: the actors it created die with it, unless detached."""

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ember.exceptions import NotAnObjectRefError, UnknownObjectRefError
-from ember.scheduler._spec import OBJECT_ID_BYTES, TASK_ID_BYTES
+from ember.scheduler._spec import OBJECT_ID_BYTES, STREAMING, TASK_ID_BYTES
 
 # The owner's task spec reaches the log a few milliseconds after the ref exists (group commit):
 # an id read back that soon is looked up again for this long before it counts as unknown.
@@ -84,7 +84,9 @@ def find_owner(core: Any, object_id: bytes, wait_s: float = LOOKUP_WAIT_S) -> st
         raise UnknownObjectRefError(
             object_id.hex(), "the lineage log has no task or put that made it. Rebuild refs only from ids that "
             "ref.hex() or ref.binary() gave in this cluster (a log pruned since may have dropped it)")
-    if not facts.object_logged and facts.num_returns is not None and not 1 <= index <= max(facts.num_returns, 1):
+    # A generator's values are numbered as it yields them: any index past its end object may be one.
+    if not facts.object_logged and facts.num_returns is not None and facts.num_returns != STREAMING \
+            and not 1 <= index <= max(facts.num_returns, 1):
         raise UnknownObjectRefError(
             object_id.hex(), f"its task {task_id.hex()} returns {facts.num_returns} object(s), and this id "
             f"names result {index}")

@@ -93,6 +93,8 @@ class Op:
     ACTOR_CALL = 41
     FLUSH_LOG = 42  # restarted actor -> its last caller: commit what you logged, then answer
     LINEAGE_DURABLE = 43  # a borrower -> an object's owner: commit these objects' lineage, then answer
+    CANCEL_CALL = 44  # caller -> actor: cancel this call of yours (queued, or running on an event loop)
+    STREAM_ITEM = 45  # worker -> owner: a streaming generator task yielded this value (made while it runs)
     # to and from the object store
     SEALED = 50
     SUBSCRIBE = 51

@@ -302,7 +302,10 @@ class Scheduler:
             elif op == Op.LOOKUP_ACTOR:
                 self.actors.subscribe(conn, msg[2])
             elif op == Op.KILL_ACTOR:
-                self.actors.kill(msg[1], "killed by ember.kill()")
+                if msg[2]:
+                    self.actors.kill(msg[1], "killed by ember.kill()")
+                else:
+                    self._apply(self.actors.kill_to_restart(msg[1]))
             elif op == Op.CLAIM_NAME:
                 error = self.actors.claim_name(msg[2], msg[3], msg[4])
                 if error is None and self.spiller is not None:

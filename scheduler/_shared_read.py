@@ -101,11 +101,13 @@ class SharedReadConnection(Connection):
 
     def _read_shared(self) -> None:
         poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
+        fd = self._sock.fileno()  # -1: closed before this thread first ran (a peer that died at once)
+        if fd >= 0:
+            poller.register(fd, select.POLLIN)
         poller.register(self._park_r, select.POLLIN)
         error: BaseException | None = None
         try:
-            while not self._closed:
+            while fd >= 0 and not self._closed:
                 self._wait_unparked()
                 if self._closed:
                     break

@@ -57,6 +57,22 @@ def task_of(object_id_: bytes) -> bytes:
     return object_id_[:TASK_ID_BYTES]
 
 
+# ``num_returns`` of a streaming generator task: it returns one object, its end (the number of
+# values it yielded, or the error that ended it), and each value it yields is an object of its
+# own, by index (``item_id``), made and read while the task still runs.
+STREAMING = -1
+
+
+def item_id(task_id: bytes, index: int) -> bytes:
+    """The object id of the ``index``-th value (from 0) a streaming generator task yields."""
+    return object_id(task_id, index + 2)  # index 1 is the task's end object
+
+
+def item_index(object_id_: bytes) -> int:
+    """The inverse of ``item_id``: which yielded value an object of a streaming task is."""
+    return _INDEX.unpack_from(object_id_, TASK_ID_BYTES)[0] - 2
+
+
 class FailureCause(PlainStrEnum):
     """Why the node scheduler gave a task back to its owner unrun or unfinished (``Op.TASK_FAILED``)."""
 
@@ -116,6 +132,7 @@ class TaskSpec:
         "seq",
         "name",
         "strategy",
+        "concurrency_group",
     )
 
     def __init__(
@@ -138,6 +155,7 @@ class TaskSpec:
         seq: int = 0,
         name: str | None = None,
         strategy: tuple | None = None,
+        concurrency_group: str | None = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -157,6 +175,9 @@ class TaskSpec:
         self.seq = seq
         self.name = name
         self.strategy = strategy  # where it asks to run: None (the default policy), or see ``Strategy``
+        # An actor call's ``.options(concurrency_group=...)``; None: its method's group (not logged:
+        # it decides only where the call runs, never what it computes).
+        self.concurrency_group = concurrency_group
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The kind goes as a plain int: unpickling an IntEnum member costs a
@@ -166,7 +187,7 @@ class TaskSpec:
 
     def return_ids(self) -> list[bytes]:
         if self.num_returns <= 1:
-            return [self.task_id + _FIRST_INDEX]  # most tasks: no loop, no pack
+            return [self.task_id + _FIRST_INDEX]  # most tasks: no loop, no pack (a stream: its end)
         return [object_id(self.task_id, i + 1) for i in range(self.num_returns)]
 
     def describe(self) -> str:

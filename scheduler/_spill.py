@@ -351,10 +351,10 @@ class Spiller:
             log.warning("the GCS service did not answer %s: %s", method, exc)
             return None
 
-    def kill_actor(self, actor_id: bytes, node_id: str) -> None:
+    def kill_actor(self, actor_id: bytes, node_id: str, no_restart: bool = True) -> None:
         conn = self._peers.get(node_id)
         if conn is not None:
-            conn.send((Op.KILL_ACTOR, actor_id, True))
+            conn.send((Op.KILL_ACTOR, actor_id, no_restart))
 
     # -- what the other nodes say ----------------------------------------------------------
 

@@ -20,7 +20,8 @@ are listed in ``docs/architecture.md`` ("The owner").
 
 from __future__ import annotations
 
-from ember.scheduler._owner._objects import INLINE_BYTES_MAX, CopyLost, ObjectEntry, ObjectState, ObjectTable
+from ember.scheduler._owner._objects import (INLINE_BYTES_MAX, CopyLost, ObjectEntry, ObjectState, ObjectTable,
+                                             OwnerState)
 from ember.scheduler._owner._owner import Owner
 
-__all__ = ["INLINE_BYTES_MAX", "CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "Owner"]
+__all__ = ["INLINE_BYTES_MAX", "CopyLost", "ObjectEntry", "ObjectState", "ObjectTable", "Owner", "OwnerState"]

@@ -132,12 +132,25 @@ class ActorCalls:
                 self.pump(state)
                 return
             state.dead_reason = reason or "its process died"
-            pending = list(state.inflight.values()) + list(state.queue)
-            state.inflight.clear()
+            pending = list(state.queue)
             state.queue.clear()
+            if state.conn is None or state.conn.closed:
+                pending += state.inflight.values()
+                state.inflight.clear()
+            # Else the calls in flight fail when its connection closes (``fail_inflight``), after the
+            # results it sent before its end are read: an actor that ended itself answered those.
             error = actor_died_error(state.desc, state.dead_reason)
             for pt in pending:
                 self._fail(pt, error)
+
+    def fail_inflight(self, state: _ActorState) -> None:
+        """The connection of a dead actor closed: the calls it did not answer fail (under the lock)."""
+        assert state.dead_reason is not None
+        pending = list(state.inflight.values())
+        state.inflight.clear()
+        error = actor_died_error(state.desc, state.dead_reason)
+        for pt in pending:
+            self._fail(pt, error)
 
     def _requeue_inflight(self, state: _ActorState) -> None:
         """The actor restarts: calls sent to its old process go again, first, in their order.
@@ -181,8 +194,14 @@ class ActorCalls:
                 self.on_actor_state(state.actor_id, False, None, reason)
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
-        """Kill an actor; calls from this process fail from now on, whatever is in flight."""
+        """Kill an actor; calls from this process fail from now on, whatever is in flight.
+
+        With ``no_restart`` False the actor restarts while its restarts last: calls in flight go
+        again as after any crash (``max_task_retries``), and the scheduler says if it is dead instead.
+        """
         self._links.scheduler.send_now((Op.KILL_ACTOR, actor_id, no_restart))
+        if not no_restart:
+            return
         self._created_actors.pop(actor_id, None)
         with self._lock:
             if actor_id in self._actors:

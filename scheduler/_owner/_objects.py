@@ -16,6 +16,8 @@ cannot take that lock wait in ``deferred``.
 
 from __future__ import annotations
 
+import contextvars
+
 import enum
 from collections import deque
 from typing import Any
@@ -60,6 +62,18 @@ class ObjectEntry:
         self.shared = False  # a ref left this process: kept, and published to the store when inline
         self.dropped = False  # every ref was dropped while it was pending: forgotten when it finishes
 
+    def set_ready(self, data: bytes | None, size: int, where: Where) -> None:
+        """Its value came: ``data`` inline, or (``data`` None) ``size`` bytes in the store at ``where``."""
+        self.copies = None
+        if data is None:
+            self.state = ObjectState.READY_STORE
+            self.where = where
+            self.size = size
+        else:
+            self.state = ObjectState.READY_INLINE
+            self.data = data
+            self.where = None
+
     @classmethod
     def shared_pending(cls) -> "ObjectEntry":
         """An entry other processes read (adopted, or an input of a replay)."""
@@ -100,13 +114,37 @@ class ObjectTable:
         return entry
 
 
+# The call a concurrent actor runs in this thread or asyncio task (None: none). Calls of a concurrent
+# actor run together, each on a thread or in an asyncio task of its own: each sees its own.
+_CONCURRENT_CALL: contextvars.ContextVar[Any] = contextvars.ContextVar("ember_concurrent_call", default=None)
+
+
 class OwnerState:
     """The little the owner's parts share that changes over its life (guarded by the owner's lock)."""
 
-    __slots__ = ("closed", "closed_reason", "current_task", "store_generation")
+    __slots__ = ("closed", "closed_reason", "_current_task", "store_generation")
 
     def __init__(self) -> None:
         self.closed = False  # closed, or its scheduler is gone for good: waits end
         self.closed_reason = ""  # why, for the ObjectLostError a waiting get raises
-        self.current_task: Any = None  # the TaskSpec this process's executor runs now (None: none)
+        self._current_task: Any = None  # the TaskSpec this process's executor runs now (None: none)
         self.store_generation = 0  # counts reconnections to a restarted store
+
+    @property
+    def current_task(self) -> Any:
+        """The task running here: this thread's (or asyncio task's) concurrent call, else the executor's one."""
+        call = _CONCURRENT_CALL.get()
+        return call if call is not None else self._current_task
+
+    @current_task.setter
+    def current_task(self, spec: Any) -> None:
+        self._current_task = spec
+
+    @staticmethod
+    def enter_concurrent_call(spec: Any) -> contextvars.Token:
+        """Make ``spec`` the current task of this thread or asyncio task only; undo with ``leave_concurrent_call``."""
+        return _CONCURRENT_CALL.set(spec)
+
+    @staticmethod
+    def leave_concurrent_call(token: contextvars.Token) -> None:
+        _CONCURRENT_CALL.reset(token)

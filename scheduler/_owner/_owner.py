@@ -35,6 +35,7 @@ from ember.scheduler._owner._restart import SchedulerRestart, TaskHooks
 from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._reconstruct import Reconstruction
+from ember.scheduler._owner._streams import Streams
 from ember.scheduler._owner._locations import LOCATION_OPS, Locations
 from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
 from ember.scheduler._owner._waiting import Waiting
@@ -57,6 +58,7 @@ from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._session import RELAY_INFO_KEY, Session, session_info
 from ember.scheduler._spec import (
     IDS,
+    STREAMING,
     TaskKind,
     FailureCause,
     TaskSpec,
@@ -143,6 +145,7 @@ class Owner:
         self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,
                                         self._registered_functions, self._created_actors, hooks,
                                         lambda: self.closed, self._on_scheduler_closed)
+        self.streams = Streams(self._lock, self.objects, self.links, self._set_changed)
         self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
         self.waiting = Waiting(self.address, self.relay, self._lock, self.state, self.objects, self._tasks, self._actors,
                                self._subscribed, self._store_ready, self._waiters, self.files, self.links, self.writes,
@@ -164,6 +167,7 @@ class Owner:
             self.gcs = GcsLog(self._conninfo, on_commit=self._on_commit_signal,
                               on_outage=self._on_log_outage, node_id=self.node_id)
             self.writes.gcs = self.specs.gcs = self.lineage.gcs = self.restart.gcs = self.rebuild.gcs = self.gcs
+            self.streams.gcs = self.gcs
         links.listen(self._socket_path, self._on_peer)
         links.scheduler = links.connect(session.scheduler_socket, self._on_scheduler_closed, "scheduler")
         store = links.connect(session.store_socket, self._on_store_closed, "store")
@@ -348,6 +352,7 @@ class Owner:
         name: str | None = None,
         extra: tuple = (),
         strategy: tuple | None = None,
+        concurrency_group: str | None = None,
     ) -> list[ObjectRef]:
         self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
         current = self.current_task
@@ -355,7 +360,7 @@ class Owner:
         job_id = current.job_id if current is not None else self.job_id
         spec = TaskSpec(
             IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
-            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name, strategy,
+            num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name, strategy, concurrency_group,
         )
         pt = PendingTask(spec, args, kwargs, retry_exceptions)
         pt.extra = extra
@@ -365,6 +370,8 @@ class Owner:
                 self._objects[oid] = ObjectEntry()
                 refs.append(ObjectRef(oid, self.address))
             self._tasks[spec.task_id] = pt
+            if num_returns == STREAMING:
+                self.streams.open(spec.task_id)
             self.specs.count_missing(pt)
             if kind == TaskKind.ACTOR_CALL:
                 state = self.actors.state_of(actor_id, function_name)  # type: ignore[arg-type]
@@ -427,8 +434,11 @@ class Owner:
             for state in self._actors.values():
                 if state.conn is conn:
                     state.conn = None
-                    if state.dead_reason is None and not self.closed:
+                    if state.dead_reason is not None:
+                        self.actors.fail_inflight(state)
+                    elif not self.closed:
                         self.actors.ask_fate(state)
+        self._wake_waiters()  # calls failed just now
 
     def _on_store_closed(self, conn: Connection) -> None:
         # The node restarts a dead store, empty: reconnect, and ask again for
@@ -523,6 +533,7 @@ class Owner:
         """Which method takes each op that comes to this process (the rest are its executor's)."""
         handlers: dict[int, Handler] = {
             Op.TASK_RESULT: self._on_result_message,
+            Op.STREAM_ITEM: self._on_stream_item,
             Op.OBJECT_READY: self._on_object_ready,
             Op.ACTOR_STATE: lambda conn, msg: self.actors.on_actor_state(*msg[1:7]),
             Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
@@ -548,6 +559,49 @@ class Owner:
     def take_result(self, msg: tuple) -> None:
         """The result of a task this process ran itself, inline (``Executor.run_inline``): its own, from here."""
         self._on_result(*msg[1:])
+
+    def _on_stream_item(self, conn: Connection, msg: tuple) -> None:
+        task_id, attempt, index, oid, data, size, digest = msg[1:]
+        where = self.locations.remote_peer(conn) if self.relay is not None and data is None else None
+        with self._lock:
+            pt = self._tasks.get(task_id)
+            spec = pt.spec if pt is not None and pt.spec.attempt == attempt else None
+            entry = self.streams.on_item(spec, task_id, index, oid, data, size, digest, where)
+            if entry is not None:
+                # A value a rebuild waited for: the tasks it is an input of go on.
+                ready: list[PendingTask] = []
+                self._made(oid, entry, data, ready)
+                self._dispatch_ready(ready)
+
+    # -- streaming generators: what an ObjectRefGenerator asks --------------------
+
+    def stream_want(self, task_id: bytes, index: int) -> ObjectRef:
+        """A ref to value ``index`` of a streaming task this process submitted (pending until it comes)."""
+        with self._lock:
+            return ObjectRef(self.streams.want(task_id, index), self.address)
+
+    def stream_next(self, task_id: bytes, index: int) -> tuple[ObjectRef, bool] | None:
+        """Value ``index`` if it has come, or the stream has ended: (its ref, past the end?); None: not yet."""
+        with self._lock:
+            oid = self.streams.want(task_id, index)
+            if self._objects[oid].state is ObjectState.PENDING:
+                return None
+            return ObjectRef(oid, self.address), self.streams.past_end(task_id, index)
+
+    def stream_past_end(self, task_id: bytes, index: int) -> bool:
+        with self._lock:
+            return self.streams.past_end(task_id, index)
+
+    def stream_drop(self, task_id: bytes) -> None:
+        """The generator of a streaming task is gone: what it did not hand out is freed."""
+        if not self._lock.acquire(blocking=False):
+            # Called by the garbage collector, from whichever thread it interrupts (see ``decref``).
+            threading.Thread(target=self.stream_drop, args=(task_id,), daemon=True).start()
+            return
+        try:
+            self.streams.drop(task_id)
+        finally:
+            self._lock.release()
 
     def _on_object_ready(self, conn: Connection, msg: tuple) -> None:
         with self._lock:
@@ -656,29 +710,31 @@ class Owner:
             entry.order = order  # a ref to it leaves only once the call's place in the order is durable
             if logged and not declared:
                 entry.log_seq = max(entry.log_seq, created_seq)  # its creation row, after its spec
-            entry.copies = None
-            if data is None:
-                entry.state = ObjectState.READY_STORE
-                entry.where = where
-                entry.size = size
-            else:
-                entry.state = ObjectState.READY_INLINE
-                entry.data = data
-                entry.where = None
-                if entry.shared:
-                    self.writes.publish(oid, data)
-            if self.locations.locate_waiters:
-                self.locations.answer_locates(oid, entry)
-            for waiter in self._dep_waiters.pop(oid, ()):
-                waiter.missing -= 1
-                if waiter.missing == 0:
-                    ready.append(waiter)
+            entry.set_ready(data, size, where)
+            self._made(oid, entry, data, ready)
+        if spec.num_returns == STREAMING:
+            self.streams.on_end(spec, results[0])  # generators waiting past its last value stop
         if spec.kind != TaskKind.ACTOR_CREATION:
             # An actor's constructor arguments stay: a restart needs them.
             self.specs.free_arg_objects(pt)
         pt.raw_args = ()
         pt.raw_kwargs = {}
         self._changed = True
+        self._dispatch_ready(ready)
+
+    def _made(self, oid: bytes, entry: ObjectEntry, data: bytes | None, ready: list[PendingTask]) -> None:
+        """An owned object's value came (under the lock): who waits for it hears; tasks it was the last
+        missing input of go into ``ready``."""
+        if data is not None and entry.shared:
+            self.writes.publish(oid, data)
+        if self.locations.locate_waiters:
+            self.locations.answer_locates(oid, entry)
+        for waiter in self._dep_waiters.pop(oid, ()):
+            waiter.missing -= 1
+            if waiter.missing == 0:
+                ready.append(waiter)
+
+    def _dispatch_ready(self, ready: list[PendingTask]) -> None:
         for waiter in ready:
             if waiter.cancelled:
                 continue
@@ -745,8 +801,16 @@ class Owner:
             )
             if local:
                 self._fail_task(pt, TaskCancelledError(task_id.hex()))
+            actor_conn = None
+            if pt.spec.kind == TaskKind.ACTOR_CALL and not local:
+                actor_conn = self._actors[pt.spec.actor_id].conn  # type: ignore[index]
         if local:
             self._wake_waiters()
+            return
+        if pt.spec.kind == TaskKind.ACTOR_CALL:
+            # Sent to the actor, which runs it: the scheduler never sees a call.
+            if actor_conn is not None and not actor_conn.closed:
+                actor_conn.send_now((Op.CANCEL_CALL, task_id))
             return
         # The worker running it cancels what it submitted (recursive), before it stops.
         self.scheduler.send_now((Op.CANCEL, task_id, force, recursive))

@@ -52,7 +52,7 @@ from ember.lineage import UNREACHABLE_WAIT_S, LoggedTask, ReplaySource
 from ember.scheduler._address import is_relayed
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._session import log_conninfo
-from ember.scheduler._spec import ArgKind, TaskKind, TaskSpec
+from ember.scheduler._spec import STREAMING, ArgKind, TaskKind, TaskSpec, task_of
 from ember.store import publish_layout_bytes
 from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState
 from ember.scheduler._owner._links import Links
@@ -267,7 +267,13 @@ class Reconstruction:
         if spec.task_id in self._tasks:
             return  # another thread's plan got here first
         log.info("rebuilding %s from lineage (attempt %d)", spec.describe(), spec.attempt)
-        for oid in spec.return_ids():
+        wanted = spec.return_ids()
+        if spec.num_returns == STREAMING:
+            # A generator runs again for the values of it that are lost: those wait for it again;
+            # the ones still held are not taken twice (``Streams.on_item``).
+            wanted += [oid for oid, entry in self._objects.items()
+                       if task_of(oid) == spec.task_id and entry.state is ObjectState.READY_STORE and self.lost(oid)]
+        for oid in wanted:
             entry = self._objects.get(oid)
             if entry is None:
                 # An input of another replay, or adopted: read by other processes.

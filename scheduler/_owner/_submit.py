@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ember.scheduler._actor_concurrency import Concurrency, concurrency_in_meta
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import INLINE_BYTES_MAX, ObjectState, ObjectTable
@@ -142,8 +143,10 @@ class SpecEncoder:
         dependencies = [v._id for v in (*pt.raw_args, *pt.raw_kwargs.values()) if type(v) is ObjectRef]
         dependencies += pt.arg_objects
         if spec.kind == TaskKind.ACTOR_CREATION:
+            wire = concurrency_in_meta(pt.extra[1]) if len(pt.extra) > 1 else None
             gcs.actor(spec.actor_id, spec.job_id, spec.task_id, spec.function_name, spec.name,
-                      min(spec.max_retries, 2**31 - 1))
+                      min(spec.max_retries, 2**31 - 1),
+                      Concurrency.from_wire(wire).describe() if wire is not None else None)
         pt.log_seq = gcs.task(spec, dependencies)
         for oid in spec.return_ids():
             entry = self._objects.get(oid)

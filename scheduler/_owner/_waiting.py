@@ -336,7 +336,8 @@ class Waiting:
                 entry = self._objects.get(ref._id)
                 pt = self._tasks.get(ref._id[:16])
                 if (entry is not None and entry.state == ObjectState.PENDING and pt is not None
-                        and pt.spec.kind == TaskKind.NORMAL and not pt.cancelled and not pt.missing):
+                        and pt.spec.kind == TaskKind.NORMAL and pt.spec.num_returns >= 0  # not a generator
+                        and not pt.cancelled and not pt.missing):
                     wanted[pt.spec.task_id] = pt
         if not wanted:
             return

@@ -10,6 +10,9 @@ shutdown, actors), for each runtime in a fresh child process:
 * ``chain_per_s``             ``x = inc.remote(x)`` N times, then ``get`` (checks N+1)
 * ``actor_calls_async_per_s`` N ``ping`` calls on one actor, then ``get`` of all
 * ``actor_calls_sync_per_s``  ``get(a.ping.remote())`` in a loop
+* ``async_actor_calls_per_s`` N calls of a no-op ``async def`` on one async actor, then ``get`` of all
+* ``threaded_actor_calls_per_s`` the same on a threaded actor (``max_concurrency=4``, a no-op ``def``)
+* ``generator_items_per_s``   one generator task yielding N small values, each read as it comes
 * ``small_puts_per_s``        N ``put(i)``;  ``small_gets_per_s``: ``get`` of each
 * ``put_400mb_s`` / ``get_400mb_s`` (+ ``_median_s``) best and median of 3 trials
   of put/get of a dict of ten 5,000,000-float64 arrays (400 MB)
@@ -71,7 +74,8 @@ CHILD_TIMEOUT_S = 600.0
 METRICS: list[tuple[str, str, float | str | None]] = [
     ("init_s", "s", 1.5), ("tasks_async_per_s", "/s", None), ("lineage_rows_per_s", "/s", None), ("tasks_sync_per_s", "/s", None),
     ("chain_per_s", "/s", None), ("actor_calls_async_per_s", "/s", None),
-    ("actor_calls_sync_per_s", "/s", None), ("small_puts_per_s", "/s", None),
+    ("actor_calls_sync_per_s", "/s", None), ("async_actor_calls_per_s", "/s", None),
+    ("threaded_actor_calls_per_s", "/s", None), ("generator_items_per_s", "/s", None), ("small_puts_per_s", "/s", None),
     ("small_gets_per_s", "/s", None), ("put_400mb_s", "s", 0.15), ("put_400mb_median_s", "s", 0.15),
     ("get_400mb_s", "s", 0.001), ("get_400mb_median_s", "s", 0.001),
     ("tree_reduce_cold_s", "s", "cold"), ("tree_reduce_warm_s", "s", "info"), ("worker_start_ms", "ms", "info"),
@@ -219,6 +223,44 @@ def run_child(name: str, quick: bool) -> dict[str, Any]:
     measure(["actor_calls_async_per_s"], actor_async)
     measure(["actor_calls_sync_per_s"], actor_sync)
     actor.clear()
+
+    class AsyncPinger:
+        async def ping(self) -> None:
+            return None
+
+    def calls_per_s(handle: Any) -> float:
+        rt.get([handle.ping.remote() for _ in range(100)])
+        t = time.perf_counter()
+        out = rt.get([handle.ping.remote() for _ in range(n_big)])
+        dt = time.perf_counter() - t
+        assert len(out) == n_big
+        return n_big / dt
+
+    def async_actor() -> dict[str, float]:
+        return {"async_actor_calls_per_s": calls_per_s(rt.remote(AsyncPinger).remote())}
+
+    def threaded_actor() -> dict[str, float]:
+        return {"threaded_actor_calls_per_s": calls_per_s(rt.remote(max_concurrency=4)(Pinger).remote())}
+
+    def count_to(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    r_count = rt.remote(count_to)
+
+    def generator_items() -> dict[str, float]:
+        assert [rt.get(ref) for ref in r_count.remote(10)] == list(range(10))
+        t = time.perf_counter()
+        last = -1
+        for ref in r_count.remote(n_big):
+            last = rt.get(ref)
+        dt = time.perf_counter() - t
+        assert last == n_big - 1
+        return {"generator_items_per_s": n_big / dt}
+
+    measure(["async_actor_calls_per_s"], async_actor)
+    measure(["threaded_actor_calls_per_s"], threaded_actor)
+    measure(["generator_items_per_s"], generator_items)
 
     refs: list[Any] = []
 

@@ -4,7 +4,10 @@ A hypothesis state machine does what a program does with ``import ember``:
 puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
 value), tasks that submit tasks of their own and block on them (run inline
-by their worker when none has started), actors with restarts, ``get`` and ``wait``. A plain Python model
+by their worker when none has started), actors with restarts, calls to an async actor (which awaits the refs
+it is given, its calls running together) and to a threaded actor, generator
+tasks whose values are read while they run, actors that end themselves with
+``exit_actor()``, actors whose last handle is dropped, ``get`` and ``wait``. A plain Python model
 computes every value the same code gives without ember, and each actor's
 state as its calls applied in submission order.
 
@@ -46,6 +49,7 @@ the failing plans, and fails if there were any.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import os
@@ -82,6 +86,7 @@ SEEDS = st.integers(0, 999)
 PAUSES_S = (0.2, 0.5, 1.0)
 GAP_MAX = 3  # operations between two faults
 ACTORS_MAX = 2
+LIFETIME_OPS_MAX = 3  # actors an example ends (exit_actor) or frees (dropped): each starts a process
 PROCESS_TARGETS = (Target.WORKER, Target.FORK_SERVER, Target.STORE, Target.SCHEDULER, Target.GCS)
 FAULT_KINDS = tuple((kind, target) for kind in (FaultKind.KILL, FaultKind.PAUSE) for target in PROCESS_TARGETS) + (
     (FaultKind.RESTART_POSTGRES, Target.POSTGRES),)
@@ -95,8 +100,8 @@ CI_TIMEOUT_S = 300
 SETTINGS = settings(
     settings.default,  # the loaded profile: ci is derandomized
     max_examples=5 if SOAK else 3,  # per batch in the soak; the whole run in ci
-    # Room for the whole plan: three initialize steps, then gaps of up to GAP_MAX operations per fault.
-    stateful_step_count=3 + GAP_MAX * FAULTS_MAX + 3,
+    # Room for the whole plan: seven initialize steps, then gaps of up to GAP_MAX operations per fault.
+    stateful_step_count=7 + GAP_MAX * FAULTS_MAX + 3,
     deadline=None,
     database=None if not SOAK else settings.default.database,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink replays faults for minutes
@@ -146,11 +151,52 @@ class LedgerState:
         return self.calls, self.total
 
 
+class AsyncCombiner:
+    """An async actor: its calls run together on one event loop, and await the refs they are given."""
+
+    async def combine(self, a: Any, box: list[ember.ObjectRef]) -> Any:
+        values = await asyncio.gather(*box)  # nested refs, awaited here while other calls run
+        await asyncio.sleep(0)
+        return functools.reduce(_combine, [a, *values])
+
+
+class ThreadedCombiner:
+    """A threaded actor: up to ``max_concurrency`` calls at once on its threads."""
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return _combine(a, b)
+
+
+def _values(seed: int, count: int, large: bool) -> Any:
+    """A generator task: ``count`` values, each made and read while it runs."""
+    for i in range(count):
+        yield _value(seed + i, large)
+
+
+class Leaver:
+    """An actor that ends itself with exit_actor()."""
+
+    def ping(self) -> str:
+        return "pong"
+
+    def echo(self, x: int) -> int:
+        return x
+
+    def leave(self) -> None:
+        ember.actor.exit_actor()
+
+
 value_task = ember.remote(max_retries=RETRIES)(_value)
+stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
 spawn_task = ember.remote(max_retries=RETRIES)(_spawn_and_fold)
 Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerState)
+# Concurrent actors come back from their constructor only (their calls have no order to replay):
+# their calls' results depend on their arguments alone, so a restart must not change any of them.
+LeavingActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(Leaver)
+AsyncActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(AsyncCombiner)
+ThreadedActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES, max_concurrency=4)(ThreadedCombiner)
 
 
 # -- the tally a soak prints ---------------------------------------------------------------
@@ -162,6 +208,10 @@ class Tally:
     faults: Counter[str] = field(default_factory=Counter)
     faults_missed: Counter[str] = field(default_factory=Counter)
     operations_checked: int = 0
+    concurrent_calls: int = 0  # calls made to the async and threaded actors
+    streams: int = 0  # generator tasks read while they ran
+    exits: int = 0  # actors that ended themselves with exit_actor()
+    drops: int = 0  # actors whose last handle was dropped
     wrong_results: int = 0
     hangs: int = 0
     lost_objects: int = 0
@@ -173,7 +223,9 @@ class Tally:
         faults = ", ".join(f"{k}: {n}" for k, n in sorted(self.faults.items())) or "none"
         missed = ", ".join(f"{k}: {n}" for k, n in sorted(self.faults_missed.items())) or "none"
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
-                f"faults that found no target {missed}; operations checked {self.operations_checked}; "
+                f"faults that found no target {missed}; operations checked {self.operations_checked} "
+                f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks, "
+                f"{self.exits} exit_actor() ends, {self.drops} actors dropped); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -275,6 +327,8 @@ class ApiUnderFaults(RuleBasedStateMachine):
         self.tracked: list[Tracked] = []
         self.actor_list: list[TrackedActor] = []
         self.actors_created = 0
+        self.concurrent: dict[str, Any] = {}  # "async" / "threaded" -> the example's actor of that kind
+        self.lifetime_ops = 0  # actors ended by exit_actor() or freed by dropping, this example
         self.timeline: list[Injected] = []
         self.failure: PropertyFailure | None = None
         self.operations = 0
@@ -296,6 +350,28 @@ class ApiUnderFaults(RuleBasedStateMachine):
     @initialize(target=actors, start=SEEDS)
     def first_actor(self, start: int) -> TrackedActor | Skipped:
         return self.create_actor(start)
+
+    # One of each kind issue 22 added, in every example (few examples run in ci: a draw could miss
+    # one); the rules draw more of them later. Each is an operation: faults fire between them too.
+    @initialize(target=refs, seed=SEEDS, count=st.integers(1, 3), large=st.booleans())
+    def first_stream(self, seed: int, count: int, large: bool) -> Tracked | Skipped:
+        return self.stream(seed, count, large)
+
+    @initialize(target=refs, seed=SEEDS)
+    def first_dropped_actor(self, seed: int) -> Tracked | Skipped:
+        return self.drop_an_actor(seed)
+
+    @initialize()
+    def first_exit(self) -> None:
+        self.exit_an_actor()
+
+    @initialize(target=refs, seed=SEEDS)
+    def first_concurrent_calls(self, seed: int) -> Tracked | Skipped:
+        made = self.put(seed, False)
+        if isinstance(made, Skipped):
+            return made
+        self.call_async_actor(made, [made])
+        return self.call_threaded_actor(made, made)
 
     def _nemesis(self) -> None:
         """Fire the faults due before this operation."""
@@ -392,6 +468,91 @@ class ApiUnderFaults(RuleBasedStateMachine):
         else:
             ref, how, expected = actor.handle.add.remote(arg), f"{actor}.add.remote({arg})", arg
         return self._track(ref, actor.model.add(expected), how)
+
+    def _concurrent_actor(self, kind: str) -> Any:
+        TALLY.concurrent_calls += 1
+        if kind not in self.concurrent:
+            self.concurrent[kind] = (AsyncActor if kind == "async" else ThreadedActor).remote()
+            note(f"{kind} actor created")
+        return self.concurrent[kind]
+
+    @rule(target=refs, a=refs, box=st.lists(refs, min_size=1, max_size=2))
+    @operation
+    def call_async_actor(self, a: Tracked, box: list[Tracked]) -> Tracked:
+        ref = self._concurrent_actor("async").combine.remote(a.ref, [t.ref for t in box])
+        expected = functools.reduce(_combine, [a.expected, *(t.expected for t in box)])
+        copies = a.copies_made_at.union(*(t.copies_made_at for t in box))
+        return self._track(ref, expected, f"async.combine.remote({a}, {box})", copies)
+
+    @rule(target=refs, a=refs, b=refs)
+    @operation
+    def call_threaded_actor(self, a: Tracked, b: Tracked) -> Tracked:
+        ref = self._concurrent_actor("threaded").combine.remote(a.ref, b.ref)
+        return self._track(ref, _combine(a.expected, b.expected), f"threaded.combine.remote({a}, {b})",
+                           a.copies_made_at | b.copies_made_at)
+
+    @rule(target=refs, seed=SEEDS, count=st.integers(1, 3), large=st.booleans())
+    @operation
+    def stream(self, seed: int, count: int, large: bool) -> Tracked:
+        """A generator task, each value read as it comes; its values stay tracked for later reads."""
+        gen = stream_task.remote(seed, count, large)
+        tracked = []
+        for i in range(count + 1):
+            try:
+                ref = gen._next(GET_BOUND_S)
+            except StopIteration:
+                if i < count:
+                    self._wrong(f"stream({seed}, {count}, {large}) stopped after {i} values")
+                break
+            except EmberError as exc:
+                self._classify(f"next(stream({seed}, {count}, {large})) at value {i}", [], exc)
+                break
+            if i == count:
+                self._wrong(f"stream({seed}, {count}, {large}) yielded more than {count} values")
+            tracked.append(self._track(ref, _value(seed + i, large), f"stream({seed}, {count}, {large})[{i}]"))
+            self._check_values(tracked[-1:])
+        TALLY.streams += 1
+        return tracked[-1]
+
+    @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
+    @rule(seed=SEEDS)
+    @operation
+    def drop_an_actor(self, seed: int) -> Tracked:
+        """An actor whose only handle is dropped right after a call: the call still runs, then it is freed."""
+        actor = LeavingActor.remote()
+        ref = actor.echo.remote(seed)
+        del actor  # its last handle: it ends after that call (__ray_terminate__ behind it)
+        TALLY.drops += 1
+        self.lifetime_ops += 1
+        return self._track(ref, seed, f"dropped_actor.echo({seed})")
+
+    @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
+    @rule()
+    @operation
+    def exit_an_actor(self) -> None:
+        """An actor that calls exit_actor(): the calls before it ran, it and those after fail naming the exit."""
+        actor = LeavingActor.remote()
+        before, leave, after = actor.ping.remote(), actor.leave.remote(), actor.ping.remote()
+        pong = None
+        try:
+            pong = ember.get(before, timeout=GET_BOUND_S)
+        except EmberError as exc:
+            self._classify("Leaver.ping before exit_actor()", [], exc)
+        if pong != "pong":
+            self._wrong(f"Leaver.ping read {pong!r}")
+        for what, ref in (("the exit_actor() call", leave), ("a call after exit_actor()", after)):
+            try:
+                got = ember.get(ref, timeout=GET_BOUND_S)
+            except ember.exceptions.ActorDiedError as exc:
+                if "exit_actor() was called in Leaver.leave" not in exc.reason:
+                    self._wrong(f"{what} raised ActorDiedError({exc.reason!r}), not naming the exit")
+            except EmberError as exc:
+                self._classify(what, [], exc)
+            else:
+                self._wrong(f"{what} returned {got!r} on an actor that ended itself")
+            TALLY.operations_checked += 1
+        TALLY.exits += 1
+        self.lifetime_ops += 1
 
     @rule(chosen=st.lists(refs, min_size=1, max_size=4, unique_by=id))
     @operation
@@ -501,6 +662,8 @@ class ApiUnderFaults(RuleBasedStateMachine):
             resume_all()
             for actor in self.actor_list:
                 _kill_actor(actor.handle)
+            for handle in self.concurrent.values():
+                _kill_actor(handle)
             whole = _wait_whole()
         if self.failure is not None:
             raise self.failure
@@ -610,6 +773,10 @@ def test_api_under_faults(tally: Tally) -> None:
         run_state_machine_as_test(ApiUnderFaults, settings=SETTINGS)
         # A coverage mark: every fault kind really hit a process in the ci examples.
         assert set(tally.faults) == {f"{k} {t}" for k, t in FAULT_KINDS}, tally.report()
+        assert tally.concurrent_calls > 0, tally.report()  # and calls to concurrent actors were among them
+        assert tally.streams > 0, tally.report()  # and generator tasks read while they ran
+        assert tally.exits > 0, tally.report()  # and actors that ended themselves
+        assert tally.drops > 0, tally.report()  # and actors freed when their handle went
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()

@@ -19,6 +19,7 @@ INSTANCES = [
     ex.OwnerDiedError("cd34", "owner died"),
     ex.ObjectTransferError("cd34", "127.0.0.1:5000: does not have it"),
     ex.ActorDiedError("Counter", "killed by ember.kill()"),
+    ex.ActorRestartLoopError("Counter", "Counter.add (task 01)", "after call 10, replayed", 2),
     ex.InfeasibleActorError("Counter", "it cannot start: it asks for {'tpu': 1.0}"),
     ex.TaskUnschedulableError("f (task 01)", "node ab12 is dead, and soft=False"),
     ex.ActorUnschedulableError("Counter", "it cannot be scheduled: node ab12 is dead, and soft=False"),

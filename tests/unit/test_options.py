@@ -56,10 +56,7 @@ def test_options_ember_cannot_honour_are_refused_not_ignored():
     import pytest
     from ember.exceptions import InvalidOptionError
 
-    assert validate({"max_concurrency": 1}, "actor")["max_concurrency"] == 1
     assert validate({"scheduling_strategy": "DEFAULT"}, "task")["scheduling_strategy"] == "DEFAULT"
-    with pytest.raises(InvalidOptionError, match="max_concurrency=4 is not supported yet"):
-        validate({"max_concurrency": 4}, "actor")
     with pytest.raises(InvalidOptionError, match="scheduling_strategy='PACK' is not supported: ember supports.*SPREAD"):
         validate({"scheduling_strategy": "PACK"}, "task")
 
@@ -120,3 +117,38 @@ def test_runtime_env_is_refused_naming_that_no_field_is_supported():
         def f():
             pass
     assert not ember.is_initialized()
+
+
+def test_concurrency_options_are_checked_by_name():
+    from ember._options import validate
+    import pytest
+    from ember.exceptions import InvalidOptionError
+
+    assert validate({"max_concurrency": 4, "concurrency_groups": {"io": 2}}, "actor")["max_concurrency"] == 4
+    assert validate({"concurrency_group": "io"}, "method") == {"concurrency_group": "io"}
+    for wrong, message in (({"max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
+                           ({"max_concurrency": 2.5}, "max_concurrency must be an integer"),
+                           ({"concurrency_groups": ["io"]}, "concurrency_groups must be a dict"),
+                           ({"concurrency_groups": {"io": 0}}, r"concurrency_groups\['io'\] must be an integer >= 1"),
+                           ({"concurrency_groups": {"": 1}}, "non-empty string"),
+                           ({"concurrency_groups": {"_ember_default": 1}}, "not starting with '_ember'")):
+        with pytest.raises(InvalidOptionError, match=message):
+            validate(wrong, "actor")
+    with pytest.raises(InvalidOptionError, match="concurrency_group must be the name"):
+        validate({"concurrency_group": 3}, "method")
+
+
+def test_a_concurrent_actors_description_travels_and_picks_each_calls_group():
+    from ember.scheduler import Concurrency
+    from ember.scheduler._actor_concurrency import DEFAULT_GROUP, concurrency_in_meta
+
+    concurrency = Concurrency(False, 3, {"io": 2}, {"fetch": "io"})
+    again = Concurrency.from_wire(concurrency.to_wire())
+    assert again.sizes() == {DEFAULT_GROUP: 3, "io": 2}
+    assert again.group_of("fetch", None) == "io"
+    assert again.group_of("compute", None) == DEFAULT_GROUP
+    assert again.group_of("compute", "io") == "io"  # .options(concurrency_group="io") on the call
+    assert again.group_of("fetch", "unknown") == "io"  # a group the actor lacks: never a new pool
+    assert again.describe() == "threaded 3, io=2"
+    assert concurrency_in_meta(("A", {}, 0, concurrency.to_wire())) == concurrency.to_wire()
+    assert concurrency_in_meta(("A", {}, 0)) is None
