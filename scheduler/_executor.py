@@ -855,7 +855,7 @@ class Executor:
 
     def run_concurrent_call(self, conn: Connection, spec: TaskSpec) -> None:
         """Run one call of a threaded actor to its end, and send its result (on a thread of its group)."""
-        if not self._admit(conn, spec, inline):
+        if not self._admit(conn, spec):
             return
         call_seq, started_us = self._begin_concurrent(spec)
         token = OwnerState.enter_concurrent_call(spec)
@@ -872,7 +872,7 @@ class Executor:
 
     async def run_concurrent_call_async(self, conn: Connection, spec: TaskSpec) -> None:
         """Run one call of an async actor to its end, and send its result (on its group's event loop)."""
-        if not self._admit(conn, spec, inline):
+        if not self._admit(conn, spec):
             return
         call_seq, started_us = self._begin_concurrent(spec)
         token = OwnerState.enter_concurrent_call(spec)  # this asyncio task's context only
