@@ -848,9 +848,10 @@ class Executor:
         """Call the method of ``spec`` with its arguments; a coroutine for an ``async def``."""
         fn = self._method(spec)
         self._wait_for_args(spec)
-        copies = self._arg_copies
-        args = [self._arg(a, copies) for a in spec.args]
-        kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
+        # No copies of the arguments: they serve only a replay, which a concurrent actor never does
+        # (and its calls' threads would race writing them: a soak found FileNotFoundError).
+        args = [self._arg(a) for a in spec.args]
+        kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
         return fn(*args, **kwargs)
 
     def run_concurrent_call(self, conn: Connection, spec: TaskSpec) -> None:

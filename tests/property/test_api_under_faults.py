@@ -515,7 +515,7 @@ class ApiUnderFaults(RuleBasedStateMachine):
         return tracked[-1]
 
     @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
-    @rule(seed=SEEDS)
+    @rule(target=refs, seed=SEEDS)
     @operation
     def drop_an_actor(self, seed: int) -> Tracked:
         """An actor whose only handle is dropped right after a call: the call still runs, then it is freed."""
