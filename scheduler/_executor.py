@@ -432,6 +432,8 @@ class Executor:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
         if spec.kind == TaskKind.NORMAL:
             self._count_call(spec.function_id)
+        if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
+            self._end_actor()
 
     def _count_call(self, function_id: bytes) -> None:
         """After the ``max_calls``-th run here of a function that has them: hand back what waits, and retire."""
@@ -449,8 +451,6 @@ class Executor:
         if done:
             self.core.scheduler.send((Op.TASKS_DONE, done))  # before the retirement, on the same connection
         self.core.scheduler.send_now((Op.RETIRE, returned))
-        if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
-            self._end_actor()
 
     def _admit(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> bool:
         """Whether ``spec`` is to run here now; if not, its outcome is sent (cancelled, replayed, too late)."""
