@@ -175,7 +175,7 @@ class Executor:
             _messages.refuse(conn, msg, problem, f"actor worker {os.getpid()}")
             return
         if msg[0] == Op.CANCEL_CALL:
-            self._cancel(msg[1])
+            self._cancel(msg[1], False, False)  # a call: never recursive, never forced
             return
         self._run_task(conn, msg[1])
 
