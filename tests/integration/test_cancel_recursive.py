@@ -37,7 +37,9 @@ def _wait_for(path: Path) -> None:
 
 @ember.remote(num_cpus=0, max_retries=0)
 def spin(folder: str, name: str) -> str:
-    Path(folder, f"started-{name}").write_text(str(os.getpid()))
+    marker = Path(folder, f"started-{name}")
+    marker.with_suffix(".tmp").write_text(str(os.getpid()))
+    os.replace(marker.with_suffix(".tmp"), marker)  # whole: the test reads it the moment it appears
     try:
         _wait_for(Path(folder, "stop"))
     except KeyboardInterrupt:
