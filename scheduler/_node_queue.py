@@ -12,7 +12,8 @@ scheduler. The rules it keeps:
 
 - a queue's head goes to an idle worker when its shape's resources are
   free; with resources free and no idle worker, one more worker starts (one
-  at a time, up to ``WORKERS_PER_CPU_MAX`` x (CPUs + blocked workers));
+  at a time, up to ``WORKERS_PER_CPU_MAX`` x (CPUs + blocked workers) that
+  are idle or run tasks holding no CPU);
 - a full node *pipelines*: a task waits on the least-loaded busy worker
   running the same shape, ``PIPELINE_DEPTH`` deep, ``PIPELINE_DEPTH_BACKLOG``
   when the queue is long, so a worker never waits a round trip;
@@ -341,15 +342,19 @@ class NodeQueue:
         return None
 
     def _maybe_spawn(self, actions: list[Action], now: float) -> None:
-        starting = task_workers = blocked = 0
+        # The cap is for workers the CPUs do not bound: idle ones, and those running tasks that hold no
+        # CPU. A worker running a task that holds some (ten tasks of num_cpus=0.2 on two CPUs) is bounded
+        # by the CPU accounting already.
+        starting = capped = blocked = 0
         for slot in self._slots.values():
             if slot.actor_id is None:
-                task_workers += 1
                 if not slot.connected:
                     starting += 1
+                if not (slot.assigned and any(name == "CPU" and amount > 0 for name, amount in slot.shape)):
+                    capped += 1
             if slot.blocked:
                 blocked += 1
-        if starting == 0 and task_workers < max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX:
+        if starting == 0 and capped < max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX:
             actions.append(Spawn(self.new_slot(None, now).key, None))
 
     def _place_actors(self, actions: list[Action], now: float) -> None:

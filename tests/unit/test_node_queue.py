@@ -149,6 +149,17 @@ def test_a_running_task_takes_back_its_queued_tasks_that_fit_in_what_it_holds():
     assert queue.take_back(w1, [spec(5).task_id]) == []  # a blocked worker lent its CPU out: nothing to run on
 
 
+def test_workers_running_tasks_that_hold_cpu_do_not_count_toward_the_cap():
+    queue, _ = node(cpus=1)
+    tenth = resource_shape({"CPU": 0.1})
+    for key in start_workers(queue, WORKERS_PER_CPU_MAX):  # each runs a task holding a tenth of the CPU
+        queue.slot(key).assigned[spec(100 + key).task_id] = spec(100 + key, shape=tenth)
+        queue.slot(key).shape = tenth
+        queue.resources.acquire(tenth)
+    queue.enqueue(spec(1, shape=tenth))  # the CPU has room for it: only a worker is missing
+    assert sum(isinstance(a, Spawn) for a in queue.dispatch(now=0.0)) == 1
+
+
 @pytest.mark.parametrize("workers, spawns", [(WORKERS_PER_CPU_MAX - 1, 1), (WORKERS_PER_CPU_MAX, 0)])
 def test_task_workers_are_capped_per_cpu(workers, spawns):
     queue, _ = node(cpus=1)
