@@ -166,19 +166,20 @@ class ForkServer:
         return ForkedProcess(int(reply))
 
     def check(self) -> None:
-        """Replace a server that died (killed, or crashed): the new one does its imports from now on."""
+        """Replace a server that died (killed, or crashed), or that a failed fork stopped: the new one does
+        its imports from now on, not at the next worker start."""
         proc = self._proc
         if proc is not None and proc.poll() is not None:
             self._broken(_procutil.exit_description(proc))
-            if self.failures < FORK_FAILURES_MAX:
-                self.start()
+        if self._proc is None and self.failures < FORK_FAILURES_MAX:
+            self.start()
 
     def _broken(self, why: str) -> None:
         proc = self._proc
-        if proc is None or proc.poll() is None or proc.returncode >= 0:
-            self.failures += 1  # its own failure; one killed by a signal (chaos, an operator) is replaced as often
         log.warning("the fork server failed (%s); workers start without it until a new one is up", why)
-        self.stop()
+        self.stop()  # reaped (SIGKILLed if it does not exit): how it ended is known after
+        if proc is None or proc.returncode is None or proc.returncode >= 0:
+            self.failures += 1  # its own failure; one killed by a signal (chaos, an operator) is replaced as often
 
     def _read_line(self, timeout_s: float) -> str | None:
         deadline = time.monotonic() + timeout_s

@@ -88,3 +88,12 @@ def test_an_orphan_a_task_leaves_behind_is_reaped_by_the_scheduler(fault_cluster
             return True
 
     assert poll_until(reaped, BOUND_S), f"pid {orphan} left as a zombie"
+
+
+def test_a_new_fork_server_comes_even_when_a_worker_start_found_the_old_one_dead(fault_cluster):
+    [server] = live_pids("forkserver")
+    sigkill([server])
+    actor = Pinger.remote()  # its start finds the server dead first, most likely, and spawns instead
+    assert ember.get(actor.where.remote(), timeout=BOUND_S)
+    # No worker starts from here on: the scheduler's tick alone must bring a new server.
+    assert poll_until(lambda: [p for p in live_pids("forkserver") if p != server], BOUND_S, poll_s=0.1)
