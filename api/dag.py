@@ -17,6 +17,8 @@ This module must never run user code in the caller: it only submits.
 
 from __future__ import annotations
 
+import abc
+
 import threading
 from typing import Any
 
@@ -64,7 +66,7 @@ class _Execution:
             f"positional and {len(self.kwargs)} keyword argument(s); read them with inp[index] or inp.name")
 
 
-class DAGNode:
+class DAGNode(abc.ABC):
     """A call recorded by ``bind``, made by ``execute``."""
 
     def __init__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
@@ -80,8 +82,9 @@ class DAGNode:
     def _resolved_arguments(self, run: _Execution) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return run.resolve(self._bound_args), run.resolve(self._bound_kwargs)
 
+    @abc.abstractmethod
     def _make(self, run: _Execution) -> Any:
-        raise NotImplementedError
+        """Make what this node stands for, in ``run`` (each node kind says how)."""
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Make every call of the graph that leads here; what this node became (a ref, an actor handle, a list)."""
