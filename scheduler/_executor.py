@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from typing import Any
 
@@ -117,6 +118,9 @@ class Executor:
         # _send_result); the log's writer thread sends them, so the actor runs on.
         self._held: deque[tuple[int, Connection, tuple]] = deque()
         self._held_lock = threading.Lock()
+        # The callers' connections results were sent on: flushed before the actor ends, adopted
+        # or not (a result batched behind a queued call would otherwise die with the process).
+        self._callers: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -647,6 +651,8 @@ class Executor:
         # leave in batches (the writer thread flushes them within a moment);
         # with none, at once, since someone is likely waiting.
         if spec.kind == TaskKind.ACTOR_CALL:
+            if conn is not None:
+                self._callers.add(conn)
             if hold:
                 writer = gcs.writer  # type: ignore[union-attr]  # only a logging actor holds results
                 with self._held_lock:
@@ -955,9 +961,8 @@ class Executor:
             except LineageLogUnavailableError as exc:
                 log.error("actor %s ends with results still held: %s", (self._actor_id or b"").hex(), exc)
             self.release_held(gcs.writer.committed_seq)
-        for key in list(self._selector.get_map().values()):
-            if key.data is not None and key.data is not core.exec_conn:
-                key.data.flush()  # the callers' connections: results batched behind others leave now
+        for conn in list(self._callers):
+            conn.flush()  # results batched behind the calls queued after them leave now
 
     def _restore_without_replay(self, actor_id: bytes, use_checkpoint: bool, why: str) -> None:
         """A restart from the constructor (and the newest checkpoint, if ``use_checkpoint``) only.
