@@ -5,7 +5,7 @@ actors, ``get``/``put``/``wait``, object refs passed between tasks.
 """
 
 from ember import chaos, exceptions, lineage
-from ember.scheduler import ObjectRef, ObjectRefGenerator, TaskID
+from ember.scheduler import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator, TaskID
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
 from ember._runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
@@ -34,6 +34,7 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ObjectRef",
+    "DynamicObjectRefGenerator",
     "ObjectRefGenerator",
     "RuntimeContext",
     "TaskID",

@@ -10,7 +10,7 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import ActorAlreadyExistsError, EmberUserError, InvalidOptionError, SerializationError
-from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, STREAMING, TERMINATE_METHOD, ActorExit, Concurrency,
+from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, DYNAMIC, STREAMING, TERMINATE_METHOD, ActorExit, Concurrency,
                              ObjectRef, ObjectRefGenerator, Op, TaskKind)
 from ember import _options
 from ember._actor_lifetime import LOCAL_HANDLES
@@ -170,7 +170,7 @@ class ActorMethod:
             TaskKind.ACTOR_CALL, b"", h._class_name, args, kwargs, self._num_returns, (),
             h._max_task_retries, actor_id=h._actor_id, method=self._name, concurrency_group=self._group,
         )
-        if self._num_returns == 1:
+        if self._num_returns == 1 or self._num_returns == DYNAMIC:
             return refs[0]
         if self._num_returns == STREAMING:
             return ObjectRefGenerator(refs[0])
@@ -186,6 +186,14 @@ class ActorMethod:
         opts = _options.validate(options, "method")
         if opts.get("num_returns") == "streaming":
             opts["num_returns"] = STREAMING
+        if (opts.get("num_returns") == "dynamic") != (self._num_returns == DYNAMIC) and "num_returns" in opts:
+            # The worker knows a dynamic method from its decorator alone: the two must agree.
+            raise InvalidOptionError(
+                f"actor method {self._name}: num_returns=\"dynamic\" is given by decorating the method with "
+                f"@ember.method(num_returns=\"dynamic\"), and a method so decorated keeps it; "
+                f".options(num_returns={opts['num_returns']!r}) cannot change it")
+        if opts.get("num_returns") == "dynamic":
+            opts["num_returns"] = DYNAMIC
         group = opts.get("concurrency_group", self._group)
         if group is not None:
             declared = dict(self._handle._concurrency[2]) if self._handle._concurrency is not None else {}

@@ -12,7 +12,7 @@ from numbers import Real
 from typing import Any
 
 from ember.exceptions import InvalidOptionError
-from ember.scheduler import RESTART_FROM, STREAMING, Strategy, resource_shape
+from ember.scheduler import DYNAMIC, RESTART_FROM, STREAMING, Strategy, resource_shape
 from ember._strategies import NodeAffinitySchedulingStrategy
 
 _TASK = {
@@ -122,11 +122,6 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
         out[key] = value
     if "num_returns" in out and out["num_returns"] not in ("streaming", "dynamic"):
         _integer("num_returns", out["num_returns"], 0)
-    if out.get("num_returns") == "dynamic":
-        raise InvalidOptionError(
-            "option num_returns=\"dynamic\" is not supported: write the generator with no num_returns (or "
-            "num_returns=\"streaming\") and iterate the ObjectRefGenerator it returns, which Ray also "
-            "recommends over \"dynamic\"")
     for key in ("num_cpus", "num_gpus", "memory"):
         if key in out and out[key] is not None:
             _number(key, out[key])
@@ -219,8 +214,15 @@ def max_calls(options: dict[str, Any]) -> int:
 
 
 def returns_of(options: dict[str, Any], function: Any) -> int:
-    """``num_returns`` as the owner takes it: ``STREAMING`` for a generator given none, or "streaming"."""
+    """``num_returns`` as the owner takes it: ``STREAMING`` for a generator given none, or "streaming";
+    ``DYNAMIC`` for "dynamic" (a generator function only)."""
     given = options.get("num_returns")
+    if given == "dynamic":
+        if not inspect.isgeneratorfunction(function):
+            raise InvalidOptionError(
+                f"num_returns=\"dynamic\" needs a generator function (one that uses yield), but "
+                f"{getattr(function, '__qualname__', function)!r} is not one; give it an int num_returns instead")
+        return DYNAMIC
     if given == "streaming" or (given is None and (inspect.isgeneratorfunction(function)
                                                    or inspect.isasyncgenfunction(function))):
         return STREAMING

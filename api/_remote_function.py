@@ -8,7 +8,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ember.exceptions import EmberUserError, SerializationError
-from ember.scheduler import STREAMING, CallLimited, ObjectRefGenerator, TaskKind
+from ember.scheduler import DYNAMIC, STREAMING, CallLimited, DynamicReturns, ObjectRefGenerator, TaskKind
 from ember import _options
 from ember._runtime import core as _core
 from ember.dag import FunctionNode
@@ -42,7 +42,9 @@ class RemoteFunction:
     def _ensure_payload(self) -> tuple[bytes, bytes]:
         if self._payload is None:
             # A function with max_calls ships as a CallLimited, which tells every worker its limit.
-            shipped = CallLimited(self._function, self._max_calls) if self._max_calls else self._function
+            # One with num_returns="dynamic" ships as a DynamicReturns: its workers end it with its values' refs.
+            shipped = DynamicReturns(self._function) if self._num_returns == DYNAMIC else self._function
+            shipped = CallLimited(shipped, self._max_calls) if self._max_calls else shipped
             try:
                 self._payload = cloudpickle.dumps(shipped)
             except Exception as exc:
@@ -63,7 +65,7 @@ class RemoteFunction:
             self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
             strategy=self._strategy,
         )
-        if self._num_returns == 1:
+        if self._num_returns == 1 or self._num_returns == DYNAMIC:
             return refs[0]
         if self._num_returns == STREAMING:
             return ObjectRefGenerator(refs[0])
@@ -78,7 +80,7 @@ class RemoteFunction:
     def options(self, **options: Any) -> "RemoteFunction":
         merged = {**self._options, **options}
         variant = RemoteFunction(self._function, merged)
-        if variant._max_calls == self._max_calls:
+        if variant._max_calls == self._max_calls and variant._num_returns == self._num_returns:
             variant._payload, variant._function_id = self._payload, self._function_id
         return variant
 

@@ -37,6 +37,7 @@ from typing import Any
 from ember.lineage._replay_log import Recorded, ReplayReads
 from ember.lineage._states import TaskState
 from ember.scheduler._context import no_auto_init
+from ember.scheduler._object_ref import is_dynamic, stream_end
 from ember.scheduler._spec import STREAMING, item_id
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
@@ -261,7 +262,7 @@ class Replayer:
             if streaming:
                 # A generator's objects: its end (how many values), then each value by index, as logged.
                 yielded = list(_call(fn, args, kwargs, debugger))
-                values = [len(yielded), *yielded]
+                values = [stream_end(task_id, spec.owner_addr, len(yielded), is_dynamic(fn)), *yielded]
                 result_ids += [item_id(task_id, i) for i in range(len(yielded))]
             else:
                 values = split_returns(spec.num_returns, _call(fn, args, kwargs, debugger), label)

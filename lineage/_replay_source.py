@@ -53,6 +53,7 @@ class LoggedTask:
     last_attempt: int  # the highest attempt the log knows of (0 if none ended)
     name: str | None = None  # options(name=...)
     strategy: dict | None = None  # its scheduling strategy's record (schema v11)
+    owner_addr: str | None = None  # the address of the process that submitted it (its results' owner)
 
     def spec(self, owner: str, attempt: int) -> Any:
         """The task to run again, as attempt ``attempt`` owned by ``owner`` (a normal task's ``TaskSpec``)."""
@@ -101,17 +102,17 @@ class OwnerFacts:
 _TASK_COLUMNS = (
     "t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, t.max_retries, "
     "t.parent_task_id, t.actor_id, t.method, (SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id), "
-    "t.name, t.strategy"
+    "t.name, t.strategy, t.owner"
 )
 
 
 def _logged_task(task_id: bytes, row: tuple) -> LoggedTask:
     (kind, job_id, function_id, function_name, args, num_returns, resources, max_retries, parent, actor, method,
-     last_attempt, name, strategy) = row
+     last_attempt, name, strategy, owner) = row
     decoded_args, kwargs = pickle.loads(args)
     return LoggedTask(task_id, kind, job_id, function_id, function_name, decoded_args, kwargs, num_returns,
                       resources or {}, max_retries, parent, actor, method, last_attempt or 0, name,
-                      strategy)
+                      strategy, owner)
 
 
 class ReplaySource:

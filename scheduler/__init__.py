@@ -11,17 +11,20 @@ from ember.scheduler._context import require_core, set_core
 from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
 from ember.scheduler._node import NODE_RESOURCE_PREFIX, JoinTarget, Node, bring_up, free_port, node_resources
-from ember.scheduler._object_ref import ObjectRef, TaskID
+from ember.scheduler._object_ref import DynamicObjectRefGenerator, ObjectRef, TaskID
 from ember.scheduler._ref_generator import ObjectRefGenerator
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import IDS, STREAMING, CallLimited, Strategy, TaskKind, resource_shape
+from ember.scheduler._spec import DYNAMIC, IDS, STREAMING, CallLimited, DynamicReturns, Strategy, TaskKind, resource_shape
 
 __all__ = [
     "ASYNC_MAX_CONCURRENCY_DEFAULT",
     "ActorExit",
     "CallLimited",
     "Concurrency",
+    "DYNAMIC",
+    "DynamicObjectRefGenerator",
+    "DynamicReturns",
     "IDS",
     "JoinTarget",
     "NODE_RESOURCE_PREFIX",

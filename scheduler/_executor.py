@@ -39,6 +39,7 @@ from ember.scheduler._owner import INLINE_BYTES_MAX, Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._restart_loop import decide, ended_by_itself
+from ember.scheduler._object_ref import ObjectRef, is_dynamic, stream_end
 from ember.scheduler._spec import STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec, item_id
 from ember.store import LateHashes, content_hash
 from ember.store import copy_wanted
@@ -338,8 +339,6 @@ class Executor:
         if kind == ArgKind.INLINE:
             data = encoded[1]
         else:
-            from ember.scheduler._object_ref import ObjectRef
-
             ref = ObjectRef(encoded[1], encoded[2])
             data = copies.read(ref._id) if replay and copies is not None else None
             if data is None:
@@ -364,8 +363,6 @@ class Executor:
         encoded = [*spec.args, *spec.kwargs.values()] if spec.kwargs else spec.args
         refs = [a for a in encoded if a[0] == ArgKind.REF]
         if len(refs) > 1:
-            from ember.scheduler._object_ref import ObjectRef
-
             self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
     def _run_task(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> None:
@@ -492,35 +489,47 @@ class Executor:
         ``get`` of the next ref raises it, and the task itself ends well.
         """
         iterator = _iterator_of(spec, value)
+        dynamic = self._is_dynamic(spec)
         sent = 0
         while True:
             try:
                 item = next(iterator)
             except StopIteration:
-                return sent
+                return stream_end(spec.task_id, spec.owner_addr, sent, dynamic)
             except KeyboardInterrupt:
-                if spec.task_id in self._cancelled:
+                if spec.task_id in self._cancelled or dynamic:
                     raise  # cancelled: the task ends as cancelled
                 self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, KeyboardInterrupt())), True)
                 return sent + 1
             except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
+                if dynamic:
+                    raise  # Ray's "dynamic": the task fails as a whole
                 self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
                 return sent + 1
             self._send_item(conn, spec, sent, item)
             sent += 1
 
+    def _is_dynamic(self, spec: TaskSpec) -> bool:
+        """Whether a streaming task was called with ``num_returns="dynamic"`` (its function says so)."""
+        if spec.kind == TaskKind.ACTOR_CALL:
+            return is_dynamic(getattr(type(self._instance), spec.method or "", None))
+        return is_dynamic(self._functions.get(spec.function_id))
+
     async def _stream_async(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
         """``_stream`` for an async generator method of an async actor."""
         sent = 0
         iterator = value.__aiter__()
+        dynamic = self._is_dynamic(spec)
         while True:
             try:
                 item = await iterator.__anext__()
             except StopAsyncIteration:
-                return sent
+                return stream_end(spec.task_id, spec.owner_addr, sent, dynamic)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
+                if dynamic:
+                    raise  # Ray's "dynamic": the task fails as a whole
                 self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
                 return sent + 1
             self._send_item(conn, spec, sent, item)
@@ -823,7 +832,9 @@ class Executor:
             kwargs = {k: self._arg(v, copies, replay=True) for k, v in spec.kwargs.items()} if spec.kwargs else {}
             value = self._method(spec)(*args, **kwargs)
             if spec.num_returns == STREAMING:
-                value = sum(1 for _ in _iterator_of(spec, value))  # its effects again; its values were read
+                # Its effects again; its values were read.
+                value = stream_end(spec.task_id, spec.owner_addr, sum(1 for _ in _iterator_of(spec, value)),
+                                   self._is_dynamic(spec))
             return self._split(spec, value), False
         except _UpstreamError as up:
             return [up.data] * _result_count(spec), True

@@ -14,7 +14,7 @@ from typing import Any
 
 from ember.scheduler import _context
 from ember.scheduler._owner_lookup import checked_id, find_owner, id_from_hex
-from ember.scheduler._spec import TASK_ID_BYTES
+from ember.scheduler._spec import TASK_ID_BYTES, item_id
 
 
 class TaskID:
@@ -122,3 +122,45 @@ class ObjectRef:
 
 def _rebuild(object_id: bytes, owner_addr: str) -> ObjectRef:
     return ObjectRef(object_id, owner_addr)
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task: the refs of the values it yielded, in order.
+
+    The task has run to its end when this exists (an exception it raised
+    fails the task as a whole, as in Ray). The refs are the submitter's
+    objects like any result; this value pickles with them, so it can be
+    passed to other tasks and actors.
+    """
+
+    __slots__ = ("_refs",)
+
+    def __init__(self, refs: list[ObjectRef]) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Any:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DynamicObjectRefGenerator, (self._refs,))
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
+
+
+def is_dynamic(fn: Any) -> bool:
+    """Whether a generator function or method runs with ``num_returns="dynamic"``: shipped as a
+    ``DynamicReturns`` (a task's), or decorated with ``@ember.method(num_returns="dynamic")``."""
+    return bool(getattr(fn, "dynamic_returns", False)) or \
+        getattr(fn, "__ember_method_options__", {}).get("num_returns") == "dynamic"
+
+
+def stream_end(task_id: bytes, owner_addr: str, sent: int, dynamic: bool) -> Any:
+    """A streaming task's end value: how many values it yielded, or (``dynamic``) their refs, which
+    the task's caller owns like any result of its own."""
+    if not dynamic:
+        return sent
+    return DynamicObjectRefGenerator([ObjectRef(item_id(task_id, i), owner_addr) for i in range(sent)])

@@ -103,3 +103,4 @@ class ObjectRefGenerator:
 
     def __repr__(self) -> str:
         return f"ObjectRefGenerator({self._task_id.hex()}, next={self._index})"
+

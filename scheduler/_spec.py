@@ -61,6 +61,10 @@ def task_of(object_id_: bytes) -> bytes:
 # values it yielded, or the error that ended it), and each value it yields is an object of its
 # own, by index (``item_id``), made and read while the task still runs.
 STREAMING = -1
+# ``num_returns="dynamic"`` (Ray's older generators), as the caller's side knows it: the task streams
+# like ``STREAMING`` on the wire, but its caller gets its end object's ref, whose value is a
+# ``DynamicObjectRefGenerator`` of the refs of every value it yielded, once it has run to its end.
+DYNAMIC = -2
 
 
 def item_id(task_id: bytes, index: int) -> bytes:
@@ -219,6 +223,27 @@ class CallLimited:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (CallLimited, (self.function, self.max_calls))
+
+    @property
+    def dynamic_returns(self) -> bool:
+        return getattr(self.function, "dynamic_returns", False)
+
+
+class DynamicReturns:
+    """A generator function called with ``num_returns="dynamic"``: what every worker (and ``ember replay``)
+    calls, which tells the worker to end the task with the refs of its values rather than their count."""
+
+    __slots__ = ("function",)
+    dynamic_returns = True
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DynamicReturns, (self.function,))
 
 
 class Strategy(enum.StrEnum):

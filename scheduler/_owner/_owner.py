@@ -58,6 +58,7 @@ from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._session import RELAY_INFO_KEY, Session, session_info
 from ember.scheduler._spec import (
     IDS,
+    DYNAMIC,
     STREAMING,
     TaskKind,
     FailureCause,
@@ -305,6 +306,8 @@ class Owner:
 
     def _decref_locked(self, oid: bytes) -> None:
         entry = self.objects.release(oid)
+        if self.streams.active:
+            self.streams.on_end_released(oid)
         if entry is not None and entry.state is ObjectState.READY_STORE:
             self.store.send((Op.FREE, [oid]))  # a copy pulled here, if it is on another node
             if entry.where is not None or entry.copies:
@@ -355,6 +358,9 @@ class Owner:
         concurrency_group: str | None = None,
     ) -> list[ObjectRef]:
         self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
+        dynamic = num_returns == DYNAMIC
+        if dynamic:
+            num_returns = STREAMING  # it streams like any generator; only its end's value differs
         current = self.current_task
         parent = current.task_id if current is not None else None
         job_id = current.job_id if current is not None else self.job_id
@@ -371,7 +377,7 @@ class Owner:
                 refs.append(ObjectRef(oid, self.address))
             self._tasks[spec.task_id] = pt
             if num_returns == STREAMING:
-                self.streams.open(spec.task_id)
+                self.streams.open(spec.task_id, dynamic)
             self.specs.count_missing(pt)
             if kind == TaskKind.ACTOR_CALL:
                 state = self.actors.state_of(actor_id, function_name)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ from ember.exceptions import ObjectLostError
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable
 from ember.scheduler._protocol import Op
-from ember.scheduler._spec import TaskSpec, item_id
+from ember.scheduler._spec import TaskSpec, item_id, object_id, task_of
 from ember.store import deserialize, is_error, serialize_error, to_bytes
 
 __all__ = ["END_OF_STREAM", "Streams"]
@@ -45,9 +45,12 @@ END_OF_STREAM = to_bytes(serialize_error(_EndOfStream("the generator task yielde
 
 
 class _Stream:
-    __slots__ = ("arrived", "end", "failed", "wanted", "dropped")
+    __slots__ = ("arrived", "end", "failed", "wanted", "dropped", "dynamic")
 
-    def __init__(self) -> None:
+    def __init__(self, dynamic: bool) -> None:
+        # num_returns="dynamic": no generator reads it; its end's value holds the refs of its values, so
+        # what nobody took a ref to is freed when the last ref to its end goes (``on_end_released``).
+        self.dynamic = dynamic
         self.arrived: set[int] = set()  # indexes whose value has come (from any attempt)
         self.end: int | None = None  # once the task ended: how many indexes hold a value (a failure's included)
         self.failed = False
@@ -67,9 +70,25 @@ class Streams:
         self._streams: dict[bytes, _Stream] = {}
         self.gcs: Any = None  # the lineage log, once the owner opened it
 
-    def open(self, task_id: bytes) -> None:
+    def open(self, task_id: bytes, dynamic: bool = False) -> None:
         """A streaming task was submitted (under the lock)."""
-        self._streams[task_id] = _Stream()
+        self._streams[task_id] = _Stream(dynamic)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._streams)
+
+    def on_end_released(self, oid: bytes) -> None:
+        """The last ref here to ``oid`` went (under the lock): if it is a dynamic task's end that was
+        never passed on, the values nobody took a ref to are freed, now and as they come."""
+        task_id = task_of(oid)
+        stream = self._streams.get(task_id)
+        if stream is None or not stream.dynamic or oid != object_id(task_id, 1) \
+                or self._objects.refcounts.get(oid, 0) > 0:
+            return
+        entry = self._entries.get(oid)
+        if entry is None or not entry.shared:  # passed on: its refs may be read anywhere, as it is
+            self.drop(task_id)
 
     def on_item(self, spec: TaskSpec | None, task_id: bytes, index: int, oid: bytes, data: bytes | None,
                 size: int, digest: bytes | None, where: str | None) -> ObjectEntry | None:
@@ -124,7 +143,10 @@ class Streams:
             stream.end = (max(stream.arrived) + 1 if stream.arrived else 0) + 1
             failure = data
         else:
-            stream.end = int(deserialize(data)[1]) if data is not None else len(stream.arrived)
+            # A dynamic task's end holds its values' refs (not read here); an attempt sends every value
+            # before its end, so all of them have come.
+            stream.end = int(deserialize(data)[1]) if data is not None and not stream.dynamic \
+                else len(stream.arrived)
             failure = None
         for index in sorted(stream.wanted):
             oid = item_id(spec.task_id, index)

@@ -15,6 +15,8 @@ import pytest
 
 import ember
 from ember.exceptions import GetTimeoutError, InvalidOptionError
+from ember.scheduler import ObjectRef
+from ember.scheduler._spec import item_id
 from tests.fix_kill import kill_and_wait_for_the_next, wait_gone
 
 BOUND_S = 60.0
@@ -136,8 +138,8 @@ def test_num_returns_k_gives_exactly_k_refs_and_names_both_counts(fault_cluster)
     assert ember.get(exactly_three.remote(), timeout=BOUND_S) == ["a", "b", "c"]
     with pytest.raises(ValueError, match="declares num_returns=2 but returned 3 values"):
         ember.get(too_many.remote()[0], timeout=BOUND_S)
-    with pytest.raises(InvalidOptionError, match="dynamic"):
-        count_up.options(num_returns="dynamic")
+    with pytest.raises(InvalidOptionError, match="needs a generator function"):
+        plus_one.options(num_returns="dynamic")
 
 
 def test_actor_methods_stream_too_and_async_for_reads_them(fault_cluster):
@@ -231,3 +233,74 @@ def test_a_task_over_a_lost_yielded_value_is_rebuilt_after_the_generator_runs_ag
     # Rebuilding ``after`` waits for its input, which only a second run of the generator makes.
     assert int(ember.get(after, timeout=BOUND_S)[-1]) == 2
     assert (tmp_path / "runs").read_text().count("run") == 2
+
+
+# -- num_returns="dynamic": Ray's older generators, one ref to the refs of every value --------------
+
+
+@ember.remote
+class DynamicStreamer:
+    def __init__(self) -> None:
+        self.made = 0
+
+    @ember.method(num_returns="dynamic")
+    def numbers(self, k: int):
+        for _ in range(k):
+            self.made += 1
+            yield self.made
+
+
+@ember.remote
+def sum_of(generator) -> int:
+    return sum(ember.get(list(generator), timeout=BOUND_S))
+
+
+def test_a_dynamic_generator_returns_one_ref_to_the_refs_of_its_values(fault_cluster):
+    from ember.scheduler import DynamicObjectRefGenerator
+
+    ref = count_up.options(num_returns="dynamic").remote(3)
+    assert isinstance(ref, ObjectRef)
+    values = ember.get(ref, timeout=BOUND_S)
+    assert isinstance(values, DynamicObjectRefGenerator) and len(values) == 3
+    assert ember.get(list(values), timeout=BOUND_S) == [0, 10, 20]
+    assert ember.get(sum_of.remote(values), timeout=BOUND_S) == 30  # it travels, with its refs
+    actor = DynamicStreamer.remote()
+    assert ember.get(list(ember.get(actor.numbers.remote(2), timeout=BOUND_S)), timeout=BOUND_S) == [1, 2]
+    with pytest.raises(InvalidOptionError, match="decorating the method"):
+        actor.numbers.options(num_returns="streaming")
+
+
+def test_an_exception_in_a_dynamic_generator_fails_the_task(fault_cluster):
+    with pytest.raises(KeyError, match="stream broke"):
+        ember.get(fails_after.options(num_returns="dynamic").remote(2), timeout=BOUND_S)
+
+
+def test_values_of_a_dynamic_generator_nobody_holds_are_freed(fault_cluster):
+    from ember.scheduler import _context
+
+    entries = _context.PROCESS.owner._objects
+    ref = count_up.options(num_returns="dynamic").remote(3)
+    kept = list(ember.get(ref, timeout=BOUND_S))[1]  # one value's ref outlives the rest
+    task_id = ref.task_id().binary()
+    del ref
+    assert [item_id(task_id, i) in entries for i in range(3)] == [False, True, False]
+    assert ember.get(kept, timeout=BOUND_S) == 10
+
+
+def test_a_lost_value_of_a_dynamic_generator_is_rebuilt(fault_cluster, tmp_path):
+    runs_file = str(tmp_path / "runs")
+    refs = list(ember.get(arrays.options(num_returns="dynamic").remote(2, runs_file), timeout=BOUND_S))
+    kill_and_wait_for_the_next("store")  # the node restarts it empty
+    assert int(ember.get(refs[1], timeout=BOUND_S)[-1]) == 1
+    assert (tmp_path / "runs").read_text().count("run") == 2  # the generator ran again, once
+
+
+def test_replay_of_a_dynamic_generator_matches_its_end_and_each_value(fault_cluster):
+    from ember.lineage import Verdict, replay_task
+
+    ref = count_up.options(num_returns="dynamic").remote(3)
+    assert ember.get(list(ember.get(ref, timeout=BOUND_S)), timeout=BOUND_S) == [0, 10, 20]
+    result = replay_task(ref.task_id().hex())
+    assert result.verdict is Verdict.MATCHES, result
+    assert list(result.values[0]) == [ObjectRef(item_id(ref.task_id().binary(), i), ref._owner) for i in range(3)]
+    assert result.values[1:] == (0, 10, 20)

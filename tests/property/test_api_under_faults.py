@@ -514,6 +514,24 @@ class ApiUnderFaults(RuleBasedStateMachine):
         TALLY.streams += 1
         return tracked[-1]
 
+    @rule(target=refs, seed=SEEDS, count=st.integers(1, 3), large=st.booleans())
+    @operation
+    def dynamic_stream(self, seed: int, count: int, large: bool) -> Tracked:
+        """A num_returns="dynamic" generator task: one ref, whose value holds the refs of all its values."""
+        how = f"stream.options(num_returns='dynamic').remote({seed}, {count}, {large})"
+        try:
+            refs = list(ember.get(stream_task.options(num_returns="dynamic").remote(seed, count, large),
+                                  timeout=GET_BOUND_S))
+        except EmberError as exc:
+            self._classify(f"get({how})", [], exc)
+            raise  # _classify has failed the example already
+        if len(refs) != count:
+            self._wrong(f"{how} gave {len(refs)} refs")
+        tracked = [self._track(ref, _value(seed + i, large), f"{how}[{i}]") for i, ref in enumerate(refs)]
+        self._check_values(tracked)
+        TALLY.streams += 1
+        return tracked[-1]
+
     @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
     @rule(target=refs, seed=SEEDS)
     @operation

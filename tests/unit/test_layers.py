@@ -29,6 +29,8 @@ LEAVES = frozenset({
     "ember.scheduler._session", "ember.scheduler._tls", "ember.scheduler._grpc_shared",
     "ember.scheduler._procutil", "ember.scheduler._node_directory", "ember.lineage._rpc",
     "ember.scheduler._context",  # the process's owner, which ObjectRef and the API reach
+    # refs, which every layer may name (replay makes a dynamic generator's), and how one finds its owner
+    "ember.scheduler._object_ref", "ember.scheduler._owner_lookup",
     "ember.scheduler._relay",  # the gRPC relay every node runs between its sockets and other nodes
     "ember.chaos._agent",  # the chaos fault points every process reports to
 })
