@@ -12,6 +12,7 @@ It must never hold the owner's lock while running user code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -23,13 +24,14 @@ import time
 import traceback
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
 
 from ember.chaos import _agent
-from ember.exceptions import (ActorDiedError, ActorRestartLoopError, EmberTaskError, LineageLogUnavailableError,
-                              SerializationError, TaskCancelledError)
+from ember.exceptions import (ActorDiedError, ActorRestartLoopError, EmberInternalError, EmberTaskError,
+                              LineageLogUnavailableError, SerializationError, TaskCancelledError)
 from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
@@ -873,41 +875,57 @@ class Executor:
 
     def run_concurrent_call(self, conn: Connection, spec: TaskSpec) -> None:
         """Run one call of a threaded actor to its end, and send its result (on a thread of its group)."""
-        if not self._admit(conn, spec):
-            return
-        call_seq, started_us = self._begin_concurrent(spec)
-        token = OwnerState.enter_concurrent_call(spec)
-        try:
-            value = self._invoke(spec)
-            if spec.num_returns == STREAMING:
-                value = self._stream(conn, spec, value)
-            outcome, failed = self._split(spec, value), False
-        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
-            outcome, failed = self._failed_concurrent(spec, exc), True
-        finally:
-            OwnerState.leave_concurrent_call(token)
-        self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+        with self._failure_reported(conn, spec):
+            if not self._admit(conn, spec):
+                return
+            call_seq, started_us = self._begin_concurrent(spec)
+            token = OwnerState.enter_concurrent_call(spec)
+            try:
+                value = self._invoke(spec)
+                if spec.num_returns == STREAMING:
+                    value = self._stream(conn, spec, value)
+                outcome, failed = self._split(spec, value), False
+            except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
+                outcome, failed = self._failed_concurrent(spec, exc), True
+            finally:
+                OwnerState.leave_concurrent_call(token)
+            self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
 
     async def run_concurrent_call_async(self, conn: Connection, spec: TaskSpec) -> None:
         """Run one call of an async actor to its end, and send its result (on its group's event loop)."""
-        if not self._admit(conn, spec):
-            return
-        call_seq, started_us = self._begin_concurrent(spec)
-        token = OwnerState.enter_concurrent_call(spec)  # this asyncio task's context only
+        with self._failure_reported(conn, spec):
+            if not self._admit(conn, spec):
+                return
+            call_seq, started_us = self._begin_concurrent(spec)
+            token = OwnerState.enter_concurrent_call(spec)  # this asyncio task's context only
+            try:
+                value = self._invoke(spec)
+                if spec.num_returns == STREAMING and hasattr(type(value), "__aiter__"):
+                    value = await self._stream_async(conn, spec, value)
+                elif spec.num_returns == STREAMING:
+                    value = self._stream(conn, spec, value)
+                elif inspect.isawaitable(value):
+                    value = await value
+                outcome, failed = self._split(spec, value), False
+            except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
+                outcome, failed = self._failed_concurrent(spec, exc), True
+            finally:
+                OwnerState.leave_concurrent_call(token)
+            self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+
+    @contextlib.contextmanager
+    def _failure_reported(self, conn: Connection, spec: TaskSpec) -> Iterator[None]:
+        """A failure of ember's own around a concurrent call (not the method's: that is its outcome) goes
+        to the caller as the call's error, rather than dying in a pool thread while the caller waits."""
         try:
-            value = self._invoke(spec)
-            if spec.num_returns == STREAMING and hasattr(type(value), "__aiter__"):
-                value = await self._stream_async(conn, spec, value)
-            elif spec.num_returns == STREAMING:
-                value = self._stream(conn, spec, value)
-            elif inspect.isawaitable(value):
-                value = await value
-            outcome, failed = self._split(spec, value), False
-        except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
-            outcome, failed = self._failed_concurrent(spec, exc), True
-        finally:
-            OwnerState.leave_concurrent_call(token)
-        self._end_concurrent(conn, spec, outcome, failed, call_seq, started_us)
+            yield
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, the caller hears of it
+            log.exception("actor %s: ember failed around %s", self._actor_name, spec.describe())
+            try:
+                self._send_error(conn, spec, EmberInternalError(
+                    f"ember failed around {spec.describe()}: {exc!r} (the actor goes on; see its worker's log)"))
+            except Exception:  # noqa: BLE001 - the caller's connection is gone too: nobody waits
+                log.exception("actor %s: the failure could not reach the caller", self._actor_name)
 
     def _end_concurrent(self, conn: Connection, spec: TaskSpec, outcome: list, failed: bool, call_seq: int,
                         started_us: int) -> None:

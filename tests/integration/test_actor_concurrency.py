@@ -267,3 +267,34 @@ def test_replay_says_why_a_concurrent_actors_call_is_not_replayed(fault_cluster)
     assert ember.get(ref, timeout=BOUND_S) == 1
     with pytest.raises(ReplayInputError, match=r"ran its calls concurrently \(threaded 1, io=2\)"):
         replay_task(ref.task_id().hex())
+
+
+@ember.remote(max_concurrency=2)
+class Breakable:
+    """A threaded actor that can break ember's own step before its next call starts (a fault injected
+    into the runtime, not the method)."""
+
+    def break_the_next_start(self) -> None:
+        from ember.scheduler import _context
+
+        executor = _context.PROCESS.owner.executor
+        begin = executor._begin_concurrent
+
+        def fail_once(spec):
+            executor._begin_concurrent = begin
+            raise RuntimeError("the start of the call broke")
+
+        executor._begin_concurrent = fail_once
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_a_failure_of_ember_around_a_concurrent_call_reaches_its_caller(fault_cluster):
+    from ember.exceptions import EmberInternalError
+
+    actor = Breakable.remote()
+    ember.get(actor.break_the_next_start.remote(), timeout=BOUND_S)
+    with pytest.raises(EmberInternalError, match="the start of the call broke"):
+        ember.get(actor.ping.remote(), timeout=BOUND_S)  # once it hung until the timeout
+    assert ember.get(actor.ping.remote(), timeout=BOUND_S) == "pong"  # the actor goes on
