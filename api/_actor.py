@@ -10,10 +10,9 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import ActorAlreadyExistsError, EmberUserError, InvalidOptionError, SerializationError
-from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, DYNAMIC, STREAMING, TERMINATE_METHOD, ActorExit, Concurrency,
-                             ObjectRef, ObjectRefGenerator, Op, TaskKind)
+from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, DYNAMIC, HANDLES, STREAMING, TERMINATE_METHOD,
+                             ActorExit, Concurrency, ObjectRef, ObjectRefGenerator, Op, TaskKind)
 from ember import _options
-from ember._actor_lifetime import LOCAL_HANDLES
 from ember._runtime import _lookup_named, core as _core
 from ember.dag import ClassMethodNode, ClassNode
 from ember.scheduler import _context
@@ -113,12 +112,13 @@ class ActorClass:
         key = _options.qualified_name(namespace, name) if name is not None else None
         core.register_function(class_id, payload, self.__qualname__)
         actor_id = os.urandom(16)
-        if name is None and opts.get("lifetime") != "detached":
-            LOCAL_HANDLES.track(actor_id)  # freed when its last handle here goes, unless one leaves
+        freeable = name is None and opts.get("lifetime") != "detached"
+        if freeable:
+            HANDLES.track(actor_id, self.__qualname__)  # freed once no process holds a handle to it
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         concurrency = self._concurrency.to_wire() if self._concurrency is not None else None
         handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries, concurrency,
-                             opts.get("restart_from"))
+                             opts.get("restart_from"), core.address if freeable else None)
         meta = handle._meta()
         if key is not None:
             error = core.call_scheduler(Op.CLAIM_NAME, key, actor_id, meta)
@@ -208,18 +208,20 @@ class ActorHandle:
     """A reference to a live actor; pass it to tasks and other actors freely."""
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], max_task_retries: int,
-                 concurrency: tuple | None = None, restart_from: str | None = None) -> None:
+                 concurrency: tuple | None = None, restart_from: str | None = None,
+                 creator: str | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
         self._concurrency = concurrency  # ``Concurrency.to_wire()`` of a concurrent actor, else None
         self._restart_from = restart_from  # "constructor" for Ray's restart; None: ember's (replay)
-        LOCAL_HANDLES.added(actor_id)
+        self._creator = creator  # the address of the process that created it, if it may be freed
+        HANDLES.added(actor_id, class_name, creator)
 
     def __del__(self) -> None:
         try:
-            LOCAL_HANDLES.dropped(self._actor_id, self._class_name, _end_dropped)
+            HANDLES.dropped(self._actor_id)
         except Exception:  # interpreter shutdown: the module's globals are gone, and so is the cluster
             pass
 
@@ -245,9 +247,9 @@ class ActorHandle:
         return ActorMethod(self, name, num_returns)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        LOCAL_HANDLES.escaped(self._actor_id)  # held elsewhere from now on: never freed from here
+        HANDLES.pickled(self._actor_id)  # a lease of the task it is an argument of, or an escape
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries,
-                              self._concurrency, self._restart_from))
+                              self._concurrency, self._restart_from, self._creator))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -257,18 +259,6 @@ class ActorHandle:
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()[:16]})"
-
-
-def _end_dropped(actor_id: bytes, class_name: str) -> None:
-    """The last handle to an actor created here is gone: it ends after the calls sent to it."""
-    core = _context.PROCESS.owner
-    if core is None or core.closed:
-        return  # the cluster is going: it ends every actor
-    try:
-        core.submit(TaskKind.ACTOR_CALL, b"", class_name, (), {}, 1, (), 0, actor_id=actor_id,
-                    method=TERMINATE_METHOD)
-    except Exception:  # noqa: BLE001 - the cluster went meanwhile: nothing is left to free
-        pass
 
 
 def exit_actor() -> None:

@@ -213,12 +213,9 @@ def _install_sigterm_handler() -> None:
 def shutdown() -> None:
     """Disconnect, and stop the cluster if this process started it."""
     global _node, _session, _auto_initialized
-    from ember._actor_lifetime import LOCAL_HANDLES
-
     with _lock:
         core = _context.PROCESS.owner
         set_core(None)
-        LOCAL_HANDLES.forget_all()  # the cluster ends them all
         _auto_initialized = False
         if core is not None and _node is not None:
             _record_job_end(core)

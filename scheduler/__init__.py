@@ -7,6 +7,7 @@ underscore modules is internal.
 from ember.scheduler._accelerators import node_gpus
 from ember.scheduler._actor_concurrency import ASYNC_MAX_CONCURRENCY_DEFAULT, Concurrency
 from ember.scheduler._actor_exit import RESTART_FROM, TERMINATE_METHOD, ActorExit
+from ember.scheduler._actor_handles import HANDLES
 from ember.scheduler._context import require_core, set_core
 from ember.scheduler._owner import Owner
 from ember.scheduler import _local_nodes as local_nodes
@@ -25,6 +26,7 @@ __all__ = [
     "DYNAMIC",
     "DynamicObjectRefGenerator",
     "DynamicReturns",
+    "HANDLES",
     "IDS",
     "JoinTarget",
     "NODE_RESOURCE_PREFIX",

@@ -102,6 +102,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.STREAM_ITEM: ((TID, int, int, OID, (bytes, _NONE), int, (bytes, _NONE)), 0),
     Op.FLUSH_LOG: ((int, AID), 0),
     Op.LINEAGE_DURABLE: ((int, _ListOf(OID)), 0),
+    Op.ACTOR_HANDLES: ((int, AID, int, str), 0),  # req id, actor, HandleChange, the borrower's address
     Op.OBJECT_WANTED: ((_ListOf(OID),), 0),
     Op.LOCATE: ((_ListOf(OID), str), 0),  # ..., where to answer
     Op.OBJECT_AT: ((OID, list), 0),  # ..., relay endpoints of the nodes that hold it
@@ -121,7 +122,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
 # Requests (answered with REPLY): a refused one is answered with an error.
 REQUESTS = frozenset({
     Op.GET_NAMED_ACTOR, Op.RESOURCES, Op.PROCESSES, Op.CLAIM_NAME, Op.FLUSH_LOG, Op.ALLOC_SEGMENT,
-    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE, Op.TAKE_BACK, Op.LIST_NAMED_ACTORS,
+    Op.STORE_STATS, Op.RESUME, Op.LINEAGE_DURABLE, Op.TAKE_BACK, Op.LIST_NAMED_ACTORS, Op.ACTOR_HANDLES,
 })
 
 SCHEDULER_OPS = frozenset({
@@ -135,7 +136,7 @@ STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.ST
 CORE_OPS = frozenset({
     Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
     Op.LINEAGE_DURABLE, Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
-    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.STREAM_ITEM,
+    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.STREAM_ITEM, Op.ACTOR_HANDLES,
 })
 # What an actor takes on a caller's connection once it has adopted it.
 CALL_OPS = frozenset({Op.ACTOR_CALL, Op.CANCEL_CALL})

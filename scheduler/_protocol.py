@@ -113,6 +113,7 @@ class Op:
     # to the scheduler (later additions: 10-29 are taken)
     LIST_NAMED_ACTORS = 70  # the names of the cluster's live named actors
     RETIRE = 71  # worker -> its scheduler: I ran a function max_calls times; here are tasks back, stop me when idle
+    ACTOR_HANDLES = 80  # a borrower -> an actor's creator: I hold handles to it now, no longer, or one escaped
 
 
 OP_NAMES: dict[int, str] = {v: k for k, v in vars(Op).items() if type(v) is int}

@@ -52,6 +52,8 @@ from ember.scheduler._owner._tasks import (
     after_result,
     error_in_results,
 )
+from ember.scheduler._actor_exit import TERMINATE_METHOD
+from ember.scheduler._actor_handles import HANDLES
 from ember.scheduler._address import through_relay
 from ember.scheduler._listener import set_local_relay
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op
@@ -181,6 +183,7 @@ class Owner:
         if self.kind == ProcessKind.WORKER:
             links.exec_conn = links.connect(session.scheduler_socket, None, "scheduler-exec",
                                             hello={"purpose": "exec"}, reader=False)
+        HANDLES.attach(self)
         return self
 
     def _job_of(self) -> bytes:
@@ -247,6 +250,7 @@ class Owner:
     def close(self) -> None:
         self.closed = True
         self.closed_reason = "the cluster shut down"
+        HANDLES.forget_all()  # the cluster ends the actors created here, and the creators of the others count
         if self.gcs is not None:
             self.gcs.close()
             if self.kind == ProcessKind.DRIVER:
@@ -519,6 +523,23 @@ class Owner:
         """Tasks a restarted scheduler took from its log, not sent again."""
         return self.restart.resumed_from_log
 
+    # -- actor handles (``_actor_handles``): the ends and notices it asks for ------------------
+
+    def terminate_actor(self, actor_id: bytes, class_name: str) -> None:
+        """End an actor created here that no process holds a handle to, after the calls sent to it."""
+        self.submit(TaskKind.ACTOR_CALL, b"", class_name, (), {}, 1, (), 0, actor_id=actor_id,
+                    method=TERMINATE_METHOD)
+
+    def tell_actor_creator(self, creator: str, actor_id: bytes, change: int, wait_s: float | None) -> None:
+        """Tell an actor's creator that this process holds handles to it, no longer does, or let one
+        escape; with ``wait_s``, wait that long for its answer."""
+        answer = self.links.peer(creator).request(Op.ACTOR_HANDLES, actor_id, change, self.address)
+        if wait_s is not None:
+            answer.result(timeout=wait_s)
+
+    def process_alive(self, address: str) -> bool:
+        return self.rebuild.owner_alive(address)
+
     # -- incoming messages -----------------------------------------------------
 
     def _wake_waiters(self) -> None:
@@ -545,6 +566,7 @@ class Owner:
             Op.TASK_FAILED: lambda conn, msg: self._on_task_failed(msg[1], msg[2], msg[3], msg[4]),
             Op.OBJECT_WANTED: lambda conn, msg: self.waiting.on_object_wanted(msg[1]),
             Op.LINEAGE_DURABLE: lambda conn, msg: self.lineage.on_lineage_wanted(conn, msg[1], msg[2]),
+            Op.ACTOR_HANDLES: lambda conn, msg: conn.reply(msg[1], HANDLES.on_message(msg[2], msg[3], msg[4])),
             # A restarted actor asks for the calls this process saw it run: answered
             # off the reader thread, since a commit may take a while.
             Op.FLUSH_LOG: off_the_reader(self.lineage.flush_log_for, "ember-flush-log"),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ember.scheduler._actor_concurrency import Concurrency, concurrency_in_meta
+from ember.scheduler._actor_handles import HANDLES, leasing
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import INLINE_BYTES_MAX, ObjectState, ObjectTable
@@ -62,7 +63,11 @@ class SpecEncoder:
                 if entry is not None and entry.state == ObjectState.READY_INLINE:
                     return (ArgKind.INLINE, entry.data)
             return (ArgKind.REF, value._id, value._owner)
-        obj = serialize(value)
+        if pt is None:
+            obj = serialize(value)
+        else:
+            with leasing(pt):  # actor handles in it are held until the task needs its arguments no more
+                obj = serialize(value)
         if obj.total_size > INLINE_BYTES_MAX:
             oid = self._writes.put_serialized(obj)
             if pt is not None:
@@ -154,6 +159,9 @@ class SpecEncoder:
                 entry.log_seq = pt.log_seq
 
     def free_arg_objects(self, pt: PendingTask) -> None:
+        if pt.actor_leases:
+            leases, pt.actor_leases = pt.actor_leases, []
+            HANDLES.leases_done(leases)
         if pt.arg_objects:
             oids, pt.arg_objects = pt.arg_objects, []
             for oid in oids:

@@ -46,7 +46,7 @@ class PendingTask:
     """A task this process submitted whose result is not in yet."""
 
     __slots__ = ("spec", "raw_args", "raw_kwargs", "missing", "retry_exceptions", "cancelled", "extra", "arg_objects",
-                 "log_seq", "replay", "encoded", "as_logged", "declared")
+                 "log_seq", "replay", "encoded", "as_logged", "declared", "actor_leases")
 
     def __init__(self, spec: TaskSpec, raw_args: tuple, raw_kwargs: dict, retry_exceptions: Any) -> None:
         self.spec = spec
@@ -62,6 +62,7 @@ class PendingTask:
         self.encoded = False  # arguments encoded (and logged) before its inputs were ready
         self.as_logged = False  # sent exactly as its logged spec: a restarted scheduler can take it from the log
         self.declared = False  # its results' creation rows logged before it ended (``LineageGate.declare_pending``)
+        self.actor_leases: list[bytes] = []  # actors whose handles are in its arguments (``_actor_handles``)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

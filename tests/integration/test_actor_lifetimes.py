@@ -6,6 +6,7 @@ Each test reads the actor's fate through calls on it, bounded by a timeout.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 
@@ -203,25 +204,79 @@ def test_an_actor_whose_handles_are_all_dropped_is_freed(fault_cluster):
         del holder
 
 
-def test_the_calls_sent_before_the_last_handle_went_still_run(fault_cluster):
+TERMINATED = "actor stopped: it was terminated by __ray_terminate__, after the calls sent before it"
+
+
+def _end_of(session, actor_id: bytes) -> str | None:
+    """How the actor's process ended, as the log says (None: not ended)."""
+    import psycopg
+
     from ember.scheduler._session import log_conninfo
 
+    with psycopg.connect(log_conninfo(session)) as conn:
+        row = conn.execute("SELECT death_cause FROM workers WHERE actor_id = %s", (actor_id,)).fetchone()
+    return row[0] if row and row[0] else None
+
+
+def test_the_calls_sent_before_the_last_handle_went_still_run(fault_cluster):
     holder = Holder.remote()
     pid = ember.get(holder.pid.remote(), timeout=BOUND_S)
     pending = holder.ping.remote()
     actor_id = holder._actor_id
     del holder
     assert ember.get(pending, timeout=BOUND_S) == "pong"
-    import psycopg
-
-    def ended() -> str | None:
-        with psycopg.connect(log_conninfo(fault_cluster)) as conn:
-            row = conn.execute("SELECT death_cause FROM workers WHERE actor_id = %s", (actor_id,)).fetchone()
-        return row[0] if row and row[0] else None
-
-    assert poll_until(ended, BOUND_S, poll_s=0.1) == \
-        "actor stopped: it was terminated by __ray_terminate__, after the calls sent before it"
+    assert poll_until(lambda: _end_of(fault_cluster, actor_id), BOUND_S, poll_s=0.1) == TERMINATED
     assert pid > 0
+
+
+@ember.remote
+class Keeper:
+    """Holds a handle it was given, in another process than the actor's creator."""
+
+    def __init__(self) -> None:
+        self.kept = None
+
+    def keep(self, handles: list) -> None:
+        self.kept = handles[0]
+
+    def ping_kept(self) -> str:
+        return ember.get(self.kept.ping.remote(), timeout=BOUND_S)
+
+    def drop(self) -> None:
+        self.kept = None
+        import gc
+
+        gc.collect()
+
+
+def test_a_handle_passed_to_a_task_keeps_its_actor_until_the_task_is_done_with_it(fault_cluster):
+    ref = ping_through.remote(Holder.remote())  # the creator's only handle is gone at once
+    assert ember.get(ref, timeout=BOUND_S) == "pong"
+    for _ in range(3):  # two CPUs: each freed before the next can start
+        assert ember.get(ping_through.remote(Holder.remote()), timeout=BOUND_S) == "pong"
+
+
+def test_an_actor_lives_while_another_process_holds_its_handle_and_ends_after(fault_cluster):
+    holder, keeper = Holder.remote(), Keeper.remote()
+    actor_id = holder._actor_id
+    ember.get(keeper.keep.remote([holder]), timeout=BOUND_S)  # in a list: a lease all the same
+    del holder
+    gc.collect()
+    time.sleep(1.0)  # time enough for a wrong end to show
+    assert ember.get(keeper.ping_kept.remote(), timeout=BOUND_S) == "pong"
+    assert _end_of(fault_cluster, actor_id) is None
+    ember.get(keeper.drop.remote(), timeout=BOUND_S)
+    assert poll_until(lambda: _end_of(fault_cluster, actor_id), BOUND_S, poll_s=0.1) == TERMINATED
+
+
+def test_a_borrower_that_dies_without_a_word_frees_the_actor(fault_cluster):
+    holder, keeper = Holder.remote(), Keeper.remote()
+    actor_id = holder._actor_id
+    ember.get(keeper.keep.remote([holder]), timeout=BOUND_S)
+    del holder
+    gc.collect()
+    ember.kill(keeper)  # SIGKILL: it never says it let go
+    assert poll_until(lambda: _end_of(fault_cluster, actor_id), BOUND_S, poll_s=0.1) == TERMINATED
 
 
 @ember.remote

@@ -186,7 +186,13 @@ class Leaver:
         ember.actor.exit_actor()
 
 
+def _echo_through(actor: Any, x: int) -> int:
+    """A task that calls an actor whose handle it was given (its creator may hold none)."""
+    return ember.get(actor.echo.remote(x), timeout=GET_BOUND_S)
+
+
 value_task = ember.remote(max_retries=RETRIES)(_value)
+echo_through_task = ember.remote(max_retries=RETRIES)(_echo_through)
 stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
@@ -543,6 +549,16 @@ class ApiUnderFaults(RuleBasedStateMachine):
         TALLY.drops += 1
         self.lifetime_ops += 1
         return self._track(ref, seed, f"dropped_actor.echo({seed})")
+
+    @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
+    @rule(target=refs, seed=SEEDS)
+    @operation
+    def lend_an_actor(self, seed: int) -> Tracked:
+        """An actor whose only handle goes to a task: it lives while the task uses it, then it is freed."""
+        ref = echo_through_task.remote(LeavingActor.remote(), seed)  # the creator keeps no handle
+        TALLY.drops += 1
+        self.lifetime_ops += 1
+        return self._track(ref, seed, f"echo_through.remote(lent_actor, {seed})")
 
     @precondition(lambda self: self.lifetime_ops < LIFETIME_OPS_MAX)
     @rule()
