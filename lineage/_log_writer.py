@@ -99,7 +99,10 @@ class LogWriter:
         self._cv = threading.Condition()
         self._pending: list[tuple[str, tuple]] = []
         self._appended_seq = 0
-        self._urgent = False
+        # The last row somebody waits for, or asked to commit now: up to it, rows leave at once; rows
+        # after it (appended lazily) may wait LAZY_DELAY_S. A seq, not a flag: a waiter whose row is in
+        # the batch in flight must not hurry the lazy rows appended meanwhile into a commit of their own.
+        self._wanted_seq = 0
         self.committed_seq = 0
         self.rows_written = 0
         self.batches_written = 0
@@ -135,13 +138,17 @@ class LogWriter:
             self._pending.extend(rows)
             self._appended_seq += len(rows)
             # The writer sleeps either for any row (queue empty) or, holding
-            # lazy rows, for an urgent one: wake it in both cases. ``_urgent``
-            # may already be set with nothing queued (a waiter for a batch in
-            # flight), so it alone does not say the writer is awake.
-            if (urgent and not self._urgent) or was_empty:
-                self._urgent = self._urgent or urgent
+            # lazy rows, for a wanted one: wake it in both cases.
+            if urgent:
+                self._want_locked(self._appended_seq)
+            elif was_empty:
                 self._cv.notify_all()
             return self._appended_seq
+
+    def _want_locked(self, seq: int) -> None:
+        if seq > self._wanted_seq:
+            self._wanted_seq = seq
+            self._cv.notify_all()
 
     def wait_committed(self, seq: int, timeout_s: float | None = None) -> bool:
         """Block until row ``seq`` (and every row before it) is committed; False if ``timeout_s`` passed first.
@@ -151,9 +158,8 @@ class LogWriter:
         """
         deadline = None if timeout_s is None else self._clock() + timeout_s
         with self._cv:
-            if self.committed_seq < seq and not self._urgent:
-                self._urgent = True  # somebody waits: lazy rows leave now
-                self._cv.notify_all()
+            if self.committed_seq < seq:
+                self._want_locked(seq)  # somebody waits: the rows up to it leave now
             while self.committed_seq < seq:
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
@@ -164,9 +170,8 @@ class LogWriter:
     def expedite(self) -> None:
         """Commit what is queued now rather than after ``LAZY_DELAY_S``, without waiting for it."""
         with self._cv:
-            if self._pending and not self._urgent:
-                self._urgent = True
-                self._cv.notify_all()
+            if self._pending:
+                self._want_locked(self._appended_seq)
 
     @property
     def appended_seq(self) -> int:
@@ -210,8 +215,8 @@ class LogWriter:
                 busy = last_batch_rows >= BUSY_BATCH_ROWS
                 while not self._pending and not self._closing:
                     self._cv.wait()
-                if not self._urgent and not self._closing:
-                    # Only lazy rows: wait a while for company, or for an urgent row.
+                if self._wanted_seq <= self.committed_seq and not self._closing:
+                    # Only lazy rows: wait a while for company, or for a wanted row.
                     self._cv.wait(self._lazy_delay_s)
                 if not self._pending and self._closing:
                     return
@@ -219,7 +224,6 @@ class LogWriter:
                 time.sleep(self._flush_interval_s)
             with self._cv:
                 batch, self._pending = self._pending, []
-                self._urgent = False
                 batch_seq = self._appended_seq
             last_batch_rows = len(batch)
             try:
