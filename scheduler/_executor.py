@@ -560,7 +560,7 @@ class Executor:
                 core.writes.write_to_store(oid, obj)
         size = len(data) if data is not None else obj.total_size  # type: ignore[union-attr]
         gcs = core.gcs
-        if gcs is not None:
+        if gcs is not None and gcs.writer.appended_seq > gcs.committed_seq:
             core.flush()
             gcs.make_durable(gcs.writer.appended_seq, f"value {index} of {spec.describe()}")
         digest = content_hash(data) if gcs is not None and data is not None else None
