@@ -122,9 +122,11 @@ class ClusterTable:
         self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",
                     (state, job_id))])
 
-    def workers_ended(self, node_id: str, cause: str) -> None:
+    def workers_ended(self, node_id: str, cause: str, spared: list[bytes] | None = None) -> None:
+        """The node's workers ended (its scheduler died), but those in ``spared`` (its new one's)."""
         self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE node_id = %s "
-                    "AND kind = %s AND ended_at IS NULL", (cause, node_id, ProcessKind.WORKER))])
+                    "AND kind = %s AND ended_at IS NULL AND NOT worker_id = ANY(%s)",
+                    (cause, node_id, ProcessKind.WORKER, spared or []))])
 
     def heartbeats(self, node_ids: list[str]) -> None:
         self._run([("UPDATE nodes SET last_heartbeat_at = now() WHERE node_id = ANY(%s)", (node_ids,))])

@@ -101,10 +101,15 @@ class GcsService:
 
     def register(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, address=str, resources=dict, events=(list, None), restarted=(bool, None),
-                 transfer=(str, None))
+                 transfer=(str, None), own=(list, None))
         _check_events(req)
+        own = req.get("own") or []
+        if not all(type(p) is str for p in own):
+            raise BadRequest(f"field 'own' is {own!r:.60}, not a list of process ids (hex)")
+        spared = [_hex(p, "own") for p in own]
         if req.get("restarted"):
-            self.table.workers_ended(req["node_id"], "its node's scheduler died")
+            # Not the processes the new scheduler started: this registration may be a second try.
+            self.table.workers_ended(req["node_id"], "its node's scheduler died", spared)
         self.table.node_started(req["node_id"], req["address"], req["resources"])
         self.table.process_events(req["node_id"], req.get("events", []))
         self._note_actors(req["node_id"], req.get("events"))

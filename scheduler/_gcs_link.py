@@ -50,6 +50,9 @@ class GcsLink:
         self._client: Any = None
         self.registered = False
         self.restarted = False  # this node's scheduler replaces one that died: its workers died too
+        # The processes this scheduler started that live: a "restarted" registration sent again (its
+        # answer was lost) must not end them in the log with the dead scheduler's.
+        self._own: set[str] = set()
         self.gcs_pid: int | None = None
 
     def start(self) -> None:
@@ -64,6 +67,10 @@ class GcsLink:
 
     def _push(self, event: dict[str, Any]) -> None:
         with self._lock:
+            if event["type"] == "started":
+                self._own.add(event["process_id"])
+            else:
+                self._own.discard(event["process_id"])
             self._events.append(event)
         self._wake.set()
 
@@ -86,6 +93,9 @@ class GcsLink:
                 if not self.registered:
                     request = {"node_id": self.node_id, "address": self._node_address,
                                "resources": self._resources, "events": events, "restarted": self.restarted}
+                    if self.restarted:
+                        with self._lock:
+                            request["own"] = sorted(self._own)
                     if self._transfer:
                         request["transfer"] = self._transfer
                     reply = self._client.try_call("Register", request)

@@ -209,3 +209,22 @@ def test_an_event_the_gcs_refuses_is_dropped_and_its_node_stays_known(gcs_cluste
         _wait_for(lambda: not link._pending(), "the node's events are all answered")
     finally:
         link.stop("test over")
+
+
+def test_a_restarted_registration_sent_again_spares_the_new_schedulers_processes(gcs_cluster):
+    # Its first answer lost (a slow service under load), a restarted scheduler registers again: the
+    # workers it started meanwhile must stay open in the log (CI once saw a live worker closed).
+    client = GcsClient(str(gcs_cluster.gcs_address), gcs_cluster.token())
+    node_id, old, new = os.urandom(16).hex(), os.urandom(16), os.urandom(16)
+    started = [{"type": "started", "process_id": p.hex(), "kind": "worker", "pid": pid, "actor_id": None}
+               for p, pid in ((old, 4001), (new, 4002))]
+    base = {"node_id": node_id, "address": "test-node", "resources": {"CPU": 1.0}}
+    client.call("Register", {**base, "events": started[:1]})  # the scheduler that dies, and its worker
+    try:
+        for _ in range(2):  # the restarted one's registration, and the same again
+            client.call("Register", {**base, "events": started[1:], "restarted": True, "own": [new.hex()]})
+        open_ids = {r[0] for r in _rows(gcs_cluster, "SELECT worker_id FROM workers WHERE node_id = %s "
+                                                     "AND ended_at IS NULL", node_id)}
+        assert open_ids == {new}
+    finally:
+        client.call("Unregister", {"node_id": node_id, "cause": "test over"})
