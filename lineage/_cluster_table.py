@@ -24,6 +24,8 @@ log = logging.getLogger("ember.gcs")
 ABANDONED_AFTER_S = 60.0
 
 
+NODE_ENDED = "its node ended: "  # the start of the cause of a process that ended with its node
+
 class ClusterTable:
     def __init__(self, conninfo: str | None, cluster_id: str) -> None:
         self.conninfo = conninfo
@@ -115,8 +117,16 @@ class ClusterTable:
             ("UPDATE nodes SET ended_at = now(), death_cause = %s WHERE node_id = %s AND ended_at IS NULL",
              (cause, node_id)),
             ("UPDATE workers SET ended_at = now(), death_cause = %s WHERE node_id = %s AND ended_at IS NULL",
-             (f"its node ended: {cause}", node_id)),
+             (f"{NODE_ENDED}{cause}", node_id)),
         ])
+
+    def workers_back(self, worker_ids: list[bytes]) -> None:
+        """Live processes of a node that registered again: those ended with it when it was presumed dead
+        are open again, the presumption kept in their cause (as ``node_started`` keeps the node's)."""
+        if worker_ids:
+            self._run([("UPDATE workers SET ended_at = NULL, death_cause = 'presumed dead (' || death_cause || "
+                        "'), then it came back' WHERE worker_id = ANY(%s) AND ended_at IS NOT NULL "
+                        "AND starts_with(death_cause, %s)", (worker_ids, NODE_ENDED))])
 
     def job_ended(self, job_id: bytes, state: JobState) -> None:
         self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",
@@ -166,7 +176,7 @@ class ClusterTable:
             self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL "
                         "AND (node_id = ANY(%s) OR (node_id IS NULL AND cluster_id IN "
                         "(SELECT cluster_id FROM nodes WHERE node_id = ANY(%s))))",
-                        (f"its node ended: {cause}", ended, ended))])
+                        (f"{NODE_ENDED}{cause}", ended, ended))])
         return len(ended)
 
     def wait_available(self, stop: threading.Event, timeout_s: float | None = None) -> bool:

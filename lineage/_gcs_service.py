@@ -111,6 +111,7 @@ class GcsService:
             # Not the processes the new scheduler started: this registration may be a second try.
             self.table.workers_ended(req["node_id"], "its node's scheduler died", spared)
         self.table.node_started(req["node_id"], req["address"], req["resources"])
+        self.table.workers_back(spared)  # ended with their node when it was presumed dead
         self.table.process_events(req["node_id"], req.get("events", []))
         self._note_actors(req["node_id"], req.get("events"))
         with self._lock:

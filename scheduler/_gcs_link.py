@@ -50,8 +50,9 @@ class GcsLink:
         self._client: Any = None
         self.registered = False
         self.restarted = False  # this node's scheduler replaces one that died: its workers died too
-        # The processes this scheduler started that live: a "restarted" registration sent again (its
-        # answer was lost) must not end them in the log with the dead scheduler's.
+        # The processes this scheduler started that live, named in each registration: one sent again
+        # (its answer lost) must not end them in the log with a dead scheduler's, and a node presumed
+        # dead that comes back has them open again.
         self._own: set[str] = set()
         self.gcs_pid: int | None = None
 
@@ -59,18 +60,18 @@ class GcsLink:
         threading.Thread(target=self._run, name="ember-gcs-link", daemon=True).start()
 
     def started(self, process_id: bytes, kind: ProcessKind, pid: int, actor_id: bytes | None = None) -> None:
+        with self._lock:
+            self._own.add(process_id.hex())
         self._push({"type": "started", "process_id": process_id.hex(), "kind": kind, "pid": pid,
                     "actor_id": actor_id.hex() if actor_id else None})
 
     def died(self, process_id: bytes, cause: str) -> None:
+        with self._lock:
+            self._own.discard(process_id.hex())
         self._push({"type": "died", "process_id": process_id.hex(), "cause": cause})
 
     def _push(self, event: dict[str, Any]) -> None:
         with self._lock:
-            if event["type"] == "started":
-                self._own.add(event["process_id"])
-            else:
-                self._own.discard(event["process_id"])
             self._events.append(event)
         self._wake.set()
 
@@ -91,11 +92,11 @@ class GcsLink:
             events = self._pending()
             try:
                 if not self.registered:
+                    with self._lock:
+                        own = sorted(self._own)
                     request = {"node_id": self.node_id, "address": self._node_address,
-                               "resources": self._resources, "events": events, "restarted": self.restarted}
-                    if self.restarted:
-                        with self._lock:
-                            request["own"] = sorted(self._own)
+                               "resources": self._resources, "events": events, "restarted": self.restarted,
+                               "own": own}
                     if self._transfer:
                         request["transfer"] = self._transfer
                     reply = self._client.try_call("Register", request)

@@ -164,6 +164,11 @@ def test_a_silent_node_is_declared_dead_with_the_cause_and_comes_back(gcs_cluste
     _wait_for(lambda: all(n["Alive"] for n in ember.nodes()), "the node is alive again")
     (row,) = _rows(gcs_cluster, "SELECT ended_at, death_cause FROM nodes WHERE node_id = %s", node_id)
     assert row[0] is None and "then it came back" in row[1]
+    # Its processes, ended with it in the log, are open again: they lived all along.
+    live = {p.pid for p in processes() if p.kind == "worker"}
+    open_pids = {r[0] for r in _rows(gcs_cluster, "SELECT pid FROM workers WHERE node_id = %s AND ended_at IS NULL",
+                                     node_id)}
+    assert live <= open_pids
 
     @ember.remote
     def ping():
