@@ -24,9 +24,10 @@ once than the group's size.
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ember.scheduler._protocol import Connection
@@ -38,6 +39,8 @@ __all__ = ["ASYNC_MAX_CONCURRENCY_DEFAULT", "DEFAULT_GROUP", "LOOP_START_TIMEOUT
 ASYNC_MAX_CONCURRENCY_DEFAULT = 1000  # Ray's default for an async actor's default group
 DEFAULT_GROUP = "_ember_default"  # the group of methods given none (not a name a user may declare)
 LOOP_START_TIMEOUT_S = 10.0  # a group's event loop thread is running within this long, or the actor fails
+
+log = logging.getLogger("ember.actor")
 
 
 class Concurrency:
@@ -116,6 +119,32 @@ class _Group:
                                f"within {LOOP_START_TIMEOUT_S:g} s")
 
 
+class _Threads:
+    """One group of a threaded actor: ``size`` threads taking its calls from one queue, in arrival order.
+
+    Lighter than a ``ThreadPoolExecutor`` (no future per call, no pool bookkeeping): a no-op call's
+    hand-off is a put and a get on a ``SimpleQueue``. Started at once; its threads live as long as
+    the actor's process.
+    """
+
+    def __init__(self, name: str, size: int, run: Callable[[Connection, TaskSpec], None]) -> None:
+        self._calls: queue.SimpleQueue[tuple[Connection, TaskSpec]] = queue.SimpleQueue()
+        self._run = run
+        for i in range(size):
+            threading.Thread(target=self._serve, name=f"ember-actor-{name}_{i}", daemon=True).start()
+
+    def submit(self, conn: Connection, spec: TaskSpec) -> None:
+        self._calls.put((conn, spec))
+
+    def _serve(self) -> None:
+        while True:
+            conn, spec = self._calls.get()
+            try:
+                self._run(conn, spec)
+            except BaseException:  # noqa: BLE001 - reported to its caller by the runner; the thread goes on
+                log.exception("a call of this actor failed outside its runner")
+
+
 class ConcurrentCalls:
     """Runs a concurrent actor's calls on its groups' threads or event loops.
 
@@ -132,7 +161,7 @@ class ConcurrentCalls:
         self._lock = threading.Lock()
         self.running = 0  # calls started and not finished, over every group
         self.started = 0
-        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._pools: dict[str, _Threads] = {}
         self._groups: dict[str, _Group] = {}
         for name, size in concurrency.sizes().items():
             if concurrency.is_async:
@@ -140,7 +169,7 @@ class ConcurrentCalls:
                 group.start()
                 self._groups[name] = group
             else:
-                self._pools[name] = ThreadPoolExecutor(size, thread_name_prefix=f"ember-actor-{name}")
+                self._pools[name] = _Threads(name, size, self._run_counted)
 
     def submit(self, conn: Connection, spec: TaskSpec) -> None:
         """Start ``spec`` in its group (called on the executor's main thread; never blocks on the call)."""
@@ -150,7 +179,7 @@ class ConcurrentCalls:
             group.loop.call_soon_threadsafe(self._start_task, group, conn, spec)
         else:
             pool = self._pools.get(name) or self._pools[DEFAULT_GROUP]
-            pool.submit(self._run_counted, conn, spec)
+            pool.submit(conn, spec)
 
     def _run_counted(self, conn: Connection, spec: TaskSpec) -> None:
         self._count(1)
