@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ember.lineage._rpc import Unavailable
-from ember.lineage._states import JobState, ProcessKind
+from ember.lineage._states import JobState, PlacementGroupState, ProcessKind
 
 log = logging.getLogger("ember.gcs")
 
@@ -88,7 +88,23 @@ class ClusterTable:
                               (self.cluster_id,))])
         return {r[0]: (bytes(r[1]).hex(), r[2]) for r in rows}
 
+    def placement_groups(self) -> list[dict[str, Any]]:
+        """This cluster's placement groups not removed, as Group.record() made them, oldest first."""
+        (rows,) = self._run([("SELECT record FROM placement_groups WHERE cluster_id = %s AND state <> %s "
+                              "ORDER BY created_at", (self.cluster_id, PlacementGroupState.REMOVED))])
+        return [r[0] for r in rows]
+
     # -- writes -------------------------------------------------------------------------
+
+    def placement_groups_logged(self, records: list[dict[str, Any]]) -> None:
+        """Each group's latest record (a new group, or one whose state or placement changed)."""
+        self._run([(
+            "INSERT INTO placement_groups (placement_group_id, cluster_id, name, state, creator_job_id, detached, "
+            "record) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (placement_group_id) DO UPDATE SET "
+            "state = EXCLUDED.state, record = EXCLUDED.record, updated_at = now()",
+            (r["placement_group_id"], self.cluster_id, r["name"] or None, r["state"],
+             bytes.fromhex(r["creator_job_id"]) if r["creator_job_id"] else None, r["detached"], json.dumps(r)),
+        ) for r in records])
 
     def name_claimed(self, name: str, actor_id_hex: str, meta: str) -> None:
         self._run([(

@@ -15,7 +15,8 @@ from ember.scheduler._object_ref import ObjectRef, TaskID
 from ember.scheduler._ref_generator import ObjectRefGenerator
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import IDS, STREAMING, CallLimited, Strategy, TaskKind, resource_shape
+from ember.scheduler._spec import (IDS, STREAMING, CallLimited, Strategy, TaskKind, bundle_shape, resource_shape,
+                                   unbundled_shape)
 
 __all__ = [
     "ASYNC_MAX_CONCURRENCY_DEFAULT",
@@ -38,6 +39,7 @@ __all__ = [
     "TaskID",
     "TaskKind",
     "bring_up",
+    "bundle_shape",
     "free_port",
     "local_nodes",
     "node_gpus",
@@ -45,4 +47,5 @@ __all__ = [
     "require_core",
     "resource_shape",
     "set_core",
+    "unbundled_shape",
 ]

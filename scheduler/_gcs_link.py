@@ -33,8 +33,13 @@ UNREGISTER_TIMEOUT_S = 1.0
 class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
                  resources: dict[str, float], available: Any = None, queued: Any = None,
-                 transfer: str | None = None, on_view: Any = None) -> None:
+                 transfer: str | None = None, on_view: Any = None, bundles: Any = None,
+                 on_bundles: Any = None) -> None:
         self.node_id = node_id
+        # () -> {"held", "refused", "awaiting"}: the placement group bundles this node holds, for each heartbeat;
+        # ({key: {"resources", "phase"}}, [gone group ids]) -> bool: the GCS's answer, True if it changed something.
+        self._bundles = bundles
+        self._on_bundles = on_bundles
         self._on_view = on_view  # ({node_id: {"total", "available"}}) -> None: the other nodes, per heartbeat
         self._available = available  # () -> the node's free resources now, sent with each heartbeat
         self._queued = queued  # () -> how many tasks wait in the node's queues, for the global scheduler
@@ -100,11 +105,18 @@ class GcsLink:
                         beat["available"] = self._available()
                     if self._queued is not None:
                         beat["queued"] = self._queued()
+                    if self._bundles is not None:
+                        report = self._bundles()
+                        beat["bundles"], beat["refused"] = report["held"], report["refused"]
+                        beat["awaiting"] = report["awaiting"]
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))
                         if self._on_view is not None and isinstance(reply.get("view"), dict):
                             self._on_view(reply["view"])
+                        if (self._on_bundles is not None and isinstance(reply.get("bundles"), dict)
+                                and self._on_bundles(reply["bundles"], reply.get("gone") or [])):
+                            continue  # a bundle prepared, committed or released: say so at once
                     else:
                         self.registered = False
                         continue

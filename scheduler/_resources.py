@@ -66,11 +66,30 @@ class ResourcePool:
 
     def release(self, shape: Iterable[tuple[str, float]], devices: tuple[int, ...] = ()) -> None:
         for name, amount in shape:
+            if name not in self.total:
+                continue  # a placement group bundle's resource, released since (the group was removed)
             self.available[name] = self.available.get(name, 0.0) + amount
             if name == "GPU":
                 share = min(amount, 1.0)
                 for device in devices:
                     self._gpu_free[device] = min(1.0, self._gpu_free[device] + share)
+
+    def add(self, resources: dict[str, float]) -> None:
+        """New resources of the node (a committed placement group bundle's), free."""
+        for name, amount in resources.items():
+            self.total[name] = self.total.get(name, 0.0) + amount
+            self.available[name] = self.available.get(name, 0.0) + amount
+
+    def remove(self, resources: dict[str, float]) -> None:
+        """Resources ``add`` gave, taken away again (whoever holds some keeps them until they release)."""
+        for name, amount in resources.items():
+            left = self.total.get(name, 0.0) - amount
+            if left > EPSILON:
+                self.total[name] = left
+                self.available[name] = self.available.get(name, 0.0) - amount
+            else:
+                self.total.pop(name, None)
+                self.available.pop(name, None)
 
     def _gpu_devices(self, amount: float) -> tuple[int, ...] | None:
         """The devices a request of ``amount`` GPUs would take now; None if none fit."""

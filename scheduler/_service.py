@@ -31,6 +31,7 @@ from typing import Any, assert_never
 from ember import _settings
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
+from ember.scheduler._bundles import Bundles
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler._infeasible import CANNOT_SCHEDULE
 from ember.scheduler import _messages
@@ -41,7 +42,7 @@ from ember.scheduler._node_queue import Action, Admission, Assign, NodeQueue, Sp
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._session import Session, log_conninfo, open_session
-from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
+from ember.scheduler._spec import GROUP_REMOVED, FailureCause, TaskKind, TaskSpec
 from ember.scheduler import _procutil
 from ember.scheduler._fork_server import FORK_READY_WAIT_S
 from ember.scheduler._worker_pool import WORKER_START_FAILURES_MAX, WorkerPool, WorkerProcess
@@ -104,9 +105,11 @@ class Scheduler:
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
         self._force_kills: list[tuple[int, int, float]] = []  # (worker key, pid, kill after): force cancels
+        self.bundles = Bundles(self.queue.resources)  # placement group bundles reserved here
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
-                           transfer=transfer_address, on_view=self._cluster_view)
+                           transfer=transfer_address, on_view=self._cluster_view,
+                           bundles=self._bundle_report, on_bundles=self._on_bundles)
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic)
         self.listener = Listener(
@@ -147,6 +150,40 @@ class Scheduler:
             self.queue.view.update(nodes)
             self._dispatch()
         self._flush_dirty()
+
+    def _bundle_report(self) -> dict[str, Any]:
+        """For the heartbeat: the bundles held here, and the groups queued work waits for."""
+        with self._lock:
+            report = self.bundles.report()
+            report["awaiting"] = sorted(self.queue.awaiting_groups())
+        return report
+
+    def _on_bundles(self, desired: dict[str, Any], gone: list[str]) -> bool:
+        """The GCS's bundles for this node: reserve, commit, release; fail work of groups that are gone."""
+        with self._lock:
+            changes = self.bundles.reconcile(desired)
+            for group_id in changes.released_groups | set(gone):
+                self._end_group_work(group_id)
+            if changes.committed or changes.released_groups:
+                self._apply(self.queue.place_actors(time.monotonic()))
+                self._dispatch()
+        self._flush_dirty()
+        return changes.committed or bool(changes.released_groups)
+
+    def _end_group_work(self, group_id: str) -> None:
+        """A placement group left this node (removed): its tasks and actors end, as Ray kills them (under the lock)."""
+        why = f"{GROUP_REMOVED}{group_id}"
+        specs, actor_ids = self.queue.take_group(group_id)
+        for spec in specs:
+            self.strategy_unmet(spec, why)
+        for actor_id in actor_ids:
+            self.actors.dead(actor_id, CANNOT_SCHEDULE + why)
+        for key in self.queue.group_holders(group_id):
+            slot = self.queue.slot(key)
+            if slot is not None and slot.actor_id is not None:
+                self.actors.kill(slot.actor_id, CANNOT_SCHEDULE + why)
+            else:
+                self.workers.kill(key)  # its tasks fail over to their owners, whose retry finds the group gone
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
         self._outbox.send(conn, msg)
