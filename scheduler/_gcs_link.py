@@ -27,6 +27,7 @@ def process_id(node_id: str, pid: int) -> bytes:
 
     return hashlib.blake2b(f"{node_id}:{pid}".encode(), digest_size=16).digest()
 EVENTS_PER_CALL = 500
+JOBS_GONE_MAX = 10_000  # drivers gone not yet reported to the GCS, at most
 UNREGISTER_TIMEOUT_S = 1.0
 
 
@@ -49,6 +50,7 @@ class GcsLink:
         self._node_address = node_address
         self._resources = resources
         self._events: deque[dict[str, Any]] = deque()
+        self._jobs_gone: deque[str] = deque()  # jobs whose driver left, to tell the GCS (hex)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -66,6 +68,26 @@ class GcsLink:
 
     def died(self, process_id: bytes, cause: str) -> None:
         self._push({"type": "died", "process_id": process_id.hex(), "cause": cause})
+
+    def creator_gone(self, job_id: bytes) -> None:
+        """A driver of this node left for good: the GCS removes its job's placement groups (not detached)."""
+        with self._lock:
+            if len(self._jobs_gone) < JOBS_GONE_MAX:
+                self._jobs_gone.append(job_id.hex())
+        self._wake.set()
+
+    def _report_jobs_gone(self) -> None:
+        """Tell the GCS of the drivers gone (on the link's thread; kept until it has heard)."""
+        from ember.lineage._rpc import GcsRefused
+
+        while self._jobs_gone:
+            job_hex = self._jobs_gone[0]
+            try:
+                self._client.try_call("CreatorGone", {"job_id": job_hex})
+            except GcsRefused as exc:
+                log.error("the GCS service refused the end of job %s: %s", job_hex, exc)
+            with self._lock:
+                self._jobs_gone.popleft()
 
     def _push(self, event: dict[str, Any]) -> None:
         with self._lock:
@@ -109,6 +131,7 @@ class GcsLink:
                         report = self._bundles()
                         beat["bundles"], beat["refused"] = report["held"], report["refused"]
                         beat["awaiting"] = report["awaiting"]
+                    self._report_jobs_gone()
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))

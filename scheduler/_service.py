@@ -75,6 +75,7 @@ class Scheduler:
         self._by_address: dict[str, set[Connection]] = {}  # every open connection of each process, by address
         # Owners whose last connection closed: their actors die if they have not connected again by then.
         self._owners_gone: dict[str, float] = {}
+        self._driver_jobs: dict[str, bytes] = {}  # a connected driver's address -> its job id
         self._outbox = Outbox()
         self._stopping = False
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
@@ -247,6 +248,8 @@ class Scheduler:
                         self.actors.start_on(w)
                 if peer.get("purpose") == "exec":
                     return
+            if peer.get("kind") == ProcessKind.DRIVER and peer.get("job_id") and peer.get("address"):
+                self._driver_jobs[peer["address"]] = peer["job_id"]
             if peer.get("address"):
                 self._clients[peer["address"]] = conn
                 self._by_address.setdefault(peer["address"], set()).add(conn)
@@ -655,6 +658,9 @@ class Scheduler:
                 del self._owners_gone[address]
                 if address not in self._clients:
                     self.actors.owner_gone(address)
+                    job_id = self._driver_jobs.pop(address, None)
+                    if job_id is not None:
+                        self.gcs.creator_gone(job_id)  # its placement groups that are not detached go
         if not self._recovery.is_set() and now > self._recovery_deadline:
             log.warning("the dead scheduler's queue could not be read in time: owners send their tasks again")
             self._end_recovery()
