@@ -25,7 +25,8 @@ class RemoteFunction:
         self._max_retries = _options.retries(self._options, "max_retries", _options.DEFAULT_TASK_RETRIES)
         self._retry_exceptions = self._options.get("retry_exceptions", False)
         self._max_calls = _options.max_calls(self._options)
-        self._strategy, self._shape = _options.placement(self._options, self._shape, f"task {getattr(function, '__qualname__', 'remote function')}")
+        what = f"task {getattr(function, '__qualname__', 'remote function')}"
+        self._strategy, self._shape = _options.placement(self._options, self._shape, what)
         self._own_strategy = "scheduling_strategy" in self._options  # else it may run in its parent's group
         self._payload: bytes | None = None
         self._function_id: bytes | None = None

@@ -254,7 +254,8 @@ class GcsService:
 
     def _schedule_groups(self) -> list[Group]:
         """Place pending bundles on the live nodes' free resources (call under the lock)."""
-        if not any(None in g.nodes and g.state is not PlacementGroupState.REMOVED for g in self._groups.groups.values()):
+        if not any(None in g.nodes and g.state is not PlacementGroupState.REMOVED
+                   for g in self._groups.groups.values()):
             return []
         free = {n.node_id: n.free() for n in self._nodes.values() if n.alive and n.registered}
         return self._groups.schedule(free)

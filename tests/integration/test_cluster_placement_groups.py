@@ -9,6 +9,7 @@ runs there.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 import ember
+import ember.chaos
 from ember.chaos import LocalCluster
 from ember.util import placement_group, placement_group_table, remove_placement_group
 from ember.util.placement_group import PlacementGroup
@@ -129,6 +131,27 @@ def test_a_group_ends_with_its_driver_unless_detached(three_nodes: LocalCluster)
     table = placement_group_table()
     assert table[kept_id]["state"] == "CREATED" and table[kept_id]["lifetime"] == "detached"
     remove_placement_group(ember.util.get_placement_group("kept"))
+    assert poll_until(lambda: cpus_free() == 6.0, STATE_TIMEOUT_S)
+
+
+def _gcs_pid() -> int | None:
+    return next((p.pid for p in ember.chaos.processes() if p.kind == "gcs"), None)
+
+
+def test_groups_survive_a_gcs_restart(three_nodes: LocalCluster) -> None:
+    pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD", name="durable")
+    assert pg.wait(STATE_TIMEOUT_S)
+    before = entry(pg)
+    old = _gcs_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)  # the head's supervisor starts another, which loads the groups from PostgreSQL
+    assert poll_until(lambda: (pid := _gcs_pid()) not in (None, old) and pid, STATE_TIMEOUT_S), "no new GCS"
+    after = poll_until(lambda: (e := entry(pg)) and e["state"] == "CREATED" and e, STATE_TIMEOUT_S)
+    assert after and after["bundles_to_node_id"] == before["bundles_to_node_id"]
+    assert ember.util.get_placement_group("durable") == pg
+    ran = ember.get([node_of.options(**in_bundle(pg, i)).remote() for i in range(3)], timeout=GET_TIMEOUT_S)
+    assert ran == [before["bundles_to_node_id"][i] for i in range(3)]
+    remove_placement_group(pg)
     assert poll_until(lambda: cpus_free() == 6.0, STATE_TIMEOUT_S)
 
 
