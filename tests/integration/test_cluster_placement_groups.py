@@ -8,6 +8,7 @@ runs there.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,9 +82,17 @@ def test_strict_pack_puts_every_bundle_on_one_node(three_nodes: LocalCluster) ->
 
 
 def test_infeasible_strict_spread_stays_pending_and_is_placed_when_room_appears(three_nodes: LocalCluster) -> None:
-    four = placement_group([{"CPU": 1}] * 4, strategy="STRICT_SPREAD")
+    four = placement_group([{"CPU": 1}] * 4, strategy="STRICT_SPREAD", name="four")
     assert not four.wait(1.0)
     assert entry(four)["state"] == "PENDING"
+    # `ember status` shows it waiting, and why.
+    shown = _ember("status", "--address", three_nodes.address)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [line for line in shown.stdout.splitlines() if line.startswith(four.id.hex()[:8])]
+    assert "four" in line and "PENDING" in line and "STRICT_SPREAD" in line and "no set of the 3 live" in line
+    listed = json.loads(_ember("status", "--address", three_nodes.address, "--format", "json").stdout)
+    assert [g["state"] for g in listed["placement_groups"] if g["placement_group_id"] == four.id.hex()] == [
+        "PENDING"]
     remove_placement_group(four)
     # Room taken, then given back: a group that did not fit is placed once it does.
     hog = placement_group([{"CPU": 2}] * 3, strategy="SPREAD")
@@ -95,6 +104,11 @@ def test_infeasible_strict_spread_stays_pending_and_is_placed_when_room_appears(
     assert ember.get(ready, timeout=GET_TIMEOUT_S) == later
     remove_placement_group(later)
     assert poll_until(lambda: cpus_free() == 6.0, STATE_TIMEOUT_S)
+
+
+def _ember(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ember._cli", *args], capture_output=True, text=True,
+                          timeout=DRIVER_TIMEOUT_S, env=dict(os.environ))
 
 
 def _driver(address: str, code: str) -> subprocess.CompletedProcess:
