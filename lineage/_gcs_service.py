@@ -144,17 +144,22 @@ class GcsService:
             view = {n.node_id: {"total": n.resources, "available": n.free()}
                     for n in self._nodes.values() if n.alive and n.registered and n is not node}
             changed: list[Group] = []
-            if self.loaded.is_set():  # before the load, every bundle would look unplaced
+            desired: dict[str, Any] | None = None
+            gone: list[str] = []
+            if self.loaded.is_set():  # before the load, every group would look unknown, every bundle unplaced
                 changed = self._groups.report(node.node_id, req.get("bundles") or {}, req.get("refused") or ())
                 changed += self._schedule_groups()
-            desired = self._groups.desired(node.node_id)
-            gone = [g for g in req.get("awaiting") or () if self._group_gone(g)]
+                desired = self._groups.desired(node.node_id)
+                gone = [g for g in req.get("awaiting") or () if self._group_gone(g)]
         self._log_groups(changed)
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
             self._note_actors(req["node_id"], events)
-        return {"known": True, "view": view, "bundles": desired, "gone": gone}
+        reply: dict[str, Any] = {"known": True, "view": view, "gone": gone}
+        if desired is not None:  # none before the load: the node keeps what it holds meanwhile
+            reply["bundles"] = desired
+        return reply
 
     def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, events=(list, None), cause=(str, None))
