@@ -176,6 +176,13 @@ class ClusterTable:
                     "AND cluster_id <> %s AND cluster_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM nodes "
                     "WHERE nodes.cluster_id = jobs.cluster_id AND nodes.ended_at IS NULL)",
                     (JobState.ABANDONED, self.cluster_id))])
+        # A stopped cluster's placement groups went with it (its GCS held them).
+        self._run([("UPDATE placement_groups SET state = %s, updated_at = now(), record = jsonb_set(record, "
+                    "'{state}', to_jsonb(%s::text)) WHERE state <> %s AND cluster_id <> %s AND NOT EXISTS "
+                    "(SELECT 1 FROM nodes WHERE nodes.cluster_id = placement_groups.cluster_id "
+                    "AND nodes.ended_at IS NULL)",
+                    (PlacementGroupState.REMOVED, PlacementGroupState.REMOVED, PlacementGroupState.REMOVED,
+                     self.cluster_id))])
         if ended:
             self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL "
                         "AND (node_id = ANY(%s) OR (node_id IS NULL AND cluster_id IN "
