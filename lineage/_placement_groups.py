@@ -36,7 +36,7 @@ from ember.scheduler._spec import GROUP_REMOVED
 
 __all__ = ["BundlePhase", "Group", "PlacementGroups", "PlacementStrategy", "bundle_key", "plan"]
 
-GROUPS_MAX = 100_000  # groups the table holds at most (removed ones are forgotten first)
+REMOVED_KEPT_MAX = 1_000  # removed groups kept in memory for the table (the log keeps them all)
 BUNDLES_MAX = 1_000  # bundles in one group at most
 PLAN_STEPS_MAX = 100_000  # STRICT_SPREAD's search over nodes gives up after this many tries
 _EPSILON = 1e-9
@@ -216,9 +216,9 @@ class PlacementGroups:
         self._seq += 1
         group.seq = group.seq or self._seq
         self.groups[group.group_id] = group
-        if len(self.groups) > GROUPS_MAX:
-            for old in sorted((g for g in self.groups.values() if g.state is PlacementGroupState.REMOVED),
-                              key=lambda g: g.seq)[:len(self.groups) - GROUPS_MAX]:
+        removed = [g for g in self.groups.values() if g.state is PlacementGroupState.REMOVED]
+        if len(removed) > REMOVED_KEPT_MAX:
+            for old in sorted(removed, key=lambda g: g.seq)[:len(removed) - REMOVED_KEPT_MAX]:
                 del self.groups[old.group_id]
 
     def named(self, name: str) -> Group | None:
