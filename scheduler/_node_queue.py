@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, assert_never
 
 from ember.scheduler._cluster_view import SPREAD_THRESHOLD, ClusterView, utilisation
-from ember.scheduler._resources import EPSILON, ResourcePool, cpu_part
+from ember.scheduler._resources import EPSILON, ResourcePool, cpu_part, is_cpu
 from ember.scheduler._infeasible import fixed_cluster_message
 from ember.scheduler._spec import BUNDLE, GROUP_INFIX, Strategy, TaskSpec, group_of_resource, unbundled_shape
 
@@ -563,7 +563,7 @@ class NodeQueue:
     def _release(self, slot: WorkerSlot, now: float) -> None:
         shape = slot.shape
         if slot.blocked:
-            shape = tuple((n, a) for n, a in shape if n != "CPU")
+            shape = tuple((n, a) for n, a in shape if not is_cpu(n))
             slot.blocked = False
         self.resources.release(shape, slot.gpus)
         slot.shape, slot.gpus = (), ()

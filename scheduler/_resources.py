@@ -56,6 +56,8 @@ class ResourcePool:
             raise AssertionError(f"acquire of {shape} without room: {self.available}")
         devices: tuple[int, ...] = ()
         for name, amount in shape:
+            if name not in self.total:
+                continue  # forced back for a worker whose placement group was removed meanwhile
             self.available[name] = self.available.get(name, 0.0) - amount
             if name == "GPU" and not force:
                 devices = self._gpu_devices(amount) or ()
@@ -110,5 +112,10 @@ class ResourcePool:
         return dict(self.total), {k: max(v, 0.0) for k, v in self.available.items()}
 
 
+def is_cpu(name: str) -> bool:
+    """A CPU of the node, or of a placement group's bundle (``CPU_group_...``): what a blocked worker lends out."""
+    return name == "CPU" or name.startswith("CPU_group_")
+
+
 def cpu_part(shape: tuple) -> tuple:
-    return tuple((n, a) for n, a in shape if n == "CPU")
+    return tuple((n, a) for n, a in shape if is_cpu(n))

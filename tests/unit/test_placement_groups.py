@@ -240,3 +240,22 @@ def test_work_in_a_bundle_elsewhere_goes_to_the_global_scheduler_and_a_gone_grou
     alone.enqueue(_spec(b"t" * 16, 0))
     specs, actors = alone.take_group(G)
     assert [s.task_id for s in specs] == [b"t" * 16] and actors == [] and alone.queued() == 0
+
+
+def test_a_blocked_task_lends_its_bundles_cpus_as_it_lends_the_nodes() -> None:
+    queue = NodeQueue({"CPU": 2.0}, _Links(), spills=False, node_id="n")
+    Bundles(queue.resources).reconcile({bundle_key(G, 0): {"resources": {"CPU": 1.0}, "phase": "commit"}})
+    first, second = queue.new_slot(None, 0.0), queue.new_slot(None, 0.0)
+    for slot in (first, second):
+        queue.linked(slot.key, True, True)
+    queue.enqueue(_spec(b"t" * 16, 0))
+    queue.enqueue(_spec(b"u" * 16, 0))
+    # The bundle's one CPU: the second waits behind the first, on its worker (pipelined).
+    assert [a.worker for a in queue.dispatch(0.0)] == [first.key, first.key]
+    queue.blocked(first.key, [b"u" * 16])  # the first waits in get: it hands the second back
+    assert [a.worker for a in queue.dispatch(0.0)] == [second.key]  # the bundle's CPU is lent meanwhile
+    queue.unblocked(first.key)
+    assert queue.resources.available[f"CPU_group_0_{G}"] == -1.0  # back, past the total: as for a node's CPUs
+    queue.task_done(second.key, [b"u" * 16], 1.0)
+    queue.task_done(first.key, [b"t" * 16], 1.0)
+    assert queue.resources.available[f"CPU_group_0_{G}"] == 1.0 and queue.resources.available["CPU"] == 1.0
