@@ -150,7 +150,10 @@ class GcsService:
                 changed = self._groups.report(node.node_id, req.get("bundles") or {}, req.get("refused") or ())
                 changed += self._schedule_groups()
                 desired = self._groups.desired(node.node_id)
-                gone = [g for g in req.get("awaiting") or () if self._group_gone(g)]
+                # Groups the node holds or waits for that are removed: it ends their work (a bundle it
+                # holds and no longer should, of a group not removed, was moved: its work follows it).
+                asked = set(req.get("awaiting") or ()) | {k.rpartition(":")[0] for k in req.get("bundles") or {}}
+                gone = sorted(g for g in asked if self._group_gone(g))
         self._log_groups(changed)
         events = req.get("events") or []
         if events:

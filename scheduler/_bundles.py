@@ -40,6 +40,7 @@ class BundleChanges:
 
     committed: bool = False  # some bundle's resources appeared: queued tasks may run now
     released_groups: set[str] = field(default_factory=set)  # groups whose committed resources left this node
+    changed: bool = False  # what is held changed (reserved, committed, released): report it at once
 
 
 class _Held:
@@ -65,16 +66,19 @@ class Bundles:
         changes = BundleChanges()
         for key in [k for k in self._held if k not in desired]:
             self._release(key, changes)
+            changes.changed = True
         for key, want in desired.items():
             held = self._held.get(key)
             if held is None:
                 held = self._reserve(key, want)
                 if held is None:
-                    continue
+                    continue  # refused: said at the next heartbeat (at once, a refusal the GCS's view
+                    # cannot foresee, such as GPUs free only in fractions, would be retried in a tight loop)
+                changes.changed = True  # reserved: the GCS hears it at once, and may commit
             if want.get("phase") == COMMIT and held.phase == PREPARE:
                 held.phase = COMMIT
                 self._pool.add(bundle_resources(held.group_id, held.index, held.resources))
-                changes.committed = True
+                changes.committed = changes.changed = True
         return changes
 
     def report(self) -> dict[str, Any]:

@@ -163,16 +163,18 @@ class Scheduler:
         """The GCS's bundles for this node: reserve, commit, release; fail work of groups that are gone."""
         with self._lock:
             changes = self.bundles.reconcile(desired)
-            for group_id in changes.released_groups | set(gone):
+            for group_id in set(gone):
                 self._end_group_work(group_id)
+            for group_id in changes.released_groups - set(gone):
+                self._follow_moved_group(group_id)
             if changes.committed or changes.released_groups:
                 self._apply(self.queue.place_actors(time.monotonic()))
                 self._dispatch()
         self._flush_dirty()
-        return changes.committed or bool(changes.released_groups)
+        return changes.changed
 
     def _end_group_work(self, group_id: str) -> None:
-        """A placement group left this node (removed): its tasks and actors end, as Ray kills them (under the lock)."""
+        """A placement group was removed: its tasks and actors here end, as Ray kills them (under the lock)."""
         why = f"{GROUP_REMOVED}{group_id}"
         specs, actor_ids = self.queue.take_group(group_id)
         for spec in specs:
@@ -185,6 +187,21 @@ class Scheduler:
                 self.actors.kill(slot.actor_id, CANNOT_SCHEDULE + why)
             else:
                 self.workers.kill(key)  # its tasks fail over to their owners, whose retry finds the group gone
+
+    def _follow_moved_group(self, group_id: str) -> None:
+        """A group's bundles left this node but the group lives (the GCS thought the node dead and placed
+        them elsewhere): its work here follows them (under the lock). Running tasks are stopped and retried
+        by their owners; actors restart as their max_restarts allow; queued tasks are placed again."""
+        specs, _ = self.queue.take_group(group_id)
+        for spec in specs:
+            self.queue.settled(spec.task_id)
+            if self.spiller is not None:
+                self._left(spec.task_id)
+                self.spiller.offer([spec])  # the global scheduler knows where the bundle is now
+            else:
+                self.queue.enqueue(spec)  # a node alone: the bundle comes back here
+        for key in self.queue.group_holders(group_id):
+            self.workers.kill(key)
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
         self._outbox.send(conn, msg)

@@ -160,8 +160,16 @@ def test_the_gcs_reserves_a_group_in_two_phases_over_heartbeats_and_places_its_t
     assert place(service, in_group(), shape)[0] in ("a", "b")
     node, why = place(service, in_group(), {f"CPU_group_{GROUP}": 2.0})
     assert node is None and "more than any bundle" in why
+    # b was thought dead and its bundle taken off it (no room left to place it again): b must let it go
+    # and its work follow it, but nothing of the group is gone.
+    with service._lock:
+        service._nodes["b"].available = {"CPU": 0}
+        service._groups_of_dead_node("b")
+    reply = _beat(service, "b", {key["b"]: "commit"}, {"CPU": 0})
+    assert key["b"] not in reply["bundles"] and reply["gone"] == []
     service.remove_placement_group({"group_id": GROUP})
-    assert _beat(service, "a", {key["a"]: "commit"}, {"CPU": 1, **committed})["bundles"] == {}
+    reply = _beat(service, "a", {key["a"]: "commit"}, {"CPU": 1, **committed})
+    assert reply["bundles"] == {} and reply["gone"] == [GROUP]  # removed: a ends its work
     node, why = place(service, in_group(), shape)
     assert node is None and why.startswith(GROUP_REMOVED)
 
