@@ -9,6 +9,7 @@ from ember.scheduler import DynamicObjectRefGenerator, ObjectRef, ObjectRefGener
 from ember._actor import ActorClass, ActorHandle, method
 from ember._remote import remote
 from ember._runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
+from ember._placement_group import PlacementGroupID
 from ember._timeline import timeline
 from ember._runtime import (
     available_resources,
@@ -38,6 +39,7 @@ __all__ = [
     "ObjectRefGenerator",
     "RuntimeContext",
     "TaskID",
+    "PlacementGroupID",
     "actor",
     "available_resources",
     "cancel",

@@ -71,6 +71,7 @@ class ActorClass:
         self._options = _options.validate(options, "actor")
         # Like Ray: an actor needs no CPU while it runs unless it asks for one.
         self._shape = _options.shape_of(self._options, default_cpus=0.0)
+        self._strategy, self._shape = _options.placement(self._options, self._shape, f"actor {cls.__qualname__}")
         self._methods = _method_table(cls)
         self._concurrency = _concurrency(cls, self._options)
         self._payload: bytes | None = None
@@ -127,12 +128,15 @@ class ActorClass:
                 raise ActorAlreadyExistsError(
                     f"cannot create actor: an actor named {name!r} already exists{where and ' in that namespace'}; "
                     f"use ember.get_actor({name!r}{where}) to reach it")
+        strategy, shape = self._strategy, self._shape
+        if "scheduling_strategy" not in opts and core.executor is not None:
+            strategy, shape = _options.captured(shape) or (strategy, shape)
         try:
             core.submit(
-                TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, self._shape,
+                TaskKind.ACTOR_CREATION, class_id, self.__qualname__, args, kwargs, 0, shape,
                 _options.retries(opts, "max_restarts", 0),  # a creation's retries are the actor's restarts
                 actor_id=actor_id, name=key, extra=(opts.get("lifetime") == "detached", meta),
-                strategy=_options.strategy_of(opts.get("scheduling_strategy")),
+                strategy=strategy,
             )
         except BaseException:
             core.kill_actor(actor_id, True)  # frees the name it claimed

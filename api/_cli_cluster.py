@@ -18,7 +18,7 @@ import click
 
 from ember._cli_inspect import _table
 from ember.exceptions import ClusterStartError, EmberUserError
-from ember.lineage._states import NodeState
+from ember.lineage._states import NodeState, PlacementGroupState
 from ember.scheduler import node_gpus
 
 START_TIMEOUT_S = 90.0  # the head brings PostgreSQL up too
@@ -176,8 +176,12 @@ def status_command(address: str | None, fmt: str, show_token: bool) -> None:
     except (GcsUnreachable, PermissionError) as exc:
         raise click.ClickException(f"the GCS at {local.gcs_address} did not answer: {exc}") from None
     nodes = sorted(reply.get("nodes", []), key=lambda n: (not n["alive"], n["node_id"]))
+    try:
+        groups = client_for(local.gcs_address, token).call("PlacementGroupTable", {}, timeout_s=5.0)["groups"]
+    except (GcsUnreachable, PermissionError) as exc:
+        raise click.ClickException(f"the GCS at {local.gcs_address} did not answer: {exc}") from None
     if fmt == "json":
-        click.echo(json.dumps({"address": local.gcs_address, "nodes": nodes,
+        click.echo(json.dumps({"address": local.gcs_address, "nodes": nodes, "placement_groups": groups,
                                **({"token": token.hex()} if show_token else {})}, indent=2))
         return
     alive = [n for n in nodes if n["alive"]]
@@ -185,11 +189,32 @@ def status_command(address: str | None, fmt: str, show_token: bool) -> None:
     rows = [[n["node_id"][:8], NodeState.ALIVE if n["alive"] else NodeState.DEAD, _usage(n, "CPU"), _usage(n, "GPU"),
              _custom(n), n.get("death_cause") or "-"] for n in nodes]
     click.echo(_table(["NODE", "STATE", "CPU USED", "GPU USED", "OTHER", "DEATH"], rows, sys.stdout.isatty()))
+    _echo_groups(groups)
     if show_token:
         click.echo(f"token: {token.hex()}")
 
 
 _BUILT_IN = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _echo_groups(groups: list[dict]) -> None:
+    """The placement groups not removed: state, strategy, bundles and their nodes, why one waits."""
+    live = [g for g in groups if g["state"] != PlacementGroupState.REMOVED]
+    removed = len(groups) - len(live)
+    click.echo(f"placement groups: {len(live)}" + (f" ({removed} removed not shown)" if removed else ""))
+    if not live:
+        return
+    rows = []
+    for g in live:
+        bundles = g["bundles"]
+        placed = g["bundles_to_node_id"]
+        where = ", ".join(f"{i}:{placed[str(i)][:8] if str(i) in placed else '-'}" for i in range(len(bundles)))
+        shapes = ", ".join(" ".join(f"{k} {v:g}" for k, v in sorted(bundles[str(i)].items()))
+                           for i in range(len(bundles)))
+        rows.append([g["placement_group_id"][:8], g["name"] or "-", g["state"], g["strategy"], shapes, where,
+                     g["stats"].get("why_pending") or "-"])
+    click.echo(_table(["GROUP", "NAME", "STATE", "STRATEGY", "BUNDLES", "NODES", "WHY PENDING"], rows,
+                      sys.stdout.isatty()))
 
 
 def _usage(node: dict, name: str) -> str:

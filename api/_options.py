@@ -11,18 +11,21 @@ import inspect
 from numbers import Real
 from typing import Any
 
-from ember.exceptions import InvalidOptionError
-from ember.scheduler import DYNAMIC, RESTART_FROM, STREAMING, Strategy, resource_shape
-from ember._strategies import NodeAffinitySchedulingStrategy
+from ember.exceptions import EmberUserError, InvalidOptionError
+from ember.scheduler import DYNAMIC, RESTART_FROM, STREAMING, Strategy, bundle_shape, resource_shape
+from ember._placement_group import current_strategy
+from ember._strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
     "name", "memory", "scheduling_strategy", "max_calls",
+    "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
     "lifetime", "memory", "max_concurrency", "concurrency_groups", "get_if_exists", "scheduling_strategy",
     "restart_from",
+    "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
 }
 _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
 # Spellings from older Ray releases that the seed documents still use.
@@ -159,13 +162,37 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     if "concurrency_group" in out and not isinstance(out["concurrency_group"], str):
         raise InvalidOptionError(f"option concurrency_group must be the name of one of the actor's concurrency "
                                  f"groups, got {out['concurrency_group']!r} (type={type(out['concurrency_group']).__name__})")
+    _legacy_placement_group(out)
     if "scheduling_strategy" in out:
         strategy_of(out["scheduling_strategy"])  # refused now, by name, if it is not one ember supports
     return out
 
 
-_STRATEGIES_SUPPORTED = ('None, "DEFAULT", "SPREAD", or ember.util.scheduling_strategies.'
-                         'NodeAffinitySchedulingStrategy(node_id, soft)')
+_LEGACY_GROUP_OPTIONS = ("placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks")
+
+
+def _legacy_placement_group(out: dict[str, Any]) -> None:
+    """Ray's older ``placement_group=``/``placement_group_bundle_index=``/``placement_group_capture_child_tasks=``
+    options, made into the ``PlacementGroupSchedulingStrategy`` they mean (in place)."""
+    given = {key: out.pop(key) for key in _LEGACY_GROUP_OPTIONS if key in out}
+    group = given.get("placement_group")
+    if group is None or group == "default":
+        if any(given.get(key) not in (None, -1, False) for key in _LEGACY_GROUP_OPTIONS[1:]):
+            raise InvalidOptionError("options placement_group_bundle_index and placement_group_capture_child_tasks "
+                                     "need placement_group=...; better: scheduling_strategy="
+                                     "PlacementGroupSchedulingStrategy(pg, bundle_index, capture_child_tasks)")
+        return
+    if out.get("scheduling_strategy") is not None:
+        raise InvalidOptionError("give either scheduling_strategy or placement_group, not both: "
+                                 "scheduling_strategy=PlacementGroupSchedulingStrategy(pg, ...) says it all")
+    index = given.get("placement_group_bundle_index")
+    out["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+        group, -1 if index is None else index, bool(given.get("placement_group_capture_child_tasks")))
+
+
+_STRATEGIES_SUPPORTED = ('None, "DEFAULT", "SPREAD", or from ember.util.scheduling_strategies '
+                         'NodeAffinitySchedulingStrategy(node_id, soft) or PlacementGroupSchedulingStrategy('
+                         'placement_group, placement_group_bundle_index, placement_group_capture_child_tasks)')
 
 
 def strategy_of(strategy: Any) -> tuple | None:
@@ -176,9 +203,46 @@ def strategy_of(strategy: Any) -> tuple | None:
         return (Strategy.SPREAD.value,)
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
         return (Strategy.NODE_AFFINITY.value, strategy.node_id, strategy.soft)
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        return (Strategy.PLACEMENT_GROUP.value, strategy.placement_group.id.hex(),
+                strategy.placement_group_bundle_index, strategy.placement_group_capture_child_tasks)
     what = f"{strategy!r:.80}" if isinstance(strategy, str) else f"a {type(strategy).__name__}"
     raise InvalidOptionError(f"option scheduling_strategy={what} is not supported: ember supports "
                              f"{_STRATEGIES_SUPPORTED}")
+
+
+def placement(options: dict[str, Any], shape: tuple, what: str) -> tuple[tuple | None, tuple]:
+    """The spec's strategy and resource shape for ``options``: in a placement group, the bundle's resources.
+
+    A request no bundle it may use can hold is refused here, as Ray refuses it
+    (``InvalidOptionError``, a ValueError).
+    """
+    option = options.get("scheduling_strategy")
+    if isinstance(option, PlacementGroupSchedulingStrategy):
+        group, index = option.placement_group, option.placement_group_bundle_index
+        request = dict(shape)
+        bundles = group.bundle_specs if index < 0 else [group.bundle_specs[index]]
+        if not any(all(b.get(name, 0.0) + 1e-9 >= amount for name, amount in request.items()) for b in bundles):
+            which = f"bundle {index} ({bundles[0]})" if index >= 0 else f"any of its bundles ({bundles})"
+            raise InvalidOptionError(
+                f"{what} asks for {request}, which does not fit in {which} of placement group "
+                f"{group.id.hex()}: ask for less (num_cpus=..., num_gpus=..., resources=...; a task asks for 1 "
+                "CPU unless told otherwise), or create the group with bigger bundles")
+        strategy = strategy_of(option)
+        return strategy, bundle_shape(shape, group.id.hex(), index)
+    return strategy_of(option), shape
+
+
+def captured(shape: tuple) -> tuple[tuple, tuple] | None:
+    """For work given no ``scheduling_strategy``: (strategy, shape) in the group the running task or actor
+    captures its children into (any bundle), or None."""
+    try:
+        current = current_strategy()
+    except EmberUserError:
+        return None  # not initialized: no task is running here
+    if current is None or not current[3]:
+        return None
+    return (Strategy.PLACEMENT_GROUP.value, current[1], -1, True), bundle_shape(shape, current[1], -1)
 
 
 def validate_init(num_cpus: Any, num_gpus: Any, resources: Any, object_store_memory: Any) -> None:

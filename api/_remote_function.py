@@ -25,7 +25,9 @@ class RemoteFunction:
         self._max_retries = _options.retries(self._options, "max_retries", _options.DEFAULT_TASK_RETRIES)
         self._retry_exceptions = self._options.get("retry_exceptions", False)
         self._max_calls = _options.max_calls(self._options)
-        self._strategy = _options.strategy_of(self._options.get("scheduling_strategy"))
+        what = f"task {getattr(function, '__qualname__', 'remote function')}"
+        self._strategy, self._shape = _options.placement(self._options, self._shape, what)
+        self._own_strategy = "scheduling_strategy" in self._options  # else it may run in its parent's group
         self._payload: bytes | None = None
         self._function_id: bytes | None = None
         self.__name__ = getattr(function, "__name__", "remote_function")
@@ -60,10 +62,13 @@ class RemoteFunction:
         core = _core()  # the first remote call of a process that never called init starts a cluster
         function_id, payload = self._ensure_payload()
         core.register_function(function_id, payload, self.__qualname__)
+        strategy, shape = self._strategy, self._shape
+        if not self._own_strategy and core.executor is not None:
+            strategy, shape = _options.captured(shape) or (strategy, shape)
         refs = core.submit(
             TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
-            self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
-            strategy=self._strategy,
+            shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
+            strategy=strategy,
         )
         if self._num_returns == 1 or self._num_returns == DYNAMIC:
             return refs[0]

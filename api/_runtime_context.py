@@ -10,6 +10,7 @@ from typing import Any
 
 from ember._actor import ActorHandle, _method_table
 from ember._options import split_name
+from ember._placement_group import current_strategy
 from ember._runtime import current_namespace
 from ember.exceptions import EmberUserError
 from ember.scheduler import TaskKind, require_core
@@ -88,6 +89,21 @@ class RuntimeContext:
     def namespace(self) -> str:
         require_core()
         return current_namespace()
+
+    def get_placement_group_id(self) -> str | None:
+        """The placement group the running task or actor was scheduled in (hex), or None (Ray's)."""
+        strategy = current_strategy()
+        return strategy[1] if strategy is not None else None
+
+    @property
+    def current_placement_group_id(self) -> str | None:
+        return self.get_placement_group_id()
+
+    @property
+    def should_capture_child_tasks_in_placement_group(self) -> bool:
+        """Whether work this task or actor creates runs in its placement group by default."""
+        strategy = current_strategy()
+        return strategy is not None and strategy[3]
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         """The accelerators the running task or actor holds, by kind: ``{"GPU": ["0"]}`` (Ray's, GPUs only).

@@ -60,6 +60,10 @@ __all__ = [
     "ActorUnavailableError",
     "ActorAlreadyExistsError",
     "ActorHandleNotFoundError",
+    "PlacementGroupAlreadyExistsError",
+    "TaskPlacementGroupRemoved",
+    "ActorPlacementGroupRemoved",
+    "PlacementGroupNotFoundError",
     "WorkerCrashedError",
     "GetTimeoutError",
     "TaskCancelledError",
@@ -191,6 +195,14 @@ class ActorAlreadyExistsError(EmberUserError, ValueError):
 
 class ActorHandleNotFoundError(EmberUserError, ValueError):
     """``get_actor`` of a name no live actor has (``ValueError``, as Ray's)."""
+
+
+class PlacementGroupAlreadyExistsError(EmberUserError, ValueError):
+    """A placement group is created with a name a live group has already (``ValueError``, as Ray's)."""
+
+
+class PlacementGroupNotFoundError(EmberUserError, ValueError):
+    """``get_placement_group`` of a name no live group has (``ValueError``, as Ray's)."""
 
 
 class AlreadyInitializedError(EmberUserError, RuntimeError):
@@ -332,6 +344,14 @@ class ActorUnschedulableError(ActorDiedError):
 
     An ``ActorDiedError`` too, as every actor that will not run.
     """
+
+
+class TaskPlacementGroupRemoved(TaskUnschedulableError):
+    """The task's placement group was removed before it could run, or while it ran (Ray's error of the same name)."""
+
+
+class ActorPlacementGroupRemoved(ActorUnschedulableError):
+    """The actor's placement group was removed: it was stopped, or never started (Ray's error of the same name)."""
 
 
 class ActorRestartLoopError(EmberUserError):

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ember.lineage._rpc import Unavailable
-from ember.lineage._states import JobState, ProcessKind
+from ember.lineage._states import JobState, PlacementGroupState, ProcessKind
 
 log = logging.getLogger("ember.gcs")
 
@@ -90,7 +90,23 @@ class ClusterTable:
                               (self.cluster_id,))])
         return {r[0]: (bytes(r[1]).hex(), r[2]) for r in rows}
 
+    def placement_groups(self) -> list[dict[str, Any]]:
+        """This cluster's placement groups not removed, as Group.record() made them, oldest first."""
+        (rows,) = self._run([("SELECT record FROM placement_groups WHERE cluster_id = %s AND state <> %s "
+                              "ORDER BY created_at", (self.cluster_id, PlacementGroupState.REMOVED))])
+        return [r[0] for r in rows]
+
     # -- writes -------------------------------------------------------------------------
+
+    def placement_groups_logged(self, records: list[dict[str, Any]]) -> None:
+        """Each group's latest record (a new group, or one whose state or placement changed)."""
+        self._run([(
+            "INSERT INTO placement_groups (placement_group_id, cluster_id, name, state, creator_job_id, detached, "
+            "record) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (placement_group_id) DO UPDATE SET "
+            "state = EXCLUDED.state, record = EXCLUDED.record, updated_at = now()",
+            (r["placement_group_id"], self.cluster_id, r["name"] or None, r["state"],
+             bytes.fromhex(r["creator_job_id"]) if r["creator_job_id"] else None, r["detached"], json.dumps(r)),
+        ) for r in records])
 
     def name_claimed(self, name: str, actor_id_hex: str, meta: str) -> None:
         self._run([(
@@ -172,6 +188,13 @@ class ClusterTable:
                     "AND cluster_id <> %s AND cluster_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM nodes "
                     "WHERE nodes.cluster_id = jobs.cluster_id AND nodes.ended_at IS NULL)",
                     (JobState.ABANDONED, self.cluster_id))])
+        # A stopped cluster's placement groups went with it (its GCS held them).
+        self._run([("UPDATE placement_groups SET state = %s, updated_at = now(), record = jsonb_set(record, "
+                    "'{state}', to_jsonb(%s::text)) WHERE state <> %s AND cluster_id <> %s AND NOT EXISTS "
+                    "(SELECT 1 FROM nodes WHERE nodes.cluster_id = placement_groups.cluster_id "
+                    "AND nodes.ended_at IS NULL)",
+                    (PlacementGroupState.REMOVED, PlacementGroupState.REMOVED, PlacementGroupState.REMOVED,
+                     self.cluster_id))])
         if ended:
             self._run([("UPDATE workers SET ended_at = now(), death_cause = %s WHERE ended_at IS NULL "
                         "AND (node_id = ANY(%s) OR (node_id IS NULL AND cluster_id IN "

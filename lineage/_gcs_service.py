@@ -25,9 +25,10 @@ from typing import Any, assert_never
 
 from ember import _settings
 from ember.lineage._cluster_table import ClusterTable
+from ember.lineage._placement_groups import BUNDLES_MAX, BundlePhase, Group, PlacementGroups, PlacementStrategy
 from ember.lineage._rpc import BadRequest, Unavailable, serve
-from ember.lineage._states import JobState, ProcessKind
-from ember.scheduler._spec import Strategy, strategy_of_record
+from ember.lineage._states import JobState, PlacementGroupState, ProcessKind
+from ember.scheduler._spec import Strategy, strategy_of_record, unbundled_shape
 
 log = logging.getLogger("ember.gcs")
 
@@ -85,6 +86,7 @@ class GcsService:
         # schedulers made; never unpickled here).
         self._names: dict[str, tuple[str, str]] = {}
         self._spread_next = 0  # SPREAD: where the next turn starts, in node id order
+        self._groups = PlacementGroups()  # placement groups; each change is logged before it is acted on
         self._stop = threading.Event()
         self.loaded = threading.Event()
 
@@ -93,7 +95,9 @@ class GcsService:
                 "Nodes": self.nodes, "Info": self.info, "JobFinished": self.job_finished,
                 "ProcessEvents": self.process_events, "Place": self.place, "LocateActor": self.locate_actor,
                 "ClaimName": self.claim_name, "LookupName": self.lookup_name, "ListNames": self.list_names,
-                "ReleaseName": self.release_name}
+                "ReleaseName": self.release_name, "CreatePlacementGroup": self.create_placement_group,
+                "RemovePlacementGroup": self.remove_placement_group, "GetPlacementGroup": self.get_placement_group,
+                "PlacementGroupTable": self.placement_group_table, "CreatorGone": self.creator_gone}
 
     # -- calls -----------------------------------------------------------------------------
     # Each call checks its request's shape before it writes anything: junk is
@@ -125,8 +129,10 @@ class GcsService:
         return {"gcs_pid": os.getpid()}
 
     def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
-        _require(req, node_id=str, events=(list, None), available=(dict, None), queued=(int, None))
+        _require(req, node_id=str, events=(list, None), available=(dict, None), queued=(int, None),
+                 bundles=(dict, None), refused=(list, None), awaiting=(list, None))
         _check_events(req)
+        _check_bundle_report(req)
         available = req.get("available")
         if available is not None and not all(type(k) is str and type(v) in (int, float) for k, v in available.items()):
             raise BadRequest("available must map resource names to numbers")
@@ -143,11 +149,26 @@ class GcsService:
             # The other live nodes' free resources: the node spreads work to them (hybrid policy).
             view = {n.node_id: {"total": n.resources, "available": n.free()}
                     for n in self._nodes.values() if n.alive and n.registered and n is not node}
+            changed: list[Group] = []
+            desired: dict[str, Any] | None = None
+            gone: list[str] = []
+            if self.loaded.is_set():  # before the load, every group would look unknown, every bundle unplaced
+                changed = self._groups.report(node.node_id, req.get("bundles") or {}, req.get("refused") or ())
+                changed += self._schedule_groups()
+                desired = self._groups.desired(node.node_id)
+                # Groups the node holds or waits for that are removed: it ends their work (a bundle it
+                # holds and no longer should, of a group not removed, was moved: its work follows it).
+                asked = set(req.get("awaiting") or ()) | {k.rpartition(":")[0] for k in req.get("bundles") or {}}
+                gone = sorted(g for g in asked if self._group_gone(g))
+        self._log_groups(changed)
         events = req.get("events") or []
         if events:
             self.table.process_events(req["node_id"], events)
             self._note_actors(req["node_id"], events)
-        return {"known": True, "view": view}
+        reply: dict[str, Any] = {"known": True, "view": view, "gone": gone}
+        if desired is not None:  # none before the load: the node keeps what it holds meanwhile
+            reply["bundles"] = desired
+        return reply
 
     def unregister(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, events=(list, None), cause=(str, None))
@@ -158,6 +179,8 @@ class GcsService:
             node = self._nodes.get(req["node_id"])
             if node is not None:
                 node.alive, node.death_cause = False, req.get("cause") or "shut down"
+            changed = self._groups_of_dead_node(req["node_id"])
+        self._log_groups(changed)
         return {}
 
     def process_events(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +192,108 @@ class GcsService:
     def job_finished(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, job_id=str, state=(str, None))
         self.table.job_ended(_hex(req["job_id"], "job_id"), _job_end(req.get("state") or JobState.FINISHED))
+        self.creator_gone({"job_id": req["job_id"]})
         return {}
+
+    def creator_gone(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A job ended (its driver shut down or disconnected): its placement groups that are not detached go."""
+        _require(req, job_id=str)
+        _hex(req["job_id"], "job_id")
+        self._require_loaded()
+        with self._lock:
+            changed = self._groups.remove_job(req["job_id"])
+        self._log_groups(changed)
+        return {"removed": [g.group_id for g in changed]}
+
+    # -- placement groups -----------------------------------------------------------------
+
+    def create_placement_group(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A new group, logged before the answer; placed at once if the nodes have room, else it waits."""
+        _require(req, group_id=str, name=(str, None), strategy=str, bundles=list, job_id=str, detached=bool)
+        _require_hex(req, "group_id")
+        _require_hex(req, "job_id")
+        if req["strategy"] not in set(PlacementStrategy):
+            raise BadRequest(f"strategy must be one of {[s.value for s in PlacementStrategy]}, got "
+                             f"{req['strategy']!r:.40}")
+        bundles = req["bundles"]
+        if not 0 < len(bundles) <= BUNDLES_MAX or not all(
+                isinstance(b, dict) and b and all(isinstance(k, str) and type(v) in (int, float) and v >= 0
+                                                  for k, v in b.items()) for b in bundles):
+            raise BadRequest(f"bundles must be 1 to {BUNDLES_MAX} maps of resource name to amount")
+        self._require_loaded()
+        group = Group(req["group_id"], req.get("name") or "", PlacementStrategy(req["strategy"]),
+                      [{k: float(v) for k, v in b.items()} for b in bundles], req["job_id"], req["detached"])
+        with self._lock:
+            if req["group_id"] in self._groups.groups:
+                return {}  # sent again (its answer was lost): created already
+            try:
+                self._groups.add(group)
+            except ValueError as exc:
+                return {"error": str(exc)}
+        try:
+            self.table.placement_groups_logged([group.record()])
+        except Exception:
+            with self._lock:
+                self._groups.groups.pop(group.group_id, None)  # not durable: not created
+            raise
+        with self._lock:
+            changed = self._schedule_groups()
+        self._log_groups(changed)
+        return {}
+
+    def remove_placement_group(self, req: dict[str, Any]) -> dict[str, Any]:
+        _require(req, group_id=str)
+        self._require_loaded()
+        with self._lock:
+            group = self._groups.remove(req["group_id"])
+            changed = ([group] if group is not None else []) + self._schedule_groups()
+        self._log_groups(changed)
+        return {"removed": group is not None}
+
+    def get_placement_group(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A group's record by id or by name (a live group's); {} if none."""
+        _require(req, group_id=(str, None), name=(str, None))
+        self._require_loaded()
+        with self._lock:
+            if req.get("name"):
+                group = self._groups.named(req["name"])
+            else:
+                group = self._groups.groups.get(req.get("group_id") or "")
+            return {} if group is None else {"group": group.record()}
+
+    def placement_group_table(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._require_loaded()
+        with self._lock:
+            return {"groups": [g.record() for g in sorted(self._groups.groups.values(), key=lambda g: g.seq)]}
+
+    def _schedule_groups(self) -> list[Group]:
+        """Place pending bundles on the live nodes' free resources (call under the lock)."""
+        if not any(None in g.nodes and g.state is not PlacementGroupState.REMOVED
+                   for g in self._groups.groups.values()):
+            return []
+        free = {n.node_id: n.free() for n in self._nodes.values() if n.alive and n.registered}
+        return self._groups.schedule(free)
+
+    def _groups_of_dead_node(self, node_id: str) -> list[Group]:
+        """A node died: the bundles it held are placed again on the others (call under the lock)."""
+        return self._groups.node_dead(node_id) + self._schedule_groups()
+
+    def _group_gone(self, group_id: Any) -> bool:
+        group = self._groups.groups.get(group_id) if isinstance(group_id, str) else None
+        return group is None or group.state is PlacementGroupState.REMOVED
+
+    def _log_groups(self, groups: list[Group]) -> None:
+        """Log the groups' latest records (a group listed twice is logged once)."""
+        if not groups:
+            return
+        with self._lock:
+            records = list({g.group_id: g.record() for g in groups}.values())
+        try:
+            self.table.placement_groups_logged(records)
+        except Unavailable as exc:
+            # Nodes act on the table in memory; the log catches up at the group's next change,
+            # and a GCS restarted meanwhile re-places what it does not find held.
+            log.warning("placement group changes not logged yet: %s", exc)
 
     def nodes(self, req: dict[str, Any]) -> dict[str, Any]:
         self.loaded.wait(5.0)
@@ -227,6 +351,14 @@ class GcsService:
             match kind:
                 case Strategy.SPREAD:
                     return self._spread(preferred, resources) or self._spread(alive, resources), None
+                case Strategy.PLACEMENT_GROUP:
+                    free = {n.node_id: n.free() for n in alive}
+                    node_id, why = self._groups.where(strategy[1], strategy[2],
+                                                      unbundled_shape(tuple(resources.items()), strategy[1]), free)
+                    if node_id is not None and node_id in free:
+                        _claim(self._nodes[node_id], resources)
+                        return node_id, None
+                    return None, why  # why None: its bundle is not committed yet, and it waits
                 case Strategy.NODE_AFFINITY:
                     target = self._nodes.get(strategy[1])
                     if target is not None and target.alive and _fits(target, resources):
@@ -347,7 +479,13 @@ class GcsService:
         # actor find it through this directory, and a restarted service must not forget it.
         actors = self._retry(self.table.live_actor_processes)
         names = self._retry(self.table.actor_names)
+        groups = self._retry(self.table.placement_groups)
         with self._lock:
+            for seq, record in enumerate(groups, 1):
+                try:
+                    self._groups.add(Group.from_record(record, seq))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error("placement group row not loaded: %s %r", exc, record)
             for actor_id, node_id in actors.items():
                 self._actor_nodes.setdefault(actor_id, node_id)  # a start reported since is newer
             for name, claim in names.items():
@@ -385,7 +523,9 @@ class GcsService:
                         node.alive = False
                         node.death_cause = f"missed heartbeats for {silent:.1f}s"
                         dead.append((node.node_id, node.death_cause))
+                changed = [g for node_id, _ in dead for g in self._groups_of_dead_node(node_id)]
                 alive = [n.node_id for n in self._nodes.values() if n.alive]
+            self._log_groups(changed)
             for node_id, cause in dead:
                 log.warning("node %s declared dead: %s", node_id, cause)
                 try:
@@ -447,6 +587,18 @@ def _check_strategy(record: Any) -> None:
                          f"got {record!r:.80}")
     if record["kind"] == Strategy.NODE_AFFINITY:
         _require(record, node_id=str, soft=bool)
+    if record["kind"] == Strategy.PLACEMENT_GROUP:
+        _require(record, placement_group_id=str, bundle_index=int, capture_child_tasks=bool)
+
+
+def _check_bundle_report(req: dict[str, Any]) -> None:
+    """A heartbeat's bundles: {key: phase} held, keys refused, group ids its tasks wait for."""
+    held = req.get("bundles") or {}
+    if not all(type(k) is str and v in set(BundlePhase) for k, v in held.items()):
+        raise BadRequest("bundles must map bundle keys to 'prepare' or 'commit'")
+    for field in ("refused", "awaiting"):
+        if not all(type(k) is str for k in req.get(field) or ()):
+            raise BadRequest(f"{field} must list strings")
 
 
 def _placement(nodes: list[_Node], resources: dict[str, Any], inputs: dict[str, Any],

@@ -254,6 +254,24 @@ chaos_runs = sa.Table(
 )
 
 
+# v13: placement groups, kept by the GCS service so that one restarted after a crash still
+# knows them (lineage/_placement_groups.py); ``record`` is the group as Group.record() makes it
+# (bundles, strategy, where each bundle is and in which phase). History too: a removed group's
+# row stays, with its state REMOVED.
+placement_groups = sa.Table(
+    "placement_groups", metadata,
+    sa.Column("placement_group_id", sa.Text, primary_key=True),
+    sa.Column("cluster_id", sa.Text, nullable=False, index=True),
+    sa.Column("name", sa.Text),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("creator_job_id", BYTEA),
+    sa.Column("detached", sa.Boolean, nullable=False),
+    sa.Column("record", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+
 # Forward migrations: _MIGRATIONS[v] takes a log from version v-1 to v.
 _MIGRATIONS: dict[int, list[str]] = {
     2: [
@@ -306,6 +324,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     12: [
         "ALTER TABLE actors ADD COLUMN IF NOT EXISTS concurrency TEXT",
         # actor_restarts is a new table: create_all makes it.
+    ],
+    13: [
+        # placement_groups is a new table: create_all makes it.
     ],
 }
 

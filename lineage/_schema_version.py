@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 # The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
 # v5 added the content hashes they compare. Older logs are upgraded by running ember once.
 READABLE_MIN_VERSION = 5
@@ -28,6 +28,8 @@ STRATEGY_VERSION = 11
 # v12 added how a concurrent actor ran its calls (actors.concurrency): readers of an older log read
 # every actor as one that ran its calls one at a time (which is all an older ember ran).
 CONCURRENCY_VERSION = 12
+# v13 added placement groups (placement_groups): an older log has none.
+PLACEMENT_GROUPS_VERSION = 13
 
 
 def check_readable(query: Callable[[str], list]) -> int:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ActorState", "JobState", "NodeState", "ObjectState", "PlainStrEnum", "ProcessKind", "TaskState"]
+__all__ = ["ActorState", "JobState", "NodeState", "ObjectState", "PlacementGroupState", "PlainStrEnum", "ProcessKind",
+           "TaskState"]
 
 
 class PlainStrEnum(enum.StrEnum):
@@ -64,6 +65,19 @@ class ActorState(PlainStrEnum):
 class NodeState(PlainStrEnum):
     ALIVE = "ALIVE"
     DEAD = "DEAD"  # ended: shut down, or declared dead (see its death cause)
+
+
+class PlacementGroupState(PlainStrEnum):
+    """A placement group's life (``placement_groups.state``), Ray's words: PENDING -> CREATED
+    (-> RESCHEDULING -> CREATED)* -> REMOVED.
+
+    The GCS service decides it (``lineage/_placement_groups.py``) and logs each change.
+    """
+
+    PENDING = "PENDING"  # not every bundle is reserved yet (none is usable)
+    CREATED = "CREATED"  # every bundle is reserved and committed on its node
+    RESCHEDULING = "RESCHEDULING"  # a node holding some of its bundles died: those are being placed again
+    REMOVED = "REMOVED"  # removed, or its creator's job ended (not detached): its bundles are released
 
 
 class JobState(PlainStrEnum):

@@ -16,7 +16,8 @@ from ember.scheduler._object_ref import DynamicObjectRefGenerator, ObjectRef, Ta
 from ember.scheduler._ref_generator import ObjectRefGenerator
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import DYNAMIC, IDS, STREAMING, CallLimited, DynamicReturns, Strategy, TaskKind, resource_shape
+from ember.scheduler._spec import (DYNAMIC, IDS, STREAMING, CallLimited, DynamicReturns, Strategy, TaskKind,
+                                   bundle_shape, resource_shape, unbundled_shape)
 
 __all__ = [
     "ASYNC_MAX_CONCURRENCY_DEFAULT",
@@ -43,6 +44,7 @@ __all__ = [
     "TaskID",
     "TaskKind",
     "bring_up",
+    "bundle_shape",
     "free_port",
     "local_nodes",
     "node_gpus",
@@ -50,4 +52,5 @@ __all__ = [
     "require_core",
     "resource_shape",
     "set_core",
+    "unbundled_shape",
 ]

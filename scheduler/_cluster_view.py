@@ -35,7 +35,7 @@ def utilisation(total: Mapping[str, float], available: Mapping[str, float]) -> f
     """The used fraction of the node's most used resource (0.0 for a node with nothing)."""
     used = 0.0
     for name, amount in total.items():
-        if amount > 0:
+        if amount > 0 and "_group_" not in name:  # a placement group's bundle is reserved, not load
             used = max(used, 1.0 - available.get(name, 0.0) / amount)
     return used
 

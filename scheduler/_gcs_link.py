@@ -27,14 +27,20 @@ def process_id(node_id: str, pid: int) -> bytes:
 
     return hashlib.blake2b(f"{node_id}:{pid}".encode(), digest_size=16).digest()
 EVENTS_PER_CALL = 500
+JOBS_GONE_MAX = 10_000  # drivers gone not yet reported to the GCS, at most
 UNREGISTER_TIMEOUT_S = 1.0
 
 
 class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
                  resources: dict[str, float], available: Any = None, queued: Any = None,
-                 transfer: str | None = None, on_view: Any = None) -> None:
+                 transfer: str | None = None, on_view: Any = None, bundles: Any = None,
+                 on_bundles: Any = None) -> None:
         self.node_id = node_id
+        # () -> {"held", "refused", "awaiting"}: the placement group bundles this node holds, for each heartbeat;
+        # ({key: {"resources", "phase"}}, [gone group ids]) -> bool: the GCS's answer, True if it changed something.
+        self._bundles = bundles
+        self._on_bundles = on_bundles
         self._on_view = on_view  # ({node_id: {"total", "available"}}) -> None: the other nodes, per heartbeat
         self._available = available  # () -> the node's free resources now, sent with each heartbeat
         self._queued = queued  # () -> how many tasks wait in the node's queues, for the global scheduler
@@ -44,6 +50,7 @@ class GcsLink:
         self._node_address = node_address
         self._resources = resources
         self._events: deque[dict[str, Any]] = deque()
+        self._jobs_gone: deque[str] = deque()  # jobs whose driver left, to tell the GCS (hex)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -69,6 +76,26 @@ class GcsLink:
         with self._lock:
             self._own.discard(process_id.hex())
         self._push({"type": "died", "process_id": process_id.hex(), "cause": cause})
+
+    def creator_gone(self, job_id: bytes) -> None:
+        """A driver of this node left for good: the GCS removes its job's placement groups (not detached)."""
+        with self._lock:
+            if len(self._jobs_gone) < JOBS_GONE_MAX:
+                self._jobs_gone.append(job_id.hex())
+        self._wake.set()
+
+    def _report_jobs_gone(self) -> None:
+        """Tell the GCS of the drivers gone (on the link's thread; kept until it has heard)."""
+        from ember.lineage._rpc import GcsRefused
+
+        while self._jobs_gone:
+            job_hex = self._jobs_gone[0]
+            try:
+                self._client.try_call("CreatorGone", {"job_id": job_hex})
+            except GcsRefused as exc:
+                log.error("the GCS service refused the end of job %s: %s", job_hex, exc)
+            with self._lock:
+                self._jobs_gone.popleft()
 
     def _push(self, event: dict[str, Any]) -> None:
         with self._lock:
@@ -111,11 +138,19 @@ class GcsLink:
                         beat["available"] = self._available()
                     if self._queued is not None:
                         beat["queued"] = self._queued()
+                    if self._bundles is not None:
+                        report = self._bundles()
+                        beat["bundles"], beat["refused"] = report["held"], report["refused"]
+                        beat["awaiting"] = report["awaiting"]
+                    self._report_jobs_gone()
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))
                         if self._on_view is not None and isinstance(reply.get("view"), dict):
                             self._on_view(reply["view"])
+                        if (self._on_bundles is not None and isinstance(reply.get("bundles"), dict)
+                                and self._on_bundles(reply["bundles"], reply.get("gone") or [])):
+                            continue  # a bundle prepared, committed or released: say so at once
                     else:
                         self.registered = False
                         continue

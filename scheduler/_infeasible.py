@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from ember.exceptions import ActorDiedError, ActorUnschedulableError, InfeasibleActorError
+from ember.exceptions import ActorDiedError, ActorPlacementGroupRemoved, ActorUnschedulableError, InfeasibleActorError
+from ember.scheduler._spec import GROUP_REMOVED
 
 WARN_EVERY_S = 60.0  # a waiting request is named again this often
 WARNED_KEYS_MAX = 4096  # (owner, request) pairs remembered; the oldest is forgotten first
@@ -66,6 +67,8 @@ def actor_died_error(actor_desc: str, reason: str) -> ActorDiedError:
     ``ActorUnschedulableError`` if its scheduling strategy could not be met."""
     if reason.startswith(CANNOT_START):
         return InfeasibleActorError(actor_desc, reason)
+    if reason.startswith(CANNOT_SCHEDULE + GROUP_REMOVED):
+        return ActorPlacementGroupRemoved(actor_desc, reason)
     if reason.startswith(CANNOT_SCHEDULE):
         return ActorUnschedulableError(actor_desc, reason)
     return ActorDiedError(actor_desc, reason)

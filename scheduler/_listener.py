@@ -230,7 +230,7 @@ class Listener:
 
 # What services read from a HELLO: everything else in it is carried, unread.
 _HELLO_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "kind": str, "pid": int, "address": str, "worker_id": bytes, "purpose": str,
+    "kind": str, "pid": int, "address": str, "worker_id": bytes, "purpose": str, "job_id": bytes,
 }
 
 

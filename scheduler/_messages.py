@@ -16,7 +16,7 @@ This module only describes and checks; it must never act on a message.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, assert_never
 
 from ember.exceptions import EmberInternalError
 from ember.scheduler._protocol import Connection, Op, describe, op_name
@@ -244,10 +244,17 @@ def _strategy_problem(strategy: object) -> str | None:
         return None
     fine = False
     if type(strategy) is tuple and strategy and strategy[0] in _STRATEGY_KINDS:
-        if strategy[0] == Strategy.SPREAD:
-            fine = len(strategy) == 1
-        else:  # NODE_AFFINITY
-            fine = len(strategy) == 3 and type(strategy[1]) is str and type(strategy[2]) is bool
+        kind = Strategy(strategy[0])
+        match kind:
+            case Strategy.SPREAD:
+                fine = len(strategy) == 1
+            case Strategy.NODE_AFFINITY:
+                fine = len(strategy) == 3 and type(strategy[1]) is str and type(strategy[2]) is bool
+            case Strategy.PLACEMENT_GROUP:
+                fine = (len(strategy) == 4 and type(strategy[1]) is str and type(strategy[2]) is int
+                        and strategy[2] >= -1 and type(strategy[3]) is bool)
+            case _:
+                assert_never(kind)
     return None if fine else f"its task spec's strategy is {strategy!r:.80}, not a scheduling strategy"
 
 

@@ -146,6 +146,9 @@ class NodeActors:
             if admitted is Admission.UNMET:
                 self.dead(actor_id, CANNOT_SCHEDULE + self._queue.unmet_detail(spec.strategy, spec.resources))
                 return []
+            if admitted is Admission.QUEUED:  # it waits here for its placement group's bundle
+                self._queue.want_actor(actor_id, spec.resources)
+                return self._queue.place_actors(self._clock())
         pool = self._queue.resources
         if self._spiller is not None and not self._queue.is_placed(actor_id) and not pool.can_acquire(spec.resources):
             # Not startable here now: the global scheduler may have a node that is free.

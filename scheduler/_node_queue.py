@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, assert_never
 
 from ember.scheduler._cluster_view import SPREAD_THRESHOLD, ClusterView, utilisation
-from ember.scheduler._resources import EPSILON, ResourcePool, cpu_part
+from ember.scheduler._resources import EPSILON, ResourcePool, cpu_part, is_cpu
 from ember.scheduler._infeasible import fixed_cluster_message
-from ember.scheduler._spec import Strategy, TaskSpec
+from ember.scheduler._spec import BUNDLE, GROUP_INFIX, Strategy, TaskSpec, group_of_resource, unbundled_shape
 
 __all__ = [
     "Action", "Admission", "Assign", "NodeQueue", "QueueStatistics", "Spawn", "Spill", "WorkerLinks", "WorkerSlot",
@@ -85,7 +85,7 @@ Action = Assign | Spawn | Spill
 class Admission(enum.Enum):
     """What ``NodeQueue.enqueue`` did with a task."""
 
-    QUEUED = "queued"
+    QUEUED = "queued"  # (from admit_strategy: queued here even though its resources are not here yet)
     SPILL = "spill"  # no resource of this node fits it: the global scheduler may find one that does
     INFEASIBLE = "infeasible"  # no resource of this node fits it, and there is nowhere else to send it
     UNMET = "unmet"  # its scheduling strategy cannot be met here, and there is nowhere else to send it
@@ -155,11 +155,12 @@ class NodeQueue:
 
     def enqueue(self, spec: TaskSpec, front: bool = False) -> Admission:
         """Queue ``spec``; ``front``: a task a worker handed back, held here already."""
+        admitted = None
         if spec.strategy is not None and spec.task_id not in self._placed:
             admitted = self.admit_strategy(spec.strategy, spec.task_id, spec.resources)
-            if admitted is not None:
+            if admitted is not None and admitted is not Admission.QUEUED:
                 return admitted
-        if not self.resources.feasible(spec.resources):
+        if admitted is None and not self.resources.feasible(spec.resources):
             if self._spills and spec.task_id not in self._placed:
                 return Admission.SPILL
             return Admission.INFEASIBLE
@@ -195,11 +196,28 @@ class NodeQueue:
                 if self._spills:
                     return Admission.SPILL
                 return None if soft else Admission.UNMET
+            case Strategy.PLACEMENT_GROUP:
+                if self.resources.feasible(shape):
+                    self._placed.add(task_or_actor_id)  # its bundle is here: it runs here
+                    return None
+                if self._spills:
+                    return Admission.SPILL  # the global scheduler knows where its bundle is, or that it is gone
+                if f"{BUNDLE}{GROUP_INFIX}{strategy[1]}" in self.resources.total:
+                    return Admission.UNMET  # its group is placed (all here), and its bundle is too small
+                return Admission.QUEUED  # its group is not placed yet: it waits here for its bundle
             case _:
                 assert_never(kind)
 
     def unmet_detail(self, strategy: tuple, shape: tuple) -> str:
         """Why a strategy ``admit_strategy`` found unmet cannot be met on this node alone."""
+        if strategy[0] == Strategy.PLACEMENT_GROUP:
+            group, index = strategy[1], strategy[2]
+            suffix = f"{GROUP_INFIX}{index}_{group}" if index >= 0 else f"{GROUP_INFIX}{group}"
+            holds = {n[:-len(suffix)]: a for n, a in self.resources.total.items()
+                     if n.endswith(suffix) and not n.startswith(BUNDLE + GROUP_INFIX)}
+            where = f"bundle {index}" if index >= 0 else "its bundles (together, on this node)"
+            return (f"it asks for {unbundled_shape(shape, group)}, more than {where} of placement group {group} "
+                    f"hold(s): {holds}; ask for less, or make the group's bundles bigger")
         if strategy[1] == self.node_id:
             return (f"its node affinity (soft=False) names this node, {self.node_id}, which can never give "
                     f"{dict(shape)}: it has {self.resources.total}")
@@ -359,11 +377,12 @@ class NodeQueue:
 
     def _place_actors(self, actions: list[Action], now: float) -> None:
         pending = self._pending_actors
-        while pending:
-            actor_id, shape = pending[0]
+        for actor_id, shape in list(pending):
             if not self.resources.can_acquire(shape):
-                return
-            pending.popleft()
+                if self.resources.feasible(shape):
+                    return  # first come, first served
+                continue  # it waits for its placement group's bundle: the others need not
+            pending.remove((actor_id, shape))
             gpus = self.resources.acquire(shape)
             slot = self.new_slot(actor_id, now)
             slot.shape, slot.gpus = shape, gpus
@@ -382,6 +401,29 @@ class NodeQueue:
         """The actor died before it was placed: it no longer waits."""
         if self.actor_pending(actor_id):
             self._pending_actors = deque(p for p in self._pending_actors if p[0] != actor_id)
+
+    # -- placement groups --------------------------------------------------------------------
+
+    def group_holders(self, group_id: str) -> list[int]:
+        """The workers holding resources of placement group ``group_id``."""
+        return [slot.key for slot in self._slots.values()
+                if any(group_of_resource(name) == group_id for name, _ in slot.shape)]
+
+    def awaiting_groups(self) -> set[str]:
+        """Placement groups that queued tasks and pending actors wait for (their bundles are not here)."""
+        shapes = [shape for shape, queue in self._queues.items() if queue] + [s for _, s in self._pending_actors]
+        return {group for shape in shapes if not self.resources.feasible(shape)
+                for group in (group_of_resource(name) for name, _ in shape) if group is not None}
+
+    def take_group(self, group_id: str) -> tuple[list[TaskSpec], list[bytes]]:
+        """The queued tasks and pending actors of a placement group that is gone, taken out."""
+        specs: list[TaskSpec] = []
+        for shape, queue in self._queues.items():
+            if any(group_of_resource(name) == group_id for name, _ in shape):
+                specs.extend(queue)
+                queue.clear()
+        actors = [a for a, shape in self._pending_actors if any(group_of_resource(n) == group_id for n, _ in shape)]
+        return specs, actors
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -521,7 +563,7 @@ class NodeQueue:
     def _release(self, slot: WorkerSlot, now: float) -> None:
         shape = slot.shape
         if slot.blocked:
-            shape = tuple((n, a) for n, a in shape if n != "CPU")
+            shape = tuple((n, a) for n, a in shape if not is_cpu(n))
             slot.blocked = False
         self.resources.release(shape, slot.gpus)
         slot.shape, slot.gpus = (), ()

@@ -56,6 +56,8 @@ class ResourcePool:
             raise AssertionError(f"acquire of {shape} without room: {self.available}")
         devices: tuple[int, ...] = ()
         for name, amount in shape:
+            if name not in self.total:
+                continue  # forced back for a worker whose placement group was removed meanwhile
             self.available[name] = self.available.get(name, 0.0) - amount
             if name == "GPU" and not force:
                 devices = self._gpu_devices(amount) or ()
@@ -66,11 +68,30 @@ class ResourcePool:
 
     def release(self, shape: Iterable[tuple[str, float]], devices: tuple[int, ...] = ()) -> None:
         for name, amount in shape:
+            if name not in self.total:
+                continue  # a placement group bundle's resource, released since (the group was removed)
             self.available[name] = self.available.get(name, 0.0) + amount
             if name == "GPU":
                 share = min(amount, 1.0)
                 for device in devices:
                     self._gpu_free[device] = min(1.0, self._gpu_free[device] + share)
+
+    def add(self, resources: dict[str, float]) -> None:
+        """New resources of the node (a committed placement group bundle's), free."""
+        for name, amount in resources.items():
+            self.total[name] = self.total.get(name, 0.0) + amount
+            self.available[name] = self.available.get(name, 0.0) + amount
+
+    def remove(self, resources: dict[str, float]) -> None:
+        """Resources ``add`` gave, taken away again (whoever holds some keeps them until they release)."""
+        for name, amount in resources.items():
+            left = self.total.get(name, 0.0) - amount
+            if left > EPSILON:
+                self.total[name] = left
+                self.available[name] = self.available.get(name, 0.0) - amount
+            else:
+                self.total.pop(name, None)
+                self.available.pop(name, None)
 
     def _gpu_devices(self, amount: float) -> tuple[int, ...] | None:
         """The devices a request of ``amount`` GPUs would take now; None if none fit."""
@@ -91,5 +112,10 @@ class ResourcePool:
         return dict(self.total), {k: max(v, 0.0) for k, v in self.available.items()}
 
 
+def is_cpu(name: str) -> bool:
+    """A CPU of the node, or of a placement group's bundle (``CPU_group_...``): what a blocked worker lends out."""
+    return name == "CPU" or name.startswith("CPU_group_")
+
+
 def cpu_part(shape: tuple) -> tuple:
-    return tuple((n, a) for n, a in shape if n == "CPU")
+    return tuple((n, a) for n, a in shape if is_cpu(n))

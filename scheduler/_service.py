@@ -31,6 +31,7 @@ from typing import Any, assert_never
 from ember import _settings
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
+from ember.scheduler._bundles import Bundles
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler._infeasible import CANNOT_SCHEDULE
 from ember.scheduler import _messages
@@ -41,7 +42,7 @@ from ember.scheduler._node_queue import Action, Admission, Assign, NodeQueue, Sp
 from ember.scheduler._spill import Spiller, scheduler_hello
 from ember.scheduler._protocol import Connection, Op, Outbox
 from ember.scheduler._session import Session, log_conninfo, open_session
-from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
+from ember.scheduler._spec import GROUP_REMOVED, FailureCause, TaskKind, TaskSpec
 from ember.scheduler import _procutil
 from ember.scheduler._fork_server import FORK_READY_WAIT_S
 from ember.scheduler._worker_pool import WORKER_START_FAILURES_MAX, WorkerPool, WorkerProcess
@@ -74,6 +75,7 @@ class Scheduler:
         self._by_address: dict[str, set[Connection]] = {}  # every open connection of each process, by address
         # Owners whose last connection closed: their actors die if they have not connected again by then.
         self._owners_gone: dict[str, float] = {}
+        self._driver_jobs: dict[str, bytes] = {}  # a connected driver's address -> its job id
         self._outbox = Outbox()
         self._stopping = False
         self._origins: dict[bytes, Connection] = {}  # task id -> the scheduler that forwarded it here
@@ -104,9 +106,11 @@ class Scheduler:
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
         self._force_kills: list[tuple[int, int, float]] = []  # (worker key, pid, kill after): force cancels
+        self.bundles = Bundles(self.queue.resources)  # placement group bundles reserved here
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
-                           transfer=transfer_address, on_view=self._cluster_view)
+                           transfer=transfer_address, on_view=self._cluster_view,
+                           bundles=self._bundle_report, on_bundles=self._on_bundles)
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic)
         self.listener = Listener(
@@ -147,6 +151,57 @@ class Scheduler:
             self.queue.view.update(nodes)
             self._dispatch()
         self._flush_dirty()
+
+    def _bundle_report(self) -> dict[str, Any]:
+        """For the heartbeat: the bundles held here, and the groups queued work waits for."""
+        with self._lock:
+            report = self.bundles.report()
+            report["awaiting"] = sorted(self.queue.awaiting_groups())
+        return report
+
+    def _on_bundles(self, desired: dict[str, Any], gone: list[str]) -> bool:
+        """The GCS's bundles for this node: reserve, commit, release; fail work of groups that are gone."""
+        with self._lock:
+            changes = self.bundles.reconcile(desired)
+            for group_id in set(gone):
+                self._end_group_work(group_id)
+            for group_id in changes.released_groups - set(gone):
+                self._follow_moved_group(group_id)
+            if changes.committed or changes.released_groups:
+                self._apply(self.queue.place_actors(time.monotonic()))
+                self._dispatch()
+        self._flush_dirty()
+        return changes.changed
+
+    def _end_group_work(self, group_id: str) -> None:
+        """A placement group was removed: its tasks and actors here end, as Ray kills them (under the lock)."""
+        why = f"{GROUP_REMOVED}{group_id}"
+        specs, actor_ids = self.queue.take_group(group_id)
+        for spec in specs:
+            self.strategy_unmet(spec, why)
+        for actor_id in actor_ids:
+            self.actors.dead(actor_id, CANNOT_SCHEDULE + why)
+        for key in self.queue.group_holders(group_id):
+            slot = self.queue.slot(key)
+            if slot is not None and slot.actor_id is not None:
+                self.actors.kill(slot.actor_id, CANNOT_SCHEDULE + why)
+            else:
+                self.workers.kill(key)  # its tasks fail over to their owners, whose retry finds the group gone
+
+    def _follow_moved_group(self, group_id: str) -> None:
+        """A group's bundles left this node but the group lives (the GCS thought the node dead and placed
+        them elsewhere): its work here follows them (under the lock). Running tasks are stopped and retried
+        by their owners; actors restart as their max_restarts allow; queued tasks are placed again."""
+        specs, _ = self.queue.take_group(group_id)
+        for spec in specs:
+            self.queue.settled(spec.task_id)
+            if self.spiller is not None:
+                self._left(spec.task_id)
+                self.spiller.offer([spec])  # the global scheduler knows where the bundle is now
+            else:
+                self.queue.enqueue(spec)  # a node alone: the bundle comes back here
+        for key in self.queue.group_holders(group_id):
+            self.workers.kill(key)
 
     def _send(self, conn: Connection | None, msg: tuple) -> None:
         self._outbox.send(conn, msg)
@@ -210,6 +265,8 @@ class Scheduler:
                         self.actors.start_on(w)
                 if peer.get("purpose") == "exec":
                     return
+            if peer.get("kind") == ProcessKind.DRIVER and peer.get("job_id") and peer.get("address"):
+                self._driver_jobs[peer["address"]] = peer["job_id"]
             if peer.get("address"):
                 self._clients[peer["address"]] = conn
                 self._by_address.setdefault(peer["address"], set()).add(conn)
@@ -618,6 +675,9 @@ class Scheduler:
                 del self._owners_gone[address]
                 if address not in self._clients:
                     self.actors.owner_gone(address)
+                    job_id = self._driver_jobs.pop(address, None)
+                    if job_id is not None:
+                        self.gcs.creator_gone(job_id)  # its placement groups that are not detached go
         if not self._recovery.is_set() and now > self._recovery_deadline:
             log.warning("the dead scheduler's queue could not be read in time: owners send their tasks again")
             self._end_recovery()

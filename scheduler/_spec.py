@@ -253,10 +253,14 @@ class Strategy(enum.StrEnum):
     - ``(SPREAD,)``: over the nodes, one after another, those with room first;
     - ``(NODE_AFFINITY, node_id, soft)``: on that node only, while it is alive and its totals fit the
       request; else (dead, unknown, too small) the task fails, or with ``soft`` runs elsewhere.
+    - ``(PLACEMENT_GROUP, group_id_hex, bundle_index, capture_child_tasks)``: in a bundle of that
+      placement group (index -1: any of its bundles); its resources are then the bundle's
+      (``bundle_shape``), which exist only on the node that holds the bundle.
     """
 
     SPREAD = "SPREAD"
     NODE_AFFINITY = "NODE_AFFINITY"
+    PLACEMENT_GROUP = "PLACEMENT_GROUP"
 
 
 def strategy_record(strategy: tuple | None) -> dict | None:
@@ -269,6 +273,9 @@ def strategy_record(strategy: tuple | None) -> dict | None:
             return {"kind": kind.value}
         case Strategy.NODE_AFFINITY:
             return {"kind": kind.value, "node_id": strategy[1], "soft": strategy[2]}
+        case Strategy.PLACEMENT_GROUP:
+            return {"kind": kind.value, "placement_group_id": strategy[1], "bundle_index": strategy[2],
+                    "capture_child_tasks": strategy[3]}
         case _:
             assert_never(kind)
 
@@ -283,6 +290,9 @@ def strategy_of_record(record: dict | None) -> tuple | None:
             return (kind.value,)
         case Strategy.NODE_AFFINITY:
             return (kind.value, record["node_id"], bool(record["soft"]))
+        case Strategy.PLACEMENT_GROUP:
+            return (kind.value, record["placement_group_id"], int(record["bundle_index"]),
+                    bool(record["capture_child_tasks"]))
         case _:
             assert_never(kind)
 
@@ -294,7 +304,57 @@ def describe_strategy(record: dict | None) -> str:
         return "DEFAULT"
     if strategy[0] == Strategy.NODE_AFFINITY:
         return f"node:{strategy[1]}" + (" (soft)" if strategy[2] else "")
+    if strategy[0] == Strategy.PLACEMENT_GROUP:
+        return f"group:{strategy[1]}" + ("" if strategy[2] < 0 else f"[{strategy[2]}]")
     return str(strategy[0])
+
+
+# Placement group bundles as resources (Ray's naming). A bundle committed on a node adds, for each
+# resource R it reserves, ``R_group_<i>_<group>`` (that bundle's) and ``R_group_<group>`` (the sum of
+# the group's bundles on that node), and a ``bundle`` marker of BUNDLE_MARKER units under both names.
+# A task in a bundle asks for those names instead of R (and 1/1000 of a marker, so that even a task of
+# num_cpus=0 runs only where its bundle is).
+GROUP_INFIX = "_group_"
+# How the reason begins when work fails because its placement group was removed (owners raise
+# TaskPlacementGroupRemoved / ActorPlacementGroupRemoved for it).
+GROUP_REMOVED = "its placement group was removed: "
+BUNDLE = "bundle"
+BUNDLE_MARKER = 1000.0
+BUNDLE_MARKER_TAKEN = 0.001
+
+
+def bundle_resources(group_hex: str, index: int, reserved: dict[str, float]) -> dict[str, float]:
+    """What bundle ``index`` of group ``group_hex`` adds to its node's resources once committed."""
+    added: dict[str, float] = {}
+    for name, amount in list(reserved.items()) + [(BUNDLE, BUNDLE_MARKER)]:
+        if amount:
+            added[f"{name}{GROUP_INFIX}{index}_{group_hex}"] = float(amount)
+            added[f"{name}{GROUP_INFIX}{group_hex}"] = float(amount)
+    return added
+
+
+def bundle_shape(shape: tuple, group_hex: str, index: int) -> tuple:
+    """A request's shape as a task in bundle ``index`` (-1: any) of group ``group_hex`` asks for it."""
+    asked: dict[str, float] = {}
+    for name, amount in list(shape) + [(BUNDLE, BUNDLE_MARKER_TAKEN)]:
+        asked[f"{name}{GROUP_INFIX}{group_hex}"] = amount
+        if index >= 0:
+            asked[f"{name}{GROUP_INFIX}{index}_{group_hex}"] = amount
+    return resource_shape(asked)
+
+
+def unbundled_shape(shape: tuple, group_hex: str) -> dict[str, float]:
+    """What a task in a bundle of ``group_hex`` asks for, in plain resource names (``bundle_shape``'s inverse)."""
+    suffix = f"{GROUP_INFIX}{group_hex}"
+    return {name[:-len(suffix)]: amount for name, amount in shape
+            if name.endswith(suffix) and name[:-len(suffix)] != BUNDLE}
+
+
+def group_of_resource(name: str) -> str | None:
+    """The group a bundle resource's name belongs to (None for a node's own resource)."""
+    if GROUP_INFIX not in name:
+        return None
+    return name.rsplit("_", 1)[-1]
 
 
 def resource_shape(resources: dict[str, float]) -> tuple:

@@ -52,7 +52,7 @@ from ember.scheduler._spec import FailureCause
 from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._spec import TaskSpec, strategy_record
+from ember.scheduler._spec import Strategy, TaskSpec, strategy_record
 
 log = logging.getLogger("ember.scheduler")
 
@@ -218,7 +218,9 @@ class Spiller:
                                                       f"and {UNPLACED_MAX} tasks wait for one already")
                     continue
                 self._unplaced.append((spec, actor))
-                if self._warnings.due(spec.owner_addr, spec.resources, now):
+                in_group = spec.strategy is not None and spec.strategy[0] == Strategy.PLACEMENT_GROUP
+                # One in a placement group waits for its bundle to be committed: not for a node to join.
+                if not in_group and self._warnings.due(spec.owner_addr, spec.resources, now):
                     what = (f"actor {spec.function_name} (actor {spec.actor_id.hex()})"  # type: ignore[union-attr]
                             if actor is not None else spec.describe())
                     self._scheduler.warn_owner(spec, waiting_message(what, spec.resources, totals, nodes))

@@ -4,6 +4,6 @@ The class lives in ``ember._strategies``, which the options' check imports
 without loading the rest of ``ember.util``.
 """
 
-from ember._strategies import NodeAffinitySchedulingStrategy
+from ember._strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-__all__ = ["NodeAffinitySchedulingStrategy"]
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

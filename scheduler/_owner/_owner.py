@@ -128,6 +128,9 @@ class Owner:
         self._socket_path = socket_path
         self.links = Links(kind, self.address, self.worker_id, self._token, self._lock, self._handle,
                            self._on_peer_closed, self._send_follow_ups)
+        if kind == ProcessKind.DRIVER:
+            # Its scheduler ends the job's placement groups (not detached) when it goes for good.
+            self.links.hello["job_id"] = job_id
         self.writes = ObjectWriter(self.address, self.files, self.objects, self._lock, self.links, self._job_of)
         self.locations = Locations(self.address, self.relay, session, self._lock, self.objects, self._subscribed,
                                    self._store_ready, self.files, self.links, self.writes, self._set_changed,

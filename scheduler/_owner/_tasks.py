@@ -29,9 +29,10 @@ from ember.exceptions import (
     InfeasibleResourceError,
     TaskUnschedulableError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     WorkerCrashedError,
 )
-from ember.scheduler._spec import FailureCause, TaskKind, TaskSpec
+from ember.scheduler._spec import GROUP_REMOVED, FailureCause, TaskKind, TaskSpec
 from ember.store import deserialize
 
 __all__ = [
@@ -140,6 +141,8 @@ def after_failure_report(pt: PendingTask | None, attempt: int, cause: FailureCau
     if cause is FailureCause.INFEASIBLE:
         return Fail(InfeasibleResourceError(f"{spec.describe()}: {detail}"), infeasible=True)
     if cause is FailureCause.STRATEGY_UNMET:
+        if detail.startswith(GROUP_REMOVED):
+            return Fail(TaskPlacementGroupRemoved(spec.describe(), detail))
         return Fail(TaskUnschedulableError(spec.describe(), detail))
     return Fail(ActorDiedError(spec.function_name, detail))
 

@@ -259,6 +259,32 @@ def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_
     _assert_no_leftovers(before)
 
 
+def test_a_node_killed_under_placement_groups_replaces_their_bundles_and_leaves_values_right(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    workload = Path(__file__).with_name("groups_workload.py")
+    runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        run = chaos("run", "--kill", "node", "--every-tasks", "30", "--max-faults", "1", "--seed", "11",
+                    "--timeout", "150", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
+                    cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
+    finally:
+        monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
+        for node in local_nodes.local_nodes():
+            local_nodes.stop_node(node, 10.0)
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    tally = json.loads(run.stdout.splitlines()[-1])
+    assert tally["wrong"] == 0 and tally["rounds"] == 3 and tally["nodes_alive_at_end"] == 2, tally
+    # The dead node held a bundle of the SPREAD group (one on each node): it was placed again, and
+    # every task in a bundle returned its value; hard affinity to the dead node got the typed error.
+    assert tally["bundles_placed_again"] >= 1 and tally["in_groups"] == 3 * 13, tally
+    assert tally["hard_affinity_to_dead_node"] > 0, tally
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert (json.dumps({"after_tasks": 30}, sort_keys=True), "kill", "node", "hit") in _faults(report)
+    _assert_no_leftovers(before)
+
+
 LEFTOVER_WAIT_S = 30.0
 
 

@@ -7,7 +7,9 @@ value), tasks that submit tasks of their own and block on them (run inline
 by their worker when none has started), actors with restarts, calls to an async actor (which awaits the refs
 it is given, its calls running together) and to a threaded actor, generator
 tasks whose values are read while they run, actors that end themselves with
-``exit_actor()``, actors whose last handle is dropped, ``get`` and ``wait``. A plain Python model
+``exit_actor()``, actors whose last handle is dropped, tasks in a placement
+group's bundle (one group per example, made first, removed at its end),
+``get`` and ``wait``. A plain Python model
 computes every value the same code gives without ember, and each actor's
 state as its calls applied in submission order.
 
@@ -26,7 +28,9 @@ fires between operations, never on a timer, so a plan replays. The example's
 final check reads every ref and every actor again and waits until every kind
 of process is back; the ci run asserts every kind of fault really hit.
 
-Invariants: every value read equals the model (arrays exactly), and its
+Invariants: every value read equals the model (arrays exactly), the
+example's placement group is CREATED again after every fault (its bundle
+reserved anew by a restarted scheduler, reloaded by a restarted GCS), and its
 creation row is already committed to the lineage log when ``get`` or ``wait``
 hands it out (durable before visible, the caller included); every ``get``
 is bounded and a ``GetTimeoutError`` is a hang; ``wait`` returns exactly
@@ -75,6 +79,8 @@ from hypothesis.stateful import (
 import ember
 from ember.chaos import Fault, FaultKind, Injected, Outcome, Target, inject, live_pids, paused_pids, resume_all
 from ember.exceptions import EmberError, GetTimeoutError, ObjectLostError
+from ember.util import placement_group, placement_group_table, remove_placement_group
+from ember.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tests.fix_cluster import poll_until, run_script
 
 GET_BOUND_S = 60.0  # recovery after a scheduler kill takes seconds on two cores
@@ -86,6 +92,7 @@ SEEDS = st.integers(0, 999)
 PAUSES_S = (0.2, 0.5, 1.0)
 GAP_MAX = 3  # operations between two faults
 ACTORS_MAX = 2
+GROUP_BUNDLE = {"CPU": 0.5}  # the example's placement group: one bundle, a quarter of the cluster's CPUs
 LIFETIME_OPS_MAX = 3  # actors an example ends (exit_actor) or frees (dropped): each starts a process
 PROCESS_TARGETS = (Target.WORKER, Target.FORK_SERVER, Target.STORE, Target.SCHEDULER, Target.GCS)
 FAULT_KINDS = tuple((kind, target) for kind in (FaultKind.KILL, FaultKind.PAUSE) for target in PROCESS_TARGETS) + (
@@ -195,6 +202,7 @@ value_task = ember.remote(max_retries=RETRIES)(_value)
 echo_through_task = ember.remote(max_retries=RETRIES)(_echo_through)
 stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
+grouped_task = ember.remote(max_retries=RETRIES, num_cpus=0.25)(_value)  # run in the example's group
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
 spawn_task = ember.remote(max_retries=RETRIES)(_spawn_and_fold)
 Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerState)
@@ -218,6 +226,7 @@ class Tally:
     streams: int = 0  # generator tasks read while they ran
     exits: int = 0  # actors that ended themselves with exit_actor()
     drops: int = 0  # actors whose last handle was dropped
+    grouped: int = 0  # tasks run in a placement group's bundle
     wrong_results: int = 0
     hangs: int = 0
     lost_objects: int = 0
@@ -231,7 +240,8 @@ class Tally:
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
                 f"faults that found no target {missed}; operations checked {self.operations_checked} "
                 f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks, "
-                f"{self.exits} exit_actor() ends, {self.drops} actors dropped); "
+                f"{self.exits} exit_actor() ends, {self.drops} actors dropped, {self.grouped} tasks in a placement "
+                f"group); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -339,6 +349,7 @@ class ApiUnderFaults(RuleBasedStateMachine):
         self.failure: PropertyFailure | None = None
         self.operations = 0
         self.names = itertools.count()
+        self.group: Any = None  # the example's placement group
         TALLY.examples += 1
 
     # -- the nemesis -----------------------------------------------------------------------
@@ -378,6 +389,31 @@ class ApiUnderFaults(RuleBasedStateMachine):
             return made
         self.call_async_actor(made, [made])
         return self.call_threaded_actor(made, made)
+
+    @initialize(target=refs, seed=SEEDS, large=st.booleans())
+    def first_group(self, seed: int, large: bool) -> Tracked | Skipped:
+        return self.make_group(seed, large)
+
+    @operation
+    def make_group(self, seed: int, large: bool) -> Tracked:
+        self.group = placement_group([GROUP_BUNDLE], strategy="STRICT_PACK")
+        note(f"placement group {self.group.id.hex()} = placement_group([{GROUP_BUNDLE}])")
+        return self.submit_in_group(seed, large)
+
+    @precondition(lambda self: self.group is not None)
+    @rule(target=refs, seed=SEEDS, large=st.booleans())
+    def grouped(self, seed: int, large: bool) -> Tracked | Skipped:
+        return self._grouped(seed, large)
+
+    @operation
+    def _grouped(self, seed: int, large: bool) -> Tracked:
+        return self.submit_in_group(seed, large)
+
+    def submit_in_group(self, seed: int, large: bool) -> Tracked:
+        TALLY.grouped += 1
+        in_bundle = PlacementGroupSchedulingStrategy(self.group, 0)
+        return self._track(grouped_task.options(scheduling_strategy=in_bundle).remote(seed, large),
+                           _value(seed, large), f"value.options(<in its group>).remote({seed}, {large})")
 
     def _nemesis(self) -> None:
         """Fire the faults due before this operation."""
@@ -699,6 +735,8 @@ class ApiUnderFaults(RuleBasedStateMachine):
             for handle in self.concurrent.values():
                 _kill_actor(handle)
             whole = _wait_whole()
+            if self.group is not None:
+                remove_placement_group(self.group)
         if self.failure is not None:
             raise self.failure
         if whole is not None:
@@ -710,6 +748,11 @@ class ApiUnderFaults(RuleBasedStateMachine):
             self._check_values([tracked])
         for actor in self.actor_list:
             self._check_actor(actor)
+        if self.group is not None:
+            created = poll_until(lambda: placement_group_table(self.group).get("state") == "CREATED", GET_BOUND_S)
+            if not created:
+                self._fail(f"the example's placement group is not CREATED after its faults: "
+                           f"{placement_group_table(self.group)}")
 
 
 def _not_in_log(refs: list[ember.ObjectRef]) -> set[str]:
@@ -811,6 +854,7 @@ def test_api_under_faults(tally: Tally) -> None:
         assert tally.streams > 0, tally.report()  # and generator tasks read while they ran
         assert tally.exits > 0, tally.report()  # and actors that ended themselves
         assert tally.drops > 0, tally.report()  # and actors freed when their handle went
+        assert tally.grouped > 0, tally.report()  # and tasks in a placement group's bundle
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()

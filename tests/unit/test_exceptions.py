@@ -37,6 +37,10 @@ INSTANCES = [
     ex.ActorUnavailableError("Counter", "restarting"),
     ex.ActorAlreadyExistsError("an actor named 'a' already exists"),
     ex.ActorHandleNotFoundError("no live actor named 'a'"),
+    ex.PlacementGroupAlreadyExistsError("a placement group named 'g' already exists"),
+    ex.PlacementGroupNotFoundError("no live placement group named 'g'"),
+    ex.TaskPlacementGroupRemoved("f (task 01)", "placement group ab12 was removed"),
+    ex.ActorPlacementGroupRemoved("Counter", "it cannot be scheduled: placement group ab12 was removed"),
 ]
 
 

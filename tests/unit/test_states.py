@@ -16,7 +16,8 @@ import ember.chaos
 import ember.lineage
 from ember.exceptions import TaskCancelledError
 from ember.lineage import _gcs_log, _listing
-from ember.lineage._states import ActorState, JobState, NodeState, ObjectState, ProcessKind, TaskState
+from ember.lineage._states import (ActorState, JobState, NodeState, ObjectState, PlacementGroupState, ProcessKind,
+                                   TaskState)
 from ember.scheduler import _node_actors, _procutil
 from ember.scheduler._node_queue import NodeQueue, Spawn
 from ember.scheduler._protocol import Outbox
@@ -26,7 +27,7 @@ from ember.store import serialize_error, to_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_FOLDERS = ("api", "store", "lineage", "scheduler", "chaos")
-STATE_ENUMS = (TaskState, ObjectState, ActorState, NodeState, JobState)
+STATE_ENUMS = (TaskState, ObjectState, ActorState, NodeState, JobState, PlacementGroupState)
 STATES = frozenset(s.value for enum_ in STATE_ENUMS for s in enum_)
 KINDS = frozenset(k.value for k in ProcessKind)
 # Text that spells a state's word but is no state: `ember list` tables' column headings.

@@ -10,7 +10,7 @@ import pytest
 from ember.lineage._rpc import BadRequest
 from ember.scheduler._messages import spec_problem
 from ember.scheduler._node_queue import Admission, NodeQueue
-from ember.scheduler._spec import Strategy, describe_strategy, strategy_of_record, strategy_record
+from ember.scheduler._spec import GROUP_REMOVED, Strategy, describe_strategy, strategy_of_record, strategy_record
 from tests.unit.test_node_queue import CPU1, GPU1, Links, spec
 from tests.unit.test_spread import gcs
 
@@ -117,3 +117,65 @@ def test_a_malformed_strategy_in_a_place_request_is_refused_whole():
     with pytest.raises(BadRequest, match="soft"):
         service.place({"node_id": "a", "tasks": [{"resources": {}, "strategy": {"kind": "NODE_AFFINITY",
                                                                                 "node_id": "a", "soft": 1}}]})
+
+
+GROUP = "ab" * 16
+
+
+def in_group(index: int = -1, capture: bool = False) -> tuple:
+    return (Strategy.PLACEMENT_GROUP.value, GROUP, index, capture)
+
+
+@pytest.mark.parametrize("strategy", [in_group(), in_group(1, True)])
+def test_placement_group_strategies_round_trip_and_are_described(strategy):
+    assert strategy_of_record(strategy_record(strategy)) == strategy
+    assert spec_problem(with_strategy(1, strategy)) is None
+    assert describe_strategy(strategy_record(strategy)) == f"group:{GROUP}" + ("[1]" if strategy[2] == 1 else "")
+    assert "strategy" in spec_problem(with_strategy(1, (Strategy.PLACEMENT_GROUP.value, GROUP, -2, False)))
+
+
+def _beat(service, node_id: str, held: dict, available: dict) -> dict:
+    return service.heartbeat({"node_id": node_id, "bundles": held, "refused": [], "available": available})
+
+
+def test_the_gcs_reserves_a_group_in_two_phases_over_heartbeats_and_places_its_tasks():
+    service = gcs(("a", 2, 2), ("b", 2, 2))
+    service.create_placement_group({"group_id": GROUP, "name": "g", "strategy": "STRICT_SPREAD",
+                                    "bundles": [{"CPU": 1}, {"CPU": 1}], "job_id": "01", "detached": False})
+    record = service.get_placement_group({"group_id": GROUP})["group"]
+    assert record["state"] == "PENDING" and sorted(record["bundles_to_node_id"].values()) == ["a", "b"]
+    placed = {node: i for i, node in record["bundles_to_node_id"].items()}
+    key = {node: f"{GROUP}:{i}" for node, i in placed.items()}
+    for node in ("a", "b"):
+        assert _beat(service, node, {}, {"CPU": 2})["bundles"][key[node]]["phase"] == "prepare"
+    assert _beat(service, "a", {key["a"]: "prepare"}, {"CPU": 1})["bundles"][key["a"]]["phase"] == "prepare"
+    assert _beat(service, "b", {key["b"]: "prepare"}, {"CPU": 1})["bundles"][key["b"]]["phase"] == "commit"
+    # Not committed anywhere yet: a task in the group waits.
+    shape = {f"CPU_group_{GROUP}": 1.0, f"bundle_group_{GROUP}": 0.001}
+    assert place(service, in_group(), shape) == (None, None)
+    committed = {f"CPU_group_{GROUP}": 1.0, f"bundle_group_{GROUP}": 1000.0}
+    for node in ("a", "b"):
+        _beat(service, node, {key[node]: "commit"}, {"CPU": 1, **committed})
+    assert service.get_placement_group({"name": "g"})["group"]["state"] == "CREATED"
+    assert place(service, in_group(), shape)[0] in ("a", "b")
+    node, why = place(service, in_group(), {f"CPU_group_{GROUP}": 2.0})
+    assert node is None and "more than any bundle" in why
+    # b was thought dead and its bundle taken off it (no room left to place it again): b must let it go
+    # and its work follow it, but nothing of the group is gone.
+    with service._lock:
+        service._nodes["b"].available = {"CPU": 0}
+        service._groups_of_dead_node("b")
+    reply = _beat(service, "b", {key["b"]: "commit"}, {"CPU": 0})
+    assert key["b"] not in reply["bundles"] and reply["gone"] == []
+    service.remove_placement_group({"group_id": GROUP})
+    reply = _beat(service, "a", {key["a"]: "commit"}, {"CPU": 1, **committed})
+    assert reply["bundles"] == {} and reply["gone"] == [GROUP]  # removed: a ends its work
+    node, why = place(service, in_group(), shape)
+    assert node is None and why.startswith(GROUP_REMOVED)
+
+
+def test_a_restarted_gcs_not_yet_loaded_tells_nodes_nothing_about_their_bundles():
+    service = gcs(("a", 2, 2))
+    service.loaded.clear()
+    reply = service.heartbeat({"node_id": "a", "bundles": {f"{GROUP}:0": "commit"}, "awaiting": [GROUP]})
+    assert "bundles" not in reply and reply["gone"] == []  # the node keeps what it holds; nothing is gone
