@@ -11,6 +11,7 @@ from ember.exceptions import EmberUserError, SerializationError
 from ember.scheduler import STREAMING, CallLimited, ObjectRefGenerator, TaskKind
 from ember import _options
 from ember._runtime import core as _core
+from ember._runtime_env import env_wire
 from ember.dag import FunctionNode
 
 
@@ -26,6 +27,7 @@ class RemoteFunction:
         self._retry_exceptions = self._options.get("retry_exceptions", False)
         self._max_calls = _options.max_calls(self._options)
         self._strategy = _options.strategy_of(self._options.get("scheduling_strategy"))
+        self._runtime_env = self._options.get("runtime_env")  # checked; resolved at each submission (cached)
         self._payload: bytes | None = None
         self._function_id: bytes | None = None
         self.__name__ = getattr(function, "__name__", "remote_function")
@@ -62,6 +64,7 @@ class RemoteFunction:
             TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
             self._shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
             strategy=self._strategy,
+            runtime_env=None if self._runtime_env is None else env_wire(core, self._runtime_env),
         )
         if self._num_returns == 1:
             return refs[0]

@@ -121,6 +121,10 @@ class ReplaySource:
         self._conn: Any = None
         self._lock = threading.Lock()
 
+    def query(self, sql: str, params: tuple | dict[str, Any]) -> list[tuple]:
+        """One read of the log's, waiting out a server restart (``_query``)."""
+        return self._query(sql, params)
+
     def _query(self, sql: str, params: tuple | dict[str, Any]) -> list[tuple]:
         """Run a read, reconnecting while the server restarts, for up to ``wait_s`` (``UNREACHABLE_WAIT_S``).
 

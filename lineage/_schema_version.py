@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 # The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
 # v5 added the content hashes they compare. Older logs are upgraded by running ember once.
 READABLE_MIN_VERSION = 5
@@ -28,6 +28,9 @@ STRATEGY_VERSION = 11
 # v12 added how a concurrent actor ran its calls (actors.concurrency): readers of an older log read
 # every actor as one that ran its calls one at a time (which is all an older ember ran).
 CONCURRENCY_VERSION = 12
+# v13 added each task's runtime_env (tasks.runtime_env, runtime_envs, runtime_env_packages) and each
+# job's namespace (jobs.namespace): readers of an older log read every task as run without one.
+RUNTIME_ENV_VERSION = 13
 
 
 def check_readable(query: Callable[[str], list]) -> int:

@@ -177,13 +177,13 @@ class Scheduler:
                 self._outbox.send(w.exec_conn, msg)
                 continue
             match action:
-                case Spawn(worker=key, actor_id=actor_id):
+                case Spawn(worker=key, actor_id=actor_id, runtime_env=runtime_env):
                     now = time.monotonic()
                     if self._stopping:  # a tick or a message racing the shutdown: no process outlives it
                         self.queue.worker_gone(key, now)
                         continue
                     try:
-                        self.workers.spawn(key, actor_id, now)
+                        self.workers.spawn(key, actor_id, now, runtime_env)
                     except BaseException:
                         self.queue.worker_gone(key, now)  # no process: the slot must not count as starting
                         raise
