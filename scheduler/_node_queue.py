@@ -30,7 +30,8 @@ scheduler. The rules it keeps:
 - task workers beyond the CPU count stop after ``IDLE_WORKER_TTL_S`` idle;
 - a task with a ``runtime_env`` runs only on a worker started in that environment (its queue is keyed
   by shape and environment hash), and such workers stop after ``IDLE_WORKER_TTL_S`` idle whatever
-  the count: workers of different environments never share a process.
+  the count: workers of different environments never share a process; at the worker cap, an idle
+  worker of another environment retires to make room.
 
 It must never do I/O, read the clock, or touch a process or a connection:
 it is tested with plain data (tests/unit/test_node_queue.py). What it cannot
@@ -367,8 +368,23 @@ class NodeQueue:
                     capped += 1
             if slot.blocked:
                 blocked += 1
-        if starting == 0 and capped < max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX:
-            actions.append(Spawn(self.new_slot(None, now, env_hash).key, None, env))
+        if starting:
+            return
+        if capped >= max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX and not self._evict(env_hash):
+            return
+        actions.append(Spawn(self.new_slot(None, now, env_hash).key, None, env))
+
+    def _evict(self, env_hash: str | None) -> bool:
+        """At the cap, an idle worker of another environment retires to make room (another runtime_env's
+        first, the oldest first); whether one did. The service stops it (``retired``)."""
+        idle = [slot for slot in self._slots.values()
+                if slot.actor_id is None and slot.connected and not slot.assigned and not slot.retiring
+                and slot.env != env_hash]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda slot: (slot.env is None, slot.idle_since))
+        victim.retiring = True
+        return True
 
     def _place_actors(self, actions: list[Action], now: float) -> None:
         pending = self._pending_actors

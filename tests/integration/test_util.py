@@ -290,7 +290,7 @@ def test_list_named_actors():
     actor = Doubler.options(name="util-test-doubler").remote()
     ember.get(actor.double.remote(1), timeout=BOUND_S)
     assert set(list_named_actors()) == before | {"util-test-doubler"}
-    assert {"namespace": ember._runtime.NAMESPACE, "name": "util-test-doubler"} in list_named_actors(True)
+    assert {"namespace": ember.get_runtime_context().namespace, "name": "util-test-doubler"} in list_named_actors(True)
     ember.kill(actor)
     assert "util-test-doubler" not in list_named_actors()
 
