@@ -3,7 +3,8 @@
 A hypothesis state machine does what a program does with ``import ember``:
 puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
-value), tasks that submit tasks of their own and block on them (run inline
+value), tasks in a ``runtime_env`` of their own (variables and a module
+shipped through the log: a rerun must run in it to compute the same value), tasks that submit tasks of their own and block on them (run inline
 by their worker when none has started), actors with restarts, calls to an async actor (which awaits the refs
 it is given, its calls running together) and to a threaded actor, generator
 tasks whose values are read while they run, actors that end themselves with
@@ -50,10 +51,14 @@ the failing plans, and fails if there were any.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import itertools
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +191,23 @@ class Leaver:
         ember.actor.exit_actor()
 
 
+# A runtime_env whose variable and module the task's value depends on: shipped through the log, set up
+# on each worker that runs it (a retry, a rebuild, a restarted scheduler's queue all run it there).
+_ENV_DIR = tempfile.mkdtemp(prefix="ember-chaos-env-")
+atexit.register(shutil.rmtree, _ENV_DIR, True)
+Path(_ENV_DIR, "chaos_env_offset.py").write_text("OFFSET = 17\n")
+ENV = {"env_vars": {"EMBER_CHAOS_SCALE": "5"}, "py_modules": [str(Path(_ENV_DIR, "chaos_env_offset.py"))]}
+ENV_ADDEND = 5 + 17
+
+
+def _combine_in_env(a: Any) -> Any:
+    import chaos_env_offset  # type: ignore[import-not-found]
+
+    return _combine(a, int(os.environ["EMBER_CHAOS_SCALE"]) + chaos_env_offset.OFFSET)
+
+
 value_task = ember.remote(max_retries=RETRIES)(_value)
+env_task = ember.remote(max_retries=RETRIES, runtime_env=ENV)(_combine_in_env)
 stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
@@ -429,6 +450,12 @@ class ApiUnderFaults(RuleBasedStateMachine):
         large = _value(seed, True)
         return self._track(combine_task.remote(a.ref, large), _combine(a.expected, large),
                            f"combine.remote({a}, value({seed}, True))", a.copies_made_at | {self.store_kills})
+
+    @rule(target=refs, a=refs)
+    @operation
+    def submit_in_env(self, a: Tracked) -> Tracked:
+        return self._track(env_task.remote(a.ref), _combine(a.expected, ENV_ADDEND), f"in_env.remote({a})",
+                           a.copies_made_at)
 
     @rule(target=refs, box=st.lists(refs, min_size=1, max_size=3))
     @operation
