@@ -105,8 +105,8 @@ CI_TIMEOUT_S = 300
 SETTINGS = settings(
     settings.default,  # the loaded profile: ci is derandomized
     max_examples=5 if SOAK else 3,  # per batch in the soak; the whole run in ci
-    # Room for the whole plan: seven initialize steps, then gaps of up to GAP_MAX operations per fault.
-    stateful_step_count=7 + GAP_MAX * FAULTS_MAX + 3,
+    # Room for the whole plan: eight initialize steps, then gaps of up to GAP_MAX operations per fault.
+    stateful_step_count=8 + GAP_MAX * FAULTS_MAX + 3,
     deadline=None,
     database=None if not SOAK else settings.default.database,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink replays faults for minutes
@@ -231,6 +231,7 @@ class Tally:
     operations_checked: int = 0
     concurrent_calls: int = 0  # calls made to the async and threaded actors
     streams: int = 0  # generator tasks read while they ran
+    env_tasks: int = 0  # tasks in a runtime_env of their own
     exits: int = 0  # actors that ended themselves with exit_actor()
     drops: int = 0  # actors whose last handle was dropped
     wrong_results: int = 0
@@ -246,7 +247,7 @@ class Tally:
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
                 f"faults that found no target {missed}; operations checked {self.operations_checked} "
                 f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks, "
-                f"{self.exits} exit_actor() ends, {self.drops} actors dropped); "
+                f"{self.exits} exit_actor() ends, {self.drops} actors dropped, {self.env_tasks} in a runtime_env); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -394,6 +395,11 @@ class ApiUnderFaults(RuleBasedStateMachine):
         self.call_async_actor(made, [made])
         return self.call_threaded_actor(made, made)
 
+    @initialize(target=refs, seed=SEEDS, large=st.booleans())
+    def first_env_task(self, seed: int, large: bool) -> Tracked | Skipped:
+        made = self.put(seed, large)
+        return made if isinstance(made, Skipped) else self.submit_in_env(made)
+
     def _nemesis(self) -> None:
         """Fire the faults due before this operation."""
         while self.plan and self.plan[0][0] <= self.operations_since_fault:
@@ -454,6 +460,7 @@ class ApiUnderFaults(RuleBasedStateMachine):
     @rule(target=refs, a=refs)
     @operation
     def submit_in_env(self, a: Tracked) -> Tracked:
+        TALLY.env_tasks += 1
         return self._track(env_task.remote(a.ref), _combine(a.expected, ENV_ADDEND), f"in_env.remote({a})",
                            a.copies_made_at)
 
@@ -804,6 +811,7 @@ def test_api_under_faults(tally: Tally) -> None:
         assert tally.streams > 0, tally.report()  # and generator tasks read while they ran
         assert tally.exits > 0, tally.report()  # and actors that ended themselves
         assert tally.drops > 0, tally.report()  # and actors freed when their handle went
+        assert tally.env_tasks > 0, tally.report()  # and tasks in a runtime_env
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()
