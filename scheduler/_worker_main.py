@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ember import _settings
 from ember.exceptions import RuntimeEnvSetupError
 from ember.lineage import LogPackages, RuntimeEnv, enter_env, prepare_env
 from ember.scheduler._worker_pool import RUNTIME_ENV_VARIABLE
@@ -35,7 +36,8 @@ def main(argv: list[str]) -> None:
     _context.mark_worker_process()
     _procutil.die_with_parent()
     session = open_session(session_dir)
-    env_text = os.environ.pop(RUNTIME_ENV_VARIABLE, None)
+    env_text = _settings.load().runtime_env
+    os.environ.pop(RUNTIME_ENV_VARIABLE, None)  # not inherited by what its tasks start
     env, env_error = (None, None) if env_text is None else _enter_runtime_env(env_text, session, argv)
     _procutil.setup_logging(session_dir, ProcessKind.WORKER)
     core = Owner(session, ProcessKind.WORKER, job_id=b"", node_id=node_id).start()

@@ -10,6 +10,7 @@ The pip test needs the package index: it is skipped only when ``pip download`` o
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,22 @@ def test_an_actor_runs_in_its_environment(project: Path) -> None:
     actor = EnvActor.options(runtime_env={"env_vars": {"EMBER_T_TASK": "actor"},
                                           "working_dir": str(project / "wd")}).remote()
     assert ember.get(actor.seen.remote(), timeout=BOUND_S) == ("actor", "job", "from the working_dir\n")
+    ember.kill(actor)
+
+
+@ember.remote(max_restarts=1, max_task_retries=1)  # the next call may be in flight as it dies
+class Restartable:
+    def seen(self) -> tuple[str | None, int, str]:
+        return os.environ.get("EMBER_T_TASK"), os.getpid(), Path("input.txt").read_text()
+
+
+def test_an_actor_restarts_in_its_environment(project: Path) -> None:
+    actor = Restartable.options(runtime_env={"env_vars": {"EMBER_T_TASK": "again"},
+                                             "working_dir": str(project / "wd")}).remote()
+    value, pid, text = ember.get(actor.seen.remote(), timeout=BOUND_S)
+    os.kill(pid, signal.SIGKILL)  # the actor's process, which this module's cluster started
+    again, new_pid, text_again = ember.get(actor.seen.remote(), timeout=BOUND_S)
+    assert (value, text) == (again, text_again) == ("again", "from the working_dir\n") and new_pid != pid
     ember.kill(actor)
 
 

@@ -39,6 +39,9 @@ def test_each_field_is_checked_by_type_and_unknown_fields_are_refused_by_name(tm
     with pytest.raises(InvalidOptionError, match="takes 'packages'"):
         check_runtime_env({"pip": {"pkgs": ["a"]}}, "x")
     assert check_runtime_env({"pip": {"packages": ["a==1"]}}, "x")["pip"] == ["a==1"]
+    # An imported module stands for its file, a package for its folder.
+    assert check_runtime_env({"py_modules": [_runtime_env]}, "x")["py_modules"] == [str(Path(_runtime_env.__file__).resolve())]
+    assert check_runtime_env({"py_modules": [ember]}, "x")["py_modules"] == [str(Path(ember.__file__).parent.resolve())]
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# pinned\nsix==1.16.0\n\n")
     assert check_runtime_env({"pip": str(requirements)}, "x")["pip"] == ["six==1.16.0"]
