@@ -42,7 +42,7 @@ from ember.scheduler import (
     set_core,
 )
 from ember.scheduler import _context
-from ember.lineage import LineageStore as _LineageStore, LogPackages, check_runtime_env
+from ember.lineage import LineageStore as _LineageStore, RuntimeEnvLog, check_runtime_env
 from ember._runtime_env import env_wire
 from ember.lineage._states import JobState, ProcessKind
 
@@ -416,7 +416,7 @@ def _namespace_in_log(owner: Owner, job_id: bytes) -> str:
     conninfo = owner.conninfo
     if conninfo is None:
         return _options.anonymous_namespace(job_id)  # no log: init refused a namespace of its own
-    packages = LogPackages(conninfo)
+    packages = RuntimeEnvLog(conninfo)
     try:
         found = packages.job_namespace(job_id)
     finally:

@@ -49,7 +49,7 @@ _INTERNAL = {
     "Restore": "_replay_plan", "TaskFacts": "_replay_plan", "no_copy_reason": "_replay_plan",
     "plan_rebuild": "_replay_plan", "UNREACHABLE_WAIT_S": "_replay_source", "LoggedTask": "_replay_source",
     "RuntimeEnv": "_runtime_env", "check_runtime_env": "_runtime_env", "resolve_runtime_env": "_runtime_env",
-    "LogPackages": "_env_setup", "prepare_env": "_env_setup", "enter_env": "_env_setup",
+    "RuntimeEnvLog": "_env_setup", "prepare_env": "_env_setup", "enter_env": "_env_setup",
     "entered_env": "_env_setup",
 }
 

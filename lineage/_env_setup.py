@@ -36,7 +36,7 @@ from ember.exceptions import RuntimeEnvSetupError
 from ember.lineage._replay_source import ReplaySource
 from ember.lineage._runtime_env import RuntimeEnv
 
-__all__ = ["PIP_INSTALL_TIMEOUT_S", "LogPackages", "Prepared", "enter_env", "entered_env", "prepare_env"]
+__all__ = ["PIP_INSTALL_TIMEOUT_S", "RuntimeEnvLog", "Prepared", "enter_env", "entered_env", "prepare_env"]
 
 PIP_INSTALL_TIMEOUT_S = 540.0  # one pip install of one environment (a worker that waits for it starts late)
 _OUTPUT_TAIL_CHARS = 2000  # of pip's output, in the error
@@ -185,9 +185,10 @@ def entered_env(prepared: Prepared) -> Iterator[None]:
         sys.path[:] = path
 
 
-class LogPackages:
-    """A package's bytes from the log's ``runtime_env_packages`` (the ``fetch`` that ``prepare_env`` takes);
-    reconnects while PostgreSQL restarts, for up to ``UNREACHABLE_WAIT_S``. Close it after."""
+class RuntimeEnvLog:
+    """What a worker reads of the log for its job's environment: a package's bytes (the ``fetch`` that
+    ``prepare_env`` takes) and a job's namespace; reconnects while PostgreSQL restarts, for up to
+    ``UNREACHABLE_WAIT_S``. Close it after."""
 
     def __init__(self, conninfo: str) -> None:
         self._source = ReplaySource(conninfo)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember import _settings
 from ember.exceptions import RuntimeEnvSetupError
-from ember.lineage import LogPackages, RuntimeEnv, enter_env, prepare_env
+from ember.lineage import RuntimeEnvLog, RuntimeEnv, enter_env, prepare_env
 from ember.scheduler._worker_pool import RUNTIME_ENV_VARIABLE
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
@@ -67,7 +67,7 @@ def _enter_runtime_env(text: str, session: Session, argv: list[str]) -> tuple[Ru
     """Set the environment up on this node and enter it; the error that stopped it, if one did."""
     env = RuntimeEnv.of_text(text)
     conninfo = log_conninfo(session)
-    packages = LogPackages(conninfo) if conninfo else None
+    packages = RuntimeEnvLog(conninfo) if conninfo else None
     try:
         prepared = prepare_env(env, Path(session.dir) / "runtime_env", packages or (lambda digest: None))
     except RuntimeEnvSetupError as exc:
