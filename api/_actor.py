@@ -13,7 +13,8 @@ from ember.exceptions import ActorAlreadyExistsError, EmberUserError, InvalidOpt
 from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, DYNAMIC, HANDLES, STREAMING, TERMINATE_METHOD,
                              ActorExit, Concurrency, ObjectRef, ObjectRefGenerator, Op, TaskKind)
 from ember import _options
-from ember._runtime import _lookup_named, core as _core
+from ember._runtime import _lookup_named, core as _core, current_namespace
+from ember._runtime_env import env_wire
 from ember.dag import ClassMethodNode, ClassNode
 from ember.scheduler import _context
 
@@ -105,6 +106,8 @@ class ActorClass:
         opts = self._options
         name = opts.get("name")
         namespace = opts.get("namespace")
+        if name is not None and namespace is None:
+            namespace = current_namespace()  # the job's (Ray's rule), not "default"
         if name is not None and opts.get("get_if_exists"):
             existing = _lookup_named(name, namespace)
             if existing is not None:
@@ -137,6 +140,7 @@ class ActorClass:
                 _options.retries(opts, "max_restarts", 0),  # a creation's retries are the actor's restarts
                 actor_id=actor_id, name=key, extra=(opts.get("lifetime") == "detached", meta),
                 strategy=strategy,
+                runtime_env=None if opts.get("runtime_env") is None else env_wire(core, opts["runtime_env"]),
             )
         except BaseException:
             core.kill_actor(actor_id, True)  # frees the name it claimed

@@ -12,19 +12,20 @@ from numbers import Real
 from typing import Any
 
 from ember.exceptions import EmberUserError, InvalidOptionError
+from ember.lineage import check_runtime_env
 from ember.scheduler import DYNAMIC, RESTART_FROM, STREAMING, Strategy, bundle_shape, resource_shape
 from ember._placement_group import current_strategy
 from ember._strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
-    "name", "memory", "scheduling_strategy", "max_calls",
+    "name", "memory", "scheduling_strategy", "max_calls", "runtime_env",
     "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
     "lifetime", "memory", "max_concurrency", "concurrency_groups", "get_if_exists", "scheduling_strategy",
-    "restart_from",
+    "restart_from", "runtime_env",
     "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
 }
 _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
@@ -32,7 +33,8 @@ _METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concu
 _ALIASES = {"num_return_vals": "num_returns"}
 
 DEFAULT_TASK_RETRIES = 3
-NAMESPACE = "default"  # the namespace of named actors created or looked up without one
+NAMESPACE = "default"  # a namespace whose names are claimed as they are (what ember had before job namespaces)
+ANONYMOUS_PREFIX = "anonymous-"  # a job's namespace when init() names none: its own, as Ray's anonymous one
 _NAMESPACE_SEPARATOR = "\x1f"  # between a namespace and a name in the key a name is claimed under
 
 
@@ -49,17 +51,6 @@ def split_name(key: str) -> tuple[str, str]:
     return (namespace, name) if separator else (NAMESPACE, key)
 
 
-def refuse_runtime_env(runtime_env: Any, where: str) -> None:
-    """``runtime_env`` is refused, whatever its fields: ember carries none of them out yet."""
-    fields = sorted(runtime_env) if isinstance(runtime_env, dict) else []
-    raise InvalidOptionError(
-        f"{where} runtime_env{' with ' + ', '.join(map(repr, fields)) if fields else ''} is not supported: ember "
-        "supports no runtime_env field yet (not env_vars, working_dir, py_modules, excludes, pip, conda, uv nor "
-        "container). Its workers run in the environment the cluster was started in: the driver's Python, "
-        "installed packages and environment variables (for `ember start`, that command's). Install what tasks "
-        "need there, or set variables before ember.init() / ember start")
-
-
 def check_namespace(namespace: Any, where: str) -> None:
     """A namespace must be a non-empty string without control characters (None: the default one)."""
     if namespace is None:
@@ -68,14 +59,9 @@ def check_namespace(namespace: Any, where: str) -> None:
         raise InvalidOptionError(f"{where} namespace must be a non-empty string, got {namespace!r}")
 
 
-def refuse_job_namespace(namespace: Any) -> None:
-    """``init(namespace=)`` is refused: a job's namespace would have to reach every task it runs, which ember's
-    tasks do not carry; explicit namespaces on the actor and in ``get_actor`` work everywhere."""
-    if namespace is not None and namespace != NAMESPACE:
-        raise InvalidOptionError(
-            f"ember.init namespace={namespace!r} is not supported: a job has no namespace of its own in ember "
-            f"(every job starts in {NAMESPACE!r}). Name the namespace where actors are named and looked up: "
-            f"Cls.options(name=..., namespace={namespace!r}) and ember.get_actor(name, namespace={namespace!r})")
+def anonymous_namespace(job_id: bytes) -> str:
+    """The namespace of a job that ``init()`` gave none: the job's own, so its names are its own (Ray's rule)."""
+    return ANONYMOUS_PREFIX + job_id.hex()
 
 
 def _number(name: str, value: Any, minimum: float = 0.0) -> float:
@@ -116,8 +102,6 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in options.items():
         key = _ALIASES.get(key, key)
-        if key == "runtime_env" and kind != "method":
-            refuse_runtime_env(value, f"the {kind} option")
         if key not in allowed:
             raise InvalidOptionError(
                 f"unknown option {key!r} for a remote {kind}; valid options are: {', '.join(sorted(allowed))}"
@@ -149,6 +133,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
         raise InvalidOptionError(f"option name must be a string, got {out['name']!r}")
     if "namespace" in out:
         check_namespace(out["namespace"], "the actor option")
+    if "runtime_env" in out:
+        out["runtime_env"] = check_runtime_env(out["runtime_env"], f"the {kind} option")
     if "lifetime" in out and out["lifetime"] not in (None, "detached", "non_detached"):
         raise InvalidOptionError(f"option lifetime must be 'detached' or None, got {out['lifetime']!r}")
     if "max_concurrency" in out:

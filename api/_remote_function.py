@@ -11,6 +11,7 @@ from ember.exceptions import EmberUserError, SerializationError
 from ember.scheduler import DYNAMIC, STREAMING, CallLimited, DynamicReturns, ObjectRefGenerator, TaskKind
 from ember import _options
 from ember._runtime import core as _core
+from ember._runtime_env import env_wire
 from ember.dag import FunctionNode
 
 
@@ -28,6 +29,7 @@ class RemoteFunction:
         what = f"task {getattr(function, '__qualname__', 'remote function')}"
         self._strategy, self._shape = _options.placement(self._options, self._shape, what)
         self._own_strategy = "scheduling_strategy" in self._options  # else it may run in its parent's group
+        self._runtime_env = self._options.get("runtime_env")  # checked; resolved at each submission (cached)
         self._payload: bytes | None = None
         self._function_id: bytes | None = None
         self.__name__ = getattr(function, "__name__", "remote_function")
@@ -69,6 +71,7 @@ class RemoteFunction:
             TaskKind.NORMAL, function_id, self.__qualname__, args, kwargs, self._num_returns,
             shape, self._max_retries, self._retry_exceptions, name=self._options.get("name"),
             strategy=strategy,
+            runtime_env=None if self._runtime_env is None else env_wire(core, self._runtime_env),
         )
         if self._num_returns == 1 or self._num_returns == DYNAMIC:
             return refs[0]

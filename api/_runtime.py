@@ -42,7 +42,8 @@ from ember.scheduler import (
     set_core,
 )
 from ember.scheduler import _context
-from ember.lineage import LineageStore as _LineageStore
+from ember.lineage import LineageStore as _LineageStore, RuntimeEnvLog, check_runtime_env
+from ember._runtime_env import env_wire
 from ember.lineage._states import JobState, ProcessKind
 
 _lock = threading.RLock()
@@ -74,15 +75,16 @@ def init(
 ) -> dict[str, Any]:
     """Start a local cluster (or, later, join one) and connect this process to it."""
     global _node, _session, _atexit_registered
-    _options.refuse_job_namespace(kwargs.pop("namespace", None))
-    if "runtime_env" in kwargs:
-        _options.refuse_runtime_env(kwargs["runtime_env"], "ember.init")
+    namespace = kwargs.pop("namespace", None)
+    _options.check_namespace(namespace, "ember.init")
+    runtime_env = check_runtime_env(kwargs.pop("runtime_env", None), "ember.init")
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
     if unknown:
         raise InvalidOptionError(
             f"unknown init option(s) {sorted(unknown)}; ember.init accepts num_cpus, num_gpus, resources, "
-            "object_store_memory, num_workers, ignore_reinit_error"
+            "object_store_memory, num_workers, ignore_reinit_error, namespace, runtime_env"
         )
+    job = _JobOptions(namespace, runtime_env)
     _options.validate_init(num_cpus if num_cpus is not None else num_workers, num_gpus, resources,
                            object_store_memory)
     settings = _settings.load()  # every EMBER_* variable checked here, not first in a worker
@@ -96,13 +98,13 @@ def init(
         if address == "local":
             address = None  # Ray's spelling of "a new cluster of this program's own", whatever the environment says
         if address is not None:
-            return _connect(address, num_cpus, num_gpus, resources, object_store_memory, num_workers, gcs_url)
+            return _connect(address, job, num_cpus, num_gpus, resources, object_store_memory, num_workers, gcs_url)
         if num_workers is not None and num_cpus is None:
             num_cpus = num_workers  # the original tutorial's spelling
         totals, store_bytes = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         session, node, log_store = bring_up(totals, store_bytes, gcs_url)
         try:
-            _start_driver(session, node.node_id, session.name, log_store.embedded_home)
+            _start_driver(session, node.node_id, session.name, log_store.embedded_home, job)
         except BaseException:
             node.stop()
             log_store.release()
@@ -155,7 +157,7 @@ def _auto_init() -> None:
     print(f"ember: no ember.init() before the first use of the API: {said}", file=sys.stderr, flush=True)
 
 
-def _connect(address: str, *sizes: Any) -> dict[str, Any]:
+def _connect(address: str, job: "_JobOptions", *sizes: Any) -> dict[str, Any]:
     """Connect this driver to a running cluster through its node on this machine (``ember start``)."""
     if any(size is not None for size in sizes):
         raise EmberUserError(
@@ -163,15 +165,36 @@ def _connect(address: str, *sizes: Any) -> dict[str, Any]:
             "leave out num_cpus, num_gpus, resources, object_store_memory and gcs_url (set them in `ember start`)")
     local = _local_nodes.find(address)
     session = local.session
-    _start_driver(session, local.node_id, session.read_info().get("cluster_id") or session.name, None)
+    _start_driver(session, local.node_id, session.read_info().get("cluster_id") or session.name, None, job)
     return _info()
 
 
-def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | None) -> None:
-    global _atexit_registered
+class _JobOptions:
+    """What ``init`` says of the job itself: its namespace (None: an anonymous one) and runtime_env."""
+
+    def __init__(self, namespace: str | None, runtime_env: dict[str, Any] | None) -> None:
+        self.namespace = namespace
+        self.runtime_env = runtime_env
+
+
+def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | None, job: _JobOptions) -> None:
+    global _atexit_registered, _job_namespace
     core = Owner(session, ProcessKind.DRIVER, job_id=os.urandom(4), node_id=node_id).start()
-    if core.gcs is not None:
-        core.gcs.job(core.job_id, cluster_id, os.getpid(), " ".join(sys.argv)[:1000])
+    try:
+        namespace = job.namespace or _options.anonymous_namespace(core.job_id)
+        if core.gcs is not None:
+            # Durable now: a worker of any node reads the job's namespace from the log (named actors).
+            seq = core.gcs.job(core.job_id, cluster_id, os.getpid(), " ".join(sys.argv)[:1000], namespace)
+            core.gcs.make_durable(seq, "the job's row")
+        elif job.namespace is not None:
+            raise InvalidOptionError(f"ember.init namespace={job.namespace!r} reaches the workers through the "
+                                     "lineage log, which is off here (EMBER_LINEAGE=off): turn it on")
+        if job.runtime_env is not None:
+            core.runtime_env = env_wire(core, job.runtime_env, None, from_process=False)
+    except BaseException:
+        core.close()
+        raise
+    _job_namespace = namespace
     set_core(core)
     if not _atexit_registered:
         atexit.register(shutdown)
@@ -361,16 +384,48 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 
 NAMESPACE = _options.NAMESPACE
+_job_namespace: str | None = None  # the driver's job's: init(namespace=...), or its anonymous one
+_namespaces_of_jobs: dict[bytes, str] = {}  # in a worker: the namespace of each job it ran work of
 
 
 def current_namespace() -> str:
-    """The namespace of this process's named actors."""
-    return NAMESPACE
+    """The namespace of the job this code runs for: where named actors go and are looked up by default.
+
+    A driver's is ``init(namespace=...)``'s, or the job's anonymous one; a task's or an actor's is
+    its job's (an actor's: the job that created it), read from the log once per job per process.
+    """
+    owner = core()
+    if owner.kind != ProcessKind.WORKER:
+        assert _job_namespace is not None, "a driver's namespace is set by init"
+        return _job_namespace
+    executor = owner.executor
+    spec = executor.actor_spec if executor is not None and executor.actor_spec is not None else owner.current_task
+    if spec is None:
+        raise EmberUserError("a worker has no namespace between tasks: ask from inside a task or an actor")
+    found = _namespaces_of_jobs.get(spec.job_id)
+    if found is None:
+        found = _namespace_in_log(owner, spec.job_id)
+        _namespaces_of_jobs[spec.job_id] = found
+    return found
+
+
+def _namespace_in_log(owner: Owner, job_id: bytes) -> str:
+    conninfo = owner.conninfo
+    if conninfo is None:
+        return _options.anonymous_namespace(job_id)  # no log: init refused a namespace of its own
+    packages = RuntimeEnvLog(conninfo)
+    try:
+        found = packages.job_namespace(job_id)
+    finally:
+        packages.close()
+    return found or _options.anonymous_namespace(job_id)
 
 
 def _lookup_named(name: str, namespace: str | None = None) -> Any:
     from ember._actor import handle_from_meta
 
+    if namespace is None:
+        namespace = current_namespace()
     found = core().call_scheduler(Op.GET_NAMED_ACTOR, _options.qualified_name(namespace, name))
     if found is None:
         return None
@@ -382,27 +437,30 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     if not isinstance(name, str) or not name:
         raise TypeError(f"ember.get_actor() expects a non-empty actor name, got {name!r}")
     _options.check_namespace(namespace, "ember.get_actor")
+    if namespace is None:
+        namespace = current_namespace()
     handle = _lookup_named(name, namespace)
     if handle is None:
-        where = f" in namespace {namespace!r}" if namespace not in (None, NAMESPACE) else ""
         raise ActorHandleNotFoundError(
-            f"no live actor named {name!r}{where}; create one with Cls.options(name={name!r}"
-            f"{f', namespace={namespace!r}' if where else ''}).remote()")
+            f"no live actor named {name!r} in namespace {namespace!r}; create one with Cls.options(name={name!r})"
+            f".remote() in a job of that namespace (ember.init(namespace=...)), or pass get_actor the namespace "
+            "it was created in")
     return handle
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     """The names of the cluster's live named actors (Ray's ``ray.util.list_named_actors``).
 
-    Those of the default namespace (``NAMESPACE``, where a job's names go unless
-    it names another); with ``all_namespaces``, every namespace's, each entry
-    ``{"namespace": ..., "name": ...}``, as Ray's.
+    Those of the current job's namespace (``current_namespace``); with
+    ``all_namespaces``, every namespace's, each entry ``{"namespace": ...,
+    "name": ...}``, as Ray's.
     """
     keys = core().call_scheduler(Op.LIST_NAMED_ACTORS)
     named = [_options.split_name(key) for key in keys]
     if all_namespaces:
         return [{"namespace": namespace, "name": name} for namespace, name in named]
-    return [name for namespace, name in named if namespace == NAMESPACE]
+    mine = current_namespace()
+    return [name for namespace, name in named if namespace == mine]
 
 
 def cluster_resources() -> dict[str, float]:

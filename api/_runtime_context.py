@@ -6,6 +6,7 @@ executor recorded of the actor; it never starts or joins a cluster.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ember._actor import ActorHandle, _method_table
@@ -84,6 +85,18 @@ class RuntimeContext:
         if executor is None:
             raise EmberUserError("was_current_actor_reconstructed is only available in an actor's process")
         return executor.actor_restarts > 0
+
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The runtime_env this code runs in, resolved ({} for none): ``env_vars`` and ``pip`` as given,
+        ``working_dir`` and ``py_modules`` as the packages they became (``{"hash": ..., "name": ...}``)."""
+        env = require_core().runtime_env
+        return {} if env is None else json.loads(env[1])
+
+    def get_runtime_env_string(self) -> str:
+        """``runtime_env`` as its canonical JSON (what the log and the task's spec name by its hash)."""
+        env = require_core().runtime_env
+        return "{}" if env is None else env[1]
 
     @property
     def namespace(self) -> str:

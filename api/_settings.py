@@ -74,6 +74,8 @@ class Settings:
     # (scheduler/_fork_server.py); off, each starts as a fresh interpreter.
     worker_fork: bool = True
     parent_pid: int = 0  # set by ember for the processes it starts: they die with this one
+    # Set by a node's scheduler for a worker it starts in a runtime_env: the environment's JSON record.
+    runtime_env: str | None = None
     chaos_socket: str | None = None  # set by `chaos run` for the program it runs
     chaos_token: str | None = None
 

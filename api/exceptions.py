@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "RuntimeEnvSetupError",
     "EmberError",
     "EmberUserError",
     "EmberOperationError",
@@ -106,6 +107,11 @@ class ObjectStoreFullError(EmberOperationError):
     ``ObjectTooLargeError`` (a subclass): the object fits in neither the free
     shared memory nor the free spill disk.
     """
+
+
+class RuntimeEnvSetupError(EmberOperationError):
+    """A task's or actor's ``runtime_env`` could not be set up on its node (a package not in the log, pip
+    failed): the task fails with it, unrun, and the worker that tried is retired (a next try starts afresh)."""
 
 
 class OutOfMemoryError(EmberOperationError):

@@ -49,6 +49,9 @@ _INTERNAL = {
     "KeptCopy": "_replay_plan", "Lost": "_replay_plan", "LostWhy": "_replay_plan", "RebuildPlan": "_replay_plan", "Rerun": "_replay_plan",
     "Restore": "_replay_plan", "TaskFacts": "_replay_plan", "no_copy_reason": "_replay_plan",
     "plan_rebuild": "_replay_plan", "UNREACHABLE_WAIT_S": "_replay_source", "LoggedTask": "_replay_source",
+    "RuntimeEnv": "_runtime_env", "check_runtime_env": "_runtime_env", "resolve_runtime_env": "_runtime_env",
+    "RuntimeEnvLog": "_env_setup", "prepare_env": "_env_setup", "enter_env": "_env_setup",
+    "entered_env": "_env_setup",
 }
 
 if TYPE_CHECKING:

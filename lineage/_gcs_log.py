@@ -40,11 +40,13 @@ TARGETS = {
         replaces="objects_declared"),
 }
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint"),
+    "jobs": ("job_id", "cluster_id", "driver_pid", "entrypoint", "namespace"),
+    "runtime_envs": ("env_hash", "record"),
+    "runtime_env_packages": ("package_hash", "size", "data"),
     "functions": ("function_id", "name", "payload"),
     "tasks": ("task_id", "job_id", "kind", "function_id", "function_name", "parent_task_id", "actor_id",
               "method", "args", "num_returns", "resources", "max_retries", "name", "owner",
-              "strategy"),
+              "strategy", "runtime_env"),
     "task_args": ("task_id", "object_id"),
     "task_attempts": ("task_id", "attempt", "node_id", "worker_id", "state", "error", "started_us", "worker_pid"),
     "objects": OBJECT_COLUMNS,
@@ -83,7 +85,8 @@ class GcsLog:
             # by the actor and by its caller alike. Other tables' rare repeats (a
             # retried attempt) take the writer's slower skip-existing path
             # only when they happen.
-            idempotent_tables=frozenset({"functions", "jobs", "actor_calls", "content_hashes"}),
+            idempotent_tables=frozenset({"functions", "jobs", "actor_calls", "content_hashes", "runtime_envs",
+                                         "runtime_env_packages"}),
             targets=TARGETS,
         )
         self._functions: set[bytes] = set()
@@ -111,8 +114,14 @@ class GcsLog:
     def close(self) -> None:
         self.writer.close()
 
-    def job(self, job_id: bytes, cluster_id: str, pid: int, entrypoint: str) -> int:
-        return self.writer.append("jobs", (job_id, cluster_id, pid, entrypoint))
+    def job(self, job_id: bytes, cluster_id: str, pid: int, entrypoint: str, namespace: str | None = None) -> int:
+        return self.writer.append("jobs", (job_id, cluster_id, pid, entrypoint, namespace))
+
+    def runtime_env(self, env_hash: str, text: str, packages: dict[str, bytes]) -> int:
+        """An environment's record and the packages it names (content-addressed: a repeat is skipped)."""
+        rows = [("runtime_env_packages", (digest, len(data), data)) for digest, data in packages.items()]
+        rows.append(("runtime_envs", (env_hash, text)))
+        return self.writer.append_rows(rows, urgent=True)
 
     def function(self, function_id: bytes, name: str, payload: bytes) -> None:
         if function_id not in self._functions:
@@ -126,6 +135,7 @@ class GcsLog:
             spec.parent_task_id, spec.actor_id, spec.method, args, spec.num_returns,
             self._resources_json(spec.resources), spec.max_retries, spec.name, spec.owner_addr,
             None if spec.strategy is None else json.dumps(strategy_record(spec.strategy)),
+            None if spec.runtime_env is None else spec.runtime_env[0],
         ))]
         rows += [("task_args", (spec.task_id, oid)) for oid in dependencies]
         # Lazy: the owner may read the result before this commits; whatever

@@ -38,6 +38,12 @@ _STEPS: tuple[tuple[str, str], ...] = (
     ("jobs", "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM pruned_jobs)"),
     ("functions", "DELETE FROM functions f WHERE NOT EXISTS "
                   "(SELECT 1 FROM tasks t WHERE t.function_id = f.function_id)"),
+    # v14: environments no task names any more, then packages no environment names: kept as long as
+    # the history of a job that ran in them.
+    ("runtime_envs", "DELETE FROM runtime_envs e WHERE NOT EXISTS "
+                     "(SELECT 1 FROM tasks t WHERE t.runtime_env = e.env_hash)"),
+    ("runtime_env_packages", "DELETE FROM runtime_env_packages p WHERE NOT EXISTS "
+                             "(SELECT 1 FROM runtime_envs e WHERE position(p.package_hash IN e.record) > 0)"),
     # Queue rows a node left when it stopped without deleting them (SIGKILLed whole).
     ("scheduler_queue", "DELETE FROM scheduler_queue q WHERE q.job_id IN (SELECT job_id FROM pruned_jobs) "
                         "OR q.node_id IN (SELECT node_id FROM nodes WHERE ended_at IS NOT NULL)"),

@@ -19,6 +19,13 @@ What replay cannot do, and says so:
   on one needs a cluster that still has that object.
 - Values are kept in memory for the whole replay (a job replay keeps every
   result until it ends).
+- A task logged with a ``runtime_env`` runs in it (``_env``): its packages
+  come from the log and are unpacked, and its pip list installed, once per
+  machine into ``replay_env_cache()``; for the task's run its variables are
+  set, its working_dir is the current folder, and its working_dir, py_modules
+  and the pip venv's packages come first on ``sys.path`` (all put back after).
+  It runs in this interpreter, not the venv's: a package this process has
+  imported already (numpy, say) stays the version it imported.
 
 It must never write to the lineage log, and never start a cluster.
 """
@@ -26,15 +33,22 @@ It must never write to the lineage log, and never start a cluster.
 from __future__ import annotations
 
 import bdb
+import contextlib
 import enum
+import os
 import pdb
 import reprlib
+import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from ember.exceptions import RuntimeEnvSetupError
+from ember.lineage._env_setup import entered_env, prepare_env
 from ember.lineage._replay_log import Recorded, ReplayReads
+from ember.lineage._runtime_env import RuntimeEnv
 from ember.lineage._states import TaskState
 from ember.scheduler._context import no_auto_init
 from ember.scheduler._object_ref import is_dynamic, stream_end
@@ -166,6 +180,7 @@ class Replayer:
     actors: dict[bytes, Any] = field(default_factory=dict)  # actor id -> instance (or _Failure)
     actor_progress: dict[bytes, int] = field(default_factory=dict)
     results: dict[bytes, ReplayResult] = field(default_factory=dict)
+    actor_envs: dict[bytes, Any] = field(default_factory=dict)  # actor id -> its creation's runtime_env
 
     def plan(self, task_id: bytes) -> list[Step]:
         # Planned against a copy: an actor's progress moves only when its steps run (run_step), so a
@@ -229,10 +244,12 @@ class Replayer:
 
         assert step.task_id is not None and step.actor_id is not None
         spec = self.reads.spec(step.task_id)
-        cls = self.reads.code(spec.function_id, step.task_id)
+        self.actor_envs[step.actor_id] = spec.runtime_env  # its calls run in it too
+        with self._env(spec.runtime_env):
+            cls = self.reads.code(spec.function_id, step.task_id)
         try:
             args, kwargs = self._arguments(spec)
-            with no_auto_init():  # its use of the API says NEEDS_CLUSTER: a replay never starts a cluster
+            with no_auto_init(), self._env(spec.runtime_env):  # its use of the API says NEEDS_CLUSTER: a replay never starts a cluster
                 instance = cls(*args, **kwargs)
                 if step.seq:
                     instance.load_checkpoint(cloudpickle.loads(self.reads.checkpoint(step.actor_id, step.seq)))
@@ -256,20 +273,23 @@ class Replayer:
         values: list = []
         error: BaseException | None = None
         marker: _Failure | _Unavailable | None = None
+        env = self.actor_envs.get(step.actor_id) if step.kind is StepKind.CALL else spec.runtime_env
         try:
-            fn = self._callable(step, spec)
-            args, kwargs = self._arguments(spec)
-            if streaming:
-                # A generator's objects: its end (how many values), then each value by index, as logged.
-                yielded = list(_call(fn, args, kwargs, debugger))
-                values = [stream_end(task_id, spec.owner_addr, len(yielded), is_dynamic(fn)), *yielded]
-                result_ids += [item_id(task_id, i) for i in range(len(yielded))]
-            else:
-                values = split_returns(spec.num_returns, _call(fn, args, kwargs, debugger), label)
+            with self._env(env):
+                fn = self._callable(step, spec)
+                args, kwargs = self._arguments(spec)
+                if streaming:
+                    # A generator's objects: its end (how many values), then each value by index, as logged.
+                    yielded = list(_call(fn, args, kwargs, debugger))
+                    values = [stream_end(task_id, spec.owner_addr, len(yielded), is_dynamic(fn)), *yielded]
+                    result_ids += [item_id(task_id, i) for i in range(len(yielded))]
+                else:
+                    values = split_returns(spec.num_returns, _call(fn, args, kwargs, debugger), label)
         except _InputFailed as failed:  # unrun: an argument is an error, or could not be made
             inner = failed.marker
             marker = inner if isinstance(inner, _Failure) else _Unavailable(inner.reason)
-        except (ReplayInputError, FunctionUnavailableError, NeedsClusterError, bdb.BdbQuit, KeyboardInterrupt):
+        except (ReplayInputError, FunctionUnavailableError, NeedsClusterError, RuntimeEnvSetupError, bdb.BdbQuit,
+                KeyboardInterrupt):
             raise  # the replay's own trouble, or the person at the debugger quit: not the task's outcome
         except BaseException as exc:  # noqa: BLE001 - user code: its exception is the outcome
             marker = _Unavailable(str(exc), needs_cluster=True) if _is_not_initialized(exc) else _Failure(exc)
@@ -294,6 +314,16 @@ class Replayer:
                               _user_traceback(error), recorded, recorded_hashes, replayed, verdict)
         self.results[task_id] = result
         return result
+
+    @contextlib.contextmanager
+    def _env(self, wire: tuple[str, str] | None) -> Iterator[None]:
+        """The task's runtime_env, for as long as it runs (nothing for a task that had none)."""
+        if wire is None:
+            yield
+            return
+        prepared = prepare_env(RuntimeEnv(*wire), replay_env_cache(), self.reads.package)
+        with entered_env(prepared):
+            yield
 
     def _callable(self, step: Step, spec: Any) -> Callable:
         if step.kind is StepKind.CALL:
@@ -325,6 +355,11 @@ class Replayer:
         if isinstance(value, (_Failure, _Unavailable)):
             raise _InputFailed(value)
         return value
+
+
+def replay_env_cache() -> Path:
+    """Where replays on this machine keep runtime_env packages and pip venvs, by hash (kept between runs)."""
+    return Path(tempfile.gettempdir()) / f"ember-replay-env-{os.getuid()}"
 
 
 def _call(fn: Callable, args: list, kwargs: dict, debugger: bool) -> Any:
@@ -443,7 +478,7 @@ def replay_job(job: str | None = None, *, gcs_url: str | None = None,
                         ran.append(outcome)
                         if outcome.verdict.differs:
                             return JobReplay(job_id, len(order), tuple(ran), outcome, tuple(skipped))
-            except (ReplayInputError, FunctionUnavailableError, NeedsClusterError) as exc:
+            except (ReplayInputError, FunctionUnavailableError, NeedsClusterError, RuntimeEnvSetupError) as exc:
                 skipped.append((task_id.hex(), str(exc)))
             if on_task is not None:
                 on_task(index, len(order))

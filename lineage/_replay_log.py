@@ -20,7 +20,7 @@ from typing import Any
 from ember.lineage._ids import UnknownIdError, resolve_job
 from ember.lineage._replay_plan import FunctionUnavailableError, ObjectFacts, ReplayInputError, Source
 from ember.lineage._replay_source import KEPT_ORIGINS, LoggedTask, ReplaySource
-from ember.lineage._schema_version import CONCURRENCY_VERSION, check_readable
+from ember.lineage._schema_version import CONCURRENCY_VERSION, RUNTIME_ENV_VERSION, check_readable
 from ember.lineage._states import TaskState
 
 _DYNAMIC_CODE = "<dynamic-code>"  # cloudpickle's file name for code it pickles by value
@@ -43,6 +43,8 @@ class ReplayReads(ReplaySource):
     def __init__(self, conninfo: str) -> None:
         super().__init__(conninfo)
         self._version = check_readable(lambda sql: self._query(sql, ()))
+        if self._version < RUNTIME_ENV_VERSION:
+            self.env_columns = _NO_ENV_COLUMNS
         self._specs: dict[bytes, LoggedTask] = {}
         self._functions: dict[bytes, Any] = {}
         self._clusters: dict[bytes, str | None] = {}
@@ -51,6 +53,11 @@ class ReplayReads(ReplaySource):
 
     def spec(self, task_id: bytes) -> LoggedTask:
         return self.specs([task_id])[task_id]
+
+    def package(self, digest: str) -> bytes | None:
+        """A runtime_env package's bytes (the ``fetch`` of ``_env_setup.prepare_env``)."""
+        rows = self._query("SELECT data FROM runtime_env_packages WHERE package_hash = %s", (digest,))
+        return bytes(rows[0][0]) if rows else None
 
     def code(self, function_id: bytes | None, task_id: bytes) -> Any:
         """The logged function or class, loaded; FunctionUnavailableError says why it cannot be."""

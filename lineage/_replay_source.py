@@ -54,6 +54,7 @@ class LoggedTask:
     name: str | None = None  # options(name=...)
     strategy: dict | None = None  # its scheduling strategy's record (schema v11)
     owner_addr: str | None = None  # the address of the process that submitted it (its results' owner)
+    runtime_env: tuple[str, str] | None = None  # (hash, canonical JSON) of its runtime_env (schema v14)
 
     def spec(self, owner: str, attempt: int) -> Any:
         """The task to run again, as attempt ``attempt`` owned by ``owner`` (a normal task's ``TaskSpec``)."""
@@ -62,7 +63,7 @@ class LoggedTask:
         return TaskSpec(self.task_id, TaskKind.NORMAL, self.job_id, owner, self.function_id or b"",
                         self.function_name, self.args, self.kwargs, self.num_returns,
                         resource_shape(self.resources), self.max_retries, attempt, self.parent_task_id,
-                        name=self.name, strategy=strategy_of_record(self.strategy))
+                        name=self.name, strategy=strategy_of_record(self.strategy), runtime_env=self.runtime_env)
 
 
 @dataclass(frozen=True)
@@ -102,25 +103,33 @@ class OwnerFacts:
 _TASK_COLUMNS = (
     "t.kind, t.job_id, t.function_id, t.function_name, t.args, t.num_returns, t.resources, t.max_retries, "
     "t.parent_task_id, t.actor_id, t.method, (SELECT max(attempt) FROM task_attempts a WHERE a.task_id = t.task_id), "
-    "t.name, t.strategy, t.owner"
+    "t.name, t.strategy, t.owner, "
 )
+_ENV_COLUMNS = "t.runtime_env, (SELECT e.record FROM runtime_envs e WHERE e.env_hash = t.runtime_env)"
+_NO_ENV_COLUMNS = "NULL, NULL"  # a log older than v14: every task ran in the cluster's own environment
 
 
 def _logged_task(task_id: bytes, row: tuple) -> LoggedTask:
     (kind, job_id, function_id, function_name, args, num_returns, resources, max_retries, parent, actor, method,
-     last_attempt, name, strategy, owner) = row
+     last_attempt, name, strategy, owner, env_hash, env_text) = row
     decoded_args, kwargs = pickle.loads(args)
     return LoggedTask(task_id, kind, job_id, function_id, function_name, decoded_args, kwargs, num_returns,
                       resources or {}, max_retries, parent, actor, method, last_attempt or 0, name,
-                      strategy, owner)
+                      strategy, owner, None if env_hash is None else (env_hash, env_text))
 
 
 class ReplaySource:
+    env_columns = _ENV_COLUMNS  # the runtime's log is always of this ember's version
+
     def __init__(self, conninfo: str, wait_s: float = UNREACHABLE_WAIT_S) -> None:
         self._conninfo = conninfo
         self._wait_s = wait_s
         self._conn: Any = None
         self._lock = threading.Lock()
+
+    def query(self, sql: str, params: tuple | dict[str, Any]) -> list[tuple]:
+        """One read of the log's, waiting out a server restart (``_query``)."""
+        return self._query(sql, params)
 
     def _query(self, sql: str, params: tuple | dict[str, Any]) -> list[tuple]:
         """Run a read, reconnecting while the server restarts, for up to ``wait_s`` (``UNREACHABLE_WAIT_S``).
@@ -157,7 +166,7 @@ class ReplaySource:
         found: dict[bytes, LoggedTask] = {}
         for batch in _batches(task_ids):
             for task_id, *row in self._query(
-                    f"SELECT t.task_id, {_TASK_COLUMNS} FROM tasks t WHERE t.task_id = ANY(%s)", (batch,)):
+                    f"SELECT t.task_id, {_TASK_COLUMNS}{self.env_columns} FROM tasks t WHERE t.task_id = ANY(%s)", (batch,)):
                 found[bytes(task_id)] = _logged_task(bytes(task_id), tuple(row))
         return found
 
@@ -166,7 +175,7 @@ class ReplaySource:
         not logged. Rows of the reader itself (``reader_pid``: tasks it took in before reading) are not its
         to take up."""
         rows = self._query(
-            f"SELECT q.task_id, q.attempt, q.owner, t.task_id IS NOT NULL, {_TASK_COLUMNS} "
+            f"SELECT q.task_id, q.attempt, q.owner, t.task_id IS NOT NULL, {_TASK_COLUMNS}{self.env_columns} "
             "FROM scheduler_queue q LEFT JOIN tasks t ON t.task_id = q.task_id AND t.kind = 1 "
             "WHERE q.node_id = %s AND q.scheduler_pid <> %s ORDER BY q.queued_at", (node_id, reader_pid))
         found, unlogged = [], []

@@ -35,6 +35,7 @@ jobs = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("ended_at", sa.DateTime(timezone=True)),
     sa.Column("state", sa.Text, nullable=False, server_default=JobState.RUNNING.value),
+    sa.Column("namespace", sa.Text),  # v14: init(namespace=...), or the job's anonymous one
 )
 
 nodes = sa.Table(
@@ -90,7 +91,27 @@ tasks = sa.Table(
     sa.Column("owner", sa.Text),
     # v11: its scheduling_strategy (SPREAD, node affinity), as ember.scheduler strategy_record makes it
     sa.Column("strategy", JSONB),
+    # v14: the hash of its runtime_env (runtime_envs.env_hash); NULL: none, the cluster's own environment
+    sa.Column("runtime_env", sa.Text),
     sa.Column("submitted_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+# v14: each runtime_env a task ran in, by the hash of its canonical JSON (lineage/_runtime_env.py), and
+# the packages (zip archives of a working_dir or py_modules entry) it names, by content hash: how a
+# node gets them, and how `ember replay` runs a task in its environment after the cluster is gone.
+runtime_envs = sa.Table(
+    "runtime_envs", metadata,
+    sa.Column("env_hash", sa.Text, primary_key=True),
+    sa.Column("record", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+runtime_env_packages = sa.Table(
+    "runtime_env_packages", metadata,
+    sa.Column("package_hash", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("data", BYTEA, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
 task_args = sa.Table(
@@ -327,6 +348,11 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     13: [
         # placement_groups is a new table: create_all makes it.
+    ],
+    14: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS runtime_env TEXT",
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS namespace TEXT",
+        # runtime_envs and runtime_env_packages are new tables: create_all makes them.
     ],
 }
 

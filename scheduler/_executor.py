@@ -31,7 +31,8 @@ import cloudpickle
 
 from ember.chaos import _agent
 from ember.exceptions import (ActorDiedError, ActorRestartLoopError, EmberInternalError, EmberTaskError,
-                              LineageLogUnavailableError, SerializationError, TaskCancelledError)
+                              LineageLogUnavailableError, RuntimeEnvSetupError, SerializationError,
+                              TaskCancelledError)
 from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
@@ -92,6 +93,9 @@ class Executor:
         self._call_seq = 0
         self._call_counts: dict[bytes, int] = {}  # runs here of each function that has max_calls
         self._retiring = False  # ran a function max_calls times: every task sent from now on goes back
+        # Why this worker's runtime_env could not be set up (``_worker_main``): every task it is given
+        # fails with it, unrun, and it retires after the first.
+        self.env_error: BaseException | None = None
         self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
         self._last_caller: str | None = None  # the process whose call the actor ran last
         # (log seq, place) of call-order rows not known durable yet, oldest
@@ -398,6 +402,8 @@ class Executor:
                             core.gcs.make_durable(row, f"the place of {spec.describe()}")
                 if core.gcs is not None:
                     self._log_mark = self._own_log_rows()
+                if self.env_error is not None:
+                    raise self.env_error
                 if spec.kind != TaskKind.ACTOR_CALL:
                     fn = self._function(spec)
                 self._wait_for_args(spec)
@@ -435,6 +441,8 @@ class Executor:
             _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
         if spec.kind == TaskKind.NORMAL:
             self._count_call(spec.function_id)
+            if self.env_error is not None and not self._retiring:
+                self._retire()
         if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
             self._end_actor()
 
@@ -446,6 +454,10 @@ class Executor:
         calls = self._call_counts[function_id] = self._call_counts.get(function_id, 0) + 1
         if calls < fn.max_calls or self._retiring:
             return
+        self._retire()
+
+    def _retire(self) -> None:
+        """Take no more tasks: hand back what waits, and stop once the scheduler has them."""
         with self._cv:
             self._retiring = True
             returned = [m[1].task_id for _, m in self._inbox if m[0] == Op.EXECUTE]
@@ -1044,6 +1056,8 @@ class Executor:
 
             self._arg_copies = ActorArgCopies(ember_home(), spec.job_id, spec.actor_id)  # type: ignore[arg-type]
         try:
+            if self.env_error is not None:
+                raise self.env_error
             cls = self.actor_class = cloudpickle.loads(payload)
             args = [self._arg(a) for a in spec.args]
             kwargs = {k: self._arg(v) for k, v in spec.kwargs.items()} if spec.kwargs else {}
@@ -1078,8 +1092,8 @@ class Executor:
 
 
 def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
-    if isinstance(exc, SerializationError):
-        return exc
+    if isinstance(exc, (SerializationError, RuntimeEnvSetupError)):
+        return exc  # not the task's own: it never ran
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     name = spec.function_name if spec.kind != TaskKind.ACTOR_CALL else f"{spec.function_name}.{spec.method}"
     # A task error raised by a nested get keeps its original cause, so the

@@ -147,7 +147,7 @@ class NodeActors:
                 self.dead(actor_id, CANNOT_SCHEDULE + self._queue.unmet_detail(spec.strategy, spec.resources))
                 return []
             if admitted is Admission.QUEUED:  # it waits here for its placement group's bundle
-                self._queue.want_actor(actor_id, spec.resources)
+                self._queue.want_actor(actor_id, spec.resources, spec.runtime_env)
                 return self._queue.place_actors(self._clock())
         pool = self._queue.resources
         if self._spiller is not None and not self._queue.is_placed(actor_id) and not pool.can_acquire(spec.resources):
@@ -157,7 +157,7 @@ class NodeActors:
         if not pool.feasible(spec.resources):
             self.dead(actor_id, actor_cannot_start(spec.resources, pool.total))
             return []
-        self._queue.want_actor(actor_id, spec.resources)
+        self._queue.want_actor(actor_id, spec.resources, spec.runtime_env)
         return self._queue.place_actors(self._clock())
 
     def placed_on(self, actor_id: bytes, worker: int) -> None:
@@ -203,7 +203,7 @@ class NodeActors:
         actor.worker = None
         actor.reason = f"restarting after its worker process died ({detail})"
         self._publish(actor_id)
-        self._queue.want_actor(actor_id, actor.spec.resources)
+        self._queue.want_actor(actor_id, actor.spec.resources, actor.spec.runtime_env)
         return self._queue.place_actors(self._clock())
 
     def dead(self, actor_id: bytes, reason: str) -> None:

@@ -27,7 +27,11 @@ scheduler. The rules it keeps:
   good); a request no resource of the node fits is spilled, or refused on a
   node alone;
 - actors wait in one FIFO and hold their resources for their whole life;
-- task workers beyond the CPU count stop after ``IDLE_WORKER_TTL_S`` idle.
+- task workers beyond the CPU count stop after ``IDLE_WORKER_TTL_S`` idle;
+- a task with a ``runtime_env`` runs only on a worker started in that environment (its queue is keyed
+  by shape and environment hash), and such workers stop after ``IDLE_WORKER_TTL_S`` idle whatever
+  the count: workers of different environments never share a process; at the worker cap, an idle
+  worker of another environment retires to make room.
 
 It must never do I/O, read the clock, or touch a process or a connection:
 it is tested with plain data (tests/unit/test_node_queue.py). What it cannot
@@ -67,10 +71,12 @@ class Assign(NamedTuple):
 
 
 class Spawn(NamedTuple):
-    """Start a worker process for the new slot ``worker``; ``actor_id``: it is to become that actor."""
+    """Start a worker process for the new slot ``worker``; ``actor_id``: it is to become that actor;
+    ``runtime_env``: the environment it is to run in (a spec's ``runtime_env``; None: the cluster's)."""
 
     worker: int
     actor_id: bytes | None
+    runtime_env: tuple[str, str] | None = None
 
 
 class Spill(NamedTuple):
@@ -103,11 +109,12 @@ class WorkerSlot:
     """The queue's record of one worker process: what it holds, not the process itself."""
 
     __slots__ = ("key", "actor_id", "connected", "ready", "assigned", "shape", "gpus", "blocked", "idle_since",
-                 "retiring")
+                 "retiring", "env")
 
-    def __init__(self, key: int, actor_id: bytes | None, now: float) -> None:
+    def __init__(self, key: int, actor_id: bytes | None, now: float, env: str | None = None) -> None:
         self.key = key
         self.actor_id = actor_id
+        self.env = env  # the hash of the runtime_env it was started in; None: the cluster's own
         self.connected = False  # its control connection is up
         self.ready = False  # its control and exec connections are both up
         self.assigned: dict[bytes, TaskSpec] = {}  # running first, then pipelined behind it
@@ -145,10 +152,12 @@ class NodeQueue:
         self.cpu_soft_limit = max(1, int(resources.get("CPU", 1)))
         self._links = links
         self._spills = spills
+        # Keyed by (resource shape, runtime_env as the spec carries it, None for most).
         self._queues: dict[tuple, deque[TaskSpec]] = {}
         self._slots: dict[int, WorkerSlot] = {}  # in start order: the first idle one is taken first
         self._next_key = 1
-        self._pending_actors: deque[tuple[bytes, tuple]] = deque()  # (actor id, its resources), FIFO
+        # (actor id, its resources, its runtime_env), FIFO
+        self._pending_actors: deque[tuple[bytes, tuple, tuple[str, str] | None]] = deque()
         self._placed: set[bytes] = set()  # tasks and actors the global scheduler placed here: never spilled again
 
     # -- tasks in --------------------------------------------------------------------------
@@ -164,9 +173,10 @@ class NodeQueue:
             if self._spills and spec.task_id not in self._placed:
                 return Admission.SPILL
             return Admission.INFEASIBLE
-        queue = self._queues.get(spec.resources)
+        key = (spec.resources, spec.runtime_env)
+        queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[spec.resources] = deque()
+            queue = self._queues[key] = deque()
         if front:
             queue.appendleft(spec)
         else:
@@ -271,12 +281,12 @@ class NodeQueue:
         """Place what can be placed: queue heads on workers, the spill tail, pending actors."""
         actions: list[Action] = []
         spread: list[TaskSpec] = []
-        for shape, queue in self._queues.items():
+        for (shape, env), queue in self._queues.items():
             while queue:
                 if self.view is not None and self._spreads(shape, queue[0]):
                     spread.append(queue.popleft())
                     continue
-                slot = self._place(shape, queue, actions, now)
+                slot = self._place(shape, env, queue, actions, now)
                 if slot is None:
                     break
                 spec = queue.popleft()
@@ -330,14 +340,16 @@ class NodeQueue:
             return False
         return self.view.take(shape, below=local)  # busy here: a less utilised node with room
 
-    def _place(self, shape: tuple, queue: deque[TaskSpec], actions: list[Action], now: float) -> WorkerSlot | None:
+    def _place(self, shape: tuple, env: tuple[str, str] | None, queue: deque[TaskSpec], actions: list[Action],
+               now: float) -> WorkerSlot | None:
+        env_hash = None if env is None else env[0]
         if self.resources.can_acquire(shape):
-            idle = self._idle_worker()
+            idle = self._idle_worker(env_hash)
             if idle is not None:
                 idle.gpus = self.resources.acquire(shape)
                 idle.shape = shape
                 return idle
-            self._maybe_spawn(actions, now)
+            self._maybe_spawn(actions, now, env)
             return None
         # The node is full: queue more behind running tasks of the same shape,
         # deeper when the backlog is long, so workers never wait for a round trip.
@@ -347,55 +359,73 @@ class NodeQueue:
         best = None
         for slot in self._slots.values():
             if (slot.actor_id is None and slot.ready and not slot.blocked and slot.assigned and not slot.retiring
-                    and slot.shape == shape and len(slot.assigned) < depth):
+                    and slot.shape == shape and slot.env == env_hash and len(slot.assigned) < depth):
                 if best is None or len(slot.assigned) < len(best.assigned):
                     best = slot
         return best
 
-    def _idle_worker(self) -> WorkerSlot | None:
+    def _idle_worker(self, env_hash: str | None) -> WorkerSlot | None:
         for slot in self._slots.values():
             if (slot.actor_id is None and slot.ready and not slot.assigned and not slot.retiring
-                    and self._links.open(slot.key)):
+                    and slot.env == env_hash and self._links.open(slot.key)):
                 return slot
         return None
 
-    def _maybe_spawn(self, actions: list[Action], now: float) -> None:
+    def _maybe_spawn(self, actions: list[Action], now: float, env: tuple[str, str] | None = None) -> None:
         # The cap is for workers the CPUs do not bound: idle ones, and those running tasks that hold no
         # CPU. A worker running a task that holds some (ten tasks of num_cpus=0.2 on two CPUs) is bounded
         # by the CPU accounting already.
+        # One worker starts at a time per environment (a pip environment's may take minutes to start).
         starting = capped = blocked = 0
+        env_hash = None if env is None else env[0]
         for slot in self._slots.values():
             if slot.actor_id is None:
-                if not slot.connected:
+                if not slot.connected and slot.env == env_hash:
                     starting += 1
                 if not (slot.assigned and any(name == "CPU" and amount > 0 for name, amount in slot.shape)):
                     capped += 1
             if slot.blocked:
                 blocked += 1
-        if starting == 0 and capped < max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX:
-            actions.append(Spawn(self.new_slot(None, now).key, None))
+        if starting:
+            return
+        if capped >= max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX and not self._evict(env_hash):
+            return
+        actions.append(Spawn(self.new_slot(None, now, env_hash).key, None, env))
+
+    def _evict(self, env_hash: str | None) -> bool:
+        """At the cap, an idle worker of another environment retires to make room (another runtime_env's
+        first, the oldest first); whether one did. The service stops it (``retired``)."""
+        idle = [slot for slot in self._slots.values()
+                if slot.actor_id is None and slot.connected and not slot.assigned and not slot.retiring
+                and slot.env != env_hash]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda slot: (slot.env is None, slot.idle_since))
+        victim.retiring = True
+        return True
 
     def _place_actors(self, actions: list[Action], now: float) -> None:
         pending = self._pending_actors
-        for actor_id, shape in list(pending):
+        for actor_id, shape, env in list(pending):
             if not self.resources.can_acquire(shape):
                 if self.resources.feasible(shape):
                     return  # first come, first served
                 continue  # it waits for its placement group's bundle: the others need not
-            pending.remove((actor_id, shape))
+            pending.remove((actor_id, shape, env))
             gpus = self.resources.acquire(shape)
-            slot = self.new_slot(actor_id, now)
+            slot = self.new_slot(actor_id, now, None if env is None else env[0])
             slot.shape, slot.gpus = shape, gpus
-            actions.append(Spawn(slot.key, actor_id))
+            actions.append(Spawn(slot.key, actor_id, env))
 
     # -- actors ------------------------------------------------------------------------------
 
-    def want_actor(self, actor_id: bytes, shape: tuple) -> None:
-        """Queue an actor for a worker of its own, once ``shape`` can be held for its whole life."""
-        self._pending_actors.append((actor_id, shape))
+    def want_actor(self, actor_id: bytes, shape: tuple, runtime_env: tuple[str, str] | None = None) -> None:
+        """Queue an actor for a worker of its own (started in ``runtime_env``), once ``shape`` can be held
+        for its whole life."""
+        self._pending_actors.append((actor_id, shape, runtime_env))
 
     def actor_pending(self, actor_id: bytes) -> bool:
-        return any(pending == actor_id for pending, _ in self._pending_actors)
+        return any(pending[0] == actor_id for pending in self._pending_actors)
 
     def forget_actor(self, actor_id: bytes) -> None:
         """The actor died before it was placed: it no longer waits."""
@@ -411,25 +441,27 @@ class NodeQueue:
 
     def awaiting_groups(self) -> set[str]:
         """Placement groups that queued tasks and pending actors wait for (their bundles are not here)."""
-        shapes = [shape for shape, queue in self._queues.items() if queue] + [s for _, s in self._pending_actors]
+        shapes = [shape for (shape, _), queue in self._queues.items() if queue] + \
+            [pending[1] for pending in self._pending_actors]
         return {group for shape in shapes if not self.resources.feasible(shape)
                 for group in (group_of_resource(name) for name, _ in shape) if group is not None}
 
     def take_group(self, group_id: str) -> tuple[list[TaskSpec], list[bytes]]:
         """The queued tasks and pending actors of a placement group that is gone, taken out."""
         specs: list[TaskSpec] = []
-        for shape, queue in self._queues.items():
+        for (shape, _), queue in self._queues.items():
             if any(group_of_resource(name) == group_id for name, _ in shape):
                 specs.extend(queue)
                 queue.clear()
-        actors = [a for a, shape in self._pending_actors if any(group_of_resource(n) == group_id for n, _ in shape)]
+        actors = [a for a, shape, _ in self._pending_actors
+                  if any(group_of_resource(n) == group_id for n, _ in shape)]
         return specs, actors
 
     # -- workers -----------------------------------------------------------------------------
 
-    def new_slot(self, actor_id: bytes | None, now: float) -> WorkerSlot:
+    def new_slot(self, actor_id: bytes | None, now: float, env_hash: str | None = None) -> WorkerSlot:
         """Record a worker about to be started (the caller starts its process)."""
-        slot = WorkerSlot(self._next_key, actor_id, now)
+        slot = WorkerSlot(self._next_key, actor_id, now, env_hash)
         self._next_key += 1
         self._slots[slot.key] = slot
         return slot
@@ -489,7 +521,9 @@ class NodeQueue:
         held = dict(slot.shape)
         wanted = set(task_ids)
         found: dict[bytes, TaskSpec] = {}
-        for shape, queue in self._queues.items():
+        for (shape, env), queue in self._queues.items():
+            if (None if env is None else env[0]) != slot.env:
+                continue  # another environment's: never run in this process
             if self.resources.can_acquire(shape) or not all(held.get(name, 0.0) + EPSILON >= amount
                                                             for name, amount in shape):
                 continue
@@ -547,17 +581,18 @@ class NodeQueue:
 
     def idle_expired(self, now: float) -> list[int]:
         """Task workers beyond the CPU count idle past ``IDLE_WORKER_TTL_S``: forgotten here, to stop."""
-        task_workers = sum(1 for s in self._slots.values() if s.actor_id is None)
+        # The floor of one worker per CPU is of the cluster's own environment; a runtime_env's go when idle.
+        task_workers = sum(1 for s in self._slots.values() if s.actor_id is None and s.env is None)
         expired: list[int] = []
         for slot in list(self._slots.values()):
             if slot.actor_id is not None or not slot.connected or slot.assigned:
                 continue
-            if task_workers <= self.cpu_soft_limit:
-                break
+            if task_workers <= self.cpu_soft_limit and slot.env is None:
+                continue
             if now - slot.idle_since > IDLE_WORKER_TTL_S:
                 del self._slots[slot.key]
                 expired.append(slot.key)
-                task_workers -= 1
+                task_workers -= slot.env is None
         return expired
 
     def _release(self, slot: WorkerSlot, now: float) -> None:
@@ -571,11 +606,18 @@ class NodeQueue:
 
     # -- introspection -----------------------------------------------------------------------
 
+    def _queued_by_shape(self) -> dict[tuple, int]:
+        counts: dict[tuple, int] = {}
+        for (shape, _), queue in self._queues.items():
+            if queue:
+                counts[shape] = counts.get(shape, 0) + len(queue)
+        return counts
+
     def statistics(self) -> QueueStatistics:
         slots = list(self._slots.values())
         return QueueStatistics(
             queued=self.queued(),
-            queued_by_shape={shape: len(q) for shape, q in self._queues.items() if q},
+            queued_by_shape=self._queued_by_shape(),
             pending_actors=len(self._pending_actors),
             workers=len(slots),
             starting=sum(1 for s in slots if not s.connected),

@@ -232,13 +232,13 @@ class Scheduler:
                 self._outbox.send(w.exec_conn, msg)
                 continue
             match action:
-                case Spawn(worker=key, actor_id=actor_id):
+                case Spawn(worker=key, actor_id=actor_id, runtime_env=runtime_env):
                     now = time.monotonic()
                     if self._stopping:  # a tick or a message racing the shutdown: no process outlives it
                         self.queue.worker_gone(key, now)
                         continue
                     try:
-                        self.workers.spawn(key, actor_id, now)
+                        self.workers.spawn(key, actor_id, now, runtime_env)
                     except BaseException:
                         self.queue.worker_gone(key, now)  # no process: the slot must not count as starting
                         raise
@@ -525,11 +525,12 @@ class Scheduler:
         self._dispatch()
 
     def _retire_done(self) -> None:
-        """Stop the workers that ran a function ``max_calls`` times, once nothing is assigned to them."""
+        """Stop the workers that ran a function ``max_calls`` times, or that made room for another runtime_env's
+        worker, once nothing is assigned to them."""
         for key in self.queue.retired(time.monotonic()):
             w = self.workers.retire(key)
             if w is not None and w.worker_id is not None:
-                self.gcs.died(w.worker_id, "stopped after max_calls")
+                self.gcs.died(w.worker_id, "retired (max_calls, or room for another runtime_env's worker)")
 
     def _blocked(self, conn: Connection, returned: list[bytes]) -> None:
         w = self.workers.by_conn(conn)
@@ -690,6 +691,7 @@ class Scheduler:
             if w is not None and w.worker_id is not None:
                 self.gcs.died(w.worker_id, "stopped after idling")
         self._dispatch()
+        self._retire_done()  # and those the dispatch retired to make room for another environment's
 
     def _kill_if_due(self, due: tuple[int, int, float], now: float) -> bool:
         """Kill a force-cancelled worker that did not end itself in time; whether the entry is done."""

@@ -137,6 +137,7 @@ class TaskSpec:
         "name",
         "strategy",
         "concurrency_group",
+        "runtime_env",
     )
 
     def __init__(
@@ -160,6 +161,7 @@ class TaskSpec:
         name: str | None = None,
         strategy: tuple | None = None,
         concurrency_group: str | None = None,
+        runtime_env: tuple[str, str] | None = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -182,6 +184,9 @@ class TaskSpec:
         # An actor call's ``.options(concurrency_group=...)``; None: its method's group (not logged:
         # it decides only where the call runs, never what it computes).
         self.concurrency_group = concurrency_group
+        # Its runtime_env as (hash, canonical JSON) (``ember.lineage`` ``RuntimeEnv.wire``); None: the
+        # cluster's own environment. Only a worker started in that environment runs it.
+        self.runtime_env = runtime_env
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The kind goes as a plain int: unpickling an IntEnum member costs a

@@ -17,12 +17,14 @@ never signal a process it did not start (by pid only, through
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ember import _settings
 from ember.scheduler import _procutil
 from ember.scheduler._fork_server import ForkedProcess, ForkServer
 from ember.scheduler._protocol import Connection
@@ -31,7 +33,11 @@ __all__ = ["WORKER_START_FAILURES_MAX", "PoolStatistics", "WorkerPool", "WorkerP
 
 log = logging.getLogger("ember.scheduler")
 
+RUNTIME_ENV_VARIABLE = _settings.variable("runtime_env")  # a worker's runtime_env (its JSON), read at its start
+
 WORKER_START_TIMEOUT_S = 60.0  # a worker not connected by then counts as a failed start
+# ... a worker whose runtime_env has a pip list: it installs it first (once per node), then connects.
+PIP_WORKER_START_TIMEOUT_S = 600.0
 WORKER_START_FAILURES_MAX = 5  # failed starts in a row after which queued tasks are failed to their owners
 WORKER_STOP_GRACE_S = 2.0  # between SIGTERM (flush your log rows) and SIGKILL
 
@@ -39,9 +45,11 @@ WORKER_STOP_GRACE_S = 2.0  # between SIGTERM (flush your log rows) and SIGKILL
 class WorkerProcess:
     """One worker process and its connections to the scheduler."""
 
-    __slots__ = ("key", "proc", "actor_id", "conn", "exec_conn", "address", "worker_id", "functions", "started_at")
+    __slots__ = ("key", "proc", "actor_id", "conn", "exec_conn", "address", "worker_id", "functions", "started_at",
+                 "start_timeout_s")
 
-    def __init__(self, key: int, proc: subprocess.Popen | ForkedProcess, actor_id: bytes | None, now: float) -> None:
+    def __init__(self, key: int, proc: subprocess.Popen | ForkedProcess, actor_id: bytes | None, now: float,
+                 start_timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
         self.key = key  # its slot in the queue core
         self.proc = proc
         self.actor_id = actor_id
@@ -51,6 +59,7 @@ class WorkerProcess:
         self.worker_id: bytes | None = None
         self.functions: set[bytes] = set()  # function ids whose code it has been sent
         self.started_at = now
+        self.start_timeout_s = start_timeout_s
 
     @property
     def ready(self) -> bool:
@@ -121,11 +130,20 @@ class WorkerPool:
         if self.forks is not None:
             self.forks.wait_ready(timeout_s)
 
-    def spawn(self, key: int, actor_id: bytes | None, now: float) -> WorkerProcess:
-        proc: subprocess.Popen | ForkedProcess | None = self.forks.fork() if self.forks is not None else None
+    def spawn(self, key: int, actor_id: bytes | None, now: float,
+              runtime_env: tuple[str, str] | None = None) -> WorkerProcess:
+        """Start a worker; ``runtime_env``: the environment (a spec's) it sets up and enters before it
+        connects (``_worker_main``): forked or spawned alike, it runs nothing of anyone's before that."""
+        env = None
+        timeout_s = WORKER_START_TIMEOUT_S
+        if runtime_env is not None:
+            env = {RUNTIME_ENV_VARIABLE: runtime_env[1]}
+            if "pip" in json.loads(runtime_env[1]):
+                timeout_s = PIP_WORKER_START_TIMEOUT_S
+        proc: subprocess.Popen | ForkedProcess | None = self.forks.fork(env) if self.forks is not None else None
         if proc is None:
-            proc = _procutil.spawn_python("ember.scheduler._worker_main", self._args, self._log_dir)
-        w = self._workers[key] = WorkerProcess(key, proc, actor_id, now)
+            proc = _procutil.spawn_python("ember.scheduler._worker_main", self._args, self._log_dir, env)
+        w = self._workers[key] = WorkerProcess(key, proc, actor_id, now, timeout_s)
         return w
 
     def attach(self, conn: Connection) -> WorkerProcess | None:
@@ -202,7 +220,7 @@ class WorkerPool:
         for w in list(self._workers.values()):
             if w.ready:
                 continue
-            if w.proc.poll() is not None or now - w.started_at > WORKER_START_TIMEOUT_S:
+            if w.proc.poll() is not None or now - w.started_at > w.start_timeout_s:
                 # Not dropped from the control connections: if it had one, its close reports the death too.
                 del self._workers[w.key]
                 _procutil.kill(w.proc)

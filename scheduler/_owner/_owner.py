@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, assert_never
 
 from ember.exceptions import (
+    InvalidOptionError,
     ClusterUnavailableError,
     ForeignObjectRefError,
     InfeasibleResourceError,
@@ -125,6 +126,10 @@ class Owner:
         self.infeasible: dict[bytes, InfeasibleResourceError] = {}  # task id -> why no node can ever run it
         self.gcs: Any = None  # ember.lineage._gcs_log.GcsLog when the lineage log is on
         self._conninfo: str | None = info.get("gcs_conninfo")
+        # The runtime_env this process runs in, as a spec carries it (``RuntimeEnv.wire``): a driver's
+        # ``init(runtime_env=...)``, a worker's the one it was started in. What its submissions inherit.
+        self.runtime_env: tuple[str, str] | None = None
+        self._logged_envs: set[str] = set()
         self._socket_path = socket_path
         self.links = Links(kind, self.address, self.worker_id, self._token, self._lock, self._handle,
                            self._on_peer_closed, self._send_follow_ups)
@@ -342,6 +347,25 @@ class Owner:
         if self.gcs is not None:
             self.gcs.function(function_id, name, payload)
 
+    @property
+    def conninfo(self) -> str | None:
+        """Where the lineage log is (None: no log)."""
+        return self._conninfo
+
+    def register_runtime_env(self, env_hash: str, text: str, packages: dict[str, bytes]) -> None:
+        """Log an environment and its packages, durably, before any task that runs in it is submitted:
+        a worker of any node fetches them from the log as it starts."""
+        if env_hash in self._logged_envs:
+            return
+        if self.gcs is None:
+            if packages:
+                raise InvalidOptionError("runtime_env working_dir and py_modules reach the nodes through the "
+                                         "lineage log, which is off here (EMBER_LINEAGE=off): turn it on")
+        else:
+            seq = self.gcs.runtime_env(env_hash, text, packages)
+            self.gcs.make_durable(seq, f"runtime_env {env_hash}")
+        self._logged_envs.add(env_hash)
+
     def function_payload(self, function_id: bytes) -> bytes:
         """The pickled function this process registered under ``function_id``."""
         return self._registered_functions[function_id][0]
@@ -363,6 +387,7 @@ class Owner:
         extra: tuple = (),
         strategy: tuple | None = None,
         concurrency_group: str | None = None,
+        runtime_env: tuple[str, str] | None = None,
     ) -> list[ObjectRef]:
         self.check_refs([v for v in (*args, *kwargs.values()) if type(v) is ObjectRef])
         dynamic = num_returns == DYNAMIC
@@ -371,9 +396,12 @@ class Owner:
         current = self.current_task
         parent = current.task_id if current is not None else None
         job_id = current.job_id if current is not None else self.job_id
+        if runtime_env is None and kind != TaskKind.ACTOR_CALL:
+            runtime_env = self.runtime_env  # inherited, as in Ray: a call runs in its actor's process
         spec = TaskSpec(
             IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
             num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name, strategy, concurrency_group,
+            runtime_env,
         )
         pt = PendingTask(spec, args, kwargs, retry_exceptions)
         pt.extra = extra

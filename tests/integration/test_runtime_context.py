@@ -50,8 +50,9 @@ class Probe:
 
 
 def test_a_tasks_name_resources_and_namespace():
+    # The job's anonymous namespace: the driver's, which its tasks share.
     assert ember.get(describe.remote(), timeout=BOUND_S) == ("describe", {"CPU": 0.5}, None, None,
-                                                            ember._runtime.NAMESPACE, True)
+                                                            ember.get_runtime_context().namespace, True)
     named = describe.options(name="my-task", num_cpus=1, resources={"accelerator": 0})
     assert ember.get(named.remote(), timeout=BOUND_S)[:2] == ("my-task", {"CPU": 1.0})
 
@@ -59,7 +60,7 @@ def test_a_tasks_name_resources_and_namespace():
 def test_in_the_driver():
     context = ember.get_runtime_context()
     assert context.get_task_name() is None and context.get_actor_name() is None and context.get_actor_id() is None
-    assert context.namespace == ember._runtime.NAMESPACE
+    assert context.namespace == "anonymous-" + context.get_job_id()
     with pytest.raises(EmberUserError):
         context.get_assigned_resources()
     with pytest.raises(EmberUserError):

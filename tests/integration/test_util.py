@@ -290,7 +290,7 @@ def test_list_named_actors():
     actor = Doubler.options(name="util-test-doubler").remote()
     ember.get(actor.double.remote(1), timeout=BOUND_S)
     assert set(list_named_actors()) == before | {"util-test-doubler"}
-    assert {"namespace": ember._runtime.NAMESPACE, "name": "util-test-doubler"} in list_named_actors(True)
+    assert {"namespace": ember.get_runtime_context().namespace, "name": "util-test-doubler"} in list_named_actors(True)
     ember.kill(actor)
     assert "util-test-doubler" not in list_named_actors()
 
@@ -334,11 +334,14 @@ def test_namespaces_separate_named_actors():
 
     a = Doubler.options(name="shared-name", namespace="team-a").remote()
     b = Doubler.options(name="shared-name", namespace="team-b").remote()
-    plain = Doubler.options(name="shared-name").remote()  # the default namespace
+    plain = Doubler.options(name="shared-name").remote()  # the job's own (anonymous) namespace
+    mine = ember.get_runtime_context().namespace
     assert len({a, b, plain}) == 3
     assert ember.get_actor("shared-name", namespace="team-a") == a
     assert ember.get_actor("shared-name", namespace="team-b") == b
-    assert ember.get_actor("shared-name") == plain == ember.get_actor("shared-name", namespace="default")
+    assert ember.get_actor("shared-name") == plain == ember.get_actor("shared-name", namespace=mine)
+    with pytest.raises(ActorHandleNotFoundError, match="in namespace 'default'"):
+        ember.get_actor("shared-name", namespace="default")  # not the job's: "default" is a namespace like any
     with pytest.raises(ActorAlreadyExistsError, match="namespace='team-a'"):
         Doubler.options(name="shared-name", namespace="team-a").remote()
     assert Doubler.options(name="shared-name", namespace="team-a", get_if_exists=True).remote() == a
@@ -352,7 +355,7 @@ def test_namespaces_separate_named_actors():
     assert ember.get(lookup.remote("team-b"), timeout=BOUND_S) == b  # from a task: the namespace it names
     assert "shared-name" in list_named_actors()
     everything = list_named_actors(all_namespaces=True)
-    for namespace in ("team-a", "team-b", "default"):
+    for namespace in ("team-a", "team-b", mine):
         assert {"namespace": namespace, "name": "shared-name"} in everything
 
     @ember.remote

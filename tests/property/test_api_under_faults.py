@@ -3,7 +3,8 @@
 A hypothesis state machine does what a program does with ``import ember``:
 puts, tasks over earlier refs (top-level and nested in a list, small ints and
 128 KiB arrays that live in the shared-memory store, large values passed by
-value), tasks that submit tasks of their own and block on them (run inline
+value), tasks in a ``runtime_env`` of their own (variables and a module
+shipped through the log: a rerun must run in it to compute the same value), tasks that submit tasks of their own and block on them (run inline
 by their worker when none has started), actors with restarts, calls to an async actor (which awaits the refs
 it is given, its calls running together) and to a threaded actor, generator
 tasks whose values are read while they run, actors that end themselves with
@@ -54,10 +55,14 @@ the failing plans, and fails if there were any.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import itertools
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,8 +112,8 @@ CI_TIMEOUT_S = 300
 SETTINGS = settings(
     settings.default,  # the loaded profile: ci is derandomized
     max_examples=5 if SOAK else 3,  # per batch in the soak; the whole run in ci
-    # Room for the whole plan: seven initialize steps, then gaps of up to GAP_MAX operations per fault.
-    stateful_step_count=7 + GAP_MAX * FAULTS_MAX + 3,
+    # Room for the whole plan: eight initialize steps, then gaps of up to GAP_MAX operations per fault.
+    stateful_step_count=8 + GAP_MAX * FAULTS_MAX + 3,
     deadline=None,
     database=None if not SOAK else settings.default.database,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink replays faults for minutes
@@ -198,8 +203,26 @@ def _echo_through(actor: Any, x: int) -> int:
     return ember.get(actor.echo.remote(x), timeout=GET_BOUND_S)
 
 
-value_task = ember.remote(max_retries=RETRIES)(_value)
 echo_through_task = ember.remote(max_retries=RETRIES)(_echo_through)
+
+
+# A runtime_env whose variable and module the task's value depends on: shipped through the log, set up
+# on each worker that runs it (a retry, a rebuild, a restarted scheduler's queue all run it there).
+_ENV_DIR = tempfile.mkdtemp(prefix="ember-chaos-env-")
+atexit.register(shutil.rmtree, _ENV_DIR, True)
+Path(_ENV_DIR, "chaos_env_offset.py").write_text("OFFSET = 17\n")
+ENV = {"env_vars": {"EMBER_CHAOS_SCALE": "5"}, "py_modules": [str(Path(_ENV_DIR, "chaos_env_offset.py"))]}
+ENV_ADDEND = 5 + 17
+
+
+def _combine_in_env(a: Any) -> Any:
+    import chaos_env_offset  # type: ignore[import-not-found]
+
+    return _combine(a, int(os.environ["EMBER_CHAOS_SCALE"]) + chaos_env_offset.OFFSET)
+
+
+value_task = ember.remote(max_retries=RETRIES)(_value)
+env_task = ember.remote(max_retries=RETRIES, runtime_env=ENV)(_combine_in_env)
 stream_task = ember.remote(max_retries=RETRIES)(_values)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 grouped_task = ember.remote(max_retries=RETRIES, num_cpus=0.25)(_value)  # run in the example's group
@@ -224,6 +247,7 @@ class Tally:
     operations_checked: int = 0
     concurrent_calls: int = 0  # calls made to the async and threaded actors
     streams: int = 0  # generator tasks read while they ran
+    env_tasks: int = 0  # tasks in a runtime_env of their own
     exits: int = 0  # actors that ended themselves with exit_actor()
     drops: int = 0  # actors whose last handle was dropped
     grouped: int = 0  # tasks run in a placement group's bundle
@@ -241,7 +265,7 @@ class Tally:
                 f"faults that found no target {missed}; operations checked {self.operations_checked} "
                 f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks, "
                 f"{self.exits} exit_actor() ends, {self.drops} actors dropped, {self.grouped} tasks in a placement "
-                f"group); "
+                f"group, {self.env_tasks} in a runtime_env); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
                 f"(+{self.lost_as_designed} as designed); other errors {self.other_errors}; "
                 f"failing examples {len(self.failing_examples)}")
@@ -415,6 +439,11 @@ class ApiUnderFaults(RuleBasedStateMachine):
         return self._track(grouped_task.options(scheduling_strategy=in_bundle).remote(seed, large),
                            _value(seed, large), f"value.options(<in its group>).remote({seed}, {large})")
 
+    @initialize(target=refs, seed=SEEDS, large=st.booleans())
+    def first_env_task(self, seed: int, large: bool) -> Tracked | Skipped:
+        made = self.put(seed, large)
+        return made if isinstance(made, Skipped) else self.submit_in_env(made)
+
     def _nemesis(self) -> None:
         """Fire the faults due before this operation."""
         while self.plan and self.plan[0][0] <= self.operations_since_fault:
@@ -471,6 +500,13 @@ class ApiUnderFaults(RuleBasedStateMachine):
         large = _value(seed, True)
         return self._track(combine_task.remote(a.ref, large), _combine(a.expected, large),
                            f"combine.remote({a}, value({seed}, True))", a.copies_made_at | {self.store_kills})
+
+    @rule(target=refs, a=refs)
+    @operation
+    def submit_in_env(self, a: Tracked) -> Tracked:
+        TALLY.env_tasks += 1
+        return self._track(env_task.remote(a.ref), _combine(a.expected, ENV_ADDEND), f"in_env.remote({a})",
+                           a.copies_made_at)
 
     @rule(target=refs, box=st.lists(refs, min_size=1, max_size=3))
     @operation
@@ -855,6 +891,7 @@ def test_api_under_faults(tally: Tally) -> None:
         assert tally.exits > 0, tally.report()  # and actors that ended themselves
         assert tally.drops > 0, tally.report()  # and actors freed when their handle went
         assert tally.grouped > 0, tally.report()  # and tasks in a placement group's bundle
+        assert tally.env_tasks > 0, tally.report()  # and tasks in a runtime_env
         return
     _soak(time.monotonic() + SOAK_S)
     assert not tally.failing_examples, tally.report()

@@ -309,3 +309,74 @@ def test_a_retiring_worker_still_running_keeps_its_resources_until_done():
     assert queue.retired(0.5) == [] and queue.statistics().available.get("CPU", 0.0) == 0.0
     queue.task_done(first, [(1).to_bytes(16, "big")], 1.0)
     assert queue.retired(1.0) == [first] and queue.statistics().available["CPU"] == 1.0
+
+
+ENV_A = ("a" * 32, '{"env_vars":{"A":"1"}}')
+ENV_B = ("b" * 32, '{"env_vars":{"B":"1"}}')
+
+
+def env_spec(n: int, env: tuple[str, str] | None, actor: bool = False) -> TaskSpec:
+    made = spec(n, actor=actor)
+    made.runtime_env = env
+    return made
+
+
+def test_a_runtime_env_task_runs_only_on_a_worker_started_in_it():
+    queue, _ = node(cpus=3)
+    plain = start_workers(queue, 3)
+    queue.enqueue(env_spec(1, ENV_A))
+    actions = queue.dispatch(now=1.0)
+    spawns = [a for a in actions if isinstance(a, Spawn)]
+    assert not assigned(actions) and [(s.actor_id, s.runtime_env) for s in spawns] == [(None, ENV_A)]
+    queue.enqueue(env_spec(2, ENV_B))
+    # One start at a time per environment, not per node: B's worker starts while A's does.
+    assert [a.runtime_env for a in queue.dispatch(now=1.1) if isinstance(a, Spawn)] == [ENV_B]
+    a_worker, b_worker = spawns[0].worker, spawns[0].worker + 1
+    for key in (a_worker, b_worker):
+        queue.linked(key, connected=True, ready=True)
+    queue.enqueue(spec(3))
+    assert sorted(assigned(queue.dispatch(now=2.0))) == sorted([(a_worker, 1), (b_worker, 2), (plain[0], 3)])
+    queue.task_done(a_worker, [env_spec(1, ENV_A).task_id], now=3.0)
+    queue.enqueue(env_spec(4, ENV_B))  # B's worker is busy, A's idle: another of B's starts
+    actions = queue.dispatch(now=3.0)
+    assert not assigned(actions) and [a.runtime_env for a in actions if isinstance(a, Spawn)] == [ENV_B]
+
+
+def test_a_worker_takes_back_only_its_own_environments_tasks():
+    queue, _ = node(cpus=1)
+    (worker,) = start_workers(queue, 1)
+    queue.enqueue(spec(1))
+    queue.dispatch(now=0.0)
+    queue.enqueue(spec(2))
+    queue.enqueue(env_spec(3, ENV_A))
+    taken = queue.take_back(worker, [spec(2).task_id, spec(3).task_id])
+    assert taken == [spec(2).task_id]  # the env task is never run inline by a worker of another environment
+
+
+def test_at_the_cap_an_idle_worker_of_another_environment_makes_room():
+    queue, _ = node(cpus=1)
+    cap = WORKERS_PER_CPU_MAX
+    keys = start_workers(queue, cap)
+    for key, env in zip(keys[1:], (ENV_A, ENV_B, ENV_A)):
+        queue.slot(key).env = env[0]
+    queue.enqueue(env_spec(1, ("c" * 32, "{}")))
+    actions = queue.dispatch(now=5.0)
+    assert [a.runtime_env[0] for a in actions if isinstance(a, Spawn)] == ["c" * 32]
+    retired = queue.retired(now=5.0)
+    assert len(retired) == 1 and queue.slot(keys[0]) is not None  # an env'd one, not the plain one
+
+
+def test_idle_runtime_env_workers_stop_after_their_ttl_whatever_the_count():
+    queue, _ = node(cpus=2)
+    plain = start_workers(queue, 2)
+    (env_worker,) = start_workers(queue, 1)
+    queue.slot(env_worker).env = ENV_A[0]
+    assert queue.idle_expired(now=IDLE_WORKER_TTL_S + 1) == [env_worker]
+    assert all(queue.slot(key) is not None for key in plain)
+
+
+def test_an_actor_is_started_in_its_runtime_env():
+    queue, _ = node(cpus=1)
+    queue.want_actor(b"x" * 16, CPU1, ENV_A)
+    (started,) = queue.place_actors(now=0.0)
+    assert started.runtime_env == ENV_A and queue.slot(started.worker).env == ENV_A[0]

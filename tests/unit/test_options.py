@@ -83,39 +83,22 @@ def test_scheduling_strategies_become_the_specs_plain_tuples_and_the_rest_is_ref
         NodeAffinitySchedulingStrategy("ab12", soft="yes")  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match="_fail_on_unavailable .* is not supported"):
         NodeAffinitySchedulingStrategy("ab12", soft=False, _fail_on_unavailable=True)
-def test_namespaces_are_checked_and_a_jobs_namespace_is_refused_not_ignored():
+def test_namespaces_are_checked_and_a_jobs_anonymous_one_is_its_own():
     import pytest
 
-    from ember._options import NAMESPACE, qualified_name, split_name, validate
+    from ember._options import NAMESPACE, anonymous_namespace, qualified_name, split_name, validate
     from ember.exceptions import InvalidOptionError
 
     assert validate({"namespace": "team-a"}, "actor")["namespace"] == "team-a"
     for bad in ("", 3, "a\x1fb"):
         with pytest.raises(InvalidOptionError, match="namespace must be a non-empty string"):
             validate({"namespace": bad}, "actor")
-    assert qualified_name(None, "x") == qualified_name(NAMESPACE, "x") == "x"  # the default: names as before
+        with pytest.raises(InvalidOptionError, match="ember.init namespace must be a non-empty string"):
+            ember.init(namespace=bad)  # refused before anything starts
+    assert qualified_name(None, "x") == qualified_name(NAMESPACE, "x") == "x"
     assert split_name(qualified_name("team-a", "x/y")) == ("team-a", "x/y")
     assert split_name("x") == (NAMESPACE, "x")
-    with pytest.raises(InvalidOptionError, match="ember.init namespace='team-a' is not supported.*options"):
-        ember.init(namespace="team-a")  # refused before anything starts
-    assert not ember.is_initialized()
-
-
-def test_runtime_env_is_refused_naming_that_no_field_is_supported():
-    import pytest
-
-    from ember._options import validate
-    from ember.exceptions import InvalidOptionError
-
-    for kind in ("task", "actor"):
-        with pytest.raises(InvalidOptionError, match="runtime_env with 'env_vars' is not supported.*no runtime_env field"):
-            validate({"runtime_env": {"env_vars": {"A": "1"}}}, kind)
-    with pytest.raises(InvalidOptionError, match="ember.init runtime_env with 'pip', 'working_dir'"):
-        ember.init(runtime_env={"working_dir": ".", "pip": ["requests"]})
-    with pytest.raises(InvalidOptionError, match="runtime_env"):
-        @ember.remote(runtime_env={"env_vars": {}})
-        def f():
-            pass
+    assert anonymous_namespace(b"\x01\x02") != anonymous_namespace(b"\x01\x03")
     assert not ember.is_initialized()
 
 

@@ -1,0 +1,48 @@
+"""A ``runtime_env`` option turned into the environment a spec carries: merged, packed, logged, once.
+
+``env_wire(owner, option)`` resolves a checked option (``_options.validate``) over the environment
+this process runs in (the job's in a driver, the worker's own in a task: Ray's inheritance), packs
+its folders, logs the record and its packages durably (a worker of any node fetches them from the
+log), and returns ``(hash, JSON)``. The result is kept per process for each option and base, so a
+loop of ``f.options(runtime_env=...).remote()`` packs its working_dir once: files changed after the
+first submission of an option are not shipped again (as Ray, which uploads a working_dir once).
+
+A task with no ``runtime_env`` of its own never comes here: it inherits its process's, a None check.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from ember.lineage import RuntimeEnv, resolve_runtime_env
+from ember.scheduler import Owner
+
+__all__ = ["RESOLVED_MAX", "env_wire"]
+
+RESOLVED_MAX = 256  # resolved (option, base) pairs a process keeps
+
+_lock = threading.Lock()
+_resolved: "OrderedDict[tuple[int, str, str | None], tuple[str, str]]" = OrderedDict()  # by (owner, option, base)
+
+
+def env_wire(owner: Owner, option: dict[str, Any], base: tuple[str, str] | None = None,
+             from_process: bool = True) -> tuple[str, str]:
+    """The environment ``option`` gives over ``base`` (by default this process's own), logged by ``owner``."""
+    if from_process:
+        base = owner.runtime_env
+    key = (id(owner), json.dumps(option, sort_keys=True), None if base is None else base[0])
+    with _lock:
+        found = _resolved.get(key)
+        if found is not None:
+            _resolved.move_to_end(key)
+            return found
+    env, packages = resolve_runtime_env(option, RuntimeEnv.from_wire(base))
+    owner.register_runtime_env(env.hash, env.text, packages)  # durable before any task names it
+    with _lock:
+        _resolved[key] = env.wire
+        while len(_resolved) > RESOLVED_MAX:
+            _resolved.popitem(last=False)
+    return env.wire
