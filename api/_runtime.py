@@ -413,11 +413,11 @@ def _namespace_in_log(owner: Owner, job_id: bytes) -> str:
     conninfo = owner.conninfo
     if conninfo is None:
         return _options.anonymous_namespace(job_id)  # no log: init refused a namespace of its own
-    packages = RuntimeEnvLog(conninfo)
+    reads = RuntimeEnvLog(conninfo)
     try:
-        found = packages.job_namespace(job_id)
+        found = reads.job_namespace(job_id)
     finally:
-        packages.close()
+        reads.close()
     return found or _options.anonymous_namespace(job_id)
 
 

@@ -35,10 +35,8 @@ from __future__ import annotations
 import bdb
 import contextlib
 import enum
-import os
 import pdb
 import reprlib
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +50,7 @@ from ember.lineage._runtime_env import RuntimeEnv
 from ember.lineage._states import TaskState
 from ember.scheduler._context import no_auto_init
 from ember.scheduler._object_ref import is_dynamic, stream_end
+from ember.scheduler._session import runtime_root
 from ember.scheduler._spec import STREAMING, item_id
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
@@ -358,8 +357,9 @@ class Replayer:
 
 
 def replay_env_cache() -> Path:
-    """Where replays on this machine keep runtime_env packages and pip venvs, by hash (kept between runs)."""
-    return Path(tempfile.gettempdir()) / f"ember-replay-env-{os.getuid()}"
+    """Where replays on this machine keep runtime_env packages and pip venvs, by hash (kept between runs):
+    ``replay-env`` in ember's runtime folder (``EMBER_RUNTIME_DIR``, default ``$TMPDIR/ember-<uid>``)."""
+    return runtime_root() / "replay-env"
 
 
 def _call(fn: Callable, args: list, kwargs: dict, debugger: bool) -> Any:

@@ -99,3 +99,63 @@ def test_prune_removes_finished_jobs_and_keeps_the_running_one():
 def test_prune_refuses_a_negative_age():
     with pytest.raises(EmberUserError, match="negative"):
         prune(-1)
+
+
+ENV_JOB = """
+    import json
+    import ember
+    ember.init(num_cpus=1)
+
+    @ember.remote
+    def read():
+        with open("kept.txt") as kept:
+            return kept.read()
+
+    runtime_env = {{"working_dir": {folder!r}, "env_vars": {{"PRUNE_TEST": "1"}}}}
+    assert ember.get(read.options(runtime_env=runtime_env).remote()) == {text!r}
+    print(json.dumps(ember.get_runtime_context().get_job_id()))
+    ember.shutdown()
+"""
+
+
+def test_prune_keeps_a_runtime_env_as_long_as_a_job_that_ran_in_it(tmp_path):
+    import json
+    import textwrap
+
+    folders = []
+    for name in ("gone", "kept"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "kept.txt").write_text(name)
+        folders.append(folder)
+    out = run_script(textwrap.dedent(ENV_JOB).format(folder=str(folders[0]), text="gone"))
+    assert out.returncode == 0, out.stderr
+    ember.init(num_cpus=1)
+    try:
+        conninfo = ember._runtime._session.read_info()["gcs_conninfo"]
+
+        @ember.remote
+        def read():
+            with open("kept.txt") as kept:
+                return kept.read()
+
+        running = read.options(runtime_env={"working_dir": str(folders[1])}).remote()
+        assert ember.get(running) == "kept"
+
+        def package_of(text):
+            return _count(conninfo, "SELECT count(*) FROM runtime_env_packages p JOIN runtime_envs e "
+                                    "ON position(p.package_hash IN e.record) > 0 JOIN tasks t "
+                                    "ON t.runtime_env = e.env_hash WHERE t.job_id = %s", text)
+
+        finished_job = bytes.fromhex(json.loads(out.stdout.strip().splitlines()[-1]))
+        running_job = bytes.fromhex(ember.get_runtime_context().get_job_id())
+        assert package_of(finished_job) == 1 and package_of(running_job) == 1
+        envs_before = _count(conninfo, "SELECT count(*) FROM runtime_envs")
+        report = prune(0)
+        assert report.deleted["runtime_envs"] >= 1 and report.deleted["runtime_env_packages"] >= 1
+        assert package_of(running_job) == 1  # the running job's environment and package stay
+        assert _count(conninfo, "SELECT count(*) FROM runtime_envs") < envs_before
+        with open_log() as log:
+            assert log.task(running.task_id().hex()).state == "FINISHED"
+    finally:
+        ember.shutdown()

@@ -95,3 +95,13 @@ def test_a_package_past_the_size_limit_is_refused_naming_the_limit(tmp_path: Pat
         resolve_runtime_env({"working_dir": str(tmp_path)}, None)
     resolved, _ = resolve_runtime_env({"working_dir": str(tmp_path), "excludes": ["*.bin"]}, None)
     assert "working_dir" in resolved.record
+
+
+def test_ray_s_runtime_env_class_is_a_checked_dict(tmp_path: Path) -> None:
+    from ember.runtime_env import RuntimeEnv as RayStyle
+
+    made = RayStyle(env_vars={"A": "1"}, working_dir=str(tmp_path), pip={"packages": ["six"]})
+    assert made == {"env_vars": {"A": "1"}, "working_dir": str(tmp_path.resolve()), "pip": ["six"]}
+    assert validate({"runtime_env": made}, "task")["runtime_env"] == made
+    with pytest.raises(InvalidOptionError, match="'uv' are not supported"):
+        RayStyle(uv=["six"])
