@@ -77,7 +77,7 @@ class Bundles:
                 changes.changed = True  # reserved: the GCS hears it at once, and may commit
             if want.get("phase") == COMMIT and held.phase == PREPARE:
                 held.phase = COMMIT
-                self._pool.add(bundle_resources(held.group_id, held.index, held.resources))
+                self._pool.add(bundle_resources(held.group_id, held.index, held.resources), held.gpus)
                 changes.committed = changes.changed = True
         return changes
 

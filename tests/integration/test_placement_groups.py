@@ -25,7 +25,7 @@ STATE_TIMEOUT_S = 30.0
 
 @pytest.fixture(scope="module")
 def four_cpus() -> Iterator[None]:
-    ember.init(num_cpus=4)
+    ember.init(num_cpus=4, num_gpus=2)
     try:
         yield
     finally:
@@ -185,3 +185,21 @@ def test_the_table_lists_a_group_with_rays_fields(four_cpus: None) -> None:
     assert entry["bundles_to_node_id"] == {0: ember.get_runtime_context().get_node_id()}
     remove_placement_group(pg)
     assert state_of(pg) == "REMOVED"
+
+
+@ember.remote(num_gpus=1)
+class GpuHolder:
+    def devices(self) -> tuple[str | None, list]:
+        import os
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), [str(d) for d in ember.get_gpu_ids()]
+
+
+def test_gpu_holders_in_a_bundle_get_distinct_devices_of_the_bundle(four_cpus):
+    pg = placement_group([{"CPU": 1, "GPU": 2}])
+    assert pg.wait(STATE_TIMEOUT_S)
+    holders = [GpuHolder.options(**in_group(pg, 0)).remote() for _ in range(2)]
+    seen = ember.get([h.devices.remote() for h in holders], timeout=GET_TIMEOUT_S)
+    assert sorted(env for env, _ in seen) == ["0", "1"]  # each its own device of the bundle's two
+    assert all([env] == ids for env, ids in seen)
+    remove_placement_group(pg)

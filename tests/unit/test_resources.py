@@ -55,3 +55,22 @@ def test_fractions_share_the_fullest_device_they_fit_on():
     pool.release(half, (0,))
     assert pool.can_acquire(whole) and pool.acquire(whole) == (1,)
     assert not pool.can_acquire(whole) and pool.available["GPU"] == 0.5
+
+
+def test_tasks_in_a_bundle_take_the_bundles_gpu_devices_by_the_nodes_rule():
+    from ember.scheduler._spec import bundle_resources, bundle_shape
+
+    pool = ResourcePool({"CPU": 4.0, "GPU": 3.0})
+    pool.acquire((("GPU", 1.0),))  # device 0 is held outside any group
+    reserved = pool.acquire((("GPU", 2.0),))
+    assert reserved == (1, 2)
+    pool.add(bundle_resources("g", 0, {"GPU": 2.0}), reserved)
+    one = bundle_shape((("GPU", 1.0),), "g", 0)
+    first, second = pool.acquire(one), pool.acquire(one)
+    assert {first, second} == {(1,), (2,)}  # distinct, and the bundle's own
+    assert not pool.can_acquire(one)
+    pool.release(one, first)
+    assert pool.acquire(bundle_shape((("GPU", 0.5),), "g", -1)) == first  # any bundle: the free device
+    assert pool.acquire(bundle_shape((("GPU", 0.5),), "g", -1)) == first  # fractions share it
+    pool.remove(bundle_resources("g", 0, {"GPU": 2.0}))
+    assert not pool.can_acquire(one)
