@@ -28,7 +28,9 @@ def process_id(node_id: str, pid: int) -> bytes:
     return hashlib.blake2b(f"{node_id}:{pid}".encode(), digest_size=16).digest()
 EVENTS_PER_CALL = 500
 JOBS_GONE_MAX = 10_000  # drivers gone not yet reported to the GCS, at most
-UNREGISTER_TIMEOUT_S = 1.0
+# The goodbye's bound. A service that is slow at that moment (its PostgreSQL just restarted, the
+# machine loaded) must still record the node's end: 1 s lost it in a fresh-check run.
+UNREGISTER_TIMEOUT_S = 3.0
 
 
 class GcsLink:

@@ -27,7 +27,7 @@ from ember.scheduler import _procutil
 from ember.scheduler._accelerators import node_gpus
 from ember.scheduler._address import join_host_port
 from ember.scheduler._tls import tls_info
-from ember.scheduler._gcs_link import process_id
+from ember.scheduler._gcs_link import UNREGISTER_TIMEOUT_S, process_id
 from ember.scheduler._session import Session
 from ember.scheduler._supervisor import Supervisor
 
@@ -36,6 +36,9 @@ log = logging.getLogger("ember.node")
 NODE_START_TIMEOUT_S = 30.0
 REPORT_TIMEOUT_S = 30.0
 STOP_GRACE_S = 3.0
+# The scheduler stops its workers (each asked, then killed after WORKER_STOP_GRACE_S) and then says
+# goodbye to the GCS (up to UNREGISTER_TIMEOUT_S): it is given the time for both before SIGKILL.
+SCHEDULER_STOP_GRACE_S = _procutil.WORKER_STOP_GRACE_S + UNREGISTER_TIMEOUT_S + 2.0
 
 
 @dataclass
@@ -66,10 +69,10 @@ class Node:
         self.supervisor.stop()
         # The scheduler kills its workers on SIGTERM and says goodbye to the
         # GCS; then the store goes, then the GCS.
-        for proc in procs.values():
+        for kind, proc in procs.items():
             if proc is not None:
                 _procutil.terminate(proc)
-                _procutil.reap(proc, STOP_GRACE_S)
+                _procutil.reap(proc, SCHEDULER_STOP_GRACE_S if kind is ProcessKind.SCHEDULER else STOP_GRACE_S)
 
     def _proc_or_none(self, kind: ProcessKind) -> subprocess.Popen | None:
         try:

@@ -67,6 +67,9 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+WORKER_STOP_GRACE_S = 2.0  # a worker's, between SIGTERM (flush your log rows) and SIGKILL
+
+
 def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
                  stdin: int = subprocess.DEVNULL, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     child_env = dict(os.environ)

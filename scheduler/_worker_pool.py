@@ -39,7 +39,7 @@ WORKER_START_TIMEOUT_S = 60.0  # a worker not connected by then counts as a fail
 # ... a worker whose runtime_env has a pip list: it installs it first (once per node), then connects.
 PIP_WORKER_START_TIMEOUT_S = 600.0
 WORKER_START_FAILURES_MAX = 5  # failed starts in a row after which queued tasks are failed to their owners
-WORKER_STOP_GRACE_S = 2.0  # between SIGTERM (flush your log rows) and SIGKILL
+WORKER_STOP_GRACE_S = _procutil.WORKER_STOP_GRACE_S
 
 
 class WorkerProcess:
