@@ -204,6 +204,14 @@ class LogWriter:
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._write_batches()
+        finally:
+            # Closed here too: a writer still retrying when close() stopped waiting for it may have
+            # connected again after close() looked, and that connection must not outlive it.
+            self._drop_connection()
+
+    def _write_batches(self) -> None:
         backoff_s = BACKOFF_INITIAL_S
         outage_since: float | None = None
         alerted = False

@@ -126,6 +126,7 @@ class ReplaySource:
         self._wait_s = wait_s
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def query(self, sql: str, params: tuple | dict[str, Any]) -> list[tuple]:
         """One read of the log's, waiting out a server restart (``_query``)."""
@@ -143,6 +144,9 @@ class ReplaySource:
 
         deadline = time.monotonic() + self._wait_s
         with self._lock:
+            if self._closed:
+                # Never a connection again once closed: nobody would close that one.
+                raise psycopg.OperationalError("this reader of the lineage log was closed")
             while True:
                 try:
                     if self._conn is None or self._conn.closed:
@@ -256,5 +260,6 @@ class ReplaySource:
         from ember.lineage._log_writer import close_quietly
 
         with self._lock:
+            self._closed = True
             close_quietly(self._conn)
             self._conn = None
