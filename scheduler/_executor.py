@@ -511,17 +511,21 @@ class Executor:
             except StopIteration:
                 return stream_end(spec.task_id, spec.owner_addr, sent, dynamic)
             except KeyboardInterrupt:
-                if spec.task_id in self._cancelled or dynamic:
+                if spec.task_id in self._cancelled:
                     raise  # cancelled: the task ends as cancelled
-                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, KeyboardInterrupt())), True)
-                return sent + 1
+                return self._stream_failed(conn, spec, sent, KeyboardInterrupt(), dynamic)
             except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
-                if dynamic:
-                    raise  # Ray's "dynamic": the task fails as a whole
-                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
-                return sent + 1
+                return self._stream_failed(conn, spec, sent, exc, dynamic)
             self._send_item(conn, spec, sent, item)
             sent += 1
+
+    def _stream_failed(self, conn: Connection, spec: TaskSpec, sent: int, exc: BaseException, dynamic: bool) -> int:
+        """The generator raised after ``sent`` values: its error is the stream's last value (its count
+        returned), or, with Ray's "dynamic", the task fails as a whole."""
+        if dynamic:
+            raise exc
+        self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
+        return sent + 1
 
     def _is_dynamic(self, spec: TaskSpec) -> bool:
         """Whether a streaming task was called with ``num_returns="dynamic"`` (its function says so)."""
@@ -542,10 +546,7 @@ class Executor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
-                if dynamic:
-                    raise  # Ray's "dynamic": the task fails as a whole
-                self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
-                return sent + 1
+                return self._stream_failed(conn, spec, sent, exc, dynamic)
             self._send_item(conn, spec, sent, item)
             sent += 1
 

@@ -212,21 +212,25 @@ NODE_PROGRAM = textwrap.dedent("""
 """)
 
 
-def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch):
-    (tmp_path / "nodes.py").write_text(NODE_PROGRAM)
+def _run_on_own_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> subprocess.CompletedProcess:
+    """``chaos run *args`` whose program starts its nodes in a runtime folder of its own; every node
+    it leaves is stopped after, even when the program was killed on --timeout (node daemons detach)."""
     runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
-    before = {p.pid for p in psutil.process_iter()}
     try:
-        run = chaos("run", "--kill", "node", "--every-tasks", "30", "--max-faults", "1", "--seed", "3",
-                    "--timeout", "90", "--report", "run.json", "--", sys.executable, "nodes.py", cwd=tmp_path,
-                    env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
+        return chaos("run", *args, cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
     finally:
-        # Node daemons detach from the program: a program killed on --timeout leaves them running.
         monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
         for node in local_nodes.local_nodes():
             local_nodes.stop_node(node, 10.0)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "nodes.py").write_text(NODE_PROGRAM)
+    before = {p.pid for p in psutil.process_iter()}
+    run = _run_on_own_nodes(tmp_path, monkeypatch, "--kill", "node", "--every-tasks", "30", "--max-faults", "1",
+                            "--seed", "3", "--timeout", "90", "--report", "run.json", "--", sys.executable, "nodes.py")
     assert run.returncode == 0, run.stderr
     assert "result ok 2 nodes alive" in run.stdout  # the head and the driver's node are never chosen
     report = json.loads((tmp_path / "run.json").read_text())
@@ -238,17 +242,10 @@ def test_a_run_kills_a_whole_node_and_the_program_still_gets_its_results(tmp_pat
 def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_affinity_typed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     workload = Path(__file__).with_name("strategies_workload.py")
-    runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
     before = {p.pid for p in psutil.process_iter()}
-    try:
-        run = chaos("run", "--kill", "node", "--every-tasks", "40", "--max-faults", "1", "--seed", "3",
-                    "--timeout", "90", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
-                    cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
-    finally:
-        monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
-        for node in local_nodes.local_nodes():
-            local_nodes.stop_node(node, 10.0)
-        shutil.rmtree(runtime, ignore_errors=True)
+    run = _run_on_own_nodes(tmp_path, monkeypatch, "--kill", "node", "--every-tasks", "40", "--max-faults", "1",
+                            "--seed", "3", "--timeout", "90", "--report", "run.json", "--", sys.executable,
+                            str(workload), "--rounds", "3")
     assert run.returncode == 0, run.stdout + run.stderr
     tally = json.loads(run.stdout.splitlines()[-1])
     assert tally["wrong"] == 0 and tally["rounds"] == 3 and tally["nodes_alive_at_end"] == 2, tally
@@ -262,17 +259,10 @@ def test_a_node_killed_under_scheduling_strategies_leaves_values_right_and_hard_
 def test_a_node_killed_under_placement_groups_replaces_their_bundles_and_leaves_values_right(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     workload = Path(__file__).with_name("groups_workload.py")
-    runtime = tempfile.mkdtemp(prefix="ember-rt-", dir="/tmp")  # the program's nodes, and nobody else's
     before = {p.pid for p in psutil.process_iter()}
-    try:
-        run = chaos("run", "--kill", "node", "--every-tasks", "30", "--max-faults", "1", "--seed", "11",
-                    "--timeout", "150", "--report", "run.json", "--", sys.executable, str(workload), "--rounds", "3",
-                    cwd=tmp_path, env={**os.environ, "EMBER_RUNTIME_DIR": runtime})
-    finally:
-        monkeypatch.setenv("EMBER_RUNTIME_DIR", runtime)
-        for node in local_nodes.local_nodes():
-            local_nodes.stop_node(node, 10.0)
-        shutil.rmtree(runtime, ignore_errors=True)
+    run = _run_on_own_nodes(tmp_path, monkeypatch, "--kill", "node", "--every-tasks", "30", "--max-faults", "1",
+                            "--seed", "11", "--timeout", "150", "--report", "run.json", "--", sys.executable,
+                            str(workload), "--rounds", "3")
     assert run.returncode == 0, run.stdout + run.stderr
     tally = json.loads(run.stdout.splitlines()[-1])
     assert tally["wrong"] == 0 and tally["rounds"] == 3 and tally["nodes_alive_at_end"] == 2, tally
