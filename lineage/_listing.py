@@ -25,7 +25,6 @@ from ember.scheduler._spec import TaskKind, describe_strategy
 from ember.exceptions import EmberUserError
 from ember.lineage._ids import resolve_job
 from ember.lineage._states import ActorState, JobState, NodeState, ObjectState, TaskState
-from ember.scheduler._spec import TaskKind
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 100_000

@@ -19,7 +19,7 @@ from typing import Any
 
 from ember.lineage._ids import UnknownIdError, resolve_job
 from ember.lineage._replay_plan import FunctionUnavailableError, ObjectFacts, ReplayInputError, Source
-from ember.lineage._replay_source import KEPT_ORIGINS, LoggedTask, ReplaySource
+from ember.lineage._replay_source import _NO_ENV_COLUMNS, KEPT_ORIGINS, LoggedTask, ReplaySource
 from ember.lineage._schema_version import CONCURRENCY_VERSION, RUNTIME_ENV_VERSION, check_readable
 from ember.lineage._states import TaskState
 

@@ -21,8 +21,6 @@ import selectors
 import signal
 import threading
 import time
-import traceback
-import weakref
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -30,39 +28,27 @@ from typing import Any
 import cloudpickle
 
 from ember.chaos import _agent
-from ember.exceptions import (ActorDiedError, ActorRestartLoopError, EmberInternalError, EmberTaskError,
-                              LineageLogUnavailableError, RuntimeEnvSetupError, SerializationError,
-                              TaskCancelledError)
+from ember.exceptions import ActorDiedError, ActorRestartLoopError, EmberInternalError, TaskCancelledError
 from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
 from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METHOD, TERMINATE_POLL_S, ActorExit
-from ember.scheduler._owner._links import PEER_CONNECT_TIMEOUT_S
-from ember.scheduler._owner import INLINE_BYTES_MAX, Owner, OwnerState
+from ember.scheduler._actor_recovery import read_replay, read_restore
+from ember.scheduler._owner import Owner, OwnerState
 from ember.scheduler import _messages
+from ember.scheduler._outcomes import (TERMINATED, UpstreamError, error_bytes, errors, failed_outcome, iterator_of,
+                                      label, result_count, split, task_error)
 from ember.scheduler._protocol import Connection, Op
-from ember.scheduler._restart_loop import decide, ended_by_itself
 from ember.scheduler._object_ref import ObjectRef, is_dynamic, stream_end
-from ember.scheduler._spec import STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec, item_id
-from ember.store import LateHashes, content_hash
-from ember.store import copy_wanted
-from ember.store import ObjectKind, deserialize, serialize, serialize_error, to_bytes
+from ember.scheduler._results import ResultSender
+from ember.scheduler._spec import STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec
+from ember.store import ObjectKind, deserialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
 
-DONE_BATCH_MAX = 16
 _ADOPT = -1  # inbox marker: start reading this call connection on the main thread
 
 CHECKPOINT_INTERVAL = 100  # calls between checkpoints, unless the class sets checkpoint_interval
-COVERED_CALLS_MAX = 10_000  # calls before a checkpoint whose resending is recognised
-CALLER_FLUSH_WAIT_S = 10.0  # a restarting actor waits this long for its last caller's log (a stopped caller)
-
-
-class _UpstreamError(Exception):
-    """An argument's object is an error: the task fails with that same error."""
-
-    def __init__(self, data: Any) -> None:
-        self.data = data
 
 
 # Inline runs nest in a task's stack; deeper than this, a task blocks instead (the interpreter's frame limit).
@@ -71,6 +57,7 @@ INLINE_DEPTH_MAX = 24
 class Executor:
     def __init__(self, core: Owner) -> None:
         self.core = core
+        self.results = ResultSender(core)  # how results and streamed values leave
         self._inbox: deque[tuple[Connection, tuple]] = deque()
         self._cv = threading.Condition()
         self._functions: dict[bytes, Any] = {}
@@ -89,7 +76,6 @@ class Executor:
         self._outer: list[bytes] = []
         self._cancelled: set[bytes] = set()
         self._stop = False
-        self._done: list[bytes] = []
         self._call_seq = 0
         self._call_counts: dict[bytes, int] = {}  # runs here of each function that has max_calls
         self._retiring = False  # ran a function max_calls times: every task sent from now on goes back
@@ -97,12 +83,6 @@ class Executor:
         # fails with it, unrun, and it retires after the first.
         self.env_error: BaseException | None = None
         self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
-        self._last_caller: str | None = None  # the process whose call the actor ran last
-        # (log seq, place) of call-order rows not known durable yet, oldest
-        # first; ``_durable_call_seq`` is the last place known durable. Results
-        # tell callers the latter, so they can forget what they kept.
-        self._order_rows: deque[tuple[int, int]] = deque()
-        self._durable_call_seq = 0
         # A restarted actor's replayed calls, by task id: a caller that sends
         # one again gets this outcome instead of running it twice.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
@@ -119,15 +99,7 @@ class Executor:
         self._blocked_calls = 0
         self._exit_reason: str | None = None  # the actor ended itself (exit_actor, __ray_terminate__): why
         self._ended = False  # ... and the scheduler was told
-        self._hasher: LateHashes | None = None  # hashes store results after they are sent
         self.devices = Devices(os.environ)  # the GPUs what runs here holds (CUDA_VISIBLE_DEVICES)
-        # Actor results waiting, in order, for rows to be durable (see
-        # _send_result); the log's writer thread sends them, so the actor runs on.
-        self._held: deque[tuple[int, Connection, tuple]] = deque()
-        self._held_lock = threading.Lock()
-        # The callers' connections results were sent on: flushed before the actor ends, adopted
-        # or not (a result batched behind a queued call would otherwise die with the process).
-        self._callers: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -192,7 +164,7 @@ class Executor:
 
     def _cancel(self, task_id: bytes, recursive: bool, force: bool) -> None:
         if recursive:
-            self.core.cancel_children(task_id, force)  # sent before this task stops: they are its to end
+            self.core.cancels.cancel_children(task_id, force)  # sent before this task stops: they are its to end
         if force:
             os.kill(os.getpid(), signal.SIGKILL)  # as the scheduler would: the run ends now, retries the rest
         with self._cv:
@@ -266,7 +238,7 @@ class Executor:
         try:
             self._run_task(None, spec, inline=True)
         except BaseException:
-            self._send_result(None, spec, [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * spec.num_returns,
+            self._send_result(None, spec, [error_bytes(TaskCancelledError(spec.task_id.hex()))] * spec.num_returns,
                               True, inline=True)
             raise
         finally:
@@ -352,12 +324,12 @@ class Executor:
             if data is None:
                 from ember.exceptions import ObjectLostError
 
-                raise _UpstreamError(to_bytes(serialize_error(ObjectLostError(ref.hex(), "not in the store")), b""))
+                raise UpstreamError(to_bytes(serialize_error(ObjectLostError(ref.hex(), "not in the store")), b""))
             if copies is not None and not replay:
                 copies.keep(ref._id, data)
         obj_kind, value = deserialize(data)
         if obj_kind == ObjectKind.ERROR:
-            raise _UpstreamError(bytes(data))  # a view onto the store cannot travel in the result
+            raise UpstreamError(bytes(data))  # a view onto the store cannot travel in the result
         return value
 
     def _wait_for_args(self, spec: TaskSpec) -> None:
@@ -382,7 +354,7 @@ class Executor:
         core.current_task = spec
         self._running = spec.task_id
         if _agent.AGENT is not None:
-            _agent.AGENT.task_started(_label(spec), spec.task_id, spec.attempt)
+            _agent.AGENT.task_started(label(spec), spec.task_id, spec.attempt)
         outcome: list | None = None
         failed = False
         call_seq = 0
@@ -395,13 +367,13 @@ class Executor:
                     if core.gcs is not None:
                         # The order calls ran in, for replay after a restart.
                         row = core.gcs.actor_call(spec.actor_id, call_seq, spec)
-                        self._order_rows.append((row, call_seq))
+                        self.results.order_rows.append((row, call_seq))
                         if spec.attempt > 0:
                             # Sent again after a restart: logged for sure before it runs, so that if it
                             # kills the actor again the next restart finds it (``_restart_loop``).
                             core.gcs.make_durable(row, f"the place of {spec.describe()}")
                 if core.gcs is not None:
-                    self._log_mark = self._own_log_rows()
+                    self._log_mark = self.results.own_log_rows()
                 if self.env_error is not None:
                     raise self.env_error
                 if spec.kind != TaskKind.ACTOR_CALL:
@@ -412,33 +384,34 @@ class Executor:
                 kwargs = {k: self._arg(v, copies) for k, v in spec.kwargs.items()} if spec.kwargs else {}
                 value = fn(*args, **kwargs)
                 if spec.num_returns == STREAMING:
-                    value = self._stream(conn, spec, value)  # runs the generator: cancellable, like the call
+                    # Runs the generator: cancellable, like the call.
+                    value = self.results.stream(conn, spec, value, self._is_dynamic(spec), self._cancelled)
             finally:
                 self._running = None
-            outcome = self._split(spec, value)
+            outcome = split(spec, value)
             if self._checkpoint_every and spec.kind == TaskKind.ACTOR_CALL \
                     and self._call_seq % self._checkpoint_every == 0:
                 self._save_checkpoint()
-        except _UpstreamError as up:
+        except UpstreamError as up:
             failed = True
-            outcome = [up.data] * _result_count(spec)
+            outcome = [up.data] * result_count(spec)
         except KeyboardInterrupt:
             if spec.task_id not in self._cancelled:
                 raise
             failed = True
-            outcome = [_error_bytes(TaskCancelledError(spec.task_id.hex()))] * _result_count(spec)
+            outcome = [error_bytes(TaskCancelledError(spec.task_id.hex()))] * result_count(spec)
         except ActorExit as exc:
             failed = True
-            outcome = _failed_outcome(spec, exc, self._actor_name)
+            outcome = failed_outcome(spec, exc, self._actor_name)
             self._exit_reason = exc.reason  # calls after it fail from now on
         except BaseException as exc:
             failed = True
-            outcome = [_error_bytes(_task_error(spec, exc))] * _result_count(spec)
+            outcome = [error_bytes(task_error(spec, exc))] * result_count(spec)
         finally:
             core.current_task = None
         self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
         if _agent.AGENT is not None:
-            _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+            _agent.AGENT.task_finished(label(spec), spec.task_id, spec.attempt, failed)
         if spec.kind == TaskKind.NORMAL:
             self._count_call(spec.function_id)
             if self.env_error is not None and not self._retiring:
@@ -462,7 +435,7 @@ class Executor:
             self._retiring = True
             returned = [m[1].task_id for _, m in self._inbox if m[0] == Op.EXECUTE]
             self._inbox = deque(item for item in self._inbox if item[1][0] != Op.EXECUTE)
-        done, self._done = self._done, []
+        done = self.results.take_done()
         if done:
             self.core.scheduler.send((Op.TASKS_DONE, done))  # before the retirement, on the same connection
         self.core.scheduler.send_now((Op.RETIRE, returned))
@@ -494,256 +467,20 @@ class Executor:
                 return False
         return True
 
-    # -- streaming generators: each value sent to the owner as it is made -----------------
-
-    def _stream(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
-        """Run a streaming task's generator, sending each value it yields; the number of values sent.
-
-        An exception the generator raises is its last value: the reader's
-        ``get`` of the next ref raises it, and the task itself ends well.
-        """
-        iterator = _iterator_of(spec, value)
-        dynamic = self._is_dynamic(spec)
-        sent = 0
-        while True:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return stream_end(spec.task_id, spec.owner_addr, sent, dynamic)
-            except KeyboardInterrupt:
-                if spec.task_id in self._cancelled:
-                    raise  # cancelled: the task ends as cancelled
-                return self._stream_failed(conn, spec, sent, KeyboardInterrupt(), dynamic)
-            except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
-                return self._stream_failed(conn, spec, sent, exc, dynamic)
-            self._send_item(conn, spec, sent, item)
-            sent += 1
-
-    def _stream_failed(self, conn: Connection, spec: TaskSpec, sent: int, exc: BaseException, dynamic: bool) -> int:
-        """The generator raised after ``sent`` values: its error is the stream's last value (its count
-        returned), or, with Ray's "dynamic", the task fails as a whole."""
-        if dynamic:
-            raise exc
-        self._send_item(conn, spec, sent, _error_bytes(_task_error(spec, exc)), True)
-        return sent + 1
-
-    def _is_dynamic(self, spec: TaskSpec) -> bool:
-        """Whether a streaming task was called with ``num_returns="dynamic"`` (its function says so)."""
-        if spec.kind == TaskKind.ACTOR_CALL:
-            return is_dynamic(getattr(type(self._instance), spec.method or "", None))
-        return is_dynamic(self._functions.get(spec.function_id))
-
-    async def _stream_async(self, conn: Connection, spec: TaskSpec, value: Any) -> int:
-        """``_stream`` for an async generator method of an async actor."""
-        sent = 0
-        iterator = value.__aiter__()
-        dynamic = self._is_dynamic(spec)
-        while True:
-            try:
-                item = await iterator.__anext__()
-            except StopAsyncIteration:
-                return stream_end(spec.task_id, spec.owner_addr, sent, dynamic)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - user code: its exception is the stream's last value
-                return self._stream_failed(conn, spec, sent, exc, dynamic)
-            self._send_item(conn, spec, sent, item)
-            sent += 1
-
-    def _send_item(self, conn: Connection, spec: TaskSpec, index: int, value: Any, is_error: bool = False) -> None:
-        """Send value ``index`` of a streaming task to its owner now (stored first, if large).
-
-        What the task logged so far (an actor call's place in its order, the
-        tasks it submitted) is committed before the value leaves: the value
-        rests on it, and its reader may see it the next instant.
-        """
-        core = self.core
-        oid = item_id(spec.task_id, index)
-        data: bytes | None
-        if is_error:
-            data = value
-        else:
-            try:
-                obj = serialize(value)
-            except SerializationError as exc:
-                obj, data = None, _error_bytes(exc)
-            else:
-                data = to_bytes(obj, oid) if obj.total_size <= INLINE_BYTES_MAX else None
-            if data is None and obj is not None:
-                core.writes.write_to_store(oid, obj)
-        size = len(data) if data is not None else obj.total_size  # type: ignore[union-attr]
-        gcs = core.gcs
-        if gcs is not None and gcs.writer.appended_seq > gcs.committed_seq:
-            core.flush()
-            gcs.make_durable(gcs.writer.appended_seq, f"value {index} of {spec.describe()}")
-        digest = content_hash(data) if gcs is not None and data is not None else None
-        msg = (Op.STREAM_ITEM, spec.task_id, spec.attempt, index, oid, data, size, digest)
-        if spec.kind == TaskKind.ACTOR_CALL:
-            conn.send_now(msg)
-        else:
-            core.links.send_to(spec.owner_addr, msg, flush=True)
-        core.store.flush()
-
-    def _split(self, spec: TaskSpec, value: Any) -> list:
-        n = spec.num_returns
-        if n == 1 or n == STREAMING:  # a stream's one result: how many values it yielded
-            return [value]
-        if n == 0:
-            return [None]
-        try:
-            values = list(value)
-        except TypeError:
-            raise ValueError(
-                f"{spec.describe()} declares num_returns={n} but returned a non-iterable {type(value).__name__}"
-            ) from None
-        if len(values) != n:
-            raise ValueError(f"{spec.describe()} declares num_returns={n} but returned {len(values)} values")
-        return values
-
-    def _send_result(self, conn: Connection | None, spec: TaskSpec, outcome: list, failed: bool,
-                     call_seq: int = 0, started_us: int = 0, inline: bool = False) -> None:
-        """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order;
-        ``started_us``: when its run began (epoch microseconds; 0 if it did not run here).
-
-        An actor call's result leaves before its order row is durable when the
-        call's caller also made the call before it: the caller keeps the
-        calls the result says are not durable yet, and a restarted actor has
-        the caller of its last logged call log and commit them (see
-        ``_replay_calls``). When the caller changes, the row must be durable
-        first, so a call another caller saw never rests on rows only a dead
-        process had.
-        """
-        core = self.core
-        # What the task submitted leaves before its result does: whoever sees
-        # the task finish may rely on its calls having been sent, and on the
-        # lineage it logged being durable.
-        core.flush()
-        gcs = core.gcs
-        concurrent = self._calls is not None and spec.kind == TaskKind.ACTOR_CALL
-        more = self._calls.running > 1 if concurrent else self._more_queued()  # type: ignore[union-attr]
-        # Rows the task logged itself; a late hash of an earlier result (logged
-        # by the hashing thread meanwhile) is nobody's lineage and waits for no one.
-        must_commit = not concurrent and gcs is not None and self._own_log_rows() > self._log_mark
-        hold = False
-        if concurrent:
-            # Calls of a concurrent actor interleave: the result of one that ran waits for every
-            # row logged before it is sent (its place in the start order, what it logged itself).
-            hold = gcs is not None and bool(call_seq or self._held)
-        elif spec.kind == TaskKind.ACTOR_CALL:
-            switched = call_seq and spec.owner_addr != self._last_caller
-            if call_seq:
-                self._last_caller = spec.owner_addr
-            hold = gcs is not None and bool(must_commit or switched or self._held)
-        if must_commit and not hold and not inline:  # an inline result stays here: the outer task's waits cover it
-            try:
-                gcs.make_durable(gcs.writer.appended_seq, f"the result of {spec.describe()}")  # type: ignore[union-attr]
-            except LineageLogUnavailableError as exc:
-                # Nothing the task made leaves without its lineage: its caller gets the error instead.
-                outcome, failed = [_error_bytes(exc)] * _result_count(spec), True
-        results = []
-        for oid, value in zip(spec.return_ids(), outcome):
-            if failed:
-                data = value
-                results.append((oid, data, len(data)))
-                continue
-            try:
-                obj = serialize(value)
-            except SerializationError as exc:
-                failed = True
-                data = _error_bytes(exc)
-                results.append((oid, data, len(data)))
-                continue
-            if obj.total_size <= INLINE_BYTES_MAX:
-                data = to_bytes(obj, oid)
-                results.append((oid, data, len(data)))
-            else:
-                core.writes.write_to_store(oid, obj)
-                results.append((oid, None, obj.total_size))
-                if spec.kind == TaskKind.ACTOR_CALL and self._arg_copies is not None \
-                        and copy_wanted(obj.total_size):
-                    view = core.files.open(oid)
-                    if view is not None:
-                        self._arg_copies.keep_result(oid, view)
-        # What each result was, for replay to compare against: inline ones
-        # now (about a microsecond when small), store ones after the send.
-        hashes = [content_hash(data) if data is not None else None for _, data, _ in results] \
-            if gcs is not None and not failed else None
-        msg = (Op.TASK_RESULT, spec.task_id, spec.attempt, results, failed, call_seq,
-               call_seq if hold else self._durable_through(), hashes, started_us,
-               os.getpid() if started_us else 0, core.node_id if started_us else None)
-        # With more work queued behind this task, results and completions
-        # leave in batches (the writer thread flushes them within a moment);
-        # with none, at once, since someone is likely waiting.
-        if spec.kind == TaskKind.ACTOR_CALL:
-            if conn is not None:
-                self._callers.add(conn)
-            if hold:
-                writer = gcs.writer  # type: ignore[union-attr]  # only a logging actor holds results
-                with self._held_lock:
-                    self._held.append((writer.appended_seq, conn, msg))
-                writer.expedite()  # somebody waits for these rows now
-                self.release_held(writer.committed_seq)  # they may be durable already
-            else:
-                conn.send(msg) if more else conn.send_now(msg)
-        elif inline:
-            core.take_result(msg)  # this process owns it, and the scheduler no longer counts it
-        else:
-            core.links.send_to(spec.owner_addr, msg, flush=not more)
-            self._done.append(spec.task_id)
-            if not more or len(self._done) >= DONE_BATCH_MAX:
-                done, self._done = self._done, []
-                core.scheduler.send_now((Op.TASKS_DONE, done))
-        core.store.flush()
-        if hashes is not None:
-            for oid, data, size in results:
-                if data is None:
-                    self._late_hashes().schedule(oid, size)
-
-    def _own_log_rows(self) -> int:
-        """Rows this process appended to its log, less the late hashes (nobody's lineage).
-
-        Read as one pair under the hasher's lock, which it holds across each
-        append and its count: a late row is in both numbers or in neither.
-        """
-        writer = self.core.gcs.writer
-        hasher = self._hasher
-        if hasher is None:
-            return writer.appended_seq
-        with hasher.rows_lock:
-            return writer.appended_seq - hasher.rows_logged
-
-    def _late_hashes(self) -> LateHashes:
-        if self._hasher is None:
-            gcs = self.core.gcs
-            self._hasher = LateHashes(self.core.files.open, gcs.content_hash)
-        return self._hasher
-
-    def _durable_through(self) -> int:
-        """The last place in the actor's order whose row is known durable."""
-        gcs = self.core.gcs
-        rows = self._order_rows
-        if gcs is not None:
-            committed = gcs.writer.committed_seq
-            while rows and rows[0][0] <= committed:
-                self._durable_call_seq = rows.popleft()[1]
-        return self._durable_call_seq
-
     def _more_queued(self) -> bool:
         inbox = self._inbox
         return bool(inbox) and inbox[0][1][0] != _ADOPT
 
     def _send_error(self, conn: Connection | None, spec: TaskSpec, error: BaseException, inline: bool = False) -> None:
-        data = _error_bytes(error)
-        self._send_result(conn, spec, [data] * _result_count(spec), True, inline=inline)
+        self._send_result(conn, spec, errors(spec, error), True, inline=inline)
 
-    def release_held(self, committed_seq: int) -> None:
-        """Send, in order, the held results whose rows are now durable (any thread)."""
-        with self._held_lock:
-            ready = []
-            while self._held and self._held[0][0] <= committed_seq:
-                ready.append(self._held.popleft())
-            for _, conn, msg in ready:  # under the lock: results leave in the order they were made
-                conn.send(msg)
+    def _send_result(self, conn: Connection | None, spec: TaskSpec, outcome: list, failed: bool,
+                     call_seq: int = 0, started_us: int = 0, inline: bool = False) -> None:
+        """Send a run's outcome through ``self.results`` (``ResultSender.send``), with what it needs from here."""
+        concurrent = self._calls is not None and spec.kind == TaskKind.ACTOR_CALL
+        more = self._calls.running > 1 if concurrent else self._more_queued()  # type: ignore[union-attr]
+        self.results.send(conn, spec, outcome, failed, call_seq=call_seq, started_us=started_us, inline=inline,
+                          concurrent=concurrent, more=more, log_mark=self._log_mark, arg_copies=self._arg_copies)
 
     def _save_checkpoint(self) -> None:
         # Saved after the call it follows: replay starts after it. A failure
@@ -763,43 +500,33 @@ class Executor:
 
         A call that killed the actor at this very state before is not run again (``_restart_loop``).
         """
-        from ember.lineage import ReplaySource
-        from ember.scheduler._session import log_conninfo
-
-        conninfo = log_conninfo(self.core.session)
-        if conninfo is None:
+        plan = read_replay(self.core, actor_id, bool(self._checkpoint_every), death)
+        if plan is None:
             return
-        source = ReplaySource(conninfo)  # its reads wait out a PostgreSQL restart
-        try:
-            checkpoint, covered, calls = self._read_replay(source, actor_id)
-            last = calls[-1] if calls else None
-            decision = decide(calls, source.finished([last[1]]) if last is not None else set(),
-                              source.restart_marks(actor_id), ended_by_itself(death))
-        finally:
-            source.close()
+        decision, calls = plan.decision, plan.calls
         if decision.mark is not None:
             # Durable before the call runs again: if it kills this process too, the next restart knows.
             gcs = self.core.gcs
             gcs.make_durable(gcs.actor_restart(actor_id, restart, *decision.mark), "a restart's mark")
         start = "its constructor"
-        if checkpoint is not None:
-            after, data = checkpoint
+        if plan.checkpoint is not None:
+            after, data = plan.checkpoint
             self._instance.load_checkpoint(cloudpickle.loads(data))  # type: ignore[union-attr]
-            self._covered = covered
-            self._call_seq = self._durable_call_seq = after
+            self._covered = plan.covered  # type: ignore[assignment]
+            self._call_seq = self.results.durable_call_seq = after
             start = f"its checkpoint after call {after}"
         for seq, task_id, method, args, kwargs, num_returns in decision.replay:
             call = TaskSpec(task_id, TaskKind.ACTOR_CALL, b"", "", b"", self._actor_name, args, kwargs,
                             num_returns, (), 0, 0, None, actor_id, method)
             self._replayed[task_id] = self._call(call)
-            self._call_seq = self._durable_call_seq = seq
+            self._call_seq = self.results.durable_call_seq = seq
         for seq, task_id, method, _, _, num_returns in calls:
             if task_id in decision.poisoned:
                 error = ActorRestartLoopError(
                     self._actor_name, f"{self._actor_name}.{method} (task {task_id.hex()})",
                     f"{start}, then the logged calls before call {seq} replayed", restart)
-                self._replayed[task_id] = ([_error_bytes(error)] * max(num_returns, 1), True)
-        self._call_seq = self._durable_call_seq = max(self._call_seq, calls[-1][0] if calls else 0)
+                self._replayed[task_id] = ([error_bytes(error)] * max(num_returns, 1), True)
+        self._call_seq = self.results.durable_call_seq = max(self._call_seq, calls[-1][0] if calls else 0)
         if decision.newly_poisoned is not None:
             log.warning("actor %s: call %s killed it again at the same state (place %d): it fails with "
                         "ActorRestartLoopError instead of running again", actor_id.hex(),
@@ -808,36 +535,6 @@ class Executor:
         if _agent.AGENT is not None:
             _agent.AGENT.note("actor_restarted", actor=actor_id.hex(), replayed=len(decision.replay),
                               looping_calls=len(decision.poisoned))
-
-    def _read_replay(self, source: Any, actor_id: bytes) -> tuple[tuple | None, Any, list]:
-        """From the log: the newest checkpoint (or None), the calls it covers, and the calls after it."""
-        after = 0
-        covered = None
-        checkpoint = source.latest_checkpoint(actor_id) if self._checkpoint_every else None
-        if checkpoint is not None:
-            after = checkpoint[0]
-            covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX)
-        calls = source.actor_calls(actor_id, after)
-        # Calls whose results reached a caller may be logged only by that
-        # caller so far: all of them were made by the caller of the last
-        # logged call (see _send_result). Have it commit them, then read on.
-        if self._flush_last_caller(source.last_caller(actor_id)):
-            last = calls[-1][0] if calls else after
-            calls += source.actor_calls(actor_id, last)
-        return checkpoint, covered, calls
-
-    def _flush_last_caller(self, caller: str | None) -> bool:
-        """Ask the process at ``caller`` to commit its log; False if it is gone or did not answer."""
-        if not caller:
-            return False
-        core = self.core
-        try:
-            conn = core.links.peer(caller, timeout_s=PEER_CONNECT_TIMEOUT_S)
-            return bool(conn.call(Op.FLUSH_LOG, self._actor_id, timeout_s=CALLER_FLUSH_WAIT_S))
-        except Exception as exc:  # noqa: BLE001 - a dead or stuck caller: what it alone saw died with it
-            log.info("actor %s: its last caller %s did not commit its log (%s); replaying what is logged",
-                     (self._actor_id or b"").hex(), caller, exc)
-            return False
 
     def _call(self, spec: TaskSpec) -> tuple[list, bool]:
         """Run one actor method as replay does: its outcome, nothing sent or logged."""
@@ -848,18 +545,18 @@ class Executor:
             value = self._method(spec)(*args, **kwargs)
             if spec.num_returns == STREAMING:
                 # Its effects again; its values were read.
-                value = stream_end(spec.task_id, spec.owner_addr, sum(1 for _ in _iterator_of(spec, value)),
+                value = stream_end(spec.task_id, spec.owner_addr, sum(1 for _ in iterator_of(spec, value)),
                                    self._is_dynamic(spec))
-            return self._split(spec, value), False
-        except _UpstreamError as up:
-            return [up.data] * _result_count(spec), True
+            return split(spec, value), False
+        except UpstreamError as up:
+            return [up.data] * result_count(spec), True
         except ActorExit as exc:
             # It ended itself in its last life, and died before the scheduler heard: it ends again
             # once it is up (``_become_actor``), and the calls after it fail naming the exit.
             self._exit_reason = exc.reason
-            return _failed_outcome(spec, exc, self._actor_name), True
+            return failed_outcome(spec, exc, self._actor_name), True
         except BaseException as exc:
-            return [_error_bytes(_task_error(spec, exc))] * _result_count(spec), True
+            return [error_bytes(task_error(spec, exc))] * result_count(spec), True
 
     # -- concurrent actors: each call on a thread or event loop of its group ------------
 
@@ -873,7 +570,7 @@ class Executor:
             if gcs is not None:
                 gcs.actor_call(spec.actor_id, call_seq, spec)  # the start order, for the log and replay tools
         if _agent.AGENT is not None:
-            _agent.AGENT.task_started(_label(spec), spec.task_id, spec.attempt)
+            _agent.AGENT.task_started(label(spec), spec.task_id, spec.attempt)
         return call_seq, started_us
 
     def _invoke(self, spec: TaskSpec) -> Any:
@@ -896,8 +593,8 @@ class Executor:
             try:
                 value = self._invoke(spec)
                 if spec.num_returns == STREAMING:
-                    value = self._stream(conn, spec, value)
-                outcome, failed = self._split(spec, value), False
+                    value = self.results.stream(conn, spec, value, self._is_dynamic(spec), self._cancelled)
+                outcome, failed = split(spec, value), False
             except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
                 outcome, failed = self._failed_concurrent(spec, exc), True
             finally:
@@ -914,12 +611,12 @@ class Executor:
             try:
                 value = self._invoke(spec)
                 if spec.num_returns == STREAMING and hasattr(type(value), "__aiter__"):
-                    value = await self._stream_async(conn, spec, value)
+                    value = await self.results.stream_async(conn, spec, value, self._is_dynamic(spec))
                 elif spec.num_returns == STREAMING:
-                    value = self._stream(conn, spec, value)
+                    value = self.results.stream(conn, spec, value, self._is_dynamic(spec), self._cancelled)
                 elif inspect.isawaitable(value):
                     value = await value
-                outcome, failed = self._split(spec, value), False
+                outcome, failed = split(spec, value), False
             except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
                 outcome, failed = self._failed_concurrent(spec, exc), True
             finally:
@@ -953,16 +650,22 @@ class Executor:
                     self._save_checkpoint()
         self._send_result(conn, spec, outcome, failed, call_seq, started_us)
         if _agent.AGENT is not None:
-            _agent.AGENT.task_finished(_label(spec), spec.task_id, spec.attempt, failed)
+            _agent.AGENT.task_finished(label(spec), spec.task_id, spec.attempt, failed)
         if self._exit_reason is not None:
             self._end_actor()
 
     def _failed_concurrent(self, spec: TaskSpec, exc: BaseException) -> list:
         if isinstance(exc, ActorExit):
             self._exit_reason = exc.reason  # calls not started yet fail from now on
-        return _failed_outcome(spec, exc, self._actor_name)
+        return failed_outcome(spec, exc, self._actor_name)
 
     # -- an actor ending itself ----------------------------------------------------------
+
+    def _is_dynamic(self, spec: TaskSpec) -> bool:
+        """Whether a streaming task was called with ``num_returns="dynamic"`` (its function says so)."""
+        if spec.kind == TaskKind.ACTOR_CALL:
+            return is_dynamic(getattr(type(self._instance), spec.method or "", None))
+        return is_dynamic(self._functions.get(spec.function_id))
 
     def _method(self, spec: TaskSpec) -> Any:
         if spec.method == TERMINATE_METHOD:
@@ -975,12 +678,12 @@ class Executor:
         """``__ray_terminate__``: the calls before it are done (a concurrent actor's: waited for)."""
         while self._calls is not None and self._calls.running > 1:
             time.sleep(TERMINATE_POLL_S)
-        raise ActorExit(_TERMINATED)
+        raise ActorExit(TERMINATED)
 
     async def _terminate_async(self) -> None:
         while self._calls is not None and self._calls.running > 1:
             await asyncio.sleep(TERMINATE_POLL_S)
-        raise ActorExit(_TERMINATED)
+        raise ActorExit(TERMINATED)
 
     def _end_actor(self) -> None:
         """The actor ended itself: the scheduler marks it dead for good (no restart) and stops this process."""
@@ -989,22 +692,8 @@ class Executor:
                 return
             self._ended = True
         log.info("actor %s ends: %s", (self._actor_id or b"").hex(), self._exit_reason)
-        self._deliver_all()
+        self.results.deliver_all((self._actor_id or b"").hex())
         self.core.scheduler.send_now((Op.ACTOR_FAILED, self._actor_id, None, self._exit_reason))
-
-    def _deliver_all(self) -> None:
-        """Before the actor ends: every result it made reaches its caller (held ones once durable)."""
-        core = self.core
-        core.flush()
-        gcs = core.gcs
-        if gcs is not None:
-            try:
-                gcs.make_durable(gcs.writer.appended_seq, "the results the actor made before its end")
-            except LineageLogUnavailableError as exc:
-                log.error("actor %s ends with results still held: %s", (self._actor_id or b"").hex(), exc)
-            self.release_held(gcs.writer.committed_seq)
-        for conn in list(self._callers):
-            conn.flush()  # results batched behind the calls queued after them leave now
 
     def _restore_without_replay(self, actor_id: bytes, use_checkpoint: bool, why: str) -> None:
         """A restart from the constructor (and the newest checkpoint, if ``use_checkpoint``) only.
@@ -1016,27 +705,17 @@ class Executor:
         line and the chaos note, never restored silently wrong
         (docs/fault-tolerance.md).
         """
-        from ember.lineage import ReplaySource
-        from ember.scheduler._session import log_conninfo
-
-        conninfo = log_conninfo(self.core.session)
-        if conninfo is None:
+        restore = read_restore(self.core, actor_id, use_checkpoint and bool(self._checkpoint_every))
+        if restore is None:
             return
-        source = ReplaySource(conninfo)
-        try:
-            checkpoint = source.latest_checkpoint(actor_id) if use_checkpoint and self._checkpoint_every else None
-            after = checkpoint[0] if checkpoint is not None else 0
-            covered = source.calls_through(actor_id, after, COVERED_CALLS_MAX) if checkpoint is not None else set()
-            lost = source.actor_calls(actor_id, after)
-        finally:
-            source.close()
-        if checkpoint is not None:
-            self._instance.load_checkpoint(cloudpickle.loads(checkpoint[1]))  # type: ignore[union-attr]
-            self._covered = covered
+        after, lost = restore.after, restore.lost
+        if restore.checkpoint is not None:
+            self._instance.load_checkpoint(cloudpickle.loads(restore.checkpoint[1]))  # type: ignore[union-attr]
+            self._covered = restore.covered
         # New calls take places after every logged one: a place is never logged twice.
-        self._call_seq = self._durable_call_seq = max(after, lost[-1][0] if lost else 0)
+        self._call_seq = self.results.durable_call_seq = max(after, lost[-1][0] if lost else 0)
         self._checkpoint_seq = after
-        start = f"its checkpoint after call {after}" if checkpoint is not None else "its constructor"
+        start = f"its checkpoint after call {after}" if restore.checkpoint is not None else "its constructor"
         log.warning("actor %s restarted from %s only (%s): the %d calls logged after that are not replayed, and "
                     "their effects on its state are lost", actor_id.hex(), start, why, len(lost))
         if _agent.AGENT is not None:
@@ -1069,7 +748,7 @@ class Executor:
                 self._calls = ConcurrentCalls(Concurrency.from_wire(concurrency), self.run_concurrent_call,
                                               self.run_concurrent_call_async)
                 if core.gcs is not None:
-                    self._late_hashes()  # made once here, not raced for by the calls' threads
+                    self.results.late_hashes()  # made once here, not raced for by the calls' threads
             if restarts and core.gcs is not None:
                 if restart_from == RESTART_FROM_CONSTRUCTOR:
                     self._restore_without_replay(spec.actor_id, False, "restart_from=\"constructor\"")  # type: ignore[arg-type]
@@ -1077,13 +756,13 @@ class Executor:
                     self._restore_without_replay(spec.actor_id, True, "it runs calls concurrently")  # type: ignore[arg-type]
                 else:
                     self._replay_calls(spec.actor_id, restarts, death)  # type: ignore[arg-type]
-        except _UpstreamError as up:
+        except UpstreamError as up:
             core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, up.data, "an argument of its constructor failed"))
             return
         except BaseException as exc:
-            error = _task_error(spec, exc)
+            error = task_error(spec, exc)
             reason = f"its constructor raised {exc!r}:\n{getattr(error, 'traceback_str', '')}"
-            core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, _error_bytes(error), reason))
+            core.scheduler.send_now((Op.ACTOR_FAILED, spec.actor_id, error_bytes(error), reason))
             return
         finally:
             core.current_task = None
@@ -1091,55 +770,3 @@ class Executor:
         if self._exit_reason is not None:
             self._end_actor()  # its replay ran the call that ended it
 
-
-def _task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
-    if isinstance(exc, (SerializationError, RuntimeEnvSetupError)):
-        return exc  # not the task's own: it never ran
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    name = spec.function_name if spec.kind != TaskKind.ACTOR_CALL else f"{spec.function_name}.{spec.method}"
-    # A task error raised by a nested get keeps its original cause, so the
-    # caller's error is still an instance of what the innermost task raised.
-    cause: BaseException | None = exc.cause if isinstance(exc, EmberTaskError) and exc.cause is not None else exc
-    try:
-        cloudpickle.dumps(cause)
-    except Exception:
-        cause = None
-    return EmberTaskError(name, tb, cause, repr(exc))
-
-
-def _result_count(spec: TaskSpec) -> int:
-    """How many results a run of ``spec`` sends (a stream sends one: its end)."""
-    return 1 if spec.num_returns == STREAMING else spec.num_returns
-
-
-def _iterator_of(spec: TaskSpec, value: Any) -> Any:
-    try:
-        return iter(value)
-    except TypeError:
-        raise TypeError(f"{spec.describe()} streams its values (num_returns=\"streaming\") but returned a "
-                        f"{type(value).__name__}, not a generator") from None
-
-
-_TERMINATED = "it was terminated by __ray_terminate__, after the calls sent before it"
-
-
-def _failed_outcome(spec: TaskSpec, exc: BaseException, actor_name: str = "") -> list:
-    """The results of a call that raised ``exc``: one error per return."""
-    if isinstance(exc, ActorExit):
-        data = _error_bytes(ActorDiedError(actor_name, exc.reason))
-    elif isinstance(exc, _UpstreamError):
-        data = exc.data  # an argument's error: the call fails with that same error
-    elif isinstance(exc, asyncio.CancelledError):
-        data = _error_bytes(TaskCancelledError(spec.task_id.hex()))
-    else:
-        data = _error_bytes(_task_error(spec, exc))
-    return [data] * _result_count(spec)
-
-
-def _error_bytes(error: BaseException) -> bytes:
-    return to_bytes(serialize_error(error), b"")
-
-
-def _label(spec: TaskSpec) -> str:
-    """The name ``chaos run --on-start`` matches: ``f``, ``Class.method``, or ``Class`` for a constructor."""
-    return f"{spec.function_name}.{spec.method}" if spec.kind == TaskKind.ACTOR_CALL else spec.function_name

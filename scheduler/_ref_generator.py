@@ -45,7 +45,7 @@ class ObjectRefGenerator:
 
     def _next(self, timeout_s: float | None) -> ObjectRef:
         """The ref of the next value, once it is made (``timeout_s``: at most that long)."""
-        came = self._owner.stream_next(self._task_id, self._index)  # made already: no wait at all
+        came = self._owner.streams.came(self._task_id, self._index)  # made already: no wait at all
         if came is not None:
             ref, past_end = came
         else:
@@ -53,7 +53,7 @@ class ObjectRefGenerator:
             ready, _ = self._owner.wait([ref], 1, timeout_s)
             if not ready:
                 raise GetTimeoutError(f"the next value of {self!r} was not made within {timeout_s}s")
-            past_end = self._owner.stream_past_end(self._task_id, self._index)
+            past_end = self._owner.streams.ended_before(self._task_id, self._index)
         if past_end:
             raise StopIteration
         self._index += 1
@@ -63,7 +63,7 @@ class ObjectRefGenerator:
     def probe(self) -> ObjectRef:
         """A ref that is ready once the next value is made, or the stream has ended (for ``ember.wait``)."""
         if self._probe is None:
-            self._probe = self._owner.stream_want(self._task_id, self._index)
+            self._probe = self._owner.streams.ref_to(self._task_id, self._index)
         return self._probe
 
     def __aiter__(self) -> "ObjectRefGenerator":
@@ -93,7 +93,7 @@ class ObjectRefGenerator:
         owner = _context.PROCESS.owner
         if owner is self._owner:
             try:
-                owner.stream_drop(self._task_id)
+                owner.streams.generator_gone(self._task_id)
             except Exception:  # interpreter shutdown: nothing left to free
                 pass
 

@@ -3,8 +3,10 @@
 It holds what is shared for real (the lock, the object table, the pending
 tasks, ``OwnerState``) and the paths that touch every part: submitting a
 task, taking its result in (``_finish``), applying the decisions of
-``_tasks`` (retry, resubmit, fail), refcounts, cancel. Every other concern
-is a part of its own module, built in ``__init__`` with its collaborators.
+``_tasks`` (retry, resubmit, fail), refcounts. Every other concern is a
+part of its own module, built in ``__init__`` with its collaborators:
+cancelling (``_cancel``), the node's scheduler and store connections and
+their loss (``_node_links``), streaming generators (``_streams``), and so on.
 
 It must never run user code (the executor does), never block a reader
 thread (handlers only update tables and queue messages), and never open a
@@ -24,7 +26,6 @@ from ember.exceptions import (
     ClusterUnavailableError,
     ForeignObjectRefError,
     InfeasibleResourceError,
-    TaskCancelledError,
 )
 from ember.lineage._states import ProcessKind
 from ember.scheduler._owner._actors import ActorCalls, _ActorState
@@ -37,6 +38,8 @@ from ember.scheduler._infeasible import actor_died_error
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._reconstruct import Reconstruction
 from ember.scheduler._owner._streams import Streams
+from ember.scheduler._owner._cancel import Cancels
+from ember.scheduler._owner._node_links import NodeLinks
 from ember.scheduler._owner._locations import LOCATION_OPS, Locations
 from ember.scheduler._owner._dispatch import Handler, MessageTable, off_the_reader
 from ember.scheduler._owner._waiting import Waiting
@@ -77,9 +80,6 @@ from ember.store import (
 __all__ = ["INFEASIBLE_KEPT_MAX", "Owner"]
 
 log = logging.getLogger("ember.core")
-
-
-
 
 INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
 
@@ -153,10 +153,14 @@ class Owner:
                                    None if self.kind == ProcessKind.DRIVER else self.writes.await_copy)
         hooks = TaskHooks(self.actors.recreate_actors, self._resubmit, self._fail_task, self._dispatch,
                           self.locations.input_bytes if self.relay is not None else None, self._set_changed, self._after_restart)
+        self.node = NodeLinks(kind, session.store_socket, self._lock, self.state, self.links, self._subscribed,
+                              self._store_ready, self._set_changed, self._wake_waiters,
+                              self.rebuild.rebuild_inputs_of_pending, lambda: self.restart.run(), lambda: self.executor)
         self.restart = SchedulerRestart(self.links, self._lock, session.scheduler_socket, self._tasks,
                                         self._registered_functions, self._created_actors, hooks,
-                                        lambda: self.closed, self._on_scheduler_closed)
-        self.streams = Streams(self._lock, self.objects, self.links, self._set_changed)
+                                        lambda: self.closed, self.node.on_scheduler_closed)
+        self.cancels = Cancels(self._lock, self._tasks, self._actors, self.links, self._fail_task, self._wake_waiters)
+        self.streams = Streams(self.address, self._lock, self.objects, self.links, self._set_changed)
         self._messages = self._message_table()  # incoming op -> handler; holds the executor once attached
         self.waiting = Waiting(self.address, self.relay, self._lock, self.state, self.objects, self._tasks, self._actors,
                                self._subscribed, self._store_ready, self._waiters, self.files, self.links, self.writes,
@@ -180,14 +184,14 @@ class Owner:
             self.writes.gcs = self.specs.gcs = self.lineage.gcs = self.restart.gcs = self.rebuild.gcs = self.gcs
             self.streams.gcs = self.gcs
         links.listen(self._socket_path, self._on_peer)
-        links.scheduler = links.connect(session.scheduler_socket, self._on_scheduler_closed, "scheduler")
-        store = links.connect(session.store_socket, self._on_store_closed, "store")
+        links.scheduler = links.connect(session.scheduler_socket, self.node.on_scheduler_closed, "scheduler")
+        store = links.connect(session.store_socket, self.node.on_store_closed, "store")
         with self._lock:
             links.store = store
         if store.closed:
             # The store died while this process connected: its close was
             # ignored (not yet ours). Reconnect to the one the node restarts.
-            self._on_store_closed(store)
+            self.node.on_store_closed(store)
         if self.kind == ProcessKind.WORKER:
             links.exec_conn = links.connect(session.scheduler_socket, None, "scheduler-exec",
                                             hello={"purpose": "exec"}, reader=False)
@@ -481,59 +485,6 @@ class Owner:
                         self.actors.ask_fate(state)
         self._wake_waiters()  # calls failed just now
 
-    def _on_store_closed(self, conn: Connection) -> None:
-        # The node restarts a dead store, empty: reconnect, and ask again for
-        # what we were waiting on. Lost objects are rebuilt when read.
-        with self._lock:
-            if self.closed or conn is not self.store:
-                return
-        threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
-
-    def _reconnect_store(self) -> None:
-        conn = self.links.reconnect(self.session.store_socket, self._on_store_closed, "store")
-        if conn is None:
-            return
-        with self._lock:
-            if self.closed:
-                conn.close()
-                return
-            self.links.store = conn
-            self.state.store_generation += 1
-            self._subscribed.clear()
-            self._store_ready.clear()  # what the dead store had sealed may be gone
-            self._changed = True
-        self._wake_waiters()
-        self.rebuild.rebuild_inputs_of_pending()
-
-    def _on_scheduler_closed(self, conn: Connection) -> None:
-        if self.kind == ProcessKind.DRIVER:
-            with self._lock:
-                if self.closed:
-                    return
-                if conn is not self.scheduler:
-                    # Replaced already, or a reconnection still setting it up:
-                    # that thread sees it closed and tries again.
-                    return
-            # The node restarts a dead scheduler; its workers died with it.
-            threading.Thread(target=self._reconnect_scheduler, name="ember-scheduler-reconnect", daemon=True).start()
-            return
-        self._lose_scheduler("the node's scheduler process is gone")
-
-    def _lose_scheduler(self, reason: str) -> None:
-        with self._lock:
-            if not self.closed:
-                self.closed_reason = reason
-            self.closed = True
-            self._changed = True
-        self._wake_waiters()
-        if self.executor is not None:
-            self.executor.on_scheduler_lost()
-
-    def _reconnect_scheduler(self) -> None:
-        reason = self.restart.run()
-        if reason is not None:
-            self._lose_scheduler(reason)
-
     def _set_changed(self) -> None:
         self._changed = True
 
@@ -632,36 +583,6 @@ class Owner:
                 self._made(oid, entry, data, ready)
                 self._dispatch_ready(ready)
 
-    # -- streaming generators: what an ObjectRefGenerator asks --------------------
-
-    def stream_want(self, task_id: bytes, index: int) -> ObjectRef:
-        """A ref to value ``index`` of a streaming task this process submitted (pending until it comes)."""
-        with self._lock:
-            return ObjectRef(self.streams.want(task_id, index), self.address)
-
-    def stream_next(self, task_id: bytes, index: int) -> tuple[ObjectRef, bool] | None:
-        """Value ``index`` if it has come, or the stream has ended: (its ref, past the end?); None: not yet."""
-        with self._lock:
-            oid = self.streams.want(task_id, index)
-            if self._objects[oid].state is ObjectState.PENDING:
-                return None
-            return ObjectRef(oid, self.address), self.streams.past_end(task_id, index)
-
-    def stream_past_end(self, task_id: bytes, index: int) -> bool:
-        with self._lock:
-            return self.streams.past_end(task_id, index)
-
-    def stream_drop(self, task_id: bytes) -> None:
-        """The generator of a streaming task is gone: what it did not hand out is freed."""
-        if not self._lock.acquire(blocking=False):
-            # Called by the garbage collector, from whichever thread it interrupts (see ``decref``).
-            threading.Thread(target=self.stream_drop, args=(task_id,), daemon=True).start()
-            return
-        try:
-            self.streams.drop(task_id)
-        finally:
-            self._lock.release()
-
     def _on_object_ready(self, conn: Connection, msg: tuple) -> None:
         with self._lock:
             self._store_ready.add(msg[1])
@@ -717,7 +638,7 @@ class Owner:
         # On the writer's thread: held actor results leave at once (they need no core lock).
         executor = self.executor
         if executor is not None:
-            executor.release_held(committed_seq)
+            executor.results.release_held(committed_seq)
 
     def _resubmit(self, pt: PendingTask) -> None:
         spec = pt.spec
@@ -847,43 +768,7 @@ class Owner:
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         """Cancel the task that makes ``ref``; ``recursive``: the tasks it submitted too, wherever it runs."""
-        self._cancel_task(ref.task_id().binary(), force, recursive)
-
-    def _cancel_task(self, task_id: bytes, force: bool, recursive: bool) -> None:
-        with self._lock:
-            pt = self._tasks.get(task_id)
-            if pt is None:
-                return
-            pt.cancelled = True
-            local = pt.missing > 0 or (
-                pt.spec.kind == TaskKind.ACTOR_CALL and pt in self._actors[pt.spec.actor_id].queue  # type: ignore[index]
-            )
-            if local:
-                self._fail_task(pt, TaskCancelledError(task_id.hex()))
-            actor_conn = None
-            if pt.spec.kind == TaskKind.ACTOR_CALL and not local:
-                actor_conn = self._actors[pt.spec.actor_id].conn  # type: ignore[index]
-        if local:
-            self._wake_waiters()
-            return
-        if pt.spec.kind == TaskKind.ACTOR_CALL:
-            # Sent to the actor, which runs it: the scheduler never sees a call.
-            if actor_conn is not None and not actor_conn.closed:
-                actor_conn.send_now((Op.CANCEL_CALL, task_id))
-            return
-        # The worker running it cancels what it submitted (recursive), before it stops.
-        self.scheduler.send_now((Op.CANCEL, task_id, force, recursive))
-
-    def cancel_children(self, parent_task_id: bytes, force: bool) -> None:
-        """Cancel, recursively, the tasks this process submitted from task ``parent_task_id`` that are not done.
-
-        As Ray: an actor call among them is cancelled without ``force`` (an actor is never killed for it).
-        """
-        with self._lock:
-            children = [(pt.spec.task_id, pt.spec.kind == TaskKind.ACTOR_CALL) for pt in self._tasks.values()
-                        if pt.spec.parent_task_id == parent_task_id]
-        for task_id, actor_call in children:
-            self._cancel_task(task_id, force and not actor_call, True)
+        self.cancels.cancel(ref.task_id().binary(), force, recursive)
 
     # -- introspection -------------------------------------------------------------
 

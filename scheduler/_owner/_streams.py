@@ -24,10 +24,12 @@ is queued on the store connection, which never blocks).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from ember.exceptions import ObjectLostError
+from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import ObjectEntry, ObjectState, ObjectTable
 from ember.scheduler._protocol import Op
@@ -61,7 +63,9 @@ class _Stream:
 class Streams:
     """The streaming tasks this process submitted, and the values they yielded so far."""
 
-    def __init__(self, lock: Any, objects: ObjectTable, links: Links, set_changed: Callable[[], None]) -> None:
+    def __init__(self, address: str, lock: Any, objects: ObjectTable, links: Links,
+                 set_changed: Callable[[], None]) -> None:
+        self._address = address  # the owner's: every value's ref names it
         self._lock = lock
         self._objects = objects
         self._entries = objects.entries
@@ -113,6 +117,39 @@ class Streams:
         entry.set_ready(data, size, where)
         self._set_changed()
         return entry
+
+    # -- what an ObjectRefGenerator asks (each takes the owner's lock) ---------------------
+
+    def ref_to(self, task_id: bytes, index: int) -> ObjectRef:
+        """A ref to value ``index`` of a streaming task this process submitted (pending until it comes)."""
+        with self._lock:
+            return ObjectRef(self.want(task_id, index), self._address)
+
+    def came(self, task_id: bytes, index: int) -> tuple[ObjectRef, bool] | None:
+        """Value ``index`` if it has come, or the stream has ended: (its ref, past the end?); None: not yet."""
+        with self._lock:
+            oid = self.want(task_id, index)
+            if self._entries[oid].state is ObjectState.PENDING:
+                return None
+            return ObjectRef(oid, self._address), self.past_end(task_id, index)
+
+    def ended_before(self, task_id: bytes, index: int) -> bool:
+        """``past_end``, for a caller that does not hold the lock."""
+        with self._lock:
+            return self.past_end(task_id, index)
+
+    def generator_gone(self, task_id: bytes) -> None:
+        """The generator of a streaming task is gone: what it did not hand out is freed (``drop``)."""
+        if not self._lock.acquire(blocking=False):
+            # Called by the garbage collector, from whichever thread it interrupts (see ``Owner.decref``).
+            threading.Thread(target=self.generator_gone, args=(task_id,), daemon=True).start()
+            return
+        try:
+            self.drop(task_id)
+        finally:
+            self._lock.release()
+
+    # -- under the lock --------------------------------------------------------------------
 
     def want(self, task_id: bytes, index: int) -> bytes:
         """The object id of value ``index``, with an entry to wait on (under the lock)."""

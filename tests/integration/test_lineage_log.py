@@ -1,5 +1,6 @@
 """The lineage log's foundations on a real embedded PostgreSQL: server, schema, group commit."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -137,14 +138,24 @@ def test_history_outlives_a_server_restart(ember_home):
     pg.release()
 
 
-def test_an_older_log_is_migrated_forward_keeping_its_rows(postgres):
-    name = f"ember_v1_{os.getpid()}"
+@contextlib.contextmanager
+def _log_database(postgres, name):
+    """A database of its own on the test server, with today's schema: (its engine, its conninfo); dropped after."""
     admin = dict(host=str(postgres.socket_dir), user="postgres")
     with psycopg.connect(**admin, dbname="ember", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    old = sa.create_engine("postgresql+psycopg://", connect_args={**admin, "dbname": name})
+    engine = sa.create_engine("postgresql+psycopg://", connect_args={**admin, "dbname": name})
     try:
-        _schema.ensure_schema(old)
+        _schema.ensure_schema(engine)
+        yield engine, f"host={postgres.socket_dir} user=postgres dbname={name}"
+    finally:
+        engine.dispose()
+        with psycopg.connect(**admin, dbname="ember", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
+
+
+def test_an_older_log_is_migrated_forward_keeping_its_rows(postgres):
+    with _log_database(postgres, f"ember_v1_{os.getpid()}") as (old, _):
         with old.begin() as conn:  # make it the log version 1 wrote
             for table, column in (("nodes", "cluster_id"), ("nodes", "last_heartbeat_at"),
                                   ("workers", "cluster_id"), ("workers", "actor_id"), ("objects", "node_id")):
@@ -156,10 +167,22 @@ def test_an_older_log_is_migrated_forward_keeping_its_rows(postgres):
             assert conn.execute(sa.text("SELECT node_id, address, cluster_id FROM nodes")).all() == [("n1", "old", None)]
             assert conn.execute(sa.text("SELECT value FROM ember_meta")).scalar() == str(_schema.SCHEMA_VERSION)
             conn.execute(sa.text("SELECT node_id FROM objects LIMIT 0"))
-    finally:
-        old.dispose()
-        with psycopg.connect(**admin, dbname="ember", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE {name}")
+
+
+def test_a_log_older_than_runtime_envs_is_read_for_replay(postgres):
+    # Regression: replay's reader named a constant it never imported, so any log from before v14
+    # (no runtime_env column) failed with NameError instead of being read.
+    from ember.lineage._replay_log import ReplayReads
+
+    with _log_database(postgres, f"ember_v13_{os.getpid()}") as (old, conninfo):
+        with old.begin() as conn:  # make it the log version 13 wrote
+            conn.execute(sa.text("ALTER TABLE tasks DROP COLUMN runtime_env"))
+            conn.execute(sa.text("UPDATE ember_meta SET value = '13' WHERE key = 'schema_version'"))
+        reads = ReplayReads(conninfo)
+        try:
+            assert reads.tasks([b"\x01" * 16]) == {}  # the query runs: no column it lacks is named
+        finally:
+            reads.close()
 
 
 def test_an_urgent_row_wakes_the_writer_after_a_waiter_raced_a_batch_in_flight(postgres, engine):

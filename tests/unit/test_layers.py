@@ -100,3 +100,21 @@ def test_dependencies_run_one_way():
 def test_the_order_is_the_one_architecture_md_states():
     text = (ROOT / "docs" / "architecture.md").read_text()
     assert "store → lineage → scheduler → chaos → api" in text
+
+
+MODULE_LINES_MAX = 800  # docs/architecture.md: a module a newcomer can read through
+
+
+def test_no_module_is_over_the_size_a_newcomer_reads_through():
+    too_long = {module: n for module, path in MODULES.items()
+                if (n := len(path.read_text().splitlines())) > MODULE_LINES_MAX}
+    assert not too_long, f"split these by what they own (parts built with their collaborators): {too_long}"
+
+
+def test_no_class_is_built_from_mixins():
+    # Parts are objects an owner holds and hands its collaborators to, never bases sharing state through self.
+    mixins = [f"{module}.{node.name}" for module, path in MODULES.items()
+              for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)
+              and (node.name.endswith("Mixin") or any(isinstance(b, ast.Name) and b.id.endswith("Mixin")
+                                                      for b in node.bases))]
+    assert not mixins

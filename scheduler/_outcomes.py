@@ -1,0 +1,105 @@
+"""What a run of a task or an actor call comes to, as the values sent to its owner.
+
+Plain functions of a spec and a value or an exception: how many results a run
+sends, how a user's exception becomes the error its caller raises, how one
+returned value splits into ``num_returns`` results. The executor, its result
+sender and an actor's replay share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from ember.exceptions import (ActorDiedError, EmberTaskError, RuntimeEnvSetupError, SerializationError,
+                              TaskCancelledError)
+from ember.scheduler._actor_exit import ActorExit
+from ember.scheduler._spec import STREAMING, TaskKind, TaskSpec
+from ember.store import serialize_error, to_bytes
+
+TERMINATED = "it was terminated by __ray_terminate__, after the calls sent before it"
+
+
+class UpstreamError(Exception):
+    """An argument's object is an error: the task fails with that same error."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def task_error(spec: TaskSpec, exc: BaseException) -> BaseException:
+    """The error a caller raises for a run of ``spec`` that raised ``exc``."""
+    if isinstance(exc, (SerializationError, RuntimeEnvSetupError)):
+        return exc  # not the task's own: it never ran
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = spec.function_name if spec.kind != TaskKind.ACTOR_CALL else f"{spec.function_name}.{spec.method}"
+    # A task error raised by a nested get keeps its original cause, so the
+    # caller's error is still an instance of what the innermost task raised.
+    cause: BaseException | None = exc.cause if isinstance(exc, EmberTaskError) and exc.cause is not None else exc
+    try:
+        cloudpickle.dumps(cause)
+    except Exception:
+        cause = None
+    return EmberTaskError(name, tb, cause, repr(exc))
+
+
+def result_count(spec: TaskSpec) -> int:
+    """How many results a run of ``spec`` sends (a stream sends one: its end)."""
+    return 1 if spec.num_returns == STREAMING else spec.num_returns
+
+
+def iterator_of(spec: TaskSpec, value: Any) -> Any:
+    """The iterator of a streaming task's returned generator; a TypeError naming the task if it is none."""
+    try:
+        return iter(value)
+    except TypeError:
+        raise TypeError(f"{spec.describe()} streams its values (num_returns=\"streaming\") but returned a "
+                        f"{type(value).__name__}, not a generator") from None
+
+
+def failed_outcome(spec: TaskSpec, exc: BaseException, actor_name: str = "") -> list:
+    """The results of a run that raised ``exc``: one error per return."""
+    if isinstance(exc, ActorExit):
+        data = error_bytes(ActorDiedError(actor_name, exc.reason))
+    elif isinstance(exc, UpstreamError):
+        data = exc.data  # an argument's error: the call fails with that same error
+    elif isinstance(exc, asyncio.CancelledError):
+        data = error_bytes(TaskCancelledError(spec.task_id.hex()))
+    else:
+        data = error_bytes(task_error(spec, exc))
+    return [data] * result_count(spec)
+
+
+def errors(spec: TaskSpec, error: BaseException) -> list:
+    """``error`` as every result of a run of ``spec``."""
+    return [error_bytes(error)] * result_count(spec)
+
+
+def error_bytes(error: BaseException) -> bytes:
+    return to_bytes(serialize_error(error), b"")
+
+
+def split(spec: TaskSpec, value: Any) -> list:
+    """A run's returned value as its ``num_returns`` results."""
+    n = spec.num_returns
+    if n == 1 or n == STREAMING:  # a stream's one result: how many values it yielded
+        return [value]
+    if n == 0:
+        return [None]
+    try:
+        values = list(value)
+    except TypeError:
+        raise ValueError(
+            f"{spec.describe()} declares num_returns={n} but returned a non-iterable {type(value).__name__}"
+        ) from None
+    if len(values) != n:
+        raise ValueError(f"{spec.describe()} declares num_returns={n} but returned {len(values)} values")
+    return values
+
+
+def label(spec: TaskSpec) -> str:
+    """The name ``chaos run --on-start`` matches: ``f``, ``Class.method``, or ``Class`` for a constructor."""
+    return f"{spec.function_name}.{spec.method}" if spec.kind == TaskKind.ACTOR_CALL else spec.function_name
