@@ -877,7 +877,9 @@ def _soak(deadline: float) -> None:
             run_state_machine_as_test(ApiUnderFaults, settings=SETTINGS)
         except Exception as exc:  # hypothesis's report of one failing example
             notes = "\n".join(getattr(exc, "__notes__", []))
-            TALLY.failing_examples.append(f"{type(exc).__name__}: {exc}\n{notes}")
+            # A flaky example's report is a group: what failed the first time is inside it.
+            causes = "".join(f"\n  first run: {type(e).__name__}: {e}" for e in getattr(exc, "exceptions", ()))
+            TALLY.failing_examples.append(f"{type(exc).__name__}: {exc}{causes}\n{notes}")
 
 
 @pytest.mark.timeout(SOAK_S + 900 if SOAK else CI_TIMEOUT_S)
