@@ -114,6 +114,11 @@ class ForkServer:
         self._ready = False
         self.forks = 0
         self.failures = 0  # servers in a row that broke before serving; each is replaced on the next spawn
+        # One user of the server's pipes at a time. The scheduler's start waits for the imports
+        # (``wait_ready``, up to seconds, not under the scheduler's lock) while its listener already
+        # takes work: a ``fork`` or ``check`` meanwhile must not read the reply pipe under it, nor
+        # close it (a killed server's), so they find the lock taken and let the caller spawn instead.
+        self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -135,6 +140,10 @@ class ForkServer:
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait for a starting server's imports (not under the scheduler's lock); whether it is up."""
+        with self._lock:
+            return self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> bool:
         if self.failures >= FORK_FAILURES_MAX:
             return False
         if self._proc is None:
@@ -149,8 +158,17 @@ class ForkServer:
         return self._ready
 
     def fork(self, env: dict[str, str] | None = None) -> ForkedProcess | None:
-        """A new worker; None if the server is still starting, or failed (the caller spawns one instead)."""
-        if not self.wait_ready(0):
+        """A new worker; None if the server is still starting, or failed, or another thread waits on it
+        (the caller spawns one instead)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._fork(env)
+        finally:
+            self._lock.release()
+
+    def _fork(self, env: dict[str, str] | None) -> ForkedProcess | None:
+        if not self._wait_ready(0):
             return None  # not up yet: never wait for its imports under the scheduler's lock
         try:
             assert self._proc is not None and self._proc.stdin is not None
@@ -167,7 +185,15 @@ class ForkServer:
 
     def check(self) -> None:
         """Replace a server that died (killed, or crashed), or that a failed fork stopped: the new one does
-        its imports from now on, not at the next worker start."""
+        its imports from now on, not at the next worker start. Skipped while another thread waits on it."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._check()
+        finally:
+            self._lock.release()
+
+    def _check(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is not None:
             self._broken(_procutil.exit_description(proc))

@@ -97,3 +97,39 @@ def test_a_new_fork_server_comes_even_when_a_worker_start_found_the_old_one_dead
     assert ember.get(actor.where.remote(), timeout=BOUND_S)
     # No worker starts from here on: the scheduler's tick alone must bring a new server.
     assert poll_until(lambda: [p for p in live_pids("forkserver") if p != server], BOUND_S, poll_s=0.1)
+
+
+def test_a_fork_while_the_start_waits_for_a_dying_server_leaves_the_waiter_its_pipe(tmp_path):
+    # Regression (a soak): a restarted scheduler waits for its fork server's imports while its listener
+    # already takes work. The server was killed; a worker start found it dead and closed its reply pipe
+    # under the waiting start, which crashed (TypeError reading a closed pipe) and took the scheduler down.
+    import signal
+    import threading
+
+    from ember.scheduler._fork_server import ForkServer
+
+    for _ in range(5):
+        server = ForkServer(tmp_path, "regression-node", tmp_path)
+        server.start()
+        pid = server.pid
+        outcome: dict[str, object] = {}
+
+        def start_waits() -> None:
+            try:
+                outcome["up"] = server.wait_ready(BOUND_S)
+            except BaseException as exc:  # noqa: BLE001 - what the scheduler's start died of
+                outcome["error"] = exc
+
+        waiter = threading.Thread(target=start_waits)
+        waiter.start()
+        try:
+            assert poll_until(lambda: server._lock.locked(), BOUND_S, poll_s=0.001)
+            os.kill(pid, signal.SIGKILL)  # this test's own server, by pid
+            forked = [server.fork() for _ in range(50)]  # worker starts meanwhile: each spawns instead
+            waiter.join(BOUND_S)
+            assert not waiter.is_alive()
+            assert "error" not in outcome, outcome
+            assert outcome["up"] is False and forked == [None] * 50  # the death seen once, by the waiter
+        finally:
+            waiter.join(BOUND_S)
+            server.stop()
