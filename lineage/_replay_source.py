@@ -205,9 +205,12 @@ class ReplaySource:
 
     def finished(self, task_ids: list[bytes]) -> set[bytes]:
         """Those of ``task_ids`` with an attempt logged as ended (their caller took a result in)."""
-        rows = self._query("SELECT DISTINCT task_id FROM task_attempts WHERE task_id = ANY(%s) "
-                           f"AND state IN ('{TaskState.FINISHED}', '{TaskState.FAILED}')", (task_ids,))
-        return {bytes(r[0]) for r in rows}
+        found: set[bytes] = set()
+        for batch in _batches(task_ids):
+            rows = self._query("SELECT DISTINCT task_id FROM task_attempts WHERE task_id = ANY(%s) "
+                               f"AND state IN ('{TaskState.FINISHED}', '{TaskState.FAILED}')", (batch,))
+            found.update(bytes(r[0]) for r in rows)
+        return found
 
     def restart_marks(self, actor_id: bytes) -> dict[tuple[bytes, int], int]:
         """How many restarts ran each unfinished call again, by (call's task id, its place in the order)."""

@@ -26,6 +26,9 @@ log = logging.getLogger("ember.executor")
 
 COVERED_CALLS_MAX = 10_000  # calls before a checkpoint whose resending is recognised
 CALLER_FLUSH_WAIT_S = 10.0  # a restarting actor waits this long for its last caller's log (a stopped caller)
+# An actor whose replay ran the call that ended it stays up this long, at most, for the callers of the
+# calls replayed before it to send them again and take their outcomes (``Executor._end_when_claimed``).
+CLAIM_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Replay:
     covered: set[bytes] | None  # the calls that checkpoint folds in
     calls: list[tuple]  # the calls logged after it, in order: (place, task id, method, args, kwargs, num_returns)
     decision: LoopDecision  # which of them to run again (``_restart_loop``)
+    finished: set[bytes]  # those of them whose caller took a result in: nobody sends them again
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,11 @@ def read_replay(core: Owner, actor_id: bytes, keeps_checkpoints: bool, death: st
         # logged call (see ``ResultSender.send``). Have it commit them, then read on.
         if flush_last_caller(core, actor_id, source.last_caller(actor_id)):
             calls += source.actor_calls(actor_id, calls[-1][0] if calls else after)
-        last = calls[-1] if calls else None
-        decision = decide(calls, source.finished([last[1]]) if last is not None else set(),
-                          source.restart_marks(actor_id), ended_by_itself(death))
+        finished = source.finished([call[1] for call in calls])
+        decision = decide(calls, finished, source.restart_marks(actor_id), ended_by_itself(death))
     finally:
         source.close()
-    return Replay(checkpoint, covered, calls, decision)
+    return Replay(checkpoint, covered, calls, decision, finished)
 
 
 def read_restore(core: Owner, actor_id: bytes, use_checkpoint: bool) -> Restore | None:

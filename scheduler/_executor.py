@@ -33,7 +33,7 @@ from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
 from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METHOD, TERMINATE_POLL_S, ActorExit
-from ember.scheduler._actor_recovery import read_replay, read_restore
+from ember.scheduler._actor_recovery import CLAIM_WAIT_S, read_replay, read_restore
 from ember.scheduler._owner import Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._outcomes import (TERMINATED, UpstreamError, error_bytes, errors, failed_outcome, iterator_of,
@@ -86,6 +86,9 @@ class Executor:
         # A restarted actor's replayed calls, by task id: a caller that sends
         # one again gets this outcome instead of running it twice.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
+        # Replayed calls no caller took a result of yet: their callers send them again. An actor whose
+        # replay ran the call that ended it waits for them before it ends (``_end_when_claimed``).
+        self._unclaimed: set[bytes] = set()
         # Calls folded into the checkpoint a restart began from: they ran, and
         # their results cannot be produced again.
         self._covered: set[bytes] = set()
@@ -442,6 +445,14 @@ class Executor:
 
     def _admit(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> bool:
         """Whether ``spec`` is to run here now; if not, its outcome is sent (cancelled, replayed, too late)."""
+        if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
+            replayed = self._replayed.pop(spec.task_id, None)
+            if replayed is not None:
+                # Its row is durable already: the caller need not log it, and the order of calls the
+                # actor runs from now on is untouched. Before the exit check: it ran before the exit.
+                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
+                self._claimed(spec.task_id)
+                return False
         if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
             self._send_error(conn, spec, ActorDiedError(self._actor_name, self._exit_reason))
             return False
@@ -449,12 +460,6 @@ class Executor:
             self._send_error(conn, spec, TaskCancelledError(spec.task_id.hex()), inline)
             return False
         if spec.kind == TaskKind.ACTOR_CALL and spec.attempt > 0:
-            replayed = self._replayed.pop(spec.task_id, None)
-            if replayed is not None:
-                # Its row is durable already: the caller need not log it, and
-                # the order of calls the actor runs from now on is untouched.
-                self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
-                return False
             if spec.task_id in self._covered:
                 self._send_error(conn, spec, ActorDiedError(
                     self._actor_name, "this call ran before the checkpoint the actor restarted from, and its "
@@ -520,6 +525,7 @@ class Executor:
                             num_returns, (), 0, 0, None, actor_id, method)
             self._replayed[task_id] = self._call(call)
             self._call_seq = self.results.durable_call_seq = seq
+        self._unclaimed = {call[1] for call in decision.replay} - plan.finished
         for seq, task_id, method, _, _, num_returns in calls:
             if task_id in decision.poisoned:
                 error = ActorRestartLoopError(
@@ -768,5 +774,23 @@ class Executor:
             core.current_task = None
         core.scheduler.send_now((Op.ACTOR_READY, spec.actor_id, core.address))
         if self._exit_reason is not None:
-            self._end_actor()  # its replay ran the call that ended it
+            self._end_when_claimed()  # its replay ran the call that ended it
+
+    def _end_when_claimed(self) -> None:
+        """The replay ran the call that ended the actor: it ends once the callers of the calls replayed
+        before it took their outcomes (their results died with the last process), or after ``CLAIM_WAIT_S``."""
+        self._unclaimed &= self._replayed.keys()
+        if not self._unclaimed:
+            self._end_actor()
+            return
+        timer = threading.Timer(CLAIM_WAIT_S, self._end_actor)
+        timer.daemon = True
+        timer.start()
+
+    def _claimed(self, task_id: bytes) -> None:
+        """A replayed call's caller took its outcome: the last one lets an ended actor go."""
+        if task_id in self._unclaimed:
+            self._unclaimed.discard(task_id)
+            if not self._unclaimed and self._exit_reason is not None:
+                self._end_actor()
 
