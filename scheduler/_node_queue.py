@@ -11,12 +11,16 @@ through the pool (``scheduler/_worker_pool.py``), batches to the global
 scheduler. The rules it keeps:
 
 - a queue's head goes to an idle worker when its shape's resources are
-  free; with resources free and no idle worker, one more worker starts (one
-  at a time, up to ``WORKERS_PER_CPU_MAX`` x (CPUs + blocked workers) that
-  are idle or run tasks holding no CPU);
-- a full node *pipelines*: a task waits on the least-loaded busy worker
-  running the same shape, ``PIPELINE_DEPTH`` deep, ``PIPELINE_DEPTH_BACKLOG``
-  when the queue is long, so a worker never waits a round trip;
+  free; with resources free and no idle worker, more workers start: as many
+  as the free resources would run, up to ``STARTS_PER_CPU_MAX`` per CPU at
+  once (one at a time for a runtime_env's), and up to
+  ``WORKERS_PER_CPU_MAX`` x (CPUs + blocked workers) that are idle or run
+  tasks holding no CPU;
+- a full node with a long backlog (``BACKLOG_PER_WORKER`` tasks per worker)
+  *pipelines*: a task waits on the least-loaded busy worker running the same
+  shape, ``PIPELINE_DEPTH_BACKLOG`` deep, so a worker never waits a round
+  trip; without such a backlog a task waits in its queue for the first
+  worker to free;
 - a node of a multi-node cluster spreads (Ray's hybrid policy, over the
   ``ClusterView`` of the other nodes' free resources): a queue's head that
   cannot start here now, or would start on a node utilised past
@@ -56,9 +60,9 @@ __all__ = [
 ]
 
 SPILL_KEEP_PER_CPU = 4  # a multi-node cluster's node spills a shape's queue beyond this many tasks per CPU
-PIPELINE_DEPTH = 2  # tasks a busy worker may hold when the node is full
-PIPELINE_DEPTH_BACKLOG = 8  # ... when the shape's queue is longer than BACKLOG_PER_WORKER x the workers
-BACKLOG_PER_WORKER = 4
+PIPELINE_DEPTH_BACKLOG = 8  # tasks a busy worker may hold when the shape's queue is longer than
+BACKLOG_PER_WORKER = 4  # ... this many per worker (the node full); without such a backlog, none queue behind it
+STARTS_PER_CPU_MAX = 2  # workers of the cluster's own environment starting at once, per CPU
 WORKERS_PER_CPU_MAX = 4  # task workers at most: this many per CPU (blocked workers count as CPUs)
 IDLE_WORKER_TTL_S = 10.0  # a task worker beyond the CPU count stops after idling this long
 
@@ -349,13 +353,16 @@ class NodeQueue:
                 idle.gpus = self.resources.acquire(shape)
                 idle.shape = shape
                 return idle
-            self._maybe_spawn(actions, now, env)
+            self._maybe_spawn(actions, now, env, self._would_start(shape, len(queue)))
             return None
-        # The node is full: queue more behind running tasks of the same shape,
-        # deeper when the backlog is long, so workers never wait for a round trip.
-        depth = PIPELINE_DEPTH
-        if len(queue) > BACKLOG_PER_WORKER * len(self._slots):
-            depth = PIPELINE_DEPTH_BACKLOG
+        # The node is full. With a long backlog, queue more behind running tasks of the same shape, so
+        # workers never wait for a round trip. Without one the task waits here for the first worker to
+        # free: behind a busy worker it would wait for that worker's task, whichever frees first (and a
+        # node that looks full only until a finished task's completion arrives would hold it a whole
+        # task long: ten sleep(1) tasks on free slots took 2 s after a burst of nested tasks).
+        if len(queue) <= BACKLOG_PER_WORKER * len(self._slots):
+            return None
+        depth = PIPELINE_DEPTH_BACKLOG
         best = None
         for slot in self._slots.values():
             if (slot.actor_id is None and slot.ready and not slot.blocked and slot.assigned and not slot.retiring
@@ -371,11 +378,27 @@ class NodeQueue:
                 return slot
         return None
 
-    def _maybe_spawn(self, actions: list[Action], now: float, env: tuple[str, str] | None = None) -> None:
+    def _would_start(self, shape: tuple, queued: int) -> int:
+        """How many of ``queued`` tasks of ``shape`` the free resources would start at once."""
+        free = dict(self.resources.available)
+        fit = 0
+        while fit < queued and all(free.get(name, 0.0) + EPSILON >= amount for name, amount in shape):
+            for name, amount in shape:
+                free[name] = free.get(name, 0.0) - amount
+            fit += 1
+            if not shape:
+                return queued  # holds nothing: only the worker cap bounds it
+        return fit
+
+    def _maybe_spawn(self, actions: list[Action], now: float, env: tuple[str, str] | None = None,
+                     wanted: int = 1) -> None:
         # The cap is for workers the CPUs do not bound: idle ones, and those running tasks that hold no
         # CPU. A worker running a task that holds some (ten tasks of num_cpus=0.2 on two CPUs) is bounded
         # by the CPU accounting already.
-        # One worker starts at a time per environment (a pip environment's may take minutes to start).
+        # Workers of the cluster's own environment start together, as many as the free resources would
+        # run (``wanted``), up to ``STARTS_PER_CPU_MAX`` per CPU: one at a time, ten tasks of 0.2 CPU
+        # waited for nine starts in a row. A runtime_env's start one at a time (a pip environment's may
+        # take minutes, and its first sets the environment up for the rest).
         starting = capped = blocked = 0
         env_hash = None if env is None else env[0]
         for slot in self._slots.values():
@@ -386,11 +409,14 @@ class NodeQueue:
                     capped += 1
             if slot.blocked:
                 blocked += 1
-        if starting:
-            return
-        if capped >= max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX and not self._evict(env_hash):
-            return
-        actions.append(Spawn(self.new_slot(None, now, env_hash).key, None, env))
+        limit = 1 if env is not None else min(max(wanted, 1), self.cpu_soft_limit * STARTS_PER_CPU_MAX)
+        cap = max(self.cpu_soft_limit + blocked, 1) * WORKERS_PER_CPU_MAX
+        while starting < limit:
+            if capped >= cap and not self._evict(env_hash):
+                return
+            actions.append(Spawn(self.new_slot(None, now, env_hash).key, None, env))
+            starting += 1
+            capped += 1
 
     def _evict(self, env_hash: str | None) -> bool:
         """At the cap, an idle worker of another environment retires to make room (another runtime_env's

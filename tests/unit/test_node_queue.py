@@ -8,8 +8,8 @@ import pytest
 
 from ember.scheduler._node_queue import (
     IDLE_WORKER_TTL_S,
-    PIPELINE_DEPTH,
     PIPELINE_DEPTH_BACKLOG,
+    STARTS_PER_CPU_MAX,
     SPILL_KEEP_PER_CPU,
     WORKERS_PER_CPU_MAX,
     Admission,
@@ -54,6 +54,11 @@ def start_workers(queue: NodeQueue, count: int, now: float = 0.0) -> list[int]:
     return keys
 
 
+# Seven tasks for one worker: a backlog (more than BACKLOG_PER_WORKER queued), so tasks 2 and 3 queue
+# behind the running task 1 (the queue is a backlog while it holds more than four).
+BACKLOG = range(1, 8)
+
+
 def assigned(actions: list) -> list[tuple[int, int]]:
     return [(a.worker, int.from_bytes(a.spec.task_id, "big")) for a in actions if isinstance(a, Assign)]
 
@@ -69,29 +74,63 @@ def test_a_task_goes_to_an_idle_worker_and_holds_its_resources():
     assert queue.slot(w1).idle_since == 2.0
 
 
-def test_fifo_per_shape_and_one_spawn_at_a_time_when_no_worker_is_idle():
+def test_fifo_per_shape_and_as_many_starts_as_the_free_resources_would_run():
     queue, _ = node(cpus=2)
     for n in range(1, 4):
         queue.enqueue(spec(n))
     actions = queue.dispatch(now=0.0)
     spawns = [a for a in actions if isinstance(a, Spawn)]
-    assert len(spawns) == 1 and spawns[0].actor_id is None  # one starting at a time
-    assert queue.dispatch(now=0.0) == []  # still starting: no second one
+    assert len(spawns) == 2 and {s.actor_id for s in spawns} == {None}  # two CPUs: two of the three run
+    assert queue.dispatch(now=0.0) == []  # still starting: no more
     queue.linked(spawns[0].worker, connected=True, ready=True)
     actions = queue.dispatch(now=0.1)
     assert assigned(actions)[0] == (spawns[0].worker, 1)
 
 
-def test_a_full_node_pipelines_on_the_least_loaded_busy_worker_of_the_same_shape():
+def test_starts_at_once_are_bounded_per_cpu_and_a_runtime_envs_go_one_at_a_time():
+    small = (("CPU", 0.2),)
+    queue, _ = node(cpus=2)
+    for n in range(1, 11):
+        queue.enqueue(spec(n, small))  # all ten would run at once
+    spawns = [a for a in queue.dispatch(now=0.0) if isinstance(a, Spawn)]
+    assert len(spawns) == 2 * STARTS_PER_CPU_MAX
+    env = ("e" * 64, '{"env_vars": {"A": "1"}}')
+    queue, _ = node(cpus=2)
+    for n in range(1, 4):
+        queued = spec(n)
+        queued.runtime_env = env
+        queue.enqueue(queued)
+    spawns = [a for a in queue.dispatch(now=0.0) if isinstance(a, Spawn)]
+    assert len(spawns) == 1 and spawns[0].runtime_env == env
+
+
+def test_a_full_node_without_a_backlog_keeps_tasks_for_the_first_worker_to_free():
     queue, _ = node(cpus=2)
     w1, w2 = start_workers(queue, 2)
     for n in range(1, 6):
         queue.enqueue(spec(n))
-    got = assigned(queue.dispatch(now=0.0))
-    # Two run at once, then each worker takes PIPELINE_DEPTH - 1 more, least loaded first.
-    assert got == [(w1, 1), (w2, 2), (w1, 3), (w2, 4)]
-    assert len(queue.slot(w1).assigned) == PIPELINE_DEPTH
-    assert queue.queued() == 1
+    assert assigned(queue.dispatch(now=0.0)) == [(w1, 1), (w2, 2)]  # nothing queues behind a busy worker
+    assert queue.queued() == 3
+    queue.task_done(w2, [spec(2).task_id], now=1.0)
+    assert assigned(queue.dispatch(now=1.0)) == [(w2, 3)]  # whichever frees first takes the next
+
+
+def test_a_node_full_only_until_a_completion_arrives_does_not_hold_a_task_behind_a_busy_one():
+    # Regression: ten sleep(1) tasks of 0.2 CPU on a free 2-CPU node, submitted right after nested
+    # tasks whose last completion had not reached the scheduler yet: the node looked full for the
+    # tenth, which was pipelined behind a running sleep and took 2 s instead of 1.
+    sleep = (("CPU", 0.2),)
+    queue, _ = node(cpus=2)
+    workers = start_workers(queue, 10)
+    queue.enqueue(spec(100, sleep))
+    assert assigned(queue.dispatch(now=0.0)) == [(workers[0], 100)]  # finished; its completion in flight
+    for n in range(1, 11):
+        queue.enqueue(spec(n, sleep))
+    got = assigned(queue.dispatch(now=0.1))
+    assert [n for _, n in got] == list(range(1, 10)) and len({w for w, _ in got}) == 9
+    assert queue.queued() == 1  # the tenth waits here, not behind a running sleep
+    queue.task_done(workers[0], [spec(100).task_id], now=0.2)
+    assert assigned(queue.dispatch(now=0.2)) == [(workers[0], 10)]
 
 
 def test_a_long_backlog_pipelines_deeper():
@@ -114,13 +153,13 @@ def test_a_worker_whose_connection_closed_gets_nothing():
 def test_blocked_worker_lends_its_cpu_and_hands_back_what_waits_behind():
     queue, _ = node(cpus=1)
     (w1,) = start_workers(queue, 1)
-    queue.enqueue(spec(1))
-    queue.enqueue(spec(2))
+    for n in BACKLOG:  # a backlog: tasks queue behind the running one
+        queue.enqueue(spec(n))
     queue.dispatch(now=0.0)
-    assert list(queue.slot(w1).assigned) == [spec(1).task_id, spec(2).task_id]
-    queue.blocked(w1, [spec(2).task_id])
+    assert list(queue.slot(w1).assigned) == [spec(1).task_id, spec(2).task_id, spec(3).task_id]
+    queue.blocked(w1, [spec(2).task_id, spec(3).task_id])
     assert queue.resources.available["CPU"] == 1.0
-    assert queue.statistics().queued == 1  # task 2 is back at the front
+    assert queue.statistics().queued == len(BACKLOG) - 1  # tasks 2 and 3 are back at the front
     actions = queue.dispatch(now=0.0)
     assert [type(a) for a in actions] == [Spawn]  # a new worker for it; the blocked one takes nothing
     queue.unblocked(w1)
@@ -172,11 +211,11 @@ def test_task_workers_are_capped_per_cpu(workers, spawns):
 def test_a_dead_worker_frees_its_resources_and_returns_its_tasks_to_fail():
     queue, _ = node(cpus=1)
     (w1,) = start_workers(queue, 1)
-    queue.enqueue(spec(1))
-    queue.enqueue(spec(2))
+    for n in BACKLOG:
+        queue.enqueue(spec(n))
     queue.dispatch(now=0.0)
     lost = queue.worker_gone(w1, now=1.0)
-    assert [s.task_id for s in lost] == [spec(1).task_id, spec(2).task_id]
+    assert [s.task_id for s in lost] == [spec(1).task_id, spec(2).task_id, spec(3).task_id]
     assert queue.resources.available["CPU"] == 1.0
     assert queue.worker_gone(w1, now=1.0) == []  # twice: nothing more, nothing released twice
     assert queue.resources.available["CPU"] == 1.0
@@ -286,11 +325,11 @@ def test_resources_balance_after_any_mix_of_done_blocked_and_dead(cpus):
 def test_a_retiring_worker_takes_no_more_and_is_stopped_once_idle():
     queue, _ = node(cpus=1)
     first, = start_workers(queue, 1)
-    for n in (1, 2, 3):
+    for n in BACKLOG:
         queue.enqueue(spec(n))
-    assert assigned(queue.dispatch(0.0)) == [(first, 1), (first, 2)]  # one running, one pipelined
+    assert assigned(queue.dispatch(0.0)) == [(first, 1), (first, 2), (first, 3)]  # one running, two behind
     queue.task_done(first, [(1).to_bytes(16, "big")], 1.0)
-    queue.retiring(first, [(2).to_bytes(16, "big")])  # ran its function max_calls times: 2 comes back
+    queue.retiring(first, [(2).to_bytes(16, "big"), (3).to_bytes(16, "big")])  # max_calls: 2 and 3 come back
     assert queue.retired(1.0) == [first]
     assert queue.statistics().available["CPU"] == 1.0 and queue.statistics().workers == 0
     actions = queue.dispatch(2.0)

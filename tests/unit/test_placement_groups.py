@@ -250,9 +250,9 @@ def test_a_blocked_task_lends_its_bundles_cpus_as_it_lends_the_nodes() -> None:
         queue.linked(slot.key, True, True)
     queue.enqueue(_spec(b"t" * 16, 0))
     queue.enqueue(_spec(b"u" * 16, 0))
-    # The bundle's one CPU: the second waits behind the first, on its worker (pipelined).
-    assert [a.worker for a in queue.dispatch(0.0)] == [first.key, first.key]
-    queue.blocked(first.key, [b"u" * 16])  # the first waits in get: it hands the second back
+    # The bundle's one CPU: the second waits in its queue (no backlog: nothing queues behind a worker).
+    assert [a.worker for a in queue.dispatch(0.0)] == [first.key]
+    queue.blocked(first.key, [])  # the first waits in get
     assert [a.worker for a in queue.dispatch(0.0)] == [second.key]  # the bundle's CPU is lent meanwhile
     queue.unblocked(first.key)
     assert queue.resources.available[f"CPU_group_0_{G}"] == -1.0  # back, past the total: as for a node's CPUs
