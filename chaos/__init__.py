@@ -15,6 +15,7 @@ from ember.chaos._faults import (
     resume_all,
 )
 from ember.chaos._cluster import LocalCluster
+from ember.chaos._network import NetworkCommandError, NetworkUnavailableError
 from ember.chaos._processes import ProcessRecord, processes
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "Injected",
     "LocalCluster",
     "InvalidFaultError",
+    "NetworkCommandError",
+    "NetworkUnavailableError",
     "Outcome",
     "PostgresNotRestartableError",
     "ProcessRecord",
