@@ -60,6 +60,7 @@ class LocalCluster:
         self.network: Network | None = None
         self._postgres: Any = None
         self._node_roles: dict[str, str] = {}  # node id -> its endpoint's role in the network
+        self._net_faults: list[Any] = []  # applied and not healed
         try:
             if network:
                 self.network = Network(["pg", "gcs"])
@@ -135,6 +136,40 @@ class LocalCluster:
         self._postgres = EmbeddedPostgres(home, tcp)
         self._postgres.start()
 
+    def net_fault(self, fault: Any, node: local_nodes.LocalNode | None = None) -> Any:
+        """Put a network fault (``NetFault``) on ``node`` (default: ``fault.pick`` among ``nodes``) now;
+        the ``Applied`` fault, for ``heal``. Only on a network cluster. ``fault.duration_s`` is for a
+        schedule to keep; here the fault lasts until healed (or the cluster ends)."""
+        from ember.chaos import _netfaults
+
+        if self.network is None:
+            raise ValueError("network faults need LocalCluster(network=True)")
+        node = node if node is not None else self.nodes[fault.pick % len(self.nodes)]
+        peer_address = None
+        if fault.kind is _netfaults.NetFaultKind.PARTITION:
+            match fault.peer:
+                case _netfaults.Peer.GCS:
+                    # Drivers run beside the GCS (the root namespace, on the bridge): cut from one, cut from both.
+                    peer_address = f"{{ {self.network.endpoints['gcs'].address}, {self.network.host_address} }}"
+                case _netfaults.Peer.POSTGRES:
+                    peer_address = self.network.endpoints["pg"].address
+                case _netfaults.Peer.NODE:
+                    others = [n for n in self.nodes if n is not node]
+                    if not others:
+                        raise ValueError("a partition from another node needs a cluster of two nodes or more")
+                    peer_address = self.node_address(others[fault.peer_pick % len(others)])
+        applied = _netfaults.apply(fault, self.network.exec_prefix(self.role_of(node)), peer_address)
+        self._net_faults.append(applied)
+        return applied
+
+    def heal(self, applied: Any) -> None:
+        """Take a fault ``net_fault`` put in out again."""
+        from ember.chaos import _netfaults
+
+        _netfaults.heal(applied)
+        if applied in self._net_faults:
+            self._net_faults.remove(applied)
+
     @property
     def postgres(self) -> Any:
         """The cluster's own PostgreSQL (``EmbeddedPostgres``), on a network cluster; else None."""
@@ -167,6 +202,8 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         """Stop every node this cluster started, joined nodes first; then its PostgreSQL and network."""
+        for applied in list(self._net_faults):
+            self.heal(applied)  # a node stopping says goodbye to the GCS over a healed network
         try:
             started = [*self.nodes] + ([self.head] if self.head is not None and self.head not in self.nodes else [])
             for node in sorted(started, key=lambda n: n.head):
