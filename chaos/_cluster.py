@@ -115,13 +115,20 @@ class LocalCluster:
         if self.network is not None and role is not None:
             bind = self.network.endpoints[role].address
             prefix = tuple(self.network.exec_prefix(role))
-            env = {"EMBER_GCS_URL": self._postgres.tcp_url}
+            env = {"EMBER_GCS_URL": self._postgres.tcp_url, "EMBER_CHAOS_NET": json.dumps(self._net_place(role))}
         if bind is not None and (not head or self.network is not None):
             argv += ["--bind", bind]
         node = local_nodes.start_daemon(argv, self.address, launch_prefix=prefix, env=env)
         if role is not None:
             self._node_roles[node.node_id] = role
         return node
+
+    def _net_place(self, role: str) -> dict[str, str]:
+        """A node's place in the network, as its ``EMBER_CHAOS_NET`` tells `chaos run`."""
+        assert self.network is not None
+        endpoints = self.network.endpoints
+        return {"role": role, "address": endpoints[role].address, "gcs": endpoints["gcs"].address,
+                "pg": endpoints["pg"].address, "host": self.network.host_address}
 
     def _start_postgres(self) -> None:
         from ember.lineage._postgres import EmbeddedPostgres, TcpListen
@@ -145,19 +152,8 @@ class LocalCluster:
         if self.network is None:
             raise ValueError("network faults need LocalCluster(network=True)")
         node = node if node is not None else self.nodes[fault.pick % len(self.nodes)]
-        peer_address = None
-        if fault.kind is _netfaults.NetFaultKind.PARTITION:
-            match fault.peer:
-                case _netfaults.Peer.GCS:
-                    # Drivers run beside the GCS (the root namespace, on the bridge): cut from one, cut from both.
-                    peer_address = f"{{ {self.network.endpoints['gcs'].address}, {self.network.host_address} }}"
-                case _netfaults.Peer.POSTGRES:
-                    peer_address = self.network.endpoints["pg"].address
-                case _netfaults.Peer.NODE:
-                    others = [n for n in self.nodes if n is not node]
-                    if not others:
-                        raise ValueError("a partition from another node needs a cluster of two nodes or more")
-                    peer_address = self.node_address(others[fault.peer_pick % len(others)])
+        others = [self.node_address(n) for n in self.nodes if n is not node]
+        peer_address = _netfaults.peer_address(fault, self._net_place(self.role_of(node)), others)
         applied = _netfaults.apply(fault, self.network.exec_prefix(self.role_of(node)), peer_address)
         self._net_faults.append(applied)
         return applied

@@ -195,6 +195,28 @@ def _check(fault: NetFault) -> None:
 # -- applying ---------------------------------------------------------------------------
 
 
+def peer_address(fault: NetFault, net: Mapping[str, str], other_nodes: list[str]) -> str | None:
+    """What a partition of the node at ``net`` (its ``EMBER_CHAOS_NET`` place) drops: an nftables address
+    or set; None for a fault that is not a partition. ``other_nodes``: the other nodes' addresses, in order.
+
+    Drivers run beside the GCS (the root namespace, on the bridge's address): a node cut from the GCS
+    is cut from them too, as a node cut from a head is from the drivers on it.
+    """
+    if fault.kind is not NetFaultKind.PARTITION:
+        return None
+    match fault.peer:
+        case Peer.GCS:
+            return f"{{ {net['gcs']}, {net['host']} }}"
+        case Peer.POSTGRES:
+            return net["pg"]
+        case Peer.NODE:
+            if not other_nodes:
+                raise InvalidFaultError("a partition from another node needs a cluster of two nodes or more")
+            return other_nodes[fault.peer_pick % len(other_nodes)]
+        case _ as unreachable:
+            assert_never(unreachable)
+
+
 @dataclass(frozen=True)
 class Applied:
     """A fault in place: what ``heal`` removes."""
@@ -248,9 +270,9 @@ def _nft(inside: list[str], table: str, rules: list[str]) -> None:
         done = subprocess.run([*inside, TOOLS["nft"], "-f", "-"], input=script, capture_output=True, text=True,
                               timeout=20.0)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NetworkCommandError(f"nft in {inside[-1]} could not run: {exc}") from exc
+        raise NetworkCommandError(f"nft ({' '.join(inside)}) could not run: {exc}") from exc
     if done.returncode != 0:
-        raise NetworkCommandError(f"nft in {inside[-1]} refused a fault's rules: {done.stderr.strip()}")
+        raise NetworkCommandError(f"nft ({' '.join(inside)}) refused a fault's rules: {done.stderr.strip()}")
 
 
 def _tc(inside: list[str], argv: list[str]) -> None:
@@ -283,4 +305,4 @@ def require_netem() -> None:
 
 
 __all__ = ["Applied", "Direction", "NetFault", "NetFaultKind", "NetFaultUnavailableError", "Peer", "apply",
-           "heal", "require_netem"]
+           "heal", "peer_address", "require_netem"]
