@@ -131,7 +131,7 @@ class LocalCluster:
                 "pg": endpoints["pg"].address, "host": self.network.host_address}
 
     def _start_postgres(self) -> None:
-        from ember.lineage._postgres import EmbeddedPostgres, TcpListen
+        from ember.lineage import EmbeddedPostgres, TcpListen
 
         assert self.network is not None
         home = Path(tempfile.mkdtemp(prefix=f"{self.network.prefix}-pg-", dir="/tmp"))
