@@ -84,6 +84,15 @@ class ClusterTable:
         )])
         return {bytes(r[0]).hex(): r[1] for r in rows}  # the latest start wins
 
+    def live_actor_instances(self) -> list[tuple[str, str, str]]:
+        """(actor id, node id, process id), hex, of every live actor process, oldest start first."""
+        (rows,) = self._run([(
+            "SELECT actor_id, node_id, worker_id FROM workers WHERE cluster_id = %s AND actor_id IS NOT NULL "
+            "AND ended_at IS NULL AND node_id IS NOT NULL ORDER BY started_at",
+            (self.cluster_id,),
+        )])
+        return [(bytes(r[0]).hex(), r[1], bytes(r[2]).hex()) for r in rows]
+
     def actor_names(self) -> dict[str, tuple[str, str]]:
         """Name -> (actor id hex, handle metadata) of this cluster's named actors."""
         (rows,) = self._run([("SELECT name, actor_id, meta FROM actor_names WHERE cluster_id = %s",
