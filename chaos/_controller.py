@@ -333,7 +333,7 @@ class Controller:
     def _apply_net(self, fault: NetFault) -> tuple[Outcome, int | None, str, Applied | None]:
         with self._lock:
             nodes = sorted((m for m in self._members.values() if m.kind is ProcessKind.NODE
-                            and isinstance(m.details.get("net"), dict) and m.details["net"].get("role") != "gcs"),
+                            and isinstance(m.details.get("net"), dict) and not m.details.get("head")),
                            key=lambda m: _role_order(m.details["net"]["role"]))
         nodes = [m for m in nodes if self._is_ours(m.pid)]
         if not nodes:

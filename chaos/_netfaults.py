@@ -39,6 +39,7 @@ from typing import Any, assert_never
 from ember.chaos._faults import InvalidFaultError
 from ember.chaos._network import INSIDE_LINK, TOOLS, NetworkCommandError, run
 from ember.exceptions import EmberUserError
+from ember.lineage._states import ProcessKind
 
 NET_FAULT_S_MAX = 600.0
 DELAY_MS_MAX = 10_000
@@ -91,8 +92,8 @@ class NetFault:
         _check(self)
 
     @property
-    def target(self) -> str:
-        return "node"
+    def target(self) -> ProcessKind:
+        return ProcessKind.NODE
 
     @classmethod
     def partition(cls, peer: Peer | str, duration_s: float, direction: Direction | str = Direction.BOTH,
@@ -119,7 +120,7 @@ class NetFault:
                 assert_never(unreachable)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": str(self.kind), "target": "node", "pick": self.pick,
+        out: dict[str, Any] = {"kind": str(self.kind), "target": str(ProcessKind.NODE), "pick": self.pick,
                                "duration_s": self.duration_s}
         match self.kind:
             case NetFaultKind.PARTITION:
@@ -139,7 +140,7 @@ class NetFault:
         if not isinstance(data, Mapping) or set(data) - known or "kind" not in data or "duration_s" not in data:
             raise InvalidFaultError(f"a network fault needs 'kind' and 'duration_s' (and may have "
                                     f"{', '.join(sorted(known - {'kind', 'duration_s'}))}); got {data!r}")
-        if data.get("target", "node") != "node":
+        if data.get("target", ProcessKind.NODE) != ProcessKind.NODE:
             raise InvalidFaultError(f"a network fault's target is 'node', not {data['target']!r}")
         return cls(data["kind"], data["duration_s"], data.get("pick", 0), data.get("peer", Peer.GCS),
                    data.get("peer_pick", 0), data.get("direction", Direction.BOTH), data.get("delay_ms", 0),
