@@ -49,12 +49,12 @@ class ClusterTable:
             return [[] for _ in statements]
         import psycopg
 
-        from ember.lineage._log_writer import close_quietly
+        from ember.lineage._log_writer import CONNECT_OPTIONS, close_quietly
 
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.conninfo, connect_timeout=3)
+                    self._conn = psycopg.connect(self.conninfo, connect_timeout=3, **CONNECT_OPTIONS)
                 results = []
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     for sql, params in statements:
