@@ -153,6 +153,14 @@ class ClusterTable:
                         "'), then it came back' WHERE worker_id = ANY(%s) AND ended_at IS NOT NULL "
                         "AND starts_with(death_cause, %s)", (worker_ids, NODE_ENDED))])
 
+    def workers_fenced(self, worker_ids: list[bytes]) -> None:
+        """Actor processes of a node that came back, ended with it when it was presumed dead, and not back:
+        a later instance of their actor runs elsewhere, so the node kills them (the GCS's fence)."""
+        if worker_ids:
+            self._run([("UPDATE workers SET death_cause = death_cause || '; fenced when its node came back: a "
+                        "later instance of its actor runs elsewhere' WHERE worker_id = ANY(%s) "
+                        "AND ended_at IS NOT NULL AND starts_with(death_cause, %s)", (worker_ids, NODE_ENDED))])
+
     def job_ended(self, job_id: bytes, state: JobState) -> None:
         self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",
                     (state, job_id))])

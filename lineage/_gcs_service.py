@@ -127,6 +127,7 @@ class GcsService:
             self.table.workers_ended(req["node_id"], "its node's scheduler died", spared)
         self.table.node_started(req["node_id"], req["address"], req["resources"])
         self.table.workers_back(spared)  # ended with their node when it was presumed dead
+        self.table.workers_fenced([bytes.fromhex(p) for p in stale if p in own])
         self.table.process_events(req["node_id"], req.get("events", []))
         with self._lock:
             node = self._nodes.get(req["node_id"])
