@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from ember.chaos._faults import InvalidFaultError
+from ember.chaos._faults import InvalidFaultError, _member
 from ember.chaos._network import INSIDE_LINK, TOOLS, NetworkCommandError, run
 from ember.exceptions import EmberUserError
 from ember.lineage._states import ProcessKind
@@ -160,15 +160,6 @@ class NetFault:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
-
-
-def _member(enum_type: type[enum.StrEnum], name: str, value: Any) -> Any:
-    try:
-        return enum_type(value)
-    except ValueError:
-        choices = ", ".join(repr(str(m)) for m in enum_type)
-        raise InvalidFaultError(
-            f"Expected one of {choices} but got {name}={value!r} (type={type(value).__name__})") from None
 
 
 def _number(name: str, value: Any, low: float, high: float, whole: bool = False) -> None:

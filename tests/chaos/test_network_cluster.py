@@ -26,6 +26,7 @@ import pytest
 import ember
 from ember.chaos import LocalCluster, NetworkUnavailableError
 from ember.chaos import _network
+from ember.chaos._cluster import _is_zombie
 from ember.scheduler._procutil import process_start_ticks
 
 BOUND_S = 60.0
@@ -135,9 +136,9 @@ def _sweep_after_owner(owner: subprocess.Popen, alive_lookalike: str, foreign: s
         assert not any(link.startswith(f"em{tag}") for link in _links())
         assert not any(Path(folder).exists() for folder in record["folders"])
         deadline = time.monotonic() + BOUND_S
-        while time.monotonic() < deadline and any(_alive(int(pid)) for pid in (node_pid, pg_pid)):
+        while time.monotonic() < deadline and not all(_is_zombie(int(pid)) for pid in (node_pid, pg_pid)):
             time.sleep(0.05)
-        assert not _alive(int(node_pid)) and not _alive(int(pg_pid))
+        assert _is_zombie(int(node_pid)) and _is_zombie(int(pg_pid))
         assert {alive_lookalike, foreign} <= _namespaces()
     finally:
         if owner.poll() is None:
@@ -146,14 +147,6 @@ def _sweep_after_owner(owner: subprocess.Popen, alive_lookalike: str, foreign: s
         _network.sweep()
         for name in (alive_lookalike, foreign):
             _network.run(["ip", "netns", "delete", name], check=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_cluster_that_fails_to_start_takes_its_network_down() -> None:

@@ -24,6 +24,7 @@ import pytest
 
 import ember
 from ember.chaos import LocalCluster, processes
+from ember.chaos._cluster import _is_zombie
 from ember.chaos._netfaults import NetFault
 from ember.scheduler._procutil import process_start_ticks
 
@@ -90,7 +91,7 @@ def test_a_node_cut_from_the_gcs_is_declared_dead_rebuilt_elsewhere_and_fenced_w
                 cluster.heal(cut)
             # Healed: the node is back in service, and its superseded instance is fenced.
             _wait_for(lambda: _node_alive(victim.node_id), "the healed node is alive again")
-            _wait_for(lambda: process_start_ticks(old_pid) is None or _zombie(old_pid), "the old instance is gone")
+            _wait_for(lambda: process_start_ticks(old_pid) is None or _is_zombie(old_pid), "the old instance is gone")
             instances = [p for p in processes() if p.actor_id == actor._actor_id.hex()]
             assert [p.pid for p in instances] == [new_pid]  # one live instance: no split brain
             assert ember.get(actor.inc.remote(), timeout=BOUND_S)[0] == 3
@@ -102,14 +103,6 @@ def test_a_node_cut_from_the_gcs_is_declared_dead_rebuilt_elsewhere_and_fenced_w
             assert "fenced" in cause
         finally:
             ember.shutdown()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 @ember.remote
