@@ -15,6 +15,7 @@ from ember.chaos._faults import (
     resume_all,
 )
 from ember.chaos._cluster import LocalCluster
+from ember.chaos._netfaults import Direction, NetFault, NetFaultKind, NetFaultUnavailableError, Peer
 from ember.chaos._network import NetworkCommandError, NetworkUnavailableError
 from ember.chaos._processes import ProcessRecord, processes
 
@@ -24,7 +25,12 @@ __all__ = [
     "FaultKind",
     "Injected",
     "LocalCluster",
+    "Direction",
     "InvalidFaultError",
+    "NetFault",
+    "NetFaultKind",
+    "NetFaultUnavailableError",
+    "Peer",
     "NetworkCommandError",
     "NetworkUnavailableError",
     "Outcome",

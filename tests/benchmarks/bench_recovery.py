@@ -217,7 +217,7 @@ def run_partitions(repeat: int, bound_s: float = 120.0) -> dict[str, float]:
 
     import ember
     from ember.chaos import LocalCluster
-    from ember.chaos._netfaults import NetFault
+    from ember.chaos import NetFault
     from ember.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ember.remote(max_retries=-1)

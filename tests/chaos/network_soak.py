@@ -36,7 +36,8 @@ import numpy as np
 
 import ember
 from ember.chaos import LocalCluster, processes
-from ember.chaos._netfaults import NetFault, NetFaultUnavailableError, require_netem
+from ember.chaos import NetFault, NetFaultUnavailableError
+from ember.chaos._netfaults import require_netem
 
 GET_TIMEOUT_S = 120.0
 SPLIT_BRAIN_WAIT_S = 30.0  # a superseded instance is fenced at its node's next word with the GCS

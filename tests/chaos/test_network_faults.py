@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from ember.chaos import LocalCluster, NetworkCommandError
-from ember.chaos._netfaults import NetFault, NetFaultUnavailableError, require_netem
+from ember.chaos import NetFault, NetFaultUnavailableError
+from ember.chaos._netfaults import require_netem
 
 BOUND_S = 60.0
 PORT = 9977

@@ -25,7 +25,7 @@ import pytest
 import ember
 from ember.chaos import LocalCluster, processes
 from ember.chaos._cluster import _is_zombie
-from ember.chaos._netfaults import NetFault
+from ember.chaos import NetFault
 from ember.scheduler._procutil import process_start_ticks
 
 BOUND_S = 60.0
