@@ -118,7 +118,7 @@ class GcsService:
             _hex(process_hex, "own_actors"), _hex(actor_hex, "own_actors")
         self._note_actors(req["node_id"], req.get("events"))
         with self._lock:
-            self._instances.claimed(req["node_id"], own_actors)
+            self._instances.registered(req["node_id"], own_actors)
             stale = self._instances.stale(req["node_id"])
         # A superseded actor instance is not back with its node: the node kills it on this answer.
         spared = [_hex(p, "own") for p in own if p not in stale]
@@ -512,7 +512,7 @@ class GcsService:
             heard = {actor_id for actor_id, _, _ in instances if self._instances.current(actor_id) is not None}
             for actor_id, node_id, process_id in instances:  # oldest first: the latest start is current ...
                 if actor_id in heard:  # ... unless a start was heard since this service started: that one is
-                    self._instances.claimed(node_id, {process_id: actor_id})
+                    self._instances.registered(node_id, {process_id: actor_id})
                 else:
                     self._instances.started(node_id, process_id, actor_id)
             for name, claim in names.items():
@@ -550,6 +550,7 @@ class GcsService:
                         node.alive = False
                         node.death_cause = f"missed heartbeats for {silent:.1f}s"
                         dead.append((node.node_id, node.death_cause))
+                        self._instances.declared_dead(node.node_id)  # its actor processes are suspect now
                 changed = [g for node_id, _ in dead for g in self._groups_of_dead_node(node_id)]
                 alive = [n.node_id for n in self._nodes.values() if n.alive]
             self._log_groups(changed)
