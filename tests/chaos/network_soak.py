@@ -124,15 +124,18 @@ def run_plan(cluster: LocalCluster, plan: list[tuple[str, Any]], tally: Tally) -
             calls.append((actor.add.remote(step + 1), model[i]))
         healer = _fire(cluster, label, fault, tally)
         for ref, expected in chains[-3:]:
-            _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S)[0], float(expected), label)
-        for ref, expected in calls:
-            _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S), expected, label)
+            _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S)[0], float(expected),
+                   f"{label} (step {step}, a task chain)")
+        for i, (ref, expected) in enumerate(calls):
+            _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S), expected,
+                   f"{label} (step {step}, a call on actor {i})")
         if healer is not None:
             healer.join(LONG_CUT_S + 30.0)
     for i, actor in enumerate(actors):  # the final state, after every fault healed
-        _check(tally, lambda a=actor: ember.get(a.add.remote(0), timeout=GET_TIMEOUT_S), model[i], "final")
+        _check(tally, lambda a=actor: ember.get(a.add.remote(0), timeout=GET_TIMEOUT_S), model[i],
+               f"final (a call on actor {i})")
     for ref, expected in chains:
-        _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S)[0], float(expected), "final")
+        _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S)[0], float(expected), "final (a task chain)")
     _check_one_instance(actors, tally)
     for actor in actors:
         ember.kill(actor)
