@@ -78,6 +78,9 @@ class Settings:
     runtime_env: str | None = None
     chaos_socket: str | None = None  # set by `chaos run` for the program it runs
     chaos_token: str | None = None
+    # Set by LocalCluster(network=True) for the nodes it starts: the node's place in its network (JSON:
+    # role, address, and the GCS's, PostgreSQL's and the drivers' addresses), which `chaos run` cuts.
+    chaos_net: str | None = None
 
 
 _SWITCH = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}

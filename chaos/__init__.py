@@ -15,6 +15,8 @@ from ember.chaos._faults import (
     resume_all,
 )
 from ember.chaos._cluster import LocalCluster
+from ember.chaos._netfaults import Direction, NetFault, NetFaultKind, NetFaultUnavailableError, Peer
+from ember.chaos._network import NetworkCommandError, NetworkUnavailableError
 from ember.chaos._processes import ProcessRecord, processes
 
 __all__ = [
@@ -23,7 +25,14 @@ __all__ = [
     "FaultKind",
     "Injected",
     "LocalCluster",
+    "Direction",
     "InvalidFaultError",
+    "NetFault",
+    "NetFaultKind",
+    "NetFaultUnavailableError",
+    "Peer",
+    "NetworkCommandError",
+    "NetworkUnavailableError",
     "Outcome",
     "PostgresNotRestartableError",
     "ProcessRecord",

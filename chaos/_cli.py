@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from ember.chaos._faults import PAUSE_TARGETS, PROCESS_TARGETS, Target
+from ember.chaos._netfaults import Direction, NetFaultUnavailableError, Peer, require_netem
 from ember.chaos._schedule import Options, plan
 
 DEFAULT_EVERY_S = 5.0
@@ -55,6 +56,48 @@ def _on_start(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     return tuple(out)
 
 
+_PEERS = {"gcs": Peer.GCS, "postgres": Peer.POSTGRES, "pg": Peer.POSTGRES, "node": Peer.NODE}
+
+
+def _partitions(ctx: click.Context, param: click.Parameter,
+                values: tuple[str, ...]) -> tuple[tuple[Peer, Direction], ...]:
+    out = []
+    for value in values:
+        for part in value.split(","):
+            peer, _, direction = part.strip().lower().partition(":")
+            if peer not in _PEERS or direction not in ("", *map(str, Direction)):
+                raise click.BadParameter(
+                    f"{part!r}: write PEER[:DIRECTION], PEER one of gcs, postgres, node (the node is cut from the "
+                    f"GCS's node and the drivers, from PostgreSQL, or from another node) and DIRECTION one of "
+                    f"both (the default), out (the node's packets to it dropped), in (its packets to the node)",
+                    ctx, param)
+            out.append((_PEERS[peer], Direction(direction or Direction.BOTH)))
+    return tuple(dict.fromkeys(out))
+
+
+def _delay(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    delay, _, jitter = value.partition(":")
+    try:
+        pair = (int(delay), int(jitter or 0))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: write MS or MS:JITTER, whole milliseconds", ctx, param) from None
+    if not 0 < pair[0] <= 10_000 or not 0 <= pair[1] <= 10_000:
+        raise click.BadParameter(f"{value!r}: MS in 1..10000, JITTER in 0..10000", ctx, param)
+    try:
+        require_netem()
+    except NetFaultUnavailableError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return pair
+
+
+def _percent(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 100:
+        raise click.BadParameter("must be a percentage, greater than 0 and at most 100", ctx, param)
+    return value
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise click.BadParameter("must be greater than 0", ctx, param)
@@ -75,8 +118,10 @@ def main() -> None:
     \b
     Faults fire on a clock (--every or --rate, for --duration seconds), after every N finished tasks
     (--every-tasks), or as the Nth task of a function starts (--on-start). Each clock or task-count fault
-    is drawn, with --seed, from the kinds given to --kill, --pause and --restart-postgres, every 5 s unless
-    told otherwise. With no fault option at all, a worker is killed every 5 seconds.
+    is drawn, with --seed, from the kinds given to --kill, --pause, --restart-postgres, --partition, --delay
+    and --loss, every 5 s unless told otherwise. With no fault option at all, a worker is killed every 5
+    seconds. Network faults hit the nodes of a LocalCluster(network=True) the program starts (as root), each
+    for --net-duration seconds; the report's timeline has each one's start and heal.
 
     \b
     Shows progress on stderr, then a summary: faults by kind, tasks re-run, objects rebuilt, actors
@@ -94,6 +139,16 @@ def main() -> None:
               help="SIGSTOP processes of these kinds for 0.2-2 s, then SIGCONT (the kinds of --kill but node).")
 @click.option("--restart-postgres", is_flag=True,
               help="Also restart the embedded PostgreSQL (pg_ctl restart -m fast); not a server given by URL.")
+@click.option("--partition", "partition", multiple=True, callback=_partitions, metavar="PEER[:DIRECTION]",
+              help="Cut a node of a LocalCluster(network=True) from PEER (gcs, postgres or node) for --net-duration "
+                   "seconds, DIRECTION both (default), out or in; nftables in its namespace. Repeatable.")
+@click.option("--delay", "delay_ms", callback=_delay, metavar="MS[:JITTER]",
+              help="Delay a node's packets by MS (plus or minus JITTER) milliseconds for --net-duration seconds "
+                   "(tc netem in its namespace; refused at once on a kernel without netem).")
+@click.option("--loss", "loss_percent", type=float, callback=_percent, metavar="PERCENT",
+              help="Drop PERCENT of a node's packets each way for --net-duration seconds (nftables).")
+@click.option("--net-duration", "net_duration_s", type=float, default=5.0, show_default=True, callback=_positive,
+              metavar="SECONDS", help="How long each network fault lasts before it heals.")
 @click.option("--every", "every_s", type=float, callback=_positive, metavar="SECONDS",
               help="A fault every SECONDS seconds.")
 @click.option("--rate", "rate_per_s", type=float, callback=_positive, metavar="PER_SECOND",
@@ -117,20 +172,23 @@ def main() -> None:
                    "shaded, time to recover from each), as the dashboard's chaos page shows it.")
 @click.option("--quiet", is_flag=True, help="No progress lines; the summary only.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(kill: tuple[Target, ...], pause: tuple[Target, ...], restart_postgres: bool, every_s: float | None,
+def run(kill: tuple[Target, ...], pause: tuple[Target, ...], restart_postgres: bool,
+        partition: tuple[tuple[Peer, Direction], ...], delay_ms: tuple[int, int] | None, loss_percent: float | None,
+        net_duration_s: float, every_s: float | None,
         rate_per_s: float | None, every_tasks: int | None, on_start: tuple[tuple[str, int], ...],
         seed: int | None, duration_s: float, faults_max: int | None, timeout_s: float | None, report_path: Path | None,
         html_path: Path | None, quiet: bool, command: tuple[str, ...]) -> None:
     if every_s is not None and rate_per_s is not None:
         raise click.UsageError("give --every or --rate, not both")
-    if not (kill or pause or restart_postgres or on_start):
+    network = bool(partition or delay_ms or loss_percent)
+    if not (kill or pause or restart_postgres or on_start or network):
         kill = (Target.WORKER,)
-    if (kill or pause or restart_postgres) and not (every_s or rate_per_s or every_tasks):
+    if (kill or pause or restart_postgres or network) and not (every_s or rate_per_s or every_tasks):
         every_s = DEFAULT_EVERY_S
     if seed is None:
         seed = random.SystemRandom().randrange(1_000_000)
     options = Options(kill, pause, restart_postgres, every_s, rate_per_s, every_tasks, on_start, duration_s, seed,
-                      faults_max)
+                      faults_max, partition, delay_ms, loss_percent, net_duration_s)
     planned = plan(options)
     if not planned:
         raise click.UsageError(f"the schedule is empty: with --duration {duration_s:g} no fault would fire")
@@ -233,7 +291,9 @@ def _options_json(options: Options) -> dict[str, Any]:
             "restart_postgres": options.restart_postgres, "every_s": options.every_s,
             "rate_per_s": options.rate_per_s, "every_tasks": options.every_tasks,
             "on_start": [f"{f}:{n}" for f, n in options.on_start], "duration_s": options.duration_s,
-            "max_faults": options.faults_max}
+            "max_faults": options.faults_max, "partition": [f"{p}:{d}" for p, d in options.partition],
+            "delay_ms": list(options.delay_ms) if options.delay_ms else None, "loss_percent": options.loss_percent,
+            "net_duration_s": options.net_duration_s}
 
 
 def _rerun_line(options: Options, timeout_s: float | None, command: tuple[str, ...]) -> str:
@@ -244,6 +304,14 @@ def _rerun_line(options: Options, timeout_s: float | None, command: tuple[str, .
         parts += ["--pause", ",".join(map(str, options.pause))]
     if options.restart_postgres:
         parts.append("--restart-postgres")
+    for peer, direction in options.partition:
+        parts += ["--partition", f"{peer}:{direction}"]
+    if options.delay_ms is not None:
+        parts += ["--delay", f"{options.delay_ms[0]}:{options.delay_ms[1]}"]
+    if options.loss_percent is not None:
+        parts += ["--loss", f"{options.loss_percent:g}"]
+    if options.partition or options.delay_ms is not None or options.loss_percent is not None:
+        parts += ["--net-duration", f"{options.net_duration_s:g}"]
     for flag, value in (("--every", options.every_s), ("--rate", options.rate_per_s),
                         ("--every-tasks", options.every_tasks)):
         if value is not None:

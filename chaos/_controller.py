@@ -28,8 +28,9 @@ from typing import Any
 
 import psutil
 
-from ember.chaos import _agent, _faults
+from ember.chaos import _agent, _faults, _netfaults
 from ember.chaos._faults import Fault, FaultKind, Injected, Outcome, Target
+from ember.chaos._netfaults import Applied, NetFault
 from ember.lineage._states import ProcessKind
 from ember.scheduler._procutil import process_start_ticks
 from ember.chaos._schedule import Nemesis, Planned, TriggerKind
@@ -96,6 +97,9 @@ class Controller:
         self._lock = threading.RLock()  # events, the nemesis and the tally
         self._fire_lock = threading.Lock()  # one fault at a time, in trigger order
         self._members: dict[int, Member] = {}
+        self._net_lock = threading.Lock()  # the network faults in place, and their heal timers
+        self._net_applied: dict[int, tuple[Applied, threading.Timer]] = {}
+        self._net_ids = 0
         self._program_pid: int | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -118,11 +122,12 @@ class Controller:
         return self._clock() - self._t0
 
     def stop(self) -> None:
-        """Stop firing, resume anything paused, close the socket."""
+        """Stop firing, resume anything paused, heal every network fault, close the socket."""
         self._stop.set()
         self._wake.set()
         with self._fire_lock:
             _faults.resume_all()
+            self._heal_all()
         try:
             self._listener.close()
         finally:
@@ -240,6 +245,9 @@ class Controller:
     # -- faults -----------------------------------------------------------------------
 
     def _fire(self, planned: Planned, source: Member | None = None) -> None:
+        if isinstance(planned.fault, NetFault):
+            self._fire_net(planned, planned.fault)
+            return
         fault = planned.fault
         with self._fire_lock:
             if self._stop.is_set():
@@ -294,6 +302,74 @@ class Controller:
         ticks = member.details.get("start_ticks") if member is not None else None
         return ticks is not None and ticks == process_start_ticks(pid)
 
+    # -- network faults ------------------------------------------------------------------
+
+    def _fire_net(self, planned: Planned, fault: NetFault) -> None:
+        """Put ``fault`` on a node in a namespace, and heal it ``fault.duration_s`` later (or at ``stop``)."""
+        with self._fire_lock:
+            if self._stop.is_set():
+                return
+            started = time.monotonic()
+            at_s, t_s = time.time(), self.elapsed_s()
+            outcome, pid, detail, applied = self._apply_net(fault)
+            entry = {"what": "fault", "trigger": planned.trigger.to_json(), "fault": fault.to_json(), "at_s": at_s,
+                     "took_s": time.monotonic() - started, "outcome": str(outcome), "pid": pid, "detail": detail}
+            if applied is not None:
+                entry["until_s"] = round(t_s + fault.duration_s, 4)  # planned; the heal's own entry says when
+                self._net_ids += 1
+                net_id = entry["net_id"] = self._net_ids
+                timer = threading.Timer(fault.duration_s, self._heal, args=(net_id,))
+                timer.name, timer.daemon = f"chaos-heal-{net_id}", True
+                with self._net_lock:
+                    self._net_applied[net_id] = (applied, timer)
+                timer.start()
+        with self._lock:
+            if outcome is Outcome.HIT:
+                self.tally.faults[fault.label()] += 1
+            else:
+                self.tally.missed[str(outcome)] += 1
+            self.timeline.append({"t_s": round(t_s, 4), **entry})
+
+    def _apply_net(self, fault: NetFault) -> tuple[Outcome, int | None, str, Applied | None]:
+        with self._lock:
+            nodes = sorted((m for m in self._members.values() if m.kind is ProcessKind.NODE
+                            and isinstance(m.details.get("net"), dict) and not m.details.get("head")),
+                           key=lambda m: _role_order(m.details["net"]["role"]))
+        nodes = [m for m in nodes if self._is_ours(m.pid)]
+        if not nodes:
+            return Outcome.NO_PROCESS, None, "no node in a network namespace has reported " \
+                "(network faults need LocalCluster(network=True))", None
+        victim = nodes[fault.pick % len(nodes)]
+        net = victim.details["net"]
+        others = [m.details["net"]["address"] for m in nodes if m is not victim]
+        try:
+            peer = _netfaults.peer_address(fault, net, others)
+        except _faults.InvalidFaultError as exc:
+            return Outcome.NO_PROCESS, None, str(exc), None
+        inside = ["/usr/bin/nsenter", "--target", str(victim.pid), "--net"]
+        try:
+            applied = _netfaults.apply(fault, inside, peer)
+        except _netfaults.NetworkCommandError as exc:
+            return Outcome.GONE, victim.pid, f"not applied: {exc}", None
+        return Outcome.HIT, victim.pid, f"node {net['role']} ({net['address']}): {applied.detail}", applied
+
+    def _heal(self, net_id: int) -> None:
+        with self._net_lock:
+            found = self._net_applied.pop(net_id, None)
+        if found is None:
+            return
+        applied, timer = found
+        timer.cancel()
+        _netfaults.heal(applied)
+        with self._lock:
+            self._record("fault_healed", net_id=net_id, fault=applied.fault.to_json(), label=applied.fault.label())
+
+    def _heal_all(self) -> None:
+        with self._net_lock:
+            ids = sorted(self._net_applied)
+        for net_id in ids:
+            self._heal(net_id)
+
     def _restart_postgres(self) -> tuple[Outcome, int | None, str]:
         with self._lock:
             homes = {m.details.get("pg_home") for m in self._members.values() if m.kind is ProcessKind.DRIVER}
@@ -309,3 +385,8 @@ class Controller:
         except Exception as exc:  # noqa: BLE001 - a failed restart is part of the timeline, not a crash
             return Outcome.GONE, old_pid, f"restart failed: {exc}"
         return Outcome.HIT, old_pid, f"new server pid {server.server_pid()}"
+
+
+def _role_order(role: str) -> tuple[int, str]:
+    """Nodes in the order their cluster made them: n0, n1, ..., n10 (a stable pick, run after run)."""
+    return (int(role[1:]), role) if role[1:].isdigit() else (1 << 30, role)

@@ -37,7 +37,9 @@ def faults_of(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         fault = entry.get("fault", {})
         faults.append({"at": entry.get("at_s"), "t_s": entry.get("t_s"), "kind": fault.get("kind"),
-                       "target": fault.get("target"), "pause_s": fault.get("pause_s"),
+                       "target": fault.get("target"),
+                       # How long it lasted of itself: a pause's stop, a network fault's duration.
+                       "pause_s": fault.get("pause_s") or fault.get("duration_s"),
                        "outcome": entry.get("outcome"), "pid": entry.get("pid"), "detail": entry.get("detail"),
                        "trigger": entry.get("trigger")})
     return faults

@@ -91,6 +91,24 @@ def read(path: Path) -> Replayable:
     return Replayable(command, str(data.get("cwd") or "."), planned, duration_s, faults_max, data.get("seed"))
 
 
+def network_timeline(timeline: list[dict[str, Any]]) -> list[str]:
+    """Each network fault of a run's timeline with its start and its heal (seconds since the start)."""
+    healed = {e["net_id"]: e["t_s"] for e in timeline if e.get("what") == "fault_healed" and "net_id" in e}
+    lines = []
+    for entry in timeline:
+        if entry.get("what") != "fault" or "net_id" not in entry and "duration_s" not in entry.get("fault", {}):
+            continue
+        fault = entry["fault"]
+        label = fault["kind"] + (f" node-{fault['peer']} {fault['direction']}" if fault["kind"] == "partition" else "")
+        if entry.get("outcome") != "hit":
+            lines.append(f"{label}: at {entry['t_s']:.2f} s hit nothing ({entry.get('detail')})")
+            continue
+        end = healed.get(entry["net_id"])
+        lines.append(f"{label}: {entry['t_s']:.2f} s to " + (f"{end:.2f} s" if end is not None else "the end (not healed)")
+                     + f", {entry.get('detail')}")
+    return lines
+
+
 def summary(result: RunResult, seed: int | None, report_path: Path | None, rerun: str) -> str:
     tally = result.tally
     lines = [f"chaos run: {' '.join(result.command)}"]
@@ -113,6 +131,8 @@ def summary(result: RunResult, seed: int | None, report_path: Path | None, rerun
     lines.append(f"  objects lost      {tally.objects_lost}")
     for entry in result.lost[:5]:
         lines.append(f"    {entry.get('object')}: {entry.get('reason')}")
+    for line in network_timeline(result.timeline):
+        lines.append(f"  network fault     {line}")
     for note in result.notes:
         lines.append(f"  note              {note}")
     if result.exit_code == EXIT_LOST_DATA:

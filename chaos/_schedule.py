@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.chaos._faults import Fault, InvalidFaultError, Target
+from ember.chaos._netfaults import Direction, NetFault, NetFaultKind, Peer
 
 PLANNED_MAX = 1_000  # a schedule longer than this is a load test, not a replayable run
 PAUSE_S_MIN, PAUSE_S_MAX = 0.2, 2.0
@@ -74,14 +75,16 @@ class Trigger:
 @dataclass(frozen=True)
 class Planned:
     trigger: Trigger
-    fault: Fault
+    fault: Fault | NetFault
 
     def to_json(self) -> dict[str, Any]:
         return {"trigger": self.trigger.to_json(), "fault": self.fault.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Planned:
-        return cls(Trigger.from_json(data["trigger"]), Fault.from_json(data["fault"]))
+        fault = data["fault"]
+        network = isinstance(fault, Mapping) and fault.get("kind") in set(NetFaultKind)
+        return cls(Trigger.from_json(data["trigger"]), NetFault.from_json(fault) if network else Fault.from_json(fault))
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,22 @@ class Options:
     duration_s: float = 60.0  # no fault fires after this
     seed: int = 0
     faults_max: int | None = None  # no fault fires after this many
+    partition: tuple[tuple[Peer, Direction], ...] = ()  # network faults (a LocalCluster(network=True))
+    delay_ms: tuple[int, int] | None = None  # (delay, jitter)
+    loss_percent: float | None = None
+    net_duration_s: float = 5.0  # how long each network fault lasts
 
-    def menu(self) -> list[tuple[str, Target | None]]:
+    def menu(self) -> list[tuple[str, Any]]:
         """The faults a clock or task-count trigger chooses among."""
-        items: list[tuple[str, Target | None]] = [("kill", t) for t in self.kill]
+        items: list[tuple[str, Any]] = [("kill", t) for t in self.kill]
         items += [("pause", t) for t in self.pause]
         if self.restart_postgres:
             items.append(("restart_postgres", None))
+        items += [("partition", p) for p in self.partition]
+        if self.delay_ms is not None:
+            items.append(("delay", self.delay_ms))
+        if self.loss_percent is not None:
+            items.append(("loss", self.loss_percent))
         return items
 
 
@@ -116,11 +128,11 @@ def plan(options: Options) -> list[Planned]:
                for function, nth in options.on_start]
     if menu:
         for at_s in _times(options, rng):
-            planned.append(Planned(Trigger(TriggerKind.AT, at_s=at_s), _draw(menu, rng)))
+            planned.append(Planned(Trigger(TriggerKind.AT, at_s=at_s), _draw(menu, rng, options.net_duration_s)))
         if options.every_tasks:
             for k in range(1, PLANNED_MAX + 1):
                 planned.append(Planned(Trigger(TriggerKind.AFTER_TASKS, count=k * options.every_tasks),
-                                       _draw(menu, rng)))
+                                       _draw(menu, rng, options.net_duration_s)))
     return planned[:PLANNED_MAX]
 
 
@@ -138,14 +150,24 @@ def _times(options: Options, rng: random.Random) -> Iterable[float]:
         yield at_s
 
 
-def _draw(menu: Sequence[tuple[str, Target | None]], rng: random.Random) -> Fault:
-    action, target = menu[rng.randrange(len(menu))]
-    pick = rng.randrange(1_000_000)  # reduced modulo the live processes of that kind when it fires
-    if action == "kill":
-        return Fault.kill(target, pick)  # type: ignore[arg-type]
-    if action == "pause":
-        return Fault.pause(target, round(rng.uniform(PAUSE_S_MIN, PAUSE_S_MAX), 2), pick)  # type: ignore[arg-type]
-    return Fault.restart_postgres()
+def _draw(menu: Sequence[tuple[str, Any]], rng: random.Random, net_duration_s: float) -> Fault | NetFault:
+    action, what = menu[rng.randrange(len(menu))]
+    pick = rng.randrange(1_000_000)  # reduced modulo the live processes (or nodes) of that kind when it fires
+    match action:
+        case "kill":
+            return Fault.kill(what, pick)
+        case "pause":
+            return Fault.pause(what, round(rng.uniform(PAUSE_S_MIN, PAUSE_S_MAX), 2), pick)
+        case "restart_postgres":
+            return Fault.restart_postgres()
+        case "partition":
+            peer, direction = what
+            return NetFault.partition(peer, net_duration_s, direction, pick, rng.randrange(1_000_000))
+        case "delay":
+            return NetFault.delay(what[0], net_duration_s, what[1], pick)
+        case "loss":
+            return NetFault.loss(what, net_duration_s, pick)
+    raise AssertionError(action)
 
 
 @dataclass

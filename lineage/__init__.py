@@ -45,7 +45,7 @@ _INTERNAL = {
     "PlacementStrategy": "_placement_groups",
     "short_repr": "_replay", "EmbeddedPostgres": "_postgres", "LineageStore": "_store",
     "QueueLog": "_queue_log", "ReplaySource": "_replay_source",
-    "GcsLog": "_gcs_log", "ember_home": "_postgres",
+    "GcsLog": "_gcs_log", "ember_home": "_postgres", "TcpListen": "_postgres",
     "KeptCopy": "_replay_plan", "Lost": "_replay_plan", "LostWhy": "_replay_plan", "RebuildPlan": "_replay_plan", "Rerun": "_replay_plan",
     "Restore": "_replay_plan", "TaskFacts": "_replay_plan", "no_copy_reason": "_replay_plan",
     "plan_rebuild": "_replay_plan", "UNREACHABLE_WAIT_S": "_replay_source", "LoggedTask": "_replay_source",

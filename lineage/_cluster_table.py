@@ -49,12 +49,12 @@ class ClusterTable:
             return [[] for _ in statements]
         import psycopg
 
-        from ember.lineage._log_writer import close_quietly
+        from ember.lineage._log_writer import CONNECT_OPTIONS, close_quietly
 
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.conninfo, connect_timeout=3)
+                    self._conn = psycopg.connect(self.conninfo, connect_timeout=3, **CONNECT_OPTIONS)
                 results = []
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     for sql, params in statements:
@@ -83,6 +83,15 @@ class ClusterTable:
             (self.cluster_id,),
         )])
         return {bytes(r[0]).hex(): r[1] for r in rows}  # the latest start wins
+
+    def live_actor_instances(self) -> list[tuple[str, str, str]]:
+        """(actor id, node id, process id), hex, of every live actor process, oldest start first."""
+        (rows,) = self._run([(
+            "SELECT actor_id, node_id, worker_id FROM workers WHERE cluster_id = %s AND actor_id IS NOT NULL "
+            "AND ended_at IS NULL AND node_id IS NOT NULL ORDER BY started_at",
+            (self.cluster_id,),
+        )])
+        return [(bytes(r[0]).hex(), r[1], bytes(r[2]).hex()) for r in rows]
 
     def actor_names(self) -> dict[str, tuple[str, str]]:
         """Name -> (actor id hex, handle metadata) of this cluster's named actors."""
@@ -143,6 +152,14 @@ class ClusterTable:
             self._run([("UPDATE workers SET ended_at = NULL, death_cause = 'presumed dead (' || death_cause || "
                         "'), then it came back' WHERE worker_id = ANY(%s) AND ended_at IS NOT NULL "
                         "AND starts_with(death_cause, %s)", (worker_ids, NODE_ENDED))])
+
+    def workers_fenced(self, worker_ids: list[bytes]) -> None:
+        """Actor processes of a node that came back, ended with it when it was presumed dead, and not back:
+        a later instance of their actor runs elsewhere, so the node kills them (the GCS's fence)."""
+        if worker_ids:
+            self._run([("UPDATE workers SET death_cause = death_cause || '; fenced when its node came back: a "
+                        "later instance of its actor runs elsewhere' WHERE worker_id = ANY(%s) "
+                        "AND ended_at IS NOT NULL AND starts_with(death_cause, %s)", (worker_ids, NODE_ENDED))])
 
     def job_ended(self, job_id: bytes, state: JobState) -> None:
         self._run([("UPDATE jobs SET ended_at = now(), state = %s WHERE job_id = %s AND ended_at IS NULL",

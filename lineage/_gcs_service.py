@@ -24,6 +24,7 @@ import time
 from typing import Any, assert_never
 
 from ember import _settings
+from ember.lineage._actor_fence import ActorInstances
 from ember.lineage._cluster_table import ClusterTable
 from ember.lineage._placement_groups import BUNDLES_MAX, BundlePhase, Group, PlacementGroups, PlacementStrategy
 from ember.lineage._rpc import BadRequest, Unavailable, serve
@@ -82,6 +83,8 @@ class GcsService:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self._actor_nodes: dict[str, str] = {}  # actor id (hex) -> the node its latest process started on
+        # Each actor's current instance, and the superseded ones still alive on their nodes (the fence).
+        self._instances = ActorInstances()
         # Actor names, cluster-wide: name -> (actor id hex, handle metadata: a pickle in base64 the
         # schedulers made; never unpickled here).
         self._names: dict[str, tuple[str, str]] = {}
@@ -105,19 +108,27 @@ class GcsService:
 
     def register(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, address=str, resources=dict, events=(list, None), restarted=(bool, None),
-                 transfer=(str, None), own=(list, None))
+                 transfer=(str, None), own=(list, None), own_actors=(dict, None))
         _check_events(req)
         own = req.get("own") or []
         if not all(type(p) is str for p in own):
             raise BadRequest(f"field 'own' is {own!r:.60}, not a list of process ids (hex)")
-        spared = [_hex(p, "own") for p in own]
+        own_actors = req.get("own_actors") or {}
+        for process_hex, actor_hex in own_actors.items():
+            _hex(process_hex, "own_actors"), _hex(actor_hex, "own_actors")
+        self._note_actors(req["node_id"], req.get("events"))
+        with self._lock:
+            self._instances.registered(req["node_id"], own_actors)
+            stale = self._instances.stale(req["node_id"])
+        # A superseded actor instance is not back with its node: the node kills it on this answer.
+        spared = [_hex(p, "own") for p in own if p not in stale]
         if req.get("restarted"):
             # Not the processes the new scheduler started: this registration may be a second try.
             self.table.workers_ended(req["node_id"], "its node's scheduler died", spared)
         self.table.node_started(req["node_id"], req["address"], req["resources"])
         self.table.workers_back(spared)  # ended with their node when it was presumed dead
+        self.table.workers_fenced([bytes.fromhex(p) for p in stale if p in own])
         self.table.process_events(req["node_id"], req.get("events", []))
-        self._note_actors(req["node_id"], req.get("events"))
         with self._lock:
             node = self._nodes.get(req["node_id"])
             if node is None:
@@ -126,7 +137,7 @@ class GcsService:
             node.resources, node.transfer = req["resources"], req.get("transfer")
             node.alive, node.death_cause, node.last_seen = True, None, time.monotonic()
             node.registered = True
-        return {"gcs_pid": os.getpid()}
+        return {"gcs_pid": os.getpid(), "stale": stale}
 
     def heartbeat(self, req: dict[str, Any]) -> dict[str, Any]:
         _require(req, node_id=str, events=(list, None), available=(dict, None), queued=(int, None),
@@ -166,6 +177,10 @@ class GcsService:
             self.table.process_events(req["node_id"], events)
             self._note_actors(req["node_id"], events)
         reply: dict[str, Any] = {"known": True, "view": view, "gone": gone}
+        with self._lock:
+            stale = self._instances.stale(req["node_id"])
+        if stale:
+            reply["stale"] = stale  # the node kills them and reports their deaths, which ends this
         if desired is not None:  # none before the load: the node keeps what it holds meanwhile
             reply["bundles"] = desired
         return reply
@@ -179,6 +194,7 @@ class GcsService:
             node = self._nodes.get(req["node_id"])
             if node is not None:
                 node.alive, node.death_cause = False, req.get("cause") or "shut down"
+            self._instances.node_left(req["node_id"])
             changed = self._groups_of_dead_node(req["node_id"])
         self._log_groups(changed)
         return {}
@@ -450,11 +466,15 @@ class GcsService:
             raise Unavailable("the GCS service is loading the cluster's actors and names from PostgreSQL")
 
     def _note_actors(self, node_id: str, events: list[dict[str, Any]] | None) -> None:
-        """Remember where each actor's process started (events were checked already)."""
+        """Remember where each actor's process started, and which is its current instance (events were
+        checked already)."""
         with self._lock:
             for event in events or ():
                 if event["type"] == "started" and event.get("actor_id"):
                     self._actor_nodes[event["actor_id"]] = node_id
+                    self._instances.started(node_id, event["process_id"], event["actor_id"])
+                elif event["type"] == "died":
+                    self._instances.died(node_id, event["process_id"])
 
     def info(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"gcs_pid": os.getpid(), "process_id": self.process_id, "started_at": self.started_at,
@@ -478,6 +498,7 @@ class GcsService:
         # Where each actor runs, as the processes table has it: schedulers that did not place an
         # actor find it through this directory, and a restarted service must not forget it.
         actors = self._retry(self.table.live_actor_processes)
+        instances = self._retry(self.table.live_actor_instances)
         names = self._retry(self.table.actor_names)
         groups = self._retry(self.table.placement_groups)
         with self._lock:
@@ -488,6 +509,12 @@ class GcsService:
                     log.error("placement group row not loaded: %s %r", exc, record)
             for actor_id, node_id in actors.items():
                 self._actor_nodes.setdefault(actor_id, node_id)  # a start reported since is newer
+            heard = {actor_id for actor_id, _, _ in instances if self._instances.current(actor_id) is not None}
+            for actor_id, node_id, process_id in instances:  # oldest first: the latest start is current ...
+                if actor_id in heard:  # ... unless a start was heard since this service started: that one is
+                    self._instances.registered(node_id, {process_id: actor_id})
+                else:
+                    self._instances.started(node_id, process_id, actor_id)
             for name, claim in names.items():
                 self._names.setdefault(name, claim)
         self.loaded.set()
@@ -523,6 +550,7 @@ class GcsService:
                         node.alive = False
                         node.death_cause = f"missed heartbeats for {silent:.1f}s"
                         dead.append((node.node_id, node.death_cause))
+                        self._instances.declared_dead(node.node_id)  # its actor processes are suspect now
                 changed = [g for node_id, _ in dead for g in self._groups_of_dead_node(node_id)]
                 alive = [n.node_id for n in self._nodes.values() if n.alive]
             self._log_groups(changed)

@@ -8,7 +8,9 @@ where the binaries come from, so it can be swapped for another source.
 Rules it keeps:
 
 - the server listens on a Unix socket only (no TCP port at all), in a
-  directory only its owner can enter;
+  directory only its owner can enter; the one exception is a server given a
+  ``TcpListen`` (a network test cluster's, ``ember.chaos``), which also
+  listens on that one address, for password (SCRAM) logins from one subnet;
 - two drivers starting at once share one server: initdb and start happen
   under an exclusive file lock, and each user of the server registers a file
   named after its pid (a process may hold several); the last one to leave
@@ -34,6 +36,7 @@ import shutil
 import struct
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -70,10 +73,23 @@ def _package_root() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+@dataclass(frozen=True)
+class TcpListen:
+    """A server that also listens on ``host:port`` (besides its socket), for ``subnet`` with ``password``;
+    its postmaster starts under ``launch_prefix`` (``ip netns exec NAME``: inside a network namespace)."""
+
+    host: str
+    port: int
+    subnet: str  # CIDR, e.g. 10.231.7.0/24: the only addresses pg_hba lets in
+    password: str
+    launch_prefix: tuple[str, ...] = ()
+
+
 class EmbeddedPostgres:
     """One PostgreSQL server on ``home/pg``, shared by the processes on this machine."""
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, tcp: TcpListen | None = None) -> None:
+        self.tcp = tcp
         self.home = (home or ember_home()) / "pg"
         self.data_dir = self.home / "data"
         self.socket_dir = self.home / "run"
@@ -93,6 +109,12 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://{SUPERUSER}@/{DATABASE}?host={self.socket_dir}"
 
+    @property
+    def tcp_url(self) -> str:
+        """The URL that reaches the server over TCP (a server started with a ``TcpListen`` only)."""
+        assert self.tcp is not None, "a server without TcpListen has no TCP address"
+        return f"postgresql://{SUPERUSER}:{self.tcp.password}@{self.tcp.host}:{self.tcp.port}/{DATABASE}"
+
     def start(self) -> None:
         """Make sure the server runs and count this process as one of its users."""
         self._prepare_dirs()
@@ -101,6 +123,8 @@ class EmbeddedPostgres:
             if not (self.data_dir / "PG_VERSION").exists():
                 self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
                            "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--no-instructions"])
+                if self.tcp is not None:
+                    self._allow_subnet(self.tcp)
             if not self._running(bin_dir):
                 self._pg_ctl(bin_dir, "start")
             self._ensure_database(bin_dir)
@@ -141,9 +165,18 @@ class EmbeddedPostgres:
             self._pg_ctl(self._binaries(), "start")
 
     def _pg_ctl(self, bin_dir: Path, action: str, *extra: str) -> None:
-        options = f"-k {self.socket_dir} -h '' -c max_connections=300 -c unix_socket_permissions=0700"
+        listen = "''" if self.tcp is None else f"{self.tcp.host} -p {self.tcp.port}"
+        options = f"-k {self.socket_dir} -h {listen} -c max_connections=300 -c unix_socket_permissions=0700"
+        prefix = list(self.tcp.launch_prefix) if self.tcp is not None else []
         self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                   "-w", "-t", str(START_TIMEOUT_S), "-o", options, *extra, action])
+                   "-w", "-t", str(START_TIMEOUT_S), "-o", options, *extra, action], prefix)
+
+    def _allow_subnet(self, tcp: TcpListen) -> None:
+        """Let ``tcp.subnet`` log in as the superuser with its password (SCRAM), nothing else by TCP."""
+        with open(self.data_dir / "pg_hba.conf", "a") as hba:
+            hba.write(f"\nhost {DATABASE} {SUPERUSER} {tcp.subnet} scram-sha-256\n")
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write("\npassword_encryption = 'scram-sha-256'\n")
 
     def server_pid(self) -> int | None:
         pid_file = self.data_dir / "postmaster.pid"
@@ -244,10 +277,14 @@ class EmbeddedPostgres:
         exists = self._run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"])
         if exists.strip() != "1":
             self._run([*psql, "-c", f"CREATE DATABASE {DATABASE}"])
+        if self.tcp is not None:
+            # Over the owner-only socket; the password is hex (secrets.token_hex), so it needs no quoting.
+            assert all(c in "0123456789abcdef" for c in self.tcp.password), "the password must be hex"
+            self._run([*psql, "-c", f"ALTER USER {SUPERUSER} PASSWORD '{self.tcp.password}'"])
 
-    def _run(self, argv: list[str]) -> str:
+    def _run(self, argv: list[str], prefix: list[str] | None = None) -> str:
         try:
-            result = subprocess.run(self._as_server_user(argv), capture_output=True, text=True,
+            result = subprocess.run([*(prefix or []), *self._as_server_user(argv)], capture_output=True, text=True,
                                     timeout=START_TIMEOUT_S, cwd=str(self.home))
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ClusterStartError(f"the embedded PostgreSQL could not run {Path(argv[0]).name}: {exc}") from exc

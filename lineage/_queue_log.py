@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from ember.lineage._binary_arrays import BinaryArray, EncodedDumper, encode_column
-from ember.lineage._log_writer import BACKOFF_INITIAL_S, BACKOFF_MAX_S, LAZY_DELAY_S, close_quietly
+from ember.lineage._log_writer import BACKOFF_INITIAL_S, BACKOFF_MAX_S, CONNECT_OPTIONS, LAZY_DELAY_S, close_quietly
 
 log = logging.getLogger("ember.lineage")
 
@@ -157,7 +157,7 @@ class QueueLog:
 
     def _write(self, upserts: dict[bytes, tuple[int, str, bytes]], deletes: set[bytes]) -> None:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5, **CONNECT_OPTIONS)
             self._conn.adapters.register_dumper(BinaryArray, EncodedDumper)
         # One statement, one round trip. The two sets are disjoint by construction
         # (a task that left and came back within the window is an upsert only).

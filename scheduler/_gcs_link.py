@@ -37,8 +37,11 @@ class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
                  resources: dict[str, float], available: Any = None, queued: Any = None,
                  transfer: str | None = None, on_view: Any = None, bundles: Any = None,
-                 on_bundles: Any = None) -> None:
+                 on_bundles: Any = None, on_stale: Any = None) -> None:
         self.node_id = node_id
+        # ([process id hex]) -> None: actor processes of this node that a later instance of their actor
+        # replaced (it was cut off, and the actor restarted elsewhere): the node kills them (the fence).
+        self._on_stale = on_stale
         # () -> {"held", "refused", "awaiting"}: the placement group bundles this node holds, for each heartbeat;
         # ({key: {"resources", "phase"}}, [gone group ids]) -> bool: the GCS's answer, True if it changed something.
         self._bundles = bundles
@@ -63,6 +66,7 @@ class GcsLink:
         # (its answer lost) must not end them in the log with a dead scheduler's, and a node presumed
         # dead that comes back has them open again.
         self._own: set[str] = set()
+        self._own_actors: dict[str, str] = {}  # of those, the actors' processes: process id -> actor id (hex)
         self.gcs_pid: int | None = None
 
     def start(self) -> None:
@@ -71,12 +75,15 @@ class GcsLink:
     def started(self, process_id: bytes, kind: ProcessKind, pid: int, actor_id: bytes | None = None) -> None:
         with self._lock:
             self._own.add(process_id.hex())
+            if actor_id:
+                self._own_actors[process_id.hex()] = actor_id.hex()
         self._push({"type": "started", "process_id": process_id.hex(), "kind": kind, "pid": pid,
                     "actor_id": actor_id.hex() if actor_id else None})
 
     def died(self, process_id: bytes, cause: str) -> None:
         with self._lock:
             self._own.discard(process_id.hex())
+            self._own_actors.pop(process_id.hex(), None)
         self._push({"type": "died", "process_id": process_id.hex(), "cause": cause})
 
     def creator_gone(self, job_id: bytes) -> None:
@@ -122,10 +129,10 @@ class GcsLink:
             try:
                 if not self.registered:
                     with self._lock:
-                        own = sorted(self._own)
+                        own, own_actors = sorted(self._own), dict(self._own_actors)
                     request = {"node_id": self.node_id, "address": self._node_address,
                                "resources": self._resources, "events": events, "restarted": self.restarted,
-                               "own": own}
+                               "own": own, "own_actors": own_actors}
                     if self._transfer:
                         request["transfer"] = self._transfer
                     reply = self._client.try_call("Register", request)
@@ -134,6 +141,7 @@ class GcsLink:
                     # scheduler's live workers in the log a second time.
                     self.restarted = False
                     self._acknowledged(len(events))
+                    self._fence(reply)
                 else:
                     beat: dict[str, Any] = {"node_id": self.node_id, "events": events}
                     if self._available is not None:
@@ -148,6 +156,7 @@ class GcsLink:
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))
+                        self._fence(reply)
                         if self._on_view is not None and isinstance(reply.get("view"), dict):
                             self._on_view(reply["view"])
                         if (self._on_bundles is not None and isinstance(reply.get("bundles"), dict)
@@ -167,6 +176,16 @@ class GcsLink:
                 self.registered = False
             self._wake.wait(HEARTBEAT_S)
             self._wake.clear()
+
+    def _fence(self, reply: dict[str, Any]) -> None:
+        stale = reply.get("stale")
+        if stale and self._on_stale is not None and isinstance(stale, list):
+            with self._lock:
+                mine = [p for p in stale if p in self._own_actors]
+            if mine:
+                log.warning("the GCS fenced %d actor process(es) of this node: their actors run elsewhere now",
+                            len(mine))
+                self._on_stale(mine)
 
     def stop(self, cause: str) -> None:
         """Say goodbye (bounded): the node's end and its last events get recorded."""

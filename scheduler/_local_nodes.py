@@ -127,17 +127,22 @@ def find(address: str) -> LocalNode:
         + (f" (nodes here belong to {', '.join(sorted({n.gcs_address for n in nodes}))})" if nodes else ""))
 
 
-def start_daemon(argv: list[str], address: str, timeout_s: float = START_TIMEOUT_S) -> LocalNode:
+def start_daemon(argv: list[str], address: str, timeout_s: float = START_TIMEOUT_S,
+                 launch_prefix: tuple[str, ...] = (), env: dict[str, str] | None = None) -> LocalNode:
     """Run a node daemon (``_node_daemon`` with ``argv``) and wait until its node serves; its record.
+
+    ``launch_prefix`` goes before the command (``ip netns exec NAME``: the node runs in that network
+    namespace); ``env`` is added to this process's environment for it.
 
     Raises ClusterStartError, with the end of the daemon's log, if it exits
     or does not serve within ``timeout_s`` (then it is killed).
     """
     log_path = nodes_dir() / f"daemon-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}.log"
     try:
-        forked = subprocess.run([sys.executable, "-m", "ember.scheduler._node_daemon", *argv,
+        forked = subprocess.run([*launch_prefix, sys.executable, "-m", "ember.scheduler._node_daemon", *argv,
                                  "--log-file", str(log_path)],
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s,
+                                env={**os.environ, **env} if env else None)
         pid = int(forked.stdout.strip())
     except (subprocess.TimeoutExpired, ValueError) as exc:
         raise ClusterStartError(f"the node daemon did not start: {exc}") from exc

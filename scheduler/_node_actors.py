@@ -229,6 +229,23 @@ class NodeActors:
                 self._spiller.release_name(actor.name, actor_id)
         self._publish(actor_id)
 
+    def fence(self, actor_id: bytes, worker: int, reason: str) -> None:
+        """The actor's process ``worker`` here is a superseded instance (the actor was restarted on another
+        node while this one was cut off): SIGKILL it (it must not run on, nor flush anything) and forget
+        the actor here without a word to its subscribers (a "dead" relayed from here would end the actor
+        that lives on elsewhere). Its death, reported as any, restarts nothing: the actor is not here."""
+        actor = self._actors.get(actor_id)
+        if actor is None or actor.worker != worker:
+            return
+        del self._actors[actor_id]
+        self._queue.forget_actor(actor_id)
+        w = self._workers.get(worker)
+        if w is not None and w.worker_id is not None:
+            self._gcs.died(w.worker_id, f"fenced: {reason}")
+        self._workers.kill(worker)
+        if actor.name is not None and self._names.get(actor.name) == actor_id:
+            del self._names[actor.name]  # here only: the name is the live instance's, elsewhere
+
     def kill(self, actor_id: bytes, reason: str) -> None:
         actor = self._actors.get(actor_id)
         if actor is not None and actor.host is not None and self._spiller is not None:

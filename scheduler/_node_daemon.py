@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     _local_nodes.record(_local_nodes.LocalNode(
         node.node_id, os.getpid(), _local_nodes.process_start_ticks(os.getpid()) or 0, str(session.dir),
         gcs_address, bool(args.head), totals))
-    _agent.start(ProcessKind.NODE, node.node_id, head=bool(args.head))  # under `chaos run`: a node it may kill
+    # Under `chaos run`: a node it may kill (and, on a network cluster, cut, slow or thin: its place in the network).
+    net = _settings.load().chaos_net
+    _agent.start(ProcessKind.NODE, node.node_id, head=bool(args.head), **({"net": json.loads(net)} if net else {}))
     log.info("node %s of the cluster at %s serves (session %s)", node.node_id, gcs_address, session.dir)
     while not stop.wait(1.0):
         pass

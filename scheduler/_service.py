@@ -110,7 +110,7 @@ class Scheduler:
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address, on_view=self._cluster_view,
-                           bundles=self._bundle_report, on_bundles=self._on_bundles)
+                           bundles=self._bundle_report, on_bundles=self._on_bundles, on_stale=self._fence_stale)
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic)
         self.listener = Listener(
@@ -158,6 +158,14 @@ class Scheduler:
             report = self.bundles.report()
             report["awaiting"] = sorted(self.queue.awaiting_groups())
         return report
+
+    def _fence_stale(self, process_ids: list[str]) -> None:
+        """The GCS says these actor processes here are superseded instances: kill them, silently."""
+        with self._lock:
+            for w in list(self.workers):
+                if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in process_ids:
+                    self.actors.fence(w.actor_id, w.key, "a later instance of its actor runs on another node")
+        self._flush_dirty()
 
     def _on_bundles(self, desired: dict[str, Any], gone: list[str]) -> bool:
         """The GCS's bundles for this node: reserve, commit, release; fail work of groups that are gone."""

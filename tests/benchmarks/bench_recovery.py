@@ -22,9 +22,24 @@ scheduler, opens the gate and times the kill until every result is back;
 it also prints how many of the 500 the restarted scheduler took from the
 queue it read back from the log (the rest the driver sent again in full).
 
+With ``--network`` (root: a ``LocalCluster(network=True)`` of two nodes in
+network namespaces) it times network partitions instead. It puts a 400 KB
+result and a restartable actor on one node, cuts that node from the GCS
+(and the drivers beside it) with nftables, and times:
+
+* ``first_rebuilt_get_s``  the cut until ``get`` of the result, rebuilt on the other node, returns
+* ``actor_back_s``         the cut until a call on the actor, restarted on the other node, returns its state
+* ``declared_dead_s``      the cut until the GCS lists the node dead
+
+then heals the cut and times:
+
+* ``alive_again_s``        the heal until the GCS lists the node alive
+* ``in_service_s``         the heal until a task that only that node may run returns
+
 Timings are printed, never asserted. Usage:
 
     python tests/benchmarks/bench_recovery.py [--depths 1,10,100] [--repeat 3]
+    python tests/benchmarks/bench_recovery.py --network [--repeat 3]
 """
 
 from __future__ import annotations
@@ -196,11 +211,95 @@ def run_scheduler_death(ember, repeat: int, tasks: int = 500) -> list[dict]:  # 
                       "taken from its queue in the log)", "recovery_s": statistics.median(times)}]
 
 
+def run_partitions(repeat: int, bound_s: float = 120.0) -> dict[str, float]:
+    """Median times of ``repeat`` cuts of a node from the GCS, and of their heals (see the docstring)."""
+    import numpy as np
+
+    import ember
+    from ember.chaos import LocalCluster
+    from ember.chaos import NetFault
+    from ember.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ember.remote(max_retries=-1)
+    def block(seed):
+        return np.full(50_000, float(seed))
+
+    @ember.remote(max_restarts=-1, max_task_retries=-1)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def inc(self):
+            self.n += 1
+            return self.n
+
+    @ember.remote
+    def here():
+        return ember.util.get_node_ip_address()
+
+    def until(check, what: str) -> float:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + bound_s
+        while not check():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not within {bound_s:g}s: {what}")
+            time.sleep(0.02)
+        return time.perf_counter()
+
+    def alive(node_id: str) -> bool:
+        return any(n["NodeID"] == node_id and n["Alive"] for n in ember.nodes())
+
+    samples: dict[str, list[float]] = {k: [] for k in ("declared_dead_s", "first_rebuilt_get_s", "actor_back_s",
+                                                        "alive_again_s", "in_service_s")}
+    with LocalCluster(nodes=[{"num_cpus": 2}, {"num_cpus": 2}], network=True) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            for i in range(repeat):
+                victim = cluster.nodes[i % 2]
+                on_victim = NodeAffinitySchedulingStrategy(victim.node_id, soft=True)
+                result = block.options(scheduling_strategy=on_victim).remote(i)
+                actor = Counter.options(scheduling_strategy=on_victim).remote()
+                # Done on the victim, and never fetched: its only copy is in the victim's store.
+                ready, _ = ember.wait([result], timeout=bound_s, fetch_local=False)
+                assert ready and ember.get(actor.inc.remote(), timeout=bound_s) == 1
+                cut_at = time.perf_counter()
+                cut = cluster.net_fault(NetFault.partition("gcs", bound_s), victim)
+                try:
+                    calls = actor.inc.remote()
+                    samples["declared_dead_s"].append(until(lambda: not alive(victim.node_id), "declared dead")
+                                                      - cut_at)
+                    assert ember.get(result, timeout=bound_s)[0] == i
+                    print(f"  cut {i}: rebuilt get after {time.perf_counter() - cut_at:.3f} s", flush=True)
+                    samples["first_rebuilt_get_s"].append(time.perf_counter() - cut_at)
+                    assert ember.get(calls, timeout=bound_s) == 2
+                    samples["actor_back_s"].append(time.perf_counter() - cut_at)
+                finally:
+                    healed_at = time.perf_counter()
+                    cluster.heal(cut)
+                samples["alive_again_s"].append(until(lambda: alive(victim.node_id), "alive again") - healed_at)
+                print(f"  heal {i}: alive after {samples['alive_again_s'][-1]:.3f} s", flush=True)
+                pinned = here.options(resources={f"node:{cluster.node_address(victim)}": 0.01})
+                assert ember.get(pinned.remote(), timeout=bound_s) == cluster.node_address(victim)
+                samples["in_service_s"].append(time.perf_counter() - healed_at)
+                ember.kill(actor)
+        finally:
+            ember.shutdown()
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depths", default="1,10,100")
     parser.add_argument("--repeat", type=int, default=3, help="kills per depth; the table shows medians")
+    parser.add_argument("--network", action="store_true",
+                        help="time partitions of a node from the GCS instead (root: network namespaces)")
     args = parser.parse_args()
+    if args.network:
+        times = run_partitions(args.repeat)
+        print(f"a node cut from the GCS and the drivers, then healed; median of {args.repeat} "
+              f"({os.cpu_count()} cpus)")
+        for name, value in times.items():
+            print(f"  {name:<22} {value:7.3f} s")
+        return
     rows = run([int(d) for d in args.depths.split(",")], args.repeat)
     print(f"recovery after a store SIGKILL, median of {args.repeat} ({os.cpu_count()} cpus)")
     print(f"{'depth':>6}  {'store back (s)':>14}  {'first get (s)':>13}  {'rebuild (s)':>11}")

@@ -1,0 +1,74 @@
+"""The actor fence's decisions (lineage/_actor_fence.py), over plain ids: which processes a node must kill."""
+
+from __future__ import annotations
+
+from ember.lineage._actor_fence import ActorInstances
+
+A, B = "a1", "b1"  # actor ids
+
+
+def test_a_cut_off_node_comes_back_to_find_its_actor_restarted_elsewhere_and_kills_the_old_instance() -> None:
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.declared_dead("x")  # cut off: the GCS gives up on it
+    table.started("y", "py", A)  # its owner restarts the actor on y
+    table.registered("x", {"px": A})
+    assert table.stale("x") == ["px"]
+    assert table.stale("y") == []
+    assert table.current(A) == "py"
+    table.died("x", "px")  # the node killed it and said so
+    assert table.stale("x") == []
+
+
+def test_a_node_back_from_the_dead_whose_actor_did_not_move_keeps_it() -> None:
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.declared_dead("x")
+    table.registered("x", {"px": A})
+    assert table.stale("x") == []
+    assert table.current(A) == "px"
+
+
+def test_regression_two_instances_on_nodes_never_declared_dead_are_never_fenced() -> None:
+    # The network soak (2026-12-06) saw actor calls hang after the first fence fenced processes on two nodes
+    # at once; the likely cause: "the latest start heard" is not the instance its owner follows when two
+    # starts race (a placement retried). Only processes of a node declared dead are ever fenced now.
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.started("y", "py", A)
+    assert table.stale("x") == [] and table.stale("y") == []
+
+
+def test_regression_a_start_reported_on_the_way_back_never_displaces_the_instance_elsewhere() -> None:
+    # The cut-off node restarted the actor itself (its process was killed during the cut), while the owner
+    # restarted it on y; x reports its start only when it registers again, after y's. The owner follows y.
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.declared_dead("x")
+    table.started("y", "py", A)
+    table.died("x", "px")  # x's events, sent with its registration: the old process died ...
+    table.started("x", "px2", A)  # ... and x started another
+    table.registered("x", {"px2": A})
+    assert table.current(A) == "py"
+    assert table.stale("x") == ["px2"]
+    assert table.stale("y") == []
+
+
+def test_a_suspect_instance_is_fenced_when_its_actor_moves_after_the_node_came_back() -> None:
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.started("x", "qx", B)
+    table.declared_dead("x")
+    table.registered("x", {"px": A, "qx": B})
+    assert table.stale("x") == []
+    table.started("y", "py", A)  # the owner's keepalive gave up only now: A restarts on y
+    assert table.stale("x") == ["px"]  # answered with the next heartbeat
+
+
+def test_a_node_that_leaves_has_nothing_left_to_fence() -> None:
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.declared_dead("x")
+    table.started("y", "py", A)
+    table.node_left("x")
+    assert table.stale("x") == []
