@@ -95,20 +95,30 @@ class Reconstruction:
         self._settled = settled  # outside the lock, after a plan is installed: wake waiters, send what it queued
         self.gcs: Any = None  # the lineage log (GcsLog), set when the owner starts with one
         self._replay: ReplaySource | None = None  # the log's reader for rebuilds, made on the first one
+        # Rebuilds run on threads of their own: two first ones at once must share one reader, or the
+        # other's connection is dropped unclosed (a ResourceWarning in a node-death test, CI).
+        self._replay_lock = threading.Lock()
+        self._replay_closed = False
         self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
         self._adopting: set[bytes] = set()
 
     def close(self) -> None:
-        if self._replay is not None:
-            self._replay.close()  # else its PostgreSQL connection outlives the cluster
+        with self._replay_lock:
+            self._replay_closed = True
+            source = self._replay
+        if source is not None:
+            source.close()  # else its PostgreSQL connection outlives the cluster
 
     def replay_source(self) -> Any:
-        source = self._replay
-        if source is None:
-            conninfo = log_conninfo(self.session)
-            if conninfo is None:
-                return None
-            source = self._replay = ReplaySource(conninfo)
+        with self._replay_lock:
+            source = self._replay
+            if source is None:
+                conninfo = log_conninfo(self.session)
+                if conninfo is None:
+                    return None
+                source = self._replay = ReplaySource(conninfo)
+                if self._replay_closed:
+                    source.close()  # closed already: its reads refuse, and it never connects
         return source
 
     def lost(self, oid: bytes) -> bool:
