@@ -30,7 +30,7 @@ from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._spec import TaskKind
 
-__all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "LineageGate"]
+__all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "PUT_INDEX", "LineageGate"]
 
 PUT_INDEX = bytes(4)  # the return index of a put's object id: it is no task's result
 # A borrower waits for an owner's answer this much longer than the owner waits for its log.

@@ -60,7 +60,7 @@ DRIVER = textwrap.dedent("""
 # once. Lazy rows wait a minute (EMBER_LOG_LAZY_S), so only the wait that
 # ``get`` itself makes can have committed the lineage before the kill.
 SHAPES_DRIVER = textwrap.dedent("""
-    import json, os, signal, sys
+    import json, os, signal, sys, time
     import ember
     ember.init(num_cpus=2)
 
@@ -71,6 +71,10 @@ SHAPES_DRIVER = textwrap.dedent("""
     @ember.remote
     def add(a, b):
         return a + b
+
+    @ember.remote
+    def count(n):
+        yield from range(n)
 
     @ember.remote
     class Counter:
@@ -96,13 +100,20 @@ SHAPES_DRIVER = textwrap.dedent("""
         counter = Counter.remote()
         counter.add.remote(1)
         ref, tasks = counter.add.remote(2), 3  # the call, the call before it, the constructor
+    elif shape == "generator":
+        gen = count.remote(5)
+        # Every value comes before any is taken (``came`` commits nothing): the get below finds its
+        # value in this process already, with its lineage still queued for a minute.
+        while gen._owner.streams.came(gen._task_id, 5) is None:
+            time.sleep(0.005)
+        ref, tasks = list(gen)[-1], 1
     else:
         ref, tasks = inc.remote(ember.put(41)), 1
     value = ember.get(ref)
     print(json.dumps({"value": value, "object": ref.hex(), "tasks": tasks}), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
-EXPECTED_VALUES = {"chain": 10, "tree": 36, "actor": 3, "put": 42}
+EXPECTED_VALUES = {"chain": 10, "tree": 36, "actor": 3, "put": 42, "generator": 4}
 RUNS_PER_SHAPE = 5
 
 
