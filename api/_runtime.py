@@ -8,6 +8,7 @@ interpreter exit or SIGTERM stop it again, leaving no process behind.
 from __future__ import annotations
 
 import atexit
+import operator
 import os
 import re
 import signal
@@ -279,6 +280,7 @@ def is_initialized() -> bool:
 
 
 _REF_FIX = "pass what f.remote(...) or ember.put(...) returned"
+_ID = operator.attrgetter("_id")
 
 
 def _as_ref_list(refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
@@ -338,13 +340,16 @@ def wait(
     # A generator is ready once its next value is made (or it has ended): it is waited on through a ref
     # to that value, and given back in place of it.
     probes: dict[ObjectRef, ObjectRefGenerator] = {}
-    for item in object_refs:
-        if isinstance(item, ObjectRefGenerator):
-            probes[item.probe()] = item
-    if probes:
-        object_refs = [item.probe() if isinstance(item, ObjectRefGenerator) else item for item in object_refs]
-    refs, _ = _as_ref_list(object_refs, "wait")
-    if len(set(refs)) != len(refs):
+    if set(map(type, object_refs)) <= {ObjectRef}:
+        refs = list(object_refs)  # the common case, checked in one pass (a loop of waits pays it each time)
+    else:
+        for item in object_refs:
+            if isinstance(item, ObjectRefGenerator):
+                probes[item.probe()] = item
+        if probes:
+            object_refs = [item.probe() if isinstance(item, ObjectRefGenerator) else item for item in object_refs]
+        refs, _ = _as_ref_list(object_refs, "wait")
+    if len(set(map(_ID, refs))) != len(refs):
         raise ValueError("ember.wait() got the same ObjectRef more than once")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or not 1 <= num_returns <= max(len(refs), 1):
         raise ValueError(f"num_returns must be between 1 and len(object_refs)={len(refs)}, got {num_returns!r}")

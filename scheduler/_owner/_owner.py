@@ -15,6 +15,7 @@ connection in ``__init__`` (``start`` does).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sys
 import threading
@@ -81,6 +82,7 @@ __all__ = ["INFEASIBLE_KEPT_MAX", "Owner"]
 
 log = logging.getLogger("ember.core")
 
+_OWNER = operator.attrgetter("_owner")
 INFEASIBLE_KEPT_MAX = 1024  # tasks failed as infeasible that ``wait`` still recognises (the newest)
 
 
@@ -774,10 +776,10 @@ class Owner:
 
     def check_refs(self, refs: list[ObjectRef]) -> None:
         """Raise for a ref made by another cluster session: its owner can never answer here."""
-        for ref in refs:
-            owner = ref._owner
+        for owner in set(map(_OWNER, refs)):  # few owners, however many refs
             if owner != self.address and not owner.startswith(self._owners_prefix) and not (
                     self.relay is not None and self.locations.in_this_cluster(owner)):
+                ref = next(r for r in refs if r._owner == owner)
                 raise ForeignObjectRefError(
                     f"ObjectRef {ref.hex()} belongs to another ember cluster session (its owner {owner} is "
                     "not part of this one): refs do not outlive ember.shutdown(). Get its value before "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import compress
+from operator import not_
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -63,10 +65,16 @@ class _Readiness:
         self.pending: list[int] = []
 
     def update(self, ready: Any) -> bool:
-        """Check again (``ready(ref)``); True once ``count`` refs are ready at one moment."""
+        """Check again (``ready(ref)``); True once ``count`` refs are ready at one moment.
+
+        Once it is True the wait ends, and ``flags`` mark the first ``count``
+        ready refs in the list's order, which are what a wait hands back:
+        the refs after them are not looked at (nor is ``pending`` kept).
+        """
         refs = self.refs
+        count = self.count
         if self.flags:
-            need_all = self.count >= len(refs)
+            need_all = count >= len(refs)
             still: list[int] = []
             pending = self.pending
             for k, i in enumerate(pending):
@@ -78,12 +86,26 @@ class _Readiness:
                         still.extend(pending[k + 1:])
                         break
             self.pending = still
-            if len(refs) - len(still) < self.count:
+            if len(refs) - len(still) < count:
                 return False
-        # The first pass, and the last: every ref at one moment (the first subscribes borrowed ones).
-        self.flags = [ready(r) for r in refs]
-        self.pending = [i for i, flag in enumerate(self.flags) if not flag]
-        return len(refs) - len(self.pending) >= self.count
+        # The first pass, and the last: the refs at one moment (the first subscribes borrowed ones).
+        flags: list[bool] = []
+        if count < len(refs):
+            found = 0
+            for ref in refs:
+                flag = ready(ref)
+                flags.append(flag)
+                if flag:
+                    found += 1
+                    if found == count:
+                        flags += [False] * (len(refs) - len(flags))
+                        self.flags = flags
+                        return True
+        else:
+            flags = [ready(r) for r in refs]
+        self.flags = flags
+        self.pending = [i for i, flag in enumerate(flags) if not flag]
+        return len(refs) - len(self.pending) >= count
 
 
 class Waiting:
@@ -147,6 +169,17 @@ class Waiting:
         try:
             while True:
                 with self._lock:
+                    # Under the lock, as the wake-up's state change is: a change after this check
+                    # finds the event below among the waiters.
+                    if event is not None:
+                        self._waiters.discard(event)
+                    done = readiness.update(self._ready)
+                    flags = readiness.flags
+                    if done or self._state.closed:
+                        return flags
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return flags
                     # Results of calls to one actor, awaited by a thread not
                     # running a task: read them off the actor's connection
                     # here, without a hand-off from its reader thread.
@@ -155,22 +188,10 @@ class Waiting:
                     elif via is None or via[0].closed or via[1].conn is not via[0]:
                         # Found again only when the connection changed (the actor restarted):
                         # the refs still pending are a subset of those it was found for.
-                        via = self._result_connection([refs[i] for i in readiness.pending] if readiness.flags
-                                                      else refs)
+                        via = self._result_connection([refs[i] for i in readiness.pending])
                     direct = via[0] if via is not None else None
-                    if event is not None:
-                        self._waiters.discard(event)
                     event = self._pipe_waiter() if direct is not None else plain
                     event.clear()
-                    done = readiness.update(self._ready)
-                    flags = readiness.flags
-                    if done or self._state.closed:
-                        self._waiters.discard(event)
-                        return flags
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        self._waiters.discard(event)
-                        return flags
                     must_flush = self._has_pending()
                     self._waiters.add(event)
                 if self.locations.to_locate:
@@ -428,8 +449,8 @@ class Waiting:
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
         flags = self.wait_ready(refs, num_returns, deadline)
-        ready, not_ready = [], []
-        for ref, flag in zip(refs, flags):
-            (ready if flag and len(ready) < num_returns else not_ready).append(ref)
+        # At most ``num_returns`` flags are set (``_Readiness.update``): the first ready refs in order.
+        ready = list(compress(refs, flags))
+        not_ready = list(compress(refs, map(not_, flags)))
         self.lineage.await_lineage(ready)
         return ready, not_ready

@@ -81,6 +81,23 @@ def test_wait_splits_ready_and_not_ready():
     ember.cancel(slow, force=True)
 
 
+def test_wait_hands_back_the_first_ready_refs_in_the_lists_order():
+    @ember.remote
+    def sleepy(s):
+        time.sleep(s)
+        return s
+
+    done = [ember.put(i) for i in range(3)]
+    slow = sleepy.remote(30)
+    refs = [done[0], slow, done[1], done[2]]
+    ready, not_ready = ember.wait(refs, num_returns=2, timeout=10)
+    assert ready == [done[0], done[1]]
+    assert not_ready == [slow, done[2]]  # ready, but past the count: as in Ray, the input's order is kept
+    ready, not_ready = ember.wait(tuple(refs), num_returns=3, timeout=10)
+    assert ready == [done[0], done[1], done[2]] and not_ready == [slow]
+    ember.cancel(slow, force=True)
+
+
 def test_task_error_is_instance_of_original_type_with_traceback():
     with pytest.raises(ValueError) as info:
         ember.get(fail.remote("boom"))
