@@ -356,7 +356,7 @@ def wait(
     client = core()
     if not refs:
         return [], []
-    ready, not_ready = client.wait(refs, num_returns, timeout)
+    ready, not_ready = client.wait(refs, num_returns, timeout, bool(fetch_local))
     for ref in ready:
         error = client.infeasible.get(ref.task_id().binary())
         if error is not None:

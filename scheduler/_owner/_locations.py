@@ -45,6 +45,7 @@ __all__ = ["FREE_AT_EXIT_WAIT_S", "LOCATION_OPS", "Locations"]
 log = logging.getLogger("ember.core")
 
 FREE_AT_EXIT_WAIT_S = 5.0
+LOCATED_MAX = 100_000  # borrowed objects known to be made somewhere, kept for wait(fetch_local=False)
 LOCATION_OPS = frozenset({Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.PULL_FAILED, Op.OBJECT_LOST_AT})
 
 
@@ -72,6 +73,9 @@ class Locations:
         # the owner and node of each object being pulled here.
         self.locate_waiters: dict[bytes, set[str]] = {}
         self.to_locate: list[ObjectRef] = []
+        # Borrowed objects whose owners said where they are: made, wherever they are (bounded; a
+        # wait(fetch_local=False) that finds one forgotten asks the owner again).
+        self.located: set[bytes] = set()
         self._pulling: dict[bytes, tuple[str, list[str]]] = {}  # object -> (its owner, relay endpoints)
         self._endpoints: dict[str, str] = {}
         self._remote_frees: list[tuple[str, bytes]] = []
@@ -215,6 +219,10 @@ class Locations:
             if sources:
                 with self._lock:
                     self._pulling[oid] = (conn.peer.get("address") or "", sources)
+                    if len(self.located) >= LOCATED_MAX:
+                        self.located.clear()
+                    self.located.add(oid)  # made, on another node: what wait(fetch_local=False) waits for
+                    self._set_changed()
                 self.links.store.send_now((Op.PULL, oid, sources))
             elif not self.files.exists(oid):
                 # Said to be here only, and it is not (this node's store restarted empty): the owner
@@ -255,6 +263,7 @@ class Locations:
     def _on_pull_failed(self, oid: bytes, why: str) -> None:
         with self._lock:
             self._subscribed.discard(oid)  # asked again on the next look
+            self.located.discard(oid)  # its copy died: made again, and said where, once rebuilt
             owner, sources = self._pulling.pop(oid, ("", []))
             entry = self._objects.get(oid) if owner == self.address else None
             self._set_changed()

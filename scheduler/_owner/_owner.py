@@ -236,9 +236,9 @@ class Owner:
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         return self.waiting.get(refs, timeout)
 
-    def wait(self, refs: list[ObjectRef], num_returns: int,
-             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
-        return self.waiting.wait(refs, num_returns, timeout)
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
+             fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        return self.waiting.wait(refs, num_returns, timeout, fetch_local)
 
     @property
     def scheduler(self) -> Connection:

@@ -29,7 +29,7 @@ from ember.scheduler._owner._dispatch import MessageTable
 from ember.scheduler._owner._durable import PUT_INDEX, LineageGate
 from ember.scheduler._owner._links import Links, grouped
 from ember.scheduler._owner._locations import Locations
-from ember.scheduler._owner._objects import ObjectState, ObjectTable, OwnerState
+from ember.scheduler._owner._objects import CopyLost, ObjectState, ObjectTable, OwnerState
 from ember.scheduler._owner._reconstruct import Reconstruction
 from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._owner._writes import ObjectWriter
@@ -154,8 +154,19 @@ class Waiting:
                 self.locations.to_locate.append(ref)  # it may be on another node: its owner says where
         return False
 
-    def wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None) -> list[bool]:
-        """Block until ``count`` of ``refs`` are ready or the deadline passes."""
+    def _ready_anywhere(self, ref: ObjectRef) -> bool:
+        """Made, whichever node holds it (``wait(fetch_local=False)``): an owned object in another
+        node's store is not pulled here; a borrowed one is ready once its owner said where it is."""
+        entry = self._objects.get(ref._id) if ref._owner == self.address else None
+        if entry is not None and entry.where is not None and entry.state == ObjectState.READY_STORE:
+            return entry.where is not CopyLost.LOST  # lost with its node: ready again once rebuilt
+        return ref._id in self.locations.located or self._ready(ref)
+
+    def wait_ready(self, refs: list[ObjectRef], count: int, deadline: float | None,
+                   fetch_local: bool = True) -> list[bool]:
+        """Block until ``count`` of ``refs`` are ready (``fetch_local``: in this node's store, or
+        inline here; else made anywhere in the cluster) or the deadline passes."""
+        ready = self._ready if fetch_local else self._ready_anywhere
         # Socket writes happen outside the lock: a reader thread needs the lock
         # to take in results, and a writer blocked on a full socket while
         # holding it would stop the very reads that unblock it.
@@ -173,7 +184,7 @@ class Waiting:
                     # finds the event below among the waiters.
                     if event is not None:
                         self._waiters.discard(event)
-                    done = readiness.update(self._ready)
+                    done = readiness.update(ready)
                     flags = readiness.flags
                     if done or self._state.closed:
                         return flags
@@ -443,12 +454,12 @@ class Waiting:
         return value
 
     def wait(
-        self, refs: list[ObjectRef], num_returns: int, timeout: float | None
+        self, refs: list[ObjectRef], num_returns: int, timeout: float | None, fetch_local: bool = True
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
         self.check_refs(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.flush()
-        flags = self.wait_ready(refs, num_returns, deadline)
+        flags = self.wait_ready(refs, num_returns, deadline, fetch_local)
         # At most ``num_returns`` flags are set (``_Readiness.update``): the first ready refs in order.
         ready = list(compress(refs, flags))
         not_ready = list(compress(refs, map(not_, flags)))

@@ -101,6 +101,29 @@ def test_an_object_made_on_one_node_is_read_on_another(three_nodes: LocalCluster
     assert int(ember.get(big, timeout=GET_TIMEOUT_S).sum()) == 6_000_000  # the driver's node pulls it too
 
 
+def test_wait_without_fetch_local_finds_an_object_made_elsewhere_without_copying_it(
+        three_nodes: LocalCluster) -> None:
+    from ember import _runtime
+
+    files = _runtime.core().files  # the driver's node's store (node 1)
+    far = filled.options(**on(2)).remote(2_000_000, 7)  # 16 MB: made in node 2's store
+    ready, not_ready = ember.wait([far], fetch_local=False, timeout=GET_TIMEOUT_S)
+    assert ready == [far] and not_ready == []
+    assert not files.exists(far.binary())  # found where it was made, not copied here (as Ray's fetch_local)
+
+    @ember.remote
+    def look(refs: list, fetch_local: bool) -> tuple[bool, bool]:
+        # A borrower on node 3: ready once the owner said where the object is.
+        ready, _ = ember.wait(refs, fetch_local=fetch_local, timeout=GET_TIMEOUT_S)
+        return bool(ready), _runtime.core().files.exists(refs[0].binary())
+
+    assert ember.get(look.options(**on(3)).remote([far], False), timeout=GET_TIMEOUT_S)[0]
+    assert ember.get(look.options(**on(3)).remote([far], True), timeout=GET_TIMEOUT_S) == (True, True)
+    ready, _ = ember.wait([far], timeout=GET_TIMEOUT_S)  # fetch_local=True, the default: copied here first
+    assert ready == [far] and files.exists(far.binary())
+    assert int(ember.get(far, timeout=GET_TIMEOUT_S).sum()) == 14_000_000
+
+
 def test_an_object_a_task_put_on_one_node_is_read_by_tasks_on_the_others(three_nodes: LocalCluster) -> None:
     @ember.remote
     def put_there() -> list:
