@@ -40,6 +40,17 @@ def _method_table(cls: type) -> dict[str, int]:
             for name, member in _methods(cls)}
 
 
+def _method_options(cls: type) -> dict[str, tuple[int | None, str | None]]:
+    """What ``@ember.method`` gives each call of a method besides its returns: (max_task_retries, name)."""
+    found = {}
+    for name, member in _methods(cls):
+        options = getattr(member, "__ember_method_options__", {})
+        if "max_task_retries" in options or options.get("name") is not None:
+            retries = _options.retries(options, "max_task_retries", 0) if "max_task_retries" in options else None
+            found[name] = (retries, options.get("name"))
+    return found
+
+
 def _concurrency(cls: type, options: dict[str, Any]) -> Concurrency | None:
     """How the actor runs its calls; None: one at a time, in order (neither async nor threaded).
 
@@ -74,6 +85,7 @@ class ActorClass:
         self._shape = _options.shape_of(self._options, default_cpus=0.0)
         self._strategy, self._shape = _options.placement(self._options, self._shape, f"actor {cls.__qualname__}")
         self._methods = _method_table(cls)
+        self._method_options = _method_options(cls)
         self._concurrency = _concurrency(cls, self._options)
         self._payload: bytes | None = None
         self._class_id: bytes | None = None
@@ -122,7 +134,7 @@ class ActorClass:
         max_task_retries = _options.retries(opts, "max_task_retries", 0)
         concurrency = self._concurrency.to_wire() if self._concurrency is not None else None
         handle = ActorHandle(actor_id, self.__qualname__, self._methods, max_task_retries, concurrency,
-                             opts.get("restart_from"), core.address if freeable else None)
+                             opts.get("restart_from"), core.address if freeable else None, self._method_options)
         meta = handle._meta()
         if key is not None:
             error = core.call_scheduler(Op.CLAIM_NAME, key, actor_id, meta)
@@ -159,13 +171,16 @@ class ActorClass:
 
 
 class ActorMethod:
-    __slots__ = ("_handle", "_name", "_num_returns", "_group")
+    __slots__ = ("_handle", "_name", "_num_returns", "_group", "_retries", "_call_name")
 
-    def __init__(self, handle: "ActorHandle", name: str, num_returns: int, group: str | None = None) -> None:
+    def __init__(self, handle: "ActorHandle", name: str, num_returns: int, group: str | None = None,
+                 retries: int | None = None, call_name: str | None = None) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
         self._group = group  # .options(concurrency_group=...); None: the method's own group
+        self._retries = retries  # the method's max_task_retries; None: the actor's
+        self._call_name = call_name  # the calls' name in the log and the timeline (``name=``)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise EmberUserError(
@@ -176,7 +191,8 @@ class ActorMethod:
         h = self._handle
         refs = _core().submit(
             TaskKind.ACTOR_CALL, b"", h._class_name, args, kwargs, self._num_returns, (),
-            h._max_task_retries, actor_id=h._actor_id, method=self._name, concurrency_group=self._group,
+            h._max_task_retries if self._retries is None else self._retries, actor_id=h._actor_id,
+            method=self._name, name=self._call_name, concurrency_group=self._group,
         )
         if self._num_returns == 1 or self._num_returns == DYNAMIC:
             return refs[0]
@@ -209,7 +225,9 @@ class ActorMethod:
                 raise InvalidOptionError(
                     f"actor {self._handle._class_name} has no concurrency group {group!r}; its groups are: "
                     f"{', '.join(sorted(declared)) or 'none (declare them with concurrency_groups=...)'}")
-        return ActorMethod(self._handle, self._name, opts.get("num_returns", self._num_returns), group)
+        retries = _options.retries(opts, "max_task_retries", 0) if "max_task_retries" in opts else self._retries
+        return ActorMethod(self._handle, self._name, opts.get("num_returns", self._num_returns), group, retries,
+                           opts.get("name", self._call_name))
 
 
 class ActorHandle:
@@ -217,11 +235,12 @@ class ActorHandle:
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], max_task_retries: int,
                  concurrency: tuple | None = None, restart_from: str | None = None,
-                 creator: str | None = None) -> None:
+                 creator: str | None = None, method_options: dict[str, tuple] | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
+        self._method_options = method_options or {}  # method -> (max_task_retries, name), from @ember.method
         self._concurrency = concurrency  # ``Concurrency.to_wire()`` of a concurrent actor, else None
         self._restart_from = restart_from  # "constructor" for Ray's restart; None: ember's (replay)
         self._creator = creator  # the address of the process that created it, if it may be freed
@@ -237,6 +256,8 @@ class ActorHandle:
         # The node scheduler finds the concurrency and restart_from here (``concurrency_in_meta``,
         # ``restart_from_in_meta``) to start the actor with.
         base = (self._class_name, self._methods, self._max_task_retries)
+        if self._method_options:
+            return (*base, self._concurrency, self._restart_from, self._method_options)
         if self._restart_from is not None:
             return (*base, self._concurrency, self._restart_from)
         return base if self._concurrency is None else (*base, self._concurrency)
@@ -252,12 +273,13 @@ class ActorHandle:
             raise AttributeError(
                 f"actor {self._class_name} has no method {name!r}; its methods are: {', '.join(sorted(self._methods))}"
             )
-        return ActorMethod(self, name, num_returns)
+        retries, call_name = self._method_options.get(name, (None, None))
+        return ActorMethod(self, name, num_returns, None, retries, call_name)
 
     def __reduce__(self) -> tuple[Any, ...]:
         HANDLES.pickled(self._actor_id)  # a lease of the task it is an argument of, or an escape
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries,
-                              self._concurrency, self._restart_from, self._creator))
+                              self._concurrency, self._restart_from, self._creator, self._method_options))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -287,7 +309,7 @@ def exit_actor() -> None:
 def handle_from_meta(actor_id: bytes, meta: tuple) -> ActorHandle:
     class_name, methods, max_task_retries = meta[:3]
     return ActorHandle(actor_id, class_name, methods, max_task_retries, meta[3] if len(meta) > 3 else None,
-                       meta[4] if len(meta) > 4 else None)
+                       meta[4] if len(meta) > 4 else None, method_options=meta[5] if len(meta) > 5 else None)
 
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ObjectRef", "exit_actor", "method", "handle_from_meta"]

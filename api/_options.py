@@ -123,6 +123,12 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
             _integer(key, out[key], -1)
     if "max_calls" in out:
         _integer("max_calls", out["max_calls"], 0)
+    if kind == "method" and out.get("retry_exceptions"):
+        raise InvalidOptionError(
+            "option retry_exceptions on an actor method is not supported by ember: a call run again after "
+            "its exception would need a second place in the actor's logged order, which replay after a "
+            "restart reads; catch the exception in the method, or in the caller and call again "
+            "(retry_exceptions=False, Ray's default, is accepted)")
     if "retry_exceptions" in out:
         rule = out["retry_exceptions"]
         if not isinstance(rule, bool):

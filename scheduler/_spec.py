@@ -202,7 +202,7 @@ class TaskSpec:
     def describe(self) -> str:
         label = self.name or self.function_name
         if self.kind == TaskKind.ACTOR_CALL:
-            label = f"{self.function_name}.{self.method}"
+            label = self.name or f"{self.function_name}.{self.method}"
         return f"{label} (task {self.task_id.hex()})"
 
 

@@ -224,3 +224,63 @@ def test_a_stray_connection_of_the_owner_closing_kills_none_of_its_actors(fault_
     stray.close()
     time.sleep(3.0)  # past the scheduler's grace for a gone owner (2 s) and a tick
     assert ember.get(keeper.ping.remote(), timeout=60) == "pong"
+
+
+@ember.remote(max_restarts=3)  # the actor's max_task_retries: 0
+class Gated:
+    def block(self, started):
+        with open(started, "w"):
+            pass
+        time.sleep(1.0)
+        return "blocked"
+
+    def pid(self):
+        return os.getpid()
+
+    @ember.method(max_task_retries=1)
+    def retried(self):
+        return ember.get_runtime_context().get_task_name()
+
+    def plain(self):
+        return ember.get_runtime_context().get_task_name()
+
+
+def _queued_behind_a_kill(actor, call, started):
+    """Send ``call`` behind a running one, and SIGKILL the actor while that one runs: ``call`` was
+    sent to the old process and had not started, so its place was never logged (no replay answers it)."""
+    pid = ember.get(actor.pid.remote(), timeout=BOUND_S)
+    first = actor.block.remote(str(started))
+    queued = call()
+    deadline = time.monotonic() + BOUND_S
+    while not started.exists():
+        assert time.monotonic() < deadline, "the first call never started"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    try:
+        ember.get(first, timeout=BOUND_S)  # replayed if its place was durable before the kill
+    except ember.exceptions.ActorDiedError as exc:
+        assert "max_task_retries=0" in str(exc)  # not logged yet: not run again (the actor's own limit)
+    return queued
+
+
+def test_a_methods_max_task_retries_and_name_override_the_actors(fault_cluster, tmp_path):
+    actor = Gated.remote()
+    # @ember.method(max_task_retries=1): sent again to the restarted actor, and run there.
+    queued = _queued_behind_a_kill(actor, actor.retried.remote, tmp_path / "1")
+    assert ember.get(queued, timeout=BOUND_S) == "Gated.retried"
+    # The actor's own max_task_retries=0: it fails, naming why.
+    queued = _queued_behind_a_kill(actor, actor.plain.remote, tmp_path / "2")
+    with pytest.raises(ember.exceptions.ActorDiedError, match="max_task_retries=0"):
+        ember.get(queued, timeout=BOUND_S)
+    # .options(max_task_retries=..., name=...) on one call.
+    queued = _queued_behind_a_kill(actor, actor.plain.options(max_task_retries=-1, name="plain-again").remote,
+                                   tmp_path / "3")
+    assert ember.get(queued, timeout=BOUND_S) == "plain-again"
+
+
+def test_retry_exceptions_on_an_actor_method_is_refused_naming_why(fault_cluster):
+    with pytest.raises(ember.exceptions.InvalidOptionError, match="logged order"):
+        ember.method(retry_exceptions=True)
+    with pytest.raises(ember.exceptions.InvalidOptionError, match="logged order"):
+        Gated.remote().plain.options(retry_exceptions=[ValueError])
+    ember.method(retry_exceptions=False)  # Ray's default: accepted, and it is what ember does

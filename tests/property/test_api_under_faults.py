@@ -173,8 +173,10 @@ class AsyncCombiner:
 
 
 class ThreadedCombiner:
-    """A threaded actor: up to ``max_concurrency`` calls at once on its threads."""
+    """A threaded actor: up to ``max_concurrency`` calls at once on its threads. Its calls are sent
+    again after a crash by the method's own ``max_task_retries`` (the actor's is 0)."""
 
+    @ember.method(max_task_retries=RETRIES)
     def combine(self, a: Any, b: Any) -> Any:
         return _combine(a, b)
 
@@ -233,7 +235,7 @@ Ledger = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(LedgerStat
 # their calls' results depend on their arguments alone, so a restart must not change any of them.
 LeavingActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(Leaver)
 AsyncActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(AsyncCombiner)
-ThreadedActor = ember.remote(max_restarts=RETRIES, max_task_retries=RETRIES, max_concurrency=4)(ThreadedCombiner)
+ThreadedActor = ember.remote(max_restarts=RETRIES, max_concurrency=4)(ThreadedCombiner)
 
 
 # -- the tally a soak prints ---------------------------------------------------------------
