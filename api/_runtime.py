@@ -57,7 +57,7 @@ _auto_initialized = False  # the cluster was started (or joined) by the first us
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
 _HARMLESS_INIT_OPTIONS = {
-    "include_dashboard", "log_to_driver", "logging_level", "configure_logging",
+    "include_dashboard", "logging_level", "configure_logging",
     "dashboard_host", "dashboard_port", "_temp_dir", "local_mode",
 }
 
@@ -79,6 +79,9 @@ def init(
     namespace = kwargs.pop("namespace", None)
     _options.check_namespace(namespace, "ember.init")
     runtime_env = check_runtime_env(kwargs.pop("runtime_env", None), "ember.init")
+    log_to_driver = kwargs.pop("log_to_driver", True)
+    if not isinstance(log_to_driver, bool):
+        raise InvalidOptionError(f"init option log_to_driver must be True or False, got {log_to_driver!r}")
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
     if unknown:
         raise InvalidOptionError(
@@ -103,7 +106,7 @@ def init(
         if num_workers is not None and num_cpus is None:
             num_cpus = num_workers  # the original tutorial's spelling
         totals, store_bytes = node_resources(num_cpus, num_gpus, resources, object_store_memory)
-        session, node, log_store = bring_up(totals, store_bytes, gcs_url)
+        session, node, log_store = bring_up(totals, store_bytes, gcs_url, log_to_driver=log_to_driver)
         try:
             _start_driver(session, node.node_id, session.name, log_store.embedded_home, job)
         except BaseException:

@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,38 +82,46 @@ class Node:
             return None
 
 
-def _spawn_gcs(session: Session, node_id: str, previous: str | None = None) -> tuple[subprocess.Popen, str]:
+def _output(output_dir: Path | None, name: str) -> Path | None:
+    """Where a node process's stdout and stderr go: ``output_dir/<name>.out``, or None (the driver's)."""
+    return None if output_dir is None else output_dir / f"{name}.out"
+
+
+def _spawn_gcs(session: Session, node_id: str, previous: str | None = None,
+               output_dir: Path | None = None) -> tuple[subprocess.Popen, str]:
     process_id = os.urandom(16).hex()
     args = [str(session.dir), "--process-id", process_id, "--node-id", node_id]
     if previous:
         args += ["--previous", previous]
-    return _procutil.spawn_python("ember.lineage._gcs_service", args, session.log_dir), process_id
+    return _procutil.spawn_python("ember.lineage._gcs_service", args, session.log_dir,
+                                  output=_output(output_dir, "gcs")), process_id
 
 
-def _gcs_restarter(session: Session, node_id: str, process_id: str):  # type: ignore[no-untyped-def]
+def _gcs_restarter(session: Session, node_id: str, process_id: str,
+                   output_dir: Path | None = None):  # type: ignore[no-untyped-def]
     current = {"id": process_id}
 
     def restart(cause: str) -> subprocess.Popen:
-        proc, current["id"] = _spawn_gcs(session, node_id, f"{current['id']}:{cause}")
+        proc, current["id"] = _spawn_gcs(session, node_id, f"{current['id']}:{cause}", output_dir)
         return proc
 
     return restart
 
 
 def _spawn_store(session: Session, object_store_bytes: int, transfer_bind: str | None,
-                 restart: bool = False) -> subprocess.Popen:
+                 restart: bool = False, output_dir: Path | None = None) -> subprocess.Popen:
     args = [str(session.dir), "--capacity-bytes", str(object_store_bytes)] + (["--restart"] if restart else [])
     if transfer_bind is not None:
         args += ["--transfer-bind", transfer_bind]
-    return _procutil.spawn_python("ember.store._service", args, session.log_dir)
+    return _procutil.spawn_python("ember.store._service", args, session.log_dir, output=_output(output_dir, "store"))
 
 
 def _store_restarter(session: Session, node_id: str, object_store_bytes: int, first: subprocess.Popen,
-                     transfer_bind: str | None):  # type: ignore[no-untyped-def]
+                     transfer_bind: str | None, output_dir: Path | None = None):  # type: ignore[no-untyped-def]
     current = {"pid": first.pid}
 
     def restart(cause: str) -> subprocess.Popen:
-        proc = _spawn_store(session, object_store_bytes, transfer_bind, restart=True)
+        proc = _spawn_store(session, object_store_bytes, transfer_bind, restart=True, output_dir=output_dir)
         old, current["pid"] = current["pid"], proc.pid
         _report(session, node_id, [
             {"type": "died", "process_id": process_id(node_id, old).hex(), "cause": cause},
@@ -146,8 +155,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_node(session: Session, resources: dict[str, float], object_store_bytes: int,
-               run_gcs: bool = True, bind_host: str | None = None) -> Node:
+               run_gcs: bool = True, bind_host: str | None = None, output_dir: Path | None = None) -> Node:
     """Start a node's processes; ``run_gcs``: this is the head (a node that joins a cluster uses its GCS).
+
+    ``output_dir``: their stdout and stderr go to files there (``scheduler.out`` holds its workers'
+    too, which inherit it), not to this process's (``init(log_to_driver=False)``).
 
     ``bind_host``: the node is part of a multi-node cluster, and serves its
     relay and its objects to other nodes on that host. The ports are chosen
@@ -163,10 +175,10 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
         transfer_bind = join_host_port(bind_host, free_port(bind_host))
     supervisor = Supervisor()
     if run_gcs:
-        gcs, gcs_process_id = _spawn_gcs(session, node_id)
-        supervisor.watch(ProcessKind.GCS, gcs, _gcs_restarter(session, node_id, gcs_process_id),
+        gcs, gcs_process_id = _spawn_gcs(session, node_id, output_dir=output_dir)
+        supervisor.watch(ProcessKind.GCS, gcs, _gcs_restarter(session, node_id, gcs_process_id, output_dir),
                          ready_marker=session.sockets / "gcs.ready")
-    store = _spawn_store(session, object_store_bytes, transfer_bind)
+    store = _spawn_store(session, object_store_bytes, transfer_bind, output_dir=output_dir)
 
     def spawn_scheduler(restart: bool = False) -> subprocess.Popen:
         return _procutil.spawn_python(
@@ -174,14 +186,14 @@ def start_node(session: Session, resources: dict[str, float], object_store_bytes
             [str(session.dir), "--resources", json.dumps(resources), "--node-id", node_id,
              "--store-pid", str(store.pid)] + (["--restart"] if restart else [])
             + (["--relay-bind", relay_bind, "--transfer-address", transfer_bind] if relay_bind else []),
-            session.log_dir,
+            session.log_dir, output=_output(output_dir, "scheduler"),
         )
 
     scheduler = spawn_scheduler()
     # A dead store is replaced by an empty one: owners rebuild lost objects
     # from lineage.
     supervisor.watch(ProcessKind.STORE, store,
-                     _store_restarter(session, node_id, object_store_bytes, store, transfer_bind),
+                     _store_restarter(session, node_id, object_store_bytes, store, transfer_bind, output_dir),
                      ready_marker=session.sockets / "store.ready")
     # A dead scheduler takes its workers with it; the new one starts fresh
     # workers and owners resubmit what was queued or running.
@@ -283,8 +295,11 @@ class JoinTarget:
 
 def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = None,
              gcs_address: str | None = None, join: JoinTarget | None = None,
-             bind_host: str | None = None) -> tuple[Session, Node, Any]:
+             bind_host: str | None = None, log_to_driver: bool = True) -> tuple[Session, Node, Any]:
     """Create a session and start a node in it: ``(session, node, lineage store or None)``.
+
+    ``log_to_driver`` False: the node's processes and their workers write their output to files
+    in the session's log folder instead of this process's stdout and stderr.
 
     Without ``join`` the node is a head: it starts the GCS service (on
     ``gcs_address``, ``host:port``, if given, else a Unix socket in the
@@ -311,7 +326,8 @@ def bring_up(totals: dict[str, float], store_bytes: int, gcs_url: str | None = N
         session.write_info(info)
         if log_store is not None:
             log_store.start()
-        node = start_node(session, totals, store_bytes, run_gcs=join is None, bind_host=bind_host)
+        node = start_node(session, totals, store_bytes, run_gcs=join is None, bind_host=bind_host,
+                          output_dir=None if log_to_driver else session.log_dir)
         if log_store is not None:
             try:
                 log_store.ready()

@@ -18,6 +18,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from ember import _settings
 
@@ -42,7 +43,7 @@ class _Spawner:
         self._pid = 0
 
     def spawn(self, argv: list[str], env: dict[str, str], stdin: int = subprocess.DEVNULL,
-              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+              pass_fds: tuple[int, ...] = (), output: Any = None) -> subprocess.Popen:
         with self._lock:
             if self._thread is None or self._pid != os.getpid():
                 self._pid = os.getpid()
@@ -50,15 +51,16 @@ class _Spawner:
                 self._thread = threading.Thread(target=self._run, name="ember-spawner", daemon=True)
                 self._thread.start()
         done: Future = Future()
-        self._requests.put((argv, env, stdin, pass_fds, done))
+        self._requests.put((argv, env, stdin, pass_fds, output, done))
         return done.result(timeout=SPAWN_TIMEOUT_S)
 
     def _run(self) -> None:
         while True:
-            argv, env, stdin, pass_fds, done = self._requests.get()
+            argv, env, stdin, pass_fds, output, done = self._requests.get()
             try:
                 done.set_result(subprocess.Popen(
                     argv, env=env, stdin=stdin, start_new_session=True, close_fds=True, pass_fds=pass_fds,
+                    stdout=output, stderr=output,
                 ))
             except BaseException as exc:  # delivered to the caller
                 done.set_exception(exc)
@@ -71,12 +73,18 @@ WORKER_STOP_GRACE_S = 2.0  # a worker's, between SIGTERM (flush your log rows) a
 
 
 def spawn_python(module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
-                 stdin: int = subprocess.DEVNULL, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+                 stdin: int = subprocess.DEVNULL, pass_fds: tuple[int, ...] = (),
+                 output: Path | None = None) -> subprocess.Popen:
+    """Start ``python -m module``; ``output``: a file its stdout and stderr go to (appended), else this
+    process's own (and its children's after it, which inherit them)."""
     child_env = dict(os.environ)
     child_env[_settings.variable("parent_pid")] = str(os.getpid())
     if env:
         child_env.update(env)
-    return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env, stdin, pass_fds)
+    if output is None:
+        return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env, stdin, pass_fds)
+    with open(output, "ab") as out:  # the child has its own descriptor once started
+        return _SPAWNER.spawn([sys.executable, "-m", module, *args], child_env, stdin, pass_fds, out)
 
 
 _PR_SET_CHILD_SUBREAPER = 36

@@ -214,3 +214,37 @@ def test_an_actor_no_node_can_start_fails_its_calls_at_once() -> None:
     with pytest.raises(ex.InfeasibleActorError, match=r"asks for \{'tpu': 1\.0\}") as caught:
         ember.get(putter.put.remote(1), timeout=GET_TIMEOUT_S)
     assert isinstance(caught.value, ex.ActorDiedError) and isinstance(caught.value, ex.InfeasibleResourceError)
+
+
+LOG_TO_DRIVER_PROGRAM = """
+    import json, sys
+    import ember
+    ember.init(num_cpus=1, log_to_driver={flag})
+
+    @ember.remote
+    def speak():
+        print("said-on-stdout", flush=True)
+        print("said-on-stderr", file=sys.stderr, flush=True)
+        return 1
+
+    assert ember.get(speak.remote()) == 1
+    out = ember._runtime._session.log_dir / "scheduler.out"  # the session's, removed at shutdown
+    kept = out.read_text() if out.exists() else ""
+    print(json.dumps({{"kept": ["said-on-stdout" in kept, "said-on-stderr" in kept]}}), flush=True)
+    ember.shutdown()
+"""
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_log_to_driver_decides_whether_a_tasks_output_reaches_the_drivers_terminal(flag: bool) -> None:
+    result = run_script(LOG_TO_DRIVER_PROGRAM.format(flag=flag))
+    assert result.returncode == 0, result.stderr
+    assert ("said-on-stdout" in result.stdout) is flag
+    assert ("said-on-stderr" in result.stderr) is flag
+    # Not lost: in the session's log folder instead, as Ray keeps a worker's output in its logs.
+    assert json.loads(result.stdout.strip().splitlines()[-1])["kept"] == [not flag, not flag]
+
+
+def test_log_to_driver_must_be_a_bool() -> None:
+    with pytest.raises(ex.InvalidOptionError, match="log_to_driver"):
+        ember.init(log_to_driver="no")
