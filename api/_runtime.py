@@ -45,6 +45,7 @@ from ember.scheduler import (
 from ember.scheduler import _context
 from ember.lineage import LineageStore as _LineageStore, RuntimeEnvLog, check_runtime_env
 from ember._runtime_env import env_wire
+from ember._init_dashboard import DriverDashboard, dashboard_wanted
 from ember.lineage._states import JobState, ProcessKind
 
 _lock = threading.RLock()
@@ -52,14 +53,12 @@ _node: Node | None = None
 _session: Session | None = None
 _atexit_registered = False
 _log_store: "_LineageStore | None" = None
-_auto_initialized = False  # the cluster was started (or joined) by the first use of the API, not by init()
+_auto_initialized = False
+_dashboard: DriverDashboard | None = None  # init(include_dashboard=True)'s, while its cluster runs  # the cluster was started (or joined) by the first use of the API, not by init()
 
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
-_HARMLESS_INIT_OPTIONS = {
-    "include_dashboard", "logging_level", "configure_logging",
-    "dashboard_host", "dashboard_port", "_temp_dir", "local_mode",
-}
+_HARMLESS_INIT_OPTIONS = {"logging_level", "configure_logging", "_temp_dir", "local_mode"}
 
 
 def init(
@@ -82,6 +81,8 @@ def init(
     log_to_driver = kwargs.pop("log_to_driver", True)
     if not isinstance(log_to_driver, bool):
         raise InvalidOptionError(f"init option log_to_driver must be True or False, got {log_to_driver!r}")
+    dashboard_host, dashboard_port = kwargs.pop("dashboard_host", None), kwargs.pop("dashboard_port", None)
+    with_dashboard = dashboard_wanted(kwargs.pop("include_dashboard", None), dashboard_host, dashboard_port)
     unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
     if unknown:
         raise InvalidOptionError(
@@ -92,6 +93,9 @@ def init(
     _options.validate_init(num_cpus if num_cpus is not None else num_workers, num_gpus, resources,
                            object_store_memory)
     settings = _settings.load()  # every EMBER_* variable checked here, not first in a worker
+    if with_dashboard and not settings.lineage:
+        raise InvalidOptionError("include_dashboard: the dashboard shows the lineage log, which is off here "
+                                 "(EMBER_LINEAGE=off): turn it on, or leave the dashboard out")
     with _lock:
         if _context.PROCESS.owner is not None:
             if ignore_reinit_error or _context.PROCESS.owner.kind == ProcessKind.WORKER:
@@ -108,8 +112,11 @@ def init(
         totals, store_bytes = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         session, node, log_store = bring_up(totals, store_bytes, gcs_url, log_to_driver=log_to_driver)
         try:
+            if with_dashboard:
+                _start_dashboard(session, dashboard_host, dashboard_port, settings.dashboard_token)
             _start_driver(session, node.node_id, session.name, log_store.embedded_home, job)
         except BaseException:
+            _stop_dashboard()
             node.stop()
             log_store.release()
             session.remove()
@@ -207,14 +214,34 @@ def _start_driver(session: Any, node_id: str, cluster_id: str, pg_home: str | No
     _chaos_agent.start(ProcessKind.DRIVER, node_id, job_id=core.job_id.hex(), pg_home=pg_home)
 
 
+def _start_dashboard(session: Session, host: str | None, port: int | None, token: str | None) -> None:
+    global _dashboard
+    conninfo = session.read_info().get("gcs_conninfo")
+    assert conninfo, "a cluster with the lineage log on records where it is"
+    dashboard = DriverDashboard(conninfo, token)
+    url = dashboard.start(host, port)
+    _dashboard = dashboard
+    print(f"ember: the dashboard of this cluster is at {url} (until it stops)", file=sys.stderr, flush=True)
+
+
+def _stop_dashboard() -> None:
+    global _dashboard
+    if _dashboard is not None:
+        _dashboard.stop()
+        _dashboard = None
+
+
 def _info() -> dict[str, Any]:
     core = require_core()
-    return {
+    info = {
         "node_id": core.node_id,
         "session_dir": str(core.session.dir),
         "address": _cluster_address(core.session),
         "job_id": core.job_id.hex(),
     }
+    if _dashboard is not None:
+        info["dashboard_url"] = _dashboard.url  # as Ray's init returns it
+    return info
 
 
 def _cluster_address(session: Session) -> str:
@@ -251,6 +278,7 @@ def shutdown() -> None:
                 core.close()
             except Exception:
                 pass
+        _stop_dashboard()
         if _node is not None:
             _node.stop()
             _node = None

@@ -248,3 +248,42 @@ def test_log_to_driver_decides_whether_a_tasks_output_reaches_the_drivers_termin
 def test_log_to_driver_must_be_a_bool() -> None:
     with pytest.raises(ex.InvalidOptionError, match="log_to_driver"):
         ember.init(log_to_driver="no")
+
+
+DASHBOARD_PROGRAM = """
+    import json, urllib.request, urllib.error
+    import ember
+    info = ember.init(num_cpus=1, {options})
+    url = info.get("dashboard_url")
+    page = urllib.request.urlopen(url, timeout=30).read().decode() if url else ""
+    ember.shutdown()
+    try:
+        urllib.request.urlopen(url, timeout=5) if url else None
+        after = "served"
+    except (urllib.error.URLError, ConnectionError):
+        after = "gone"
+    print(json.dumps({{"url": url, "job_listed": info["job_id"] in page, "after": after}}), flush=True)
+"""
+
+
+def test_include_dashboard_serves_the_clusters_dashboard_until_shutdown() -> None:
+    result = run_script(DASHBOARD_PROGRAM.format(options="include_dashboard=True, dashboard_port=0"))
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["url"].startswith("http://127.0.0.1:") and "token=" in seen["url"]
+    assert seen["job_listed"] and seen["after"] == "gone"
+    assert seen["url"] in result.stderr  # told where, in one line
+
+
+def test_no_dashboard_unless_asked_for() -> None:
+    for options in ("include_dashboard=False, dashboard_port=0", "log_to_driver=True"):
+        result = run_script(DASHBOARD_PROGRAM.format(options=options))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1])["url"] is None
+
+
+def test_dashboard_options_are_checked() -> None:
+    with pytest.raises(ex.InvalidOptionError, match="include_dashboard"):
+        ember.init(include_dashboard="yes")
+    with pytest.raises(ex.InvalidOptionError, match="dashboard_port"):
+        ember.init(dashboard_port=70000)
