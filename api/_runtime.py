@@ -46,6 +46,7 @@ from ember.scheduler import _context
 from ember.lineage import LineageStore as _LineageStore, RuntimeEnvLog, check_runtime_env
 from ember._runtime_env import env_wire
 from ember._init_dashboard import DriverDashboard, dashboard_wanted
+from ember._init_logging import logging_options
 from ember.lineage._states import JobState, ProcessKind
 
 _lock = threading.RLock()
@@ -58,7 +59,12 @@ _dashboard: DriverDashboard | None = None  # init(include_dashboard=True)'s, whi
 
 # Options Ray accepts that change nothing here (no dashboard, logs already
 # reach the driver's terminal); accepted so existing programs run unchanged.
-_HARMLESS_INIT_OPTIONS = {"logging_level", "configure_logging", "_temp_dir", "local_mode"}
+# Ray options ember takes but cannot honour: said so on stderr, so a program that counts on them knows.
+_UNSUPPORTED_INIT_OPTIONS = {
+    "local_mode": "tasks and actors still run in worker processes (ember replay debugs a logged task in-process: "
+                  "see docs/debugging.md)",
+    "_temp_dir": "session folders go under EMBER_RUNTIME_DIR (default: $TMPDIR/ember-<uid>)",
+}
 
 
 def init(
@@ -83,7 +89,8 @@ def init(
         raise InvalidOptionError(f"init option log_to_driver must be True or False, got {log_to_driver!r}")
     dashboard_host, dashboard_port = kwargs.pop("dashboard_host", None), kwargs.pop("dashboard_port", None)
     with_dashboard = dashboard_wanted(kwargs.pop("include_dashboard", None), dashboard_host, dashboard_port)
-    unknown = set(kwargs) - _HARMLESS_INIT_OPTIONS
+    logging_setup = logging_options(kwargs.pop("logging_level", None), kwargs.pop("configure_logging", True))
+    unknown = set(kwargs) - set(_UNSUPPORTED_INIT_OPTIONS)
     if unknown:
         raise InvalidOptionError(
             f"unknown init option(s) {sorted(unknown)}; ember.init accepts num_cpus, num_gpus, resources, "
@@ -92,6 +99,11 @@ def init(
     job = _JobOptions(namespace, runtime_env)
     _options.validate_init(num_cpus if num_cpus is not None else num_workers, num_gpus, resources,
                            object_store_memory)
+    for key in sorted(kwargs):
+        if kwargs[key] not in (None, False, ""):
+            print(f"ember: init({key}={kwargs[key]!r}) has no effect: {_UNSUPPORTED_INIT_OPTIONS[key]}",
+                  file=sys.stderr, flush=True)
+    logging_setup.apply()
     settings = _settings.load()  # every EMBER_* variable checked here, not first in a worker
     if with_dashboard and not settings.lineage:
         raise InvalidOptionError("include_dashboard: the dashboard shows the lineage log, which is off here "

@@ -287,3 +287,38 @@ def test_dashboard_options_are_checked() -> None:
         ember.init(include_dashboard="yes")
     with pytest.raises(ex.InvalidOptionError, match="dashboard_port"):
         ember.init(dashboard_port=70000)
+
+
+LOGGING_PROGRAM = """
+    import json, logging
+    import ember
+    ember.init(num_cpus=1, {options})
+    logging.getLogger("ember.core").info("probe-record")
+    logger = logging.getLogger("ember")
+    print(json.dumps({{"level": logger.level, "handlers": len(logger.handlers)}}), flush=True)
+    ember.shutdown()
+"""
+
+
+@pytest.mark.parametrize("options, level, handlers, shown", [
+    ("", 0, 0, False),  # ember's default: logging left alone
+    ("logging_level='info'", 20, 1, True),
+    ("logging_level=logging.INFO, configure_logging=False", 20, 0, False),  # the program's config shows them
+])
+def test_logging_level_and_configure_logging_set_up_the_ember_logger(options, level, handlers, shown) -> None:
+    result = run_script(LOGGING_PROGRAM.format(options=options))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"level": level, "handlers": handlers}
+    assert ("probe-record" in result.stderr) is shown
+
+
+def test_init_options_ember_cannot_honour_are_said_so() -> None:
+    result = run_script("""
+        import ember
+        ember.init(num_cpus=1, local_mode=True)
+        ember.shutdown()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "init(local_mode=True) has no effect" in result.stderr
+    with pytest.raises(ex.InvalidOptionError, match="logging_level"):
+        ember.init(logging_level="loud")
