@@ -29,7 +29,6 @@ import time
 from collections import Counter
 
 import numpy as np
-import pytest
 
 import ember
 from ember.chaos import processes

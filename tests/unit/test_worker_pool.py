@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.scheduler import _procutil, _worker_pool
+from ember.scheduler import _procutil
 from ember.scheduler._node_actors import NodeActors
 from ember.scheduler._node_queue import NodeQueue, Spawn
 from ember.scheduler._protocol import Op, Outbox
