@@ -67,6 +67,9 @@ class Settings:
     # -- objects ---------------------------------------------------------------------------
     put_copies: bool = True  # durable copies of large puts, by-value arguments and actor results
     put_copy_max_bytes: int = PUT_COPY_MAX_BYTES
+    # Free disk durable copies leave under $EMBER_HOME (None: 5% of the disk, at least 1 GiB): a copy
+    # that would eat into it is not written (store/_put_copies.py says what happens instead).
+    copy_disk_reserve_bytes: int | None = None
     result_hash_max_bytes: int = RESULT_HASH_MAX_BYTES  # larger store results are not content-hashed
     # -- processes -------------------------------------------------------------------------
     log_level: str | None = None  # ember's own processes' log level (default WARNING)
@@ -135,4 +138,4 @@ def _text(name: str, text: str) -> str:
     return text
 
 
-_READERS = {"float": _seconds, "int": _whole, "bool": _switch, "str | None": _text}
+_READERS = {"float": _seconds, "int": _whole, "int | None": _whole, "bool": _switch, "str | None": _text}

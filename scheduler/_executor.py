@@ -365,6 +365,8 @@ class Executor:
             try:
                 if spec.kind == TaskKind.ACTOR_CALL:
                     fn = self._method(spec)
+                    if self._arg_copies is not None:
+                        self._arg_copies.require_room(spec)  # before the call takes a place in the order
                     self._call_seq += 1
                     call_seq = self._call_seq
                     if core.gcs is not None:

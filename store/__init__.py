@@ -6,7 +6,7 @@ reader maps the file and gets numpy arrays and Arrow tables without copying.
 """
 
 from ember.store._content_hash import LateHashes, content_hash, value_hash
-from ember.store._put_copies import PutCopies, copy_wanted, job_dir, read_copy, write_copy
+from ember.store._put_copies import NO_ROOM, NoRoomForCopy, PutCopies, copy_wanted, disk_room, job_dir, read_copy, write_copy
 from ember.store._segments import ObjectFiles, prefault_segment, publish_layout_bytes
 from ember.store._serialization import (
     ObjectKind,
@@ -20,7 +20,9 @@ from ember.store._serialization import (
 )
 
 __all__ = [
+    "NO_ROOM",
     "LateHashes",
+    "NoRoomForCopy",
     "ObjectFiles",
     "ObjectKind",
     "PutCopies",
@@ -28,6 +30,7 @@ __all__ = [
     "content_hash",
     "copy_wanted",
     "deserialize",
+    "disk_room",
     "is_error",
     "job_dir",
     "prefault_segment",

@@ -11,6 +11,12 @@ they travel inline and their bytes are in the lineage log.
 
 A copy exists from the moment its file appears (written to a temporary name,
 then renamed). It is deleted when the object is freed or the job shuts down.
+
+Copies never fill the disk: one that would leave less free than the reserve
+(``EMBER_COPY_DISK_RESERVE_BYTES``, default 5% of the disk and at least
+1 GiB) is not written, with a warning; the object then has no copy, as one
+over ``EMBER_PUT_COPY_MAX_BYTES`` has none (``disk_room``). PostgreSQL, the
+spill folder and the rest of the machine share that disk.
 ``EMBER_PUT_COPIES=off`` turns copies off; ``EMBER_PUT_COPY_MAX_BYTES``
 (default 4 GiB) skips larger puts. Without a copy, a put lost with its store
 raises ObjectLostError saying so.
@@ -31,6 +37,50 @@ from ember import _settings
 log = logging.getLogger("ember.store")
 
 COPY_MAX_BYTES_DEFAULT = _settings.PUT_COPY_MAX_BYTES
+DISK_RESERVE_FRACTION = 0.05  # of the disk's size, left free by copies unless EMBER_COPY_DISK_RESERVE_BYTES says
+DISK_RESERVE_MIN_BYTES = 1 << 30
+NO_ROOM_WARN_EVERY_S = 60.0  # a copy skipped for lack of room is said once a minute at most, with the count
+
+
+class NoRoomForCopy(OSError):
+    """A copy that would eat into the disk's reserve: not written."""
+
+
+def disk_room(directory: Path, size: int) -> bool:
+    """Whether ``size`` more bytes under ``directory`` (or its nearest existing parent) leave the reserve free."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    usage = shutil.disk_usage(existing)
+    reserve = _settings.load().copy_disk_reserve_bytes
+    if reserve is None:
+        reserve = max(int(usage.total * DISK_RESERVE_FRACTION), DISK_RESERVE_MIN_BYTES)
+    return usage.free - size >= reserve
+
+
+class _NoRoomWarning:
+    """Says that copies are skipped, at most once per ``NO_ROOM_WARN_EVERY_S``, with how many since."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._skipped = 0
+
+    def skipped(self, what: str) -> None:
+        import time
+
+        with self._lock:
+            self._skipped += 1
+            now = time.monotonic()
+            if self._last and now - self._last < NO_ROOM_WARN_EVERY_S:
+                return
+            self._last, count, self._skipped = now, self._skipped, 0
+        log.warning("no durable copy of %s (%d skipped lately): the disk under $EMBER_HOME is down to its reserve "
+                    "(EMBER_COPY_DISK_RESERVE_BYTES); an object without a copy that is lost with its store "
+                    "raises ObjectLostError", what, count)
+
+
+NO_ROOM = _NoRoomWarning()
 
 
 def copies_enabled() -> bool:
@@ -137,6 +187,10 @@ class PutCopies:
             try:
                 if path is not None:  # else freed before its turn came
                     self._copy(oid, path)
+            except NoRoomForCopy:
+                with self._lock:
+                    self._paths.pop(oid, None)  # nothing to delete on free
+                NO_ROOM.skipped(f"put {oid.hex()}")
             except OSError as exc:
                 with self._lock:
                     job_over = path.parent in self._removed_jobs  # type: ignore[union-attr]
@@ -154,6 +208,8 @@ class PutCopies:
             view = self._open_object(oid)
         if view is None:
             return  # freed (or lost) before its turn came
+        if not disk_room(final.parent, len(view)):
+            raise NoRoomForCopy(f"no room for {len(view)} bytes")
         make_private_parents(final)
         tmp = final.with_name(f".tmp-{final.name}")
         with open(tmp, "wb") as f:
@@ -189,8 +245,11 @@ def write_copy(path: Path, data: memoryview | bytes) -> None:
     """Write a copy for another process to read after this one dies: page cache, no fsync.
 
     It must outlive a process, not the machine: a machine lost is a node
-    lost, and its copies with it.
+    lost, and its copies with it. NoRoomForCopy, and nothing written, when
+    it would eat into the disk's reserve (``disk_room``).
     """
+    if not disk_room(path.parent, len(data)):
+        raise NoRoomForCopy(f"no room for {len(data)} bytes under {path.parent}")
     make_private_parents(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     with open(tmp, "wb") as f:
