@@ -1,0 +1,77 @@
+"""Regression tests for the gets that hung under network faults (issue 27), on real namespaces.
+
+Each test builds, on purpose and in a fixed order, the situation a soak or
+the recovery benchmark stumbled into, and checks that the ``get`` returns
+the right value within its bound (a ``GetTimeoutError`` is the old hang).
+
+Every wait is bounded; every process and namespace is the cluster's own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ember
+from ember._runtime import core
+from ember.chaos import LocalCluster
+from ember.chaos import NetFault
+from tests.chaos.test_network_semantics import BOUND_S, _wait_for
+
+
+@ember.remote(max_retries=0)
+def pid_here() -> int:
+    return os.getpid()
+
+
+@ember.remote(max_retries=0)
+def after_gate(folder: str) -> int:
+    """Say it runs, wait (bounded) for the gate, then return this worker's pid."""
+    Path(folder, "running").touch()
+    deadline = time.monotonic() + 2 * BOUND_S
+    while not Path(folder, "gate").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    Path(folder, "leaving").touch()
+    return os.getpid()
+
+
+def _cut_and_close_the_workers_connection(cluster: LocalCluster, node: Any, worker_pid: int, folder: Path,
+                                          marker: str) -> None:
+    """Cut ``node`` from the GCS and the drivers; meanwhile close this driver's end of the worker's connection
+    to it (as this end's relay does when its keepalive gives up first: the worker cannot hear it yet), open
+    the gate, and wait for the worker to write ``marker`` before it sends into the cut; then heal."""
+    owner = core()
+    from_worker = _wait_for(lambda: [c for c in list(owner.links.peers.values())
+                                     if c.peer.get("pid") == worker_pid and not c.closed],
+                            "the worker's connection to this driver")
+    cut = cluster.net_fault(NetFault.partition("gcs", 3.0), node)  # the drivers are beside the GCS
+    try:
+        for conn in from_worker:
+            conn.close()
+        (folder / "gate").touch()
+        _wait_for(lambda: (folder / marker).exists(), f"the gated task's {marker!r}")
+    finally:
+        cluster.heal(cut)
+
+
+def test_a_result_sent_on_a_connection_its_owner_closed_during_a_cut_comes_back(tmp_path: Path) -> None:
+    """A worker's connection to its owner, closed at the owner's end while the network was cut (as the
+    owner's relay does when its keepalive gives up first), still looks open at the worker's end: the
+    result it sends there is written into a stream nobody reads, and was lost for good (the bench's
+    hang: a task on a just-healed node never came back). It must be sent again on a new connection."""
+    with LocalCluster(nodes=[{"num_cpus": 1}], network=True) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            node = cluster.nodes[0]
+            pinned = {"resources": {f"node:{cluster.node_address(node)}": 0.01}}
+            # The node's one task worker runs a task for this driver, and so connects to it.
+            worker_pid = ember.get(pid_here.options(**pinned).remote(), timeout=BOUND_S)
+            ref = after_gate.options(**pinned).remote(str(tmp_path))
+            _wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs")
+            _cut_and_close_the_workers_connection(cluster, node, worker_pid, tmp_path, "leaving")
+            assert ember.get(ref, timeout=BOUND_S) == worker_pid
+        finally:
+            ember.shutdown()
+
