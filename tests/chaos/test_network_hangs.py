@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import ember
 from ember._runtime import core
@@ -37,6 +40,17 @@ def after_gate(folder: str) -> int:
     return os.getpid()
 
 
+@ember.remote(max_retries=0)
+def read_after_gate(folder: str, boxed: list) -> Any:
+    """Say it runs, wait (bounded) for the gate, then read the object in ``boxed`` (a ref passed as a ref)."""
+    Path(folder, "running").touch()
+    deadline = time.monotonic() + 2 * BOUND_S
+    while not Path(folder, "gate").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    Path(folder, "asking").touch()
+    return ember.get(boxed[0], timeout=BOUND_S)
+
+
 def _cut_and_close_the_workers_connection(cluster: LocalCluster, node: Any, worker_pid: int, folder: Path,
                                           marker: str) -> None:
     """Cut ``node`` from the GCS and the drivers; meanwhile close this driver's end of the worker's connection
@@ -56,22 +70,43 @@ def _cut_and_close_the_workers_connection(cluster: LocalCluster, node: Any, work
         cluster.heal(cut)
 
 
-def test_a_result_sent_on_a_connection_its_owner_closed_during_a_cut_comes_back(tmp_path: Path) -> None:
-    """A worker's connection to its owner, closed at the owner's end while the network was cut (as the
-    owner's relay does when its keepalive gives up first), still looks open at the worker's end: the
-    result it sends there is written into a stream nobody reads, and was lost for good (the bench's
-    hang: a task on a just-healed node never came back). It must be sent again on a new connection."""
+@pytest.fixture
+def one_node() -> Iterator[tuple[LocalCluster, Any, dict[str, Any], int]]:
+    """A cluster of one node in a namespace of its own (besides the GCS's), this process its driver, and the
+    node's one task worker connected to it (it ran a task for it): (cluster, node, options pinning a task
+    there, the worker's pid)."""
     with LocalCluster(nodes=[{"num_cpus": 1}], network=True) as cluster:
         ember.init(address=cluster.address)
         try:
             node = cluster.nodes[0]
             pinned = {"resources": {f"node:{cluster.node_address(node)}": 0.01}}
-            # The node's one task worker runs a task for this driver, and so connects to it.
-            worker_pid = ember.get(pid_here.options(**pinned).remote(), timeout=BOUND_S)
-            ref = after_gate.options(**pinned).remote(str(tmp_path))
-            _wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs")
-            _cut_and_close_the_workers_connection(cluster, node, worker_pid, tmp_path, "leaving")
-            assert ember.get(ref, timeout=BOUND_S) == worker_pid
+            yield cluster, node, pinned, ember.get(pid_here.options(**pinned).remote(), timeout=BOUND_S)
         finally:
             ember.shutdown()
 
+
+def test_a_result_sent_on_a_connection_its_owner_closed_during_a_cut_comes_back(
+        one_node: tuple[LocalCluster, Any, dict[str, Any], int], tmp_path: Path) -> None:
+    """A worker's connection to its owner, closed at the owner's end while the network was cut (as the
+    owner's relay does when its keepalive gives up first), still looks open at the worker's end: the
+    result it sends there is written into a stream nobody reads, and was lost for good (the bench's
+    hang: a task on a just-healed node never came back). It must be sent again on a new connection."""
+    cluster, node, pinned, worker_pid = one_node
+    ref = after_gate.options(**pinned).remote(str(tmp_path))
+    _wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs")
+    _cut_and_close_the_workers_connection(cluster, node, worker_pid, tmp_path, "leaving")
+    assert ember.get(ref, timeout=BOUND_S) == worker_pid
+
+
+def test_a_borrower_whose_question_to_the_owner_was_lost_asks_again(
+        one_node: tuple[LocalCluster, Any, dict[str, Any], int], tmp_path: Path) -> None:
+    """A worker asks an object's owner where the object is once (``LOCATE``); asked on a connection the
+    owner's end had closed during a cut, the question was lost, and the worker waited for an answer
+    forever (the soak's hang after a short one-way cut from the GCS: its periodic ask only checked for a
+    lost copy, and the owner, holding the object, had nothing to do). It must ask again."""
+    cluster, node, pinned, worker_pid = one_node
+    value = ember.put("owned by the driver")
+    ref = read_after_gate.options(**pinned).remote(str(tmp_path), [value])
+    _wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs")
+    _cut_and_close_the_workers_connection(cluster, node, worker_pid, tmp_path, "asking")
+    assert ember.get(ref, timeout=BOUND_S) == "owned by the driver"
