@@ -21,7 +21,10 @@ import ember
 from ember._runtime import core
 from ember.chaos import LocalCluster
 from ember.chaos import NetFault
-from tests.chaos.test_network_semantics import BOUND_S, _wait_for
+from tests.chaos.network_soak import Counter_
+from tests.waits import wait_for
+
+BOUND_S = 60.0
 
 
 @ember.remote(max_retries=0)
@@ -57,15 +60,15 @@ def _cut_and_close_the_workers_connection(cluster: LocalCluster, node: Any, work
     to it (as this end's relay does when its keepalive gives up first: the worker cannot hear it yet), open
     the gate, and wait for the worker to write ``marker`` before it sends into the cut; then heal."""
     owner = core()
-    from_worker = _wait_for(lambda: [c for c in list(owner.links.peers.values())
-                                     if c.peer.get("pid") == worker_pid and not c.closed],
-                            "the worker's connection to this driver")
+    from_worker = wait_for(lambda: [c for c in list(owner.links.peers.values())
+                                    if c.peer.get("pid") == worker_pid and not c.closed],
+                           "the worker's connection to this driver", BOUND_S)
     cut = cluster.net_fault(NetFault.partition("gcs", 3.0), node)  # the drivers are beside the GCS
     try:
         for conn in from_worker:
             conn.close()
         (folder / "gate").touch()
-        _wait_for(lambda: (folder / marker).exists(), f"the gated task's {marker!r}")
+        wait_for(lambda: (folder / marker).exists(), f"the gated task's {marker!r}", BOUND_S)
     finally:
         cluster.heal(cut)
 
@@ -93,7 +96,7 @@ def test_a_result_sent_on_a_connection_its_owner_closed_during_a_cut_comes_back(
     hang: a task on a just-healed node never came back). It must be sent again on a new connection."""
     cluster, node, pinned, worker_pid = one_node
     ref = after_gate.options(**pinned).remote(str(tmp_path))
-    _wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs")
+    wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs", BOUND_S)
     _cut_and_close_the_workers_connection(cluster, node, worker_pid, tmp_path, "leaving")
     assert ember.get(ref, timeout=BOUND_S) == worker_pid
 
@@ -107,6 +110,30 @@ def test_a_borrower_whose_question_to_the_owner_was_lost_asks_again(
     cluster, node, pinned, worker_pid = one_node
     value = ember.put("owned by the driver")
     ref = read_after_gate.options(**pinned).remote(str(tmp_path), [value])
-    _wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs")
+    wait_for(lambda: (tmp_path / "running").exists(), "the gated task runs", BOUND_S)
     _cut_and_close_the_workers_connection(cluster, node, worker_pid, tmp_path, "asking")
     assert ember.get(ref, timeout=BOUND_S) == "owned by the driver"
+
+
+def test_a_call_in_flight_on_an_actor_connection_that_broke_runs_once_and_comes_back(
+        one_node: tuple[LocalCluster, Any, dict[str, Any], int]) -> None:
+    """A call in flight on the driver's connection to a live actor, when that connection broke (here its
+    end closed during a cut, as its relay does when its keepalive gives up first): the call reaches the
+    actor after the heal and runs, but its result comes back on a stream that is gone. The driver
+    reconnected to the actor and sent only its queued calls, so the get waited forever (the soak's hang
+    on an actor call, and the next calls' values came out short of it). It must be sent again, and the
+    actor must answer it with the outcome it had, not run it twice."""
+    cluster, node, pinned, _ = one_node
+    actor = Counter_.options(**pinned).remote()
+    assert ember.get(actor.add.remote(1), timeout=BOUND_S) == 1
+    state = core()._actors[actor._actor_id]
+    cut = cluster.net_fault(NetFault.partition("gcs", 3.0), node)  # the drivers are beside the GCS
+    try:
+        ref = actor.add.remote(1)
+        wait_for(lambda: state.inflight and state.conn is not None, "the call is sent", BOUND_S)
+        state.conn.flush()
+        state.conn.close()
+    finally:
+        cluster.heal(cut)
+    assert ember.get(ref, timeout=BOUND_S) == 2
+    assert ember.get(actor.add.remote(1), timeout=BOUND_S) == 3  # it ran once
