@@ -36,6 +36,7 @@ from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METH
 from ember.scheduler._actor_recovery import CLAIM_WAIT_S, read_replay, read_restore
 from ember.scheduler._owner import Owner, OwnerState
 from ember.scheduler import _messages
+from ember.scheduler._ran_calls import RanCalls
 from ember.scheduler._outcomes import (TERMINATED, UpstreamError, error_bytes, errors, failed_outcome, iterator_of,
                                       label, result_count, split, task_error)
 from ember.scheduler._protocol import Connection, Op
@@ -83,14 +84,13 @@ class Executor:
         # fails with it, unrun, and it retires after the first.
         self.env_error: BaseException | None = None
         self._log_mark = 0  # rows logged before the running task's own (its call-order row excluded)
-        # A restarted actor's replayed calls, by task id: a caller that sends
-        # one again gets this outcome instead of running it twice.
+        # A restarted actor's replayed calls by task id: a caller sending one again gets this outcome.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
+        self._ran = RanCalls()  # the calls run last: one sent again after a broken connection is answered
         # Replayed calls no caller took a result of yet: their callers send them again. An actor whose
         # replay ran the call that ended it waits for them before it ends (``_end_when_claimed``).
         self._unclaimed: set[bytes] = set()
-        # Calls folded into the checkpoint a restart began from: they ran, and
-        # their results cannot be produced again.
+        # Calls folded into the checkpoint a restart began from: they ran, their results cannot come again.
         self._covered: set[bytes] = set()
         self._checkpoint_every = 0  # calls between checkpoints; 0: the class keeps none
         # A concurrent actor's calls run on its groups' threads or event loops (None: one at a
@@ -249,8 +249,7 @@ class Executor:
             core.current_task, self._running, self._log_mark = saved
 
     def on_scheduler_lost(self) -> None:
-        # Without its scheduler this worker can do nothing useful; a new one
-        # will start fresh workers.
+        # Without its scheduler this worker can do nothing useful; a new one will start fresh workers.
         os._exit(0)
 
     # -- main thread -------------------------------------------------------------------
@@ -415,6 +414,8 @@ class Executor:
         finally:
             core.current_task = None
         self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
+        if spec.kind == TaskKind.ACTOR_CALL:
+            self._ran.ran(spec.task_id, outcome, failed)
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(label(spec), spec.task_id, spec.attempt, failed)
         if spec.kind == TaskKind.NORMAL:
@@ -455,6 +456,9 @@ class Executor:
                 self._send_result(conn, spec, *replayed)  # ran in the replay: the same outcome, not a second run
                 self._claimed(spec.task_id)
                 return False
+        if spec.kind == TaskKind.ACTOR_CALL and (ran := self._ran.outcome(spec.task_id)) is not None:
+            self._send_result(conn, spec, *ran)  # sent again by a caller whose connection broke: not run twice
+            return False
         if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
             self._send_error(conn, spec, ActorDiedError(self._actor_name, self._exit_reason))
             return False

@@ -152,7 +152,7 @@ class ResultSender:
         elif inline:
             core.take_result(msg)  # this process owns it, and the scheduler no longer counts it
         else:
-            core.links.send_to(spec.owner_addr, msg, flush=not more)
+            core.links.send_to(spec.owner_addr, msg, flush=not more, keep=True)
             self._done.append(spec.task_id)
             if not more or len(self._done) >= DONE_BATCH_MAX:
                 core.scheduler.send_now((Op.TASKS_DONE, self.take_done()))
@@ -301,5 +301,5 @@ class ResultSender:
         if spec.kind == TaskKind.ACTOR_CALL:
             conn.send_now(msg)
         else:
-            core.links.send_to(spec.owner_addr, msg, flush=True)
+            core.links.send_to(spec.owner_addr, msg, flush=True, keep=True)
         core.store.flush()

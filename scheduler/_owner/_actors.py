@@ -11,6 +11,7 @@ lock). It must never do blocking socket I/O while holding that lock.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,11 @@ from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._shared_read import SharedReadConnection
 from ember.scheduler._spec import TaskSpec
 
-__all__ = ["ActorCalls"]
+__all__ = ["FATE_RETRY_S", "ActorCalls"]
+
+# A live actor this process could not reconnect to (the network to its node cut for a moment) is asked
+# about again this often, while calls wait for it: nothing else would make this process try again.
+FATE_RETRY_S = 1.0
 
 
 
@@ -114,6 +119,9 @@ class ActorCalls:
                 return
             if alive and address:
                 if state.address != address or state.conn is None or state.conn.closed:
+                    # The same live process, whose connection broke (a network cut ends it at one end
+                    # first): what was in flight may never have arrived, or its results not come back.
+                    same = state.address == address and state.conn is None
                     state.address = address
                     try:
                         # A connection of its own: nothing else may queue behind calls.
@@ -124,10 +132,13 @@ class ActorCalls:
                         )
                         state.conn.batch_end = self._send_follow_ups
                         state.conn.peer = {"address": address}  # where its results are (_node_of)
+                        if same:
+                            self._send_inflight_again(state)
                     except Exception:
-                        # Its process just died: the scheduler's next word on
-                        # it (restarting, or dead) is on its way.
+                        # Its process just died (the scheduler's next word on it, restarting or dead, is
+                        # on its way), or the network to it is cut for now: asked again in a while.
                         state.conn = None
+                        self._ask_fate_later(state)
                         return
                 self.pump(state)
                 return
@@ -151,6 +162,12 @@ class ActorCalls:
         error = actor_died_error(state.desc, state.dead_reason)
         for pt in pending:
             self._fail(pt, error)
+
+    def _send_inflight_again(self, state: _ActorState) -> None:
+        """Send the calls in flight again, in their order, first, on the actor's new connection: it answers
+        those it ran with the outcome it had (``_ran_calls.py``) and runs the others."""
+        for pt in sorted(state.inflight.values(), key=lambda pt: pt.spec.seq):
+            state.conn.send((Op.ACTOR_CALL, pt.spec))  # type: ignore[union-attr]
 
     def _requeue_inflight(self, state: _ActorState) -> None:
         """The actor restarts: calls sent to its old process go again, first, in their order.
@@ -207,6 +224,18 @@ class ActorCalls:
             if actor_id in self._actors:
                 self.on_actor_state(actor_id, False, None, "killed by ember.kill()")
         self._wake()
+
+    def _ask_fate_later(self, state: _ActorState) -> None:
+        """Ask the actor's state again in ``FATE_RETRY_S``, while calls wait for it and it has no connection."""
+        def again() -> None:
+            with self._lock:
+                waiting = state.conn is None and state.dead_reason is None and bool(state.inflight or state.queue)
+            if waiting and not self._is_closed():
+                self.ask_fate(state)
+
+        timer = threading.Timer(FATE_RETRY_S, again)
+        timer.daemon = True
+        timer.start()
 
     def ask_fate(self, state: _ActorState) -> None:
         # The actor's connection broke: the scheduler knows why.

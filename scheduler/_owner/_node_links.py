@@ -37,6 +37,7 @@ class NodeLinks:
         self._links = links
         self._subscribed = subscribed  # objects the store was asked to tell about
         self._store_ready = store_ready  # objects the store said are sealed
+        self._store_replaced: Connection | None = None  # the lost store connection a reconnection was started for
         self._set_changed = set_changed
         self._wake_waiters = wake_waiters
         self._rebuild_inputs = rebuild_inputs  # rebuild what pending tasks read that a dead store had
@@ -47,14 +48,18 @@ class NodeLinks:
         # The node restarts a dead store, empty: reconnect, and ask again for
         # what we were waiting on. Lost objects are rebuilt when read.
         with self._lock:
-            if self._state.closed or conn is not self._links.store:
+            if self._state.closed or conn is not self._links.store or conn is self._store_replaced:
                 return
+            self._store_replaced = conn  # one reconnection per lost connection, whoever notices first
         threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
 
     def _reconnect_store(self) -> None:
         conn = self._links.reconnect(self._store_socket, self.on_store_closed, "store")
-        if conn is None:
-            return
+        if conn is not None:
+            self.install_store(conn)
+
+    def install_store(self, conn: Connection) -> None:
+        """Make ``conn`` (to a restarted store) this process's store connection, and ask again."""
         with self._lock:
             if self._state.closed:
                 conn.close()
@@ -66,6 +71,11 @@ class NodeLinks:
             self._set_changed()
         self._wake_waiters()
         self._rebuild_inputs()
+        if conn.closed:
+            # The store died again before this was its connection: its close handler saw another one
+            # and let it be. Left so, every later subscribe and pull would go nowhere, and a wait for an
+            # object from another node would never end (seen in the network soak after store kills).
+            self.on_store_closed(conn)
 
     def on_scheduler_closed(self, conn: Connection) -> None:
         if self._kind == ProcessKind.DRIVER:

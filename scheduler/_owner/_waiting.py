@@ -43,7 +43,7 @@ __all__ = ["ASK_OWNERS_AFTER_S", "BLOCKED_POLL_S", "RECONSTRUCTION_ROUNDS_MAX", 
 
 BLOCKED_POLL_S = 0.05  # a blocked worker looks this often for tasks to hand back
 TAKE_BACK_WAIT_S = 10.0  # the scheduler's answer to a task about to wait for its own queued tasks
-ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner to check for a lost copy
+ASK_OWNERS_AFTER_S = 1.0  # a wait on a borrowed object this long asks its owner again where it is, and to check for a lost copy
 RECONSTRUCTION_ROUNDS_MAX = 8  # rebuild, then find more lost (the store died again), a few times at most
 
 
@@ -292,6 +292,12 @@ class Waiting:
         for owner, oids in grouped((ref._owner, ref._id) for ref in refs if ref._owner != self.address).items():
             if self.rebuild.owner_alive(owner):
                 self.links.send_to(owner, (Op.OBJECT_WANTED, oids))
+                if self.relay is not None:
+                    # Where it is, again: the first question (or its answer) may have been lost to the
+                    # network (a connection that closed under it, an owner out of reach for a moment),
+                    # and nothing else would ever ask. An owner answers a repeated question the same
+                    # way, and a store pulls an object once however often it is asked to.
+                    self.links.send_to(owner, (Op.LOCATE, oids, self.address))
             else:
                 # Its owner is gone, and with it whatever it held in memory:
                 # rebuild from the log here.
