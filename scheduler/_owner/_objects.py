@@ -96,16 +96,17 @@ class ObjectTable:
     def incref(self, oid: bytes) -> None:
         self.refcounts[oid] = self.refcounts.get(oid, 0) + 1
 
-    def release(self, oid: bytes) -> ObjectEntry | None:
+    def release(self, oid: bytes, kept: bool = False) -> ObjectEntry | None:
         """A ref to ``oid`` was dropped: the entry the owner must free now, if this was the last ref to a
-        finished object nobody else was handed; a pending one is forgotten when it finishes."""
+        finished object nobody else was handed; a pending one is forgotten when it finishes. ``kept``: the
+        object is named by another one still held (a dynamic generator's end): it stays, freed with that."""
         count = self.refcounts.get(oid, 0) - 1
         if count > 0:
             self.refcounts[oid] = count
             return None
         self.refcounts.pop(oid, None)
         entry = self.entries.get(oid)
-        if entry is None or entry.shared:
+        if entry is None or entry.shared or kept:
             return None
         if entry.state is ObjectState.PENDING:
             entry.dropped = True

@@ -323,7 +323,7 @@ class Owner:
             self._decref_locked(deferred.popleft())
 
     def _decref_locked(self, oid: bytes) -> None:
-        entry = self.objects.release(oid)
+        entry = self.objects.release(oid, self.streams.active and self.streams.held_by_end(oid))
         if self.streams.active:
             self.streams.on_end_released(oid)
         if entry is not None and entry.state is ObjectState.READY_STORE:

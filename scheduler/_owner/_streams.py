@@ -82,6 +82,12 @@ class Streams:
     def active(self) -> bool:
         return bool(self._streams)
 
+    def held_by_end(self, oid: bytes) -> bool:
+        """Whether ``oid`` is a value of a dynamic task whose end is still held (under the lock): its end's
+        value names it, so a ref to it can be made again (``get`` of the end once more) while the end lives."""
+        stream = self._streams.get(task_of(oid))
+        return stream is not None and stream.dynamic and not stream.dropped and oid != object_id(task_of(oid), 1)
+
     def on_end_released(self, oid: bytes) -> None:
         """The last ref here to ``oid`` went (under the lock): if it is a dynamic task's end that was
         never passed on, the values nobody took a ref to are freed, now and as they come."""

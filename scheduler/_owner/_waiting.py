@@ -136,6 +136,9 @@ class Waiting:
         self._messages = messages  # holds the executor of a worker
         self.check_refs = check_refs
         self.flush = flush
+        # Borrowed objects just found missing on a one-node cluster: their owners are asked for them at once
+        # (``OBJECT_WANTED``: a value the owner holds inline goes into the store), not a second later.
+        self._to_ask: list[ObjectRef] = []
 
     def _ready(self, ref: ObjectRef) -> bool:
         entry = self._objects.get(ref._id) if ref._owner == self.address else None
@@ -152,6 +155,8 @@ class Waiting:
             self.links.store.send((Op.SUBSCRIBE, ref._id))
             if self.relay is not None:
                 self.locations.to_locate.append(ref)  # it may be on another node: its owner says where
+            else:
+                self._to_ask.append(ref)  # it may be inline at its owner, which never shared it
         return False
 
     def _ready_anywhere(self, ref: ObjectRef) -> bool:
@@ -207,6 +212,10 @@ class Waiting:
                     self._waiters.add(event)
                 if self.locations.to_locate:
                     self.locations.send_locates()
+                if self._to_ask:
+                    with self._lock:
+                        asking, self._to_ask = self._to_ask, []
+                    self._ask_owners(asking)
                 now = time.monotonic()
                 if now >= next_ask or store_generation != self._state.store_generation:
                     store_generation = self._state.store_generation
@@ -314,7 +323,9 @@ class Waiting:
             republish = []
             for oid in oids:
                 entry = self._objects.get(oid)
-                if entry is not None and entry.state == ObjectState.READY_INLINE and not self.files.exists(oid):
+                if entry is not None and entry.state == ObjectState.PENDING:
+                    entry.shared = True  # published when it comes (``Owner._made``): somebody else reads it
+                elif entry is not None and entry.state == ObjectState.READY_INLINE and not self.files.exists(oid):
                     entry.shared = True
                     republish.append((oid, entry.data))
         for oid, data in republish:

@@ -270,6 +270,40 @@ def test_a_dynamic_generator_returns_one_ref_to_the_refs_of_its_values(fault_clu
         actor.numbers.options(num_returns="streaming")
 
 
+@ember.remote
+def sum_asking_once(generator) -> int:
+    from ember.scheduler._owner import _waiting
+
+    before = _waiting.ASK_OWNERS_AFTER_S
+    _waiting.ASK_OWNERS_AFTER_S = 1e9  # no periodic asking: the first question must bring the values
+    try:
+        return sum(ember.get(list(generator), timeout=BOUND_S))
+    finally:
+        _waiting.ASK_OWNERS_AFTER_S = before
+
+
+def test_a_task_given_a_dynamic_generators_ref_reads_values_its_owner_never_passed_on(fault_cluster):
+    # The values came inline to the driver, which never pickled their refs (the generator's worker did,
+    # into its end object): a task reading them must ask the driver for them when it first misses them.
+    ref = count_up.options(num_returns="dynamic").remote(3)
+    assert len(ember.get(ref, timeout=BOUND_S)) == 3
+    assert ember.get(sum_asking_once.remote(ref), timeout=2 * BOUND_S) == 30
+
+
+def test_a_dynamic_generator_got_twice_gives_its_values_twice_from_one_run(fault_cluster, tmp_path):
+    # Its values stay while its end is held, though the first generator got from it (and every ref
+    # that one made) is gone: a second get names them again. This used to wait forever.
+    runs_file = str(tmp_path / "runs")
+    ref = arrays.options(num_returns="dynamic").remote(2, runs_file)
+    first = [int(a[-1]) for a in ember.get(list(ember.get(ref, timeout=BOUND_S)), timeout=BOUND_S)]
+    second = [int(a[-1]) for a in ember.get(list(ember.get(ref, timeout=BOUND_S)), timeout=BOUND_S)]
+    assert first == second
+    assert (tmp_path / "runs").read_text().count("run") == 1
+    small = count_up.options(num_returns="dynamic").remote(3)  # values inline here, not in the store
+    for _ in range(2):
+        assert ember.get(list(ember.get(small, timeout=BOUND_S)), timeout=BOUND_S) == [0, 10, 20]
+
+
 def test_an_exception_in_a_dynamic_generator_fails_the_task(fault_cluster):
     with pytest.raises(KeyError, match="stream broke"):
         ember.get(fails_after.options(num_returns="dynamic").remote(2), timeout=BOUND_S)
