@@ -31,6 +31,23 @@ CALLER_FLUSH_WAIT_S = 10.0  # a restarting actor waits this long for its last ca
 CLAIM_WAIT_S = 10.0
 
 
+def save_checkpoint(core: Any, instance: Any, actor_name: str, actor_id: bytes, call_seq: int) -> None:
+    """Log the actor's ``save_checkpoint()`` after its call ``call_seq``: replay starts after it.
+
+    A failure to save is not the call's failure; replay just starts further back.
+    """
+    import cloudpickle
+
+    if core.gcs is None:
+        return
+    try:
+        data = cloudpickle.dumps(instance.save_checkpoint())
+    except Exception:
+        log.exception("actor %s: save_checkpoint() failed; replay will start from an older one", actor_name)
+        return
+    core.gcs.checkpoint(actor_id, call_seq, data)
+
+
 @dataclass(frozen=True)
 class Replay:
     """A replaying restart's reading of the log."""

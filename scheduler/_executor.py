@@ -33,7 +33,7 @@ from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
 from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METHOD, TERMINATE_POLL_S, ActorExit
-from ember.scheduler._actor_recovery import CLAIM_WAIT_S, read_replay, read_restore
+from ember.scheduler._actor_recovery import CLAIM_WAIT_S, read_replay, read_restore, save_checkpoint
 from ember.scheduler._owner import Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._ran_calls import RanCalls
@@ -494,17 +494,7 @@ class Executor:
                           concurrent=concurrent, more=more, log_mark=self._log_mark, arg_copies=self._arg_copies)
 
     def _save_checkpoint(self) -> None:
-        # Saved after the call it follows: replay starts after it. A failure
-        # to save is not the call's failure; replay just starts further back.
-        if self.core.gcs is None:
-            return
-        try:
-            data = cloudpickle.dumps(self._instance.save_checkpoint())  # type: ignore[union-attr]
-        except Exception:
-            log.exception("actor %s: save_checkpoint() failed; replay will start from an older one",
-                          self._actor_name)
-            return
-        self.core.gcs.checkpoint(self._actor_id, self._call_seq, data)
+        save_checkpoint(self.core, self._instance, self._actor_name, self._actor_id, self._call_seq)
 
     def _replay_calls(self, actor_id: bytes, restart: int, death: str | None) -> None:
         """Restore the newest checkpoint, then run again, in order, every call logged after it.

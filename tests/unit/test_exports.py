@@ -4,7 +4,7 @@ import pytest
 
 MODULES = ["ember", "ember.exceptions", "ember.scheduler", "ember.scheduler._owner", "ember.store", "ember.chaos",
            "ember.lineage", "ember.actor", "ember.remote_function", "ember.runtime_context", "ember.util",
-           "ember.util.actor_pool", "ember.util.queue", "ember.util.multiprocessing", "ember.dag",
+           "ember.util.actor_pool", "ember.util.queue", "ember.util.multiprocessing", "ember.dag", "ember.dag.input_node", "ember.dag.output_node",
            "ember.util.scheduling_strategies"]
 
 
