@@ -8,6 +8,7 @@ inside a worker.
 from __future__ import annotations
 
 import inspect
+import sys
 from numbers import Real
 from typing import Any
 
@@ -21,14 +22,19 @@ _TASK = {
     "num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions",
     "name", "memory", "scheduling_strategy", "max_calls", "runtime_env",
     "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "enable_task_events",
 }
 _ACTOR = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "name", "namespace",
     "lifetime", "memory", "max_concurrency", "concurrency_groups", "get_if_exists", "scheduling_strategy",
     "restart_from", "runtime_env",
     "placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "enable_task_events",
 }
-_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+_METHOD = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group", "enable_task_events"}
+# Ray's enable_task_events=False turns off the records its dashboard shows of a task. ember's records are its
+# lineage log, which its fault tolerance rests on: True is what ember does; False is said, once, not to apply.
+_TASK_EVENTS_OFF_SAID = False
 # Spellings from older Ray releases that the seed documents still use.
 _ALIASES = {"num_return_vals": "num_returns"}
 
@@ -135,6 +141,8 @@ def validate(options: dict[str, Any], kind: str) -> dict[str, Any]:
             if not isinstance(rule, (list, tuple)) or not all(isinstance(t, type) and issubclass(t, BaseException) for t in rule):
                 raise InvalidOptionError(f"option retry_exceptions must be a bool or a list of exception types, got {rule!r}")
             out["retry_exceptions"] = tuple(rule)
+    if "enable_task_events" in out:
+        _task_events(out.pop("enable_task_events"))
     if "name" in out and out["name"] is not None and not isinstance(out["name"], str):
         raise InvalidOptionError(f"option name must be a string, got {out['name']!r}")
     if "namespace" in out:
@@ -283,6 +291,16 @@ def returns_of(options: dict[str, Any], function: Any) -> int:
                                                    or inspect.isasyncgenfunction(function))):
         return STREAMING
     return 1 if given is None else given
+
+
+def _task_events(value: Any) -> None:
+    global _TASK_EVENTS_OFF_SAID
+    if not isinstance(value, bool):
+        raise InvalidOptionError(f"option enable_task_events must be True or False, got {value!r}")
+    if not value and not _TASK_EVENTS_OFF_SAID:
+        _TASK_EVENTS_OFF_SAID = True
+        print("ember: enable_task_events=False has no effect: every task and call is recorded in ember's lineage "
+              "log, which its fault tolerance (retries, rebuilds, actor replay) rests on", file=sys.stderr, flush=True)
 
 
 def retries(options: dict[str, Any], key: str, default: int) -> int:

@@ -322,3 +322,29 @@ def test_init_options_ember_cannot_honour_are_said_so() -> None:
     assert "init(local_mode=True) has no effect" in result.stderr
     with pytest.raises(ex.InvalidOptionError, match="logging_level"):
         ember.init(logging_level="loud")
+
+
+def test_enable_task_events_is_taken_and_false_is_said_not_to_apply() -> None:
+    result = run_script("""
+        import ember
+        ember.init(num_cpus=1)
+
+        @ember.remote(enable_task_events=False)
+        def f():
+            return 1
+
+        @ember.remote
+        class A:
+            @ember.method(enable_task_events=True)
+            def g(self):
+                return 2
+
+        a = A.options(enable_task_events=False).remote()
+        print(ember.get(f.remote()) + ember.get(a.g.options(enable_task_events=False).remote()))
+        ember.shutdown()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"
+    assert result.stderr.count("enable_task_events=False has no effect") == 1  # said once
+    with pytest.raises(ex.InvalidOptionError, match="enable_task_events"):
+        ember.remote(enable_task_events="no")(lambda: None)
