@@ -24,8 +24,8 @@ from typing import Any
 import click
 
 from ember import _settings
+from ember._init_dashboard import PORT_DEFAULT, exposed_warning
 
-PORT_DEFAULT = 8265  # Ray's dashboard port, where Ray users look first
 URL_WAIT_S = 60.0  # the embedded PostgreSQL may have to start first
 FOLLOW_POLL_S = 1.0
 _GCS_URL_HELP = "PostgreSQL URL of the log (default: EMBER_GCS_URL, else the embedded one under $EMBER_HOME)."
@@ -53,8 +53,7 @@ def dashboard_command(port: int, bind: str, gcs_url: str | None, follow_pid: str
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from None
         if not _tls.is_loopback(bind):
-            click.echo(f"warning: the dashboard listens on {bind} over plain HTTP: its token and the log's contents "
-                       "cross the network in the clear; prefer loopback and an SSH tunnel", err=True)
+            click.echo(f"warning: {exposed_warning(bind)}", err=True)
         click.echo(url)
         sys.stdout.flush()
         _serve_until_stopped(dashboard, follow_pid)

@@ -19,10 +19,16 @@ from typing import Any
 
 from ember.exceptions import InvalidOptionError
 
-__all__ = ["DriverDashboard", "dashboard_wanted"]
+__all__ = ["PORT_DEFAULT", "DriverDashboard", "dashboard_wanted", "exposed_warning"]
 
 HOST_DEFAULT = "127.0.0.1"
 PORT_DEFAULT = 8265  # Ray's dashboard port, where Ray users look first
+
+
+def exposed_warning(host: str) -> str:
+    """What a dashboard listening beyond loopback says on stderr."""
+    return (f"the dashboard listens on {host} over plain HTTP: its token and the log's contents cross the "
+            "network in the clear; prefer loopback and an SSH tunnel")
 
 
 def dashboard_wanted(include: Any, host: Any, port: Any) -> bool:
@@ -59,8 +65,7 @@ class DriverDashboard:
                 f"the dashboard cannot listen on {host}:{port} ({exc.strerror or exc}); pass another "
                 "dashboard_port (0: any free one), or include_dashboard=False") from None
         if not _tls.is_loopback(host):
-            print(f"ember: the dashboard listens on {host} over plain HTTP: its token and the log's contents "
-                  "cross the network in the clear; prefer loopback and an SSH tunnel", file=sys.stderr, flush=True)
+            print(f"ember: {exposed_warning(host)}", file=sys.stderr, flush=True)
         self._thread = threading.Thread(target=self._dashboard.serve_forever, name="ember-dashboard", daemon=True)
         self._thread.start()
         return self.url

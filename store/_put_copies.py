@@ -29,6 +29,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,8 +68,6 @@ class _NoRoomWarning:
         self._skipped = 0
 
     def skipped(self, what: str) -> None:
-        import time
-
         with self._lock:
             self._skipped += 1
             now = time.monotonic()

@@ -30,7 +30,7 @@ from ember.scheduler._owner._tasks import PendingTask
 from ember.scheduler._protocol import Connection, ConnectionClosed, Op
 from ember.scheduler._spec import TaskKind
 
-__all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "PUT_INDEX", "LineageGate"]
+__all__ = ["DURABLE_BORROWED_MAX", "OWNER_ANSWER_MARGIN_S", "LineageGate"]
 
 PUT_INDEX = bytes(4)  # the return index of a put's object id: it is no task's result
 # A borrower waits for an owner's answer this much longer than the owner waits for its log.
@@ -99,6 +99,13 @@ class LineageGate:
             entry.log_seq = max(entry.log_seq, self.log_unconfirmed(*entry.order))
             entry.order = None
         return entry.log_seq
+
+    def durable_locked(self, oid: bytes, entry: Any) -> bool:
+        """Whether the value of owned object ``oid`` may be handed out here with no wait: its lineage rows
+        are committed, and no call order only its actor may have logged is pending (under the lock)."""
+        if entry.order is not None:
+            return False
+        return self.gcs is None or oid.endswith(PUT_INDEX) or entry.log_seq <= self.gcs.committed_seq
 
     def declare_pending(self, refs: Sequence[ObjectRef]) -> None:
         """A get is about to wait for ``refs``: commit the lineage of the pending ones now, while they run.

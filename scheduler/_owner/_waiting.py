@@ -26,7 +26,7 @@ from ember.chaos import _agent
 from ember.exceptions import EmberTaskError, GetTimeoutError, ObjectLostError
 from ember.scheduler._object_ref import ObjectRef
 from ember.scheduler._owner._dispatch import MessageTable
-from ember.scheduler._owner._durable import PUT_INDEX, LineageGate
+from ember.scheduler._owner._durable import LineageGate
 from ember.scheduler._owner._links import Links, grouped
 from ember.scheduler._owner._locations import Locations
 from ember.scheduler._owner._objects import CopyLost, ObjectState, ObjectTable, OwnerState
@@ -374,15 +374,12 @@ class Waiting:
     def _came_inline(self, refs: list[ObjectRef]) -> list[bytes] | None:
         """The bytes of ``refs`` when each is owned here, came inline and rests on lineage already durable:
         a get of them waits for nothing (None: take the full path, which finds the same for these)."""
-        gcs = self.lineage.gcs
-        committed = gcs.committed_seq if gcs is not None else None  # it only grows: a stale read falls back
         found = []
         with self._lock:
             for ref in refs:
                 entry = self._objects.get(ref._id) if ref._owner == self.address else None
-                if entry is None or entry.state is not ObjectState.READY_INLINE or entry.order is not None:
-                    return None
-                if committed is not None and entry.log_seq > committed and not ref._id.endswith(PUT_INDEX):
+                if entry is None or entry.state is not ObjectState.READY_INLINE \
+                        or not self.lineage.durable_locked(ref._id, entry):
                     return None
                 found.append(entry.data)
         return found
