@@ -71,6 +71,7 @@ __all__ = [
     "ClusterStartError",
     "ClusterUnavailableError",
     "LineageLogUnavailableError",
+    "LineageLogFailedError",
     "AlreadyInitializedError",
     "InvalidAddressError",
 ]
@@ -193,6 +194,24 @@ class LineageLogUnavailableError(RaySystemError, ConnectionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.url, self.waited_s, self.what))
+
+
+class LineageLogFailedError(LineageLogUnavailableError):
+    """The lineage log's writer stopped on an error that trying again cannot mend (a log whose tables do
+    not match this ember's, say): nothing more commits, so values are held back at once, with the cause."""
+
+    def __init__(self, url: str = "", cause: str = "", what: str = "a value") -> None:
+        self.url = url
+        self.cause = cause
+        self.waited_s = 0.0
+        self.what = what
+        super(LineageLogUnavailableError, self).__init__(
+            f"the lineage log at {url} stopped taking rows ({cause}), so {what} is held back: ember hands "
+                  "out no value whose lineage is not durable. What was committed before is kept; start ember "
+                  "again with a log it can write (EMBER_GCS_URL, or EMBER_HOME for the embedded server)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.cause, self.what))
 
 
 class ActorAlreadyExistsError(EmberUserError, ValueError):

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg.conninfo
 
 from ember import _settings
-from ember.exceptions import LineageLogUnavailableError
+from ember.exceptions import LineageLogFailedError, LineageLogUnavailableError
 from ember.lineage._log_writer import LogWriter, Target
 from ember.lineage._states import TaskState
 from ember.scheduler._spec import strategy_record
@@ -108,6 +108,8 @@ class GcsLog:
         commit when the log is back.
         """
         if seq > self.writer.committed_seq and not self.writer.wait_committed(seq, self.commit_wait_s):
+            if self.writer.failure is not None:
+                raise LineageLogFailedError(self.url, self.writer.failure, what)
             raise LineageLogUnavailableError(self.url, self.commit_wait_s, what)
         assert self.writer.committed_seq >= seq, "invariant 1: durable before visible"
 

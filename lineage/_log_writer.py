@@ -29,6 +29,7 @@ import psycopg
 
 from ember import _settings
 from ember.lineage._binary_arrays import BinaryArray, EncodedDumper, encode_column, supported
+from ember.lineage._schema_version import SchemaVersionError
 
 log = logging.getLogger("ember.lineage")
 
@@ -114,6 +115,9 @@ class LogWriter:
         self.rows_written = 0
         self.batches_written = 0
         self._closing = False
+        # Why the writer thread stopped, if an error that trying again cannot mend stopped it (a bug, a
+        # log whose tables differ from what this ember writes): waits then end at once, with it.
+        self.failure: str | None = None
         self._conn: psycopg.Connection | None = None
         self._inserts: dict[tuple[str, bool], str] = {}  # (table, skip existing) -> this connection's INSERT
         self._types: dict[str, tuple[str, ...]] = {}  # table -> its columns' types, in ``columns``' order
@@ -139,7 +143,7 @@ class LogWriter:
             if table not in self._columns:
                 raise KeyError(f"unknown lineage table {table!r}")
         with self._cv:
-            while len(self._pending) >= self._rows_max and not self._closing:
+            while len(self._pending) >= self._rows_max and not self._closing and self.failure is None:
                 self._cv.wait(1.0)  # PostgreSQL is behind or away: hold the producer back
             was_empty = not self._pending
             self._pending.extend(rows)
@@ -168,6 +172,8 @@ class LogWriter:
             if self.committed_seq < seq:
                 self._want_locked(seq)  # somebody waits: the rows up to it leave now
             while self.committed_seq < seq:
+                if self.failure is not None:
+                    return False
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -213,6 +219,12 @@ class LogWriter:
     def _run(self) -> None:
         try:
             self._write_batches()
+        except Exception as exc:  # noqa: BLE001 - not a database error: the same batch would fail again
+            # A log made by another ember is the user's to mend, and its error says how; anything else is a bug.
+            log.error("the lineage log writer stopped: %s", exc, exc_info=not isinstance(exc, SchemaVersionError))
+            with self._cv:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                self._cv.notify_all()
         finally:
             # Closed here too: a writer still retrying when close() stopped waiting for it may have
             # connected again after close() looked, and that connection must not outlive it.
@@ -404,6 +416,12 @@ class LogWriter:
             types = dict(conn.execute(
                 "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                 "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (into,)).fetchall())
+            missing = [c for c in cols if c not in types]
+            if missing:
+                raise SchemaVersionError(
+                    f"the log's table {into} has no column {', '.join(missing)}, which this ember writes: the log "
+                    "was made by another build of ember at the same schema version; point EMBER_GCS_URL (or "
+                    "EMBER_HOME) at another database")
             self._types[table] = tuple(types[c] for c in cols)
             arrays = ", ".join(f"%b::{types[c]}[]" for c in cols)
             conflict = target.conflict if target is not None else "ON CONFLICT DO NOTHING" if skip_existing else ""

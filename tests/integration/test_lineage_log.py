@@ -240,3 +240,30 @@ def test_declared_creation_rows_are_completed_by_the_results_rows_in_any_batch(p
     assert writer.wait_committed(writer.append_rows([final(early, 99), declared(early)]), timeout_s=30)
     writer.close()
     assert _object_sizes(engine, job) == {early: 10, same_batch: 20, twice: 30}
+
+
+def test_a_log_whose_tables_lack_a_column_fails_the_wait_at_once_naming_it(postgres):
+    # Regression: a log made by another build at the same schema version had no tasks.strategy; the
+    # writer thread died on a KeyError, and every get then waited the whole commit limit for a log
+    # said to be unreachable.
+    from ember.exceptions import LineageLogFailedError
+    from ember.lineage._gcs_log import COLUMNS, GcsLog
+
+    with _log_database(postgres, f"ember_odd_{os.getpid()}") as (odd, conninfo):
+        with odd.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE tasks DROP COLUMN strategy"))
+        log = GcsLog(conninfo)
+        try:
+            job = os.urandom(16)
+            log.make_durable(log.job(job, "c", os.getpid(), "test"), "the job")  # committed before
+            row = (os.urandom(16), job, 0, None, "f", None, None, None, b"", 1, None, 0, None, None, None, None)
+            assert len(row) == len(COLUMNS["tasks"])
+            seq = log.writer.append("tasks", row)
+            with pytest.raises(LineageLogFailedError, match="has no column strategy") as failed:
+                log.make_durable(seq, "the value of a task")
+            assert "the value of a task is held back" in str(failed.value)
+            assert log.writer.failure is not None
+        finally:
+            log.close()  # its flush ends at once too: the writer has stopped
+        with odd.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM jobs WHERE job_id = :j"), {"j": job}).scalar() == 1
