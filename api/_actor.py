@@ -10,7 +10,7 @@ from typing import Any
 import cloudpickle
 
 from ember.exceptions import ActorAlreadyExistsError, EmberUserError, InvalidOptionError, SerializationError
-from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, DYNAMIC, HANDLES, STREAMING, TERMINATE_METHOD,
+from ember.scheduler import (ASYNC_MAX_CONCURRENCY_DEFAULT, DYNAMIC, HANDLES, READY_METHOD, STREAMING, TERMINATE_METHOD,
                              ActorExit, Concurrency, ObjectRef, ObjectRefGenerator, Op, TaskKind)
 from ember import _options
 from ember._runtime import _lookup_named, core as _core, current_namespace
@@ -263,8 +263,9 @@ class ActorHandle:
         return base if self._concurrency is None else (*base, self._concurrency)
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name == TERMINATE_METHOD:
-            # Ray's graceful end: queued like a call, after the calls this process sent before it.
+        if name in (TERMINATE_METHOD, READY_METHOD):
+            # Ray's graceful end: queued like a call, after the calls this process sent before it; or
+            # Ray's readiness probe, a call that answers True.
             return ActorMethod(self, name, 1)
         if name.startswith("_"):
             raise AttributeError(name)

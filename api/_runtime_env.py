@@ -12,10 +12,13 @@ A task with no ``runtime_env`` of its own never comes here: it inherits its proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
 from typing import Any
+
+import cloudpickle
 
 from ember.lineage import RuntimeEnv, resolve_runtime_env
 from ember.scheduler import Owner
@@ -33,7 +36,7 @@ def env_wire(owner: Owner, option: dict[str, Any], base: tuple[str, str] | None 
     """The environment ``option`` gives over ``base`` (by default this process's own), logged by ``owner``."""
     if from_process:
         base = owner.runtime_env
-    key = (id(owner), json.dumps(option, sort_keys=True), None if base is None else base[0])
+    key = (id(owner), json.dumps(option, sort_keys=True, default=_content_key), None if base is None else base[0])
     with _lock:
         found = _resolved.get(key)
         if found is not None:
@@ -46,3 +49,9 @@ def env_wire(owner: Owner, option: dict[str, Any], base: tuple[str, str] | None 
         while len(_resolved) > RESOLVED_MAX:
             _resolved.popitem(last=False)
     return env.wire
+
+
+def _content_key(value: Any) -> str:
+    """A function in an option (a worker_process_setup_hook) as its pickle's hash: the same function, or an
+    equal one made again, finds its resolved environment."""
+    return hashlib.sha256(cloudpickle.dumps(value, protocol=5)).hexdigest()

@@ -13,14 +13,17 @@ file per hash keeps two workers of a node from doing the same work at once.
 ``prepare_env`` does that work and says where things are; ``enter_env`` changes the
 calling process (environment variables, current folder, ``sys.path``); a
 worker calls both before it runs anything, ``ember replay`` around one task
-(``entered_env``, which puts everything back after). It must never run user
-code, and never write anything of a package's outside the cache.
+(``entered_env``, which puts everything back after). Then ``run_setup_hook``
+calls the environment's ``worker_process_setup_hook``, the one user code
+here. Nothing else may run user code, or write anything of a package's
+outside the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import io
 import os
 import shutil
@@ -32,11 +35,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cloudpickle
+
 from ember.exceptions import RuntimeEnvSetupError
 from ember.lineage._replay_source import ReplaySource
 from ember.lineage._runtime_env import RuntimeEnv
 
-__all__ = ["PIP_INSTALL_TIMEOUT_S", "RuntimeEnvLog", "Prepared", "enter_env", "entered_env", "prepare_env"]
+__all__ = ["PIP_INSTALL_TIMEOUT_S", "RuntimeEnvLog", "Prepared", "enter_env", "entered_env", "prepare_env",
+           "run_setup_hook"]
 
 PIP_INSTALL_TIMEOUT_S = 540.0  # one pip install of one environment (a worker that waits for it starts late)
 _OUTPUT_TAIL_CHARS = 2000  # of pip's output, in the error
@@ -50,6 +56,9 @@ class Prepared:
     working_dir: Path | None
     module_roots: tuple[Path, ...]
     venv: Path | None
+    # Its worker_process_setup_hook: the function pickled (bytes, from the log) or its 'module.function'
+    # name; ``run_setup_hook`` calls it. None: it has none.
+    setup_hook: bytes | str | None = None
 
     @property
     def venv_python(self) -> Path | None:
@@ -75,7 +84,28 @@ def prepare_env(env: RuntimeEnv, cache: Path, fetch: Callable[[str], bytes | Non
     if record.get("pip"):
         pip_key = RuntimeEnv.of({"pip": record["pip"], "python": sys.version.split()[0]}).hash
         venv = _venv(cache / "pip" / pip_key, record["pip"])
-    return Prepared(env, working_dir, roots, venv)
+    hook = record.get("worker_process_setup_hook")
+    setup_hook = None if hook is None else hook["import"] if "import" in hook else _fetched(fetch, hook["hash"])
+    return Prepared(env, working_dir, roots, venv, setup_hook)
+
+
+def run_setup_hook(prepared: Prepared) -> None:
+    """Call the environment's worker_process_setup_hook, in an entered environment (a worker does it once,
+    before its first task); RuntimeEnvSetupError naming it if it cannot be loaded or raises."""
+    hook = prepared.setup_hook
+    if hook is None:
+        return
+    hook_record = prepared.env.record["worker_process_setup_hook"]
+    name = hook_record.get("import") or hook_record.get("name", "the hook")
+    try:
+        if isinstance(hook, str):
+            module, _, attribute = hook.rpartition(".")
+            function = getattr(importlib.import_module(module), attribute)
+        else:
+            function = cloudpickle.loads(hook)
+        function()
+    except Exception as exc:  # noqa: BLE001 - user code: its failure is the environment's
+        raise RuntimeEnvSetupError(f"runtime_env worker_process_setup_hook {name} failed: {exc!r}") from exc
 
 
 def _fetched(fetch: Callable[[str], bytes | None], digest: str) -> bytes:

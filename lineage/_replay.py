@@ -44,14 +44,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.exceptions import RuntimeEnvSetupError
-from ember.lineage._env_setup import entered_env, prepare_env
+from ember.lineage._env_setup import entered_env, prepare_env, run_setup_hook
 from ember.lineage._replay_log import Recorded, ReplayReads
 from ember.lineage._runtime_env import RuntimeEnv
 from ember.lineage._states import TaskState
 from ember.scheduler._context import no_auto_init
 from ember.scheduler._object_ref import is_dynamic, stream_end
 from ember.scheduler._session import runtime_root
-from ember.scheduler._spec import STREAMING, item_id
+from ember.scheduler._spec import READY_METHOD, STREAMING, item_id, ready
 from ember.lineage._replay_plan import (
     FunctionUnavailableError,
     NeedsClusterError,
@@ -180,6 +180,7 @@ class Replayer:
     actor_progress: dict[bytes, int] = field(default_factory=dict)
     results: dict[bytes, ReplayResult] = field(default_factory=dict)
     actor_envs: dict[bytes, Any] = field(default_factory=dict)  # actor id -> its creation's runtime_env
+    hooks_run: set[str] = field(default_factory=set)  # environments whose setup hook ran here (once each)
 
     def plan(self, task_id: bytes) -> list[Step]:
         # Planned against a copy: an actor's progress moves only when its steps run (run_step), so a
@@ -322,6 +323,9 @@ class Replayer:
             return
         prepared = prepare_env(RuntimeEnv(*wire), replay_env_cache(), self.reads.package)
         with entered_env(prepared):
+            if prepared.env.hash not in self.hooks_run:
+                self.hooks_run.add(prepared.env.hash)
+                run_setup_hook(prepared)  # as a worker did before its first task; what it does to this process stays
             yield
 
     def _callable(self, step: Step, spec: Any) -> Callable:
@@ -329,7 +333,7 @@ class Replayer:
             instance = self.actors[step.actor_id]  # type: ignore[index]
             if isinstance(instance, (_Failure, _Unavailable)):
                 raise _InputFailed(instance)
-            return getattr(instance, spec.method)
+            return ready if spec.method == READY_METHOD else getattr(instance, spec.method)
         return self.reads.code(spec.function_id, spec.task_id)
 
     def _arguments(self, spec: Any) -> tuple[list, dict]:

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+
 from ember.exceptions import InvalidOptionError
 
 __all__ = ["PACKAGE_BYTES_MAX", "SUPPORTED_FIELDS", "RuntimeEnv", "check_runtime_env", "pack", "resolve_runtime_env"]
 
-SUPPORTED_FIELDS = ("env_vars", "working_dir", "py_modules", "excludes", "pip")
+SUPPORTED_FIELDS = ("env_vars", "working_dir", "py_modules", "excludes", "pip", "worker_process_setup_hook")
 # A working_dir or each py_modules entry, as the files packed after excludes (uncompressed).
 PACKAGE_BYTES_MAX = 100 * 1024 * 1024
 PACKAGE_FILES_MAX = 100_000
@@ -44,8 +46,9 @@ DEFAULT_EXCLUDES = (".git/", "__pycache__/")
 _REMOTE_PREFIXES = ("s3://", "gs://", "http://", "https://", "file://", "gcs://", "hdfs://")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every entry's time: equal files make equal archives
 _SUPPORTED_TEXT = ("env_vars (dict of str to str), working_dir (a local folder), py_modules (local package "
-                   "folders, .py files or imported modules), excludes (gitignore-style patterns) and pip (a list "
-                   "of requirements, a requirements.txt path, or {'packages': [...]})")
+                   "folders, .py files or imported modules), excludes (gitignore-style patterns), pip (a list "
+                   "of requirements, a requirements.txt path, or {'packages': [...]}) and worker_process_setup_hook "
+                   "(a function, or the 'module.function' name of one)")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class RuntimeEnv:
         return json.loads(self.text)
 
     def packages(self) -> list[str]:
-        """The hashes of the packages it names (its working_dir's first)."""
+        """The hashes of the packages it unpacks (its working_dir's first; not its setup hook's)."""
         record = self.record
         found = [record["working_dir"]["hash"]] if "working_dir" in record else []
         return found + [module["hash"] for module in record.get("py_modules", ())]
@@ -122,6 +125,11 @@ def check_runtime_env(value: Any, where: str) -> dict[str, Any] | None:
         out["excludes"] = list(excludes)
     if out.get("pip") is not None:
         out["pip"] = _requirements(out["pip"], where)
+    hook = out.get("worker_process_setup_hook")
+    if hook is not None and not callable(hook) and not (
+            isinstance(hook, str) and all(part.isidentifier() for part in hook.split(".")) and "." in hook):
+        raise InvalidOptionError(f"{where} runtime_env worker_process_setup_hook must be a function or the "
+                                 f"'module.function' name of one, got {hook!r:.80}")
     return out
 
 
@@ -208,6 +216,17 @@ def resolve_runtime_env(option: dict[str, Any], base: RuntimeEnv | None) -> tupl
         record.pop("pip", None)
         if option["pip"]:
             record["pip"] = list(option["pip"])
+    if "worker_process_setup_hook" in option:
+        record.pop("worker_process_setup_hook", None)
+        hook = option["worker_process_setup_hook"]
+        if isinstance(hook, str):
+            record["worker_process_setup_hook"] = {"import": hook}
+        elif hook is not None:
+            # The function itself, pickled by value, is a package of its own: in the log, as working_dirs are.
+            data = cloudpickle.dumps(hook, protocol=5)
+            digest = hashlib.sha256(data).hexdigest()[:32]
+            packages[digest] = data
+            record["worker_process_setup_hook"] = {"hash": digest, "name": getattr(hook, "__qualname__", repr(hook))}
     return RuntimeEnv.of(record), packages
 
 

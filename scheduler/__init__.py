@@ -16,8 +16,8 @@ from ember.scheduler._object_ref import DynamicObjectRefGenerator, ObjectRef, Ta
 from ember.scheduler._ref_generator import ObjectRefGenerator
 from ember.scheduler._protocol import Op
 from ember.scheduler._session import Session
-from ember.scheduler._spec import (DYNAMIC, IDS, STREAMING, CallLimited, DynamicReturns, Strategy, TaskKind,
-                                   bundle_shape, resource_shape, unbundled_shape)
+from ember.scheduler._spec import (DYNAMIC, IDS, READY_METHOD, STREAMING, CallLimited, DynamicReturns, Strategy,
+                                   TaskKind, bundle_shape, resource_shape, unbundled_shape)
 
 __all__ = [
     "ASYNC_MAX_CONCURRENCY_DEFAULT",
@@ -39,6 +39,7 @@ __all__ = [
     "RESTART_FROM",
     "STREAMING",
     "TERMINATE_METHOD",
+    "READY_METHOD",
     "Session",
     "Strategy",
     "TaskID",

@@ -38,11 +38,11 @@ from ember.scheduler._owner import Owner, OwnerState
 from ember.scheduler import _messages
 from ember.scheduler._ran_calls import RanCalls
 from ember.scheduler._outcomes import (TERMINATED, UpstreamError, error_bytes, errors, failed_outcome, iterator_of,
-                                      label, result_count, split, task_error)
+                                      label, result_count, split_outcome, task_error)
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._object_ref import ObjectRef, is_dynamic, stream_end
 from ember.scheduler._results import ResultSender
-from ember.scheduler._spec import STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec
+from ember.scheduler._spec import READY_METHOD, STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec, ready
 from ember.store import ObjectKind, deserialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
@@ -392,7 +392,7 @@ class Executor:
                     value = self.results.stream(conn, spec, value, self._is_dynamic(spec), self._cancelled)
             finally:
                 self._running = None
-            outcome = split(spec, value)
+            outcome, failed = split_outcome(spec, value)  # failed: a generator raised after some results
             if self._checkpoint_every and spec.kind == TaskKind.ACTOR_CALL \
                     and self._call_seq % self._checkpoint_every == 0:
                 self._save_checkpoint()
@@ -549,7 +549,7 @@ class Executor:
                 # Its effects again; its values were read.
                 value = stream_end(spec.task_id, spec.owner_addr, sum(1 for _ in iterator_of(spec, value)),
                                    self._is_dynamic(spec))
-            return split(spec, value), False
+            return split_outcome(spec, value)
         except UpstreamError as up:
             return [up.data] * result_count(spec), True
         except ActorExit as exc:
@@ -596,7 +596,7 @@ class Executor:
                 value = self._invoke(spec)
                 if spec.num_returns == STREAMING:
                     value = self.results.stream(conn, spec, value, self._is_dynamic(spec), self._cancelled)
-                outcome, failed = split(spec, value), False
+                outcome, failed = split_outcome(spec, value)
             except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
                 outcome, failed = self._failed_concurrent(spec, exc), True
             finally:
@@ -618,7 +618,7 @@ class Executor:
                     value = self.results.stream(conn, spec, value, self._is_dynamic(spec), self._cancelled)
                 elif inspect.isawaitable(value):
                     value = await value
-                outcome, failed = split(spec, value), False
+                outcome, failed = split_outcome(spec, value)
             except BaseException as exc:  # noqa: BLE001 - user code: its exception is the call's outcome
                 outcome, failed = self._failed_concurrent(spec, exc), True
             finally:
@@ -670,6 +670,8 @@ class Executor:
         return is_dynamic(self._functions.get(spec.function_id))
 
     def _method(self, spec: TaskSpec) -> Any:
+        if spec.method == READY_METHOD:
+            return ready
         if spec.method == TERMINATE_METHOD:
             if self._calls is not None and self._calls.concurrency.is_async:
                 return self._terminate_async

@@ -9,7 +9,9 @@ sender and an actor's replay share them.
 from __future__ import annotations
 
 import asyncio
+import sys
 import traceback
+import types
 from typing import Any
 
 import cloudpickle
@@ -82,6 +84,22 @@ def error_bytes(error: BaseException) -> bytes:
     return to_bytes(serialize_error(error), b"")
 
 
+class RaisedResult:
+    """One result of a run that made some of its results and raised before the rest: the error, serialized
+    (``error_bytes``). A run's outcome holding one is a failed run's (``split_outcome``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def split_outcome(spec: TaskSpec, value: Any) -> tuple[list, bool]:
+    """``split``'s results, and whether the run failed: some are errors (``RaisedResult``) among its values."""
+    outcome = split(spec, value)
+    return outcome, any(isinstance(result, RaisedResult) for result in outcome)
+
+
 def split(spec: TaskSpec, value: Any) -> list:
     """A run's returned value as its ``num_returns`` results."""
     n = spec.num_returns
@@ -89,6 +107,8 @@ def split(spec: TaskSpec, value: Any) -> list:
         return [value]
     if n == 0:
         return [None]
+    if isinstance(value, types.GeneratorType):
+        return _yielded(spec, value, n)
     try:
         values = list(value)
     except TypeError:
@@ -97,6 +117,35 @@ def split(spec: TaskSpec, value: Any) -> list:
         ) from None
     if len(values) != n:
         raise ValueError(f"{spec.describe()} declares num_returns={n} but returned {len(values)} values")
+    return values
+
+
+def _yielded(spec: TaskSpec, generator: Any, n: int) -> list:
+    """A generator's values as the ``n`` results of its task, each kept as it was yielded (as Ray does).
+
+    Raising after some values keeps them and makes the error the rest of the
+    results; ending early makes the rest a ValueError. Raising, or yielding
+    more, after the ``n``-th value keeps all ``n``, and the error is only
+    written to stderr: the results are made. Raising before any value fails
+    the run as a whole (the caller retries it if ``retry_exceptions`` says so).
+    """
+    values: list = []
+    try:
+        for value in generator:
+            if len(values) == n:
+                raise ValueError(f"{spec.describe()} declares num_returns={n} but its generator yielded more values")
+            values.append(value)
+    except Exception as exc:
+        if not values:
+            raise
+        if len(values) == n:
+            print(f"ember: {spec.describe()} raised after all its {n} results were made, so its callers do not see "
+                  f"it: {exc!r}", file=sys.stderr, flush=True)
+            return values
+        return values + [RaisedResult(error_bytes(task_error(spec, exc)))] * (n - len(values))
+    if len(values) < n:
+        error = ValueError(f"{spec.describe()} declares num_returns={n} but its generator yielded {len(values)} values")
+        return values + [RaisedResult(error_bytes(task_error(spec, error)))] * (n - len(values))
     return values
 
 

@@ -214,13 +214,22 @@ def exit_description(proc: subprocess.Popen) -> str:
     return f"pid {proc.pid} exited with code {code}"
 
 
-def setup_logging(session_dir: str, name: str) -> None:
-    level = (_settings.load().log_level or "WARNING").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.WARNING),
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
-        filename=str(Path(session_dir) / "logs" / f"{name}-{os.getpid()}.log"),
-    )
+def setup_logging(session_dir: str, name: str, user_code: bool = False) -> None:
+    """This process's log file in the session's logs folder. ``user_code``: a worker's, where the root
+    logger is the user's (a task's or a worker_process_setup_hook's ``logging.basicConfig`` works as in
+    any process, as in Ray's workers): only ember's own loggers go to the file."""
+    level = getattr(logging, (_settings.load().log_level or "WARNING").upper(), logging.WARNING)
+    form = f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"
+    path = str(Path(session_dir) / "logs" / f"{name}-{os.getpid()}.log")
+    if not user_code:
+        logging.basicConfig(level=level, format=form, filename=path)
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(form))
+    ours = logging.getLogger("ember")
+    ours.addHandler(handler)
+    ours.setLevel(level)
+    ours.propagate = False
 
 
 def process_start_ticks(pid: int) -> int | None:

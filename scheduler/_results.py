@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ember.exceptions import LineageLogUnavailableError, SerializationError
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._object_ref import stream_end
-from ember.scheduler._outcomes import error_bytes, errors, iterator_of, task_error
+from ember.scheduler._outcomes import RaisedResult, error_bytes, errors, iterator_of, task_error
 from ember.scheduler._owner import INLINE_BYTES_MAX
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import TaskKind, TaskSpec, item_id
@@ -106,9 +106,12 @@ class ResultSender:
                 # Nothing the task made leaves without its lineage: its caller gets the error instead.
                 outcome, failed = errors(spec, exc), True
         results = []
+        # A failed run's outcome is its errors, serialized; but a generator that raised partway made values
+        # before its errors (``RaisedResult``), and those go as any value does.
+        all_errors = failed and not any(isinstance(value, RaisedResult) for value in outcome)
         for oid, value in zip(spec.return_ids(), outcome):
-            if failed:
-                data = value
+            if all_errors or isinstance(value, RaisedResult):
+                data = value.data if isinstance(value, RaisedResult) else value
                 results.append((oid, data, len(data)))
                 continue
             try:

@@ -65,6 +65,13 @@ STREAMING = -1
 # like ``STREAMING`` on the wire, but its caller gets its end object's ref, whose value is a
 # ``DynamicObjectRefGenerator`` of the refs of every value it yielded, once it has run to its end.
 DYNAMIC = -2
+# Ray's readiness probe, a method every actor has: a call like any other that answers True (``ready``).
+READY_METHOD = "__ray_ready__"
+
+
+def ready() -> bool:
+    """What ``__ray_ready__`` runs, on a cluster and in replay."""
+    return True
 
 
 def item_id(task_id: bytes, index: int) -> bytes:

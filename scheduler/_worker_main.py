@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember import _settings
 from ember.exceptions import RuntimeEnvSetupError
-from ember.lineage import RuntimeEnvLog, RuntimeEnv, enter_env, prepare_env
+from ember.lineage import RuntimeEnvLog, RuntimeEnv, enter_env, prepare_env, run_setup_hook
 from ember.scheduler._worker_pool import RUNTIME_ENV_VARIABLE
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     env_text = _settings.load().runtime_env
     os.environ.pop(RUNTIME_ENV_VARIABLE, None)  # not inherited by what its tasks start
     env, env_error = (None, None) if env_text is None else _enter_runtime_env(env_text, session, argv)
-    _procutil.setup_logging(session_dir, ProcessKind.WORKER)
+    _procutil.setup_logging(session_dir, ProcessKind.WORKER, user_code=True)
     core = Owner(session, ProcessKind.WORKER, job_id=b"", node_id=node_id).start()
     core.runtime_env = None if env is None else env.wire  # what its tasks' children inherit
     _context.set_core(core)
@@ -82,6 +82,10 @@ def _enter_runtime_env(text: str, session: Session, argv: list[str]) -> tuple[Ru
         sys.stderr.flush()
         os.execv(python, [str(python), "-m", "ember.scheduler._worker_main", *argv])
     enter_env(prepared)
+    try:
+        run_setup_hook(prepared)  # before the first task, once per worker process
+    except RuntimeEnvSetupError as exc:
+        return env, exc
     return env, None
 
 

@@ -33,7 +33,7 @@ from ember.exceptions import (
     WorkerCrashedError,
 )
 from ember.scheduler._spec import GROUP_REMOVED, FailureCause, TaskKind, TaskSpec
-from ember.store import deserialize
+from ember.store import deserialize, is_error
 
 __all__ = [
     "Action", "Claim", "Fail", "Finish", "Ignore", "PendingTask", "Resubmit", "Warn",
@@ -163,8 +163,7 @@ def after_scheduler_died(pt: PendingTask) -> Fail | Claim | Resubmit:
 
 
 def error_in_results(results: list) -> BaseException | None:
-    """The error a failed run raised, read from its first result (None if that result is in the store)."""
-    data = results[0][1]
-    if data is None:
-        return None
-    return deserialize(data)[1]
+    """The error a failed run raised, read from its first result that is one (errors travel inline; a
+    generator that raised partway has values before them). None if there is none."""
+    data = next((data for _, data, _ in results if data is not None and is_error(data)), None)
+    return None if data is None else deserialize(data)[1]

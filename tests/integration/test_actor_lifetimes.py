@@ -95,6 +95,16 @@ def test_ray_terminate_ends_it_after_the_calls_sent_before_it(fault_cluster):
     assert _fate(after).startswith("died: it was terminated by __ray_terminate__")
 
 
+def test_ray_ready_answers_true_once_constructed_in_order_with_the_calls(fault_cluster):
+    # Ray's readiness probe (its docs' idiom: ray.get(actor.__ray_ready__.remote())) on both kinds of actor.
+    worker = Worker.remote()
+    assert ember.get([worker.inc.remote(), worker.__ray_ready__.remote(), worker.inc.remote()],
+                     timeout=BOUND_S) == [1, True, 2]
+    assert ember.get(AsyncWorker.remote().__ray_ready__.remote(), timeout=BOUND_S) is True
+    with pytest.raises(AttributeError):
+        worker.__ray_unknown__  # noqa: B018 - other dunder names are not methods
+
+
 def test_an_async_actor_ends_from_inside_and_by_terminate(fault_cluster):
     first = AsyncWorker.remote()
     assert _fate(first.leave.remote()) == "died: it ended itself: exit_actor() was called in AsyncWorker.leave"

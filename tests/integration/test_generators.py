@@ -136,10 +136,45 @@ def test_an_exception_mid_stream_surfaces_at_the_next_ref(fault_cluster):
 
 def test_num_returns_k_gives_exactly_k_refs_and_names_both_counts(fault_cluster):
     assert ember.get(exactly_three.remote(), timeout=BOUND_S) == ["a", "b", "c"]
+    # As in Ray, a value past the k-th does not undo the k made: the error is only written to stderr.
+    assert ember.get(too_many.remote(), timeout=BOUND_S) == [1, 2]
+    with pytest.raises(ValueError, match="declares num_returns=3 but its generator yielded 1 values"):
+        ember.get(count_up.options(num_returns=3).remote(1)[2], timeout=BOUND_S)
     with pytest.raises(ValueError, match="declares num_returns=2 but returned 3 values"):
-        ember.get(too_many.remote()[0], timeout=BOUND_S)
+        ember.get(plus_one_list.options(num_returns=2).remote(), timeout=BOUND_S)
     with pytest.raises(InvalidOptionError, match="needs a generator function"):
         plus_one.options(num_returns="dynamic")
+
+
+@ember.remote
+def plus_one_list():
+    return [1, 2, 3]
+
+
+@ember.remote(max_retries=1, retry_exceptions=True)
+def counted_fails_after(k: int, runs_file: str):
+    with open(runs_file, "a") as f:
+        f.write("run\n")
+    yield from range(k)
+    raise KeyError("broke partway")
+
+
+def test_a_num_returns_k_generator_keeps_the_values_it_yielded_before_it_raised(fault_cluster, tmp_path):
+    # Ray's generator.py example: the values before the exception are kept, the rest are the error.
+    refs = fails_after.options(num_returns=4).remote(2)
+    assert ember.get(refs[:2], timeout=BOUND_S) == [0, 1]
+    for ref in refs[2:]:
+        with pytest.raises(KeyError, match="stream broke"):
+            ember.get(ref, timeout=BOUND_S)
+    # Raising after all k values were made keeps them all.
+    assert ember.get(fails_after.options(num_returns=2).remote(2), timeout=BOUND_S) == [0, 1]
+    # A partly failed run is a failed run: retry_exceptions runs it again, and its last outcome stands.
+    runs_file = str(tmp_path / "runs")
+    first, second, third = counted_fails_after.options(num_returns=3).remote(1, runs_file)
+    assert ember.get(first, timeout=BOUND_S) == 0
+    with pytest.raises(KeyError, match="broke partway"):
+        ember.get(third, timeout=BOUND_S)
+    assert (tmp_path / "runs").read_text().count("run") == 2
 
 
 def test_actor_methods_stream_too_and_async_for_reads_them(fault_cluster):

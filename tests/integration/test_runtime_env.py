@@ -228,3 +228,88 @@ def test_replay_runs_a_logged_task_in_its_environment_after_the_cluster_is_gone(
     assert str(result.value) == value == str(100 + 1 + 5 + len("BASE = 100\n"))
     assert result.verdict is ember.lineage.Verdict.MATCHES
     assert "EMBER_T_ADD" not in os.environ and os.getcwd() == cwd  # the environment is left after
+
+
+@ember.remote
+class HookedActor:
+    def seen(self) -> tuple[str | None, int, int]:
+        import logging
+
+        return os.environ.get("EMBER_T_HOOKED"), os.getpid(), logging.getLogger().level
+
+
+@ember.remote
+def root_log_level() -> tuple[int, int]:
+    import logging
+
+    return logging.getLogger().level, os.getpid()
+
+
+def test_worker_process_setup_hook_runs_once_in_each_worker_before_its_work(tmp_path: Path) -> None:
+    marks = tmp_path / "hooked"
+    marks.mkdir()
+
+    def setup() -> None:  # Ray's example: logging set up in every worker process
+        import logging
+
+        os.environ["EMBER_T_HOOKED"] = str(os.getpid())
+        with open(marks / str(os.getpid()), "x"):  # a second run in one process would raise here
+            pass
+        logging.basicConfig(level=logging.INFO)
+
+    env = {"worker_process_setup_hook": setup}
+    for seen, pid in ember.get([environ.options(runtime_env=env).remote("EMBER_T_HOOKED", "EMBER_T_JOB")
+                                for _ in range(6)], timeout=BOUND_S):
+        assert seen == {"EMBER_T_HOOKED": str(pid), "EMBER_T_JOB": "job"}
+        assert (marks / str(pid)).exists()
+    level, _ = ember.get(root_log_level.options(runtime_env=env).remote(), timeout=BOUND_S)
+    assert level == 20  # the root logger is the hook's to set: ember's own log goes to its file apart
+    hooked, pid, level = ember.get(HookedActor.options(runtime_env=env).remote().seen.remote(), timeout=BOUND_S)
+    assert (hooked, level) == (str(pid), 20) and (marks / str(pid)).exists()
+    seen, _ = ember.get(environ.remote("EMBER_T_HOOKED"), timeout=BOUND_S)
+    assert seen == {"EMBER_T_HOOKED": None}  # an environment without the hook: other workers
+
+
+def test_a_setup_hook_by_name_and_a_failing_one(project: Path, tmp_path: Path) -> None:
+    hooks = tmp_path / "renv_hooks.py"
+    hooks.write_text("import os\n\ndef mark():\n    os.environ['EMBER_T_HOOKED'] = 'by name'\n")
+    env = {"py_modules": [str(hooks)], "worker_process_setup_hook": "renv_hooks.mark"}
+    seen, _ = ember.get(environ.options(runtime_env=env).remote("EMBER_T_HOOKED"), timeout=BOUND_S)
+    assert seen == {"EMBER_T_HOOKED": "by name"}
+
+    def broken() -> None:
+        raise KeyError("no config here")
+
+    with pytest.raises(RuntimeEnvSetupError, match="worker_process_setup_hook .*broken failed: KeyError"):
+        ember.get(environ.options(runtime_env={"worker_process_setup_hook": broken}).remote("X"), timeout=BOUND_S)
+    with pytest.raises(InvalidOptionError, match="worker_process_setup_hook must be a function or the"):
+        environ.options(runtime_env={"worker_process_setup_hook": 3})
+    with pytest.raises(InvalidOptionError, match="worker_process_setup_hook must be a function or the"):
+        environ.options(runtime_env={"worker_process_setup_hook": "no_module_named"})
+
+
+def test_replay_runs_the_setup_hook_from_the_log_after_the_cluster_is_gone() -> None:
+    program = textwrap.dedent("""
+        import os, ember
+
+        def setup():
+            os.environ["EMBER_T_REPLAY_HOOK"] = "7"
+
+        ember.init(num_cpus=1, runtime_env={"worker_process_setup_hook": setup})
+
+        @ember.remote
+        def read():
+            return int(os.environ["EMBER_T_REPLAY_HOOK"]) * 6
+
+        ref = read.remote()
+        print(ember.get(ref, timeout=60), ref.hex()[:32])
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=BOUND_S)
+    assert done.returncode == 0, done.stderr
+    value, task_id = done.stdout.split()[-2:]
+    try:
+        result = ember.lineage.replay_task(task_id)
+        assert str(result.value) == value == "42"
+        assert result.verdict is ember.lineage.Verdict.MATCHES
+    finally:
+        os.environ.pop("EMBER_T_REPLAY_HOOK", None)  # the hook ran in this process: its effects stay

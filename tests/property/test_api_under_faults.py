@@ -187,6 +187,16 @@ def _values(seed: int, count: int, large: bool) -> Any:
         yield _value(seed + i, large)
 
 
+class Broke(Exception):
+    """What a generator that fails partway raises: its values before it are kept (``partial_stream``)."""
+
+
+def _values_then_raise(seed: int, made: int, large: bool) -> Any:
+    """A num_returns=k generator that yields ``made`` (< k) values, then raises Broke."""
+    yield from _values(seed, made, large)
+    raise Broke(f"after {made}")
+
+
 class Leaver:
     """An actor that ends itself with exit_actor()."""
 
@@ -212,20 +222,25 @@ echo_through_task = ember.remote(max_retries=RETRIES)(_echo_through)
 # on each worker that runs it (a retry, a rebuild, a restarted scheduler's queue all run it there).
 _ENV_DIR = tempfile.mkdtemp(prefix="ember-chaos-env-")
 atexit.register(shutil.rmtree, _ENV_DIR, True)
-Path(_ENV_DIR, "chaos_env_offset.py").write_text("OFFSET = 17\n")
-ENV = {"env_vars": {"EMBER_CHAOS_SCALE": "5"}, "py_modules": [str(Path(_ENV_DIR, "chaos_env_offset.py"))]}
-ENV_ADDEND = 5 + 17
+Path(_ENV_DIR, "chaos_env_offset.py").write_text(
+    "import os\n\nOFFSET = 17\n\n\ndef setup():\n    os.environ['EMBER_CHAOS_HOOKED'] = '3'\n")
+# Its setup hook runs in every worker of the environment, a worker started after a kill too.
+ENV = {"env_vars": {"EMBER_CHAOS_SCALE": "5"}, "py_modules": [str(Path(_ENV_DIR, "chaos_env_offset.py"))],
+       "worker_process_setup_hook": "chaos_env_offset.setup"}
+ENV_ADDEND = 5 + 17 + 3
 
 
 def _combine_in_env(a: Any) -> Any:
     import chaos_env_offset  # type: ignore[import-not-found]
 
-    return _combine(a, int(os.environ["EMBER_CHAOS_SCALE"]) + chaos_env_offset.OFFSET)
+    return _combine(a, int(os.environ["EMBER_CHAOS_SCALE"]) + chaos_env_offset.OFFSET
+                    + int(os.environ["EMBER_CHAOS_HOOKED"]))
 
 
 value_task = ember.remote(max_retries=RETRIES)(_value)
 env_task = ember.remote(max_retries=RETRIES, runtime_env=ENV)(_combine_in_env)
 stream_task = ember.remote(max_retries=RETRIES)(_values)
+partial_stream_task = ember.remote(max_retries=RETRIES)(_values_then_raise)
 combine_task = ember.remote(max_retries=RETRIES)(_combine)
 grouped_task = ember.remote(max_retries=RETRIES, num_cpus=0.25)(_value)  # run in the example's group
 fold_task = ember.remote(max_retries=RETRIES)(_fold_nested)
@@ -249,6 +264,7 @@ class Tally:
     operations_checked: int = 0
     concurrent_calls: int = 0  # calls made to the async and threaded actors
     streams: int = 0  # generator tasks read while they ran
+    partial_streams: int = 0  # num_returns=k generators that raised after some of their values
     env_tasks: int = 0  # tasks in a runtime_env of their own
     exits: int = 0  # actors that ended themselves with exit_actor()
     drops: int = 0  # actors whose last handle was dropped
@@ -266,6 +282,7 @@ class Tally:
         return (f"examples {self.examples}; faults injected {sum(self.faults.values())} ({faults}); "
                 f"faults that found no target {missed}; operations checked {self.operations_checked} "
                 f"({self.concurrent_calls} calls to concurrent actors, {self.streams} generator tasks, "
+                f"{self.partial_streams} generators that raised partway, "
                 f"{self.exits} exit_actor() ends, {self.drops} actors dropped, {self.grouped} tasks in a placement "
                 f"group, {self.env_tasks} in a runtime_env); "
                 f"wrong results {self.wrong_results}; hangs {self.hangs}; lost objects {self.lost_objects} "
@@ -594,6 +611,27 @@ class ApiUnderFaults(RuleBasedStateMachine):
         TALLY.streams += 1
         return tracked[-1]
 
+    @rule(target=refs, seed=SEEDS, made=st.integers(1, 2), extra=st.integers(1, 2), large=st.booleans())
+    @operation
+    def partial_stream(self, seed: int, made: int, extra: int, large: bool) -> Tracked:
+        """A num_returns=k generator that raises after ``made`` values: those stay, the rest are its error."""
+        how = f"values_then_raise.options(num_returns={made + extra}).remote({seed}, {made}, {large})"
+        refs = partial_stream_task.options(num_returns=made + extra).remote(seed, made, large)
+        tracked = [self._track(ref, _value(seed + i, large), f"{how}[{i}]") for i, ref in enumerate(refs[:made])]
+        self._check_values(tracked)
+        for i, ref in enumerate(refs[made:], start=made):
+            try:
+                value = ember.get(ref, timeout=GET_BOUND_S)
+            except Broke:
+                TALLY.operations_checked += 1
+                continue
+            except EmberError as exc:
+                self._classify(f"get({how}[{i}])", [], exc)
+                continue
+            self._wrong(f"{how}[{i}] read {_short(value)}, the model says it raises Broke")
+        TALLY.partial_streams += 1
+        return tracked[-1]
+
     @rule(target=refs, seed=SEEDS, count=st.integers(1, 3), large=st.booleans())
     @operation
     def dynamic_stream(self, seed: int, count: int, large: bool) -> Tracked:
@@ -892,6 +930,7 @@ def test_api_under_faults(tally: Tally) -> None:
         assert set(tally.faults) == {f"{k} {t}" for k, t in FAULT_KINDS}, tally.report()
         assert tally.concurrent_calls > 0, tally.report()  # and calls to concurrent actors were among them
         assert tally.streams > 0, tally.report()  # and generator tasks read while they ran
+        assert tally.partial_streams > 0, tally.report()  # and generators that raised after some values
         assert tally.exits > 0, tally.report()  # and actors that ended themselves
         assert tally.drops > 0, tally.report()  # and actors freed when their handle went
         assert tally.grouped > 0, tally.report()  # and tasks in a placement group's bundle
