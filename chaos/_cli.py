@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ember.chaos._faults import PAUSE_TARGETS, PROCESS_TARGETS, Target
-from ember.chaos._netfaults import Direction, NetFaultUnavailableError, Peer, require_netem
+from ember.chaos._netfaults import Direction, NetFaultUnavailableError, Peer, require_delay
 from ember.chaos._schedule import Options, plan
 
 DEFAULT_EVERY_S = 5.0
@@ -86,7 +86,7 @@ def _delay(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     if not 0 < pair[0] <= 10_000 or not 0 <= pair[1] <= 10_000:
         raise click.BadParameter(f"{value!r}: MS in 1..10000, JITTER in 0..10000", ctx, param)
     try:
-        require_netem()
+        require_delay()
     except NetFaultUnavailableError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
     return pair
@@ -144,7 +144,8 @@ def main() -> None:
                    "seconds, DIRECTION both (default), out or in; nftables in its namespace. Repeatable.")
 @click.option("--delay", "delay_ms", callback=_delay, metavar="MS[:JITTER]",
               help="Delay a node's packets by MS (plus or minus JITTER) milliseconds for --net-duration seconds "
-                   "(tc netem in its namespace; refused at once on a kernel without netem).")
+                   "(tc netem on its link, or where the kernel has no netem an NFQUEUE and a delay process in its "
+                   "namespace; refused at once, naming what is missing, where neither works).")
 @click.option("--loss", "loss_percent", type=float, callback=_percent, metavar="PERCENT",
               help="Drop PERCENT of a node's packets each way for --net-duration seconds (nftables).")
 @click.option("--net-duration", "net_duration_s", type=float, default=5.0, show_default=True, callback=_positive,

@@ -10,15 +10,22 @@ takes out again:
   peer is the GCS's node, PostgreSQL, or another node;
 - loss: nftables rules that drop PERCENT of the node's packets each way
   (``numgen random``: the kernel draws, per packet);
-- delay: ``tc netem`` on the node's link (egress), MS with JITTER. A kernel
-  without the netem qdisc refuses it, with ``NetFaultUnavailableError``
-  naming the missing module, before any run starts (``require_netem``).
+- delay: the node's outgoing packets (the egress of its link) held MS, plus
+  a uniform draw in ±JITTER. Where the kernel has the netem qdisc, ``tc
+  netem`` on the link; where it has not (this CI's kernel), an iptables
+  rule in the namespace sends those packets to an NFQUEUE, and a delay
+  process of the fault's own, started in the namespace, holds each one's
+  verdict for its delay (``_netdelay``, ``_nfqueue``). That process dying
+  ends the delay early and never cuts the node: ``--queue-bypass`` lets
+  packets through when no one listens, and the heal removes the rule
+  regardless. A kernel with neither is refused before any run starts, with
+  ``NetFaultUnavailableError`` naming what is missing (``require_delay``).
 
-Each fault is a table (nftables) or the root qdisc (tc) of its own, so a
-heal removes exactly what its fault added and faults overlap freely, except
-two delays of one node (the second replaces the first; both heals are
-harmless). What must recover is in docs/fault-tolerance.md, a section per
-fault.
+Each fault is a table (nftables), the root qdisc (netem) or an iptables
+chain and a process (NFQUEUE) of its own, so a heal removes exactly what its
+fault added and faults overlap freely, except two delays of one node (the
+newer applies; under netem a heal removes both, under NFQUEUE only its own).
+What must recover is in docs/fault-tolerance.md, a section per fault.
 
 It must never change a namespace it is not given by a cluster that made it
 (``LocalCluster.net_fault``), or by the ``chaos run`` controller for a node
@@ -33,11 +40,12 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from ember.chaos import _netdelay
 from ember.chaos._faults import InvalidFaultError, _member
-from ember.chaos._network import INSIDE_LINK, TOOLS, NetworkCommandError, run
+from ember.chaos._network import INSIDE_LINK, TOOLS, NetworkCommandError, check_prerequisites, run
 from ember.exceptions import EmberUserError
 from ember.lineage._states import ProcessKind
 
@@ -68,8 +76,16 @@ class Direction(enum.StrEnum):
 
 
 class NetFaultUnavailableError(EmberUserError):
-    """This machine's kernel cannot inject that network fault (``tc netem`` without the netem qdisc); the
-    message names the missing module."""
+    """This machine cannot inject that network fault (a delay: no netem qdisc, and no NFQUEUE or no
+    ``iptables-nft``); the message names what is missing."""
+
+
+class Injection(enum.StrEnum):
+    """How a fault in place was made, so its heal removes that."""
+
+    NFTABLES = "nftables"  # partition, loss: a table of the fault's own
+    NETEM = "netem"  # delay: the link's root qdisc
+    NFQUEUE = "nfqueue"  # delay: an iptables chain of its own and the delay process
 
 
 @dataclass(frozen=True)
@@ -215,8 +231,10 @@ class Applied:
 
     fault: NetFault
     inside: tuple[str, ...]  # the command prefix that runs in the node's namespace
-    table: str | None  # nftables table (partition, loss); None for a delay (the link's root qdisc)
+    how: Injection
+    table: str | None  # the nftables table (partition, loss)
     detail: str
+    delay: _netdelay.DelayProcess | None = field(default=None, compare=False)  # NFQUEUE
 
 
 def apply(fault: NetFault, inside: list[str], peer_address: str | None = None) -> Applied:
@@ -229,28 +247,64 @@ def apply(fault: NetFault, inside: list[str], peer_address: str | None = None) -
             drop_in = f"add rule inet {table} input ip saddr {peer_address} drop"
             rules = {Direction.BOTH: [drop_out, drop_in], Direction.OUT: [drop_out], Direction.IN: [drop_in]}
             _nft(inside, table, rules[fault.direction])
-            return Applied(fault, tuple(inside), table, f"{fault.direction} from {fault.peer} {peer_address}")
+            return Applied(fault, tuple(inside), Injection.NFTABLES, table,
+                           f"{fault.direction} from {fault.peer} {peer_address}")
         case NetFaultKind.LOSS:
             table = f"{TABLE_PREFIX}{next(_tables)}"
             percent = round(fault.loss_percent * 100)  # in hundredths: numgen draws a whole number
             rules = [f"add rule inet {table} {chain} {iface} {INSIDE_LINK} numgen random mod 10000 < {percent} drop"
                      for chain, iface in (("output", "oifname"), ("input", "iifname"))]
             _nft(inside, table, rules)
-            return Applied(fault, tuple(inside), table, f"{fault.loss_percent:g}% each way")
+            return Applied(fault, tuple(inside), Injection.NFTABLES, table, f"{fault.loss_percent:g}% each way")
         case NetFaultKind.DELAY:
-            netem = ["delay", f"{fault.delay_ms}ms"] + ([f"{fault.jitter_ms}ms"] if fault.jitter_ms else [])
-            _tc(inside, ["qdisc", "replace", "dev", INSIDE_LINK, "root", "netem", *netem])
-            return Applied(fault, tuple(inside), None, f"{fault.delay_ms} ms ± {fault.jitter_ms} ms out of the node")
+            return _delay(fault, inside)
         case _ as unreachable:
             assert_never(unreachable)
 
 
 def heal(applied: Applied) -> None:
     """Take ``applied`` out; a namespace already gone (its node's cluster ended) is nothing to heal."""
-    if applied.table is not None:
-        run([*applied.inside, TOOLS["nft"], "delete", "table", "inet", applied.table], check=False)
-    else:
-        run([*applied.inside, TOOLS["tc"], "qdisc", "del", "dev", INSIDE_LINK, "root"], check=False)
+    match applied.how:
+        case Injection.NFTABLES:
+            assert applied.table is not None, "an nftables fault has its table"
+            run([*applied.inside, TOOLS["nft"], "delete", "table", "inet", applied.table], check=False)
+        case Injection.NETEM:
+            run([*applied.inside, TOOLS["tc"], "qdisc", "del", "dev", INSIDE_LINK, "root"], check=False)
+        case Injection.NFQUEUE:
+            assert applied.delay is not None, "an NFQUEUE delay has its process"
+            _netdelay.stop(applied.inside, applied.delay)
+        case _ as unreachable:
+            assert_never(unreachable)
+
+
+def _delay(fault: NetFault, inside: list[str], link: str = INSIDE_LINK) -> Applied:
+    """netem where the kernel has it, else an NFQUEUE and a delay process (the same delay, the same link)."""
+    return _netem(fault, inside, link) or _nfqueue(fault, inside, link)
+
+
+def _said(fault: NetFault) -> str:
+    return f"{fault.delay_ms} ms ± {fault.jitter_ms} ms out of the node"
+
+
+def _netem(fault: NetFault, inside: list[str], link: str) -> Applied | None:
+    """The delay as netem on ``link``'s root qdisc; None where the kernel has no netem."""
+    netem = ["delay", f"{fault.delay_ms}ms"] + ([f"{fault.jitter_ms}ms"] if fault.jitter_ms else [])
+    try:
+        _tc(inside, ["qdisc", "replace", "dev", link, "root", "netem", *netem])
+    except NetFaultUnavailableError:
+        return None
+    return Applied(fault, tuple(inside), Injection.NETEM, None, f"{_said(fault)} (netem)")
+
+
+def _nfqueue(fault: NetFault, inside: list[str], link: str) -> Applied:
+    """The delay as an NFQUEUE and a delay process; NetFaultUnavailableError without iptables-nft."""
+    if not os.path.exists(_netdelay.IPTABLES):
+        raise NetFaultUnavailableError(f"{_NO_NETEM}; and {_NO_IPTABLES}")
+    number = next(_tables)
+    delay = _netdelay.start(inside, f"{TABLE_PREFIX}{number}", number, fault.delay_ms, fault.jitter_ms,
+                            seed=number, link=link)
+    return Applied(fault, tuple(inside), Injection.NFQUEUE, None,
+                   f"{_said(fault)} (NFQUEUE {number}, delay process {delay.pid})", delay)
 
 
 def _nft(inside: list[str], table: str, rules: list[str]) -> None:
@@ -277,24 +331,36 @@ def _tc(inside: list[str], argv: list[str]) -> None:
 
 
 _NO_NETEM = ("this kernel has no netem qdisc (`tc qdisc add ... netem` answers \"Specified qdisc kind is "
-             "unknown\"), which --delay needs: load it with `modprobe sch_netem` on the host (a container shares "
-             "the host's kernel) or use a kernel built with CONFIG_NET_SCH_NETEM; --partition and --loss need "
-             "only nftables")
+             "unknown\"): load it with `modprobe sch_netem` on the host (a container shares the host's kernel) or "
+             "use a kernel built with CONFIG_NET_SCH_NETEM")
+_NO_IPTABLES = (f"the NFQUEUE delay needs {_netdelay.IPTABLES}, not installed here: install it with `apt-get "
+                f"install -y {_netdelay.IPTABLES_PACKAGE}` (the README's test command does)")
+_NO_NFQUEUE = ("the NFQUEUE delay could not be made ({}): it needs a kernel with CONFIG_NETFILTER_NETLINK_QUEUE "
+               "and the xtables NFQUEUE target (CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT)")
 
 
-def require_netem() -> None:
-    """Raise NetFaultUnavailableError now if a delay could not be injected on this machine (a throwaway
-    namespace is asked), so a run never starts with a fault it cannot fire."""
-    from ember.chaos._network import check_prerequisites
-
+def require_delay() -> Injection:
+    """How a delay is made on this machine (a throwaway namespace is asked: netem, else NFQUEUE); raise
+    NetFaultUnavailableError naming what is missing if neither works, so a run never starts with a fault
+    it cannot fire. --partition and --loss need only nftables."""
     check_prerequisites()
-    probe = f"ember-netem-probe-{os.getpid()}"
+    probe = f"ember-delay-probe-{os.getpid()}"
     run([TOOLS["ip"], "netns", "add", probe])
+    inside = [TOOLS["ip"], "netns", "exec", probe]
     try:
-        _tc([TOOLS["ip"], "netns", "exec", probe], ["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+        run([*inside, TOOLS["ip"], "link", "set", "lo", "up"])
+        fault = NetFault.delay(1, 1.0)
+        applied = _netem(fault, inside, "lo")
+        if applied is None:
+            try:
+                applied = _nfqueue(fault, inside, "lo")
+            except NetworkCommandError as exc:
+                raise NetFaultUnavailableError(f"{_NO_NETEM}; and {_NO_NFQUEUE.format(exc)}") from exc
+        heal(applied)
+        return applied.how
     finally:
         run([TOOLS["ip"], "netns", "delete", probe], check=False)
 
 
-__all__ = ["Applied", "Direction", "NetFault", "NetFaultKind", "NetFaultUnavailableError", "Peer", "apply",
-           "heal", "peer_address", "require_netem"]
+__all__ = ["Applied", "Direction", "Injection", "NetFault", "NetFaultKind", "NetFaultUnavailableError", "Peer",
+           "apply", "heal", "peer_address", "require_delay"]

@@ -9,7 +9,7 @@ two restartable actors), then fires one fault while that work runs:
   (``long_cut``) from the GCS for 17 s: past the owners' 15 s, so tasks run
   again elsewhere and actors restart elsewhere, and the heal must fence;
 - a loss of 10 to 40% of a node's packets for 1 to 3 s;
-- a delay of 20 to 200 ms (only where the kernel has netem);
+- a delay of 20 to 200 ms (where the machine can delay: netem or NFQUEUE, `require_delay`);
 - a SIGKILL of a worker or of a node's store (by pid, from the cluster's
   own process list).
 
@@ -37,7 +37,7 @@ import numpy as np
 import ember
 from ember.chaos import LocalCluster, processes
 from ember.chaos import NetFault, NetFaultUnavailableError
-from ember.chaos._netfaults import require_netem
+from ember.chaos._netfaults import require_delay
 
 GET_TIMEOUT_S = 120.0
 SPLIT_BRAIN_WAIT_S = 30.0  # a superseded instance is fenced at its node's next word with the GCS
@@ -81,10 +81,10 @@ class Tally:
                 f"wrong {self.wrong}; hangs {self.hangs}; lost {self.lost}; split-brain actors {self.split_brain}")
 
 
-def draw_plan(seed: int, steps: int, long_cut: bool, netem: bool) -> list[tuple[str, Any]]:
+def draw_plan(seed: int, steps: int, long_cut: bool, delay: bool) -> list[tuple[str, Any]]:
     """``steps`` faults, as (kind, NetFault or process kind); one long cut among them if ``long_cut``."""
     rng = random.Random(seed)
-    kinds = ["partition", "partition", "loss", "kill worker", "kill store"] + (["delay"] if netem else [])
+    kinds = ["partition", "partition", "loss", "kill worker", "kill store"] + (["delay"] if delay else [])
     plan: list[tuple[str, Any]] = []
     for _ in range(steps):
         kind = rng.choice(kinds)
@@ -194,9 +194,9 @@ def _check_one_instance(actors: list[Any], tally: Tally) -> None:
                        for a in doubled]
 
 
-def netem_available() -> bool:
+def delay_available() -> bool:
     try:
-        require_netem()
+        require_delay()
         return True
     except NetFaultUnavailableError:
         return False
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the first plan's seed; the next ones follow")
     args = parser.parse_args()
     tally = Tally()
-    netem = netem_available()
+    delay = delay_available()
     started = time.monotonic()
     plans = 0
     with LocalCluster(nodes=NODES, network=True) as cluster:
@@ -220,7 +220,7 @@ def main() -> None:
         try:
             seed = args.seed
             while time.monotonic() - started < args.seconds:
-                plan = draw_plan(seed, args.steps, long_cut=seed % 3 == 0, netem=netem)
+                plan = draw_plan(seed, args.steps, long_cut=seed % 3 == 0, delay=delay)
                 run_plan(cluster, plan, tally)
                 plans += 1
                 seed += 1
@@ -228,7 +228,7 @@ def main() -> None:
                       flush=True)
         finally:
             ember.shutdown()
-    print(f"soak: {time.monotonic() - started:.0f} s, {plans} plans, netem {'yes' if netem else 'no (no delays)'}")
+    print(f"soak: {time.monotonic() - started:.0f} s, {plans} plans, delays {'yes' if delay else 'no'}")
     print(f"soak: {tally.line()}")
     for failure in tally.failures[:20]:
         print(f"  {failure}")

@@ -3,30 +3,36 @@
 Datagrams are sent between the namespaces of a ``LocalCluster(network=True)``
 by processes started inside them, and counted where they arrive: a partition
 drops all of them the way it cuts and none the other way, a loss about its
-share, and a heal restores them. A delay is ``tc netem``: where the kernel
-has it the round trip grows by the delay, where it does not the fault is
-refused with a typed error naming the missing module (this test says which
-of the two it checked). ``chaos run`` with network faults, on a program
-that starts its own network cluster: every fault hits a node, heals after
-its duration, and the timeline has both ends; the program's values are right.
+share, and a heal restores them. A delay (``tc netem``, or where the kernel
+has no netem an NFQUEUE and a delay process in the node's namespace) makes
+a TCP connect from the node at least as slow as the delay (the one bound on
+time asserted: the delay itself guarantees it), and its heal takes out the
+rule and the process; a delay process that dies ends the delay, never cuts
+the node. ``chaos run`` with network faults, on a program that starts its
+own network cluster: every fault hits a node, heals after its duration, and
+the timeline has both ends; the program's values are right.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ember.chaos import LocalCluster, NetworkCommandError
-from ember.chaos import NetFault, NetFaultUnavailableError
-from ember.chaos._netfaults import require_netem
+from ember.chaos import NetFault
+from ember.chaos import _netdelay
+from ember.chaos._netfaults import Injection, require_delay
+from ember.chaos._network import namespace_pids
 
 BOUND_S = 60.0
+CONNECT_TIMEOUT_S = 20.0
 PORT = 9977
 SENT = 400
 REPO = Path(__file__).resolve().parents[2]
@@ -120,27 +126,85 @@ def test_a_loss_drops_about_its_share_each_way(net_cluster: LocalCluster) -> Non
     assert _datagrams(net_cluster, "n0", "n1", 50) == 50
 
 
-def test_a_delay_is_netem_or_a_typed_refusal_naming_the_module(net_cluster: LocalCluster) -> None:
-    try:
-        require_netem()
-    except NetFaultUnavailableError as exc:
-        assert "sch_netem" in str(exc) and "modprobe" in str(exc)
-        with pytest.raises(NetFaultUnavailableError):
-            net_cluster.net_fault(NetFault.delay(100, 5.0), net_cluster.nodes[0])
-        print("this kernel has no netem: the refusal was checked")
+_CONNECT = """
+import socket, sys, time
+started = time.monotonic()
+socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])).close()
+print(time.monotonic() - started)
+"""
+
+
+def _connect_s(cluster: LocalCluster, role: str = "n0", count: int = 1) -> list[float]:
+    """How long each of ``count`` TCP connects from ``role``'s namespace to the GCS took: a round trip (the
+    node's SYN out through its link, the SYN-ACK back). A connect that never completes fails the test."""
+    network = cluster.network
+    assert network is not None
+    host, port = cluster.address.split(":")
+    return [float(subprocess.run([*network.exec_prefix(role), sys.executable, "-c", _CONNECT, host, port,
+                                  str(CONNECT_TIMEOUT_S)], capture_output=True, text=True, check=True,
+                                 timeout=BOUND_S).stdout) for _ in range(count)]
+
+
+def _net_namespace_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def test_a_delay_holds_the_nodes_packets_and_its_heal_takes_out_all_it_added(net_cluster: LocalCluster) -> None:
+    network = net_cluster.network
+    assert network is not None
+    how = require_delay()  # netem, or NFQUEUE where the kernel has no netem; NetFaultUnavailableError if neither
+    inside = network.exec_prefix("n0")
+    before = _connect_s(net_cluster, count=3)
+    figures = {}
+    for delay_ms, jitter_ms in ((200, 0), (300, 50)):
+        delayed = net_cluster.net_fault(NetFault.delay(delay_ms, 5.0, jitter_ms=jitter_ms), net_cluster.nodes[0])
+        try:
+            assert delayed.how is how
+            if how is Injection.NFQUEUE:
+                process = delayed.delay.process
+                assert process.poll() is None and "_nfqueue.py" in Path(f"/proc/{process.pid}/cmdline").read_text()
+                # It runs in the node's namespace, and the node's outgoing packets go to its queue.
+                assert _net_namespace_inode(f"/proc/{process.pid}/ns/net") == _net_namespace_inode(
+                    f"/run/netns/{network.endpoints['n0'].namespace}")
+                assert f"-j {delayed.delay.chain}" in _netdelay.rules(inside)
+                assert f"--queue-num {delayed.delay.queue} --queue-bypass" in _netdelay.rules(inside)
+            during = _connect_s(net_cluster, count=5)
+        finally:
+            net_cluster.heal(delayed)
+        if how is Injection.NFQUEUE:
+            assert process.poll() == 0  # stopped by its pid (SIGTERM: it let what it held go, then exited)
+            assert process.pid not in namespace_pids(network.endpoints["n0"].namespace)
+            assert "ember_fault_" not in _netdelay.rules(inside) and "NFQUEUE" not in _netdelay.rules(inside)
+        figures[f"{delay_ms}:{jitter_ms}"] = during
+        # The delay's own lower bound: the SYN is held at least delay - jitter on its way out.
+        assert min(during) >= (delay_ms - jitter_ms) / 1000, during
+    after = _connect_s(net_cluster, count=3)
+    print(f"delay by {how}: connect to the GCS before {_ms(before)}, during {dict((k, _ms(v)) for k, v in figures.items())}, "
+          f"after the heal {_ms(after)}")
+
+
+def test_a_dead_delay_process_ends_the_delay_and_cuts_nothing(net_cluster: LocalCluster) -> None:
+    if require_delay() is not Injection.NFQUEUE:
+        print("this kernel has netem: no delay process to kill")
         return
     network = net_cluster.network
     assert network is not None
-    ping = ("import socket,sys,time\nt=time.monotonic()\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), 5)"
-            ".close()\nprint(time.monotonic()-t)")
-    target = net_cluster.address.split(":")
-    delayed = net_cluster.net_fault(NetFault.delay(200, 5.0), net_cluster.nodes[0])
+    delayed = net_cluster.net_fault(NetFault.delay(2000, 30.0), net_cluster.nodes[1])
     try:
-        took = float(subprocess.run([*network.exec_prefix("n0"), sys.executable, "-c", ping, *target],
-                                    capture_output=True, text=True, check=True, timeout=BOUND_S).stdout)
+        assert min(_connect_s(net_cluster, "n1")) >= 2.0
+        os.kill(delayed.delay.pid, signal.SIGKILL)  # ours: the fault started it
+        delayed.delay.process.wait(BOUND_S)
+        # With no one on the queue, --queue-bypass lets packets through: the connect completes (a black hole
+        # would time it out), and the rule is still there until the heal.
+        _connect_s(net_cluster, "n1")
+        assert f"-j {delayed.delay.chain}" in _netdelay.rules(network.exec_prefix("n1"))
     finally:
         net_cluster.heal(delayed)
-    assert took >= 0.2  # a connect is a round trip: the SYN left through the delay
+    assert "NFQUEUE" not in _netdelay.rules(network.exec_prefix("n1"))
+
+
+def _ms(figures: list[float]) -> str:
+    return "/".join(f"{s * 1000:.1f}" for s in figures) + " ms"
 
 
 def test_a_fault_in_a_namespace_that_is_not_there_is_a_typed_error() -> None:
@@ -150,27 +214,45 @@ def test_a_fault_in_a_namespace_that_is_not_there_is_a_typed_error() -> None:
         apply(NetFault.loss(5.0, 1.0), ["ip", "netns", "exec", "ember-no-such-namespace"])
 
 
-def test_chaos_run_fires_network_faults_with_their_start_and_heal(tmp_path: Path) -> None:
+def _chaos_run(tmp_path: Path, options: list[str], duration_s: int, seconds: int) -> tuple[
+        subprocess.CompletedProcess[str], dict, list[dict], dict[int, float]]:
+    """``chaos run`` with network ``options`` on the network workload: the run, its report, the faults that
+    hit, and when each ``net_id`` healed. The program's values are right."""
     report = tmp_path / "run.json"
     done = subprocess.run(
-        [sys.executable, "-m", "ember.chaos._cli", "run", "--partition", "gcs,node:out,postgres:in", "--loss", "30",
-         "--every", "2", "--net-duration", "1.5", "--duration", "15", "--seed", "5", "--timeout", "240",
-         "--report", str(report), "--quiet", "--", sys.executable, str(REPO / "tests/chaos/network_workload.py"),
-         "--seconds", "12"],
+        [sys.executable, "-m", "ember.chaos._cli", "run", *options, "--every", "2", "--net-duration", "1.5",
+         "--duration", str(duration_s), "--seed", "5", "--timeout", "240", "--report", str(report), "--quiet", "--",
+         sys.executable, str(REPO / "tests/chaos/network_workload.py"), "--seconds", str(seconds)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "wrong 0" in done.stdout
     data = json.loads(report.read_text())
     faults = [e for e in data["timeline"] if e["what"] == "fault" and e["outcome"] == "hit"]
     healed = {e["net_id"]: e["t_s"] for e in data["timeline"] if e["what"] == "fault_healed"}
-    assert len(faults) >= 3, data["timeline"]
     for fault in faults:
-        assert fault["fault"]["kind"] in ("partition", "loss")
         assert fault["net_id"] in healed  # every fault that hit was healed, within the run
         assert healed[fault["net_id"]] >= fault["t_s"] + 1.5  # it lasted its duration (how soon after is load's)
+    return done, data, faults, healed
+
+
+def test_chaos_run_fires_network_faults_with_their_start_and_heal(tmp_path: Path) -> None:
+    done, data, faults, _ = _chaos_run(tmp_path, ["--partition", "gcs,node:out,postgres:in", "--loss", "30"], 15, 12)
+    assert len(faults) >= 3, data["timeline"]
+    assert all(fault["fault"]["kind"] in ("partition", "loss") for fault in faults)
     assert "network fault     " in done.stderr and " to " in done.stderr
     # The schedule is data: a replay reads the same network faults back.
     from ember.chaos._report import read
 
-    replayable = read(report)
+    replayable = read(tmp_path / "run.json")
     assert [p.fault.to_json() for p in replayable.planned] == [p["fault"] for p in data["schedule"]]
+
+
+def test_chaos_run_fires_delays_with_their_start_and_heal(tmp_path: Path) -> None:
+    done, data, faults, _ = _chaos_run(tmp_path, ["--delay", "150:50"], 12, 10)
+    assert len(faults) >= 2, data["timeline"]
+    for fault in faults:
+        assert fault["fault"] == {**fault["fault"], "kind": "delay", "delay_ms": 150, "jitter_ms": 50}
+        assert "150 ms ± 50 ms out of the node" in fault["detail"]
+        assert "NFQUEUE" in fault["detail"] or "netem" in fault["detail"]  # which one made it
+    assert "network fault     delay: " in done.stderr
+    print(done.stdout + done.stderr)
