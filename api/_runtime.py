@@ -46,6 +46,7 @@ from ember.scheduler import _context
 from ember.lineage import LineageStore as _LineageStore, RuntimeEnvLog, check_runtime_env
 from ember._runtime_env import env_wire
 from ember._init_dashboard import DriverDashboard, dashboard_wanted
+from ember._metrics_export import MetricsEndpoint, check_port as check_metrics_port
 from ember._init_logging import logging_options
 from ember.lineage._states import JobState, ProcessKind
 
@@ -55,6 +56,7 @@ _session: Session | None = None
 _atexit_registered = False
 _log_store: "_LineageStore | None" = None
 _auto_initialized = False
+_metrics_export: MetricsEndpoint | None = None  # init(_metrics_export_port=...)'s, while its cluster runs
 _dashboard: DriverDashboard | None = None  # init(include_dashboard=True)'s, while its cluster runs  # the cluster was started (or joined) by the first use of the API, not by init()
 
 # Options Ray accepts that change nothing here (no dashboard, logs already
@@ -90,6 +92,7 @@ def init(
     dashboard_host, dashboard_port = kwargs.pop("dashboard_host", None), kwargs.pop("dashboard_port", None)
     with_dashboard = dashboard_wanted(kwargs.pop("include_dashboard", None), dashboard_host, dashboard_port)
     logging_setup = logging_options(kwargs.pop("logging_level", None), kwargs.pop("configure_logging", True))
+    metrics_port = check_metrics_port(kwargs.pop("_metrics_export_port", None))
     unknown = set(kwargs) - set(_UNSUPPORTED_INIT_OPTIONS)
     if unknown:
         raise InvalidOptionError(
@@ -118,7 +121,9 @@ def init(
         if address == "local":
             address = None  # Ray's spelling of "a new cluster of this program's own", whatever the environment says
         if address is not None:
-            return _connect(address, job, num_cpus, num_gpus, resources, object_store_memory, num_workers, gcs_url)
+            _connect(address, job, num_cpus, num_gpus, resources, object_store_memory, num_workers, gcs_url)
+            _start_metrics_export(metrics_port)
+            return _info()
         if num_workers is not None and num_cpus is None:
             num_cpus = num_workers  # the original tutorial's spelling
         totals, store_bytes = node_resources(num_cpus, num_gpus, resources, object_store_memory)
@@ -136,6 +141,7 @@ def init(
         _node, _session = node, session
         global _log_store
         _log_store = log_store
+        _start_metrics_export(metrics_port)
         return _info()
 
 
@@ -236,6 +242,16 @@ def _start_dashboard(session: Session, host: str | None, port: int | None, token
     print(f"ember: the dashboard of this cluster is at {url} (until it stops)", file=sys.stderr, flush=True)
 
 
+def _start_metrics_export(port: int | None) -> None:
+    """``init(_metrics_export_port=...)``: this node's application metrics, served until shutdown."""
+    global _metrics_export
+    if port is None:
+        return
+    endpoint = MetricsEndpoint(require_core().session.dir)
+    endpoint.start(port)
+    _metrics_export = endpoint
+
+
 def _stop_dashboard() -> None:
     global _dashboard
     if _dashboard is not None:
@@ -253,6 +269,8 @@ def _info() -> dict[str, Any]:
     }
     if _dashboard is not None:
         info["dashboard_url"] = _dashboard.url  # as Ray's init returns it
+    if _metrics_export is not None:
+        info["metrics_export_url"] = _metrics_export.url
     return info
 
 
@@ -278,7 +296,7 @@ def _install_sigterm_handler() -> None:
 
 def shutdown() -> None:
     """Disconnect, and stop the cluster if this process started it."""
-    global _node, _session, _auto_initialized
+    global _node, _session, _auto_initialized, _metrics_export
     with _lock:
         core = _context.PROCESS.owner
         set_core(None)
@@ -291,6 +309,9 @@ def shutdown() -> None:
             except Exception:
                 pass
         _stop_dashboard()
+        if _metrics_export is not None:
+            _metrics_export.stop()
+            _metrics_export = None
         if _node is not None:
             _node.stop()
             _node = None

@@ -84,7 +84,7 @@ from hypothesis.stateful import (
 import ember
 from ember.chaos import Fault, FaultKind, Injected, Outcome, Target, inject, live_pids, paused_pids, resume_all
 from ember.exceptions import EmberError, GetTimeoutError, ObjectLostError
-from ember.util import placement_group, placement_group_table, remove_placement_group
+from ember.util import metrics, placement_group, placement_group_table, remove_placement_group
 from ember.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tests.fix_cluster import poll_until, run_script
 
@@ -125,6 +125,9 @@ SETTINGS = settings(
 
 
 def _value(seed: int, large: bool) -> Any:
+    # Recording an application metric (its series written to the node's session folder each second) must
+    # never fail or hold up a task, whatever is killed or paused around it.
+    metrics.Counter("chaos_values", description="Values made.", tag_keys=("large",)).inc(tags={"large": str(large)})
     if large:
         return (np.arange(ARRAY_LEN, dtype=np.int64) * 7 + seed) % MODULUS
     return seed % MODULUS
