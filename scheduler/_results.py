@@ -225,13 +225,14 @@ class ResultSender:
     # -- streaming generators: each value sent to the owner as it is made -----------------
 
     def stream(self, conn: Connection, spec: TaskSpec, value: Any, dynamic: bool,
-               cancelled: Container[bytes]) -> int:
-        """Run a streaming task's generator, sending each value it yields; the number of values sent.
+               cancelled: Container[bytes]) -> Any:
+        """Run a streaming task's generator, sending each value it yields; its end (``stream_end``).
 
         An exception the generator raises is its last value: the reader's
-        ``get`` of the next ref raises it, and the task itself ends well.
-        ``dynamic``: called with ``num_returns="dynamic"``, where it fails the
-        task instead; ``cancelled``: the task ids cancelled here.
+        ``get`` of the next ref raises it, and the task itself ends well (with
+        ``num_returns="dynamic"`` too, ``dynamic``: as Ray's doc says, "the
+        exception is stored in the final ObjectRef"). ``cancelled``: the task
+        ids cancelled here.
         """
         iterator = iterator_of(spec, value)
         sent = 0
@@ -249,7 +250,7 @@ class ResultSender:
             self.send_item(conn, spec, sent, item)
             sent += 1
 
-    async def stream_async(self, conn: Connection, spec: TaskSpec, value: Any, dynamic: bool) -> int:
+    async def stream_async(self, conn: Connection, spec: TaskSpec, value: Any, dynamic: bool) -> Any:
         """``stream`` for an async generator method of an async actor."""
         sent = 0
         iterator = value.__aiter__()
@@ -265,13 +266,11 @@ class ResultSender:
             self.send_item(conn, spec, sent, item)
             sent += 1
 
-    def _stream_failed(self, conn: Connection, spec: TaskSpec, sent: int, exc: BaseException, dynamic: bool) -> int:
-        """The generator raised after ``sent`` values: its error is the stream's last value (its count
-        returned), or, with Ray's "dynamic", the task fails as a whole."""
-        if dynamic:
-            raise exc
+    def _stream_failed(self, conn: Connection, spec: TaskSpec, sent: int, exc: BaseException, dynamic: bool) -> Any:
+        """The generator raised after ``sent`` values: its error is the stream's last value (the stream's
+        end returned, counting it)."""
         self.send_item(conn, spec, sent, error_bytes(task_error(spec, exc)), True)
-        return sent + 1
+        return stream_end(spec.task_id, spec.owner_addr, sent + 1, dynamic)
 
     def send_item(self, conn: Connection, spec: TaskSpec, index: int, value: Any, is_error: bool = False) -> None:
         """Send value ``index`` of a streaming task to its owner now (stored first, if large).
