@@ -87,11 +87,13 @@ class LiveRecord:
         import psycopg
         from psycopg.types.json import Jsonb
 
+        from ember.lineage import CONNECT_OPTIONS
+
         conninfo = self._open()
         started = dt.datetime.fromtimestamp(started_s, dt.timezone.utc)
         ended = started + dt.timedelta(seconds=elapsed_s) if elapsed_s is not None else None
         command, seed, options, schedule = self._fixed
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(conninfo, autocommit=True, **CONNECT_OPTIONS) as conn:
             job_id = _job_of(conn, pid, started, ended)
             conn.execute(
                 "INSERT INTO chaos_runs (run_id, job_id, command, seed, started_at, ended_at, exit_code, options, "

@@ -51,7 +51,7 @@ _INTERNAL = {
     "plan_rebuild": "_replay_plan", "UNREACHABLE_WAIT_S": "_replay_source", "LoggedTask": "_replay_source",
     "RuntimeEnv": "_runtime_env", "check_runtime_env": "_runtime_env", "resolve_runtime_env": "_runtime_env",
     "RuntimeEnvLog": "_env_setup", "prepare_env": "_env_setup", "enter_env": "_env_setup",
-    "entered_env": "_env_setup", "run_setup_hook": "_env_setup",
+    "entered_env": "_env_setup", "run_setup_hook": "_env_setup", "CONNECT_OPTIONS": "_pg_connect",
 }
 
 if TYPE_CHECKING:

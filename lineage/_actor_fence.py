@@ -10,8 +10,13 @@ suspect process whose actor has a current instance on another node is
 *stale*: the GCS answers with it, and the node kills it before anything
 else of its is heard. An actor's current instance is its latest start the
 GCS heard, except that a start reported by a node coming back from the
-dead never displaces an instance elsewhere (it happened behind the cut,
-while the owner, who decides restarts, had moved on).
+dead never displaces a live instance elsewhere that was never cut off (it
+happened behind the cut, while the owner, who decides restarts, had moved
+on). A suspect instance (its node was declared dead since it started) is
+displaced as usual: the later start is then the owner's restart, placed on
+a node whose heartbeats were late for a moment (a loaded machine), which
+reports it only as it registers again. Kept from being current, that new
+instance was fenced and the cut-off old one kept.
 
 Processes on nodes never declared dead are never fenced: two instances
 there (an owner's placement retried, say) are left to the owner, who talks
@@ -40,11 +45,13 @@ class ActorInstances:
 
     def started(self, node_id: str, process_id: str, actor_id: str) -> None:
         """An instance of ``actor_id`` started on ``node_id``: the actor's current one, unless the node
-        reports it on its way back from the dead and the actor has a live instance elsewhere."""
+        reports it on its way back from the dead and the actor has a live instance elsewhere that was never
+        cut off (not suspect)."""
         current = self._current.get(actor_id)
         if node_id in self._returning:
             self._suspect.add(process_id)
-            if current is not None and current[1] != node_id and current[0] in self._by_node.get(current[1], {}):
+            if (current is not None and current[1] != node_id and current[0] not in self._suspect
+                    and current[0] in self._by_node.get(current[1], {})):
                 self._remember(node_id, process_id, actor_id)
                 return
         self._current[actor_id] = (process_id, node_id)

@@ -49,7 +49,8 @@ class ClusterTable:
             return [[] for _ in statements]
         import psycopg
 
-        from ember.lineage._log_writer import CONNECT_OPTIONS, close_quietly
+        from ember.lineage._log_writer import close_quietly
+        from ember.lineage._pg_connect import CONNECT_OPTIONS
 
         with self._lock:
             try:

@@ -29,6 +29,7 @@ import psycopg
 
 from ember import _settings
 from ember.lineage._binary_arrays import BinaryArray, EncodedDumper, encode_column, supported
+from ember.lineage._pg_connect import CONNECT_OPTIONS
 from ember.lineage._schema_version import SchemaVersionError
 
 log = logging.getLogger("ember.lineage")
@@ -48,13 +49,6 @@ ROWS_MAX = 200_000
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
 OUTAGE_ALERT_S = 30.0
-# A connection over TCP whose server went out of reach (a network partition) fails within seconds, not
-# after the kernel's ~15 minutes of retransmissions: libpq's keepalives for an idle one, and
-# tcp_user_timeout for one with data in flight. The writer then reconnects with backoff, and a healed
-# network is used within BACKOFF_MAX_S. Ignored on a Unix socket (the embedded server's).
-TCP_TIMEOUT_S = 5
-CONNECT_OPTIONS: dict[str, int] = {"keepalives": 1, "keepalives_idle": TCP_TIMEOUT_S, "keepalives_interval": 1,
-                                   "keepalives_count": 3, "tcp_user_timeout": TCP_TIMEOUT_S * 1000}
 
 
 @dataclass(frozen=True)
@@ -284,6 +278,8 @@ class LogWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            # Keepalives and tcp_user_timeout (_pg_connect): a cut fails a write within seconds, and the
+            # writer reconnects with backoff, using a healed network within BACKOFF_MAX_S.
             self._conn = psycopg.connect(self._conninfo, connect_timeout=5, autocommit=True, **CONNECT_OPTIONS)
             if not self._sync_commit:
                 self._conn.execute("SET synchronous_commit = off")  # EMBER_LOG_SYNC_COMMIT=off

@@ -19,6 +19,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ember.exceptions import EmberUserError
+from ember.lineage._pg_connect import CONNECT_OPTIONS
 
 # (table, the statement deleting its pruned rows); order respects what each reads.
 _STEPS: tuple[tuple[str, str], ...] = (
@@ -75,7 +76,7 @@ def prune(older_than: dt.timedelta | float, *, gcs_url: str | None = None, dry_r
     cutoff = dt.datetime.now(dt.timezone.utc) - age
     conninfo, release = locate_log(gcs_url)
     try:
-        with psycopg.connect(conninfo) as conn:
+        with psycopg.connect(conninfo, **CONNECT_OPTIONS) as conn:
             deleted = _prune(conn, cutoff)
             if dry_run:
                 conn.rollback()

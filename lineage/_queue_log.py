@@ -28,7 +28,8 @@ from typing import Any
 import psycopg
 
 from ember.lineage._binary_arrays import BinaryArray, EncodedDumper, encode_column
-from ember.lineage._log_writer import BACKOFF_INITIAL_S, BACKOFF_MAX_S, CONNECT_OPTIONS, LAZY_DELAY_S, close_quietly
+from ember.lineage._log_writer import BACKOFF_INITIAL_S, BACKOFF_MAX_S, LAZY_DELAY_S, close_quietly
+from ember.lineage._pg_connect import CONNECT_OPTIONS
 
 log = logging.getLogger("ember.lineage")
 
@@ -108,7 +109,7 @@ class QueueLog:
             self._thread.join(timeout_s)
         if drop:
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=timeout_s) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=timeout_s, **CONNECT_OPTIONS) as conn:
                     conn.execute("DELETE FROM scheduler_queue WHERE node_id = %s", (self.node_id,))
             except psycopg.Error as exc:
                 log.warning("could not delete the queue rows of node %s: %s", self.node_id, exc)

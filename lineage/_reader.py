@@ -25,6 +25,7 @@ from ember import _settings
 from ember.exceptions import EmberUserError
 from ember.lineage import _listing
 from ember.lineage._ids import EmptyLogError, UnknownIdError, hex_or_none, id_bytes
+from ember.lineage._pg_connect import CONNECT_OPTIONS
 from ember.lineage._schema_version import RUN_TIMES_VERSION, STRATEGY_VERSION, check_readable
 from ember.lineage._states import ObjectState, ProcessKind, TaskState
 from ember.scheduler._spec import describe_strategy
@@ -169,7 +170,7 @@ class LineageLog:
     def __init__(self, conninfo: str, release: Any = None) -> None:
         import psycopg
 
-        self._conn = psycopg.connect(conninfo, autocommit=True)
+        self._conn = psycopg.connect(conninfo, autocommit=True, **CONNECT_OPTIONS)
         self._release = release
         try:
             # Enforced by the server: psycopg's read_only does nothing in autocommit mode.

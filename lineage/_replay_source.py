@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ember.lineage._pg_connect import CONNECT_OPTIONS
 from ember.lineage._states import TaskState
 
 
@@ -150,7 +151,7 @@ class ReplaySource:
             while True:
                 try:
                     if self._conn is None or self._conn.closed:
-                        self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+                        self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10, **CONNECT_OPTIONS)
                         # It only reads: the server holds it to that (read_only is a no-op in autocommit).
                         self._conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
                     return self._conn.execute(sql, params).fetchall()

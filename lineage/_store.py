@@ -15,6 +15,7 @@ import threading
 
 from ember import _settings
 from ember.exceptions import ClusterStartError
+from ember.lineage._pg_connect import CONNECT_OPTIONS
 from ember.lineage._postgres import EmbeddedPostgres
 
 CONNECT_TIMEOUT_S = 10
@@ -90,14 +91,14 @@ class LineageStore:
         from ember.lineage._schema import ensure_schema
 
         try:
-            with psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT_S):
+            with psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT_S, **CONNECT_OPTIONS):
                 pass
         except psycopg.Error as exc:
             raise ClusterStartError(
                 f"cannot reach the lineage log's PostgreSQL at {where}: {exc}".strip()
                 + "; check EMBER_GCS_URL (or init(gcs_url=...)), or unset it to use the embedded server"
             ) from exc
-        engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo))
+        engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo, **CONNECT_OPTIONS))
         try:
             ensure_schema(engine)
         finally:

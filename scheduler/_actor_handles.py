@@ -19,8 +19,9 @@ Any other process counts its own handles and leases to an actor it did not
 create; on its first it registers with the creator (``BORROW``, answered
 before the handle is used), on its last it says so (``UNBORROW``). A
 borrower that dies without saying so is noticed by the creator, which
-checks the borrowers of its otherwise unheld actors while there are any
-(``owner_alive``), and drops the dead ones.
+checks the borrowers of its otherwise unheld actors while there are any,
+and drops the dead ones (``_owner/_liveness.py``: refused on this node, or
+out of reach for longer than a cut to a live node can last unnoticed).
 
 What it cannot see it never guesses: a handle pickled into anything but a
 task's arguments (``put``, a result, an object a task returns) may be read
@@ -262,7 +263,7 @@ class ActorHandles:
                            if h.creator is None and h.borrowers and not h.live and not h.leases and not h.escaped}
             if not waiting:
                 return
-            dead = {b for borrowers in waiting.values() for b in borrowers if not owner.process_alive(b)}
+            dead = {b for borrowers in waiting.values() for b in borrowers if owner.process_gone(b)}
             for actor_id, borrowers in waiting.items():
                 for borrower in borrowers & dead:
                     self.on_message(actor_id, HandleChange.UNBORROW, borrower)

@@ -54,6 +54,9 @@ TARGET_WAIT_S = 5.0  # a stream that names no target within this is cancelled
 # noticed after at most KEEPALIVE_S + KEEPALIVE_TIMEOUT_S.
 KEEPALIVE_S = 10.0
 KEEPALIVE_TIMEOUT_S = 5.0
+# What was sent this long before a relayed connection closed may have died with it: the far end may have
+# been gone for a whole keepalive before this end noticed (a cut), plus a margin for the sending.
+DEAD_PEER_WINDOW_S = KEEPALIVE_S + KEEPALIVE_TIMEOUT_S + 5.0
 
 KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),

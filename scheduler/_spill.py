@@ -18,7 +18,10 @@ failed to its owner as a worker death, and the owner retries it as its
 completion to its scheduler on different paths, and a node killed between
 the two leaves a completion here whose result never reached the owner. An
 owner that has the result ignores the report; one that does not runs the
-task again, rather than waiting for it forever.
+task again, rather than waiting for it forever. The window is the relay's
+``DEAD_PEER_WINDOW_S``: when the network to the node is cut, its connection
+closes here only when the keepalive gives up (up to 15 s after the cut), and
+a result lost in the cut was sent just before it.
 
 A task no live node can run waits here, as in Ray: the cluster may gain a
 node that can (``ember start --address``). It asks the global scheduler
@@ -52,6 +55,7 @@ from ember.scheduler._spec import FailureCause
 from ember.scheduler._infeasible import WaitWarnings, waiting_message
 from ember.scheduler._listener import connect
 from ember.scheduler._protocol import Connection, Op
+from ember.scheduler._relay import DEAD_PEER_WINDOW_S
 from ember.scheduler._spec import Strategy, TaskSpec, strategy_record
 
 log = logging.getLogger("ember.scheduler")
@@ -64,7 +68,10 @@ AVOID_LOST_NODE_S = 10.0  # longer than the GCS takes to declare a silent node d
 FIND_ACTOR_TIMEOUT_S = 60.0  # an actor this node did not place: how long to look for the node hosting it
 UNPLACED_RETRY_S = 1.0  # tasks no live node can run ask the global scheduler again this often (a node may join)
 UNPLACED_MAX = 100_000  # tasks and actors waiting for such a node; more fail at once, saying so
-DONE_RECHECK_S = 5.0  # a forwarded task reported done is failed back again if its node dies this soon after
+# A forwarded task reported done is failed back to its owner (who ignores it if it has the result) when
+# the connection to its node closes this soon after. A cut is noticed only by the keepalive, up to
+# KEEPALIVE_S + KEEPALIVE_TIMEOUT_S after it began: a shorter window missed a result lost in the cut.
+DONE_RECHECK_S = DEAD_PEER_WINDOW_S
 DONE_RECHECK_MAX = 100_000  # such tasks kept at most (the oldest go first)
 
 

@@ -3,6 +3,11 @@
 - The store's connection closed: the node restarts a dead store, empty. A
   thread reconnects, forgets which objects the old store had sealed, wakes
   every waiter to ask again, and has the inputs of pending tasks rebuilt.
+  A store not back within ``RECONNECT_TIMEOUT_S`` is tried again, with
+  backoff up to ``STORE_RETRY_BACKOFF_MAX_S``, for as long as this process
+  lives: meanwhile what it asks of the store fails typed
+  (``ConnectionClosed``, a ``get``'s bound), and a store that comes back
+  late is used again.
 - The scheduler's closed: a driver reconnects to the one the node restarts
   and sends again what it had queued (``_restart.SchedulerRestart``); a
   worker, whose scheduler owned it, closes (its executor exits).
@@ -13,7 +18,9 @@ under its lock, and reconnects on threads of its own, never a reader's.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +29,14 @@ from ember.scheduler._owner._links import Links
 from ember.scheduler._owner._objects import OwnerState
 from ember.scheduler._protocol import Connection
 
-__all__ = ["NodeLinks"]
+__all__ = ["STORE_RETRY_BACKOFF_INITIAL_S", "STORE_RETRY_BACKOFF_MAX_S", "NodeLinks"]
+
+log = logging.getLogger("ember.core")
+
+# A store that did not come back within one reconnection's wait is tried again after this, doubling
+# up to the maximum: a store the node restarts late (a slow disk, a loaded machine) is used again.
+STORE_RETRY_BACKOFF_INITIAL_S = 0.5
+STORE_RETRY_BACKOFF_MAX_S = 10.0
 
 
 class NodeLinks:
@@ -54,9 +68,23 @@ class NodeLinks:
         threading.Thread(target=self._reconnect_store, name="ember-store-reconnect", daemon=True).start()
 
     def _reconnect_store(self) -> None:
-        conn = self._links.reconnect(self._store_socket, self.on_store_closed, "store")
-        if conn is not None:
-            self.install_store(conn)
+        backoff_s = STORE_RETRY_BACKOFF_INITIAL_S
+        attempts = 0
+        while True:
+            conn = self._links.reconnect(self._store_socket, self.on_store_closed, "store", quiet=attempts > 0)
+            if conn is not None:
+                self.install_store(conn)
+                return
+            attempts += 1
+            with self._lock:
+                if self._state.closed:
+                    return
+            # Not for good: every store request meanwhile fails on the closed connection (typed), and a
+            # store the node brings back late is used again.
+            log.warning("the node's store is still not back after %d attempt(s): trying again in %.1fs",
+                        attempts, backoff_s)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, STORE_RETRY_BACKOFF_MAX_S)
 
     def install_store(self, conn: Connection) -> None:
         """Make ``conn`` (to a restarted store) this process's store connection, and ask again."""

@@ -521,8 +521,9 @@ class Owner:
         if wait_s is not None:
             answer.result(timeout=wait_s)
 
-    def process_alive(self, address: str) -> bool:
-        return self.rebuild.owner_alive(address)
+    def process_gone(self, address: str) -> bool:
+        """Whether the process at ``address`` is dead for good as far as this one can tell (``_liveness``)."""
+        return address != self.address and self.rebuild.liveness.gone(address)
 
     # -- incoming messages -----------------------------------------------------
 

@@ -56,6 +56,7 @@ from ember.scheduler._spec import STREAMING, ArgKind, TaskKind, TaskSpec, task_o
 from ember.store import publish_layout_bytes
 from ember.scheduler._owner._objects import CopyLost, ObjectEntry, ObjectState
 from ember.scheduler._owner._links import Links
+from ember.scheduler._owner._liveness import Liveness
 from ember.scheduler._owner._objects import ObjectTable
 from ember.scheduler._owner._submit import SpecEncoder
 from ember.scheduler._owner._tasks import PendingTask
@@ -99,7 +100,8 @@ class Reconstruction:
         # other's connection is dropped unclosed (a ResourceWarning in a node-death test, CI).
         self._replay_lock = threading.Lock()
         self._replay_closed = False
-        self._dead_owners: set[str] = set()  # addresses of owners found dead: their objects are adopted
+        # Owners found unreachable (their objects are adopted): for good on this node, for a while across nodes.
+        self.liveness = Liveness(self._probe, self._refused_here)
         self._adopting: set[bytes] = set()
 
     def close(self) -> None:
@@ -133,22 +135,24 @@ class Reconstruction:
         return not self.files.exists(oid)
 
     def owner_alive(self, address: str) -> bool:
-        """Whether the process at ``address`` still takes connections (a dead one never comes back)."""
-        if address == self.address:
-            return True
-        if address in self._dead_owners:
-            return False
-        try:
-            # One attempt: a live owner listens from before anyone can name
-            # its objects, and a dead one's socket refuses at once. On another
-            # node the relay needs a moment to open the stream; a dead node's
-            # relay refuses, or is not there, for all of it.
-            remote = is_relayed(address) and self._endpoint(address) != self.relay
-            self.links.peer(address, timeout_s=OWNER_PROBE_REMOTE_S if remote else 0.0)
-        except Exception:
-            self._dead_owners.add(address)
-            return False
-        return True
+        """Whether the process at ``address`` takes connections now (``_liveness``: one that refused on this
+        node never comes back; one on another node may have been cut off, and is probed again later)."""
+        return address == self.address or self.liveness.alive(address)
+
+    def _remote(self, address: str) -> bool:
+        return is_relayed(address) and self._endpoint(address) != self.relay
+
+    def _probe(self, address: str) -> None:
+        # One attempt: a live owner listens from before anyone can name
+        # its objects, and a dead one's socket refuses at once. On another
+        # node the relay needs a moment to open the stream; a dead node's
+        # relay refuses, or is not there, for all of it.
+        self.links.peer(address, timeout_s=OWNER_PROBE_REMOTE_S if self._remote(address) else 0.0)
+
+    def _refused_here(self, address: str, exc: Exception) -> bool:
+        """A probe's failure that proves the process dead: its socket on this node is gone or refuses."""
+        return not self._remote(address) and isinstance(exc.__cause__ or exc, (FileNotFoundError,
+                                                                               ConnectionRefusedError))
 
     def adopt(self, oids: list[bytes]) -> None:
         """Rebuild objects whose owner is dead, as their new owner (on a thread of its own)."""

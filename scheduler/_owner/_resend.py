@@ -26,14 +26,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ember.scheduler._relay import KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
+from ember.scheduler._relay import DEAD_PEER_WINDOW_S
 
 __all__ = ["RESENDS_MAX", "RESEND_CONNECT_S", "RESEND_KEPT_MAX", "RESEND_WINDOW_S", "SentResults"]
 
 # A result sent this long before its connection closed may have died with it: the far end may have
 # been gone for a whole keepalive before this end's keepalive noticed. Older ones were delivered
 # (their connection stayed up longer than a dead peer could keep it), and are forgotten.
-RESEND_WINDOW_S = KEEPALIVE_S + KEEPALIVE_TIMEOUT_S + 5.0
+RESEND_WINDOW_S = DEAD_PEER_WINDOW_S
 RESEND_KEPT_MAX = 10_000  # results kept at most (the oldest are forgotten first)
 RESENDS_MAX = 3  # times one result is sent again at most (each after a connection it left on closed)
 # How long a resend tries to reach the owner: a cut lasting longer ends with the node declared

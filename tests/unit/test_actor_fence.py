@@ -72,3 +72,36 @@ def test_a_node_that_leaves_has_nothing_left_to_fence() -> None:
     table.started("y", "py", A)
     table.node_left("x")
     assert table.stale("x") == []
+
+
+def test_regression_the_owners_restart_on_a_node_declared_dead_for_a_moment_displaces_the_cut_off_instance() -> None:
+    # Issue 27's split brain (network soak, plan seed 30, a 17 s cut): x is cut off and its actor restarts
+    # on y, whose heartbeats are late for a moment then (a loaded machine: the GCS declares it dead too),
+    # so y reports the new start only as it registers again. Kept from being current (an instance lived
+    # "elsewhere": on x, itself declared dead), the owner's new instance on y was fenced, and the cut-off
+    # one on x kept when x came back.
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.declared_dead("x")  # the long cut
+    table.declared_dead("y")  # late heartbeats, for a moment
+    table.started("y", "py", A)  # the owner's restart, reported with y's registration
+    table.registered("y", {"py": A})
+    assert table.current(A) == "py"
+    assert table.stale("y") == []  # the instance the owner follows lives
+    table.registered("x", {"px": A})  # the heal
+    assert table.stale("x") == ["px"]  # the cut-off one is fenced
+
+
+def test_regression_the_owners_restart_displaces_the_cut_off_instance_also_when_its_node_came_back_first() -> None:
+    # As above, but x's registration after the heal reaches the GCS before y's: the cut-off instance is
+    # current again for a moment (nothing else was heard), and y's report must still displace it.
+    table = ActorInstances()
+    table.started("x", "px", A)
+    table.declared_dead("x")
+    table.declared_dead("y")
+    table.registered("x", {"px": A})
+    assert table.stale("x") == []
+    table.started("y", "py", A)
+    table.registered("y", {"py": A})
+    assert table.current(A) == "py"
+    assert table.stale("y") == [] and table.stale("x") == ["px"]

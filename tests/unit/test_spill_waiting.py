@@ -12,6 +12,7 @@ from typing import Any
 
 from ember.scheduler._spec import FailureCause
 from ember.scheduler._spec import TaskKind, TaskSpec
+from ember.scheduler._relay import KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
 from ember.scheduler._spill import UNPLACED_RETRY_S, Spiller
 
 ME = "node-me"
@@ -177,3 +178,20 @@ def test_a_node_dying_soon_after_a_forwarded_task_finished_has_its_owner_check_t
     assert scheduler.failed == [(running.task_id, FailureCause.WORKER_DIED)]
     assert rechecked == [finished.task_id]  # the owner ignores it if the result came; else it runs it again
     assert list(spiller._recently_done) == [elsewhere.task_id]
+
+
+def test_a_completion_before_a_cut_noticed_only_by_the_keepalive_has_its_owner_check_the_result():
+    # Issue 27: a node cut off just after a forwarded task's completion reached this node (its result, on
+    # another connection, lost in the cut) and its worker killed before it could send the result again.
+    # The connection to that node closes here only when the keepalive gives up, up to
+    # KEEPALIVE_S + KEEPALIVE_TIMEOUT_S after the cut: a window of 5 s let the owner wait for ever.
+    spiller, scheduler, clock = _spiller([])
+    rechecked: list[bytes] = []
+    scheduler.recheck_with_owner = lambda spec, detail: rechecked.append(spec.task_id)  # type: ignore[attr-defined]
+    scheduler.host_lost = lambda node_id, detail: None  # type: ignore[attr-defined]
+    finished = _spec()
+    spiller.forwarded[finished.task_id] = ("b", finished)
+    spiller.done([finished.task_id])
+    clock.now += KEEPALIVE_S + KEEPALIVE_TIMEOUT_S  # the cut began at once; the keepalive noticed it last
+    spiller._peer_closed(_Peer("b"))  # type: ignore[arg-type]
+    assert rechecked == [finished.task_id]
