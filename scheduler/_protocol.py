@@ -189,6 +189,11 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def has_unsent(self) -> bool:
+        """Whether messages wait to leave: never on a closed connection, whose messages go nowhere."""
+        return not self._closed and bool(self._pending or self._unsent)
+
     # -- sending -----------------------------------------------------------
 
     def send(self, msg: tuple) -> None:
@@ -199,6 +204,8 @@ class Connection:
         gather for the writer thread, which sends them as one frame.
         """
         with self._pending_lock:
+            if self._closed:
+                return  # it would never leave: a closed connection keeps nothing (its user reconnects)
             self._pending.append(msg)
             first = len(self._pending) == 1
         if first:
@@ -214,7 +221,8 @@ class Connection:
         round trip; on the synchronous path that is most of the latency.
         """
         with self._pending_lock:
-            self._pending.append(msg)
+            if not self._closed:
+                self._pending.append(msg)
 
     def send_now(self, msg: tuple) -> None:
         self.queue(msg)
@@ -401,7 +409,9 @@ class Connection:
     def _shutdown(self, error: BaseException | None) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._pending_lock:
+            self._closed = True
+            self._pending.clear()  # never to be sent: nothing holds on to them
         self._wake.set()
         shut_and_close(self._sock)
         closed = ConnectionClosed(f"connection to {self.name} closed" + (f": {error}" if error else ""))

@@ -287,7 +287,7 @@ class Owner:
         self.scheduler.flush(block=False)
         for state in list(self._actors.values()):
             conn = state.conn
-            if conn is not None and conn._pending:
+            if conn is not None and conn.has_unsent:
                 conn.flush(block=False)
 
     def flush(self) -> None:

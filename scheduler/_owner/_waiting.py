@@ -335,9 +335,10 @@ class Waiting:
             threading.Thread(target=self.rebuild.reconstruct, args=(lost,), name="ember-rebuild", daemon=True).start()
 
     def _has_pending(self) -> bool:
-        if self.links.scheduler._pending or self.links.store._pending:
+        # A closed connection has nothing to send (a store being reconnected): the wait must not spin on it.
+        if self.links.scheduler.has_unsent or self.links.store.has_unsent:
             return True
-        return any(s.conn is not None and s.conn._pending for s in self._actors.values())
+        return any(s.conn is not None and s.conn.has_unsent for s in self._actors.values())
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         self.check_refs(refs)

@@ -53,3 +53,22 @@ def test_peer_close_fails_pending_requests(tmp_path):
     with pytest.raises(Exception):
         fut.result(timeout=5)
     listener.close()
+
+
+def test_a_closed_connection_keeps_nothing_to_send(tmp_path):
+    # Regression: messages sent on a store connection that had closed piled up there for good, and a get
+    # waiting meanwhile saw them as "to flush" on every turn of its loop: it spun instead of waiting.
+    from ember.scheduler._protocol import Connection
+
+    ours, theirs = socket.socketpair()
+    conn = Connection(ours, lambda c, m: None, name="pair").start()
+    try:
+        conn.queue((Op.RESOURCES,))
+        assert conn.has_unsent  # queued on an open connection: waits for a flush
+        conn.close()
+        assert not conn.has_unsent
+        conn.send((Op.RESOURCES,))
+        conn.queue((Op.RESOURCES,))
+        assert not conn.has_unsent and conn._pending == []  # nothing kept for a connection that is gone
+    finally:
+        theirs.close()
