@@ -97,7 +97,8 @@ class RaisedResult:
 def split_outcome(spec: TaskSpec, value: Any) -> tuple[list, bool]:
     """``split``'s results, and whether the run failed: some are errors (``RaisedResult``) among its values."""
     outcome = split(spec, value)
-    return outcome, any(isinstance(result, RaisedResult) for result in outcome)
+    # Only a generator's results can hold errors among values: one type check on the common path.
+    return outcome, type(value) is types.GeneratorType and any(isinstance(result, RaisedResult) for result in outcome)
 
 
 def split(spec: TaskSpec, value: Any) -> list:
