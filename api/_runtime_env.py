@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = ["RESOLVED_MAX", "env_wire"]
 RESOLVED_MAX = 256  # resolved (option, base) pairs a process keeps
 
 _lock = threading.Lock()
+_content_keys: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()  # function -> its pickle's hash
 _resolved: "OrderedDict[tuple[int, str, str | None], tuple[str, str]]" = OrderedDict()  # by (owner, option, base)
 
 
@@ -53,5 +55,15 @@ def env_wire(owner: Owner, option: dict[str, Any], base: tuple[str, str] | None 
 
 def _content_key(value: Any) -> str:
     """A function in an option (a worker_process_setup_hook) as its pickle's hash: the same function, or an
-    equal one made again, finds its resolved environment."""
-    return hashlib.sha256(cloudpickle.dumps(value, protocol=5)).hexdigest()
+    equal one made again, finds its resolved environment. Pickled once per function object, not per
+    submission (a loop of ``f.options(runtime_env=...).remote()`` asks each time)."""
+    try:
+        return _content_keys[value]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referable: pickled now
+        pass
+    key = hashlib.sha256(cloudpickle.dumps(value, protocol=5)).hexdigest()
+    try:
+        _content_keys[value] = key
+    except TypeError:
+        pass
+    return key

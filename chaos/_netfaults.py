@@ -235,6 +235,7 @@ class Applied:
     table: str | None  # the nftables table (partition, loss)
     detail: str
     delay: _netdelay.DelayProcess | None = field(default=None, compare=False)  # NFQUEUE
+    link: str = INSIDE_LINK  # the link a delay is on (netem's qdisc, the NFQUEUE rule's -o)
 
 
 def apply(fault: NetFault, inside: list[str], peer_address: str | None = None) -> Applied:
@@ -269,7 +270,7 @@ def heal(applied: Applied) -> None:
             assert applied.table is not None, "an nftables fault has its table"
             run([*applied.inside, TOOLS["nft"], "delete", "table", "inet", applied.table], check=False)
         case Injection.NETEM:
-            run([*applied.inside, TOOLS["tc"], "qdisc", "del", "dev", INSIDE_LINK, "root"], check=False)
+            run([*applied.inside, TOOLS["tc"], "qdisc", "del", "dev", applied.link, "root"], check=False)
         case Injection.NFQUEUE:
             assert applied.delay is not None, "an NFQUEUE delay has its process"
             _netdelay.stop(applied.inside, applied.delay)
@@ -293,7 +294,7 @@ def _netem(fault: NetFault, inside: list[str], link: str) -> Applied | None:
         _tc(inside, ["qdisc", "replace", "dev", link, "root", "netem", *netem])
     except NetFaultUnavailableError:
         return None
-    return Applied(fault, tuple(inside), Injection.NETEM, None, f"{_said(fault)} (netem)")
+    return Applied(fault, tuple(inside), Injection.NETEM, None, f"{_said(fault)} (netem)", link=link)
 
 
 def _nfqueue(fault: NetFault, inside: list[str], link: str) -> Applied:
@@ -304,7 +305,7 @@ def _nfqueue(fault: NetFault, inside: list[str], link: str) -> Applied:
     delay = _netdelay.start(inside, f"{TABLE_PREFIX}{number}", number, fault.delay_ms, fault.jitter_ms,
                             seed=number, link=link)
     return Applied(fault, tuple(inside), Injection.NFQUEUE, None,
-                   f"{_said(fault)} (NFQUEUE {number}, delay process {delay.pid})", delay)
+                   f"{_said(fault)} (NFQUEUE {number}, delay process {delay.pid})", delay, link)
 
 
 def _nft(inside: list[str], table: str, rules: list[str]) -> None:
