@@ -413,9 +413,9 @@ class Executor:
             outcome = [error_bytes(task_error(spec, exc))] * result_count(spec)
         finally:
             core.current_task = None
-        self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
+        sent = self._send_result(conn, spec, outcome, failed, call_seq, started_us, inline)
         if spec.kind == TaskKind.ACTOR_CALL:
-            self._ran.ran(spec.task_id, outcome, failed)
+            self._ran.ran(spec.task_id, *sent)  # as sent: a large result stays in the store, not in memory here
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(label(spec), spec.task_id, spec.attempt, failed)
         if spec.kind == TaskKind.NORMAL:
@@ -486,11 +486,12 @@ class Executor:
         self._send_result(conn, spec, errors(spec, error), True, inline=inline)
 
     def _send_result(self, conn: Connection | None, spec: TaskSpec, outcome: list, failed: bool,
-                     call_seq: int = 0, started_us: int = 0, inline: bool = False) -> None:
-        """Send a run's outcome through ``self.results`` (``ResultSender.send``), with what it needs from here."""
+                     call_seq: int = 0, started_us: int = 0, inline: bool = False) -> tuple[list, bool]:
+        """Send a run's outcome through ``self.results`` (``ResultSender.send``), with what it needs from here;
+        the outcome as sent."""
         concurrent = self._calls is not None and spec.kind == TaskKind.ACTOR_CALL
         more = self._calls.running > 1 if concurrent else self._more_queued()  # type: ignore[union-attr]
-        self.results.send(conn, spec, outcome, failed, call_seq=call_seq, started_us=started_us, inline=inline,
+        return self.results.send(conn, spec, outcome, failed, call_seq=call_seq, started_us=started_us, inline=inline,
                           concurrent=concurrent, more=more, log_mark=self._log_mark, arg_copies=self._arg_copies)
 
     def _save_checkpoint(self) -> None:

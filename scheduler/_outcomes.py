@@ -94,6 +94,18 @@ class RaisedResult:
         self.data = data
 
 
+class SentResult:
+    """One result of a run as it was sent: its inline bytes, or None for one in the object store, and its
+    size. An actor keeps these of its last calls (``_ran_calls``), never the values themselves, and a
+    result sent again goes as it went the first time."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: bytes | None, size: int) -> None:
+        self.data = data
+        self.size = size
+
+
 def split_outcome(spec: TaskSpec, value: Any) -> tuple[list, bool]:
     """``split``'s results, and whether the run failed: some are errors (``RaisedResult``) among its values."""
     outcome = split(spec, value)

@@ -23,7 +23,9 @@ RAN_CALLS_KEPT = 128  # outcomes kept at most: a caller sends again only what it
 
 
 class RanCalls:
-    """Outcome ``(results, failed)`` of each of the last ``RAN_CALLS_KEPT`` calls run, by task id."""
+    """Outcome ``(results, failed)`` of each of the last ``RAN_CALLS_KEPT`` calls run, by task id: the
+    results as they were sent (``SentResult``: inline bytes, or the size of a result in the store), so
+    what is kept is small whatever the calls returned."""
 
     def __init__(self) -> None:
         self._outcomes: OrderedDict[bytes, tuple[list, bool]] = OrderedDict()

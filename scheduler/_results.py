@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ember.exceptions import LineageLogUnavailableError, SerializationError
 from ember.scheduler._actor_args import ActorArgCopies
 from ember.scheduler._object_ref import stream_end
-from ember.scheduler._outcomes import RaisedResult, error_bytes, errors, iterator_of, task_error
+from ember.scheduler._outcomes import RaisedResult, SentResult, error_bytes, errors, iterator_of, task_error
 from ember.scheduler._owner import INLINE_BYTES_MAX
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._spec import TaskKind, TaskSpec, item_id
@@ -66,8 +66,8 @@ class ResultSender:
 
     def send(self, conn: Connection | None, spec: TaskSpec, outcome: list, failed: bool, *, call_seq: int,
              started_us: int, inline: bool, concurrent: bool, more: bool, log_mark: int,
-             arg_copies: ActorArgCopies | None) -> None:
-        """Send a task's outcome to its owner; ``call_seq``: an actor call's place in the actor's order;
+             arg_copies: ActorArgCopies | None) -> tuple[list[SentResult], bool]:
+        """Send a task's outcome to its owner, and return it as sent (and whether it failed); ``call_seq``: an actor call's place in the actor's order;
         ``started_us``: when its run began (epoch microseconds; 0 if it did not run here); ``concurrent``:
         a call of an actor that runs calls together; ``more``: more work waits behind this one;
         ``log_mark``: the rows logged before the task's own.
@@ -110,6 +110,9 @@ class ResultSender:
         # before its errors (``RaisedResult``), and those go as any value does.
         all_errors = failed and not any(isinstance(value, RaisedResult) for value in outcome)
         for oid, value in zip(spec.return_ids(), outcome):
+            if isinstance(value, SentResult):  # sent before: as it went then (its store copy, if any, kept)
+                results.append((oid, value.data, value.size))
+                continue
             if all_errors or isinstance(value, RaisedResult):
                 data = value.data if isinstance(value, RaisedResult) else value
                 results.append((oid, data, len(data)))
@@ -164,6 +167,7 @@ class ResultSender:
             for oid, data, size in results:
                 if data is None:
                     self.late_hashes().schedule(oid, size)
+        return [SentResult(data, size) for _, data, size in results], failed
 
     def take_done(self) -> list[bytes]:
         """The completions not yet told to the scheduler; forgotten here."""

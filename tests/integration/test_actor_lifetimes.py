@@ -320,3 +320,30 @@ def test_a_handle_that_left_the_process_keeps_its_actor(fault_cluster):
     del holder  # no handle object is left in this process
     [again] = ember.get(boxed, timeout=BOUND_S)
     assert ember.get(again.ping.remote(), timeout=BOUND_S) == "pong"  # not freed: its handle had left
+
+
+@ember.remote
+class BigResults:
+    def big(self, n: int):
+        import numpy as np
+
+        return np.full(n, 7, dtype=np.int64)
+
+    def kept(self) -> list[tuple[str, bool, int]]:
+        """What the actor keeps of its last calls' outcomes, to answer a call sent again."""
+        from ember.scheduler import _context
+
+        ran = _context.PROCESS.owner._messages.executor._ran
+        return [(type(result).__name__, result.data is None, result.size)
+                for results, _ in ran._outcomes.values() for result in results]
+
+
+def test_an_actor_keeps_its_last_results_as_sent_not_their_values(fault_cluster):
+    # Regression: the actor kept each of its last 128 calls' returned values, to answer a call sent again
+    # after a broken connection; 128 large arrays stayed in its memory. Now it keeps them as sent: a
+    # large result is the store's, and only its size is kept here.
+    actor = BigResults.remote()
+    values = ember.get([actor.big.remote(1_000_000) for _ in range(3)], timeout=BOUND_S)
+    assert all(int(v[0]) == 7 and len(v) == 1_000_000 for v in values)
+    kept = ember.get(actor.kept.remote(), timeout=BOUND_S)
+    assert kept == [("SentResult", True, kept[0][2])] * 3 and kept[0][2] >= 8_000_000
