@@ -145,8 +145,12 @@ def test_the_global_scheduler_places_a_task_where_its_large_input_is(three_nodes
     # Node 3 busy, node 2 idle: by load alone, node 2 would get the tasks that read ``big``.
     busy = sleeper.options(**on(3)).remote(1.0)
     assert poll_until(lambda: ember.available_resources().get("node3", 1.0) < 1.0, 30.0), "node 3 never got busy"
-    reading = [total.options(resources={"spare": 0.01}).remote(big) for _ in range(3)]
-    assert ember.get(reading, timeout=GET_TIMEOUT_S) == [(2_000_000, ids[2])] * 3
+    # Two readers: node 3's load is then 3 tasks per CPU (the sleeper and both), under the global
+    # scheduler's locality slack (4.0) by one. With three it was exactly at the slack: anything more
+    # counted on node 3 sent the last reader away, as the policy says it should. Seen once, in a
+    # fresh-check while other tests ran beside it; what the extra count was is not pinned down.
+    reading = [total.options(resources={"spare": 0.01}).remote(big) for _ in range(2)]
+    assert ember.get(reading, timeout=GET_TIMEOUT_S) == [(2_000_000, ids[2])] * 2
     ember.get(busy, timeout=GET_TIMEOUT_S)
 
 
