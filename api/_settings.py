@@ -64,6 +64,9 @@ class Settings:
     log_sync_commit: bool = True
     gcs_outage_alert_s: float = 30.0  # tell the driver when the log has been unreachable this long
     node_dead_after_s: float = 1.0  # a node silent this long is declared dead
+    # A cluster node's actors hold calls while the GCS has not answered it (scheduler/_actor_lease.py);
+    # held this long, the calls are refused with ActorUnavailableError until it answers again.
+    actor_hold_max_s: float = 60.0
     # -- objects ---------------------------------------------------------------------------
     put_copies: bool = True  # durable copies of large puts, by-value arguments and actor results
     put_copy_max_bytes: int = PUT_COPY_MAX_BYTES

@@ -402,12 +402,15 @@ class ActorRestartLoopError(EmberUserError):
 
 
 class ActorUnavailableError(RayActorError):
-    """Ray's error for an actor that is restarting and cannot take calls right now.
+    """Ray's error for an actor that cannot take calls right now; the call did not run.
 
-    ember does not raise it: a call on a restarting actor waits for the
-    restart (its calls are logged and replayed), and one that cannot be run
-    again raises ``ActorDiedError``. Defined for Ray programs' ``except``
-    clauses.
+    A call on a restarting actor waits for the restart (its calls are logged
+    and replayed), and one that cannot be run again raises ``ActorDiedError``.
+    ember raises this one in a cluster only: for a call that reached an actor
+    whose node has not heard from the GCS for longer than the calls' hold
+    allows (``EMBER_ACTOR_HOLD_MAX_S``, 60 s; docs/fault-tolerance.md,
+    "The lease on actor calls"). The call did not run, so sending it again
+    is safe.
     """
 
     def _message(self) -> str:

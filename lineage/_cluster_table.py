@@ -85,14 +85,15 @@ class ClusterTable:
         )])
         return {bytes(r[0]).hex(): r[1] for r in rows}  # the latest start wins
 
-    def live_actor_instances(self) -> list[tuple[str, str, str]]:
-        """(actor id, node id, process id), hex, of every live actor process, oldest start first."""
+    def live_actor_instances(self) -> list[tuple[str, str, str, int]]:
+        """(actor id, node id, process id, generation), ids hex, of every live actor process, oldest start
+        first."""
         (rows,) = self._run([(
-            "SELECT actor_id, node_id, worker_id FROM workers WHERE cluster_id = %s AND actor_id IS NOT NULL "
-            "AND ended_at IS NULL AND node_id IS NOT NULL ORDER BY started_at",
+            "SELECT actor_id, node_id, worker_id, generation FROM workers WHERE cluster_id = %s "
+            "AND actor_id IS NOT NULL AND ended_at IS NULL AND node_id IS NOT NULL ORDER BY started_at",
             (self.cluster_id,),
         )])
-        return [(bytes(r[0]).hex(), r[1], bytes(r[2]).hex()) for r in rows]
+        return [(bytes(r[0]).hex(), r[1], bytes(r[2]).hex(), r[3] or 0) for r in rows]
 
     def actor_names(self) -> dict[str, tuple[str, str]]:
         """Name -> (actor id hex, handle metadata) of this cluster's named actors."""
@@ -182,9 +183,9 @@ class ClusterTable:
             if ev["type"] == "started":
                 actor = bytes.fromhex(ev["actor_id"]) if ev.get("actor_id") else None
                 statements.append((
-                    "INSERT INTO workers (worker_id, cluster_id, node_id, pid, kind, actor_id) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO NOTHING",
-                    (process_id, self.cluster_id, node_id, ev["pid"], ev["kind"], actor),
+                    "INSERT INTO workers (worker_id, cluster_id, node_id, pid, kind, actor_id, generation) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO NOTHING",
+                    (process_id, self.cluster_id, node_id, ev["pid"], ev["kind"], actor, ev.get("generation")),
                 ))
             elif ev["type"] == "died":
                 statements.append((

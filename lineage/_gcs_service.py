@@ -113,12 +113,13 @@ class GcsService:
         own = req.get("own") or []
         if not all(type(p) is str for p in own):
             raise BadRequest(f"field 'own' is {own!r:.60}, not a list of process ids (hex)")
-        own_actors = req.get("own_actors") or {}
-        for process_hex, actor_hex in own_actors.items():
-            _hex(process_hex, "own_actors"), _hex(actor_hex, "own_actors")
+        own_actors = _own_actors(req.get("own_actors") or {})
         self._note_actors(req["node_id"], req.get("events"))
         with self._lock:
             self._instances.registered(req["node_id"], own_actors)
+            for process_hex, (actor_hex, _) in own_actors.items():
+                if self._instances.current(actor_hex) == process_hex:
+                    self._actor_nodes[actor_hex] = req["node_id"]
             stale = self._instances.stale(req["node_id"])
         # A superseded actor instance is not back with its node: the node kills it on this answer.
         spared = [_hex(p, "own") for p in own if p not in stale]
@@ -471,8 +472,10 @@ class GcsService:
         with self._lock:
             for event in events or ():
                 if event["type"] == "started" and event.get("actor_id"):
-                    self._actor_nodes[event["actor_id"]] = node_id
-                    self._instances.started(node_id, event["process_id"], event["actor_id"])
+                    self._instances.started(node_id, event["process_id"], event["actor_id"],
+                                            event.get("generation") or 0)
+                    if self._instances.current(event["actor_id"]) == event["process_id"]:
+                        self._actor_nodes[event["actor_id"]] = node_id  # not a superseded instance's
                 elif event["type"] == "died":
                     self._instances.died(node_id, event["process_id"])
 
@@ -509,12 +512,14 @@ class GcsService:
                     log.error("placement group row not loaded: %s %r", exc, record)
             for actor_id, node_id in actors.items():
                 self._actor_nodes.setdefault(actor_id, node_id)  # a start reported since is newer
-            heard = {actor_id for actor_id, _, _ in instances if self._instances.current(actor_id) is not None}
-            for actor_id, node_id, process_id in instances:  # oldest first: the latest start is current ...
-                if actor_id in heard:  # ... unless a start was heard since this service started: that one is
-                    self._instances.registered(node_id, {process_id: actor_id})
+            heard = {actor_id for actor_id, _, _, _ in instances if self._instances.current(actor_id) is not None}
+            # Oldest first: of one generation, the latest start is current, unless a start was heard since
+            # this service started: that one is. A higher generation is current either way.
+            for actor_id, node_id, process_id, generation in instances:
+                if actor_id in heard:
+                    self._instances.registered(node_id, {process_id: (actor_id, generation)})
                 else:
-                    self._instances.started(node_id, process_id, actor_id)
+                    self._instances.started(node_id, process_id, actor_id, generation)
             for name, claim in names.items():
                 self._names.setdefault(name, claim)
         self.loaded.set()
@@ -670,7 +675,7 @@ def _endpoint(address: str) -> str | None:
 
 
 _EVENT_FIELDS: dict[str, dict[str, Any]] = {
-    "started": {"process_id": str, "pid": int, "kind": str, "actor_id": (str, None)},
+    "started": {"process_id": str, "pid": int, "kind": str, "actor_id": (str, None), "generation": (int, None)},
     "died": {"process_id": str, "cause": str},
 }
 
@@ -714,6 +719,20 @@ def _hex(value: str, name: str) -> bytes:
         raise BadRequest(f"field {name!r} is {value!r:.60}, not hex") from exc
 
 
+def _own_actors(own: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """A registration's ``own_actors`` ({process id: [actor id, generation]}), checked."""
+    checked = {}
+    for process_hex, entry in own.items():
+        _hex(process_hex, "own_actors")
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or type(entry[0]) is not str
+                or type(entry[1]) is not int or entry[1] < 0):
+            raise BadRequest(f"own_actors[{process_hex!r:.40}] is {entry!r:.60}, expected [actor id (hex), "
+                             "generation (an int >= 0)]")
+        _hex(entry[0], "own_actors")
+        checked[process_hex] = (entry[0], entry[1])
+    return checked
+
+
 def _check_events(req: dict[str, Any]) -> None:
     for i, event in enumerate(req.get("events") or ()):
         if not isinstance(event, dict) or event.get("type") not in _EVENT_FIELDS:
@@ -727,6 +746,8 @@ def _check_events(req: dict[str, Any]) -> None:
             raise BadRequest(f"event {i}: kind {event['kind']!r:.40} is not one of {', '.join(_LOGGED_KINDS)}")
         if event.get("actor_id"):
             _hex(event["actor_id"], "actor_id")
+        if event.get("generation") is not None and event["generation"] < 0:
+            raise BadRequest(f"event {i}: generation {event['generation']} is negative")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,6 +60,8 @@ workers = sa.Table(
     sa.Column("pid", sa.Integer),
     sa.Column("kind", sa.Text),
     sa.Column("actor_id", BYTEA),  # v2: the actor a worker was started for
+    # v15: that actor instance's generation, which the GCS's actor fence reloads (lineage/_actor_fence.py)
+    sa.Column("generation", sa.Integer),
     sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("ended_at", sa.DateTime(timezone=True)),
     sa.Column("death_cause", sa.Text),
@@ -353,6 +355,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS runtime_env TEXT",
         "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS namespace TEXT",
         # runtime_envs and runtime_env_packages are new tables: create_all makes them.
+    ],
+    15: [
+        "ALTER TABLE workers ADD COLUMN IF NOT EXISTS generation INTEGER",
     ],
 }
 

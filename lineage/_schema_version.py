@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ember.exceptions import EmberOperationError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 # The oldest log the readers (``ember list``, ``lineage``, ``replay``) read as it is:
 # v5 added the content hashes they compare. Older logs are upgraded by running ember once.
 READABLE_MIN_VERSION = 5
@@ -33,6 +33,7 @@ PLACEMENT_GROUPS_VERSION = 13
 # v14 added each task's runtime_env (tasks.runtime_env, runtime_envs, runtime_env_packages) and each
 # job's namespace (jobs.namespace): readers of an older log read every task as run without one.
 RUNTIME_ENV_VERSION = 14
+# v15 added each actor process's generation (workers.generation), which only the GCS reads.
 
 
 def check_readable(query: Callable[[str], list]) -> int:

@@ -28,9 +28,11 @@ from typing import Any
 import cloudpickle
 
 from ember.chaos import _agent
-from ember.exceptions import ActorDiedError, ActorRestartLoopError, EmberInternalError, TaskCancelledError
+from ember.exceptions import (ActorDiedError, ActorRestartLoopError, ActorUnavailableError, EmberInternalError,
+                              TaskCancelledError)
 from ember.scheduler._accelerators import Devices
 from ember.scheduler._actor_args import ActorArgCopies
+from ember.scheduler._actor_lease import HELD_TOO_LONG, RUN, HeldCalls
 from ember.scheduler._actor_concurrency import Concurrency, ConcurrentCalls
 from ember.scheduler._actor_exit import RESTART_FROM_CONSTRUCTOR, TERMINATE_METHOD, TERMINATE_POLL_S, ActorExit
 from ember.scheduler._actor_recovery import CLAIM_WAIT_S, read_replay, read_restore, save_checkpoint
@@ -42,7 +44,7 @@ from ember.scheduler._outcomes import (TERMINATED, UpstreamError, error_bytes, e
 from ember.scheduler._protocol import Connection, Op
 from ember.scheduler._object_ref import ObjectRef, is_dynamic, stream_end
 from ember.scheduler._results import ResultSender
-from ember.scheduler._spec import READY_METHOD, STREAMING, ArgKind, CallLimited, TaskKind, TaskSpec, ready
+from ember.scheduler._spec import READY_METHOD, STREAMING, ArgKind, CallCounts, TaskKind, TaskSpec, ready
 from ember.store import ObjectKind, deserialize, serialize_error, to_bytes
 
 log = logging.getLogger("ember.executor")
@@ -78,7 +80,7 @@ class Executor:
         self._cancelled: set[bytes] = set()
         self._stop = False
         self._call_seq = 0
-        self._call_counts: dict[bytes, int] = {}  # runs here of each function that has max_calls
+        self._call_counts = CallCounts()  # runs here of each function that has max_calls
         self._retiring = False  # ran a function max_calls times: every task sent from now on goes back
         # Why this worker's runtime_env could not be set up (``_worker_main``): every task it is given
         # fails with it, unrun, and it retires after the first.
@@ -87,6 +89,7 @@ class Executor:
         # A restarted actor's replayed calls by task id: a caller sending one again gets this outcome.
         self._replayed: dict[bytes, tuple[list, bool]] = {}
         self._ran = RanCalls()  # the calls run last: one sent again after a broken connection is answered
+        self._held = HeldCalls()  # calls its node holds while the GCS does not answer it (_actor_lease.py)
         # Replayed calls no caller took a result of yet: their callers send them again. An actor whose
         # replay ran the call that ended it waits for them before it ends (``_end_when_claimed``).
         self._unclaimed: set[bytes] = set()
@@ -295,6 +298,9 @@ class Executor:
                 self._run_task(conn, msg[1])
         elif op == Op.EXECUTE or op == Op.ACTOR_CALL:
             self._run_task(conn, msg[1])
+        elif op == Op.HOLD_CALLS:
+            for conn, spec in self._held.set(msg[1]):
+                self._run_task(conn, spec)  # in the order they came (or refused, when held too long)
         elif op == Op.BECOME_ACTOR:
             self.devices.keep(msg[4] if len(msg) > 4 else (), dict(msg[1].resources))
             self._become_actor(msg[1], msg[2], msg[3] if len(msg) > 3 else 0, *msg[5:])
@@ -346,6 +352,10 @@ class Executor:
             self.core.waiting.wait_ready([ObjectRef(a[1], a[2]) for a in refs], len(refs), None)
 
     def _run_task(self, conn: Connection | None, spec: TaskSpec, inline: bool = False) -> None:
+        if spec.kind == TaskKind.ACTOR_CALL and self._held.mode != RUN:  # its node lost the GCS a while ago
+            if not self._held.keep(conn, spec):
+                self._send_error(conn, spec, ActorUnavailableError(self._actor_name, HELD_TOO_LONG))
+            return
         if self._calls is not None and spec.kind == TaskKind.ACTOR_CALL:
             self._calls.submit(conn, spec)  # runs on its group's threads or event loop
             return
@@ -418,22 +428,11 @@ class Executor:
             self._ran.ran(spec.task_id, *sent)  # as sent: a large result stays in the store, not in memory here
         if _agent.AGENT is not None:
             _agent.AGENT.task_finished(label(spec), spec.task_id, spec.attempt, failed)
-        if spec.kind == TaskKind.NORMAL:
-            self._count_call(spec.function_id)
-            if self.env_error is not None and not self._retiring:
-                self._retire()
+        if spec.kind == TaskKind.NORMAL and not self._retiring and (self.env_error is not None or self._call_counts.ran(
+                spec.function_id, self._functions.get(spec.function_id))):
+            self._retire()  # ran its max_calls-th time here, or cannot set up its runtime_env
         if self._exit_reason is not None and spec.kind == TaskKind.ACTOR_CALL:
             self._end_actor()
-
-    def _count_call(self, function_id: bytes) -> None:
-        """After the ``max_calls``-th run here of a function that has them: hand back what waits, and retire."""
-        fn = self._functions.get(function_id)
-        if not isinstance(fn, CallLimited):
-            return
-        calls = self._call_counts[function_id] = self._call_counts.get(function_id, 0) + 1
-        if calls < fn.max_calls or self._retiring:
-            return
-        self._retire()
 
     def _retire(self) -> None:
         """Take no more tasks: hand back what waits, and stop once the scheduler has them."""

@@ -37,11 +37,14 @@ class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
                  resources: dict[str, float], available: Any = None, queued: Any = None,
                  transfer: str | None = None, on_view: Any = None, bundles: Any = None,
-                 on_bundles: Any = None, on_stale: Any = None) -> None:
+                 on_bundles: Any = None, on_stale: Any = None, on_answer: Any = None) -> None:
         self.node_id = node_id
         # ([process id hex]) -> None: actor processes of this node that a later instance of their actor
         # replaced (it was cut off, and the actor restarted elsewhere): the node kills them (the fence).
         self._on_stale = on_stale
+        # () -> None: the GCS answered a registration or a heartbeat, after ``on_stale`` took its answer
+        # (the lease on actors' calls, scheduler/_actor_lease.py).
+        self._on_answer = on_answer
         # () -> {"held", "refused", "awaiting"}: the placement group bundles this node holds, for each heartbeat;
         # ({key: {"resources", "phase"}}, [gone group ids]) -> bool: the GCS's answer, True if it changed something.
         self._bundles = bundles
@@ -66,19 +69,25 @@ class GcsLink:
         # (its answer lost) must not end them in the log with a dead scheduler's, and a node presumed
         # dead that comes back has them open again.
         self._own: set[str] = set()
-        self._own_actors: dict[str, str] = {}  # of those, the actors' processes: process id -> actor id (hex)
+        # Of those, the actors' processes: process id -> [actor id (hex), the instance's generation].
+        self._own_actors: dict[str, list] = {}
         self.gcs_pid: int | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="ember-gcs-link", daemon=True).start()
 
-    def started(self, process_id: bytes, kind: ProcessKind, pid: int, actor_id: bytes | None = None) -> None:
+    def started(self, process_id: bytes, kind: ProcessKind, pid: int, actor_id: bytes | None = None,
+                generation: int = 0) -> None:
+        """A process of this node started; an actor's carries its instance's generation (the fence's)."""
         with self._lock:
             self._own.add(process_id.hex())
             if actor_id:
-                self._own_actors[process_id.hex()] = actor_id.hex()
-        self._push({"type": "started", "process_id": process_id.hex(), "kind": kind, "pid": pid,
-                    "actor_id": actor_id.hex() if actor_id else None})
+                self._own_actors[process_id.hex()] = [actor_id.hex(), generation]
+        event = {"type": "started", "process_id": process_id.hex(), "kind": kind, "pid": pid,
+                 "actor_id": actor_id.hex() if actor_id else None}
+        if actor_id:
+            event["generation"] = generation
+        self._push(event)
 
     def died(self, process_id: bytes, cause: str) -> None:
         with self._lock:
@@ -142,6 +151,7 @@ class GcsLink:
                     self.restarted = False
                     self._acknowledged(len(events))
                     self._fence(reply)
+                    self._answered()
                 else:
                     beat: dict[str, Any] = {"node_id": self.node_id, "events": events}
                     if self._available is not None:
@@ -157,6 +167,7 @@ class GcsLink:
                     if reply.get("known"):
                         self._acknowledged(len(events))
                         self._fence(reply)
+                        self._answered()
                         if self._on_view is not None and isinstance(reply.get("view"), dict):
                             self._on_view(reply["view"])
                         if (self._on_bundles is not None and isinstance(reply.get("bundles"), dict)
@@ -186,6 +197,10 @@ class GcsLink:
                 log.warning("the GCS fenced %d actor process(es) of this node: their actors run elsewhere now",
                             len(mine))
                 self._on_stale(mine)
+
+    def _answered(self) -> None:
+        if self._on_answer is not None:
+            self._on_answer()
 
     def stop(self, cause: str) -> None:
         """Say goodbye (bounded): the node's end and its last events get recorded."""

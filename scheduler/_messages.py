@@ -90,6 +90,7 @@ SHAPES: dict[int, tuple[tuple[Field, ...], int]] = {
     Op.CANCEL_RUNNING: ((TID, bool, bool), 2),  # ..., recursive, force (absent: False, False)
     # ..., restarts, its GPU devices, its concurrency (wire form), its restart_from, how its previous process ended
     Op.BECOME_ACTOR: ((TaskSpec, (bytes, _NONE), int, tuple, (tuple, _NONE), (str, _NONE), (str, _NONE)), 5),
+    Op.HOLD_CALLS: ((int,), 0),  # RUN, HOLD or REFUSE
     Op.TASK_FAILED: ((TID, int, str, str), 0),
     Op.ACTOR_STATE: ((AID, bool, (str, _NONE), (str, _NONE), bool, int), 0),
     # between owners
@@ -136,12 +137,12 @@ STORE_OPS = frozenset({Op.SEALED, Op.SUBSCRIBE, Op.FREE, Op.ALLOC_SEGMENT, Op.ST
 CORE_OPS = frozenset({
     Op.TASK_RESULT, Op.OBJECT_READY, Op.ACTOR_STATE, Op.TASK_FAILED, Op.OBJECT_WANTED, Op.FLUSH_LOG,
     Op.LINEAGE_DURABLE, Op.LOCATE, Op.OBJECT_AT, Op.OBJECT_VALUE, Op.OBJECT_LOST_AT, Op.PULL_FAILED,
-    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.STREAM_ITEM, Op.ACTOR_HANDLES,
+    Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.HOLD_CALLS, Op.STREAM_ITEM, Op.ACTOR_HANDLES,
 })
 # What an actor takes on a caller's connection once it has adopted it.
 CALL_OPS = frozenset({Op.ACTOR_CALL, Op.CANCEL_CALL})
 # Only the node's scheduler sends these: from anyone else they are refused.
-FROM_SCHEDULER_ONLY = frozenset({Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR})
+FROM_SCHEDULER_ONLY = frozenset({Op.EXECUTE, Op.CANCEL_RUNNING, Op.BECOME_ACTOR, Op.HOLD_CALLS})
 
 
 def _field_problem(value: Any, field: Field) -> str | None:

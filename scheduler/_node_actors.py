@@ -23,6 +23,7 @@ from typing import Any
 
 from ember.lineage._states import ActorState
 from ember.scheduler._actor_concurrency import concurrency_in_meta
+from ember.scheduler._actor_lease import RUN, Lease
 from ember.scheduler._actor_exit import restart_from_in_meta
 from ember.scheduler._infeasible import CANNOT_SCHEDULE, actor_cannot_start
 from ember.scheduler._gcs_link import GcsLink
@@ -37,7 +38,7 @@ __all__ = ["NodeActors"]
 
 class _Actor:
     __slots__ = ("spec", "state", "address", "worker", "reason", "subscribers", "detached", "meta", "name",
-                 "restarts", "host", "last_death")
+                 "restarts", "host", "last_death", "generation")
 
     def __init__(self) -> None:
         self.spec: TaskSpec | None = None
@@ -52,13 +53,18 @@ class _Actor:
         self.name: str | None = None
         self.host: str | None = None  # the node it runs on, when another: its states are relayed from there
         self.last_death: str | None = None  # how its previous process ended ("pid 7 exited with code 0")
+        # Its restart count when it was placed on this node: raised only by the node that placed it
+        # (``create`` with ``restarts``), not by a restart of its process here. The GCS fences an
+        # instance whose actor has one of a higher generation (``lineage/_actor_fence.py``).
+        self.generation = 0
 
 
 class NodeActors:
     """The actor table of one node scheduler (used under the scheduler's lock)."""
 
     def __init__(self, queue: NodeQueue, workers: WorkerPool, gcs: GcsLink, spiller: Spiller | None,
-                 outbox: Outbox, functions: dict[bytes, bytes], clock: Callable[[], float]) -> None:
+                 outbox: Outbox, functions: dict[bytes, bytes], clock: Callable[[], float],
+                 lease: Lease | None = None) -> None:
         self._queue = queue
         self._workers = workers
         self._gcs = gcs
@@ -66,6 +72,7 @@ class NodeActors:
         self._outbox = outbox
         self._functions = functions  # function id -> its code, shared with the service that registers them
         self._clock = clock
+        self._lease = lease  # a cluster node's: its actors hold calls while the GCS does not answer it
         self._actors: dict[bytes, _Actor] = {}
         self._names: dict[str, bytes] = {}
 
@@ -138,6 +145,11 @@ class NodeActors:
             # would start a second instance, and hold its resources twice.
             self._publish(actor_id)
             return []
+        actor.restarts = max(actor.restarts, restarts)  # a record following it here may have counted fewer
+        actor.generation = actor.restarts  # placed here now, by the placer's count
+        # No longer followed on the node it ran on: a state relayed from there (its old instance fenced
+        # there says "restarting") must not override this node's own instance.
+        actor.host = None
         if spec.strategy is not None and not self._queue.is_placed(actor_id):
             admitted = self._queue.admit_strategy(spec.strategy, actor_id, spec.resources)
             if admitted is Admission.SPILL:
@@ -160,6 +172,11 @@ class NodeActors:
         self._queue.want_actor(actor_id, spec.resources, spec.runtime_env)
         return self._queue.place_actors(self._clock())
 
+    def generation_of(self, actor_id: bytes) -> int:
+        """The generation of the actor's instance here (0 for one this node does not place)."""
+        actor = self._actors.get(actor_id)
+        return 0 if actor is None else actor.generation
+
     def placed_on(self, actor_id: bytes, worker: int) -> None:
         """The worker process started for the actor (a ``Spawn`` the service carried out)."""
         self._actors[actor_id].worker = worker
@@ -172,6 +189,8 @@ class NodeActors:
         self._outbox.send(w.exec_conn, (Op.BECOME_ACTOR, spec, self._functions.get(spec.function_id),
                                         actor.restarts, self._queue.gpus_of(w.key), concurrency_in_meta(actor.meta),
                                         restart_from_in_meta(actor.meta), actor.last_death))
+        if self._lease is not None and self._lease.mode != RUN:
+            self._outbox.send(w.exec_conn, (Op.HOLD_CALLS, self._lease.mode))
 
     def ready(self, actor_id: bytes, address: str) -> None:
         actor = self._actor(actor_id)
@@ -231,13 +250,19 @@ class NodeActors:
 
     def fence(self, actor_id: bytes, worker: int, reason: str) -> None:
         """The actor's process ``worker`` here is a superseded instance (the actor was restarted on another
-        node while this one was cut off): SIGKILL it (it must not run on, nor flush anything) and forget
-        the actor here without a word to its subscribers (a "dead" relayed from here would end the actor
-        that lives on elsewhere). Its death, reported as any, restarts nothing: the actor is not here."""
+        node while this one was cut off): SIGKILL it (it must not run on, nor flush anything), and follow
+        the actor where it runs now, as one this node did not place: its subscribers hear "restarting",
+        then where it is alive (never "dead", which would end the actor that lives on elsewhere). The
+        process's death, reported as any, restarts nothing: the actor is not here."""
         actor = self._actors.get(actor_id)
         if actor is None or actor.worker != worker:
+            # Not the actor's process here (an older one that outlived a new placement here): only it goes.
+            w = self._workers.get(worker)
+            if w is not None and w.actor_id == actor_id:
+                if w.worker_id is not None:
+                    self._gcs.died(w.worker_id, f"fenced: {reason}")
+                self._workers.kill(worker)
             return
-        del self._actors[actor_id]
         self._queue.forget_actor(actor_id)
         w = self._workers.get(worker)
         if w is not None and w.worker_id is not None:
@@ -245,6 +270,35 @@ class NodeActors:
         self._workers.kill(worker)
         if actor.name is not None and self._names.get(actor.name) == actor_id:
             del self._names[actor.name]  # here only: the name is the live instance's, elsewhere
+        actor.spec, actor.worker, actor.host, actor.address = None, None, None, None
+        actor.state, actor.reason = ActorState.RESTARTING, f"its instance here was superseded: {reason}"
+        self._publish(actor_id)
+        if self._spiller is not None:
+            self._spiller.find_actor(actor_id)  # callers here, and nodes following it from here, go there
+
+    def fence_processes(self, process_ids: list[str]) -> None:
+        """The GCS says these actor processes here (ids, hex) are superseded instances: kill them, silently."""
+        for w in list(self._workers):
+            if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in process_ids:
+                self.fence(w.actor_id, w.key, "a later instance of its actor runs on another node")
+
+    # -- the lease on calls (scheduler/_actor_lease.py) --------------------------------------
+
+    def gcs_answered(self) -> None:
+        """The GCS answered this node, and the stale instances it named are killed: calls may run."""
+        if self._lease is not None:
+            self._hold_calls(self._lease.answered(self._clock()))
+
+    def lease_tick(self, now: float) -> None:
+        if self._lease is not None:
+            self._hold_calls(self._lease.tick(now))
+
+    def _hold_calls(self, mode: int | None) -> None:
+        if mode is None:
+            return
+        for w in self._workers:
+            if w.actor_id is not None and w.exec_conn is not None:
+                self._outbox.send(w.exec_conn, (Op.HOLD_CALLS, mode))
 
     def kill(self, actor_id: bytes, reason: str) -> None:
         actor = self._actors.get(actor_id)

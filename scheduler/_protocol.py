@@ -114,6 +114,7 @@ class Op:
     LIST_NAMED_ACTORS = 70  # the names of the cluster's live named actors
     RETIRE = 71  # worker -> its scheduler: I ran a function max_calls times; here are tasks back, stop me when idle
     ACTOR_HANDLES = 80  # a borrower -> an actor's creator: I hold handles to it now, no longer, or one escaped
+    HOLD_CALLS = 81  # scheduler -> an actor's worker: run, hold or refuse calls (scheduler/_actor_lease.py)
 
 
 OP_NAMES: dict[int, str] = {v: k for k, v in vars(Op).items() if type(v) is int}

@@ -26,11 +26,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, assert_never
 
 from ember import _settings
 from ember.chaos import _agent
 from ember.lineage._states import ProcessKind
+from ember.scheduler._actor_lease import Lease
 from ember.scheduler._bundles import Bundles
 from ember.scheduler._gcs_link import GcsLink, process_id
 from ember.scheduler._infeasible import CANNOT_SCHEDULE
@@ -105,14 +107,16 @@ class Scheduler:
         self._recovery_deadline = 0.0
         self._resumes_waiting: list[tuple[Connection, int, list]] = []
         self._cancelled_early: set[bytes] = set()  # cancelled while the predecessor's queue was being read
-        self._force_kills: list[tuple[int, int, float]] = []  # (worker key, pid, kill after): force cancels
         self.bundles = Bundles(self.queue.resources)  # placement group bundles reserved here
         self.gcs = GcsLink(session.gcs_address, session.token(), node_id, self.address, resources,
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address, on_view=self._cluster_view,
-                           bundles=self._bundle_report, on_bundles=self._on_bundles, on_stale=self._fence_stale)
+                           bundles=self._bundle_report, on_bundles=self._on_bundles,
+                           on_stale=lambda ids: self._locked(self.actors.fence_processes, ids),
+                           on_answer=lambda: self._locked(self.actors.gcs_answered))
+        lease = Lease(_settings.load().actor_hold_max_s) if self.spiller is not None else None
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
-                                 clock=time.monotonic)
+                                 clock=time.monotonic, lease=lease)
         self.listener = Listener(
             session.scheduler_socket, session.token(), self._on_connect, self._handle, self._on_close,
             name="scheduler", batch_end=self._flush_dirty,
@@ -159,12 +163,10 @@ class Scheduler:
             report["awaiting"] = sorted(self.queue.awaiting_groups())
         return report
 
-    def _fence_stale(self, process_ids: list[str]) -> None:
-        """The GCS says these actor processes here are superseded instances: kill them, silently."""
+    def _locked(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` under the lock (a callback on another thread), then send what it queued."""
         with self._lock:
-            for w in list(self.workers):
-                if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in process_ids:
-                    self.actors.fence(w.actor_id, w.key, "a later instance of its actor runs on another node")
+            fn(*args)
         self._flush_dirty()
 
     def _on_bundles(self, desired: dict[str, Any], gone: list[str]) -> bool:
@@ -267,7 +269,8 @@ class Scheduler:
                 w = self.workers.attach(conn)
                 if w is not None:
                     if w.conn is conn:
-                        self.gcs.started(w.worker_id, ProcessKind.WORKER, w.proc.pid, w.actor_id)
+                        self.gcs.started(w.worker_id, ProcessKind.WORKER, w.proc.pid, w.actor_id,
+                                         self.actors.generation_of(w.actor_id) if w.actor_id is not None else 0)
                     self.queue.linked(w.key, w.conn is not None, w.ready)
                     if w.ready and w.actor_id is not None:
                         self.actors.start_on(w)
@@ -567,7 +570,7 @@ class Scheduler:
                 # The worker cancels the tasks it submitted, then kills itself; if it cannot (stuck
                 # outside Python), it is killed here after FORCE_CANCEL_GRACE_S.
                 self._send(w.conn, (Op.CANCEL_RUNNING, task_id, True, True))
-                self._force_kills.append((w.key, w.proc.pid, time.monotonic() + FORCE_CANCEL_GRACE_S))
+                self.workers.kill_after(w.key, time.monotonic() + FORCE_CANCEL_GRACE_S)
             elif force:
                 self.workers.kill(w.key)
             else:
@@ -672,7 +675,8 @@ class Scheduler:
     def _tick(self, now: float) -> None:
         if self._stopping:
             return  # stop() reaps the workers and the fork server: none is replaced now
-        self._force_kills = [due for due in self._force_kills if not self._kill_if_due(due, now)]
+        self.workers.kill_due(now)
+        self.actors.lease_tick(now)
         for w, how in self.workers.reap(now):
             self.queue.worker_gone(w.key, now)  # it held no task: it never connected to take one
             if w.actor_id is not None:
@@ -700,17 +704,6 @@ class Scheduler:
                 self.gcs.died(w.worker_id, "stopped after idling")
         self._dispatch()
         self._retire_done()  # and those the dispatch retired to make room for another environment's
-
-    def _kill_if_due(self, due: tuple[int, int, float], now: float) -> bool:
-        """Kill a force-cancelled worker that did not end itself in time; whether the entry is done."""
-        key, pid, deadline = due
-        w = self.workers.get(key)
-        if w is None or w.proc.pid != pid:
-            return True  # it ended itself
-        if now < deadline:
-            return False
-        self.workers.kill(key)
-        return True
 
     def _fail_all_queued(self, detail: str) -> None:
         for spec in self.queue.drain_queued():

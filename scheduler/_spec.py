@@ -241,6 +241,20 @@ class CallLimited:
         return getattr(self.function, "dynamic_returns", False)
 
 
+class CallCounts:
+    """A worker's runs of each function that has ``max_calls`` (``CallLimited``)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[bytes, int] = {}
+
+    def ran(self, function_id: bytes, function: Any) -> bool:
+        """Count a run of ``function``; whether that was its ``max_calls``-th here (or later)."""
+        if not isinstance(function, CallLimited):
+            return False
+        calls = self._counts[function_id] = self._counts.get(function_id, 0) + 1
+        return calls >= function.max_calls
+
+
 class DynamicReturns:
     """A generator function called with ``num_returns="dynamic"``: what every worker (and ``ember replay``)
     calls, which tells the worker to end the task with the refs of its values rather than their count."""

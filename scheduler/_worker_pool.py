@@ -89,6 +89,7 @@ class WorkerPool:
         self._by_conn: dict[Connection, WorkerProcess] = {}  # control connection -> its worker
         self._terminating: list[tuple[subprocess.Popen | ForkedProcess, float]] = []  # asked to stop, SIGKILLed after a grace
         self.start_failures = 0  # in a row; a worker that connects resets it
+        self._kills_due: list[tuple[int, int, float]] = []  # (slot key, pid, kill after): force cancels
 
     def __iter__(self) -> Iterator[WorkerProcess]:
         return iter(list(self._workers.values()))
@@ -208,6 +209,26 @@ class WorkerPool:
         w = self._workers.get(key)
         if w is not None:
             _procutil.kill(w.proc)
+
+    def kill_after(self, key: int, deadline: float) -> None:
+        """SIGKILL the worker in slot ``key`` at ``deadline`` if it has not ended by then (a forced cancel
+        it was asked to carry out itself)."""
+        w = self._workers.get(key)
+        if w is not None:
+            self._kills_due.append((key, w.proc.pid, deadline))
+
+    def kill_due(self, now: float) -> None:
+        """Kill the workers ``kill_after`` named whose deadline passed, unless they ended themselves."""
+        due = []
+        for key, pid, deadline in self._kills_due:
+            w = self._workers.get(key)
+            if w is None or w.proc.pid != pid:
+                continue  # it ended itself
+            if now < deadline:
+                due.append((key, pid, deadline))
+            else:
+                _procutil.kill(w.proc)
+        self._kills_due = due
 
     def reap(self, now: float) -> list[tuple[WorkerProcess, str]]:
         """SIGKILL the stopping workers past their grace; returns the workers that failed to start, killed,

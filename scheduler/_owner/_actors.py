@@ -122,6 +122,10 @@ class ActorCalls:
                     # The same live process, whose connection broke (a network cut ends it at one end
                     # first): what was in flight may never have arrived, or its results not come back.
                     same = state.address == address and state.conn is None
+                    if state.address is not None and state.address != address:
+                        # Alive in another process, its restart unheard (a node that fenced the old one
+                        # relays only where it lives now): what was sent to the old one goes again.
+                        self._requeue_inflight(state)
                     state.address = address
                     try:
                         # A connection of its own: nothing else may queue behind calls.

@@ -2,7 +2,10 @@
 
 A plan (drawn from a seed: the same seed, the same plan) is a list of
 steps; each step submits work (chains of tasks over 400 KB arrays, calls on
-two restartable actors), then fires one fault while that work runs:
+two restartable actors), then fires one fault while that work runs, and
+after the checks has a task on any node read each actor's total (a caller
+apart from the owner: during a long cut it may reach the old instance,
+which must hold the call until it is fenced):
 
 - a partition of one node from the GCS (and the drivers), from PostgreSQL
   or from another node, one way or both, for 0.5 to 3 s, and now and then
@@ -53,6 +56,12 @@ def start(seed: int) -> np.ndarray:
 @ember.remote(max_retries=-1)
 def inc(a: np.ndarray) -> np.ndarray:
     return a + 1
+
+
+@ember.remote(max_retries=-1)
+def read_through(actor: Any) -> int:
+    """An actor's total, read by a task: a caller apart from the actor's owner, on any node."""
+    return ember.get(actor.add.remote(0), timeout=GET_TIMEOUT_S)
 
 
 @ember.remote(max_restarts=-1, max_task_retries=-1)
@@ -129,6 +138,9 @@ def run_plan(cluster: LocalCluster, plan: list[tuple[str, Any]], tally: Tally) -
         for i, (ref, expected) in enumerate(calls):
             _check(tally, lambda r=ref: ember.get(r, timeout=GET_TIMEOUT_S), expected,
                    f"{label} (step {step}, a call on actor {i})")
+        for i, actor in enumerate(actors):  # while a long cut lasts: an old instance must not answer it
+            _check(tally, lambda a=actor: ember.get(read_through.remote(a), timeout=GET_TIMEOUT_S), model[i],
+                   f"{label} (step {step}, a read of actor {i} by a task)")
         if healer is not None:
             healer.join(LONG_CUT_S + 30.0)
     for i, actor in enumerate(actors):  # the final state, after every fault healed

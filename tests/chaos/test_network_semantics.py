@@ -14,6 +14,7 @@ Every wait is bounded; every process and namespace is the cluster's own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ import ember
 from ember.chaos import LocalCluster, processes
 from ember.chaos._cluster import _is_zombie
 from ember.chaos import NetFault
+from ember.scheduler._actor_lease import HOLD_AFTER_S
 from ember.scheduler._procutil import process_start_ticks
 
 BOUND_S = 60.0
@@ -57,6 +59,17 @@ def square(x: int) -> tuple[int, str]:
     return x * x, ember.util.get_node_ip_address()
 
 
+@contextlib.contextmanager
+def _connected(sizes: list[dict[str, Any]]) -> Iterator[LocalCluster]:
+    """A network cluster of ``sizes``, this process its driver."""
+    with LocalCluster(nodes=sizes, network=True) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            yield cluster
+        finally:
+            ember.shutdown()
+
+
 def _node_alive(node_id: str) -> dict | None:
     return next((n for n in ember.nodes() if n["NodeID"] == node_id and n["Alive"]), None)
 
@@ -67,42 +80,154 @@ def _node_dead(node_id: str) -> dict | None:
 
 def test_a_node_cut_from_the_gcs_is_declared_dead_rebuilt_elsewhere_and_fenced_when_it_heals() -> None:
     slots = [{"num_cpus": 2, "resources": {"slot": 1}}, {"num_cpus": 2, "resources": {"slot": 1}}]
-    with LocalCluster(nodes=slots, network=True) as cluster:
-        ember.init(address=cluster.address)
+    with _connected(slots) as cluster:
+        actor = Counter.options(resources={"slot": 1}).remote()
+        n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
+        assert n == 1
+        victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
+        survivor = next(node for node in cluster.nodes if node is not victim)
+        cut = cluster.net_fault(NetFault.partition("gcs", 30.0), victim)
         try:
-            actor = Counter.options(resources={"slot": 1}).remote()
-            n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
-            assert n == 1
-            victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
-            survivor = next(node for node in cluster.nodes if node is not victim)
-            cut = cluster.net_fault(NetFault.partition("gcs", 30.0), victim)
-            try:
-                dead = _wait_for(lambda: _node_dead(victim.node_id), "the cut node is declared dead")
-                assert "missed heartbeats" in dead["DeathCause"]
-                # Work goes on on the other node: tasks, and the actor, restarted there with its state.
-                values = ember.get([square.remote(i) for i in range(8)], timeout=BOUND_S)
-                assert [v for v, _ in values] == [i * i for i in range(8)]
-                assert {a for _, a in values} == {cluster.node_address(survivor)}
-                n, address, new_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
-                assert (n, address) == (2, cluster.node_address(survivor))
-                # The old instance still runs on the cut node: nothing has told it yet.
-                assert process_start_ticks(old_pid) is not None
-            finally:
-                cluster.heal(cut)
-            # Healed: the node is back in service, and its superseded instance is fenced.
-            _wait_for(lambda: _node_alive(victim.node_id), "the healed node is alive again")
-            _wait_for(lambda: process_start_ticks(old_pid) is None or _is_zombie(old_pid), "the old instance is gone")
-            instances = [p for p in processes() if p.actor_id == actor._actor_id.hex()]
-            assert [p.pid for p in instances] == [new_pid]  # one live instance: no split brain
-            assert ember.get(actor.inc.remote(), timeout=BOUND_S)[0] == 3
-            pinned = square.options(resources={f"node:{cluster.node_address(victim)}": 0.01})
-            assert ember.get(pinned.remote(9), timeout=BOUND_S) == (81, cluster.node_address(victim))
-            with psycopg.connect(cluster.postgres.tcp_url) as conn:
-                (cause,) = conn.execute("SELECT death_cause FROM workers WHERE pid = %s AND node_id = %s",
-                                        (old_pid, victim.node_id)).fetchone()
-            assert "fenced" in cause
+            dead = _wait_for(lambda: _node_dead(victim.node_id), "the cut node is declared dead")
+            assert "missed heartbeats" in dead["DeathCause"]
+            # Work goes on on the other node: tasks, and the actor, restarted there with its state.
+            values = ember.get([square.remote(i) for i in range(8)], timeout=BOUND_S)
+            assert [v for v, _ in values] == [i * i for i in range(8)]
+            assert {a for _, a in values} == {cluster.node_address(survivor)}
+            n, address, new_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
+            assert (n, address) == (2, cluster.node_address(survivor))
+            # The old instance still runs on the cut node: nothing has told it yet.
+            assert process_start_ticks(old_pid) is not None
         finally:
-            ember.shutdown()
+            cluster.heal(cut)
+        # Healed: the node is back in service, and its superseded instance is fenced.
+        _wait_for(lambda: _node_alive(victim.node_id), "the healed node is alive again")
+        _wait_for(lambda: process_start_ticks(old_pid) is None or _is_zombie(old_pid), "the old instance is gone")
+        instances = [p for p in processes() if p.actor_id == actor._actor_id.hex()]
+        assert [p.pid for p in instances] == [new_pid]  # one live instance: no split brain
+        assert ember.get(actor.inc.remote(), timeout=BOUND_S)[0] == 3
+        pinned = square.options(resources={f"node:{cluster.node_address(victim)}": 0.01})
+        assert ember.get(pinned.remote(9), timeout=BOUND_S) == (81, cluster.node_address(victim))
+        with psycopg.connect(cluster.postgres.tcp_url) as conn:
+            (cause,) = conn.execute("SELECT death_cause FROM workers WHERE pid = %s AND node_id = %s",
+                                    (old_pid, victim.node_id)).fetchone()
+        assert "fenced" in cause
+
+
+@ember.remote(resources={"caller": 1})
+class Caller:
+    """A caller of an actor, on a node apart from the actor's owner (the driver, beside the GCS)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def inc(self) -> tuple[int, str, int]:
+        return ember.get(self.actor.inc.remote(), timeout=BOUND_S)
+
+
+def test_a_node_cut_from_the_gcs_holds_its_actors_calls_so_an_old_instance_never_runs_one() -> None:
+    # Issue 27, point 3: a caller on the cut node's side of a cut from the GCS (and the owner beside it)
+    # still reaches the actor's old instance there. Once the node has not heard from the GCS for
+    # HOLD_AFTER_S, its actors hold their calls; the owner restarts the actor elsewhere; on the heal the
+    # old instance is fenced first, and the held call runs on the new one. Before the hold, the old instance
+    # ran it on its old state (and again after the heal, until the node's first heartbeat).
+    sizes = [{"num_cpus": 1, "resources": {"counted": 1}}, {"num_cpus": 1, "resources": {"caller": 1}},
+             {"num_cpus": 1, "resources": {"counted": 1}}]
+    with _connected(sizes) as cluster:
+        actor = Counter.options(resources={"counted": 1}).remote()
+        n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
+        assert n == 1
+        caller = Caller.remote(actor)
+        assert ember.get(caller.inc.remote(), timeout=BOUND_S)[:3:2] == (2, old_pid)
+        victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
+        cut = cluster.net_fault(NetFault.partition("gcs", 60.0), victim)
+        try:
+            _wait_for(lambda: _node_dead(victim.node_id), "the cut node is declared dead")
+            time.sleep(HOLD_AFTER_S + 2.0)  # the node's own clock: it holds calls from HOLD_AFTER_S on
+            held = caller.inc.remote()  # reaches the old instance: the caller's node is not cut from it
+            n, address, new_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)  # the owner's restart
+            assert address != cluster.node_address(victim) and new_pid != old_pid
+            assert n == 3  # the held call never ran on the old instance (nor was logged there)
+            ready, _ = ember.wait([held], timeout=0)
+            assert not ready
+        finally:
+            cluster.heal(cut)
+        _wait_for(lambda: process_start_ticks(old_pid) is None or _is_zombie(old_pid), "the old instance is gone")
+        assert ember.get(held, timeout=BOUND_S) == (4, address, new_pid)  # it ran on the new instance
+        assert ember.get(actor.inc.remote(), timeout=BOUND_S)[0] == 5
+
+
+def test_calls_held_past_the_bound_are_refused_with_actor_unavailable_error_not_left_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBER_ACTOR_HOLD_MAX_S", "1")  # the nodes started from here inherit it
+    sizes = [{"num_cpus": 1, "resources": {"counted": 1}}, {"num_cpus": 1, "resources": {"caller": 1}}]
+    with _connected(sizes) as cluster:
+        actor = Counter.options(resources={"counted": 1}).remote()
+        address = ember.get(actor.inc.remote(), timeout=BOUND_S)[1]
+        caller = Caller.remote(actor)
+        assert ember.get(caller.inc.remote(), timeout=BOUND_S)[0] == 2
+        victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
+        cut = cluster.net_fault(NetFault.partition("gcs", 60.0), victim)
+        try:
+            _wait_for(lambda: _node_dead(victim.node_id), "the cut node is declared dead")
+            time.sleep(HOLD_AFTER_S + 0.5)  # the node's own clock: it holds calls from HOLD_AFTER_S on
+            with pytest.raises(ember.exceptions.ActorUnavailableError, match="did not run, and may be sent again"):
+                ember.get(caller.inc.remote(), timeout=BOUND_S)
+        finally:
+            cluster.heal(cut)
+        # Healed: calls run again (on this instance, or on the owner's restart elsewhere if its keepalive
+        # gave the node up meanwhile), and the refused call never ran.
+        _wait_for(lambda: _node_alive(victim.node_id), "the healed node is alive again")
+        assert ember.get(caller.inc.remote(), timeout=BOUND_S)[0] == 3
+
+
+@ember.remote(resources={"keeper": 1})
+class Keeper:
+    """An actor's owner on a node of its own: a cut between its node and the actor's is a node-node cut."""
+
+    def __init__(self) -> None:
+        self.counter = Counter.options(resources={"counted": 1}).remote()
+
+    def inc(self) -> tuple[int, str, int]:
+        return ember.get(self.counter.inc.remote(), timeout=BOUND_S)
+
+    def counter_id(self) -> str:
+        return self.counter._actor_id.hex()
+
+
+def test_a_node_node_cut_fences_the_old_instance_by_its_generation_though_no_node_was_declared_dead() -> None:
+    # Issue 27, point 3: the owner's node loses the actor's node over a cut between the two, and places the
+    # actor again one generation up; the GCS hears all three nodes all along, so nobody is declared dead.
+    # Before generations, the old instance lived on beside the new one until its node ended.
+    sizes = [{"num_cpus": 1, "resources": {"keeper": 1}}, {"num_cpus": 1, "resources": {"counted": 1}},
+             {"num_cpus": 1, "resources": {"counted": 1}}]
+    with _connected(sizes) as cluster:
+        keeper = Keeper.remote()
+        n, address, old_pid = ember.get(keeper.inc.remote(), timeout=BOUND_S)
+        assert n == 1
+        counter_id = ember.get(keeper.counter_id.remote(), timeout=BOUND_S)
+        owner_node = cluster.nodes[0]
+        victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
+        others = [cluster.node_address(node) for node in cluster.nodes if node is not victim]
+        cut = cluster.net_fault(NetFault.partition("node", 30.0, peer_pick=others.index(
+            cluster.node_address(owner_node))), victim)
+        try:
+            # The owner's node gives up on the victim (its relay keepalive, 15 s), and the actor comes
+            # back on the third node with its state; the victim's old instance is fenced meanwhile.
+            n, address, new_pid = ember.get(keeper.inc.remote(), timeout=BOUND_S)
+            assert n == 2 and address not in (cluster.node_address(victim), cluster.node_address(owner_node))
+            _wait_for(lambda: process_start_ticks(old_pid) is None or _is_zombie(old_pid),
+                      "the old instance is fenced while the cut lasts")
+            assert all(n["Alive"] for n in ember.nodes() if n["NodeID"] != cluster.head.node_id)
+        finally:
+            cluster.heal(cut)
+        instances = [p for p in processes() if p.actor_id == counter_id]
+        assert [p.pid for p in instances] == [new_pid]  # one live instance: no split brain
+        assert ember.get(keeper.inc.remote(), timeout=BOUND_S)[0] == 3
+        with psycopg.connect(cluster.postgres.tcp_url) as conn:
+            rows = conn.execute("SELECT pid, generation, death_cause FROM workers WHERE actor_id = %s "
+                                "ORDER BY started_at", (bytes.fromhex(counter_id),)).fetchall()
+        assert [(pid, generation) for pid, generation, _ in rows] == [(old_pid, 0), (new_pid, 1)]
+        assert "fenced" in rows[0][2]
 
 
 @ember.remote
@@ -119,43 +244,26 @@ def outer(x: int) -> tuple[str, Any]:
         return "held back", str(exc)
 
 
-@pytest.fixture
-def short_commit_wait() -> Iterator[None]:
-    variable = "EMBER_LOG_COMMIT_WAIT_S"
-    before = os.environ.get(variable)
-    os.environ[variable] = str(COMMIT_WAIT_S)  # the nodes started from here inherit it
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[variable]
-        else:
-            os.environ[variable] = before
-
-
-def test_a_node_cut_from_postgres_waits_bounded_fails_typed_and_loses_nothing(short_commit_wait: None) -> None:
-    with LocalCluster(nodes=[{"num_cpus": 2}, {"num_cpus": 2}], network=True) as cluster:
-        ember.init(address=cluster.address)
+def test_a_node_cut_from_postgres_waits_bounded_fails_typed_and_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBER_LOG_COMMIT_WAIT_S", str(COMMIT_WAIT_S))  # the nodes started from here inherit it
+    with _connected([{"num_cpus": 2}, {"num_cpus": 2}]) as cluster:
+        victim = cluster.nodes[0]
+        pinned = outer.options(resources={f"node:{cluster.node_address(victim)}": 0.01})
+        assert ember.get(pinned.remote(1), timeout=BOUND_S) == ("value", 2)
+        with psycopg.connect(cluster.postgres.tcp_url) as conn:
+            (tasks_before,) = conn.execute("SELECT count(*) FROM tasks").fetchone()
+        cut = cluster.net_fault(NetFault.partition("postgres", 30.0), victim)
         try:
-            victim = cluster.nodes[0]
-            pinned = outer.options(resources={f"node:{cluster.node_address(victim)}": 0.01})
-            assert ember.get(pinned.remote(1), timeout=BOUND_S) == ("value", 2)
-            with psycopg.connect(cluster.postgres.tcp_url) as conn:
-                (tasks_before,) = conn.execute("SELECT count(*) FROM tasks").fetchone()
-            cut = cluster.net_fault(NetFault.partition("postgres", 30.0), victim)
-            try:
-                # The task's own result is held back at its node: the caller gets the typed error, in time.
-                with pytest.raises(ember.exceptions.LineageLogUnavailableError,
-                                   match=f"did not commit within {COMMIT_WAIT_S}s.*Nothing committed is lost"):
-                    ember.get(pinned.remote(5), timeout=BOUND_S)
-                # The other node, not cut, works on.
-                other = outer.options(resources={f"node:{cluster.node_address(cluster.nodes[1])}": 0.01})
-                assert ember.get(other.remote(7), timeout=BOUND_S) == ("value", 8)
-            finally:
-                cluster.heal(cut)
-            assert ember.get(pinned.remote(10), timeout=BOUND_S) == ("value", 11)
-            with psycopg.connect(cluster.postgres.tcp_url) as conn:
-                (tasks_after,) = conn.execute("SELECT count(*) FROM tasks").fetchone()
-            assert tasks_after >= tasks_before + 3  # what was committed stayed; the held-back rows came in
+            # The task's own result is held back at its node: the caller gets the typed error, in time.
+            with pytest.raises(ember.exceptions.LineageLogUnavailableError,
+                               match=f"did not commit within {COMMIT_WAIT_S}s.*Nothing committed is lost"):
+                ember.get(pinned.remote(5), timeout=BOUND_S)
+            # The other node, not cut, works on.
+            other = outer.options(resources={f"node:{cluster.node_address(cluster.nodes[1])}": 0.01})
+            assert ember.get(other.remote(7), timeout=BOUND_S) == ("value", 8)
         finally:
-            ember.shutdown()
+            cluster.heal(cut)
+        assert ember.get(pinned.remote(10), timeout=BOUND_S) == ("value", 11)
+        with psycopg.connect(cluster.postgres.tcp_url) as conn:
+            (tasks_after,) = conn.execute("SELECT count(*) FROM tasks").fetchone()
+        assert tasks_after >= tasks_before + 3  # what was committed stayed; the held-back rows came in

@@ -158,3 +158,63 @@ def test_an_actor_restarts_once_per_death_of_its_current_process(pool: WorkerPoo
     _, _, alive, _, reason, restarting, restarts = subscriber.sent[-1]
     assert (alive, restarting, restarts) == (False, False, 1) and "out of restarts" in reason
     assert queue.resources.available["CPU"] == 1.0
+
+
+def _placed(pool: WorkerPool, actions: list) -> int:
+    (spawn,) = actions
+    assert isinstance(spawn, Spawn)
+    pool.spawn(spawn.worker, spawn.actor_id, now=0.0)
+    return spawn.worker
+
+
+def test_an_actor_keeps_its_generation_through_restarts_of_its_process_here(pool: WorkerPool) -> None:
+    # The fence's generation is the placer's count when it placed the actor here; a restart of the
+    # actor's process on this node does not raise it (only a placer does: lineage/_actor_fence.py).
+    queue = NodeQueue({"CPU": 1}, pool, spills=False)
+    actors = NodeActors(queue, pool, FakeGcs(), None, Outbox(), {}, clock=lambda: 0.0)  # type: ignore[arg-type]
+    actor_id = b"a" * 16
+    first = _placed(pool, actors.create(_actor_spec(max_restarts=5), detached=False, meta=None, restarts=2))
+    assert actors.generation_of(actor_id) == 2
+    actors.placed_on(actor_id, first)
+    queue.worker_gone(first, now=1.0)
+    assert _placed(pool, actors.process_died(actor_id, first, "killed")) != first  # restarted here
+    assert actors.generation_of(actor_id) == 2
+
+
+def test_regression_an_actor_placed_here_ignores_states_relayed_from_the_node_it_ran_on_before(
+        pool: WorkerPool) -> None:
+    # The network property test (issue 27's hold) hung: a node followed an actor on node x, then got the
+    # owner's restart of it (x was cut off); when x came back and fenced its old instance, x's "restarting"
+    # was relayed here and turned this node's live instance into a restarting one, for good.
+    queue = NodeQueue({"CPU": 1}, pool, spills=False)
+    actors = NodeActors(queue, pool, FakeGcs(), None, Outbox(), {}, clock=lambda: 0.0)  # type: ignore[arg-type]
+    actor_id = b"a" * 16
+    subscriber = FakeConn({"kind": "worker"})
+    actors.subscribe(subscriber, actor_id)  # type: ignore[arg-type]
+    actors.hosted_elsewhere(actor_id, "x")
+    actors.relayed_state(actor_id, True, "/old", None, False, 0)
+    worker = _placed(pool, actors.create(_actor_spec(max_restarts=5), detached=False, meta=None, restarts=1))
+    actors.placed_on(actor_id, worker)
+    actors.ready(actor_id, "/new")
+    actors.relayed_state(actor_id, False, None, "its instance here was superseded", True, 1)  # from x
+    _, _, alive, address, _, restarting, _ = subscriber.sent[-1]
+    assert (alive, address, restarting) == (True, "/new", False)
+
+
+def test_a_fenced_instance_leaves_its_subscribers_restarting_not_dead(pool: WorkerPool) -> None:
+    queue = NodeQueue({"CPU": 1}, pool, spills=False)
+    gcs = FakeGcs()
+    actors = NodeActors(queue, pool, gcs, None, Outbox(), {}, clock=lambda: 0.0)  # type: ignore[arg-type]
+    actor_id = b"a" * 16
+    subscriber = FakeConn({"kind": "worker"})
+    actors.subscribe(subscriber, actor_id)  # type: ignore[arg-type]
+    worker = _placed(pool, actors.create(_actor_spec(max_restarts=5), detached=False, meta=None))
+    actors.placed_on(actor_id, worker)
+    connect(pool, worker)
+    actors.ready(actor_id, "/old")
+    actors.fence_processes([(bytes([worker]) * 16).hex()])  # the worker id connect() gave it
+    _, _, alive, address, reason, restarting, _ = subscriber.sent[-1]
+    assert (alive, address, restarting) == (False, None, True) and "superseded" in reason
+    assert pool.get(worker).proc.signals == ["kill"]  # type: ignore[union-attr]
+    assert [d for _, d in gcs.deaths] == ["fenced: a later instance of its actor runs on another node"]
+    assert actors.process_died(actor_id, worker, "killed") == []  # its death restarts nothing here
