@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ember.lineage._actor_fence import ActorInstances
+from ember.lineage._gcs_service import _check_events, _own_actors
+from ember.lineage._rpc import BadRequest
 
 A, B = "a1", "b1"  # actor ids
 
@@ -32,7 +36,8 @@ def test_a_node_back_from_the_dead_whose_actor_did_not_move_keeps_it() -> None:
 def test_regression_two_instances_on_nodes_never_declared_dead_are_never_fenced() -> None:
     # The network soak (2026-12-06) saw actor calls hang after the first fence fenced processes on two nodes
     # at once; the likely cause: "the latest start heard" is not the instance its owner follows when two
-    # starts race (a placement retried). Only processes of a node declared dead are ever fenced now.
+    # starts race (a placement retried). Of one generation, only processes of a node declared dead are
+    # fenced.
     table = ActorInstances()
     table.started("x", "px", A)
     table.started("y", "py", A)
@@ -180,3 +185,15 @@ def test_a_returning_node_with_the_higher_generation_keeps_its_instance() -> Non
     table.registered("x", {"px": (A, 1)})
     assert table.current(A) == "px"
     assert table.stale("x") == [] and table.stale("y") == ["py"]
+
+
+def test_the_gcs_refuses_a_registration_or_event_whose_generation_is_not_a_count() -> None:
+    assert _own_actors({"ab" * 16: ["cd" * 16, 3]}) == {"ab" * 16: ("cd" * 16, 3)}
+    for entry in ("cd" * 16, ["cd" * 16], ["cd" * 16, -1], ["cd" * 16, "3"], ["zz", 0]):
+        with pytest.raises(BadRequest):
+            _own_actors({"ab" * 16: entry})
+    started = {"type": "started", "process_id": "ab" * 16, "pid": 7, "kind": "worker", "actor_id": "cd" * 16}
+    _check_events({"events": [{**started, "generation": 2}]})
+    for generation in (-1, "2", 1.5):
+        with pytest.raises(BadRequest):
+            _check_events({"events": [{**started, "generation": generation}]})
