@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -112,6 +113,36 @@ def test_a_node_cut_from_the_gcs_is_declared_dead_rebuilt_elsewhere_and_fenced_w
             (cause,) = conn.execute("SELECT death_cause FROM workers WHERE pid = %s AND node_id = %s",
                                     (old_pid, victim.node_id)).fetchone()
         assert "fenced" in cause
+
+
+def test_a_gcs_restarted_during_a_cut_fences_the_old_instance_from_the_generations_in_the_log() -> None:
+    # Issue 27, point 3: the GCS that declared the node dead is gone when the node comes back; the new one
+    # never suspected the node, and knows the actor's instances only from the log. Before generations it
+    # let the old instance live beside the owner's restart.
+    sizes = [{"num_cpus": 1, "resources": {"counted": 1}}, {"num_cpus": 1, "resources": {"counted": 1}}]
+    with _connected(sizes) as cluster:
+        actor = Counter.options(resources={"counted": 1}).remote()
+        n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
+        victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
+        survivor = next(node for node in cluster.nodes if node is not victim)
+        marker = cluster.head.session.sockets / "gcs.ready"
+        cut = cluster.net_fault(NetFault.partition("gcs", 60.0), victim)
+        try:
+            _wait_for(lambda: _node_dead(victim.node_id), "the cut node is declared dead")
+            n, address, new_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)  # the owner's restart
+            assert (n, address) == (2, cluster.node_address(survivor))
+            gcs_pid = int(marker.read_text())
+            os.kill(gcs_pid, signal.SIGKILL)  # the cluster's own GCS service, by the pid it wrote
+            _wait_for(lambda: marker.exists() and marker.read_text().strip() not in ("", str(gcs_pid)),
+                      "the head started a new GCS service")
+            _wait_for(lambda: _node_alive(survivor.node_id), "the new GCS service answers")
+        finally:
+            cluster.heal(cut)
+        _wait_for(lambda: _node_alive(victim.node_id), "the healed node registers with the new GCS service")
+        _wait_for(lambda: process_start_ticks(old_pid) is None or _is_zombie(old_pid), "the old instance is gone")
+        instances = [p for p in processes() if p.actor_id == actor._actor_id.hex()]
+        assert [p.pid for p in instances] == [new_pid]
+        assert ember.get(actor.inc.remote(), timeout=BOUND_S)[0] == 3
 
 
 @ember.remote(resources={"caller": 1})
