@@ -47,8 +47,8 @@ class ActorInstances:
 
     def __init__(self) -> None:
         self._current: dict[str, tuple[str, str, int]] = {}  # actor id -> (process, node, generation)
-        self._by_node: dict[str, dict[str, str]] = {}  # node id -> {process id: actor id}, live as last heard
-        self._generation: dict[str, int] = {}  # process id -> its instance's generation
+        # node id -> {process id: (actor id, its instance's generation)}, live as last heard
+        self._by_node: dict[str, dict[str, tuple[str, int]]] = {}
         self._returning: set[str] = set()  # nodes declared dead that have not registered again
         self._suspect: set[str] = set()  # processes of a node while it was declared dead
 
@@ -71,7 +71,6 @@ class ActorInstances:
     def died(self, node_id: str, process_id: str) -> None:
         self._by_node.get(node_id, {}).pop(process_id, None)
         self._suspect.discard(process_id)
-        self._generation.pop(process_id, None)
 
     def declared_dead(self, node_id: str) -> None:
         """The failure detector gave up on ``node_id``: all its actor processes are suspect from now on."""
@@ -94,18 +93,17 @@ class ActorInstances:
         """The node said goodbye (its processes stopped with it): nothing of it is left to fence."""
         for process_id in self._by_node.pop(node_id, {}):
             self._suspect.discard(process_id)
-            self._generation.pop(process_id, None)
         self._returning.discard(node_id)
 
     def stale(self, node_id: str) -> list[str]:
         """The processes of ``node_id`` whose actor's current instance is another process of a higher
         generation, or of the same one when they are suspect; sorted."""
         found = []
-        for process_id, actor_id in self._by_node.get(node_id, {}).items():
+        for process_id, (actor_id, generation) in self._by_node.get(node_id, {}).items():
             current = self._current.get(actor_id)
             if current is None or current[0] == process_id:
                 continue
-            if self._generation.get(process_id, 0) < current[2] or process_id in self._suspect:
+            if generation < current[2] or process_id in self._suspect:
                 found.append(process_id)
         return sorted(found)
 
@@ -113,8 +111,12 @@ class ActorInstances:
         found = self._current.get(actor_id)
         return found[0] if found is not None else None
 
+    def current_node(self, actor_id: str) -> str | None:
+        """The node of the actor's current instance: where its callers find it (the GCS's LocateActor)."""
+        found = self._current.get(actor_id)
+        return found[1] if found is not None else None
+
     def _remember(self, node_id: str, process_id: str, actor_id: str, generation: int) -> None:
         live = self._by_node.setdefault(node_id, {})
         if len(live) < INSTANCES_PER_NODE_MAX or process_id in live:
-            live[process_id] = actor_id
-            self._generation[process_id] = generation
+            live[process_id] = (actor_id, generation)

@@ -76,15 +76,6 @@ class ClusterTable:
         )])
         return [{"node_id": r[0], "address": r[1], "resources": r[2] or {}} for r in rows]
 
-    def live_actor_processes(self) -> dict[str, str]:
-        """Actor id (hex) -> the node its latest live process runs on, from the processes table."""
-        (rows,) = self._run([(
-            "SELECT actor_id, node_id FROM workers WHERE cluster_id = %s AND actor_id IS NOT NULL "
-            "AND ended_at IS NULL AND node_id IS NOT NULL ORDER BY started_at",
-            (self.cluster_id,),
-        )])
-        return {bytes(r[0]).hex(): r[1] for r in rows}  # the latest start wins
-
     def live_actor_instances(self) -> list[tuple[str, str, str, int]]:
         """(actor id, node id, process id, generation), ids hex, of every live actor process, oldest start
         first."""

@@ -82,7 +82,6 @@ class GcsService:
         self.started_at = time.time()
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
-        self._actor_nodes: dict[str, str] = {}  # actor id (hex) -> the node its latest process started on
         # Each actor's current instance, and the superseded ones still alive on their nodes (the fence).
         self._instances = ActorInstances()
         # Actor names, cluster-wide: name -> (actor id hex, handle metadata: a pickle in base64 the
@@ -117,9 +116,6 @@ class GcsService:
         self._note_actors(req["node_id"], req.get("events"))
         with self._lock:
             self._instances.registered(req["node_id"], own_actors)
-            for process_hex, (actor_hex, _) in own_actors.items():
-                if self._instances.current(actor_hex) == process_hex:
-                    self._actor_nodes[actor_hex] = req["node_id"]
             stale = self._instances.stale(req["node_id"])
         # A superseded actor instance is not back with its node: the node kills it on this answer.
         spared = [_hex(p, "own") for p in own if p not in stale]
@@ -410,7 +406,7 @@ class GcsService:
         _require(req, actor_id=str)
         self._require_loaded()
         with self._lock:
-            node = self._nodes.get(self._actor_nodes.get(req["actor_id"], ""))
+            node = self._nodes.get(self._instances.current_node(req["actor_id"]) or "")
             if node is None or not node.alive:
                 return {}
             return {"node_id": node.node_id, "address": node.address}
@@ -474,8 +470,6 @@ class GcsService:
                 if event["type"] == "started" and event.get("actor_id"):
                     self._instances.started(node_id, event["process_id"], event["actor_id"],
                                             event.get("generation") or 0)
-                    if self._instances.current(event["actor_id"]) == event["process_id"]:
-                        self._actor_nodes[event["actor_id"]] = node_id  # not a superseded instance's
                 elif event["type"] == "died":
                     self._instances.died(node_id, event["process_id"])
 
@@ -499,8 +493,7 @@ class GcsService:
             with self._lock:
                 self._nodes.setdefault(row["node_id"], _Node(row["node_id"], row["address"], row["resources"]))
         # Where each actor runs, as the processes table has it: schedulers that did not place an
-        # actor find it through this directory, and a restarted service must not forget it.
-        actors = self._retry(self.table.live_actor_processes)
+        # actor find it through the fence's table (LocateActor), and a restarted service must not forget it.
         instances = self._retry(self.table.live_actor_instances)
         names = self._retry(self.table.actor_names)
         groups = self._retry(self.table.placement_groups)
@@ -510,8 +503,6 @@ class GcsService:
                     self._groups.add(Group.from_record(record, seq))
                 except (KeyError, TypeError, ValueError) as exc:
                     log.error("placement group row not loaded: %s %r", exc, record)
-            for actor_id, node_id in actors.items():
-                self._actor_nodes.setdefault(actor_id, node_id)  # a start reported since is newer
             heard = {actor_id for actor_id, _, _, _ in instances if self._instances.current(actor_id) is not None}
             # Oldest first: of one generation, the latest start is current, unless a start was heard since
             # this service started: that one is. A higher generation is current either way.

@@ -37,13 +37,11 @@ class GcsLink:
     def __init__(self, address: str, token: bytes, node_id: str, node_address: str,
                  resources: dict[str, float], available: Any = None, queued: Any = None,
                  transfer: str | None = None, on_view: Any = None, bundles: Any = None,
-                 on_bundles: Any = None, on_stale: Any = None, on_answer: Any = None) -> None:
+                 on_bundles: Any = None, on_answer: Any = None) -> None:
         self.node_id = node_id
-        # ([process id hex]) -> None: actor processes of this node that a later instance of their actor
-        # replaced (it was cut off, and the actor restarted elsewhere): the node kills them (the fence).
-        self._on_stale = on_stale
-        # () -> None: the GCS answered a registration or a heartbeat, after ``on_stale`` took its answer
-        # (the lease on actors' calls, scheduler/_actor_lease.py).
+        # ([process id hex]) -> None: the GCS answered a registration or a heartbeat, naming the actor
+        # processes of this node that a later instance of their actor replaced (the fence): the node kills
+        # them, then lets its actors' held calls run (the lease, scheduler/_actor_lease.py).
         self._on_answer = on_answer
         # () -> {"held", "refused", "awaiting"}: the placement group bundles this node holds, for each heartbeat;
         # ({key: {"resources", "phase"}}, [gone group ids]) -> bool: the GCS's answer, True if it changed something.
@@ -150,8 +148,7 @@ class GcsLink:
                     # scheduler's live workers in the log a second time.
                     self.restarted = False
                     self._acknowledged(len(events))
-                    self._fence(reply)
-                    self._answered()
+                    self._answered(reply)
                 else:
                     beat: dict[str, Any] = {"node_id": self.node_id, "events": events}
                     if self._available is not None:
@@ -166,8 +163,7 @@ class GcsLink:
                     reply = self._client.try_call("Heartbeat", beat)
                     if reply.get("known"):
                         self._acknowledged(len(events))
-                        self._fence(reply)
-                        self._answered()
+                        self._answered(reply)
                         if self._on_view is not None and isinstance(reply.get("view"), dict):
                             self._on_view(reply["view"])
                         if (self._on_bundles is not None and isinstance(reply.get("bundles"), dict)
@@ -188,19 +184,18 @@ class GcsLink:
             self._wake.wait(HEARTBEAT_S)
             self._wake.clear()
 
-    def _fence(self, reply: dict[str, Any]) -> None:
+    def _answered(self, reply: dict[str, Any]) -> None:
+        if self._on_answer is None:
+            return
         stale = reply.get("stale")
-        if stale and self._on_stale is not None and isinstance(stale, list):
+        mine: list[str] = []
+        if stale and isinstance(stale, list):
             with self._lock:
                 mine = [p for p in stale if p in self._own_actors]
             if mine:
                 log.warning("the GCS fenced %d actor process(es) of this node: their actors run elsewhere now",
                             len(mine))
-                self._on_stale(mine)
-
-    def _answered(self) -> None:
-        if self._on_answer is not None:
-            self._on_answer()
+        self._on_answer(mine)
 
     def stop(self, cause: str) -> None:
         """Say goodbye (bounded): the node's end and its last events get recorded."""

@@ -254,20 +254,14 @@ class NodeActors:
         the actor where it runs now, as one this node did not place: its subscribers hear "restarting",
         then where it is alive (never "dead", which would end the actor that lives on elsewhere). The
         process's death, reported as any, restarts nothing: the actor is not here."""
-        actor = self._actors.get(actor_id)
-        if actor is None or actor.worker != worker:
-            # Not the actor's process here (an older one that outlived a new placement here): only it goes.
-            w = self._workers.get(worker)
-            if w is not None and w.actor_id == actor_id:
-                if w.worker_id is not None:
-                    self._gcs.died(w.worker_id, f"fenced: {reason}")
-                self._workers.kill(worker)
-            return
-        self._queue.forget_actor(actor_id)
         w = self._workers.get(worker)
         if w is not None and w.worker_id is not None:
             self._gcs.died(w.worker_id, f"fenced: {reason}")
         self._workers.kill(worker)
+        actor = self._actors.get(actor_id)
+        if actor is None or actor.worker != worker:
+            return  # not the actor's process here (an older one that outlived a new placement here): only it goes
+        self._queue.forget_actor(actor_id)
         if actor.name is not None and self._names.get(actor.name) == actor_id:
             del self._names[actor.name]  # here only: the name is the live instance's, elsewhere
         actor.spec, actor.worker, actor.host, actor.address = None, None, None, None
@@ -276,16 +270,14 @@ class NodeActors:
         if self._spiller is not None:
             self._spiller.find_actor(actor_id)  # callers here, and nodes following it from here, go there
 
-    def fence_processes(self, process_ids: list[str]) -> None:
-        """The GCS says these actor processes here (ids, hex) are superseded instances: kill them, silently."""
+    # -- the GCS's answers: the fence, and the lease on calls (scheduler/_actor_lease.py) ----------
+
+    def gcs_answered(self, stale: list[str]) -> None:
+        """The GCS answered this node, naming its actor processes (ids, hex) that are superseded instances:
+        kill them, then let the calls held here run."""
         for w in list(self._workers):
-            if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in process_ids:
+            if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in stale:
                 self.fence(w.actor_id, w.key, "a later instance of its actor runs on another node")
-
-    # -- the lease on calls (scheduler/_actor_lease.py) --------------------------------------
-
-    def gcs_answered(self) -> None:
-        """The GCS answered this node, and the stale instances it named are killed: calls may run."""
         if self._lease is not None:
             self._hold_calls(self._lease.answered(self._clock()))
 

@@ -112,8 +112,7 @@ class Scheduler:
                            available=lambda: self.queue.resources.snapshot()[1], queued=self._queued,
                            transfer=transfer_address, on_view=self._cluster_view,
                            bundles=self._bundle_report, on_bundles=self._on_bundles,
-                           on_stale=lambda ids: self._locked(self.actors.fence_processes, ids),
-                           on_answer=lambda: self._locked(self.actors.gcs_answered))
+                           on_answer=lambda stale: self._locked(self.actors.gcs_answered, stale))
         lease = Lease(_settings.load().actor_hold_max_s) if self.spiller is not None else None
         self.actors = NodeActors(self.queue, self.workers, self.gcs, self.spiller, self._outbox, self._functions,
                                  clock=time.monotonic, lease=lease)

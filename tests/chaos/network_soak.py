@@ -27,11 +27,13 @@ random seeds until the time is up, then the tally (root only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +208,17 @@ def _check_one_instance(actors: list[Any], tally: Tally) -> None:
                        for a in doubled]
 
 
+@contextlib.contextmanager
+def connected(sizes: list[dict[str, Any]]) -> Iterator[LocalCluster]:
+    """A network cluster of nodes of ``sizes``, this process its driver."""
+    with LocalCluster(nodes=sizes, network=True) as cluster:
+        ember.init(address=cluster.address)
+        try:
+            yield cluster
+        finally:
+            ember.shutdown()
+
+
 def delay_available() -> bool:
     try:
         require_delay()
@@ -227,19 +240,15 @@ def main() -> None:
     delay = delay_available()
     started = time.monotonic()
     plans = 0
-    with LocalCluster(nodes=NODES, network=True) as cluster:
-        ember.init(address=cluster.address)
-        try:
-            seed = args.seed
-            while time.monotonic() - started < args.seconds:
-                plan = draw_plan(seed, args.steps, long_cut=seed % 3 == 0, delay=delay)
-                run_plan(cluster, plan, tally)
-                plans += 1
-                seed += 1
-                print(f"[{time.monotonic() - started:6.0f}s] plan {plans} (seed {seed - 1}): {tally.line()}",
-                      flush=True)
-        finally:
-            ember.shutdown()
+    with connected(NODES) as cluster:
+        seed = args.seed
+        while time.monotonic() - started < args.seconds:
+            plan = draw_plan(seed, args.steps, long_cut=seed % 3 == 0, delay=delay)
+            run_plan(cluster, plan, tally)
+            plans += 1
+            seed += 1
+            print(f"[{time.monotonic() - started:6.0f}s] plan {plans} (seed {seed - 1}): {tally.line()}",
+                  flush=True)
     print(f"soak: {time.monotonic() - started:.0f} s, {plans} plans, delays {'yes' if delay else 'no'}")
     print(f"soak: {tally.line()}")
     for failure in tally.failures[:20]:

@@ -14,22 +14,22 @@ Every wait is bounded; every process and namespace is the cluster's own.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 import ember
-from ember.chaos import LocalCluster, processes
+from ember.chaos import processes
 from ember.chaos._cluster import _is_zombie
 from ember.chaos import NetFault
 from ember.scheduler._actor_lease import HOLD_AFTER_S
 from ember.scheduler._procutil import process_start_ticks
+from tests.chaos.network_soak import connected
 
 BOUND_S = 60.0
 COMMIT_WAIT_S = 3  # the log's commit bound for the PostgreSQL test's cluster (EMBER_LOG_COMMIT_WAIT_S)
@@ -60,17 +60,6 @@ def square(x: int) -> tuple[int, str]:
     return x * x, ember.util.get_node_ip_address()
 
 
-@contextlib.contextmanager
-def _connected(sizes: list[dict[str, Any]]) -> Iterator[LocalCluster]:
-    """A network cluster of ``sizes``, this process its driver."""
-    with LocalCluster(nodes=sizes, network=True) as cluster:
-        ember.init(address=cluster.address)
-        try:
-            yield cluster
-        finally:
-            ember.shutdown()
-
-
 def _node_alive(node_id: str) -> dict | None:
     return next((n for n in ember.nodes() if n["NodeID"] == node_id and n["Alive"]), None)
 
@@ -81,7 +70,7 @@ def _node_dead(node_id: str) -> dict | None:
 
 def test_a_node_cut_from_the_gcs_is_declared_dead_rebuilt_elsewhere_and_fenced_when_it_heals() -> None:
     slots = [{"num_cpus": 2, "resources": {"slot": 1}}, {"num_cpus": 2, "resources": {"slot": 1}}]
-    with _connected(slots) as cluster:
+    with connected(slots) as cluster:
         actor = Counter.options(resources={"slot": 1}).remote()
         n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
         assert n == 1
@@ -120,7 +109,7 @@ def test_a_gcs_restarted_during_a_cut_fences_the_old_instance_from_the_generatio
     # never suspected the node, and knows the actor's instances only from the log. Before generations it
     # let the old instance live beside the owner's restart.
     sizes = [{"num_cpus": 1, "resources": {"counted": 1}}, {"num_cpus": 1, "resources": {"counted": 1}}]
-    with _connected(sizes) as cluster:
+    with connected(sizes) as cluster:
         actor = Counter.options(resources={"counted": 1}).remote()
         n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
         victim = next(node for node in cluster.nodes if cluster.node_address(node) == address)
@@ -164,7 +153,7 @@ def test_a_node_cut_from_the_gcs_holds_its_actors_calls_so_an_old_instance_never
     # ran it on its old state (and again after the heal, until the node's first heartbeat).
     sizes = [{"num_cpus": 1, "resources": {"counted": 1}}, {"num_cpus": 1, "resources": {"caller": 1}},
              {"num_cpus": 1, "resources": {"counted": 1}}]
-    with _connected(sizes) as cluster:
+    with connected(sizes) as cluster:
         actor = Counter.options(resources={"counted": 1}).remote()
         n, address, old_pid = ember.get(actor.inc.remote(), timeout=BOUND_S)
         assert n == 1
@@ -191,7 +180,7 @@ def test_a_node_cut_from_the_gcs_holds_its_actors_calls_so_an_old_instance_never
 def test_calls_held_past_the_bound_are_refused_with_actor_unavailable_error_not_left_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBER_ACTOR_HOLD_MAX_S", "1")  # the nodes started from here inherit it
     sizes = [{"num_cpus": 1, "resources": {"counted": 1}}, {"num_cpus": 1, "resources": {"caller": 1}}]
-    with _connected(sizes) as cluster:
+    with connected(sizes) as cluster:
         actor = Counter.options(resources={"counted": 1}).remote()
         address = ember.get(actor.inc.remote(), timeout=BOUND_S)[1]
         caller = Caller.remote(actor)
@@ -231,7 +220,7 @@ def test_a_node_node_cut_fences_the_old_instance_by_its_generation_though_no_nod
     # Before generations, the old instance lived on beside the new one until its node ended.
     sizes = [{"num_cpus": 1, "resources": {"keeper": 1}}, {"num_cpus": 1, "resources": {"counted": 1}},
              {"num_cpus": 1, "resources": {"counted": 1}}]
-    with _connected(sizes) as cluster:
+    with connected(sizes) as cluster:
         keeper = Keeper.remote()
         n, address, old_pid = ember.get(keeper.inc.remote(), timeout=BOUND_S)
         assert n == 1
@@ -277,7 +266,7 @@ def outer(x: int) -> tuple[str, Any]:
 
 def test_a_node_cut_from_postgres_waits_bounded_fails_typed_and_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBER_LOG_COMMIT_WAIT_S", str(COMMIT_WAIT_S))  # the nodes started from here inherit it
-    with _connected([{"num_cpus": 2}, {"num_cpus": 2}]) as cluster:
+    with connected([{"num_cpus": 2}, {"num_cpus": 2}]) as cluster:
         victim = cluster.nodes[0]
         pinned = outer.options(resources={f"node:{cluster.node_address(victim)}": 0.01})
         assert ember.get(pinned.remote(1), timeout=BOUND_S) == ("value", 2)

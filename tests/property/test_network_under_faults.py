@@ -20,21 +20,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import ember
 from ember.chaos import LocalCluster
-from tests.chaos.network_soak import NODES, Tally, draw_plan, delay_available, run_plan
+from tests.chaos.network_soak import NODES, Tally, connected, draw_plan, delay_available, run_plan
 
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def net_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(nodes=NODES, network=True) as cluster:
-        ember.init(address=cluster.address)
-        try:
-            yield cluster
-        finally:
-            ember.shutdown()
+    with connected(NODES) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

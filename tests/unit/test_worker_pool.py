@@ -212,7 +212,7 @@ def test_a_fenced_instance_leaves_its_subscribers_restarting_not_dead(pool: Work
     actors.placed_on(actor_id, worker)
     connect(pool, worker)
     actors.ready(actor_id, "/old")
-    actors.fence_processes([(bytes([worker]) * 16).hex()])  # the worker id connect() gave it
+    actors.gcs_answered([(bytes([worker]) * 16).hex()])  # the worker id connect() gave it
     _, _, alive, address, reason, restarting, _ = subscriber.sent[-1]
     assert (alive, address, restarting) == (False, None, True) and "superseded" in reason
     assert pool.get(worker).proc.signals == ["kill"]  # type: ignore[union-attr]
