@@ -154,6 +154,8 @@ class ActorHandles:
                 return
             if task is not None:
                 held.leases += 1
+                if not task.actor_leases:
+                    task.actor_leases = []  # most tasks have none: no list each
                 task.actor_leases.append(actor_id)
                 return
             if held.escaped:

@@ -155,7 +155,7 @@ class TaskSpec:
         owner_addr: str,
         function_id: bytes,
         function_name: str,
-        args: list,
+        args: list | tuple,
         kwargs: dict | None,
         num_returns: int,
         resources: tuple,

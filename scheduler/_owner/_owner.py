@@ -405,7 +405,7 @@ class Owner:
         if runtime_env is None and kind != TaskKind.ACTOR_CALL:
             runtime_env = self.runtime_env  # inherited, as in Ray: a call runs in its actor's process
         spec = TaskSpec(
-            IDS.task_id(), kind, job_id, self.address, function_id, function_name, [], None,
+            IDS.task_id(), kind, job_id, self.address, function_id, function_name, (), None,
             num_returns, resources, max_retries, 0, parent, actor_id, method, 0, name, strategy, concurrency_group,
             runtime_env,
         )

@@ -71,6 +71,8 @@ class SpecEncoder:
         if obj.total_size > INLINE_BYTES_MAX:
             oid = self._writes.put_serialized(obj)
             if pt is not None:
+                if not pt.arg_objects:
+                    pt.arg_objects = []  # most tasks have none: no list each
                 pt.arg_objects.append(oid)
             return (ArgKind.REF, oid, self._address)
         return (ArgKind.INLINE, to_bytes(obj, b""))
@@ -101,7 +103,7 @@ class SpecEncoder:
         spec = pt.spec
         pt.as_logged = False
         self.free_arg_objects(pt)  # a retry encodes again
-        spec.args = [self._encode(a, pt) for a in pt.raw_args]
+        spec.args = [self._encode(a, pt) for a in pt.raw_args] if pt.raw_args else ()
         spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
         return self.gcs is not None and not pt.log_seq
 
@@ -136,7 +138,7 @@ class SpecEncoder:
     def encode_early(self, pt: PendingTask) -> None:
         """Encode and log a task whose inputs are pending: they are named by reference."""
         spec = pt.spec
-        spec.args = [self._encode(a, pt) for a in pt.raw_args]
+        spec.args = [self._encode(a, pt) for a in pt.raw_args] if pt.raw_args else ()
         spec.kwargs = {k: self._encode(v, pt) for k, v in pt.raw_kwargs.items()} if pt.raw_kwargs else None
         pt.encoded = True
         self.log_spec(pt)
@@ -160,10 +162,10 @@ class SpecEncoder:
 
     def free_arg_objects(self, pt: PendingTask) -> None:
         if pt.actor_leases:
-            leases, pt.actor_leases = pt.actor_leases, []
+            leases, pt.actor_leases = pt.actor_leases, ()
             HANDLES.leases_done(leases)
         if pt.arg_objects:
-            oids, pt.arg_objects = pt.arg_objects, []
+            oids, pt.arg_objects = pt.arg_objects, ()
             for oid in oids:
                 self._objects.pop(oid, None)
             if self._writes.copies is not None:

@@ -57,13 +57,13 @@ class PendingTask:
         self.retry_exceptions = retry_exceptions  # False, True, or exception types to retry on
         self.cancelled = False
         self.extra: tuple = ()  # actor creation: (detached, handle metadata)
-        self.arg_objects: list[bytes] = []  # large by-value arguments put in the store for this task
+        self.arg_objects: list[bytes] | tuple = ()  # large by-value arguments put in the store for this task
         self.log_seq = 0  # the spec's row in the lineage log; results wait for it to be durable
         self.replay = False  # run again from its logged spec: arguments already encoded, spec already durable
         self.encoded = False  # arguments encoded (and logged) before its inputs were ready
         self.as_logged = False  # sent exactly as its logged spec: a restarted scheduler can take it from the log
         self.declared = False  # its results' creation rows logged before it ended (``LineageGate.declare_pending``)
-        self.actor_leases: list[bytes] = []  # actors whose handles are in its arguments (``_actor_handles``)
+        self.actor_leases: list[bytes] | tuple = ()  # actors whose handles are in its arguments (``_actor_handles``)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
