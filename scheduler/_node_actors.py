@@ -172,9 +172,9 @@ class NodeActors:
         self._queue.want_actor(actor_id, spec.resources, spec.runtime_env)
         return self._queue.place_actors(self._clock())
 
-    def generation_of(self, actor_id: bytes) -> int:
-        """The generation of the actor's instance here (0 for one this node does not place)."""
-        actor = self._actors.get(actor_id)
+    def generation_of(self, actor_id: bytes | None) -> int:
+        """The generation of the actor's instance here (0 for one this node does not place, or no actor)."""
+        actor = self._actors.get(actor_id) if actor_id is not None else None
         return 0 if actor is None else actor.generation
 
     def placed_on(self, actor_id: bytes, worker: int) -> None:
@@ -275,8 +275,9 @@ class NodeActors:
     def gcs_answered(self, stale: list[str]) -> None:
         """The GCS answered this node, naming its actor processes (ids, hex) that are superseded instances:
         kill them, then let the calls held here run."""
+        superseded = set(stale)
         for w in list(self._workers):
-            if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in stale:
+            if w.actor_id is not None and w.worker_id is not None and w.worker_id.hex() in superseded:
                 self.fence(w.actor_id, w.key, "a later instance of its actor runs on another node")
         if self._lease is not None:
             self._hold_calls(self._lease.answered(self._clock()))

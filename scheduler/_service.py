@@ -269,7 +269,7 @@ class Scheduler:
                 if w is not None:
                     if w.conn is conn:
                         self.gcs.started(w.worker_id, ProcessKind.WORKER, w.proc.pid, w.actor_id,
-                                         self.actors.generation_of(w.actor_id) if w.actor_id is not None else 0)
+                                         self.actors.generation_of(w.actor_id))
                     self.queue.linked(w.key, w.conn is not None, w.ready)
                     if w.ready and w.actor_id is not None:
                         self.actors.start_on(w)

@@ -219,16 +219,16 @@ class WorkerPool:
 
     def kill_due(self, now: float) -> None:
         """Kill the workers ``kill_after`` named whose deadline passed, unless they ended themselves."""
-        due = []
+        waiting = []
         for key, pid, deadline in self._kills_due:
             w = self._workers.get(key)
             if w is None or w.proc.pid != pid:
                 continue  # it ended itself
             if now < deadline:
-                due.append((key, pid, deadline))
+                waiting.append((key, pid, deadline))
             else:
-                _procutil.kill(w.proc)
-        self._kills_due = due
+                self.kill(key)
+        self._kills_due = waiting
 
     def reap(self, now: float) -> list[tuple[WorkerProcess, str]]:
         """SIGKILL the stopping workers past their grace; returns the workers that failed to start, killed,
